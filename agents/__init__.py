@@ -1,0 +1,1 @@
+"""Meta-training, evaluation and export of GANNO agents (MAPPO/IPPO in TorchRL)."""

@@ -1,0 +1,1 @@
+"""TorchRL environments and the task zoo for meta-training GANNO agents."""
