@@ -1,0 +1,258 @@
+"""The deployable agent: policy network, observation normaliser and metadata in one file."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES
+from ganno_lightning.lr_control import check_scale_bounds
+from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
+
+#: Version of the checkpoint layout; files from newer versions are refused with a clear message.
+FORMAT_VERSION = 1
+
+#: The agent that ships inside the package (produced by ``python -m agents.train``).
+DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
+
+_REQUIRED_KEYS = ("format_version", "feature_names", "action_multipliers", "interval", "scale_bounds", "actor",
+                  "normalizer")
+
+
+class AgentCheckpointError(ValueError):
+    """An agent file is missing, unreadable, or incompatible with this version of the package."""
+
+
+class GANNOAgent:
+    """A trained (or fresh) GANNO policy together with everything needed to deploy it.
+
+    The checkpoint is a ``torch.save`` of plain types and tensors, read with ``weights_only=True``:
+    format version, feature names, action multipliers, decision interval, actor config and
+    weights, observation-normaliser statistics, scale bounds, and the training config and
+    evaluation summary it came from.
+
+    Args:
+        actor: The shared policy network.
+        normalizer: Observation statistics from meta-training.
+        action_multipliers: The multiplier of the current scale each action applies.
+        interval: Optimizer steps between decisions the agent was trained with.
+        scale_bounds: ``(low, high)`` bounds of every layer's LR scale.
+        training_config: Plain-typed config the agent was trained with.
+        evaluation: Plain-typed evaluation summary.
+
+    Raises:
+        AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).
+
+    Example::
+
+        >>> agent = GANNOAgent.create(interval=25, seed=0)
+        >>> observation = torch.zeros(3, len(FEATURE_NAMES))  # three layers
+        >>> agent.act(observation).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        actor: LayerPolicyNet,
+        normalizer: ObservationNormalizer,
+        *,
+        action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
+        interval: int = 25,
+        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        training_config: Mapping[str, Any] | None = None,
+        evaluation: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.action_multipliers = _check_multipliers(action_multipliers)
+        if actor.config["num_actions"] != len(self.action_multipliers):
+            raise AgentCheckpointError(
+                f"Action set mismatch: the actor outputs {actor.config['num_actions']} actions but "
+                f"{len(self.action_multipliers)} action multipliers are given ({list(self.action_multipliers)})."
+            )
+        if actor.config["num_features"] != len(FEATURE_NAMES) or normalizer.mean.numel() != len(FEATURE_NAMES):
+            raise AgentCheckpointError(
+                f"Feature count mismatch: actor expects {actor.config['num_features']}, normaliser has "
+                f"{normalizer.mean.numel()}, this version computes {len(FEATURE_NAMES)}."
+            )
+        if not isinstance(interval, int) or interval <= 0:
+            raise AgentCheckpointError(f"`interval` must be a positive int, got {interval!r}.")
+        self.actor = actor.eval()
+        self.normalizer = normalizer.eval()
+        self.interval = interval
+        self.scale_bounds = check_scale_bounds(scale_bounds)
+        self.training_config = dict(training_config or {})
+        self.evaluation = dict(evaluation or {})
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
+        interval: int = 25,
+        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        seed: int | None = None,
+    ) -> GANNOAgent:
+        """A fresh, untrained agent (the starting point of meta-training)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
+        return cls(actor, ObservationNormalizer(len(FEATURE_NAMES)), action_multipliers=action_multipliers,
+                   interval=interval, scale_bounds=scale_bounds)
+
+    # -- acting -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Action logits ``[..., num_agents, num_actions]`` for raw (unnormalised) observations."""
+        return self.actor(self.normalizer(observation.float()), mask)
+
+    def act(
+        self,
+        observation: Tensor,
+        mask: Tensor | None = None,
+        deterministic: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Pick one action index per agent: the most likely one, or a sample when not deterministic."""
+        logits = self.logits(observation, mask)
+        if deterministic:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits, -1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+    # -- files --------------------------------------------------------------------------------
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "feature_names": list(FEATURE_NAMES),
+            "action_multipliers": list(self.action_multipliers),
+            "interval": self.interval,
+            "scale_bounds": list(self.scale_bounds),
+            "actor": {"config": dict(self.actor.config),
+                      "state_dict": {k: v.detach().cpu().clone() for k, v in self.actor.state_dict().items()}},
+            "normalizer": {"mean": self.normalizer.mean.cpu().clone(), "var": self.normalizer.var.cpu().clone(),
+                           "clip": float(self.normalizer.clip)},
+            "training_config": self.training_config,
+            "evaluation": self.evaluation,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the agent atomically (a crash never leaves a half-written file at ``path``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.to_checkpoint(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> GANNOAgent:
+        """Load an agent file.
+
+        Raises:
+            AgentCheckpointError: If the file is missing, corrupt, or does not match this version's
+                features, action set or checkpoint format; the message names what differs.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise AgentCheckpointError(
+                f"Agent file not found: '{path}'. Pass the path of a file written by `GANNOAgent.save` "
+                "(e.g. the `agent.pt` exported by `python -m agents.train`)."
+            )
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle, zip and unpickler errors all mean the same to a user
+            raise AgentCheckpointError(
+                f"Could not read agent file '{path}': it is corrupt or not a GANNO agent checkpoint "
+                f"({type(err).__name__}: {err}). Re-export it with `GANNOAgent.save`."
+            ) from err
+        return cls.from_checkpoint(checkpoint, source=str(path))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Any, source: str = "checkpoint") -> GANNOAgent:
+        if not isinstance(checkpoint, dict):
+            raise AgentCheckpointError(f"{source} is not a GANNO agent: expected a dict, got {type(checkpoint).__name__}.")
+        missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
+        if missing:
+            raise AgentCheckpointError(f"{source} is not a GANNO agent checkpoint: missing keys {missing}.")
+        version = checkpoint["format_version"]
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise AgentCheckpointError(
+                f"{source} has format version {version!r}; this version of ganno-lightning reads versions 1 to "
+                f"{FORMAT_VERSION}. Upgrade ganno-lightning or re-export the agent."
+            )
+        _check_feature_names(list(checkpoint["feature_names"]), source)
+        actor_part, norm_part = checkpoint["actor"], checkpoint["normalizer"]
+        try:
+            config = dict(actor_part["config"])
+            actor = LayerPolicyNet(config["num_features"], config["num_actions"], config["hidden_sizes"],
+                                   config.get("activation", "tanh"))
+            actor.load_state_dict(actor_part["state_dict"])
+            normalizer = ObservationNormalizer(config["num_features"], clip=float(norm_part.get("clip", 5.0)))
+            normalizer.load_state_dict({"mean": norm_part["mean"], "var": norm_part["var"]})
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise AgentCheckpointError(f"{source} has an invalid actor or normaliser: {err}") from err
+        try:
+            return cls(actor, normalizer, action_multipliers=checkpoint["action_multipliers"],
+                       interval=checkpoint["interval"], scale_bounds=tuple(checkpoint["scale_bounds"]),
+                       training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"))
+        except AgentCheckpointError as err:
+            raise AgentCheckpointError(f"{source}: {err}") from None
+        except ValueError as err:
+            raise AgentCheckpointError(f"{source}: {err}") from err
+
+    @classmethod
+    def default(cls) -> GANNOAgent:
+        """The agent that ships with the package."""
+        if not DEFAULT_AGENT_PATH.is_file():
+            raise AgentCheckpointError(
+                "No default GANNO agent ships with this version of ganno-lightning yet. Train one with "
+                "`python -m agents.train configs/ganno_default.yaml` and pass its exported file as "
+                "`GANNOCallback(agent='path/to/agent.pt')`."
+            )
+        return cls.load(DEFAULT_AGENT_PATH)
+
+    def __repr__(self) -> str:
+        return (f"GANNOAgent(actor={self.actor.config}, actions={[round(m, 3) for m in self.action_multipliers]}, "
+                f"interval={self.interval}, scale_bounds={self.scale_bounds})")
+
+
+def _check_multipliers(multipliers: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(m) for m in multipliers)
+    if not values or not all(math.isfinite(m) and m > 0 for m in values):
+        raise AgentCheckpointError(
+            f"`action_multipliers` must be a non-empty list of positive finite floats, got {list(multipliers)}."
+        )
+    return values
+
+
+def _check_feature_names(saved: list[str], source: str) -> None:
+    expected = list(FEATURE_NAMES)
+    if saved == expected:
+        return
+    missing = [f for f in expected if f not in saved]
+    unexpected = [f for f in saved if f not in expected]
+    detail = []
+    if missing:
+        detail.append(f"missing {missing}")
+    if unexpected:
+        detail.append(f"unexpected {unexpected}")
+    if not detail:
+        detail.append(f"same names in a different order: {saved}")
+    raise AgentCheckpointError(
+        f"Feature mismatch: {source} was trained on features that differ from this version's "
+        f"({'; '.join(detail)}). Retrain the agent with this version or install the version it was trained with."
+    )

@@ -1,0 +1,254 @@
+"""GANNOCallback: per-layer learning rates set by a trained agent, inside a Lightning Trainer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from ganno_lightning.agent import GANNOAgent
+from ganno_lightning.controller import LayerwiseController
+from ganno_lightning.lr_control import check_scale_bounds
+from ganno_lightning.partition import GroupSpec
+from ganno_lightning.schedule import LRSchedule
+
+AgentLike = GANNOAgent | str | os.PathLike | None
+
+
+class GANNOCallback(Callback):
+    r"""Let a GANNO agent set every layer's learning rate during ``Trainer.fit``.
+
+    Every ``interval`` optimizer steps, one agent per layer observes its layer's training dynamics
+    and multiplies that layer's LR scale by one of the agent's action multipliers. The effective
+    LR of a layer is ``scheduler_lr * scale``, so your LR scheduler keeps working underneath. All
+    decisions are logged to every attached logger as ``ganno/lr/<layer>`` and
+    ``ganno/scale/<layer>``; with a :class:`~lightning.pytorch.loggers.WandbLogger` a heatmap and a
+    ``wandb.Table`` of the schedule are added at the end of fit. The schedule is always kept in
+    :attr:`schedule`, and written as CSV and PNG when ``save_dir`` is set.
+
+    Args:
+        agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
+            ships with the package.
+        interval: Optimizer steps between decisions; ``None`` uses the agent's own.
+        deterministic: Take the most likely action (default) or sample from the policy.
+        groups: Override which parameters form an agent: glob patterns over module names, or a
+            callable ``(module_name, module) -> agent name or None``. Default: one agent per
+            module that owns trainable parameters.
+        scale_bounds: ``(low, high)`` bounds of every layer's scale; ``None`` uses the agent's.
+        val_loss_key: Logged metric read as the validation loss feature, if it is logged.
+        save_dir: If set, ``ganno_schedule.csv`` and ``ganno_schedule.png`` are written there at
+            the end of fit (on global rank zero).
+        grad_samples: Optimizer steps per interval whose gradients are measured.
+        seed: Seed of the observation sketch and of action sampling.
+
+    Raises:
+        ValueError: If ``interval``, ``scale_bounds`` or ``grad_samples`` are invalid.
+        AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
+        MisconfigurationException: At fit start, for manual optimization or several optimizers.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from ganno_lightning import GANNOCallback
+
+        trainer = Trainer(max_epochs=5, callbacks=[GANNOCallback(agent="agent.pt", save_dir="schedule")])
+        trainer.fit(model, datamodule=datamodule)
+        print(trainer.callbacks[0].schedule.rows()[:5])
+    """
+
+    def __init__(
+        self,
+        agent: AgentLike = None,
+        interval: int | None = None,
+        *,
+        deterministic: bool = True,
+        groups: GroupSpec = None,
+        scale_bounds: tuple[float, float] | None = None,
+        val_loss_key: str | None = "val_loss",
+        save_dir: str | os.PathLike | None = None,
+        grad_samples: int = 4,
+        seed: int = 0,
+    ) -> None:
+        if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
+            raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
+        if not isinstance(grad_samples, int) or grad_samples <= 0:
+            raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
+        if isinstance(agent, GANNOAgent):
+            self.agent = agent
+        elif agent is None:
+            self.agent = GANNOAgent.default()
+        elif isinstance(agent, (str, os.PathLike)):
+            self.agent = GANNOAgent.load(agent)
+        else:
+            raise TypeError(
+                f"`agent` must be a GANNOAgent, the path of an agent file, or None, got {type(agent).__name__}."
+            )
+        self.interval = interval if interval is not None else self.agent.interval
+        self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
+        self.deterministic = deterministic
+        self.groups = groups
+        self.val_loss_key = val_loss_key
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.grad_samples = grad_samples
+        self.seed = seed
+        self.controller: LayerwiseController | None = None
+        self._generator = torch.Generator().manual_seed(seed)
+        self._loaded_state: dict[str, Any] | None = None
+        self._final_state: dict[str, Any] | None = None
+        #: The :class:`~ganno_lightning.schedule.LRSchedule` of the current (or last) fit.
+        self.schedule: LRSchedule | None = None
+
+    # -- checks -------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and not pl_module.automatic_optimization:
+            raise MisconfigurationException(
+                "GANNOCallback needs automatic optimization, but `automatic_optimization` is False in "
+                f"{type(pl_module).__name__}. Let Lightning call the optimizer (remove manual optimization) "
+                "or remove GANNOCallback."
+            )
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise MisconfigurationException(
+                f"GANNOCallback controls exactly one optimizer, but `configure_optimizers` returned "
+                f"{len(trainer.optimizers)}. Put all parameters in one optimizer (param groups are fine)."
+            )
+
+    # -- training -----------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After checkpoint restore: the optimizer already holds its saved state in the user's
+        # original param groups, which the controller now splits.
+        self.controller = LayerwiseController(
+            pl_module,
+            trainer.optimizers[0],
+            action_multipliers=self.agent.action_multipliers,
+            interval=self.interval,
+            scale_bounds=self.scale_bounds,
+            groups=self.groups,
+            lr_schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
+            total_steps=_total_steps(trainer),
+            grad_samples=self.grad_samples,
+            seed=self.seed,
+        )
+        if self._loaded_state is not None:
+            self.controller.load_state_dict(self._loaded_state["controller"])
+            if "generator" in self._loaded_state:
+                self._generator.set_state(self._loaded_state["generator"])
+            self._loaded_state = None
+        self.schedule = self.controller.schedule
+        self._final_state = None
+        rank_zero_info(f"GANNOCallback controls {self.controller.num_agents} layers: {self.controller.partition}")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.controller is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            # Lightning reports the loss divided by the accumulation factor.
+            self.controller.record_loss(loss.detach() * trainer.accumulate_grad_batches)
+        if self.controller.decision_due:
+            self._decide(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.controller is None or trainer.sanity_checking or not self.val_loss_key:
+            return
+        value = trainer.callback_metrics.get(self.val_loss_key)
+        if value is not None:
+            self.controller.record_val_loss(value)
+
+    def _decide(self, trainer: Trainer) -> None:
+        controller = self.controller
+        distributed = trainer.world_size > 1
+        reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
+        observation = controller.observe(reduce_fn)
+        actions = self.agent.act(observation, deterministic=self.deterministic, generator=self._generator)
+        if distributed:  # sampled actions differ per rank; every rank must apply rank zero's
+            actions = trainer.strategy.broadcast(actions, src=0)
+        controller.apply(actions)
+        metrics = {}
+        for name, lr, scale in zip(controller.partition.names, controller.lr.effective_lrs(), controller.lr.scales):
+            metrics[f"ganno/lr/{name}"] = lr
+            metrics[f"ganno/scale/{name}"] = scale
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.controller is None:
+            return
+        if trainer.is_global_zero:
+            self._write_outputs(trainer)
+        self._detach()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._detach()  # also after an exception: give the optimizer its original groups back
+
+    def _detach(self) -> None:
+        if self.controller is not None:
+            self._final_state = self.controller.state_dict()
+            self.controller.close()
+            self.controller = None
+
+    @rank_zero_only
+    def _write_outputs(self, trainer: Trainer) -> None:
+        schedule = self.controller.schedule
+        if self.save_dir is not None:
+            schedule.to_csv(self.save_dir / "ganno_schedule.csv")
+            schedule.plot(self.save_dir / "ganno_schedule.png")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import matplotlib.pyplot as plt
+                import wandb
+
+                figure = schedule.figure()
+                logger.experiment.log({
+                    "ganno/lr_heatmap": wandb.Image(figure),
+                    "ganno/schedule": wandb.Table(columns=["step", "layer", "lr", "scale", "action"],
+                                                  data=[list(r) for r in schedule.rows()]),
+                })
+                plt.close(figure)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Keep the checkpoint in the user's own param-group layout, so it resumes with or
+        # without this callback; the split is redone from `state_dict` at train start.
+        if self.controller is None:
+            return
+        if checkpoint.get("optimizer_states"):
+            checkpoint["optimizer_states"][0] = self.controller.lr.merged_optimizer_state(
+                checkpoint["optimizer_states"][0])
+        if checkpoint.get("lr_schedulers"):
+            checkpoint["lr_schedulers"] = [self.controller.lr.merged_scheduler_state(s)
+                                           for s in checkpoint["lr_schedulers"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.controller is not None:
+            controller_state = self.controller.state_dict()
+        elif self._final_state is not None:
+            controller_state = self._final_state
+        elif self._loaded_state is not None:
+            return self._loaded_state
+        else:
+            return {}
+        return {"controller": controller_state, "generator": self._generator.get_state(), "interval": self.interval}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied at train start, once the optimizer exists.
+        if state_dict.get("controller") is not None:
+            self._loaded_state = dict(state_dict)
+
+
+def _total_steps(trainer: Trainer) -> int | None:
+    if trainer.max_steps and trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # e.g. an iterable dataset without a length
+        return None
+    return int(total) if total != float("inf") and total > 0 else None

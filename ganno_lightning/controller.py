@@ -1,0 +1,138 @@
+"""Observe, then apply actions: the one code path shared by the environment and the callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ganno_lightning.lr_control import LayerwiseLR
+from ganno_lightning.observer import LayerObserver
+from ganno_lightning.partition import GroupSpec, LayerPartition
+from ganno_lightning.schedule import LRSchedule
+
+
+class LayerwiseController:
+    """Per-layer LR control of one training run, driven from outside by a policy.
+
+    It partitions the model, splits the optimizer's param groups, watches every optimizer step,
+    and on request returns the observation and applies one action per agent. It holds no policy
+    and knows nothing of Lightning: :class:`~ganno_lightning.callback.GANNOCallback` feeds it from
+    Trainer hooks and a :class:`~ganno_lightning.agent.GANNOAgent`, the meta-training environment
+    from its own loop and TorchRL, so both observe and act through identical code.
+
+    Args:
+        model: The network being trained.
+        optimizer: Its optimizer; only parameters in it are controlled.
+        action_multipliers: What each action index multiplies the agent's scale by.
+        interval: Optimizer steps between decisions.
+        scale_bounds: ``(low, high)`` clip of every scale.
+        groups: Partition override (see :meth:`LayerPartition.from_module`).
+        lr_schedulers: Schedulers attached to ``optimizer``.
+        total_steps: Length of the run in optimizer steps, or ``None`` when unknown.
+        grad_samples: Gradient measurements per interval.
+        sketch_size: Weights per agent tracked for update size and gradient consistency.
+        seed: Seed of the observer's sketch positions.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        >>> control = LayerwiseController(model, opt, action_multipliers=[0.5, 1.0, 2.0], interval=2)
+        >>> for _ in range(2):
+        ...     loss = model(torch.randn(8, 3)).pow(2).mean()
+        ...     opt.zero_grad(); loss.backward(); opt.step(); control.record_loss(loss.detach())
+        >>> control.decision_due
+        True
+        >>> observation = control.observe()  # [2 agents, 21 features]
+        >>> control.apply(torch.tensor([2, 0]))
+        >>> control.lr.effective_lrs()
+        [0.002, 0.0005]
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        action_multipliers: Sequence[float],
+        interval: int,
+        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        groups: GroupSpec = None,
+        lr_schedulers: Sequence[Any] = (),
+        total_steps: int | None = None,
+        grad_samples: int = 4,
+        sketch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        self.action_multipliers = torch.tensor([float(m) for m in action_multipliers], dtype=torch.float64)
+        self.interval = interval
+        in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+        self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
+        self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
+                                      grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
+        self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers)
+        self._hooks = self.observer.attach(optimizer)
+        self.schedule = LRSchedule(self.partition.names)
+        self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
+
+    @property
+    def num_agents(self) -> int:
+        return len(self.partition)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken so far in this run."""
+        return self.observer.step
+
+    @property
+    def decision_due(self) -> bool:
+        return self.observer.steps_in_interval >= self.interval
+
+    def record_loss(self, loss: Tensor | float) -> None:
+        self.observer.record_loss(loss)
+
+    def record_val_loss(self, loss: Tensor | float) -> None:
+        self.observer.record_val_loss(loss)
+
+    def observe(self, reduce_fn: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """The ``[num_agents, num_features]`` observation (CPU, finite), one host sync."""
+        return self.observer.features(self.lr.scales, self.lr.effective_lrs(), reduce_fn)
+
+    @property
+    def last_interval_loss(self) -> float:
+        """Mean training loss of the interval the last :meth:`observe` summarised (NaN if none)."""
+        return self.observer.last_interval_loss
+
+    def apply(self, actions: Tensor | Sequence[int]) -> None:
+        """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
+        actions = torch.as_tensor(actions, dtype=torch.long).reshape(-1).cpu()
+        if len(actions) != self.num_agents:
+            raise ValueError(f"Expected one action per agent ({self.num_agents}), got {len(actions)}.")
+        if actions.min() < 0 or actions.max() >= len(self.action_multipliers):
+            raise ValueError(
+                f"Actions must lie in [0, {len(self.action_multipliers) - 1}], got {actions.tolist()}.")
+        self.lr.multiply(self.action_multipliers[actions].tolist())
+        self.observer.start_interval()
+        self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions.tolist())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),
+                "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "scales" in state:
+            self.lr.set_scales(state["scales"])
+        if "observer" in state:
+            self.observer.load_state_dict(state["observer"])
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
+
+    def close(self) -> None:
+        """Detach from the optimizer and restore its original param groups."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self.lr.close()

@@ -1,0 +1,226 @@
+"""Per-layer learning-rate control on any ``torch.optim`` optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ganno_lightning.partition import LayerPartition
+
+#: LR-scheduler attributes (and state-dict keys) that hold one entry per param group. They are
+#: expanded when groups are split so that the scheduler keeps driving every new group.
+PER_GROUP_SCHEDULER_KEYS = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "max_lrs", "base_momentums", "max_momentums")
+
+#: Marks the param groups this package created; useful to anyone inspecting the optimizer.
+AGENT_KEY = "ganno_agent"
+
+
+class LayerwiseLR:
+    """Gives each agent its own param group(s) and an LR *scale* applied on top of the scheduler.
+
+    The user's param groups are split so that every agent owns its own group(s); every
+    hyperparameter the user set (weight decay, betas, momentum, custom keys) is copied, and the
+    optimizer state, which is keyed by parameter, is untouched. Parameters that no agent controls
+    stay in groups of their own with the original settings.
+
+    The scale is applied only *during* ``optimizer.step()`` through step hooks: the group's
+    ``"lr"`` is the scheduler's LR outside the step, so any LR scheduler keeps working and the
+    effective LR is ``scheduler_lr * scale``. LR schedulers that keep per-group lists (``base_lrs``
+    and friends) have them expanded to the new groups; :meth:`merged_optimizer_state` and
+    :meth:`merged_scheduler_state` fold state dicts back into the user's original group structure,
+    so checkpoints stay loadable with or without this class.
+
+    Args:
+        optimizer: Any ``torch.optim.Optimizer``.
+        partition: The agents; parameters outside it are left alone.
+        scale_bounds: ``(low, high)``; every scale is clipped to it.
+        lr_schedulers: Schedulers attached to ``optimizer`` whose per-group lists must follow the split.
+
+    Raises:
+        ValueError: For bounds that are not ``0 < low <= 1 <= high``.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        >>> control = LayerwiseLR(opt, LayerPartition.from_module(model))
+        >>> control.multiply([2.0, 0.5])
+        >>> control.effective_lrs()
+        [0.2, 0.05]
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        partition: LayerPartition,
+        *,
+        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        lr_schedulers: Sequence[Any] = (),
+    ) -> None:
+        self.scale_bounds = check_scale_bounds(scale_bounds)
+        self.optimizer = optimizer
+        self.partition = partition
+        self.scales: list[float] = [1.0] * len(partition)
+        self._schedulers = list(lr_schedulers)
+        self._original_params = [list(g["params"]) for g in optimizer.param_groups]
+        self._original_hyper = [_hyper(g) for g in optimizer.param_groups]
+
+        new_groups: list[dict[str, Any]] = []
+        self.group_origin: list[int] = []  # original group index of each new group
+        self.group_agent: list[int | None] = []  # agent of each new group (None: not controlled)
+        for origin, group in enumerate(optimizer.param_groups):
+            rest, by_agent = [], {}
+            for p in group["params"]:
+                agent = partition.agent_of(p)
+                (rest if agent is None else by_agent.setdefault(agent, [])).append(p)
+            pieces = ([(None, rest)] if rest or not by_agent else []) + sorted(by_agent.items())
+            for agent, params in pieces:
+                new_groups.append({**_hyper(group), "params": params, **({} if agent is None else {AGENT_KEY: agent})})
+                self.group_origin.append(origin)
+                self.group_agent.append(agent)
+        missing = [layer.name for i, layer in enumerate(partition) if i not in self.group_agent]
+        if missing:
+            raise ValueError(
+                f"Agents {missing} own no parameter of the optimizer. Build the partition from the optimizer's "
+                "parameters (`LayerPartition.from_module(model, params=...)`)."
+            )
+        optimizer.param_groups[:] = new_groups
+        for scheduler in self._schedulers:
+            _remap_per_group(vars(scheduler), len(self._original_params), self.group_origin)
+        self._first_group_of_agent = [self.group_agent.index(i) for i in range(len(partition))]
+        self._unscaled_lrs: list[Any] | None = None
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._apply_scales),
+            optimizer.register_step_post_hook(self._restore_lrs),
+        ]
+
+    # -- scales -----------------------------------------------------------------------------------
+    def set_scales(self, scales: Sequence[float]) -> None:
+        """Set every agent's scale, clipped to ``scale_bounds``."""
+        if len(scales) != len(self.scales):
+            raise ValueError(f"Expected {len(self.scales)} scales (one per agent), got {len(scales)}.")
+        low, high = self.scale_bounds
+        self.scales = [min(max(float(s), low), high) for s in scales]
+
+    def multiply(self, multipliers: Sequence[float]) -> None:
+        """Multiply every agent's scale by its multiplier (cumulative actions), then clip."""
+        self.set_scales([s * m for s, m in zip(self.scales, multipliers, strict=True)])
+
+    def base_lrs(self) -> list[float]:
+        """The scheduler's (unscaled) LR of each agent's first param group."""
+        return [float(self.optimizer.param_groups[g]["lr"]) for g in self._first_group_of_agent]
+
+    def effective_lrs(self) -> list[float]:
+        """The LR each agent's first param group steps with: ``scheduler_lr * scale``."""
+        return [lr * s for lr, s in zip(self.base_lrs(), self.scales)]
+
+    # -- step hooks -------------------------------------------------------------------------------
+    def _apply_scales(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._unscaled_lrs is not None:  # the previous step raised before the post-hook ran
+            self._restore_lrs(optimizer, args, kwargs)
+        self._unscaled_lrs = [g["lr"] for g in optimizer.param_groups]
+        for group, agent in zip(optimizer.param_groups, self.group_agent):
+            if agent is not None:
+                group["lr"] = group["lr"] * self.scales[agent]
+
+    def _restore_lrs(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._unscaled_lrs is None:
+            return
+        for group, lr in zip(optimizer.param_groups, self._unscaled_lrs):
+            group["lr"] = lr
+        self._unscaled_lrs = None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def merged_optimizer_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Fold a state dict of the split optimizer back into the user's original param groups."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"Optimizer state has {len(groups)} param groups, the split optimizer has "
+                f"{len(self.optimizer.param_groups)}; it was not produced by this optimizer."
+            )
+        saved_index = {
+            id(p): idx
+            for group, saved in zip(self.optimizer.param_groups, groups)
+            for p, idx in zip(group["params"], saved["params"])
+        }
+        state, merged_groups, next_index = {}, [], 0
+        for origin, params in enumerate(self._original_params):
+            first = next((g for g, o in zip(groups, self.group_origin) if o == origin), None)
+            hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
+            hyper.pop(AGENT_KEY, None)
+            indices = []
+            for p in params:
+                old = saved_index[id(p)]
+                if old in state_dict["state"]:
+                    state[next_index] = state_dict["state"][old]
+                indices.append(next_index)
+                next_index += 1
+            merged_groups.append({**hyper, "params": indices})
+        return {"state": state, "param_groups": merged_groups}
+
+    def merged_scheduler_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """Fold a scheduler state dict's per-group lists back to the original param groups."""
+        merged = dict(state_dict)
+        _remap_per_group(merged, len(self.group_origin), self._first_group_of_origin(), copy=True)
+        return merged
+
+    def _first_group_of_origin(self) -> list[int]:
+        return [self.group_origin.index(origin) for origin in range(len(self._original_params))]
+
+    def close(self) -> None:
+        """Remove the hooks and give the optimizer and schedulers back their original groups."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        groups = self.optimizer.param_groups
+        restored = []
+        for origin, params in enumerate(self._original_params):
+            first = next((g for g, o in zip(groups, self.group_origin) if o == origin), None)
+            hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
+            hyper.pop(AGENT_KEY, None)
+            restored.append({**hyper, "params": params})
+        first_of_origin = self._first_group_of_origin()
+        for scheduler in self._schedulers:
+            _remap_per_group(vars(scheduler), len(self.group_origin), first_of_origin)
+        groups[:] = restored
+
+
+def check_scale_bounds(scale_bounds: Sequence[float]) -> tuple[float, float]:
+    """Validate ``(low, high)`` scale bounds and return them as floats."""
+    try:
+        low, high = (float(b) for b in scale_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"`scale_bounds` must be two floats (low, high), got {scale_bounds!r}.") from None
+    if not (0 < low <= 1 <= high and math.isfinite(high)):
+        raise ValueError(
+            f"`scale_bounds` must satisfy 0 < low <= 1 <= high < inf, got {scale_bounds!r}. Example: (0.01, 100.0)."
+        )
+    return low, high
+
+
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _remap_per_group(attrs: dict[str, Any], n_from: int, index: Sequence[int], copy: bool = False) -> None:
+    """Re-index every per-group list in a scheduler's ``vars()`` or state dict, recursing into
+    ``_schedulers`` (SequentialLR, ChainedScheduler)."""
+    for key in PER_GROUP_SCHEDULER_KEYS:
+        value = attrs.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == n_from:
+            attrs[key] = type(value)(value[i] for i in index)
+    children = attrs.get("_schedulers")
+    if isinstance(children, (list, tuple)):
+        remapped = []
+        for child in children:
+            if isinstance(child, dict):
+                child = dict(child) if copy else child
+                _remap_per_group(child, n_from, index, copy)
+            else:
+                _remap_per_group(vars(child), n_from, index, copy)
+            remapped.append(child)
+        attrs["_schedulers"] = type(children)(remapped)

@@ -1,0 +1,317 @@
+"""Per-layer training dynamics between two decisions, turned into the features agents observe."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, LAYER_KINDS
+from ganno_lightning.partition import LayerPartition
+
+_TINY = 1e-30
+_LOG_FLOOR = 1e-12
+
+
+class LayerObserver:
+    """Accumulates each agent's statistics over an interval and computes :data:`FEATURE_NAMES`.
+
+    Everything is accumulated on the parameters' device without host synchronisation; the only
+    sync is the single transfer in :meth:`features`. No buffer scales with the model: gradient
+    norms are reduced to one number per agent, and the update size and gradient consistency are
+    measured on a fixed random *sketch* of at most ``sketch_size`` weights per agent (exact for
+    layers smaller than that).
+
+    Gradients are read right after ``optimizer.step()`` (after unscaling and clipping, so they are
+    the gradients actually applied), on ``grad_samples`` evenly spaced steps of each interval.
+
+    Args:
+        partition: The agents.
+        interval: Optimizer steps between decisions.
+        total_steps: Optimizer steps of the whole run, or ``None`` when unknown.
+        grad_samples: Optimizer steps per interval whose gradients are measured.
+        sketch_size: Weights per agent tracked for update size and gradient consistency.
+        loss_ema: Smoothing of the interval-mean loss for the ``log_loss`` feature.
+        seed: Seed of the sketch's random positions (the same seed gives the same features).
+
+    Example::
+
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> observer = LayerObserver(LayerPartition.from_module(model), interval=2)
+        >>> _ = observer.attach(opt)
+        >>> for _ in range(2):
+        ...     loss = model(torch.randn(8, 3)).pow(2).mean()
+        ...     opt.zero_grad(); loss.backward(); opt.step(); observer.record_loss(loss.detach())
+        >>> observer.features(scales=[1.0, 1.0], lrs=[0.1, 0.1]).shape
+        torch.Size([2, 21])
+    """
+
+    def __init__(
+        self,
+        partition: LayerPartition,
+        *,
+        interval: int,
+        total_steps: int | None = None,
+        grad_samples: int = 4,
+        sketch_size: int = 1024,
+        loss_ema: float = 0.9,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(interval, int) or interval <= 0:
+            raise ValueError(f"`interval` must be a positive int, got {interval!r}.")
+        if not isinstance(grad_samples, int) or grad_samples <= 0:
+            raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
+        if not isinstance(sketch_size, int) or sketch_size <= 0:
+            raise ValueError(f"`sketch_size` must be a positive int, got {sketch_size!r}.")
+        if total_steps is not None and total_steps <= 0:
+            raise ValueError(f"`total_steps` must be a positive int or None, got {total_steps!r}.")
+        self.partition = partition
+        self.interval = interval
+        self.total_steps = total_steps
+        self.loss_ema = loss_ema
+        n = len(partition)
+        self._params = [p for layer in partition for p in layer.params]
+        self.device = self._params[0].device
+        param_agent = [i for i, layer in enumerate(partition) for _ in layer.params]
+        self._param_agent = torch.tensor(param_agent, device=self.device)
+        k = min(grad_samples, interval)
+        self._sample_steps = {math.ceil((j + 1) * interval / k) for j in range(k)}
+        self._sketch_index, sketch_agent = _sketch_positions(partition, sketch_size, seed)
+        self._sketch_agent = torch.tensor(sketch_agent, dtype=torch.long, device=self.device)
+        self._numel = torch.tensor([layer.numel for layer in partition], dtype=torch.float32, device=self.device)
+        self._static = _static_features(partition)
+        self._zeros = torch.zeros(n, device=self.device)
+
+        self.step = 0  # optimizer steps taken since the start of the run
+        self.steps_in_interval = 0
+        self._prev_loss: float | None = None
+        self._smoothed_loss: float | None = None
+        self._val_loss: Tensor | None = None
+        self.start_interval()
+
+    # -- recording ----------------------------------------------------------------------------
+    def attach(self, optimizer: torch.optim.Optimizer) -> list[Any]:
+        """Measure gradients and count steps after every ``optimizer.step()``.
+
+        After, not before: Lightning (and any closure-based loop) computes the gradients inside
+        ``step(closure)``, so they exist only once the step has run; they are still the gradients
+        that were applied (unscaled and clipped), since ``zero_grad`` comes later.
+        """
+        return [optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())]
+
+    def after_step(self) -> None:
+        """Count one optimizer step; measure its gradients if it is a sampling step."""
+        if self.steps_in_interval + 1 in self._sample_steps:
+            self._sample_gradients()
+        self.step += 1
+        self.steps_in_interval += 1
+
+    def _sample_gradients(self) -> None:
+        grads = [p.grad for p in self._params]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return
+        sq = _squared_norms([_dense(grads[i]) for i in present], self.device)
+        self._grad_sq.index_add_(0, self._param_agent[present], sq)
+        self._grad_count += 1
+        sketch = self._gather(lambda i: None if grads[i] is None else _dense(grads[i]))
+        self._grad_sketch_sum += sketch
+        self._grad_sketch_sq.index_add_(0, self._sketch_agent, sketch.square())
+
+    def record_loss(self, loss: Tensor | float) -> None:
+        """Record one (micro-)batch's training loss; no host sync."""
+        self._losses.append(torch.as_tensor(loss).detach().float().reshape(()).to(self.device))
+
+    def record_val_loss(self, loss: Tensor | float) -> None:
+        """Record the latest validation loss (used until the next one is recorded)."""
+        self._val_loss = torch.as_tensor(loss).detach().float().reshape(()).to(self.device)
+
+    def start_interval(self) -> None:
+        """Reset the interval's accumulators and snapshot the weights' sketch."""
+        self.steps_in_interval = 0
+        self._losses: list[Tensor] = []
+        self._grad_sq = self._zeros.clone()
+        self._grad_count = 0
+        self._grad_sketch_sum = torch.zeros(len(self._sketch_agent), device=self.device)
+        self._grad_sketch_sq = self._zeros.clone()
+        self._weight_sketch_start = self._gather(lambda i: self._params[i].detach())
+
+    # -- features -----------------------------------------------------------------------------
+    def features(
+        self,
+        scales: Sequence[float],
+        lrs: Sequence[float],
+        reduce_fn: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Compute the ``[num_agents, len(FEATURE_NAMES)]`` observation on the CPU, always finite.
+
+        Args:
+            scales: Each agent's current LR scale.
+            lrs: Each agent's effective LR.
+            reduce_fn: Averages a tensor over distributed ranks (e.g. ``strategy.reduce``), so that
+                every rank observes the same values.
+        """
+        n = len(self.partition)
+        weight_sq = self._zeros.clone().index_add_(0, self._param_agent, _squared_norms(
+            [p.detach() for p in self._params], self.device))
+        sketch_now = self._gather(lambda i: self._params[i].detach())
+        update_sq = self._zeros.clone().index_add_(0, self._sketch_agent, (sketch_now - self._weight_sketch_start).square())
+        start_sq = self._zeros.clone().index_add_(0, self._sketch_agent, self._weight_sketch_start.square())
+        consistency_num = self._zeros.clone().index_add_(0, self._sketch_agent, self._grad_sketch_sum.square())
+        losses = torch.stack(self._losses) if self._losses else torch.zeros(0, device=self.device)
+        val = self._val_loss if self._val_loss is not None else torch.zeros((), device=self.device)
+        raw = torch.cat([
+            weight_sq, self._grad_sq, update_sq, start_sq, consistency_num, self._grad_sketch_sq,
+            torch.stack([losses.sum(), losses.square().sum(), val]),
+        ])
+        if reduce_fn is not None:
+            raw = reduce_fn(raw)
+        raw = raw.double().cpu()  # the one host sync of a decision
+        weight_sq, grad_sq, update_sq, start_sq, cons_num, cons_den = raw[: 6 * n].view(6, n)
+        loss_sum, loss_sq_sum, val_loss = raw[6 * n :].tolist()
+
+        count = len(self._losses)
+        columns: dict[str, Tensor | float] = dict(self._static)
+        columns["log_scale"] = _safe_log(torch.tensor(scales, dtype=torch.float64))
+        columns["log_lr"] = _safe_log(torch.tensor(lrs, dtype=torch.float64))
+        numel = self._numel.double().cpu()
+        columns["log_weight_rms"] = 0.5 * _safe_log(weight_sq / numel)
+        columns["log_grad_rms"] = 0.5 * _safe_log(grad_sq / (numel * max(self._grad_count, 1)))
+        columns["log_update_ratio"] = 0.5 * _safe_log(update_sq / (start_sq + _TINY))
+        k = max(self._grad_count, 1)
+        columns["grad_consistency"] = (cons_num / (k * cons_den + _TINY)).clamp(0.0, 1.0)
+
+        total = self.total_steps
+        columns["progress"] = min(self.step / total, 1.0) if total else 0.0
+        columns["progress_unknown"] = 0.0 if total else 1.0
+        loss = loss_sum / count if count else (self._prev_loss if self._prev_loss is not None else 0.0)
+        if count and math.isfinite(loss):
+            self._smoothed_loss = loss if self._smoothed_loss is None else (
+                self.loss_ema * self._smoothed_loss + (1 - self.loss_ema) * loss)
+        smoothed = self._smoothed_loss if self._smoothed_loss is not None else loss
+        columns["log_loss"] = _log_scalar(smoothed)
+        columns["log_loss_ratio"] = (
+            _log_scalar(loss) - _log_scalar(self._prev_loss) if self._prev_loss is not None and count else 0.0
+        )
+        variance = max(loss_sq_sum / count - loss * loss, 0.0) if count > 1 else 0.0
+        columns["loss_volatility"] = math.sqrt(variance) / max(abs(loss), _LOG_FLOOR) if count > 1 else 0.0
+        has_val = self._val_loss is not None
+        columns["log_val_loss_ratio"] = _log_scalar(val_loss) - _log_scalar(smoothed) if has_val else 0.0
+        columns["has_val_loss"] = float(has_val)
+        if count and math.isfinite(loss):
+            self._prev_loss = loss
+        self.last_interval_loss = loss if count else float("nan")
+
+        table = torch.stack([torch.as_tensor(columns[name], dtype=torch.float64).expand(n) for name in FEATURE_NAMES], 1)
+        return torch.nan_to_num(table, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP).clamp(
+            -FEATURE_CLIP, FEATURE_CLIP).float()
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "steps_in_interval": self.steps_in_interval,
+            "prev_loss": self._prev_loss,
+            "smoothed_loss": self._smoothed_loss,
+            "val_loss": None if self._val_loss is None else self._val_loss.cpu(),
+            "losses": torch.stack(self._losses).cpu() if self._losses else torch.zeros(0),
+            "grad_sq": self._grad_sq.cpu(),
+            "grad_count": self._grad_count,
+            "grad_sketch_sum": self._grad_sketch_sum.cpu(),
+            "grad_sketch_sq": self._grad_sketch_sq.cpu(),
+            "weight_sketch_start": self._weight_sketch_start.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("weight_sketch_start") is not None and len(state["weight_sketch_start"]) != len(self._sketch_agent):
+            raise ValueError("Observer state does not match this model: the weight sketch has a different size.")
+        to = lambda t: t.to(self.device)  # noqa: E731
+        self.step = int(state.get("step", 0))
+        self.steps_in_interval = int(state.get("steps_in_interval", 0))
+        self._prev_loss = state.get("prev_loss")
+        self._smoothed_loss = state.get("smoothed_loss")
+        self._val_loss = None if state.get("val_loss") is None else to(state["val_loss"])
+        self._losses = [to(x) for x in state.get("losses", torch.zeros(0))]
+        self._grad_sq = to(state.get("grad_sq", self._grad_sq))
+        self._grad_count = int(state.get("grad_count", 0))
+        self._grad_sketch_sum = to(state.get("grad_sketch_sum", self._grad_sketch_sum))
+        self._grad_sketch_sq = to(state.get("grad_sketch_sq", self._grad_sketch_sq))
+        self._weight_sketch_start = to(state.get("weight_sketch_start", self._weight_sketch_start))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _gather(self, tensor_of: Callable[[int], Tensor | None]) -> Tensor:
+        """The sketch positions of ``tensor_of(param_index)`` for every parameter, concatenated."""
+        pieces = []
+        for i, index in self._sketch_index:
+            t = tensor_of(i)
+            pieces.append(torch.zeros(len(index), device=self.device) if t is None
+                          else t.reshape(-1).index_select(0, index).float().to(self.device))
+        return torch.cat(pieces) if pieces else torch.zeros(0, device=self.device)
+
+
+def _sketch_positions(partition: LayerPartition, size: int, seed: int) -> tuple[list[tuple[int, Tensor]], list[int]]:
+    """Fixed random positions (at most ``size`` per agent) into each parameter's flat view."""
+    per_param: list[tuple[int, Tensor]] = []
+    agent_of_position: list[int] = []
+    param_index = 0
+    for agent, layer in enumerate(partition):
+        numel = layer.numel
+        if numel <= size:
+            chosen = torch.arange(numel)
+        else:
+            generator = torch.Generator().manual_seed(seed * 100_003 + agent)
+            chosen = torch.randint(0, numel, (size,), generator=generator).unique()
+        offset = 0
+        for p in layer.params:
+            local = chosen[(chosen >= offset) & (chosen < offset + p.numel())] - offset
+            if len(local):
+                per_param.append((param_index, local.to(p.device)))
+                agent_of_position += [agent] * len(local)
+            offset += p.numel()
+            param_index += 1
+    return per_param, agent_of_position
+
+
+def _static_features(partition: LayerPartition) -> dict[str, Tensor]:
+    n = len(partition)
+    depth = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    columns = {"depth": depth, "log_param_count": torch.tensor([math.log(layer.numel) for layer in partition],
+                                                               dtype=torch.float64)}
+    for kind in LAYER_KINDS:
+        columns[f"kind_{kind}"] = torch.tensor([float(layer.kind == kind) for layer in partition], dtype=torch.float64)
+    return columns
+
+
+def _dense(grad: Tensor) -> Tensor:
+    return grad.to_dense() if grad.is_sparse else grad
+
+
+def _squared_norms(tensors: list[Tensor], device: torch.device) -> Tensor:
+    """Squared L2 norm of each tensor (in float32), batched per device and dtype."""
+    by_kind: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_kind.setdefault((t.device, t.dtype), []).append(i)
+    norms: list[Tensor | None] = [None] * len(tensors)
+    for indices in by_kind.values():
+        group = [tensors[i] for i in indices]
+        if hasattr(torch, "_foreach_norm"):
+            values = torch._foreach_norm(group)
+        else:  # pragma: no cover - very old torch
+            values = [torch.linalg.vector_norm(t) for t in group]
+        for i, v in zip(indices, values):
+            norms[i] = v
+    return torch.stack([v.float().to(device) for v in norms]).square()
+
+
+def _safe_log(x: Tensor) -> Tensor:
+    return torch.log(torch.nan_to_num(x, nan=_LOG_FLOOR).clamp_min(_LOG_FLOOR))
+
+
+def _log_scalar(x: float | None) -> float:
+    if x is None or not math.isfinite(x):
+        return 0.0
+    return math.log(max(x, _LOG_FLOOR))
