@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ganno_lightning.partition import LayerPartition
+from ganno_lightning.step_hooks import register_outermost_step_hooks
 
 #: LR-scheduler attributes (and state-dict keys) that hold one entry per param group. They are
 #: expanded when groups are split so that the scheduler keeps driving every new group.
@@ -92,10 +93,7 @@ class LayerwiseLR:
             _remap_per_group(vars(scheduler), len(self._original_params), self.group_origin)
         self._first_group_of_agent = [self.group_agent.index(i) for i in range(len(partition))]
         self._unscaled_lrs: list[Any] | None = None
-        self._hooks = [
-            optimizer.register_step_pre_hook(self._apply_scales),
-            optimizer.register_step_post_hook(self._restore_lrs),
-        ]
+        self._hooks = register_outermost_step_hooks(optimizer, self._apply_scales, self._restore_lrs)
 
     # -- scales -----------------------------------------------------------------------------------
     def set_scales(self, scales: Sequence[float]) -> None:
@@ -118,18 +116,19 @@ class LayerwiseLR:
         return [lr * s for lr, s in zip(self.base_lrs(), self.scales)]
 
     # -- step hooks -------------------------------------------------------------------------------
-    def _apply_scales(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _apply_scales(self) -> None:
         if self._unscaled_lrs is not None:  # the previous step raised before the post-hook ran
-            self._restore_lrs(optimizer, args, kwargs)
-        self._unscaled_lrs = [g["lr"] for g in optimizer.param_groups]
-        for group, agent in zip(optimizer.param_groups, self.group_agent):
+            self._restore_lrs()
+        groups = self.optimizer.param_groups
+        self._unscaled_lrs = [g["lr"] for g in groups]
+        for group, agent in zip(groups, self.group_agent):
             if agent is not None:
                 group["lr"] = group["lr"] * self.scales[agent]
 
-    def _restore_lrs(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _restore_lrs(self) -> None:
         if self._unscaled_lrs is None:
             return
-        for group, lr in zip(optimizer.param_groups, self._unscaled_lrs):
+        for group, lr in zip(self.optimizer.param_groups, self._unscaled_lrs):
             group["lr"] = lr
         self._unscaled_lrs = None
 

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, LAYER_KINDS
 from ganno_lightning.partition import LayerPartition
+from ganno_lightning.step_hooks import register_outermost_step_hooks
 
 _TINY = 1e-30
 _LOG_FLOOR = 1e-12
@@ -101,7 +102,7 @@ class LayerObserver:
         ``step(closure)``, so they exist only once the step has run; they are still the gradients
         that were applied (unscaled and clipped), since ``zero_grad`` comes later.
         """
-        return [optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step())]
+        return register_outermost_step_hooks(optimizer, post=self.after_step)
 
     def after_step(self) -> None:
         """Count one optimizer step; measure its gradients if it is a sampling step."""

@@ -1,0 +1,119 @@
+"""Small models, data and agents shared by the tests."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ganno_lightning import FEATURE_NAMES, GANNOAgent, LayerPolicyNet, ObservationNormalizer
+
+UP, DOWN = 6, 0  # indices of x2 and x0.5 in the default action set
+
+
+def regression_data(n: int = 64, dim: int = 8, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    y = (x @ torch.randn(dim, 1, generator=g)).tanh()
+    return TensorDataset(x, y)
+
+
+class TinyRegressor(L.LightningModule):
+    """Two linear layers; optimizer, groups and scheduler configurable for each test."""
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.05, groups: bool = False, scheduler: str | None = None,
+                 dim: int = 8, hidden: int = 16, batch_size: int = 8):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.optimizer, self.lr, self.groups, self.scheduler = optimizer, lr, groups, scheduler
+        self.batch_size = batch_size
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        if self.groups:
+            params = [{"params": self.net[0].parameters(), "lr": self.lr, "weight_decay": 0.01, "tag": "body"},
+                      {"params": self.net[2].parameters(), "lr": self.lr / 10, "tag": "head"}]
+        else:
+            params = self.parameters()
+        if self.optimizer == "sgd":
+            opt = RecordingSGD(params, lr=self.lr, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr)
+        if self.scheduler == "lambda":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt
+
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size)
+
+
+
+class ValidatedRegressor(TinyRegressor):
+    """TinyRegressor that also validates and logs `val_loss`."""
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    def val_dataloader(self):
+        return DataLoader(regression_data(32, seed=1), batch_size=16)
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that records the LR of every param group each time it actually updates."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen_lrs: list[list[float]] = []
+
+    def step(self, closure=None):
+        loss = super().step(closure)
+        self.seen_lrs.append([float(g["lr"]) for g in self.param_groups])
+        return loss
+
+
+def depth_agent(interval: int = 4, first: int = UP, last: int = DOWN, **kwargs) -> GANNOAgent:
+    """A fixed policy: the first layer always takes ``first``, the last layer ``last``.
+
+    A linear actor whose logits depend only on the `depth` feature (0 for the first layer, 1 for
+    the last); the normaliser is the identity.
+    """
+    actor = LayerPolicyNet(len(FEATURE_NAMES), 7, hidden_sizes=())
+    depth = FEATURE_NAMES.index("depth")
+    with torch.no_grad():
+        linear = actor.mlp[0]
+        linear.weight.zero_()
+        linear.bias.fill_(-100.0)
+        linear.bias[first] = 5.0
+        linear.weight[first, depth] = -10.0
+        linear.bias[last] = -5.0
+        linear.weight[last, depth] = 10.0
+    return GANNOAgent(actor, ObservationNormalizer(len(FEATURE_NAMES), clip=1e9), interval=interval, **kwargs)
+
+
+class RecordingAgent(GANNOAgent):
+    """Any agent, remembering every observation it was shown."""
+
+    def __init__(self, base: GANNOAgent):
+        super().__init__(base.actor, base.normalizer, action_multipliers=base.action_multipliers,
+                         interval=base.interval, scale_bounds=base.scale_bounds)
+        self.observations: list[torch.Tensor] = []
+
+    def act(self, observation, *args, **kwargs):
+        self.observations.append(observation.clone())
+        return super().act(observation, *args, **kwargs)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, max_epochs=2)
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)

@@ -1,0 +1,278 @@
+import csv
+import glob
+import math
+
+import lightning as L
+import pytest
+import torch
+from helpers import DOWN, UP, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent, trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent, GANNOCallback
+from ganno_lightning.agent import DEFAULT_AGENT_PATH
+
+STEPS_PER_EPOCH = 8  # 64 samples, batch 8
+
+
+def expected_scales(step: int, interval: int, bounds=(1e-2, 1e2)) -> tuple[float, float]:
+    """Scales of (first, last) layer in effect during optimizer step `step` (0-based) under depth_agent."""
+    k = step // interval
+    return min(2.0**k, bounds[1]), max(0.5**k, bounds[0])
+
+
+# -- constructor and fit-time errors ------------------------------------------------------------
+@pytest.mark.parametrize("interval", [0, -3, 2.5, "4", True])
+def test_bad_interval_is_rejected(interval):
+    with pytest.raises(ValueError, match=r"`interval` must be a positive int"):
+        GANNOCallback(depth_agent(), interval=interval)
+
+
+def test_bad_scale_bounds_are_rejected():
+    with pytest.raises(ValueError, match=r"`scale_bounds` must satisfy 0 < low <= 1 <= high"):
+        GANNOCallback(depth_agent(), scale_bounds=(2.0, 10.0))
+
+
+def test_missing_agent_file_is_a_clear_error(tmp_path):
+    with pytest.raises(AgentCheckpointError, match="Agent file not found"):
+        GANNOCallback(agent=tmp_path / "nope.pt")
+
+
+def test_corrupt_agent_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "agent.pt"
+    path.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(AgentCheckpointError, match="corrupt or not a GANNO agent"):
+        GANNOCallback(agent=path)
+
+
+def test_wrong_agent_type_is_rejected():
+    with pytest.raises(TypeError, match="`agent` must be a GANNOAgent"):
+        GANNOCallback(agent=3)
+
+
+@pytest.mark.skipif(DEFAULT_AGENT_PATH.is_file(), reason="a default agent ships")
+def test_without_default_agent_the_error_says_how_to_train_one():
+    with pytest.raises(AgentCheckpointError, match="python -m agents.train"):
+        GANNOCallback()
+
+
+def test_manual_optimization_is_rejected_before_training():
+    class Manual(TinyRegressor):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+    with pytest.raises(MisconfigurationException, match="automatic optimization"):
+        trainer(callbacks=[GANNOCallback(depth_agent())]).fit(Manual())
+
+
+def test_several_optimizers_are_rejected():
+    class TwoOptimizers(TinyRegressor):
+        def configure_optimizers(self):
+            return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+
+    model = TwoOptimizers()
+    model.automatic_optimization = False  # Lightning itself refuses two optimizers in automatic mode
+    with pytest.raises(MisconfigurationException):
+        trainer(callbacks=[GANNOCallback(depth_agent())]).fit(model)
+
+
+def test_frozen_model_is_a_clear_error():
+    model = TinyRegressor()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    model.configure_optimizers = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        trainer(callbacks=[GANNOCallback(depth_agent())]).fit(model)
+
+
+# -- the schedule follows the policy ------------------------------------------------------------
+def test_each_layer_lr_moves_exactly_as_the_policy_says():
+    interval = 4
+    model = TinyRegressor(lr=0.05)
+    callback = GANNOCallback(depth_agent(interval))
+    trainer(max_epochs=2, callbacks=[callback]).fit(model)
+
+    optimizer = model.trainer.optimizers[0]
+    seen = optimizer.seen_lrs
+    assert len(seen) == 2 * STEPS_PER_EPOCH
+    for step, lrs in enumerate(seen):
+        up, down = expected_scales(step, interval)
+        # during the fit the optimizer holds one group per layer: [net.0, net.2]
+        assert lrs == pytest.approx([0.05 * up, 0.05 * down])
+    # outside the step, and after fit, the groups carry the unscaled LR in the user's layout
+    assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.05
+
+    schedule = callback.schedule
+    assert schedule.steps == [0, 4, 8, 12, 16]
+    assert schedule.lrs_of("net.0") == pytest.approx([0.05 * 2**k for k in range(5)])
+    assert schedule.lrs_of("net.2") == pytest.approx([0.05 * 0.5**k for k in range(5)])
+    assert schedule.actions[1:] == [[UP, DOWN]] * 4
+
+
+def test_scales_are_clipped_to_bounds():
+    model = TinyRegressor(lr=0.05)
+    callback = GANNOCallback(depth_agent(2), scale_bounds=(0.25, 4.0))
+    trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    assert max(row[0] for row in callback.schedule.scales) == 4.0
+    assert min(row[1] for row in callback.schedule.scales) == 0.25
+
+
+def test_interval_argument_overrides_the_agent():
+    callback = GANNOCallback(depth_agent(4), interval=2)
+    trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
+    assert callback.schedule.steps == [0, 2, 4, 6, 8]
+
+
+def test_sampling_mode_is_reproducible_from_seed():
+    def run(seed):
+        callback = GANNOCallback(GANNOAgent.create(interval=2, seed=1), deterministic=False, seed=seed)
+        L.seed_everything(0)
+        trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
+        return callback.schedule.actions
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+# -- composition with Lightning features --------------------------------------------------------
+def test_several_param_groups_keep_their_hyperparameters():
+    model = TinyRegressor(lr=0.1, groups=True)
+    callback = GANNOCallback(depth_agent(4))
+
+    class Inspect(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizers[0].param_groups]
+
+    inspect = Inspect()
+    trainer(max_epochs=1, callbacks=[callback, inspect]).fit(model)
+    assert [(g["tag"], g["weight_decay"], g["momentum"], g["ganno_agent"]) for g in inspect.groups] == [
+        ("body", 0.01, 0.9, 0), ("head", 0.0, 0.9, 1)]
+    for step, lrs in enumerate(model.trainer.optimizers[0].seen_lrs):
+        up, down = expected_scales(step, 4)
+        assert lrs == pytest.approx([0.1 * up, 0.01 * down])
+    assert [g["tag"] for g in model.trainer.optimizers[0].param_groups] == ["body", "head"]
+
+
+def test_lr_scheduler_keeps_working_under_the_scales():
+    model = TinyRegressor(lr=0.1, scheduler="lambda")
+    callback = GANNOCallback(depth_agent(4))
+    trainer(max_epochs=1, callbacks=[callback]).fit(model)
+    for step, lrs in enumerate(model.trainer.optimizers[0].seen_lrs):
+        up, down = expected_scales(step, 4)
+        assert lrs == pytest.approx([0.1 * 0.9**step * up, 0.1 * 0.9**step * down])
+
+
+def test_gradient_accumulation_counts_optimizer_steps_and_true_losses():
+    model = TinyRegressor()
+    agent = RecordingAgent(depth_agent(2))
+    callback = GANNOCallback(agent)
+    trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[callback]).fit(model)
+    assert len(model.trainer.optimizers[0].seen_lrs) == 4
+    assert callback.schedule.steps == [0, 2, 4]
+    # the second decision summarises batches 4..7 with their un-normalised losses
+    expected = math.log(sum(model.losses[4:8]) / 4)
+    smoothed_first = sum(model.losses[:4]) / 4
+    smoothed = 0.9 * smoothed_first + 0.1 * math.exp(expected)
+    log_loss = agent.observations[1][0, FEATURE_NAMES.index("log_loss")].item()
+    assert log_loss == pytest.approx(math.log(smoothed), rel=1e-4)
+
+
+def test_gradient_clipping_is_seen_by_the_observation():
+    agent = RecordingAgent(depth_agent(2))
+    trainer(max_epochs=1, gradient_clip_val=1e-4, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
+    grad_rms = FEATURE_NAMES.index("log_grad_rms")
+    numel = torch.tensor([8 * 16 + 16, 16 + 1], dtype=torch.float32)
+    for observation in agent.observations:
+        # the total norm is clipped to 1e-4, so no layer's RMS can exceed 1e-4 / sqrt(numel)
+        assert (observation[:, grad_rms] <= torch.log(1e-4 / numel.sqrt()) + 1e-4).all()
+
+
+def test_bf16_mixed_precision():
+    model = TinyRegressor(lr=0.05)
+    agent = RecordingAgent(depth_agent(4))
+    trainer(max_epochs=1, precision="bf16-mixed", callbacks=[GANNOCallback(agent)]).fit(model)
+    for step, lrs in enumerate(model.trainer.optimizers[0].seen_lrs):
+        up, down = expected_scales(step, 4)
+        assert lrs == pytest.approx([0.05 * up, 0.05 * down])
+    assert all(torch.isfinite(o).all() for o in agent.observations)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs a GPU")
+def test_fp16_mixed_precision_on_gpu():
+    model = TinyRegressor(lr=0.05)
+    agent = RecordingAgent(depth_agent(4))
+    trainer(accelerator="gpu", max_epochs=1, precision="16-mixed", callbacks=[GANNOCallback(agent)]).fit(model)
+    assert len(agent.observations) == 2
+    assert all(torch.isfinite(o).all() for o in agent.observations)
+
+
+def test_validation_loss_reaches_the_observation():
+    agent = RecordingAgent(depth_agent(4))
+    trainer(max_epochs=2, callbacks=[GANNOCallback(agent)], num_sanity_val_steps=0).fit(ValidatedRegressor())
+    has_val = FEATURE_NAMES.index("has_val_loss")
+    assert [o[0, has_val].item() for o in agent.observations] == [0.0, 0.0, 1.0, 1.0]
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def test_schedule_is_written_as_csv_and_png(tmp_path):
+    callback = GANNOCallback(depth_agent(4), save_dir=tmp_path / "out")
+    trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
+    with open(tmp_path / "out" / "ganno_schedule.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["step"]), r["layer"]) for r in rows[:4]] == [(0, "net.0"), (0, "net.2"), (4, "net.0"), (4, "net.2")]
+    assert float(rows[2]["lr"]) == pytest.approx(0.1)
+    assert (tmp_path / "out" / "ganno_schedule.png").stat().st_size > 1000
+
+
+def test_metrics_reach_every_logger(tmp_path):
+    csv_logger = CSVLogger(tmp_path, name="csv")
+    wandb_logger = WandbLogger(project="ganno-test", save_dir=str(tmp_path), offline=True)
+    callback = GANNOCallback(depth_agent(4))
+    trainer(max_epochs=1, logger=[csv_logger, wandb_logger], callbacks=[callback]).fit(TinyRegressor())
+    with open(f"{csv_logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("ganno/lr/net.0")]
+    assert [float(r["ganno/lr/net.0"]) for r in rows] == pytest.approx([0.1, 0.2])
+    assert wandb_logger.experiment.summary["ganno/scale/net.2"] == pytest.approx(0.25)
+    wandb_logger.experiment.finish()
+    run_dir = glob.glob(f"{tmp_path}/**/offline-run-*", recursive=True)[0]
+    assert glob.glob(f"{run_dir}/files/media/table/ganno/schedule_*.table.json")
+    assert glob.glob(f"{run_dir}/files/media/images/ganno/lr_heatmap_*.png")
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def _fit(max_epochs, ckpt_dir, resume=None, agent=None):
+    L.seed_everything(7)
+    model = ValidatedRegressor(optimizer="adam", lr=0.01, scheduler="lambda")
+    callback = GANNOCallback(agent or depth_agent(4, first=5, last=1))
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1, save_top_k=-1)
+    trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[callback, checkpoint],
+            num_sanity_val_steps=0).fit(model, ckpt_path=resume)
+    return model, callback
+
+
+def test_resume_continues_the_same_schedule(tmp_path):
+    straight_model, straight = _fit(4, tmp_path / "a")
+    _, first_half = _fit(2, tmp_path / "b")
+    resumed_model, resumed = _fit(4, tmp_path / "c", resume=tmp_path / "b" / "last.ckpt")
+
+    assert resumed.schedule.steps == straight.schedule.steps
+    torch.testing.assert_close(torch.tensor(resumed.schedule.lrs), torch.tensor(straight.schedule.lrs))
+    assert resumed.schedule.actions == straight.schedule.actions
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_checkpoint_keeps_the_users_param_group_layout(tmp_path):
+    _fit(1, tmp_path)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    groups = checkpoint["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 1 and groups[0]["params"] == [0, 1, 2, 3]
+    assert "ganno_agent" not in groups[0]
+    assert len(checkpoint["lr_schedulers"][0]["base_lrs"]) == 1
+    # ... so a Trainer without the callback resumes from it too
+    model = ValidatedRegressor(optimizer="adam", lr=0.01, scheduler="lambda")
+    trainer(max_epochs=2, num_sanity_val_steps=0).fit(model, ckpt_path=tmp_path / "last.ckpt")
+    assert model.trainer.global_step == 2 * STEPS_PER_EPOCH
