@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
+from ganno_lightning.agent import FORMAT_VERSION
+
+
+def test_round_trip_preserves_everything(tmp_path):
+    agent = GANNOAgent.create(hidden_sizes=(16,), interval=10, scale_bounds=(0.1, 10.0), seed=3)
+    agent.normalizer.mean.fill_(0.5)
+    agent.training_config = {"lr": 3e-4, "tasks": ["mlp", "cnn"]}
+    agent.evaluation = {"beats_constant": 0.9}
+    path = agent.save(tmp_path / "agent.pt")
+    loaded = GANNOAgent.load(path)
+    obs = torch.randn(4, len(FEATURE_NAMES))
+    torch.testing.assert_close(loaded.logits(obs), agent.logits(obs))
+    assert loaded.interval == 10 and loaded.scale_bounds == (0.1, 10.0)
+    assert loaded.action_multipliers == agent.action_multipliers
+    assert loaded.training_config == agent.training_config and loaded.evaluation == agent.evaluation
+    assert not list(tmp_path.glob("*.tmp"))  # atomic save leaves no temporary file
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    path = GANNOAgent.create(seed=0).save(tmp_path / "agent.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["format_version"] == FORMAT_VERSION
+    assert checkpoint["feature_names"] == list(FEATURE_NAMES)
+
+
+def test_small_file(tmp_path):
+    path = GANNOAgent.create(seed=0).save(tmp_path / "agent.pt")
+    assert path.stat().st_size < 100_000
+
+
+def _save_modified(tmp_path, **changes):
+    checkpoint = GANNOAgent.create(seed=0).to_checkpoint()
+    checkpoint.update(changes)
+    path = tmp_path / "agent.pt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_feature_mismatch_names_the_difference(tmp_path):
+    names = list(FEATURE_NAMES)
+    names[names.index("grad_consistency")] = "grad_cosine"
+    with pytest.raises(AgentCheckpointError, match=r"missing \['grad_consistency'\]; unexpected \['grad_cosine'\]"):
+        GANNOAgent.load(_save_modified(tmp_path, feature_names=names))
+    with pytest.raises(AgentCheckpointError, match="different order"):
+        GANNOAgent.load(_save_modified(tmp_path, feature_names=list(reversed(FEATURE_NAMES))))
+
+
+def test_action_set_mismatch_is_an_error(tmp_path):
+    with pytest.raises(AgentCheckpointError, match="Action set mismatch: the actor outputs 7 actions but 3"):
+        GANNOAgent.load(_save_modified(tmp_path, action_multipliers=[0.5, 1.0, 2.0]))
+    with pytest.raises(AgentCheckpointError, match="positive finite"):
+        GANNOAgent.load(_save_modified(tmp_path, action_multipliers=[0.5, -1.0, 2.0, 1, 1, 1, 1]))
+
+
+def test_newer_format_version_is_an_error(tmp_path):
+    with pytest.raises(AgentCheckpointError, match=r"format version 99.*Upgrade ganno-lightning"):
+        GANNOAgent.load(_save_modified(tmp_path, format_version=99))
+
+
+def test_missing_keys_and_wrong_weights_are_errors(tmp_path):
+    checkpoint = GANNOAgent.create(seed=0).to_checkpoint()
+    del checkpoint["normalizer"]
+    torch.save(checkpoint, tmp_path / "a.pt")
+    with pytest.raises(AgentCheckpointError, match=r"missing keys \['normalizer'\]"):
+        GANNOAgent.load(tmp_path / "a.pt")
+    checkpoint = GANNOAgent.create(seed=0).to_checkpoint()
+    checkpoint["actor"]["config"]["hidden_sizes"] = [7]
+    torch.save(checkpoint, tmp_path / "b.pt")
+    with pytest.raises(AgentCheckpointError, match="invalid actor"):
+        GANNOAgent.load(tmp_path / "b.pt")
+
+
+def test_missing_corrupt_and_foreign_files(tmp_path):
+    with pytest.raises(AgentCheckpointError, match="not found"):
+        GANNOAgent.load(tmp_path / "none.pt")
+    good = GANNOAgent.create(seed=0).save(tmp_path / "agent.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(AgentCheckpointError, match="corrupt"):
+        GANNOAgent.load(truncated)
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(AgentCheckpointError, match="expected a dict, got list"):
+        GANNOAgent.load(tmp_path / "list.pt")
+
+
+def test_act_masks_and_samples():
+    agent = GANNOAgent.create(seed=0)
+    obs = torch.randn(2, 5, len(FEATURE_NAMES))
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    logits = agent.logits(obs, mask)
+    # padded agents do not change what the real ones see
+    torch.testing.assert_close(logits[1, :2], agent.logits(obs[1:, :2])[0])
+    assert agent.act(obs, mask).shape == (2, 5)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert torch.equal(agent.act(obs, deterministic=False, generator=g1), agent.act(obs, deterministic=False, generator=g2))

@@ -1,0 +1,148 @@
+import pytest
+import torch
+from torch import nn
+
+from ganno_lightning import LayerPartition, LayerwiseLR
+
+
+def model_and_adam():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 1))
+    opt = torch.optim.AdamW(
+        [{"params": list(model[0].parameters()) + list(model[1].parameters()), "weight_decay": 0.1, "custom": "x"},
+         {"params": model[2].parameters(), "lr": 1e-2, "betas": (0.5, 0.6)}],
+        lr=1e-3,
+    )
+    return model, opt
+
+
+def take_steps(model, opt, n=3):
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).pow(2).mean().backward()
+        opt.step()
+
+
+def test_split_keeps_every_hyperparameter_and_the_state():
+    model, opt = model_and_adam()
+    take_steps(model, opt)
+    state_before = {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in model.parameters()}
+    LayerwiseLR(opt, LayerPartition.from_module(model))
+    assert [g["ganno_agent"] for g in opt.param_groups] == [0, 1, 2]
+    assert [(g["weight_decay"], g.get("custom"), g["lr"], g["betas"]) for g in opt.param_groups] == [
+        (0.1, "x", 1e-3, (0.9, 0.999)), (0.1, "x", 1e-3, (0.9, 0.999)), (0.01, None, 1e-2, (0.5, 0.6))]
+    for p in model.parameters():
+        for key, value in state_before[id(p)].items():
+            torch.testing.assert_close(opt.state[p][key], value)
+
+
+def test_uncontrolled_parameters_keep_a_group_of_their_own():
+    model, opt = model_and_adam()
+    partition = LayerPartition.from_module(model, params=model[0].parameters())
+    LayerwiseLR(opt, partition)
+    assert [g.get("ganno_agent") for g in opt.param_groups] == [None, 0, None]
+    assert len(opt.param_groups[0]["params"]) == 2  # model[1]
+
+
+def test_scale_applies_only_inside_the_step_and_matches_per_layer_lrs():
+    model, opt = model_and_adam()
+    control = LayerwiseLR(opt, LayerPartition.from_module(model))
+    control.set_scales([4.0, 1.0, 0.5])
+    twin, _ = model_and_adam()
+    twin_opt = torch.optim.AdamW([  # the same run, with the scaled LRs written by hand
+        {"params": twin[0].parameters(), "lr": 4e-3, "weight_decay": 0.1},
+        {"params": twin[1].parameters(), "lr": 1e-3, "weight_decay": 0.1},
+        {"params": twin[2].parameters(), "lr": 5e-3, "betas": (0.5, 0.6)},
+    ])
+    torch.manual_seed(1)
+    take_steps(model, opt)
+    torch.manual_seed(1)
+    take_steps(twin, twin_opt)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-2]
+    assert control.effective_lrs() == pytest.approx([4e-3, 1e-3, 5e-3])
+
+
+def test_scales_are_clipped_and_bounds_checked():
+    model, opt = model_and_adam()
+    control = LayerwiseLR(opt, LayerPartition.from_module(model), scale_bounds=(0.5, 2.0))
+    control.multiply([10.0, 0.01, 1.0])
+    assert control.scales == [2.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="`scale_bounds`"):
+        LayerwiseLR(opt, LayerPartition.from_module(model), scale_bounds=(0.0, 2.0))
+
+
+@pytest.mark.parametrize("make", [
+    lambda opt: torch.optim.lr_scheduler.StepLR(opt, 2, 0.5),
+    lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, [lambda s: 0.9**s, lambda s: 1.0 / (1 + s)]),
+    lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10),
+    lambda opt: torch.optim.lr_scheduler.SequentialLR(opt, [torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=2),
+                                                            torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)], [2]),
+    lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.01, 0.1], total_steps=20),
+    lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, min_lr=[1e-4, 1e-5]),
+], ids=["step", "lambda", "cosine", "sequential", "onecycle", "plateau"])
+def test_schedulers_drive_the_split_groups_like_the_originals(make):
+    """The base LR of every split group equals its original group's LR under the same scheduler."""
+    model, opt = model_and_adam()
+    twin, twin_opt = model_and_adam()
+    sched, twin_sched = make(opt), make(twin_opt)
+    control = LayerwiseLR(opt, LayerPartition.from_module(model), lr_schedulers=[sched])
+    for step in range(6):
+        for s in (sched, twin_sched):
+            s.step(1.0) if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau) else s.step()
+        expected = [twin_opt.param_groups[origin]["lr"] for origin in control.group_origin]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(expected), step
+
+
+def test_checkpoint_state_folds_back_into_the_original_layout():
+    model, opt = model_and_adam()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s)
+    control = LayerwiseLR(opt, LayerPartition.from_module(model), lr_schedulers=[sched])
+    control.set_scales([2.0, 3.0, 4.0])
+    take_steps(model, opt)
+    sched.step()
+    merged = control.merged_optimizer_state(opt.state_dict())
+    merged_sched = control.merged_scheduler_state(sched.state_dict())
+
+    fresh_model, fresh_opt = model_and_adam()
+    fresh_sched = torch.optim.lr_scheduler.LambdaLR(fresh_opt, lambda s: 0.5**s)
+    fresh_opt.load_state_dict(merged)
+    fresh_sched.load_state_dict(merged_sched)
+    fresh_model.load_state_dict(model.state_dict())
+    for p, q in zip(model.parameters(), fresh_model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt.state[p][key], fresh_opt.state[q][key])
+    assert [g["lr"] for g in fresh_opt.param_groups] == pytest.approx([5e-4, 5e-3])
+    assert fresh_sched.base_lrs == [1e-3, 1e-2]
+
+
+def test_close_restores_the_original_groups_and_schedulers():
+    model, opt = model_and_adam()
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    groups_before = [[id(p) for p in g["params"]] for g in opt.param_groups]
+    control = LayerwiseLR(opt, LayerPartition.from_module(model), lr_schedulers=[sched])
+    control.set_scales([8.0, 8.0, 8.0])
+    take_steps(model, opt, 1)
+    sched.step()
+    control.close()
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == groups_before
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([5e-4, 5e-3])
+    assert sched.base_lrs == [1e-3, 1e-2]
+    before = [p.clone() for p in model.parameters()]
+    take_steps(model, opt, 1)  # no hook left: a plain step
+    assert all("ganno_agent" not in g for g in opt.param_groups)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_works_with_any_torch_optimizer():
+    for make in (lambda p: torch.optim.RMSprop(p, lr=0.01), lambda p: torch.optim.Adagrad(p, lr=0.01),
+                 lambda p: torch.optim.SGD(p, lr=0.01, nesterov=True, momentum=0.9),
+                 lambda p: torch.optim.Adam(p, lr=0.01, foreach=False), lambda p: torch.optim.NAdam(p, lr=0.01)):
+        model, _ = model_and_adam()
+        opt = make(model.parameters())
+        control = LayerwiseLR(opt, LayerPartition.from_module(model))
+        control.set_scales([0.5, 1.0, 2.0])
+        take_steps(model, opt, 2)
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert [g["lr"] for g in opt.param_groups] == [0.01] * 3

@@ -1,0 +1,151 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ganno_lightning import FEATURE_NAMES, LayerObserver, LayerPartition
+from ganno_lightning.features import FEATURE_CLIP
+
+F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+def two_layers():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        model[1].weight.copy_(torch.tensor([[2.0, 2.0]]))
+    return model
+
+
+def observer_for(model, interval=2, **kwargs):
+    return LayerObserver(LayerPartition.from_module(model), interval=interval, **kwargs)
+
+
+def fake_step(model, observer, grads, delta=None):
+    for p, g in zip(model.parameters(), grads):
+        p.grad = None if g is None else g.clone()
+    if delta is not None:
+        with torch.no_grad():
+            for p, d in zip(model.parameters(), delta):
+                p.add_(d)
+    observer.after_step()
+
+
+def test_features_on_hand_built_gradients():
+    model = two_layers()
+    observer = observer_for(model, interval=2, total_steps=8)
+    g0 = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    g1 = torch.tensor([[3.0, 4.0]])
+    fake_step(model, observer, [g0, g1])
+    fake_step(model, observer, [g0, -g1], delta=[torch.full((2, 2), 0.1), torch.zeros(1, 2)])
+    for loss in (1.0, 3.0):
+        observer.record_loss(torch.tensor(loss))
+    obs = observer.features(scales=[2.0, 0.5], lrs=[0.2, 0.05])
+    assert obs.shape == (2, len(FEATURE_NAMES))
+    torch.testing.assert_close(obs[:, F["log_scale"]], torch.log(torch.tensor([2.0, 0.5])))
+    torch.testing.assert_close(obs[:, F["log_lr"]], torch.log(torch.tensor([0.2, 0.05])))
+    w0 = torch.tensor([[1.1, 2.1], [3.1, 4.1]])
+    assert obs[0, F["log_weight_rms"]].item() == pytest.approx(math.log(w0.square().mean().sqrt().item()), rel=1e-5)
+    assert obs[1, F["log_weight_rms"]].item() == pytest.approx(math.log(2.0), rel=1e-5)
+    assert obs[0, F["log_grad_rms"]].item() == pytest.approx(0.0, abs=1e-6)  # rms of ones
+    assert obs[1, F["log_grad_rms"]].item() == pytest.approx(math.log(5 / math.sqrt(2)), rel=1e-5)
+    ratio = 0.2 / torch.tensor([[1.0, 2.0], [3.0, 4.0]]).norm().item()
+    assert obs[0, F["log_update_ratio"]].item() == pytest.approx(math.log(ratio), rel=1e-4)
+    assert obs[1, F["log_update_ratio"]].item() < -13  # no update: the log floor, finite
+    assert obs[0, F["grad_consistency"]].item() == pytest.approx(1.0)  # same gradient twice
+    assert obs[1, F["grad_consistency"]].item() == pytest.approx(0.0, abs=1e-6)  # g then -g
+    assert obs[:, F["depth"]].tolist() == [0.0, 1.0]
+    assert obs[:, F["kind_linear"]].tolist() == [1.0, 1.0]
+    assert obs[:, F["log_param_count"]].tolist() == pytest.approx([math.log(4), math.log(2)])
+    assert obs[:, F["progress"]].tolist() == [0.25, 0.25]
+    assert obs[0, F["progress_unknown"]].item() == 0.0
+    assert obs[0, F["log_loss"]].item() == pytest.approx(math.log(2.0))
+    assert obs[0, F["loss_volatility"]].item() == pytest.approx(0.5)
+    assert obs[0, F["log_loss_ratio"]].item() == 0.0  # no previous interval yet
+    assert obs[0, F["has_val_loss"]].item() == 0.0
+
+    observer.start_interval()
+    fake_step(model, observer, [g0, g1])
+    fake_step(model, observer, [g0, g1])
+    observer.record_loss(1.0)
+    observer.record_val_loss(4.0)
+    obs = observer.features(scales=[1.0, 1.0], lrs=[0.1, 0.1])
+    assert obs[0, F["log_loss_ratio"]].item() == pytest.approx(math.log(1.0 / 2.0))
+    smoothed = 0.9 * 2.0 + 0.1 * 1.0
+    assert obs[0, F["log_loss"]].item() == pytest.approx(math.log(smoothed))
+    assert obs[0, F["log_val_loss_ratio"]].item() == pytest.approx(math.log(4.0 / smoothed))
+    assert obs[0, F["has_val_loss"]].item() == 1.0
+    assert obs[0, F["progress"]].item() == 0.5
+
+
+def test_gradients_are_sampled_on_evenly_spaced_steps():
+    model = two_layers()
+    observer = observer_for(model, interval=8, grad_samples=2)
+    big, small = torch.full((2, 2), 100.0), torch.ones(2, 2)
+    for step in range(8):  # samples steps 4 and 8 (1-based)
+        fake_step(model, observer, [small if step in (3, 7) else big, torch.ones(1, 2)])
+    obs = observer.features([1.0, 1.0], [0.1, 0.1])
+    assert obs[0, F["log_grad_rms"]].item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("grads", [
+    [None, None],
+    [torch.zeros(2, 2), torch.zeros(1, 2)],
+    [torch.full((2, 2), float("inf")), torch.full((1, 2), float("nan"))],
+])
+def test_features_are_finite_for_degenerate_gradients(grads):
+    model = two_layers()
+    observer = observer_for(model, interval=2)
+    for _ in range(2):
+        fake_step(model, observer, grads)
+        observer.record_loss(float("nan") if grads[0] is not None and grads[0].isinf().any() else 0.0)
+    observer.record_val_loss(float("inf"))
+    obs = observer.features([1.0, 1e-30], [0.0, float("inf")])
+    assert torch.isfinite(obs).all()
+    assert obs.abs().max() <= FEATURE_CLIP
+
+
+def test_features_are_finite_without_any_step_or_loss():
+    obs = observer_for(two_layers()).features([1.0, 1.0], [0.1, 0.1])
+    assert torch.isfinite(obs).all()
+    assert obs[0, F["progress_unknown"]].item() == 1.0
+
+
+def test_no_buffer_grows_with_the_model():
+    model = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
+    observer = observer_for(model, sketch_size=64)
+    for _ in range(2):
+        fake_step(model, observer, [torch.randn_like(p) for p in model.parameters()])
+    sizes = [v.numel() for v in observer.state_dict().values() if isinstance(v, torch.Tensor)]
+    assert max(sizes) <= 2 * 64 < sum(p.numel() for p in model.parameters()) / 1000
+
+
+def test_state_round_trip_gives_identical_features():
+    model = two_layers()
+    observer = observer_for(model, interval=4)
+    fake_step(model, observer, [torch.ones(2, 2), torch.ones(1, 2)], delta=[torch.ones(2, 2), torch.ones(1, 2)])
+    observer.record_loss(2.0)
+    clone = observer_for(model, interval=4)
+    clone.load_state_dict(observer.state_dict())
+    torch.testing.assert_close(observer.features([1.0, 1.0], [0.1, 0.1]), clone.features([1.0, 1.0], [0.1, 0.1]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"interval": 0}, "`interval` must be a positive int"),
+    ({"interval": 2, "grad_samples": 0}, "`grad_samples`"),
+    ({"interval": 2, "sketch_size": -1}, "`sketch_size`"),
+    ({"interval": 2, "total_steps": 0}, "`total_steps`"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LayerObserver(LayerPartition.from_module(two_layers()), **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_features_are_computed_on_the_parameters_device():
+    model = two_layers().cuda()
+    observer = observer_for(model)
+    assert observer.device.type == "cuda" and observer._grad_sq.device.type == "cuda"
+    fake_step(model, observer, [torch.ones(2, 2, device="cuda"), torch.ones(1, 2, device="cuda")])
+    assert observer.features([1.0, 1.0], [0.1, 0.1]).device.type == "cpu"
