@@ -1,0 +1,25 @@
+"""Run by test_ddp.py: a 2-process CPU DDP fit with GANNOCallback; each rank dumps what it saw."""
+
+import json
+import os
+import sys
+
+import lightning as L
+import torch
+from helpers import RecordingAgent, TinyRegressor
+
+from ganno_lightning import GANNOAgent, GANNOCallback
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    agent = RecordingAgent(GANNOAgent.create(interval=2, seed=0))
+    # sampled actions with a different seed per rank: only the broadcast makes them agree
+    callback = GANNOCallback(agent, deterministic=False, seed=rank, save_dir=f"{out}/rank{rank}")
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, callbacks=[callback],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(TinyRegressor(batch_size=4))
+    with open(f"{out}/seen{rank}.json", "w") as f:
+        json.dump({"actions": callback.schedule.actions, "lrs": callback.schedule.lrs,
+                   "observations": [o.tolist() for o in agent.observations],
+                   "params": [p.detach().sum().item() for p in trainer.lightning_module.parameters()]}, f)

@@ -1,0 +1,26 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_ranks_make_identical_decisions_and_only_rank_zero_writes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(seen[0]["actions"]) == 9  # 2 epochs x (16 batches / 2 ranks) / interval 2, plus the start
+    assert seen[0]["actions"] == seen[1]["actions"]
+    assert seen[0]["lrs"] == seen[1]["lrs"]
+    assert seen[0]["observations"] == seen[1]["observations"]  # losses are averaged over ranks
+    assert seen[0]["params"] == seen[1]["params"]
+    assert (tmp_path / "rank0" / "ganno_schedule.csv").is_file()
+    assert not (tmp_path / "rank1").exists()
