@@ -72,7 +72,7 @@ class GANNOCallback(Callback):
         scale_bounds: tuple[float, float] | None = None,
         val_loss_key: str | None = "val_loss",
         save_dir: str | os.PathLike | None = None,
-        grad_samples: int = 4,
+        grad_samples: int = 2,
         seed: int = 0,
     ) -> None:
         if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):

@@ -63,7 +63,7 @@ class LayerwiseController:
         groups: GroupSpec = None,
         lr_schedulers: Sequence[Any] = (),
         total_steps: int | None = None,
-        grad_samples: int = 4,
+        grad_samples: int = 2,
         sketch_size: int = 1024,
         seed: int = 0,
     ) -> None:

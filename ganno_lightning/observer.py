@@ -57,7 +57,7 @@ class LayerObserver:
         *,
         interval: int,
         total_steps: int | None = None,
-        grad_samples: int = 4,
+        grad_samples: int = 2,
         sketch_size: int = 1024,
         loss_ema: float = 0.9,
         seed: int = 0,

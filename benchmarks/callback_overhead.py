@@ -1,0 +1,157 @@
+"""GANNOCallback overhead: training-step time with / without the callback, measured in one run.
+
+A >10M-parameter MLP is trained with a real Lightning ``Trainer``. Runs with and without the callback
+alternate (A B A B ...) so that both see the same machine load, and each run is timed over a window
+of whole intervals (every decision and gradient sample inside it counted). Besides the A/B ratio,
+the time spent inside the callback's own code is measured directly (a steadier figure on a busy
+machine). Target: overhead under 1% at the default interval.
+
+    python benchmarks/callback_overhead.py                 # CPU
+    python benchmarks/callback_overhead.py --device cuda   # GPU, when one is available
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ganno_lightning import GANNOAgent, GANNOCallback
+from ganno_lightning.controller import LayerwiseController
+
+RESULTS = Path(__file__).parent / "results" / "callback_overhead.md"
+
+
+class WideMLP(L.LightningModule):
+    def __init__(self, width: int, depth: int, dim: int):
+        super().__init__()
+        layers = [nn.Linear(dim, width), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [nn.Linear(width, width), nn.ReLU()]
+        layers.append(nn.Linear(width, 10))
+        self.net = nn.Sequential(*layers)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-4)
+
+
+class WindowTimer(L.Callback):
+    """Wall time of optimizer steps (start, start + length]: whole intervals, decisions included."""
+
+    def __init__(self, start: int, length: int, sync):
+        self.start, self.end, self.sync = start, start + length, sync
+        self.seconds = None
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.start:
+            self.sync()
+            self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.end:
+            self.sync()
+            self.seconds = time.perf_counter() - self._t0
+
+
+def instrument(seconds: list[float]) -> None:
+    """Accumulate the wall time spent inside the controller's observe/apply and step hooks."""
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[0] += time.perf_counter() - t0
+        return wrapper
+
+    from ganno_lightning import lr_control, observer
+
+    LayerwiseController.observe = timed(LayerwiseController.observe)
+    LayerwiseController.apply = timed(LayerwiseController.apply)
+    observer.LayerObserver.after_step = timed(observer.LayerObserver.after_step)
+    observer.LayerObserver.record_loss = timed(observer.LayerObserver.record_loss)
+    lr_control.LayerwiseLR._apply_scales = timed(lr_control.LayerwiseLR._apply_scales)
+    lr_control.LayerwiseLR._restore_lrs = timed(lr_control.LayerwiseLR._restore_lrs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--interval", type=int, default=25, help="the default agent interval")
+    parser.add_argument("--intervals", type=int, default=4, help="timed intervals per run")
+    parser.add_argument("--reps", type=int, default=5, help="A/B pairs")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    dim = 1024
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    steps = args.interval * (args.intervals + 2)
+    data = TensorDataset(torch.randn(args.batch * 8, dim), torch.randint(0, 10, (args.batch * 8,)))
+    agent = GANNOAgent.create(interval=args.interval, seed=0)
+    inside = [0.0]
+    instrument(inside)
+
+    def run(with_callback: bool) -> float:
+        L.seed_everything(0, verbose=False)
+        model = WideMLP(args.width, args.depth, dim)
+        timer = WindowTimer(args.interval, args.interval * args.intervals, sync)
+        callbacks = ([GANNOCallback(agent)] if with_callback else []) + [timer]
+        trainer = L.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
+                            max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=callbacks)
+        trainer.fit(model, DataLoader(data, batch_size=args.batch, shuffle=True))
+        return timer.seconds
+
+    n_params = sum(p.numel() for p in WideMLP(args.width, args.depth, dim).parameters())
+    run(False)  # warm-up
+    without, with_, inside_fraction = [], [], []
+    for _ in range(args.reps):
+        without.append(run(False))
+        inside[0] = 0.0
+        with_.append(run(True))
+        inside_fraction.append(inside[0] / with_[-1])
+
+    timed_steps = args.interval * args.intervals
+    ratio = statistics.median(w / wo for w, wo in zip(with_, without))
+    table = [
+        f"# GANNOCallback overhead ({args.device})",
+        "",
+        f"Model: MLP {args.depth} layers, width {args.width}, {n_params / 1e6:.1f}M parameters, Adam, batch {args.batch}; "
+        f"interval {args.interval}; {timed_steps} timed steps per run ({args.intervals} decisions, "
+        f"{args.intervals * 2} gradient samples); {args.reps} alternating A/B pairs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.",
+        "",
+        "| | step time (ms), median | |",
+        "|---|---|---|",
+        f"| without callback | {statistics.median(without) / timed_steps * 1e3:.2f} | |",
+        f"| with GANNOCallback | {statistics.median(with_) / timed_steps * 1e3:.2f} | |",
+        f"| **ratio with/without** (median of pairs) | **{ratio:.4f}** | overhead {100 * (ratio - 1):+.2f}% |",
+        f"| time inside the callback's code / step time | {100 * statistics.median(inside_fraction):.2f}% | |",
+        "",
+        "Pairs (with/without): " + ", ".join(f"{w / wo:.4f}" for w, wo in zip(with_, without)),
+        "",
+        f"Command: `python benchmarks/callback_overhead.py --device {args.device} --reps {args.reps}`",
+    ]
+    text = "\n".join(table) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
