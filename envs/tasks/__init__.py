@@ -1,0 +1,1 @@
+"""The task zoo: task families with meta-training and held-out ranges (no downloads)."""
