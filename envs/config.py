@@ -1,0 +1,88 @@
+"""Build an environment from omegaconf YAML: an ``env:`` section and a ``family:`` section.
+
+Example file (``configs/env_smoke.yaml``)::
+
+    env:
+      horizon: 100
+      interval: 25
+    family:
+      name: mlp_digits
+      train: {depth: [2, 3], width: [16, 32]}
+
+Unknown keys anywhere and impossible values are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from envs.layerwise_env import EnvConfig, LayerwiseLREnv
+from envs.task import TaskFamily
+
+_SECTIONS = ("env", "family")
+_FAMILY_KEYS = ("name", "train", "heldout")
+
+
+def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read a YAML file (or dict) and apply ``key=value`` dotlist overrides."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Config file not found: '{source}'.")
+        config = OmegaConf.load(source)
+    else:
+        config = OmegaConf.create(source)
+    if overrides:
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
+    return config
+
+
+def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
+    """The validated :class:`EnvConfig` of ``config[section]``; unknown keys name themselves."""
+    raw = config.get(section) if config is not None else None
+    schema = OmegaConf.structured(EnvConfig)
+    try:
+        merged = OmegaConf.merge(schema, raw or {})
+    except ConfigKeyError as err:
+        known = ", ".join(EnvConfig.__dataclass_fields__)
+        raise ValueError(f"`{section}.{err.key}` is not an environment setting; known settings: {known}.") from None
+    except ValidationError as err:
+        raise ValueError(f"`{section}.{err.full_key}`: {str(err).splitlines()[0]}") from None
+    return OmegaConf.to_object(merged).validate(section)
+
+
+def family_from_config(config: DictConfig | dict, section: str = "family") -> TaskFamily:
+    from envs.tasks import make_family
+
+    raw = config.get(section) if config is not None else None
+    if raw is None or "name" not in raw:
+        raise ValueError(f"`{section}.name` is required: the task family to train on (e.g. mlp_digits).")
+    unknown = [k for k in raw if k not in _FAMILY_KEYS]
+    if unknown:
+        raise ValueError(f"`{section}.{unknown[0]}` is not a family setting; use {list(_FAMILY_KEYS)}.")
+    plain = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw)
+    return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"))
+
+
+def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None) -> LayerwiseLREnv:
+    """A :class:`LayerwiseLREnv` from a loaded config (``split`` overrides ``env.split``)."""
+    check_sections(config)
+    settings = env_config(config)
+    if split is not None:
+        settings.split = split
+        settings.validate()
+    return LayerwiseLREnv(family_from_config(config), settings, seed=seed)
+
+
+def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:
+    unknown = [k for k in config if k not in allowed]
+    if unknown:
+        raise ValueError(f"`{unknown[0]}` is not a config section; expected {list(allowed)}.")
+
+
+def to_plain(config: DictConfig | dict) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.create(config), resolve=True)

@@ -1,0 +1,13 @@
+"""TensorDict keys of the layerwise environment, declared once for the env, losses and scripts."""
+
+GROUP = "agents"
+OBSERVATION = (GROUP, "observation")
+MASK = (GROUP, "mask")
+ACTION = (GROUP, "action")
+REWARD = (GROUP, "reward")
+DONE = "done"
+TERMINATED = "terminated"
+TRUNCATED = "truncated"
+#: Per-episode facts the env reports next to the observation (root level).
+EPISODE_LOSS = "interval_loss"  # interval-mean training loss behind the latest observation
+NUM_AGENTS = "num_agents"

@@ -1,0 +1,74 @@
+"""Small families for the environment tests (importable by ParallelEnv workers)."""
+
+import os
+
+import torch
+from helpers import TinyRegressor
+from torch import nn
+
+from envs.task import TaskFamily, TrainingTask
+
+
+class DepthFamily(TaskFamily):
+    """TinyRegressor-like MLPs of 1 to 3 hidden layers: tasks of different depth."""
+
+    name = "depth"
+
+    def sample(self, generator, split="train"):
+        depth = int(torch.randint(1, 4, (1,), generator=generator))
+        module = TinyRegressor(optimizer="adam", lr=0.01)
+        layers = [nn.Linear(8, 16), nn.Tanh()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(16, 16), nn.Tanh()]
+        module.net = nn.Sequential(*layers, nn.Linear(16, 1))
+        return TrainingTask(module, name=f"depth{depth}", info={"depth": depth})
+
+    def max_layers(self, split="train"):
+        return 4
+
+
+class Exploding(TinyRegressor):
+    """A learning rate so large that the loss diverges within a few steps."""
+
+    def __init__(self):
+        super().__init__(optimizer="sgd", lr=50.0)
+
+
+class RaisesInTrainingStep(TinyRegressor):
+    def training_step(self, batch, batch_idx):
+        raise KeyError("label column missing")
+
+
+class RaisesLater(TinyRegressor):
+    """Fine for the first steps, then raises (e.g. a numerical check in user code)."""
+
+    def training_step(self, batch, batch_idx):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 6:
+            raise FloatingPointError("loss check failed")
+        return super().training_step(batch, batch_idx)
+
+
+class DiesLater(TinyRegressor):
+    """Kills its own process after a few steps, as an OOM-killed worker would die."""
+
+    def training_step(self, batch, batch_idx):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls > 6:
+            os._exit(3)
+        return super().training_step(batch, batch_idx)
+
+
+class EmptyData(TinyRegressor):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, 1)))
+
+
+class Frozen(TinyRegressor):
+    def __init__(self):
+        super().__init__()
+        self.net.requires_grad_(False)
+        self.dummy = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)

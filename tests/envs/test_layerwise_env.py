@@ -1,0 +1,163 @@
+import functools
+import math
+
+import pytest
+import torch
+from envtasks import DepthFamily, DiesLater, EmptyData, Exploding, Frozen, RaisesInTrainingStep, RaisesLater
+from helpers import TinyRegressor
+from torchrl.collectors import Collector
+from torchrl.envs import ParallelEnv
+from torchrl.envs.utils import check_env_specs
+
+from envs import keys
+from envs.config import env_config, load_config
+from envs.layerwise_env import EnvConfig, LayerwiseLREnv, TaskError
+from envs.task import SingleTask
+from ganno_lightning import FEATURE_NAMES
+
+SMALL = dict(horizon=32, interval=4)
+
+
+def tiny_env(factory=lambda: TinyRegressor(optimizer="adam", lr=0.01), seed=0, **settings):
+    return LayerwiseLREnv(SingleTask(factory), EnvConfig(**{**SMALL, **settings}), seed=seed)
+
+
+def fixed_actions(env, n_steps, pattern=(6, 0)):
+    td = env.reset()
+    out = []
+    for _ in range(n_steps):
+        action = torch.tensor([pattern[i % len(pattern)] for i in range(env.max_agents)])
+        td.set(keys.ACTION, action)
+        td = env.step(td)
+        out.append(td["next"].clone())
+        if td["next", "done"].item():
+            break
+        td = td["next"]
+    return out
+
+
+def test_specs_pass_torchrl_checks():
+    env = tiny_env()
+    check_env_specs(env)
+    assert env.observation_spec[keys.OBSERVATION].shape == (2, len(FEATURE_NAMES))
+    assert env.action_spec[keys.ACTION].space.n == 7
+
+
+def test_episode_length_and_telescoping_return():
+    env = tiny_env()
+    td = env.rollout(100)
+    assert td.shape == (SMALL["horizon"] // SMALL["interval"] - 1,)  # the first interval runs at reset
+    assert td["next", "done"][-1].item() and td["next", "truncated"][-1].item()
+    assert not td["next", "done"][:-1].any()
+    rewards = td["next", keys.GROUP, "reward"][:, 0, 0]
+    first, last = td[keys.EPISODE_LOSS][0].item(), td["next", keys.EPISODE_LOSS][-1].item()
+    assert rewards.sum().item() == pytest.approx(math.log(first / last), rel=1e-4)
+    assert (td["next", keys.GROUP, "reward"] == td["next", keys.GROUP, "reward"][:, :1]).all()  # team reward
+
+
+def test_actions_set_the_layer_scales():
+    env = tiny_env()
+    fixed_actions(env, 3)
+    assert env.controller.lr.scales == pytest.approx([8.0, 0.125])
+
+
+def test_same_seed_and_actions_give_identical_rollouts():
+    a, b = fixed_actions(tiny_env(seed=5), 5), fixed_actions(tiny_env(seed=5), 5)
+    for x, y in zip(a, b):
+        assert (x == y).all()
+    c = fixed_actions(tiny_env(seed=6, init_lr_scale=[0.1, 10.0]), 5)
+    d = fixed_actions(tiny_env(seed=7, init_lr_scale=[0.1, 10.0]), 5)
+    assert not torch.equal(c[0][keys.OBSERVATION], d[0][keys.OBSERVATION])
+
+
+def test_reset_samples_a_new_task_with_fresh_weights():
+    env = LayerwiseLREnv(DepthFamily(), EnvConfig(**SMALL), seed=0)
+    depths, first_weights = set(), []
+    for _ in range(6):
+        env.reset()
+        depths.add(env.task.info["depth"])
+        first_weights.append(next(env.task.module.parameters()).detach().clone())
+    assert len(depths) > 1
+    assert not torch.equal(first_weights[0], first_weights[1])
+
+
+def test_diverging_run_ends_the_episode_with_the_penalty():
+    env = LayerwiseLREnv(SingleTask(Exploding), EnvConfig(horizon=200, interval=2, max_reset_attempts=1,
+                                                          divergence_penalty=3.0), seed=0)
+    try:
+        td = env.rollout(100)
+    except TaskError:  # diverged already in the first interval: also handled, with a clear error
+        pytest.skip("diverged at reset")
+    assert td["next", "terminated"][-1].item() and td["next", "done"][-1].item()
+    assert td["next", keys.GROUP, "reward"][-1, 0, 0].item() == -3.0
+    assert torch.isfinite(td["next", keys.OBSERVATION]).all()
+
+
+def test_training_step_raising_mid_episode_ends_it_as_diverged():
+    env = tiny_env(RaisesLater)
+    with pytest.warns(RuntimeWarning, match="FloatingPointError: loss check failed"):
+        td = env.rollout(100)
+    assert td["next", "terminated"][-1].item()
+    assert env.reset() is not None  # and the env lives on
+
+
+@pytest.mark.parametrize("factory, match", [
+    (RaisesInTrainingStep, r"training_step.*KeyError.*label column missing"),
+    (EmptyData, "`train_dataloader` is empty"),
+    (Frozen, "no trainable parameter"),
+])
+def test_bad_tasks_are_clear_errors_at_reset(factory, match):
+    env = LayerwiseLREnv(SingleTask(factory, max_layers=2), EnvConfig(**SMALL))
+    with pytest.raises(TaskError, match=match):
+        env.reset()
+
+
+def test_too_many_layers_for_max_agents():
+    env = LayerwiseLREnv(DepthFamily(), EnvConfig(**SMALL, max_agents=1))
+    with pytest.raises(ValueError, match="raise `env.max_agents`"):
+        env.reset()
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="`env.horizn` is not an environment setting"):
+        env_config(load_config({"env": {"horizn": 10}}))
+    with pytest.raises(ValueError, match=r"`env.init_lr_scale` must be \[low, high\]"):
+        env_config(load_config({"env": {"init_lr_scale": [3.0, 1.0]}}))
+    with pytest.raises(ValueError, match="`env.split` must be one of"):
+        env_config(load_config({"env": {"split": "test"}}))
+    with pytest.raises(ValueError, match="`env.horizon`"):
+        env_config(load_config({"env": {}}, ["env.horizon=abc"]))
+
+
+def test_parallel_env_over_tasks_of_different_depth():
+    env = ParallelEnv(2, [functools.partial(LayerwiseLREnv, DepthFamily(), EnvConfig(**SMALL), seed=0),
+                          functools.partial(LayerwiseLREnv, DepthFamily(), EnvConfig(**SMALL), seed=3)])
+    try:
+        td = env.rollout(4)
+        assert td[keys.OBSERVATION].shape == (2, 4, 4, len(FEATURE_NAMES))
+        counts = td[keys.MASK].sum(-1)[:, 0]
+        assert (counts == td[keys.NUM_AGENTS][:, 0, 0]).all()
+        assert counts[0] != counts[1]  # the two workers train networks of different depth
+        padded = ~td[keys.MASK]
+        assert (td[keys.OBSERVATION][padded] == 0).all()
+    finally:
+        env.close()
+
+
+def test_collector_with_a_random_policy():
+    collector = Collector(tiny_env(), policy=None, frames_per_batch=10, total_frames=20)
+    try:
+        batches = list(collector)
+    finally:
+        collector.shutdown()
+    assert len(batches) == 2 and batches[0].numel() == 10
+    assert batches[0]["next", "done"].sum() >= 1  # an episode is 7 steps, so one ended
+
+
+def test_dead_worker_is_reported_not_hung():
+    # functools.partial, not a lambda: TorchRL would run a lambda's env once in this process.
+    env = ParallelEnv(2, functools.partial(LayerwiseLREnv, SingleTask(DiesLater), EnvConfig(**SMALL)))
+    with pytest.raises(RuntimeError, match="worker .* dead"):
+        env.rollout(10)
+    with pytest.raises(RuntimeError, match=r"worker \d \(exit code 3\)"):
+        env.close()
