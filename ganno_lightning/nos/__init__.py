@@ -5,6 +5,7 @@ An update-rule language (:mod:`~ganno_lightning.nos.dsl`), an optimizer that run
 and a PPO-trained controller that searches rules on your own LightningModule.
 """
 
+from ganno_lightning.nos.callback import RuleSearchCallback
 from ganno_lightning.nos.dsl import Rule, RuleSyntaxError, UnknownNameError, parse_rule
 from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer
 from ganno_lightning.nos.rules import NAMED_RULES, addsign, linear_cosine_decay, powersign, with_linear_cosine_decay
@@ -14,6 +15,7 @@ __all__ = [
     "NonFiniteUpdateError",
     "Rule",
     "RuleOptimizer",
+    "RuleSearchCallback",
     "RuleSyntaxError",
     "UnknownNameError",
     "addsign",
