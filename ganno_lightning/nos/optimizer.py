@@ -71,6 +71,7 @@ class _Bucket:
     def __init__(self, opt: "RuleOptimizer", group: dict, params: list, grads: list, states: list, step: int):
         self.group, self.params, self.grads, self.states, self.step = group, params, grads, states, step
         self.cache: dict[str, Value] = {}
+        self.uses: dict[str, int] = {}
 
     def like(self, value: float) -> list:
         return [torch.full_like(p, value) for p in self.params]
@@ -126,11 +127,26 @@ class _Bucket:
         raise AssertionError(f"operand {name!r} has no implementation")  # parser rejects unknown names
 
     # ----------------------------------------------------------------------------------------
-    def evaluate(self, node: Node) -> Value:
-        if isinstance(node, Number):
-            return node.value
+    # Evaluation returns (value, owned). An owned list is a fresh intermediate that no one else
+    # reads, so the next node may overwrite it in place: on CPU a fresh multi-megabyte buffer costs
+    # several times the arithmetic (page faults), so in-place reuse is most of the speed.
+    def count_uses(self, node: Node) -> None:
         if isinstance(node, Operand):
-            return self.operand(node.name)
+            self.uses[node.name] = self.uses.get(node.name, 0) + 1
+        elif isinstance(node, Call):
+            for a in node.args[:1] if node.function == "keep" else node.args:
+                self.count_uses(a)
+
+    def evaluate(self, node: Node) -> tuple:
+        if isinstance(node, Number):
+            return node.value, False
+        if isinstance(node, Operand):
+            value = self.operand(node.name)
+            self.uses[node.name] -= 1
+            if node.name in _OWNABLE and self.uses[node.name] == 0 and isinstance(value, list):
+                del self.cache[node.name]  # handed over; an internal use later recomputes it
+                return value, True
+            return value, False
         assert isinstance(node, Call)
         fn = node.function
         if fn == "keep":  # the right operand is never needed
@@ -141,7 +157,8 @@ class _Bucket:
         param = node.args[1].value if len(node.args) == 2 else None
         return self.unary(fn, x, param)
 
-    def unary(self, fn: str, x: Value, param: Optional[float]) -> Value:
+    def unary(self, fn: str, xo: tuple, param: Optional[float]) -> tuple:
+        x, owned = xo
         if isinstance(x, float) and fn != "drop":
             ops = {
                 "id": lambda a: a,
@@ -152,29 +169,43 @@ class _Bucket:
                 "sign": torch.sign,
                 "clip": lambda a: a.clamp(-param, param),
             }
-            return _scalar(ops[fn], x)
+            return _scalar(ops[fn], x), False
         if fn == "id":
-            return x
-        if fn == "neg":
-            return torch._foreach_neg(x)
-        if fn == "exp":
-            return torch._foreach_exp(x)
-        if fn == "log":
-            return torch._foreach_log(torch._foreach_abs(x))
-        if fn == "sqrt":
-            return torch._foreach_sqrt(torch._foreach_abs(x))
-        if fn == "sign":
-            return torch._foreach_sign(x)
-        if fn == "clip":
-            return torch._foreach_clamp_min(torch._foreach_clamp_max(x, param), -param)
+            return x, owned
         if fn == "drop":
             if isinstance(x, float):
                 x = self.like(x)
             # one mask per tensor: a loop over parameters, not elements
-            return [torch.nn.functional.dropout(t, p=param, training=True) for t in x]
+            return [torch.nn.functional.dropout(t, p=param, training=True) for t in x], True
+        if fn in ("log", "sqrt"):  # both act on |x|
+            if owned:
+                torch._foreach_abs_(x)
+            else:
+                x, owned = torch._foreach_abs(x), True
+        table = {
+            "neg": (torch._foreach_neg, torch._foreach_neg_),
+            "exp": (torch._foreach_exp, torch._foreach_exp_),
+            "log": (torch._foreach_log, torch._foreach_log_),
+            "sqrt": (torch._foreach_sqrt, torch._foreach_sqrt_),
+            "sign": (torch._foreach_sign, torch._foreach_sign_),
+        }
+        if fn in table:
+            out_of_place, in_place = table[fn]
+            if owned:
+                in_place(x)
+                return x, True
+            return out_of_place(x), True
+        if fn == "clip":
+            if owned:
+                torch._foreach_clamp_max_(x, param)
+            else:
+                x = torch._foreach_clamp_max(x, param)
+            torch._foreach_clamp_min_(x, -param)
+            return x, True
         raise AssertionError(f"unary function {fn!r} has no implementation")
 
-    def binary(self, fn: str, x: Value, y: Value) -> Value:
+    def binary(self, fn: str, xo: tuple, yo: tuple) -> tuple:
+        (x, x_owned), (y, y_owned) = xo, yo
         delta = self.group["eps"]
         xs, ys = isinstance(x, float), isinstance(y, float)
         if xs and ys:
@@ -185,29 +216,56 @@ class _Bucket:
                 "div": lambda a, b: a / (b + delta),
                 "pow": torch.pow,
             }
-            return _scalar(ops[fn], x, y)
-        if fn == "add":
-            return torch._foreach_add(y, x) if xs else torch._foreach_add(x, y)
-        if fn == "mul":
-            return torch._foreach_mul(y, x) if xs else torch._foreach_mul(x, y)
+            return _scalar(ops[fn], x, y), False
+        if fn in ("add", "mul"):
+            # commutative: write into whichever side is owned
+            if xs or (not x_owned and y_owned):
+                x, y, x_owned = y, x, y_owned
+            op, op_ = (torch._foreach_add, torch._foreach_add_) if fn == "add" else (torch._foreach_mul, torch._foreach_mul_)
+            if x_owned:
+                op_(x, y)
+                return x, True
+            return op(x, y), True
         if fn == "sub":
-            if xs:
-                out = torch._foreach_neg(y)
+            if xs:  # c - y = (-y) + c
+                out = y if y_owned else torch._foreach_neg(y)
+                if y_owned:
+                    torch._foreach_neg_(out)
                 torch._foreach_add_(out, x)
-                return out
-            return torch._foreach_sub(x, y)
+                return out, True
+            if x_owned:
+                torch._foreach_sub_(x, y)
+                return x, True
+            return torch._foreach_sub(x, y), True
         if fn == "div":
-            denom = y + delta if ys else torch._foreach_add(y, delta)
             if ys:
-                return torch._foreach_div(x, denom)
+                if x_owned:
+                    torch._foreach_div_(x, y + delta)
+                    return x, True
+                return torch._foreach_div(x, y + delta), True
+            if y_owned:
+                torch._foreach_add_(y, delta)
+                denom = y
+            else:
+                denom = torch._foreach_add(y, delta)
             if xs:
-                out = torch._foreach_reciprocal(denom)
-                torch._foreach_mul_(out, x)
-                return out
-            return torch._foreach_div(x, denom)
+                torch._foreach_reciprocal_(denom)
+                torch._foreach_mul_(denom, x)
+                return denom, True
+            if x_owned:
+                torch._foreach_div_(x, denom)
+                return x, True
+            return torch._foreach_div(x, denom), True
         if fn == "pow":
-            return torch._foreach_pow(x, y)
+            if not xs and x_owned:
+                torch._foreach_pow_(x, y)
+                return x, True
+            return torch._foreach_pow(x, y), True
         raise AssertionError(f"binary function {fn!r} has no implementation")
+
+
+#: Operands computed fresh for each step, so the only reader may overwrite them.
+_OWNABLE = frozenset({"g2", "g3", "m_hat", "v_hat", "y_hat", "sign_g", "sign_m", "noise", "adam", "rmsprop"})
 
 
 class RuleOptimizer(Optimizer):
@@ -359,12 +417,15 @@ class RuleOptimizer(Optimizer):
             g3 = torch._foreach_mul(torch._foreach_mul(grads, grads), grads)
             torch._foreach_lerp_([s["exp_avg_cube"] for s in states], g3, 1 - group["beta3"])
         bucket = _Bucket(self, group, params, grads, states, step)
-        update = bucket.evaluate(rule.root)
+        bucket.count_uses(rule.root)
+        update, _ = bucket.evaluate(rule.root)
         lr = float(group["lr"])
         if isinstance(update, float):
             update = bucket.like(update)
         if self.check_finite:
-            norms = torch._foreach_norm(update, ord=math.inf)
+            # a 2-norm is inf/nan iff some element is (or the update is beyond ~1e19, diverged anyway);
+            # it is far cheaper on CPU than the inf-norm
+            norms = torch._foreach_norm(update)
             if not bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
                 raise NonFiniteUpdateError(
                     f"rule `{rule.text}` produced a non-finite update at step {step}; the weights were "

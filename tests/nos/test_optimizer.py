@@ -154,3 +154,78 @@ def test_unknown_operand_in_rule_is_a_clear_error():
         RuleOptimizer(_model().parameters(), rule="mul(grad, 2)")
     with pytest.raises(RuleSyntaxError):
         RuleOptimizer(_model().parameters(), rule="powersign(")
+
+
+# ---- the fused, in-place evaluator against a plain out-of-place reference on random rules ----
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ganno_lightning.nos.dsl import BINARY_FUNCTIONS, Call, Number, Operand  # noqa: E402
+
+_DETERMINISTIC = ["g", "g2", "g3", "m", "v", "y", "m_hat", "v_hat", "y_hat", "sign_g", "sign_m", "w", "adam", "rmsprop", "ld", "lcd"]
+
+
+def _reference(node, env, eps):
+    if isinstance(node, Number):
+        return torch.tensor(node.value, dtype=torch.float64)
+    if isinstance(node, Operand):
+        return env[node.name]
+    a = [_reference(x, env, eps) for x in node.args]
+    f = node.function
+    return {
+        "id": lambda: a[0],
+        "neg": lambda: -a[0],
+        "exp": lambda: torch.exp(a[0]),
+        "log": lambda: torch.log(a[0].abs()),
+        "sqrt": lambda: torch.sqrt(a[0].abs()),
+        "sign": lambda: torch.sign(a[0]),
+        "clip": lambda: a[0].clamp(-node.args[1].value, node.args[1].value),
+        "add": lambda: a[0] + a[1],
+        "sub": lambda: a[0] - a[1],
+        "mul": lambda: a[0] * a[1],
+        "div": lambda: a[0] / (a[1] + eps),
+        "pow": lambda: torch.pow(a[0], a[1]),
+        "keep": lambda: a[0],
+    }[f]()
+
+
+def _extend(children):
+    unary = st.builds(lambda f, x: Call(f, (x,)), st.sampled_from(["id", "neg", "exp", "log", "sqrt", "sign"]), children)
+    clip = st.builds(lambda x: Call("clip", (x, Number(0.5))), children)
+    binary = st.builds(lambda f, x, y: Call(f, (x, y)), st.sampled_from(sorted(BINARY_FUNCTIONS)), children, children)
+    return unary | clip | binary
+
+
+_trees = st.recursive(
+    st.sampled_from(_DETERMINISTIC).map(Operand) | st.sampled_from([0.5, 1.0, 2.0, -1.0]).map(Number), _extend, max_leaves=8
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_trees)
+def test_fused_evaluation_matches_reference(tree):
+    torch.manual_seed(0)
+    w0 = torch.randn(2, 3, dtype=torch.float64)
+    b0 = torch.randn(3, dtype=torch.float64)
+    params = [torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())]
+    grads = [torch.randn(2, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    b1, b2, b3, eps, lr = 0.9, 0.99, 0.95, 1e-8, 0.1
+    opt = RuleOptimizer(params, rule=str(tree), lr=lr, betas=(b1, b2), beta3=b3, eps=eps, decay_steps=10, check_finite=False)
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+    for p, w, g in zip(params, (w0, b0), grads):
+        m, v, y = (1 - b1) * g, (1 - b2) * g**2, (1 - b3) * g**3  # running averages after step 1
+        env = {
+            "g": g, "g2": g**2, "g3": g**3, "m": m, "v": v, "y": y,
+            "m_hat": m / (1 - b1), "v_hat": v / (1 - b2), "y_hat": y / (1 - b3),
+            "sign_g": torch.sign(g), "sign_m": torch.sign(m), "w": w,
+            "adam": (m / (1 - b1)) / (torch.sqrt(v / (1 - b2)) + eps),
+            "rmsprop": g / (torch.sqrt(v / (1 - b2)) + eps),
+            "ld": torch.tensor(0.9, dtype=torch.float64), "lcd": torch.tensor(decay_value("lcd", 1, 10, 0.5), dtype=torch.float64),
+        }
+        expected = w - lr * _reference(tree, env, eps)
+        torch.testing.assert_close(p.detach(), expected.expand_as(w), rtol=1e-6, atol=1e-9, equal_nan=True)
+    # the gradients and running averages the rule read were not overwritten in place
+    for p, g in zip(params, grads):
+        torch.testing.assert_close(p.grad, g)
