@@ -48,10 +48,10 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
     Returns the callback's result (rule, reward, diverged, reason, curve) plus ``status`` (``"ok"``,
     ``"diverged"`` or ``"failed"``), ``steps``, ``seconds`` and the job's ``round``/``index``.
     """
-    import lightning.pytorch as pl
+    import random
+
     import torch
 
-    from ganno_lightning.nos.callback import RuleSearchCallback
     from ganno_lightning.nos.optimizer import NonFiniteUpdateError
 
     start = time.perf_counter()
@@ -73,11 +73,18 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
     cb = None
     trainer = None
     try:
-        pl.seed_everything(int(job.get("seed", 0)), verbose=False)
+        seed = int(job.get("seed", 0))
+        random.seed(seed)
+        torch.manual_seed(seed)
         module = load_object(task["module"])(**dict(task.get("module_kwargs") or {}))
         datamodule = None
         if task.get("datamodule"):
             datamodule = load_object(task["datamodule"])(**dict(task.get("datamodule_kwargs") or {}))
+        # Lightning is imported after the task is built: its import dominates a fresh worker's
+        # start-up, and the task usually imports it anyway
+        import lightning.pytorch as pl
+
+        from ganno_lightning.nos.callback import RuleSearchCallback
         cb = RuleSearchCallback(
             job["rule"],
             lr=train["lr"],

@@ -94,23 +94,17 @@ def _write_crashing_task(tmp_path, monkeypatch):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
         textwrap.dedent(
-            """
+            '''
             import os
-            from ganno_lightning.nos.tasks import DigitsClassifier
 
-            class CrashOnce(DigitsClassifier):
-                '''Kills its worker process the first time any candidate trains (marker file), or always.'''
-
-                def __init__(self, marker, always=False, **kw):
-                    super().__init__(**kw)
-                    self.marker, self.always = marker, always
-
-                def training_step(self, batch, batch_idx):
-                    if self.always or not os.path.exists(self.marker):
-                        open(self.marker, "w").close()
-                        os._exit(17)
-                    return super().training_step(batch, batch_idx)
-            """
+            def crash_once(marker, always=False, **kw):
+                """Kills its worker process the first time a candidate is built (marker file), or always."""
+                if always or not os.path.exists(marker):
+                    open(marker, "w").close()
+                    os._exit(17)  # no exception, no cleanup: what a SIGKILL or OOM looks like to the pool
+                from ganno_lightning.nos.tasks import DigitsClassifier
+                return DigitsClassifier(**kw)
+            '''
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
@@ -125,7 +119,7 @@ def test_killed_worker_is_retried_and_a_persistent_crash_is_recorded(tmp_path, m
         "candidates_per_round=2",
         "workers=1",  # each restarted worker pays a Lightning import: keep it to one process
         "wandb.enabled=false",
-        "task.module=crashpkg:CrashOnce",
+        "task.module=crashpkg:crash_once",
         "train.diverged_reward=-3.0",
     ]
     with pytest.warns(UserWarning, match="worker process died"):
