@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -256,6 +256,8 @@ class RuleSearch:
 
     def save_state(self) -> None:
         """Write ``search_state.pt`` atomically (tmp file + ``os.replace``), keeping the previous copy."""
+        if rank_zero_only.rank != 0:  # one writer, should the search ever run under a launcher
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
