@@ -1,0 +1,127 @@
+"""Scoring one candidate rule: a short Lightning run of the user's module under RuleSearchCallback.
+
+This function runs inside a worker process (spawned, so it must be importable and take only plain
+data). It never raises for a bad rule: divergence, NaN updates and errors inside ``fit`` come back
+as a result with a ``status``, so one candidate can never stop the search.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import tempfile
+import time
+import traceback
+from typing import Any, Callable
+
+__all__ = ["evaluate_candidate", "load_object"]
+
+
+def load_object(path: str) -> Callable:
+    """Import ``"package.module:attribute"`` (a LightningModule class or a factory function).
+
+    Raises:
+        ValueError: the path is malformed, the module cannot be imported or has no such attribute.
+    """
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ValueError(f"`module` must be an import path 'package.module:Name', got {path!r}.")
+    module_name, attr = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"`module` {path!r}: cannot import {module_name!r} ({err}). Is it on PYTHONPATH?") from err
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise ValueError(f"`module` {path!r}: {module_name!r} has no attribute {attr!r}.") from None
+    if not callable(obj):
+        raise ValueError(f"`module` {path!r} must name a class or factory, got {type(obj).__name__}.")
+    return obj
+
+
+def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
+    """Train ``job["task"]`` with ``job["rule"]`` for ``job["train"]["max_steps"]`` steps.
+
+    Returns the callback's result (rule, reward, diverged, reason, curve) plus ``status`` (``"ok"``,
+    ``"diverged"`` or ``"failed"``), ``steps``, ``seconds`` and the job's ``round``/``index``.
+    """
+    import random
+
+    import torch
+
+    from ganno_lightning.nos.optimizer import NonFiniteUpdateError
+
+    start = time.perf_counter()
+    task, train = job["task"], job["train"]
+    torch.set_num_threads(max(1, int(train.get("torch_threads", 1))))
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    result: dict[str, Any] = {
+        "round": job.get("round"),
+        "index": job.get("index"),
+        "rule": job["rule"],
+        "lr": train["lr"],
+        "reward": None,
+        "diverged": False,
+        "reason": "",
+        "curve": [],
+        "steps": 0,
+        "status": "failed",
+    }
+    cb = None
+    trainer = None
+    try:
+        seed = int(job.get("seed", 0))
+        random.seed(seed)
+        torch.manual_seed(seed)
+        module = load_object(task["module"])(**dict(task.get("module_kwargs") or {}))
+        datamodule = None
+        if task.get("datamodule"):
+            datamodule = load_object(task["datamodule"])(**dict(task.get("datamodule_kwargs") or {}))
+        # Lightning is imported after the task is built: its import dominates a fresh worker's
+        # start-up, and the task usually imports it anyway
+        import lightning.pytorch as pl
+
+        from ganno_lightning.nos.callback import RuleSearchCallback
+        cb = RuleSearchCallback(
+            job["rule"],
+            lr=train["lr"],
+            monitor=train["monitor"],
+            mode=train["mode"],
+            divergence_factor=train["divergence_factor"],
+        )
+        with tempfile.TemporaryDirectory(prefix="nos_candidate_") as root:
+            trainer = pl.Trainer(
+                max_steps=int(train["max_steps"]),
+                val_check_interval=int(train["val_check_interval"]),
+                check_val_every_n_epoch=None,
+                limit_val_batches=train.get("limit_val_batches", 1.0),
+                num_sanity_val_steps=0,
+                accelerator=train.get("accelerator", "cpu"),
+                devices=1,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                default_root_dir=root,
+                callbacks=[cb],
+            )
+            trainer.fit(module, datamodule=datamodule)
+        result.update(cb.result())
+        result["status"] = "diverged" if cb.diverged else "ok"
+        if result["status"] == "ok" and (result["reward"] is None or not math.isfinite(result["reward"])):
+            result.update(status="failed", reason="no finite validation value was recorded")
+    except (NonFiniteUpdateError, FloatingPointError) as err:
+        if cb is not None:
+            result.update(cb.result())
+        result.update(status="diverged", diverged=True, reward=None, reason=str(err).splitlines()[0])
+    except Exception as err:  # a broken candidate must not stop the search; the reason is kept
+        if cb is not None:
+            result["curve"] = cb.result()["curve"]
+        tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        result.update(status="failed", reward=None, reason=f"{type(err).__name__}: {err}"[:500] or tail)
+    result["steps"] = int(trainer.global_step) if trainer is not None else 0
+    result["seconds"] = time.perf_counter() - start
+    return result
