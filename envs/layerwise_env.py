@@ -307,6 +307,7 @@ class LayerwiseLREnv(EnvBase):
         except Exception:
             return None
         module, losses = self.task.module, []
+        module.eval()  # no dropout, and BatchNorm statistics stay those of training data
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
             for batch_idx, batch in enumerate(loader):
@@ -316,6 +317,7 @@ class LayerwiseLREnv(EnvBase):
                 loss = output["loss"] if isinstance(output, dict) else output
                 if loss is not None:
                     losses.append(float(loss))
+        module.train()
         return sum(losses) / len(losses) if losses else None
 
     @staticmethod

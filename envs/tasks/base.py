@@ -98,9 +98,18 @@ class ZooModule(L.LightningModule):
 
     Raises:
         ValueError: If ``optimizer`` is unknown.
+
+    Example::
+
+        >>> from envs.tasks import DigitsMLP
+        >>> model = DigitsMLP(depth=1, width=16, lr=0.1, batch_size=32, optimizer="sgd", seed=0)
+        >>> type(model.configure_optimizers()).__name__, len(next(iter(model.train_dataloader()))[0])
+        ('SGD', 32)
     """
 
-    def __init__(self, lr: float, batch_size: int, optimizer: str, seed: int, data: Callable[[], TrainValData]) -> None:
+    def __init__(
+        self, lr: float, batch_size: int, optimizer: str, seed: int, data: Callable[[], TrainValData]
+    ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {optimizer!r}.")
@@ -168,6 +177,13 @@ class ZooFamily(TaskFamily):
 
     Subclasses set ``name``, ``ranges_type``, ``default_train``, ``default_heldout`` and implement
     ``build`` and ``num_layers``; ``check_ranges`` adds family-specific checks.
+
+    Example::
+
+        >>> from envs.tasks import MLPDigitsFamily
+        >>> family = MLPDigitsFamily(heldout={"depth": [8, 8]})
+        >>> family.ranges("heldout").depth, family.max_layers("heldout")
+        ((8, 8), 9)
     """
 
     name: ClassVar[str] = "zoo"
