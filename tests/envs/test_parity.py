@@ -1,0 +1,55 @@
+"""Train/deploy parity: the same actions through the env and through GANNOCallback give the same run."""
+
+import torch
+from helpers import TinyRegressor, trainer
+
+from envs import keys
+from envs.layerwise_env import EnvConfig, LayerwiseLREnv
+from envs.task import SingleTask
+from ganno_lightning import GANNOAgent, GANNOCallback
+
+INTERVAL, HORIZON = 4, 32
+SCRIPT = [[6, 0], [5, 1], [3, 3], [0, 6], [2, 4], [6, 6], [1, 0], [4, 2]]  # one row per decision
+
+
+def make_module():
+    torch.manual_seed(11)
+    return TinyRegressor(optimizer="adam", lr=0.01, scheduler="lambda")
+
+
+class ScriptedAgent(GANNOAgent):
+    """Plays SCRIPT, whatever it observes, and remembers the observations."""
+
+    def __init__(self):
+        base = GANNOAgent.create(interval=INTERVAL, seed=0)
+        super().__init__(base.actor, base.normalizer, interval=INTERVAL)
+        self.observations = []
+
+    def act(self, observation, *args, **kwargs):
+        self.observations.append(observation.clone())
+        return torch.tensor(SCRIPT[len(self.observations) - 1])
+
+
+def test_env_and_callback_observe_and_set_lrs_identically():
+    env = LayerwiseLREnv(SingleTask(make_module), EnvConfig(horizon=HORIZON, interval=INTERVAL), seed=0)
+    td = env.reset()
+    env_observations = [td[keys.OBSERVATION]]
+    for actions in SCRIPT[: HORIZON // INTERVAL - 1]:
+        td.set(keys.ACTION, torch.tensor(actions))
+        td = env.step(td)["next"]
+        env_observations.append(td[keys.OBSERVATION])
+    assert td["done"].item()
+
+    agent = ScriptedAgent()
+    callback = GANNOCallback(agent)
+    module = make_module()
+    trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
+
+    assert len(agent.observations) == len(env_observations) == HORIZON // INTERVAL
+    for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
+    env_schedule = env.controller.schedule
+    assert callback.schedule.steps[:-1] == env_schedule.steps
+    assert callback.schedule.lrs[:-1] == env_schedule.lrs  # exactly, not approximately
+    for ours, theirs in zip(module.parameters(), env.task.module.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
