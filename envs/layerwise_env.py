@@ -283,9 +283,11 @@ class LayerwiseLREnv(EnvBase):
             # The module runs without a Trainer: its `self.log` calls are no-ops by design.
             warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
             torch.set_rng_state(self._train_rng)
+            on_cpu = device == "cpu"
             for _ in range(self.config.interval):
                 batch_idx, batch = next(self._batches)
-                batch = move_data_to_device(batch, device)
+                if not on_cpu:
+                    batch = move_data_to_device(batch, device)
                 output = module.training_step(batch, batch_idx)
                 loss = output["loss"] if isinstance(output, dict) else output
                 if loss is None:  # Lightning skips the step, so do we

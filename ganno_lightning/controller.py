@@ -12,6 +12,7 @@ from ganno_lightning.lr_control import LayerwiseLR
 from ganno_lightning.observer import LayerObserver
 from ganno_lightning.partition import GroupSpec, LayerPartition
 from ganno_lightning.schedule import LRSchedule
+from ganno_lightning.step_hooks import register_outermost_step_hooks
 
 
 class LayerwiseController:
@@ -73,8 +74,10 @@ class LayerwiseController:
         self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
         self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
                                       grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
-        self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers)
-        self._hooks = self.observer.attach(optimizer)
+        self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
+                              install_hooks=False)
+        # One pair of hooks for both: they run on every optimizer step, so they stay lean.
+        self._hooks = register_outermost_step_hooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
         self.schedule = LRSchedule(self.partition.names)
         self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
 
@@ -90,6 +93,10 @@ class LayerwiseController:
     @property
     def decision_due(self) -> bool:
         return self.observer.steps_in_interval >= self.interval
+
+    def _after_step(self) -> None:
+        self.lr.unscale_lrs()
+        self.observer.after_step()
 
     def record_loss(self, loss: Tensor | float) -> None:
         self.observer.record_loss(loss)

@@ -39,6 +39,8 @@ class LayerwiseLR:
         partition: The agents; parameters outside it are left alone.
         scale_bounds: ``(low, high)``; every scale is clipped to it.
         lr_schedulers: Schedulers attached to ``optimizer`` whose per-group lists must follow the split.
+        install_hooks: Register the step hooks that apply the scales. Pass ``False`` when the caller
+            calls :meth:`scale_lrs` / :meth:`unscale_lrs` from hooks of its own.
 
     Raises:
         ValueError: For bounds that are not ``0 < low <= 1 <= high``.
@@ -60,6 +62,7 @@ class LayerwiseLR:
         *,
         scale_bounds: tuple[float, float] = (1e-2, 1e2),
         lr_schedulers: Sequence[Any] = (),
+        install_hooks: bool = True,
     ) -> None:
         self.scale_bounds = check_scale_bounds(scale_bounds)
         self.optimizer = optimizer
@@ -93,7 +96,7 @@ class LayerwiseLR:
             _remap_per_group(vars(scheduler), len(self._original_params), self.group_origin)
         self._first_group_of_agent = [self.group_agent.index(i) for i in range(len(partition))]
         self._unscaled_lrs: list[Any] | None = None
-        self._hooks = register_outermost_step_hooks(optimizer, self._apply_scales, self._restore_lrs)
+        self._hooks = register_outermost_step_hooks(optimizer, self.scale_lrs, self.unscale_lrs) if install_hooks else []
 
     # -- scales -----------------------------------------------------------------------------------
     def set_scales(self, scales: Sequence[float]) -> None:
@@ -116,16 +119,18 @@ class LayerwiseLR:
         return [lr * s for lr, s in zip(self.base_lrs(), self.scales)]
 
     # -- step hooks -------------------------------------------------------------------------------
-    def _apply_scales(self) -> None:
+    def scale_lrs(self) -> None:
+        """Multiply each agent's group LRs by its scale (right before the optimizer's update)."""
         if self._unscaled_lrs is not None:  # the previous step raised before the post-hook ran
-            self._restore_lrs()
+            self.unscale_lrs()
         groups = self.optimizer.param_groups
         self._unscaled_lrs = [g["lr"] for g in groups]
         for group, agent in zip(groups, self.group_agent):
             if agent is not None:
                 group["lr"] = group["lr"] * self.scales[agent]
 
-    def _restore_lrs(self) -> None:
+    def unscale_lrs(self) -> None:
+        """Give the groups back the scheduler's LRs (right after the update)."""
         if self._unscaled_lrs is None:
             return
         for group, lr in zip(self.optimizer.param_groups, self._unscaled_lrs):

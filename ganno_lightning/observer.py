@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, LAYER_KINDS
+from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
 from ganno_lightning.partition import LayerPartition
 from ganno_lightning.step_hooks import register_outermost_step_hooks
 
+_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _TINY = 1e-30
 _LOG_FLOOR = 1e-12
 
@@ -84,7 +85,8 @@ class LayerObserver:
         self._sketch_index, sketch_agent = _sketch_positions(partition, sketch_size, seed)
         self._sketch_agent = torch.tensor(sketch_agent, dtype=torch.long, device=self.device)
         self._numel = torch.tensor([layer.numel for layer in partition], dtype=torch.float32, device=self.device)
-        self._static = _static_features(partition)
+        self._static_rows = _static_table(partition).tolist()
+        self._numel_list = [float(layer.numel) for layer in partition]
         self._zeros = torch.zeros(n, device=self.device)
 
         self.step = 0  # optimizer steps taken since the start of the run
@@ -125,7 +127,9 @@ class LayerObserver:
 
     def record_loss(self, loss: Tensor | float) -> None:
         """Record one (micro-)batch's training loss; no host sync."""
-        self._losses.append(torch.as_tensor(loss).detach().float().reshape(()).to(self.device))
+        if not (isinstance(loss, Tensor) and loss.dim() == 0 and loss.device == self.device):
+            loss = torch.as_tensor(loss).reshape(()).to(self.device)
+        self._losses.append(loss.detach())
 
     def record_val_loss(self, loss: Tensor | float) -> None:
         """Record the latest validation loss (used until the next one is recorded)."""
@@ -159,57 +163,59 @@ class LayerObserver:
         n = len(self.partition)
         weight_sq = self._zeros.clone().index_add_(0, self._param_agent, _squared_norms(
             [p.detach() for p in self._params], self.device))
-        sketch_now = self._gather(lambda i: self._params[i].detach())
-        update_sq = self._zeros.clone().index_add_(0, self._sketch_agent, (sketch_now - self._weight_sketch_start).square())
-        start_sq = self._zeros.clone().index_add_(0, self._sketch_agent, self._weight_sketch_start.square())
-        consistency_num = self._zeros.clone().index_add_(0, self._sketch_agent, self._grad_sketch_sum.square())
-        losses = torch.stack(self._losses) if self._losses else torch.zeros(0, device=self.device)
+        start = self._weight_sketch_start
+        sketch_terms = torch.stack([self._gather(lambda i: self._params[i].detach()) - start, start,
+                                    self._grad_sketch_sum]).square()
+        per_agent = torch.zeros(3, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
+        losses = torch.stack(self._losses).float() if self._losses else torch.zeros(0, device=self.device)
         val = self._val_loss if self._val_loss is not None else torch.zeros((), device=self.device)
         raw = torch.cat([
-            weight_sq, self._grad_sq, update_sq, start_sq, consistency_num, self._grad_sketch_sq,
+            weight_sq, self._grad_sq, per_agent.reshape(-1), self._grad_sketch_sq,
             torch.stack([losses.sum(), losses.square().sum(), val]),
         ])
         if reduce_fn is not None:
             raw = reduce_fn(raw)
-        raw = raw.double().cpu()  # the one host sync of a decision
-        weight_sq, grad_sq, update_sq, start_sq, cons_num, cons_den = raw[: 6 * n].view(6, n)
-        loss_sum, loss_sq_sum, val_loss = raw[6 * n :].tolist()
+        raw = raw.double().cpu().tolist()  # the one host sync of a decision
+        # Host side in plain floats: a few hundred numbers, far cheaper than tiny tensor ops.
+        weight_sq, grad_sq, update_sq, start_sq, cons_num, cons_den = (raw[i * n:(i + 1) * n] for i in range(6))
+        loss_sum, loss_sq_sum, val_loss = raw[6 * n:]
+        k = max(self._grad_count, 1)
+        per_layer = {
+            "log_scale": [_log_scalar(x) for x in scales],
+            "log_lr": [_log_scalar(x) for x in lrs],
+            "log_weight_rms": [0.5 * _log_scalar(w / m) for w, m in zip(weight_sq, self._numel_list)],
+            "log_grad_rms": [0.5 * _log_scalar(g / (m * k)) for g, m in zip(grad_sq, self._numel_list)],
+            "log_update_ratio": [0.5 * _log_scalar(u / (s + _TINY)) for u, s in zip(update_sq, start_sq)],
+            "grad_consistency": [min(max(c / (k * d + _TINY), 0.0), 1.0) if math.isfinite(c / (k * d + _TINY))
+                                 else 0.0 for c, d in zip(cons_num, cons_den)],
+        }
 
         count = len(self._losses)
-        columns: dict[str, Tensor | float] = dict(self._static)
-        columns["log_scale"] = _safe_log(torch.tensor(scales, dtype=torch.float64))
-        columns["log_lr"] = _safe_log(torch.tensor(lrs, dtype=torch.float64))
-        numel = self._numel.double().cpu()
-        columns["log_weight_rms"] = 0.5 * _safe_log(weight_sq / numel)
-        columns["log_grad_rms"] = 0.5 * _safe_log(grad_sq / (numel * max(self._grad_count, 1)))
-        columns["log_update_ratio"] = 0.5 * _safe_log(update_sq / (start_sq + _TINY))
-        k = max(self._grad_count, 1)
-        columns["grad_consistency"] = (cons_num / (k * cons_den + _TINY)).clamp(0.0, 1.0)
-
         total = self.total_steps
-        columns["progress"] = min(self.step / total, 1.0) if total else 0.0
-        columns["progress_unknown"] = 0.0 if total else 1.0
         loss = loss_sum / count if count else (self._prev_loss if self._prev_loss is not None else 0.0)
         if count and math.isfinite(loss):
             self._smoothed_loss = loss if self._smoothed_loss is None else (
                 self.loss_ema * self._smoothed_loss + (1 - self.loss_ema) * loss)
         smoothed = self._smoothed_loss if self._smoothed_loss is not None else loss
-        columns["log_loss"] = _log_scalar(smoothed)
-        columns["log_loss_ratio"] = (
-            _log_scalar(loss) - _log_scalar(self._prev_loss) if self._prev_loss is not None and count else 0.0
-        )
         variance = max(loss_sq_sum / count - loss * loss, 0.0) if count > 1 else 0.0
-        columns["loss_volatility"] = math.sqrt(variance) / max(abs(loss), _LOG_FLOOR) if count > 1 else 0.0
         has_val = self._val_loss is not None
-        columns["log_val_loss_ratio"] = _log_scalar(val_loss) - _log_scalar(smoothed) if has_val else 0.0
-        columns["has_val_loss"] = float(has_val)
+        run = {
+            "progress": min(self.step / total, 1.0) if total else 0.0,
+            "progress_unknown": 0.0 if total else 1.0,
+            "log_loss": _log_scalar(smoothed),
+            "log_loss_ratio": _log_scalar(loss) - _log_scalar(self._prev_loss)
+            if self._prev_loss is not None and count else 0.0,
+            "loss_volatility": math.sqrt(variance) / max(abs(loss), _LOG_FLOOR) if count > 1 else 0.0,
+            "log_val_loss_ratio": _log_scalar(val_loss) - _log_scalar(smoothed) if has_val else 0.0,
+            "has_val_loss": float(has_val),
+        }
         if count and math.isfinite(loss):
             self._prev_loss = loss
         self.last_interval_loss = loss if count else float("nan")
-
-        table = torch.stack([torch.as_tensor(columns[name], dtype=torch.float64).expand(n) for name in FEATURE_NAMES], 1)
-        return torch.nan_to_num(table, nan=0.0, posinf=FEATURE_CLIP, neginf=-FEATURE_CLIP).clamp(
-            -FEATURE_CLIP, FEATURE_CLIP).float()
+        rows = [[_finite(per_layer[name][i]) if name in per_layer else
+                 _finite(run[name]) if name in run else static[j] for j, name in enumerate(FEATURE_NAMES)]
+                for i, static in enumerate(self._static_rows)]
+        return torch.tensor(rows, dtype=torch.float32)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -277,14 +283,16 @@ def _sketch_positions(partition: LayerPartition, size: int, seed: int) -> tuple[
     return per_param, agent_of_position
 
 
-def _static_features(partition: LayerPartition) -> dict[str, Tensor]:
+def _static_table(partition: LayerPartition) -> Tensor:
+    """A ``[num_agents, num_features]`` float64 table with the features that never change filled in."""
     n = len(partition)
-    depth = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
-    columns = {"depth": depth, "log_param_count": torch.tensor([math.log(layer.numel) for layer in partition],
-                                                               dtype=torch.float64)}
-    for kind in LAYER_KINDS:
-        columns[f"kind_{kind}"] = torch.tensor([float(layer.kind == kind) for layer in partition], dtype=torch.float64)
-    return columns
+    table = torch.zeros(n, len(FEATURE_NAMES), dtype=torch.float64)
+    table[:, _COLUMN["depth"]] = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    table[:, _COLUMN["log_param_count"]] = torch.tensor([math.log(layer.numel) for layer in partition],
+                                                        dtype=torch.float64)
+    for i, layer in enumerate(partition):
+        table[i, _COLUMN[f"kind_{layer.kind}"]] = 1.0
+    return table
 
 
 def _dense(grad: Tensor) -> Tensor:
@@ -308,11 +316,14 @@ def _squared_norms(tensors: list[Tensor], device: torch.device) -> Tensor:
     return torch.stack([v.float().to(device) for v in norms]).square()
 
 
-def _safe_log(x: Tensor) -> Tensor:
-    return torch.log(torch.nan_to_num(x, nan=_LOG_FLOOR).clamp_min(_LOG_FLOOR))
-
-
 def _log_scalar(x: float | None) -> float:
-    if x is None or not math.isfinite(x):
+    """log(x) floored at log(1e-12); +inf stays +inf (clipped later), NaN and None read as 0."""
+    if x is None or x != x:
         return 0.0
-    return math.log(max(x, _LOG_FLOOR))
+    return math.log(max(x, _LOG_FLOOR)) if x != math.inf else math.inf
+
+
+def _finite(x: float) -> float:
+    if x != x:
+        return 0.0
+    return min(max(x, -FEATURE_CLIP), FEATURE_CLIP)

@@ -161,3 +161,18 @@ def test_dead_worker_is_reported_not_hung():
         env.rollout(10)
     with pytest.raises(RuntimeError, match=r"worker \d \(exit code 3\)"):
         env.close()
+
+
+def test_smoke_config_builds_a_working_env():
+    from pathlib import Path
+
+    from envs.config import make_env
+
+    root = Path(__file__).parents[2]
+    for name in ("env_smoke.yaml", "env_default.yaml"):
+        env = make_env(load_config(root / "configs" / name), seed=0)
+        check_env_specs(env) if name == "env_smoke.yaml" else env.reset()
+    with pytest.raises(ValueError, match="`trainer` is not a config section"):
+        make_env(load_config({"env": {}, "family": {"name": "mlp_digits"}, "trainer": {}}))
+    with pytest.raises(ValueError, match="`family.depth` is not a family setting"):
+        make_env(load_config({"family": {"name": "mlp_digits", "depth": 3}}))
