@@ -81,8 +81,8 @@ def instrument(seconds: list[float]) -> None:
     LayerwiseController.apply = timed(LayerwiseController.apply)
     observer.LayerObserver.after_step = timed(observer.LayerObserver.after_step)
     observer.LayerObserver.record_loss = timed(observer.LayerObserver.record_loss)
-    lr_control.LayerwiseLR._apply_scales = timed(lr_control.LayerwiseLR._apply_scales)
-    lr_control.LayerwiseLR._restore_lrs = timed(lr_control.LayerwiseLR._restore_lrs)
+    lr_control.LayerwiseLR.scale_lrs = timed(lr_control.LayerwiseLR.scale_lrs)
+    lr_control.LayerwiseLR.unscale_lrs = timed(lr_control.LayerwiseLR.unscale_lrs)
 
 
 def main() -> None:
