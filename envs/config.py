@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
-from envs.task import TaskFamily
+from envs.task import MixtureFamily, TaskFamily
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")
@@ -56,16 +56,27 @@ def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
 
 
 def family_from_config(config: DictConfig | dict, section: str = "family") -> TaskFamily:
+    """The family of ``config[section]``: ``{name, train, heldout}``, or ``{name: mixture, members: [...]}``."""
     from envs.tasks import make_family
 
     raw = config.get(section) if config is not None else None
     if raw is None or "name" not in raw:
         raise ValueError(f"`{section}.name` is required: the task family to train on (e.g. mlp_digits).")
-    unknown = [k for k in raw if k not in _FAMILY_KEYS]
+    plain = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw)
+    if plain["name"] == MixtureFamily.name:
+        unknown = [k for k in plain if k not in ("name", "members")]
+        if unknown:
+            raise ValueError(f"`{section}.{unknown[0]}` is not a mixture setting; use `name` and `members`.")
+        members = plain.get("members") or []
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"`{section}.members` must be a non-empty list of families, got {members!r}.")
+        paths = [f"{section}.members[{i}]" for i in range(len(members))]
+        return MixtureFamily([family_from_config({path: m if isinstance(m, dict) else {"name": m}}, path)
+                              for path, m in zip(paths, members)])
+    unknown = [k for k in plain if k not in _FAMILY_KEYS]
     if unknown:
         raise ValueError(f"`{section}.{unknown[0]}` is not a family setting; use {list(_FAMILY_KEYS)}.")
-    plain = OmegaConf.to_container(raw, resolve=True) if isinstance(raw, DictConfig) else dict(raw)
-    return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"))
+    return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"), prefix=section)
 
 
 def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None) -> LayerwiseLREnv:

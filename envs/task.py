@@ -83,3 +83,30 @@ class SingleTask(TaskFamily):
             module = made[0] if isinstance(made, tuple) else made
             self._max_layers = len(LayerPartition.from_module(module))
         return self._max_layers
+
+
+class MixtureFamily(TaskFamily):
+    """Samples one of several families uniformly, then a task from it (meta-training on a zoo).
+
+    Args:
+        families: The member families.
+
+    Example::
+
+        from envs.tasks import make_family
+        family = MixtureFamily([make_family("mlp_digits"), make_family("teacher_student")])
+    """
+
+    name = "mixture"
+
+    def __init__(self, families: list[TaskFamily]) -> None:
+        if not families:
+            raise ValueError("`family.members` must list at least one family.")
+        self.families = list(families)
+
+    def sample(self, generator: torch.Generator, split: Split = "train") -> TrainingTask:
+        index = int(torch.randint(0, len(self.families), (1,), generator=generator))
+        return self.families[index].sample(generator, split)
+
+    def max_layers(self, split: Split = "train") -> int:
+        return max(family.max_layers(split) for family in self.families)

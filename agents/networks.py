@@ -1,0 +1,111 @@
+"""TorchRL modules around the shared policy: actor, size-invariant critics, running normaliser."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tensordict.nn import TensorDictModule
+from torch import Tensor, nn
+from torchrl.modules import ProbabilisticActor
+
+from envs import keys
+from ganno_lightning.agent import GANNOAgent
+from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer, pool_agents
+
+LOGITS = (keys.GROUP, "logits")
+LOG_PROB = (keys.GROUP, "action_log_prob")
+STATE_VALUE = (keys.GROUP, "state_value")
+
+
+class NormalizedPolicy(nn.Module):
+    """Normaliser then policy: exactly what :class:`GANNOAgent` runs at deployment."""
+
+    def __init__(self, normalizer: ObservationNormalizer, net: LayerPolicyNet) -> None:
+        super().__init__()
+        self.normalizer = normalizer
+        self.net = net
+
+    def forward(self, observation: Tensor, mask: Tensor) -> Tensor:
+        return self.net(self.normalizer(observation), mask)
+
+
+class LayerCritic(nn.Module):
+    """Per-agent value; ``centralised`` adds the pooled features of all agents (MAPPO), else own only (IPPO).
+
+    Pooling keeps the critic size-invariant: one network values networks of any depth.
+    """
+
+    def __init__(self, normalizer: ObservationNormalizer, num_features: int, hidden_sizes: Sequence[int],
+                 centralised: bool) -> None:
+        super().__init__()
+        self.normalizer = normalizer  # shared with the actor, never trained by the critic loss
+        self.centralised = centralised
+        width = (3 if centralised else 1) * num_features
+        layers: list[nn.Module] = []
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.Tanh()]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, observation: Tensor, mask: Tensor) -> Tensor:
+        x = self.normalizer(observation)
+        if self.centralised:
+            x = torch.cat([x, pool_agents(x, mask)], -1)
+        return self.mlp(x)
+
+
+class RunningNormalizer:
+    """Welford statistics of the valid (unmasked) observations, copied into the normaliser on demand.
+
+    The normaliser's buffers change only between PPO iterations, so the log-probabilities stored at
+    collection time and those recomputed in the update come from the same inputs.
+    """
+
+    def __init__(self, normalizer: ObservationNormalizer) -> None:
+        self.normalizer = normalizer
+        self.count = 0.0
+        self.mean = torch.zeros_like(normalizer.mean, dtype=torch.float64)
+        self.m2 = torch.zeros_like(normalizer.mean, dtype=torch.float64)
+
+    def update(self, observation: Tensor, mask: Tensor) -> None:
+        x = observation[mask].double()
+        if x.numel() == 0:
+            return
+        n, mean, var = float(len(x)), x.mean(0), x.var(0, unbiased=False)
+        delta, total = mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + var * n + delta.square() * self.count * n / total
+        self.count = total
+
+    def apply(self) -> None:
+        if self.count > 1:
+            self.normalizer.mean.copy_(self.mean.float())
+            self.normalizer.var.copy_((self.m2 / self.count).clamp_min(1e-6).float())
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = float(state["count"]), state["mean"], state["m2"]
+
+
+def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str) -> tuple[ProbabilisticActor,
+                                                                                             TensorDictModule]:
+    """The TorchRL actor (sampling, with log-probs) and critic around ``agent``'s own networks.
+
+    The actor wraps ``agent.actor`` and ``agent.normalizer`` themselves, so training updates the
+    very modules that :meth:`GANNOAgent.save` exports.
+    """
+    if algorithm not in ("mappo", "ippo"):
+        raise ValueError(f"`algorithm` must be 'mappo' or 'ippo', got {algorithm!r}.")
+    policy = TensorDictModule(NormalizedPolicy(agent.normalizer, agent.actor),
+                              in_keys=[keys.OBSERVATION, keys.MASK], out_keys=[LOGITS])
+    actor = ProbabilisticActor(policy, in_keys={"logits": LOGITS}, out_keys=[keys.ACTION],
+                               distribution_class=torch.distributions.Categorical, return_log_prob=True,
+                               log_prob_key=LOG_PROB)
+    critic = TensorDictModule(
+        LayerCritic(agent.normalizer, agent.actor.config["num_features"], critic_hidden, algorithm == "mappo"),
+        in_keys=[keys.OBSERVATION, keys.MASK], out_keys=[STATE_VALUE])
+    return actor, critic

@@ -1,0 +1,348 @@
+"""Meta-train a GANNO agent with MAPPO (or IPPO) in TorchRL, and export the deployable agent file.
+
+    python -m agents.train configs/ganno_smoke.yaml                     # seconds
+    python -m agents.train configs/ganno_default.yaml run.workers=2     # the shipped default agent
+    python -m agents.train configs/ganno_default.yaml run.resume=true   # continue a stopped run
+
+The script reads top to bottom: config, environments, networks, loss, then the loop where
+collection, advantage estimation (multi-agent GAE) and minibatch PPO updates are all visible.
+Metrics go to ``<out_dir>/metrics.csv`` and W&B (offline unless told otherwise); a checkpoint
+(``checkpoint.pt``, for ``run.resume``) and the exported agent (``agent.pt``) are written every
+``run.checkpoint_every`` iterations and at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
+from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
+
+from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules
+from envs import keys
+from envs.config import check_sections, env_config, family_from_config, load_config
+from envs.layerwise_env import LayerwiseLREnv
+from ganno_lightning.agent import GANNOAgent
+
+
+@dataclass
+class AlgoConfig:
+    algorithm: str = "mappo"  # mappo (centralised critic) | ippo (critic on own features)
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # actor MLP
+    critic_hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    lr: float = 3e-4  # Adam, actor and critic
+    gamma: float = 0.99
+    lmbda: float = 0.95  # GAE
+    clip_epsilon: float = 0.2
+    entropy_coeff: float = 0.01
+    critic_coeff: float = 0.5
+    epochs: int = 4  # PPO epochs per collected batch
+    minibatch_size: int = 64  # env steps (each with all its agents) per gradient step
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    frames_per_batch: int = 128  # env steps collected per PPO iteration (over all workers)
+    total_frames: int = 1024  # env steps in the whole run
+    workers: int = 1  # > 1: one environment process each (MultiSyncCollector, synchronous)
+    backend: str = "local"  # local | ray (TorchRL's RayCollector; needs `pip install ray`)
+    out_dir: str = "runs/ganno"
+    checkpoint_every: int = 10  # iterations
+    resume: bool = False
+    export: str | None = None  # also copy the final agent here (e.g. ganno_lightning/default_agent.pt)
+    wandb: bool = True
+    wandb_project: str = "ganno-lightning"
+    wandb_mode: str = "offline"  # offline | online | disabled
+    progress: bool = True
+    threads: int = 1  # torch threads per process; tiny inner models run fastest on one
+
+
+@dataclass
+class TrainConfig:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+METRIC_NAMES = (
+    "iteration", "frames", "charts/episode_return", "charts/episodes", "charts/reward_per_step",
+    "charts/env_steps_per_s", "charts/diverged_fraction", "losses/objective", "losses/critic", "losses/entropy",
+    "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance",
+)
+
+
+def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, TrainConfig]:
+    """Load YAML + overrides; validate the ``algo``/``run`` sections (unknown keys name themselves)."""
+    raw = load_config(source, overrides)
+    check_sections(raw, ("env", "family", "algo", "run"))
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        merged = OmegaConf.merge(schema, {k: raw[k] for k in ("algo", "run") if k in raw})
+    except ConfigKeyError as err:
+        raise ValueError(f"`{err.full_key}` is not a training setting; see agents/train.py for the known ones.") from None
+    except ValidationError as err:
+        raise ValueError(f"`{err.full_key}`: {str(err).splitlines()[0]}") from None
+    config: TrainConfig = OmegaConf.to_object(merged)
+    algo, run = config.algo, config.run
+    if algo.algorithm not in ("mappo", "ippo"):
+        raise ValueError(f"`algo.algorithm` must be 'mappo' or 'ippo', got {algo.algorithm!r}.")
+    for name in ("frames_per_batch", "total_frames", "workers", "checkpoint_every", "threads"):
+        if getattr(run, name) <= 0:
+            raise ValueError(f"`run.{name}` must be a positive int, got {getattr(run, name)!r}.")
+    for name in ("epochs", "minibatch_size"):
+        if getattr(algo, name) <= 0:
+            raise ValueError(f"`algo.{name}` must be a positive int, got {getattr(algo, name)!r}.")
+    if run.frames_per_batch % run.workers:
+        raise ValueError(f"`run.frames_per_batch` ({run.frames_per_batch}) must be a multiple of `run.workers` "
+                         f"({run.workers}).")
+    if algo.minibatch_size > run.frames_per_batch:
+        raise ValueError(f"`algo.minibatch_size` ({algo.minibatch_size}) must not exceed `run.frames_per_batch` "
+                         f"({run.frames_per_batch}).")
+    if run.backend not in ("local", "ray"):
+        raise ValueError(f"`run.backend` must be 'local' or 'ray', got {run.backend!r}.")
+    if not 0 < algo.gamma <= 1 or not 0 <= algo.lmbda <= 1 or algo.lr <= 0:
+        raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
+                         f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")
+    return raw, config
+
+
+def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
+    """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray."""
+    common = dict(frames_per_batch=run.frames_per_batch, total_frames=-1)
+    if run.backend == "ray":
+        from torchrl.collectors.distributed import RayCollector
+
+        return RayCollector(env_fns, policy, collector_class=Collector, sync=True, num_collectors=len(env_fns),
+                            **common)
+    if len(env_fns) == 1:
+        return Collector(env_fns[0](), policy, **common)
+    return MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)
+
+
+class EpisodeTracker:
+    """Returns of finished episodes, per environment stream, across batches."""
+
+    def __init__(self) -> None:
+        self.running: dict[int, float] = {}
+
+    def __call__(self, batch: Any) -> list[float]:
+        rewards = batch["next", keys.REWARD][..., 0, 0].reshape(-1, batch.shape[-1])
+        done = batch["next", keys.DONE][..., 0].reshape(-1, batch.shape[-1])
+        finished = []
+        for stream in range(rewards.shape[0]):
+            total = self.running.get(stream, 0.0)
+            for r, d in zip(rewards[stream].tolist(), done[stream].tolist()):
+                total += r
+                if d:
+                    finished.append(total)
+                    total = 0.0
+            self.running[stream] = total
+        return finished
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train(source: Any, overrides: Sequence[str] = ()) -> Path:
+    """Run meta-training; returns the path of the exported agent file."""
+    # -- config -----------------------------------------------------------------------------------
+    raw, config = parse_config(source, overrides)
+    algo, run = config.algo, config.run
+    env_settings = env_config(raw)
+    family = family_from_config(raw)  # validates the family section before any process starts
+    plain_config = {**OmegaConf.to_container(raw, resolve=True), **OmegaConf.to_container(OmegaConf.structured(config))}
+    out_dir = Path(run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.seed)
+    torch.set_num_threads(run.threads)
+
+    # -- environments -----------------------------------------------------------------------------
+    # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
+    env_fns = [functools.partial(LayerwiseLREnv, family, env_settings, seed=run.seed * 1000 + i)
+               for i in range(run.workers)]
+
+    # -- networks and loss ------------------------------------------------------------------------
+    agent = GANNOAgent.create(hidden_sizes=algo.hidden_sizes, activation=algo.activation,
+                              action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
+                              scale_bounds=tuple(env_settings.scale_bounds), seed=run.seed)
+    actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm)
+    normalizer_stats = RunningNormalizer(agent.normalizer)
+    loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss
+    loss_module = loss_class(actor, critic, clip_epsilon=algo.clip_epsilon, entropy_coeff=algo.entropy_coeff,
+                             critic_coeff=algo.critic_coeff, normalize_advantage=True, log_explained_variance=True)
+    loss_module.set_keys(action=keys.ACTION, sample_log_prob=LOG_PROB, value=STATE_VALUE, reward=keys.REWARD,
+                         done=keys.DONE, terminated=keys.TERMINATED)
+    loss_module.loss_mask_key = keys.MASK  # padded agents take no part in values, advantages or losses
+    loss_module.make_value_estimator(gamma=algo.gamma, lmbda=algo.lmbda)
+    optimizer = torch.optim.Adam(loss_module.parameters(), lr=algo.lr)
+
+    iteration, frames, history = 0, 0, []
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if run.resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, weights_only=False)
+        loss_module.load_state_dict(state["loss_module"])
+        optimizer.load_state_dict(state["optimizer"])
+        normalizer_stats.load_state_dict(state["normalizer_stats"])
+        normalizer_stats.apply()
+        iteration, frames, history = state["iteration"], state["frames"], state["history"]
+        torch.set_rng_state(state["rng"])
+        print(f"Resumed from {checkpoint_path} at iteration {iteration} ({frames} env steps).", file=sys.stderr)
+
+    buffer = ReplayBuffer(storage=LazyTensorStorage(run.frames_per_batch), sampler=SamplerWithoutReplacement(),
+                          batch_size=algo.minibatch_size)
+    logger = _Logger(out_dir, plain_config, run, resume=iteration > 0)
+    tracker = EpisodeTracker()
+    collector = make_collector(env_fns, actor, run)
+    progress = _progress(run, frames)
+
+    def checkpoint() -> Path:
+        agent.training_config = {**plain_config, "trained_frames": frames, "iterations": iteration}
+        save_atomic({"loss_module": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "normalizer_stats": normalizer_stats.state_dict(), "iteration": iteration, "frames": frames,
+                     "history": history, "rng": torch.get_rng_state(), "config": plain_config}, checkpoint_path)
+        return agent.save(out_dir / "agent.pt")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    try:
+        started = time.perf_counter()
+        for batch in collector:
+            # GAE over the collected trajectories ([time] or [workers, time]), with the current critic
+            with torch.no_grad():
+                loss_module.value_estimator(batch, params=loss_module.critic_network_params,
+                                            target_params=loss_module.target_critic_network_params)
+            buffer.extend(batch.reshape(-1))
+            stats: dict[str, list[float]] = {}
+            for _ in range(algo.epochs):
+                for minibatch in buffer:
+                    losses = loss_module(minibatch)
+                    total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                    optimizer.zero_grad()
+                    total.backward()
+                    torch.nn.utils.clip_grad_norm_(loss_module.parameters(), algo.max_grad_norm)
+                    optimizer.step()
+                    for name, key in (("objective", "loss_objective"), ("critic", "loss_critic"),
+                                      ("entropy", "entropy"), ("approx_kl", "kl_approx"),
+                                      ("clip_fraction", "clip_fraction"), ("explained_variance", "explained_variance")):
+                        if key in losses.keys():
+                            stats.setdefault(name, []).append(float(losses[key].detach().float().mean()))
+            # new observation statistics take effect from the next collection on
+            normalizer_stats.update(batch[keys.OBSERVATION], batch[keys.MASK])
+            normalizer_stats.apply()
+            collector.update_policy_weights_()
+
+            iteration += 1
+            frames += batch.numel()
+            returns = tracker(batch)
+            valid_actions = batch[keys.ACTION][batch[keys.MASK]]
+            action_fraction = torch.bincount(valid_actions, minlength=len(env_settings.action_multipliers)).float()
+            action_fraction /= max(float(action_fraction.sum()), 1.0)
+            metrics = {
+                "iteration": iteration, "frames": frames,
+                "charts/episode_return": sum(returns) / len(returns) if returns else float("nan"),
+                "charts/episodes": len(returns),
+                "charts/reward_per_step": float(batch["next", keys.REWARD][..., 0, 0].mean()),
+                "charts/env_steps_per_s": batch.numel() / max(time.perf_counter() - started, 1e-9),
+                "charts/diverged_fraction": float(batch["next", keys.TERMINATED].float().mean()),
+                **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},
+            }
+            history.append(metrics)
+            logger.log(metrics, action_fraction)
+            progress.update(batch.numel())
+            progress.set_postfix(ret=f"{metrics['charts/episode_return']:.3f}", kl=f"{metrics.get('losses/approx_kl', 0):.4f}")
+            if iteration % run.checkpoint_every == 0:
+                checkpoint()
+            if frames >= run.total_frames:
+                break
+            started = time.perf_counter()
+    finally:
+        collector.shutdown()
+        progress.close()
+    agent_path = checkpoint()
+    if run.export:
+        export = Path(run.export)
+        export.parent.mkdir(parents=True, exist_ok=True)
+        agent.save(export)
+        agent_path = export
+    logger.finish(agent_path)
+    return agent_path
+
+
+class _Logger:
+    """Metrics to CSV (always) and W&B (when enabled), with the LR-action histogram."""
+
+    def __init__(self, out_dir: Path, config: dict, run: RunConfig, resume: bool) -> None:
+        self.csv_path = out_dir / "metrics.csv"
+        new = not (resume and self.csv_path.is_file())
+        self.file = open(self.csv_path, "w" if new else "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=[*METRIC_NAMES, "charts/action_fractions"],
+                                     extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+        self.wandb = None
+        if run.wandb and run.wandb_mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(project=run.wandb_project, mode=run.wandb_mode, dir=str(out_dir), config=config,
+                                    resume="allow" if resume else None)
+
+    def log(self, metrics: dict[str, Any], action_fraction: torch.Tensor) -> None:
+        row = {**metrics, "charts/action_fractions": " ".join(f"{x:.3f}" for x in action_fraction.tolist())}
+        self.writer.writerow({k: (v if not (isinstance(v, float) and math.isnan(v)) else "") for k, v in row.items()})
+        self.file.flush()
+        if self.wandb is not None:
+            import wandb
+
+            histogram = wandb.Histogram(np_histogram=(action_fraction.numpy(), list(range(len(action_fraction) + 1))))
+            self.wandb.log({**{k: v for k, v in metrics.items() if k != "iteration"}, "charts/actions": histogram},
+                           step=int(metrics["iteration"]))
+
+    def finish(self, agent_path: Path) -> None:
+        self.file.close()
+        if self.wandb is not None:
+            self.wandb.summary["agent_path"] = str(agent_path)
+            self.wandb.finish()
+
+
+def _progress(run: RunConfig, frames: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=run.total_frames, initial=frames, disable=not run.progress, desc="meta-training",
+                unit="env step", dynamic_ncols=True)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        print(__doc__, file=sys.stderr)
+        raise SystemExit("usage: python -m agents.train CONFIG.yaml [key=value ...]")
+    path = train(args[0], args[1:])
+    print(f"agent written to {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
