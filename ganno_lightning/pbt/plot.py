@@ -13,7 +13,7 @@ __all__ = ["plot_schedules"]
 
 
 def plot_schedules(
-    history: Sequence[Mapping[str, Any]],
+    schedule: Sequence[Mapping[str, Any]],
     lineage: Sequence[LineageEvent],
     path: str | os.PathLike,
     log_scale: Mapping[str, bool] | None = None,
@@ -25,7 +25,8 @@ def plot_schedules(
     step it happened, so the lineage is visible at a glance.
 
     Args:
-        history: :meth:`PopulationStore.history` rows (``member``, ``step``, ``score``, ``hyperparameters``).
+        schedule: :meth:`PopulationStore.schedule` rows (``member``, ``step``, ``event``, ``score``,
+            ``hyperparameters``); rows without ``event`` count as reports.
         lineage: :meth:`PopulationStore.lineage` events.
         path: the PNG to write (atomically).
         log_scale: which hyperparameters to draw on a log axis.
@@ -34,7 +35,7 @@ def plot_schedules(
     Example::
 
         store = PopulationStore("runs/pbt")
-        plot_schedules(store.history(), store.lineage(), "runs/pbt/schedules.png", {"lr": True})
+        plot_schedules(store.schedule(), store.lineage(), "runs/pbt/schedules.png", {"lr": True})
     """
     import matplotlib
 
@@ -43,14 +44,14 @@ def plot_schedules(
 
     from ganno_lightning.pbt.store import atomic_file
 
-    names = sorted({name for row in history for name in row["hyperparameters"]})
-    members = sorted({row["member"] for row in history})
+    names = sorted({name for row in schedule for name in row["hyperparameters"]})
+    members = sorted({row["member"] for row in schedule})
     fig, axes = plt.subplots(len(names) + 1, 1, figsize=(8, 2.6 * (len(names) + 1)), sharex=True, squeeze=False)
     colours = plt.get_cmap("tab10")
     for i, name in enumerate(names):
         ax = axes[i][0]
         for m in members:
-            rows = [r for r in history if r["member"] == m]
+            rows = [r for r in schedule if r["member"] == m]
             ax.step([r["step"] for r in rows], [r["hyperparameters"][name] for r in rows], where="post",
                     color=colours(m % 10), label=f"member {m}")
         for event in lineage:
@@ -63,7 +64,7 @@ def plot_schedules(
         ax.set_ylabel(name)
     ax = axes[-1][0]
     for m in members:
-        rows = [r for r in history if r["member"] == m and r["score"] is not None]
+        rows = [r for r in schedule if r["member"] == m and r["score"] is not None and r.get("event", "report") == "report"]
         ax.plot([r["step"] for r in rows], [r["score"] for r in rows], "o-", markersize=3, color=colours(m % 10),
                 label=f"member {m}")
     ax.set_ylabel(monitor)

@@ -351,17 +351,18 @@ def write_outputs(store: PopulationStore, config: DictConfig, strategy: PBTStrat
     best_record = members[best]
     with atomic_file(directory / "best.ckpt") as tmp:
         shutil.copyfile(best_record.checkpoint, tmp)  # type: ignore[arg-type]
-    history, lineage = store.history(), store.lineage()
+    schedule, lineage = store.schedule(), store.lineage()
     atomic_write_bytes(directory / "lineage.json", json.dumps([e.to_dict() for e in lineage], indent=1).encode())
     buffer = io.StringIO()
     names = sorted(strategy.space)
     writer = csv.writer(buffer)
-    writer.writerow(["member", "step", "score", *names])
-    for row in history:
-        writer.writerow([row["member"], row["step"], row["score"], *(row["hyperparameters"][n] for n in names)])
+    writer.writerow(["member", "step", "event", "score", *names])
+    for row in schedule:
+        values = (row["hyperparameters"][n] for n in names)
+        writer.writerow([row["member"], row["step"], row["event"], row["score"], *values])
     atomic_write_bytes(directory / "schedules.csv", buffer.getvalue().encode())
     plot = plot_schedules(
-        history, lineage, directory / "schedules.png", {n: d.log for n, d in strategy.space.items()}, config.monitor
+        schedule, lineage, directory / "schedules.png", {n: d.log for n, d in strategy.space.items()}, config.monitor
     )
     summary = {
         "best_member": best,

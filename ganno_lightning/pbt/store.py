@@ -361,6 +361,27 @@ class PopulationStore:
             for r in rows
         ]
 
+    def schedule(self) -> list[dict[str, Any]]:
+        """Each member's values over time: every report, plus every exploit at the step it took effect.
+
+        Rows are ``{"member", "step", "event", "score", "hyperparameters"}`` with ``event`` either
+        ``"report"`` (values in use up to this report) or ``"exploit"`` (values in use from here on).
+        """
+        rows = [
+            {"member": h["member"], "step": h["step"], "event": "report", "score": h["score"],
+             "hyperparameters": h["hyperparameters"], "_order": (h["time"], 0)}
+            for h in self.history()
+        ]
+        rows += [
+            {"member": e.member, "step": e.step, "event": "exploit", "score": e.donor_score,
+             "hyperparameters": e.new_hyperparameters, "_order": (e.time, 1)}
+            for e in self.lineage()
+        ]
+        rows.sort(key=lambda r: (r["member"], r["step"], r["_order"][1], r["_order"][0]))
+        for row in rows:
+            del row["_order"]
+        return rows
+
     def lineage(self) -> list[LineageEvent]:
         rows = self._connect().execute(
             "SELECT member, step, donor, donor_step, score, donor_score, old_hyperparameters, new_hyperparameters,"
