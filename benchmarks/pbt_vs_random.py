@@ -6,7 +6,7 @@ log-uniformly from [1e-4, 1] by the seed). The only difference is ``exploit``: `
 ``none`` (each member keeps its random LR: random search). The score is the best member's final
 validation loss.
 
-    PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds 0 1 2 --max-epochs 30
+    PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds 0 1 2 --max-epochs 20
 
 Writes benchmarks/results/pbt_vs_random.md (run directories go to a temporary folder, never the repo).
 """
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from ganno_lightning.pbt.runner import load_config, run_population
+from ganno_lightning.pbt.store import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def run_arm(seed: int, exploit: str, max_epochs: int, workdir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pbt_vs_random.md")
     args = parser.parse_args()
 
@@ -54,7 +55,10 @@ def main() -> None:
             rnd = run_arm(seed, "none", args.max_epochs, Path(tmp))
             rows.append((seed, pbt, rnd))
             print(json.dumps({"seed": seed, "pbt": pbt["best_score"], "random": rnd["best_score"]}), flush=True)
+            write_report(rows, args)  # after every seed, so a cut-short run still leaves its results
 
+
+def write_report(rows: list, args: argparse.Namespace) -> None:
     ratios = [p["best_score"] / r["best_score"] for _, p, r in rows]
     wins = sum(p["best_score"] < r["best_score"] for _, p, r in rows)
     lines = [
@@ -79,12 +83,12 @@ def main() -> None:
         )
     lines += [
         "",
-        f"PBT lower on {wins}/{len(rows)} seeds; mean ratio {statistics.mean(ratios):.3f}"
+        f"PBT lower on {wins}/{len(rows)} seeds done; mean ratio {statistics.mean(ratios):.3f}"
         f" (geometric {statistics.geometric_mean(ratios):.3f}).",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    atomic_write_bytes(args.out, ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines), flush=True)
 
 
 def _initial_lrs(seed: int) -> list[dict]:

@@ -90,19 +90,22 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         ValueError: naming an unknown key or a value of the wrong type.
     """
     config = OmegaConf.structured(PopulationConfig)
-    try:
-        if path is not None:
-            config = OmegaConf.merge(config, OmegaConf.load(path))
-        if overrides:
-            config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-    except ConfigKeyError as err:
-        raise ValueError(
-            f"Unknown config key `{err.full_key}` (from {path or 'overrides'}). Known keys: "
-            f"{', '.join(PopulationConfig.__dataclass_fields__)}."
-        ) from err
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        raise ValueError(f"Invalid config value for `{key}`: {err.msg if hasattr(err, 'msg') else err}") from err
+    sources: list[tuple[str, Any]] = []
+    if path is not None:
+        sources.append((str(path), lambda: OmegaConf.load(path)))
+    if overrides:
+        sources.append(("the command-line overrides", lambda: OmegaConf.from_dotlist(list(overrides))))
+    for source, read in sources:
+        try:
+            config = OmegaConf.merge(config, read())
+        except ConfigKeyError as err:
+            raise ValueError(
+                f"Unknown config key `{err.full_key}` (in {source}). Known keys: "
+                f"{', '.join(PopulationConfig.__dataclass_fields__)}."
+            ) from err
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None)
+            raise ValueError(f"Invalid config value for `{key}` (in {source}): {getattr(err, 'msg', err)}") from err
     validate_config(config)
     return config
 
