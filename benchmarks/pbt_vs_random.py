@@ -67,7 +67,7 @@ def write_report(rows: list, args: argparse.Namespace) -> None:
         f"Command: `PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds {' '.join(map(str, args.seeds))}"
         f" --max-epochs {args.max_epochs}`",
         "",
-        "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, 400 training examples, batch 32),"
+        "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, 400 training examples, batch 8),"
         f" 4 members x {args.max_epochs} epochs in both arms; LR prior log-uniform [1e-4, 1]; PBT decides every 2"
         " epochs (truncation 25%, perturb x0.8/x1.2, resample 25%). Same initial LRs in both arms.",
         "",

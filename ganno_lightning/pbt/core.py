@@ -299,7 +299,12 @@ class LineageEvent:
     time: float = field(default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain values for JSON; unknown or non-finite scores become ``None`` (strict JSON has no NaN)."""
+        out = asdict(self)
+        for key in ("score", "donor_score"):
+            if out[key] is None or not math.isfinite(out[key]):
+                out[key] = None
+        return out
 
 
 class PBTStrategy:

@@ -137,7 +137,7 @@ class RayTunePBTReporter(Callback):
                 tune.report(metrics)
 
 
-def make_scheduler(config: DictConfig) -> Any:
+def make_scheduler(config: DictConfig, synch: bool = False) -> Any:
     """Ray Tune's PopulationBasedTraining from a runner config: same quantile, factors, resampling, bounds."""
     _, tune = _require_ray()
     from ray.tune.schedulers import PopulationBasedTraining
@@ -160,6 +160,7 @@ def make_scheduler(config: DictConfig) -> Any:
         resample_probability=config.resample_probability,
         perturbation_factors=tuple(config.perturb_factors),
         custom_explore_fn=clip,
+        synch=synch,
     )
 
 
@@ -208,7 +209,10 @@ def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> N
 
 
 def tune_population(
-    config: DictConfig, address: str | None = None, ray_init: Mapping[str, Any] | None = None
+    config: DictConfig,
+    address: str | None = None,
+    ray_init: Mapping[str, Any] | None = None,
+    synch: bool = False,
 ) -> dict[str, Any]:
     """Run ``config``'s population with Ray Tune's PBT scheduler; write the runner's outputs.
 
@@ -216,6 +220,7 @@ def tune_population(
         config: a :class:`~ganno_lightning.pbt.runner.PopulationConfig` (``load_config``).
         address: a Ray cluster address (``"auto"``); ``None`` starts a local Ray instance.
         ray_init: extra ``ray.init`` keyword arguments (``num_cpus`` for a local instance).
+        synch: synchronous PBT (every trial waits at each ready point); Ray's default is asynchronous.
 
     Returns:
         The summary also written to ``summary.json``.
@@ -243,12 +248,12 @@ def tune_population(
         trainable,
         param_space={name: _domain(tune, dim) for name, dim in space.items()},
         tune_config=tune.TuneConfig(
-            scheduler=make_scheduler(config), num_samples=config.population_size, metric=config.monitor,
+            scheduler=make_scheduler(config, synch), num_samples=config.population_size, metric=config.monitor,
             mode=config.mode, reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name="ray_tune", storage_path=str(directory), verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # donors must outlive slow cloners
             failure_config=tune.FailureConfig(max_failures=config.max_restarts),
         ),
     )
