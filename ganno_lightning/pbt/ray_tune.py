@@ -249,7 +249,7 @@ def tune_population(
         param_space={name: _domain(tune, dim) for name, dim in space.items()},
         tune_config=tune.TuneConfig(
             scheduler=make_scheduler(config, synch), num_samples=config.population_size, metric=config.monitor,
-            mode=config.mode, reuse_actors=False,
+            mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
         ),
         run_config=tune.RunConfig(
             name="ray_tune", storage_path=str(directory), verbose=0,

@@ -31,7 +31,7 @@ def test_scheduler_mirrors_the_config_and_clips_explored_values():
 
 def test_ray_population_applies_mutated_lr_after_restoring_the_donor(tmp_path, local_ray):
     config = load_config(
-        SMOKE, [f"population_dir={tmp_path / 'pop'}", "max_epochs=3", "task_kwargs.train_subset=64"]
+        SMOKE, [f"population_dir={tmp_path / 'pop'}", "max_epochs=2", "task_kwargs.train_subset=64"]
     )
     summary = tune_population(config, synch=True)
     assert summary["backend"] == "ray_tune" and summary["exploits"] >= 1
