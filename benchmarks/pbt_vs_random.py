@@ -26,8 +26,8 @@ from ganno_lightning.pbt.store import atomic_write_bytes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_arm(seed: int, exploit: str, max_epochs: int, workdir: Path) -> dict:
-    overrides = [
+def run_arm(seed: int, exploit: str, max_epochs: int, workdir: Path, extra: list[str] = ()) -> dict:
+    overrides = [*extra,
         f"population_dir={workdir / f'{exploit}_seed{seed}'}",
         f"seed={seed}",
         f"exploit={exploit}",
@@ -45,14 +45,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-epochs", type=int, default=20)
+    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides for both arms")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pbt_vs_random.md")
     args = parser.parse_args()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="pbt_bench_") as tmp:
         for seed in args.seeds:
-            pbt = run_arm(seed, "truncation", args.max_epochs, Path(tmp))
-            rnd = run_arm(seed, "none", args.max_epochs, Path(tmp))
+            pbt = run_arm(seed, "truncation", args.max_epochs, Path(tmp), args.override)
+            rnd = run_arm(seed, "none", args.max_epochs, Path(tmp), args.override)
             rows.append((seed, pbt, rnd))
             print(json.dumps({"seed": seed, "pbt": pbt["best_score"], "random": rnd["best_score"]}), flush=True)
             write_report(rows, args)  # after every seed, so a cut-short run still leaves its results
@@ -65,7 +66,7 @@ def write_report(rows: list, args: argparse.Namespace) -> None:
         "# PBT vs best of 4 random fixed LRs (equal compute)",
         "",
         f"Command: `PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds {' '.join(map(str, args.seeds))}"
-        f" --max-epochs {args.max_epochs}`",
+        f" --max-epochs {args.max_epochs}" + (f" --override {' '.join(args.override)}" if args.override else "") + "`",
         "",
         "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, 400 training examples, batch 8),"
         f" 4 members x {args.max_epochs} epochs in both arms; LR prior log-uniform [1e-4, 1]; PBT decides every 2"
