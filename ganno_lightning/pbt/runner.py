@@ -409,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. population_size=8")
     parser.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one member
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))  # exits with status 2 and the message, no traceback
     if args.member is not None:
         run_member(config, args.member)
         return 0
