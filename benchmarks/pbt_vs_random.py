@@ -68,7 +68,8 @@ def write_report(rows: list, args: argparse.Namespace) -> None:
         f"Command: `PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds {' '.join(map(str, args.seeds))}"
         f" --max-epochs {args.max_epochs}" + (f" --override {' '.join(args.override)}" if args.override else "") + "`",
         "",
-        "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, 400 training examples, batch 8),"
+        "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, batch 8; 400 training examples unless the"
+        " command overrides `task_kwargs.train_subset`; null = the full 1258),"
         f" 4 members x {args.max_epochs} epochs in both arms; LR prior log-uniform [1e-4, 1]; PBT decides every 2"
         " epochs (truncation 25%, perturb x0.8/x1.2, resample 25%). Same initial LRs in both arms.",
         "",
