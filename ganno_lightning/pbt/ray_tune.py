@@ -1,0 +1,351 @@
+"""The same population on a Ray cluster: Ray Tune's PBT scheduler, with mutated values that stick.
+
+Ray Tune's ``PopulationBasedTraining`` exploits by restarting a trial from a donor's checkpoint with an
+explored config. With Lightning the naive route loses the mutation: ``trainer.fit(ckpt_path=...)``
+restores the donor's optimizer state *after* ``on_fit_start``, so the donor's learning rate comes back.
+:class:`RayTunePBTReporter` applies the config's values in ``on_train_start``, after Lightning's
+restore, through the same setters as :class:`~ganno_lightning.pbt.PBTCallback`, and reports the
+learning rate actually in effect so that this is checked, not assumed.
+
+Ray is optional and imported lazily: ``pip install "ray[tune]"``. One config serves both runners::
+
+    python -m ganno_lightning.pbt.ray_tune configs/pbt_digits.yaml population_dir=/shared/pbt --address auto
+
+On a cluster, ``population_dir`` must be on storage every node can reach (Ray's ``storage_path``).
+The outputs are the one-machine runner's: ``best.ckpt``, ``schedules.csv``, ``schedules.png``,
+``lineage.json`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import tempfile
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ganno_lightning.pbt.core import Hyperparameter, LineageEvent, ReadyCriterion, parse_space, ranked_members
+from ganno_lightning.pbt.setters import resolve_setters
+from ganno_lightning.pbt.store import atomic_file, atomic_write_bytes, check_writable_dir
+
+__all__ = ["RayTunePBTReporter", "make_scheduler", "tune_population"]
+
+
+def _require_ray() -> Any:
+    try:
+        import ray
+        from ray import tune
+    except ImportError as err:  # pragma: no cover - exercised only without ray
+        raise ImportError(
+            'Running a population on Ray needs Ray Tune: `pip install "ray[tune]>=2.9"`.'
+            " On one machine, use `python -m ganno_lightning.pbt.runner` instead (no Ray needed)."
+        ) from err
+    return ray, tune
+
+
+class RayTunePBTReporter(Callback):
+    """Apply a Ray trial's config after Lightning's restore and report to Ray Tune at every ready point.
+
+    Args:
+        values: this trial's hyperparameter values (the Ray config entries named in the space).
+        space: the search space (for setters and clipping).
+        monitor: metric reported to Ray as the PBT objective.
+        ready_interval: report every this many ``ready_unit``\\ s (one Ray ``training_iteration``).
+        ready_unit: ``"epoch"`` or ``"step"``.
+        setters: custom setters, as for :class:`~ganno_lightning.pbt.PBTCallback`.
+
+    Example::
+
+        def trainable(config):
+            ckpt = ray.tune.get_checkpoint()
+            reporter = RayTunePBTReporter({"lr": config["lr"]}, {"lr": Hyperparameter(1e-4, 1.0, log=True)})
+            trainer = Trainer(max_epochs=20, callbacks=[reporter], enable_checkpointing=False)
+            with ckpt.as_directory() if ckpt else contextlib.nullcontext() as d:
+                trainer.fit(model, data, ckpt_path=f"{d}/member.ckpt" if ckpt else None)
+    """
+
+    def __init__(
+        self,
+        values: Mapping[str, float],
+        space: Mapping[str, Hyperparameter],
+        monitor: str = "val_loss",
+        ready_interval: int = 1,
+        ready_unit: str = "epoch",
+        setters: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.space = parse_space(space)
+        self.values = {name: self.space[name].clip(float(values[name])) for name in self.space}
+        self.monitor = monitor
+        self.ready = ReadyCriterion(ready_interval, ready_unit)
+        self.setters = resolve_setters(list(self.space), setters)
+        self._last_ready = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for name, setter in self.setters.items():
+            setter.validate(trainer, pl_module, name)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning restored the donor's optimizer state (and its LR) just before this hook
+        for name, setter in self.setters.items():
+            setter.apply(trainer, pl_module, self.values[name])
+        # resume the ready clock from the restored progress, not from zero
+        self._last_ready = trainer.current_epoch if self.ready.unit == "epoch" else trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.ready.unit == "step" and self.ready.is_ready(trainer.global_step, self._last_ready):
+            self._report(trainer, pl_module, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        progress = trainer.current_epoch + 1
+        if self.ready.unit == "epoch" and self.ready.is_ready(progress, self._last_ready):
+            self._report(trainer, pl_module, progress)
+
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, progress: int) -> None:
+        _, tune = _require_ray()
+        if self.monitor not in trainer.callback_metrics:
+            raise RuntimeError(
+                f"RayTunePBTReporter monitors `{self.monitor}`, which was never logged; logged:"
+                f" {', '.join(f'`{k}`' for k in trainer.callback_metrics) or '(nothing)'}."
+            )
+        self._last_ready = progress
+        score = float(trainer.callback_metrics[self.monitor])
+        metrics = {self.monitor: score if math.isfinite(score) else float("inf"), "step": trainer.global_step,
+                   "epoch": trainer.current_epoch + 1}
+        for name, setter in self.setters.items():
+            metrics[f"pbt/{name}"] = self.values[name]
+            in_effect = setter.read(trainer, pl_module)
+            if in_effect is not None:
+                metrics[f"pbt/{name}_in_effect"] = in_effect
+        logged = {k: float(v) for k, v in metrics.items() if k.startswith("pbt/")}
+        for logger in trainer.loggers:
+            logger.log_metrics(logged, step=trainer.global_step)
+        with tempfile.TemporaryDirectory(prefix="pbt_ray_") as directory:
+            trainer.save_checkpoint(Path(directory) / "member.ckpt")
+            if trainer.is_global_zero:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            else:
+                tune.report(metrics)
+
+
+def make_scheduler(config: DictConfig, synch: bool = False) -> Any:
+    """Ray Tune's PopulationBasedTraining from a runner config: same quantile, factors, resampling, bounds."""
+    _, tune = _require_ray()
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    if config.exploit != "truncation":
+        raise ValueError(f"On Ray, `exploit` must be 'truncation' (Ray's PBT), got {config.exploit!r}.")
+    space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
+
+    def clip(new_config: dict[str, Any]) -> dict[str, Any]:
+        # Ray multiplies by a factor but does not clip: keep every value inside its bounds
+        for name, dim in space.items():
+            new_config[name] = dim.clip(new_config[name])
+        return new_config
+
+    return PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=1,  # one iteration = one ready point of the reporter
+        hyperparam_mutations={name: _domain(tune, dim) for name, dim in space.items()},
+        quantile_fraction=config.quantile,
+        resample_probability=config.resample_probability,
+        perturbation_factors=tuple(config.perturb_factors),
+        custom_explore_fn=clip,
+        synch=synch,
+    )
+
+
+def _domain(tune: Any, dim: Hyperparameter) -> Any:
+    if dim.integer:
+        return tune.lograndint(int(math.ceil(dim.low)), int(dim.high) + 1) if dim.log else tune.randint(
+            int(math.ceil(dim.low)), int(dim.high) + 1
+        )
+    return tune.loguniform(dim.low, dim.high) if dim.log else tune.uniform(dim.low, dim.high)
+
+
+def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> None:
+    """Ray function trainable: build the task, restore from Ray's checkpoint if any, train, report."""
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    from ganno_lightning.pbt.runner import _load_task
+
+    _, tune = _require_ray()
+    config = OmegaConf.create(population)
+    torch.set_num_threads(config.threads_per_member)
+    context = tune.get_context()
+    seed = config.seed + zlib.crc32(context.get_trial_id().encode()) % 10_000
+    model, data = _load_task(config, seed=seed)
+    space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
+    reporter = RayTunePBTReporter(
+        {name: trial_config[name] for name in space}, space, config.monitor, config.ready_interval,
+        config.ready_unit, dict(config.setters),
+    )
+    trainer_kwargs = dict(OmegaConf.to_container(config.trainer))  # type: ignore[arg-type]
+    trainer_kwargs.setdefault("enable_progress_bar", False)
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer = pl.Trainer(
+        max_epochs=config.max_epochs,
+        callbacks=[reporter],
+        logger=CSVLogger(context.get_trial_dir(), name="lightning"),
+        enable_checkpointing=False,
+        **trainer_kwargs,
+    )
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(model, data)
+        return
+    with checkpoint.as_directory() as directory:
+        trainer.fit(model, data, ckpt_path=str(Path(directory) / "member.ckpt"))
+
+
+def tune_population(
+    config: DictConfig,
+    address: str | None = None,
+    ray_init: Mapping[str, Any] | None = None,
+    synch: bool = False,
+) -> dict[str, Any]:
+    """Run ``config``'s population with Ray Tune's PBT scheduler; write the runner's outputs.
+
+    Args:
+        config: a :class:`~ganno_lightning.pbt.runner.PopulationConfig` (``load_config``).
+        address: a Ray cluster address (``"auto"``); ``None`` starts a local Ray instance.
+        ray_init: extra ``ray.init`` keyword arguments (``num_cpus`` for a local instance).
+        synch: synchronous PBT (every trial waits at each ready point); Ray's default is asynchronous.
+
+    Returns:
+        The summary also written to ``summary.json``.
+
+    Example::
+
+        from ganno_lightning.pbt.runner import load_config
+        summary = tune_population(load_config("configs/pbt_smoke.yaml", ["population_dir=/tmp/pbt_ray"]),
+                                  ray_init={"num_cpus": 2})
+    """
+    from ganno_lightning.pbt.runner import validate_config
+
+    ray, tune = _require_ray()
+    strategy = validate_config(config)
+    directory = check_writable_dir(config.population_dir)
+    config.population_dir = str(directory)
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **dict(ray_init or {}))
+    trainable = tune.with_resources(
+        tune.with_parameters(_train_member, population=OmegaConf.to_container(config)),
+        {"cpu": config.threads_per_member},
+    )
+    space = strategy.space
+    tuner = tune.Tuner(
+        trainable,
+        param_space={name: _domain(tune, dim) for name, dim in space.items()},
+        tune_config=tune.TuneConfig(
+            scheduler=make_scheduler(config, synch), num_samples=config.population_size, metric=config.monitor,
+            mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
+        ),
+        run_config=tune.RunConfig(
+            name="ray_tune", storage_path=str(directory), verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # donors must outlive slow cloners
+            failure_config=tune.FailureConfig(max_failures=config.max_restarts),
+        ),
+    )
+    results = tuner.fit()
+    errors = [r.error for r in results if r.error is not None]
+    if errors:
+        raise RuntimeError(f"{len(errors)} Ray trial(s) failed; first error: {errors[0]!r}")
+    return _write_ray_outputs(results, config, strategy, directory)
+
+
+def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, directory: Path) -> dict[str, Any]:
+    from ganno_lightning.pbt.plot import plot_schedules
+
+    names = sorted(strategy.space)
+    final = {i: float(r.metrics[config.monitor]) for i, r in enumerate(results)}
+    best = ranked_members(final, strategy.mode)[0]
+    best_result = results[best]
+    with best_result.checkpoint.as_directory() as ckpt_dir, atomic_file(directory / "best.ckpt") as tmp:
+        shutil.copyfile(Path(ckpt_dir) / "member.ckpt", tmp)
+    schedule = []
+    for i, result in enumerate(results):
+        frame = result.metrics_dataframe
+        for _, row in frame.iterrows():
+            schedule.append({
+                "member": i, "step": int(row["step"]), "event": "report", "score": float(row[config.monitor]),
+                "hyperparameters": {n: float(row[f"pbt/{n}"]) for n in names},
+            })
+    lineage = _ray_lineage(Path(best_result.path).parent / "pbt_global.txt", names)
+    buffer = ["member,step,event,score," + ",".join(names)]
+    buffer += [
+        f"{r['member']},{r['step']},{r['event']},{r['score']}," + ",".join(str(r["hyperparameters"][n]) for n in names)
+        for r in schedule
+    ]
+    atomic_write_bytes(directory / "schedules.csv", ("\n".join(buffer) + "\n").encode())
+    atomic_write_bytes(directory / "lineage.json", json.dumps([e.to_dict() for e in lineage], indent=1).encode())
+    plot_schedules(schedule, lineage, directory / "schedules.png", {n: d.log for n, d in strategy.space.items()},
+                   config.monitor)
+    summary = {
+        "best_member": best,
+        "best_score": final[best],
+        "monitor": config.monitor,
+        "mode": strategy.mode,
+        "best_hyperparameters": {n: float(best_result.metrics[f"pbt/{n}"]) for n in names},
+        "best_checkpoint": str(directory / "best.ckpt"),
+        "final_scores": {str(m): s for m, s in final.items()},
+        "exploits": len(lineage),
+        "backend": "ray_tune",
+    }
+    atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def _ray_lineage(path: Path, names: list[str]) -> list[LineageEvent]:
+    """Parse Ray's pbt_global.txt ([trial tag, donor tag, iteration, donor iteration, donor cfg, new cfg]).
+
+    Ray logs the donor's config, not the target's, so on Ray ``old_hyperparameters`` are the donor's
+    values that were explored, and steps are Ray ``training_iteration``\ s (ready points).
+    """
+    if not path.exists():
+        return []
+
+    def member_of(tag: str) -> int:
+        # Ray's experiment tags start with the trial's creation index: "3_lr=0.0123"
+        head = tag.split("_")[0]
+        return int(head) if head.isdigit() else -1
+
+    events = []
+    for line in path.read_text().splitlines():
+        target, donor, iteration, donor_iteration, donor_config, new_config = json.loads(line)
+        events.append(LineageEvent(
+            member=member_of(str(target)), step=int(iteration), donor=member_of(str(donor)),
+            donor_step=int(donor_iteration), score=float("nan"), donor_score=float("nan"),
+            old_hyperparameters={n: float(donor_config[n]) for n in names},
+            new_hyperparameters={n: float(new_config[n]) for n in names},
+        ))
+    return events
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ganno_lightning.pbt.runner import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m ganno_lightning.pbt.ray_tune", description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--address", default=None, help="Ray cluster address, e.g. auto; default: local Ray")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    args = parser.parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    ray_init = {"num_cpus": args.num_cpus} if args.num_cpus and args.address is None else {}
+    print(json.dumps(tune_population(config, args.address, ray_init), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""Run a PBT population on one machine: one process per member, all sharing a population directory.
+
+Usage::
+
+    python -m ganno_lightning.pbt.runner configs/pbt_digits.yaml population_dir=runs/digits max_epochs=30
+
+The coordinator process checks the configuration and the task (monitored metric logged, every
+hyperparameter settable) before any member starts, registers each member with its initial values
+drawn from the prior, then starts the members as separate Python processes and waits. Members talk
+only through ``population_dir`` (SQLite store + atomic checkpoints), so a killed member loses nothing
+others depend on. Running the same command again resumes: finished members are skipped and every
+other member continues from its last committed checkpoint. At the end it writes ``best.ckpt``,
+``lineage.json``, ``schedules.csv``, ``schedules.png`` and ``summary.json`` into the population directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
+from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
+
+__all__ = ["HyperparameterSpec", "PopulationConfig", "WandbConfig", "load_config", "run_population", "write_outputs"]
+
+
+@dataclass
+class HyperparameterSpec:
+    low: float = MISSING  # smallest value; every sampled or explored value is clipped to [low, high]
+    high: float = MISSING  # largest value
+    log: bool = False  # sample and perturb in log space (learning rates)
+    integer: bool = False  # round to int (intervals)
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False  # one W&B run per member (group = population) plus a summary run
+    project: str = "ganno-pbt"
+    mode: str = "offline"  # "online", "offline" or "disabled"
+
+
+@dataclass
+class PopulationConfig:
+    population_dir: str = "runs/pbt"  # shared by all members: store, checkpoints, logs, outputs
+    population_size: int = 4  # members, trained concurrently, one process each
+    max_epochs: int = 20  # training length of every member
+    seed: int = 0  # seeds initial values, model init (seed + member) and exploit/explore streams
+    task: str = "ganno_lightning.pbt.tasks:digits"  # "module:function" -> (LightningModule, DataModule)
+    task_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
+    hyperparameters: dict[str, HyperparameterSpec] = field(default_factory=dict)  # the search space
+    setters: dict[str, str] = field(default_factory=dict)  # "module:attr" / "callback:Class.attr" for custom names
+    monitor: str = "val_loss"  # metric members are ranked by
+    mode: str = "min"  # "min" or "max"
+    ready_interval: int = 2  # decide every this many ready_units
+    ready_unit: str = "epoch"  # "epoch" or "step"
+    exploit: str = "truncation"  # "truncation", "tournament", or "none" (independent runs baseline)
+    quantile: float = 0.25  # truncation: bottom quantile copies top quantile
+    perturb_factors: list[float] = field(default_factory=lambda: [0.8, 1.2])  # explore multipliers
+    resample_probability: float = 0.25  # explore: chance of drawing from the prior instead
+    min_population: int = 0  # members that must have reported before exploiting; 0 = population_size
+    max_restarts: int = 0  # restart a crashed member this many times within one run
+    preflight: bool = True  # one tiny fit in the coordinator to check metric and setters first
+    threads_per_member: int = 1  # torch threads per member process
+    trainer: dict[str, Any] = field(default_factory=dict)  # extra lightning.Trainer keyword arguments
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Merge a YAML file and ``key=value`` overrides onto :class:`PopulationConfig`, checking types and keys.
+
+    Raises:
+        ValueError: naming an unknown key or a value of the wrong type.
+    """
+    config = OmegaConf.structured(PopulationConfig)
+    sources: list[tuple[str, Any]] = []
+    if path is not None:
+        sources.append((str(path), lambda: OmegaConf.load(path)))
+    if overrides:
+        sources.append(("the command-line overrides", lambda: OmegaConf.from_dotlist(list(overrides))))
+    for source, read in sources:
+        try:
+            config = OmegaConf.merge(config, read())
+        except ConfigKeyError as err:
+            raise ValueError(
+                f"Unknown config key `{err.full_key}` (in {source}). Known keys: "
+                f"{', '.join(PopulationConfig.__dataclass_fields__)}."
+            ) from err
+        except OmegaConfBaseException as err:
+            key = getattr(err, "full_key", None)
+            raise ValueError(f"Invalid config value for `{key}` (in {source}): {getattr(err, 'msg', err)}") from err
+    validate_config(config)
+    return config
+
+
+def validate_config(config: DictConfig) -> PBTStrategy:
+    """Every check that needs no training: sizes, search space, setters, exploit/explore arguments."""
+    from ganno_lightning.pbt.setters import resolve_setters
+
+    if config.population_size < 2:
+        raise ValueError(f"`population_size` must be at least 2, got {config.population_size}.")
+    if config.max_epochs < 1:
+        raise ValueError(f"`max_epochs` must be a positive int, got {config.max_epochs}.")
+    if config.min_population < 0 or config.min_population > config.population_size:
+        raise ValueError(
+            f"`min_population` must be in [0, population_size={config.population_size}], got {config.min_population}."
+        )
+    if config.max_restarts < 0 or config.threads_per_member < 1:
+        raise ValueError("`max_restarts` must be >= 0 and `threads_per_member` >= 1.")
+    if ":" not in config.task:
+        raise ValueError(f"`task` must look like 'package.module:function', got {config.task!r}.")
+    space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
+    resolve_setters(list(space), dict(config.setters))
+    strategy = PBTStrategy(
+        space,
+        mode=config.mode,
+        exploit=make_exploiter(config.exploit, config.quantile),
+        explorer=Explorer(tuple(config.perturb_factors), config.resample_probability),  # type: ignore[arg-type]
+    )
+    from ganno_lightning.pbt.core import ReadyCriterion
+
+    ReadyCriterion(config.ready_interval, config.ready_unit)
+    if config.wandb.mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {config.wandb.mode!r}.")
+    return strategy
+
+
+def _load_task(config: DictConfig, seed: int) -> tuple[Any, Any]:
+    module_name, _, function = config.task.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"`task` {config.task!r} cannot be imported: {err}") from err
+    return factory(seed=seed, **OmegaConf.to_container(config.task_kwargs))  # type: ignore[arg-type]
+
+
+def initial_values(config: DictConfig, strategy: PBTStrategy, member: int) -> dict[str, float]:
+    """Member ``member``'s starting values: a draw from the prior, reproducible from ``seed``."""
+    return strategy.sample(random.Random(zlib.crc32(f"init-{config.seed}-{member}".encode())))
+
+
+def _make_callback(config: DictConfig, member: int) -> Any:
+    from ganno_lightning.pbt.callback import PBTCallback
+
+    return PBTCallback(
+        population_dir=config.population_dir,
+        member=member,
+        hyperparameters=OmegaConf.to_container(config.hyperparameters),  # type: ignore[arg-type]
+        monitor=config.monitor,
+        mode=config.mode,
+        ready_interval=config.ready_interval,
+        ready_unit=config.ready_unit,
+        exploit=config.exploit,
+        quantile=config.quantile,
+        perturb_factors=tuple(config.perturb_factors),  # type: ignore[arg-type]
+        resample_probability=config.resample_probability,
+        setters=dict(config.setters),
+        min_population=config.min_population or config.population_size,
+        seed=config.seed,
+    )
+
+
+def preflight(config: DictConfig) -> None:
+    """Fit two batches in this process: the monitored metric must be logged and every setter must apply.
+
+    Raises:
+        ValueError: if ``monitor`` is never logged (naming what is) or a setter cannot act.
+    """
+    import lightning.pytorch as pl
+
+    from ganno_lightning.pbt.setters import resolve_setters
+
+    space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
+    setters = resolve_setters(list(space), dict(config.setters))
+
+    class _Check(pl.Callback):
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            for name, setter in setters.items():
+                setter.validate(trainer, pl_module, name)
+                setter.apply(trainer, pl_module, space[name].clip(space[name].low))
+
+    model, data = _load_task(config, seed=config.seed)
+    trainer_kwargs = {**OmegaConf.to_container(config.trainer), "max_epochs": 1}  # type: ignore[dict-item]
+    trainer_kwargs.update(
+        limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, logger=False, callbacks=[_Check()],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer = pl.Trainer(**trainer_kwargs)
+    trainer.fit(model, data)
+    if config.monitor not in trainer.callback_metrics:
+        logged = ", ".join(f"`{k}`" for k in trainer.callback_metrics) or "(nothing)"
+        raise ValueError(
+            f"`monitor` is {config.monitor!r}, but the task never logs it; it logs {logged}."
+            " Log it with `self.log(...)` in the LightningModule or set `monitor` to one of those."
+        )
+
+
+def run_member(config: DictConfig, member: int) -> None:
+    """Train one member to the end (or resume it from its last committed checkpoint)."""
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.set_num_threads(config.threads_per_member)
+    store = PopulationStore(config.population_dir)
+    record = store.members().get(member)
+    if record is not None and record.status == "done":
+        return
+    ckpt_path = record.checkpoint if record is not None and record.checkpoint else None
+    if ckpt_path is not None and not Path(ckpt_path).exists():
+        raise FileNotFoundError(f"Member {member}'s last committed checkpoint {ckpt_path!r} is missing.")
+    store.set_status(member, "running")
+
+    model, data = _load_task(config, seed=config.seed + member)
+    name = f"member_{member:03d}"
+    loggers: list[Any] = [CSVLogger(Path(config.population_dir) / "logs", name=name)]
+    if config.wandb.enabled and config.wandb.mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        group = Path(config.population_dir).resolve().name
+        loggers.append(
+            WandbLogger(
+                project=config.wandb.project, group=group, name=name, id=f"{group}-{name}-{config.seed}",
+                save_dir=str(config.population_dir), offline=config.wandb.mode == "offline", resume="allow",
+                config=OmegaConf.to_container(config),
+            )
+        )
+    trainer_kwargs = dict(OmegaConf.to_container(config.trainer))  # type: ignore[arg-type]
+    trainer_kwargs.setdefault("enable_progress_bar", False)
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    trainer_kwargs.setdefault("log_every_n_steps", 10)
+    trainer = pl.Trainer(
+        max_epochs=config.max_epochs,
+        callbacks=[_make_callback(config, member)],
+        logger=loggers,
+        enable_checkpointing=False,  # PBT writes its own atomic checkpoints
+        **trainer_kwargs,
+    )
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    for logger in loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()
+
+
+def _pid_file(config: DictConfig, member: int) -> Path:
+    return Path(config.population_dir) / "members" / f"member_{member:03d}.pid"
+
+
+def _start_member(config_path: Path, config: DictConfig, member: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(config.threads_per_member)
+    log_path = Path(config.population_dir) / "logs" / f"member_{member:03d}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ganno_lightning.pbt.runner", "--member", str(member), str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    atomic_write_bytes(_pid_file(config, member), str(proc.pid).encode())
+    return proc
+
+
+def run_population(config: DictConfig) -> dict[str, Any]:
+    """Check, start or resume, and wait for the whole population; then write the outputs.
+
+    Returns:
+        The summary written to ``summary.json`` (best member, its score, values and checkpoint).
+
+    Raises:
+        ValueError / PermissionError: on a bad configuration, task or directory, before any member starts.
+        RuntimeError: if members still failed after ``max_restarts`` (rerun the same command to resume).
+
+    Example::
+
+        from ganno_lightning.pbt.runner import load_config, run_population
+        summary = run_population(load_config("configs/pbt_smoke.yaml", ["population_dir=/tmp/pbt"]))
+    """
+    from ganno_lightning.pbt.callback import population_settings
+
+    strategy = validate_config(config)
+    directory = check_writable_dir(config.population_dir)
+    config.population_dir = str(directory)
+    store = PopulationStore(directory)
+    store.init_population(population_settings(strategy, config.monitor))
+    fresh = not store.members()
+    if config.preflight and fresh:
+        preflight(config)
+    for member in range(config.population_size):
+        store.register(member, initial_values(config, strategy, member))
+    config_path = directory / "config.yaml"
+    atomic_write_bytes(config_path, OmegaConf.to_yaml(config).encode())
+
+    restarts = {m: 0 for m in range(config.population_size)}
+    pending = [m for m, r in store.members().items() if r.status != "done" and m < config.population_size]
+    procs = {m: _start_member(config_path, config, m) for m in pending}
+    failed: list[int] = []
+    try:
+        while procs:
+            time.sleep(0.2)
+            for member, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del procs[member]
+                if code == 0 and store.members()[member].status == "done":
+                    continue
+                if restarts[member] < config.max_restarts:
+                    restarts[member] += 1
+                    procs[member] = _start_member(config_path, config, member)
+                else:
+                    failed.append(member)
+    finally:
+        for proc in procs.values():  # only on an interrupt of the coordinator itself
+            proc.send_signal(signal.SIGTERM)
+    if failed:
+        raise RuntimeError(
+            f"Member(s) {sorted(failed)} failed (see {directory / 'logs'}); the others finished. Run the same"
+            " command again to resume them from their last checkpoints."
+        )
+    return write_outputs(store, config, strategy)
+
+
+def write_outputs(store: PopulationStore, config: DictConfig, strategy: PBTStrategy) -> dict[str, Any]:
+    """Write best.ckpt, lineage.json, schedules.csv, schedules.png and summary.json (all atomically)."""
+    from ganno_lightning.pbt.core import ranked_members
+    from ganno_lightning.pbt.plot import plot_schedules
+
+    directory = store.directory
+    members = store.members()
+    final = {m: r.score for m, r in members.items() if r.score is not None and r.checkpoint}
+    if not final:
+        raise RuntimeError(f"No member of {str(directory)!r} has reported a score yet.")
+    best = ranked_members(final, strategy.mode)[0]
+    best_record = members[best]
+    with atomic_file(directory / "best.ckpt") as tmp:
+        shutil.copyfile(best_record.checkpoint, tmp)  # type: ignore[arg-type]
+    schedule, lineage = store.schedule(), store.lineage()
+    atomic_write_bytes(directory / "lineage.json", json.dumps([e.to_dict() for e in lineage], indent=1).encode())
+    buffer = io.StringIO()
+    names = sorted(strategy.space)
+    writer = csv.writer(buffer)
+    writer.writerow(["member", "step", "event", "score", *names])
+    for row in schedule:
+        values = (row["hyperparameters"][n] for n in names)
+        writer.writerow([row["member"], row["step"], row["event"], row["score"], *values])
+    atomic_write_bytes(directory / "schedules.csv", buffer.getvalue().encode())
+    plot = plot_schedules(
+        schedule, lineage, directory / "schedules.png", {n: d.log for n, d in strategy.space.items()}, config.monitor
+    )
+    summary = {
+        "best_member": best,
+        "best_score": best_record.score,
+        "monitor": config.monitor,
+        "mode": strategy.mode,
+        "best_hyperparameters": best_record.hyperparameters,
+        "best_checkpoint": str(directory / "best.ckpt"),
+        "final_scores": {str(m): s for m, s in final.items()},
+        "exploits": len(lineage),
+    }
+    atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    if config.wandb.enabled and config.wandb.mode != "disabled":
+        _log_summary_to_wandb(config, summary, lineage, plot)
+    return summary
+
+
+def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: list[Any], plot: Path) -> None:
+    import wandb
+
+    group = Path(config.population_dir).name
+    run = wandb.init(
+        project=config.wandb.project, group=group, name="population", job_type="pbt-summary",
+        dir=str(config.population_dir), mode=config.wandb.mode, config=OmegaConf.to_container(config),
+    )
+    columns = ["member", "step", "donor", "donor_step", "score", "donor_score", "old", "new"]
+    table = wandb.Table(columns=columns)
+    for e in lineage:
+        table.add_data(e.member, e.step, e.donor, e.donor_step, e.score, e.donor_score,
+                       json.dumps(e.old_hyperparameters), json.dumps(e.new_hyperparameters))
+    run.log({"pbt/schedules": wandb.Image(str(plot)), "pbt/lineage": table})
+    run.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ganno_lightning.pbt.runner", description="Population Based Training on one machine."
+    )
+    parser.add_argument("config", help="YAML config (see configs/pbt_digits.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. population_size=8")
+    parser.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one member
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))  # exits with status 2 and the message, no traceback
+    if args.member is not None:
+        run_member(config, args.member)
+        return 0
+    summary = run_population(config)
+    print(json.dumps(summary, indent=1))  # the CLI's result, on stdout
+    return 0 if math.isfinite(summary["best_score"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""The population's shared state: an SQLite store plus atomically written checkpoints.
+
+Members are separate processes (on one machine, or on several that share a file system). They
+coordinate only through one directory:
+
+```
+population_dir/
+    population.db                 # SQLite: members, score history, lineage, population settings
+    checkpoints/member_003/step_000120.ckpt
+```
+
+Crash safety comes from two rules:
+
+1. A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then moved
+   into place with ``os.replace`` (atomic on POSIX and Windows). A member killed mid-write leaves
+   only a ``.tmp`` file that nobody references; it is removed when that member starts again.
+2. The database row that points to a checkpoint is committed only after the file is in place, and
+   a member deletes its old checkpoints only after the new row is committed, keeping the last
+   ``keep_checkpoints`` so that a donor being read by a slow peer is not pulled away. SQLite's
+   journal makes every report, exploit and status change all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganno_lightning.pbt.core import LineageEvent
+
+__all__ = [
+    "MemberRecord",
+    "PopulationStore",
+    "atomic_file",
+    "atomic_write_bytes",
+    "check_writable_dir",
+    "commit_file",
+    "remove_stale_tmp",
+]
+
+SCHEMA_VERSION = 1
+_TMP_MARK = ".tmp-"
+_STEP_FILE = re.compile(r"^step_(\d+)\.ckpt$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    member INTEGER PRIMARY KEY,
+    hyperparameters TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT -1,
+    score REAL,
+    checkpoint TEXT,
+    status TEXT NOT NULL DEFAULT 'running',
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    member INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    score REAL,
+    hyperparameters TEXT NOT NULL,
+    checkpoint TEXT,
+    time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    member INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    donor INTEGER NOT NULL,
+    donor_step INTEGER NOT NULL,
+    score REAL,
+    donor_score REAL,
+    old_hyperparameters TEXT NOT NULL,
+    new_hyperparameters TEXT NOT NULL,
+    time REAL NOT NULL
+);
+"""
+
+
+def check_writable_dir(directory: str | os.PathLike, argument: str = "population_dir") -> Path:
+    """Create ``directory`` if needed and prove it is writable by writing and removing a probe file.
+
+    Raises:
+        PermissionError: naming ``argument`` and the path, if it cannot be created or written.
+    """
+    path = Path(directory).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f"{_TMP_MARK}probe-{os.getpid()}-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"`{argument}` must be a writable directory, got {str(path)!r} ({err.strerror or err})."
+            " Pass a directory you can write to."
+        ) from err
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and move it onto ``path`` atomically.
+
+    Readers see either the old complete file or the new complete file, never a partial one. On an
+    exception the temporary file is removed; if the process is killed, the ``.tmp-`` file stays
+    behind unreferenced (see :func:`remove_stale_tmp`).
+
+    Example::
+
+        with atomic_file("ckpt/step_10.ckpt") as tmp:
+            torch.save(state, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        commit_file(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make a fully written ``tmp`` durable (fsync) and move it onto ``path`` in one atomic rename."""
+    tmp, path = Path(tmp), Path(path)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (tmp + fsync + ``os.replace``)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> int:
+    """Delete leftover ``.tmp-`` files in ``directory`` (call only where this process is the sole writer)."""
+    directory = Path(directory)
+    removed = 0
+    if directory.is_dir():
+        for entry in directory.iterdir():
+            if _TMP_MARK in entry.name and entry.is_file():
+                entry.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+@dataclass
+class MemberRecord:
+    """The latest state of one member as stored: its current values and its last report."""
+
+    member: int
+    hyperparameters: dict[str, float]
+    step: int
+    score: float | None
+    checkpoint: str | None
+    status: str
+
+
+def _score_in(value: float | None) -> float | None:
+    # SQLite stores NaN as NULL; keep non-finite scores as +-inf-safe floats instead.
+    if value is None:
+        return None
+    return float(value) if math.isfinite(value) else float("inf") if value > 0 else float("-inf")
+
+
+class PopulationStore:
+    """SQLite-backed shared state of one population, safe for concurrent member processes.
+
+    Every write is one ``BEGIN IMMEDIATE`` transaction; SQLite's file locks serialise writers across
+    processes and its rollback journal undoes a transaction cut short by a kill. Connections are
+    opened per process, so a store object may be pickled into a worker.
+
+    Args:
+        directory: the population directory (created if missing; must be writable).
+        timeout: seconds to wait for another member's lock before failing.
+
+    Raises:
+        PermissionError: if ``directory`` is not writable.
+
+    Example::
+
+        store = PopulationStore("runs/pbt")
+        store.init_population({"mode": "min", "space": {"lr": {"low": 1e-4, "high": 0.1, "log": True}}})
+        store.register(0, {"lr": 0.01})
+        store.report(0, step=100, score=0.42, hyperparameters={"lr": 0.01}, checkpoint=None)
+        store.members()[0].score  # 0.42
+    """
+
+    def __init__(self, directory: str | os.PathLike, timeout: float = 120.0) -> None:
+        self.directory = check_writable_dir(directory)
+        self.db_path = self.directory / "population.db"
+        self.timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._connect()  # creates the schema, and fails early on a broken database file
+
+    # -- connection -----------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None or self._pid != os.getpid():
+            conn = sqlite3.connect(self.db_path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_conn"], state["_pid"] = None, None
+        return state
+
+    # -- population settings --------------------------------------------------------------------
+    def init_population(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Store the population's settings, or check them against the stored ones on resume.
+
+        Raises:
+            ValueError: naming the first setting that differs from the stored population.
+        """
+        with self._write() as conn:
+            stored = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            if not stored:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+                for key, value in settings.items():
+                    conn.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
+                return dict(settings)
+        for key, value in settings.items():
+            if key in stored and json.loads(json.dumps(value, sort_keys=True)) != stored[key]:
+                raise ValueError(
+                    f"The population in {str(self.directory)!r} was created with {key}={stored[key]!r}, got {value!r}."
+                    " Use a new `population_dir` or the original setting to resume."
+                )
+        return stored
+
+    def settings(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._connect().execute("SELECT key, value FROM meta")}
+
+    # -- members --------------------------------------------------------------------------------
+    def register(self, member: int, hyperparameters: Mapping[str, float]) -> MemberRecord:
+        """Add ``member`` with its initial values unless it already exists; return the stored record."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO members (member, hyperparameters, updated) VALUES (?, ?, ?)",
+                (member, json.dumps(dict(hyperparameters)), time.time()),
+            )
+        return self.members()[member]
+
+    def members(self) -> dict[int, MemberRecord]:
+        rows = self._connect().execute(
+            "SELECT member, hyperparameters, step, score, checkpoint, status FROM members ORDER BY member"
+        )
+        return {
+            row[0]: MemberRecord(row[0], json.loads(row[1]), row[2], _score_in(row[3]), row[4], row[5]) for row in rows
+        }
+
+    def report(
+        self,
+        member: int,
+        step: int,
+        score: float,
+        hyperparameters: Mapping[str, float],
+        checkpoint: str | os.PathLike | None,
+    ) -> None:
+        """Record a ready member's score, values and (already written) checkpoint in one transaction."""
+        now = time.time()
+        ckpt = None if checkpoint is None else str(checkpoint)
+        values = json.dumps(dict(hyperparameters))
+        with self._write() as conn:
+            updated = conn.execute(
+                "UPDATE members SET step = ?, score = ?, hyperparameters = ?, checkpoint = COALESCE(?, checkpoint),"
+                " updated = ? WHERE member = ?",
+                (step, float(score), values, ckpt, now, member),
+            ).rowcount
+            if not updated:
+                raise KeyError(f"Member {member} is not registered in {str(self.directory)!r}; call `register` first.")
+            conn.execute(
+                "INSERT INTO history (member, step, score, hyperparameters, checkpoint, time) VALUES (?, ?, ?, ?, ?, ?)",
+                (member, step, float(score), values, ckpt, now),
+            )
+
+    def record_exploit(self, event: LineageEvent) -> None:
+        """Record an exploit/explore event and make the new values the member's current ones."""
+        event.time = event.time or time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO lineage (member, step, donor, donor_step, score, donor_score, old_hyperparameters,"
+                " new_hyperparameters, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.member,
+                    event.step,
+                    event.donor,
+                    event.donor_step,
+                    event.score,
+                    event.donor_score,
+                    json.dumps(event.old_hyperparameters),
+                    json.dumps(event.new_hyperparameters),
+                    event.time,
+                ),
+            )
+            conn.execute(
+                "UPDATE members SET hyperparameters = ?, updated = ? WHERE member = ?",
+                (json.dumps(event.new_hyperparameters), event.time, event.member),
+            )
+
+    def set_status(self, member: int, status: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE members SET status = ?, updated = ? WHERE member = ?", (status, time.time(), member))
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every report in order: the hyperparameter schedule of each member over time."""
+        rows = self._connect().execute(
+            "SELECT member, step, score, hyperparameters, checkpoint, time FROM history ORDER BY id"
+        )
+        return [
+            {
+                "member": r[0],
+                "step": r[1],
+                "score": _score_in(r[2]),
+                "hyperparameters": json.loads(r[3]),
+                "checkpoint": r[4],
+                "time": r[5],
+            }
+            for r in rows
+        ]
+
+    def schedule(self) -> list[dict[str, Any]]:
+        """Each member's values over time: every report, plus every exploit at the step it took effect.
+
+        Rows are ``{"member", "step", "event", "score", "hyperparameters"}`` with ``event`` either
+        ``"report"`` (values in use up to this report) or ``"exploit"`` (values in use from here on).
+        """
+        rows = [
+            {"member": h["member"], "step": h["step"], "event": "report", "score": h["score"],
+             "hyperparameters": h["hyperparameters"], "_order": (h["time"], 0)}
+            for h in self.history()
+        ]
+        rows += [
+            {"member": e.member, "step": e.step, "event": "exploit", "score": e.donor_score,
+             "hyperparameters": e.new_hyperparameters, "_order": (e.time, 1)}
+            for e in self.lineage()
+        ]
+        rows.sort(key=lambda r: (r["member"], r["step"], r["_order"][1], r["_order"][0]))
+        for row in rows:
+            del row["_order"]
+        return rows
+
+    def lineage(self) -> list[LineageEvent]:
+        rows = self._connect().execute(
+            "SELECT member, step, donor, donor_step, score, donor_score, old_hyperparameters, new_hyperparameters,"
+            " time FROM lineage ORDER BY id"
+        )
+        return [
+            LineageEvent(r[0], r[1], r[2], r[3], _score_in(r[4]), _score_in(r[5]), json.loads(r[6]), json.loads(r[7]), r[8])
+            for r in rows
+        ]
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_dir(self, member: int) -> Path:
+        return self.directory / "checkpoints" / f"member_{member:03d}"
+
+    def checkpoint_path(self, member: int, step: int) -> Path:
+        return self.checkpoint_dir(member) / f"step_{step:09d}.ckpt"
+
+    def prune_checkpoints(self, member: int, keep: int = 2) -> list[Path]:
+        """Delete ``member``'s checkpoints except the newest ``keep`` and the one its row points to.
+
+        Call it after :meth:`report` committed, from the member itself (the only writer of its folder).
+        """
+        directory = self.checkpoint_dir(member)
+        if not directory.is_dir():
+            return []
+        current = self.members().get(member)
+        protected = {Path(current.checkpoint).name} if current and current.checkpoint else set()
+        files = sorted(
+            (int(m.group(1)), entry) for entry in directory.iterdir() if (m := _STEP_FILE.match(entry.name))
+        )
+        removed = []
+        for _, entry in files[: max(0, len(files) - keep)]:
+            if entry.name not in protected:
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+        return removed

@@ -1,0 +1,129 @@
+"""The one-machine runner: config checks before training, a member killed mid-run, resume, outputs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganno_lightning.pbt.runner import load_config, preflight, run_population, write_outputs
+from ganno_lightning.pbt.store import PopulationStore
+from ganno_lightning.pbt.tasks import DigitsClassifier
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "pbt_smoke.yaml"
+
+
+def test_unknown_keys_and_bad_values_are_rejected_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match="Unknown config key `populaton_size` \\(in the command-line overrides\\)"):
+        load_config(SMOKE, ["populaton_size=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hyperparameters:\n  lr: {low: 0.1, high: 1.0, scale: log}\n")
+    with pytest.raises(ValueError, match="Unknown config key `hyperparameters.lr.scale`"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="Invalid config value for `max_epochs`"):
+        load_config(SMOKE, ["max_epochs=many"])
+    with pytest.raises(ValueError, match="Unknown hyperparameter `dropout`"):
+        load_config(SMOKE, ["hyperparameters.dropout.low=0.0", "hyperparameters.dropout.high=0.5"])
+    with pytest.raises(ValueError, match=r"`lr`: The range \[0.5, 0.5\] is empty"):
+        load_config(SMOKE, ["hyperparameters.lr.low=0.5", "hyperparameters.lr.high=0.5"])
+    with pytest.raises(ValueError, match="`population_size` must be at least 2, got 1"):
+        load_config(SMOKE, ["population_size=1"])
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("population_size: 2\n")
+    with pytest.raises(ValueError, match="`hyperparameters` must name at least one"):
+        load_config(empty)
+
+
+def test_committed_configs_load():
+    for name in ("pbt_smoke.yaml", "pbt_digits.yaml"):
+        config = load_config(REPO / "configs" / name)
+        assert "lr" in config.hyperparameters
+
+
+def test_never_logged_monitor_and_unwritable_dir_fail_before_any_member_starts(tmp_path):
+    config = load_config(SMOKE, [f"population_dir={tmp_path / 'pop'}", "monitor=val_los"])
+    with pytest.raises(ValueError, match="`monitor` is 'val_los', but the task never logs it.*`val_loss`"):
+        run_population(config)
+    assert not (tmp_path / "pop" / "checkpoints").exists() and not (tmp_path / "pop" / "logs").exists()
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = load_config(SMOKE, [f"population_dir={blocker / 'pop'}"])
+    with pytest.raises(PermissionError, match="`population_dir` must be a writable directory"):
+        run_population(config)
+
+
+def test_preflight_checks_the_setters_against_the_real_optimizer(tmp_path):
+    config = load_config(
+        SMOKE, [f"population_dir={tmp_path}", "hyperparameters.beta2.low=0.9", "hyperparameters.beta2.high=0.999"]
+    )
+    with pytest.raises(ValueError, match="`beta2` sets param-group key `betas`.*SGD"):
+        preflight(config)
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_path):
+    pop = tmp_path / "pop"
+    overrides = [f"population_dir={pop}", "max_epochs=6", "preflight=false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "ganno_lightning.pbt.runner", str(SMOKE), *overrides],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    pid_file = pop / "members" / "member_000.pid"
+    _wait_for(lambda: (pop / "population.db").exists() and pid_file.exists(), 120, "member 0 to start")
+    store = PopulationStore(pop)
+    _wait_for(lambda: any(h["member"] == 0 for h in store.history()), 120, "member 0's first report")
+    assert store.members()[0].status == "running"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    output = coordinator.communicate(timeout=180)[0].decode()
+    assert coordinator.returncode != 0 and "Member(s) [0] failed" in output
+
+    members = store.members()
+    assert members[0].status == "running" and members[1].status == "done"
+    steps_before = [h["step"] for h in store.history() if h["member"] == 0]
+    for record in members.values():  # everything the store points to is a whole, loadable checkpoint
+        assert torch.load(record.checkpoint, weights_only=False)["global_step"] == record.step
+
+    summary = run_population(load_config(SMOKE, overrides))  # same command again: resume
+    members = store.members()
+    assert all(r.status == "done" for r in members.values())
+    steps_after = [h["step"] for h in store.history() if h["member"] == 0]
+    assert steps_after[: len(steps_before)] == steps_before
+    resumed = steps_after[len(steps_before):]
+    assert resumed and resumed[0] > steps_before[-1]  # continued from its checkpoint, not from scratch
+    assert members[0].step == members[1].step == 6 * 4  # 6 epochs x 4 batches
+
+    assert summary["best_member"] in (0, 1) and summary["best_score"] == min(
+        r.score for r in members.values()
+    )
+    for name in ("best.ckpt", "lineage.json", "schedules.csv", "schedules.png", "summary.json"):
+        assert (pop / name).stat().st_size > 0
+    model = DigitsClassifier.load_from_checkpoint(pop / "best.ckpt")
+    assert model.hparams.hidden == 16
+    assert json.loads((pop / "summary.json").read_text())["best_member"] == summary["best_member"]
+    assert len(json.loads((pop / "lineage.json").read_text())) == len(store.lineage())
+    header, *rows = (pop / "schedules.csv").read_text().splitlines()
+    assert header == "member,step,event,score,lr" and len(rows) == len(store.history()) + len(store.lineage())
+
+    # the schedule and lineage also go to W&B (offline here) as a summary run
+    config = load_config(SMOKE, overrides + ["wandb.enabled=true", "wandb.mode=offline"])
+    config.population_dir = str(pop)
+    from ganno_lightning.pbt.runner import validate_config
+
+    write_outputs(store, config, validate_config(config))
+    runs = list((pop / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(p.suffix == ".wandb" for p in runs[0].iterdir())
