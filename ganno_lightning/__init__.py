@@ -5,8 +5,10 @@ from ganno_lightning.callback import GANNOCallback
 from ganno_lightning.controller import LayerwiseController
 from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
 from ganno_lightning.lr_control import LayerwiseLR
+from ganno_lightning.nos import RuleOptimizer, RuleSearchCallback, addsign, powersign
 from ganno_lightning.observer import LayerObserver
 from ganno_lightning.partition import LayerGroup, LayerPartition
+from ganno_lightning.pbt import PBTCallback
 from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
 from ganno_lightning.schedule import LRSchedule
 
@@ -28,4 +30,9 @@ __all__ = [
     "LayerwiseController",
     "LayerwiseLR",
     "ObservationNormalizer",
+    "PBTCallback",
+    "RuleOptimizer",
+    "RuleSearchCallback",
+    "addsign",
+    "powersign",
 ]
