@@ -1,0 +1,99 @@
+import csv
+import glob
+from pathlib import Path
+
+import pytest
+import torch
+
+from agents.networks import LOG_PROB, make_modules
+from agents.train import parse_config, train
+from envs import keys
+from envs.config import load_config, make_env
+from ganno_lightning import GANNOAgent, GANNOCallback
+
+SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
+
+
+def read_metrics(out_dir):
+    with open(Path(out_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_exports_an_agent_the_callback_loads(tmp_path):
+    agent_path = train(SMOKE, [f"run.out_dir={tmp_path}"])
+    agent = GANNOAgent.load(agent_path)
+    assert agent.interval == 10
+    assert agent.training_config["algo"]["algorithm"] == "mappo"
+    assert agent.training_config["family"]["name"] == "mlp_digits"
+    assert agent.training_config["trained_frames"] == 48
+    rows = read_metrics(tmp_path)
+    assert [int(r["frames"]) for r in rows] == [16, 32, 48]
+    for column in ("losses/approx_kl", "losses/clip_fraction", "losses/explained_variance", "charts/env_steps_per_s"):
+        assert all(r[column] != "" for r in rows), column
+    assert all(len(r["charts/action_fractions"].split()) == 7 for r in rows)
+    assert glob.glob(f"{tmp_path}/wandb/offline-run-*")
+    GANNOCallback(agent_path)  # deployable as is
+
+
+def test_training_changes_the_policy_and_the_normaliser(tmp_path):
+    torch.manual_seed(0)
+    fresh = GANNOAgent.create(hidden_sizes=(16,), interval=10, seed=0)
+    trained = GANNOAgent.load(train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false"]))
+    assert not torch.equal(fresh.actor.mlp[0].weight, trained.actor.mlp[0].weight)
+    assert not torch.equal(trained.normalizer.mean, torch.zeros_like(trained.normalizer.mean))
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.workers=2"]
+    train(SMOKE, [*overrides, "run.total_frames=32"])
+    path = train(SMOKE, [*overrides, "run.total_frames=64", "run.resume=true"])
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert GANNOAgent.load(path).training_config["trained_frames"] == 64
+
+
+@pytest.mark.parametrize("override, match", [
+    ("algo.learning_rate=0.1", "`algo.learning_rate` is not a training setting"),
+    ("run.workers=0", "`run.workers` must be a positive int"),
+    ("algo.algorithm=dqn", "`algo.algorithm` must be 'mappo' or 'ippo'"),
+    ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
+    ("env.horizn=3", "`env.horizn` is not an environment setting"),
+])
+def test_config_errors_name_the_field(override, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        train(SMOKE, [f"run.out_dir={tmp_path}", override])
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(ValueError, match="`trainer` is not a config section"):
+        parse_config(SMOKE, ["trainer.max_epochs=3"])
+
+
+@pytest.mark.parametrize("algorithm", ["mappo", "ippo"])
+def test_padded_agents_take_no_part_in_the_loss(algorithm):
+    from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
+
+    config = load_config(SMOKE, ["env.max_agents=5"])  # at most 3 layers: two or more padded agents
+    env = make_env({section: config[section] for section in ("env", "family")}, seed=0)
+    agent = GANNOAgent.create(hidden_sizes=(16,), interval=10, seed=0)
+    actor, critic = make_modules(agent, (16,), algorithm)
+    loss = (MAPPOLoss if algorithm == "mappo" else IPPOLoss)(actor, critic)
+    loss.set_keys(action=keys.ACTION, sample_log_prob=LOG_PROB, value=("agents", "state_value"),
+                  reward=keys.REWARD, done=keys.DONE, terminated=keys.TERMINATED)
+    loss.loss_mask_key = keys.MASK
+    loss.make_value_estimator(gamma=0.99, lmbda=0.95)
+    with torch.no_grad():
+        batch = env.rollout(4, actor)
+    padded = ~batch[keys.MASK]
+    assert padded.any() and (~padded).any()
+    with torch.no_grad():
+        loss.value_estimator(batch, params=loss.critic_network_params, target_params=loss.target_critic_network_params)
+    torch.manual_seed(0)
+    reference = loss(batch.clone())
+    changed = batch.clone()
+    changed[keys.ACTION][padded] = (changed[keys.ACTION][padded] + 3) % 7
+    changed[LOG_PROB][padded] = -5.0
+    changed["advantage"][padded] = 100.0
+    torch.manual_seed(0)
+    other = loss(changed)
+    for key in ("loss_objective", "loss_critic"):
+        torch.testing.assert_close(reference[key], other[key])
