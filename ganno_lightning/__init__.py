@@ -1,38 +1,65 @@
-"""ganno-lightning: learned per-layer learning-rate control for PyTorch Lightning."""
+"""ganno-lightning: learned per-layer learning-rate control for PyTorch Lightning.
 
-from ganno_lightning.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent
-from ganno_lightning.callback import GANNOCallback
-from ganno_lightning.controller import LayerwiseController
-from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
-from ganno_lightning.lr_control import LayerwiseLR
-from ganno_lightning.nos import RuleOptimizer, RuleSearchCallback, addsign, powersign
-from ganno_lightning.observer import LayerObserver
-from ganno_lightning.partition import LayerGroup, LayerPartition
-from ganno_lightning.pbt import PBTCallback
-from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
-from ganno_lightning.schedule import LRSchedule
+Public names are imported on first use (PEP 562), so ``import ganno_lightning.pbt.store`` or the
+Lightning-free core does not pay for importing Lightning, and ``import ganno_lightning`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_ACTION_MULTIPLIERS",
-    "DEFAULT_AGENT_PATH",
-    "FEATURE_NAMES",
-    "LAYER_KINDS",
-    "AgentCheckpointError",
-    "GANNOAgent",
-    "GANNOCallback",
-    "LRSchedule",
-    "LayerGroup",
-    "LayerObserver",
-    "LayerPartition",
-    "LayerPolicyNet",
-    "LayerwiseController",
-    "LayerwiseLR",
-    "ObservationNormalizer",
-    "PBTCallback",
-    "RuleOptimizer",
-    "RuleSearchCallback",
-    "addsign",
-    "powersign",
-]
+#: Public name -> the module that defines it (the one source of truth for the exports).
+_EXPORTS = {
+    "AgentCheckpointError": "ganno_lightning.agent",
+    "DEFAULT_AGENT_PATH": "ganno_lightning.agent",
+    "GANNOAgent": "ganno_lightning.agent",
+    "GANNOCallback": "ganno_lightning.callback",
+    "LayerwiseController": "ganno_lightning.controller",
+    "DEFAULT_ACTION_MULTIPLIERS": "ganno_lightning.features",
+    "FEATURE_NAMES": "ganno_lightning.features",
+    "LAYER_KINDS": "ganno_lightning.features",
+    "LayerwiseLR": "ganno_lightning.lr_control",
+    "LayerObserver": "ganno_lightning.observer",
+    "LayerGroup": "ganno_lightning.partition",
+    "LayerPartition": "ganno_lightning.partition",
+    "LayerPolicyNet": "ganno_lightning.policy",
+    "ObservationNormalizer": "ganno_lightning.policy",
+    "LRSchedule": "ganno_lightning.schedule",
+    "PBTCallback": "ganno_lightning.pbt",
+    "RuleOptimizer": "ganno_lightning.nos",
+    "RuleSearchCallback": "ganno_lightning.nos",
+    "addsign": "ganno_lightning.nos",
+    "powersign": "ganno_lightning.nos",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ganno_lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+    from ganno_lightning.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent
+    from ganno_lightning.callback import GANNOCallback
+    from ganno_lightning.controller import LayerwiseController
+    from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
+    from ganno_lightning.lr_control import LayerwiseLR
+    from ganno_lightning.nos import RuleOptimizer, RuleSearchCallback, addsign, powersign
+    from ganno_lightning.observer import LayerObserver
+    from ganno_lightning.partition import LayerGroup, LayerPartition
+    from ganno_lightning.pbt import PBTCallback
+    from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
+    from ganno_lightning.schedule import LRSchedule
