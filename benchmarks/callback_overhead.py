@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from report import write_report
+
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.controller import LayerwiseController
 
@@ -146,11 +148,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/callback_overhead.py --device {args.device} --reps {args.reps}`",
     ]
-    text = "\n".join(table) + "\n"
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_report(table, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torchrl.envs import ParallelEnv
 
+from report import write_report
+
 from envs import keys
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import TaskFamily, TrainingTask
@@ -131,10 +133,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/env_throughput.py --family {args.family} --interval {args.interval}`",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from report import write_report
+
 from ganno_lightning.nos import RuleOptimizer
 
 GRIDS = {
@@ -203,11 +205,7 @@ def main() -> None:
         *grid_rows,
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":
