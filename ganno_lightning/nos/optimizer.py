@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ganno_lightning.nos.dsl import Call, Node, Number, Operand, Rule, parse_rule
+from ganno_lightning.nos.dsl import OPERANDS, Call, Node, Number, Operand, Rule, parse_rule
 
 __all__ = ["RuleOptimizer", "NonFiniteUpdateError", "resolve_rule", "decay_value"]
 
@@ -28,7 +28,12 @@ class NonFiniteUpdateError(FloatingPointError):
 
 
 def resolve_rule(rule: Union[str, Rule]) -> Rule:
-    """Turn a named rule (``"powersign"``), rule text or a parsed :class:`Rule` into a :class:`Rule`."""
+    """Turn a named rule (``"powersign"``), rule text or a parsed :class:`Rule` into a :class:`Rule`.
+
+    Rule text always means what it parses to: a name is looked up in ``NAMED_RULES`` only when it is
+    not also an operand, so the canonical text of any rule (e.g. ``"rmsprop"``, the lone operand, as
+    the controller or ``Rule.text`` writes it) resolves back to that same rule.
+    """
     if isinstance(rule, Rule):
         return rule
     if not isinstance(rule, str):
@@ -38,7 +43,10 @@ def resolve_rule(rule: Union[str, Rule]) -> Rule:
         )
     from ganno_lightning.nos.rules import NAMED_RULES  # local: rules imports nothing from here at load
 
-    return parse_rule(NAMED_RULES.get(rule.strip(), rule))
+    name = rule.strip()
+    if name in OPERANDS:  # the operand itself: a named rule must never shadow rule text
+        return parse_rule(rule)
+    return parse_rule(NAMED_RULES.get(name, rule))
 
 
 def decay_value(name: str, step: int, total: int, periods: float) -> float:
@@ -72,6 +80,7 @@ class _Bucket:
         self.group, self.params, self.grads, self.states, self.step = group, params, grads, states, step
         self.cache: dict[str, Value] = {}
         self.uses: dict[str, int] = {}
+        self.lent: set[str] = set()  # operands whose cached value was handed out without ownership
 
     def like(self, value: float) -> list:
         return [torch.full_like(p, value) for p in self.params]
@@ -130,6 +139,9 @@ class _Bucket:
     # Evaluation returns (value, owned). An owned list is a fresh intermediate that no one else
     # reads, so the next node may overwrite it in place: on CPU a fresh multi-megabyte buffer costs
     # several times the arithmetic (page faults), so in-place reuse is most of the speed.
+    # An operand read more than once is handed out shared for its earlier uses; its last use must
+    # then stay shared too, since an earlier reader (the left side of a pending binary node, say)
+    # may still hold the very same buffers: ``add(v_hat, neg(v_hat))`` would otherwise negate both.
     def count_uses(self, node: Node) -> None:
         if isinstance(node, Operand):
             self.uses[node.name] = self.uses.get(node.name, 0) + 1
@@ -141,11 +153,14 @@ class _Bucket:
         if isinstance(node, Number):
             return node.value, False
         if isinstance(node, Operand):
-            value = self.operand(node.name)
-            self.uses[node.name] -= 1
-            if node.name in _OWNABLE and self.uses[node.name] == 0 and isinstance(value, list):
-                del self.cache[node.name]  # handed over; an internal use later recomputes it
+            name = node.name
+            value = self.operand(name)
+            self.uses[name] -= 1
+            # foreach kernels return tuples, so test "not a scalar" rather than "is a list"
+            if name in _OWNABLE and self.uses[name] == 0 and name not in self.lent and not isinstance(value, float):
+                del self.cache[name]  # handed over; an internal use later recomputes it
                 return value, True
+            self.lent.add(name)
             return value, False
         assert isinstance(node, Call)
         fn = node.function

@@ -124,9 +124,12 @@ NAMED_RULES: dict[str, str] = {
     "sgd": "g",
     # torch's momentum buffer is sum(mu^k g) = m / (1 - mu) with beta1 = mu
     "sgd_momentum": "div(m, 0.1)",
-    "adam": "div(m_hat, sqrt(v_hat))",
+    # a name that is also an operand must name that operand: rule text "adam" or "rmsprop" (a lone
+    # operand, as Rule.text and the controller write it) has to mean the operand, never another rule
+    "adam": "adam",  # m_hat / (sqrt(v_hat) + eps), torch.optim.Adam's kernel order
+    "rmsprop": "rmsprop",  # g / (sqrt(v_hat) + eps), bias corrected
     # torch's RMSprop has no bias correction: use betas=(_, alpha)
-    "rmsprop": "div(g, sqrt(v))",
+    "rmsprop_torch": "div(g, sqrt(v))",
     "powersign": powersign(),
     "powersign_ld": powersign(decay="ld"),
     "powersign_cd": powersign(decay="cd"),

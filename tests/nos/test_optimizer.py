@@ -9,7 +9,8 @@ import torch
 
 from ganno_lightning.nos import NAMED_RULES, NonFiniteUpdateError, RuleOptimizer
 from ganno_lightning.nos.dsl import RuleSyntaxError, UnknownNameError
-from ganno_lightning.nos.optimizer import decay_value
+from ganno_lightning.nos.dsl import OPERANDS, Operand, parse_rule
+from ganno_lightning.nos.optimizer import decay_value, resolve_rule
 
 
 def _model(seed=0):
@@ -33,10 +34,11 @@ def _train(model, opt, steps=40, seed=1):
         (lambda p: torch.optim.Adam(p, lr=1e-2), dict(rule="div(m_hat, sqrt(v_hat))", lr=1e-2)),
         (lambda p: torch.optim.Adam(p, lr=3e-3, betas=(0.8, 0.99)), dict(rule="adam", lr=3e-3, betas=(0.8, 0.99))),
         (lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.99), dict(rule="div(g, sqrt(v))", lr=1e-2, betas=(0.9, 0.99))),
+        (lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9), dict(rule="rmsprop_torch", lr=1e-2, betas=(0.9, 0.9))),
         (lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9), dict(rule="div(m, 0.1)", lr=1e-2)),
         (lambda p: torch.optim.SGD(p, lr=5e-2), dict(rule="g", lr=5e-2)),
     ],
-    ids=["adam", "adam-betas", "rmsprop", "sgd-momentum", "sgd"],
+    ids=["adam", "adam-betas", "rmsprop", "rmsprop-named", "sgd-momentum", "sgd"],
 )
 def test_dsl_versions_match_torch_optim(make_reference, rule_kwargs):
     ref_model, model = _model(), _model()
@@ -46,6 +48,27 @@ def test_dsl_versions_match_torch_optim(make_reference, rule_kwargs):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
     # and the run actually moved the weights, so the comparison is not vacuous
     assert not torch.allclose(got[0], _model()[0].weight)
+
+
+@pytest.mark.parametrize("name", sorted(OPERANDS))
+def test_operand_rule_text_is_never_shadowed_by_a_named_rule(name):
+    # the canonical text of the lone-operand rule (what Rule.text and the controller produce) must
+    # resolve to that operand, whether passed as text, as a Rule, or re-read from the param group
+    assert resolve_rule(name).root == Operand(name)
+    opt = RuleOptimizer([torch.nn.Parameter(torch.zeros(2))], rule=parse_rule(name), decay_steps=10)
+    assert opt.rule().root == Operand(name) and opt.param_groups[0]["rule"] == name
+    if name in NAMED_RULES:
+        assert parse_rule(NAMED_RULES[name]).root == Operand(name)
+
+
+def test_rmsprop_operand_is_bias_corrected_and_the_torch_variant_is_not():
+    g = torch.tensor([0.5, -2.0])
+    for rule, expected in (("rmsprop", torch.sign(g)), ("rmsprop_torch", torch.sign(g) / math.sqrt(0.01))):
+        p = torch.nn.Parameter(torch.zeros(2))
+        opt = RuleOptimizer([p], rule=rule, lr=1.0, betas=(0.9, 0.99), eps=0.0)
+        p.grad = g.clone()
+        opt.step()  # v = 0.01 g^2, v_hat = g^2
+        torch.testing.assert_close(p.detach(), -expected)
 
 
 def test_powersign_matches_its_formula():
@@ -157,12 +180,14 @@ def test_unknown_operand_in_rule_is_a_clear_error():
 
 
 # ---- the fused, in-place evaluator against a plain out-of-place reference on random rules ----
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ganno_lightning.nos.dsl import BINARY_FUNCTIONS, Call, Number, Operand  # noqa: E402
+from ganno_lightning.nos.dsl import BINARY_FUNCTIONS, Call, Number  # noqa: E402
 
-_DETERMINISTIC = ["g", "g2", "g3", "m", "v", "y", "m_hat", "v_hat", "y_hat", "sign_g", "sign_m", "w", "adam", "rmsprop", "ld", "lcd"]
+# every operand; noise is made reproducible by seeding the generator before the step
+_OPERANDS = ["g", "g2", "g3", "m", "v", "y", "m_hat", "v_hat", "y_hat", "sign_g", "sign_m", "noise", "w", "adam", "rmsprop", "ld", "cd", "rd", "lcd"]
+assert set(_OPERANDS) == set(OPERANDS)
 
 
 def _reference(node, env, eps):
@@ -197,12 +222,31 @@ def _extend(children):
 
 
 _trees = st.recursive(
-    st.sampled_from(_DETERMINISTIC).map(Operand) | st.sampled_from([0.5, 1.0, 2.0, -1.0]).map(Number), _extend, max_leaves=8
+    st.sampled_from(_OPERANDS).map(Operand) | st.sampled_from([0.5, 1.0, 2.0, -1.0]).map(Number), _extend, max_leaves=8
 )
+
+
+def _examples(test):
+    # every composite operand alone: "rmsprop" once resolved to the named rule div(g, sqrt(v))
+    for name in _OPERANDS:
+        test = example(tree=Operand(name))(test)
+    # the same operand read twice, the later read modified in place (buffer aliasing), and an
+    # operand read both directly and inside a composite operand that recomputes it
+    for text in (
+        "add(v_hat, neg(v_hat))", "mul(g2, exp(g2))", "sub(m_hat, sqrt(m_hat))", "div(g3, g3)",
+        "add(noise, neg(noise))", "mul(noise, exp(noise))", "add(sign_m, clip(sign_m, 0.5))",
+        "add(y_hat, log(y_hat))", "div(adam, adam)", "add(rmsprop, neg(rmsprop))",
+        "add(rmsprop, v_hat)", "sub(v_hat, rmsprop)", "mul(adam, sqrt(m_hat))", "add(g3, neg(g2))",
+        "add(neg(g2), g3)", "mul(sign_g, sub(g, sign_g))", "pow(v_hat, v_hat)", "sub(1, div(g2, g2))",
+        "mul(lcd, rmsprop)", "add(cd, mul(rd, adam))", "mul(ld, id(keep(rmsprop, g)))",
+    ):
+        test = example(tree=parse_rule(text).root)(test)
+    return test
 
 
 @settings(max_examples=150, deadline=None)
 @given(_trees)
+@_examples
 def test_fused_evaluation_matches_reference(tree):
     torch.manual_seed(0)
     w0 = torch.randn(2, 3, dtype=torch.float64)
@@ -213,8 +257,11 @@ def test_fused_evaluation_matches_reference(tree):
     opt = RuleOptimizer(params, rule=str(tree), lr=lr, betas=(b1, b2), beta3=b3, eps=eps, decay_steps=10, check_finite=False)
     for p, g in zip(params, grads):
         p.grad = g.clone()
+    torch.manual_seed(1)
     opt.step()
-    for p, w, g in zip(params, (w0, b0), grads):
+    torch.manual_seed(1)  # the optimizer draws noise once per step, for the parameters in order
+    noises = [torch.randn_like(w) * math.sqrt(0.01 / 2.0**0.55) for w in (w0, b0)]
+    for p, w, g, noise in zip(params, (w0, b0), grads, noises):
         m, v, y = (1 - b1) * g, (1 - b2) * g**2, (1 - b3) * g**3  # running averages after step 1
         env = {
             "g": g, "g2": g**2, "g3": g**3, "m": m, "v": v, "y": y,
@@ -222,10 +269,15 @@ def test_fused_evaluation_matches_reference(tree):
             "sign_g": torch.sign(g), "sign_m": torch.sign(m), "w": w,
             "adam": (m / (1 - b1)) / (torch.sqrt(v / (1 - b2)) + eps),
             "rmsprop": g / (torch.sqrt(v / (1 - b2)) + eps),
-            "ld": torch.tensor(0.9, dtype=torch.float64), "lcd": torch.tensor(decay_value("lcd", 1, 10, 0.5), dtype=torch.float64),
+            "noise": noise,
+            **{d: torch.tensor(decay_value(d, 1, 10, 0.5), dtype=torch.float64) for d in ("ld", "cd", "rd", "lcd")},
         }
         expected = w - lr * _reference(tree, env, eps)
         torch.testing.assert_close(p.detach(), expected.expand_as(w), rtol=1e-6, atol=1e-9, equal_nan=True)
     # the gradients and running averages the rule read were not overwritten in place
     for p, g in zip(params, grads):
         torch.testing.assert_close(p.grad, g)
+        averages = {"exp_avg": (1 - b1) * g, "exp_avg_sq": (1 - b2) * g**2, "exp_avg_cube": (1 - b3) * g**3}
+        for key, value in opt.state[p].items():
+            if key != "step":
+                torch.testing.assert_close(value, averages[key])
