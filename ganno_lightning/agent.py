@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES
+from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, FEATURES_VERSION
 from ganno_lightning.lr_control import check_scale_bounds
 from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
 
@@ -133,6 +133,7 @@ class GANNOAgent:
         return {
             "format_version": FORMAT_VERSION,
             "feature_names": list(FEATURE_NAMES),
+            "features_version": FEATURES_VERSION,
             "action_multipliers": list(self.action_multipliers),
             "interval": self.interval,
             "scale_bounds": list(self.scale_bounds),
@@ -195,6 +196,11 @@ class GANNOAgent:
                 f"{FORMAT_VERSION}. Upgrade ganno-lightning or re-export the agent."
             )
         _check_feature_names(list(checkpoint["feature_names"]), source)
+        features_version = checkpoint.get("features_version", 1)
+        if features_version != FEATURES_VERSION:
+            raise AgentCheckpointError(
+                f"Feature meaning mismatch: {source} was trained on features version {features_version!r}, this "
+                f"version of ganno-lightning computes version {FEATURES_VERSION}. Retrain the agent.")
         actor_part, norm_part = checkpoint["actor"], checkpoint["normalizer"]
         try:
             config = dict(actor_part["config"])

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ganno_lightning.agent import GANNOAgent
@@ -50,7 +50,8 @@ class GANNOCallback(Callback):
     Raises:
         ValueError: If ``interval``, ``scale_bounds`` or ``grad_samples`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
-        MisconfigurationException: At fit start, for manual optimization or several optimizers.
+        MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
+            several optimizers under automatic optimization).
 
     Example::
 
@@ -89,6 +90,10 @@ class GANNOCallback(Callback):
             raise TypeError(
                 f"`agent` must be a GANNOAgent, the path of an agent file, or None, got {type(agent).__name__}."
             )
+        if interval is not None and interval != self.agent.interval:
+            rank_zero_warn(
+                f"`interval={interval}` differs from the {self.agent.interval} steps the agent was trained with; "
+                "interval-dependent features (update size, loss trend) will read differently than in training.")
         self.interval = interval if interval is not None else self.agent.interval
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.deterministic = deterministic
@@ -111,13 +116,6 @@ class GANNOCallback(Callback):
                 "GANNOCallback needs automatic optimization, but `automatic_optimization` is False in "
                 f"{type(pl_module).__name__}. Let Lightning call the optimizer (remove manual optimization) "
                 "or remove GANNOCallback."
-            )
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if len(trainer.optimizers) != 1:
-            raise MisconfigurationException(
-                f"GANNOCallback controls exactly one optimizer, but `configure_optimizers` returned "
-                f"{len(trainer.optimizers)}. Put all parameters in one optimizer (param groups are fine)."
             )
 
     # -- training -----------------------------------------------------------------------------
@@ -182,9 +180,13 @@ class GANNOCallback(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.controller is None:
             return
-        if trainer.is_global_zero:
-            self._write_outputs(trainer)
+        self._write_outputs(trainer)
         self._detach()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Runs before `OnExceptionCheckpoint` saves: no scaled LR may reach that checkpoint.
+        if self.controller is not None:
+            self.controller.recover_from_exception()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._detach()  # also after an exception: give the optimizer its original groups back
@@ -245,10 +247,11 @@ class GANNOCallback(Callback):
 
 
 def _total_steps(trainer: Trainer) -> int | None:
-    if trainer.max_steps and trainer.max_steps > 0:
-        return int(trainer.max_steps)
+    """Optimizer steps of the whole fit: Lightning's estimate covers max_epochs and max_steps alike."""
     try:
         total = trainer.estimated_stepping_batches
     except Exception:  # e.g. an iterable dataset without a length
-        return None
-    return int(total) if total != float("inf") and total > 0 else None
+        total = float("inf")
+    if total != float("inf") and total > 0:
+        return int(total)
+    return int(trainer.max_steps) if trainer.max_steps and trainer.max_steps > 0 else None

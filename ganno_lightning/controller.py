@@ -12,7 +12,7 @@ from ganno_lightning.lr_control import LayerwiseLR
 from ganno_lightning.observer import LayerObserver
 from ganno_lightning.partition import GroupSpec, LayerPartition
 from ganno_lightning.schedule import LRSchedule
-from ganno_lightning.step_hooks import register_outermost_step_hooks
+from ganno_lightning.step_hooks import OutermostStepHooks
 
 
 class LayerwiseController:
@@ -77,7 +77,7 @@ class LayerwiseController:
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
                               install_hooks=False)
         # One pair of hooks for both: they run on every optimizer step, so they stay lean.
-        self._hooks = register_outermost_step_hooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
+        self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
         self.schedule = LRSchedule(self.partition.names)
         self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
 
@@ -137,9 +137,12 @@ class LayerwiseController:
         if "schedule" in state:
             self.schedule.load_state_dict(state["schedule"])
 
+    def recover_from_exception(self) -> None:
+        """After an exception inside ``optimizer.step()``: unscaled LRs, hooks ready for the next step."""
+        self.lr.unscale_lrs()
+        self._hooks.reset()
+
     def close(self) -> None:
         """Detach from the optimizer and restore its original param groups."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._hooks.remove()
         self.lr.close()

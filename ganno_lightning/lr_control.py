@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ganno_lightning.partition import LayerPartition
-from ganno_lightning.step_hooks import register_outermost_step_hooks
+from ganno_lightning.step_hooks import OutermostStepHooks
 
 #: LR-scheduler attributes (and state-dict keys) that hold one entry per param group. They are
 #: expanded when groups are split so that the scheduler keeps driving every new group.
@@ -96,7 +96,7 @@ class LayerwiseLR:
             _remap_per_group(vars(scheduler), len(self._original_params), self.group_origin)
         self._first_group_of_agent = [self.group_agent.index(i) for i in range(len(partition))]
         self._unscaled_lrs: list[Any] | None = None
-        self._hooks = register_outermost_step_hooks(optimizer, self.scale_lrs, self.unscale_lrs) if install_hooks else []
+        self._hooks = OutermostStepHooks(optimizer, self.scale_lrs, self.unscale_lrs) if install_hooks else None
 
     # -- scales -----------------------------------------------------------------------------------
     def set_scales(self, scales: Sequence[float]) -> None:
@@ -139,23 +139,28 @@ class LayerwiseLR:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def merged_optimizer_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        """Fold a state dict of the split optimizer back into the user's original param groups."""
+        """Fold a state dict of the split optimizer back into the user's original param groups.
+
+        Groups added after the split (e.g. by ``BackboneFinetuning``) are kept as they are, after
+        the original ones; a step interrupted by an exception does not leak scaled LRs.
+        """
         groups = state_dict["param_groups"]
         if len(groups) != len(self.optimizer.param_groups):
             raise ValueError(
                 f"Optimizer state has {len(groups)} param groups, the split optimizer has "
                 f"{len(self.optimizer.param_groups)}; it was not produced by this optimizer."
             )
+        if self._unscaled_lrs is not None:
+            groups = [{**g, "lr": lr} for g, lr in zip(groups, self._unscaled_lrs)]
         saved_index = {
             id(p): idx
             for group, saved in zip(self.optimizer.param_groups, groups)
             for p, idx in zip(group["params"], saved["params"])
         }
+        split = len(self.group_origin)
+        extra = [(list(g["params"]), _hyper(saved)) for g, saved in zip(self.optimizer.param_groups[split:], groups[split:])]
         state, merged_groups, next_index = {}, [], 0
-        for origin, params in enumerate(self._original_params):
-            first = next((g for g, o in zip(groups, self.group_origin) if o == origin), None)
-            hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
-            hyper.pop(AGENT_KEY, None)
+        for params, hyper in [*zip(self._original_params, self._merged_hypers(groups[:split])), *extra]:
             indices = []
             for p in params:
                 old = saved_index[id(p)]
@@ -165,6 +170,16 @@ class LayerwiseLR:
                 next_index += 1
             merged_groups.append({**hyper, "params": indices})
         return {"state": state, "param_groups": merged_groups}
+
+    def _merged_hypers(self, split_groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each original group's hyperparameters, as its first split group now holds them."""
+        hypers = []
+        for origin in range(len(self._original_params)):
+            first = next((g for g, o in zip(split_groups, self.group_origin) if o == origin), None)
+            hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
+            hyper.pop(AGENT_KEY, None)
+            hypers.append(hyper)
+        return hypers
 
     def merged_scheduler_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Fold a scheduler state dict's per-group lists back to the original param groups."""
@@ -177,20 +192,18 @@ class LayerwiseLR:
 
     def close(self) -> None:
         """Remove the hooks and give the optimizer and schedulers back their original groups."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self.unscale_lrs()  # a step that raised may have left scaled LRs behind
+        if self._hooks is not None:
+            self._hooks.remove()
+            self._hooks = None
         groups = self.optimizer.param_groups
-        restored = []
-        for origin, params in enumerate(self._original_params):
-            first = next((g for g, o in zip(groups, self.group_origin) if o == origin), None)
-            hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
-            hyper.pop(AGENT_KEY, None)
-            restored.append({**hyper, "params": params})
+        split = len(self.group_origin)
+        restored = [{**hyper, "params": params}
+                    for params, hyper in zip(self._original_params, self._merged_hypers(groups[:split]))]
         first_of_origin = self._first_group_of_origin()
         for scheduler in self._schedulers:
-            _remap_per_group(vars(scheduler), len(self.group_origin), first_of_origin)
-        groups[:] = restored
+            _remap_per_group(vars(scheduler), split, first_of_origin)
+        groups[:] = restored + groups[split:]
 
 
 def check_scale_bounds(scale_bounds: Sequence[float]) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
 from ganno_lightning.partition import LayerPartition
-from ganno_lightning.step_hooks import register_outermost_step_hooks
+from ganno_lightning.step_hooks import OutermostStepHooks
 
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _TINY = 1e-30
@@ -97,14 +97,14 @@ class LayerObserver:
         self.start_interval()
 
     # -- recording ----------------------------------------------------------------------------
-    def attach(self, optimizer: torch.optim.Optimizer) -> list[Any]:
+    def attach(self, optimizer: torch.optim.Optimizer) -> OutermostStepHooks:
         """Measure gradients and count steps after every ``optimizer.step()``.
 
         After, not before: Lightning (and any closure-based loop) computes the gradients inside
         ``step(closure)``, so they exist only once the step has run; they are still the gradients
         that were applied (unscaled and clipped), since ``zero_grad`` comes later.
         """
-        return register_outermost_step_hooks(optimizer, post=self.after_step)
+        return OutermostStepHooks(optimizer, post=self.after_step)
 
     def after_step(self) -> None:
         """Count one optimizer step; measure its gradients if it is a sampling step."""
@@ -119,7 +119,9 @@ class LayerObserver:
         if not present:
             return
         sq = _squared_norms([_dense(grads[i]) for i in present], self.device)
-        self._grad_sq.index_add_(0, self._param_agent[present], sq)
+        # Indexing a device tensor with a host list copies it over (and syncs): only when some grads are missing.
+        index = self._param_agent if len(present) == len(grads) else self._param_agent[present]
+        self._grad_sq.index_add_(0, index, sq)
         self._grad_count += 1
         sketch = self._gather(lambda i: None if grads[i] is None else _dense(grads[i]))
         self._grad_sketch_sum += sketch
@@ -203,7 +205,7 @@ class LayerObserver:
             "progress": min(self.step / total, 1.0) if total else 0.0,
             "progress_unknown": 0.0 if total else 1.0,
             "log_loss": _log_scalar(smoothed),
-            "log_loss_ratio": _log_scalar(loss) - _log_scalar(self._prev_loss)
+            "log_loss_ratio": (_log_scalar(loss) - _log_scalar(self._prev_loss) if math.isfinite(loss) else FEATURE_CLIP)
             if self._prev_loss is not None and count else 0.0,
             "loss_volatility": math.sqrt(variance) / max(abs(loss), _LOG_FLOOR) if count > 1 else 0.0,
             "log_val_loss_ratio": _log_scalar(val_loss) - _log_scalar(smoothed) if has_val else 0.0,

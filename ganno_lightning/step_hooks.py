@@ -8,29 +8,42 @@ from typing import Any
 import torch
 
 
-def register_outermost_step_hooks(
-    optimizer: torch.optim.Optimizer,
-    pre: Callable[[], None] | None = None,
-    post: Callable[[], None] | None = None,
-) -> list[Any]:
-    """Call ``pre`` before and ``post`` after each outermost ``optimizer.step()``.
+class OutermostStepHooks:
+    """Calls ``pre`` before and ``post`` after each outermost ``optimizer.step()``.
 
     torch runs step hooks around every hooked ``step``; a subclass whose ``step`` calls
     ``super().step()`` would run them twice per update. A nesting depth keeps one call per update.
+    If a step raises (Lightning runs ``training_step`` and ``backward`` inside ``step(closure)``),
+    the post hook never runs: :meth:`reset` forgets the unfinished step.
 
-    Returns:
-        Handles; ``handle.remove()`` unregisters.
+    Args:
+        optimizer: The optimizer to hook.
+        pre: Called before the update, or ``None``.
+        post: Called after the update, or ``None``.
     """
-    depth = [0]
 
-    def before(opt: Any, args: Any, kwargs: Any) -> None:
-        depth[0] += 1
-        if depth[0] == 1 and pre is not None:
-            pre()
+    def __init__(self, optimizer: torch.optim.Optimizer, pre: Callable[[], None] | None = None,
+                 post: Callable[[], None] | None = None) -> None:
+        self._depth = 0
+        self._pre, self._post = pre, post
+        self._handles = [optimizer.register_step_pre_hook(self._before),
+                         optimizer.register_step_post_hook(self._after)]
 
-    def after(opt: Any, args: Any, kwargs: Any) -> None:
-        depth[0] -= 1
-        if depth[0] == 0 and post is not None:
-            post()
+    def _before(self, opt: Any, args: Any, kwargs: Any) -> None:
+        self._depth += 1
+        if self._depth == 1 and self._pre is not None:
+            self._pre()
 
-    return [optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)]
+    def _after(self, opt: Any, args: Any, kwargs: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._post is not None:
+            self._post()
+
+    def reset(self) -> None:
+        """Forget a step that raised before its post hook ran."""
+        self._depth = 0
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

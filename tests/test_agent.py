@@ -56,6 +56,11 @@ def test_action_set_mismatch_is_an_error(tmp_path):
         GANNOAgent.load(_save_modified(tmp_path, action_multipliers=[0.5, -1.0, 2.0, 1, 1, 1, 1]))
 
 
+def test_features_version_mismatch_is_an_error(tmp_path):
+    with pytest.raises(AgentCheckpointError, match="features version 0"):
+        GANNOAgent.load(_save_modified(tmp_path, features_version=0))
+
+
 def test_newer_format_version_is_an_error(tmp_path):
     with pytest.raises(AgentCheckpointError, match=r"format version 99.*Upgrade ganno-lightning"):
         GANNOAgent.load(_save_modified(tmp_path, format_version=99))

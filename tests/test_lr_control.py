@@ -146,3 +146,42 @@ def test_works_with_any_torch_optimizer():
         take_steps(model, opt, 2)
         assert all(torch.isfinite(p).all() for p in model.parameters())
         assert [g["lr"] for g in opt.param_groups] == [0.01] * 3
+
+
+def test_a_step_that_raises_leaks_no_scaled_lr():
+    from ganno_lightning import LayerwiseController
+
+    model, opt = model_and_adam()
+    control = LayerwiseController(model, opt, action_multipliers=[4.0], interval=100)
+    control.apply([0, 0, 0])
+
+    def failing_closure():
+        raise FloatingPointError("boom")
+
+    with pytest.raises(FloatingPointError):
+        opt.step(failing_closure)
+    assert [g["lr"] for g in opt.param_groups] == [4e-3, 4e-3, 4e-2]  # the pre hook ran, the post hook did not
+    merged = control.lr.merged_optimizer_state(opt.state_dict())
+    assert [g["lr"] for g in merged["param_groups"]] == [1e-3, 1e-2]  # checkpoints never see scaled LRs
+    control.recover_from_exception()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-2]
+    take_steps(model, opt, 1)  # the hooks work again: the step counts and is scaled
+    assert control.step == 1
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3, 1e-2]
+    control.close()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+
+
+def test_groups_added_after_the_split_survive_checkpoints_and_close():
+    model, opt = model_and_adam()
+    extra = nn.Linear(2, 2)
+    control = LayerwiseLR(opt, LayerPartition.from_module(model))
+    opt.add_param_group({"params": extra.parameters(), "lr": 5e-4})  # e.g. BackboneFinetuning unfreezing
+    take_steps(model, opt, 1)
+    extra.weight.grad = torch.ones(2, 2)
+    opt.step()
+    merged = control.merged_optimizer_state(opt.state_dict())
+    assert len(merged["param_groups"]) == 3 and merged["param_groups"][2]["lr"] == 5e-4
+    assert len(merged["state"]) == 6 + 1  # every parameter with state, the new weight included
+    control.close()
+    assert len(opt.param_groups) == 3 and opt.param_groups[2]["params"] == list(extra.parameters())
