@@ -79,10 +79,14 @@ class RunningNormalizer:
         self.m2 = self.m2 + var * n + delta.square() * self.count * n / total
         self.count = total
 
+    #: Variance floor: a feature that never varied in training (a flag, say) must not be blown up
+    #: to thousands of standard deviations when it does vary at deployment.
+    MIN_VAR = 1e-2
+
     def apply(self) -> None:
         if self.count > 1:
             self.normalizer.mean.copy_(self.mean.float())
-            self.normalizer.var.copy_((self.m2 / self.count).clamp_min(1e-6).float())
+            self.normalizer.var.copy_((self.m2 / self.count).clamp_min(self.MIN_VAR).float())
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}

@@ -180,10 +180,6 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     torch.manual_seed(run.seed)
     torch.set_num_threads(run.threads)
 
-    # -- environments -----------------------------------------------------------------------------
-    # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
-    env_fns = [functools.partial(LayerwiseLREnv, family, env_settings, seed=run.seed * 1000 + i)
-               for i in range(run.workers)]
 
     # -- networks and loss ------------------------------------------------------------------------
     agent = GANNOAgent.create(hidden_sizes=algo.hidden_sizes, activation=algo.activation,
@@ -212,6 +208,11 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
         torch.set_rng_state(state["rng"])
         print(f"Resumed from {checkpoint_path} at iteration {iteration} ({frames} env steps).", file=sys.stderr)
 
+    # -- environments -----------------------------------------------------------------------------
+    # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
+    # A resumed run continues on new task seeds, not on the sequence it already trained on.
+    env_fns = [functools.partial(LayerwiseLREnv, family, env_settings,
+                                 seed=run.seed * 1000 + i + 100_003 * iteration) for i in range(run.workers)]
     buffer = ReplayBuffer(storage=LazyTensorStorage(run.frames_per_batch), sampler=SamplerWithoutReplacement(),
                           batch_size=algo.minibatch_size)
     logger = _Logger(out_dir, plain_config, run, resume=iteration > 0)
@@ -229,7 +230,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     # -- the loop ---------------------------------------------------------------------------------
     try:
         started = time.perf_counter()
-        for batch in collector:
+        for batch in (collector if frames < run.total_frames else ()):
             # GAE over the collected trajectories ([time] or [workers, time]), with the current critic
             with torch.no_grad():
                 loss_module.value_estimator(batch, params=loss_module.critic_network_params,

@@ -39,8 +39,14 @@ class EnvConfig:
         grad_samples: Gradient measurements per interval (as in the callback).
         divergence_factor: An interval loss above this times the first interval's ends the episode.
         divergence_penalty: Team reward of the step on which a run diverges.
+        val_every: Env steps between validation-loss measurements (0: never). Measured losses
+            reach the observation exactly as a logged ``val_loss`` reaches GANNOCallback's.
+        val_prob: Probability that an episode validates at all, so agents see runs with and
+            without validation, as users run them.
+        val_batches: Validation batches per measurement.
         val_weight: Weight of the validation term ``log(V_prev / V_now)`` in the reward (0: off).
-        val_batches: Validation batches evaluated per env step when ``val_weight > 0``.
+        unknown_total_prob: Probability that an episode hides its length from the observation
+            (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
         device: Device the inner training runs on.
     """
@@ -55,8 +61,11 @@ class EnvConfig:
     grad_samples: int = 2
     divergence_factor: float = 10.0
     divergence_penalty: float = 5.0
-    val_weight: float = 0.0
+    val_every: int = 2
+    val_prob: float = 0.5
     val_batches: int = 4
+    val_weight: float = 0.0
+    unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
     device: str = "cpu"
 
@@ -68,6 +77,14 @@ class EnvConfig:
 
         for name in ("horizon", "interval", "grad_samples", "val_batches", "max_reset_attempts"):
             positive_int(name)
+        if self.val_every < 0:
+            raise ValueError(f"`{prefix}.val_every` must be >= 0 (0: never), got {self.val_every!r}.")
+        for name in ("val_prob", "unknown_total_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{prefix}.{name}` must be a probability in [0, 1], got {getattr(self, name)!r}.")
+        if self.horizon % self.interval:
+            raise ValueError(f"`{prefix}.horizon` ({self.horizon}) must be a multiple of `{prefix}.interval` "
+                             f"({self.interval}), so that episodes end on a decision.")
         if self.horizon < 2 * self.interval:
             raise ValueError(
                 f"`{prefix}.horizon` ({self.horizon}) must be at least 2 x `{prefix}.interval` ({self.interval}): "
@@ -177,16 +194,22 @@ class LayerwiseLREnv(EnvBase):
         else:
             raise TaskError(f"{self.config.max_reset_attempts} sampled tasks in a row diverged in their first "
                             f"interval (last: {self.task.name}); lower the family's `lr` range or `init_lr_scale`.")
-        self._prev_val = self._validation_loss()
+        if self._first_loss <= 0:
+            raise TaskError(f"Task {self.task.name}: the training loss must be positive (the reward is a log-ratio "
+                            f"of losses), got {self._first_loss!r}; shift the loss, e.g. use an NLL offset.")
+        self._env_steps = 0
+        self._prev_val = self._measure_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         n = self.controller.num_agents
         self.controller.apply(tensordict.get(keys.ACTION)[:n])
+        self._env_steps += 1
         failed = False
         try:
             self._train_interval()
         except Exception as err:  # a run that blows up mid-episode is a diverged run, not a crashed env
+            self.controller.recover_from_exception()
             warnings.warn(f"Task {self.task.name} raised at step {self.controller.step}; ending the episode "
                           f"as diverged: {type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
             failed = True
@@ -197,12 +220,13 @@ class LayerwiseLREnv(EnvBase):
             reward = -self.config.divergence_penalty
         else:
             reward = math.log(max(self._prev_loss, 1e-12)) - math.log(max(loss, 1e-12))
-            if self.config.val_weight > 0:
-                val = self._validation_loss()
-                if val is not None and self._prev_val is not None and math.isfinite(val):
+            self._prev_loss = loss
+            # Measured after the observation: like a validation epoch, it informs the next decision.
+            if self._validates and self._env_steps % self.config.val_every == 0:
+                val = self._measure_validation()
+                if self.config.val_weight > 0 and val is not None and self._prev_val is not None:
                     reward += self.config.val_weight * (math.log(max(self._prev_val, 1e-12)) - math.log(max(val, 1e-12)))
                 self._prev_val = val
-            self._prev_loss = loss
         truncated = not diverged and self.controller.step >= self.config.horizon
         return self._output(observation, reward=reward, terminated=diverged, truncated=truncated)
 
@@ -248,12 +272,17 @@ class LayerwiseLREnv(EnvBase):
         if hasattr(loader, "__len__") and len(loader) == 0:
             raise TaskError(f"Task {task.name}: `train_dataloader` is empty; it must yield at least one batch.")
         self._loader = loader
+        self._epoch = 0
         self._batches = self._epoch_iterator()
+        self._val_loader = self._optional_val_loader(task) if self.config.val_every else None
+        validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
+        self._validates = self._val_loader is not None and validate_draw < self.config.val_prob
+        total_steps = None if hide_draw < self.config.unknown_total_prob else self.config.horizon
         try:
             self.controller = LayerwiseController(
                 module, self.optimizer, action_multipliers=self.config.action_multipliers,
                 interval=self.config.interval, scale_bounds=tuple(self.config.scale_bounds),
-                lr_schedulers=[c.scheduler for c in scheduler_configs], total_steps=self.config.horizon,
+                lr_schedulers=[c.scheduler for c in scheduler_configs], total_steps=total_steps,
                 grad_samples=self.config.grad_samples)
         except ValueError as err:
             raise TaskError(f"Task {task.name}: {err}") from err
@@ -261,20 +290,19 @@ class LayerwiseLREnv(EnvBase):
             raise ValueError(f"Task {task.name} has {self.controller.num_agents} layers but `max_agents` is "
                              f"{self.max_agents}; raise `env.max_agents`.")
 
-    def _epoch_iterator(self) -> Iterator[tuple[int, Any]]:
-        """(batch_idx, batch) forever; epoch-interval schedulers step between epochs, as in Lightning."""
-        epoch = 0
+    def _epoch_iterator(self) -> Iterator[tuple[int, Any, bool]]:
+        """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches."""
         while True:
-            produced = False
-            for batch_idx, batch in enumerate(self._loader):
-                produced = True
-                yield batch_idx, batch
-            if not produced:
-                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch.")
-            epoch += 1
-            for config in self._scheduler_configs:
-                if config.interval == "epoch" and epoch % config.frequency == 0:
-                    config.scheduler.step()
+            iterator = iter(self._loader)
+            try:
+                current = next(iterator)
+            except StopIteration:
+                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch.") from None
+            batch_idx = 0
+            for upcoming in iterator:
+                yield batch_idx, current, False
+                current, batch_idx = upcoming, batch_idx + 1
+            yield batch_idx, current, True
 
     def _train_interval(self) -> None:
         module, optimizer, device = self.task.module, self.optimizer, self.config.device
@@ -285,7 +313,7 @@ class LayerwiseLREnv(EnvBase):
             torch.set_rng_state(self._train_rng)
             on_cpu = device == "cpu"
             for _ in range(self.config.interval):
-                batch_idx, batch = next(self._batches)
+                batch_idx, batch, last_of_epoch = next(self._batches)
                 if not on_cpu:
                     batch = move_data_to_device(batch, device)
                 output = module.training_step(batch, batch_idx)
@@ -296,23 +324,32 @@ class LayerwiseLREnv(EnvBase):
                 loss.backward()
                 optimizer.step()
                 self.controller.record_loss(loss.detach())
-                for config in self._scheduler_configs:
-                    if config.interval == "step" and (batch_idx + 1) % config.frequency == 0:
-                        config.scheduler.step()
+                self._step_schedulers("step", batch_idx + 1)
+                if last_of_epoch:  # Lightning steps epoch schedulers after the epoch's last optimizer step
+                    self._epoch += 1
+                    self._step_schedulers("epoch", self._epoch)
             self._train_rng = torch.get_rng_state()
 
-    def _validation_loss(self) -> float | None:
-        if self.config.val_weight <= 0:
-            return None
+    def _step_schedulers(self, interval: str, count: int) -> None:
+        for config in self._scheduler_configs:
+            if config.interval == interval and count % config.frequency == 0:
+                config.scheduler.step()
+
+    def _optional_val_loader(self, task: TrainingTask) -> Any:
         try:
-            loader = self._dataloader(self.task, "val")
-        except Exception:
+            return self._dataloader(task, "val")
+        except TaskError:  # no validation data: episodes of this task never validate
+            return None
+
+    def _measure_validation(self) -> float | None:
+        """Mean training objective on up to ``val_batches`` validation batches, fed to the observer."""
+        if not self._validates:
             return None
         module, losses = self.task.module, []
         module.eval()  # no dropout, and BatchNorm statistics stay those of training data
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
-            for batch_idx, batch in enumerate(loader):
+            for batch_idx, batch in enumerate(self._val_loader):
                 if batch_idx >= self.config.val_batches:
                     break
                 output = module.training_step(move_data_to_device(batch, self.config.device), batch_idx)
@@ -320,7 +357,11 @@ class LayerwiseLREnv(EnvBase):
                 if loss is not None:
                     losses.append(float(loss))
         module.train()
-        return sum(losses) / len(losses) if losses else None
+        if not losses or not all(math.isfinite(x) for x in losses):
+            return None
+        value = sum(losses) / len(losses)
+        self.controller.record_val_loss(value)
+        return value
 
     @staticmethod
     def _dataloader(task: TrainingTask, stage: str) -> Any:

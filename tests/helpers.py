@@ -49,6 +49,8 @@ class TinyRegressor(L.LightningModule):
         if self.scheduler == "lambda":
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.9**step)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if self.scheduler == "epoch":
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)}
         return opt
 
     def train_dataloader(self):

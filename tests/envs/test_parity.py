@@ -1,5 +1,8 @@
 """Train/deploy parity: the same actions through the env and through GANNOCallback give the same run."""
 
+import functools
+
+import pytest
 import torch
 from helpers import TinyRegressor, trainer
 
@@ -12,9 +15,9 @@ INTERVAL, HORIZON = 4, 32
 SCRIPT = [[6, 0], [5, 1], [3, 3], [0, 6], [2, 4], [6, 6], [1, 0], [4, 2]]  # one row per decision
 
 
-def make_module():
+def make_module(scheduler="lambda"):
     torch.manual_seed(11)
-    return TinyRegressor(optimizer="adam", lr=0.01, scheduler="lambda")
+    return TinyRegressor(optimizer="adam", lr=0.01, scheduler=scheduler)
 
 
 class ScriptedAgent(GANNOAgent):
@@ -30,8 +33,10 @@ class ScriptedAgent(GANNOAgent):
         return torch.tensor(SCRIPT[len(self.observations) - 1])
 
 
-def test_env_and_callback_observe_and_set_lrs_identically():
-    env = LayerwiseLREnv(SingleTask(make_module), EnvConfig(horizon=HORIZON, interval=INTERVAL), seed=0)
+@pytest.mark.parametrize("scheduler", ["lambda", "epoch"])  # a per-step and a per-epoch LR scheduler
+def test_env_and_callback_observe_and_set_lrs_identically(scheduler):
+    config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0)
+    env = LayerwiseLREnv(SingleTask(functools.partial(make_module, scheduler)), config, seed=0)
     td = env.reset()
     env_observations = [td[keys.OBSERVATION]]
     for actions in SCRIPT[: HORIZON // INTERVAL - 1]:
@@ -42,7 +47,7 @@ def test_env_and_callback_observe_and_set_lrs_identically():
 
     agent = ScriptedAgent()
     callback = GANNOCallback(agent)
-    module = make_module()
+    module = make_module(scheduler)
     trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
 
     assert len(agent.observations) == len(env_observations) == HORIZON // INTERVAL
