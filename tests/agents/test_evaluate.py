@@ -1,0 +1,330 @@
+"""Agent-vs-baselines evaluation: schedules, the scheduler wrapper in a real Trainer, the metrics, the
+config checks, and the script end to end on the smoke config (real Lightning runs)."""
+
+import doctest
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from agents import evaluate as ev
+from agents.baselines import (
+    SCHEDULES,
+    ScheduleMultiplier,
+    constant,
+    cosine,
+    scale_initial_lr,
+    step_decay,
+    warmup_cosine,
+    with_schedule,
+    without_schedule,
+)
+from envs.tasks import DigitsMLP
+from ganno_lightning.agent import GANNOAgent
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "evaluate_smoke.yaml"
+FULL = Path(__file__).resolve().parents[2] / "configs" / "evaluate.yaml"
+# Lightning's own use of a torch pytree API that torch now deprecates; nothing this project can change.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+METHODS = ["agent", "constant@init", "step_decay@init", "cosine@init", "warmup_cosine@init",
+           "constant@tuned", "step_decay@tuned", "cosine@tuned", "warmup_cosine@tuned"]
+
+
+@pytest.fixture(scope="module")
+def agent_file(tmp_path_factory):
+    return str(GANNOAgent.create(interval=10, seed=0).save(tmp_path_factory.mktemp("agent") / "agent.pt"))
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+def test_cosine_runs_from_one_down_to_zero_monotonically():
+    values = [cosine(s, 200) for s in range(201)]
+    assert values[0] == 1.0 and values[-1] == 0.0 and cosine(250, 200) == 0.0
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert cosine(100, 200) == pytest.approx(0.5)
+
+
+def test_warmup_ramps_from_near_zero_then_follows_cosine_to_zero():
+    total = 400  # 5%: 20 warm-up steps
+    ramp = [warmup_cosine(s, total) for s in range(20)]
+    assert ramp[0] == pytest.approx(1 / 20) and ramp[-1] == 1.0
+    assert all(b - a == pytest.approx(1 / 20) for a, b in zip(ramp, ramp[1:]))
+    assert warmup_cosine(20, total) == 1.0
+    assert warmup_cosine(20 + 190, total) == pytest.approx(0.5)  # cosine over the 380 remaining steps
+    assert warmup_cosine(total, total) == 0.0
+    assert warmup_cosine(0, 5) == 1.0  # at least one warm-up step, never a zero LR at the start
+
+
+def test_step_decay_drops_tenfold_at_half_and_three_quarters():
+    assert [step_decay(s, 100) for s in (0, 49, 50, 74, 75, 99)] == [1.0, 1.0, 0.1, 0.1, 0.01, 0.01]
+    assert {constant(s, 100) for s in range(100)} == {1.0}
+    assert list(SCHEDULES) == ["constant", "step_decay", "cosine", "warmup_cosine"]
+
+
+def test_schedule_arguments_are_checked():
+    with pytest.raises(ValueError, match="Unknown schedule 'cosin'"):
+        ScheduleMultiplier("cosin", 10)
+    with pytest.raises(ValueError, match="`total_steps` must be a positive int, got 0"):
+        ScheduleMultiplier("cosine", 0)
+    with pytest.raises(ValueError, match="`total_steps` must be a positive int"):
+        cosine(0, 0)
+
+
+# -- the scheduler wrapper and the LR scaling -----------------------------------------------------
+
+
+class _LRSeen(Callback):
+    """The LR of the first param group at every optimizer step, as the optimizer sees it."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def _tiny(lr=0.05, optimizer="sgd"):
+    torch.manual_seed(0)
+    return DigitsMLP(depth=1, width=8, lr=lr, batch_size=64, optimizer=optimizer, seed=0)
+
+
+def _fit(model, steps, callbacks):
+    Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, accelerator="cpu", callbacks=callbacks).fit(model)
+
+
+@pytest.mark.parametrize("name", ["step_decay", "warmup_cosine"])
+def test_wrapped_module_trains_with_the_schedule_in_a_real_trainer(name):
+    model, seen = with_schedule(_tiny(lr=0.05), name, total_steps=40), _LRSeen()
+    _fit(model, 40, [seen])
+    expected = [0.05 * SCHEDULES[name](s, 40) for s in range(40)]
+    assert seen.lrs == pytest.approx(expected)
+    assert len(set(round(x, 12) for x in seen.lrs)) > 2  # really changed during the run
+
+
+def test_wrapper_touches_only_the_instance_and_can_be_undone():
+    model, other = with_schedule(_tiny(), "cosine", 10), _tiny()
+    assert type(model) is DigitsMLP  # the user's class, not a generated subclass
+    assert isinstance(other.configure_optimizers(), torch.optim.SGD)  # other instances unchanged
+    with pytest.raises(ValueError, match="already follows the 'cosine' schedule"):
+        with_schedule(model, "constant", 10)
+    plain, seen = without_schedule(model), _LRSeen()
+    _fit(plain, 5, [seen])
+    assert seen.lrs == [0.05] * 5
+
+
+def test_wrapper_refuses_a_module_that_already_schedules():
+    class Scheduled(DigitsMLP):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 5)}
+
+    torch.manual_seed(0)
+    model = with_schedule(Scheduled(1, 8, 0.1, 32, "sgd", 0), "cosine", 10)
+    with pytest.raises(TypeError, match="already returns an `lr_scheduler`"):
+        model.configure_optimizers()
+
+
+def test_scale_initial_lr_changes_the_optimizer_lr_and_rejects_bad_factors():
+    model = _tiny(lr=0.01, optimizer="adam")
+    assert scale_initial_lr(model, 10) == pytest.approx(0.1)
+    assert model.configure_optimizers().param_groups[0]["lr"] == pytest.approx(0.1)
+    assert model.hparams["lr"] == pytest.approx(0.1)
+    for bad in (0, -1.0, math.inf, math.nan, True):
+        with pytest.raises(ValueError, match="`factor` must be a positive finite number"):
+            scale_initial_lr(model, bad)
+    with pytest.raises(ValueError, match="no numeric `learning_rate` attribute"):
+        scale_initial_lr(model, 2.0, attribute="learning_rate")
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_steps_to_target_is_the_first_check_at_or_below_the_target():
+    curve = [[25, 2.0], [50, 1.2], [75, 1.0], [100, 0.8], [125, 1.3]]
+    assert ev.steps_to_target(curve, 1.0) == 75  # equal counts as reached
+    assert ev.steps_to_target(curve, 1.5) == 50
+    assert ev.steps_to_target(curve, 0.5) is None  # never
+    assert ev.steps_to_target(curve, None) is None  # the reference diverged: no target
+    assert ev.steps_to_target(curve, math.inf) is None
+    assert ev.steps_to_target([[25, math.inf], [50, 0.9]], 1.0) == 50  # a non-finite check never reaches it
+    assert ev.steps_to_target([], 1.0) is None
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "match"),
+    [
+        ({"sede": [0]}, [], r"Unknown config key `sede` in config \(did you mean `seeds`\?\)"),
+        ({"suite": [{"family": "mlp_digits"}, {"famly": "sequence"}]}, [], r"`suite\[1\]\.famly`.*did you mean `family`"),
+        ({"agent": {"pth": "a.pt"}}, [], r"`agent\.pth`"),
+        ({}, ["suite.0.tsks=2"], r"`suite\[0\]\.tsks` in overrides"),
+        ({}, ["target.refrence=constant"], r"`target\.refrence`"),
+        ({"suite": []}, [], r"`suite` must list at least one task family"),
+        ({"lr_grid": [0.1, 0.0, 1.0]}, [], r"`lr_grid` must be a non-empty list of distinct positive finite"),
+        ({"lr_grid": [-1.0, 1.0]}, [], r"`lr_grid`.*got \[-1\.0, 1\.0\]"),
+        ({}, ["lr_grid=[]"], r"`lr_grid` must be a non-empty list"),
+        ({"init_lr_factors": [1.0, 0.0]}, [], r"`init_lr_factors`"),
+        ({"suite": [{"family": "mlpdigits"}]}, [], r"`suite\[0\]\.family` must be a zoo family.*'mlp_digits'"),
+        ({"suite": [{"tasks": 2}]}, [], r"`suite\[0\]\.family` is required"),
+        ({"suite": [{"family": "mlp_digits", "heldout": {"dept": [1, 2]}}]}, [], r"`suite\[0\]\.heldout\.dept`"),
+        ({"steps": 50, "val_every": 20}, [], r"`steps` \(50\) must be a multiple of `val_every` \(20\)"),
+        ({"schedules": ["constant", "step_decay"]}, [], r"`schedules` must be distinct and include \['constant', 'cosine'\]"),
+        ({}, ["steps=abc"], r"`steps` in overrides"),
+        ({}, ["workers=0"], r"`workers` must be an int >= 1, got 0"),
+    ],
+)
+def test_config_errors_name_the_key(config, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        ev.load_config(config, overrides)
+
+
+def test_shipped_configs_load_and_plan_the_runs_the_targets_need():
+    full = ev.load_config(FULL)
+    assert len(full.seeds) >= 3 and {e.family for e in full.suite} == {"mlp_digits", "cnn_digits", "teacher_student", "sequence"}
+    assert [c.name for c in ev.conditions_of(full)] == ["init_lr_x1", "init_lr_x10", "init_lr_x0.1", "deeper_x2"]
+    # per task and seed: agent x3 + 4 schedules x 5 LRs (the x1/x10/x0.1 factors are grid points); deeper: 1 + 20
+    assert len(ev.plan_runs(full)) == 16 * 3 * (23 + 21)
+    smoke = ev.load_config(SMOKE, ["agent=some/agent.pt"])
+    assert smoke.agent.path == "some/agent.pt"  # `agent=` is short for `agent.path=`
+    # deeper_x2: exactly twice the deepest meta-training depth, every other draw unchanged
+    spec, deep = ev.task_specs(full, deeper=False)[0], ev.task_specs(full, deeper=True)[0]
+    task, deep_task = ev.build_task(spec, 0), ev.build_task(deep, 0)
+    assert deep_task.info["depth"] == 2 * 3 and deep_task.info["width"] == task.info["width"]
+    assert deep_task.info["lr"] == task.info["lr"]
+
+
+def test_a_run_that_cannot_start_comes_back_failed_instead_of_raising(agent_file):
+    cfg = ev.load_config(SMOKE, [f"agent.path={agent_file}", "seeds=[0]", "deeper=false"])
+    job = dict(ev.plan_runs(cfg)[1], method="no_such_schedule")
+    result = ev.run_one(job)
+    assert result["status"] == "failed" and "Unknown schedule 'no_such_schedule'" in result["reason"]
+    assert result["final_val_loss"] == math.inf
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke(agent_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    argv = [str(SMOKE), f"agent.path={agent_file}", f"out_dir={out}", "wandb.enabled=true", "wandb.mode=offline"]
+    code = ev.main(argv)
+    return out, code, argv
+
+
+def test_smoke_run_writes_report_results_and_plots(smoke):
+    out, code, _ = smoke
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    conditions = ["init_lr_x1", "init_lr_x10", "deeper_x2"]
+    assert [c["name"] for c in results["conditions"]] == conditions
+    # per seed: agent at x1 and x10 + 4 schedules at {1, 3, 10}; deeper: agent + 4 x {1, 3}
+    assert len(results["runs"]) == 2 * (2 + 4 * 3) + 2 * (1 + 4 * 2)
+    assert {r["status"] for r in results["runs"]} == {"ok"}
+    for run in results["runs"]:
+        assert [step for step, _ in run["curve"]] == [20, 40, 60]
+        assert run["final_val_loss"] == run["curve"][-1][1] and 0 < run["final_val_acc"] <= 1
+    agent_run = next(r for r in results["runs"] if r["method"] == "agent")
+    assert len(agent_run["schedule"]["steps"]) == 7  # the start and a decision every 10 of 60 steps
+    # the summary: every method of every condition, the headline targets for (a), (b) and (c)
+    assert set(results["summary"]) == set(conditions)
+    assert all(list(rows) == METHODS for rows in results["summary"].values())
+    assert [(t["target"], t["condition"]) for t in results["targets"]] == [
+        ("(a) user's LR", "init_lr_x1"), ("(a) user's LR", "init_lr_x1"), ("(b) LR x10", "init_lr_x10"),
+        ("(c) deeper nets", "deeper_x2")]
+    # files
+    report = (out / "report.md").read_text()
+    for condition in conditions:
+        assert f"## {condition}" in report
+        png = out / f"loss_curves_{condition}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png.name})" in report
+    assert len(list(out.glob("schedule_*.png"))) == 3  # one task, one per condition
+    header = next(line for line in report.splitlines() if line.startswith("| method |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        c.format(within="5%") for c in ev.SUMMARY_COLUMNS]
+    for condition in conditions:
+        section = report.split(f"## {condition}\n")[1].split("\n## ")[0]
+        rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+        assert rows[1:10] == METHODS  # after the header, one row per method
+        assert "| `mlp_digits#0" in section  # the per-task table
+    assert "Tuning favours the baselines" in report and "Only 2 seed(s)" in report
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_smoke_metrics_follow_their_definitions(smoke):
+    out, _, _ = smoke
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["id"]: r for r in results["runs"]}
+    for condition, tasks in results["comparisons"].items():
+        for task_id, task in tasks.items():
+            for seed, entry in task["seeds"].items():
+                methods = entry["methods"]
+                # tuned = the grid LR with the lowest final val loss for this task and seed
+                grid = [runs[ev.run_id(task_id, int(seed), "cosine", f)]["final_val_loss"] for f in (1.0, 3.0)]
+                assert methods["cosine@tuned"]["final_val_loss"] == min(grid)
+                # the target is the constant-LR run's own final loss, so it reaches it by its last check
+                constant = runs[methods["constant@init"]["run"]]
+                assert entry["target"] == constant["final_val_loss"]
+                assert methods["constant@init"]["steps_to_target"] is not None
+                assert methods["agent"]["steps_to_target"] == ev.steps_to_target(
+                    runs[methods["agent"]["run"]]["curve"], entry["target"])
+    row = results["summary"]["init_lr_x1"]["constant@init"]
+    comparisons = results["comparisons"]["init_lr_x1"]["mlp_digits#0"]["seeds"].values()
+    agent = sum(s["methods"]["agent"]["final_val_loss"] for s in comparisons) / 2
+    const = sum(s["methods"]["constant@init"]["final_val_loss"] for s in comparisons) / 2
+    assert row["agent_better"] == int(agent < const)
+    assert results["targets"][0]["count"] == row["agent_better"]
+
+
+def test_rerun_reuses_finished_runs(smoke, capsys):
+    out, _, argv = smoke
+    lines = len((out / "runs.jsonl").read_text().splitlines())
+    before = json.loads((out / "results.json").read_text())["summary"]
+    assert ev.main([*argv[:-2], "wandb.enabled=false"]) == 0
+    assert "reusing 46 finished runs" in capsys.readouterr().out
+    assert len((out / "runs.jsonl").read_text().splitlines()) == lines
+    assert json.loads((out / "results.json").read_text())["summary"] == before
+
+
+def test_diverging_runs_are_recorded_not_fatal(agent_file, tmp_path):
+    out = tmp_path / "div"
+    code = ev.main([str(SMOKE), f"agent.path={agent_file}", f"out_dir={out}", "deeper=false",
+                    "init_lr_factors=[1000000.0]", "lr_grid=[1.0,1000000.0]", "suite.0.heldout.optimizers=[sgd]"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    diverged = [r for r in results["runs"] if r["lr_factor"] == 1e6]
+    assert len(diverged) == 2 * 5 and {r["status"] for r in diverged} == {"diverged"}
+    assert all(r["final_val_loss"] == math.inf and r["steps_done"] < 60 for r in diverged)  # stopped early
+    assert "non-finite" in diverged[0]["reason"]
+    rows = results["summary"]["init_lr_x1e+06"]
+    assert rows["agent"]["diverged_runs"] == 2 and rows["agent"]["median_ratio_to_tuned_cosine"] == math.inf
+    assert rows["cosine@tuned"]["diverged_runs"] == 0  # tuning picks the grid point that did not diverge
+    assert results["targets"][0]["count"] == 0  # a diverged agent loses
+    assert "| agent | n/a (1 task(s) inf) |" in (out / "report.md").read_text()
+
+
+def test_worker_processes_give_the_same_results_as_in_process(agent_file, tmp_path):
+    common = [str(SMOKE), f"agent.path={agent_file}", "seeds=[0]", "deeper=false", "init_lr_factors=[1.0]",
+              "lr_grid=[1.0]", "schedules=[constant,cosine]", "steps=40"]
+    assert ev.main([*common, f"out_dir={tmp_path / 'a'}", "workers=1"]) == 0
+    assert ev.main([*common, f"out_dir={tmp_path / 'b'}", "workers=2"]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert len(a["runs"]) == 3
+    assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
+
+
+@pytest.mark.parametrize("name", ["agents.baselines", "agents.evaluate"])
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
