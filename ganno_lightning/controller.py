@@ -68,7 +68,7 @@ class LayerwiseController:
         sketch_size: int = 1024,
         seed: int = 0,
     ) -> None:
-        self.action_multipliers = torch.tensor([float(m) for m in action_multipliers], dtype=torch.float64)
+        self._multipliers = [float(m) for m in action_multipliers]
         self.interval = interval
         in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
         self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
@@ -115,15 +115,14 @@ class LayerwiseController:
 
     def apply(self, actions: Tensor | Sequence[int]) -> None:
         """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
-        actions = torch.as_tensor(actions, dtype=torch.long).reshape(-1).cpu()
+        actions = torch.as_tensor(actions).reshape(-1).tolist()
         if len(actions) != self.num_agents:
             raise ValueError(f"Expected one action per agent ({self.num_agents}), got {len(actions)}.")
-        if actions.min() < 0 or actions.max() >= len(self.action_multipliers):
-            raise ValueError(
-                f"Actions must lie in [0, {len(self.action_multipliers) - 1}], got {actions.tolist()}.")
-        self.lr.multiply(self.action_multipliers[actions].tolist())
+        if min(actions) < 0 or max(actions) >= len(self._multipliers):
+            raise ValueError(f"Actions must lie in [0, {len(self._multipliers) - 1}], got {actions}.")
+        self.lr.multiply([self._multipliers[a] for a in actions])
         self.observer.start_interval()
-        self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions.tolist())
+        self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),
