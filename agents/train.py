@@ -128,8 +128,10 @@ def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
     if run.backend == "ray":
         from torchrl.collectors.distributed import RayCollector
 
-        return RayCollector(env_fns, policy, collector_class=Collector, sync=True, num_collectors=len(env_fns),
-                            **common)
+        collector = RayCollector(env_fns, policy, collector_class=Collector, sync=True, num_collectors=len(env_fns),
+                                 frames_per_batch=run.frames_per_batch, total_frames=run.total_frames)
+        collector.update_policy_weights_(policy)  # remote collectors start from the central weights
+        return collector
     if len(env_fns) == 1:
         return Collector(env_fns[0](), policy, **common)
     return MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)

@@ -97,3 +97,15 @@ def test_padded_agents_take_no_part_in_the_loss(algorithm):
     other = loss(changed)
     for key in ("loss_objective", "loss_critic"):
         torch.testing.assert_close(reference[key], other[key])
+
+
+def test_ray_collector_backend_on_a_local_ray_instance(tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    try:
+        path = train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", "run.backend=ray", "run.workers=2"])
+    finally:
+        ray.shutdown()
+    assert [int(r["frames"]) for r in read_metrics(tmp_path)] == [16, 32, 48]
+    GANNOAgent.load(path)
