@@ -236,10 +236,10 @@ class LayerwiseLREnv(EnvBase):
             self.controller.close()
             self.controller = None
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=self._cuda_devices):
             torch.manual_seed(seed)
             task = self.family.sample(self._generator, self.config.split)
-            self._train_rng = torch.get_rng_state()
+            self._train_rng = self._get_rng()
         module = task.module.to(self.config.device).train()
         self.task = task
         try:
@@ -307,10 +307,10 @@ class LayerwiseLREnv(EnvBase):
     def _train_interval(self) -> None:
         module, optimizer, device = self.task.module, self.optimizer, self.config.device
         # Collectors step envs under no_grad; the inner training needs autograd regardless.
-        with torch.enable_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        with torch.enable_grad(), torch.random.fork_rng(devices=self._cuda_devices), warnings.catch_warnings():
             # The module runs without a Trainer: its `self.log` calls are no-ops by design.
             warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
-            torch.set_rng_state(self._train_rng)
+            self._set_rng(self._train_rng)
             on_cpu = device == "cpu"
             for _ in range(self.config.interval):
                 batch_idx, batch, last_of_epoch = next(self._batches)
@@ -328,7 +328,22 @@ class LayerwiseLREnv(EnvBase):
                 if last_of_epoch:  # Lightning steps epoch schedulers after the epoch's last optimizer step
                     self._epoch += 1
                     self._step_schedulers("epoch", self._epoch)
-            self._train_rng = torch.get_rng_state()
+            self._train_rng = self._get_rng()
+
+    # The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
+    # nothing the caller does with the global RNG between env steps changes a rollout.
+    @property
+    def _cuda_devices(self) -> list[int]:
+        device = torch.device(self.config.device)
+        return [device.index or 0] if device.type == "cuda" else []
+
+    def _get_rng(self) -> tuple[torch.Tensor, ...]:
+        return (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in self._cuda_devices))
+
+    def _set_rng(self, states: tuple[torch.Tensor, ...]) -> None:
+        torch.set_rng_state(states[0])
+        for device, state in zip(self._cuda_devices, states[1:]):
+            torch.cuda.set_rng_state(state, device)
 
     def _step_schedulers(self, interval: str, count: int) -> None:
         for config in self._scheduler_configs:

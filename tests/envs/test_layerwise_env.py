@@ -201,3 +201,11 @@ def test_smoke_config_builds_a_working_env():
         make_env(load_config({"env": {}, "family": {"name": "mlp_digits"}, "trainer": {}}))
     with pytest.raises(ValueError, match="`family.depth` is not a family setting"):
         make_env(load_config({"family": {"name": "mlp_digits", "depth": 3}}))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_on_a_gpu_is_reproducible():
+    a = fixed_actions(tiny_env(seed=2, device="cuda"), 4)
+    b = fixed_actions(tiny_env(seed=2, device="cuda"), 4)
+    for x, y in zip(a, b):
+        assert (x == y).all()
