@@ -153,6 +153,9 @@ class GANNOAgent:
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(self.to_checkpoint(), f)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the agent from other users
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
