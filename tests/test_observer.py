@@ -149,3 +149,17 @@ def test_features_are_computed_on_the_parameters_device():
     assert observer.device.type == "cuda" and observer._grad_sq.device.type == "cuda"
     fake_step(model, observer, [torch.ones(2, 2, device="cuda"), torch.ones(1, 2, device="cuda")])
     assert observer.features([1.0, 1.0], [0.1, 0.1]).device.type == "cpu"
+
+
+def test_large_layers_are_measured_on_the_sketch_within_a_few_percent():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512, bias=False), nn.Linear(512, 512, bias=False))
+    observer = observer_for(model, interval=1, sketch_size=1024)
+    grads = [torch.randn(512, 512) * 3.0, torch.randn(512, 512) * 0.01]
+    fake_step(model, observer, grads)
+    obs = observer.features([1.0, 1.0], [0.1, 0.1])
+    for i, (p, g) in enumerate(zip(model.parameters(), grads)):
+        exact_w = math.log(p.detach().square().mean().sqrt().item())
+        exact_g = math.log(g.square().mean().sqrt().item())
+        assert obs[i, F["log_weight_rms"]].item() == pytest.approx(exact_w, abs=0.05)
+        assert obs[i, F["log_grad_rms"]].item() == pytest.approx(exact_g, abs=0.05)
