@@ -151,7 +151,8 @@ def main() -> None:
         "",
         "Pairs (with/without): " + ", ".join(f"{w / wo:.4f}" for w, wo in zip(with_, without)),
         "",
-        f"Command: `python benchmarks/callback_overhead.py --device {args.device} --reps {args.reps}`",
+        f"Command: `python benchmarks/callback_overhead.py --device {args.device} --reps {args.reps} "
+        f"--intervals {args.intervals}`",
     ]
     write_report(table, args.out)
 
