@@ -6,8 +6,9 @@ Lightning-free core does not pay for importing Lightning, and ``import ganno_lig
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ganno_lightning._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,18 +39,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ganno_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent

@@ -5,6 +5,7 @@ An update-rule language (:mod:`~ganno_lightning.nos.dsl`), an optimizer that run
 and a PPO-trained controller that searches rules on your own LightningModule.
 """
 
+from ganno_lightning._lazy import lazy_exports
 from ganno_lightning.nos.callback import RuleSearchCallback
 from ganno_lightning.nos.dsl import Rule, RuleSyntaxError, UnknownNameError, parse_rule
 from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer
@@ -20,12 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'ganno_lightning.nos' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

@@ -11,8 +11,7 @@ Example::
     trainer = Trainer(max_epochs=20, callbacks=[pbt])
 """
 
-from importlib import import_module
-from typing import Any
+from ganno_lightning._lazy import lazy_exports
 
 _EXPORTS = {
     "BinaryTournament": "core",
@@ -38,13 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(f"ganno_lightning.pbt.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'ganno_lightning.pbt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
