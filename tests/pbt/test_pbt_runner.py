@@ -77,7 +77,8 @@ def _wait_for(predicate, timeout, what):
 
 def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_path):
     pop = tmp_path / "pop"
-    overrides = [f"population_dir={pop}", "max_epochs=6", "preflight=false"]
+    epochs = 30  # long enough that member 0 cannot finish between its first report and the kill, even on a fast machine
+    overrides = [f"population_dir={pop}", f"max_epochs={epochs}", "preflight=false"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     coordinator = subprocess.Popen(
         [sys.executable, "-m", "ganno_lightning.pbt.runner", str(SMOKE), *overrides],
@@ -105,7 +106,7 @@ def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_pa
     assert steps_after[: len(steps_before)] == steps_before
     resumed = steps_after[len(steps_before):]
     assert resumed and resumed[0] > steps_before[-1]  # continued from its checkpoint, not from scratch
-    assert members[0].step == members[1].step == 6 * 4  # 6 epochs x 4 batches
+    assert members[0].step == members[1].step == epochs * 4  # 4 batches per epoch
 
     assert summary["best_member"] in (0, 1) and summary["best_score"] == min(
         r.score for r in members.values()
