@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -93,7 +92,3 @@ def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS
     unknown = [k for k in config if k not in allowed]
     if unknown:
         raise ValueError(f"`{unknown[0]}` is not a config section; expected {list(allowed)}.")
-
-
-def to_plain(config: DictConfig | dict) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.create(config), resolve=True)

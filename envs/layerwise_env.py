@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
 from lightning.pytorch.utilities import move_data_to_device
@@ -110,6 +110,19 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.divergence_penalty` and `{prefix}.val_weight` must be >= 0, "
                              f"got {self.divergence_penalty!r} and {self.val_weight!r}.")
         return self
+
+
+@contextlib.contextmanager
+def _no_trainer_warnings() -> Iterator[None]:
+    """The module runs without a Trainer: its `self.log` calls are no-ops by design, not news."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
+        yield
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    """The loss a `training_step` returned (a tensor, a dict with "loss", or None to skip)."""
+    return output["loss"] if isinstance(output, dict) else output
 
 
 class TaskError(RuntimeError):
@@ -307,17 +320,14 @@ class LayerwiseLREnv(EnvBase):
     def _train_interval(self) -> None:
         module, optimizer, device = self.task.module, self.optimizer, self.config.device
         # Collectors step envs under no_grad; the inner training needs autograd regardless.
-        with torch.enable_grad(), torch.random.fork_rng(devices=self._cuda_devices), warnings.catch_warnings():
-            # The module runs without a Trainer: its `self.log` calls are no-ops by design.
-            warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
+        with torch.enable_grad(), torch.random.fork_rng(devices=self._cuda_devices), _no_trainer_warnings():
             self._set_rng(self._train_rng)
             on_cpu = device == "cpu"
             for _ in range(self.config.interval):
                 batch_idx, batch, last_of_epoch = next(self._batches)
                 if not on_cpu:
                     batch = move_data_to_device(batch, device)
-                output = module.training_step(batch, batch_idx)
-                loss = output["loss"] if isinstance(output, dict) else output
+                loss = _loss_of(module.training_step(batch, batch_idx))
                 if loss is None:  # Lightning skips the step, so do we
                     continue
                 optimizer.zero_grad()
@@ -362,13 +372,11 @@ class LayerwiseLREnv(EnvBase):
             return None
         module, losses = self.task.module, []
         module.eval()  # no dropout, and BatchNorm statistics stay those of training data
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
+        with torch.no_grad(), _no_trainer_warnings():
             for batch_idx, batch in enumerate(self._val_loader):
                 if batch_idx >= self.config.val_batches:
                     break
-                output = module.training_step(move_data_to_device(batch, self.config.device), batch_idx)
-                loss = output["loss"] if isinstance(output, dict) else output
+                loss = _loss_of(module.training_step(move_data_to_device(batch, self.config.device), batch_idx))
                 if loss is not None:
                     losses.append(float(loss))
         module.train()

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
+from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES
 from ganno_lightning.partition import LayerPartition
 from ganno_lightning.step_hooks import OutermostStepHooks
 
