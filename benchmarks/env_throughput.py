@@ -1,10 +1,11 @@
 """LayerwiseLREnv cost per inner optimizer step vs. a plain PyTorch loop, and env steps per second.
 
-Both sides train the same model (one fixed task from the zoo, same seed) on the same data for the
-same number of optimizer steps; they alternate (A B A B ...) so both see the same machine load.
-Target: env / plain <= 1.2 at interval 25 on CPU. Then env steps/s with 1 and 2 ParallelEnv workers.
+Both sides train the same model (fixed tasks sampled from each zoo family's train split) on the
+same data for the same number of optimizer steps; they alternate (A B A B ...) so both see the same
+machine load. Target: env / plain <= 1.2 at interval 25 on CPU. Then env steps/s with 1 and 2
+ParallelEnv workers.
 
-    python benchmarks/env_throughput.py [--family mlp_digits] [--interval 25]
+    python benchmarks/env_throughput.py [--families mlp_digits cnn_digits ...] [--interval 25]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from report import write_report
 from envs import keys
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import TaskFamily, TrainingTask
-from envs.tasks import make_family
+from envs.tasks import FAMILIES, make_family
 
 RESULTS = Path(__file__).parent / "results" / "env_throughput.md"
 
@@ -76,10 +77,25 @@ def env_loop(env: LayerwiseLREnv, env_steps: int) -> float:
     return time.perf_counter() - start
 
 
+def measure(family: FixedTask, config: EnvConfig, env_steps: int, reps: int) -> tuple[list[float], list[float], str, int]:
+    """Alternating plain/env timings of one task: ``(plain seconds, env seconds, task name, agents)``."""
+    env = LayerwiseLREnv(family, config, seed=0)
+    env.reset()
+    name, layers = env.task.name, env.controller.num_agents
+    plain_loop(family.sample(None), config.interval * 2)  # warm-up
+    env_loop(env, 2)
+    plain, ours = [], []
+    for _ in range(reps):
+        plain.append(plain_loop(family.sample(None), env_steps * config.interval))
+        ours.append(env_loop(env, env_steps))
+    env.close()
+    return plain, ours, name, layers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="mlp_digits")
-    parser.add_argument("--tasks", type=int, default=4, help="tasks sampled from the family's train split")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--tasks", type=int, default=3, help="tasks sampled from each family's train split")
     parser.add_argument("--interval", type=int, default=25)
     parser.add_argument("--env-steps", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
@@ -89,26 +105,23 @@ def main() -> None:
 
     steps = args.env_steps * args.interval
     config = EnvConfig(horizon=steps + 2 * args.interval, interval=args.interval)
-    rows, total_plain, total_env = [], 0.0, 0.0
-    for task_seed in range(args.tasks):
-        family = FixedTask(args.family, task_seed)
-        env = LayerwiseLREnv(family, config, seed=0)
-        env.reset()
-        name, layers = env.task.name, env.controller.num_agents
-        plain_loop(family.sample(None), steps)  # warm-up
-        env_loop(env, 2)
-        plain, ours = [], []
-        for _ in range(args.reps):
-            plain.append(plain_loop(family.sample(None), steps))
-            ours.append(env_loop(env, args.env_steps))
-        ratio = statistics.median(o / p for o, p in zip(ours, plain))
-        total_plain, total_env = total_plain + statistics.median(plain), total_env + statistics.median(ours)
-        rows.append(f"| {name} | {layers} | {statistics.median(plain) / steps * 1e3:.3f} | "
-                    f"{statistics.median(ours) / steps * 1e3:.3f} | {ratio:.3f} |")
+    rows, family_rows, totals = [], [], {}
+    for family_name in args.families:
+        family_plain = family_env = 0.0
+        for task_seed in range(args.tasks):
+            plain, ours, name, layers = measure(FixedTask(family_name, task_seed), config, args.env_steps, args.reps)
+            ratio = statistics.median(o / p for o, p in zip(ours, plain))
+            family_plain, family_env = family_plain + statistics.median(plain), family_env + statistics.median(ours)
+            rows.append(f"| {name} | {layers} | {statistics.median(plain) / steps * 1e3:.3f} | "
+                        f"{statistics.median(ours) / steps * 1e3:.3f} | {ratio:.3f} |")
+        totals[family_name] = (family_plain, family_env)
+        family_rows.append(f"| {family_name} | {family_env / family_plain:.3f} |")
+    total_plain = sum(p for p, _ in totals.values())
+    total_env = sum(e for _, e in totals.values())
 
     throughput = {}
     for workers in (1, 2):
-        make = functools.partial(LayerwiseLREnv, make_family(args.family), config)
+        make = functools.partial(LayerwiseLREnv, make_family(args.families[0]), config)
         penv = ParallelEnv(workers, [functools.partial(make, seed=s) for s in range(workers)], num_threads=1)
         penv.rollout(2, break_when_any_done=False)  # start-up and first reset
         start = time.perf_counter()
@@ -117,21 +130,25 @@ def main() -> None:
         penv.close()
 
     lines = [
-        f"# LayerwiseLREnv throughput ({args.family}, CPU, 1 thread per process)",
+        "# LayerwiseLREnv throughput (CPU, 1 thread per process)",
         "",
         f"Interval {args.interval}; {steps} optimizer steps per measurement; {args.reps} alternating pairs per task "
         f"(plain loop, then env, same model and data); torch {torch.__version__}.",
         "",
-        "| task (train split) | agents | plain ms/step | env ms/step | env / plain |",
+        "| task (train split) | agents | plain ms/step | env ms/step | env / plain (median of pairs) |",
         "|---|---|---|---|---|",
         *rows,
-        f"| **all tasks (total time)** | | | | **{total_env / total_plain:.3f}** |",
         "",
-        "| ParallelEnv workers | env steps / s (random tasks of the family, random actions) |",
+        "| family | env / plain (total time of its tasks) |",
+        "|---|---|",
+        *family_rows,
+        f"| **all tasks** | **{total_env / total_plain:.3f}** |",
+        "",
+        f"| ParallelEnv workers | env steps / s (random {args.families[0]} tasks, random actions) |",
         "|---|---|",
         *(f"| {w} | {throughput[w]:.2f} |" for w in (1, 2)),
         "",
-        f"Command: `python benchmarks/env_throughput.py --family {args.family} --interval {args.interval}`",
+        f"Command: `python benchmarks/env_throughput.py --families {' '.join(args.families)} --interval {args.interval}`",
     ]
     write_report(lines, args.out)
 

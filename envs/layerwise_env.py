@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import warnings
 from collections.abc import Iterator
@@ -43,7 +44,8 @@ class EnvConfig:
             reach the observation exactly as a logged ``val_loss`` reaches GANNOCallback's.
         val_prob: Probability that an episode validates at all, so agents see runs with and
             without validation, as users run them.
-        val_batches: Validation batches per measurement.
+        val_batches: Validation batches per measurement: the val loader's first ones, kept for the
+            episode, so measurements differ only by training.
         val_weight: Weight of the validation term ``log(V_prev / V_now)`` in the reward (0: off).
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
@@ -288,6 +290,7 @@ class LayerwiseLREnv(EnvBase):
         self._epoch = 0
         self._batches = self._epoch_iterator()
         self._val_loader = self._optional_val_loader(task) if self.config.val_every else None
+        self._val_batches: list[Any] | None = None
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
         self._validates = self._val_loader is not None and validate_draw < self.config.val_prob
         total_steps = None if hide_draw < self.config.unknown_total_prob else self.config.horizon
@@ -334,10 +337,12 @@ class LayerwiseLREnv(EnvBase):
                 loss.backward()
                 optimizer.step()
                 self.controller.record_loss(loss.detach())
-                self._step_schedulers("step", batch_idx + 1)
-                if last_of_epoch:  # Lightning steps epoch schedulers after the epoch's last optimizer step
+                if last_of_epoch:
                     self._epoch += 1
-                    self._step_schedulers("epoch", self._epoch)
+                if self._scheduler_configs:  # Lightning steps epoch schedulers after the epoch's last step
+                    self._step_schedulers("step", batch_idx + 1)
+                    if last_of_epoch:
+                        self._step_schedulers("epoch", self._epoch)
             self._train_rng = self._get_rng()
 
     # The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
@@ -370,16 +375,18 @@ class LayerwiseLREnv(EnvBase):
         """Mean training objective on up to ``val_batches`` validation batches, fed to the observer."""
         if not self._validates:
             return None
+        if self._val_batches is None:  # the same batches every time: changes come from training alone
+            batches = itertools.islice(self._val_loader, self.config.val_batches)
+            self._val_batches = [move_data_to_device(batch, self.config.device) for batch in batches]
         module, losses = self.task.module, []
         module.eval()  # no dropout, and BatchNorm statistics stay those of training data
         with torch.no_grad(), _no_trainer_warnings():
-            for batch_idx, batch in enumerate(self._val_loader):
-                if batch_idx >= self.config.val_batches:
-                    break
-                loss = _loss_of(module.training_step(move_data_to_device(batch, self.config.device), batch_idx))
+            for batch_idx, batch in enumerate(self._val_batches):
+                loss = _loss_of(module.training_step(batch, batch_idx))
                 if loss is not None:
-                    losses.append(float(loss))
+                    losses.append(loss.detach().float().reshape(()))
         module.train()
+        losses = torch.stack(losses).tolist() if losses else []  # one host sync
         if not losses or not all(math.isfinite(x) for x in losses):
             return None
         value = sum(losses) / len(losses)

@@ -159,18 +159,16 @@ class LayerObserver:
         start, now = self._weight_sketch_start, self._gather(lambda i: self._params[i].detach())
         sketch_terms = torch.stack([now, now - start, start, self._grad_sketch_sum]).square()
         per_agent = torch.zeros(4, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
-        losses = torch.stack(self._losses).float() if self._losses else torch.zeros(0, device=self.device)
-        val = self._val_loss if self._val_loss is not None else torch.zeros((), device=self.device)
-        raw = torch.cat([
-            per_agent.reshape(-1), self._grad_sketch_sq,
-            torch.stack([losses.sum(), losses.square().sum(), val]),
-        ])
-        if reduce_fn is not None:
+        val = self._val_loss if self._val_loss is not None else self._zeros[:1]
+        losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
+        raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, val.reshape(1).float(), losses.float()])
+        if reduce_fn is not None:  # every rank records the same steps, so each step's loss is averaged
             raw = reduce_fn(raw)
-        raw = raw.double().cpu().tolist()  # the one host sync of a decision
+        raw = raw.cpu().tolist()  # the one host sync of a decision (float32 -> float is exact)
         # Host side in plain floats: a few hundred numbers, far cheaper than tiny tensor ops.
         weight_sq, update_sq, start_sq, cons_num, grad_sq = (raw[i * n:(i + 1) * n] for i in range(5))
-        loss_sum, loss_sq_sum, val_loss = raw[5 * n:]
+        val_loss, step_losses = raw[5 * n], raw[5 * n + 1:]
+        loss_sum, loss_sq_sum = sum(step_losses), sum(x * x for x in step_losses)
         k = max(self._grad_count, 1)
         per_layer = {
             "log_scale": [_log_scalar(x) for x in scales],
@@ -243,16 +241,26 @@ class LayerObserver:
     def _gather(self, tensor_of: Callable[[int], Tensor | None]) -> Tensor:
         """The sketch positions of ``tensor_of(param_index)`` for every parameter, concatenated."""
         pieces = []
-        for i, index in self._sketch_index:
+        for i, index, whole in self._sketch_index:
             t = tensor_of(i)
-            pieces.append(torch.zeros(len(index), device=self.device) if t is None
-                          else t.reshape(-1).index_select(0, index).float().to(self.device))
+            if t is None:
+                pieces.append(torch.zeros(len(index), device=self.device))
+            elif whole and t.dtype == torch.float32 and t.device == self.device:
+                pieces.append(t.reshape(-1))  # the sketch is the whole tensor: cat copies it once
+            else:
+                pieces.append(t.reshape(-1).index_select(0, index).float().to(self.device))
         return torch.cat(pieces) if pieces else torch.zeros(0, device=self.device)
 
 
-def _sketch_positions(partition: LayerPartition, size: int, seed: int) -> tuple[list[tuple[int, Tensor]], list[int]]:
-    """Fixed random positions (at most ``size`` per agent) into each parameter's flat view."""
-    per_param: list[tuple[int, Tensor]] = []
+def _sketch_positions(
+    partition: LayerPartition, size: int, seed: int
+) -> tuple[list[tuple[int, Tensor, bool]], list[int]]:
+    """Fixed random positions (at most ``size`` per agent) into each parameter's flat view.
+
+    Returns ``(param_index, positions, whole)`` per sketched parameter (``whole``: every position,
+    in order) and the agent of each sketch position.
+    """
+    per_param: list[tuple[int, Tensor, bool]] = []
     agent_of_position: list[int] = []
     param_index = 0
     for agent, layer in enumerate(partition):
@@ -266,7 +274,8 @@ def _sketch_positions(partition: LayerPartition, size: int, seed: int) -> tuple[
         for p in layer.params:
             local = chosen[(chosen >= offset) & (chosen < offset + p.numel())] - offset
             if len(local):
-                per_param.append((param_index, local.to(p.device)))
+                whole = len(local) == p.numel() and numel <= size
+                per_param.append((param_index, local.to(p.device), whole))
                 agent_of_position += [agent] * len(local)
             offset += p.numel()
             param_index += 1

@@ -124,6 +124,22 @@ def test_validation_and_unknown_length_reach_the_observation():
     assert (td["next", keys.OBSERVATION][..., FEATURE_NAMES.index("progress")][:, 0] > 0).all()
 
 
+def test_validation_measures_the_same_batches_every_time():
+    from helpers import ValidatedRegressor, regression_data
+    from torch.utils.data import DataLoader
+
+    class ReshuffledValidation(ValidatedRegressor):
+        def val_dataloader(self):  # a different order and batch split on every pass
+            return DataLoader(regression_data(64, seed=1), batch_size=16, shuffle=True)
+
+    env = tiny_env(ReshuffledValidation, val_every=1, val_prob=1.0, val_batches=2)
+    env.reset()
+    first = env._measure_validation()
+    assert first is not None and env._measure_validation() == first  # no training in between: same value
+    env.rollout(2)
+    assert env._measure_validation() != first  # training moves it
+
+
 def test_non_positive_loss_is_a_clear_error_at_reset():
     class Negative(TinyRegressor):
         def training_step(self, batch, batch_idx):
