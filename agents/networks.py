@@ -5,29 +5,52 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from typing import Any
+
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
+from torchrl.data import Composite, Unbounded
+from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 from torchrl.modules import ProbabilisticActor
 
 from envs import keys
+from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer, pool_agents
+from ganno_lightning.policy import ObservationNormalizer, PolicyNet, pool_agents
 
 LOGITS = (keys.GROUP, "logits")
 LOG_PROB = (keys.GROUP, "action_log_prob")
 STATE_VALUE = (keys.GROUP, "state_value")
+#: A recurrent actor's per-agent state before the decision; the actor writes ("next", *POLICY_STATE).
+POLICY_STATE = (keys.GROUP, "policy_state")
 
 
 class NormalizedPolicy(nn.Module):
     """Normaliser then policy: exactly what :class:`GANNOAgent` runs at deployment."""
 
-    def __init__(self, normalizer: ObservationNormalizer, net: LayerPolicyNet) -> None:
+    def __init__(self, normalizer: ObservationNormalizer, net: PolicyNet) -> None:
         super().__init__()
         self.normalizer = normalizer
         self.net = net
 
-    def forward(self, observation: Tensor, mask: Tensor) -> Tensor:
-        return self.net(self.normalizer(observation), mask)
+    def forward(self, observation: Tensor, mask: Tensor, state: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        logits, next_state = self.net.step(self.normalizer(observation), mask, state)
+        return logits if next_state is None else (logits, next_state)
+
+
+def recurrent_env(family: Any, settings: Any, seed: int, state_size: int) -> EnvBase:
+    """A :class:`LayerwiseLREnv` that carries a recurrent actor's state from step to step.
+
+    TorchRL's ``TensorDictPrimer`` puts a zero ``POLICY_STATE`` in every reset (a new training run,
+    a fresh memory) and declares it in the specs; the actor writes the next state under ``"next"``,
+    and the collector moves it to the following step. Losses recompute the actor from the stored
+    state of each step (truncated backpropagation through one decision).
+    """
+    env = LayerwiseLREnv(family, settings, seed=seed)
+    state = Unbounded(shape=(env.max_agents, state_size))
+    primer = TensorDictPrimer(Composite({keys.GROUP: Composite({"policy_state": state}, shape=(env.max_agents,))}),
+                              default_value=0.0)
+    return TransformedEnv(env, primer)
 
 
 class LayerCritic(nn.Module):
@@ -104,8 +127,13 @@ def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str
     """
     if algorithm not in ("mappo", "ippo"):
         raise ValueError(f"`algorithm` must be 'mappo' or 'ippo', got {algorithm!r}.")
-    policy = TensorDictModule(NormalizedPolicy(agent.normalizer, agent.actor),
-                              in_keys=[keys.OBSERVATION, keys.MASK], out_keys=[LOGITS])
+    if agent.recurrent:
+        policy = TensorDictModule(NormalizedPolicy(agent.normalizer, agent.actor),
+                                  in_keys=[keys.OBSERVATION, keys.MASK, POLICY_STATE],
+                                  out_keys=[LOGITS, ("next", *POLICY_STATE)])
+    else:
+        policy = TensorDictModule(NormalizedPolicy(agent.normalizer, agent.actor),
+                                  in_keys=[keys.OBSERVATION, keys.MASK], out_keys=[LOGITS])
     actor = ProbabilisticActor(policy, in_keys={"logits": LOGITS}, out_keys=[keys.ACTION],
                                distribution_class=torch.distributions.Categorical, return_log_prob=True,
                                log_prob_key=LOG_PROB)

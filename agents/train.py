@@ -32,7 +32,7 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules
+from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules, recurrent_env
 from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
@@ -43,6 +43,7 @@ from ganno_lightning.agent import GANNOAgent
 class AlgoConfig:
     algorithm: str = "mappo"  # mappo (centralised critic) | ippo (critic on own features)
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])  # actor MLP
+    recurrent_size: int = 0  # > 0: a GRU on top of the actor's MLP, with this state size per layer
     critic_hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
     lr: float = 3e-4  # Adam, actor and critic
@@ -105,6 +106,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     for name in ("frames_per_batch", "total_frames", "workers", "checkpoint_every", "threads"):
         if getattr(run, name) <= 0:
             raise ValueError(f"`run.{name}` must be a positive int, got {getattr(run, name)!r}.")
+    if algo.recurrent_size < 0:
+        raise ValueError(f"`algo.recurrent_size` must be >= 0 (0: feed-forward actor), got {algo.recurrent_size!r}.")
     for name in ("epochs", "minibatch_size"):
         if getattr(algo, name) <= 0:
             raise ValueError(f"`algo.{name}` must be a positive int, got {getattr(algo, name)!r}.")
@@ -124,7 +127,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
 
 def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
     """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray."""
-    common = dict(frames_per_batch=run.frames_per_batch, total_frames=-1)
+    # Our envs already carry what the policy reads (a recurrent actor's state comes from `recurrent_env`).
+    common = dict(frames_per_batch=run.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False)
     if run.backend == "ray":
         from torchrl.collectors.distributed import RayCollector
 
@@ -186,7 +190,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     # -- networks and loss ------------------------------------------------------------------------
     agent = GANNOAgent.create(hidden_sizes=algo.hidden_sizes, activation=algo.activation,
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
-                              scale_bounds=tuple(env_settings.scale_bounds), seed=run.seed)
+                              scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
+                              seed=run.seed)
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm)
     normalizer_stats = RunningNormalizer(agent.normalizer)
     loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss
@@ -213,8 +218,12 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     # -- environments -----------------------------------------------------------------------------
     # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
     # A resumed run continues on new task seeds, not on the sequence it already trained on.
-    env_fns = [functools.partial(LayerwiseLREnv, family, env_settings,
-                                 seed=run.seed * 1000 + i + 100_003 * iteration) for i in range(run.workers)]
+    seeds = [run.seed * 1000 + i + 100_003 * iteration for i in range(run.workers)]
+    if algo.recurrent_size:
+        env_fns = [functools.partial(recurrent_env, family, env_settings, seed=s, state_size=algo.recurrent_size)
+                   for s in seeds]
+    else:
+        env_fns = [functools.partial(LayerwiseLREnv, family, env_settings, seed=s) for s in seeds]
     buffer = ReplayBuffer(storage=LazyTensorStorage(run.frames_per_batch), sampler=SamplerWithoutReplacement(),
                           batch_size=algo.minibatch_size)
     logger = _Logger(out_dir, plain_config, run, resume=iteration > 0)

@@ -14,7 +14,13 @@ from torch import Tensor
 
 from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, FEATURES_VERSION
 from ganno_lightning.lr_control import check_scale_bounds
-from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
+from ganno_lightning.policy import (
+    LayerPolicyNet,
+    ObservationNormalizer,
+    PolicyNet,
+    RecurrentLayerPolicyNet,
+    build_policy,
+)
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
 FORMAT_VERSION = 1
@@ -39,7 +45,7 @@ class GANNOAgent:
     evaluation summary it came from.
 
     Args:
-        actor: The shared policy network.
+        actor: The shared policy network (feed-forward, or recurrent with a per-layer GRU state).
         normalizer: Observation statistics from meta-training.
         action_multipliers: The multiplier of the current scale each action applies.
         interval: Optimizer steps between decisions the agent was trained with.
@@ -56,11 +62,19 @@ class GANNOAgent:
         >>> observation = torch.zeros(3, len(FEATURE_NAMES))  # three layers
         >>> agent.act(observation).shape
         torch.Size([3])
+
+    A recurrent agent carries a state from one decision to the next::
+
+        >>> agent = GANNOAgent.create(hidden_sizes=(32,), recurrent_size=16, seed=0)
+        >>> actions, state = agent.decide(observation)  # first decision: zero state
+        >>> actions, state = agent.decide(observation, state)
+        >>> state.shape
+        torch.Size([3, 16])
     """
 
     def __init__(
         self,
-        actor: LayerPolicyNet,
+        actor: PolicyNet,
         normalizer: ObservationNormalizer,
         *,
         action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
@@ -98,20 +112,58 @@ class GANNOAgent:
         action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
         interval: int = 25,
         scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        recurrent_size: int = 0,
         seed: int | None = None,
     ) -> GANNOAgent:
-        """A fresh, untrained agent (the starting point of meta-training)."""
+        """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU."""
         if seed is not None:
             torch.manual_seed(seed)
-        actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
+        if recurrent_size:
+            actor = RecurrentLayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation,
+                                            recurrent_size=recurrent_size)
+        else:
+            actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
         return cls(actor, ObservationNormalizer(len(FEATURE_NAMES)), action_multipliers=action_multipliers,
                    interval=interval, scale_bounds=scale_bounds)
 
     # -- acting -------------------------------------------------------------------------------
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy carries a state between decisions (see :meth:`decide`)."""
+        return self.actor.state_size > 0
+
     @torch.no_grad()
     def logits(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Action logits ``[..., num_agents, num_actions]`` for raw (unnormalised) observations."""
+        """Action logits ``[..., num_agents, num_actions]`` for raw observations (a recurrent policy: zero state)."""
         return self.actor(self.normalizer(observation.float()), mask)
+
+    @torch.no_grad()
+    def decide(
+        self,
+        observation: Tensor,
+        state: Tensor | None = None,
+        mask: Tensor | None = None,
+        deterministic: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """One decision: an action index per agent and the state to pass to the next call.
+
+        Args:
+            observation: ``[..., num_agents, num_features]`` raw features.
+            state: What the previous call returned; ``None`` at the start of a run.
+            mask: ``False`` for padded agents.
+            deterministic: The most likely action, or a sample.
+            generator: Random source of the sample.
+
+        Returns:
+            ``(actions, next_state)``; ``next_state`` is ``None`` for a feed-forward policy.
+        """
+        logits, next_state = self.actor.step(self.normalizer(observation.float()), mask, state)
+        if deterministic:
+            return logits.argmax(-1), next_state
+        probs = torch.softmax(logits, -1)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1]), next_state
 
     def act(
         self,
@@ -120,13 +172,8 @@ class GANNOAgent:
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Pick one action index per agent: the most likely one, or a sample when not deterministic."""
-        logits = self.logits(observation, mask)
-        if deterministic:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits, -1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        """Pick one action index per agent (a recurrent policy acts from its zero state: use :meth:`decide`)."""
+        return self.decide(observation, None, mask, deterministic, generator)[0]
 
     # -- files --------------------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:
@@ -207,8 +254,7 @@ class GANNOAgent:
         actor_part, norm_part = checkpoint["actor"], checkpoint["normalizer"]
         try:
             config = dict(actor_part["config"])
-            actor = LayerPolicyNet(config["num_features"], config["num_actions"], config["hidden_sizes"],
-                                   config.get("activation", "tanh"))
+            actor = build_policy(config)
             actor.load_state_dict(actor_part["state_dict"])
             normalizer = ObservationNormalizer(config["num_features"], clip=float(norm_part.get("clip", 5.0)))
             normalizer.load_state_dict({"mean": norm_part["mean"], "var": norm_part["var"]})

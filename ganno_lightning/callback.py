@@ -106,6 +106,7 @@ class GANNOCallback(Callback):
         self._generator = torch.Generator().manual_seed(seed)
         self._loaded_state: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None
+        self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         #: The :class:`~ganno_lightning.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
@@ -134,10 +135,12 @@ class GANNOCallback(Callback):
             grad_samples=self.grad_samples,
             seed=self.seed,
         )
+        self._policy_state = None
         if self._loaded_state is not None:
             self.controller.load_state_dict(self._loaded_state["controller"])
             if "generator" in self._loaded_state:
                 self._generator.set_state(self._loaded_state["generator"])
+            self._policy_state = self._loaded_state.get("policy_state")
             self._loaded_state = None
         self.schedule = self.controller.schedule
         self._final_state = None
@@ -166,7 +169,9 @@ class GANNOCallback(Callback):
         distributed = trainer.world_size > 1
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
-        actions = self.agent.act(observation, deterministic=self.deterministic, generator=self._generator)
+        # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
+        actions, self._policy_state = self.agent.decide(observation, self._policy_state,
+                                                        deterministic=self.deterministic, generator=self._generator)
         if distributed:  # sampled actions differ per rank; every rank must apply rank zero's
             actions = trainer.strategy.broadcast(actions, src=0)
         controller.apply(actions)
@@ -238,7 +243,8 @@ class GANNOCallback(Callback):
             return self._loaded_state
         else:
             return {}
-        return {"controller": controller_state, "generator": self._generator.get_state(), "interval": self.interval}
+        return {"controller": controller_state, "generator": self._generator.get_state(), "interval": self.interval,
+                "policy_state": self._policy_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at train start, once the optimizer exists.

@@ -1,8 +1,9 @@
-"""The shared per-layer policy network: one MLP for every agent, any number of agents."""
+"""The shared per-layer policy network: one MLP (optionally with a GRU) for every agent, any number of agents."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ class LayerPolicyNet(nn.Module):
 
     Every agent runs the same MLP on ``[own features, mean over agents, max over agents]``, so a
     single network controls networks of any depth, and padded agents (``mask == False``) never
-    influence the others.
+    influence the others. It is stateless: :meth:`step` returns ``None`` as the next state.
 
     Args:
         num_features: Features per agent.
@@ -93,5 +94,97 @@ class LayerPolicyNet(nn.Module):
         layers.append(nn.Linear(width, num_actions))
         self.mlp = nn.Sequential(*layers)
 
+    #: Size of the per-agent state carried between decisions (0: none).
+    state_size = 0
+
     def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.mlp(torch.cat([observation, pool_agents(observation, mask)], -1))
+
+    def step(self, observation: Tensor, mask: Tensor | None = None,
+             state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits and the next state (always ``None``: this policy has no memory)."""
+        return self(observation, mask), None
+
+
+class RecurrentLayerPolicyNet(nn.Module):
+    """Shared actor with memory: the MLP's features feed a GRU cell per agent, read by a linear head.
+
+    The state ``[..., num_agents, recurrent_size]`` carries each layer's history from one decision
+    to the next (zeros at the start of a run), so the policy can react to trends that a single
+    interval's features do not show. Agents share the weights, never their states.
+
+    Args:
+        num_features: Features per agent.
+        num_actions: Size of the action set.
+        hidden_sizes: Widths of the MLP layers before the GRU.
+        activation: One of ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"``.
+        recurrent_size: Width of the GRU state.
+
+    Example::
+
+        >>> net = RecurrentLayerPolicyNet(num_features=21, num_actions=7, recurrent_size=16)
+        >>> logits, state = net.step(torch.randn(5, 21))  # 5 agents, initial (zero) state
+        >>> logits.shape, state.shape
+        (torch.Size([5, 7]), torch.Size([5, 16]))
+        >>> logits, state = net.step(torch.randn(5, 21), state=state)  # the next decision
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (64,),
+        activation: str = "tanh",
+        recurrent_size: int = 32,
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
+        if not isinstance(recurrent_size, int) or recurrent_size <= 0:
+            raise ValueError(f"`recurrent_size` must be a positive int, got {recurrent_size!r}.")
+        self.config = {
+            "num_features": int(num_features),
+            "num_actions": int(num_actions),
+            "hidden_sizes": [int(h) for h in hidden_sizes],
+            "activation": activation,
+            "recurrent_size": recurrent_size,
+        }
+        layers: list[nn.Module] = []
+        width = 3 * num_features
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
+            width = hidden
+        self.encoder = nn.Sequential(*layers)
+        self.gru = nn.GRUCell(width, recurrent_size)
+        self.head = nn.Linear(recurrent_size, num_actions)
+        self.state_size = recurrent_size
+
+    def initial_state(self, batch_shape: Sequence[int]) -> Tensor:
+        """The zero state for ``batch_shape`` (ending in the number of agents)."""
+        return torch.zeros(*batch_shape, self.state_size, device=self.head.weight.device)
+
+    def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits from the initial state (a first decision); use :meth:`step` to carry the state."""
+        return self.step(observation, mask)[0]
+
+    def step(self, observation: Tensor, mask: Tensor | None = None,
+             state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits and the next state from observations ``[..., agents, features]`` and the last state."""
+        features = self.encoder(torch.cat([observation, pool_agents(observation, mask)], -1))
+        batch_shape = features.shape[:-1]
+        if state is None:
+            state = self.initial_state(batch_shape)
+        next_state = self.gru(features.reshape(-1, features.shape[-1]),
+                              state.reshape(-1, self.state_size)).reshape(*batch_shape, self.state_size)
+        return self.head(next_state), next_state
+
+
+PolicyNet = LayerPolicyNet | RecurrentLayerPolicyNet
+
+
+def build_policy(config: Mapping[str, Any]) -> PolicyNet:
+    """The policy a saved ``config`` describes: recurrent when it has a positive ``recurrent_size``."""
+    args = (config["num_features"], config["num_actions"], config["hidden_sizes"], config.get("activation", "tanh"))
+    if config.get("recurrent_size"):
+        return RecurrentLayerPolicyNet(*args, recurrent_size=int(config["recurrent_size"]))
+    return LayerPolicyNet(*args)

@@ -109,9 +109,9 @@ class RecordingAgent(GANNOAgent):
                          interval=base.interval, scale_bounds=base.scale_bounds)
         self.observations: list[torch.Tensor] = []
 
-    def act(self, observation, *args, **kwargs):
+    def decide(self, observation, *args, **kwargs):
         self.observations.append(observation.clone())
-        return super().act(observation, *args, **kwargs)
+        return super().decide(observation, *args, **kwargs)
 
 
 def trainer(**kwargs) -> L.Trainer:

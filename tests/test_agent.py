@@ -102,3 +102,18 @@ def test_act_masks_and_samples():
     assert agent.act(obs, mask).shape == (2, 5)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     assert torch.equal(agent.act(obs, deterministic=False, generator=g1), agent.act(obs, deterministic=False, generator=g2))
+
+
+def test_recurrent_agent_carries_its_state_and_round_trips(tmp_path):
+    agent = GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, seed=0)
+    observation = torch.randn(4, len(FEATURE_NAMES))
+    actions, state = agent.decide(observation)
+    assert actions.shape == (4,) and state.shape == (4, 8)
+    _, later = agent.decide(observation, state)
+    _, fresh = agent.decide(observation)
+    assert not torch.equal(later, fresh)  # the same observation reads differently with a history
+    loaded = GANNOAgent.load(agent.save(tmp_path / "agent.pt"))
+    assert loaded.recurrent
+    torch.testing.assert_close(loaded.decide(observation, state)[1], later)
+    feed_forward = GANNOAgent.create(seed=0)
+    assert not feed_forward.recurrent and feed_forward.decide(observation)[1] is None

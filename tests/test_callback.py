@@ -285,3 +285,15 @@ def test_checkpoint_keeps_the_users_param_group_layout(tmp_path):
     model = ValidatedRegressor(optimizer="adam", lr=0.01, scheduler="lambda")
     trainer(max_epochs=2, num_sanity_val_steps=0).fit(model, ckpt_path=tmp_path / "last.ckpt")
     assert model.trainer.global_step == 2 * STEPS_PER_EPOCH
+
+
+def test_recurrent_agent_resumes_with_its_memory(tmp_path):
+    def recurrent():
+        return GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, interval=4, seed=3)
+
+    _, straight = _fit(4, tmp_path / "a", agent=recurrent())
+    halfway = tmp_path / "a" / f"epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"  # written by the straight run itself
+    _, resumed = _fit(4, tmp_path / "c", resume=halfway, agent=recurrent())
+    assert resumed.schedule.actions == straight.schedule.actions
+    torch.testing.assert_close(resumed.state_dict()["policy_state"], straight.state_dict()["policy_state"],
+                               rtol=0, atol=0)

@@ -40,6 +40,9 @@ def population_settings(strategy: PBTStrategy, monitor: str) -> dict[str, Any]:
     }
 
 
+_SYNC_POLL_S = 0.2  # how often a synchronous member looks for slower peers
+
+
 class PBTCallback(Callback):
     r"""Make this Trainer one member of a Population Based Training population.
 
@@ -74,6 +77,13 @@ class PBTCallback(Callback):
         initial_hyperparameters: this member's starting values; sampled from the prior when ``None``.
         min_population: members that must have reported before anyone exploits.
         keep_checkpoints: how many of its own checkpoints each member keeps on disk.
+        synchronous: rank members at the same training step: a ready member waits until every
+            running peer has reported that step, and compares its peers' scores *at that step*. The
+            default (asynchronous, as Jaderberg et al.) compares against each peer's latest report,
+            which favours whichever process happens to run ahead; members must then take the same
+            number of steps per ready interval.
+        sync_timeout: seconds a synchronous member waits for slower peers (a killed member being
+            restarted, say) before ranking with their latest reports.
         seed: seeds this member's exploit/explore random stream (combined with ``member``).
 
     Raises:
@@ -112,6 +122,8 @@ class PBTCallback(Callback):
         initial_hyperparameters: Mapping[str, float] | None = None,
         min_population: int = 2,
         keep_checkpoints: int = 2,
+        synchronous: bool = False,
+        sync_timeout: float = 600.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -121,12 +133,16 @@ class PBTCallback(Callback):
             raise ValueError(f"`monitor` must be the name of a logged metric, got {monitor!r}.")
         if not isinstance(min_population, int) or min_population < 1:
             raise ValueError(f"`min_population` must be a positive int, got {min_population!r}.")
+        if not (isinstance(sync_timeout, (int, float)) and sync_timeout >= 0):
+            raise ValueError(f"`sync_timeout` must be a number of seconds >= 0, got {sync_timeout!r}.")
         if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
             raise ValueError(f"`keep_checkpoints` must be a positive int, got {keep_checkpoints!r}.")
         if population_dir is None or str(population_dir) == "":
             raise ValueError(f"`population_dir` must be a directory path, got {population_dir!r}.")
         self.population_dir = Path(population_dir)
         self.member = member
+        self.synchronous = bool(synchronous)
+        self.sync_timeout = float(sync_timeout)
         self.monitor = monitor
         self.ready = ReadyCriterion(ready_interval, ready_unit)
         self.strategy = PBTStrategy(
@@ -249,19 +265,18 @@ class PBTCallback(Callback):
 
         decision = None
         if trainer.is_global_zero and not self._is_last(trainer, progress):
-            members = self.store.members()
-            ready = {m: r for m, r in members.items() if r.score is not None and r.checkpoint}
+            ready = self._peer_reports(trainer.global_step)
             if len(ready) >= self.min_population:
-                scores = {m: r.score for m, r in ready.items()}
-                values = {m: r.hyperparameters for m, r in ready.items()}
+                scores = {m: r["score"] for m, r in ready.items()}
+                values = {m: r["hyperparameters"] for m, r in ready.items()}
                 found = self.strategy.decide(self.member, scores, values, self._rng)  # type: ignore[arg-type]
                 if found is not None:
                     decision = {
                         "donor": found.donor,
                         "hyperparameters": found.hyperparameters,
-                        "checkpoint": ready[found.donor].checkpoint,
-                        "donor_step": ready[found.donor].step,
-                        "donor_score": ready[found.donor].score,
+                        "checkpoint": ready[found.donor]["checkpoint"],
+                        "donor_step": ready[found.donor]["step"],
+                        "donor_score": ready[found.donor]["score"],
                     }
         decision = trainer.strategy.broadcast(decision)
         if decision is None:
@@ -293,6 +308,29 @@ class PBTCallback(Callback):
             f" {decision['donor']} ({decision['donor_score']:.4g}); {old} -> {self.hyperparameters}"
         )
         self._log(trainer, {"score": score, "exploited": 1.0, "donor": float(decision["donor"])})
+
+    def _peer_reports(self, step: int) -> dict[int, dict[str, Any]]:
+        """What each member reported, to rank by: its latest report, or (synchronous) its report at ``step``."""
+        members = self.store.members()
+        if self.synchronous:
+            deadline = time.monotonic() + self.sync_timeout
+            while True:
+                behind = [m for m, r in members.items() if r.status == "running" and r.step < step]
+                if not behind or time.monotonic() >= deadline:
+                    break
+                time.sleep(_SYNC_POLL_S)
+                members = self.store.members()
+            if behind:
+                rank_zero_warn(f"PBT member {self.member}: members {behind} have not reached step {step} after "
+                               f"{self.sync_timeout:g} s; ranking them by their latest reports.")
+        latest = {m: {"score": r.score, "hyperparameters": r.hyperparameters, "checkpoint": r.checkpoint,
+                      "step": r.step} for m, r in members.items()}
+        if self.synchronous:  # peers that ran ahead are judged by where they stood at this step
+            for m, report in self.store.reports_at(step).items():
+                at_step = report["checkpoint"] and Path(report["checkpoint"]).is_file()
+                # a donor whose checkpoint of that step was pruned is copied from its latest one
+                latest[m] = {**report, "step": step} if at_step else {**latest[m], "score": report["score"]}
+        return {m: r for m, r in latest.items() if r["score"] is not None and r["checkpoint"]}
 
     def _is_last(self, trainer: pl.Trainer, progress: int) -> bool:
         """No exploit at the final ready point: the reported final state must be the trained one."""

@@ -220,7 +220,8 @@ def tune_population(
         config: a :class:`~ganno_lightning.pbt.runner.PopulationConfig` (``load_config``).
         address: a Ray cluster address (``"auto"``); ``None`` starts a local Ray instance.
         ray_init: extra ``ray.init`` keyword arguments (``num_cpus`` for a local instance).
-        synch: synchronous PBT (every trial waits at each ready point); Ray's default is asynchronous.
+        synch: synchronous PBT (every trial waits at each ready point), also set by the config's
+            ``synchronous``; Ray's default is asynchronous.
 
     Returns:
         The summary also written to ``summary.json``.
@@ -248,7 +249,7 @@ def tune_population(
         trainable,
         param_space={name: _domain(tune, dim) for name, dim in space.items()},
         tune_config=tune.TuneConfig(
-            scheduler=make_scheduler(config, synch), num_samples=config.population_size, metric=config.monitor,
+            scheduler=make_scheduler(config, synch or config.synchronous), num_samples=config.population_size, metric=config.monitor,
             mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
         ),
         run_config=tune.RunConfig(

@@ -76,6 +76,8 @@ class PopulationConfig:
     perturb_factors: list[float] = field(default_factory=lambda: [0.8, 1.2])  # explore multipliers
     resample_probability: float = 0.25  # explore: chance of drawing from the prior instead
     min_population: int = 0  # members that must have reported before exploiting; 0 = population_size
+    synchronous: bool = False  # rank members at the same step (wait for slower ones) instead of latest reports
+    sync_timeout: float = 600.0  # seconds a synchronous member waits for slower ones
     max_restarts: int = 0  # restart a crashed member this many times within one run
     preflight: bool = True  # one tiny fit in the coordinator to check metric and setters first
     threads_per_member: int = 1  # torch threads per member process
@@ -173,6 +175,8 @@ def _make_callback(config: DictConfig, member: int) -> Any:
         resample_probability=config.resample_probability,
         setters=dict(config.setters),
         min_population=config.min_population or config.population_size,
+        synchronous=config.synchronous,
+        sync_timeout=config.sync_timeout,
         seed=config.seed,
     )
 

@@ -361,6 +361,13 @@ class PopulationStore:
             for r in rows
         ]
 
+    def reports_at(self, step: int) -> dict[int, dict[str, Any]]:
+        """Each member's report at exactly ``step`` (the latest, if a restarted member reported it twice)."""
+        rows = self._connect().execute(
+            "SELECT member, score, hyperparameters, checkpoint FROM history WHERE step = ? ORDER BY id", (step,)
+        )
+        return {r[0]: {"score": _score_in(r[1]), "hyperparameters": json.loads(r[2]), "checkpoint": r[3]} for r in rows}
+
     def schedule(self) -> list[dict[str, Any]]:
         """Each member's values over time: every report, plus every exploit at the step it took effect.
 

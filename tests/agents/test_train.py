@@ -109,3 +109,33 @@ def test_ray_collector_backend_on_a_local_ray_instance(tmp_path):
         ray.shutdown()
     assert [int(r["frames"]) for r in read_metrics(tmp_path)] == [16, 32, 48]
     GANNOAgent.load(path)
+
+
+def test_recurrent_actor_trains_on_worker_processes_and_deploys(tmp_path):
+    from helpers import TinyRegressor, trainer
+
+    path = train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", "run.workers=2", "algo.recurrent_size=8"])
+    agent = GANNOAgent.load(path)
+    assert agent.recurrent and agent.actor.config["recurrent_size"] == 8
+    callback = GANNOCallback(agent, interval=2)
+    trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor(optimizer="sgd", lr=0.05))
+    assert callback.state_dict()["policy_state"].shape == (len(callback.schedule.layer_names), 8)
+
+
+def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
+    from agents.networks import POLICY_STATE, recurrent_env
+    from envs.config import env_config, family_from_config
+
+    config = load_config(SMOKE)
+    env = recurrent_env(family_from_config(config), env_config(config), seed=0, state_size=8)
+    agent = GANNOAgent.create(hidden_sizes=(16,), interval=10, recurrent_size=8, seed=0)
+    actor, _ = make_modules(agent, (16,), "mappo")
+    with torch.no_grad():
+        batch = env.rollout(4, actor)
+    states, next_states = batch[POLICY_STATE], batch["next", *POLICY_STATE]
+    assert (states[0] == 0).all()  # a new training run starts with an empty memory
+    torch.testing.assert_close(states[1:], next_states[:-1])  # each step reads the state the last one wrote
+    assert not torch.equal(states[1], states[2])
+    with torch.no_grad():  # and what it wrote is the deployable agent's own next state
+        _, expected = agent.decide(batch[keys.OBSERVATION][1], states[1], mask=batch[keys.MASK][1])
+    torch.testing.assert_close(next_states[1], expected)

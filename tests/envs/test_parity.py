@@ -28,9 +28,9 @@ class ScriptedAgent(GANNOAgent):
         super().__init__(base.actor, base.normalizer, interval=INTERVAL)
         self.observations = []
 
-    def act(self, observation, *args, **kwargs):
+    def decide(self, observation, state=None, *args, **kwargs):
         self.observations.append(observation.clone())
-        return torch.tensor(SCRIPT[len(self.observations) - 1])
+        return torch.tensor(SCRIPT[len(self.observations) - 1]), state
 
 
 @pytest.mark.parametrize("scheduler", ["lambda", "epoch"])  # a per-step and a per-epoch LR scheduler

@@ -259,3 +259,39 @@ def test_missing_monitor_fails_at_the_first_ready_point_naming_the_logged_metric
         make_trainer([callback], max_epochs=2).fit(ScoredRegression())
     store = PopulationStore(tmp_path / "pop")
     assert store.history() == [] and store.members()[0].status == "failed"
+
+
+class ScheduledScore(ScoredRegression):
+    """Logs ``scores[current_epoch]``: a member that improves over time."""
+
+    def __init__(self, scores, **kwargs):
+        super().__init__(**kwargs)
+        self.scores = scores
+
+    def training_step(self, batch, batch_idx):
+        self.score = self.scores[self.current_epoch]
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("synchronous", [False, True])
+def test_synchronous_ranking_compares_members_at_the_same_step(tmp_path, synchronous):
+    # member 1 ran ahead: 0.5 after epoch 1 (step 4), 0.05 after epoch 2 (step 8)
+    make_trainer([pbt(tmp_path, 1, 0.01)], max_epochs=3).fit(ScheduledScore([0.5, 0.05, 0.05], seed=1))
+    # member 0 scores 0.3 at step 4: worse than member 1's latest report, better than its step-4 one
+    callback = pbt(tmp_path, 0, 0.5, synchronous=synchronous)
+    make_trainer([callback], max_epochs=2).fit(ScheduledScore([0.3, 0.3], seed=0))
+    assert callback.exploits == (0 if synchronous else 1)
+
+
+def test_synchronous_member_waits_for_slower_peers_then_ranks_without_them(tmp_path):
+    store = PopulationStore(tmp_path / "pop")
+    store.register(1, {"lr": 0.01})  # registered and running, but it never reports
+    callback = pbt(tmp_path, 0, 0.5, synchronous=True, sync_timeout=0.5, min_population=1)
+    with pytest.warns(UserWarning, match=r"members \[1\] have not reached step 4 after 0.5 s"):
+        make_trainer([callback], max_epochs=2).fit(ScoredRegression(lr=0.5))
+    assert callback.exploits == 0
+
+
+def test_sync_timeout_must_be_a_non_negative_number(tmp_path):
+    with pytest.raises(ValueError, match="`sync_timeout` must be a number of seconds >= 0, got -1"):
+        pbt(tmp_path, 0, 0.5, synchronous=True, sync_timeout=-1)
