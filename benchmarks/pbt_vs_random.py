@@ -1,12 +1,12 @@
 """PBT (4 members) against the best of 4 independent runs with fixed random LRs, at equal total compute.
 
-Both arms use the same runner, task (configs/pbt_digits.yaml: SGD MLP on a 400-example slice of
-scikit-learn's digits), member count, epochs per member and the *same* initial learning rates (drawn
-log-uniformly from [1e-4, 1] by the seed). The only difference is ``exploit``: ``truncation`` (PBT) or
+Both arms use the same runner, task (configs/pbt_digits.yaml: SGD-momentum MLP on scikit-learn's
+digits), member count, epochs per member and the *same* initial learning rates (drawn log-uniformly
+from the config's prior by the seed). The only difference is ``exploit``: ``truncation`` (PBT) or
 ``none`` (each member keeps its random LR: random search). The score is the best member's final
 validation loss.
 
-    PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds 0 1 2 --max-epochs 20
+    PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds 0 1 2 3 4 5 6 7 --max-epochs 12
 
 Writes benchmarks/results/pbt_vs_random.md (run directories go to a temporary folder, never the repo).
 """
@@ -60,6 +60,8 @@ def main() -> None:
 
 
 def write_report(rows: list, args: argparse.Namespace) -> None:
+    config = load_config(ROOT / "configs" / "pbt_digits.yaml", list(args.override))
+    lr = config.hyperparameters.lr
     ratios = [p["best_score"] / r["best_score"] for _, p, r in rows]
     wins = sum(p["best_score"] < r["best_score"] for _, p, r in rows)
     lines = [
@@ -68,17 +70,19 @@ def write_report(rows: list, args: argparse.Namespace) -> None:
         f"Command: `PYTHONPATH=. python benchmarks/pbt_vs_random.py --seeds {' '.join(map(str, args.seeds))}"
         f" --max-epochs {args.max_epochs}" + (f" --override {' '.join(args.override)}" if args.override else "") + "`",
         "",
-        "Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, batch 8; 400 training examples unless the"
-        " command overrides `task_kwargs.train_subset`; null = the full 1258),"
-        f" 4 members x {args.max_epochs} epochs in both arms; LR prior log-uniform [1e-4, 1]; PBT decides every 2"
-        " epochs (truncation 25%, perturb x0.8/x1.2, resample 25%). Same initial LRs in both arms.",
+        f"Task: configs/pbt_digits.yaml (digits MLP, SGD momentum 0.9, batch {config.task_kwargs.batch_size},"
+        f" training examples: {config.task_kwargs.train_subset or 'all 1258'}), 4 members x {args.max_epochs} epochs"
+        f" in both arms; LR prior log-uniform [{lr.low:g}, {lr.high:g}]; PBT decides every {config.ready_interval}"
+        f" {config.ready_unit}(s) ({'synchronous' if config.synchronous else 'asynchronous'}, truncation"
+        f" {config.quantile:.0%}, perturb x{config.perturb_factors[0]}/x{config.perturb_factors[1]}, resample"
+        f" {config.resample_probability:.0%}). Same initial LRs in both arms.",
         "",
         "| seed | PBT best final val_loss | random best final val_loss | ratio PBT/random | PBT exploits |"
         " random initial LRs | PBT best final LR | wall s (PBT / random) |",
         "|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for seed, p, r in rows:
-        lrs = ", ".join(f"{r_['lr']:.3g}" for r_ in _initial_lrs(seed))
+        lrs = ", ".join(f"{r_['lr']:.3g}" for r_ in _initial_lrs(seed, args.override))
         lines.append(
             f"| {seed} | {p['best_score']:.4f} | {r['best_score']:.4f} | {p['best_score'] / r['best_score']:.3f} |"
             f" {p['exploits']} | {lrs} | {p['best_hyperparameters']['lr']:.3g} | {p['wall_s']:.0f} / {r['wall_s']:.0f} |"
@@ -93,10 +97,10 @@ def write_report(rows: list, args: argparse.Namespace) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _initial_lrs(seed: int) -> list[dict]:
+def _initial_lrs(seed: int, overrides: list[str]) -> list[dict]:
     from ganno_lightning.pbt.runner import initial_values, validate_config
 
-    config = load_config(ROOT / "configs" / "pbt_digits.yaml", [f"seed={seed}"])
+    config = load_config(ROOT / "configs" / "pbt_digits.yaml", [*overrides, f"seed={seed}"])
     strategy = validate_config(config)
     return [initial_values(config, strategy, m) for m in range(config.population_size)]
 

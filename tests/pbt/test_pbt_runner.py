@@ -128,3 +128,16 @@ def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_pa
     write_outputs(store, config, validate_config(config))
     runs = list((pop / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_synchronous_population_ranks_every_member_at_the_same_steps(tmp_path):
+    config = load_config(SMOKE, [f"population_dir={tmp_path / 'pop'}", "synchronous=true", "population_size=3"])
+    summary = run_population(config)
+    store = PopulationStore(tmp_path / "pop")
+    steps = {m: [r["step"] for r in store.history() if r["member"] == m] for m in range(3)}
+    assert steps[0] == steps[1] == steps[2] and len(steps[0]) == config.max_epochs
+    lineage = store.lineage()
+    assert lineage
+    for event in lineage:  # every exploit copied a peer as it stood at the step the exploiter reported
+        assert store.reports_at(event.donor_step)[event.member]["score"] == pytest.approx(event.score)
+    assert summary["best_score"] == min(summary["final_scores"].values())
