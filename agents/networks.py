@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import torch
 from typing import Any
 
+import torch
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 from torchrl.data import Composite, Unbounded
@@ -22,7 +21,7 @@ LOGITS = (keys.GROUP, "logits")
 LOG_PROB = (keys.GROUP, "action_log_prob")
 STATE_VALUE = (keys.GROUP, "state_value")
 #: A recurrent actor's per-agent state before the decision; the actor writes ("next", *POLICY_STATE).
-POLICY_STATE = (keys.GROUP, "policy_state")
+POLICY_STATE = keys.POLICY_STATE
 
 
 class NormalizedPolicy(nn.Module):
@@ -48,8 +47,8 @@ def recurrent_env(family: Any, settings: Any, seed: int, state_size: int) -> Env
     """
     env = LayerwiseLREnv(family, settings, seed=seed)
     state = Unbounded(shape=(env.max_agents, state_size))
-    primer = TensorDictPrimer(Composite({keys.GROUP: Composite({"policy_state": state}, shape=(env.max_agents,))}),
-                              default_value=0.0)
+    group, name = POLICY_STATE
+    primer = TensorDictPrimer(Composite({group: Composite({name: state}, shape=(env.max_agents,))}), default_value=0.0)
     return TransformedEnv(env, primer)
 
 

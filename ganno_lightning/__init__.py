@@ -28,6 +28,7 @@ _EXPORTS = {
     "LayerPartition": "ganno_lightning.partition",
     "LayerPolicyNet": "ganno_lightning.policy",
     "ObservationNormalizer": "ganno_lightning.policy",
+    "RecurrentLayerPolicyNet": "ganno_lightning.policy",
     "LRSchedule": "ganno_lightning.schedule",
     "PBTCallback": "ganno_lightning.pbt",
     "RuleOptimizer": "ganno_lightning.nos",
@@ -51,5 +52,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.observer import LayerObserver
     from ganno_lightning.partition import LayerGroup, LayerPartition
     from ganno_lightning.pbt import PBTCallback
-    from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer
+    from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer, RecurrentLayerPolicyNet
     from ganno_lightning.schedule import LRSchedule

@@ -23,7 +23,8 @@ from ganno_lightning.policy import (
 )
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
-FORMAT_VERSION = 1
+#: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
+FORMAT_VERSION = 2
 
 #: The agent that ships inside the package (produced by ``python -m agents.train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -172,13 +173,17 @@ class GANNOAgent:
         deterministic: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Pick one action index per agent (a recurrent policy acts from its zero state: use :meth:`decide`)."""
+        """Pick one action index per agent (a recurrent policy acts from its zero state: use :meth:`decide`).
+
+        :class:`~ganno_lightning.callback.GANNOCallback` calls :meth:`decide`; override that one to
+        change how a subclass decides.
+        """
         return self.decide(observation, None, mask, deterministic, generator)[0]
 
     # -- files --------------------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.recurrent else 1,
             "feature_names": list(FEATURE_NAMES),
             "features_version": FEATURES_VERSION,
             "action_multipliers": list(self.action_multipliers),

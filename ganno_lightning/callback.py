@@ -141,6 +141,11 @@ class GANNOCallback(Callback):
             if "generator" in self._loaded_state:
                 self._generator.set_state(self._loaded_state["generator"])
             self._policy_state = self._loaded_state.get("policy_state")
+            expected = (self.controller.num_agents, self.agent.actor.state_size)
+            if self._policy_state is not None and tuple(self._policy_state.shape) != expected:
+                rank_zero_warn(f"The checkpoint's agent memory has shape {tuple(self._policy_state.shape)}, but this "
+                               f"agent keeps {expected}: it was written by another agent; starting from a fresh one.")
+                self._policy_state = None
             self._loaded_state = None
         self.schedule = self.controller.schedule
         self._final_state = None

@@ -20,6 +20,7 @@ from ganno_lightning.pbt.core import (
     Explorer,
     Hyperparameter,
     LineageEvent,
+    NoExploit,
     PBTStrategy,
     ReadyCriterion,
     make_exploiter,
@@ -78,12 +79,14 @@ class PBTCallback(Callback):
         min_population: members that must have reported before anyone exploits.
         keep_checkpoints: how many of its own checkpoints each member keeps on disk.
         synchronous: rank members at the same training step: a ready member waits until every
-            running peer has reported that step, and compares its peers' scores *at that step*. The
-            default (asynchronous, as Jaderberg et al.) compares against each peer's latest report,
-            which favours whichever process happens to run ahead; members must then take the same
-            number of steps per ready interval.
+            running peer has reported that step, and compares its peers' scores *at that step*
+            (members should take the same number of steps per ready interval; a peer without a
+            report at that step is ranked by its latest one). The default (asynchronous, as
+            Jaderberg et al.) compares against each peer's latest report, which favours whichever
+            process happens to run ahead.
         sync_timeout: seconds a synchronous member waits for slower peers (a killed member being
-            restarted, say) before ranking with their latest reports.
+            restarted, say) before ranking with their latest reports; a peer that made it wait
+            that long is not waited for again until it reports.
         seed: seeds this member's exploit/explore random stream (combined with ``member``).
 
     Raises:
@@ -133,6 +136,8 @@ class PBTCallback(Callback):
             raise ValueError(f"`monitor` must be the name of a logged metric, got {monitor!r}.")
         if not isinstance(min_population, int) or min_population < 1:
             raise ValueError(f"`min_population` must be a positive int, got {min_population!r}.")
+        if not isinstance(synchronous, bool):
+            raise ValueError(f"`synchronous` must be True or False, got {synchronous!r}.")
         if not (isinstance(sync_timeout, (int, float)) and sync_timeout >= 0):
             raise ValueError(f"`sync_timeout` must be a number of seconds >= 0, got {sync_timeout!r}.")
         if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
@@ -141,8 +146,9 @@ class PBTCallback(Callback):
             raise ValueError(f"`population_dir` must be a directory path, got {population_dir!r}.")
         self.population_dir = Path(population_dir)
         self.member = member
-        self.synchronous = bool(synchronous)
+        self.synchronous = synchronous
         self.sync_timeout = float(sync_timeout)
+        self._stragglers: dict[int, int] = {}  # peer -> its step when a wait for it timed out
         self.monitor = monitor
         self.ready = ReadyCriterion(ready_interval, ready_unit)
         self.strategy = PBTStrategy(
@@ -187,7 +193,16 @@ class PBTCallback(Callback):
             remove_stale_tmp(store.checkpoint_dir(self.member))  # only this member writes there
             start = self.initial_hyperparameters or self.strategy.sample(self._rng)
             values = store.register(self.member, start).hyperparameters
+            store.set_status(self.member, "running")  # synchronous peers wait for running members
         values = trainer.strategy.broadcast(values)
+        timeout = getattr(trainer.strategy, "_timeout", None)  # DDP's collective timeout
+        if self.synchronous and trainer.world_size > 1 and timeout is not None:
+            if self.sync_timeout >= timeout.total_seconds():
+                raise ValueError(
+                    f"`sync_timeout` ({self.sync_timeout:g} s) must be shorter than the DDP timeout"
+                    f" ({timeout.total_seconds():g} s): the other ranks wait in a broadcast meanwhile."
+                    " Lower `sync_timeout` or raise the strategy's `timeout`."
+                )
         if self.hyperparameters is None:  # a checkpoint's state (loaded after setup) takes precedence
             self.hyperparameters = self.strategy.validate_values(values)
 
@@ -265,7 +280,7 @@ class PBTCallback(Callback):
 
         decision = None
         if trainer.is_global_zero and not self._is_last(trainer, progress):
-            ready = self._peer_reports(trainer.global_step)
+            ready = self._peer_reports(trainer, trainer.global_step)
             if len(ready) >= self.min_population:
                 scores = {m: r["score"] for m, r in ready.items()}
                 values = {m: r["hyperparameters"] for m, r in ready.items()}
@@ -309,18 +324,20 @@ class PBTCallback(Callback):
         )
         self._log(trainer, {"score": score, "exploited": 1.0, "donor": float(decision["donor"])})
 
-    def _peer_reports(self, step: int) -> dict[int, dict[str, Any]]:
+    def _peer_reports(self, trainer: pl.Trainer, step: int) -> dict[int, dict[str, Any]]:
         """What each member reported, to rank by: its latest report, or (synchronous) its report at ``step``."""
         members = self.store.members()
-        if self.synchronous:
+        if self.synchronous and not isinstance(self.strategy.exploit, NoExploit):
             deadline = time.monotonic() + self.sync_timeout
             while True:
-                behind = [m for m, r in members.items() if r.status == "running" and r.step < step]
-                if not behind or time.monotonic() >= deadline:
+                behind = [m for m, r in members.items() if r.status == "running" and r.step < step
+                          and self._stragglers.get(m) != r.step]
+                if not behind or time.monotonic() >= deadline or trainer.received_sigterm:
                     break
                 time.sleep(_SYNC_POLL_S)
                 members = self.store.members()
-            if behind:
+            if behind and not trainer.received_sigterm:
+                self._stragglers.update({m: members[m].step for m in behind})
                 rank_zero_warn(f"PBT member {self.member}: members {behind} have not reached step {step} after "
                                f"{self.sync_timeout:g} s; ranking them by their latest reports.")
         latest = {m: {"score": r.score, "hyperparameters": r.hyperparameters, "checkpoint": r.checkpoint,

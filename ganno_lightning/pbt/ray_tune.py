@@ -249,7 +249,8 @@ def tune_population(
         trainable,
         param_space={name: _domain(tune, dim) for name, dim in space.items()},
         tune_config=tune.TuneConfig(
-            scheduler=make_scheduler(config, synch or config.synchronous), num_samples=config.population_size, metric=config.monitor,
+            scheduler=make_scheduler(config, synch or config.synchronous),
+            num_samples=config.population_size, metric=config.monitor,
             mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
         ),
         run_config=tune.RunConfig(

@@ -120,6 +120,8 @@ def validate_config(config: DictConfig) -> PBTStrategy:
         raise ValueError(f"`population_size` must be at least 2, got {config.population_size}.")
     if config.max_epochs < 1:
         raise ValueError(f"`max_epochs` must be a positive int, got {config.max_epochs}.")
+    if config.sync_timeout < 0:
+        raise ValueError(f"`sync_timeout` must be a number of seconds >= 0, got {config.sync_timeout}.")
     if config.min_population < 0 or config.min_population > config.population_size:
         raise ValueError(
             f"`min_population` must be in [0, population_size={config.population_size}], got {config.min_population}."
@@ -332,6 +334,7 @@ def run_population(config: DictConfig) -> dict[str, Any]:
                     restarts[member] += 1
                     procs[member] = _start_member(config_path, config, member)
                 else:
+                    store.set_status(member, "failed")  # killed members never say so themselves
                     failed.append(member)
     finally:
         for proc in procs.values():  # only on an interrupt of the coordinator itself
