@@ -50,6 +50,23 @@ class ObservationNormalizer(nn.Module):
         return ((observation - self.mean) / (self.var + 1e-8).sqrt()).clamp(-self.clip, self.clip)
 
 
+def _base_config(num_features: int, num_actions: int, hidden_sizes: Sequence[int], activation: str) -> dict[str, Any]:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
+    return {"num_features": int(num_features), "num_actions": int(num_actions),
+            "hidden_sizes": [int(h) for h in hidden_sizes], "activation": activation}
+
+
+def _pooled_mlp_layers(num_features: int, hidden_sizes: Sequence[int], activation: str) -> tuple[list[nn.Module], int]:
+    """Hidden ``Linear + activation`` layers over [own, mean, max] features, and their output width."""
+    layers: list[nn.Module] = []
+    width = 3 * num_features
+    for hidden in hidden_sizes:
+        layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
+        width = hidden
+    return layers, width
+
+
 class LayerPolicyNet(nn.Module):
     """Shared actor: logits over the action set from each agent's own and pooled features.
 
@@ -78,21 +95,9 @@ class LayerPolicyNet(nn.Module):
         activation: str = "tanh",
     ) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
-        self.config = {
-            "num_features": int(num_features),
-            "num_actions": int(num_actions),
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-        }
-        layers: list[nn.Module] = []
-        width = 3 * num_features
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
-            width = hidden
-        layers.append(nn.Linear(width, num_actions))
-        self.mlp = nn.Sequential(*layers)
+        self.config = _base_config(num_features, num_actions, hidden_sizes, activation)
+        layers, width = _pooled_mlp_layers(num_features, hidden_sizes, activation)
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, num_actions))
 
     #: Size of the per-agent state carried between decisions (0: none).
     state_size = 0
@@ -138,22 +143,11 @@ class RecurrentLayerPolicyNet(nn.Module):
         recurrent_size: int = 32,
     ) -> None:
         super().__init__()
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
         if not isinstance(recurrent_size, int) or recurrent_size <= 0:
             raise ValueError(f"`recurrent_size` must be a positive int, got {recurrent_size!r}.")
-        self.config = {
-            "num_features": int(num_features),
-            "num_actions": int(num_actions),
-            "hidden_sizes": [int(h) for h in hidden_sizes],
-            "activation": activation,
-            "recurrent_size": recurrent_size,
-        }
-        layers: list[nn.Module] = []
-        width = 3 * num_features
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
-            width = hidden
+        self.config = {**_base_config(num_features, num_actions, hidden_sizes, activation),
+                       "recurrent_size": recurrent_size}
+        layers, width = _pooled_mlp_layers(num_features, hidden_sizes, activation)
         self.encoder = nn.Sequential(*layers)
         self.gru = nn.GRUCell(width, recurrent_size)
         self.head = nn.Linear(recurrent_size, num_actions)
