@@ -57,6 +57,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from agents.baselines import SCHEDULES
+from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
     "AgentConfig",
@@ -575,20 +576,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            trainer = Trainer(
-                max_steps=job["steps"],
-                val_check_interval=job["val_every"],
-                check_val_every_n_epoch=None,  # validate every `val_every` steps across epoch boundaries
-                num_sanity_val_steps=0,
-                accelerator="cpu",  # tiny models: faster on CPU than paying for transfers
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                default_root_dir=root,
-                callbacks=callbacks,
-            )
+            # tiny models: faster on CPU than paying for transfers
+            trainer = short_run_trainer(job["steps"], job["val_every"], root, callbacks, accelerator="cpu")
             trainer.fit(module)
         result["steps_done"] = int(trainer.global_step)
         result["curve"] = recorder.curve

@@ -82,9 +82,9 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
             datamodule = load_object(task["datamodule"])(**dict(task.get("datamodule_kwargs") or {}))
         # Lightning is imported after the task is built: its import dominates a fresh worker's
         # start-up, and the task usually imports it anyway
-        import lightning.pytorch as pl
-
         from ganno_lightning.nos.callback import RuleSearchCallback
+        from ganno_lightning.short_runs import short_run_trainer
+
         cb = RuleSearchCallback(
             job["rule"],
             lr=train["lr"],
@@ -93,20 +93,9 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
             divergence_factor=train["divergence_factor"],
         )
         with tempfile.TemporaryDirectory(prefix="nos_candidate_") as root:
-            trainer = pl.Trainer(
-                max_steps=int(train["max_steps"]),
-                val_check_interval=int(train["val_check_interval"]),
-                check_val_every_n_epoch=None,
-                limit_val_batches=train.get("limit_val_batches", 1.0),
-                num_sanity_val_steps=0,
-                accelerator=train.get("accelerator", "cpu"),
-                devices=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                default_root_dir=root,
-                callbacks=[cb],
+            trainer = short_run_trainer(
+                int(train["max_steps"]), int(train["val_check_interval"]), root, [cb],
+                accelerator=train.get("accelerator", "cpu"), limit_val_batches=train.get("limit_val_batches", 1.0),
             )
             trainer.fit(module, datamodule=datamodule)
         result.update(cb.result())

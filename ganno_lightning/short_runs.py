@@ -1,0 +1,46 @@
+"""A quiet Lightning Trainer for short scored runs (agent evaluation, rule-search candidates)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def short_run_trainer(
+    max_steps: int,
+    val_every: int,
+    root: str,
+    callbacks: Sequence[Any],
+    accelerator: str = "cpu",
+    **overrides: Any,
+) -> Any:
+    """A one-device Trainer that validates every ``val_every`` steps and writes nothing of its own.
+
+    No logger, checkpoints, progress bar, model summary or sanity check: the callbacks collect what
+    the run is scored on. Validation runs every ``val_every`` optimizer steps across epoch boundaries.
+
+    Args:
+        max_steps: Optimizer steps of the run.
+        val_every: Steps between validations.
+        root: ``default_root_dir`` (a temporary directory).
+        callbacks: The run's callbacks.
+        accelerator: Lightning accelerator name.
+        **overrides: Any other ``Trainer`` keyword argument.
+    """
+    from lightning.pytorch import Trainer
+
+    return Trainer(
+        max_steps=max_steps,
+        val_check_interval=val_every,
+        check_val_every_n_epoch=None,  # validate every `val_every` steps across epoch boundaries
+        num_sanity_val_steps=0,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+        callbacks=list(callbacks),
+        **overrides,
+    )
