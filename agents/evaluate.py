@@ -22,7 +22,8 @@ tuned baselines are the same runs in every ``init_lr_x`` condition (each distinc
 once and shared).
 
 Files in ``out_dir``: ``runs.jsonl`` (each finished run, appended as it ends; a rerun with
-``resume=true`` skips runs already there with the same settings), ``results.json`` (config, every
+``resume=true`` skips runs already there with the same settings; ``baselines_from`` reuses
+another evaluation's baseline runs the same way), ``results.json`` (config, every
 run with its validation curve, the per-seed comparisons, the summary and the headline targets; a
 diverged run's ``final_val_loss`` is written as ``Infinity``, which ``json.load`` reads back as
 ``inf``), ``report.md``, ``loss_curves_<condition>.png`` and ``schedule_<condition>_<task>.png``
@@ -134,6 +135,9 @@ class EvaluateConfig:
     workers: int = 1  # parallel run processes; 1 runs in this process
     torch_threads: int = 1  # per run: tiny models train fastest single-threaded
     resume: bool = True  # reuse finished runs from out_dir/runs.jsonl with the same settings
+    # Other evaluations' out_dirs (or runs.jsonl files) whose finished baseline runs are reused when
+    # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
+    baselines_from: List[str] = field(default_factory=list)
     out_dir: str = "runs/evaluate"
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -304,6 +308,10 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.agent.interval is not None:
         _at_least(cfg.agent.interval, "agent.interval", 1)
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
+    for i, source in enumerate(cfg.baselines_from):
+        if not _runs_log(source).is_file():
+            raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{_runs_log(source)}'; give the out_dir "
+                             f"of an earlier `agents.evaluate` run (it holds {_RUNS_FILE}), got {source!r}.")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     if cfg.wandb.mode not in ("online", "offline", "disabled"):
@@ -712,6 +720,33 @@ def _failure(job: Dict[str, Any]) -> Dict[str, Any]:
     return {"id": job["id"], "key": job["key"], "task": job["task"]["id"], "seed": job["seed"],
             "method": job["method"], "lr_factor": job["lr_factor"], "status": "failed", "reason": "",
             "final_val_loss": math.inf, "final_val_acc": None, "curve": [], "steps_done": 0, "seconds": 0.0}
+
+
+def _runs_log(source: str) -> Path:
+    path = Path(source)
+    return path if path.suffix == ".jsonl" else path / _RUNS_FILE
+
+
+def _copy_baselines(jobs: List[Dict[str, Any]], sources: List[str],
+                    done: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Finished baseline runs of ``sources`` that ``jobs`` need and ``done`` lacks; added to ``done``.
+
+    Only baselines are shared: an agent run's key includes its agent file's digest, and only runs
+    whose key (task draw, seed, schedule, LR factor, steps, validation) matches are taken.
+    """
+    def missing(job: Dict[str, Any]) -> bool:
+        previous = done.get(job["id"])
+        return previous is None or previous.get("key") != job["key"] or previous.get("status") == "failed"
+
+    wanted = {job["id"]: job["key"] for job in jobs if job["agent"] is None and missing(job)}
+    copied = []
+    for source in sources:
+        for run_key, run in _read_log(_runs_log(source)).items():
+            if wanted.get(run_key) == run.get("key") and run.get("status") != "failed":
+                done[run_key] = run
+                copied.append(run)
+                del wanted[run_key]
+    return copied
 
 
 def _read_log(path: Path) -> Dict[str, Dict[str, Any]]:
@@ -1133,6 +1168,11 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     done = _read_log(log_path) if cfg.resume else {}
     if not cfg.resume and log_path.exists():
         log_path.unlink()
+    copied = _copy_baselines(jobs, cfg.baselines_from, done)
+    if copied:
+        with open(log_path, "a") as f:  # this out_dir stays self-contained: its log holds every run it reports
+            f.writelines(json.dumps(run) + "\n" for run in copied)
+        print(f"copied {len(copied)} finished baseline runs from {', '.join(cfg.baselines_from)}", flush=True)
     print(f"evaluating {len(jobs)} runs ({len(conditions_of(cfg))} conditions) in {cfg.workers} process(es)",
           flush=True)
     runs = execute(jobs, cfg.workers, log_path, done)

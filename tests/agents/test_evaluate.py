@@ -298,6 +298,25 @@ def test_rerun_reuses_finished_runs(smoke, capsys):
     assert json.loads((out / "results.json").read_text())["summary"] == before
 
 
+def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    other = tmp_path / "other"
+    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    assert ev.main([*source, f"out_dir={other}", f"baselines_from=[{out}]"]) == 0
+    printed = capsys.readouterr().out
+    assert "copied 40 finished baseline runs" in printed  # every schedule run; the 6 agent runs are trained
+    assert "[6/6]" in printed and "[7/" not in printed
+    original, reused = (json.loads((d / "results.json").read_text()) for d in (out, other))
+    assert reused["summary"] == original["summary"]  # the agent is deterministic: same report
+    assert len((other / "runs.jsonl").read_text().splitlines()) == 46  # the new out_dir holds every run
+    # a different run setting makes the stored baselines stale: nothing is copied
+    assert ev.main([*source, f"out_dir={tmp_path / 'longer'}", "steps=80", "val_every=20", "seeds=[0]",
+                    "deeper=false", "lr_grid=[1.0]", "schedules=[constant,cosine]", f"baselines_from=[{out}]"]) == 0
+    assert "copied" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"`baselines_from\[0\]`: no evaluation log at .*nowhere"):
+        ev.load_config(SMOKE, [f"baselines_from=[{tmp_path / 'nowhere'}]"])
+
+
 def test_diverging_runs_are_recorded_not_fatal(agent_file, tmp_path):
     out = tmp_path / "div"
     code = ev.main([str(SMOKE), f"agent.path={agent_file}", f"out_dir={out}", "deeper=false",
