@@ -117,6 +117,20 @@ def test_checkpoint_state_folds_back_into_the_original_layout():
     assert fresh_sched.base_lrs == [1e-3, 1e-2]
 
 
+def test_foreach_default_is_resolved_once_per_split_group_and_never_saved():
+    model, _ = model_and_adam()
+    opt = torch.optim.Adam([{"params": model[0].parameters()}, {"params": model[1].parameters(), "foreach": True},
+                            {"params": model[2].parameters(), "foreach": False}], lr=1e-3)
+    assert [g["foreach"] for g in opt.param_groups] == [None, True, False]
+    control = LayerwiseLR(opt, LayerPartition.from_module(model))
+    # what torch picks for these CPU params on each step; the user's own choices stay
+    assert [g["foreach"] for g in opt.param_groups] == [False, True, False]
+    take_steps(model, opt, 2)
+    assert [g["foreach"] for g in control.merged_optimizer_state(opt.state_dict())["param_groups"]] == [None, True, False]
+    control.close()
+    assert [g["foreach"] for g in opt.param_groups] == [None, True, False]
+
+
 def test_close_restores_the_original_groups_and_schedulers():
     model, opt = model_and_adam()
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
