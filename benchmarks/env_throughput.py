@@ -2,8 +2,10 @@
 
 Both sides train the same model (fixed tasks sampled from each zoo family's train split) on the
 same data for the same number of optimizer steps; they alternate (A B A B ...) so both see the same
-machine load. Target: env / plain <= 1.2 at interval 25 on CPU. Then env steps/s with 1 and 2
-ParallelEnv workers.
+machine load. Each measurement records wall time and the process's CPU time: everything runs in this
+one single-threaded process, so CPU time is the work done, and it is far less disturbed by other
+processes on a shared machine. Target: env / plain <= 1.2 at interval 25 on CPU. Then env steps/s
+with 1 and 2 ParallelEnv workers.
 
     python benchmarks/env_throughput.py [--families mlp_digits cnn_digits ...] [--interval 25]
 """
@@ -44,15 +46,25 @@ class FixedTask(TaskFamily):
         return self.family.max_layers(split)
 
 
-def plain_loop(task: TrainingTask, steps: int) -> float:
-    """Seconds for `steps` optimizer steps of the task in a hand-written PyTorch loop."""
+class Clock:
+    """Wall and CPU seconds since creation."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def plain_loop(task: TrainingTask, steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for `steps` optimizer steps of the task in a hand-written PyTorch loop."""
     module = task.module.train()
     optimizer = module.configure_optimizers()
     loader = module.train_dataloader()
     batches = iter(loader)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
-        start = time.perf_counter()
+        clock = Clock()
         for i in range(steps):
             try:
                 batch = next(batches)
@@ -63,22 +75,23 @@ def plain_loop(task: TrainingTask, steps: int) -> float:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return time.perf_counter() - start
+        return clock.read()
 
 
-def env_loop(env: LayerwiseLREnv, env_steps: int) -> float:
-    """Seconds for `env_steps` env steps (each `interval` optimizer steps), reset excluded."""
+def env_loop(env: LayerwiseLREnv, env_steps: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for `env_steps` env steps (each `interval` optimizer steps), reset excluded."""
     td = env.reset()
     td.set(keys.ACTION, torch.full((env.max_agents,), 3))  # x1: the same LR as the plain loop
-    start = time.perf_counter()
+    clock = Clock()
     for _ in range(env_steps):
         td = env.step(td)["next"]
         td.set(keys.ACTION, torch.full((env.max_agents,), 3))
-    return time.perf_counter() - start
+    return clock.read()
 
 
-def measure(family: FixedTask, config: EnvConfig, env_steps: int, reps: int) -> tuple[list[float], list[float], str, int]:
-    """Alternating plain/env timings of one task: ``(plain seconds, env seconds, task name, agents)``."""
+def measure(family: FixedTask, config: EnvConfig, env_steps: int, reps: int) -> tuple[list, list, str, int]:
+    """Alternating plain/env timings of one task: ``(plain, env, task name, agents)``, each a list of
+    ``(wall, CPU)`` seconds per repetition."""
     env = LayerwiseLREnv(family, config, seed=0)
     env.reset()
     name, layers = env.task.name, env.controller.num_agents
@@ -105,19 +118,23 @@ def main() -> None:
 
     steps = args.env_steps * args.interval
     config = EnvConfig(horizon=steps + 2 * args.interval, interval=args.interval)
-    rows, family_rows, totals = [], [], {}
+    rows, family_rows = [], []
+    totals = {}  # family -> [plain wall, plain CPU, env wall, env CPU] summed over its tasks
     for family_name in args.families:
-        family_plain = family_env = 0.0
+        total = totals.setdefault(family_name, [0.0] * 4)
         for task_seed in range(args.tasks):
             plain, ours, name, layers = measure(FixedTask(family_name, task_seed), config, args.env_steps, args.reps)
-            ratio = statistics.median(o / p for o, p in zip(ours, plain))
-            family_plain, family_env = family_plain + statistics.median(plain), family_env + statistics.median(ours)
-            rows.append(f"| {name} | {layers} | {statistics.median(plain) / steps * 1e3:.3f} | "
-                        f"{statistics.median(ours) / steps * 1e3:.3f} | {ratio:.3f} |")
-        totals[family_name] = (family_plain, family_env)
-        family_rows.append(f"| {family_name} | {family_env / family_plain:.3f} |")
-    total_plain = sum(p for p, _ in totals.values())
-    total_env = sum(e for _, e in totals.values())
+            cells = []
+            for clock in (0, 1):  # wall, CPU
+                plain_s = statistics.median(p[clock] for p in plain)
+                env_s = statistics.median(o[clock] for o in ours)
+                ratio = statistics.median(o[clock] / p[clock] for o, p in zip(ours, plain))
+                total[clock] += plain_s
+                total[2 + clock] += env_s
+                cells += [f"{plain_s / steps * 1e3:.3f}", f"{env_s / steps * 1e3:.3f}", f"{ratio:.3f}"]
+            rows.append(f"| {name} | {layers} | {' | '.join(cells)} |")
+        family_rows.append(f"| {family_name} | {total[2] / total[0]:.3f} | {total[3] / total[1]:.3f} |")
+    overall = [sum(t[i] for t in totals.values()) for i in range(4)]
 
     throughput = {}
     for workers in (1, 2):
@@ -135,14 +152,17 @@ def main() -> None:
         f"Interval {args.interval}; {steps} optimizer steps per measurement; {args.reps} alternating pairs per task "
         f"(plain loop, then env, same model and data); torch {torch.__version__}.",
         "",
-        "| task (train split) | agents | plain ms/step | env ms/step | env / plain (median of pairs) |",
-        "|---|---|---|---|---|",
+        "Wall: elapsed time. CPU: this process's CPU time (the same work, less disturbed by other load).",
+        "",
+        "| task (train split) | agents | plain wall ms/step | env wall ms/step | env / plain wall (median of pairs) "
+        "| plain CPU ms/step | env CPU ms/step | env / plain CPU (median of pairs) |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "| family | env / plain (total time of its tasks) |",
-        "|---|---|",
+        "| family | env / plain, wall (total time of its tasks) | env / plain, CPU |",
+        "|---|---|---|",
         *family_rows,
-        f"| **all tasks** | **{total_env / total_plain:.3f}** |",
+        f"| **all tasks** | **{overall[2] / overall[0]:.3f}** | **{overall[3] / overall[1]:.3f}** |",
         "",
         f"| ParallelEnv workers | env steps / s (random {args.families[0]} tasks, random actions) |",
         "|---|---|",
