@@ -23,6 +23,9 @@ from ganno_lightning.controller import LayerwiseController
 from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, NUM_FEATURES
 from ganno_lightning.lr_control import check_scale_bounds
 
+#: What ``divergence_factor`` multiplies: the run's first interval loss, or its lowest so far.
+DIVERGENCE_REFERENCES = ("first", "best")
+
 
 @dataclass
 class EnvConfig:
@@ -38,7 +41,9 @@ class EnvConfig:
         action_multipliers: What each action multiplies a layer's scale by.
         scale_bounds: ``[low, high]`` clip of every scale.
         grad_samples: Gradient measurements per interval (as in the callback).
-        divergence_factor: An interval loss above this times the first interval's ends the episode.
+        divergence_factor: An interval loss above this times the reference loss ends the episode.
+        divergence_reference: ``"first"``: the first interval's loss; ``"best"``: the lowest interval
+            loss so far, so a run that blows up after making progress diverges too.
         divergence_penalty: Team reward of the step on which a run diverges.
         val_every: Env steps between validation-loss measurements (0: never). Measured losses
             reach the observation exactly as a logged ``val_loss`` reaches GANNOCallback's.
@@ -62,6 +67,7 @@ class EnvConfig:
     scale_bounds: list[float] = field(default_factory=lambda: [1e-2, 1e2])
     grad_samples: int = 2
     divergence_factor: float = 10.0
+    divergence_reference: str = "first"
     divergence_penalty: float = 5.0
     val_every: int = 2
     val_prob: float = 0.5
@@ -108,6 +114,9 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.scale_bounds`: {err}") from None
         if not self.divergence_factor > 1:
             raise ValueError(f"`{prefix}.divergence_factor` must be > 1, got {self.divergence_factor!r}.")
+        if self.divergence_reference not in DIVERGENCE_REFERENCES:
+            raise ValueError(f"`{prefix}.divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "
+                             f"got {self.divergence_reference!r}.")
         if self.divergence_penalty < 0 or self.val_weight < 0:
             raise ValueError(f"`{prefix}.divergence_penalty` and `{prefix}.val_weight` must be >= 0, "
                              f"got {self.divergence_penalty!r} and {self.val_weight!r}.")
@@ -140,7 +149,8 @@ class LayerwiseLREnv(EnvBase):
     scale), trains the next interval and returns the team reward
     ``log(L_prev) - log(L_now)`` of the interval-mean training loss, so an episode's return
     telescopes to ``log(L_first / L_last)``. A run whose loss turns non-finite or exceeds
-    ``divergence_factor`` times its first interval's (or whose ``training_step`` raises mid-run)
+    ``divergence_factor`` times its first (or, with ``divergence_reference="best"``, its lowest)
+    interval loss (or whose ``training_step`` raises mid-run)
     ends the episode with ``-divergence_penalty``; the env itself never crashes on it.
 
     Observations and actions go through :class:`~ganno_lightning.controller.LayerwiseController`,
@@ -203,7 +213,7 @@ class LayerwiseLREnv(EnvBase):
                 raise TaskError(f"Task {self.task.name}: `training_step`/`backward`/`optimizer.step` raised in "
                                 f"the first interval: {type(err).__name__}: {err}") from err
             observation = self.controller.observe()
-            self._first_loss = self._prev_loss = self.controller.last_interval_loss
+            self._first_loss = self._prev_loss = self._best_loss = self.controller.last_interval_loss
             if math.isfinite(self._first_loss):
                 break
         else:
@@ -230,12 +240,14 @@ class LayerwiseLREnv(EnvBase):
             failed = True
         observation = self.controller.observe()
         loss = self.controller.last_interval_loss
-        diverged = failed or not math.isfinite(loss) or loss > self.config.divergence_factor * self._first_loss
+        reference = self._best_loss if self.config.divergence_reference == "best" else self._first_loss
+        diverged = failed or not math.isfinite(loss) or loss > self.config.divergence_factor * reference
         if diverged:
             reward = -self.config.divergence_penalty
         else:
             reward = math.log(max(self._prev_loss, 1e-12)) - math.log(max(loss, 1e-12))
             self._prev_loss = loss
+            self._best_loss = min(self._best_loss, loss)
             # Measured after the observation: like a validation epoch, it informs the next decision.
             if self._validates and self._env_steps % self.config.val_every == 0:
                 val = self._measure_validation()

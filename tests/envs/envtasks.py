@@ -72,3 +72,12 @@ class Frozen(TinyRegressor):
 
     def configure_optimizers(self):
         return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+class DropsThenSpikes(TinyRegressor):
+    """Its loss is 1.0 for 8 steps, 0.1 for 8 and 0.5 after: progress, then a 5x spike below the start."""
+
+    def training_step(self, batch, batch_idx):
+        self.calls = getattr(self, "calls", 0) + 1
+        level = 1.0 if self.calls <= 8 else 0.1 if self.calls <= 16 else 0.5
+        return super().training_step(batch, batch_idx) * 0.0 + level

@@ -3,7 +3,8 @@ import math
 
 import pytest
 import torch
-from envtasks import DepthFamily, DiesLater, EmptyData, Exploding, Frozen, RaisesInTrainingStep, RaisesLater
+from envtasks import (DepthFamily, DiesLater, DropsThenSpikes, EmptyData, Exploding, Frozen, RaisesInTrainingStep,
+                      RaisesLater)
 from helpers import TinyRegressor
 from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
@@ -88,6 +89,22 @@ def test_diverging_run_ends_the_episode_with_the_penalty():
     assert td["next", "terminated"][-1].item() and td["next", "done"][-1].item()
     assert td["next", keys.GROUP, "reward"][-1, 0, 0].item() == -3.0
     assert torch.isfinite(td["next", keys.OBSERVATION]).all()
+
+
+@pytest.mark.parametrize(("reference", "steps"), [("first", 7), ("best", 4)])
+def test_divergence_is_measured_against_the_first_or_the_best_loss(reference, steps):
+    # intervals of 4 steps: losses 1.0, 1.0, 0.1, 0.1, 0.5, ...; 0.5 is above 3 x 0.1 but not 3 x 1.0
+    env = tiny_env(DropsThenSpikes, divergence_factor=3.0, divergence_reference=reference, divergence_penalty=2.0)
+    td = env.rollout(100)
+    assert td.shape[0] == steps
+    rewards = td["next", keys.GROUP, "reward"][:, 0, 0]
+    if reference == "best":
+        assert td["next", "terminated"][-1].item() and rewards[-1].item() == -2.0
+    else:
+        assert not td["next", "terminated"].any() and td["next", "truncated"][-1].item()
+        assert rewards[3].item() == pytest.approx(math.log(0.1 / 0.5))  # the spike costs its log-ratio only
+    with pytest.raises(ValueError, match=r"`env.divergence_reference` must be one of \['first', 'best'\], got 'min'"):
+        EnvConfig(divergence_reference="min").validate()
 
 
 def test_training_step_raising_mid_episode_ends_it_as_diverged():
