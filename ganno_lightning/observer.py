@@ -125,7 +125,7 @@ class LayerObserver:
         """Record one (micro-)batch's training loss; no host sync."""
         if not (isinstance(loss, Tensor) and loss.dim() == 0 and loss.device == self.device):
             loss = torch.as_tensor(loss).reshape(()).to(self.device)
-        self._losses.append(loss.detach())
+        self._losses.append(loss.detach() if loss.requires_grad else loss)  # callers usually detach already
 
     def record_val_loss(self, loss: Tensor | float) -> None:
         """Record the latest validation loss (used until the next one is recorded)."""
