@@ -9,11 +9,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES
+from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
 from ganno_lightning.partition import LayerPartition
 from ganno_lightning.step_hooks import OutermostStepHooks
 
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+# A row is [measured per layer | fixed per layer | run-wide]; `features` builds it from these parts.
+_MEASURED = ("log_scale", "log_lr", "log_weight_rms", "log_grad_rms", "log_update_ratio", "grad_consistency")
+_FIXED = slice(len(_MEASURED), len(FEATURE_NAMES) - len(GLOBAL_FEATURES))
+assert FEATURE_NAMES[:len(_MEASURED)] == _MEASURED and FEATURE_NAMES[_FIXED.stop:] == GLOBAL_FEATURES
 _TINY = 1e-30
 _LOG_FLOOR = 1e-12
 
@@ -84,7 +88,11 @@ class LayerObserver:
         self._sample_steps = {math.ceil((j + 1) * interval / k) for j in range(k)}
         self._sketch_index, sketch_agent = _sketch_positions(partition, sketch_size, seed)
         self._sketch_agent = torch.tensor(sketch_agent, dtype=torch.long, device=self.device)
-        self._static_rows = _static_table(partition).tolist()
+        # Positions come agent by agent, so per-agent sums of a [4, positions] table are segment sums
+        # (2x faster than index_add_ along dim 1, and the same float sums).
+        assert bool((self._sketch_agent[1:] >= self._sketch_agent[:-1]).all()), "sketch positions must be in agent order"
+        self._sketch_lengths_x4 = torch.bincount(self._sketch_agent, minlength=n).expand(4, n).contiguous()
+        self._fixed_rows = [row[_FIXED] for row in _static_table(partition).tolist()]
         self._sketch_counts = [float(sketch_agent.count(i)) for i in range(n)]
         self._zeros = torch.zeros(n, device=self.device)
 
@@ -158,7 +166,7 @@ class LayerObserver:
         n = len(self.partition)
         start, now = self._weight_sketch_start, self._gather(lambda i: self._params[i].detach())
         sketch_terms = torch.stack([now, now - start, start, self._grad_sketch_sum]).square()
-        per_agent = torch.zeros(4, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
+        per_agent = torch.segment_reduce(sketch_terms, "sum", lengths=self._sketch_lengths_x4, axis=1)
         val = self._val_loss if self._val_loss is not None else self._zeros[:1]
         losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
         raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, val.reshape(1).float(), losses.float()])
@@ -202,9 +210,9 @@ class LayerObserver:
         if count and math.isfinite(loss):
             self._prev_loss = loss
         self.last_interval_loss = loss if count else float("nan")
-        rows = [[_finite(per_layer[name][i]) if name in per_layer else
-                 _finite(run[name]) if name in run else static[j] for j, name in enumerate(FEATURE_NAMES)]
-                for i, static in enumerate(self._static_rows)]
+        run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
+        measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
+        rows = [[*own, *fixed, *run_part] for own, fixed in zip(measured, self._fixed_rows)]
         return torch.tensor(rows, dtype=torch.float32)
 
     # -- state --------------------------------------------------------------------------------
