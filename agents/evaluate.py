@@ -546,13 +546,14 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         Plain data: the job's identity, ``task_name``, ``num_layers``, ``lr`` (initial), ``status``,
         ``final_val_loss``, ``final_val_acc`` (logged ``val_acc``, else argmax accuracy for
         classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check), ``steps_done``,
-        ``seconds``, and for the agent its ``schedule`` (``LRSchedule.state_dict()``).
+        ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
+        (``LRSchedule.state_dict()``).
     """
     start = time.perf_counter()
     result: Dict[str, Any] = {
         "id": job["id"], "key": job["key"], "task": job["task"]["id"], "seed": job["seed"], "method": job["method"],
         "lr_factor": job["lr_factor"], "status": "failed", "reason": "", "final_val_loss": math.inf,
-        "final_val_acc": None, "curve": [], "steps_done": 0,
+        "final_val_acc": None, "curve": [], "steps_done": 0, "torch": torch.__version__,
     }
     threads = torch.get_num_threads()
     lightning_logger = logging.getLogger("lightning.pytorch")
@@ -732,7 +733,9 @@ def _copy_baselines(jobs: List[Dict[str, Any]], sources: List[str],
     """Finished baseline runs of ``sources`` that ``jobs`` need and ``done`` lacks; added to ``done``.
 
     Only baselines are shared: an agent run's key includes its agent file's digest, and only runs
-    whose key (task draw, seed, schedule, LR factor, steps, validation) matches are taken.
+    whose key (task draw, seed, schedule, LR factor, steps, validation) matches are taken, and none
+    trained by another torch version (logs from before runs recorded it are trusted). The key does
+    not cover the code of the task zoo and schedules: reuse runs of the same code.
     """
     def missing(job: Dict[str, Any]) -> bool:
         previous = done.get(job["id"])
@@ -742,7 +745,8 @@ def _copy_baselines(jobs: List[Dict[str, Any]], sources: List[str],
     copied = []
     for source in sources:
         for run_key, run in _read_log(_runs_log(source)).items():
-            if wanted.get(run_key) == run.get("key") and run.get("status") != "failed":
+            same_torch = run.get("torch", torch.__version__) == torch.__version__
+            if wanted.get(run_key) == run.get("key") and run.get("status") != "failed" and same_torch:
                 done[run_key] = run
                 copied.append(run)
                 del wanted[run_key]

@@ -173,7 +173,8 @@ def main() -> None:
         f"ParallelEnv env steps / s (each worker trains the first {args.families[0]} task above, random actions), "
         "wall clock:",
         "",
-        "| workers | use_buffers=True (TorchRL's default: the parent spin-polls) | use_buffers=False (the parent blocks) |",
+        "| workers | use_buffers=True (TorchRL's default: the parent spin-polls) "
+        "| use_buffers=False (the parent blocks) |",
         "|---|---|---|",
         *(f"| {w} | {throughput[True, w]:.2f} | {throughput[False, w]:.2f} |" for w in (1, 2)),
         "",

@@ -82,7 +82,7 @@ class LayerwiseLR:
                 (rest if agent is None else by_agent.setdefault(agent, [])).append(p)
             pieces = ([(None, rest)] if rest or not by_agent else []) + sorted(by_agent.items())
             for agent, params in pieces:
-                hyper = {**_hyper(group), **_resolved_foreach(group, params)}
+                hyper = {**_hyper(group), **_resolved_foreach(optimizer, group, params)}
                 new_groups.append({**hyper, "params": params, **({} if agent is None else {AGENT_KEY: agent})})
                 self.group_origin.append(origin)
                 self.group_agent.append(agent)
@@ -222,17 +222,27 @@ def check_scale_bounds(scale_bounds: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
-def _resolved_foreach(group: dict[str, Any], params: Sequence[torch.Tensor]) -> dict[str, Any]:
+# torch optimizers whose functional API resolves ``foreach=None`` (with ``fused`` unset) through
+# ``_default_to_fused_or_foreach`` on every step. Others (Adafactor: None means off) are left alone.
+_FOREACH_DEFAULT_OPTIMIZERS = tuple(
+    getattr(torch.optim, name) for name in ("SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD",
+                                            "NAdam", "RAdam", "RMSprop", "Rprop") if hasattr(torch.optim, name))
+
+
+def _resolved_foreach(optimizer: torch.optim.Optimizer, group: dict[str, Any],
+                      params: Sequence[torch.Tensor]) -> dict[str, Any]:
     """``{"foreach": <torch's default for these params>}`` for a torch optimizer group left at ``None``.
 
     With ``foreach=None`` torch resolves the implementation on every ``step()`` of every group, and
     splitting one group per layer multiplies that cost: on a 4-layer MLP it is ~7 of the split's
     ~12 us per step. The default depends only on where the parameters live, so it is resolved once
     here (the same answer torch would give); :meth:`LayerwiseLR._merged_hypers` writes ``None`` back
-    into checkpoints. Empty when the group sets ``foreach`` or ``fused``, or torch's rule may differ
-    (a differentiable optimizer, a tensor LR).
+    into checkpoints. Empty unless the optimizer is one of :data:`_FOREACH_DEFAULT_OPTIMIZERS` (not
+    a subclass) whose group leaves both ``foreach`` and ``fused`` at ``None``, and torch's rule
+    cannot differ (a differentiable optimizer, a tensor LR).
     """
-    if (group.get("foreach", False) is not None or group.get("fused") or group.get("differentiable")
+    if (type(optimizer) not in _FOREACH_DEFAULT_OPTIMIZERS or "foreach" not in group or group["foreach"] is not None
+            or group.get("fused") is not None or group.get("differentiable")
             or isinstance(group.get("lr"), torch.Tensor) or not params):
         return {}
     try:

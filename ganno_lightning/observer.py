@@ -90,7 +90,8 @@ class LayerObserver:
         self._sketch_agent = torch.tensor(sketch_agent, dtype=torch.long, device=self.device)
         # Positions come agent by agent, so per-agent sums of a [4, positions] table are segment sums
         # (2x faster than index_add_ along dim 1, and the same float sums).
-        assert bool((self._sketch_agent[1:] >= self._sketch_agent[:-1]).all()), "sketch positions must be in agent order"
+        in_agent_order = bool((self._sketch_agent[1:] >= self._sketch_agent[:-1]).all())
+        assert in_agent_order, "sketch positions must come agent by agent"
         self._sketch_lengths_x4 = torch.bincount(self._sketch_agent, minlength=n).expand(4, n).contiguous()
         self._fixed_rows = [row[_FIXED] for row in _static_table(partition).tolist()]
         self._sketch_counts = [float(sketch_agent.count(i)) for i in range(n)]
@@ -166,7 +167,11 @@ class LayerObserver:
         n = len(self.partition)
         start, now = self._weight_sketch_start, self._gather(lambda i: self._params[i].detach())
         sketch_terms = torch.stack([now, now - start, start, self._grad_sketch_sum]).square()
-        per_agent = torch.segment_reduce(sketch_terms, "sum", lengths=self._sketch_lengths_x4, axis=1)
+        if self.device.type in ("cpu", "cuda"):  # the devices segment_reduce has kernels for
+            # unsafe: the lengths were checked at construction; the check would sync with the host on CUDA
+            per_agent = torch.segment_reduce(sketch_terms, "sum", lengths=self._sketch_lengths_x4, axis=1, unsafe=True)
+        else:
+            per_agent = torch.zeros(4, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
         val = self._val_loss if self._val_loss is not None else self._zeros[:1]
         losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
         raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, val.reshape(1).float(), losses.float()])
@@ -212,7 +217,7 @@ class LayerObserver:
         self.last_interval_loss = loss if count else float("nan")
         run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
         measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
-        rows = [[*own, *fixed, *run_part] for own, fixed in zip(measured, self._fixed_rows)]
+        rows = [[*own, *fixed, *run_part] for own, fixed in zip(measured, self._fixed_rows, strict=True)]
         return torch.tensor(rows, dtype=torch.float32)
 
     # -- state --------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -126,9 +128,27 @@ def test_foreach_default_is_resolved_once_per_split_group_and_never_saved():
     # what torch picks for these CPU params on each step; the user's own choices stay
     assert [g["foreach"] for g in opt.param_groups] == [False, True, False]
     take_steps(model, opt, 2)
-    assert [g["foreach"] for g in control.merged_optimizer_state(opt.state_dict())["param_groups"]] == [None, True, False]
+    saved = control.merged_optimizer_state(opt.state_dict())["param_groups"]
+    assert [g["foreach"] for g in saved] == [None, True, False]
     control.close()
     assert [g["foreach"] for g in opt.param_groups] == [None, True, False]
+
+
+def test_foreach_is_pinned_only_where_torch_would_pick_the_same(monkeypatch):
+    # as on a GPU: torch's default is foreach=True for these parameters
+    monkeypatch.setattr(importlib.import_module("torch.optim.optimizer"), "_default_to_fused_or_foreach",
+                        lambda *args, **kwargs: (False, True))
+    model, _ = model_and_adam()
+    cases = {
+        "default": (torch.optim.SGD(model[0].parameters(), lr=0.1), True),
+        "fused=False": (torch.optim.SGD(model[1].parameters(), lr=0.1, fused=False), None),  # torch: single-tensor
+        "Adafactor": (torch.optim.Adafactor(model[2].parameters(), lr=0.1), None),  # None means off there
+        "tensor lr": (torch.optim.Adam(model[2].parameters(), lr=torch.tensor(0.1)), None),
+    }
+    for name, (opt, expected) in cases.items():
+        before = dict(opt.param_groups[0])
+        LayerwiseLR(opt, LayerPartition.from_module(model, params=[p for g in opt.param_groups for p in g["params"]]))
+        assert opt.param_groups[0].get("foreach") == (expected if expected is not None else before.get("foreach")), name
 
 
 def test_close_restores_the_original_groups_and_schedulers():

@@ -313,6 +313,14 @@ def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsy
     assert ev.main([*source, f"out_dir={tmp_path / 'longer'}", "steps=80", "val_every=20", "seeds=[0]",
                     "deeper=false", "lr_grid=[1.0]", "schedules=[constant,cosine]", f"baselines_from=[{out}]"]) == 0
     assert "copied" not in capsys.readouterr().out
+    # runs trained by another torch version, or failed, are not copied
+    log = (out / "runs.jsonl").read_text().splitlines()
+    foreign = [json.loads(line) for line in log]
+    for i, run in enumerate(foreign):
+        run.update(torch="1.0.0") if i % 2 else run.update(status="failed")
+    (tmp_path / "foreign.jsonl").write_text("".join(json.dumps(run) + "\n" for run in foreign))
+    assert ev.main([*source, f"out_dir={tmp_path / 'third'}", f"baselines_from=[{tmp_path / 'foreign.jsonl'}]"]) == 0
+    assert "copied" not in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"`baselines_from\[0\]`: no evaluation log at .*nowhere"):
         ev.load_config(SMOKE, [f"baselines_from=[{tmp_path / 'nowhere'}]"])
 

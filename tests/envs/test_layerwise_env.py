@@ -97,6 +97,7 @@ def test_divergence_is_measured_against_the_first_or_the_best_loss(reference, st
     env = tiny_env(DropsThenSpikes, divergence_factor=3.0, divergence_reference=reference, divergence_penalty=2.0)
     td = env.rollout(100)
     assert td.shape[0] == steps
+    assert env.rollout(100).shape[0] == steps  # each episode measures against its own losses
     rewards = td["next", keys.GROUP, "reward"][:, 0, 0]
     if reference == "best":
         assert td["next", "terminated"][-1].item() and rewards[-1].item() == -2.0
