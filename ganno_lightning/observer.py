@@ -92,9 +92,10 @@ class LayerObserver:
         # (2x faster than index_add_ along dim 1, and the same float sums).
         in_agent_order = bool((self._sketch_agent[1:] >= self._sketch_agent[:-1]).all())
         assert in_agent_order, "sketch positions must come agent by agent"
-        self._sketch_lengths_x4 = torch.bincount(self._sketch_agent, minlength=n).expand(4, n).contiguous()
+        positions_per_agent = torch.bincount(self._sketch_agent, minlength=n)
+        self._sketch_lengths_x4 = positions_per_agent.expand(4, n).contiguous()
+        self._sketch_counts = [float(c) for c in positions_per_agent.tolist()]
         self._fixed_rows = [row[_FIXED] for row in _static_table(partition).tolist()]
-        self._sketch_counts = [float(sketch_agent.count(i)) for i in range(n)]
         self._zeros = torch.zeros(n, device=self.device)
 
         self.step = 0  # optimizer steps taken since the start of the run
