@@ -1,29 +1,19 @@
 """RuleSearchCallback with a real Lightning Trainer on the digits task."""
 
-import lightning.pytorch as pl
+import os
+
 import pytest
 import torch
 
 from ganno_lightning.nos import NonFiniteUpdateError, RuleOptimizer, RuleSearchCallback
 from ganno_lightning.nos.dsl import UnknownNameError
 from ganno_lightning.nos.tasks import DigitsClassifier
+from ganno_lightning.short_runs import short_run_trainer
 
 
-def _trainer(cb, max_steps=30, **kwargs):
-    defaults = dict(
-        max_steps=max_steps,
-        val_check_interval=10,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        callbacks=[cb],
-    )
-    defaults.update(kwargs)
-    return pl.Trainer(**defaults)
+def _trainer(cb, max_steps=30):
+    # the same quiet Trainer the rule search scores its candidates with
+    return short_run_trainer(max_steps, val_every=10, root=os.getcwd(), callbacks=[cb])
 
 
 def test_installs_rule_optimizer_and_reports_reward():
