@@ -58,6 +58,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from agents.baselines import SCHEDULES
+from ganno_lightning.agent import check_exploration
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -90,7 +91,7 @@ _SPLITS = ("train", "heldout")
 class AgentConfig:
     path: str = "default"  # agent file (GANNOAgent.save), or "default" for the agent shipped in the package
     interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
-    deterministic: bool = True  # take the most likely action (true) or sample from the policy
+    exploration: str = "mean"  # GANNOCallback's: mean (expected change), mode (likeliest action) or random
 
 
 @dataclass
@@ -307,6 +308,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"`within` must be a finite number >= 0 (0.05 for 5%), got {cfg.within!r}.")
     if cfg.agent.interval is not None:
         _at_least(cfg.agent.interval, "agent.interval", 1)
+    check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):
         if not _runs_log(source).is_file():
@@ -408,7 +410,7 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     ``lr_grid`` and of the conditions (a factor in both is one run).
     """
     conditions = conditions_of(cfg)
-    agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "deterministic": cfg.agent.deterministic,
+    agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
              "sha256": _agent_digest(cfg.agent.path)}
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
@@ -575,7 +577,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
 
             agent = job["agent"]
             ganno = GANNOCallback(_load_agent(agent["path"]), interval=agent["interval"],
-                                  deterministic=agent["deterministic"], seed=job["seed"])
+                                  exploration=agent["exploration"], seed=job["seed"])
             callbacks.append(ganno)
         else:
             with_schedule(module, job["method"], job["steps"])
@@ -1016,7 +1018,7 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
     parts = [
         "# GANNO agent vs handcrafted LR schedules",
         "",
-        f"Agent: `{cfg.agent.path}`. Suite: "
+        f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`). Suite: "
         + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s))" for e in cfg.suite)
         + f"; seeds {list(cfg.seeds)}; {cfg.steps} optimizer steps per run, validation every {cfg.val_every}; "
         f"LR grid x{', x'.join(f'{f:g}' for f in cfg.lr_grid)} of each task's sampled LR. "

@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -26,11 +26,31 @@ from ganno_lightning.policy import (
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
 FORMAT_VERSION = 2
 
+#: How an agent turns its action distribution into one LR change per layer; TorchRL's
+#: ``ExplorationType`` names (MEAN, MODE, RANDOM).
+EXPLORATION_TYPES = ("mean", "mode", "random")
+DEFAULT_EXPLORATION = "mean"
+
 #: The agent that ships inside the package (produced by ``python -m agents.train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
 
 _REQUIRED_KEYS = ("format_version", "feature_names", "action_multipliers", "interval", "scale_bounds", "actor",
                   "normalizer")
+
+
+class Decision(NamedTuple):
+    """What :meth:`GANNOAgent.decide` returns."""
+
+    multipliers: Tensor  #: ``[..., num_agents]``: what each layer's LR scale is multiplied by
+    actions: Tensor | None  #: the action indices taken; ``None`` for ``"mean"``
+    state: Tensor | None  #: a recurrent policy's memory, to pass to the next call
+
+
+def check_exploration(exploration: Any, name: str = "exploration") -> str:
+    """Return ``exploration`` if it is one of :data:`EXPLORATION_TYPES`, else raise a ``ValueError``."""
+    if exploration not in EXPLORATION_TYPES:
+        raise ValueError(f"`{name}` must be one of {list(EXPLORATION_TYPES)}, got {exploration!r}.")
+    return exploration
 
 
 class AgentCheckpointError(ValueError):
@@ -61,16 +81,16 @@ class GANNOAgent:
 
         >>> agent = GANNOAgent.create(interval=25, seed=0)
         >>> observation = torch.zeros(3, len(FEATURE_NAMES))  # three layers
-        >>> agent.act(observation).shape
+        >>> agent.decide(observation).multipliers.shape  # one LR-scale change per layer
         torch.Size([3])
 
     A recurrent agent carries a state from one decision to the next::
 
         >>> agent = GANNOAgent.create(hidden_sizes=(32,), recurrent_size=16, seed=0)
-        >>> actions, state = agent.decide(observation)  # first decision: zero state
-        >>> actions, state = agent.decide(observation, state)
-        >>> state.shape
-        torch.Size([3, 16])
+        >>> first = agent.decide(observation)  # first decision: zero state
+        >>> second = agent.decide(observation, first.state, exploration="mode")
+        >>> second.state.shape, second.actions.shape
+        (torch.Size([3, 16]), torch.Size([3]))
     """
 
     def __init__(
@@ -144,41 +164,41 @@ class GANNOAgent:
         observation: Tensor,
         state: Tensor | None = None,
         mask: Tensor | None = None,
-        deterministic: bool = True,
+        exploration: str = DEFAULT_EXPLORATION,
         generator: torch.Generator | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """One decision: an action index per agent and the state to pass to the next call.
+    ) -> Decision:
+        """One decision: a multiplier of every layer's LR scale, and the state for the next call.
 
         Args:
             observation: ``[..., num_agents, num_features]`` raw features.
-            state: What the previous call returned; ``None`` at the start of a run.
+            state: ``Decision.state`` of the previous call; ``None`` at the start of a run.
             mask: ``False`` for padded agents.
-            deterministic: The most likely action, or a sample.
-            generator: Random source of the sample.
+            exploration: One of :data:`EXPLORATION_TYPES` (TorchRL's ``ExplorationType`` names):
+                ``"mean"``: the policy's expected change, ``exp(sum_a p_a log m_a)``: the drift its
+                sampled actions had in meta-training, without their noise; ``"mode"``: the most
+                likely action; ``"random"``: a sample.
+            generator: Random source of ``"random"``.
 
         Returns:
-            ``(actions, next_state)``; ``next_state`` is ``None`` for a feed-forward policy.
+            A :class:`Decision`; its ``actions`` are ``None`` for ``"mean"``, whose multipliers lie
+            between the action set's; ``state`` is ``None`` for a feed-forward policy.
+
+        Raises:
+            ValueError: If ``exploration`` is not one of :data:`EXPLORATION_TYPES`.
         """
+        check_exploration(exploration)
         logits, next_state = self.actor.step(self.normalizer(observation.float()), mask, state)
-        if deterministic:
-            return logits.argmax(-1), next_state
-        probs = torch.softmax(logits, -1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1]), next_state
-
-    def act(
-        self,
-        observation: Tensor,
-        mask: Tensor | None = None,
-        deterministic: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Pick one action index per agent (a recurrent policy acts from its zero state: use :meth:`decide`).
-
-        :class:`~ganno_lightning.callback.GANNOCallback` calls :meth:`decide`; override that one to
-        change how a subclass decides.
-        """
-        return self.decide(observation, None, mask, deterministic, generator)[0]
+        # float64: an action's multiplier is exactly the one the environment applied in training
+        multipliers = torch.tensor(self.action_multipliers, dtype=torch.float64, device=logits.device)
+        if exploration == "mean":
+            expected = torch.softmax(logits.double(), -1) @ multipliers.log()
+            return Decision(expected.exp(), None, next_state)
+        if exploration == "mode":
+            actions = logits.argmax(-1)
+        else:
+            flat = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
+            actions = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
+        return Decision(multipliers[actions], actions, next_state)
 
     # -- files --------------------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.agent import GANNOAgent
+from ganno_lightning.agent import DEFAULT_EXPLORATION, GANNOAgent, check_exploration
 from ganno_lightning.controller import LayerwiseController
 from ganno_lightning.lr_control import check_scale_bounds
 from ganno_lightning.partition import GroupSpec
@@ -36,7 +36,11 @@ class GANNOCallback(Callback):
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
             ships with the package.
         interval: Optimizer steps between decisions; ``None`` uses the agent's own.
-        deterministic: Take the most likely action (default) or sample from the policy.
+        exploration: How the agent's action distribution becomes one LR change per layer:
+            ``"mean"`` (default): its expected log-change, which moves LRs as fast as its sampled
+            actions did in meta-training, without their noise; ``"mode"``: its most likely action,
+            which exaggerates whichever way it leans (one doubling per decision for a policy that
+            doubles 40% of the time); ``"random"``: a sample, seeded by ``seed``.
         groups: Override which parameters form an agent: glob patterns over module names, or a
             callable ``(module_name, module) -> agent name or None``. Default: one agent per
             module that owns trainable parameters.
@@ -48,7 +52,7 @@ class GANNOCallback(Callback):
         seed: Seed of the observation sketch and of action sampling.
 
     Raises:
-        ValueError: If ``interval``, ``scale_bounds`` or ``grad_samples`` are invalid.
+        ValueError: If ``interval``, ``exploration``, ``scale_bounds`` or ``grad_samples`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).
@@ -68,7 +72,7 @@ class GANNOCallback(Callback):
         agent: AgentLike = None,
         interval: int | None = None,
         *,
-        deterministic: bool = True,
+        exploration: str = DEFAULT_EXPLORATION,
         groups: GroupSpec = None,
         scale_bounds: tuple[float, float] | None = None,
         val_loss_key: str | None = "val_loss",
@@ -80,6 +84,7 @@ class GANNOCallback(Callback):
             raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
         if not isinstance(grad_samples, int) or grad_samples <= 0:
             raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
+        self.exploration = check_exploration(exploration)
         if isinstance(agent, GANNOAgent):
             self.agent = agent
         elif agent is None:
@@ -96,7 +101,6 @@ class GANNOCallback(Callback):
                 "interval-dependent features (update size, loss trend) will read differently than in training.")
         self.interval = interval if interval is not None else self.agent.interval
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
-        self.deterministic = deterministic
         self.groups = groups
         self.val_loss_key = val_loss_key
         self.save_dir = None if save_dir is None else Path(save_dir)
@@ -175,11 +179,14 @@ class GANNOCallback(Callback):
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
-        actions, self._policy_state = self.agent.decide(observation, self._policy_state,
-                                                        deterministic=self.deterministic, generator=self._generator)
-        if distributed:  # sampled actions differ per rank; every rank must apply rank zero's
-            actions = trainer.strategy.broadcast(actions, src=0)
-        controller.apply(actions)
+        multipliers, actions, self._policy_state = self.agent.decide(
+            observation, self._policy_state, exploration=self.exploration, generator=self._generator)
+        if distributed:  # samples (and float rounding) can differ per rank; every rank applies rank zero's
+            multipliers, actions = trainer.strategy.broadcast((multipliers, actions), src=0)
+        if actions is None:
+            controller.apply_multipliers(multipliers)
+        else:
+            controller.apply(actions)
         metrics = {}
         for name, lr, scale in zip(controller.partition.names, controller.lr.effective_lrs(), controller.lr.scales):
             metrics[f"ganno/lr/{name}"] = lr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -120,7 +121,19 @@ class LayerwiseController:
             raise ValueError(f"Expected one action per agent ({self.num_agents}), got {len(actions)}.")
         if min(actions) < 0 or max(actions) >= len(self._multipliers):
             raise ValueError(f"Actions must lie in [0, {len(self._multipliers) - 1}], got {actions}.")
-        self.lr.multiply([self._multipliers[a] for a in actions])
+        self.apply_multipliers([self._multipliers[a] for a in actions], actions)
+
+    def apply_multipliers(self, multipliers: Tensor | Sequence[float], actions: Sequence[int] | None = None) -> None:
+        """Multiply each agent's scale by its own factor, clip, and start a new interval.
+
+        ``actions``, if given, are the action indices the factors came from, kept in the schedule.
+        """
+        multipliers = [float(m) for m in torch.as_tensor(multipliers).reshape(-1).tolist()]
+        if len(multipliers) != self.num_agents:
+            raise ValueError(f"Expected one multiplier per agent ({self.num_agents}), got {len(multipliers)}.")
+        if not all(math.isfinite(m) and m > 0 for m in multipliers):
+            raise ValueError(f"Multipliers must be positive and finite, got {multipliers}.")
+        self.lr.multiply(multipliers)
         self.observer.start_interval()
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)
 

@@ -15,7 +15,7 @@ if __name__ == "__main__":
     rank = int(os.environ.get("LOCAL_RANK", 0))
     agent = RecordingAgent(GANNOAgent.create(interval=2, seed=0))
     # sampled actions with a different seed per rank: only the broadcast makes them agree
-    callback = GANNOCallback(agent, deterministic=False, seed=rank, save_dir=f"{out}/rank{rank}")
+    callback = GANNOCallback(agent, exploration="random", seed=rank, save_dir=f"{out}/rank{rank}")
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, callbacks=[callback],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(TinyRegressor(batch_size=4))

@@ -86,18 +86,19 @@ def depth_agent(interval: int = 4, first: int = UP, last: int = DOWN, **kwargs) 
     """A fixed policy: the first layer always takes ``first``, the last layer ``last``.
 
     A linear actor whose logits depend only on the `depth` feature (0 for the first layer, 1 for
-    the last); the normaliser is the identity.
+    the last); the normaliser is the identity. The logit gaps (>= 200) make the softmax exactly
+    one-hot in float32, so every exploration type takes the same action.
     """
     actor = LayerPolicyNet(len(FEATURE_NAMES), 7, hidden_sizes=())
     depth = FEATURE_NAMES.index("depth")
     with torch.no_grad():
         linear = actor.mlp[0]
         linear.weight.zero_()
-        linear.bias.fill_(-100.0)
-        linear.bias[first] = 5.0
-        linear.weight[first, depth] = -10.0
-        linear.bias[last] = -5.0
-        linear.weight[last, depth] = 10.0
+        linear.bias.fill_(-1000.0)
+        linear.bias[first] = 100.0
+        linear.weight[first, depth] = -200.0
+        linear.bias[last] = -100.0
+        linear.weight[last, depth] = 200.0
     return GANNOAgent(actor, ObservationNormalizer(len(FEATURE_NAMES), clip=1e9), interval=interval, **kwargs)
 
 

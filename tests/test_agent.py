@@ -99,23 +99,44 @@ def test_act_masks_and_samples():
     logits = agent.logits(obs, mask)
     # padded agents do not change what the real ones see
     torch.testing.assert_close(logits[1, :2], agent.logits(obs[1:, :2])[0])
-    assert agent.act(obs, mask).shape == (2, 5)
+    assert agent.decide(obs, mask=mask).multipliers.shape == (2, 5)
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
-    assert torch.equal(agent.act(obs, deterministic=False, generator=g1), agent.act(obs, deterministic=False, generator=g2))
+    first = agent.decide(obs, mask=mask, exploration="random", generator=g1)
+    assert torch.equal(first.actions, agent.decide(obs, mask=mask, exploration="random", generator=g2).actions)
+
+
+def test_exploration_types_turn_the_action_distribution_into_multipliers():
+    agent = GANNOAgent.create(seed=0)
+    obs = torch.randn(6, len(FEATURE_NAMES))
+    probs = torch.softmax(agent.logits(obs), -1)
+    log_m = torch.tensor(agent.action_multipliers).log()
+    mean = agent.decide(obs, exploration="mean")
+    assert mean.actions is None
+    torch.testing.assert_close(mean.multipliers.log().float(), probs @ log_m)  # the expected log-change
+    mode = agent.decide(obs, exploration="mode")
+    assert torch.equal(mode.actions, probs.argmax(-1))
+    assert mode.multipliers.tolist() == [agent.action_multipliers[a] for a in mode.actions]  # exactly the env's
+    assert mean.multipliers.min() >= min(agent.action_multipliers) and mean.multipliers.max() <= max(agent.action_multipliers)
+    samples = torch.stack([agent.decide(obs, exploration="random", generator=torch.Generator().manual_seed(s)).actions
+                           for s in range(400)])
+    # a sample's average log-change converges to the mean's
+    torch.testing.assert_close(log_m[samples].mean(0), mean.multipliers.log().float(), atol=0.12, rtol=0)
+    with pytest.raises(ValueError, match=r"`exploration` must be one of \['mean', 'mode', 'random'\], got 'greedy'"):
+        agent.decide(obs, exploration="greedy")
 
 
 def test_recurrent_agent_carries_its_state_and_round_trips(tmp_path):
     agent = GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, seed=0)
     observation = torch.randn(4, len(FEATURE_NAMES))
-    actions, state = agent.decide(observation)
+    _, actions, state = agent.decide(observation, exploration="mode")
     assert actions.shape == (4,) and state.shape == (4, 8)
-    _, later = agent.decide(observation, state)
-    _, fresh = agent.decide(observation)
+    later = agent.decide(observation, state).state
+    fresh = agent.decide(observation).state
     assert not torch.equal(later, fresh)  # the same observation reads differently with a history
     path = agent.save(tmp_path / "agent.pt")
     assert torch.load(path, weights_only=True)["format_version"] == FORMAT_VERSION == 2
     loaded = GANNOAgent.load(path)
     assert loaded.recurrent
-    torch.testing.assert_close(loaded.decide(observation, state)[1], later)
+    torch.testing.assert_close(loaded.decide(observation, state).state, later)
     feed_forward = GANNOAgent.create(seed=0)
-    assert not feed_forward.recurrent and feed_forward.decide(observation)[1] is None
+    assert not feed_forward.recurrent and feed_forward.decide(observation).state is None

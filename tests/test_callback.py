@@ -81,7 +81,7 @@ def test_frozen_model_is_a_clear_error():
 def test_each_layer_lr_moves_exactly_as_the_policy_says():
     interval = 4
     model = TinyRegressor(lr=0.05)
-    callback = GANNOCallback(depth_agent(interval))
+    callback = GANNOCallback(depth_agent(interval), exploration="mode")
     trainer(max_epochs=2, callbacks=[callback]).fit(model)
 
     optimizer = model.trainer.optimizers[0]
@@ -109,6 +109,28 @@ def test_scales_are_clipped_to_bounds():
     assert min(row[1] for row in callback.schedule.scales) == 0.25
 
 
+def test_default_exploration_applies_the_policys_expected_change():
+    # The first layer's policy is a coin flip between x2 and x1: "mean" moves it by sqrt(2) per
+    # decision (the drift its samples would have), "mode" would double it every time.
+    agent = depth_agent(4)
+    with torch.no_grad():
+        linear = agent.actor.mlp[0]
+        keep = agent.action_multipliers.index(1.0)
+        linear.bias[keep], linear.weight[keep] = linear.bias[UP], linear.weight[UP]
+    callback = GANNOCallback(agent)
+    assert callback.exploration == "mean"
+    trainer(max_epochs=2, callbacks=[callback]).fit(TinyRegressor(lr=0.05))
+    assert callback.schedule.lrs_of("net.0") == pytest.approx([0.05 * 2 ** (k / 2) for k in range(5)])
+    assert callback.schedule.lrs_of("net.2") == pytest.approx([0.05 * 0.5**k for k in range(5)])
+    assert callback.schedule.actions[1:] == [None] * 4  # no single action was taken
+
+
+@pytest.mark.parametrize("exploration", ["greedy", None, "MEAN"])
+def test_bad_exploration_is_rejected(exploration):
+    with pytest.raises(ValueError, match=r"`exploration` must be one of \['mean', 'mode', 'random'\], got "):
+        GANNOCallback(depth_agent(), exploration=exploration)
+
+
 def test_interval_argument_overrides_the_agent():
     callback = GANNOCallback(depth_agent(4), interval=2)
     trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
@@ -117,7 +139,7 @@ def test_interval_argument_overrides_the_agent():
 
 def test_sampling_mode_is_reproducible_from_seed():
     def run(seed):
-        callback = GANNOCallback(GANNOAgent.create(interval=2, seed=1), deterministic=False, seed=seed)
+        callback = GANNOCallback(GANNOAgent.create(interval=2, seed=1), exploration="random", seed=seed)
         L.seed_everything(0)
         trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
         return callback.schedule.actions

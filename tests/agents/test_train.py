@@ -137,5 +137,5 @@ def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
     torch.testing.assert_close(states[1:], next_states[:-1])  # each step reads the state the last one wrote
     assert not torch.equal(states[1], states[2])
     with torch.no_grad():  # and what it wrote is the deployable agent's own next state
-        _, expected = agent.decide(batch[keys.OBSERVATION][1], states[1], mask=batch[keys.MASK][1])
+        expected = agent.decide(batch[keys.OBSERVATION][1], states[1], mask=batch[keys.MASK][1]).state
     torch.testing.assert_close(next_states[1], expected)

@@ -10,6 +10,7 @@ from envs import keys
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import SingleTask
 from ganno_lightning import GANNOAgent, GANNOCallback
+from ganno_lightning.agent import Decision
 
 INTERVAL, HORIZON = 4, 32
 SCRIPT = [[6, 0], [5, 1], [3, 3], [0, 6], [2, 4], [6, 6], [1, 0], [4, 2]]  # one row per decision
@@ -30,7 +31,8 @@ class ScriptedAgent(GANNOAgent):
 
     def decide(self, observation, state=None, *args, **kwargs):
         self.observations.append(observation.clone())
-        return torch.tensor(SCRIPT[len(self.observations) - 1]), state
+        actions = torch.tensor(SCRIPT[len(self.observations) - 1])
+        return Decision(torch.tensor(self.action_multipliers, dtype=torch.float64)[actions], actions, state)
 
 
 @pytest.mark.parametrize("scheduler", ["lambda", "epoch"])  # a per-step and a per-epoch LR scheduler
