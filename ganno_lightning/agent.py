@@ -26,8 +26,8 @@ from ganno_lightning.policy import (
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
 FORMAT_VERSION = 2
 
-#: How an agent turns its action distribution into one LR change per layer; TorchRL's
-#: ``ExplorationType`` names (MEAN, MODE, RANDOM).
+#: How an agent turns its action distribution into one LR change per layer (names borrowed from
+#: TorchRL's ``ExplorationType``; "mean" here is the expected *log*-multiplier).
 EXPLORATION_TYPES = ("mean", "mode", "random")
 DEFAULT_EXPLORATION = "mean"
 
@@ -188,10 +188,12 @@ class GANNOAgent:
         """
         check_exploration(exploration)
         logits, next_state = self.actor.step(self.normalizer(observation.float()), mask, state)
-        # float64: an action's multiplier is exactly the one the environment applied in training
-        multipliers = torch.tensor(self.action_multipliers, dtype=torch.float64, device=logits.device)
+        # On the host in float64 (every device has it there): an action's multiplier is then exactly
+        # the float the environment applied in meta-training.
+        logits = logits.to("cpu", torch.float64)
+        multipliers = torch.tensor(self.action_multipliers, dtype=torch.float64)
         if exploration == "mean":
-            expected = torch.softmax(logits.double(), -1) @ multipliers.log()
+            expected = torch.softmax(logits, -1) @ multipliers.log()
             return Decision(expected.exp(), None, next_state)
         if exploration == "mode":
             actions = logits.argmax(-1)

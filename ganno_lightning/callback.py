@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.agent import DEFAULT_EXPLORATION, GANNOAgent, check_exploration
+from ganno_lightning.agent import DEFAULT_EXPLORATION, Decision, GANNOAgent, check_exploration
 from ganno_lightning.controller import LayerwiseController
 from ganno_lightning.lr_control import check_scale_bounds
 from ganno_lightning.partition import GroupSpec
@@ -25,7 +25,7 @@ class GANNOCallback(Callback):
     r"""Let a GANNO agent set every layer's learning rate during ``Trainer.fit``.
 
     Every ``interval`` optimizer steps, one agent per layer observes its layer's training dynamics
-    and multiplies that layer's LR scale by one of the agent's action multipliers. The effective
+    and multiplies that layer's LR scale by a factor its policy chooses (see ``exploration``). The effective
     LR of a layer is ``scheduler_lr * scale``, so your LR scheduler keeps working underneath. All
     decisions are logged to every attached logger as ``ganno/lr/<layer>`` and
     ``ganno/scale/<layer>``; with a :class:`~lightning.pytorch.loggers.WandbLogger` a heatmap and a
@@ -39,8 +39,9 @@ class GANNOCallback(Callback):
         exploration: How the agent's action distribution becomes one LR change per layer:
             ``"mean"`` (default): its expected log-change, which moves LRs as fast as its sampled
             actions did in meta-training, without their noise; ``"mode"``: its most likely action,
-            which exaggerates whichever way it leans (one doubling per decision for a policy that
-            doubles 40% of the time); ``"random"``: a sample, seeded by ``seed``.
+            which exaggerates whichever way it leans (a policy whose likeliest action, at 40%, is a
+            doubling doubles at every decision); ``"random"``: a sample, seeded by ``seed``.
+        deterministic: Deprecated: ``True`` is ``exploration="mode"``, ``False`` is ``"random"``.
         groups: Override which parameters form an agent: glob patterns over module names, or a
             callable ``(module_name, module) -> agent name or None``. Default: one agent per
             module that owns trainable parameters.
@@ -79,11 +80,16 @@ class GANNOCallback(Callback):
         save_dir: str | os.PathLike | None = None,
         grad_samples: int = 2,
         seed: int = 0,
+        deterministic: bool | None = None,
     ) -> None:
         if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
             raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
         if not isinstance(grad_samples, int) or grad_samples <= 0:
             raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
+        if deterministic is not None:
+            exploration = "mode" if deterministic else "random"
+            rank_zero_deprecation(f"`deterministic={deterministic!r}` is deprecated; it now means "
+                                  f"`exploration={exploration!r}`. Pass `exploration` instead (default 'mean').")
         self.exploration = check_exploration(exploration)
         if isinstance(agent, GANNOAgent):
             self.agent = agent
@@ -179,14 +185,15 @@ class GANNOCallback(Callback):
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
-        multipliers, actions, self._policy_state = self.agent.decide(
-            observation, self._policy_state, exploration=self.exploration, generator=self._generator)
+        decision = self.agent.decide(observation, self._policy_state, exploration=self.exploration,
+                                     generator=self._generator)
+        if not isinstance(decision, Decision):
+            raise TypeError(f"{type(self.agent).__name__}.decide must return a "
+                            f"ganno_lightning.agent.Decision(multipliers, actions, state), got {type(decision).__name__}.")
+        multipliers, actions, self._policy_state = decision
         if distributed:  # samples (and float rounding) can differ per rank; every rank applies rank zero's
             multipliers, actions = trainer.strategy.broadcast((multipliers, actions), src=0)
-        if actions is None:
-            controller.apply_multipliers(multipliers)
-        else:
-            controller.apply(actions)
+        controller.apply_multipliers(multipliers, None if actions is None else actions.tolist())
         metrics = {}
         for name, lr, scale in zip(controller.partition.names, controller.lr.effective_lrs(), controller.lr.scales):
             metrics[f"ganno/lr/{name}"] = lr

@@ -20,7 +20,7 @@ class LayerwiseController:
     """Per-layer LR control of one training run, driven from outside by a policy.
 
     It partitions the model, splits the optimizer's param groups, watches every optimizer step,
-    and on request returns the observation and applies one action per agent. It holds no policy
+    and on request returns the observation and applies one action (or factor) per agent. It holds no policy
     and knows nothing of Lightning: :class:`~ganno_lightning.callback.GANNOCallback` feeds it from
     Trainer hooks and a :class:`~ganno_lightning.agent.GANNOAgent`, the meta-training environment
     from its own loop and TorchRL, so both observe and act through identical code.
@@ -128,11 +128,13 @@ class LayerwiseController:
 
         ``actions``, if given, are the action indices the factors came from, kept in the schedule.
         """
-        multipliers = [float(m) for m in torch.as_tensor(multipliers).reshape(-1).tolist()]
+        # Never through a default-dtype tensor: float32 would round an action's multiplier.
+        values = multipliers.reshape(-1).tolist() if isinstance(multipliers, Tensor) else multipliers
+        multipliers = [float(m) for m in values]
         if len(multipliers) != self.num_agents:
-            raise ValueError(f"Expected one multiplier per agent ({self.num_agents}), got {len(multipliers)}.")
+            raise ValueError(f"`multipliers`: expected one per agent ({self.num_agents}), got {len(multipliers)}.")
         if not all(math.isfinite(m) and m > 0 for m in multipliers):
-            raise ValueError(f"Multipliers must be positive and finite, got {multipliers}.")
+            raise ValueError(f"`multipliers` must be positive and finite, got {multipliers}.")
         self.lr.multiply(multipliers)
         self.observer.start_interval()
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)

@@ -131,6 +131,21 @@ def test_bad_exploration_is_rejected(exploration):
         GANNOCallback(depth_agent(), exploration=exploration)
 
 
+@pytest.mark.parametrize("deterministic, exploration", [(True, "mode"), (False, "random")])
+def test_deprecated_deterministic_maps_to_an_exploration(deterministic, exploration):
+    with pytest.deprecated_call(match=f"now means `exploration='{exploration}'`"):
+        assert GANNOCallback(depth_agent(), deterministic=deterministic).exploration == exploration
+
+
+def test_an_agent_whose_decide_returns_no_decision_is_named():
+    class OldStyleAgent(RecordingAgent):
+        def decide(self, observation, *args, **kwargs):
+            return super().decide(observation, *args, **kwargs)[1:]  # (actions, state), the old contract
+
+    with pytest.raises(TypeError, match=r"OldStyleAgent.decide must return a ganno_lightning.agent.Decision"):
+        trainer(max_epochs=1, callbacks=[GANNOCallback(OldStyleAgent(depth_agent(4)))]).fit(TinyRegressor())
+
+
 def test_interval_argument_overrides_the_agent():
     callback = GANNOCallback(depth_agent(4), interval=2)
     trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
