@@ -5,7 +5,6 @@ import os
 import sys
 
 import lightning as L
-import torch
 from helpers import RecordingAgent, TinyRegressor
 
 from ganno_lightning import GANNOAgent, GANNOCallback
