@@ -180,6 +180,7 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({"schedules": ["constant", "step_decay"]}, [], r"`schedules` must be distinct and include \['constant', 'cosine'\]"),
         ({}, ["steps=abc"], r"`steps` in overrides"),
         ({}, ["workers=0"], r"`workers` must be an int >= 1, got 0"),
+        ({}, ["agent.exploration=argmax"], r"`agent\.exploration` must be one of \['mean', 'mode', 'random'\], got 'argmax'"),
     ],
 )
 def test_config_errors_name_the_key(config, overrides, match):
