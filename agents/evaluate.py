@@ -58,7 +58,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from agents.baselines import SCHEDULES
-from ganno_lightning.agent import check_exploration
+from ganno_lightning.agent import DEFAULT_EXPLORATION, check_exploration
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -91,7 +91,7 @@ _SPLITS = ("train", "heldout")
 class AgentConfig:
     path: str = "default"  # agent file (GANNOAgent.save), or "default" for the agent shipped in the package
     interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
-    exploration: str = "mean"  # GANNOCallback's: mean (expected change), mode (likeliest action) or random
+    exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
 
 
 @dataclass

@@ -173,7 +173,7 @@ class GANNOAgent:
             observation: ``[..., num_agents, num_features]`` raw features.
             state: ``Decision.state`` of the previous call; ``None`` at the start of a run.
             mask: ``False`` for padded agents.
-            exploration: One of :data:`EXPLORATION_TYPES` (TorchRL's ``ExplorationType`` names):
+            exploration: One of :data:`EXPLORATION_TYPES`:
                 ``"mean"``: the policy's expected change, ``exp(sum_a p_a log m_a)``: the drift its
                 sampled actions had in meta-training, without their noise; ``"mode"``: the most
                 likely action; ``"random"``: a sample.
