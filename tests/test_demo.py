@@ -23,3 +23,27 @@ def test_the_bundled_default_agent_loads_and_stays_small():
     assert DEFAULT_AGENT_PATH.stat().st_size < 200_000
     assert agent.training_config["algo"]["algorithm"] in ("mappo", "ippo")
     assert GANNOCallback().agent.interval == agent.interval
+
+
+@pytest.mark.skipif(not DEFAULT_AGENT_PATH.is_file(), reason="no default agent ships")
+def test_the_bundled_default_agent_was_trained_by_the_committed_default_config():
+    # The README promises the shipped file is reproducible from configs/ganno_default.yaml: every
+    # setting but where its outputs went must match the config it recorded while training.
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from agents.train import parse_config
+
+    config_path = Path(__file__).resolve().parents[1] / "configs" / "ganno_default.yaml"
+    raw, config = parse_config(config_path)
+    trained = GANNOAgent.default().training_config
+    for section in ("env", "family"):
+        assert trained[section] == OmegaConf.to_container(raw[section], resolve=True), section
+    assert trained["algo"] == asdict(config.algo)
+    output_paths = {"out_dir", "export"}
+    assert {k: v for k, v in trained["run"].items() if k not in output_paths} == {
+        k: v for k, v in asdict(config.run).items() if k not in output_paths
+    }
+    assert trained["trained_frames"] >= config.run.total_frames
