@@ -1,7 +1,11 @@
 import csv
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from agents.train import parse_config
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.agent import DEFAULT_AGENT_PATH
 from ganno_lightning.demo import main
@@ -29,13 +33,6 @@ def test_the_bundled_default_agent_loads_and_stays_small():
 def test_the_bundled_default_agent_was_trained_by_the_committed_default_config():
     # The README promises the shipped file is reproducible from configs/ganno_default.yaml: every
     # setting but where its outputs went must match the config it recorded while training.
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    from agents.train import parse_config
-
     config_path = Path(__file__).resolve().parents[1] / "configs" / "ganno_default.yaml"
     raw, config = parse_config(config_path)
     trained = GANNOAgent.default().training_config
