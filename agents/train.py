@@ -125,6 +125,14 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     return raw, config
 
 
+def resolved_config(raw: Any, config: TrainConfig) -> dict[str, Any]:
+    """Plain dict of the whole run's settings, as stored in checkpoints and agent files.
+
+    ``env``/``family`` come from the YAML as written; ``algo``/``run`` with every default filled in.
+    """
+    return {**OmegaConf.to_container(raw, resolve=True), **OmegaConf.to_container(OmegaConf.structured(config))}
+
+
 def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
     """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray."""
     # Our envs already carry what the policy reads (a recurrent actor's state comes from `recurrent_env`).
@@ -180,7 +188,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     algo, run = config.algo, config.run
     env_settings = env_config(raw)
     family = family_from_config(raw)  # validates the family section before any process starts
-    plain_config = {**OmegaConf.to_container(raw, resolve=True), **OmegaConf.to_container(OmegaConf.structured(config))}
+    plain_config = resolved_config(raw, config)
     out_dir = Path(run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
