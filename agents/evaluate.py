@@ -59,6 +59,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from agents.baselines import SCHEDULES
 from ganno_lightning.agent import DEFAULT_EXPLORATION, check_exploration
+from ganno_lightning.config_keys import unknown_key_error
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -223,13 +224,7 @@ def _check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean `{close[0]}`?)" if close else ""
-            where = f"`{prefix}`" if prefix else "the top level"
-            raise ValueError(
-                f"Unknown config key `{path}` in {source}{hint}. Keys at {where}: {', '.join(fields)}; "
-                "see configs/evaluate.yaml."
-            )
+            raise unknown_key_error(path, fields, source=source, see="configs/evaluate.yaml")
         kind = fields[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):

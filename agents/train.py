@@ -36,6 +36,7 @@ from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modul
 from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 from ganno_lightning.agent import GANNOAgent
 
 
@@ -96,7 +97,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     try:
         merged = OmegaConf.merge(schema, {k: raw[k] for k in ("algo", "run") if k in raw})
     except ConfigKeyError as err:
-        raise ValueError(f"`{err.full_key}` is not a training setting; see agents/train.py for the known ones.") from None
+        path = str(err.full_key)
+        raise unknown_key_error(path, known_keys_at(schema, path), see="configs/ganno_default.yaml") from None
     except ValidationError as err:
         raise ValueError(f"`{err.full_key}`: {str(err).splitlines()[0]}") from None
     config: TrainConfig = OmegaConf.to_object(merged)

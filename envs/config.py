@@ -22,6 +22,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import MixtureFamily, TaskFamily
+from ganno_lightning.config_keys import unknown_key_error
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")
@@ -47,8 +48,7 @@ def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
     try:
         merged = OmegaConf.merge(schema, raw or {})
     except ConfigKeyError as err:
-        known = ", ".join(EnvConfig.__dataclass_fields__)
-        raise ValueError(f"`{section}.{err.key}` is not an environment setting; known settings: {known}.") from None
+        raise unknown_key_error(f"{section}.{err.key}", EnvConfig.__dataclass_fields__) from None
     except ValidationError as err:
         raise ValueError(f"`{section}.{err.full_key}`: {str(err).splitlines()[0]}") from None
     return OmegaConf.to_object(merged).validate(section)
@@ -65,7 +65,7 @@ def family_from_config(config: DictConfig | dict, section: str = "family") -> Ta
     if plain["name"] == MixtureFamily.name:
         unknown = [k for k in plain if k not in ("name", "members")]
         if unknown:
-            raise ValueError(f"`{section}.{unknown[0]}` is not a mixture setting; use `name` and `members`.")
+            raise unknown_key_error(f"{section}.{unknown[0]}", ("name", "members"))
         members = plain.get("members") or []
         if not isinstance(members, list) or not members:
             raise ValueError(f"`{section}.members` must be a non-empty list of families, got {members!r}.")
@@ -74,7 +74,7 @@ def family_from_config(config: DictConfig | dict, section: str = "family") -> Ta
                               for path, m in zip(paths, members)])
     unknown = [k for k in plain if k not in _FAMILY_KEYS]
     if unknown:
-        raise ValueError(f"`{section}.{unknown[0]}` is not a family setting; use {list(_FAMILY_KEYS)}.")
+        raise unknown_key_error(f"{section}.{unknown[0]}", _FAMILY_KEYS)
     return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"), prefix=section)
 
 
@@ -91,4 +91,4 @@ def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None)
 def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:
     unknown = [k for k in config if k not in allowed]
     if unknown:
-        raise ValueError(f"`{unknown[0]}` is not a config section; expected {list(allowed)}.")
+        raise unknown_key_error(str(unknown[0]), allowed)

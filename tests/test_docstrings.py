@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
+MODULES = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller", "config_keys"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -16,7 +16,6 @@ state.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import Any, ClassVar
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ganno_lightning.config_keys import unknown_key_error
 
 #: Optimizer names a range may list. ``"sgd"`` is SGD with momentum :data:`SGD_MOMENTUM`.
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -272,7 +273,7 @@ class TaskRanges:
             >>> TaskRanges.from_config({"dept": [1, 2]}, "family.train")
             Traceback (most recent call last):
             ...
-            ValueError: Unknown key `family.train.dept` (did you mean `depth`?). Known keys: depth, ...
+            ValueError: Unknown config key `family.train.dept` (did you mean `depth`?). Known keys: depth, ...
         """
         base = default if default is not None else cls()
         if config is None:
@@ -292,9 +293,7 @@ class TaskRanges:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in config:
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f" (did you mean `{close[0]}`?)" if close else ""
-                raise ValueError(f"Unknown key `{prefix}.{key}`{hint}. Known keys: {', '.join(known)}.")
+                raise unknown_key_error(f"{prefix}.{key}", known)
         values = {name: getattr(base, name) for name in known}
         values.update(_plain(config))
         return cls(**values).validate(prefix)

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
 
@@ -140,10 +141,8 @@ def load_config(config: Union[str, os.PathLike, dict, DictConfig, SearchConfig, 
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except ConfigKeyError as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", "?")
-        raise ValueError(
-            f"unknown config key `{key}` in {source}. Known top-level keys: {sorted(SearchConfig.__dataclass_fields__)}; "
-            "check the spelling against configs/nos_search.yaml."
-        ) from None
+        raise unknown_key_error(str(key), known_keys_at(schema, str(key)), source=source,
+                                see="configs/nos_search.yaml") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"config key `{key}` in {source}: {getattr(err, 'msg', err)}") from None

@@ -36,6 +36,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
 from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
 
@@ -101,10 +102,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         try:
             config = OmegaConf.merge(config, read())
         except ConfigKeyError as err:
-            raise ValueError(
-                f"Unknown config key `{err.full_key}` (in {source}). Known keys: "
-                f"{', '.join(PopulationConfig.__dataclass_fields__)}."
-            ) from err
+            path = str(err.full_key)
+            known = known_keys_at(config, path)
+            if not known and path.startswith("hyperparameters."):  # a new entry: its keys are a spec's
+                known = list(HyperparameterSpec.__dataclass_fields__)
+            raise unknown_key_error(path, known, source=source) from err
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None)
             raise ValueError(f"Invalid config value for `{key}` (in {source}): {getattr(err, 'msg', err)}") from err

@@ -221,8 +221,8 @@ def test_yaml_section_overrides_only_the_keys_it_names():
         ("mlp_digits", {"optimizers": ["adamw"]}, r"`family\.train\.optimizers` has unknown value\(s\) \['adamw'\]"),
         ("mlp_digits", {"optimizers": []}, r"`family\.train\.optimizers` must be a non-empty list"),
         ("mlp_digits", {"optimizers": "adam"}, r"`family\.train\.optimizers` must be a non-empty list"),
-        ("mlp_digits", {"dept": [1, 2]}, r"Unknown key `family\.train\.dept` \(did you mean `depth`\?\)"),
-        ("mlp_digits", {"noise": [0.0, 0.1]}, r"Unknown key `family\.train\.noise`.*Known keys: depth"),
+        ("mlp_digits", {"dept": [1, 2]}, r"Unknown config key `family\.train\.dept` \(did you mean `depth`\?\)"),
+        ("mlp_digits", {"noise": [0.0, 0.1]}, r"Unknown config key `family\.train\.noise`.*Known keys: depth"),
         ("cnn_digits", {"batch_norm": ["yes"]}, r"`family\.train\.batch_norm` has unknown value"),
         ("cnn_digits", {"batch_norm": [1]}, r"`family\.train\.batch_norm`"),
         ("teacher_student", {"noise": [-0.1, 0.0]}, r"`family\.train\.noise` must be .*0 <= low"),
@@ -240,7 +240,7 @@ def test_heldout_errors_and_custom_prefix_name_the_full_path():
         make_family("mlp_digits", heldout={"width": [64, 32]})
     with pytest.raises(ValueError, match=r"`env\.family\.train\.lr`"):
         make_family("mlp_digits", train={"lr": [-1.0, 1.0]}, prefix="env.family")
-    with pytest.raises(ValueError, match=r"Unknown key `family\.heldout\.widht`"):
+    with pytest.raises(ValueError, match=r"Unknown config key `family\.heldout\.widht`"):
         make_family("cnn_digits", heldout=OmegaConf.create({"widht": [1, 2]}))
 
 

@@ -20,11 +20,11 @@ SMOKE = REPO / "configs" / "pbt_smoke.yaml"
 
 
 def test_unknown_keys_and_bad_values_are_rejected_naming_the_key(tmp_path):
-    with pytest.raises(ValueError, match="Unknown config key `populaton_size` \\(in the command-line overrides\\)"):
+    with pytest.raises(ValueError, match="Unknown config key `populaton_size` in the command-line overrides \\(did you mean `population_size`\\?\\)"):
         load_config(SMOKE, ["populaton_size=3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("hyperparameters:\n  lr: {low: 0.1, high: 1.0, scale: log}\n")
-    with pytest.raises(ValueError, match="Unknown config key `hyperparameters.lr.scale`"):
+    with pytest.raises(ValueError, match="Unknown config key `hyperparameters.lr.scale`.*Known keys: low, high"):
         load_config(bad)
     with pytest.raises(ValueError, match="Invalid config value for `max_epochs`"):
         load_config(SMOKE, ["max_epochs=many"])

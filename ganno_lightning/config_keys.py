@@ -1,0 +1,50 @@
+"""The one wording of an unknown-config-key error, shared by every YAML-driven entry point."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def unknown_key_error(path: str, known: Iterable[str], *, source: str | None = None,
+                      see: str | None = None) -> ValueError:
+    """A ``ValueError`` naming the unknown key's full path, the closest known key and all of them.
+
+    Args:
+        path: Dotted path of the unknown key (``algo.lrr``, ``suite[1].famly``).
+        known: The keys allowed where it stands.
+        source: Where it was read, e.g. a file name or "the command-line overrides".
+        see: A file that documents the keys, e.g. ``configs/evaluate.yaml``.
+
+    Example::
+
+        >>> str(unknown_key_error("algo.lrr", ["lr", "gamma"], see="configs/ganno_default.yaml"))
+        'Unknown config key `algo.lrr` (did you mean `lr`?). Known keys: lr, gamma; see configs/ganno_default.yaml.'
+    """
+    known = [str(k) for k in known]
+    key = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(key, known, n=1)
+    where = f" in {source}" if source else ""
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    message = f"Unknown config key `{path}`{where}{hint}."
+    if known:
+        message += f" Known keys: {', '.join(known)}" + (f"; see {see}." if see else ".")
+    elif see:
+        message += f" See {see}."
+    return ValueError(message)
+
+
+def known_keys_at(schema: Any, path: str) -> list[str]:
+    """The keys of ``schema`` (an omegaconf config) beside ``path``: its parent node's keys, or none.
+
+    Example::
+
+        >>> known_keys_at(OmegaConf.create({"run": {"seed": 0, "workers": 2}}), "run.sed")
+        ['seed', 'workers']
+    """
+    parent = path.rpartition(".")[0]
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
