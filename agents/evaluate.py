@@ -59,7 +59,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from agents.baselines import SCHEDULES
 from ganno_lightning.agent import DEFAULT_EXPLORATION, check_exploration
-from ganno_lightning.config_keys import unknown_key_error
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -175,6 +175,7 @@ def load_config(
     """
     schema = OmegaConf.structured(EvaluateConfig)
     source = "config"
+    merged = schema  # what an unknown key's error lists the known keys from, until the merge succeeds
     try:
         if config is None or isinstance(config, EvaluateConfig):
             base = OmegaConf.structured(config or EvaluateConfig())
@@ -201,11 +202,8 @@ def load_config(
         # `suite[0].tasks=2`) sets one field of a list entry instead of failing to merge a dict into a list.
         merged.merge_with_dotlist(list(overrides))
     except (ConfigKeyError, ConfigAttributeError) as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", "?")
-        raise ValueError(
-            f"Unknown config key `{key}` in {source} ({str(getattr(err, 'msg', err)).splitlines()[0]}); "
-            "see configs/evaluate.yaml for every key."
-        ) from None
+        key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
+        raise unknown_key_error(key, known_keys_at(merged, key), source=source, see="configs/evaluate.yaml") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ValueError(f"Config key `{key}` in {source}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None

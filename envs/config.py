@@ -48,7 +48,8 @@ def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
     try:
         merged = OmegaConf.merge(schema, raw or {})
     except ConfigKeyError as err:
-        raise unknown_key_error(f"{section}.{err.key}", EnvConfig.__dataclass_fields__) from None
+        raise unknown_key_error(f"{section}.{err.key}", EnvConfig.__dataclass_fields__,
+                                see="configs/env_default.yaml") from None
     except ValidationError as err:
         raise ValueError(f"`{section}.{err.full_key}`: {str(err).splitlines()[0]}") from None
     return OmegaConf.to_object(merged).validate(section)

@@ -102,11 +102,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         try:
             config = OmegaConf.merge(config, read())
         except ConfigKeyError as err:
-            path = str(err.full_key)
-            known = known_keys_at(config, path)
-            if not known and path.startswith("hyperparameters."):  # a new entry: its keys are a spec's
+            key = str(err.full_key)
+            known = known_keys_at(config, key)
+            if not known and key.startswith("hyperparameters."):  # a new entry: its keys are a spec's
                 known = list(HyperparameterSpec.__dataclass_fields__)
-            raise unknown_key_error(path, known, source=source) from err
+            raise unknown_key_error(key, known, source=source, see="configs/pbt_digits.yaml") from err
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None)
             raise ValueError(f"Invalid config value for `{key}` (in {source}): {getattr(err, 'msg', err)}") from err
