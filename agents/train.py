@@ -36,8 +36,8 @@ from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modul
 from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 from ganno_lightning.agent import GANNOAgent
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 
 
 @dataclass
