@@ -37,7 +37,7 @@ from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import key_source, known_keys_at, unknown_key_error
 
 
 @dataclass
@@ -98,7 +98,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
         merged = OmegaConf.merge(schema, {k: raw[k] for k in ("algo", "run") if k in raw})
     except ConfigKeyError as err:
         path = str(err.full_key)
-        raise unknown_key_error(path, known_keys_at(schema, path), see="configs/ganno_default.yaml") from None
+        raise unknown_key_error(path, known_keys_at(schema, path), source=key_source(path, source, overrides),
+                                see="configs/ganno_default.yaml") from None
     except ValidationError as err:
         raise ValueError(f"`{err.full_key}`: {str(err).splitlines()[0]}") from None
     config: TrainConfig = OmegaConf.to_object(merged)

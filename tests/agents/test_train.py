@@ -1,5 +1,6 @@
 import csv
 import glob
+import re
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("override, match", [
-    ("algo.learning_rate=0.1", "Unknown config key `algo.learning_rate`.*Known keys: algorithm, .*lr"),
+    ("algo.learning_rate=0.1",
+     "Unknown config key `algo.learning_rate` in the command-line overrides.*Known keys: algorithm, .*lr"),
     ("run.workers=0", "`run.workers` must be a positive int"),
     ("algo.algorithm=dqn", "`algo.algorithm` must be 'mappo' or 'ippo'"),
     ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
@@ -61,6 +63,13 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 def test_config_errors_name_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         train(SMOKE, [f"run.out_dir={tmp_path}", override])
+
+
+def test_an_unknown_key_in_the_file_names_the_file(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text(SMOKE.read_text().replace("algo:", "algo:\n  gama: 0.9", 1))
+    with pytest.raises(ValueError, match=rf"Unknown config key `algo.gama` in {re.escape(str(config))} \(did you mean `gamma`"):
+        parse_config(config)
 
 
 def test_unknown_section_is_rejected():
