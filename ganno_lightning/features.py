@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 #: Bumped whenever a feature's meaning changes; part of the agent checkpoint's compatibility check.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 #: Layer kinds, in one-hot order.
 LAYER_KINDS: tuple[str, ...] = ("linear", "conv", "norm", "embedding", "recurrent", "other")
@@ -37,6 +37,10 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "loss_volatility",  # std / mean of the per-batch losses in the interval
     "log_val_loss_ratio",  # log(validation loss / smoothed training loss), 0 without validation
     "has_val_loss",
+    # The network-wide means of two local features, so a layer sees the rest of the net: a head
+    # whose own gradient looks healthy learns nothing useful when the body's gradients have died.
+    "net_log_grad_rms",
+    "net_log_update_ratio",
 )
 
 FEATURE_NAMES: tuple[str, ...] = LOCAL_FEATURES + GLOBAL_FEATURES

@@ -55,7 +55,7 @@ class LayerObserver:
         ...     loss = model(torch.randn(8, 3)).pow(2).mean()
         ...     opt.zero_grad(); loss.backward(); opt.step(); observer.record_loss(loss.detach())
         >>> observer.features(scales=[1.0, 1.0], lrs=[0.1, 0.1]).shape
-        torch.Size([2, 21])
+        torch.Size([2, 23])
     """
 
     def __init__(
@@ -212,6 +212,8 @@ class LayerObserver:
             "loss_volatility": math.sqrt(variance) / max(abs(loss), _LOG_FLOOR) if count > 1 else 0.0,
             "log_val_loss_ratio": _log_scalar(val_loss) - _log_scalar(smoothed) if has_val else 0.0,
             "has_val_loss": float(has_val),
+            "net_log_grad_rms": _mean(per_layer["log_grad_rms"]),
+            "net_log_update_ratio": _mean(per_layer["log_update_ratio"]),
         }
         if count and math.isfinite(loss):
             self._prev_loss = loss
@@ -317,6 +319,11 @@ def _log_scalar(x: float | None) -> float:
     if x is None or x != x:
         return 0.0
     return math.log(max(x, _LOG_FLOOR)) if x != math.inf else math.inf
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The mean of the finite-clipped ``values`` (0 for none)."""
+    return sum(_finite(x) for x in values) / len(values) if values else 0.0
 
 
 def _finite(x: float) -> float:

@@ -64,6 +64,9 @@ def test_features_on_hand_built_gradients():
     assert obs[0, F["loss_volatility"]].item() == pytest.approx(0.5)
     assert obs[0, F["log_loss_ratio"]].item() == 0.0  # no previous interval yet
     assert obs[0, F["has_val_loss"]].item() == 0.0
+    # every layer sees the network-wide means of the two layers' own values
+    for name in ("log_grad_rms", "log_update_ratio"):
+        assert obs[:, F[f"net_{name}"]].tolist() == pytest.approx([obs[:, F[name]].mean().item()] * 2, rel=1e-5)
 
     observer.start_interval()
     fake_step(model, observer, [g0, g1])
