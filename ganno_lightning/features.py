@@ -37,8 +37,9 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "loss_volatility",  # std / mean of the per-batch losses in the interval
     "log_val_loss_ratio",  # log(validation loss / smoothed training loss), 0 without validation
     "has_val_loss",
-    # The network-wide means of two local features, so a layer sees the rest of the net: a head
-    # whose own gradient looks healthy learns nothing useful when the body's gradients have died.
+    # Network-wide means of two local features. The actor's mean pooling sees these too, but
+    # normalised with the per-layer statistics; as run-wide features they get their own, narrower
+    # ones. Agents trained with them did better at both seeds tried (README, "The default agent").
     "net_log_grad_rms",
     "net_log_update_ratio",
 )
