@@ -37,7 +37,7 @@ from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.config_keys import key_source, known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import known_keys_at, unknown_key_error
 
 
 @dataclass
@@ -94,14 +94,19 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     raw = load_config(source, overrides)
     check_sections(raw, ("env", "family", "algo", "run"))
     schema = OmegaConf.structured(TrainConfig)
-    try:
-        merged = OmegaConf.merge(schema, {k: raw[k] for k in ("algo", "run") if k in raw})
-    except ConfigKeyError as err:
-        path = str(err.full_key)
-        raise unknown_key_error(path, known_keys_at(schema, path), source=key_source(path, source, overrides),
-                                see="configs/ganno_default.yaml") from None
-    except ValidationError as err:
-        raise ValueError(f"`{err.full_key}`: {str(err).splitlines()[0]}") from None
+    # The file alone first, then with the overrides: whichever merge fails says where the bad key was.
+    stages = [(load_config(source), str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
+    if overrides:
+        stages.append((raw, "the command-line overrides"))
+    for config, where in stages:
+        try:
+            merged = OmegaConf.merge(schema, {k: config[k] for k in ("algo", "run") if k in config})
+        except ConfigKeyError as err:
+            path = str(err.full_key)
+            raise unknown_key_error(path, known_keys_at(schema, path), source=where,
+                                    see="configs/ganno_default.yaml") from None
+        except ValidationError as err:
+            raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
     config: TrainConfig = OmegaConf.to_object(merged)
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):

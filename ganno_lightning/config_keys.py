@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import difflib
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,17 +49,3 @@ def known_keys_at(schema: Any, path: str) -> list[str]:
     node = OmegaConf.select(schema, parent) if parent else schema
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
-
-def key_source(path: str, config: Any, overrides: Sequence[str] = ()) -> str | None:
-    """Where the key ``path`` was set: the overrides if one of them sets it, else the file, if any.
-
-    Example::
-
-        >>> key_source("algo.lrr", "configs/ganno_default.yaml", ["algo.lrr=0.1"])
-        'the command-line overrides'
-        >>> key_source("algo.lrr", "configs/ganno_default.yaml", ["run.seed=1"])
-        'configs/ganno_default.yaml'
-    """
-    if any(item.partition("=")[0].lstrip("+~") == path for item in overrides):
-        return "the command-line overrides"
-    return str(config) if isinstance(config, (str, os.PathLike)) else None

@@ -48,7 +48,7 @@ class LayerwiseController:
         ...     opt.zero_grad(); loss.backward(); opt.step(); control.record_loss(loss.detach())
         >>> control.decision_due
         True
-        >>> observation = control.observe()  # [2 agents, 21 features]
+        >>> observation = control.observe()  # [2 agents, 23 features]
         >>> control.apply(torch.tensor([2, 0]))
         >>> control.lr.effective_lrs()
         [0.002, 0.0005]

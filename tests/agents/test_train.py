@@ -55,6 +55,8 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 @pytest.mark.parametrize("override, match", [
     ("algo.learning_rate=0.1",
      "Unknown config key `algo.learning_rate` in the command-line overrides.*Known keys: algorithm, .*lr"),
+    ("algo.foo.bar=1", "Unknown config key `algo.foo` in the command-line overrides"),
+    ("run.seed=one", "`run.seed` in the command-line overrides"),
     ("run.workers=0", "`run.workers` must be a positive int"),
     ("algo.algorithm=dqn", "`algo.algorithm` must be 'mappo' or 'ippo'"),
     ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
