@@ -91,11 +91,12 @@ METRIC_NAMES = (
 
 def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, TrainConfig]:
     """Load YAML + overrides; validate the ``algo``/``run`` sections (unknown keys name themselves)."""
-    raw = load_config(source, overrides)
+    from_file = load_config(source)
+    raw = load_config(from_file, overrides)
     check_sections(raw, ("env", "family", "algo", "run"))
     schema = OmegaConf.structured(TrainConfig)
     # The file alone first, then with the overrides: whichever merge fails says where the bad key was.
-    stages = [(load_config(source), str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
+    stages = [(from_file, str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
     if overrides:
         stages.append((raw, "the command-line overrides"))
     for config, where in stages:
