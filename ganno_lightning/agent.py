@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -152,6 +153,22 @@ class GANNOAgent:
     def recurrent(self) -> bool:
         """Whether the policy carries a state between decisions (see :meth:`decide`)."""
         return self.actor.state_size > 0
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and normaliser: a checkpoint records which agent wrote it.
+
+        Example::
+
+            >>> a, b = GANNOAgent.create(seed=0), GANNOAgent.create(seed=1)
+            >>> a.fingerprint() == GANNOAgent.create(seed=0).fingerprint(), a.fingerprint() == b.fingerprint()
+            (True, False)
+        """
+        digest = hashlib.sha256()
+        for module in (self.actor, self.normalizer):
+            for name, tensor in module.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @torch.no_grad()
     def logits(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -117,6 +117,7 @@ class GANNOCallback(Callback):
         self._loaded_state: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
+        self._fingerprint: str | None = None
         #: The :class:`~ganno_lightning.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
@@ -152,7 +153,14 @@ class GANNOCallback(Callback):
                 self._generator.set_state(self._loaded_state["generator"])
             self._policy_state = self._loaded_state.get("policy_state")
             expected = (self.controller.num_agents, self.agent.actor.state_size)
-            if self._policy_state is not None and tuple(self._policy_state.shape) != expected:
+            written_by = self._loaded_state.get("agent")
+            if self._policy_state is not None and written_by not in (None, self._agent_fingerprint()):
+                # Another agent's memory means nothing to this one; the LR scales reached stay.
+                rank_zero_warn(f"The checkpoint was written with another agent (fingerprint {written_by}, this one "
+                               f"is {self._agent_fingerprint()}): keeping its LR scales, starting this agent's "
+                               "memory fresh.")
+                self._policy_state = None
+            elif self._policy_state is not None and tuple(self._policy_state.shape) != expected:
                 rank_zero_warn(f"The checkpoint's agent memory has shape {tuple(self._policy_state.shape)}, but this "
                                f"agent keeps {expected}: it was written by another agent; starting from a fresh one.")
                 self._policy_state = None
@@ -263,7 +271,12 @@ class GANNOCallback(Callback):
         else:
             return {}
         return {"controller": controller_state, "generator": self._generator.get_state(), "interval": self.interval,
-                "policy_state": self._policy_state}
+                "policy_state": self._policy_state, "agent": self._agent_fingerprint()}
+
+    def _agent_fingerprint(self) -> str:
+        if self._fingerprint is None:  # hashed once: the agent's weights do not change while it is deployed
+            self._fingerprint = self.agent.fingerprint()
+        return self._fingerprint
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at train start, once the optimizer exists.

@@ -334,3 +334,18 @@ def test_recurrent_agent_resumes_with_its_memory(tmp_path):
     assert resumed.schedule.actions == straight.schedule.actions
     torch.testing.assert_close(resumed.state_dict()["policy_state"], straight.state_dict()["policy_state"],
                                rtol=0, atol=0)
+
+
+def test_resuming_with_another_agent_keeps_the_scales_but_not_the_memory(tmp_path):
+    def recurrent(seed):
+        return GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, interval=4, seed=seed)
+
+    _, first = _fit(2, tmp_path / "a", agent=recurrent(3))
+    other = recurrent(4)  # same shapes, other weights: its memory would be read as nonsense
+    assert first.state_dict()["agent"] == recurrent(3).fingerprint() != other.fingerprint()
+    checkpoint = tmp_path / "a" / "last.ckpt"
+    with pytest.warns(UserWarning, match="written with another agent.*keeping its LR scales"):
+        _, resumed = _fit(3, tmp_path / "b", resume=checkpoint, agent=other)
+    done = len(first.schedule.scales)  # the schedule, and so the LR scales reached, carry on
+    assert resumed.schedule.scales[:done] == first.schedule.scales and len(resumed.schedule.scales) > done
+    assert resumed.state_dict()["agent"] == other.fingerprint()
