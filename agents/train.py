@@ -38,6 +38,7 @@ from envs.config import check_sections, env_config, family_from_config, load_con
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.agent import GANNOAgent
 from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.features import FEATURE_NAMES
 
 
 @dataclass
@@ -224,9 +225,18 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     checkpoint_path = out_dir / "checkpoint.pt"
     if run.resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, weights_only=False)
-        loss_module.load_state_dict(state["loss_module"])
-        optimizer.load_state_dict(state["optimizer"])
-        normalizer_stats.load_state_dict(state["normalizer_stats"])
+        try:
+            loss_module.load_state_dict(state["loss_module"])
+            optimizer.load_state_dict(state["optimizer"])
+            normalizer_stats.load_state_dict(state["normalizer_stats"])
+        except (RuntimeError, ValueError, KeyError) as err:  # another feature list or network size
+            saved = state.get("feature_names")
+            features = "" if saved is None or list(saved) == list(FEATURE_NAMES) else (
+                f" It observes {len(saved)} features, this version computes {len(FEATURE_NAMES)}.")
+            raise ValueError(f"`run.resume=true`: {checkpoint_path} was written by a different network or version "
+                             f"and cannot continue here.{features} Start a fresh run with another `run.out_dir` "
+                             f"(or `run.resume=false`). ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+                             ) from None
         normalizer_stats.apply()
         iteration, frames, history = state["iteration"], state["frames"], state["history"]
         torch.set_rng_state(state["rng"])
@@ -252,7 +262,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
         agent.training_config = {**plain_config, "trained_frames": frames, "iterations": iteration}
         save_atomic({"loss_module": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
                      "normalizer_stats": normalizer_stats.state_dict(), "iteration": iteration, "frames": frames,
-                     "history": history, "rng": torch.get_rng_state(), "config": plain_config}, checkpoint_path)
+                     "history": history, "rng": torch.get_rng_state(), "config": plain_config,
+                     "feature_names": list(FEATURE_NAMES)}, checkpoint_path)
         return agent.save(out_dir / "agent.pt")
 
     # -- the loop ---------------------------------------------------------------------------------

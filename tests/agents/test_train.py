@@ -52,6 +52,14 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert GANNOAgent.load(path).training_config["trained_frames"] == 64
 
 
+def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_path):
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.total_frames=16"]
+    train(SMOKE, overrides)
+    with pytest.raises(ValueError, match=r"`run.resume=true`: .*checkpoint.pt was written by a different network.*"
+                                         r"another `run.out_dir`"):
+        train(SMOKE, [*overrides, "run.total_frames=32", "run.resume=true", "algo.hidden_sizes=[8]"])
+
+
 @pytest.mark.parametrize("override, match", [
     ("algo.learning_rate=0.1",
      "Unknown config key `algo.learning_rate` in the command-line overrides.*Known keys: algorithm, .*lr"),
