@@ -95,17 +95,18 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     from_file = load_config(source)
     raw = load_config(from_file, overrides)
     check_sections(raw, ("env", "family", "algo", "run"))
-    schema = OmegaConf.structured(TrainConfig)
-    # The file alone first, then with the overrides: whichever merge fails says where the bad key was.
-    stages = [(from_file, str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
+    merged = OmegaConf.structured(TrainConfig)
+    # The file, then the overrides, each merged once (as the PBT loader does): the failing merge says
+    # where the bad key was.
+    parts = [(from_file, str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
     if overrides:
-        stages.append((raw, "the command-line overrides"))
-    for config, where in stages:
+        parts.append((load_config({}, overrides), "the command-line overrides"))
+    for part, where in parts:
         try:
-            merged = OmegaConf.merge(schema, {k: config[k] for k in ("algo", "run") if k in config})
+            merged = OmegaConf.merge(merged, {k: part[k] for k in ("algo", "run") if k in part})
         except ConfigKeyError as err:
             path = str(err.full_key)
-            raise unknown_key_error(path, known_keys_at(schema, path), source=where,
+            raise unknown_key_error(path, known_keys_at(merged, path), source=where,
                                     see="configs/ganno_default.yaml") from None
         except ValidationError as err:
             raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
