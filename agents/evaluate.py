@@ -59,7 +59,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from agents.baselines import SCHEDULES
 from ganno_lightning.agent import DEFAULT_EXPLORATION, check_exploration
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -192,10 +192,8 @@ def load_config(
             _check_keys(OmegaConf.to_container(base), EvaluateConfig, source)
         merged = OmegaConf.merge(schema, base)
         source = "overrides"
-        overrides = list(overrides)
+        overrides = check_overrides(overrides, example="steps=400")
         for i, item in enumerate(overrides):
-            if "=" not in item:
-                raise ValueError(f"Override {item!r} must be key=value, e.g. steps=400.")
             if item.startswith("agent="):  # shorthand, as in the file
                 overrides[i] = "agent.path=" + item[len("agent="):]
         # Applied in place rather than merged from a dotlist: that way `suite.0.tasks=2` (or

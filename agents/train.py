@@ -17,6 +17,7 @@ import csv
 import functools
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
@@ -95,21 +96,21 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     from_file = load_config(source)
     raw = load_config(from_file, overrides)
     check_sections(raw, ("env", "family", "algo", "run"))
+    # The file's sections merged onto the schema, then our overrides applied in place (as
+    # agents.evaluate does): each step says where a bad key came from, and an override such as
+    # `algo.hidden_sizes[0]=32` sets one entry of the list.
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the config"
     merged = OmegaConf.structured(TrainConfig)
-    # The file, then the overrides, each merged once (as the PBT loader does): the failing merge says
-    # where the bad key was.
-    parts = [(from_file, str(source) if isinstance(source, (str, os.PathLike)) else "the config")]
-    if overrides:
-        parts.append((load_config({}, overrides), "the command-line overrides"))
-    for part, where in parts:
-        try:
-            merged = OmegaConf.merge(merged, {k: part[k] for k in ("algo", "run") if k in part})
-        except ConfigKeyError as err:
-            path = str(err.full_key)
-            raise unknown_key_error(path, known_keys_at(merged, path), source=where,
-                                    see="configs/ganno_default.yaml") from None
-        except ValidationError as err:
-            raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
+    try:
+        merged = OmegaConf.merge(merged, {k: from_file[k] for k in ("algo", "run") if k in from_file})
+        where = "the command-line overrides"
+        merged.merge_with_dotlist([item for item in overrides if re.split(r"[.\[]", item)[0] in ("algo", "run")])
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        path = str(err.full_key)
+        raise unknown_key_error(path, known_keys_at(merged, path), source=where,
+                                see="configs/ganno_default.yaml") from None
+    except OmegaConfBaseException as err:
+        raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
     config: TrainConfig = OmegaConf.to_object(merged)
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):

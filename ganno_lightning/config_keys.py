@@ -49,3 +49,29 @@ def known_keys_at(schema: Any, path: str) -> list[str]:
     node = OmegaConf.select(schema, parent) if parent else schema
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
+
+
+def check_overrides(overrides: Iterable[Any], example: str) -> list[str]:
+    """``overrides`` as a list, each checked to be a ``key=value`` string with a key.
+
+    omegaconf reads ``lr`` (no ``=``) as ``lr: null`` and ``=3`` as a key named ``''``, so a typo
+    such as ``algo.lr 1e-3`` would otherwise pass silently or fail far from its cause.
+
+    Args:
+        overrides: Command-line items, e.g. ``["algo.lr=1e-3"]``.
+        example: A valid override for this entry point, shown in the error.
+
+    Example::
+
+        >>> check_overrides(["run.seed=1"], example="run.seed=1")
+        ['run.seed=1']
+        >>> check_overrides(["run.seed"], example="run.seed=1")
+        Traceback (most recent call last):
+        ...
+        ValueError: Override 'run.seed' must be key=value with a key before the '=', e.g. run.seed=1.
+    """
+    items = list(overrides)
+    for item in items:
+        if not isinstance(item, str) or not item.partition("=")[0].strip() or "=" not in item:
+            raise ValueError(f"Override {item!r} must be key=value with a key before the '=', e.g. {example}.")
+    return items

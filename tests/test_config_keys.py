@@ -1,6 +1,9 @@
+import re
+
+import pytest
 from omegaconf import OmegaConf
 
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
 
 
 def test_message_names_path_source_close_match_known_keys_and_docs():
@@ -18,3 +21,13 @@ def test_known_keys_at_a_missing_parent_is_empty():
     schema = OmegaConf.create({"run": {"seed": 0}})
     assert known_keys_at(schema, "sed") == ["run"]
     assert known_keys_at(schema, "algo.lr") == []
+
+
+@pytest.mark.parametrize("item", ["lr", "=3", " =3", None])
+def test_an_override_without_a_key_and_value_is_rejected_with_an_example(item):
+    with pytest.raises(ValueError, match=rf"Override {re.escape(repr(item))} must be key=value.*e.g. steps=400"):
+        check_overrides(["steps=1", item], example="steps=400")
+
+
+def test_well_formed_overrides_pass_through_unchanged():
+    assert check_overrides(("a.b=1", "c=", "d=x=y"), example="a=1") == ["a.b=1", "c=", "d=x=y"]

@@ -27,9 +27,9 @@ from typing import Optional, Union
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
 
@@ -135,17 +135,15 @@ def load_config(config: Union[str, os.PathLike, dict, DictConfig, SearchConfig, 
             base = OmegaConf.create(config if isinstance(config, DictConfig) else dict(config))
         merged = OmegaConf.merge(schema, base)
         source = "overrides"
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must be key=value, e.g. rounds=20.")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    except ConfigKeyError as err:
+        # In place, not merged from a dotlist: `space.unary[0]=sign` then sets one entry of a list.
+        merged.merge_with_dotlist(check_overrides(overrides, example="rounds=20"))
+    except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", "?")
         raise unknown_key_error(str(key), known_keys_at(schema, str(key)), source=source,
                                 see="configs/nos_search.yaml") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ValueError(f"config key `{key}` in {source}: {getattr(err, 'msg', err)}") from None
+        raise ValueError(f"config key `{key}` in {source}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
     return merged
 
 

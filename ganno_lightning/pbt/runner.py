@@ -36,7 +36,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
 from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
 
@@ -93,6 +93,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         ValueError: naming an unknown key or a value of the wrong type.
     """
     config = OmegaConf.structured(PopulationConfig)
+    overrides = check_overrides(overrides, example="population_size=8")
     sources: list[tuple[str, Any]] = []
     if path is not None:
         sources.append((str(path), lambda: OmegaConf.load(path)))
