@@ -167,7 +167,8 @@ class GANNOAgent:
         for module in (self.actor, self.normalizer):
             for name, tensor in module.state_dict().items():
                 digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+                # raw bytes, any dtype (numpy has no bfloat16); a float32 agent hashes as before
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
 
     @torch.no_grad()

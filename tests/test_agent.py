@@ -140,3 +140,15 @@ def test_recurrent_agent_carries_its_state_and_round_trips(tmp_path):
     torch.testing.assert_close(loaded.decide(observation, state).state, later)
     feed_forward = GANNOAgent.create(seed=0)
     assert not feed_forward.recurrent and feed_forward.decide(observation).state is None
+
+
+def test_fingerprint_follows_the_weights_in_any_dtype(tmp_path):
+    agent = GANNOAgent.create(seed=0)
+    path = agent.save(tmp_path / "agent.pt")
+    assert GANNOAgent.load(path).fingerprint() == agent.fingerprint()
+    half = GANNOAgent.create(seed=0)
+    half.actor.to(torch.bfloat16)  # numpy has no bfloat16: the hash reads raw bytes
+    assert half.fingerprint() != agent.fingerprint()
+    with torch.no_grad():
+        next(agent.actor.parameters()).view(-1)[0] += 1e-3
+    assert agent.fingerprint() != GANNOAgent.load(path).fingerprint()
