@@ -59,7 +59,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 
 from agents.baselines import SCHEDULES
 from ganno_lightning.agent import DEFAULT_EXPLORATION, check_exploration
-from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.short_runs import short_run_trainer
 
 __all__ = [
@@ -196,9 +196,7 @@ def load_config(
         for i, item in enumerate(overrides):
             if item.startswith("agent="):  # shorthand, as in the file
                 overrides[i] = "agent.path=" + item[len("agent="):]
-        # Applied in place rather than merged from a dotlist: that way `suite.0.tasks=2` (or
-        # `suite[0].tasks=2`) sets one field of a list entry instead of failing to merge a dict into a list.
-        merged.merge_with_dotlist(list(overrides))
+        apply_overrides(merged, overrides)  # in place: `suite[0].tasks=2` sets one field of a list entry
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
         raise unknown_key_error(key, known_keys_at(merged, key), source=source, see="configs/evaluate.yaml") from None

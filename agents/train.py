@@ -38,7 +38,7 @@ from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.config_keys import known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import apply_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.features import FEATURE_NAMES
 
 
@@ -104,7 +104,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     try:
         merged = OmegaConf.merge(merged, {k: from_file[k] for k in ("algo", "run") if k in from_file})
         where = "the command-line overrides"
-        merged.merge_with_dotlist([item for item in overrides if re.split(r"[.\[]", item)[0] in ("algo", "run")])
+        apply_overrides(merged, [item for item in overrides
+                                 if re.split(r"[.\[]", item.partition("=")[0])[0] in ("algo", "run")])
     except (ConfigKeyError, ConfigAttributeError) as err:
         path = str(err.full_key)
         raise unknown_key_error(path, known_keys_at(merged, path), source=where,

@@ -15,15 +15,14 @@ Unknown keys anywhere and impossible values are errors that name the field.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigIndexError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import MixtureFamily, TaskFamily
-from ganno_lightning.config_keys import check_overrides, unknown_key_error
+from ganno_lightning.config_keys import apply_overrides, check_overrides, unknown_key_error
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")
@@ -32,8 +31,8 @@ _FAMILY_KEYS = ("name", "train", "heldout")
 def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """Read a YAML file (or dict) and apply ``key=value`` dotlist overrides.
 
-    Overrides are applied in place rather than merged from a dotlist, so ``algo.hidden_sizes[0]=32``
-    sets one entry of an existing list. Keys are checked later, by each section's schema.
+    Overrides are applied in place (:func:`apply_overrides`), so ``algo.hidden_sizes[0]=32`` sets
+    one entry of an existing list. Keys are checked later, by each section's schema.
     """
     overrides = check_overrides(overrides, example="env.horizon=200")
     if isinstance(source, (str, os.PathLike)):
@@ -42,16 +41,10 @@ def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequen
         config = OmegaConf.load(source)
     else:
         config = OmegaConf.create(source)  # a copy: the caller's config is not changed
-    for item in overrides:
-        try:
-            config.merge_with_dotlist([item])
-        except ConfigIndexError:
-            key = item.partition("=")[0]
-            whole = re.sub(r"(\[\d+\]|\.\d+)$", "", key)  # the list itself: `a.b[5]` or `a.b.5` -> `a.b`
-            raise ValueError(f"Override {item!r}: `{key}` is past the end of the list. Set the whole list "
-                             f"instead, e.g. {whole}=[64,64].") from None
-        except OmegaConfBaseException as err:
-            raise ValueError(f"Override {item!r} cannot be applied: {str(err).splitlines()[0]}.") from None
+    try:
+        apply_overrides(config, overrides)
+    except OmegaConfBaseException as err:  # e.g. `env.horizon.x=1` where horizon is a number
+        raise ValueError(f"Override of `{err.full_key}` cannot be applied: {str(err).splitlines()[0]}.") from None
     return config
 
 

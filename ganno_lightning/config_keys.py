@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigIndexError
 
 
 def unknown_key_error(path: str, known: Iterable[str], *, source: str | None = None,
@@ -50,7 +52,6 @@ def known_keys_at(schema: Any, path: str) -> list[str]:
     return [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
 
 
-
 def check_overrides(overrides: Iterable[Any], example: str) -> list[str]:
     """``overrides`` as a list, each checked to be a ``key=value`` string with a key.
 
@@ -60,6 +61,9 @@ def check_overrides(overrides: Iterable[Any], example: str) -> list[str]:
     Args:
         overrides: Command-line items, e.g. ``["algo.lr=1e-3"]``.
         example: A valid override for this entry point, shown in the error.
+
+    Raises:
+        ValueError: naming the first malformed item and showing ``example``.
 
     Example::
 
@@ -75,3 +79,40 @@ def check_overrides(overrides: Iterable[Any], example: str) -> list[str]:
         if not isinstance(item, str) or not item.partition("=")[0].strip() or "=" not in item:
             raise ValueError(f"Override {item!r} must be key=value with a key before the '=', e.g. {example}.")
     return items
+
+
+def apply_overrides(config: DictConfig, overrides: Iterable[str]) -> None:
+    """Set each ``key=value`` of ``overrides`` on ``config``, in place.
+
+    In place rather than merged from a dotlist, so ``algo.hidden_sizes[0]=32`` sets one entry of an
+    existing list instead of failing to merge a dict into it. Unknown keys and wrong types raise
+    omegaconf's own errors: the caller knows the schema and the source to word them with.
+
+    Raises:
+        ValueError: an index outside its list, naming the override and the list's length.
+
+    Example::
+
+        >>> config = OmegaConf.create({"algo": {"hidden_sizes": [64, 64]}})
+        >>> apply_overrides(config, ["algo.hidden_sizes[1]=32"])
+        >>> config.algo.hidden_sizes
+        [64, 32]
+        >>> apply_overrides(config, ["algo.hidden_sizes[2]=8"])
+        Traceback (most recent call last):
+        ...
+        ValueError: Override 'algo.hidden_sizes[2]=8': `algo.hidden_sizes` has 2 entries, so it has no index 2. Set the whole list instead, e.g. algo.hidden_sizes=[...].
+    """
+    for item in overrides:
+        try:
+            config.merge_with_dotlist([item])
+        except ConfigIndexError as err:
+            # full_key is the failing index, whatever follows it: `a.b[7].name=x` fails at `a.b[7]`
+            match = re.fullmatch(r"(.*)\[(-?\d+)\]", str(err.full_key))
+            if match is None:
+                raise ValueError(f"Override {item!r}: {str(err).splitlines()[0]}.") from None
+            whole, index = match.groups()
+            entries = OmegaConf.select(config, whole)
+            size = (f"has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}" if isinstance(entries, ListConfig)
+                    else "is not a list here")
+            raise ValueError(f"Override {item!r}: `{whole}` {size}, so it has no index {index}. Set the whole "
+                             f"list instead, e.g. {whole}=[...].") from None

@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 import torch
 
@@ -146,6 +148,12 @@ def test_fingerprint_follows_the_weights_in_any_dtype(tmp_path):
     agent = GANNOAgent.create(seed=0)
     path = agent.save(tmp_path / "agent.pt")
     assert GANNOAgent.load(path).fingerprint() == agent.fingerprint()
+    legacy = hashlib.sha256()  # float32 fingerprints are what the numpy-based first version computed
+    for module in (agent.actor, agent.normalizer):
+        for name, tensor in module.state_dict().items():
+            legacy.update(name.encode())
+            legacy.update(tensor.numpy().tobytes())
+    assert agent.fingerprint() == legacy.hexdigest()[:16]
     half = GANNOAgent.create(seed=0)
     half.actor.to(torch.bfloat16)  # numpy has no bfloat16: the hash reads raw bytes
     assert half.fingerprint() != agent.fingerprint()

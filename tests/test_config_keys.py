@@ -1,9 +1,10 @@
 import re
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 
 
 def test_message_names_path_source_close_match_known_keys_and_docs():
@@ -31,3 +32,32 @@ def test_an_override_without_a_key_and_value_is_rejected_with_an_example(item):
 
 def test_well_formed_overrides_pass_through_unchanged():
     assert check_overrides(("a.b=1", "c=", "d=x=y"), example="a=1") == ["a.b=1", "c=", "d=x=y"]
+
+
+def _loaders():
+    from agents.evaluate import load_config as evaluate_config
+    from agents.train import parse_config
+    from ganno_lightning.nos.search import load_config as nos_config
+    from ganno_lightning.pbt.runner import load_config as pbt_config
+
+    configs = Path(__file__).parents[1] / "configs"
+    return {"train": (parse_config, configs / "ganno_smoke.yaml", "run.seed"),
+            "evaluate": (evaluate_config, configs / "evaluate_smoke.yaml", "steps"),
+            "nos": (nos_config, configs / "nos_search_smoke.yaml", "rounds"),
+            "pbt": (pbt_config, configs / "pbt_smoke.yaml", "population_size")}
+
+
+@pytest.mark.parametrize("entry_point", ["train", "evaluate", "nos", "pbt"])
+def test_every_entry_point_rejects_an_override_without_a_value(entry_point):
+    load, config, key = _loaders()[entry_point]
+    with pytest.raises(ValueError, match=rf"Override '{key}' must be key=value"):
+        load(config, [key])
+
+
+def test_overrides_set_list_entries_in_place_and_name_a_missing_index():
+    config = OmegaConf.create({"space": {"unary": ["neg", "exp"]}, "members": [{"name": "a"}]})
+    apply_overrides(config, ["space.unary[1]=sign", "members[0].name=b", "space.unary.0=log"])
+    assert config.space.unary == ["log", "sign"] and config.members[0].name == "b"
+    with pytest.raises(ValueError, match=r"Override 'members\[3\].name=c': `members` has 1 entry, so it has no "
+                                         r"index 3.*members=\[...\]"):
+        apply_overrides(config, ["members[3].name=c"])

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config_keys import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
 
@@ -135,8 +135,7 @@ def load_config(config: Union[str, os.PathLike, dict, DictConfig, SearchConfig, 
             base = OmegaConf.create(config if isinstance(config, DictConfig) else dict(config))
         merged = OmegaConf.merge(schema, base)
         source = "overrides"
-        # In place, not merged from a dotlist: `space.unary[0]=sign` then sets one entry of a list.
-        merged.merge_with_dotlist(check_overrides(overrides, example="rounds=20"))
+        apply_overrides(merged, check_overrides(overrides, example="rounds=20"))  # `space.unary[0]=sign` works
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or getattr(err, "key", "?")
         raise unknown_key_error(str(key), known_keys_at(schema, str(key)), source=source,

@@ -70,7 +70,7 @@ def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_pa
     ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
     ("env.horizn=3", r"Unknown config key `env.horizn` \(did you mean `horizon`\?\)"),
     ("algo.lr", r"Override 'algo.lr' must be key=value"),
-    ("algo.hidden_sizes[3]=8", r"`algo.hidden_sizes\[3\]` is past the end of the list.*algo.hidden_sizes=\[64,64\]"),
+    ("algo.hidden_sizes[3]=8", r"`algo.hidden_sizes` has 1 entry, so it has no index 3.*algo.hidden_sizes=\[...\]"),
 ])
 def test_config_errors_name_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
@@ -88,6 +88,8 @@ def test_an_override_sets_one_entry_of_a_list_from_the_file():
     raw, config = parse_config(SMOKE.with_name("ganno_default.yaml"), ["algo.critic_hidden_sizes[1]=16", "run.seed=3"])
     assert config.algo.critic_hidden_sizes == [64, 16] and config.run.seed == 3
     assert list(raw.algo.critic_hidden_sizes) == [64, 16]  # the stored resolved config agrees
+    _, config = parse_config(SMOKE, ["algo={lr: 0.001, epochs: 2}", "run={seed: 5}"])  # whole sections too
+    assert (config.algo.lr, config.algo.epochs, config.run.seed) == (0.001, 2, 5)
 
 
 def test_unknown_section_is_rejected():
