@@ -39,8 +39,9 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "has_val_loss",
     # Network-wide means of two local features. The actor's mean pooling sees these too, but
     # normalised with the per-layer statistics; as run-wide features they get their own, narrower
-    # ones. Agents trained with them were level or ahead on every target at both seeds tried
-    # (README, "The default agent"); two seeds cannot tell whether the scaling or the draw did it.
+    # ones. Agents trained with them were level or ahead on every target at the two seeds compared
+    # with and without them (README, "The default agent"); two seeds cannot tell whether the
+    # scaling or the draw did it.
     "net_log_grad_rms",
     "net_log_update_ratio",
 )
