@@ -11,7 +11,7 @@ registered by name in :data:`SCHEDULES`:
 :func:`with_schedule` makes a LightningModule's ``configure_optimizers`` return its optimizer plus
 a per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following one of them, and
 :func:`scale_initial_lr` multiplies a module's initial learning rate (the "10x too high / too low"
-conditions of ``python -m agents.evaluate``).
+conditions of ``python -m agents.evaluation``).
 
 Example::
 

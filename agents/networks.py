@@ -14,8 +14,8 @@ from torchrl.modules import ProbabilisticActor
 
 from envs import keys
 from envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.policy import ObservationNormalizer, PolicyNet, pool_agents
+from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.layerwise.policy import ObservationNormalizer, PolicyNet, pool_agents
 
 LOGITS = (keys.GROUP, "logits")
 LOG_PROB = (keys.GROUP, "action_log_prob")

@@ -37,9 +37,9 @@ from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modul
 from envs import keys
 from envs.config import check_sections, env_config, family_from_config, load_config
 from envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.agent import GANNOAgent
-from ganno_lightning.config_keys import apply_overrides, known_keys_at, unknown_key_error
-from ganno_lightning.features import FEATURE_NAMES
+from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.config import apply_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.layerwise.features import FEATURE_NAMES
 
 
 @dataclass
@@ -70,7 +70,7 @@ class RunConfig:
     out_dir: str = "runs/ganno"
     checkpoint_every: int = 10  # iterations
     resume: bool = False
-    export: str | None = None  # also copy the final agent here (e.g. ganno_lightning/default_agent.pt)
+    export: str | None = None  # also copy the final agent here (e.g. ganno_lightning/layerwise/default_agent.pt)
     wandb: bool = True
     wandb_project: str = "ganno-lightning"
     wandb_mode: str = "offline"  # offline | online | disabled
@@ -97,7 +97,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     raw = load_config(from_file, overrides)
     check_sections(raw, ("env", "family", "algo", "run"))
     # The file's sections merged onto the schema, then our overrides applied in place (as
-    # agents.evaluate does): each step says where a bad key came from, and an override such as
+    # agents.evaluation does): each step says where a bad key came from, and an override such as
     # `algo.hidden_sizes[0]=32` sets one entry of the list.
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the config"
     merged = OmegaConf.structured(TrainConfig)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from report import write_report
 
 from ganno_lightning import GANNOAgent, GANNOCallback
-from ganno_lightning.controller import LayerwiseController
+from ganno_lightning.layerwise.controller import LayerwiseController
 
 RESULTS = Path(__file__).parent / "results" / "callback_overhead.md"
 
@@ -77,7 +77,7 @@ def instrument(seconds: list[float]) -> None:
                 seconds[0] += time.perf_counter() - t0
         return wrapper
 
-    from ganno_lightning import lr_control, observer
+    from ganno_lightning.layerwise import lr_control, observer
 
     LayerwiseController.observe = timed(LayerwiseController.observe)
     LayerwiseController.apply = timed(LayerwiseController.apply)

@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import MixtureFamily, TaskFamily
-from ganno_lightning.config_keys import apply_overrides, check_overrides, unknown_key_error
+from ganno_lightning.config import apply_overrides, check_overrides, unknown_key_error
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")

@@ -19,9 +19,9 @@ from torchrl.envs import EnvBase
 
 from envs import keys
 from envs.task import SPLITS, TaskFamily, TrainingTask
-from ganno_lightning.controller import LayerwiseController
-from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, NUM_FEATURES
-from ganno_lightning.lr_control import check_scale_bounds
+from ganno_lightning.layerwise.controller import LayerwiseController
+from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, NUM_FEATURES
+from ganno_lightning.layerwise.lr_control import check_scale_bounds
 
 #: What ``divergence_factor`` multiplies: the run's first interval loss, or its lowest so far.
 DIVERGENCE_REFERENCES = ("first", "best")
@@ -153,8 +153,8 @@ class LayerwiseLREnv(EnvBase):
     interval loss (or whose ``training_step`` raises mid-run)
     ends the episode with ``-divergence_penalty``; the env itself never crashes on it.
 
-    Observations and actions go through :class:`~ganno_lightning.controller.LayerwiseController`,
-    the same code :class:`~ganno_lightning.callback.GANNOCallback` runs in a Trainer. Agents are
+    Observations and actions go through :class:`~ganno_lightning.layerwise.controller.LayerwiseController`,
+    the same code :class:`~ganno_lightning.layerwise.callback.GANNOCallback` runs in a Trainer. Agents are
     padded to ``max_agents``; ``("agents", "mask")`` is False for padding, so tasks of different
     depth batch together in a ``ParallelEnv``.
 

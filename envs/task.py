@@ -77,7 +77,7 @@ class SingleTask(TaskFamily):
 
     def max_layers(self, split: Split = "train") -> int:
         if self._max_layers is None:
-            from ganno_lightning.partition import LayerPartition
+            from ganno_lightning.layerwise.partition import LayerPartition
 
             made = self.factory()
             module = made[0] if isinstance(made, tuple) else made

@@ -14,22 +14,22 @@ __version__ = "0.1.0"
 
 #: Public name -> the module that defines it (the one source of truth for the exports).
 _EXPORTS = {
-    "AgentCheckpointError": "ganno_lightning.agent",
-    "DEFAULT_AGENT_PATH": "ganno_lightning.agent",
-    "GANNOAgent": "ganno_lightning.agent",
-    "GANNOCallback": "ganno_lightning.callback",
-    "LayerwiseController": "ganno_lightning.controller",
-    "DEFAULT_ACTION_MULTIPLIERS": "ganno_lightning.features",
-    "FEATURE_NAMES": "ganno_lightning.features",
-    "LAYER_KINDS": "ganno_lightning.features",
-    "LayerwiseLR": "ganno_lightning.lr_control",
-    "LayerObserver": "ganno_lightning.observer",
-    "LayerGroup": "ganno_lightning.partition",
-    "LayerPartition": "ganno_lightning.partition",
-    "LayerPolicyNet": "ganno_lightning.policy",
-    "ObservationNormalizer": "ganno_lightning.policy",
-    "RecurrentLayerPolicyNet": "ganno_lightning.policy",
-    "LRSchedule": "ganno_lightning.schedule",
+    "AgentCheckpointError": "ganno_lightning.layerwise.agent",
+    "DEFAULT_AGENT_PATH": "ganno_lightning.layerwise.agent",
+    "GANNOAgent": "ganno_lightning.layerwise.agent",
+    "GANNOCallback": "ganno_lightning.layerwise.callback",
+    "LayerwiseController": "ganno_lightning.layerwise.controller",
+    "DEFAULT_ACTION_MULTIPLIERS": "ganno_lightning.layerwise.features",
+    "FEATURE_NAMES": "ganno_lightning.layerwise.features",
+    "LAYER_KINDS": "ganno_lightning.layerwise.features",
+    "LayerwiseLR": "ganno_lightning.layerwise.lr_control",
+    "LayerObserver": "ganno_lightning.layerwise.observer",
+    "LayerGroup": "ganno_lightning.layerwise.partition",
+    "LayerPartition": "ganno_lightning.layerwise.partition",
+    "LayerPolicyNet": "ganno_lightning.layerwise.policy",
+    "ObservationNormalizer": "ganno_lightning.layerwise.policy",
+    "RecurrentLayerPolicyNet": "ganno_lightning.layerwise.policy",
+    "LRSchedule": "ganno_lightning.layerwise.schedule",
     "PBTCallback": "ganno_lightning.pbt",
     "RuleOptimizer": "ganno_lightning.nos",
     "RuleSearchCallback": "ganno_lightning.nos",
@@ -43,14 +43,14 @@ __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from ganno_lightning.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent
-    from ganno_lightning.callback import GANNOCallback
-    from ganno_lightning.controller import LayerwiseController
-    from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
-    from ganno_lightning.lr_control import LayerwiseLR
+    from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent
+    from ganno_lightning.layerwise.callback import GANNOCallback
+    from ganno_lightning.layerwise.controller import LayerwiseController
+    from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
+    from ganno_lightning.layerwise.lr_control import LayerwiseLR
     from ganno_lightning.nos import RuleOptimizer, RuleSearchCallback, addsign, powersign
-    from ganno_lightning.observer import LayerObserver
-    from ganno_lightning.partition import LayerGroup, LayerPartition
+    from ganno_lightning.layerwise.observer import LayerObserver
+    from ganno_lightning.layerwise.partition import LayerGroup, LayerPartition
     from ganno_lightning.pbt import PBTCallback
-    from ganno_lightning.policy import LayerPolicyNet, ObservationNormalizer, RecurrentLayerPolicyNet
-    from ganno_lightning.schedule import LRSchedule
+    from ganno_lightning.layerwise.policy import LayerPolicyNet, ObservationNormalizer, RecurrentLayerPolicyNet
+    from ganno_lightning.layerwise.schedule import LRSchedule

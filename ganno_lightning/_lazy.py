@@ -16,7 +16,7 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
 
     Example::
 
-        __getattr__, __dir__ = lazy_exports(__name__, {"GANNOCallback": "ganno_lightning.callback"})
+        __getattr__, __dir__ = lazy_exports(__name__, {"GANNOCallback": "ganno_lightning.layerwise.callback"})
     """
     namespace = importlib.import_module(package).__dict__
 

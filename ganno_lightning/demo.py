@@ -16,8 +16,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ganno_lightning.agent import DEFAULT_AGENT_PATH, GANNOAgent
-from ganno_lightning.callback import GANNOCallback
+from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, GANNOAgent
+from ganno_lightning.layerwise.callback import GANNOCallback
 
 
 class DigitsClassifier(L.LightningModule):

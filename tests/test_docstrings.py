@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-MODULES = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller", "config_keys"]
+LAYERWISE = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ganno_lightning.config_keys import unknown_key_error
+from ganno_lightning.config import unknown_key_error
 
 #: Optimizer names a range may list. ``"sgd"`` is SGD with momentum :data:`SGD_MOMENTUM`.
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")

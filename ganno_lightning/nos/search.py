@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config_keys import apply_overrides, check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
 

@@ -36,7 +36,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config_keys import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config import check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
 from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
 

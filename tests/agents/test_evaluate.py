@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 
-from agents import evaluate as ev
+from agents import evaluation as ev
 from agents.baselines import (
     SCHEDULES,
     ScheduleMultiplier,
@@ -24,7 +24,7 @@ from agents.baselines import (
     without_schedule,
 )
 from envs.tasks import DigitsMLP
-from ganno_lightning.agent import GANNOAgent
+from ganno_lightning.layerwise.agent import GANNOAgent
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "evaluate_smoke.yaml"
 FULL = Path(__file__).resolve().parents[2] / "configs" / "evaluate.yaml"
@@ -354,7 +354,7 @@ def test_worker_processes_give_the_same_results_as_in_process(agent_file, tmp_pa
     assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
 
 
-@pytest.mark.parametrize("name", ["agents.baselines", "agents.evaluate"])
+@pytest.mark.parametrize("name", ["agents.baselines", *(f"agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis"))])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -10,7 +10,7 @@ from envs import keys
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import SingleTask
 from ganno_lightning import GANNOAgent, GANNOCallback
-from ganno_lightning.agent import Decision
+from ganno_lightning.layerwise.agent import Decision
 
 INTERVAL, HORIZON = 4, 32
 SCRIPT = [[6, 0], [5, 1], [3, 3], [0, 6], [2, 4], [6, 6], [1, 0], [4, 2]]  # one row per decision

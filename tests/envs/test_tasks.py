@@ -14,7 +14,7 @@ from torch import nn
 
 from envs.tasks import FAMILIES, TaskRanges, make_family
 from envs.tasks.data import digits
-from ganno_lightning.partition import LayerPartition
+from ganno_lightning.layerwise.partition import LayerPartition
 
 NAMES = sorted(FAMILIES)
 SAMPLES = 20

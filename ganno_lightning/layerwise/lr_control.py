@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from ganno_lightning.partition import LayerPartition
-from ganno_lightning.step_hooks import OutermostStepHooks
+from ganno_lightning.layerwise.partition import LayerPartition
+from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
 #: LR-scheduler attributes (and state-dict keys) that hold one entry per param group. They are
 #: expanded when groups are split so that the scheduler keeps driving every new group.

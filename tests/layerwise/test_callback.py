@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent, GANNOCallback
-from ganno_lightning.agent import DEFAULT_AGENT_PATH
+from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8
 
@@ -142,7 +142,7 @@ def test_an_agent_whose_decide_returns_no_decision_is_named():
         def decide(self, observation, *args, **kwargs):
             return super().decide(observation, *args, **kwargs)[1:]  # (actions, state), the old contract
 
-    with pytest.raises(TypeError, match=r"OldStyleAgent.decide must return a ganno_lightning.agent.Decision"):
+    with pytest.raises(TypeError, match=r"OldStyleAgent.decide must return a ganno_lightning.layerwise.agent.Decision"):
         trainer(max_epochs=1, callbacks=[GANNOCallback(OldStyleAgent(depth_agent(4)))]).fit(TinyRegressor())
 
 

@@ -13,9 +13,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, FEATURES_VERSION
-from ganno_lightning.lr_control import check_scale_bounds
-from ganno_lightning.policy import (
+from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, FEATURES_VERSION
+from ganno_lightning.layerwise.lr_control import check_scale_bounds
+from ganno_lightning.layerwise.policy import (
     LayerPolicyNet,
     ObservationNormalizer,
     PolicyNet,

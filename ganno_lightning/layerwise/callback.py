@@ -12,11 +12,11 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.agent import DEFAULT_EXPLORATION, Decision, GANNOAgent, check_exploration
-from ganno_lightning.controller import LayerwiseController
-from ganno_lightning.lr_control import check_scale_bounds
-from ganno_lightning.partition import GroupSpec
-from ganno_lightning.schedule import LRSchedule
+from ganno_lightning.layerwise.agent import DEFAULT_EXPLORATION, Decision, GANNOAgent, check_exploration
+from ganno_lightning.layerwise.controller import LayerwiseController
+from ganno_lightning.layerwise.lr_control import check_scale_bounds
+from ganno_lightning.layerwise.partition import GroupSpec
+from ganno_lightning.layerwise.schedule import LRSchedule
 
 AgentLike = GANNOAgent | str | os.PathLike | None
 
@@ -118,7 +118,7 @@ class GANNOCallback(Callback):
         self._final_state: dict[str, Any] | None = None
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         self._fingerprint: str | None = None
-        #: The :class:`~ganno_lightning.schedule.LRSchedule` of the current (or last) fit.
+        #: The :class:`~ganno_lightning.layerwise.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
     # -- checks -------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class GANNOCallback(Callback):
                                      generator=self._generator)
         if not isinstance(decision, Decision):
             raise TypeError(f"{type(self.agent).__name__}.decide must return a "
-                            f"ganno_lightning.agent.Decision(multipliers, actions, state), got {type(decision).__name__}.")
+                            f"ganno_lightning.layerwise.agent.Decision(multipliers, actions, state), got {type(decision).__name__}.")
         multipliers, actions, self._policy_state = decision
         if distributed:  # samples (and float rounding) can differ per rank; every rank applies rank zero's
             multipliers, actions = trainer.strategy.broadcast((multipliers, actions), src=0)

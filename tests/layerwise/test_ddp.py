@@ -12,7 +12,7 @@ HERE = Path(__file__).parent
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_ddp_ranks_make_identical_decisions_and_only_rank_zero_writes(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
-from ganno_lightning.partition import LayerPartition
-from ganno_lightning.step_hooks import OutermostStepHooks
+from ganno_lightning.layerwise.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
+from ganno_lightning.layerwise.partition import LayerPartition
+from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
 _COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # A row is [measured per layer | fixed per layer | run-wide]; `features` builds it from these parts.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
-from ganno_lightning.agent import FORMAT_VERSION
+from ganno_lightning.layerwise.agent import FORMAT_VERSION
 
 
 def test_round_trip_preserves_everything(tmp_path):

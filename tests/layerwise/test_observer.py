@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ganno_lightning import FEATURE_NAMES, LayerObserver, LayerPartition
-from ganno_lightning.features import FEATURE_CLIP
+from ganno_lightning.layerwise.features import FEATURE_CLIP
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

@@ -9,7 +9,7 @@ from typing import Union
 
 from torch import nn
 
-from ganno_lightning.features import layer_kind
+from ganno_lightning.layerwise.features import layer_kind
 
 #: How users override the default one-agent-per-module partition: glob patterns over module names
 #: (modules matching the same pattern share one agent), or a callable ``(module_name, module) ->

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ganno_lightning.config_keys import apply_overrides, check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 
 
 def test_message_names_path_source_close_match_known_keys_and_docs():
@@ -35,7 +35,7 @@ def test_well_formed_overrides_pass_through_unchanged():
 
 
 def _loaders():
-    from agents.evaluate import load_config as evaluate_config
+    from agents.evaluation import load_config as evaluate_config
     from agents.train import parse_config
     from ganno_lightning.nos.search import load_config as nos_config
     from ganno_lightning.pbt.runner import load_config as pbt_config

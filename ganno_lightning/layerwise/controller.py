@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ganno_lightning.lr_control import LayerwiseLR
-from ganno_lightning.observer import LayerObserver
-from ganno_lightning.partition import GroupSpec, LayerPartition
-from ganno_lightning.schedule import LRSchedule
-from ganno_lightning.step_hooks import OutermostStepHooks
+from ganno_lightning.layerwise.lr_control import LayerwiseLR
+from ganno_lightning.layerwise.observer import LayerObserver
+from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
+from ganno_lightning.layerwise.schedule import LRSchedule
+from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
 
 class LayerwiseController:
@@ -21,8 +21,8 @@ class LayerwiseController:
 
     It partitions the model, splits the optimizer's param groups, watches every optimizer step,
     and on request returns the observation and applies one action (or factor) per agent. It holds no policy
-    and knows nothing of Lightning: :class:`~ganno_lightning.callback.GANNOCallback` feeds it from
-    Trainer hooks and a :class:`~ganno_lightning.agent.GANNOAgent`, the meta-training environment
+    and knows nothing of Lightning: :class:`~ganno_lightning.layerwise.callback.GANNOCallback` feeds it from
+    Trainer hooks and a :class:`~ganno_lightning.layerwise.agent.GANNOAgent`, the meta-training environment
     from its own loop and TorchRL, so both observe and act through identical code.
 
     Args:

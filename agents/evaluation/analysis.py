@@ -1,0 +1,167 @@
+"""Analysis: per-seed comparisons, the summary and the headline targets."""
+
+import math
+import statistics
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig
+
+from agents.evaluation.plan import conditions_of, run_id, task_specs
+
+
+def steps_to_target(curve, target: Optional[float]) -> Optional[int]:
+    """The step of the first validation check whose loss is at most ``target``; ``None`` if never.
+
+    Args:
+        curve: ``[(step, val_loss), ...]`` in step order.
+        target: The target loss; ``None`` or non-finite (the reference diverged) gives ``None``.
+
+    Example::
+
+        >>> steps_to_target([(25, 2.0), (50, 1.2), (75, 0.9), (100, 1.1)], 1.0)
+        75
+        >>> steps_to_target([(25, 2.0), (50, 1.5)], 1.0) is None
+        True
+    """
+    if target is None or not math.isfinite(target):
+        return None
+    for step, loss in curve:
+        if loss is not None and math.isfinite(loss) and loss <= target:
+            return int(step)
+    return None
+
+
+def method_names(schedules) -> List[str]:
+    """Row names of the report: ``agent``, ``<schedule>@init`` ..., ``<schedule>@tuned`` ..."""
+    return ["agent", *[f"{s}@init" for s in schedules], *[f"{s}@tuned" for s in schedules]]
+
+
+def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """Per condition, task and seed: every method's final val loss, accuracy and steps to target.
+
+    ``<schedule>@tuned`` is, per task and seed, the grid factor with the lowest final val loss
+    (the first one on ties); the target is ``target.factor`` times the reference's final val loss.
+    """
+    grid = [float(f) for f in cfg.lr_grid]
+    out: Dict[str, Any] = {}
+    for condition in conditions_of(cfg):
+        per_task: Dict[str, Any] = {}
+        for spec in task_specs(cfg, condition.deeper):
+            per_seed = {}
+            for seed in cfg.seeds:
+                def get(method: str, factor: float) -> Dict[str, Any]:
+                    return runs[run_id(spec["id"], seed, method, factor)]
+
+                chosen = {"agent": get("agent", condition.factor)}
+                for s in cfg.schedules:
+                    chosen[f"{s}@init"] = get(s, condition.factor)
+                for s in cfg.schedules:
+                    candidates = [get(s, f) for f in grid]
+                    chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
+                reference = chosen["constant@init" if cfg.target.reference == "constant" else "cosine@tuned"]
+                target = reference["final_val_loss"] * cfg.target.factor
+                target = target if math.isfinite(target) else None
+                per_seed[str(seed)] = {
+                    "target": target,
+                    "methods": {
+                        name: {
+                            "run": r["id"],
+                            "lr_factor": r["lr_factor"],
+                            "final_val_loss": r["final_val_loss"],
+                            "final_val_acc": r.get("final_val_acc"),
+                            "status": r["status"],
+                            "steps_to_target": steps_to_target(r["curve"], target),
+                        }
+                        for name, r in chosen.items()
+                    },
+                }
+            first = runs[run_id(spec["id"], cfg.seeds[0], "agent", condition.factor)]
+            per_task[spec["id"]] = {"name": first.get("task_name", spec["id"]), "num_layers": first.get("num_layers"),
+                                    "base_lr": first.get("base_lr"), "seeds": per_seed}
+        out[condition.name] = per_task
+    return out
+
+
+def task_value(task: Dict[str, Any], method: str, key: str = "final_val_loss") -> Optional[float]:
+    """Mean over seeds; a diverged seed makes the task's loss ``inf`` (a loss for the method)."""
+    values = [seed["methods"][method][key] for seed in task["seeds"].values()]
+    if key == "final_val_loss":
+        return math.inf if any(not math.isfinite(v) for v in values) else statistics.fmean(values)
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def agent_wins(agent: float, other: float, margin: float = 0.0, strict: bool = False) -> bool:
+    # A diverged agent wins nothing; a diverged baseline loses to any finite agent.
+    if not math.isfinite(agent):
+        return False
+    if not math.isfinite(other):
+        return True
+    return agent < other if strict else agent <= (1.0 + margin) * other
+
+
+def summarise(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
+    """Per condition and method: the summary-table metrics (see the report's legend)."""
+    summary: Dict[str, Any] = {}
+    for condition, tasks in comparisons.items():
+        rows = {}
+        n_tasks = len(tasks)
+        for method in method_names(cfg.schedules):
+            losses = [task_value(t, method) for t in tasks.values()]
+            agent = [task_value(t, "agent") for t in tasks.values()]
+            cosine = [task_value(t, "cosine@tuned") for t in tasks.values()]
+            accs = [a for a in (task_value(t, method, "final_val_acc") for t in tasks.values()) if a is not None]
+            seeds = [s["methods"][method] for t in tasks.values() for s in t["seeds"].values()]
+            targets = [s["target"] for t in tasks.values() for s in t["seeds"].values()]
+            reached = [m["steps_to_target"] for m in seeds if m["steps_to_target"] is not None]
+            ratios = [_ratio(a, c) for a, c in zip(losses, cosine)]
+            finite = [x for x in losses if math.isfinite(x)]
+            rows[method] = {
+                "tasks": n_tasks,
+                "mean_final_val_loss": statistics.fmean(finite) if finite else None,
+                "finite_tasks": len(finite),
+                "mean_final_val_acc": statistics.fmean(accs) if accs else None,
+                "median_ratio_to_tuned_cosine": statistics.median(ratios) if ratios else None,
+                "diverged_runs": sum(m["status"] == "diverged" for m in seeds),
+                "failed_runs": sum(m["status"] == "failed" for m in seeds),
+                "runs": len(seeds),
+                "reached_target": len(reached),
+                "runs_with_target": sum(t is not None for t in targets),
+                "median_steps_to_target": statistics.median(reached) if reached else None,
+                "agent_better": sum(agent_wins(a, m, strict=True) for a, m in zip(agent, losses)),
+                "agent_not_worse": sum(agent_wins(a, m) for a, m in zip(agent, losses)),
+                "agent_within": sum(agent_wins(a, m, margin=cfg.within) for a, m in zip(agent, losses)),
+            }
+        summary[condition] = rows
+    return summary
+
+
+def _ratio(value: float, reference: float) -> float:
+    if not math.isfinite(value):
+        return math.inf
+    if not math.isfinite(reference):
+        return 0.0  # finite against a diverged reference: as good as it gets
+    return value / reference if reference > 0 else math.inf
+
+
+def headline_targets(cfg: DictConfig, summary: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The project's targets, measured: (a) from the user's LR, (b) from a 10x wrong LR, (c) deeper nets."""
+    out = []
+
+    def add(label: str, condition: str, method: str, key: str, comparison: str) -> None:
+        row = summary[condition][method]
+        count, n = row[key], row["tasks"]
+        out.append({"target": label, "condition": condition, "comparison": comparison, "count": count, "tasks": n,
+                    "percent": 100.0 * count / n if n else None})
+
+    within = f"{cfg.within * 100:g}%"
+    for condition in conditions_of(cfg):
+        if condition.deeper:
+            add("(c) deeper nets", condition.name, "constant@init", "agent_better", "agent < constant LR")
+        elif condition.factor == 1.0:
+            add("(a) user's LR", condition.name, "constant@init", "agent_better", "agent < constant LR")
+            add("(a) user's LR", condition.name, "cosine@tuned", "agent_not_worse", "agent <= tuned cosine")
+        else:
+            add(f"(b) LR x{condition.factor:g}", condition.name, "cosine@tuned", "agent_within",
+                f"agent within {within} of tuned cosine")
+    return out

@@ -1,0 +1,289 @@
+"""The evaluation's config: its schema, loading and checks, and the suite's deeper families."""
+
+import dataclasses
+import difflib
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
+
+from agents.baselines import SCHEDULES
+from ganno_lightning.config import (
+    apply_overrides,
+    check_overrides,
+    known_keys_at,
+    unknown_key_error,
+)
+from ganno_lightning.layerwise.agent import DEFAULT_EXPLORATION, check_exploration
+
+# Schedules every evaluation needs: the headline targets compare with constant and cosine.
+_REQUIRED_SCHEDULES = ("constant", "cosine")
+RUNS_FILE = "runs.jsonl"
+_SPLITS = ("train", "heldout")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class AgentConfig:
+    path: str = "default"  # agent file (GANNOAgent.save), or "default" for the agent shipped in the package
+    interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
+    exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
+
+
+@dataclass
+class SuiteEntry:
+    family: str = MISSING  # a zoo family: mlp_digits, cnn_digits, teacher_student, sequence
+    split: str = "heldout"  # ranges the tasks are drawn from: heldout (generalisation) or train
+    tasks: int = 3  # tasks drawn from the family
+    # The ranges the agent was meta-trained on (over the family's defaults); `deeper` doubles their max depth.
+    train: Optional[Dict[str, Any]] = None
+    heldout: Optional[Dict[str, Any]] = None  # held-out range overrides (over the family's)
+
+
+@dataclass
+class TargetConfig:
+    reference: str = "constant"  # whose final val loss is the target: "constant" (@init) or "tuned_cosine"
+    factor: float = 1.0  # target = factor x the reference's final val loss (e.g. 1.05: within 5%)
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False  # log the summary tables and plots to W&B
+    project: str = "ganno-evaluate"
+    mode: str = "offline"  # "online", "offline" or "disabled"
+    name: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    agent: AgentConfig = field(default_factory=AgentConfig)  # `agent: path.pt` is short for `agent: {path: path.pt}`
+    suite: List[SuiteEntry] = field(default_factory=lambda: [SuiteEntry(family="mlp_digits")])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])  # one run per seed (weights, data order)
+    steps: int = 500  # optimizer steps per run
+    val_every: int = 25  # optimizer steps between validation checks (the points of each loss curve)
+    lr_grid: List[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # tuning: x the task's LR
+    init_lr_factors: List[float] = field(default_factory=lambda: [1.0, 10.0, 0.1])  # one condition each
+    deeper: bool = True  # add the `deeper_x2` condition (twice the meta-training max depth)
+    schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from agents.baselines
+    target: TargetConfig = field(default_factory=TargetConfig)
+    within: float = 0.05  # "within 5% of the tuned cosine": agent loss <= (1 + within) x its loss
+    task_seed: int = 0  # seeds the draws of task hyperparameters
+    schedule_plots: int = 1  # agent LR-schedule PNGs per family and condition (first seed)
+    workers: int = 1  # parallel run processes; 1 runs in this process
+    torch_threads: int = 1  # per run: tiny models train fastest single-threaded
+    resume: bool = True  # reuse finished runs from out_dir/runs.jsonl with the same settings
+    # Other evaluations' out_dirs (or runs.jsonl files) whose finished baseline runs are reused when
+    # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
+    baselines_from: List[str] = field(default_factory=list)
+    out_dir: str = "runs/evaluate"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def load_config(
+    config: Union[str, os.PathLike, dict, DictConfig, EvaluateConfig, None] = None, overrides=()
+) -> DictConfig:
+    """Merge a YAML file (or dict) and ``key=value`` overrides onto :class:`EvaluateConfig`, then validate.
+
+    Args:
+        config: Path of a YAML file, a dict, a ``DictConfig``, an :class:`EvaluateConfig` or ``None``
+            (the defaults).
+        overrides: ``key=value`` strings (omegaconf dotlist) applied on top.
+
+    Returns:
+        The merged, validated config.
+
+    Raises:
+        ValueError: For an unknown key (named with its dotted path, e.g. ``suite[0].famly``), a
+            value of the wrong type, or an invalid setting (empty suite, non-positive LR
+            multiplier, unknown family or schedule, ...).
+        FileNotFoundError: If the YAML file does not exist.
+
+    Example::
+
+        >>> cfg = load_config({"suite": [{"family": "sequence", "tasks": 2}]}, ["steps=200", "val_every=50"])
+        >>> cfg.suite[0].split, cfg.steps, list(cfg.lr_grid)
+        ('heldout', 200, [0.1, 0.3, 1.0, 3.0, 10.0])
+        >>> load_config({"sede": [0]})
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown config key `sede` in config (did you mean `seeds`?). ...
+    """
+    schema = OmegaConf.structured(EvaluateConfig)
+    source = "config"
+    merged = schema  # what an unknown key's error lists the known keys from, until the merge succeeds
+    try:
+        if config is None or isinstance(config, EvaluateConfig):
+            base = OmegaConf.structured(config or EvaluateConfig())
+        elif isinstance(config, (str, os.PathLike)):
+            source = str(config)
+            if not Path(config).is_file():
+                raise FileNotFoundError(f"Config file not found: '{config}'.")
+            base = OmegaConf.load(config)
+        else:
+            base = OmegaConf.create(config if isinstance(config, DictConfig) else dict(config))
+        if isinstance(base, DictConfig):
+            if isinstance(base.get("agent"), str):  # shorthand `agent: path.pt` for `agent: {path: path.pt}`
+                base.agent = {"path": base.agent}
+            _check_keys(OmegaConf.to_container(base), EvaluateConfig, source)
+        merged = OmegaConf.merge(schema, base)
+        source = "overrides"
+        overrides = check_overrides(overrides, example="steps=400")
+        for i, item in enumerate(overrides):
+            if item.startswith("agent="):  # shorthand, as in the file
+                overrides[i] = "agent.path=" + item[len("agent="):]
+        apply_overrides(merged, overrides)  # in place: `suite[0].tasks=2` sets one field of a list entry
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
+        raise unknown_key_error(key, known_keys_at(merged, key), source=source, see="configs/evaluate.yaml") from None
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ValueError(f"Config key `{key}` in {source}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
+    validate_config(merged)
+    return merged
+
+
+def _check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
+    """Reject a key the schema does not have, naming its full dotted path (``suite[0].famly``).
+
+    omegaconf's own error loses the path inside lists of structured entries; this walk keeps it.
+    """
+    if not isinstance(data, dict):
+        return  # a wrong type is reported by the merge, with its key
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise unknown_key_error(path, fields, source=source, see="configs/evaluate.yaml")
+        kind = fields[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                keys = ", ".join(kind.__dataclass_fields__)
+                raise ValueError(f"`{path}` in {source} must be a section of keys ({keys}), got {value!r}.")
+            _check_keys(value, kind, source, path)
+        elif typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+            if not isinstance(value, list):
+                raise ValueError(f"`{path}` in {source} must be a list, e.g. suite: [{{family: mlp_digits, tasks: 3}}]; "
+                                 f"got {value!r}.")
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ValueError(
+                        f"`{path}[{i}]` in {source} must be a section such as {{family: mlp_digits}}, got {item!r}.")
+                _check_keys(item, typing.get_args(kind)[0], source, f"{path}[{i}]")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check values the schema's types cannot: ranges, non-empty lists, known names.
+
+    Raises:
+        ValueError: Naming the first invalid key, the value received and how to fix it.
+    """
+    from envs.tasks import FAMILIES, make_family
+
+    try:
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ValueError(f"`{err.full_key}` is required (e.g. family: mlp_digits).") from None
+    if not cfg.suite:
+        raise ValueError("`suite` must list at least one task family, e.g. suite: [{family: mlp_digits, tasks: 3}].")
+    for i, entry in enumerate(cfg.suite):
+        prefix = f"suite[{i}]"
+        if entry.family not in FAMILIES:
+            close = difflib.get_close_matches(str(entry.family), list(FAMILIES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"`{prefix}.family` must be a zoo family ({', '.join(sorted(FAMILIES))}), "
+                             f"got {entry.family!r}.{hint}")
+        if entry.split not in _SPLITS:
+            raise ValueError(f"`{prefix}.split` must be one of {list(_SPLITS)}, got {entry.split!r}.")
+        _at_least(entry.tasks, f"{prefix}.tasks", 1)
+        make_family(entry.family, train=entry.train, heldout=entry.heldout, prefix=prefix)
+        if cfg.deeper:  # fails now, not in every worker
+            deeper_family(entry.family, entry.split, entry.train, entry.heldout, prefix)
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ValueError(f"`seeds` must be a non-empty list of distinct ints, got {list(cfg.seeds)}.")
+    _at_least(cfg.steps, "steps", 1)
+    _at_least(cfg.val_every, "val_every", 1)
+    if cfg.steps % cfg.val_every:
+        suggestion = cfg.steps - cfg.steps % cfg.val_every or cfg.val_every
+        raise ValueError(
+            f"`steps` ({cfg.steps}) must be a multiple of `val_every` ({cfg.val_every}), so that the last "
+            f"validation check is at the last step (the final val loss). E.g. steps={suggestion}."
+        )
+    for key in ("lr_grid", "init_lr_factors"):
+        values = list(cfg[key])
+        if not values or not all(math.isfinite(v) and v > 0 for v in values) or len(set(values)) != len(values):
+            raise ValueError(
+                f"`{key}` must be a non-empty list of distinct positive finite multipliers of the task's LR, "
+                f"got {values}. E.g. [0.1, 0.3, 1.0, 3.0, 10.0]."
+            )
+    unknown = [s for s in cfg.schedules if s not in SCHEDULES]
+    if unknown:
+        raise ValueError(f"`schedules` has unknown schedule(s) {unknown}; known: {list(SCHEDULES)}.")
+    missing = [s for s in _REQUIRED_SCHEDULES if s not in cfg.schedules]
+    if missing or len(set(cfg.schedules)) != len(cfg.schedules):
+        raise ValueError(
+            f"`schedules` must be distinct and include {list(_REQUIRED_SCHEDULES)} (the targets compare with them), "
+            f"got {list(cfg.schedules)}."
+        )
+    if cfg.target.reference not in ("constant", "tuned_cosine"):
+        raise ValueError(f"`target.reference` must be 'constant' or 'tuned_cosine', got {cfg.target.reference!r}.")
+    if not (math.isfinite(cfg.target.factor) and cfg.target.factor > 0):
+        raise ValueError(f"`target.factor` must be a positive finite number, got {cfg.target.factor!r}.")
+    if not (math.isfinite(cfg.within) and cfg.within >= 0):
+        raise ValueError(f"`within` must be a finite number >= 0 (0.05 for 5%), got {cfg.within!r}.")
+    if cfg.agent.interval is not None:
+        _at_least(cfg.agent.interval, "agent.interval", 1)
+    check_exploration(cfg.agent.exploration, "agent.exploration")
+    _at_least(cfg.schedule_plots, "schedule_plots", 0)
+    for i, source in enumerate(cfg.baselines_from):
+        if not runs_log_path(source).is_file():
+            raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{runs_log_path(source)}'; give the out_dir "
+                             f"of an earlier `agents.evaluation` run (it holds {RUNS_FILE}), got {source!r}.")
+    _at_least(cfg.workers, "workers", 1)
+    _at_least(cfg.torch_threads, "torch_threads", 1)
+    if cfg.wandb.mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {cfg.wandb.mode!r}.")
+
+
+def _at_least(value: Any, key: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{key}` must be an int >= {minimum}, got {value!r}.")
+
+
+def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optional[dict], prefix: str = "suite"):
+    """The family ``name`` with ``split``'s depth fixed to twice the max depth of its ``train`` ranges.
+
+    Only the depth changes: the other ranges of ``split`` stay as configured.
+
+    Example::
+
+        >>> deeper_family("mlp_digits", "heldout", {"depth": [1, 3]}, None).ranges("heldout").depth
+        (6, 6)
+    """
+    from envs.tasks import make_family
+
+    family = make_family(name, train=train, heldout=heldout, prefix=prefix)
+    depth = 2 * family.ranges("train").depth[1]
+    sections = {"train": _plain(train), "heldout": _plain(heldout)}
+    sections[split] = {**(sections[split] or {}), "depth": [depth, depth]}
+    return make_family(name, train=sections["train"], heldout=sections["heldout"], prefix=f"{prefix}(deeper)")
+
+
+def _plain(section: Any) -> Any:
+    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+
+def runs_log_path(source: str) -> Path:
+    path = Path(source)
+    return path if path.suffix == ".jsonl" else path / RUNS_FILE

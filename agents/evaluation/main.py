@@ -1,0 +1,135 @@
+"""Entry points: the whole evaluation and its command line."""
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from agents.evaluation.analysis import compare, headline_targets, summarise
+from agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
+from agents.evaluation.execute import copy_baselines, execute, read_runs_log
+from agents.evaluation.plan import agent_path, conditions_of, plan_runs
+from agents.evaluation.report import (
+    plot_loss_curves,
+    plot_schedules,
+    summary_table,
+    targets_table,
+    write_report,
+)
+from agents.evaluation.run import load_agent
+
+
+def evaluate(cfg: DictConfig) -> Dict[str, Any]:
+    """Run the whole evaluation described by a validated config; write every output file.
+
+    Returns:
+        The content of ``results.json``, plus ``report`` (the Markdown text).
+
+    Example::
+
+        cfg = load_config("configs/evaluate_smoke.yaml", ["agent.path=agent.pt", "out_dir=runs/eval"])
+        results = evaluate(cfg)
+        print(results["targets"])
+    """
+    start = time.perf_counter()
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    agent_file = agent_path(cfg.agent.path)
+    if cfg.agent.path != "default" and not agent_file.is_file():
+        raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
+    load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
+    jobs = plan_runs(cfg)
+    log_path = out_dir / RUNS_FILE
+    done = read_runs_log(log_path) if cfg.resume else {}
+    if not cfg.resume and log_path.exists():
+        log_path.unlink()
+    copied = copy_baselines(jobs, cfg.baselines_from, done)
+    if copied:
+        with open(log_path, "a") as f:  # this out_dir stays self-contained: its log holds every run it reports
+            f.writelines(json.dumps(run) + "\n" for run in copied)
+        print(f"copied {len(copied)} finished baseline runs from {', '.join(cfg.baselines_from)}", flush=True)
+    print(f"evaluating {len(jobs)} runs ({len(conditions_of(cfg))} conditions) in {cfg.workers} process(es)",
+          flush=True)
+    runs = execute(jobs, cfg.workers, log_path, done)
+    comparisons = compare(cfg, runs)
+    summary = summarise(cfg, comparisons)
+    targets = headline_targets(cfg, summary)
+    plots: Dict[str, List[Path]] = {}
+    for condition in conditions_of(cfg):
+        tasks = comparisons[condition.name]
+        curves = plot_loss_curves(cfg, condition, tasks, runs, out_dir / f"loss_curves_{condition.name}.png")
+        plots[condition.name] = [curves, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
+    seconds = time.perf_counter() - start
+    report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds)
+    results = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "conditions": [dataclasses.asdict(c) for c in conditions_of(cfg)],
+        "targets": targets,
+        "summary": summary,
+        "comparisons": comparisons,
+        "runs": [runs[job["id"]] for job in jobs],
+        "seconds": seconds,
+    }
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out_dir / "results.json")
+    if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
+        _log_wandb(cfg, summary, targets, plots, out_dir)
+    return {**results, "report": report}
+
+
+def _log_wandb(cfg: DictConfig, summary, targets, plots, out_dir: Path) -> None:
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, name=cfg.wandb.name, mode=cfg.wandb.mode, dir=str(out_dir),
+                     config=OmegaConf.to_container(cfg, resolve=True), job_type="evaluate")
+    try:
+        columns = ["condition", "method", *[k for k in next(iter(next(iter(summary.values())).values()))]]
+        table = wandb.Table(columns=columns)
+        for condition, rows in summary.items():
+            for method, row in rows.items():
+                table.add_data(condition, method, *[_json_safe(v) for v in row.values()])
+        run.log({"evaluate/summary": table,
+                 "evaluate/targets": wandb.Table(columns=list(targets[0]), data=[list(t.values()) for t in targets])
+                 if targets else None})
+        for condition, paths in plots.items():
+            run.log({f"evaluate/{condition}/{p.stem}": wandb.Image(str(p)) for p in paths})
+        for t in targets:
+            run.summary[f"targets/{t['condition']}/{t['comparison']}"] = t["percent"]
+    finally:
+        run.finish()
+
+
+def _json_safe(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m agents.evaluation CONFIG.yaml [key=value ...]``; prints the summary tables.
+
+    Returns:
+        0, or 1 if any run failed with an error (divergence is a result, not a failure).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(importlib.import_module(__package__).__doc__)
+        print("Config keys and defaults:\n" + OmegaConf.to_yaml(OmegaConf.structured(EvaluateConfig)))
+        return 0 if argv else 2
+    cfg = load_config(argv[0], argv[1:])
+    results = evaluate(cfg)
+    print()
+    print(targets_table(results["targets"]))
+    for condition, rows in results["summary"].items():
+        print(f"\n{condition}\n{summary_table(cfg, rows)}")
+    print(f"\nreport: {Path(cfg.out_dir) / 'report.md'}; every run: {Path(cfg.out_dir) / 'results.json'}")
+    failed = sum(r["status"] == "failed" for r in results["runs"])
+    if failed:
+        print(f"{failed} run(s) failed with an error; see `reason` in results.json.", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,116 @@
+"""The plan: conditions, tasks and the distinct runs they need."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One evaluation condition: the initial-LR factor, and whether tasks are the deeper variants."""
+
+    name: str
+    factor: float
+    deeper: bool = False
+
+
+def conditions_of(cfg: DictConfig) -> List[Condition]:
+    """``init_lr_x<f>`` per ``init_lr_factors`` entry, then ``deeper_x2`` when ``deeper`` is set.
+
+    Example::
+
+        >>> from agents.evaluation.config import load_config
+        >>> [c.name for c in conditions_of(load_config({"init_lr_factors": [1.0, 10.0, 0.1]}))]
+        ['init_lr_x1', 'init_lr_x10', 'init_lr_x0.1', 'deeper_x2']
+    """
+    out = [Condition(f"init_lr_x{f:g}", float(f)) for f in cfg.init_lr_factors]
+    if cfg.deeper:
+        out.append(Condition("deeper_x2", 1.0, deeper=True))
+    return out
+
+
+def task_specs(cfg: DictConfig, deeper: bool) -> List[Dict[str, Any]]:
+    """Plain-data descriptions of the suite's tasks (what a worker needs to rebuild each one).
+
+    Task ``t`` of suite entry ``i`` is drawn from a generator seeded by ``(task_seed, i, t)``; its
+    deeper variant uses the same generator with only the depth range replaced, and since every
+    range field consumes exactly one draw, it has the same width, LR, batch size and optimizer.
+    """
+    specs = []
+    for i, entry in enumerate(cfg.suite):
+        plain = OmegaConf.to_container(entry, resolve=True)
+        for t in range(entry.tasks):
+            specs.append({
+                "id": f"{entry.family}#{t}" + ("@deeper" if deeper else ""),
+                "entry": i,
+                "family": entry.family,
+                "split": entry.split,
+                "train": plain["train"],
+                "heldout": plain["heldout"],
+                "deeper": deeper,
+                "sample_seed": (int(cfg.task_seed) * 1_000_003 + i * 10_007 + t) % (2**62),
+            })
+    return specs
+
+
+def _lr_key(factor: float) -> str:
+    return f"{float(factor):g}"
+
+
+def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
+    """Every distinct run the conditions need, as plain-data jobs for :func:`run_one`.
+
+    Per task and seed: the agent at each condition's factor, and each schedule at every factor of
+    ``lr_grid`` and of the conditions (a factor in both is one run).
+    """
+    conditions = conditions_of(cfg)
+    agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
+             "sha256": _agent_digest(cfg.agent.path)}
+    jobs: Dict[str, Dict[str, Any]] = {}
+    for deeper in sorted({c.deeper for c in conditions}):
+        factors = [c.factor for c in conditions if c.deeper == deeper]
+        baseline_factors = sorted({float(f) for f in [*cfg.lr_grid, *factors]})
+        for task in task_specs(cfg, deeper):
+            for seed in cfg.seeds:
+                methods = [("agent", f) for f in factors] + [(s, f) for s in cfg.schedules for f in baseline_factors]
+                for method, factor in methods:
+                    job = {
+                        "task": task,
+                        "seed": int(seed),
+                        "method": method,
+                        "lr_factor": float(factor),
+                        "steps": int(cfg.steps),
+                        "val_every": int(cfg.val_every),
+                        "torch_threads": int(cfg.torch_threads),
+                        "agent": agent if method == "agent" else None,
+                    }
+                    job["id"] = run_id(task["id"], seed, method, factor)
+                    job["key"] = _job_key(job)
+                    jobs.setdefault(job["id"], job)
+    return list(jobs.values())
+
+
+def run_id(task_id: str, seed: int, method: str, factor: float) -> str:
+    """The name of a run in ``results.json``, e.g. ``mlp_digits#0|seed=1|cosine|x3``."""
+    return f"{task_id}|seed={seed}|{method}|x{_lr_key(factor)}"
+
+
+def _job_key(job: Dict[str, Any]) -> str:
+    # Everything that changes a run's outcome; a finished run is reused only under the same key.
+    spec = {k: job[k] for k in ("task", "seed", "method", "lr_factor", "steps", "val_every", "agent")}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _agent_digest(path: str) -> Optional[str]:
+    resolved = agent_path(path)
+    return hashlib.sha256(resolved.read_bytes()).hexdigest()[:16] if resolved.is_file() else None
+
+
+def agent_path(path: str) -> Path:
+    from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
+
+    return DEFAULT_AGENT_PATH if path == "default" else Path(path)

@@ -1,0 +1,223 @@
+"""The Markdown report and the plots."""
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import DictConfig
+
+from agents.evaluation.analysis import agent_wins, method_names, task_value
+from agents.evaluation.plan import Condition, conditions_of
+
+
+def _fmt(value: Optional[float], digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}g}"
+
+
+def _count(k: int, n: int) -> str:
+    return f"{k}/{n}"
+
+
+SUMMARY_COLUMNS = [
+    "method", "final val loss (mean)", "val acc (mean)", "loss / tuned cosine (median)", "diverged runs",
+    "reached target (runs)", "steps to target (median)", "agent < method (tasks)", "agent <= method (tasks)",
+    "agent within {within} (tasks)",
+]
+
+
+def summary_table(cfg: DictConfig, rows: Dict[str, Any]) -> str:
+    """One condition's summary as a Markdown table (the columns of :data:`SUMMARY_COLUMNS`)."""
+    within = f"{cfg.within * 100:g}%"
+    header = [c.format(within=within) for c in SUMMARY_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, r in rows.items():
+        n = r["tasks"]
+        mean = _fmt(r["mean_final_val_loss"])
+        if r["finite_tasks"] < n:
+            mean += f" ({n - r['finite_tasks']} task(s) inf)"
+        diverged = _count(r["diverged_runs"], r["runs"]) + (f", {r['failed_runs']} failed" if r["failed_runs"] else "")
+        is_agent = method == "agent"
+        cells = [
+            method, mean, _fmt(r["mean_final_val_acc"], 3), _fmt(r["median_ratio_to_tuned_cosine"], 3), diverged,
+            _count(r["reached_target"], r["runs_with_target"]), _fmt(r["median_steps_to_target"]),
+            "—" if is_agent else _count(r["agent_better"], n),
+            "—" if is_agent else _count(r["agent_not_worse"], n),
+            "—" if is_agent else _count(r["agent_within"], n),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_table(cfg: DictConfig, tasks: Dict[str, Any]) -> str:
+    """One condition's per-task table: seed-mean final val loss of every method, and the target checks."""
+    within = f"{cfg.within * 100:g}%"
+    methods = method_names(cfg.schedules)
+    header = ["task", "layers", "task LR (x1)", *methods, "agent steps to target (per seed)", "agent < constant",
+              "agent <= tuned cosine", f"agent within {within} of tuned cosine"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task_id, t in tasks.items():
+        agent = task_value(t, "agent")
+        cells = [f"`{task_id}` {t['name']}", str(t["num_layers"]), _fmt(t["base_lr"], 2)]
+        for method in methods:
+            cell = _fmt(task_value(t, method))
+            if method.endswith("@tuned"):
+                factors = Counter(s["methods"][method]["lr_factor"] for s in t["seeds"].values())
+                cell += " (" + ", ".join(f"x{f:g}" for f, _ in factors.most_common()) + ")"
+            cells.append(cell)
+        steps = [s["methods"]["agent"]["steps_to_target"] for s in t["seeds"].values()]
+        cells.append(", ".join("never" if x is None else str(x) for x in steps))
+        cells.append("yes" if agent_wins(agent, task_value(t, "constant@init"), strict=True) else "no")
+        cells.append("yes" if agent_wins(agent, task_value(t, "cosine@tuned")) else "no")
+        cells.append("yes" if agent_wins(agent, task_value(t, "cosine@tuned"), margin=cfg.within) else "no")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(targets: List[Dict[str, Any]]) -> str:
+    lines = ["| target | condition | measure | tasks | share |", "|---|---|---|---|---|"]
+    for t in targets:
+        share = "n/a" if t["percent"] is None else f"{t['percent']:.0f}%"
+        lines.append(f"| {t['target']} | {t['condition']} | {t['comparison']} | {t['count']}/{t['tasks']} | {share} |")
+    return "\n".join(lines)
+
+
+def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, runs, plots, seconds: float) -> str:
+    """Write ``report.md`` and return its text."""
+    within = f"{cfg.within * 100:g}%"
+    reference = "the constant LR at the condition's initial LR" if cfg.target.reference == "constant" \
+        else "the LR-grid-tuned cosine"
+    failed = [r for r in runs.values() if r["status"] == "failed"]
+    parts = [
+        "# GANNO agent vs handcrafted LR schedules",
+        "",
+        f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`). Suite: "
+        + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s))" for e in cfg.suite)
+        + f"; seeds {list(cfg.seeds)}; {cfg.steps} optimizer steps per run, validation every {cfg.val_every}; "
+        f"LR grid x{', x'.join(f'{f:g}' for f in cfg.lr_grid)} of each task's sampled LR. "
+        f"{len(runs)} runs, {seconds / 60:.1f} min.",
+    ]
+    if len(cfg.seeds) < 3:
+        parts += ["", f"**Only {len(cfg.seeds)} seed(s): a smoke test, not an evaluation (use 3 or more).**"]
+    if failed:
+        parts += ["", f"**{len(failed)} run(s) failed with an error (counted as inf loss)**, e.g. "
+                  f"`{failed[0]['id']}`: {failed[0]['reason']}"]
+    parts += [
+        "",
+        "## Targets",
+        "",
+        targets_table(targets),
+        "",
+        "## How to read this",
+        "",
+        "- Every method of a task and seed starts from the same weights and sees the same batches. "
+        "`agent`: `GANNOCallback(agent)` from the condition's initial LR, no scheduler underneath. "
+        "`<schedule>@init`: the schedule at the condition's initial LR. `<schedule>@tuned`: per task and seed, "
+        "the grid LR with the lowest final validation loss (the chosen multipliers are in the per-task tables).",
+        "- Conditions: `init_lr_x<f>` starts from the task's sampled LR times f (x10 / x0.1: 10x too high / low); "
+        "`deeper_x2` uses networks exactly twice as deep as the deepest of the family's meta-training range.",
+        "- **Tuning favours the baselines**: `@tuned` picks its LR by the same validation loss it is then scored on "
+        "(and gets one run per grid point), while the agent runs once and is never tuned.",
+        "- Per task, a method's loss is the mean over seeds of the final validation loss; a diverged or failed run "
+        "(non-finite loss) is inf, so any divergence makes that task a loss for the method.",
+        "- `final val loss (mean)`: mean over tasks with a finite loss (the others are counted). "
+        "`val acc (mean)`: argmax accuracy of the final weights, classifiers only. "
+        "`loss / tuned cosine (median)`: median over tasks of the method's loss divided by the tuned cosine's "
+        "(scale-free across families; < 1 is better).",
+        f"- `reached target`: runs whose validation loss reached the target: {cfg.target.factor:g} x the final "
+        f"validation loss of {reference} (same task and seed); `steps to target`: the first validation check at "
+        "which it did (median over the runs that did).",
+        f"- `agent < method` / `agent <= method` / `agent within {within}`: tasks where the agent's loss is lower than / "
+        f"at most / at most {1 + cfg.within:g} x the method's.",
+    ]
+    for condition in conditions_of(cfg):
+        parts += ["", f"## {condition.name}", "", summary_table(cfg, summary[condition.name]), ""]
+        parts += ["Per task (final val loss, mean over seeds):", "", task_table(cfg, comparisons[condition.name])]
+        for plot in plots.get(condition.name, []):
+            parts += ["", f"![{plot.stem}]({plot.name})"]
+    text = "\n".join(parts) + "\n"
+    path.write_text(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+
+
+_COLORS = {"constant": "tab:blue", "step_decay": "tab:orange", "cosine": "tab:green", "warmup_cosine": "tab:red"}
+
+
+def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any], runs, path: Path) -> Path:
+    """Validation-loss curves of every method on every task of ``condition`` (first seed), one panel per task.
+
+    Solid lines: schedules at the initial LR; dashed: tuned; black: the agent; an ``x`` marks where
+    a run diverged; the dotted line is the steps-to-target target.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    seed = str(cfg.seeds[0])
+    n = len(tasks)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.8, 3.3 * rows), squeeze=False)
+    for ax, (task_id, task) in zip(axes.flat, tasks.items()):
+        for method, entry in task["seeds"][seed]["methods"].items():
+            curve = runs[entry["run"]]["curve"]
+            points = [(s, v) for s, v in curve if math.isfinite(v)]
+            if method == "agent":
+                style = {"color": "black", "linewidth": 2.2, "zorder": 3}
+            else:
+                schedule, kind = method.split("@")
+                style = {"color": _COLORS.get(schedule), "linewidth": 1.2, "linestyle": "-" if kind == "init" else "--"}
+            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], label=method, **style)
+            if entry["status"] != "ok" and points:
+                ax.plot(*points[-1], marker="x", markersize=8, color=line.get_color())
+        target = task["seeds"][seed]["target"]
+        if target is not None:
+            ax.axhline(target, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{task_id}\n{task['name']}", fontsize=7)
+        ax.set_xlabel("optimizer step", fontsize=7)
+        ax.set_ylabel("val loss", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.suptitle(f"{condition.name}: validation loss (seed {seed}; dotted: target; x: diverged)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * cols + 1.8), 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_schedules(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any], runs, out_dir: Path) -> List[Path]:
+    """The agent's per-layer LR schedule (``LRSchedule.plot``) on the first ``schedule_plots`` tasks of each family."""
+    from ganno_lightning.layerwise.schedule import LRSchedule
+
+    per_family: Counter = Counter()
+    paths = []
+    for task_id, task in tasks.items():
+        family = task_id.split("#")[0]
+        if per_family[family] >= cfg.schedule_plots:
+            continue
+        run = runs[task["seeds"][str(cfg.seeds[0])]["methods"]["agent"]["run"]]
+        state = run.get("schedule")
+        if not state or not state.get("steps"):
+            continue
+        per_family[family] += 1
+        schedule = LRSchedule(state["layer_names"])
+        schedule.load_state_dict(state)
+        paths.append(schedule.plot(out_dir / f"schedule_{condition.name}_{_slug(task_id)}.png"))
+    return paths
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

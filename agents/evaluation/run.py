@@ -1,0 +1,204 @@
+"""One run (in a worker process or in this one): a zoo task trained by a real Trainer."""
+
+import logging
+import math
+import tempfile
+import time
+import warnings
+from functools import lru_cache
+from typing import Any, Dict, List, Optional
+
+import torch
+from lightning.pytorch import Callback, Trainer
+
+from agents.evaluation.config import deeper_family
+from ganno_lightning.short_runs import short_run_trainer
+
+
+class ValidationRecorder(Callback):
+    """Lightning callback keeping the validation-loss curve and stopping a run that diverged.
+
+    A run has diverged when a training or validation loss is not finite; the run then stops
+    (``trainer.should_stop``) instead of training NaN weights for the remaining steps.
+
+    Args:
+        monitor: The logged validation metric.
+
+    Example::
+
+        recorder = ValidationRecorder()
+        Trainer(max_steps=100, val_check_interval=25, check_val_every_n_epoch=None, callbacks=[recorder]).fit(model)
+        recorder.curve  # [[25, 0.81], [50, 0.52], [75, 0.44], [100, 0.41]]
+    """
+
+    def __init__(self, monitor: str = "val_loss") -> None:
+        self.monitor = monitor
+        self.curve: List[List[float]] = []
+        self.accuracy: Optional[float] = None
+        self.diverged = False
+        self.reason = ""
+
+    def _diverge(self, trainer: Trainer, reason: str) -> None:
+        if not self.diverged:
+            self.diverged, self.reason = True, reason
+        trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            self._diverge(trainer, f"non-finite training loss at step {trainer.global_step}")
+
+    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        finite = math.isfinite(value)
+        self.curve.append([int(trainer.global_step), value if finite else math.inf])
+        acc = trainer.callback_metrics.get("val_acc")
+        self.accuracy = float(acc) if acc is not None else None
+        if not finite:
+            self._diverge(trainer, f"non-finite {self.monitor} at step {trainer.global_step}")
+
+
+def build_task(spec: Dict[str, Any], seed: int):
+    """Rebuild the task ``spec`` (from :func:`task_specs`) with weights and data order set by ``seed``.
+
+    Every method run on the same ``(spec, seed)`` gets the same initial weights and batch order,
+    so their results are paired.
+
+    Example::
+
+        >>> from agents.evaluation.config import load_config
+        >>> from agents.evaluation.plan import task_specs
+        >>> spec = task_specs(load_config({"suite": [{"family": "mlp_digits", "tasks": 1}]}), deeper=False)[0]
+        >>> a, b = build_task(spec, seed=0), build_task(spec, seed=0)
+        >>> a.name == b.name and bool((a.module.net[0].weight == b.module.net[0].weight).all())
+        True
+    """
+    from envs.tasks import ZooModule, make_family
+
+    if spec["deeper"]:
+        family = deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"])
+    else:
+        family = make_family(spec["family"], train=spec["train"], heldout=spec["heldout"])
+    generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
+    torch.manual_seed((int(spec["sample_seed"]) * 7919 + int(seed)) % (2**62))  # zoo weights use the global RNG
+    task = family.sample(generator, spec["split"])
+    if isinstance(task.module, ZooModule):
+        task.module.seed = task.info["seed"] + int(seed)  # the training loader shuffles by `seed`
+    return task
+
+
+def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Train one job from :func:`plan_runs` with a real ``lightning.Trainer``; never raises.
+
+    A diverging run (non-finite loss) comes back with ``status="diverged"`` and
+    ``final_val_loss=inf``; any other error with ``status="failed"``, the error in ``reason`` and
+    ``final_val_loss=inf``, so that one run can never stop the evaluation.
+
+    Returns:
+        Plain data: the job's identity, ``task_name``, ``num_layers``, ``lr`` (initial), ``status``,
+        ``final_val_loss``, ``final_val_acc`` (logged ``val_acc``, else argmax accuracy for
+        classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check), ``steps_done``,
+        ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
+        (``LRSchedule.state_dict()``).
+    """
+    start = time.perf_counter()
+    result: Dict[str, Any] = {
+        "id": job["id"], "key": job["key"], "task": job["task"]["id"], "seed": job["seed"], "method": job["method"],
+        "lr_factor": job["lr_factor"], "status": "failed", "reason": "", "final_val_loss": math.inf,
+        "final_val_acc": None, "curve": [], "steps_done": 0, "torch": torch.__version__,
+    }
+    threads = torch.get_num_threads()
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    log_level = lightning_logger.level
+    trainer = recorder = ganno = None
+    try:
+        torch.set_num_threads(int(job["torch_threads"]))
+        lightning_logger.setLevel(logging.ERROR)  # "GPU available: False" etc., once per run, is noise here
+        from agents.baselines import scale_initial_lr, with_schedule
+
+        task = build_task(job["task"], job["seed"])
+        module = task.module
+        result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
+        result["lr"] = scale_initial_lr(module, job["lr_factor"])
+        recorder = ValidationRecorder()
+        callbacks = [recorder]  # first: it stops a diverged run before the agent decides on it
+        if job["method"] == "agent":
+            from ganno_lightning.layerwise.callback import GANNOCallback
+
+            agent = job["agent"]
+            ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
+                                  exploration=agent["exploration"], seed=job["seed"])
+            callbacks.append(ganno)
+        else:
+            with_schedule(module, job["method"], job["steps"])
+        with tempfile.TemporaryDirectory(prefix="ganno_eval_") as root, warnings.catch_warnings():
+            # Advice and deprecations from Lightning's internals, identical for every run; a fresh
+            # `catch_warnings` per run would otherwise print them again each time.
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+            # tiny models: faster on CPU than paying for transfers
+            trainer = short_run_trainer(job["steps"], job["val_every"], root, callbacks, accelerator="cpu")
+            trainer.fit(module)
+        result["steps_done"] = int(trainer.global_step)
+        result["curve"] = recorder.curve
+        if recorder.diverged:
+            result.update(status="diverged", reason=recorder.reason)
+        elif not recorder.curve or recorder.curve[-1][0] != job["steps"]:
+            result.update(reason=f"no validation at the last step {job['steps']} (curve: {recorder.curve[-2:]})")
+        else:
+            result.update(status="ok", final_val_loss=recorder.curve[-1][1])
+            result["final_val_acc"] = recorder.accuracy if recorder.accuracy is not None else _accuracy(module)
+    except Exception as err:  # one broken run must not stop the evaluation; the reason is kept
+        result.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+        if recorder is not None:
+            result["curve"] = recorder.curve
+    finally:
+        torch.set_num_threads(threads)  # in-process runs must not leave the caller single-threaded
+        lightning_logger.setLevel(log_level)
+    if ganno is not None and ganno.schedule is not None:
+        result["schedule"] = ganno.schedule.state_dict()
+    if result["status"] != "ok":
+        result["final_val_loss"] = math.inf  # a diverged or failed run counts as a loss for its method
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    return result
+
+
+@lru_cache(maxsize=4)
+def load_agent(path: str):
+    from ganno_lightning.layerwise.agent import GANNOAgent
+
+    return GANNOAgent.default() if path == "default" else GANNOAgent.load(path)
+
+
+@torch.no_grad()
+def _accuracy(module) -> Optional[float]:
+    """Argmax accuracy on the validation loader for classifiers (integer targets), else ``None``.
+
+    The zoo's classifiers log only ``val_loss``; accuracy is measured here on the final weights.
+    Targets below 0 (``ignore_index`` positions of the sequence task) are skipped.
+    """
+    was_training = module.training
+    module.eval()
+    correct = total = 0
+    try:
+        for batch in module.val_dataloader():
+            x, y = batch[0], batch[1]
+            if y.is_floating_point():
+                return None  # regression
+            logits = module(x)
+            if logits.shape[:-1] != y.shape:
+                return None
+            keep = y >= 0
+            correct += int((logits.argmax(-1)[keep] == y[keep]).sum())
+            total += int(keep.sum())
+    except (TypeError, ValueError, IndexError, NotImplementedError):
+        return None  # not a (x, y) classifier this function understands
+    finally:
+        module.train(was_training)
+    return correct / total if total else None
