@@ -36,7 +36,7 @@ from agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, Ta
 from agents.evaluation.main import evaluate, main
 from agents.evaluation.plan import Condition, conditions_of, plan_runs, run_id, task_specs
 from agents.evaluation.report import SUMMARY_COLUMNS
-from agents.evaluation.run import ValidationRecorder, build_task, run_one
+from agents.evaluation.run import build_task, run_one
 
 __all__ = [
     "AgentConfig",
@@ -45,7 +45,6 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SuiteEntry",
     "TargetConfig",
-    "ValidationRecorder",
     "WandbConfig",
     "build_task",
     "conditions_of",

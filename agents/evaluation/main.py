@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.evaluation.analysis import compare, headline_targets, summarise
 from agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
-from agents.evaluation.execute import copy_baselines, execute, read_runs_log
+from agents.evaluation.execute import copy_baselines, execute
 from agents.evaluation.plan import agent_path, conditions_of, plan_runs
 from agents.evaluation.report import (
     plot_loss_curves,
@@ -24,6 +24,7 @@ from agents.evaluation.report import (
     write_report,
 )
 from agents.evaluation.run import load_agent
+from ganno_lightning.trials.pool import read_log
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -47,7 +48,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
     jobs = plan_runs(cfg)
     log_path = out_dir / RUNS_FILE
-    done = read_runs_log(log_path) if cfg.resume else {}
+    done = read_log(log_path) if cfg.resume else {}
     if not cfg.resume and log_path.exists():
         log_path.unlink()
     copied = copy_baselines(jobs, cfg.baselines_from, done)

@@ -6,61 +6,13 @@ import tempfile
 import time
 import warnings
 from functools import lru_cache
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from lightning.pytorch import Callback, Trainer
 
 from agents.evaluation.config import deeper_family
-from ganno_lightning.short_runs import short_run_trainer
-
-
-class ValidationRecorder(Callback):
-    """Lightning callback keeping the validation-loss curve and stopping a run that diverged.
-
-    A run has diverged when a training or validation loss is not finite; the run then stops
-    (``trainer.should_stop``) instead of training NaN weights for the remaining steps.
-
-    Args:
-        monitor: The logged validation metric.
-
-    Example::
-
-        recorder = ValidationRecorder()
-        Trainer(max_steps=100, val_check_interval=25, check_val_every_n_epoch=None, callbacks=[recorder]).fit(model)
-        recorder.curve  # [[25, 0.81], [50, 0.52], [75, 0.44], [100, 0.41]]
-    """
-
-    def __init__(self, monitor: str = "val_loss") -> None:
-        self.monitor = monitor
-        self.curve: List[List[float]] = []
-        self.accuracy: Optional[float] = None
-        self.diverged = False
-        self.reason = ""
-
-    def _diverge(self, trainer: Trainer, reason: str) -> None:
-        if not self.diverged:
-            self.diverged, self.reason = True, reason
-        trainer.should_stop = True
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
-            self._diverge(trainer, f"non-finite training loss at step {trainer.global_step}")
-
-    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        value = float(value)
-        finite = math.isfinite(value)
-        self.curve.append([int(trainer.global_step), value if finite else math.inf])
-        acc = trainer.callback_metrics.get("val_acc")
-        self.accuracy = float(acc) if acc is not None else None
-        if not finite:
-            self._diverge(trainer, f"non-finite {self.monitor} at step {trainer.global_step}")
+from ganno_lightning.trials.curve import LearningCurve
+from ganno_lightning.trials.trainer import short_run_trainer
 
 
 def build_task(spec: Dict[str, Any], seed: int):
@@ -95,14 +47,15 @@ def build_task(spec: Dict[str, Any], seed: int):
 def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     """Train one job from :func:`plan_runs` with a real ``lightning.Trainer``; never raises.
 
-    A diverging run (non-finite loss) comes back with ``status="diverged"`` and
-    ``final_val_loss=inf``; any other error with ``status="failed"``, the error in ``reason`` and
+    A diverging run (non-finite training or validation loss: the run stops there) comes back with
+    ``status="diverged"`` and ``final_val_loss=inf``; any other error with ``status="failed"``, the error in ``reason`` and
     ``final_val_loss=inf``, so that one run can never stop the evaluation.
 
     Returns:
         Plain data: the job's identity, ``task_name``, ``num_layers``, ``lr`` (initial), ``status``,
         ``final_val_loss``, ``final_val_acc`` (logged ``val_acc``, else argmax accuracy for
-        classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check), ``steps_done``,
+        classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check, ``inf`` where not
+        finite), ``steps_done``,
         ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
         (``LRSchedule.state_dict()``).
     """
@@ -115,7 +68,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     threads = torch.get_num_threads()
     lightning_logger = logging.getLogger("lightning.pytorch")
     log_level = lightning_logger.level
-    trainer = recorder = ganno = None
+    trainer = curve = ganno = None
     try:
         torch.set_num_threads(int(job["torch_threads"]))
         lightning_logger.setLevel(logging.ERROR)  # "GPU available: False" etc., once per run, is noise here
@@ -125,8 +78,9 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         module = task.module
         result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
         result["lr"] = scale_initial_lr(module, job["lr_factor"])
-        recorder = ValidationRecorder()
-        callbacks = [recorder]  # first: it stops a diverged run before the agent decides on it
+        # non-finite training or validation loss: stop; a zoo task logs no other validation metric
+        curve = LearningCurve("val_loss", check_finite=True, strict=False)
+        callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
         if job["method"] == "agent":
             from ganno_lightning.layerwise.callback import GANNOCallback
 
@@ -146,18 +100,19 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             trainer = short_run_trainer(job["steps"], job["val_every"], root, callbacks, accelerator="cpu")
             trainer.fit(module)
         result["steps_done"] = int(trainer.global_step)
-        result["curve"] = recorder.curve
-        if recorder.diverged:
-            result.update(status="diverged", reason=recorder.reason)
-        elif not recorder.curve or recorder.curve[-1][0] != job["steps"]:
-            result.update(reason=f"no validation at the last step {job['steps']} (curve: {recorder.curve[-2:]})")
+        result["curve"] = _scored(curve.curve)
+        if curve.diverged:
+            result.update(status="diverged", reason=curve.reason)
+        elif not result["curve"] or result["curve"][-1][0] != job["steps"]:
+            result.update(reason=f"no validation at the last step {job['steps']} (curve: {result['curve'][-2:]})")
         else:
-            result.update(status="ok", final_val_loss=recorder.curve[-1][1])
-            result["final_val_acc"] = recorder.accuracy if recorder.accuracy is not None else _accuracy(module)
+            result.update(status="ok", final_val_loss=result["curve"][-1][1])
+            accuracy = trainer.callback_metrics.get("val_acc")  # from the last validation, if logged
+            result["final_val_acc"] = float(accuracy) if accuracy is not None else _accuracy(module)
     except Exception as err:  # one broken run must not stop the evaluation; the reason is kept
         result.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-        if recorder is not None:
-            result["curve"] = recorder.curve
+        if curve is not None:
+            result["curve"] = _scored(curve.curve)
     finally:
         torch.set_num_threads(threads)  # in-process runs must not leave the caller single-threaded
         lightning_logger.setLevel(log_level)
@@ -167,6 +122,11 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         result["final_val_loss"] = math.inf  # a diverged or failed run counts as a loss for its method
     result["seconds"] = round(time.perf_counter() - start, 3)
     return result
+
+
+def _scored(curve: List[Tuple[int, float]]) -> List[List[float]]:
+    """``[step, val_loss]`` points with a non-finite loss as ``inf``: a diverged point counts as a loss."""
+    return [[step, value if math.isfinite(value) else math.inf] for step, value in curve]
 
 
 @lru_cache(maxsize=4)

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ganno_lightning.nos.dsl import Rule
 from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer, resolve_rule
+from ganno_lightning.trials.curve import LearningCurve
 
 __all__ = ["RuleSearchCallback"]
 
 
-class RuleSearchCallback(Callback):
+class RuleSearchCallback(LearningCurve):
     """Install a :class:`~ganno_lightning.nos.RuleOptimizer` for a rule, watch for divergence and
     turn the validation metric into a search reward.
 
     At fit start the callback replaces whatever ``configure_optimizers`` returned with
     ``RuleOptimizer(rule, lr)`` over the module's trainable parameters (LR schedulers of the replaced
-    optimizer are dropped, with a warning). After every training batch it checks the loss: a
-    non-finite loss, or one above ``divergence_factor`` times the first loss, stops training early
-    and marks the run diverged, so a bad candidate costs a few steps instead of a full run. Each
-    validation appends ``(global_step, metric)`` to :attr:`curve`; :attr:`reward` is the last value,
-    negated when ``mode="min"`` so that higher is always better.
+    optimizer are dropped, with a warning). The curve and the stop are
+    :class:`~ganno_lightning.trials.curve.LearningCurve`'s: a non-finite loss, or a training loss
+    above ``divergence_factor`` times the first one, stops training early and marks the run
+    diverged, so a bad candidate costs a few steps instead of a full run. Each validation appends
+    ``(global_step, metric)`` to :attr:`curve`; :attr:`reward` is the last value, negated when
+    ``mode="min"`` so that higher is always better.
 
     Args:
         rule: named rule, rule text or parsed :class:`~ganno_lightning.nos.dsl.Rule`.
@@ -61,25 +60,12 @@ class RuleSearchCallback(Callback):
         divergence_factor: float = 10.0,
         optimizer_kwargs: Optional[dict] = None,
     ) -> None:
-        super().__init__()
         self.rule = resolve_rule(rule)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise ValueError(f"`lr` must be a positive float, got {lr!r}.")
-        if mode not in ("min", "max"):
-            raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"`monitor` must be the name of a logged validation metric, got {monitor!r}.")
-        if isinstance(divergence_factor, bool) or not isinstance(divergence_factor, (int, float)) or not divergence_factor > 1:
-            raise ValueError(f"`divergence_factor` must be a float > 1, got {divergence_factor!r}.")
+        super().__init__(monitor=monitor, mode=mode, divergence_factor=divergence_factor)
         self.lr = float(lr)
-        self.monitor = monitor
-        self.mode = mode
-        self.divergence_factor = float(divergence_factor)
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
-        self.curve: list[tuple[int, float]] = []
-        self.diverged = False
-        self.reason = ""
-        self._first_loss: Optional[float] = None
 
     @property
     def state_key(self) -> str:
@@ -125,47 +111,6 @@ class RuleSearchCallback(Callback):
             )
             trainer.strategy.lr_scheduler_configs = []
         trainer.strategy.optimizers = [optimizer]
-        self._first_loss = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
-        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-        reason = ""
-        if not math.isfinite(value):
-            reason = f"non-finite training loss {value} at step {trainer.global_step}"
-        elif self._first_loss is None:
-            self._first_loss = abs(value)
-        elif value > self.divergence_factor * max(self._first_loss, 1e-12):
-            reason = (
-                f"training loss {value:.4g} exceeded {self.divergence_factor:g} x the first loss "
-                f"{self._first_loss:.4g} at step {trainer.global_step}"
-            )
-        self._maybe_stop(trainer, reason)
-
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.sanity_checking:
-            return
-        if self.monitor not in trainer.callback_metrics:
-            raise ValueError(
-                f"`monitor` {self.monitor!r} was not logged during validation; logged metrics: "
-                f"{sorted(trainer.callback_metrics)}. Log it with self.log({self.monitor!r}, value) in "
-                "validation_step or pass one of the logged names."
-            )
-        value = float(trainer.callback_metrics[self.monitor])
-        self.curve.append((int(trainer.global_step), value))
-        reason = "" if math.isfinite(value) else f"non-finite {self.monitor} {value} at step {trainer.global_step}"
-        self._maybe_stop(trainer, reason)
-
-    def _maybe_stop(self, trainer: "pl.Trainer", reason: str) -> None:
-        # every rank must agree, or one rank stops while the others wait in a collective
-        diverged = trainer.strategy.reduce_boolean_decision(bool(reason), all=False)
-        if diverged and not self.diverged:
-            self.diverged = True
-            self.reason = reason or "another rank diverged"
-            trainer.should_stop = True
-            rank_zero_info(f"RuleSearchCallback: stopping `{self.rule.text}`: {self.reason}.")
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         if isinstance(exception, NonFiniteUpdateError):
@@ -181,14 +126,7 @@ class RuleSearchCallback(Callback):
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "rule": self.rule.text,
-            "lr": self.lr,
-            "curve": [list(p) for p in self.curve],
-            "diverged": self.diverged,
-            "reason": self.reason,
-            "first_loss": self._first_loss,
-        }
+        return {"rule": self.rule.text, "lr": self.lr, **super().state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved_rule = state_dict.get("rule", self.rule.text)
@@ -196,7 +134,4 @@ class RuleSearchCallback(Callback):
             rank_zero_warn(
                 f"RuleSearchCallback: checkpoint was trained with rule `{saved_rule}`, resuming with `{self.rule.text}`."
             )
-        self.curve = [(int(s), float(v)) for s, v in state_dict.get("curve", [])]
-        self.diverged = bool(state_dict.get("diverged", False))
-        self.reason = state_dict.get("reason", "")
-        self._first_loss = state_dict.get("first_loss")
+        super().load_state_dict(state_dict)

@@ -12,10 +12,8 @@ W&B run (offline unless ``wandb.mode=online``).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -32,6 +30,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from ganno_lightning.config import apply_overrides, check_overrides, known_keys_at, unknown_key_error
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
+from ganno_lightning.trials.pool import JobFailure, JobPool
 
 __all__ = [
     "SearchConfig",
@@ -232,7 +231,7 @@ class RuleSearch:
         self.round_stats: list[dict] = []
         self.next_round = 0
         self.wandb_id: Optional[str] = None
-        self._pool: Optional[cf.ProcessPoolExecutor] = None
+        self._pool: Optional[JobPool] = None
         self._run = None
         if self.cfg.resume and (self.state_path.exists() or self.state_path.with_name(self.state_path.name + ".prev").exists()):
             self._load_state()
@@ -297,23 +296,9 @@ class RuleSearch:
 
     # ------------------------------------------------------------------------------------------
     # candidate runs
-    def _new_pool(self) -> cf.ProcessPoolExecutor:
-        # spawn: fork after torch/wandb threads exist can deadlock
-        return cf.ProcessPoolExecutor(max_workers=self.cfg.workers, mp_context=multiprocessing.get_context("spawn"))
-
-    def _kill_pool(self) -> None:
-        if self._pool is None:
-            return
-        # ProcessPoolExecutor has no public way to stop a hung worker; terminate its processes
-        for proc in list(getattr(self._pool, "_processes", {}).values()):
-            if proc.is_alive():
-                proc.terminate()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
-
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
         if self._run is not None:
             self._run.finish()
@@ -328,44 +313,17 @@ class RuleSearch:
         ]
 
     def _evaluate(self, jobs: list) -> list:
-        if self.cfg.workers == 0:
-            return [evaluate_candidate(job) for job in jobs]
-        results: dict[int, dict] = {}
-        attempts = {job["index"]: 0 for job in jobs}
-        pending = list(jobs)
-        while pending:
-            if self._pool is None:
-                self._pool = self._new_pool()
-            futures = {self._pool.submit(evaluate_candidate, job): job for job in pending}
-            waves = math.ceil(len(pending) / self.cfg.workers)
-            done, not_done = cf.wait(futures, timeout=self.cfg.train.timeout_s * waves + 60)
-            retry, broken = [], False
-            for fut, job in futures.items():
-                if fut in not_done:
-                    results[job["index"]] = self._failure(job, "timeout", f"no result within {self.cfg.train.timeout_s:g}s")
-                    continue
-                err = fut.exception()
-                if err is None:
-                    results[job["index"]] = fut.result()
-                    continue
-                broken = True  # BrokenProcessPool: a worker died (killed, OOM, os._exit)
-                attempts[job["index"]] += 1
-                if attempts[job["index"]] > self.cfg.max_retries:
-                    results[job["index"]] = self._failure(job, "worker_died", f"{type(err).__name__}: {err}")
-                else:
-                    retry.append(job)
-            if not_done or broken:
-                self._kill_pool()
-            if retry:
-                rank_zero_warn(f"RuleSearch: a worker process died; re-running {len(retry)} candidate(s).")
-            pending = retry
-        return [results[job["index"]] for job in jobs]
+        if self._pool is None:  # kept for every round: its workers pay their start-up once
+            self._pool = JobPool(evaluate_candidate, processes=self.cfg.workers, retries=self.cfg.max_retries,
+                                 timeout_s=self.cfg.train.timeout_s)
+        return self._pool.run(jobs, self._failure)
 
     @staticmethod
-    def _failure(job: dict, status: str, reason: str) -> dict:
+    def _failure(job: dict, why: JobFailure) -> dict:
         return {
             "round": job["round"], "index": job["index"], "rule": job["rule"], "lr": job["train"]["lr"],
-            "reward": None, "diverged": False, "reason": reason, "curve": [], "steps": 0, "status": status, "seconds": 0.0,
+            "reward": None, "diverged": False, "reason": why.reason, "curve": [], "steps": 0, "status": why.status,
+            "seconds": 0.0,
         }
 
     # ------------------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         # Lightning is imported after the task is built: its import dominates a fresh worker's
         # start-up, and the task usually imports it anyway
         from ganno_lightning.nos.callback import RuleSearchCallback
-        from ganno_lightning.short_runs import short_run_trainer
+        from ganno_lightning.trials.trainer import short_run_trainer
 
         cb = RuleSearchCallback(
             job["rule"],

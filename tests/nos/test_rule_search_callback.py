@@ -8,7 +8,7 @@ import torch
 from ganno_lightning.nos import NonFiniteUpdateError, RuleOptimizer, RuleSearchCallback
 from ganno_lightning.nos.dsl import UnknownNameError
 from ganno_lightning.nos.tasks import DigitsClassifier
-from ganno_lightning.short_runs import short_run_trainer
+from ganno_lightning.trials.trainer import short_run_trainer
 
 
 def _trainer(cb, max_steps=30):

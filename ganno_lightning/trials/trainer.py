@@ -1,4 +1,8 @@
-"""A quiet Lightning Trainer for short scored runs (agent evaluation, rule-search candidates)."""
+"""A quiet Lightning Trainer for short scored runs (agent evaluation, rule-search candidates).
+
+The Trainer writes nothing of its own; a :class:`~ganno_lightning.trials.curve.LearningCurve` among
+its callbacks records what the run is scored on.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,16 @@ def short_run_trainer(
         callbacks: The run's callbacks.
         accelerator: Lightning accelerator name.
         **overrides: Any other ``Trainer`` keyword argument.
+
+    Example::
+
+        from ganno_lightning.trials.curve import LearningCurve
+        from ganno_lightning.trials.trainer import short_run_trainer
+
+        curve = LearningCurve("val_loss")
+        with tempfile.TemporaryDirectory() as root:
+            short_run_trainer(100, val_every=25, root=root, callbacks=[curve]).fit(model)
+        curve.curve  # [(25, 0.81), (50, 0.52), (75, 0.44), (100, 0.41)]
     """
     from lightning.pytorch import Trainer
 

@@ -1,0 +1,36 @@
+"""Short scored runs, written once for every method (agent evaluation, rule search, and BOIL later).
+
+- :func:`~ganno_lightning.trials.trainer.short_run_trainer`: a quiet one-device Trainer that
+  validates every N steps and writes nothing of its own.
+- :class:`~ganno_lightning.trials.curve.LearningCurve`: the validation curve as
+  ``(global_step, value)`` points, and the stop of a run that diverged (EarlyStopping's
+  ``check_finite`` and ``divergence_threshold``, or a multiple of the first training loss).
+- :class:`~ganno_lightning.trials.pool.JobPool`: jobs in ``spawn``-ed worker processes; a job whose
+  worker dies is run again, results go to a JSON-lines log as each job ends, a rerun resumes.
+
+Public names are imported on first use, so the Lightning-free pool does not import Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ganno_lightning._lazy import lazy_exports
+
+_EXPORTS = {
+    "short_run_trainer": "ganno_lightning.trials.trainer",
+    "LearningCurve": "ganno_lightning.trials.curve",
+    "JobFailure": "ganno_lightning.trials.pool",
+    "JobPool": "ganno_lightning.trials.pool",
+    "finished_record": "ganno_lightning.trials.pool",
+    "read_log": "ganno_lightning.trials.pool",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from ganno_lightning.trials.curve import LearningCurve
+    from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
+    from ganno_lightning.trials.trainer import short_run_trainer

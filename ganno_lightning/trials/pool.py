@@ -1,0 +1,310 @@
+"""``JobPool``: run short scored jobs in worker processes, survive a worker that dies, resume from a log.
+
+Lightning-free: a job is a plain dict, its result a JSON-able dict, and the job function a
+module-level function (it is pickled into ``spawn``-ed workers).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = ["JobFailure", "JobPool", "finished_record", "read_log"]
+
+Job = dict[str, Any]
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """Why a job has no result of its own: ``status`` is ``"worker_died"`` (its worker process died on
+    every attempt), ``"timeout"`` (it ran past ``timeout_s``) or ``"failed"`` (the job function raised)."""
+
+    status: str
+    reason: str
+
+
+def finished_record(job: Job, done: Mapping[str, Result]) -> Optional[Result]:
+    """The earlier result of ``job`` in ``done`` (by ``job["id"]``), if it may be reused.
+
+    It may when it ran the same job (same ``key``) and did not fail (``status`` other than
+    ``"failed"``); a diverged run is a result, a failed one is run again.
+
+    Example::
+
+        >>> finished_record({"id": "a", "key": "k1"}, {"a": {"id": "a", "key": "k1", "status": "ok"}})
+        {'id': 'a', 'key': 'k1', 'status': 'ok'}
+        >>> finished_record({"id": "a", "key": "k2"}, {"a": {"id": "a", "key": "k1", "status": "ok"}}) is None
+        True
+    """
+    previous = done.get(job["id"])
+    if previous is None or previous.get("key") != job["key"] or previous.get("status") == "failed":
+        return None
+    return previous
+
+
+def read_log(path: Union[str, os.PathLike]) -> dict[str, Result]:
+    """The results of a JSON-lines log written by :meth:`JobPool.run`, by ``id`` (the last one wins).
+
+    A missing file is an empty log; a line cut short by an interruption is skipped.
+    """
+    done: dict[str, Result] = {}
+    path = Path(path)
+    if not path.is_file():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[record["id"]] = record
+    return done
+
+
+def _append_line(path: Path, record: Result) -> None:
+    # One write of one whole line: a crash leaves at most a cut-short last line, which `read_log` skips.
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _worker_main(function: Callable[[Job], Result], conn: Connection) -> None:
+    """A worker process: run each job it is sent, send its result back; ``None`` ends it."""
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the pool's process ended without closing the pool
+            return
+        if job is None:
+            return
+        try:
+            conn.send(("result", function(job)))
+        except Exception as err:  # the job function raised: a result of its own, not a dead worker
+            conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
+
+
+class _Worker:
+    """One worker process and the job it is running (its index in the batch, its start time)."""
+
+    def __init__(self, context: Any, function: Callable[[Job], Result]) -> None:
+        self.conn, child = context.Pipe()
+        # not a daemon: a job may start processes of its own (DataLoader workers); the pool ends it
+        self.process = context.Process(target=_worker_main, args=(function, child))
+        self.process.start()
+        child.close()
+        self.index: Optional[int] = None
+        self.started = 0.0
+
+    def send(self, index: int, job: Job) -> None:
+        self.index, self.started = index, time.monotonic()
+        self.conn.send(job)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class JobPool:
+    """Run a job function over job dicts, in ``processes`` worker processes or in this one.
+
+    Worker processes are ``spawn``-ed (forking after torch has started its threads can deadlock) and
+    live as long as the pool, so that one pays their start-up (importing torch and Lightning) once
+    for all the batches it runs. Each worker runs one job at a time, so the pool knows which job a
+    dead worker was running: that job alone is run again, up to ``retries`` times, on a fresh
+    worker, then recorded as failed with status ``"worker_died"``. A job running longer than
+    ``timeout_s`` has its worker killed and is recorded with status ``"timeout"`` (not retried). A
+    job function that raises gives status ``"failed"``. An interrupt (Ctrl-C) kills the workers and
+    drops the queued jobs; with a log, a rerun resumes after the jobs that ended.
+
+    Args:
+        function: A module-level function ``job -> result`` (picklable); it should catch its own
+            errors and return them as a result.
+        processes: Worker processes; ``0`` runs every job in this process, in order.
+        retries: Times a job whose worker process died is run again.
+        timeout_s: Wall-clock limit of one job in a worker process; ``None``: none.
+
+    Raises:
+        ValueError: an argument is out of range.
+
+    Example::
+
+        from ganno_lightning.trials.pool import JobPool, read_log
+
+        with JobPool(train_one, processes=4) as pool:  # train_one(job: dict) -> dict, module level
+            results = pool.run(jobs, failure=lambda job, why: {"id": job["id"], "status": why.status},
+                               log="runs.jsonl", done=read_log("runs.jsonl"))
+    """
+
+    def __init__(self, function: Callable[[Job], Result], processes: int = 0, retries: int = 1,
+                 timeout_s: Optional[float] = None) -> None:
+        if not callable(function):
+            raise ValueError(f"`function` must be a module-level function job -> result, got {function!r}.")
+        if isinstance(processes, bool) or not isinstance(processes, int) or processes < 0:
+            raise ValueError(f"`processes` must be an int >= 0 (0 runs jobs in this process), got {processes!r}.")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"`retries` must be an int >= 0, got {retries!r}.")
+        if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise ValueError(f"`timeout_s` must be a positive number of seconds or None, got {timeout_s!r}.")
+        self.function = function
+        self.processes = processes
+        self.retries = retries
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self._context = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
+
+    def __enter__(self) -> "JobPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (each finishes nothing new: the pool only closes between batches)."""
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass  # it already died
+        for worker in self._workers:
+            worker.process.join(timeout=10)
+            worker.kill()
+        self._workers = []
+
+    def _terminate(self) -> None:
+        for worker in self._workers:
+            worker.kill()
+        self._workers = []
+
+    # ------------------------------------------------------------------------------------------
+    def run(
+        self,
+        jobs: Sequence[Job],
+        failure: Callable[[Job, JobFailure], Result],
+        log: Union[str, os.PathLike, None] = None,
+        done: Optional[Mapping[str, Result]] = None,
+        order: Optional[Callable[[Job], Any]] = None,
+        on_result: Optional[Callable[[Result, int, int], None]] = None,
+    ) -> list[Result]:
+        """Run ``jobs``; their results in the order of ``jobs``.
+
+        Args:
+            jobs: Job dicts; with ``log`` or ``done``, each has a unique ``"id"`` and a ``"key"``
+                naming everything its result depends on.
+            failure: Builds the result of a job that has none of its own, from the job and why.
+            log: A JSON-lines file; each new result is appended as soon as its job ends.
+            done: Earlier results by id (:func:`read_log`); a job's is reused when
+                :func:`finished_record` allows, and the job is not run.
+            order: Sort key of the queue for worker processes (e.g. longest first, so that no slow
+                job is left alone at the end); in-process runs keep the order of ``jobs``.
+            on_result: Called here as each new result arrives, with the number of new results so far
+                and the number of jobs to run (progress lines).
+        """
+        results: dict[int, Result] = {}
+        pending = []
+        for index, job in enumerate(jobs):
+            previous = finished_record(job, done) if done else None
+            if previous is not None:
+                results[index] = previous
+            else:
+                pending.append(index)
+        total = len(pending)
+        log_path = None if log is None else Path(log)
+
+        def finish(index: int, result: Result) -> None:
+            results[index] = result
+            if log_path is not None:
+                _append_line(log_path, result)
+            if on_result is not None:
+                on_result(result, len(results) - (len(jobs) - total), total)
+
+        if self.processes == 0:
+            for index in pending:
+                try:
+                    result = self.function(jobs[index])
+                except Exception as err:  # one broken job must not stop the others
+                    result = failure(jobs[index], JobFailure("failed", f"{type(err).__name__}: {err}"[:500]))
+                finish(index, result)
+        else:
+            if order is not None:
+                pending.sort(key=lambda i: order(jobs[i]))
+            try:
+                self._run_in_workers(jobs, pending, failure, finish)
+            except BaseException:
+                self._terminate()  # Ctrl-C: drop the queued jobs instead of waiting for them
+                raise
+        return [results[index] for index in range(len(jobs))]
+
+    def _run_in_workers(self, jobs: Sequence[Job], queue: list[int], failure: Callable[[Job, JobFailure], Result],
+                        finish: Callable[[int, Result], None]) -> None:
+        queue = list(queue)
+        deaths: dict[int, int] = {}
+        while queue or any(w.index is not None for w in self._workers):
+            # hand queued jobs to idle workers, starting (or replacing) workers as needed
+            self._workers = [w for w in self._workers if w.index is not None or w.process.is_alive()]
+            while queue:
+                idle = next((w for w in self._workers if w.index is None), None)
+                if idle is None and len(self._workers) < self.processes:
+                    idle = _Worker(self._context, self.function)
+                    self._workers.append(idle)
+                if idle is None:
+                    break
+                index = queue.pop(0)
+                idle.send(index, jobs[index])
+            busy = [w for w in self._workers if w.index is not None]
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=self._wait_s(busy))
+            now = time.monotonic()
+            for worker in busy:
+                index = worker.index
+                if worker.conn.poll():
+                    try:
+                        kind, payload = worker.conn.recv()
+                    except (EOFError, OSError):  # died while sending
+                        kind, payload = "died", None
+                    if kind != "died":
+                        worker.index = None
+                        if kind == "result":
+                            finish(index, payload)
+                        else:
+                            finish(index, failure(jobs[index], JobFailure("failed", payload)))
+                        continue
+                elif worker.process.is_alive():
+                    if self.timeout_s is not None and now - worker.started > self.timeout_s:
+                        worker.kill()
+                        self._workers.remove(worker)
+                        reason = f"no result within {self.timeout_s:g}s"
+                        finish(index, failure(jobs[index], JobFailure("timeout", reason)))
+                    continue
+                # the worker process died (killed, out of memory, os._exit) while running this job
+                worker.kill()
+                self._workers.remove(worker)
+                deaths[index] = deaths.get(index, 0) + 1
+                code = worker.process.exitcode
+                if deaths[index] > self.retries:
+                    reason = f"its worker process died {deaths[index]} time(s) (last exit code {code})"
+                    finish(index, failure(jobs[index], JobFailure("worker_died", reason)))
+                else:
+                    warnings.warn(
+                        f"a worker process died (exit code {code}) running job {_name(jobs[index], index)}; "
+                        f"running it again ({deaths[index]} of {self.retries} retries).",
+                        stacklevel=4,
+                    )
+                    queue.insert(0, index)
+
+    def _wait_s(self, busy: Iterable[_Worker]) -> Optional[float]:
+        if self.timeout_s is None:
+            return None
+        now = time.monotonic()
+        return max(0.0, min((w.started + self.timeout_s - now for w in busy), default=self.timeout_s))
+
+
+def _name(job: Job, index: int) -> str:
+    return str(job.get("id", f"#{index}"))
