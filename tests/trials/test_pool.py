@@ -1,0 +1,139 @@
+"""JobPool: in-process and worker-process runs, a killed worker, a job too slow, the JSON-lines log."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
+
+
+# Job functions live at module level: spawned workers import this module to find them.
+def square(job):
+    if job.get("marker"):  # the first attempt kills its own worker, as SIGKILL or out-of-memory would
+        marker = Path(job["marker"])
+        if job.get("always") or not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+    if job.get("sleep"):
+        time.sleep(job["sleep"])
+    if job.get("raise"):
+        raise RuntimeError("broken job")
+    return {"id": job["id"], "key": job["key"], "status": "ok", "value": job["x"] ** 2, "pid": os.getpid()}
+
+
+def failure(job, why: JobFailure):
+    return {"id": job["id"], "key": job["key"], "status": why.status, "reason": why.reason}
+
+
+def jobs(n, **extra):
+    return [{"id": f"j{i}", "key": f"k{i}", "x": i, **extra} for i in range(n)]
+
+
+def test_in_process_runs_every_job_here_in_order():
+    seen = []
+    with JobPool(square, processes=0) as pool:
+        results = pool.run(jobs(4), failure, order=lambda job: -job["x"],  # order is for workers only
+                           on_result=lambda result, n, total: seen.append((result["id"], n, total)))
+    assert [r["value"] for r in results] == [0, 1, 4, 9]
+    assert {r["pid"] for r in results} == {os.getpid()}
+    assert seen == [("j0", 1, 4), ("j1", 2, 4), ("j2", 3, 4), ("j3", 4, 4)]
+
+
+def test_a_job_that_raises_is_recorded_failed_in_process():
+    with JobPool(square) as pool:
+        results = pool.run([*jobs(1), {"id": "bad", "key": "k", "x": 1, "raise": True}], failure)
+    assert results[0]["status"] == "ok"
+    assert results[1] == {"id": "bad", "key": "k", "status": "failed", "reason": "RuntimeError: broken job"}
+
+
+def test_worker_processes_give_the_results_in_job_order_and_persist_across_batches():
+    with JobPool(square, processes=2) as pool:
+        first = pool.run(jobs(5), failure)
+        second = pool.run(jobs(3), failure)
+    assert [r["value"] for r in first] == [0, 1, 4, 9, 16] and [r["value"] for r in second] == [0, 1, 4]
+    pids = {r["pid"] for r in first + second}
+    assert os.getpid() not in pids and len(pids) <= 2  # the same two workers served both batches
+
+
+def test_a_killed_worker_is_retried_once_then_recorded(tmp_path):
+    marker = tmp_path / "killed"
+    # the victim dies while another worker runs a slower job: only the victim's job is run again
+    batch = [{"id": "slow", "key": "ks", "x": 2, "sleep": 3}, {"id": "victim", "key": "kv", "x": 3, "marker": str(marker)}]
+    with JobPool(square, processes=2, retries=1) as pool:
+        with pytest.warns(UserWarning, match=r"a worker process died .* running job victim; running it again") as record:
+            results = pool.run(batch, failure)
+    assert marker.exists()
+    assert [r["status"] for r in results] == ["ok", "ok"] and [r["value"] for r in results] == [4, 9]
+    assert len([w for w in record if "worker process died" in str(w.message)]) == 1
+
+    always = [{"id": "doomed", "key": "kd", "x": 3, "marker": str(marker), "always": True}, *jobs(1)]
+    with JobPool(square, processes=1, retries=1) as pool:
+        with pytest.warns(UserWarning, match="worker process died"):
+            results = pool.run(always, failure)
+    assert results[0]["status"] == "worker_died" and "died 2 time(s)" in results[0]["reason"]
+    assert results[1]["status"] == "ok"  # a fresh worker took the next job
+
+
+def test_a_job_past_the_timeout_is_killed_and_recorded():
+    with JobPool(square, processes=1, timeout_s=2.0) as pool:
+        results = pool.run([{"id": "slow", "key": "k", "x": 1, "sleep": 60}, *jobs(1)], failure)
+    assert results[0] == {"id": "slow", "key": "k", "status": "timeout", "reason": "no result within 2s"}
+    assert results[1]["status"] == "ok"
+
+
+def test_log_then_resume_skips_finished_jobs_with_the_same_key(tmp_path):
+    log = tmp_path / "runs.jsonl"
+    with JobPool(square) as pool:
+        pool.run(jobs(3), failure, log=log)
+    assert [json.loads(line)["id"] for line in log.read_text().splitlines()] == ["j0", "j1", "j2"]
+    with log.open("a") as f:
+        f.write('{"id": "j9", "ke')  # a line cut short by an interruption
+    done = read_log(log)
+    assert set(done) == {"j0", "j1", "j2"}
+    done["j1"] = {**done["j1"], "status": "failed"}  # a failed run is run again
+    rerun = [*jobs(3)]
+    rerun[2] = {**rerun[2], "key": "changed"}  # so is a job whose key changed
+    ran = []
+    with JobPool(square) as pool:
+        results = pool.run([*rerun, *jobs(4)[3:]], failure, log=log, done=done,
+                           on_result=lambda result, n, total: ran.append((result["id"], n, total)))
+    assert ran == [("j1", 1, 3), ("j2", 2, 3), ("j3", 3, 3)]
+    assert results[0] is done["j0"] and [r["value"] for r in results] == [0, 1, 4, 9]
+    assert len(read_log(log)) == 4 and read_log(log)["j2"]["key"] == "changed"
+
+
+def test_finished_record_rule():
+    done = {"a": {"key": "k", "status": "diverged"}, "b": {"key": "k", "status": "failed"}}
+    assert finished_record({"id": "a", "key": "k"}, done) is done["a"]  # a diverged run is a result
+    assert finished_record({"id": "b", "key": "k"}, done) is None
+    assert finished_record({"id": "a", "key": "other"}, done) is None
+    assert finished_record({"id": "c", "key": "k"}, done) is None
+
+
+def test_interrupt_kills_the_workers_and_drops_the_queue(monkeypatch):
+    pool = JobPool(square, processes=1)
+
+    def interrupt(result, n, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pool.run(jobs(5), failure, on_result=interrupt)
+    assert pool._workers == []  # nothing left running; the next batch starts fresh workers
+    assert [r["value"] for r in pool.run(jobs(2), failure)] == [0, 1]
+    pool.close()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(processes=-1), r"`processes` must be an int >= 0 \(0 runs jobs in this process\), got -1"),
+    (dict(processes=1.5), r"`processes` must be an int >= 0"),
+    (dict(retries=-1), r"`retries` must be an int >= 0, got -1"),
+    (dict(timeout_s=0), r"`timeout_s` must be a positive number of seconds or None, got 0"),
+    (dict(function="square"), r"`function` must be a module-level function"),
+])
+def test_constructor_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        JobPool(**{"function": square, **kwargs})
