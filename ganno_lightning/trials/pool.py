@@ -249,7 +249,9 @@ class JobPool:
         deaths: dict[int, int] = {}
         while queue or any(w.index is not None for w in self._workers):
             # hand queued jobs to idle workers, starting (or replacing) workers as needed
-            self._workers = [w for w in self._workers if w.index is not None or w.process.is_alive()]
+            for worker in [w for w in self._workers if w.index is None and not w.process.is_alive()]:
+                worker.kill()  # died between jobs: no job of its own to retry
+                self._workers.remove(worker)
             while queue:
                 idle = next((w for w in self._workers if w.index is None), None)
                 if idle is None and len(self._workers) < self.processes:
@@ -258,8 +260,13 @@ class JobPool:
                 if idle is None:
                     break
                 index = queue.pop(0)
-                idle.send(index, jobs[index])
+                try:
+                    idle.send(index, jobs[index])
+                except OSError:  # it died just now (or could not start): as if while running the job
+                    self._worker_died(idle, jobs, queue, deaths, failure, finish)
             busy = [w for w in self._workers if w.index is not None]
+            if not busy:
+                continue  # every job handed out ended at once (its worker could not take it)
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=self._wait_s(busy))
             now = time.monotonic()
             for worker in busy:
@@ -284,20 +291,26 @@ class JobPool:
                         finish(index, failure(jobs[index], JobFailure("timeout", reason)))
                     continue
                 # the worker process died (killed, out of memory, os._exit) while running this job
-                worker.kill()
-                self._workers.remove(worker)
-                deaths[index] = deaths.get(index, 0) + 1
-                code = worker.process.exitcode
-                if deaths[index] > self.retries:
-                    reason = f"its worker process died {deaths[index]} time(s) (last exit code {code})"
-                    finish(index, failure(jobs[index], JobFailure("worker_died", reason)))
-                else:
-                    warnings.warn(
-                        f"a worker process died (exit code {code}) running job {_name(jobs[index], index)}; "
-                        f"running it again ({deaths[index]} of {self.retries} retries).",
-                        stacklevel=4,
-                    )
-                    queue.insert(0, index)
+                self._worker_died(worker, jobs, queue, deaths, failure, finish)
+
+    def _worker_died(self, worker: _Worker, jobs: Sequence[Job], queue: list[int], deaths: dict[int, int],
+                     failure: Callable[[Job, JobFailure], Result], finish: Callable[[int, Result], None]) -> None:
+        """Replace a dead worker; run its job again (first in line) or, past ``retries``, record it."""
+        index = worker.index
+        worker.kill()
+        self._workers.remove(worker)
+        deaths[index] = deaths.get(index, 0) + 1
+        code = worker.process.exitcode
+        if deaths[index] > self.retries:
+            reason = f"its worker process died {deaths[index]} time(s) (last exit code {code})"
+            finish(index, failure(jobs[index], JobFailure("worker_died", reason)))
+        else:
+            warnings.warn(
+                f"a worker process died (exit code {code}) running job {_name(jobs[index], index)}; "
+                f"running it again ({deaths[index]} of {self.retries} retries).",
+                stacklevel=5,
+            )
+            queue.insert(0, index)
 
     def _wait_s(self, busy: Iterable[_Worker]) -> Optional[float]:
         if self.timeout_s is None:

@@ -137,3 +137,12 @@ def test_interrupt_kills_the_workers_and_drops_the_queue(monkeypatch):
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         JobPool(**{"function": square, **kwargs})
+
+
+def test_docstring_examples():
+    import doctest
+
+    from ganno_lightning.trials import pool as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
