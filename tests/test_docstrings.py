@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-LAYERWISE = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
+LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
 MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config"]
 
 
