@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ganno_lightning.nos.dsl import Rule
-from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer, resolve_rule
+from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer
+from ganno_lightning.nos.rules import resolve_rule
 
 __all__ = ["RuleSearchCallback"]
 
