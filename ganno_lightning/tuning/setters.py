@@ -15,7 +15,7 @@ Anything else is one registered setter away:
   ``CallbackAttribute("GANNOCallback", "interval")``, without importing that callback.
 - :class:`FunctionSetter` wraps any ``fn(trainer, pl_module, value)``.
 
-In YAML (runner configs) the strings ``"module:dropout.p"`` and ``"callback:GANNOCallback.interval"``
+In YAML (tuner configs, e.g. the PBT runner's) the strings ``"module:dropout.p"`` and ``"callback:GANNOCallback.interval"``
 build the first two.
 """
 
