@@ -20,7 +20,7 @@ _EXPORTS = {
     "FunctionSetter": "ganno_lightning.tuning.setters",
     "ModuleAttribute": "ganno_lightning.tuning.setters",
     "BinaryTournament": "core",
-    "Decision": "core",
+    "ExploitDecision": "core",
     "Explorer": "core",
     "LineageEvent": "core",
     "NoExploit": "core",

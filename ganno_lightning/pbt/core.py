@@ -26,7 +26,7 @@ from ganno_lightning.tuning.space import Hyperparameter, clip_values, parse_spac
 
 __all__ = [
     "BinaryTournament",
-    "Decision",
+    "ExploitDecision",
     "Explorer",
     "LineageEvent",
     "NoExploit",
@@ -178,7 +178,7 @@ class Explorer:
 
 
 @dataclass
-class Decision:
+class ExploitDecision:
     """What a ready member should do: copy ``donor`` (its checkpoint) and continue with ``hyperparameters``."""
 
     donor: int
@@ -250,12 +250,12 @@ class PBTStrategy:
         scores: Mapping[int, float],
         hyperparameters: Mapping[int, Mapping[str, float]],
         rng: random.Random,
-    ) -> Decision | None:
-        """Return a :class:`Decision` if ``member`` should exploit, else ``None`` (keep training as is)."""
+    ) -> ExploitDecision | None:
+        """An :class:`ExploitDecision` if ``member`` should exploit, else ``None`` (keep training as is)."""
         donor = self.exploit.select_donor(member, scores, self.mode, rng)
         if donor is None or donor == member:
             return None
-        return Decision(donor, self.explorer.explore(hyperparameters[donor], self.space, rng))
+        return ExploitDecision(donor, self.explorer.explore(hyperparameters[donor], self.space, rng))
 
     def validate_values(self, values: Mapping[str, float]) -> dict[str, float]:
         """Check a full assignment of the space and clip it; names must match the space exactly."""

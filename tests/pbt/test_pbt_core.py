@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ganno_lightning.pbt.core import (
     BinaryTournament,
+    ExploitDecision,
     Explorer,
     NoExploit,
     PBTStrategy,
@@ -114,7 +115,7 @@ def test_strategy_decides_donor_and_explores_from_the_donor_values():
     scores = {0: 0.9, 1: 0.1, 2: 0.5, 3: 0.6}
     values = {0: {"lr": 0.5}, 1: {"lr": 0.01}, 2: {"lr": 0.1}, 3: {"lr": 0.2}}
     decision = strategy.decide(0, scores, values, random.Random(0))
-    assert decision.donor == 1
+    assert isinstance(decision, ExploitDecision) and decision.donor == 1
     assert decision.hyperparameters["lr"] in (pytest.approx(0.005), pytest.approx(0.02))
     assert strategy.decide(1, scores, values, random.Random(0)) is None
     assert PBTStrategy({"lr": Hyperparameter(1e-4, 1.0)}, exploit=NoExploit()).decide(0, scores, values, random.Random(0)) is None
