@@ -79,7 +79,9 @@ class RunConfig:
 
 
 @dataclass
-class TrainConfig:
+class MetaTrainingConfig:
+    """The ``algo`` and ``run`` sections of a meta-training config (the env and family sections are the env's)."""
+
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -91,7 +93,7 @@ METRIC_NAMES = (
 )
 
 
-def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, TrainConfig]:
+def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, MetaTrainingConfig]:
     """Load YAML + overrides; validate the ``algo``/``run`` sections (unknown keys name themselves)."""
     from_file = load_config(source)
     raw = load_config(from_file, overrides)
@@ -100,7 +102,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     # agents.evaluation does): each step says where a bad key came from, and an override such as
     # `algo.hidden_sizes[0]=32` sets one entry of the list.
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the config"
-    merged = OmegaConf.structured(TrainConfig)
+    merged = OmegaConf.structured(MetaTrainingConfig)
     try:
         merged = OmegaConf.merge(merged, {k: from_file[k] for k in ("algo", "run") if k in from_file})
         where = "the command-line overrides"
@@ -112,7 +114,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
                                 see="configs/ganno_default.yaml") from None
     except OmegaConfBaseException as err:
         raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
-    config: TrainConfig = OmegaConf.to_object(merged)
+    config: MetaTrainingConfig = OmegaConf.to_object(merged)
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):
         raise ValueError(f"`algo.algorithm` must be 'mappo' or 'ippo', got {algo.algorithm!r}.")
@@ -138,7 +140,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, Train
     return raw, config
 
 
-def resolved_config(raw: Any, config: TrainConfig) -> dict[str, Any]:
+def resolved_config(raw: Any, config: MetaTrainingConfig) -> dict[str, Any]:
     """Plain dict of the whole run's settings, as stored in checkpoints and agent files.
 
     ``env``/``family`` come from the YAML as written; ``algo``/``run`` with every default filled in.

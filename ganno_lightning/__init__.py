@@ -19,7 +19,7 @@ _EXPORTS = {
     "GANNOAgent": "ganno_lightning.layerwise.agent",
     "GANNOCallback": "ganno_lightning.layerwise.callback",
     "LayerwiseController": "ganno_lightning.layerwise.controller",
-    "DEFAULT_ACTION_MULTIPLIERS": "ganno_lightning.layerwise.features",
+    "DEFAULT_ACTION_MULTIPLIERS": "ganno_lightning.layerwise.actions",
     "FEATURE_NAMES": "ganno_lightning.layerwise.features",
     "LAYER_KINDS": "ganno_lightning.layerwise.features",
     "LayerwiseLR": "ganno_lightning.layerwise.lr_control",
@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, AgentCheckpointError, GANNOAgent
     from ganno_lightning.layerwise.callback import GANNOCallback
     from ganno_lightning.layerwise.controller import LayerwiseController
-    from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, LAYER_KINDS
+    from ganno_lightning.layerwise.actions import DEFAULT_ACTION_MULTIPLIERS
+    from ganno_lightning.layerwise.features import FEATURE_NAMES, LAYER_KINDS
     from ganno_lightning.layerwise.lr_control import LayerwiseLR
     from ganno_lightning.nos import RuleOptimizer, RuleSearchCallback, addsign, powersign
     from ganno_lightning.layerwise.observer import LayerObserver

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-LAYERWISE = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config"]
+LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "tuning.space"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -24,7 +24,7 @@ from ganno_lightning.config import (
     known_keys_at,
     unknown_key_error,
 )
-from ganno_lightning.layerwise.agent import DEFAULT_EXPLORATION, check_exploration
+from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
 _REQUIRED_SCHEDULES = ("constant", "cosine")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -13,8 +12,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, FEATURE_NAMES, FEATURES_VERSION
-from ganno_lightning.layerwise.lr_control import check_scale_bounds
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_ACTION_MULTIPLIERS,
+    DEFAULT_EXPLORATION,
+    DEFAULT_SCALE_BOUNDS,
+    ActionSet,
+    check_exploration,
+    check_scale_bounds,
+)
+from ganno_lightning.layerwise.features import FEATURE_NAMES, FEATURES_VERSION
 from ganno_lightning.layerwise.policy import (
     LayerPolicyNet,
     ObservationNormalizer,
@@ -26,11 +32,6 @@ from ganno_lightning.layerwise.policy import (
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
 FORMAT_VERSION = 2
-
-#: How an agent turns its action distribution into one LR change per layer (names borrowed from
-#: TorchRL's ``ExplorationType``; "mean" here is the expected *log*-multiplier).
-EXPLORATION_TYPES = ("mean", "mode", "random")
-DEFAULT_EXPLORATION = "mean"
 
 #: The agent that ships inside the package (produced by ``python -m agents.train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -45,13 +46,6 @@ class Decision(NamedTuple):
     multipliers: Tensor  #: ``[..., num_agents]``: what each layer's LR scale is multiplied by
     actions: Tensor | None  #: the action indices taken; ``None`` for ``"mean"``
     state: Tensor | None  #: a recurrent policy's memory, to pass to the next call
-
-
-def check_exploration(exploration: Any, name: str = "exploration") -> str:
-    """Return ``exploration`` if it is one of :data:`EXPLORATION_TYPES`, else raise a ``ValueError``."""
-    if exploration not in EXPLORATION_TYPES:
-        raise ValueError(f"`{name}` must be one of {list(EXPLORATION_TYPES)}, got {exploration!r}.")
-    return exploration
 
 
 class AgentCheckpointError(ValueError):
@@ -101,11 +95,15 @@ class GANNOAgent:
         *,
         action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
         interval: int = 25,
-        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         training_config: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
     ) -> None:
-        self.action_multipliers = _check_multipliers(action_multipliers)
+        try:
+            self.action_set = ActionSet(action_multipliers)
+        except ValueError as err:
+            raise AgentCheckpointError(str(err)) from None
+        self.action_multipliers = self.action_set.multipliers
         if actor.config["num_actions"] != len(self.action_multipliers):
             raise AgentCheckpointError(
                 f"Action set mismatch: the actor outputs {actor.config['num_actions']} actions but "
@@ -133,7 +131,7 @@ class GANNOAgent:
         activation: str = "tanh",
         action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
         interval: int = 25,
-        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         recurrent_size: int = 0,
         seed: int | None = None,
     ) -> GANNOAgent:
@@ -191,10 +189,10 @@ class GANNOAgent:
             observation: ``[..., num_agents, num_features]`` raw features.
             state: ``Decision.state`` of the previous call; ``None`` at the start of a run.
             mask: ``False`` for padded agents.
-            exploration: One of :data:`EXPLORATION_TYPES`:
-                ``"mean"``: the policy's expected change, ``exp(sum_a p_a log m_a)``: the drift its
-                sampled actions had in meta-training, without their noise; ``"mode"``: the most
-                likely action; ``"random"``: a sample.
+            exploration: One of :data:`~ganno_lightning.layerwise.actions.EXPLORATION_TYPES`
+                (see :meth:`ActionSet.choose <ganno_lightning.layerwise.actions.ActionSet.choose>`):
+                ``"mean"``: the policy's expected change; ``"mode"``: the most likely action;
+                ``"random"``: a sample.
             generator: Random source of ``"random"``.
 
         Returns:
@@ -202,23 +200,13 @@ class GANNOAgent:
             between the action set's; ``state`` is ``None`` for a feed-forward policy.
 
         Raises:
-            ValueError: If ``exploration`` is not one of :data:`EXPLORATION_TYPES`.
+            ValueError: If ``exploration`` is not one of
+                :data:`~ganno_lightning.layerwise.actions.EXPLORATION_TYPES`.
         """
-        check_exploration(exploration)
+        check_exploration(exploration)  # before the policy runs
         logits, next_state = self.actor.step(self.normalizer(observation.float()), mask, state)
-        # On the host in float64 (every device has it there): an action's multiplier is then exactly
-        # the float the environment applied in meta-training.
-        logits = logits.to("cpu", torch.float64)
-        multipliers = torch.tensor(self.action_multipliers, dtype=torch.float64)
-        if exploration == "mean":
-            expected = torch.softmax(logits, -1) @ multipliers.log()
-            return Decision(expected.exp(), None, next_state)
-        if exploration == "mode":
-            actions = logits.argmax(-1)
-        else:
-            flat = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
-            actions = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
-        return Decision(multipliers[actions], actions, next_state)
+        multipliers, actions = self.action_set.choose(logits, exploration, generator)
+        return Decision(multipliers, actions, next_state)
 
     # -- files --------------------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:
@@ -328,15 +316,6 @@ class GANNOAgent:
     def __repr__(self) -> str:
         return (f"GANNOAgent(actor={self.actor.config}, actions={[round(m, 3) for m in self.action_multipliers]}, "
                 f"interval={self.interval}, scale_bounds={self.scale_bounds})")
-
-
-def _check_multipliers(multipliers: Sequence[float]) -> tuple[float, ...]:
-    values = tuple(float(m) for m in multipliers)
-    if not values or not all(math.isfinite(m) and m > 0 for m in values):
-        raise AgentCheckpointError(
-            f"`action_multipliers` must be a non-empty list of positive finite floats, got {list(multipliers)}."
-        )
-    return values
 
 
 def _check_feature_names(saved: list[str], source: str) -> None:

@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.layerwise.agent import DEFAULT_EXPLORATION, Decision, GANNOAgent, check_exploration
+from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
+from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
-from ganno_lightning.layerwise.lr_control import check_scale_bounds
 from ganno_lightning.layerwise.partition import GroupSpec
 from ganno_lightning.layerwise.schedule import LRSchedule
 

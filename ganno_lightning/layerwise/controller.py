@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, ActionSet
 from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.observer import LayerObserver
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
@@ -61,7 +62,7 @@ class LayerwiseController:
         *,
         action_multipliers: Sequence[float],
         interval: int,
-        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         groups: GroupSpec = None,
         lr_schedulers: Sequence[Any] = (),
         total_steps: int | None = None,
@@ -69,7 +70,7 @@ class LayerwiseController:
         sketch_size: int = 1024,
         seed: int = 0,
     ) -> None:
-        self._multipliers = [float(m) for m in action_multipliers]
+        self.action_set = ActionSet(action_multipliers)
         self.interval = interval
         in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
         self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
@@ -119,9 +120,7 @@ class LayerwiseController:
         actions = torch.as_tensor(actions).reshape(-1).tolist()
         if len(actions) != self.num_agents:
             raise ValueError(f"Expected one action per agent ({self.num_agents}), got {len(actions)}.")
-        if min(actions) < 0 or max(actions) >= len(self._multipliers):
-            raise ValueError(f"Actions must lie in [0, {len(self._multipliers) - 1}], got {actions}.")
-        self.apply_multipliers([self._multipliers[a] for a in actions], actions)
+        self.apply_multipliers(self.action_set.multipliers_of(actions), actions)
 
     def apply_multipliers(self, multipliers: Tensor | Sequence[float], actions: Sequence[int] | None = None) -> None:
         """Multiply each agent's scale by its own factor, clip, and start a new interval.

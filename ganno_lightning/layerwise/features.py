@@ -1,4 +1,4 @@
-"""The observation contract: feature names, layer kinds and the action set.
+"""The observation contract: feature names and layer kinds (the action set is in ``actions.py``).
 
 This module is the one source of truth for what an agent sees. The environment, the callback and
 the agent checkpoint all read these tuples; an agent file records the list it was trained on and
@@ -8,6 +8,10 @@ is refused if it differs from :data:`FEATURE_NAMES`.
 from __future__ import annotations
 
 from torch import nn
+
+# TEMPORARY, for envs/layerwise_env.py only: it still imports the action set from here. The lead
+# removes this line when envs/ imports from ganno_lightning.layerwise.actions (helper actions-tuning).
+from ganno_lightning.layerwise.actions import DEFAULT_ACTION_MULTIPLIERS  # noqa: F401
 
 #: Bumped whenever a feature's meaning changes; part of the agent checkpoint's compatibility check.
 FEATURES_VERSION = 2
@@ -48,9 +52,6 @@ GLOBAL_FEATURES: tuple[str, ...] = (
 
 FEATURE_NAMES: tuple[str, ...] = LOCAL_FEATURES + GLOBAL_FEATURES
 NUM_FEATURES = len(FEATURE_NAMES)
-
-#: Default action set: multipliers of the current scale, {2^-1, 2^-1/2, 2^-1/4, 1, 2^1/4, 2^1/2, 2}.
-DEFAULT_ACTION_MULTIPLIERS: tuple[float, ...] = tuple(2.0**e for e in (-1, -0.5, -0.25, 0, 0.25, 0.5, 1))
 
 #: Features are clipped to this magnitude so that no extreme value reaches a policy.
 FEATURE_CLIP = 50.0

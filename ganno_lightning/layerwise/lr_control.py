@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, apply_multipliers, check_scale_bounds, clip_scales
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
@@ -60,7 +60,7 @@ class LayerwiseLR:
         optimizer: torch.optim.Optimizer,
         partition: LayerPartition,
         *,
-        scale_bounds: tuple[float, float] = (1e-2, 1e2),
+        scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         lr_schedulers: Sequence[Any] = (),
         install_hooks: bool = True,
     ) -> None:
@@ -104,12 +104,11 @@ class LayerwiseLR:
         """Set every agent's scale, clipped to ``scale_bounds``."""
         if len(scales) != len(self.scales):
             raise ValueError(f"Expected {len(self.scales)} scales (one per agent), got {len(scales)}.")
-        low, high = self.scale_bounds
-        self.scales = [min(max(float(s), low), high) for s in scales]
+        self.scales = clip_scales(scales, self.scale_bounds)
 
     def multiply(self, multipliers: Sequence[float]) -> None:
         """Multiply every agent's scale by its multiplier (cumulative actions), then clip."""
-        self.set_scales([s * m for s, m in zip(self.scales, multipliers, strict=True)])
+        self.scales = apply_multipliers(self.scales, multipliers, self.scale_bounds)
 
     def base_lrs(self) -> list[float]:
         """The scheduler's (unscaled) LR of each agent's first param group."""
@@ -207,19 +206,6 @@ class LayerwiseLR:
         for scheduler in self._schedulers:
             _remap_per_group(vars(scheduler), split, first_of_origin)
         groups[:] = restored + groups[split:]
-
-
-def check_scale_bounds(scale_bounds: Sequence[float]) -> tuple[float, float]:
-    """Validate ``(low, high)`` scale bounds and return them as floats."""
-    try:
-        low, high = (float(b) for b in scale_bounds)
-    except (TypeError, ValueError):
-        raise ValueError(f"`scale_bounds` must be two floats (low, high), got {scale_bounds!r}.") from None
-    if not (0 < low <= 1 <= high and math.isfinite(high)):
-        raise ValueError(
-            f"`scale_bounds` must satisfy 0 < low <= 1 <= high < inf, got {scale_bounds!r}. Example: (0.01, 100.0)."
-        )
-    return low, high
 
 
 # torch optimizers whose functional API resolves ``foreach=None`` (with ``fused`` unset) through

@@ -8,7 +8,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ganno_lightning.nos.dsl import Rule
-from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer, resolve_rule
+from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer
+from ganno_lightning.nos.rules import resolve_rule
 from ganno_lightning.trials.curve import LearningCurve
 
 __all__ = ["RuleSearchCallback"]

@@ -16,37 +16,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ganno_lightning.nos.dsl import OPERANDS, Call, Node, Number, Operand, Rule, parse_rule
+from ganno_lightning.nos.dsl import Call, Node, Number, Operand, Rule
+from ganno_lightning.nos.rules import resolve_rule
 
-__all__ = ["RuleOptimizer", "NonFiniteUpdateError", "resolve_rule", "decay_value"]
+__all__ = ["RuleOptimizer", "NonFiniteUpdateError", "decay_value"]
 
 Value = Union[float, list]  # a python scalar (same for every element) or one tensor per parameter
 
 
 class NonFiniteUpdateError(FloatingPointError):
     """The rule produced NaN or inf for some parameter; the weights were left unchanged."""
-
-
-def resolve_rule(rule: Union[str, Rule]) -> Rule:
-    """Turn a named rule (``"powersign"``), rule text or a parsed :class:`Rule` into a :class:`Rule`.
-
-    Rule text always means what it parses to: a name is looked up in ``NAMED_RULES`` only when it is
-    not also an operand, so the canonical text of any rule (e.g. ``"rmsprop"``, the lone operand, as
-    the controller or ``Rule.text`` writes it) resolves back to that same rule.
-    """
-    if isinstance(rule, Rule):
-        return rule
-    if not isinstance(rule, str):
-        raise TypeError(
-            f"`rule` must be a rule name, rule text or Rule, got {type(rule).__name__}: {rule!r}. "
-            "Try rule='powersign' or rule='mul(exp(mul(sign_g, sign_m)), g)'."
-        )
-    from ganno_lightning.nos.rules import NAMED_RULES  # local: rules imports nothing from here at load
-
-    name = rule.strip()
-    if name in OPERANDS:  # the operand itself: a named rule must never shadow rule text
-        return parse_rule(rule)
-    return parse_rule(NAMED_RULES.get(name, rule))
 
 
 def decay_value(name: str, step: int, total: int, periods: float) -> float:

@@ -1,5 +1,6 @@
 """Named update rules: PowerSign, AddSign and their decay variants (Bello et al., 2017), plus the
-classic optimizers written in the rule language and the linear cosine learning-rate decay.
+classic optimizers written in the rule language, the linear cosine learning-rate decay, and
+:func:`resolve_rule`, which turns a name or rule text into a parsed rule.
 
 PowerSign: ``alpha^(f(t) * sign(g) * sign(m)) * g``; AddSign: ``(alpha + f(t) * sign(g) * sign(m)) * g``,
 with ``f`` one of 1 (no decay), ``ld`` (linear), ``cd`` (cyclical) or ``rd`` (restart). The decay
@@ -17,12 +18,13 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
-from ganno_lightning.nos.dsl import parse_rule
+from ganno_lightning.nos.dsl import OPERANDS, Rule, parse_rule
 
 __all__ = [
     "NAMED_RULES",
+    "resolve_rule",
     "powersign",
     "addsign",
     "with_linear_cosine_decay",
@@ -83,8 +85,6 @@ def addsign(alpha: float = 1.0, decay: Optional[str] = None) -> str:
 
 def with_linear_cosine_decay(rule: str) -> str:
     """Multiply any rule by the linear cosine decay ``lcd`` (needs ``decay_steps``)."""
-    from ganno_lightning.nos.optimizer import resolve_rule
-
     return f"mul(lcd, {resolve_rule(rule).text})"
 
 
@@ -142,3 +142,23 @@ NAMED_RULES: dict[str, str] = {
     "powersign_lcd": f"mul(lcd, {powersign()})",
     "addsign_lcd": f"mul(lcd, {addsign()})",
 }
+
+
+def resolve_rule(rule: Union[str, Rule]) -> Rule:
+    """Turn a named rule (``"powersign"``), rule text or a parsed :class:`Rule` into a :class:`Rule`.
+
+    Rule text always means what it parses to: a name is looked up in ``NAMED_RULES`` only when it is
+    not also an operand, so the canonical text of any rule (e.g. ``"rmsprop"``, the lone operand, as
+    the controller or ``Rule.text`` writes it) resolves back to that same rule.
+    """
+    if isinstance(rule, Rule):
+        return rule
+    if not isinstance(rule, str):
+        raise TypeError(
+            f"`rule` must be a rule name, rule text or Rule, got {type(rule).__name__}: {rule!r}. "
+            "Try rule='powersign' or rule='mul(exp(mul(sign_g, sign_m)), g)'."
+        )
+    name = rule.strip()
+    if name in OPERANDS:  # the operand itself: a named rule must never shadow rule text
+        return parse_rule(rule)
+    return parse_rule(NAMED_RULES.get(name, rule))

@@ -35,7 +35,7 @@ from ganno_lightning.trials.pool import JobFailure, JobPool
 __all__ = [
     "SearchConfig",
     "TaskConfig",
-    "TrainConfig",
+    "CandidateTrainingConfig",
     "SpaceConfig",
     "ControllerConfig",
     "WandbConfig",
@@ -57,7 +57,9 @@ class TaskConfig:
 
 
 @dataclass
-class TrainConfig:
+class CandidateTrainingConfig:
+    """The ``train`` section: how every candidate rule is trained and scored."""
+
     max_steps: int = 200  # optimizer steps per candidate
     val_check_interval: int = 50  # validate every N steps: the points of the reward curve
     limit_val_batches: float = 1.0
@@ -100,7 +102,7 @@ class WandbConfig:
 @dataclass
 class SearchConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: CandidateTrainingConfig = field(default_factory=CandidateTrainingConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

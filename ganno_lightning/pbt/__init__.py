@@ -14,10 +14,14 @@ Example::
 from ganno_lightning._lazy import lazy_exports
 
 _EXPORTS = {
+    # the search space and the setters are shared by every tuner: they live in ganno_lightning.tuning
+    "Hyperparameter": "ganno_lightning.tuning.space",
+    "CallbackAttribute": "ganno_lightning.tuning.setters",
+    "FunctionSetter": "ganno_lightning.tuning.setters",
+    "ModuleAttribute": "ganno_lightning.tuning.setters",
     "BinaryTournament": "core",
-    "Decision": "core",
+    "ExploitDecision": "core",
     "Explorer": "core",
-    "Hyperparameter": "core",
     "LineageEvent": "core",
     "NoExploit": "core",
     "PBTStrategy": "core",
@@ -25,9 +29,6 @@ _EXPORTS = {
     "TruncationSelection": "core",
     "PopulationStore": "store",
     "atomic_file": "store",
-    "CallbackAttribute": "setters",
-    "FunctionSetter": "setters",
-    "ModuleAttribute": "setters",
     "PBTCallback": "callback",
     "PopulationConfig": "runner",
     "run_population": "runner",
@@ -37,4 +38,5 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
+__getattr__, __dir__ = lazy_exports(__name__, {name: module if "." in module else f"{__name__}.{module}"
+                                                    for name, module in _EXPORTS.items()})

@@ -16,18 +16,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from ganno_lightning.pbt.core import (
-    Explorer,
-    Hyperparameter,
-    LineageEvent,
-    NoExploit,
-    PBTStrategy,
-    ReadyCriterion,
-    make_exploiter,
-    parse_space,
-)
-from ganno_lightning.pbt.setters import HyperparameterSetter, resolve_setters
+from ganno_lightning.pbt.core import Explorer, LineageEvent, NoExploit, PBTStrategy, ReadyCriterion, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore, commit_file, remove_stale_tmp
+from ganno_lightning.tuning.setters import HyperparameterSetter, resolve_setters
+from ganno_lightning.tuning.space import Hyperparameter, parse_space
 
 __all__ = ["PBTCallback", "population_settings"]
 
@@ -72,8 +64,8 @@ class PBTCallback(Callback):
         quantile: the fraction of members in the top and bottom groups for truncation selection.
         perturb_factors: two positive multipliers applied at random when exploring.
         resample_probability: probability of resampling a value from its prior instead of perturbing.
-        setters: setters for names that are not built in: a :class:`~ganno_lightning.pbt.setters.ModuleAttribute`,
-            :class:`~ganno_lightning.pbt.setters.CallbackAttribute`, a callable ``fn(trainer, module, value)``,
+        setters: setters for names that are not built in: a :class:`~ganno_lightning.tuning.setters.ModuleAttribute`,
+            :class:`~ganno_lightning.tuning.setters.CallbackAttribute`, a callable ``fn(trainer, module, value)``,
             or a string ``"module:attr"`` / ``"callback:ClassName.attr"``.
         initial_hyperparameters: this member's starting values; sampled from the prior when ``None``.
         min_population: members that must have reported before anyone exploits.

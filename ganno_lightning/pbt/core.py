@@ -2,7 +2,8 @@
 
 The pieces follow Jaderberg et al. (2017), "Population Based Training of Neural Networks":
 
-- :class:`Hyperparameter` is one dimension of the search space (bounds, log scale, integer).
+- The search space (:class:`~ganno_lightning.tuning.space.Hyperparameter`) lives in
+  :mod:`ganno_lightning.tuning.space`, shared with the other tuners.
 - :class:`ReadyCriterion` says when a member has trained long enough since its last decision.
 - :class:`TruncationSelection` / :class:`BinaryTournament` pick a donor (exploit).
 - :class:`Explorer` perturbs or resamples the donor's hyperparameters (explore).
@@ -21,114 +22,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ganno_lightning.tuning.space import Hyperparameter, clip_values, parse_space, sample_values
+
 __all__ = [
     "BinaryTournament",
-    "Decision",
+    "ExploitDecision",
     "Explorer",
-    "Hyperparameter",
     "LineageEvent",
     "NoExploit",
     "PBTStrategy",
     "ReadyCriterion",
     "TruncationSelection",
     "make_exploiter",
-    "parse_space",
 ]
-
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """One dimension of the PBT search space.
-
-    Args:
-        low: smallest allowed value; every sampled or perturbed value is clipped to ``[low, high]``.
-        high: largest allowed value.
-        log: sample and perturb in log space (learning rates, weight decay). Requires ``low > 0``.
-        integer: round values to the nearest int after clipping (intervals, batch sizes).
-
-    Raises:
-        ValueError: if the range is empty, not finite, or not positive on a log scale.
-
-    Example::
-
-        lr = Hyperparameter(1e-4, 1e-1, log=True)
-        rng = random.Random(0)
-        value = lr.sample(rng)          # log-uniform in [1e-4, 1e-1]
-        lr.clip(value * 1.2)            # stays inside the bounds
-    """
-
-    low: float
-    high: float
-    log: bool = False
-    integer: bool = False
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.low, (int, float)) and isinstance(self.high, (int, float))):
-            raise ValueError(f"`low` and `high` must be numbers, got low={self.low!r}, high={self.high!r}.")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError(f"`low` and `high` must be finite, got [{self.low}, {self.high}].")
-        if not self.low < self.high:
-            raise ValueError(
-                f"The range [{self.low}, {self.high}] is empty: `low` must be smaller than `high`."
-                " To fix a value instead of tuning it, leave it out of the search space."
-            )
-        if self.log and self.low <= 0:
-            raise ValueError(f"A log-scale range needs `low` > 0, got low={self.low}. Use log=False or a positive low.")
-        if self.integer and math.floor(self.high) < math.ceil(self.low):
-            raise ValueError(f"The integer range [{self.low}, {self.high}] contains no integer.")
-
-    def clip(self, value: float) -> float:
-        """Clip ``value`` into the bounds (and round it when ``integer``)."""
-        value = min(max(float(value), self.low), self.high)
-        if self.integer:
-            value = float(min(max(round(value), math.ceil(self.low)), math.floor(self.high)))
-        return value
-
-    def sample(self, rng: random.Random) -> float:
-        """Draw one value from the prior: uniform, or log-uniform when ``log``."""
-        if self.log:
-            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
-        else:
-            value = rng.uniform(self.low, self.high)
-        return self.clip(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_space(space: Mapping[str, Any]) -> dict[str, Hyperparameter]:
-    """Turn ``{"lr": {"low": 1e-4, "high": 0.1, "log": True}}`` (or Hyperparameter values) into a space.
-
-    Raises:
-        ValueError: on an empty space, a non-string name or an entry that is not a mapping.
-    """
-    if not space:
-        raise ValueError("`hyperparameters` must name at least one hyperparameter to tune, got an empty mapping.")
-    parsed: dict[str, Hyperparameter] = {}
-    for name, spec in space.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"Hyperparameter names must be non-empty strings, got {name!r}.")
-        if isinstance(spec, Hyperparameter):
-            parsed[name] = spec
-            continue
-        if not isinstance(spec, Mapping):
-            raise ValueError(
-                f"Hyperparameter `{name}` must be a mapping like {{low: 1e-4, high: 0.1, log: true}}, got {spec!r}."
-            )
-        unknown = set(spec) - {"low", "high", "log", "integer"}
-        if unknown:
-            raise ValueError(
-                f"Hyperparameter `{name}` has unknown key(s) {sorted(unknown)}; allowed: low, high, log, integer."
-            )
-        if "low" not in spec or "high" not in spec:
-            raise ValueError(f"Hyperparameter `{name}` needs both `low` and `high`, got {dict(spec)!r}.")
-        try:
-            parsed[name] = Hyperparameter(
-                float(spec["low"]), float(spec["high"]), bool(spec.get("log", False)), bool(spec.get("integer", False))
-            )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"Hyperparameter `{name}`: {err}") from err
-    return parsed
 
 
 @dataclass(frozen=True)
@@ -267,17 +173,12 @@ class Explorer:
             if rng.random() < self.resample_probability:
                 new[name] = dim.sample(rng)
                 continue
-            factor = rng.choice(self.perturb_factors)
-            value = values[name] * factor
-            if dim.integer and round(value) == round(values[name]):
-                # a x1.2 step on a small integer would round back to itself forever
-                value = values[name] + (1 if factor > 1 else -1)
-            new[name] = dim.clip(value)
+            new[name] = dim.perturb(values[name], rng.choice(self.perturb_factors))
         return new
 
 
 @dataclass
-class Decision:
+class ExploitDecision:
     """What a ready member should do: copy ``donor`` (its checkpoint) and continue with ``hyperparameters``."""
 
     donor: int
@@ -341,7 +242,7 @@ class PBTStrategy:
 
     def sample(self, rng: random.Random) -> dict[str, float]:
         """Initial hyperparameters of a new member, from the prior."""
-        return {name: dim.sample(rng) for name, dim in self.space.items()}
+        return sample_values(self.space, rng)
 
     def decide(
         self,
@@ -349,23 +250,16 @@ class PBTStrategy:
         scores: Mapping[int, float],
         hyperparameters: Mapping[int, Mapping[str, float]],
         rng: random.Random,
-    ) -> Decision | None:
-        """Return a :class:`Decision` if ``member`` should exploit, else ``None`` (keep training as is)."""
+    ) -> ExploitDecision | None:
+        """An :class:`ExploitDecision` if ``member`` should exploit, else ``None`` (keep training as is)."""
         donor = self.exploit.select_donor(member, scores, self.mode, rng)
         if donor is None or donor == member:
             return None
-        return Decision(donor, self.explorer.explore(hyperparameters[donor], self.space, rng))
+        return ExploitDecision(donor, self.explorer.explore(hyperparameters[donor], self.space, rng))
 
     def validate_values(self, values: Mapping[str, float]) -> dict[str, float]:
         """Check a full assignment of the space and clip it; names must match the space exactly."""
-        missing = set(self.space) - set(values)
-        extra = set(values) - set(self.space)
-        if missing or extra:
-            raise ValueError(
-                f"Hyperparameter values must match the search space {sorted(self.space)};"
-                f" missing {sorted(missing)}, unknown {sorted(extra)}."
-            )
-        return {name: self.space[name].clip(values[name]) for name in self.space}
+        return clip_values(self.space, values)
 
 
 def ranked_members(scores: Mapping[int, float], mode: str) -> Sequence[int]:

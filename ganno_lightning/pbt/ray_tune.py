@@ -33,9 +33,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ganno_lightning.pbt.core import Hyperparameter, LineageEvent, ReadyCriterion, parse_space, ranked_members
-from ganno_lightning.pbt.setters import resolve_setters
+from ganno_lightning.pbt.core import LineageEvent, ReadyCriterion, ranked_members
 from ganno_lightning.pbt.store import atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.tuning.setters import resolve_setters
+from ganno_lightning.tuning.space import Hyperparameter, parse_space
 
 __all__ = ["RayTunePBTReporter", "make_scheduler", "tune_population"]
 

@@ -37,8 +37,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ganno_lightning.config import check_overrides, known_keys_at, unknown_key_error
-from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
+from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.tuning.space import parse_space
 
 __all__ = ["HyperparameterSpec", "PopulationConfig", "WandbConfig", "load_config", "run_population", "write_outputs"]
 
@@ -117,7 +118,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 
 def validate_config(config: DictConfig) -> PBTStrategy:
     """Every check that needs no training: sizes, search space, setters, exploit/explore arguments."""
-    from ganno_lightning.pbt.setters import resolve_setters
+    from ganno_lightning.tuning.setters import resolve_setters
 
     if config.population_size < 2:
         raise ValueError(f"`population_size` must be at least 2, got {config.population_size}.")
@@ -194,7 +195,7 @@ def preflight(config: DictConfig) -> None:
     """
     import lightning.pytorch as pl
 
-    from ganno_lightning.pbt.setters import resolve_setters
+    from ganno_lightning.tuning.setters import resolve_setters
 
     space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
     setters = resolve_setters(list(space), dict(config.setters))

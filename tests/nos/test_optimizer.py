@@ -10,7 +10,8 @@ import torch
 from ganno_lightning.nos import NAMED_RULES, NonFiniteUpdateError, RuleOptimizer
 from ganno_lightning.nos.dsl import RuleSyntaxError, UnknownNameError
 from ganno_lightning.nos.dsl import OPERANDS, Operand, parse_rule
-from ganno_lightning.nos.optimizer import decay_value, resolve_rule
+from ganno_lightning.nos.optimizer import decay_value
+from ganno_lightning.nos.rules import resolve_rule
 
 
 def _model(seed=0):

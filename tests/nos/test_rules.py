@@ -1,10 +1,13 @@
 """Named rules, their variants and the linear cosine decay schedule."""
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import ganno_lightning.nos.rules
 from ganno_lightning.nos import NAMED_RULES, RuleOptimizer, addsign, linear_cosine_decay, parse_rule, powersign, with_linear_cosine_decay
 
 
@@ -55,3 +58,11 @@ def test_with_linear_cosine_decay_wraps_any_rule():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_rules_stand_below_the_optimizer_in_the_import_graph():
+    # optimizer imports rules (for resolve_rule), never the reverse: no cycle hidden in a function
+    tree = ast.parse(Path(ganno_lightning.nos.rules.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name.startswith("ganno_lightning")} - {"ganno_lightning.nos.dsl"}

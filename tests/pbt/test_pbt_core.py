@@ -10,50 +10,15 @@ from hypothesis import strategies as st
 
 from ganno_lightning.pbt.core import (
     BinaryTournament,
+    ExploitDecision,
     Explorer,
-    Hyperparameter,
     NoExploit,
     PBTStrategy,
     ReadyCriterion,
     TruncationSelection,
     make_exploiter,
-    parse_space,
 )
-
-
-def test_hyperparameter_rejects_empty_and_bad_ranges():
-    with pytest.raises(ValueError, match=r"range \[0.1, 0.1\] is empty"):
-        Hyperparameter(0.1, 0.1)
-    with pytest.raises(ValueError, match="range .* is empty"):
-        Hyperparameter(1.0, 0.5)
-    with pytest.raises(ValueError, match="log-scale range needs `low` > 0"):
-        Hyperparameter(0.0, 1.0, log=True)
-    with pytest.raises(ValueError, match="finite"):
-        Hyperparameter(0.0, math.inf)
-    with pytest.raises(ValueError, match="contains no integer"):
-        Hyperparameter(0.2, 0.8, integer=True)
-
-
-def test_parse_space_errors_name_the_hyperparameter():
-    with pytest.raises(ValueError, match="at least one"):
-        parse_space({})
-    with pytest.raises(ValueError, match="`lr` has unknown key"):
-        parse_space({"lr": {"low": 1e-3, "high": 1e-1, "logscale": True}})
-    with pytest.raises(ValueError, match="`lr` needs both `low` and `high`"):
-        parse_space({"lr": {"low": 1e-3}})
-    with pytest.raises(ValueError, match="`wd`: .*empty"):
-        parse_space({"wd": {"low": 0.1, "high": 0.0}})
-
-
-def test_log_uniform_prior_is_uniform_in_log_space():
-    dim = Hyperparameter(1e-4, 1e-0, log=True)
-    rng = random.Random(0)
-    logs = [math.log10(dim.sample(rng)) for _ in range(4000)]
-    assert all(-4 <= v <= 0 for v in logs)
-    # each decade holds about a quarter of the draws (a linear prior would put ~90% in the top decade)
-    decades = Counter(min(int(v + 4), 3) for v in logs)
-    for decade in range(4):
-        assert 0.2 < decades[decade] / len(logs) < 0.3
+from ganno_lightning.tuning.space import Hyperparameter
 
 
 @settings(max_examples=200, deadline=None)
@@ -150,7 +115,7 @@ def test_strategy_decides_donor_and_explores_from_the_donor_values():
     scores = {0: 0.9, 1: 0.1, 2: 0.5, 3: 0.6}
     values = {0: {"lr": 0.5}, 1: {"lr": 0.01}, 2: {"lr": 0.1}, 3: {"lr": 0.2}}
     decision = strategy.decide(0, scores, values, random.Random(0))
-    assert decision.donor == 1
+    assert isinstance(decision, ExploitDecision) and decision.donor == 1
     assert decision.hyperparameters["lr"] in (pytest.approx(0.005), pytest.approx(0.02))
     assert strategy.decide(1, scores, values, random.Random(0)) is None
     assert PBTStrategy({"lr": Hyperparameter(1e-4, 1.0)}, exploit=NoExploit()).decide(0, scores, values, random.Random(0)) is None

@@ -15,8 +15,8 @@ Anything else is one registered setter away:
   ``CallbackAttribute("GANNOCallback", "interval")``, without importing that callback.
 - :class:`FunctionSetter` wraps any ``fn(trainer, pl_module, value)``.
 
-In YAML (runner configs) the strings ``"module:dropout.p"`` and ``"callback:GANNOCallback.interval"``
-build the first two.
+In YAML (tuner configs, e.g. the PBT runner's) the strings ``"module:dropout.p"`` and
+``"callback:GANNOCallback.interval"`` build the first two.
 """
 
 from __future__ import annotations

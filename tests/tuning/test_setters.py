@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ganno_lightning.pbt.setters import (
+from ganno_lightning.tuning.setters import (
     CallbackAttribute,
     FunctionSetter,
     ModuleAttribute,

@@ -1,0 +1,183 @@
+"""The action: which multipliers of its LR scale an agent may pick, and how a pick reaches the scale.
+
+Written once for the environment, the callback and meta-training: the default action set, the
+default scale bounds, the exploration modes that turn a policy's action distribution into one
+multiplier per layer, and the cumulative multiply-and-clip of the scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: Default action set: multipliers of the current scale, {2^-1, 2^-1/2, 2^-1/4, 1, 2^1/4, 2^1/2, 2}.
+DEFAULT_ACTION_MULTIPLIERS: tuple[float, ...] = tuple(2.0**e for e in (-1, -0.5, -0.25, 0, 0.25, 0.5, 1))
+
+#: Default ``(low, high)`` clip of every layer's LR scale.
+DEFAULT_SCALE_BOUNDS: tuple[float, float] = (1e-2, 1e2)
+
+#: How an agent turns its action distribution into one LR change per layer (names borrowed from
+#: TorchRL's ``ExplorationType``; "mean" here is the expected *log*-multiplier).
+EXPLORATION_TYPES = ("mean", "mode", "random")
+DEFAULT_EXPLORATION = "mean"
+
+
+def check_exploration(exploration: Any, name: str = "exploration") -> str:
+    """Return ``exploration`` if it is one of :data:`EXPLORATION_TYPES`, else raise a ``ValueError``.
+
+    Example::
+
+        >>> check_exploration("mode")
+        'mode'
+        >>> check_exploration("greedy", "agent.exploration")
+        Traceback (most recent call last):
+        ...
+        ValueError: `agent.exploration` must be one of ['mean', 'mode', 'random'], got 'greedy'.
+    """
+    if exploration not in EXPLORATION_TYPES:
+        raise ValueError(f"`{name}` must be one of {list(EXPLORATION_TYPES)}, got {exploration!r}.")
+    return exploration
+
+
+def check_scale_bounds(scale_bounds: Sequence[float], name: str = "scale_bounds") -> tuple[float, float]:
+    """Validate ``(low, high)`` scale bounds and return them as floats.
+
+    Example::
+
+        >>> check_scale_bounds([0.01, 100])
+        (0.01, 100.0)
+        >>> check_scale_bounds((2.0, 10.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: `scale_bounds` must satisfy 0 < low <= 1 <= high < inf, got (2.0, 10.0). Example: (0.01, 100.0).
+    """
+    try:
+        low, high = (float(b) for b in scale_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be two floats (low, high), got {scale_bounds!r}.") from None
+    if not (0 < low <= 1 <= high and math.isfinite(high)):
+        raise ValueError(
+            f"`{name}` must satisfy 0 < low <= 1 <= high < inf, got {scale_bounds!r}. Example: (0.01, 100.0)."
+        )
+    return low, high
+
+
+def check_action_multipliers(multipliers: Sequence[float], name: str = "action_multipliers") -> tuple[float, ...]:
+    """Validate an action set (a non-empty list of positive finite floats) and return it as floats.
+
+    Example::
+
+        >>> check_action_multipliers([0.5, 1, 2])
+        (0.5, 1.0, 2.0)
+        >>> check_action_multipliers([0.5, -1.0])
+        Traceback (most recent call last):
+        ...
+        ValueError: `action_multipliers` must be a non-empty list of positive finite floats, got [0.5, -1.0].
+    """
+    try:
+        values = tuple(float(m) for m in multipliers)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(math.isfinite(m) and m > 0 for m in values):
+        raise ValueError(f"`{name}` must be a non-empty list of positive finite floats, got {list(multipliers)}.")
+    return values
+
+
+def clip_scales(scales: Sequence[float], bounds: tuple[float, float]) -> list[float]:
+    """Every scale clipped to ``bounds = (low, high)``, as Python floats.
+
+    Example::
+
+        >>> clip_scales([0.001, 1.0, 500.0], (0.01, 100.0))
+        [0.01, 1.0, 100.0]
+    """
+    low, high = bounds
+    return [min(max(float(s), low), high) for s in scales]
+
+
+def apply_multipliers(scales: Sequence[float], multipliers: Sequence[float],
+                      bounds: tuple[float, float]) -> list[float]:
+    """Multiply each scale by its multiplier (actions are cumulative), then clip to ``bounds``.
+
+    Example::
+
+        >>> apply_multipliers([1.0, 80.0], [0.5, 2.0], DEFAULT_SCALE_BOUNDS)
+        [0.5, 100.0]
+    """
+    return clip_scales([s * m for s, m in zip(scales, multipliers, strict=True)], bounds)
+
+
+class ActionSet:
+    """The multipliers of the current LR scale that an agent's action indices stand for.
+
+    Args:
+        multipliers: What action ``i`` multiplies a layer's scale by.
+
+    Raises:
+        ValueError: If ``multipliers`` is empty or holds a value that is not positive and finite.
+
+    Example::
+
+        >>> actions = ActionSet()  # the default 7 levels, 2^-1 ... 2
+        >>> len(actions), actions.multipliers_of([0, 3, 6])
+        (7, [0.5, 1.0, 2.0])
+        >>> logits = torch.tensor([[0.0] * 7, [0.0, 0, 0, 0, 0, 0, 9]])
+        >>> multipliers, chosen = actions.choose(logits, "mode")
+        >>> multipliers.tolist(), chosen.tolist()
+        ([0.5, 2.0], [0, 6])
+        >>> actions.choose(logits, "mean")[0][0].item()  # uniform over a symmetric set: no change
+        1.0
+    """
+
+    def __init__(self, multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS) -> None:
+        self.multipliers = check_action_multipliers(multipliers)
+
+    def __len__(self) -> int:
+        return len(self.multipliers)
+
+    def __repr__(self) -> str:
+        return f"ActionSet({list(self.multipliers)})"
+
+    def multipliers_of(self, actions: Sequence[int]) -> list[float]:
+        """The multiplier of each action index."""
+        actions = list(actions)
+        if actions and (min(actions) < 0 or max(actions) >= len(self.multipliers)):
+            raise ValueError(f"Actions must lie in [0, {len(self.multipliers) - 1}], got {actions}.")
+        return [self.multipliers[a] for a in actions]
+
+    def choose(self, logits: Tensor, exploration: str = DEFAULT_EXPLORATION,
+               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """Turn action logits ``[..., num_actions]`` into one multiplier per agent.
+
+        Args:
+            logits: The policy's action logits.
+            exploration: One of :data:`EXPLORATION_TYPES`: ``"mean"``: the expected change
+                ``exp(sum_a p_a log m_a)``, the drift the sampled actions had in meta-training
+                without their noise; ``"mode"``: the most likely action; ``"random"``: a sample.
+            generator: Random source of ``"random"``.
+
+        Returns:
+            ``(multipliers, actions)``: float64 multipliers ``[...]`` on the CPU and the action
+            indices taken (``None`` for ``"mean"``, whose multipliers lie between the set's).
+
+        Raises:
+            ValueError: If ``exploration`` is not one of :data:`EXPLORATION_TYPES`.
+        """
+        check_exploration(exploration)
+        # On the host in float64 (every device has it there): an action's multiplier is then exactly
+        # the float the environment applies.
+        logits = logits.to("cpu", torch.float64)
+        multipliers = torch.tensor(self.multipliers, dtype=torch.float64)
+        if exploration == "mean":
+            expected = torch.softmax(logits, -1) @ multipliers.log()
+            return expected.exp(), None
+        if exploration == "mode":
+            actions = logits.argmax(-1)
+        else:
+            flat = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
+            actions = torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
+        return multipliers[actions], actions

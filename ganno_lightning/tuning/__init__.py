@@ -1,0 +1,34 @@
+"""What every hyperparameter tuner shares: the search space and the setters that apply a value to a running fit.
+
+Used by Population Based Training (``ganno_lightning.pbt``); a new tuner brings only its own
+algorithm and Lightning glue. Names are imported lazily, so reading a search space does not import
+torch.
+
+Example::
+
+    from ganno_lightning.tuning import parse_space, resolve_setters
+
+    space = parse_space({"lr": {"low": 1e-4, "high": 0.1, "log": True}, "dropout": {"low": 0.0, "high": 0.5}})
+    setters = resolve_setters(list(space), {"dropout": "module:dropout.p"})
+"""
+
+from ganno_lightning._lazy import lazy_exports
+
+_EXPORTS = {
+    "Hyperparameter": "space",
+    "clip_values": "space",
+    "parse_space": "space",
+    "sample_values": "space",
+    "BUILTIN_SETTERS": "setters",
+    "CallbackAttribute": "setters",
+    "FunctionSetter": "setters",
+    "HyperparameterSetter": "setters",
+    "ModuleAttribute": "setters",
+    "OptimizerHyperparameter": "setters",
+    "resolve_setters": "setters",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
