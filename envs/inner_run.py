@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
+from lightning.pytorch.core.optimizer import (
+    _configure_optimizers,
+    _configure_schedulers_automatic_opt,
+)
 from lightning.pytorch.utilities import move_data_to_device
 
 from envs.task import Split, TaskFamily, TrainingTask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -56,7 +56,7 @@ class TaskFamily(ABC):
 
 
 #: What builds a module or datamodule: an import string ``"package.module:attr"`` or a callable.
-Factory = Union[str, Callable[..., Any]]
+Factory = str | Callable[..., Any]
 
 
 def _resolve(factory: Factory, argument: str) -> Callable[..., Any]:
