@@ -1,30 +1,28 @@
-"""LayerwiseLREnv: a LightningModule's training run as a TorchRL multi-agent environment."""
+"""LayerwiseLREnv: a LightningModule's training run as a TorchRL multi-agent environment.
+
+This module holds the TorchRL face (specs, ``_reset``, ``_step``, ``_set_seed``); the training run
+itself is :mod:`envs.inner_run` and the reward :mod:`envs.reward`.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
-from lightning.pytorch.utilities import move_data_to_device
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from envs import keys
+from envs.inner_run import InnerRun, TaskError, sample_task
+from envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, NUM_FEATURES
 from ganno_lightning.layerwise.lr_control import check_scale_bounds
-
-#: What ``divergence_factor`` multiplies: the run's first interval loss, or its lowest so far.
-DIVERGENCE_REFERENCES = ("first", "best")
 
 
 @dataclass
@@ -123,23 +121,6 @@ class EnvConfig:
         return self
 
 
-@contextlib.contextmanager
-def _no_trainer_warnings() -> Iterator[None]:
-    """The module runs without a Trainer: its `self.log` calls are no-ops by design, not news."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
-        yield
-
-
-def _loss_of(output: Any) -> torch.Tensor | None:
-    """The loss a `training_step` returned (a tensor, a dict with "loss", or None to skip)."""
-    return output["loss"] if isinstance(output, dict) else output
-
-
-class TaskError(RuntimeError):
-    """A task cannot be trained at all (its code raises, its data is empty, nothing is trainable)."""
-
-
 class LayerwiseLREnv(EnvBase):
     """Each env step trains a LightningModule for ``interval`` optimizer steps; each layer is an agent.
 
@@ -184,20 +165,24 @@ class LayerwiseLREnv(EnvBase):
         self.max_agents = config.max_agents or family.max_layers(config.split)
         self.num_actions = len(config.action_multipliers)
         n = self.max_agents
-        self.observation_spec = Composite(
-            {keys.GROUP: Composite({
-                "observation": Unbounded((n, NUM_FEATURES)),
-                "mask": Categorical(2, (n,), dtype=torch.bool),
-            }, shape=(n,)),
-             keys.EPISODE_LOSS: Unbounded((1,)),
-             keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64)})
-        self.action_spec = Composite(
-            {keys.GROUP: Composite({"action": Categorical(self.num_actions, (n,))}, shape=(n,))})
-        self.reward_spec = Composite({keys.GROUP: Composite({"reward": Unbounded((n, 1))}, shape=(n,))})
+        # Specs are built whole, then assigned: EnvBase's spec setters expect complete specs.
+        observation_spec = Composite({keys.GROUP: Composite(shape=(n,)),
+                                      keys.EPISODE_LOSS: Unbounded((1,)),
+                                      keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64)})
+        observation_spec[keys.OBSERVATION] = Unbounded((n, NUM_FEATURES))
+        observation_spec[keys.MASK] = Categorical(2, (n,), dtype=torch.bool)
+        action_spec = Composite({keys.GROUP: Composite(shape=(n,))})
+        action_spec[keys.ACTION] = Categorical(self.num_actions, (n,))
+        reward_spec = Composite({keys.GROUP: Composite(shape=(n,))})
+        reward_spec[keys.REWARD] = Unbounded((n, 1))
+        self.observation_spec, self.action_spec, self.reward_spec = observation_spec, action_spec, reward_spec
         self.done_spec = Composite({
             name: Categorical(2, (1,), dtype=torch.bool) for name in (keys.DONE, keys.TERMINATED, keys.TRUNCATED)})
         self.task: TrainingTask | None = None
+        self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
+        self.reward = EpisodeReward(config.divergence_factor, config.divergence_reference,
+                                    config.divergence_penalty, config.val_weight)
         self._set_seed(seed)
 
     # -- TorchRL API --------------------------------------------------------------------------
@@ -213,15 +198,16 @@ class LayerwiseLREnv(EnvBase):
                 raise TaskError(f"Task {self.task.name}: `training_step`/`backward`/`optimizer.step` raised in "
                                 f"the first interval: {type(err).__name__}: {err}") from err
             observation = self.controller.observe()
-            self._first_loss = self._prev_loss = self._best_loss = self.controller.last_interval_loss
-            if math.isfinite(self._first_loss):
+            first_loss = self.controller.last_interval_loss
+            if math.isfinite(first_loss):
                 break
         else:
             raise TaskError(f"{self.config.max_reset_attempts} sampled tasks in a row diverged in their first "
                             f"interval (last: {self.task.name}); lower the family's `lr` range or `init_lr_scale`.")
-        if self._first_loss <= 0:
+        if first_loss <= 0:
             raise TaskError(f"Task {self.task.name}: the training loss must be positive (the reward is a log-ratio "
-                            f"of losses), got {self._first_loss!r}; shift the loss, e.g. use an NLL offset.")
+                            f"of losses), got {first_loss!r}; shift the loss, e.g. use an NLL offset.")
+        self.reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
@@ -240,181 +226,63 @@ class LayerwiseLREnv(EnvBase):
             failed = True
         observation = self.controller.observe()
         loss = self.controller.last_interval_loss
-        reference = self._best_loss if self.config.divergence_reference == "best" else self._first_loss
-        diverged = failed or not math.isfinite(loss) or loss > self.config.divergence_factor * reference
+        diverged = failed or self.reward.diverged(loss)
         if diverged:
-            reward = -self.config.divergence_penalty
+            reward = self.reward.penalty
         else:
-            reward = math.log(max(self._prev_loss, 1e-12)) - math.log(max(loss, 1e-12))
-            self._prev_loss = loss
-            self._best_loss = min(self._best_loss, loss)
+            reward = self.reward.of_interval(loss)
             # Measured after the observation: like a validation epoch, it informs the next decision.
             if self._validates and self._env_steps % self.config.val_every == 0:
                 val = self._measure_validation()
-                if self.config.val_weight > 0 and val is not None and self._prev_val is not None:
-                    reward += self.config.val_weight * (math.log(max(self._prev_val, 1e-12)) - math.log(max(val, 1e-12)))
+                term = self.reward.validation_term(self._prev_val, val)
+                if term is not None:
+                    reward += term
                 self._prev_val = val
         truncated = not diverged and self.controller.step >= self.config.horizon
         return self._output(observation, reward=reward, terminated=diverged, truncated=truncated)
 
-    # -- one training run ---------------------------------------------------------------------
+    # -- one training run: sampled, trained and observed --------------------------------------
     def _start_run(self) -> None:
         if self.controller is not None:
             self.controller.close()
             self.controller = None
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator))
-        with torch.random.fork_rng(devices=self._cuda_devices):
-            torch.manual_seed(seed)
-            task = self.family.sample(self._generator, self.config.split)
-            self._train_rng = self._get_rng()
-        module = task.module.to(self.config.device).train()
-        self.task = task
-        try:
-            optim_conf = module.configure_optimizers()
-            optimizers, schedulers, monitor = _configure_optimizers(optim_conf)
-            scheduler_configs = _configure_schedulers_automatic_opt(schedulers, monitor)
-        except Exception as err:
-            raise TaskError(f"Task {task.name}: `configure_optimizers` failed outside a Trainer: "
-                            f"{type(err).__name__}: {err}") from err
-        if len(optimizers) != 1:
-            raise TaskError(f"Task {task.name}: `configure_optimizers` must return exactly one optimizer, "
-                            f"got {len(optimizers)}.")
-        if any(c.reduce_on_plateau for c in scheduler_configs):
-            raise TaskError(f"Task {task.name}: ReduceLROnPlateau needs a monitored metric, which the "
-                            "environment does not compute; use a step- or epoch-interval scheduler.")
-        self.optimizer = optimizers[0]
-        self._scheduler_configs = scheduler_configs
-        low, high = self.config.init_lr_scale
-        if (low, high) != (1.0, 1.0):
-            u = float(torch.rand((), generator=self._generator))
-            factor = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * factor
-                if "initial_lr" in group:
-                    group["initial_lr"] = group["initial_lr"] * factor
-            for config in scheduler_configs:
-                if hasattr(config.scheduler, "base_lrs"):
-                    config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
-        loader = self._dataloader(task, "train")
-        if hasattr(loader, "__len__") and len(loader) == 0:
-            raise TaskError(f"Task {task.name}: `train_dataloader` is empty; it must yield at least one batch.")
-        self._loader = loader
-        self._epoch = 0
-        self._batches = self._epoch_iterator()
-        self._val_loader = self._optional_val_loader(task) if self.config.val_every else None
-        self._val_batches: list[Any] | None = None
+        config = self.config
+        self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
+        self.run = InnerRun(self.task, config.device, rng, lr_factor=self._initial_lr_factor(),
+                            val_batches=config.val_batches if config.val_every else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
-        self._validates = self._val_loader is not None and validate_draw < self.config.val_prob
-        total_steps = None if hide_draw < self.config.unknown_total_prob else self.config.horizon
+        self._validates = self.run.val_loader is not None and validate_draw < config.val_prob
+        total_steps = None if hide_draw < config.unknown_total_prob else config.horizon
         try:
             self.controller = LayerwiseController(
-                module, self.optimizer, action_multipliers=self.config.action_multipliers,
-                interval=self.config.interval, scale_bounds=tuple(self.config.scale_bounds),
-                lr_schedulers=[c.scheduler for c in scheduler_configs], total_steps=total_steps,
-                grad_samples=self.config.grad_samples)
+                self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
+                interval=config.interval, scale_bounds=tuple(config.scale_bounds),
+                lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples)
         except ValueError as err:
-            raise TaskError(f"Task {task.name}: {err}") from err
+            raise TaskError(f"Task {self.task.name}: {err}") from err
         if self.controller.num_agents > self.max_agents:
-            raise ValueError(f"Task {task.name} has {self.controller.num_agents} layers but `max_agents` is "
+            raise ValueError(f"Task {self.task.name} has {self.controller.num_agents} layers but `max_agents` is "
                              f"{self.max_agents}; raise `env.max_agents`.")
 
-    def _epoch_iterator(self) -> Iterator[tuple[int, Any, bool]]:
-        """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches."""
-        while True:
-            iterator = iter(self._loader)
-            try:
-                current = next(iterator)
-            except StopIteration:
-                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch.") from None
-            batch_idx = 0
-            for upcoming in iterator:
-                yield batch_idx, current, False
-                current, batch_idx = upcoming, batch_idx + 1
-            yield batch_idx, current, True
+    def _initial_lr_factor(self) -> float:
+        """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""
+        low, high = self.config.init_lr_scale
+        if (low, high) == (1.0, 1.0):
+            return 1.0
+        u = float(torch.rand((), generator=self._generator))
+        return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
     def _train_interval(self) -> None:
-        module, optimizer, device = self.task.module, self.optimizer, self.config.device
-        # Collectors step envs under no_grad; the inner training needs autograd regardless.
-        with torch.enable_grad(), torch.random.fork_rng(devices=self._cuda_devices), _no_trainer_warnings():
-            self._set_rng(self._train_rng)
-            on_cpu = device == "cpu"
-            for _ in range(self.config.interval):
-                batch_idx, batch, last_of_epoch = next(self._batches)
-                if not on_cpu:
-                    batch = move_data_to_device(batch, device)
-                loss = _loss_of(module.training_step(batch, batch_idx))
-                if loss is None:  # Lightning skips the step, so do we
-                    continue
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                self.controller.record_loss(loss.detach())
-                if last_of_epoch:
-                    self._epoch += 1
-                if self._scheduler_configs:  # Lightning steps epoch schedulers after the epoch's last step
-                    self._step_schedulers("step", batch_idx + 1)
-                    if last_of_epoch:
-                        self._step_schedulers("epoch", self._epoch)
-            self._train_rng = self._get_rng()
-
-    # The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
-    # nothing the caller does with the global RNG between env steps changes a rollout.
-    @property
-    def _cuda_devices(self) -> list[int]:
-        device = torch.device(self.config.device)
-        return [device.index or 0] if device.type == "cuda" else []
-
-    def _get_rng(self) -> tuple[torch.Tensor, ...]:
-        return (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in self._cuda_devices))
-
-    def _set_rng(self, states: tuple[torch.Tensor, ...]) -> None:
-        torch.set_rng_state(states[0])
-        for device, state in zip(self._cuda_devices, states[1:]):
-            torch.cuda.set_rng_state(state, device)
-
-    def _step_schedulers(self, interval: str, count: int) -> None:
-        for config in self._scheduler_configs:
-            if config.interval == interval and count % config.frequency == 0:
-                config.scheduler.step()
-
-    def _optional_val_loader(self, task: TrainingTask) -> Any:
-        try:
-            return self._dataloader(task, "val")
-        except TaskError:  # no validation data: episodes of this task never validate
-            return None
+        self.run.train(self.config.interval, record_loss=self.controller.record_loss)
 
     def _measure_validation(self) -> float | None:
-        """Mean training objective on up to ``val_batches`` validation batches, fed to the observer."""
+        """The validation loss, fed to the observer, if this episode validates (else ``None``)."""
         if not self._validates:
             return None
-        if self._val_batches is None:  # the same batches every time: changes come from training alone
-            batches = itertools.islice(self._val_loader, self.config.val_batches)
-            self._val_batches = [move_data_to_device(batch, self.config.device) for batch in batches]
-        module, losses = self.task.module, []
-        module.eval()  # no dropout, and BatchNorm statistics stay those of training data
-        with torch.no_grad(), _no_trainer_warnings():
-            for batch_idx, batch in enumerate(self._val_batches):
-                loss = _loss_of(module.training_step(batch, batch_idx))
-                if loss is not None:
-                    losses.append(loss.detach().float().reshape(()))
-        module.train()
-        losses = torch.stack(losses).tolist() if losses else []  # one host sync
-        if not losses or not all(math.isfinite(x) for x in losses):
-            return None
-        value = sum(losses) / len(losses)
-        self.controller.record_val_loss(value)
+        value = self.run.validation_loss()
+        if value is not None:
+            self.controller.record_val_loss(value)
         return value
-
-    @staticmethod
-    def _dataloader(task: TrainingTask, stage: str) -> Any:
-        source = task.datamodule if task.datamodule is not None else task.module
-        if task.datamodule is not None and stage == "train":
-            task.datamodule.prepare_data()
-            task.datamodule.setup("fit")
-        try:
-            return getattr(source, f"{stage}_dataloader")()
-        except Exception as err:
-            raise TaskError(f"Task {task.name}: `{stage}_dataloader` failed: {type(err).__name__}: {err}") from err
 
     def _output(self, observation: torch.Tensor, reward: float | None, terminated: bool, truncated: bool) -> TensorDict:
         n, pad = self.controller.num_agents, self.max_agents
@@ -422,18 +290,18 @@ class LayerwiseLREnv(EnvBase):
         padded[:n] = observation
         mask = torch.zeros(pad, dtype=torch.bool)
         mask[:n] = True
-        agents = {"observation": padded, "mask": mask}
+        output = TensorDict({keys.GROUP: TensorDict(batch_size=(pad,))}, batch_size=())
+        output.set(keys.OBSERVATION, padded)
+        output.set(keys.MASK, mask)
         if reward is not None:
-            agents["reward"] = torch.full((pad, 1), float(reward))
-        done = terminated or truncated
-        return TensorDict({
-            keys.GROUP: TensorDict(agents, batch_size=(pad,)),
-            keys.EPISODE_LOSS: torch.tensor([self.controller.last_interval_loss]).nan_to_num(0.0, 1e30, -1e30).float(),
-            keys.NUM_AGENTS: torch.tensor([n]),
-            keys.DONE: torch.tensor([done]),
-            keys.TERMINATED: torch.tensor([terminated]),
-            keys.TRUNCATED: torch.tensor([truncated]),
-        }, batch_size=())
+            output.set(keys.REWARD, torch.full((pad, 1), float(reward)))
+        output.set(keys.EPISODE_LOSS,
+                   torch.tensor([self.controller.last_interval_loss]).nan_to_num(0.0, 1e30, -1e30).float())
+        output.set(keys.NUM_AGENTS, torch.tensor([n]))
+        output.set(keys.DONE, torch.tensor([terminated or truncated]))
+        output.set(keys.TERMINATED, torch.tensor([terminated]))
+        output.set(keys.TRUNCATED, torch.tensor([truncated]))
+        return output
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         if self.controller is not None:

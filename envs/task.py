@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
 import torch
+
+from ganno_lightning.imports import import_object
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -52,37 +55,105 @@ class TaskFamily(ABC):
         """An upper bound on the number of agents (layers) of any task of ``split``."""
 
 
+#: What builds a module or datamodule: an import string ``"package.module:attr"`` or a callable.
+Factory = str | Callable[..., Any]
+
+
+def _resolve(factory: Factory, argument: str) -> Callable[..., Any]:
+    """The callable ``factory`` names (an import string is imported; a callable is itself)."""
+    resolved = import_object(factory, argument=argument) if isinstance(factory, str) else factory
+    if not callable(resolved):
+        raise TypeError(f"`{argument}` must be a class or function that builds the object, or an import string "
+                        f"'package.module:attr' naming one, got {factory!r}.")
+    return resolved
+
+
 class SingleTask(TaskFamily):
-    """The simplest family: the same LightningModule class, re-instantiated with fresh weights.
+    """One LightningModule, built afresh (new weights) for every episode: your own model as a family.
+
+    Each episode calls ``factory(**kwargs)``; the module trains with its own ``training_step``,
+    ``configure_optimizers`` (schedulers included) and ``train_dataloader``, or with the datamodule's.
+
+    A ``SingleTask`` pickles, so the environment runs in ``ParallelEnv`` workers and process pools,
+    when ``factory`` and ``datamodule`` are import strings (``"my_pkg.models:MyModule"``, resolved
+    in each process) or top-level classes or functions, and ``kwargs`` are plain values. A lambda
+    or a function defined inside another one pickles with cloudpickle only, which TorchRL's
+    ``ParallelEnv`` uses, but not with the standard ``pickle``.
 
     Args:
-        factory: Builds the module (and optionally returns ``(module, datamodule)``).
-        max_layers: Upper bound on its layers; ``None`` measures one instance.
-        name: For logs.
+        factory: Builds the LightningModule: an import string ``"package.module:attr"`` naming a
+            class or function, or the class or function itself. It may return ``(module, datamodule)``.
+        datamodule: Optional: builds the LightningDataModule that serves the data (same forms);
+            called as ``datamodule(**datamodule_kwargs)`` for every episode.
+        datamodule_kwargs: Keyword arguments of ``datamodule``.
+        max_layers: Upper bound on the module's layers (agents); ``None`` builds one module and counts.
+        name: For logs and error messages.
+        **kwargs: Keyword arguments of ``factory``.
+
+    Raises:
+        ValueError: If an import string is malformed or cannot be imported (naming what failed).
+        TypeError: If ``factory`` or ``datamodule`` is neither callable nor an import string.
 
     Example::
 
-        family = SingleTask(lambda: MyModule(lr=1e-3))
+        import functools
+        from torchrl.envs import ParallelEnv
+        from envs import EnvConfig, LayerwiseLREnv, SingleTask
+
+        family = SingleTask("my_pkg.models:MyModule", lr=1e-3)   # MyModule(lr=1e-3) every episode
+        config = EnvConfig(horizon=200, interval=25)
+        env = ParallelEnv(2, [functools.partial(LayerwiseLREnv, family, config, seed=i) for i in range(2)])
+        rollout = env.rollout(3)
     """
 
-    def __init__(self, factory, max_layers: int | None = None, name: str = "single") -> None:
+    def __init__(
+        self,
+        factory: Factory,
+        *,
+        datamodule: Factory | None = None,
+        datamodule_kwargs: Mapping[str, Any] | None = None,
+        max_layers: int | None = None,
+        name: str = "single",
+        **kwargs: Any,
+    ) -> None:
+        _resolve(factory, "factory")  # a bad import string fails here, not in a worker
+        if datamodule is not None:
+            _resolve(datamodule, "datamodule")
+        elif datamodule_kwargs:
+            raise ValueError(f"`datamodule_kwargs` {dict(datamodule_kwargs)!r} given without `datamodule`; "
+                             "pass `datamodule=` too, or the arguments to the module as keyword arguments.")
         self.factory = factory
+        self.kwargs = dict(kwargs)
+        self.datamodule = datamodule
+        self.datamodule_kwargs = dict(datamodule_kwargs or {})
         self.name = name
         self._max_layers = max_layers
 
-    def sample(self, generator: torch.Generator, split: Split = "train") -> TrainingTask:
-        made = self.factory()
+    def _build(self) -> tuple[L.LightningModule, L.LightningDataModule | None]:
+        made = _resolve(self.factory, "factory")(**self.kwargs)
         module, datamodule = made if isinstance(made, tuple) else (made, None)
+        if self.datamodule is not None:
+            if datamodule is not None:
+                raise ValueError(f"`factory` {self.factory!r} returned a datamodule and `datamodule` is set too; "
+                                 "pass only one of them.")
+            datamodule = _resolve(self.datamodule, "datamodule")(**self.datamodule_kwargs)
+        return module, datamodule
+
+    def sample(self, generator: torch.Generator, split: Split = "train") -> TrainingTask:
+        module, datamodule = self._build()
         return TrainingTask(module=module, datamodule=datamodule, name=self.name)
 
     def max_layers(self, split: Split = "train") -> int:
         if self._max_layers is None:
             from ganno_lightning.layerwise.partition import LayerPartition
 
-            made = self.factory()
+            made = _resolve(self.factory, "factory")(**self.kwargs)
             module = made[0] if isinstance(made, tuple) else made
             self._max_layers = len(LayerPartition.from_module(module))
         return self._max_layers
+
+    def __repr__(self) -> str:
+        return f"SingleTask({self.factory!r}, kwargs={self.kwargs}, datamodule={self.datamodule!r}, name={self.name!r})"
 
 
 class MixtureFamily(TaskFamily):

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from envs.task import SPLITS, Split, TaskFamily, TrainingTask
 from envs.tasks.data import TrainValData
 from envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
+from ganno_lightning.layerwise.partition import LayerPartition
 
 #: Validation sets are small enough to score in one batch of at most this size.
 VAL_BATCH_SIZE = 1024
@@ -118,7 +119,11 @@ class ZooModule(L.LightningModule):
         self.optimizer_name = optimizer
         self.seed = seed
         self._data = data
-        data()  # build (or fetch) the dataset now, so that a bad configuration fails at sampling
+        # Build (or fetch) the dataset now, so that a bad configuration fails at sampling. On the CPU
+        # even when the module is built on the meta device to count its layers: the data is cached
+        # and shared by every task of the process.
+        with torch.device("cpu"):
+            data()
 
     def loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """The mean loss of ``batch`` (cross-entropy or MSE: positive); subclasses define it."""
@@ -176,7 +181,9 @@ class ZooFamily(TaskFamily):
         ValueError: For an unknown key or an invalid range, naming ``<prefix>.<split>.<field>``.
 
     Subclasses set ``name``, ``ranges_type``, ``default_train``, ``default_heldout`` and implement
-    ``build`` and ``num_layers``; ``check_ranges`` adds family-specific checks.
+    ``build``; ``check_ranges`` adds family-specific checks, and ``largest`` names the choices that
+    add layers. Agents are counted by :class:`~ganno_lightning.layerwise.partition.LayerPartition`,
+    the partition the env and the callback use, never by hand.
 
     Example::
 
@@ -234,12 +241,23 @@ class ZooFamily(TaskFamily):
         hp = ranges.sample(generator)
         seed = draw_seed(generator)
         module = self.build(hp, seed)
-        info = {"family": self.name, "split": split, **hp, "seed": seed, "num_layers": self.num_layers(hp)}
+        num_layers = len(LayerPartition.from_module(module))
+        info = {"family": self.name, "split": split, **hp, "seed": seed, "num_layers": num_layers}
         return TrainingTask(module=module, name=self.describe(hp), info=info)
 
     def max_layers(self, split: Split = "train") -> int:
         """The largest number of agents of any task of ``split`` (reached by some sample)."""
-        return self.num_layers(self.largest(self.ranges(split)))
+        ranges = self.ranges(split)
+        # Any draw fixes the hyperparameters that do not change the layer count.
+        hp = {**ranges.sample(torch.Generator().manual_seed(0)), **self.largest(ranges)}
+        return self.num_layers(hp)
+
+    def num_layers(self, hp: dict[str, Any]) -> int:
+        """The number of agents of ``build(hp)``: its LayerPartition, built on the meta device (no
+        memory, no weight initialisation, no draw from torch's RNG)."""
+        with torch.device("meta"):
+            module = self.build(hp, seed=0)
+        return len(LayerPartition.from_module(module))
 
     def largest(self, ranges: TaskRanges) -> dict[str, Any]:
         """The hyperparameters with the most layers; families with layer-adding choices override."""
@@ -248,10 +266,6 @@ class ZooFamily(TaskFamily):
     @abstractmethod
     def build(self, hp: dict[str, Any], seed: int) -> ZooModule:
         """A fresh module for the sampled hyperparameters ``hp`` and task ``seed``."""
-
-    @abstractmethod
-    def num_layers(self, hp: dict[str, Any]) -> int:
-        """The number of agents (parameter-owning modules) of the module ``build(hp)`` returns."""
 
     def describe(self, hp: dict[str, Any]) -> str:
         """A short name for logs, e.g. ``mlp_digits(depth=2, width=32, adam, lr=3e-03, batch=64)``."""

@@ -118,8 +118,5 @@ class CNNDigitsFamily(ZooFamily):
             hp["depth"], hp["width"], hp["batch_norm"], hp["lr"], hp["batch_size"], hp["optimizer"], seed
         )
 
-    def num_layers(self, hp: dict[str, Any]) -> int:
-        return hp["depth"] * (2 if hp["batch_norm"] else 1) + 1
-
     def largest(self, ranges: TaskRanges) -> dict[str, Any]:
         return {"depth": ranges.depth[1], "batch_norm": True in ranges.batch_norm}

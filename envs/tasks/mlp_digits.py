@@ -76,6 +76,3 @@ class MLPDigitsFamily(ZooFamily):
 
     def build(self, hp: dict[str, Any], seed: int) -> DigitsMLP:
         return DigitsMLP(hp["depth"], hp["width"], hp["lr"], hp["batch_size"], hp["optimizer"], seed)
-
-    def num_layers(self, hp: dict[str, Any]) -> int:
-        return hp["depth"] + 1

@@ -178,6 +178,3 @@ class SequenceFamily(ZooFamily):
         return DelayedCopyLSTM(
             hp["depth"], hp["width"], hp["seq_len"], hp["delay"], hp["lr"], hp["batch_size"], hp["optimizer"], seed
         )
-
-    def num_layers(self, hp: dict[str, Any]) -> int:
-        return hp["depth"] + 2

@@ -146,6 +146,3 @@ class TeacherStudentFamily(ZooFamily):
 
     def build(self, hp: dict[str, Any], seed: int) -> StudentMLP:
         return StudentMLP(hp["depth"], hp["width"], hp["noise"], hp["lr"], hp["batch_size"], hp["optimizer"], seed)
-
-    def num_layers(self, hp: dict[str, Any]) -> int:
-        return hp["depth"] + 1

@@ -2,9 +2,11 @@
 
 import os
 
+import lightning as L
 import torch
-from helpers import TinyRegressor
+from helpers import TinyRegressor, regression_data
 from torch import nn
+from torch.utils.data import DataLoader
 
 from envs.task import TaskFamily, TrainingTask
 
@@ -81,3 +83,28 @@ class DropsThenSpikes(TinyRegressor):
         self.calls = getattr(self, "calls", 0) + 1
         level = 1.0 if self.calls <= 8 else 0.1 if self.calls <= 16 else 0.5
         return super().training_step(batch, batch_idx) * 0.0 + level
+
+
+def make_regressor(lr=0.01, hidden=16):
+    """A top-level factory: what `SingleTask("envtasks:make_regressor", lr=...)` imports in each worker."""
+    return TinyRegressor(optimizer="adam", lr=lr, hidden=hidden)
+
+
+def make_regressor_and_data():
+    return make_regressor(), RegressionData()
+
+
+class RegressionData(L.LightningDataModule):
+    """Serves `regression_data` in order; counts the loaders it made, to show the env used it."""
+
+    def __init__(self, batch_size=8):
+        super().__init__()
+        self.batch_size = batch_size
+        self.loaders_made = 0
+
+    def setup(self, stage):
+        self.data = regression_data(seed=1)
+
+    def train_dataloader(self):
+        self.loaders_made += 1
+        return DataLoader(self.data, batch_size=self.batch_size)

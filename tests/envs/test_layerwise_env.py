@@ -10,10 +10,8 @@ from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
 
-from envs import keys
-from envs.config import env_config, load_config
-from envs.layerwise_env import EnvConfig, LayerwiseLREnv, TaskError
-from envs.task import SingleTask
+from envs import EnvConfig, LayerwiseLREnv, SingleTask, TaskError, keys, load_config
+from envs.config import env_config
 from ganno_lightning import FEATURE_NAMES
 
 SMALL = dict(horizon=32, interval=4)
@@ -152,10 +150,10 @@ def test_validation_measures_the_same_batches_every_time():
 
     env = tiny_env(ReshuffledValidation, val_every=1, val_prob=1.0, val_batches=2)
     env.reset()
-    first = env._measure_validation()
-    assert first is not None and env._measure_validation() == first  # no training in between: same value
+    first = env.run.validation_loss()
+    assert first is not None and env.run.validation_loss() == first  # no training in between: same value
     env.rollout(2)
-    assert env._measure_validation() != first  # training moves it
+    assert env.run.validation_loss() != first  # training moves it
 
 
 def test_non_positive_loss_is_a_clear_error_at_reset():

@@ -6,9 +6,7 @@ import pytest
 import torch
 from helpers import TinyRegressor, trainer
 
-from envs import keys
-from envs.layerwise_env import EnvConfig, LayerwiseLREnv
-from envs.task import SingleTask
+from envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.layerwise.agent import Decision
 

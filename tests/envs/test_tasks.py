@@ -92,7 +92,20 @@ def test_agents_never_exceed_max_layers(name):
         for seed in range(SAMPLES):
             task = sample(family, seed, split)
             agents = len(LayerPartition.from_module(task.module))
-            assert agents == task.info["num_layers"] <= bound
+            # The meta-device count of the same hyperparameters agrees with the real model's partition.
+            assert agents == family.num_layers(task.info) == task.info["num_layers"] <= bound
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_counting_layers_draws_no_random_number_and_builds_data_on_the_cpu(name):
+    family = make_family(name)
+    digits.cache_clear()  # the count below is then the first to build the digits
+    state = torch.get_rng_state()
+    family.max_layers("heldout")
+    assert torch.equal(torch.get_rng_state(), state)  # the meta device initialises no weight
+    # The count built its model with seed 0; data cached then must serve real tasks of that seed.
+    module = family.build({**sample(family, 0, "heldout").info, "seed": 0}, seed=0)
+    assert next(iter(module.train_dataloader()))[0].device.type == "cpu"
 
 
 @pytest.mark.parametrize("name", NAMES)

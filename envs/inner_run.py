@@ -1,0 +1,240 @@
+"""One training run of a task outside a Trainer, on the module's own Lightning hooks.
+
+The environment trains the LightningModule as its author wrote it: ``configure_optimizers`` (with
+its LR schedulers, stepped as Lightning steps them), ``training_step``, and ``train_dataloader``
+(or a LightningDataModule's), epoch after epoch. No Trainer: a Trainer per episode would cost more
+than the short intervals between two decisions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from lightning.pytorch.core.optimizer import (
+    _configure_optimizers,
+    _configure_schedulers_automatic_opt,
+)
+from lightning.pytorch.utilities import move_data_to_device
+
+from envs.task import Split, TaskFamily, TrainingTask
+
+#: The CPU RNG state, then one state per CUDA device the run trains on.
+RNGStates = tuple[torch.Tensor, ...]
+
+
+class TaskError(RuntimeError):
+    """A task cannot be trained at all (its code raises, its data is empty, nothing is trainable)."""
+
+
+# The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
+# nothing the caller does with the global RNG between env steps changes a rollout.
+def _cuda_devices(device: str) -> list[int]:
+    parsed = torch.device(device)
+    return [parsed.index or 0] if parsed.type == "cuda" else []
+
+
+def _get_rng(device: str) -> RNGStates:
+    return (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in _cuda_devices(device)))
+
+
+def _set_rng(device: str, states: RNGStates) -> None:
+    torch.set_rng_state(states[0])
+    for index, state in zip(_cuda_devices(device), states[1:]):
+        torch.cuda.set_rng_state(state, index)
+
+
+def sample_task(family: TaskFamily, generator: torch.Generator, split: Split, device: str) -> tuple[TrainingTask, RNGStates]:
+    """Draw a task whose weights come from a seed drawn from ``generator``, leaving the global RNG as it was.
+
+    Returns:
+        The task, and the RNG states its training continues from (pass them to :class:`InnerRun`).
+    """
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    with torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
+        task = family.sample(generator, split)
+        return task, _get_rng(device)
+
+
+@contextlib.contextmanager
+def _no_trainer_warnings() -> Iterator[None]:
+    """The module runs without a Trainer: its `self.log` calls are no-ops by design, not news."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*self\.log\(\).*")
+        yield
+
+
+def _loss_of(output: Any) -> torch.Tensor | None:
+    """The loss a `training_step` returned (a tensor, a dict with "loss", or None to skip)."""
+    return output["loss"] if isinstance(output, dict) else output
+
+
+def dataloader(task: TrainingTask, stage: str) -> Any:
+    """The task's ``<stage>_dataloader()``: its datamodule's when it has one (set up for fit), else its module's.
+
+    Raises:
+        TaskError: If the hook raises (or does not exist), naming the task and the hook.
+    """
+    source = task.datamodule if task.datamodule is not None else task.module
+    if task.datamodule is not None and stage == "train":
+        task.datamodule.prepare_data()
+        task.datamodule.setup("fit")
+    try:
+        return getattr(source, f"{stage}_dataloader")()
+    except Exception as err:
+        raise TaskError(f"Task {task.name}: `{stage}_dataloader` failed: {type(err).__name__}: {err}") from err
+
+
+class InnerRun:
+    """Trains ``task.module`` interval by interval as a Trainer would, without one.
+
+    Args:
+        task: The task; its module is moved to ``device`` and put in training mode.
+        device: Where the training runs.
+        rng: RNG states the training starts from (from :func:`sample_task`).
+        lr_factor: Multiplies every initial LR (param groups and schedulers' base LRs).
+        val_batches: Validation batches per measurement (0: no validation loader is opened).
+
+    Raises:
+        TaskError: If ``configure_optimizers`` fails or returns other than one optimizer, uses
+            ReduceLROnPlateau, or the training dataloader fails or is empty.
+
+    Example::
+
+        >>> from envs.tasks import make_family
+        >>> task, rng = sample_task(make_family("mlp_digits"), torch.Generator().manual_seed(0), "train", "cpu")
+        >>> run = InnerRun(task, "cpu", rng, val_batches=2)
+        >>> losses = []
+        >>> run.train(5, record_loss=losses.append)
+        >>> len(losses), run.validation_loss() > 0
+        (5, True)
+    """
+
+    def __init__(self, task: TrainingTask, device: str, rng: RNGStates, lr_factor: float = 1.0,
+                 val_batches: int = 0) -> None:
+        self.task = task
+        self.device = device
+        self.module = task.module.to(device).train()
+        try:
+            optim_conf = self.module.configure_optimizers()
+            optimizers, schedulers, monitor = _configure_optimizers(optim_conf)
+            scheduler_configs = _configure_schedulers_automatic_opt(schedulers, monitor)
+        except Exception as err:
+            raise TaskError(f"Task {task.name}: `configure_optimizers` failed outside a Trainer: "
+                            f"{type(err).__name__}: {err}") from err
+        if len(optimizers) != 1:
+            raise TaskError(f"Task {task.name}: `configure_optimizers` must return exactly one optimizer, "
+                            f"got {len(optimizers)}.")
+        if any(c.reduce_on_plateau for c in scheduler_configs):
+            raise TaskError(f"Task {task.name}: ReduceLROnPlateau needs a monitored metric, which the "
+                            "environment does not compute; use a step- or epoch-interval scheduler.")
+        self.optimizer = optimizers[0]
+        self.scheduler_configs = scheduler_configs
+        if lr_factor != 1.0:
+            self._scale_initial_lrs(lr_factor)
+        loader = dataloader(task, "train")
+        if hasattr(loader, "__len__") and len(loader) == 0:
+            raise TaskError(f"Task {task.name}: `train_dataloader` is empty; it must yield at least one batch.")
+        self._loader = loader
+        self.epoch = 0
+        self._batches = self._epoch_iterator()
+        self._rng = rng
+        self.val_batches = val_batches
+        self.val_loader = self._optional_val_loader() if val_batches else None
+        self._val_data: list[Any] | None = None
+
+    @property
+    def schedulers(self) -> list[Any]:
+        """The LR schedulers ``configure_optimizers`` returned, in order."""
+        return [config.scheduler for config in self.scheduler_configs]
+
+    def _scale_initial_lrs(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+            if "initial_lr" in group:
+                group["initial_lr"] = group["initial_lr"] * factor
+        for config in self.scheduler_configs:
+            if hasattr(config.scheduler, "base_lrs"):
+                config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
+
+    def _epoch_iterator(self) -> Iterator[tuple[int, Any, bool]]:
+        """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches."""
+        while True:
+            iterator = iter(self._loader)
+            try:
+                current = next(iterator)
+            except StopIteration:
+                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch.") from None
+            batch_idx = 0
+            for upcoming in iterator:
+                yield batch_idx, current, False
+                current, batch_idx = upcoming, batch_idx + 1
+            yield batch_idx, current, True
+
+    def train(self, steps: int, record_loss: Callable[[torch.Tensor], None]) -> None:
+        """Run ``steps`` training steps (a step whose ``training_step`` returns None is skipped, as in
+        Lightning), handing each step's detached loss to ``record_loss``."""
+        module, optimizer, device = self.module, self.optimizer, self.device
+        # Collectors step envs under no_grad; the inner training needs autograd regardless.
+        with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():
+            _set_rng(device, self._rng)
+            on_cpu = device == "cpu"
+            for _ in range(steps):
+                batch_idx, batch, last_of_epoch = next(self._batches)
+                if not on_cpu:
+                    batch = move_data_to_device(batch, device)
+                loss = _loss_of(module.training_step(batch, batch_idx))
+                if loss is None:  # Lightning skips the step, so do we
+                    continue
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                record_loss(loss.detach())
+                if last_of_epoch:
+                    self.epoch += 1
+                if self.scheduler_configs:  # Lightning steps epoch schedulers after the epoch's last step
+                    self._step_schedulers("step", batch_idx + 1)
+                    if last_of_epoch:
+                        self._step_schedulers("epoch", self.epoch)
+            self._rng = _get_rng(device)
+
+    def _step_schedulers(self, interval: str, count: int) -> None:
+        for config in self.scheduler_configs:
+            if config.interval == interval and count % config.frequency == 0:
+                config.scheduler.step()
+
+    def _optional_val_loader(self) -> Any:
+        try:
+            return dataloader(self.task, "val")
+        except TaskError:  # no validation data: episodes of this task never validate
+            return None
+
+    def validation_loss(self) -> float | None:
+        """Mean training objective on the val loader's first ``val_batches`` batches, in eval mode.
+
+        The same batches every time (kept from the first call), so measurements differ only by
+        training. ``None`` if there is no val loader, no batch gave a loss, or a loss is not finite.
+        """
+        if self.val_loader is None:
+            return None
+        if self._val_data is None:
+            batches = itertools.islice(self.val_loader, self.val_batches)
+            self._val_data = [move_data_to_device(batch, self.device) for batch in batches]
+        module, losses = self.module, []
+        module.eval()  # no dropout, and BatchNorm statistics stay those of training data
+        with torch.no_grad(), _no_trainer_warnings():
+            for batch_idx, batch in enumerate(self._val_data):
+                loss = _loss_of(module.training_step(batch, batch_idx))
+                if loss is not None:
+                    losses.append(loss.detach().float().reshape(()))
+        module.train()
+        losses = torch.stack(losses).tolist() if losses else []  # one host sync
+        if not losses or not all(math.isfinite(x) for x in losses):
+            return None
+        return sum(losses) / len(losses)

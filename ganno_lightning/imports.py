@@ -1,0 +1,49 @@
+"""Objects named by an import string, ``"package.module:attr"``, as configs and pickles carry them."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def import_object(path: str, *, argument: str = "path") -> Any:
+    """The object that ``path`` names: ``"package.module:attr"``, where ``attr`` may be dotted.
+
+    Strings travel where objects cannot: YAML configs, command lines, and pickles sent to worker
+    processes that import the module themselves.
+
+    Args:
+        path: ``"package.module:attr"`` or ``"package.module:Class.attr"``.
+        argument: The caller's name for ``path``, quoted in error messages (e.g. ``"task"``).
+
+    Raises:
+        ValueError: If ``path`` is not of that form, its module cannot be imported, or the module
+            has no such attribute; the message quotes ``path`` and says which part failed.
+
+    Example::
+
+        >>> import_object("collections:OrderedDict").__name__
+        'OrderedDict'
+        >>> import_object("collections:OrderedDict.fromkeys").__qualname__
+        'OrderedDict.fromkeys'
+        >>> import_object("collections.OrderedDict", argument="task")
+        Traceback (most recent call last):
+        ...
+        ValueError: `task` must be an import path 'package.module:attr', got 'collections.OrderedDict'.
+    """
+    module_name, _, attr = path.partition(":") if isinstance(path, str) else ("", "", "")
+    if not module_name or not attr or ":" in attr:
+        raise ValueError(f"`{argument}` must be an import path 'package.module:attr', got {path!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"`{argument}` {path!r}: cannot import module {module_name!r} ({err}). "
+                         "Is its package installed or on PYTHONPATH?") from err
+    obj = module
+    for depth, part in enumerate(attr.split(".")):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            owner = ".".join([module_name, *attr.split(".")[:depth]])
+            raise ValueError(f"`{argument}` {path!r}: {owner!r} has no attribute {part!r}.") from None
+    return obj
