@@ -21,8 +21,13 @@ from envs.inner_run import InnerRun, TaskError, sample_task
 from envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.layerwise.controller import LayerwiseController
-from ganno_lightning.layerwise.features import DEFAULT_ACTION_MULTIPLIERS, NUM_FEATURES
-from ganno_lightning.layerwise.lr_control import check_scale_bounds
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_ACTION_MULTIPLIERS,
+    DEFAULT_SCALE_BOUNDS,
+    check_action_multipliers,
+    check_scale_bounds,
+)
+from ganno_lightning.layerwise.features import NUM_FEATURES
 
 
 @dataclass
@@ -62,7 +67,7 @@ class EnvConfig:
     split: str = "train"
     init_lr_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     action_multipliers: list[float] = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
-    scale_bounds: list[float] = field(default_factory=lambda: [1e-2, 1e2])
+    scale_bounds: list[float] = field(default_factory=lambda: list(DEFAULT_SCALE_BOUNDS))
     grad_samples: int = 2
     divergence_factor: float = 10.0
     divergence_reference: str = "first"
@@ -103,13 +108,8 @@ class EnvConfig:
         if len(self.init_lr_scale) != 2 or not (0 < low <= high):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [low, high] with 0 < low <= high, "
                              f"got {list(self.init_lr_scale)}.")
-        if not self.action_multipliers or not all(m > 0 and math.isfinite(m) for m in self.action_multipliers):
-            raise ValueError(f"`{prefix}.action_multipliers` must be positive finite floats, "
-                             f"got {list(self.action_multipliers)}.")
-        try:
-            check_scale_bounds(self.scale_bounds)
-        except ValueError as err:
-            raise ValueError(f"`{prefix}.scale_bounds`: {err}") from None
+        check_action_multipliers(self.action_multipliers, f"{prefix}.action_multipliers")
+        check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
         if not self.divergence_factor > 1:
             raise ValueError(f"`{prefix}.divergence_factor` must be > 1, got {self.divergence_factor!r}.")
         if self.divergence_reference not in DIVERGENCE_REFERENCES:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from torch import nn
 
-# TEMPORARY, for envs/layerwise_env.py only: it still imports the action set from here. The lead
-# removes this line when envs/ imports from ganno_lightning.layerwise.actions (helper actions-tuning).
-from ganno_lightning.layerwise.actions import DEFAULT_ACTION_MULTIPLIERS  # noqa: F401
 
 #: Bumped whenever a feature's meaning changes; part of the agent checkpoint's compatibility check.
 FEATURES_VERSION = 2

@@ -177,7 +177,7 @@ def _validate(cfg: DictConfig) -> None:
         raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {cfg.wandb.mode!r}.")
     load_object(cfg.task.module)  # fail now, not in every worker
     if cfg.task.datamodule:
-        load_object(cfg.task.datamodule)
+        load_object(cfg.task.datamodule, "task.datamodule")
 
 
 def _atomic_write_bytes(path: Path, save) -> None:

@@ -7,7 +7,6 @@ as a result with a ``status``, so one candidate can never stop the search.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import tempfile
@@ -15,30 +14,20 @@ import time
 import traceback
 from typing import Any, Callable
 
+from ganno_lightning.imports import import_object
+
 __all__ = ["evaluate_candidate", "load_object"]
 
 
-def load_object(path: str) -> Callable:
-    """Import ``"package.module:attribute"`` (a LightningModule class or a factory function).
+def load_object(path: str, argument: str = "task.module") -> Callable:
+    """The class or factory that ``"package.module:attribute"`` names (see :func:`import_object`).
 
     Raises:
-        ValueError: the path is malformed, the module cannot be imported or has no such attribute.
+        ValueError: the path is malformed, cannot be imported, or names something not callable.
     """
-    if not isinstance(path, str) or path.count(":") != 1:
-        raise ValueError(f"`module` must be an import path 'package.module:Name', got {path!r}.")
-    module_name, attr = path.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"`module` {path!r}: cannot import {module_name!r} ({err}). Is it on PYTHONPATH?") from err
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError:
-        raise ValueError(f"`module` {path!r}: {module_name!r} has no attribute {attr!r}.") from None
+    obj = import_object(path, argument=argument)
     if not callable(obj):
-        raise ValueError(f"`module` {path!r} must name a class or factory, got {type(obj).__name__}.")
+        raise ValueError(f"`{argument}` {path!r} must name a class or factory, got {type(obj).__name__}.")
     return obj
 
 
@@ -79,7 +68,7 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         module = load_object(task["module"])(**dict(task.get("module_kwargs") or {}))
         datamodule = None
         if task.get("datamodule"):
-            datamodule = load_object(task["datamodule"])(**dict(task.get("datamodule_kwargs") or {}))
+            datamodule = load_object(task["datamodule"], "task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
         # Lightning is imported after the task is built: its import dominates a fresh worker's
         # start-up, and the task usually imports it anyway
         from ganno_lightning.nos.callback import RuleSearchCallback

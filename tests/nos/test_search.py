@@ -146,7 +146,7 @@ def test_killed_worker_is_retried_and_a_persistent_crash_is_recorded(tmp_path, m
         (["rounds=0"], ValueError, r"`rounds` must be an int >= 1, got 0"),
         (["space.operands=[]"], ValueError, r"`operands` must be a non-empty list, got \[\]"),
         (["space.operands=[gradient]"], UnknownNameError, r"unknown operand 'gradient'"),
-        (["task.module=nowhere.mod:Task"], ValueError, r"`module` 'nowhere.mod:Task': cannot import 'nowhere.mod'"),
+        (["task.module=nowhere.mod:Task"], ValueError, r"`task.module` 'nowhere.mod:Task': cannot import module 'nowhere.mod'"),
         (["train.val_check_interval=50"], ValueError, r"`train.val_check_interval` \(50\) must be <= `train.max_steps` \(20\)"),
         (["train.mode=best"], ValueError, r"`train.mode` must be 'min' or 'max', got 'best'"),
     ],
