@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 LAYERWISE = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -24,7 +24,6 @@ _EXPORTS = {
     "ReadyCriterion": "core",
     "TruncationSelection": "core",
     "PopulationStore": "store",
-    "atomic_file": "store",
     "CallbackAttribute": "setters",
     "FunctionSetter": "setters",
     "ModuleAttribute": "setters",

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from ganno_lightning.files import commit_file, remove_stale_tmp
 from ganno_lightning.pbt.core import (
     Explorer,
     Hyperparameter,
@@ -27,7 +28,7 @@ from ganno_lightning.pbt.core import (
     parse_space,
 )
 from ganno_lightning.pbt.setters import HyperparameterSetter, resolve_setters
-from ganno_lightning.pbt.store import PopulationStore, commit_file, remove_stale_tmp
+from ganno_lightning.pbt.store import PopulationStore
 
 __all__ = ["PBTCallback", "population_settings"]
 

@@ -37,8 +37,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ganno_lightning.config import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter, parse_space
-from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.pbt.store import PopulationStore
 
 __all__ = ["HyperparameterSpec", "PopulationConfig", "WandbConfig", "load_config", "run_population", "write_outputs"]
 
@@ -307,7 +308,7 @@ def run_population(config: DictConfig) -> dict[str, Any]:
     from ganno_lightning.pbt.callback import population_settings
 
     strategy = validate_config(config)
-    directory = check_writable_dir(config.population_dir)
+    directory = check_writable_dir(config.population_dir, "population_dir")
     config.population_dir = str(directory)
     store = PopulationStore(directory)
     store.init_population(population_settings(strategy, config.monitor))
