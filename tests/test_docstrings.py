@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 LAYERWISE = ["features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "examples.digits"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -52,9 +52,10 @@ _DEFAULT_SPACE = SearchSpace()
 
 @dataclass
 class TaskConfig:
-    module: str = "ganno_lightning.nos.tasks:DigitsClassifier"  # 'pkg.module:Name' of a LightningModule or factory
+    module: str = "ganno_lightning.examples.digits:DigitsClassifier"  # 'pkg.module:Name' of a LightningModule or factory
     module_kwargs: dict = field(default_factory=dict)  # passed to it
-    datamodule: Optional[str] = None  # optional 'pkg.module:Name' of a LightningDataModule
+    # 'pkg.module:Name' of a LightningDataModule; null when the module brings its own dataloaders
+    datamodule: Optional[str] = "ganno_lightning.examples.digits:DigitsDataModule"
     datamodule_kwargs: dict = field(default_factory=dict)
 
 

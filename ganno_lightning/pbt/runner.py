@@ -65,7 +65,7 @@ class PopulationConfig:
     population_size: int = 4  # members, trained concurrently, one process each
     max_epochs: int = 20  # training length of every member
     seed: int = 0  # seeds initial values, model init (seed + member) and exploit/explore streams
-    task: str = "ganno_lightning.pbt.tasks:digits"  # "module:function" -> (LightningModule, DataModule)
+    task: str = "ganno_lightning.examples.digits:digits_task"  # "module:function" -> (LightningModule, DataModule)
     task_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
     hyperparameters: dict[str, HyperparameterSpec] = field(default_factory=dict)  # the search space
     setters: dict[str, str] = field(default_factory=dict)  # "module:attr" / "callback:Class.attr" for custom names

@@ -13,7 +13,7 @@ import torch
 
 from ganno_lightning.pbt.runner import load_config, preflight, run_population, write_outputs
 from ganno_lightning.pbt.store import PopulationStore
-from ganno_lightning.pbt.tasks import DigitsClassifier
+from ganno_lightning.examples.digits import DigitsClassifier
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "pbt_smoke.yaml"
