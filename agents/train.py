@@ -19,7 +19,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from envs.config import check_sections, env_config, family_from_config, load_con
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.config import apply_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.features import FEATURE_NAMES
 
 
@@ -185,17 +185,6 @@ class EpisodeTracker:
         return finished
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     """Run meta-training; returns the path of the exported agent file."""
     # -- config -----------------------------------------------------------------------------------
@@ -265,10 +254,11 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
 
     def checkpoint() -> Path:
         agent.training_config = {**plain_config, "trained_frames": frames, "iterations": iteration}
-        save_atomic({"loss_module": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "normalizer_stats": normalizer_stats.state_dict(), "iteration": iteration, "frames": frames,
-                     "history": history, "rng": torch.get_rng_state(), "config": plain_config,
-                     "feature_names": list(FEATURE_NAMES)}, checkpoint_path)
+        with atomic_file(checkpoint_path) as tmp:
+            torch.save({"loss_module": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "normalizer_stats": normalizer_stats.state_dict(), "iteration": iteration, "frames": frames,
+                        "history": history, "rng": torch.get_rng_state(), "config": plain_config,
+                        "feature_names": list(FEATURE_NAMES)}, tmp)
         return agent.save(out_dir / "agent.pt")
 
     # -- the loop ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch import nn
 
 from report import write_report
 
+from ganno_lightning.examples.digits import digits_network, load_digits_split
 from ganno_lightning.nos import RuleOptimizer
 
 GRIDS = {
@@ -46,30 +47,14 @@ def make_optimizer(name: str, params, lr: float, **kw):
 
 
 def convnet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
+    """conv16-conv32-pool-fc64 on flat 64-pixel inputs."""
+    return digits_network(hidden=[64], channels=[16, 32])
 
 
 def load_splits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
-    x, y = x[perm], y[perm]
-    n = len(x)
-    a, b = int(0.6 * n), int(0.8 * n)
-    return (x[:a], y[:a]), (x[a:b], y[a:b]), (x[b:], y[b:])
+    """60/20/20 train/val/test (1,078 / 359 / 360 images), train first, permutation seed 1234."""
+    split = load_digits_split(359, seed=1234, test_size=360, train_first=True)
+    return (split.x_train, split.y_train), (split.x_val, split.y_val), (split.x_test, split.y_test)
 
 
 @torch.no_grad()

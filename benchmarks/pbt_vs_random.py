@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ganno_lightning.files import atomic_write_bytes
 from ganno_lightning.pbt.runner import load_config, run_population
-from ganno_lightning.pbt.store import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ganno_lightning.files import atomic_write_text
+
 
 def write_report(lines: Sequence[str], out: str | Path) -> Path:
     """Print ``lines`` and write them (newline-terminated) to ``out``, creating its folder."""
     text = "\n".join(lines).rstrip("\n") + "\n"
     print(text)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)
     return out

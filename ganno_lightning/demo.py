@@ -11,52 +11,10 @@ import sys
 from pathlib import Path
 
 import lightning as L
-import torch
-from sklearn.datasets import load_digits
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from ganno_lightning.examples.digits import DigitsClassifier, DigitsDataModule
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, GANNOAgent
 from ganno_lightning.layerwise.callback import GANNOCallback
-
-
-class DigitsClassifier(L.LightningModule):
-    """A 3-layer MLP for the 8x8 digits (1,797 images that ship with scikit-learn)."""
-
-    def __init__(self, lr: float = 0.05, hidden: int = 128, batch_size: int = 64) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 10))
-        digits = load_digits()
-        x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-        y = torch.tensor(digits.target)
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-        self.train_set = TensorDataset(x[order[:1500]], y[order[:1500]])
-        self.val_set = TensorDataset(x[order[1500:]], y[order[1500:]])
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        logits = self.net(x)
-        self.log("val_loss", nn.functional.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=256)
 
 
 def _agent(path: str | None) -> GANNOAgent:
@@ -82,7 +40,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, callbacks=[callback],
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False)
-    trainer.fit(DigitsClassifier())
+    # 1,500 training images; SGD (momentum 0.9) with a cosine schedule over every optimizer step
+    model = DigitsClassifier(hidden=[128, 128], optimizer="sgd", lr=0.05, scheduler="cosine", scheduler_interval="step")
+    data = DigitsDataModule(batch_size=64, val_size=297, train_first=True, shuffle_seed=None, val_batch_size=256)
+    trainer.fit(model, datamodule=data)
 
     schedule = callback.schedule
     print(f"\nPer-layer learning rates chosen by the agent ({len(schedule)} decisions):")

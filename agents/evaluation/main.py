@@ -4,7 +4,6 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from agents.evaluation.report import (
     write_report,
 )
 from agents.evaluation.run import load_agent
+from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import read_log
 
 
@@ -78,9 +78,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         "runs": [runs[job["id"]] for job in jobs],
         "seconds": seconds,
     }
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out_dir / "results.json")
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1))
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         _log_wandb(cfg, summary, targets, plots, out_dir)
     return {**results, "report": report}

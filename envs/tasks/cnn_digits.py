@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from envs.tasks.base import ZooFamily, ZooModule, check_batch_size
-from envs.tasks.data import DIGITS_CLASSES, DIGITS_SIDE, DIGITS_TRAIN_SIZE, digits
+from envs.tasks.data import DIGITS_TRAIN_SIZE, digits
+from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 from envs.tasks.ranges import Choices, Rule, TaskRanges
 
 #: Conv layers with stride 2 (8 -> 4 -> 2); deeper layers keep the 2x2 map, so any depth fits the

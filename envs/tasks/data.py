@@ -11,11 +11,11 @@ from typing import NamedTuple
 
 import torch
 
+from ganno_lightning.examples.digits import load_digits_split
+
 #: Seed of the fixed digits train/validation split; part of the dataset's definition.
 DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
-DIGITS_CLASSES = 10
-DIGITS_SIDE = 8
 #: 1797 images minus the 359 held for validation; known without loading (families check batch sizes
 #: at construction, and importing scikit-learn there would slow every family's creation).
 DIGITS_TRAIN_SIZE = 1438
@@ -34,9 +34,10 @@ class TrainValData(NamedTuple):
 def digits() -> TrainValData:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), split 80/20 by a fixed seed.
 
-    Inputs are flat float32 vectors of 64 pixels, centred per pixel and scaled by one global
-    standard deviation, both from the training part (so validation statistics do not leak in).
-    Labels are int64 class indices.
+    The one digits loader (:func:`ganno_lightning.examples.digits.load_digits_split`) with the
+    zoo's split: validation first, then training. Inputs are flat float32 vectors of 64 pixels,
+    centred per pixel and scaled by one global standard deviation, both from the training part (so
+    validation statistics do not leak in). Labels are int64 class indices.
 
     Example::
 
@@ -44,17 +45,9 @@ def digits() -> TrainValData:
         >>> d.x_train.shape, d.x_val.shape, d.y_train.dtype
         (torch.Size([1438, 64]), torch.Size([359, 64]), torch.int64)
     """
-    from sklearn.datasets import load_digits  # scikit-learn is slow to import; only digits tasks need it
-
-    data = load_digits()
-    x = torch.as_tensor(data.data, dtype=torch.float32)
-    y = torch.as_tensor(data.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-    n_val = int(round(DIGITS_VAL_FRACTION * len(x)))
-    val, train = order[:n_val], order[n_val:]
-    mean = x[train].mean(dim=0)
-    std = (x[train] - mean).std()
-    x = (x - mean) / std
-    if len(train) != DIGITS_TRAIN_SIZE:
-        raise RuntimeError(f"scikit-learn's digits changed: {len(train)} training images, expected {DIGITS_TRAIN_SIZE}.")
-    return TrainValData(x[train].contiguous(), y[train].contiguous(), x[val].contiguous(), y[val].contiguous())
+    split = load_digits_split(DIGITS_VAL_FRACTION, DIGITS_SPLIT_SEED, standardize="global")
+    if len(split.x_train) != DIGITS_TRAIN_SIZE:
+        raise RuntimeError(
+            f"scikit-learn's digits changed: {len(split.x_train)} training images, expected {DIGITS_TRAIN_SIZE}."
+        )
+    return TrainValData(split.x_train, split.y_train, split.x_val, split.y_val)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
-from envs.tasks.data import DIGITS_CLASSES, DIGITS_SIDE, DIGITS_TRAIN_SIZE, digits
+from envs.tasks.data import DIGITS_TRAIN_SIZE, digits
+from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 from envs.tasks.ranges import TaskRanges
 
 

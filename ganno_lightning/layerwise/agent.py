@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,6 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
     DEFAULT_EXPLORATION,
@@ -228,18 +228,8 @@ class GANNOAgent:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the agent atomically (a crash never leaves a half-written file at ``path``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.to_checkpoint(), f)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the agent from other users
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:
+            torch.save(self.to_checkpoint(), tmp)
         return path
 
     @classmethod

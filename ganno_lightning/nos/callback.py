@@ -45,10 +45,10 @@ class RuleSearchCallback(LearningCurve):
 
         import lightning.pytorch as pl
         from ganno_lightning.nos import RuleSearchCallback
-        from ganno_lightning.nos.tasks import DigitsClassifier
+        from ganno_lightning.examples.digits import DigitsClassifier, DigitsDataModule
 
         cb = RuleSearchCallback("powersign", lr=1e-2, monitor="val_acc", mode="max")
-        pl.Trainer(max_steps=50, callbacks=[cb], logger=False).fit(DigitsClassifier())
+        pl.Trainer(max_steps=50, callbacks=[cb], logger=False).fit(DigitsClassifier(), datamodule=DigitsDataModule())
         print(cb.reward, cb.diverged, cb.curve)
     """
 

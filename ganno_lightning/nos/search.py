@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from ganno_lightning.config import apply_overrides, check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.files import atomic_file, atomic_write_text
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
 from ganno_lightning.trials.pool import JobFailure, JobPool
@@ -50,9 +51,10 @@ _DEFAULT_SPACE = SearchSpace()
 
 @dataclass
 class TaskConfig:
-    module: str = "ganno_lightning.nos.tasks:DigitsClassifier"  # 'pkg.module:Name' of a LightningModule or factory
+    module: str = "ganno_lightning.examples.digits:DigitsClassifier"  # 'pkg.module:Name' of a LightningModule or factory
     module_kwargs: dict = field(default_factory=dict)  # passed to it
-    datamodule: Optional[str] = None  # optional 'pkg.module:Name' of a LightningDataModule
+    # 'pkg.module:Name' of a LightningDataModule; null when the module brings its own dataloaders
+    datamodule: Optional[str] = "ganno_lightning.examples.digits:DigitsDataModule"
     datamodule_kwargs: dict = field(default_factory=dict)
 
 
@@ -180,14 +182,6 @@ def _validate(cfg: DictConfig) -> None:
         load_object(cfg.task.datamodule, "task.datamodule")
 
 
-def _atomic_write_bytes(path: Path, save) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class RuleSearch:
     """The search loop. Lightning-free except inside the candidate workers.
 
@@ -252,18 +246,16 @@ class RuleSearch:
         }
 
     def save_state(self) -> None:
-        """Write ``search_state.pt`` atomically (tmp file + ``os.replace``), keeping the previous copy."""
+        """Write ``search_state.pt`` atomically (:func:`~ganno_lightning.files.atomic_file`), keeping the previous copy."""
         if rank_zero_only.rank != 0:  # one writer, should the search ever run under a launcher
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(state, tmp)
-        if self.state_path.exists():
-            os.replace(self.state_path, self.state_path.with_name(self.state_path.name + ".prev"))
-        os.replace(tmp, self.state_path)
+        with atomic_file(self.state_path) as tmp:
+            torch.save(state, tmp)
+            if self.state_path.exists():  # moved aside only once the new state is fully written
+                os.replace(self.state_path, self.state_path.with_name(self.state_path.name + ".prev"))
         payload = json.dumps({"best": self.best(), "rounds": self.round_stats, "candidates": self.history}, indent=1)
-        _atomic_write_bytes(self.results_path, lambda p: Path(p).write_text(payload))
+        atomic_write_text(self.results_path, payload)
 
     def _load_state(self) -> None:
         prev = self.state_path.with_name(self.state_path.name + ".prev")

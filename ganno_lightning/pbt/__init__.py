@@ -28,7 +28,6 @@ _EXPORTS = {
     "ReadyCriterion": "core",
     "TruncationSelection": "core",
     "PopulationStore": "store",
-    "atomic_file": "store",
     "PBTCallback": "callback",
     "PopulationConfig": "runner",
     "run_population": "runner",

@@ -16,8 +16,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from ganno_lightning.files import commit_file, remove_stale_tmp
 from ganno_lightning.pbt.core import Explorer, LineageEvent, NoExploit, PBTStrategy, ReadyCriterion, make_exploiter
-from ganno_lightning.pbt.store import PopulationStore, commit_file, remove_stale_tmp
+from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.setters import HyperparameterSetter, resolve_setters
 from ganno_lightning.tuning.space import Hyperparameter, parse_space
 

@@ -42,7 +42,7 @@ def plot_schedules(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ganno_lightning.pbt.store import atomic_file
+    from ganno_lightning.files import atomic_file
 
     names = sorted({name for row in schedule for name in row["hyperparameters"]})
     members = sorted({row["member"] for row in schedule})

@@ -33,8 +33,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
 from ganno_lightning.pbt.core import LineageEvent, ReadyCriterion, ranked_members
-from ganno_lightning.pbt.store import atomic_file, atomic_write_bytes, check_writable_dir
 from ganno_lightning.tuning.setters import resolve_setters
 from ganno_lightning.tuning.space import Hyperparameter, parse_space
 
@@ -237,7 +237,7 @@ def tune_population(
 
     ray, tune = _require_ray()
     strategy = validate_config(config)
-    directory = check_writable_dir(config.population_dir)
+    directory = check_writable_dir(config.population_dir, "population_dir")
     config.population_dir = str(directory)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **dict(ray_init or {}))

@@ -37,8 +37,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from ganno_lightning.config import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
-from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.space import parse_space
 
 __all__ = ["HyperparameterSpec", "PopulationConfig", "WandbConfig", "load_config", "run_population", "write_outputs"]
@@ -65,7 +66,7 @@ class PopulationConfig:
     population_size: int = 4  # members, trained concurrently, one process each
     max_epochs: int = 20  # training length of every member
     seed: int = 0  # seeds initial values, model init (seed + member) and exploit/explore streams
-    task: str = "ganno_lightning.pbt.tasks:digits"  # "module:function" -> (LightningModule, DataModule)
+    task: str = "ganno_lightning.examples.digits:digits_task"  # "module:function" -> (LightningModule, DataModule)
     task_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the task factory
     hyperparameters: dict[str, HyperparameterSpec] = field(default_factory=dict)  # the search space
     setters: dict[str, str] = field(default_factory=dict)  # "module:attr" / "callback:Class.attr" for custom names
@@ -308,7 +309,7 @@ def run_population(config: DictConfig) -> dict[str, Any]:
     from ganno_lightning.pbt.callback import population_settings
 
     strategy = validate_config(config)
-    directory = check_writable_dir(config.population_dir)
+    directory = check_writable_dir(config.population_dir, "population_dir")
     config.population_dir = str(directory)
     store = PopulationStore(directory)
     store.init_population(population_settings(strategy, config.monitor))

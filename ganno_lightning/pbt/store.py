@@ -11,9 +11,9 @@ population_dir/
 
 Crash safety comes from two rules:
 
-1. A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then moved
-   into place with ``os.replace`` (atomic on POSIX and Windows). A member killed mid-write leaves
-   only a ``.tmp`` file that nobody references; it is removed when that member starts again.
+1. A checkpoint is written atomically (:mod:`ganno_lightning.files`: a temporary file in the same
+   folder, fsynced, then moved into place with ``os.replace``). A member killed mid-write leaves
+   only a ``.tmp-`` file that nobody references; it is removed when that member starts again.
 2. The database row that points to a checkpoint is committed only after the file is in place, and
    a member deletes its old checkpoints only after the new row is committed, keeping the last
    ``keep_checkpoints`` so that a donor being read by a slow peer is not pulled away. SQLite's
@@ -29,26 +29,17 @@ import os
 import re
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ganno_lightning.files import check_writable_dir
 from ganno_lightning.pbt.core import LineageEvent
 
-__all__ = [
-    "MemberRecord",
-    "PopulationStore",
-    "atomic_file",
-    "atomic_write_bytes",
-    "check_writable_dir",
-    "commit_file",
-    "remove_stale_tmp",
-]
+__all__ = ["MemberRecord", "PopulationStore"]
 
 SCHEMA_VERSION = 1
-_TMP_MARK = ".tmp-"
 _STEP_FILE = re.compile(r"^step_(\d+)\.ckpt$")
 
 _SCHEMA = """
@@ -84,87 +75,6 @@ CREATE TABLE IF NOT EXISTS lineage (
     time REAL NOT NULL
 );
 """
-
-
-def check_writable_dir(directory: str | os.PathLike, argument: str = "population_dir") -> Path:
-    """Create ``directory`` if needed and prove it is writable by writing and removing a probe file.
-
-    Raises:
-        PermissionError: naming ``argument`` and the path, if it cannot be created or written.
-    """
-    path = Path(directory).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f"{_TMP_MARK}probe-{os.getpid()}-{uuid.uuid4().hex}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"`{argument}` must be a writable directory, got {str(path)!r} ({err.strerror or err})."
-            " Pass a directory you can write to."
-        ) from err
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and move it onto ``path`` atomically.
-
-    Readers see either the old complete file or the new complete file, never a partial one. On an
-    exception the temporary file is removed; if the process is killed, the ``.tmp-`` file stays
-    behind unreferenced (see :func:`remove_stale_tmp`).
-
-    Example::
-
-        with atomic_file("ckpt/step_10.ckpt") as tmp:
-            torch.save(state, tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        commit_file(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Make a fully written ``tmp`` durable (fsync) and move it onto ``path`` in one atomic rename."""
-    tmp, path = Path(tmp), Path(path)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp + fsync + ``os.replace``)."""
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def remove_stale_tmp(directory: str | os.PathLike) -> int:
-    """Delete leftover ``.tmp-`` files in ``directory`` (call only where this process is the sole writer)."""
-    directory = Path(directory)
-    removed = 0
-    if directory.is_dir():
-        for entry in directory.iterdir():
-            if _TMP_MARK in entry.name and entry.is_file():
-                entry.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 @dataclass
@@ -210,7 +120,7 @@ class PopulationStore:
     """
 
     def __init__(self, directory: str | os.PathLike, timeout: float = 120.0) -> None:
-        self.directory = check_writable_dir(directory)
+        self.directory = check_writable_dir(directory, "population_dir")
         self.db_path = self.directory / "population.db"
         self.timeout = timeout
         self._conn: sqlite3.Connection | None = None

@@ -161,7 +161,7 @@ def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
     actor, _ = make_modules(agent, (16,), "mappo")
     with torch.no_grad():
         batch = env.rollout(4, actor)
-    states, next_states = batch[POLICY_STATE], batch["next", *POLICY_STATE]
+    states, next_states = batch[POLICY_STATE], batch[("next", *POLICY_STATE)]
     assert (states[0] == 0).all()  # a new training run starts with an empty memory
     torch.testing.assert_close(states[1:], next_states[:-1])  # each step reads the state the last one wrote
     assert not torch.equal(states[1], states[2])

@@ -19,7 +19,7 @@ def test_round_trip_preserves_everything(tmp_path):
     assert loaded.interval == 10 and loaded.scale_bounds == (0.1, 10.0)
     assert loaded.action_multipliers == agent.action_multipliers
     assert loaded.training_config == agent.training_config and loaded.evaluation == agent.evaluation
-    assert not list(tmp_path.glob("*.tmp"))  # atomic save leaves no temporary file
+    assert list(tmp_path.glob("*agent.pt*")) == [path]  # atomic save leaves no temporary file
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):

@@ -102,7 +102,7 @@ def _write_crashing_task(tmp_path, monkeypatch):
                 if always or not os.path.exists(marker):
                     open(marker, "w").close()
                     os._exit(17)  # no exception, no cleanup: what a SIGKILL or OOM looks like to the pool
-                from ganno_lightning.nos.tasks import DigitsClassifier
+                from ganno_lightning.examples.digits import DigitsClassifier
                 return DigitsClassifier(**kw)
             '''
         )

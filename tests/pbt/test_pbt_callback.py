@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from ganno_lightning.pbt import CallbackAttribute, PBTCallback, PopulationStore
+from ganno_lightning.pbt import PBTCallback, PopulationStore
 
 
 class ScoredRegression(pl.LightningModule):

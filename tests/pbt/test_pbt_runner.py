@@ -13,7 +13,7 @@ import torch
 
 from ganno_lightning.pbt.runner import load_config, preflight, run_population, write_outputs
 from ganno_lightning.pbt.store import PopulationStore
-from ganno_lightning.pbt.tasks import DigitsClassifier
+from ganno_lightning.examples.digits import DigitsClassifier
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "pbt_smoke.yaml"
@@ -114,7 +114,7 @@ def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_pa
     for name in ("best.ckpt", "lineage.json", "schedules.csv", "schedules.png", "summary.json"):
         assert (pop / name).stat().st_size > 0
     model = DigitsClassifier.load_from_checkpoint(pop / "best.ckpt")
-    assert model.hparams.hidden == 16
+    assert tuple(model.hparams.hidden) == (16, 16)  # task_kwargs.hidden: 16, two hidden layers
     assert json.loads((pop / "summary.json").read_text())["best_member"] == summary["best_member"]
     assert len(json.loads((pop / "lineage.json").read_text())) == len(store.lineage())
     header, *rows = (pop / "schedules.csv").read_text().splitlines()

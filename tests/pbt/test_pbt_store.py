@@ -1,4 +1,4 @@
-"""The SQLite store under concurrent processes, atomic checkpoint writes, and a writer killed mid-write."""
+"""The SQLite store under concurrent processes, and a checkpoint writer killed mid-write."""
 
 import multiprocessing as mp
 import os
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ganno_lightning.files import atomic_write_bytes, remove_stale_tmp
 from ganno_lightning.pbt.core import LineageEvent
-from ganno_lightning.pbt.store import PopulationStore, atomic_file, atomic_write_bytes, remove_stale_tmp
+from ganno_lightning.pbt.store import PopulationStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,17 +79,6 @@ def test_concurrent_processes_lose_no_report(tmp_path):
     assert {m: r.step for m, r in store.members().items()} == {0: 29, 1: 29, 2: 29}
 
 
-def test_atomic_file_replaces_whole_files_and_cleans_up_on_error(tmp_path):
-    target = tmp_path / "ckpt" / "step_1.ckpt"
-    atomic_write_bytes(target, b"first")
-    with pytest.raises(RuntimeError):
-        with atomic_file(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("writer crashed")
-    assert target.read_bytes() == b"first"
-    assert os.listdir(target.parent) == ["step_1.ckpt"]
-
-
 def test_writer_killed_mid_write_leaves_the_old_checkpoint_and_store_intact(tmp_path):
     """SIGKILL a process halfway through writing a checkpoint: readers still get the last whole one."""
     store = PopulationStore(tmp_path)
@@ -102,7 +92,8 @@ def test_writer_killed_mid_write_leaves_the_old_checkpoint_and_store_intact(tmp_
         f"""
         import time
         from pathlib import Path
-        from ganno_lightning.pbt.store import PopulationStore, atomic_file
+        from ganno_lightning.files import atomic_file
+        from ganno_lightning.pbt.store import PopulationStore
         store = PopulationStore({str(tmp_path)!r})
         new = store.checkpoint_path(0, 10)
         old = store.checkpoint_path(0, 0)
