@@ -33,7 +33,6 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
-    ConfigIndexError,
     ConfigKeyError,
     OmegaConfBaseException,
     ValidationError,
@@ -275,17 +274,35 @@ def _apply_override(config: DictConfig, item: str, kind: type, see: str | None) 
     """``config`` with one override applied: in place where its parent exists, else merged."""
     key = item.partition("=")[0].strip()
     parent = re.sub(r"(\.[^.\[\]]+|\[-?\d+\])$", "", key) if re.search(r"[.\[]", key) else ""
+    _check_indices(config, item, key)
     try:
         if "[" in key or not parent or _exists(config, parent):
             # In place, so `sizes[0]=32` sets one entry instead of failing to merge a dict into a list.
             config.merge_with_dotlist([item])
         else:  # a new entry of a dict (`hyperparameters.wd.low=0`), which in place cannot create
             config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
-    except ConfigIndexError as err:
-        raise _index_error(config, item, err) from None
     except OmegaConfBaseException as err:
         raise _error(err, kind, OVERRIDES, see) from None
     return config
+
+
+def _check_indices(config: DictConfig, item: str, key: str) -> None:
+    """Reject an index past the end of its list (omegaconf says so only for lists of plain values)."""
+    node: Any = config
+    path = ""
+    try:
+        for name, index in re.findall(r"([^.\[\]]+)|\[(-?\d+)\]", key):
+            if isinstance(node, ListConfig) and re.fullmatch(r"-?\d+", index or name):
+                position = int(index or name)
+                if not -len(node) <= position < len(node):
+                    raise _index_error(config, item, path, position)
+                node, path = node[position], f"{path}[{position}]"
+            elif isinstance(node, DictConfig) and name in node:
+                node, path = node[name], f"{path}.{name}" if path else name
+            else:
+                return  # a new or unknown key, or a value with no keys: the set itself reports it
+    except OmegaConfBaseException:
+        return
 
 
 def _exists(config: DictConfig, path: str) -> bool:
@@ -298,15 +315,9 @@ def _exists(config: DictConfig, path: str) -> bool:
 _ABSENT = object()
 
 
-def _index_error(config: DictConfig, item: str, err: ConfigIndexError) -> ConfigError:
-    # full_key is the failing index, whatever follows it: `a.b[7].name=x` fails at `a.b[7]`
-    match = re.fullmatch(r"(.*)\[(-?\d+)\]", str(err.full_key))
-    if match is None:
-        return ConfigError(f"Override {item!r}: {str(err).splitlines()[0]}.")
-    whole, index = match.groups()
+def _index_error(config: DictConfig, item: str, whole: str, index: int) -> ConfigError:
     entries = OmegaConf.select(config, whole)
-    size = (f"has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}" if isinstance(entries, ListConfig)
-            else "is not a list here")
+    size = f"has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
     return ConfigError(f"Override {item!r}: `{whole}` {size}, so it has no index {index}. Set the whole "
                        f"list instead, e.g. {whole}=[...].")
 
