@@ -8,10 +8,10 @@ calls :func:`load_config` with it; the tool's own ``validate`` function then che
     $ python -m ganno_lightning.pbt.runner configs/pbt_smoke.yaml populaton_size=3
     python -m ganno_lightning.pbt.runner: error: Unknown config key `populaton_size` in the overrides (did you mean `population_size`?). Known keys: ...; see configs/pbt_digits.yaml.
 
-Errors are :class:`ConfigError` (a ``ValueError``) with one wording each: an unknown key (its full
-path, the closest known key, all known keys and the file that documents them), a command-line item
-that is not ``key=value``, a list index out of range (the list and its length), and a value of the
-wrong type (the key, the value and the type expected).
+Every error is a ``ValueError`` with one wording per kind: an unknown key (its full path, the
+closest known key, all known keys and the file that documents them), a command-line item that is
+not ``key=value``, a list index out of range (the list and its length), and a value of the wrong
+type (the key, the value and the type expected).
 """
 
 from __future__ import annotations
@@ -38,14 +38,11 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-__all__ = ["ConfigCommandLine", "ConfigError", "WandbConfig", "check_wandb", "load_config", "unknown_key_error"]
+__all__ = ["ConfigCommandLine", "WandbConfig", "check_wandb", "load_config", "unknown_key_error"]
 
 OVERRIDES = "the overrides"  # how errors name the key=value items, wherever they came from
+_ABSENT = object()
 WANDB_MODES = ("online", "offline", "disabled")
-
-
-class ConfigError(ValueError):
-    """A config that cannot be loaded; the message names the key, the value received and the fix."""
 
 
 @dataclass
@@ -66,22 +63,22 @@ def check_wandb(section: Any, key: str = "wandb") -> None:
     """Check a loaded :class:`WandbConfig` section: what its types cannot say.
 
     Raises:
-        ConfigError: ``mode`` is not one of ``online``, ``offline``, ``disabled``.
+        ValueError: ``mode`` is not one of ``online``, ``offline``, ``disabled``.
 
     Example::
 
         >>> check_wandb(OmegaConf.structured(WandbConfig(mode="of")))
         Traceback (most recent call last):
         ...
-        ganno_lightning.config.ConfigError: `wandb.mode` must be 'online', 'offline' or 'disabled', got 'of'.
+        ValueError: `wandb.mode` must be 'online', 'offline' or 'disabled', got 'of'.
     """
     if section.mode not in WANDB_MODES:
-        raise ConfigError(f"`{key}.mode` must be 'online', 'offline' or 'disabled', got {section.mode!r}.")
+        raise ValueError(f"`{key}.mode` must be 'online', 'offline' or 'disabled', got {section.mode!r}.")
 
 
 def unknown_key_error(path: str, known: Iterable[str], *, source: str | None = None,
-                      see: str | None = None) -> ConfigError:
-    """A :class:`ConfigError` naming the unknown key's full path, the closest known key and all of them.
+                      see: str | None = None) -> ValueError:
+    """A ``ValueError`` naming the unknown key's full path, the closest known key and all of them.
 
     Args:
         path: Dotted path of the unknown key (``algo.lrr``, ``suite[1].famly``).
@@ -104,7 +101,7 @@ def unknown_key_error(path: str, known: Iterable[str], *, source: str | None = N
         message += f" Known keys: {', '.join(known)}" + (f"; see {see}." if see else ".")
     elif see:
         message += f" See {see}."
-    return ConfigError(message)
+    return ValueError(message)
 
 
 def load_config(schema: Any, source: Any = None, overrides: Iterable[str] = (), *, see: str | None = None,
@@ -127,7 +124,7 @@ def load_config(schema: Any, source: Any = None, overrides: Iterable[str] = (), 
         The merged config, typed by the schema.
 
     Raises:
-        ConfigError: an unknown key, an override that is not ``key=value``, a list index out of
+        ValueError: an unknown key, an override that is not ``key=value``, a list index out of
             range, a value of the wrong type, or a missing or unreadable file.
 
     Example::
@@ -141,11 +138,11 @@ def load_config(schema: Any, source: Any = None, overrides: Iterable[str] = (), 
         >>> load_config(Run, {"sede": 3})
         Traceback (most recent call last):
         ...
-        ganno_lightning.config.ConfigError: Unknown config key `sede` in the config (did you mean `seed`?). Known keys: seed, sizes.
+        ValueError: Unknown config key `sede` in the config (did you mean `seed`?). Known keys: seed, sizes.
         >>> load_config(Run, None, ["seed=three"])
         Traceback (most recent call last):
         ...
-        ganno_lightning.config.ConfigError: `seed` in the overrides must be an int, got 'three'.
+        ValueError: `seed` in the overrides must be an int, got 'three'.
     """
     kind = schema if isinstance(schema, type) else type(schema)
     if not dataclasses.is_dataclass(kind):
@@ -176,11 +173,12 @@ def _read(source: Any) -> tuple[dict, str]:
     if isinstance(source, (str, os.PathLike)):
         path = str(source)
         if not Path(path).is_file():
-            raise ConfigError(f"Config file not found: '{path}'. Give the path of a YAML file, e.g. configs/...yaml.")
+            where = "" if Path(path).is_absolute() else f" (relative to {os.getcwd()})"
+            raise ValueError(f"Config file not found: '{path}'{where}.")
         try:
             loaded = OmegaConf.load(path)
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         data = OmegaConf.to_container(loaded) if loaded is not None else {}
         where = path
     elif dataclasses.is_dataclass(source):
@@ -190,11 +188,11 @@ def _read(source: Any) -> tuple[dict, str]:
     elif isinstance(source, Mapping):
         data, where = OmegaConf.to_container(OmegaConf.create(dict(source))), "the config"  # a copy
     else:
-        raise ConfigError(f"A config must be a YAML file's path or a mapping of keys, got {source!r}.")
+        raise ValueError(f"A config must be a YAML file's path or a mapping of keys, got {source!r}.")
     if data is None:  # an empty file
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"The config in {where} must be a mapping of keys, got {data!r}.")
+        raise ValueError(f"The config in {where} must be a mapping of keys, got {data!r}.")
     return data, where
 
 
@@ -206,10 +204,10 @@ def _check_keys(data: Any, kind: Any, where: str, see: str | None, path: str = "
     kind = _unwrap_optional(kind)
     if dataclasses.is_dataclass(kind):
         fields = _field_types(kind)
-        if data is None or isinstance(data, str) and data == "???":
+        if data is None or data == "???":
             return  # null or missing: the merge or the tool's validation reports it
         if not isinstance(data, dict):
-            raise ConfigError(f"`{path}` in {where} must be a section of keys ({', '.join(fields)}), got {data!r}.")
+            raise ValueError(f"`{path}` in {where} must be a section of keys ({', '.join(fields)}), got {data!r}.")
         for key, value in data.items():
             child = f"{path}.{key}" if path else str(key)
             if key not in fields:
@@ -240,8 +238,8 @@ def _check_overrides(overrides: Iterable[Any], config: DictConfig) -> list[str]:
     items = list(overrides)
     for item in items:
         if not isinstance(item, str) or "=" not in item or not item.partition("=")[0].strip():
-            raise ConfigError(f"Override {item!r} must be key=value with a key before the '=', "
-                              f"e.g. {_example(config, item)}.")
+            raise ValueError(f"Override {item!r} must be key=value with a key before the '=', "
+                             f"e.g. {_example(config, item)}.")
     return items
 
 
@@ -273,10 +271,9 @@ def _as_yaml(value: Any) -> str:
 def _apply_override(config: DictConfig, item: str, kind: type, see: str | None) -> DictConfig:
     """``config`` with one override applied: in place where its parent exists, else merged."""
     key = item.partition("=")[0].strip()
-    parent = re.sub(r"(\.[^.\[\]]+|\[-?\d+\])$", "", key) if re.search(r"[.\[]", key) else ""
     _check_indices(config, item, key)
     try:
-        if "[" in key or not parent or _exists(config, parent):
+        if "[" in key or "." not in key or _exists(config, key.rsplit(".", 1)[0]):
             # In place, so `sizes[0]=32` sets one entry instead of failing to merge a dict into a list.
             config.merge_with_dotlist([item])
         else:  # a new entry of a dict (`hyperparameters.wd.low=0`), which in place cannot create
@@ -312,21 +309,18 @@ def _exists(config: DictConfig, path: str) -> bool:
         return True  # let the in-place set report it, with its key
 
 
-_ABSENT = object()
-
-
-def _index_error(config: DictConfig, item: str, whole: str, index: int) -> ConfigError:
+def _index_error(config: DictConfig, item: str, whole: str, index: int) -> ValueError:
     entries = OmegaConf.select(config, whole)
     size = f"has {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-    return ConfigError(f"Override {item!r}: `{whole}` {size}, so it has no index {index}. Set the whole "
-                       f"list instead, e.g. {whole}=[...].")
+    return ValueError(f"Override {item!r}: `{whole}` {size}, so it has no index {index}. Set the whole "
+                      f"list instead, e.g. {whole}=[...].")
 
 
 _EXPECTED = {"IntegerNode": "an int", "FloatNode": "a float", "BooleanNode": "a bool (true or false)",
              "StringNode": "a string", "ListConfig": "a list", "DictConfig": "a section of keys"}
 
 
-def _error(err: OmegaConfBaseException, kind: type, where: str, see: str | None, prefix: str = "") -> ConfigError:
+def _error(err: OmegaConfBaseException, kind: type, where: str, see: str | None, prefix: str = "") -> ValueError:
     """omegaconf's error, in our wording (``prefix``: the path of the section it was raised in)."""
     key = prefix + str(getattr(err, "full_key", None) or getattr(err, "key", None) or "")
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
@@ -334,8 +328,8 @@ def _error(err: OmegaConfBaseException, kind: type, where: str, see: str | None,
     message = str(getattr(err, "msg", None) or err).splitlines()[0]
     expected = _EXPECTED.get(type(getattr(err, "child_node", None)).__name__)
     if isinstance(err, ValidationError) and expected:
-        return ConfigError(f"`{key}` in {where} must be {expected}, got {getattr(err, 'value', None)!r}.")
-    return ConfigError(f"`{key}` in {where}: {message}" if key else f"{where}: {message}")
+        return ValueError(f"`{key}` in {where} must be {expected}, got {getattr(err, 'value', None)!r}.")
+    return ValueError(f"`{key}` in {where}: {message}" if key else f"{where}: {message}")
 
 
 def _known_keys(kind: Any, path: str) -> list[str]:
