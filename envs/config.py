@@ -41,8 +41,12 @@ class EnvFileConfig:
 
 
 def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
-    """Read an environment's YAML file (or dict) and apply ``key=value`` overrides (see
-    :func:`ganno_lightning.config.load_config`): ``make_env(load_config("configs/env_smoke.yaml"))``."""
+    """An environment's YAML file (or dict) with ``key=value`` overrides, checked against :class:`EnvFileConfig`.
+
+    Example::
+
+        env = make_env(load_config("configs/env_smoke.yaml", ["env.horizon=200"]), seed=0)
+    """
     return shared.load_config(EnvFileConfig, source, overrides, see="configs/env_default.yaml")
 
 
