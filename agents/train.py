@@ -16,8 +16,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -27,17 +25,16 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
 from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules, recurrent_env
 from envs import keys
-from envs.config import check_sections, env_config, family_from_config, load_config
+from envs.config import env_config, family_from_config
 from envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.config import apply_overrides, known_keys_at, unknown_key_error
+from ganno_lightning.config import ConfigCommandLine, load_config
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.features import FEATURE_NAMES
 
@@ -80,8 +77,11 @@ class RunConfig:
 
 @dataclass
 class MetaTrainingConfig:
-    """The ``algo`` and ``run`` sections of a meta-training config (the env and family sections are the env's)."""
+    """A meta-training config: the env and family sections (checked by the env), ``algo`` and ``run``."""
 
+    # As written, not filled with defaults: agent files record them so (envs.config checks them).
+    env: dict[str, Any] = field(default_factory=dict)  # EnvConfig's keys, see configs/env_default.yaml
+    family: dict[str, Any] = field(default_factory=dict)  # the task family: {name, train, heldout} or a mixture
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -93,28 +93,20 @@ METRIC_NAMES = (
 )
 
 
-def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, MetaTrainingConfig]:
-    """Load YAML + overrides; validate the ``algo``/``run`` sections (unknown keys name themselves)."""
-    from_file = load_config(source)
-    raw = load_config(from_file, overrides)
-    check_sections(raw, ("env", "family", "algo", "run"))
-    # The file's sections merged onto the schema, then our overrides applied in place (as
-    # agents.evaluation does): each step says where a bad key came from, and an override such as
-    # `algo.hidden_sizes[0]=32` sets one entry of the list.
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "the config"
-    merged = OmegaConf.structured(MetaTrainingConfig)
-    try:
-        merged = OmegaConf.merge(merged, {k: from_file[k] for k in ("algo", "run") if k in from_file})
-        where = "the command-line overrides"
-        apply_overrides(merged, [item for item in overrides
-                                 if re.split(r"[.\[]", item.partition("=")[0])[0] in ("algo", "run")])
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        path = str(err.full_key)
-        raise unknown_key_error(path, known_keys_at(merged, path), source=where,
-                                see="configs/ganno_default.yaml") from None
-    except OmegaConfBaseException as err:
-        raise ValueError(f"`{err.full_key}` in {where}: {str(err).splitlines()[0]}") from None
-    config: MetaTrainingConfig = OmegaConf.to_object(merged)
+def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConfig:
+    """Load YAML + ``key=value`` overrides onto :class:`MetaTrainingConfig` and check every section.
+
+    Raises:
+        ValueError: naming the first unknown key or invalid value (see :mod:`ganno_lightning.config`).
+
+    Example::
+
+        config = parse_config("configs/ganno_smoke.yaml", ["run.seed=1", "algo.hidden_sizes[0]=32"])
+    """
+    loaded = load_config(MetaTrainingConfig, source, overrides, see="configs/ganno_default.yaml")
+    config: MetaTrainingConfig = OmegaConf.to_object(loaded)
+    env_config(_env_sections(config))  # the env and family sections, checked before any process starts
+    family_from_config(_env_sections(config))
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):
         raise ValueError(f"`algo.algorithm` must be 'mappo' or 'ippo', got {algo.algorithm!r}.")
@@ -137,15 +129,19 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> tuple[Any, MetaT
     if not 0 < algo.gamma <= 1 or not 0 <= algo.lmbda <= 1 or algo.lr <= 0:
         raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
                          f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")
-    return raw, config
+    return config
 
 
-def resolved_config(raw: Any, config: MetaTrainingConfig) -> dict[str, Any]:
+def _env_sections(config: MetaTrainingConfig) -> dict[str, Any]:
+    return {"env": config.env, "family": config.family}
+
+
+def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
     """Plain dict of the whole run's settings, as stored in checkpoints and agent files.
 
-    ``env``/``family`` come from the YAML as written; ``algo``/``run`` with every default filled in.
+    ``env``/``family`` as the YAML and overrides wrote them; ``algo``/``run`` with every default filled in.
     """
-    return {**OmegaConf.to_container(raw, resolve=True), **OmegaConf.to_container(OmegaConf.structured(config))}
+    return OmegaConf.to_container(OmegaConf.structured(config))
 
 
 def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
@@ -186,13 +182,16 @@ class EpisodeTracker:
 
 
 def train(source: Any, overrides: Sequence[str] = ()) -> Path:
-    """Run meta-training; returns the path of the exported agent file."""
+    """Run meta-training; returns the path of the exported agent file.
+
+    ``source``: a YAML file's path, a dict, or a :class:`MetaTrainingConfig`, as :func:`parse_config` takes.
+    """
     # -- config -----------------------------------------------------------------------------------
-    raw, config = parse_config(source, overrides)
+    config = parse_config(source, overrides)
     algo, run = config.algo, config.run
-    env_settings = env_config(raw)
-    family = family_from_config(raw)  # validates the family section before any process starts
-    plain_config = resolved_config(raw, config)
+    env_settings = env_config(_env_sections(config))
+    family = family_from_config(_env_sections(config))
+    plain_config = resolved_config(config)
     out_dir = Path(run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.seed)
@@ -370,11 +369,10 @@ def _progress(run: RunConfig, frames: int) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0].startswith("-") or "=" in args[0]:
-        print(__doc__, file=sys.stderr)
-        raise SystemExit("usage: python -m agents.train CONFIG.yaml [key=value ...]")
-    path = train(args[0], args[1:])
+    """``python -m agents.train CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("python -m agents.train", __doc__, MetaTrainingConfig, see="configs/ganno_default.yaml")
+    config = cli.load(parse_config, cli.parse_args(argv))
+    path = train(config)
     print(f"agent written to {path}")
     return path
 

@@ -16,36 +16,38 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, ValidationError
 
 from envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from envs.task import MixtureFamily, TaskFamily
-from ganno_lightning.config import apply_overrides, check_overrides, unknown_key_error
+from ganno_lightning import config as shared
+from ganno_lightning.config import unknown_key_error
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")
 
 
-def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
-    """Read a YAML file (or dict) and apply ``key=value`` dotlist overrides.
+@dataclass
+class EnvFileConfig:
+    """The sections of an environment's YAML file."""
 
-    Overrides are applied in place (:func:`apply_overrides`), so ``algo.hidden_sizes[0]=32`` sets
-    one entry of an existing list. Keys are checked later, by each section's schema.
+    env: EnvConfig = field(default_factory=EnvConfig)
+    # {name, train, heldout} or {name: mixture, members: [...]}: checked by family_from_config
+    family: dict[str, Any] = field(default_factory=dict)
+
+
+def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """An environment's YAML file (or dict) with ``key=value`` overrides, checked against :class:`EnvFileConfig`.
+
+    Example::
+
+        env = make_env(load_config("configs/env_smoke.yaml", ["env.horizon=200"]), seed=0)
     """
-    overrides = check_overrides(overrides, example="env.horizon=200")
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"Config file not found: '{source}'.")
-        config = OmegaConf.load(source)
-    else:
-        config = OmegaConf.create(source)  # a copy: the caller's config is not changed
-    try:
-        apply_overrides(config, overrides)
-    except OmegaConfBaseException as err:  # e.g. `env.horizon.x=1` where horizon is a number
-        raise ValueError(f"Override of `{err.full_key}` cannot be applied: {str(err).splitlines()[0]}.") from None
-    return config
+    return shared.load_config(EnvFileConfig, source, overrides, see="configs/env_default.yaml")
 
 
 def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:

@@ -32,8 +32,8 @@ def test_the_bundled_default_agent_was_trained_by_the_committed_default_config()
     # The README promises the shipped file is reproducible from configs/ganno_default.yaml: every
     # setting but where its outputs went must match the config it recorded while training.
     config_path = Path(__file__).resolve().parents[1] / "configs" / "ganno_default.yaml"
-    raw, config = parse_config(config_path)
-    expected = resolved_config(raw, config)
+    config = parse_config(config_path)
+    expected = resolved_config(config)
     trained = dict(GANNOAgent.default().training_config)
     assert trained.pop("trained_frames") >= config.run.total_frames
     trained.pop("iterations")

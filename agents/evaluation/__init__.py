@@ -32,7 +32,7 @@ diverged run's ``final_val_loss`` is written as ``Infinity``, which ``json.load`
 """
 
 from agents.evaluation.analysis import steps_to_target
-from agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, TargetConfig, WandbConfig, deeper_family, load_config
+from agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, TargetConfig, deeper_family, load_config
 from agents.evaluation.main import evaluate, main
 from agents.evaluation.plan import Condition, conditions_of, plan_runs, run_id, task_specs
 from agents.evaluation.report import SUMMARY_COLUMNS
@@ -45,7 +45,6 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "SuiteEntry",
     "TargetConfig",
-    "WandbConfig",
     "build_task",
     "conditions_of",
     "deeper_family",

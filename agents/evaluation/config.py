@@ -1,29 +1,18 @@
 """The evaluation's config: its schema, loading and checks, and the suite's deeper families."""
 
-import dataclasses
 import difflib
 import math
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import (
-    ConfigAttributeError,
-    ConfigKeyError,
-    MissingMandatoryValue,
-    OmegaConfBaseException,
-)
+from omegaconf.errors import MissingMandatoryValue
 
 from agents.baselines import SCHEDULES
-from ganno_lightning.config import (
-    apply_overrides,
-    check_overrides,
-    known_keys_at,
-    unknown_key_error,
-)
+from ganno_lightning import config as shared
+from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
@@ -60,14 +49,6 @@ class TargetConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = False  # log the summary tables and plots to W&B
-    project: str = "ganno-evaluate"
-    mode: str = "offline"  # "online", "offline" or "disabled"
-    name: Optional[str] = None
-
-
-@dataclass
 class EvaluateConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)  # `agent: path.pt` is short for `agent: {path: path.pt}`
     suite: List[SuiteEntry] = field(default_factory=lambda: [SuiteEntry(family="mlp_digits")])
@@ -89,7 +70,7 @@ class EvaluateConfig:
     # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
     baselines_from: List[str] = field(default_factory=list)
     out_dir: str = "runs/evaluate"
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(project="ganno-evaluate"))  # tables and plots
 
 
 def load_config(
@@ -99,7 +80,8 @@ def load_config(
 
     Args:
         config: Path of a YAML file, a dict, a ``DictConfig``, an :class:`EvaluateConfig` or ``None``
-            (the defaults).
+            (the defaults). ``agent: path.pt`` (and the override ``agent=path.pt``) is short for
+            ``agent: {path: path.pt}``.
         overrides: ``key=value`` strings (omegaconf dotlist) applied on top.
 
     Returns:
@@ -107,9 +89,8 @@ def load_config(
 
     Raises:
         ValueError: For an unknown key (named with its dotted path, e.g. ``suite[0].famly``), a
-            value of the wrong type, or an invalid setting (empty suite, non-positive LR
-            multiplier, unknown family or schedule, ...).
-        FileNotFoundError: If the YAML file does not exist.
+            value of the wrong type, a missing file, or an invalid setting (empty suite,
+            non-positive LR multiplier, unknown family or schedule, ...).
 
     Example::
 
@@ -119,69 +100,12 @@ def load_config(
         >>> load_config({"sede": [0]})
         Traceback (most recent call last):
         ...
-        ValueError: Unknown config key `sede` in config (did you mean `seeds`?). ...
+        ValueError: Unknown config key `sede` in the config (did you mean `seeds`?). ...
     """
-    schema = OmegaConf.structured(EvaluateConfig)
-    source = "config"
-    merged = schema  # what an unknown key's error lists the known keys from, until the merge succeeds
-    try:
-        if config is None or isinstance(config, EvaluateConfig):
-            base = OmegaConf.structured(config or EvaluateConfig())
-        elif isinstance(config, (str, os.PathLike)):
-            source = str(config)
-            if not Path(config).is_file():
-                raise FileNotFoundError(f"Config file not found: '{config}'.")
-            base = OmegaConf.load(config)
-        else:
-            base = OmegaConf.create(config if isinstance(config, DictConfig) else dict(config))
-        if isinstance(base, DictConfig):
-            if isinstance(base.get("agent"), str):  # shorthand `agent: path.pt` for `agent: {path: path.pt}`
-                base.agent = {"path": base.agent}
-            _check_keys(OmegaConf.to_container(base), EvaluateConfig, source)
-        merged = OmegaConf.merge(schema, base)
-        source = "overrides"
-        overrides = check_overrides(overrides, example="steps=400")
-        for i, item in enumerate(overrides):
-            if item.startswith("agent="):  # shorthand, as in the file
-                overrides[i] = "agent.path=" + item[len("agent="):]
-        apply_overrides(merged, overrides)  # in place: `suite[0].tasks=2` sets one field of a list entry
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        key = str(getattr(err, "full_key", None) or getattr(err, "key", "?"))
-        raise unknown_key_error(key, known_keys_at(merged, key), source=source, see="configs/evaluate.yaml") from None
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ValueError(f"Config key `{key}` in {source}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
-    validate_config(merged)
-    return merged
-
-
-def _check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
-    """Reject a key the schema does not have, naming its full dotted path (``suite[0].famly``).
-
-    omegaconf's own error loses the path inside lists of structured entries; this walk keeps it.
-    """
-    if not isinstance(data, dict):
-        return  # a wrong type is reported by the merge, with its key
-    fields = {f.name: f.type for f in dataclasses.fields(schema)}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            raise unknown_key_error(path, fields, source=source, see="configs/evaluate.yaml")
-        kind = fields[key]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, dict):
-                keys = ", ".join(kind.__dataclass_fields__)
-                raise ValueError(f"`{path}` in {source} must be a section of keys ({keys}), got {value!r}.")
-            _check_keys(value, kind, source, path)
-        elif typing.get_origin(kind) is list and dataclasses.is_dataclass(typing.get_args(kind)[0]):
-            if not isinstance(value, list):
-                raise ValueError(f"`{path}` in {source} must be a list, e.g. suite: [{{family: mlp_digits, tasks: 3}}]; "
-                                 f"got {value!r}.")
-            for i, item in enumerate(value):
-                if not isinstance(item, dict):
-                    raise ValueError(
-                        f"`{path}[{i}]` in {source} must be a section such as {{family: mlp_digits}}, got {item!r}.")
-                _check_keys(item, typing.get_args(kind)[0], source, f"{path}[{i}]")
+    cfg = shared.load_config(EvaluateConfig, config, overrides, see="configs/evaluate.yaml",
+                             shorthands={"agent": "path"})
+    validate_config(cfg)
+    return cfg
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -253,8 +177,7 @@ def validate_config(cfg: DictConfig) -> None:
                              f"of an earlier `agents.evaluation` run (it holds {RUNS_FILE}), got {source!r}.")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
-    if cfg.wandb.mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {cfg.wandb.mode!r}.")
+    check_wandb(cfg.wandb)
 
 
 def _at_least(value: Any, key: str, minimum: int) -> None:

@@ -23,6 +23,7 @@ from agents.evaluation.report import (
     write_report,
 )
 from agents.evaluation.run import load_agent
+from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import read_log
 
@@ -114,14 +115,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``python -m agents.evaluation CONFIG.yaml [key=value ...]``; prints the summary tables.
 
     Returns:
-        0, or 1 if any run failed with an error (divergence is a result, not a failure).
+        0, or 1 if any run failed with an error (divergence is a result, not a failure). A bad
+        config exits with one line and status 2.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(importlib.import_module(__package__).__doc__)
-        print("Config keys and defaults:\n" + OmegaConf.to_yaml(OmegaConf.structured(EvaluateConfig)))
-        return 0 if argv else 2
-    cfg = load_config(argv[0], argv[1:])
+    cli = ConfigCommandLine("python -m agents.evaluation", importlib.import_module(__package__).__doc__,
+                            EvaluateConfig, see="configs/evaluate.yaml")
+    cfg = cli.load(load_config, cli.parse_args(argv))
     results = evaluate(cfg)
     print()
     print(targets_table(results["targets"]))

@@ -25,9 +25,9 @@ from typing import Optional, Union
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config import apply_overrides, check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning import config as shared
+from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
 from ganno_lightning.files import atomic_file, atomic_write_text
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
 from ganno_lightning.nos.worker import evaluate_candidate, load_object
@@ -39,7 +39,6 @@ __all__ = [
     "CandidateTrainingConfig",
     "SpaceConfig",
     "ControllerConfig",
-    "WandbConfig",
     "RuleSearch",
     "load_config",
     "main",
@@ -94,20 +93,12 @@ class ControllerConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = True
-    project: str = "ganno-nos"
-    mode: str = "offline"  # "online", "offline" or "disabled"
-    name: Optional[str] = None
-
-
-@dataclass
 class SearchConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: CandidateTrainingConfig = field(default_factory=CandidateTrainingConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(enabled=True, project="ganno-nos"))
     rounds: int = 10  # controller updates
     candidates_per_round: int = 8  # rules sampled (and trained) per round
     workers: int = 2  # parallel candidate processes; 0 runs candidates in this process
@@ -121,32 +112,9 @@ def load_config(config: Union[str, os.PathLike, dict, DictConfig, SearchConfig, 
     """Merge a YAML file (or dict) and ``key=value`` overrides onto the :class:`SearchConfig` schema.
 
     Raises:
-        ValueError: an unknown key (named in the message) or a value of the wrong type.
-        FileNotFoundError: the YAML file does not exist.
+        ValueError: an unknown key (named in the message), a value of the wrong type or a missing file.
     """
-    schema = OmegaConf.structured(SearchConfig)
-    source = "config"
-    try:
-        if config is None or isinstance(config, SearchConfig):
-            base = OmegaConf.structured(config or SearchConfig())
-        elif isinstance(config, (str, os.PathLike)):
-            source = str(config)
-            if not Path(config).is_file():
-                raise FileNotFoundError(f"config file {str(config)!r} does not exist.")
-            base = OmegaConf.load(config)
-        else:
-            base = OmegaConf.create(config if isinstance(config, DictConfig) else dict(config))
-        merged = OmegaConf.merge(schema, base)
-        source = "overrides"
-        apply_overrides(merged, check_overrides(overrides, example="rounds=20"))  # `space.unary[0]=sign` works
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        key = getattr(err, "full_key", None) or getattr(err, "key", "?")
-        raise unknown_key_error(str(key), known_keys_at(schema, str(key)), source=source,
-                                see="configs/nos_search.yaml") from None
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ValueError(f"config key `{key}` in {source}: {str(getattr(err, 'msg', err)).splitlines()[0]}") from None
-    return merged
+    return shared.load_config(SearchConfig, config, overrides, see="configs/nos_search.yaml")
 
 
 def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> None:
@@ -175,8 +143,7 @@ def _validate(cfg: DictConfig) -> None:
         raise ValueError(f"`train.diverged_reward` must be finite, got {cfg.train.diverged_reward!r}.")
     if not cfg.train.timeout_s > 0:
         raise ValueError(f"`train.timeout_s` must be a positive float, got {cfg.train.timeout_s!r}.")
-    if cfg.wandb.mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {cfg.wandb.mode!r}.")
+    check_wandb(cfg.wandb)
     load_object(cfg.task.module)  # fail now, not in every worker
     if cfg.task.datamodule:
         load_object(cfg.task.datamodule, "task.datamodule")
@@ -417,13 +384,9 @@ class RuleSearch:
 
 
 def main(argv: Optional[list] = None) -> int:
-    """``python -m ganno_lightning.nos.search CONFIG.yaml [key=value ...]``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print("Config keys and defaults:\n" + OmegaConf.to_yaml(OmegaConf.structured(SearchConfig)))
-        return 0 if argv else 2
-    search = RuleSearch(argv[0], argv[1:])
+    """``python -m ganno_lightning.nos.search CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("python -m ganno_lightning.nos.search", __doc__, SearchConfig, see="configs/nos_search.yaml")
+    search = cli.load(RuleSearch, cli.parse_args(argv))  # loads, validates and reads a saved state
     history = search.run()
     best = search.best()
     print(f"evaluated {len(history)} candidates; results in {search.results_path}")

@@ -18,7 +18,6 @@ The outputs are the one-machine runner's: ``best.ckpt``, ``schedules.csv``, ``sc
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -33,6 +32,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
 from ganno_lightning.pbt.core import LineageEvent, ReadyCriterion, ranked_members
 from ganno_lightning.tuning.setters import resolve_setters
@@ -336,15 +336,16 @@ def _ray_lineage(path: Path, names: list[str]) -> list[LineageEvent]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ganno_lightning.pbt.runner import load_config
+    """``python -m ganno_lightning.pbt.ray_tune CONFIG.yaml [key=value ...] [--address A]``; a bad config exits
+    with one line and status 2."""
+    from ganno_lightning.pbt.runner import PopulationConfig, load_config
 
-    parser = argparse.ArgumentParser(prog="python -m ganno_lightning.pbt.ray_tune", description=__doc__.split("\n")[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--address", default=None, help="Ray cluster address, e.g. auto; default: local Ray")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    cli = ConfigCommandLine("python -m ganno_lightning.pbt.ray_tune", __doc__, PopulationConfig,
+                            see="configs/pbt_digits.yaml")
+    cli.add_argument("--address", default=None, help="Ray cluster address, e.g. auto; default: local Ray")
+    cli.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
+    args = cli.parse_args(argv)
+    config = cli.load(load_config, args)
     ray_init = {"num_cpus": args.num_cpus} if args.num_cpus and args.address is None else {}
     print(json.dumps(tune_population(config, args.address, ray_init), indent=1))
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import io
 import json
 import math
@@ -34,15 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from ganno_lightning.config import check_overrides, known_keys_at, unknown_key_error
+from ganno_lightning import config as shared
+from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
 from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.imports import import_object
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.space import parse_space
 
-__all__ = ["HyperparameterSpec", "PopulationConfig", "WandbConfig", "load_config", "run_population", "write_outputs"]
+__all__ = ["HyperparameterSpec", "PopulationConfig", "load_config", "run_population", "write_outputs"]
 
 
 @dataclass
@@ -51,13 +51,6 @@ class HyperparameterSpec:
     high: float = MISSING  # largest value
     log: bool = False  # sample and perturb in log space (learning rates)
     integer: bool = False  # round to int (intervals)
-
-
-@dataclass
-class WandbConfig:
-    enabled: bool = False  # one W&B run per member (group = population) plus a summary run
-    project: str = "ganno-pbt"
-    mode: str = "offline"  # "online", "offline" or "disabled"
 
 
 @dataclass
@@ -85,34 +78,19 @@ class PopulationConfig:
     preflight: bool = True  # one tiny fit in the coordinator to check metric and setters first
     threads_per_member: int = 1  # torch threads per member process
     trainer: dict[str, Any] = field(default_factory=dict)  # extra lightning.Trainer keyword arguments
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    # one W&B run per member (group = population) plus a summary run
+    wandb: WandbConfig = field(default_factory=lambda: WandbConfig(project="ganno-pbt"))
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Merge a YAML file and ``key=value`` overrides onto :class:`PopulationConfig`, checking types and keys.
+def load_config(path: str | os.PathLike | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Merge a YAML file and ``key=value`` overrides onto :class:`PopulationConfig`, then validate.
+
+    ``perturb_factors[0]=0.5`` sets one entry of a list; ``hyperparameters.wd.low=1e-5`` adds an entry.
 
     Raises:
-        ValueError: naming an unknown key or a value of the wrong type.
+        ValueError: naming an unknown key, a value of the wrong type or an invalid setting.
     """
-    config = OmegaConf.structured(PopulationConfig)
-    overrides = check_overrides(overrides, example="population_size=8")
-    sources: list[tuple[str, Any]] = []
-    if path is not None:
-        sources.append((str(path), lambda: OmegaConf.load(path)))
-    if overrides:
-        sources.append(("the command-line overrides", lambda: OmegaConf.from_dotlist(list(overrides))))
-    for source, read in sources:
-        try:
-            config = OmegaConf.merge(config, read())
-        except ConfigKeyError as err:
-            key = str(err.full_key)
-            known = known_keys_at(config, key)
-            if not known and key.startswith("hyperparameters."):  # a new entry: its keys are a spec's
-                known = list(HyperparameterSpec.__dataclass_fields__)
-            raise unknown_key_error(key, known, source=source, see="configs/pbt_digits.yaml") from err
-        except OmegaConfBaseException as err:
-            key = getattr(err, "full_key", None)
-            raise ValueError(f"Invalid config value for `{key}` (in {source}): {getattr(err, 'msg', err)}") from err
+    config = shared.load_config(PopulationConfig, path, overrides, see="configs/pbt_digits.yaml")
     validate_config(config)
     return config
 
@@ -146,17 +124,12 @@ def validate_config(config: DictConfig) -> PBTStrategy:
     from ganno_lightning.pbt.core import ReadyCriterion
 
     ReadyCriterion(config.ready_interval, config.ready_unit)
-    if config.wandb.mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"`wandb.mode` must be 'online', 'offline' or 'disabled', got {config.wandb.mode!r}.")
+    check_wandb(config.wandb)
     return strategy
 
 
 def _load_task(config: DictConfig, seed: int) -> tuple[Any, Any]:
-    module_name, _, function = config.task.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"`task` {config.task!r} cannot be imported: {err}") from err
+    factory = import_object(config.task, argument="task")
     return factory(seed=seed, **OmegaConf.to_container(config.task_kwargs))  # type: ignore[arg-type]
 
 
@@ -400,7 +373,7 @@ def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: 
 
     group = Path(config.population_dir).name
     run = wandb.init(
-        project=config.wandb.project, group=group, name="population", job_type="pbt-summary",
+        project=config.wandb.project, group=group, name=config.wandb.name or "population", job_type="pbt-summary",
         dir=str(config.population_dir), mode=config.wandb.mode, config=OmegaConf.to_container(config),
     )
     columns = ["member", "step", "donor", "donor_step", "score", "donor_score", "old", "new"]
@@ -414,17 +387,12 @@ def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ganno_lightning.pbt.runner", description="Population Based Training on one machine."
-    )
-    parser.add_argument("config", help="YAML config (see configs/pbt_digits.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. population_size=8")
-    parser.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one member
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-    except (ValueError, OSError) as err:
-        parser.error(str(err))  # exits with status 2 and the message, no traceback
+    """``python -m ganno_lightning.pbt.runner CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("python -m ganno_lightning.pbt.runner", __doc__, PopulationConfig,
+                            see="configs/pbt_digits.yaml")
+    cli.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one member
+    args = cli.parse_args(argv)
+    config = cli.load(load_config, args)
     if args.member is not None:
         run_member(config, args.member)
         return 0

@@ -163,11 +163,11 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
 @pytest.mark.parametrize(
     ("config", "overrides", "match"),
     [
-        ({"sede": [0]}, [], r"Unknown config key `sede` in config \(did you mean `seeds`\?\)"),
+        ({"sede": [0]}, [], r"Unknown config key `sede` in the config \(did you mean `seeds`\?\)"),
         ({"suite": [{"family": "mlp_digits"}, {"famly": "sequence"}]}, [], r"`suite\[1\]\.famly`.*did you mean `family`"),
         ({"agent": {"pth": "a.pt"}}, [], r"`agent\.pth`"),
-        ({}, ["suite.0.tsks=2"], r"`suite\[0\]\.tsks` in overrides \(did you mean `tasks`\?\)\. Known keys: family, "),
-        ({}, ["stpes=3"], r"`stpes` in overrides \(did you mean `steps`\?\)\. Known keys: agent, .*; see configs/evaluate"),
+        ({}, ["suite.0.tsks=2"], r"`suite\[0\]\.tsks` in the overrides \(did you mean `tasks`\?\)\. Known keys: family, "),
+        ({}, ["stpes=3"], r"`stpes` in the overrides \(did you mean `steps`\?\)\. Known keys: agent, .*; see configs/evaluate"),
         ({}, ["target.refrence=constant"], r"`target\.refrence`"),
         ({"suite": []}, [], r"`suite` must list at least one task family"),
         ({"lr_grid": [0.1, 0.0, 1.0]}, [], r"`lr_grid` must be a non-empty list of distinct positive finite"),
@@ -179,7 +179,7 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({"suite": [{"family": "mlp_digits", "heldout": {"dept": [1, 2]}}]}, [], r"`suite\[0\]\.heldout\.dept`"),
         ({"steps": 50, "val_every": 20}, [], r"`steps` \(50\) must be a multiple of `val_every` \(20\)"),
         ({"schedules": ["constant", "step_decay"]}, [], r"`schedules` must be distinct and include \['constant', 'cosine'\]"),
-        ({}, ["steps=abc"], r"`steps` in overrides"),
+        ({}, ["steps=abc"], r"`steps` in the overrides must be an int, got 'abc'"),
         ({}, ["workers=0"], r"`workers` must be an int >= 1, got 0"),
         ({}, ["agent.exploration=argmax"], r"`agent\.exploration` must be one of \['mean', 'mode', 'random'\], got 'argmax'"),
     ],

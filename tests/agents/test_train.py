@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from agents.networks import LOG_PROB, make_modules
-from agents.train import parse_config, train
+from agents.train import parse_config, resolved_config, train
 from envs import keys
-from envs.config import load_config, make_env
+from envs.config import make_env
 from ganno_lightning import GANNOAgent, GANNOCallback
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
@@ -62,9 +62,9 @@ def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_pa
 
 @pytest.mark.parametrize("override, match", [
     ("algo.learning_rate=0.1",
-     "Unknown config key `algo.learning_rate` in the command-line overrides.*Known keys: algorithm, .*lr"),
-    ("algo.foo.bar=1", "Unknown config key `algo.foo` in the command-line overrides"),
-    ("run.seed=one", "`run.seed` in the command-line overrides"),
+     "Unknown config key `algo.learning_rate` in the overrides.*Known keys: algorithm, .*lr"),
+    ("algo.foo.bar=1", "Unknown config key `algo.foo` in the overrides"),
+    ("run.seed=one", "`run.seed` in the overrides must be an int, got 'one'"),
     ("run.workers=0", "`run.workers` must be a positive int"),
     ("algo.algorithm=dqn", "`algo.algorithm` must be 'mappo' or 'ippo'"),
     ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
@@ -85,10 +85,10 @@ def test_an_unknown_key_in_the_file_names_the_file(tmp_path):
 
 
 def test_an_override_sets_one_entry_of_a_list_from_the_file():
-    raw, config = parse_config(SMOKE.with_name("ganno_default.yaml"), ["algo.critic_hidden_sizes[1]=16", "run.seed=3"])
+    config = parse_config(SMOKE.with_name("ganno_default.yaml"), ["algo.critic_hidden_sizes[1]=16", "run.seed=3"])
     assert config.algo.critic_hidden_sizes == [64, 16] and config.run.seed == 3
-    assert list(raw.algo.critic_hidden_sizes) == [64, 16]  # the stored resolved config agrees
-    _, config = parse_config(SMOKE, ["algo={lr: 0.001, epochs: 2}", "run={seed: 5}"])  # whole sections too
+    assert resolved_config(config)["algo"]["critic_hidden_sizes"] == [64, 16]  # the stored resolved config agrees
+    config = parse_config(SMOKE, ["algo={lr: 0.001, epochs: 2}", "run={seed: 5}"])  # whole sections too
     assert (config.algo.lr, config.algo.epochs, config.run.seed) == (0.001, 2, 5)
 
 
@@ -101,8 +101,8 @@ def test_unknown_section_is_rejected():
 def test_padded_agents_take_no_part_in_the_loss(algorithm):
     from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-    config = load_config(SMOKE, ["env.max_agents=5"])  # at most 3 layers: two or more padded agents
-    env = make_env({section: config[section] for section in ("env", "family")}, seed=0)
+    config = parse_config(SMOKE, ["env.max_agents=5"])  # at most 3 layers: two or more padded agents
+    env = make_env({"env": config.env, "family": config.family}, seed=0)
     agent = GANNOAgent.create(hidden_sizes=(16,), interval=10, seed=0)
     actor, critic = make_modules(agent, (16,), algorithm)
     loss = (MAPPOLoss if algorithm == "mappo" else IPPOLoss)(actor, critic)
@@ -155,8 +155,9 @@ def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
     from agents.networks import POLICY_STATE, recurrent_env
     from envs.config import env_config, family_from_config
 
-    config = load_config(SMOKE)
-    env = recurrent_env(family_from_config(config), env_config(config), seed=0, state_size=8)
+    config = parse_config(SMOKE)
+    sections = {"env": config.env, "family": config.family}
+    env = recurrent_env(family_from_config(sections), env_config(sections), seed=0, state_size=8)
     agent = GANNOAgent.create(hidden_sizes=(16,), interval=10, recurrent_size=8, seed=0)
     actor, _ = make_modules(agent, (16,), "mappo")
     with torch.no_grad():

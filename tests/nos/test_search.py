@@ -142,7 +142,7 @@ def test_killed_worker_is_retried_and_a_persistent_crash_is_recorded(tmp_path, m
     [
         (["rounds_total=3"], ValueError, r"Unknown config key `rounds_total`.*did you mean `rounds`"),
         (["train.learning_rate=0.1"], ValueError, r"Unknown config key `train.learning_rate`"),
-        (["rounds=three"], ValueError, r"config key `rounds`"),
+        (["rounds=three"], ValueError, r"`rounds` in the overrides must be an int, got 'three'"),
         (["rounds=0"], ValueError, r"`rounds` must be an int >= 1, got 0"),
         (["space.operands=[]"], ValueError, r"`operands` must be a non-empty list, got \[\]"),
         (["space.operands=[gradient]"], UnknownNameError, r"unknown operand 'gradient'"),
