@@ -11,7 +11,7 @@ registered by name in :data:`SCHEDULES`:
 :func:`with_schedule` makes a LightningModule's ``configure_optimizers`` return its optimizer plus
 a per-step :class:`~torch.optim.lr_scheduler.LambdaLR` following one of them, and
 :func:`scale_initial_lr` multiplies a module's initial learning rate (the "10x too high / too low"
-conditions of ``python -m agents.evaluation``).
+conditions of ``ganno-evaluate``).
 
 Example::
 
@@ -193,7 +193,7 @@ def with_schedule(module: LightningModule, schedule: str, total_steps: int) -> L
 
     Example::
 
-        >>> from envs.tasks import DigitsMLP
+        >>> from ganno_lightning.envs.tasks import DigitsMLP
         >>> model = DigitsMLP(depth=1, width=8, lr=0.1, batch_size=32, optimizer="sgd", seed=0)
         >>> config = with_schedule(model, "cosine", total_steps=100).configure_optimizers()
         >>> config["lr_scheduler"]["interval"], type(config["lr_scheduler"]["scheduler"]).__name__
@@ -224,7 +224,7 @@ def without_schedule(module: LightningModule) -> LightningModule:
 
     Example::
 
-        >>> from envs.tasks import DigitsMLP
+        >>> from ganno_lightning.envs.tasks import DigitsMLP
         >>> model = with_schedule(DigitsMLP(1, 8, 0.1, 32, "sgd", 0), "constant", 10)
         >>> type(without_schedule(model).configure_optimizers()).__name__
         'SGD'
@@ -273,7 +273,7 @@ def scale_initial_lr(module: LightningModule, factor: float, attribute: str = "l
 
     Example::
 
-        >>> from envs.tasks import DigitsMLP
+        >>> from ganno_lightning.envs.tasks import DigitsMLP
         >>> model = DigitsMLP(depth=1, width=8, lr=0.01, batch_size=32, optimizer="adam", seed=0)
         >>> scale_initial_lr(model, 10), model.configure_optimizers().param_groups[0]["lr"]
         (0.1, 0.1)

@@ -12,8 +12,8 @@ from torchrl.data import Composite, Unbounded
 from torchrl.envs import EnvBase, TensorDictPrimer, TransformedEnv
 from torchrl.modules import ProbabilisticActor
 
-from envs import keys
-from envs.layerwise_env import LayerwiseLREnv
+from ganno_lightning.envs import keys
+from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.policy import ObservationNormalizer, PolicyNet, pool_agents
 

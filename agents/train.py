@@ -1,8 +1,8 @@
 """Meta-train a GANNO agent with MAPPO (or IPPO) in TorchRL, and export the deployable agent file.
 
-    python -m agents.train configs/ganno_smoke.yaml                     # seconds
-    python -m agents.train configs/ganno_default.yaml run.workers=2     # the shipped default agent
-    python -m agents.train configs/ganno_default.yaml run.resume=true   # continue a stopped run
+    ganno-train configs/ganno_smoke.yaml                     # seconds
+    ganno-train configs/ganno_default.yaml run.workers=2     # the shipped default agent
+    ganno-train configs/ganno_default.yaml run.resume=true   # continue a stopped run
 
 The script reads top to bottom: config, environments, networks, loss, then the loop where
 collection, advantage estimation (multi-agent GAE) and minibatch PPO updates are all visible.
@@ -29,10 +29,10 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules, recurrent_env
-from envs import keys
-from envs.config import env_config, family_from_config
-from envs.layerwise_env import LayerwiseLREnv
+from ganno_lightning.agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules, recurrent_env
+from ganno_lightning.envs import keys
+from ganno_lightning.envs.config import env_config, family_from_config
+from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.config import ConfigCommandLine, load_config
 from ganno_lightning.files import atomic_file
@@ -79,7 +79,7 @@ class RunConfig:
 class MetaTrainingConfig:
     """A meta-training config: the env and family sections (checked by the env), ``algo`` and ``run``."""
 
-    # As written, not filled with defaults: agent files record them so (envs.config checks them).
+    # As written, not filled with defaults: agent files record them so (ganno_lightning.envs.config checks them).
     env: dict[str, Any] = field(default_factory=dict)  # EnvConfig's keys, see configs/env_default.yaml
     family: dict[str, Any] = field(default_factory=dict)  # the task family: {name, train, heldout} or a mixture
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -368,14 +368,14 @@ def _progress(run: RunConfig, frames: int) -> Any:
                 unit="env step", dynamic_ncols=True)
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m agents.train CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
-    cli = ConfigCommandLine("python -m agents.train", __doc__, MetaTrainingConfig, see="configs/ganno_default.yaml")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ganno-train CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("ganno-train", __doc__, MetaTrainingConfig, see="configs/ganno_default.yaml")
     config = cli.load(parse_config, cli.parse_args(argv))
     path = train(config)
     print(f"agent written to {path}")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

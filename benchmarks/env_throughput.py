@@ -24,10 +24,10 @@ from torchrl.envs import ParallelEnv
 
 from report import write_report
 
-from envs import keys
-from envs.layerwise_env import EnvConfig, LayerwiseLREnv
-from envs.task import TaskFamily, TrainingTask
-from envs.tasks import FAMILIES, make_family
+from ganno_lightning.envs import keys
+from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
+from ganno_lightning.envs.task import TaskFamily, TrainingTask
+from ganno_lightning.envs.tasks import FAMILIES, make_family
 
 RESULTS = Path(__file__).parent / "results" / "env_throughput.md"
 

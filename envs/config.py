@@ -22,8 +22,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from envs.layerwise_env import EnvConfig, LayerwiseLREnv
-from envs.task import MixtureFamily, TaskFamily
+from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
+from ganno_lightning.envs.task import MixtureFamily, TaskFamily
 from ganno_lightning import config as shared
 from ganno_lightning.config import unknown_key_error
 
@@ -66,7 +66,7 @@ def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
 
 def family_from_config(config: DictConfig | dict, section: str = "family") -> TaskFamily:
     """The family of ``config[section]``: ``{name, train, heldout}``, or ``{name: mixture, members: [...]}``."""
-    from envs.tasks import make_family
+    from ganno_lightning.envs.tasks import make_family
 
     raw = config.get(section) if config is not None else None
     if raw is None or "name" not in raw:

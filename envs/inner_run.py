@@ -22,7 +22,7 @@ from lightning.pytorch.core.optimizer import (
 )
 from lightning.pytorch.utilities import move_data_to_device
 
-from envs.task import Split, TaskFamily, TrainingTask
+from ganno_lightning.envs.task import Split, TaskFamily, TrainingTask
 
 #: The CPU RNG state, then one state per CUDA device the run trains on.
 RNGStates = tuple[torch.Tensor, ...]
@@ -107,7 +107,7 @@ class InnerRun:
 
     Example::
 
-        >>> from envs.tasks import make_family
+        >>> from ganno_lightning.envs.tasks import make_family
         >>> task, rng = sample_task(make_family("mlp_digits"), torch.Generator().manual_seed(0), "train", "cpu")
         >>> run = InnerRun(task, "cpu", rng, val_batches=2)
         >>> losses = []

@@ -5,7 +5,7 @@ OBSERVATION = (GROUP, "observation")
 MASK = (GROUP, "mask")
 ACTION = (GROUP, "action")
 REWARD = (GROUP, "reward")
-#: A recurrent actor's per-agent state before a decision (added by agents.networks.recurrent_env).
+#: A recurrent actor's per-agent state before a decision (added by ganno_lightning.agents.networks.recurrent_env).
 POLICY_STATE = (GROUP, "policy_state")
 DONE = "done"
 TERMINATED = "terminated"

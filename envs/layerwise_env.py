@@ -1,7 +1,7 @@
 """LayerwiseLREnv: a LightningModule's training run as a TorchRL multi-agent environment.
 
 This module holds the TorchRL face (specs, ``_reset``, ``_step``, ``_set_seed``); the training run
-itself is :mod:`envs.inner_run` and the reward :mod:`envs.reward`.
+itself is :mod:`ganno_lightning.envs.inner_run` and the reward :mod:`ganno_lightning.envs.reward`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
-from envs import keys
-from envs.inner_run import InnerRun, TaskError, sample_task
-from envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
-from envs.task import SPLITS, TaskFamily, TrainingTask
+from ganno_lightning.envs import keys
+from ganno_lightning.envs.inner_run import InnerRun, TaskError, sample_task
+from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
+from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
@@ -150,7 +150,7 @@ class LayerwiseLREnv(EnvBase):
 
     Example::
 
-        >>> from envs.tasks import make_family
+        >>> from ganno_lightning.envs.tasks import make_family
         >>> env = LayerwiseLREnv(make_family("mlp_digits"), EnvConfig(horizon=50, interval=10), seed=0)
         >>> td = env.rollout(3)
         >>> td["agents", "observation"].shape[-1] == NUM_FEATURES

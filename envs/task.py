@@ -98,7 +98,7 @@ class SingleTask(TaskFamily):
 
         import functools
         from torchrl.envs import ParallelEnv
-        from envs import EnvConfig, LayerwiseLREnv, SingleTask
+        from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask
 
         family = SingleTask("my_pkg.models:MyModule", lr=1e-3)   # MyModule(lr=1e-3) every episode
         config = EnvConfig(horizon=200, interval=25)
@@ -164,7 +164,7 @@ class MixtureFamily(TaskFamily):
 
     Example::
 
-        from envs.tasks import make_family
+        from ganno_lightning.envs.tasks import make_family
         family = MixtureFamily([make_family("mlp_digits"), make_family("teacher_student")])
     """
 

@@ -5,8 +5,8 @@ calls :func:`load_config` with it; the tool's own ``validate`` function then che
 (ranges, required fields, known names). Its ``main`` parses the command line with
 :class:`ConfigCommandLine`, so every tool is started and fails the same way::
 
-    $ python -m ganno_lightning.pbt.runner configs/pbt_smoke.yaml populaton_size=3
-    python -m ganno_lightning.pbt.runner: error: Unknown config key `populaton_size` in the overrides (did you mean `population_size`?). Known keys: ...; see configs/pbt_digits.yaml.
+    $ ganno-pbt configs/pbt_smoke.yaml populaton_size=3
+    ganno-pbt: error: Unknown config key `populaton_size` in the overrides (did you mean `population_size`?). Known keys: ...; see configs/pbt_digits.yaml.
 
 Every error is a ``ValueError`` with one wording per kind: an unknown key (its full path, the
 closest known key, all known keys and the file that documents them), a command-line item that is
@@ -370,14 +370,14 @@ class ConfigCommandLine(argparse.ArgumentParser):
     keys with their defaults.
 
     Args:
-        prog: How the tool is started, e.g. ``python -m ganno_lightning.pbt.runner``.
+        prog: How the tool is started, e.g. ``ganno-pbt``.
         doc: The help text (the tool's module docstring).
         schema: The tool's structured config; ``--help`` lists its keys and defaults.
         see: The file that documents the keys, named in ``--help``.
 
     Example::
 
-        cli = ConfigCommandLine("python -m ganno_lightning.pbt.runner", __doc__, PopulationConfig)
+        cli = ConfigCommandLine("ganno-pbt", __doc__, PopulationConfig)
         args = cli.parse_args(argv)
         config = cli.load(load_config, args)  # load_config(args.config, args.overrides), errors as one line
     """

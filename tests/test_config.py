@@ -134,7 +134,7 @@ def test_a_missing_file_is_a_config_error(tmp_path):
 def test_wandb_sections_keep_each_tools_defaults_and_check_the_mode():
     from omegaconf import OmegaConf
 
-    from agents.evaluation import EvaluateConfig
+    from ganno_lightning.agents.evaluation import EvaluateConfig
     from ganno_lightning.nos.search import SearchConfig
     from ganno_lightning.pbt.runner import PopulationConfig
 
@@ -152,20 +152,20 @@ def test_wandb_sections_keep_each_tools_defaults_and_check_the_mode():
 # -- the command line of every tool ---------------------------------------------------------------
 
 def _entry_points():
-    from agents.evaluation import main as evaluate_main
-    from agents.train import main as train_main
+    from ganno_lightning.agents.evaluation import main as evaluate_main
+    from ganno_lightning.agents.train import main as train_main
     from ganno_lightning.nos.search import main as nos_main
     from ganno_lightning.pbt.ray_tune import main as ray_main
     from ganno_lightning.pbt.runner import main as pbt_main
 
     # (main, its prog, a config, a list of it with fewer than 4 entries, a setting its validation rejects)
-    return {"train": (train_main, "python -m agents.train", "ganno_smoke.yaml", "algo.hidden_sizes", "run.workers=0"),
-            "evaluate": (evaluate_main, "python -m agents.evaluation", "evaluate_smoke.yaml", "seeds", "workers=0"),
-            "nos": (nos_main, "python -m ganno_lightning.nos.search", "nos_search_smoke.yaml", "space.binary",
+    return {"train": (train_main, "ganno-train", "ganno_smoke.yaml", "algo.hidden_sizes", "run.workers=0"),
+            "evaluate": (evaluate_main, "ganno-evaluate", "evaluate_smoke.yaml", "seeds", "workers=0"),
+            "nos": (nos_main, "ganno-nos-search", "nos_search_smoke.yaml", "space.binary",
                     "rounds=0"),
-            "pbt": (pbt_main, "python -m ganno_lightning.pbt.runner", "pbt_smoke.yaml", "perturb_factors",
+            "pbt": (pbt_main, "ganno-pbt", "pbt_smoke.yaml", "perturb_factors",
                     "population_size=1"),
-            "ray": (ray_main, "python -m ganno_lightning.pbt.ray_tune", "pbt_smoke.yaml", "perturb_factors",
+            "ray": (ray_main, "ganno-pbt-ray", "pbt_smoke.yaml", "perturb_factors",
                     "population_size=1")}
 
 
@@ -215,10 +215,10 @@ def test_every_entry_point_prints_its_help_and_config_keys(entry_point, capsys):
 def test_a_bad_key_from_a_subprocess_is_one_line_without_a_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONFIGS / "ganno_smoke.yaml").read_text().replace("algo:", "algo:\n  gama: 0.9", 1))
-    result = subprocess.run([sys.executable, "-m", "agents.train", str(bad)], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "ganno_lightning.agents.train", str(bad)], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr == (f"python -m agents.train: error: Unknown config key `algo.gama` in {bad} (did you mean "
+    assert result.stderr == (f"ganno-train: error: Unknown config key `algo.gama` in {bad} (did you mean "
                              "`gamma`?). Known keys: algorithm, hidden_sizes, recurrent_size, critic_hidden_sizes, "
                              "activation, lr, gamma, lmbda, clip_epsilon, entropy_coeff, critic_coeff, epochs, "
                              "minibatch_size, max_grad_norm; see configs/ganno_default.yaml.\n")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.train import parse_config, resolved_config
+from ganno_lightning.agents.train import parse_config, resolved_config
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 from ganno_lightning.demo import main

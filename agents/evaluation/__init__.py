@@ -2,14 +2,14 @@
 
 Run it with an omegaconf YAML and ``key=value`` overrides::
 
-    python -m agents.evaluation configs/evaluate.yaml agent.path=runs/train/agent.pt workers=2
-    python -m agents.evaluation configs/evaluate_smoke.yaml agent.path=agent.pt out_dir=runs/eval_smoke
+    ganno-evaluate configs/evaluate.yaml agent.path=runs/train/agent.pt workers=2
+    ganno-evaluate configs/evaluate_smoke.yaml agent.path=agent.pt out_dir=runs/eval_smoke
 
 For every task of the suite and every seed, each *condition* trains the same freshly initialised
 module (same weights, same data order) several times with a real ``lightning.Trainer``:
 
 - ``agent``: ``GANNOCallback(agent)`` from the condition's initial LR (no scheduler underneath);
-- every baseline schedule of :mod:`agents.baselines` (``constant``, ``step_decay``, ``cosine``,
+- every baseline schedule of :mod:`ganno_lightning.agents.baselines` (``constant``, ``step_decay``, ``cosine``,
   ``warmup_cosine``) at the condition's initial LR (``<schedule>@init``), and
 - the same schedules tuned over ``lr_grid`` (``<schedule>@tuned``): per task and seed, the grid LR
   with the lowest final validation loss.
@@ -31,12 +31,12 @@ diverged run's ``final_val_loss`` is written as ``Infinity``, which ``json.load`
 ``wandb.enabled``.
 """
 
-from agents.evaluation.analysis import steps_to_target
-from agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, TargetConfig, deeper_family, load_config
-from agents.evaluation.main import evaluate, main
-from agents.evaluation.plan import Condition, conditions_of, plan_runs, run_id, task_specs
-from agents.evaluation.report import SUMMARY_COLUMNS
-from agents.evaluation.run import build_task, run_one
+from ganno_lightning.agents.evaluation.analysis import steps_to_target
+from ganno_lightning.agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, TargetConfig, deeper_family, load_config
+from ganno_lightning.agents.evaluation.main import evaluate, main
+from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, plan_runs, run_id, task_specs
+from ganno_lightning.agents.evaluation.report import SUMMARY_COLUMNS
+from ganno_lightning.agents.evaluation.run import build_task, run_one
 
 __all__ = [
     "AgentConfig",

@@ -1,7 +1,7 @@
-"""``python -m agents.evaluation CONFIG.yaml [key=value ...]``."""
+"""``ganno-evaluate CONFIG.yaml [key=value ...]``."""
 
 import sys
 
-from agents.evaluation.main import main
+from ganno_lightning.agents.evaluation.main import main
 
 sys.exit(main())

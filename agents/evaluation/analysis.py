@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
-from agents.evaluation.plan import conditions_of, run_id, task_specs
+from ganno_lightning.agents.evaluation.plan import conditions_of, run_id, task_specs
 
 
 def steps_to_target(curve, target: Optional[float]) -> Optional[int]:

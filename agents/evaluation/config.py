@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from agents.baselines import SCHEDULES
+from ganno_lightning.agents.baselines import SCHEDULES
 from ganno_lightning import config as shared
 from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
@@ -58,7 +58,7 @@ class EvaluateConfig:
     lr_grid: List[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # tuning: x the task's LR
     init_lr_factors: List[float] = field(default_factory=lambda: [1.0, 10.0, 0.1])  # one condition each
     deeper: bool = True  # add the `deeper_x2` condition (twice the meta-training max depth)
-    schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from agents.baselines
+    schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from ganno_lightning.agents.baselines
     target: TargetConfig = field(default_factory=TargetConfig)
     within: float = 0.05  # "within 5% of the tuned cosine": agent loss <= (1 + within) x its loss
     task_seed: int = 0  # seeds the draws of task hyperparameters
@@ -114,7 +114,7 @@ def validate_config(cfg: DictConfig) -> None:
     Raises:
         ValueError: Naming the first invalid key, the value received and how to fix it.
     """
-    from envs.tasks import FAMILIES, make_family
+    from ganno_lightning.envs.tasks import FAMILIES, make_family
 
     try:
         OmegaConf.to_container(cfg, throw_on_missing=True)
@@ -174,7 +174,7 @@ def validate_config(cfg: DictConfig) -> None:
     for i, source in enumerate(cfg.baselines_from):
         if not runs_log_path(source).is_file():
             raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{runs_log_path(source)}'; give the out_dir "
-                             f"of an earlier `agents.evaluation` run (it holds {RUNS_FILE}), got {source!r}.")
+                             f"of an earlier `ganno-evaluate` run (it holds {RUNS_FILE}), got {source!r}.")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     check_wandb(cfg.wandb)
@@ -195,7 +195,7 @@ def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optiona
         >>> deeper_family("mlp_digits", "heldout", {"depth": [1, 3]}, None).ranges("heldout").depth
         (6, 6)
     """
-    from envs.tasks import make_family
+    from ganno_lightning.envs.tasks import make_family
 
     family = make_family(name, train=train, heldout=heldout, prefix=prefix)
     depth = 2 * family.ranges("train").depth[1]

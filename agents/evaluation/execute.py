@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from agents.evaluation.config import runs_log_path
-from agents.evaluation.run import run_one
+from ganno_lightning.agents.evaluation.config import runs_log_path
+from ganno_lightning.agents.evaluation.run import run_one
 from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
 
 

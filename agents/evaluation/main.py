@@ -11,18 +11,18 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from agents.evaluation.analysis import compare, headline_targets, summarise
-from agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
-from agents.evaluation.execute import copy_baselines, execute
-from agents.evaluation.plan import agent_path, conditions_of, plan_runs
-from agents.evaluation.report import (
+from ganno_lightning.agents.evaluation.analysis import compare, headline_targets, summarise
+from ganno_lightning.agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
+from ganno_lightning.agents.evaluation.execute import copy_baselines, execute
+from ganno_lightning.agents.evaluation.plan import agent_path, conditions_of, plan_runs
+from ganno_lightning.agents.evaluation.report import (
     plot_loss_curves,
     plot_schedules,
     summary_table,
     targets_table,
     write_report,
 )
-from agents.evaluation.run import load_agent
+from ganno_lightning.agents.evaluation.run import load_agent
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import read_log
@@ -112,13 +112,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m agents.evaluation CONFIG.yaml [key=value ...]``; prints the summary tables.
+    """``ganno-evaluate CONFIG.yaml [key=value ...]``; prints the summary tables.
 
     Returns:
         0, or 1 if any run failed with an error (divergence is a result, not a failure). A bad
         config exits with one line and status 2.
     """
-    cli = ConfigCommandLine("python -m agents.evaluation", importlib.import_module(__package__).__doc__,
+    cli = ConfigCommandLine("ganno-evaluate", importlib.import_module(__package__).__doc__,
                             EvaluateConfig, see="configs/evaluate.yaml")
     cfg = cli.load(load_config, cli.parse_args(argv))
     results = evaluate(cfg)

@@ -23,7 +23,7 @@ def conditions_of(cfg: DictConfig) -> List[Condition]:
 
     Example::
 
-        >>> from agents.evaluation.config import load_config
+        >>> from ganno_lightning.agents.evaluation.config import load_config
         >>> [c.name for c in conditions_of(load_config({"init_lr_factors": [1.0, 10.0, 0.1]}))]
         ['init_lr_x1', 'init_lr_x10', 'init_lr_x0.1', 'deeper_x2']
     """

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
-from agents.evaluation.analysis import agent_wins, method_names, task_value
-from agents.evaluation.plan import Condition, conditions_of
+from ganno_lightning.agents.evaluation.analysis import agent_wins, method_names, task_value
+from ganno_lightning.agents.evaluation.plan import Condition, conditions_of
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:

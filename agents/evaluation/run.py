@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from agents.evaluation.config import deeper_family
+from ganno_lightning.agents.evaluation.config import deeper_family
 from ganno_lightning.trials.curve import LearningCurve
 from ganno_lightning.trials.trainer import short_run_trainer
 
@@ -23,14 +23,14 @@ def build_task(spec: Dict[str, Any], seed: int):
 
     Example::
 
-        >>> from agents.evaluation.config import load_config
-        >>> from agents.evaluation.plan import task_specs
+        >>> from ganno_lightning.agents.evaluation.config import load_config
+        >>> from ganno_lightning.agents.evaluation.plan import task_specs
         >>> spec = task_specs(load_config({"suite": [{"family": "mlp_digits", "tasks": 1}]}), deeper=False)[0]
         >>> a, b = build_task(spec, seed=0), build_task(spec, seed=0)
         >>> a.name == b.name and bool((a.module.net[0].weight == b.module.net[0].weight).all())
         True
     """
-    from envs.tasks import ZooModule, make_family
+    from ganno_lightning.envs.tasks import ZooModule, make_family
 
     if spec["deeper"]:
         family = deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"])
@@ -72,7 +72,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     try:
         torch.set_num_threads(int(job["torch_threads"]))
         lightning_logger.setLevel(logging.ERROR)  # "GPU available: False" etc., once per run, is noise here
-        from agents.baselines import scale_initial_lr, with_schedule
+        from ganno_lightning.agents.baselines import scale_initial_lr, with_schedule
 
         task = build_task(job["task"], job["seed"])
         module = task.module

@@ -10,7 +10,7 @@ Families (``FAMILIES``):
 Each family samples depth, width, initial LR (log-uniform), batch size and optimizer (Adam or SGD
 with momentum 0.9) from its ``train`` ranges for meta-training, or from its ``heldout`` ranges
 (deeper, wider, harder) for generalisation tests. A YAML ``family:`` section
-(``{name, train, heldout}``) maps onto :func:`make_family`; ``envs.config`` reads it.
+(``{name, train, heldout}``) maps onto :func:`make_family`; ``ganno_lightning.envs.config`` reads it.
 
 Example::
 
@@ -30,12 +30,12 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from envs.tasks.base import ZooFamily, ZooModule, make_optimizer
-from envs.tasks.cnn_digits import CNNDigitsFamily, CNNRanges, DigitsCNN
-from envs.tasks.mlp_digits import DigitsMLP, MLPDigitsFamily
-from envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges
-from envs.tasks.sequence import DelayedCopyLSTM, SequenceFamily, SequenceRanges
-from envs.tasks.teacher_student import StudentMLP, TeacherStudentFamily, TeacherStudentRanges
+from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, make_optimizer
+from ganno_lightning.envs.tasks.cnn_digits import CNNDigitsFamily, CNNRanges, DigitsCNN
+from ganno_lightning.envs.tasks.mlp_digits import DigitsMLP, MLPDigitsFamily
+from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges
+from ganno_lightning.envs.tasks.sequence import DelayedCopyLSTM, SequenceFamily, SequenceRanges
+from ganno_lightning.envs.tasks.teacher_student import StudentMLP, TeacherStudentFamily, TeacherStudentRanges
 
 #: Family name -> family class; the names used in configs (``family.name``).
 FAMILIES: dict[str, type[ZooFamily]] = {

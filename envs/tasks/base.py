@@ -3,8 +3,8 @@
 A zoo module is an ordinary LightningModule: ``training_step`` returns a positive scalar loss,
 ``validation_step`` logs ``val_loss``, ``configure_optimizers`` builds the sampled optimizer, and
 the dataloaders serve tensors built once per process. A zoo family holds validated ``train`` and
-``heldout`` :class:`~envs.tasks.ranges.TaskRanges` and turns a draw from them into a
-:class:`~envs.task.TrainingTask`.
+``heldout`` :class:`~ganno_lightning.envs.tasks.ranges.TaskRanges` and turns a draw from them into a
+:class:`~ganno_lightning.envs.task.TrainingTask`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from envs.task import SPLITS, Split, TaskFamily, TrainingTask
-from envs.tasks.data import TrainValData
-from envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
+from ganno_lightning.envs.task import SPLITS, Split, TaskFamily, TrainingTask
+from ganno_lightning.envs.tasks.data import TrainValData
+from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
 from ganno_lightning.layerwise.partition import LayerPartition
 
 #: Validation sets are small enough to score in one batch of at most this size.
@@ -92,7 +92,7 @@ class ZooModule(L.LightningModule):
         batch_size: Training batch size.
         optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
         seed: Seeds the training data order (and, per family, generated data).
-        data: Returns the dataset's cached :class:`~envs.tasks.data.TrainValData` (a module-level cached
+        data: Returns the dataset's cached :class:`~ganno_lightning.envs.tasks.data.TrainValData` (a module-level cached
             function or a ``functools.partial`` of one). The module keeps this callable, not the
             tensors, so pickling or deep-copying a task (worker processes, population members)
             does not copy the data.
@@ -102,7 +102,7 @@ class ZooModule(L.LightningModule):
 
     Example::
 
-        >>> from envs.tasks import DigitsMLP
+        >>> from ganno_lightning.envs.tasks import DigitsMLP
         >>> model = DigitsMLP(depth=1, width=16, lr=0.1, batch_size=32, optimizer="sgd", seed=0)
         >>> type(model.configure_optimizers()).__name__, len(next(iter(model.train_dataloader()))[0])
         ('SGD', 32)
@@ -187,7 +187,7 @@ class ZooFamily(TaskFamily):
 
     Example::
 
-        >>> from envs.tasks import MLPDigitsFamily
+        >>> from ganno_lightning.envs.tasks import MLPDigitsFamily
         >>> family = MLPDigitsFamily(heldout={"depth": [8, 8]})
         >>> family.ranges("heldout").depth, family.max_layers("heldout")
         ((8, 8), 9)

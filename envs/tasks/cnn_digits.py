@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from envs.tasks.base import ZooFamily, ZooModule, check_batch_size
-from envs.tasks.data import DIGITS_TRAIN_SIZE, digits
+from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size
+from ganno_lightning.envs.tasks.data import DIGITS_TRAIN_SIZE, digits
 from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
-from envs.tasks.ranges import Choices, Rule, TaskRanges
+from ganno_lightning.envs.tasks.ranges import Choices, Rule, TaskRanges
 
 #: Conv layers with stride 2 (8 -> 4 -> 2); deeper layers keep the 2x2 map, so any depth fits the
 #: 8x8 input and extra layers stay cheap. Strided convs, not max-pooling: on CPU, max-pooling such

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
-from envs.tasks.data import DIGITS_TRAIN_SIZE, digits
+from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
+from ganno_lightning.envs.tasks.data import DIGITS_TRAIN_SIZE, digits
 from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
-from envs.tasks.ranges import TaskRanges
+from ganno_lightning.envs.tasks.ranges import TaskRanges
 
 
 class DigitsMLP(ZooModule):

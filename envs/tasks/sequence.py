@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from envs.tasks.base import ZooFamily, ZooModule, check_batch_size
-from envs.tasks.data import TrainValData
-from envs.tasks.ranges import IntRange, Rule, TaskRanges
+from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size
+from ganno_lightning.envs.tasks.data import TrainValData
+from ganno_lightning.envs.tasks.ranges import IntRange, Rule, TaskRanges
 
 VOCAB = 10
 NUM_TRAIN = 2048

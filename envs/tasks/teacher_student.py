@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
-from envs.tasks.data import TrainValData
-from envs.tasks.ranges import FloatRange, Rule, TaskRanges
+from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
+from ganno_lightning.envs.tasks.data import TrainValData
+from ganno_lightning.envs.tasks.ranges import FloatRange, Rule, TaskRanges
 
 INPUT_DIM = 16
 OUTPUT_DIM = 4

@@ -33,7 +33,7 @@ from ganno_lightning.layerwise.policy import (
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
 FORMAT_VERSION = 2
 
-#: The agent that ships inside the package (produced by ``python -m agents.train``).
+#: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
 
 _REQUIRED_KEYS = ("format_version", "feature_names", "action_multipliers", "interval", "scale_bounds", "actor",
@@ -244,7 +244,7 @@ class GANNOAgent:
         if not path.is_file():
             raise AgentCheckpointError(
                 f"Agent file not found: '{path}'. Pass the path of a file written by `GANNOAgent.save` "
-                "(e.g. the `agent.pt` exported by `python -m agents.train`)."
+                "(e.g. the `agent.pt` exported by `ganno-train`)."
             )
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -298,7 +298,7 @@ class GANNOAgent:
         if not DEFAULT_AGENT_PATH.is_file():
             raise AgentCheckpointError(
                 "No default GANNO agent ships with this version of ganno-lightning yet. Train one with "
-                "`python -m agents.train configs/ganno_default.yaml` and pass its exported file as "
+                "`ganno-train configs/ganno_default.yaml` and pass its exported file as "
                 "`GANNOCallback(agent='path/to/agent.pt')`."
             )
         return cls.load(DEFAULT_AGENT_PATH)

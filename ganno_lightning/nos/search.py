@@ -3,7 +3,7 @@ parallel worker processes, update the controller with PPO, checkpoint, repeat.
 
 Run it as a script with an omegaconf YAML and ``key=value`` overrides::
 
-    python -m ganno_lightning.nos.search configs/nos_search.yaml rounds=20 workers=4
+    ganno-nos-search configs/nos_search.yaml rounds=20 workers=4
 
 Files in ``out_dir``: ``search_state.pt`` (resumable state, written atomically, previous copy in
 ``search_state.pt.prev``), ``results.json`` (every candidate: rule, reward, status, curve) and the
@@ -384,8 +384,8 @@ class RuleSearch:
 
 
 def main(argv: Optional[list] = None) -> int:
-    """``python -m ganno_lightning.nos.search CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
-    cli = ConfigCommandLine("python -m ganno_lightning.nos.search", __doc__, SearchConfig, see="configs/nos_search.yaml")
+    """``ganno-nos-search CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("ganno-nos-search", __doc__, SearchConfig, see="configs/nos_search.yaml")
     search = cli.load(RuleSearch, cli.parse_args(argv))  # loads, validates and reads a saved state
     history = search.run()
     best = search.best()

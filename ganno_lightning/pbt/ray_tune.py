@@ -9,7 +9,7 @@ learning rate actually in effect so that this is checked, not assumed.
 
 Ray is optional and imported lazily: ``pip install "ray[tune]"``. One config serves both runners::
 
-    python -m ganno_lightning.pbt.ray_tune configs/pbt_digits.yaml population_dir=/shared/pbt --address auto
+    ganno-pbt-ray configs/pbt_digits.yaml population_dir=/shared/pbt --address auto
 
 On a cluster, ``population_dir`` must be on storage every node can reach (Ray's ``storage_path``).
 The outputs are the one-machine runner's: ``best.ckpt``, ``schedules.csv``, ``schedules.png``,
@@ -48,7 +48,7 @@ def _require_ray() -> Any:
     except ImportError as err:  # pragma: no cover - exercised only without ray
         raise ImportError(
             'Running a population on Ray needs Ray Tune: `pip install "ray[tune]>=2.9"`.'
-            " On one machine, use `python -m ganno_lightning.pbt.runner` instead (no Ray needed)."
+            " On one machine, use `ganno-pbt` instead (no Ray needed)."
         ) from err
     return ray, tune
 
@@ -336,11 +336,11 @@ def _ray_lineage(path: Path, names: list[str]) -> list[LineageEvent]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ganno_lightning.pbt.ray_tune CONFIG.yaml [key=value ...] [--address A]``; a bad config exits
+    """``ganno-pbt-ray CONFIG.yaml [key=value ...] [--address A]``; a bad config exits
     with one line and status 2."""
     from ganno_lightning.pbt.runner import PopulationConfig, load_config
 
-    cli = ConfigCommandLine("python -m ganno_lightning.pbt.ray_tune", __doc__, PopulationConfig,
+    cli = ConfigCommandLine("ganno-pbt-ray", __doc__, PopulationConfig,
                             see="configs/pbt_digits.yaml")
     cli.add_argument("--address", default=None, help="Ray cluster address, e.g. auto; default: local Ray")
     cli.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")

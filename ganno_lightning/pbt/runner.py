@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ganno_lightning.pbt.runner configs/pbt_digits.yaml population_dir=runs/digits max_epochs=30
+    ganno-pbt configs/pbt_digits.yaml population_dir=runs/digits max_epochs=30
 
 The coordinator process checks the configuration and the task (monitored metric logged, every
 hyperparameter settable) before any member starts, registers each member with its initial values
@@ -387,8 +387,8 @@ def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ganno_lightning.pbt.runner CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
-    cli = ConfigCommandLine("python -m ganno_lightning.pbt.runner", __doc__, PopulationConfig,
+    """``ganno-pbt CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
+    cli = ConfigCommandLine("ganno-pbt", __doc__, PopulationConfig,
                             see="configs/pbt_digits.yaml")
     cli.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one member
     args = cli.parse_args(argv)

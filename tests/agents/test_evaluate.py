@@ -11,8 +11,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
 
-from agents import evaluation as ev
-from agents.baselines import (
+from ganno_lightning.agents import evaluation as ev
+from ganno_lightning.agents.baselines import (
     SCHEDULES,
     ScheduleMultiplier,
     constant,
@@ -23,7 +23,7 @@ from agents.baselines import (
     with_schedule,
     without_schedule,
 )
-from envs.tasks import DigitsMLP
+from ganno_lightning.envs.tasks import DigitsMLP
 from ganno_lightning.layerwise.agent import GANNOAgent
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "evaluate_smoke.yaml"
@@ -354,7 +354,7 @@ def test_worker_processes_give_the_same_results_as_in_process(agent_file, tmp_pa
     assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
 
 
-@pytest.mark.parametrize("name", ["agents.baselines", *(f"agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis"))])
+@pytest.mark.parametrize("name", ["ganno_lightning.agents.baselines", *(f"ganno_lightning.agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis"))])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.networks import LOG_PROB, make_modules
-from agents.train import parse_config, resolved_config, train
-from envs import keys
-from envs.config import make_env
+from ganno_lightning.agents.networks import LOG_PROB, make_modules
+from ganno_lightning.agents.train import parse_config, resolved_config, train
+from ganno_lightning.envs import keys
+from ganno_lightning.envs.config import make_env
 from ganno_lightning import GANNOAgent, GANNOCallback
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
@@ -152,8 +152,8 @@ def test_recurrent_actor_trains_on_worker_processes_and_deploys(tmp_path):
 
 
 def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
-    from agents.networks import POLICY_STATE, recurrent_env
-    from envs.config import env_config, family_from_config
+    from ganno_lightning.agents.networks import POLICY_STATE, recurrent_env
+    from ganno_lightning.envs.config import env_config, family_from_config
 
     config = parse_config(SMOKE)
     sections = {"env": config.env, "family": config.family}

@@ -8,7 +8,7 @@ from helpers import TinyRegressor, regression_data
 from torch import nn
 from torch.utils.data import DataLoader
 
-from envs.task import TaskFamily, TrainingTask
+from ganno_lightning.envs.task import TaskFamily, TrainingTask
 
 
 class DepthFamily(TaskFamily):

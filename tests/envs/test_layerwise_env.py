@@ -10,8 +10,8 @@ from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
 
-from envs import EnvConfig, LayerwiseLREnv, SingleTask, TaskError, keys, load_config
-from envs.config import env_config
+from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, TaskError, keys, load_config
+from ganno_lightning.envs.config import env_config
 from ganno_lightning import FEATURE_NAMES
 
 SMALL = dict(horizon=32, interval=4)
@@ -223,7 +223,7 @@ def test_dead_worker_is_reported_not_hung():
 def test_smoke_config_builds_a_working_env():
     from pathlib import Path
 
-    from envs.config import make_env
+    from ganno_lightning.envs.config import make_env
 
     root = Path(__file__).parents[2]
     for name in ("env_smoke.yaml", "env_default.yaml"):

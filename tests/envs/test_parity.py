@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import TinyRegressor, trainer
 
-from envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
+from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.layerwise.agent import Decision
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from envs.reward import EpisodeReward, log_improvement
+from ganno_lightning.envs.reward import EpisodeReward, log_improvement
 
 
 def reward(reference="first", val_weight=0.0):
@@ -40,7 +40,7 @@ def test_zero_loss_gives_a_finite_reward_and_bad_reference_is_named():
         reward("last")
 
 
-@pytest.mark.parametrize("module", ["envs.reward", "envs.inner_run"])
+@pytest.mark.parametrize("module", ["ganno_lightning.envs.reward", "ganno_lightning.envs.inner_run"])
 def test_docstring_examples(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)

@@ -10,7 +10,7 @@ from envtasks import RegressionData, make_regressor
 from helpers import TinyRegressor
 from torchrl.envs import ParallelEnv
 
-from envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
+from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
 
 SMALL = EnvConfig(horizon=32, interval=4)
 

@@ -12,8 +12,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from envs.tasks import FAMILIES, TaskRanges, make_family
-from envs.tasks.data import digits
+from ganno_lightning.envs.tasks import FAMILIES, TaskRanges, make_family
+from ganno_lightning.envs.tasks.data import digits
 from ganno_lightning.layerwise.partition import LayerPartition
 
 NAMES = sorted(FAMILIES)
@@ -289,6 +289,6 @@ def test_ranges_instances_are_accepted_and_normalised():
     "module", ["ranges", "base", "data", "mlp_digits", "cnn_digits", "teacher_student", "sequence", "__init__"]
 )
 def test_docstring_examples(module):
-    mod = importlib.import_module("envs.tasks" if module == "__init__" else f"envs.tasks.{module}")
+    mod = importlib.import_module("ganno_lightning.envs.tasks" if module == "__init__" else f"ganno_lightning.envs.tasks.{module}")
     result = doctest.testmod(mod, extraglobs={**vars(mod), "torch": torch, "nn": nn}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

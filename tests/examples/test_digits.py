@@ -4,7 +4,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from envs.tasks.data import digits
+from ganno_lightning.envs.tasks.data import digits
 from ganno_lightning.examples.digits import (
     DigitsClassifier,
     DigitsDataModule,

@@ -53,7 +53,7 @@ def test_wrong_agent_type_is_rejected():
 
 @pytest.mark.skipif(DEFAULT_AGENT_PATH.is_file(), reason="a default agent ships")
 def test_without_default_agent_the_error_says_how_to_train_one():
-    with pytest.raises(AgentCheckpointError, match="python -m agents.train"):
+    with pytest.raises(AgentCheckpointError, match="ganno-train"):
         GANNOCallback()
 
 
