@@ -17,22 +17,13 @@ from typing import TYPE_CHECKING
 
 from ganno_lightning._lazy import lazy_exports
 
-#: Public name -> the module that defines it (the one source of truth for the exports).
-_EXPORTS = {
-    "load_config": "ganno_lightning.envs.config",
-    "make_env": "ganno_lightning.envs.config",
-    "TaskError": "ganno_lightning.envs.inner_run",
-    "EnvConfig": "ganno_lightning.envs.layerwise_env",
-    "LayerwiseLREnv": "ganno_lightning.envs.layerwise_env",
-    "MixtureFamily": "ganno_lightning.envs.task",
-    "SingleTask": "ganno_lightning.envs.task",
-    "TaskFamily": "ganno_lightning.envs.task",
-    "TrainingTask": "ganno_lightning.envs.task",
-}
-
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+#: Module -> the public names it defines (the one source of truth for the exports).
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".config": ["load_config", "make_env"],
+    ".inner_run": ["TaskError"],
+    ".layerwise_env": ["EnvConfig", "LayerwiseLREnv"],
+    ".task": ["MixtureFamily", "SingleTask", "TaskFamily", "TrainingTask"],
+})
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.envs.config import load_config, make_env

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import importlib.util
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
-def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package`` that import ``exports[name]`` on first use.
+def lazy_exports(
+    package: str, exports: Mapping[str, Iterable[str]]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+    """``__getattr__``, ``__dir__`` and ``__all__`` for ``package``, importing each name on first use.
 
     Args:
         package: The package's ``__name__``.
-        exports: Public name -> absolute name of the module that defines it.
+        exports: Module -> the public names it defines. A module name starting with ``.`` is
+            relative to ``package``.
 
     Example::
 
-        __getattr__, __dir__ = lazy_exports(__name__, {"GANNOCallback": "ganno_lightning.layerwise.callback"})
+        __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+            ".curve": ["LearningCurve"],
+            "ganno_lightning.trials.pool": ["JobPool", "read_log"],
+        })
     """
+    module_of = {name: importlib.util.resolve_name(module, package) if module.startswith(".") else module
+                 for module, names in exports.items() for name in names}
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str) -> Any:
-        module = exports.get(name)
+        module = module_of.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(module), name)
@@ -29,6 +38,6 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[Callable[[st
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(exports))
+        return sorted(set(namespace) | set(module_of))
 
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(module_of)

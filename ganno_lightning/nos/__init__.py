@@ -12,34 +12,13 @@ from ganno_lightning.nos.optimizer import NonFiniteUpdateError, RuleOptimizer
 from ganno_lightning.nos.rules import NAMED_RULES, addsign, linear_cosine_decay, powersign, with_linear_cosine_decay
 
 # the search pulls in TorchRL (slow to import); load it only when asked for
-_LAZY = {
-    "RuleSearch": "ganno_lightning.nos.search",
-    "SearchConfig": "ganno_lightning.nos.search",
-    "SearchSpace": "ganno_lightning.nos.controller",
-    "RuleController": "ganno_lightning.nos.controller",
-    "ControllerPPO": "ganno_lightning.nos.controller",
-}
+__getattr__, __dir__, _LAZY_NAMES = lazy_exports(__name__, {
+    ".search": ["RuleSearch", "SearchConfig"],
+    ".controller": ["ControllerPPO", "RuleController", "SearchSpace"],
+})
 
-
-__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
-
-
-__all__ = [
-    "ControllerPPO",
-    "NAMED_RULES",
-    "NonFiniteUpdateError",
-    "Rule",
-    "RuleOptimizer",
-    "RuleController",
-    "RuleSearch",
-    "RuleSearchCallback",
-    "RuleSyntaxError",
-    "SearchConfig",
-    "SearchSpace",
-    "UnknownNameError",
-    "addsign",
-    "linear_cosine_decay",
-    "parse_rule",
-    "powersign",
+__all__ = sorted([
+    *_LAZY_NAMES, "NAMED_RULES", "NonFiniteUpdateError", "Rule", "RuleOptimizer", "RuleSearchCallback",
+    "RuleSyntaxError", "UnknownNameError", "addsign", "linear_cosine_decay", "parse_rule", "powersign",
     "with_linear_cosine_decay",
-]
+])

@@ -13,29 +13,14 @@ Example::
 
 from ganno_lightning._lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     # the search space and the setters are shared by every tuner: they live in ganno_lightning.tuning
-    "Hyperparameter": "ganno_lightning.tuning.space",
-    "CallbackAttribute": "ganno_lightning.tuning.setters",
-    "FunctionSetter": "ganno_lightning.tuning.setters",
-    "ModuleAttribute": "ganno_lightning.tuning.setters",
-    "BinaryTournament": "core",
-    "ExploitDecision": "core",
-    "Explorer": "core",
-    "LineageEvent": "core",
-    "NoExploit": "core",
-    "PBTStrategy": "core",
-    "ReadyCriterion": "core",
-    "TruncationSelection": "core",
-    "PopulationStore": "store",
-    "PBTCallback": "callback",
-    "PopulationConfig": "runner",
-    "run_population": "runner",
-    "plot_schedules": "plot",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, {name: module if "." in module else f"{__name__}.{module}"
-                                                    for name, module in _EXPORTS.items()})
+    "ganno_lightning.tuning.space": ["Hyperparameter"],
+    "ganno_lightning.tuning.setters": ["CallbackAttribute", "FunctionSetter", "ModuleAttribute"],
+    ".core": ["BinaryTournament", "ExploitDecision", "Explorer", "LineageEvent", "NoExploit", "PBTStrategy",
+              "ReadyCriterion", "TruncationSelection"],
+    ".store": ["PopulationStore"],
+    ".callback": ["PBTCallback"],
+    ".runner": ["PopulationConfig", "run_population"],
+    ".plot": ["plot_schedules"],
+})

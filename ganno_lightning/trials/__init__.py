@@ -17,20 +17,13 @@ from typing import TYPE_CHECKING
 
 from ganno_lightning._lazy import lazy_exports
 
-_EXPORTS = {
-    "short_run_trainer": "ganno_lightning.trials.trainer",
-    "LearningCurve": "ganno_lightning.trials.curve",
-    "JobFailure": "ganno_lightning.trials.pool",
-    "JobPool": "ganno_lightning.trials.pool",
-    "finished_record": "ganno_lightning.trials.pool",
-    "read_log": "ganno_lightning.trials.pool",
-}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".trainer": ["short_run_trainer"],
+    ".curve": ["LearningCurve"],
+    ".pool": ["JobFailure", "JobPool", "finished_record", "read_log"],
+})
 
-__all__ = sorted(_EXPORTS)
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.trials.curve import LearningCurve
     from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
     from ganno_lightning.trials.trainer import short_run_trainer

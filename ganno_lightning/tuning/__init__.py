@@ -14,21 +14,8 @@ Example::
 
 from ganno_lightning._lazy import lazy_exports
 
-_EXPORTS = {
-    "Hyperparameter": "space",
-    "clip_values": "space",
-    "parse_space": "space",
-    "sample_values": "space",
-    "BUILTIN_SETTERS": "setters",
-    "CallbackAttribute": "setters",
-    "FunctionSetter": "setters",
-    "HyperparameterSetter": "setters",
-    "ModuleAttribute": "setters",
-    "OptimizerHyperparameter": "setters",
-    "resolve_setters": "setters",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _EXPORTS.items()})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".space": ["Hyperparameter", "clip_values", "parse_space", "sample_values"],
+    ".setters": ["BUILTIN_SETTERS", "CallbackAttribute", "FunctionSetter", "HyperparameterSetter",
+                 "ModuleAttribute", "OptimizerHyperparameter", "resolve_setters"],
+})
