@@ -34,7 +34,7 @@ from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.config import ConfigCommandLine, load_config
+from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.features import FEATURE_NAMES
 
@@ -126,6 +126,9 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          f"({run.frames_per_batch}).")
     if run.backend not in ("local", "ray"):
         raise ValueError(f"`run.backend` must be 'local' or 'ray', got {run.backend!r}.")
+    # Flat run.wandb* keys rather than a WandbConfig section: the shipped agent file records them so.
+    if run.wandb_mode not in WANDB_MODES:
+        raise ValueError(f"`run.wandb_mode` must be 'online', 'offline' or 'disabled', got {run.wandb_mode!r}.")
     if not 0 < algo.gamma <= 1 or not 0 <= algo.lmbda <= 1 or algo.lr <= 0:
         raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
                          f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 
-from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
-from ganno_lightning.envs.task import MixtureFamily, TaskFamily
 from ganno_lightning import config as shared
 from ganno_lightning.config import unknown_key_error
+from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
+from ganno_lightning.envs.task import MixtureFamily, TaskFamily
+from ganno_lightning.envs.tasks import make_family
 
 _SECTIONS = ("env", "family")
 _FAMILY_KEYS = ("name", "train", "heldout")
@@ -50,24 +50,20 @@ def load_config(source: str | os.PathLike | dict | DictConfig, overrides: Sequen
     return shared.load_config(EnvFileConfig, source, overrides, see="configs/env_default.yaml")
 
 
-def env_config(config: DictConfig | dict, section: str = "env") -> EnvConfig:
-    """The validated :class:`EnvConfig` of ``config[section]``; unknown keys name themselves."""
-    raw = config.get(section) if config is not None else None
-    schema = OmegaConf.structured(EnvConfig)
-    try:
-        merged = OmegaConf.merge(schema, raw or {})
-    except ConfigKeyError as err:
-        raise unknown_key_error(f"{section}.{err.key}", EnvConfig.__dataclass_fields__,
-                                see="configs/env_default.yaml") from None
-    except ValidationError as err:
-        raise ValueError(f"`{section}.{err.full_key}`: {str(err).splitlines()[0]}") from None
-    return OmegaConf.to_object(merged).validate(section)
+def env_config(config: DictConfig | dict) -> EnvConfig:
+    """The validated :class:`EnvConfig` of ``config["env"]``, read by the shared loader (one wording of errors).
+
+    Example::
+
+        settings = env_config({"env": {"horizon": 200, "interval": 25}})
+    """
+    raw = config.get("env") if config is not None else None
+    loaded = shared.load_config(EnvFileConfig, {"env": raw or {}}, see="configs/env_default.yaml")
+    return OmegaConf.to_object(loaded.env).validate("env")
 
 
 def family_from_config(config: DictConfig | dict, section: str = "family") -> TaskFamily:
     """The family of ``config[section]``: ``{name, train, heldout}``, or ``{name: mixture, members: [...]}``."""
-    from ganno_lightning.envs.tasks import make_family
-
     raw = config.get(section) if config is not None else None
     if raw is None or "name" not in raw:
         raise ValueError(f"`{section}.name` is required: the task family to train on (e.g. mlp_digits).")
@@ -75,7 +71,7 @@ def family_from_config(config: DictConfig | dict, section: str = "family") -> Ta
     if plain["name"] == MixtureFamily.name:
         unknown = [k for k in plain if k not in ("name", "members")]
         if unknown:
-            raise unknown_key_error(f"{section}.{unknown[0]}", ("name", "members"))
+            raise unknown_key_error(f"{section}.{unknown[0]}", ("name", "members"), see="configs/ganno_default.yaml")
         members = plain.get("members") or []
         if not isinstance(members, list) or not members:
             raise ValueError(f"`{section}.members` must be a non-empty list of families, got {members!r}.")
@@ -84,7 +80,7 @@ def family_from_config(config: DictConfig | dict, section: str = "family") -> Ta
                               for path, m in zip(paths, members)])
     unknown = [k for k in plain if k not in _FAMILY_KEYS]
     if unknown:
-        raise unknown_key_error(f"{section}.{unknown[0]}", _FAMILY_KEYS)
+        raise unknown_key_error(f"{section}.{unknown[0]}", _FAMILY_KEYS, see="configs/env_default.yaml")
     return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"), prefix=section)
 
 
@@ -99,6 +95,7 @@ def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None)
 
 
 def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:
+    """Reject a top-level section other than ``allowed`` (``env`` and ``family``), naming the closest."""
     unknown = [k for k in config if k not in allowed]
     if unknown:
-        raise unknown_key_error(str(unknown[0]), allowed)
+        raise unknown_key_error(str(unknown[0]), allowed, see="configs/env_default.yaml")

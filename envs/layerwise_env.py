@@ -181,7 +181,7 @@ class LayerwiseLREnv(EnvBase):
         self.task: TrainingTask | None = None
         self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
-        self.reward = EpisodeReward(config.divergence_factor, config.divergence_reference,
+        self.episode_reward = EpisodeReward(config.divergence_factor, config.divergence_reference,
                                     config.divergence_penalty, config.val_weight)
         self._set_seed(seed)
 
@@ -207,7 +207,7 @@ class LayerwiseLREnv(EnvBase):
         if first_loss <= 0:
             raise TaskError(f"Task {self.task.name}: the training loss must be positive (the reward is a log-ratio "
                             f"of losses), got {first_loss!r}; shift the loss, e.g. use an NLL offset.")
-        self.reward.start(first_loss)
+        self.episode_reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
@@ -226,15 +226,15 @@ class LayerwiseLREnv(EnvBase):
             failed = True
         observation = self.controller.observe()
         loss = self.controller.last_interval_loss
-        diverged = failed or self.reward.diverged(loss)
+        diverged = failed or self.episode_reward.diverged(loss)
         if diverged:
-            reward = self.reward.penalty
+            reward = self.episode_reward.penalty
         else:
-            reward = self.reward.of_interval(loss)
+            reward = self.episode_reward.of_interval(loss)
             # Measured after the observation: like a validation epoch, it informs the next decision.
             if self._validates and self._env_steps % self.config.val_every == 0:
                 val = self._measure_validation()
-                term = self.reward.validation_term(self._prev_val, val)
+                term = self.episode_reward.validation_term(self._prev_val, val)
                 if term is not None:
                     reward += term
                 self._prev_val = val

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from ganno_lightning.imports import import_object
+from ganno_lightning.imports import import_callable
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[str, ...] = ("train", "heldout")
@@ -57,15 +57,6 @@ class TaskFamily(ABC):
 
 #: What builds a module or datamodule: an import string ``"package.module:attr"`` or a callable.
 Factory = str | Callable[..., Any]
-
-
-def _resolve(factory: Factory, argument: str) -> Callable[..., Any]:
-    """The callable ``factory`` names (an import string is imported; a callable is itself)."""
-    resolved = import_object(factory, argument=argument) if isinstance(factory, str) else factory
-    if not callable(resolved):
-        raise TypeError(f"`{argument}` must be a class or function that builds the object, or an import string "
-                        f"'package.module:attr' naming one, got {factory!r}.")
-    return resolved
 
 
 class SingleTask(TaskFamily):
@@ -116,9 +107,9 @@ class SingleTask(TaskFamily):
         name: str = "single",
         **kwargs: Any,
     ) -> None:
-        _resolve(factory, "factory")  # a bad import string fails here, not in a worker
+        import_callable(factory, argument="factory")  # a bad import string fails here, not in a worker
         if datamodule is not None:
-            _resolve(datamodule, "datamodule")
+            import_callable(datamodule, argument="datamodule")
         elif datamodule_kwargs:
             raise ValueError(f"`datamodule_kwargs` {dict(datamodule_kwargs)!r} given without `datamodule`; "
                              "pass `datamodule=` too, or the arguments to the module as keyword arguments.")
@@ -130,13 +121,13 @@ class SingleTask(TaskFamily):
         self._max_layers = max_layers
 
     def _build(self) -> tuple[L.LightningModule, L.LightningDataModule | None]:
-        made = _resolve(self.factory, "factory")(**self.kwargs)
+        made = import_callable(self.factory, argument="factory")(**self.kwargs)
         module, datamodule = made if isinstance(made, tuple) else (made, None)
         if self.datamodule is not None:
             if datamodule is not None:
                 raise ValueError(f"`factory` {self.factory!r} returned a datamodule and `datamodule` is set too; "
                                  "pass only one of them.")
-            datamodule = _resolve(self.datamodule, "datamodule")(**self.datamodule_kwargs)
+            datamodule = import_callable(self.datamodule, argument="datamodule")(**self.datamodule_kwargs)
         return module, datamodule
 
     def sample(self, generator: torch.Generator, split: Split = "train") -> TrainingTask:
@@ -147,7 +138,7 @@ class SingleTask(TaskFamily):
         if self._max_layers is None:
             from ganno_lightning.layerwise.partition import LayerPartition
 
-            made = _resolve(self.factory, "factory")(**self.kwargs)
+            made = import_callable(self.factory, argument="factory")(**self.kwargs)
             module = made[0] if isinstance(made, tuple) else made
             self._max_layers = len(LayerPartition.from_module(module))
         return self._max_layers

@@ -280,24 +280,35 @@ def _apply_override(config: DictConfig, item: str, kind: type, see: str | None) 
             config = OmegaConf.merge(config, OmegaConf.from_dotlist([item]))
     except OmegaConfBaseException as err:
         raise _error(err, kind, OVERRIDES, see) from None
+    except (TypeError, ValueError) as err:  # omegaconf's own parsing of the key (`sizes.x` of a list)
+        raise ValueError(f"Override {item!r} cannot be applied: {err}.") from None
     return config
 
 
 def _check_indices(config: DictConfig, item: str, key: str) -> None:
-    """Reject an index past the end of its list (omegaconf says so only for lists of plain values)."""
+    """Reject an index past the end of its list, or into something that is not a list.
+
+    omegaconf itself reports the first only for lists of plain values, and turns an index into a
+    free-form section (``env.scale_bounds[0]=0.1`` where ``env`` is a dict) into a key ``'0'``.
+    """
     node: Any = config
     path = ""
     try:
         for name, index in re.findall(r"([^.\[\]]+)|\[(-?\d+)\]", key):
+            if index and not isinstance(node, ListConfig):
+                what = "is not set" if node is _ABSENT else "is not a list"
+                raise ValueError(f"Override {item!r}: `{path}` {what}, so it has no index {index}. Set the "
+                                 f"whole value instead, e.g. {path}=[...].")
             if isinstance(node, ListConfig) and re.fullmatch(r"-?\d+", index or name):
                 position = int(index or name)
                 if not -len(node) <= position < len(node):
                     raise _index_error(config, item, path, position)
                 node, path = node[position], f"{path}[{position}]"
-            elif isinstance(node, DictConfig) and name in node:
-                node, path = node[name], f"{path}.{name}" if path else name
+            elif isinstance(node, DictConfig) or node is _ABSENT:
+                node = node[name] if node is not _ABSENT and name in node else _ABSENT
+                path = f"{path}.{name}" if path else name
             else:
-                return  # a new or unknown key, or a value with no keys: the set itself reports it
+                return  # a value with no keys: the set itself reports it
     except OmegaConfBaseException:
         return
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -37,8 +38,10 @@ def import_object(path: str, *, argument: str = "path") -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"`{argument}` {path!r}: cannot import module {module_name!r} ({err}). "
-                         "Is its package installed or on PYTHONPATH?") from err
+        # Only a module that is not there gets the path hint; an import failing inside it is its own.
+        missing = err.name is not None and (module_name + ".").startswith(err.name + ".")
+        hint = " Is its package installed or on PYTHONPATH?" if missing else ""
+        raise ValueError(f"`{argument}` {path!r}: cannot import module {module_name!r} ({err}).{hint}") from err
     obj = module
     for depth, part in enumerate(attr.split(".")):
         try:
@@ -47,3 +50,35 @@ def import_object(path: str, *, argument: str = "path") -> Any:
             owner = ".".join([module_name, *attr.split(".")[:depth]])
             raise ValueError(f"`{argument}` {path!r}: {owner!r} has no attribute {part!r}.") from None
     return obj
+
+
+def import_callable(target: str | Callable[..., Any], *, argument: str = "path") -> Callable[..., Any]:
+    """The class or function that ``target`` is, or names as an import string (see :func:`import_object`).
+
+    Args:
+        target: A callable, or ``"package.module:attr"`` naming one.
+        argument: The caller's name for ``target``, quoted in error messages.
+
+    Raises:
+        ValueError: If the import string fails to import, or names something that is not callable.
+        TypeError: If ``target`` is neither a string nor callable.
+
+    Example::
+
+        >>> import_callable("collections:OrderedDict", argument="task.module").__name__
+        'OrderedDict'
+        >>> import_callable("math:pi", argument="task.module")
+        Traceback (most recent call last):
+        ...
+        ValueError: `task.module` 'math:pi' names a float, not a class or function that builds the object.
+    """
+    if isinstance(target, str):
+        found = import_object(target, argument=argument)
+        if not callable(found):
+            raise ValueError(f"`{argument}` {target!r} names a {type(found).__name__}, not a class or function "
+                             "that builds the object.")
+        return found
+    if not callable(target):
+        raise TypeError(f"`{argument}` must be a class or function that builds the object, or an import string "
+                        f"'package.module:attr' naming one, got {target!r}.")
+    return target

@@ -119,11 +119,32 @@ def test_every_error_in_a_file_names_the_key_and_the_file(tmp_path, data, messag
                    "e.g. sizes=[...]."),
     ("suite[3].family=c", "Override 'suite[3].family=c': `suite` has 1 entry, so it has no index 3. Set the whole "
                           "list instead, e.g. suite=[...]."),
+    # omegaconf would make a key '0' of a free-form section, or fail with a raw TypeError
+    ("free.sizes[0]=3", "Override 'free.sizes[0]=3': `free.sizes` is not set, so it has no index 0. Set the whole "
+                        "value instead, e.g. free.sizes=[...]."),
+    ("steps[0]=3", "Override 'steps[0]=3': `steps` is not a list, so it has no index 0. Set the whole value "
+                   "instead, e.g. steps=[...]."),
 ])
 def test_every_error_in_an_override_has_one_wording(override, message):
     with pytest.raises(ValueError) as err:
         load_config(Schema, None, ["steps=1", override], see="x.yaml")
     assert str(err.value) == message
+
+
+def test_an_override_that_omegaconf_cannot_parse_names_itself():
+    with pytest.raises(ValueError, match=r"^Override 'sizes\.x=3' cannot be applied: "):
+        load_config(Schema, None, ["sizes.x=3"], see="x.yaml")
+
+
+def test_an_index_into_the_free_form_env_section_of_meta_training_is_one_line(capsys):
+    from ganno_lightning.agents.train import main as train_main
+
+    with pytest.raises(SystemExit) as exit_:
+        train_main([str(CONFIGS / "ganno_smoke.yaml"), "env.scale_bounds[0]=0.1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("ganno-train: error: Override 'env.scale_bounds[0]=0.1': `env.scale_bounds` is "
+                                       "not set, so it has no index 0. Set the whole value instead, e.g. "
+                                       "env.scale_bounds=[...].\n")
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):

@@ -126,6 +126,9 @@ class RuleSearchCallback(LearningCurve):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     # ------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"RuleSearchCallback `{self.rule.text}`"
+
     def state_dict(self) -> dict:
         return {"rule": self.rule.text, "lr": self.lr, **super().state_dict()}
 

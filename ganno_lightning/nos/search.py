@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from ganno_lightning import config as shared
 from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
 from ganno_lightning.files import atomic_file, atomic_write_text
+from ganno_lightning.imports import import_callable
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
-from ganno_lightning.nos.worker import evaluate_candidate, load_object
+from ganno_lightning.nos.worker import evaluate_candidate
 from ganno_lightning.trials.pool import JobFailure, JobPool
 
 __all__ = [
@@ -53,7 +54,7 @@ class TaskConfig:
     module: str = "ganno_lightning.examples.digits:DigitsClassifier"  # 'pkg.module:Name' of a LightningModule or factory
     module_kwargs: dict = field(default_factory=dict)  # passed to it
     # 'pkg.module:Name' of a LightningDataModule; null when the module brings its own dataloaders
-    datamodule: Optional[str] = "ganno_lightning.examples.digits:DigitsDataModule"
+    datamodule: Optional[str] = None
     datamodule_kwargs: dict = field(default_factory=dict)
 
 
@@ -144,9 +145,9 @@ def _validate(cfg: DictConfig) -> None:
     if not cfg.train.timeout_s > 0:
         raise ValueError(f"`train.timeout_s` must be a positive float, got {cfg.train.timeout_s!r}.")
     check_wandb(cfg.wandb)
-    load_object(cfg.task.module)  # fail now, not in every worker
+    import_callable(cfg.task.module, argument="task.module")  # fail now, not in every worker
     if cfg.task.datamodule:
-        load_object(cfg.task.datamodule, "task.datamodule")
+        import_callable(cfg.task.datamodule, argument="task.datamodule")
 
 
 class RuleSearch:

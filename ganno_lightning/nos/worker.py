@@ -12,23 +12,11 @@ import math
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any
 
-from ganno_lightning.imports import import_object
+from ganno_lightning.imports import import_callable
 
-__all__ = ["evaluate_candidate", "load_object"]
-
-
-def load_object(path: str, argument: str = "task.module") -> Callable:
-    """The class or factory that ``"package.module:attribute"`` names (see :func:`import_object`).
-
-    Raises:
-        ValueError: the path is malformed, cannot be imported, or names something not callable.
-    """
-    obj = import_object(path, argument=argument)
-    if not callable(obj):
-        raise ValueError(f"`{argument}` {path!r} must name a class or factory, got {type(obj).__name__}.")
-    return obj
+__all__ = ["evaluate_candidate"]
 
 
 def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
@@ -65,10 +53,10 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         seed = int(job.get("seed", 0))
         random.seed(seed)
         torch.manual_seed(seed)
-        module = load_object(task["module"])(**dict(task.get("module_kwargs") or {}))
+        module = import_callable(task["module"], argument="task.module")(**dict(task.get("module_kwargs") or {}))
         datamodule = None
         if task.get("datamodule"):
-            datamodule = load_object(task["datamodule"], "task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
+            datamodule = import_callable(task["datamodule"], argument="task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
         # Lightning is imported after the task is built: its import dominates a fresh worker's
         # start-up, and the task usually imports it anyway
         from ganno_lightning.nos.callback import RuleSearchCallback

@@ -153,7 +153,11 @@ class LearningCurve(Callback):
         if not self.diverged:
             self.diverged = True
             self.reason = reason or "another rank diverged"
-            rank_zero_info(f"{type(self).__name__}: stopping the run: {self.reason}.")
+            rank_zero_info(f"{self.describe()}: stopping the run: {self.reason}.")
+
+    def describe(self) -> str:
+        """What the stop message calls this run's recorder; subclasses name what they try."""
+        return type(self).__name__
 
     # ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -70,9 +70,19 @@ def read_log(path: Union[str, os.PathLike]) -> dict[str, Result]:
 
 
 def _append_line(path: Path, record: Result) -> None:
-    # One write of one whole line: a crash leaves at most a cut-short last line, which `read_log` skips.
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append ``record`` as one JSON line.
+
+    A crash can leave a cut-short last line, which ``read_log`` skips; the next record then starts on
+    a line of its own, so the two are never glued into one unreadable line.
+    """
+    line = json.dumps(record) + "\n"
+    with open(path, "ab") as f:
+        if f.tell() > 0:
+            with open(path, "rb") as last:
+                last.seek(-1, os.SEEK_END)
+                if last.read(1) != b"\n":
+                    line = "\n" + line
+        f.write(line.encode())
 
 
 def _worker_main(function: Callable[[Job], Result], conn: Connection) -> None:
@@ -84,10 +94,15 @@ def _worker_main(function: Callable[[Job], Result], conn: Connection) -> None:
             return
         if job is None:
             return
+        conn.send(("started", None))  # the job's clock starts now, not while this process was importing
         try:
             conn.send(("result", function(job)))
         except Exception as err:  # the job function raised: a result of its own, not a dead worker
             conn.send(("error", f"{type(err).__name__}: {err}"[:500]))
+
+
+#: Seconds a fresh worker process may take to import torch and Lightning before a job's clock runs.
+_START_UP_S = 60.0
 
 
 class _Worker:
@@ -103,7 +118,9 @@ class _Worker:
         self.started = 0.0
 
     def send(self, index: int, job: Job) -> None:
-        self.index, self.started = index, time.monotonic()
+        # Until the worker says it took the job, its clock starts at the latest after a start-up
+        # allowance: a fresh worker first imports torch and Lightning.
+        self.index, self.started = index, time.monotonic() + _START_UP_S
         self.conn.send(job)
 
     def kill(self) -> None:
@@ -276,6 +293,9 @@ class JobPool:
                         kind, payload = worker.conn.recv()
                     except (EOFError, OSError):  # died while sending
                         kind, payload = "died", None
+                    if kind == "started":
+                        worker.started = now
+                        continue
                     if kind != "died":
                         worker.index = None
                         if kind == "result":

@@ -68,9 +68,11 @@ def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_pa
     ("run.workers=0", "`run.workers` must be a positive int"),
     ("algo.algorithm=dqn", "`algo.algorithm` must be 'mappo' or 'ippo'"),
     ("run.frames_per_batch=15", "must be a multiple of `run.workers`|must not exceed"),
-    ("env.horizn=3", r"Unknown config key `env.horizn` \(did you mean `horizon`\?\)"),
+    ("env.horizn=3", r"Unknown config key `env.horizn` in the config \(did you mean `horizon`\?\)"),
     ("algo.lr", r"Override 'algo.lr' must be key=value"),
     ("algo.hidden_sizes[3]=8", r"`algo.hidden_sizes` has 1 entry, so it has no index 3.*algo.hidden_sizes=\[...\]"),
+    ("run.wandb_mode=ofline", r"`run.wandb_mode` must be 'online', 'offline' or 'disabled', got 'ofline'"),
+    ("env.horizon=abc", r"`env.horizon` in the config must be an int, got 'abc'"),
 ])
 def test_config_errors_name_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):

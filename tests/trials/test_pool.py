@@ -106,6 +106,25 @@ def test_log_then_resume_skips_finished_jobs_with_the_same_key(tmp_path):
     assert len(read_log(log)) == 4 and read_log(log)["j2"]["key"] == "changed"
 
 
+def test_a_record_after_a_cut_short_line_starts_a_line_of_its_own(tmp_path):
+    log = tmp_path / "runs.jsonl"
+    log.write_text('{"id": "a", "key": "k", "status": "ok"}\n{"id": "b", "ke')  # killed mid-write
+    JobPool(square).run([{"id": "c", "key": "k", "x": 3}], failure, log=log)
+    assert sorted(read_log(log)) == ["a", "c"]
+
+
+def test_the_timeout_counts_from_when_the_worker_takes_the_job_not_from_its_start_up(tmp_path, monkeypatch):
+    # a fresh worker imports the job's module first (torch and Lightning, in real use): slow here
+    (tmp_path / "slow_to_import.py").write_text(
+        "import time\ntime.sleep(2.0)\n\ndef double(job):\n    return {'id': job['id'], 'status': 'ok'}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit sys.path
+    from slow_to_import import double
+
+    with JobPool(double, processes=1, timeout_s=1.0) as pool:
+        results = pool.run([{"id": "quick", "key": "k"}], failure)
+    assert results[0]["status"] == "ok"
+
+
 def test_finished_record_rule():
     done = {"a": {"key": "k", "status": "diverged"}, "b": {"key": "k", "status": "failed"}}
     assert finished_record({"id": "a", "key": "k"}, done) is done["a"]  # a diverged run is a result
