@@ -250,6 +250,8 @@ def _example(config: DictConfig, item: Any) -> str:
         value = OmegaConf.select(config, key, throw_on_missing=False)
         if not isinstance(value, (DictConfig, ListConfig)):
             return f"{key}={_as_yaml(value)}"
+        if isinstance(value, ListConfig) and not any(isinstance(v, (DictConfig, ListConfig)) for v in value):
+            return f"{key}=[{', '.join(_as_yaml(v) for v in value)}]"
     return _first_key(OmegaConf.to_container(config)) or "key=value"
 
 

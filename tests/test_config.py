@@ -115,6 +115,7 @@ def test_every_error_in_a_file_names_the_key_and_the_file(tmp_path, data, messag
     ("sizes=3", "`sizes` in the overrides must be a list, got 3."),
     ("steps", "Override 'steps' must be key=value with a key before the '=', e.g. steps=500."),
     ("=3", "Override '=3' must be key=value with a key before the '=', e.g. steps=500."),
+    ("sizes", "Override 'sizes' must be key=value with a key before the '=', e.g. sizes=[64, 64]."),
     ("sizes[2]=8", "Override 'sizes[2]=8': `sizes` has 2 entries, so it has no index 2. Set the whole list instead, "
                    "e.g. sizes=[...]."),
     ("suite[3].family=c", "Override 'suite[3].family=c': `suite` has 1 entry, so it has no index 3. Set the whole "
