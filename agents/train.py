@@ -71,7 +71,7 @@ class RunConfig:
     wandb: bool = True
     wandb_project: str = "ganno-lightning"
     wandb_mode: str = "offline"  # offline | online | disabled
-    progress: bool = True
+    progress: bool = True  # a progress bar on stderr (env steps, env steps/s, episode return); false: quiet
     threads: int = 1  # torch threads per process; tiny inner models run fastest on one
 
 
@@ -308,8 +308,9 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             }
             history.append(metrics)
             logger.log(metrics, action_fraction)
-            progress.update(batch.numel())
-            progress.set_postfix(ret=f"{metrics['charts/episode_return']:.3f}", kl=f"{metrics.get('losses/approx_kl', 0):.4f}")
+            progress.set_postfix({"return": f"{metrics['charts/episode_return']:.3f}",
+                                  "kl": f"{metrics.get('losses/approx_kl', 0):.4f}"}, refresh=False)
+            progress.update(batch.numel())  # one refresh per iteration, with this iteration's numbers
             if iteration % run.checkpoint_every == 0:
                 checkpoint()
             if frames >= run.total_frames:
@@ -365,10 +366,12 @@ class _Logger:
 
 
 def _progress(run: RunConfig, frames: int) -> Any:
+    """A bar on stderr (env steps done, env steps/s, the iteration's mean episode return and PPO KL);
+    ``run.progress=false`` hides it."""
     from tqdm import tqdm
 
     return tqdm(total=run.total_frames, initial=frames, disable=not run.progress, desc="meta-training",
-                unit="env step", dynamic_ncols=True)
+                unit="env step", dynamic_ncols=True, mininterval=0)  # every iteration: they are seconds apart
 
 
 def main(argv: Sequence[str] | None = None) -> int:

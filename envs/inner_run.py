@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.data import sized_len
 from lightning.pytorch.core.optimizer import (
     _configure_optimizers,
     _configure_schedulers_automatic_opt,
@@ -103,7 +104,8 @@ class InnerRun:
 
     Raises:
         TaskError: If ``configure_optimizers`` fails or returns other than one optimizer, uses
-            ReduceLROnPlateau, or the training dataloader fails or is empty.
+            ReduceLROnPlateau, or the training dataloader fails or is empty (an iterable-style loader
+            without a length: at the first training step, from :meth:`train`).
 
     Example::
 
@@ -139,7 +141,8 @@ class InnerRun:
         if lr_factor != 1.0:
             self._scale_initial_lrs(lr_factor)
         loader = dataloader(task, "train")
-        if hasattr(loader, "__len__") and len(loader) == 0:
+        # An iterable-style loader has no length: its emptiness shows at its first batch (`_epoch_iterator`).
+        if sized_len(loader) == 0:
             raise TaskError(f"Task {task.name}: `train_dataloader` is empty; it must yield at least one batch.")
         self._loader = loader
         self.epoch = 0
@@ -164,13 +167,18 @@ class InnerRun:
                 config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
 
     def _epoch_iterator(self) -> Iterator[tuple[int, Any, bool]]:
-        """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches."""
+        """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches.
+
+        An epoch ends when the loader's iterator is exhausted, so an iterable-style loader without a
+        length has its epochs (and epoch-interval schedulers) where a Trainer would have them.
+        """
         while True:
             iterator = iter(self._loader)
             try:
                 current = next(iterator)
             except StopIteration:
-                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch.") from None
+                raise TaskError(f"Task {self.task.name}: `train_dataloader` yielded no batch in epoch {self.epoch}; "
+                                "it must yield at least one batch per epoch.") from None
             batch_idx = 0
             for upcoming in iterator:
                 yield batch_idx, current, False
@@ -179,7 +187,11 @@ class InnerRun:
 
     def train(self, steps: int, record_loss: Callable[[torch.Tensor], None]) -> None:
         """Run ``steps`` training steps (a step whose ``training_step`` returns None is skipped, as in
-        Lightning), handing each step's detached loss to ``record_loss``."""
+        Lightning), handing each step's detached loss to ``record_loss``.
+
+        Raises:
+            TaskError: If ``train_dataloader`` yields no batch in an epoch.
+        """
         module, optimizer, device = self.module, self.optimizer, self.device
         # Collectors step envs under no_grad; the inner training needs autograd regardless.
         with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():

@@ -194,6 +194,8 @@ class LayerwiseLREnv(EnvBase):
             self._start_run()
             try:
                 self._train_interval()
+            except TaskError:  # already says what is wrong with the task (an empty iterable loader)
+                raise
             except Exception as err:
                 raise TaskError(f"Task {self.task.name}: `training_step`/`backward`/`optimizer.step` raised in "
                                 f"the first interval: {type(err).__name__}: {err}") from err

@@ -44,6 +44,17 @@ def test_training_changes_the_policy_and_the_normaliser(tmp_path):
     assert not torch.equal(trained.normalizer.mean, torch.zeros_like(trained.normalizer.mean))
 
 
+def test_meta_training_shows_its_progress_unless_told_not_to(tmp_path, capsys):
+    assert parse_config(SMOKE.with_name("ganno_default.yaml")).run.progress  # the shipped configs show it too
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.total_frames=32"]
+    train(SMOKE, overrides)
+    bar = capsys.readouterr().err
+    assert re.search(r"meta-training:  50%.*\| 16/32 \[.*env step/s, return=(nan|-?\d+\.\d{3}), kl=", bar), bar
+    assert re.search(r"meta-training: 100%.*\| 32/32 ", bar), bar
+    train(SMOKE, [*overrides, "run.total_frames=48", "run.resume=true", "run.progress=false"])
+    assert "meta-training" not in capsys.readouterr().err
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path):
     overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.workers=2"]
     train(SMOKE, [*overrides, "run.total_frames=32"])

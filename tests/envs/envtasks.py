@@ -66,6 +66,28 @@ class EmptyData(TinyRegressor):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 8), torch.zeros(0, 1)))
 
 
+class RegressionStream(torch.utils.data.IterableDataset):
+    """`regression_data` as a stream: an iterable-style dataset with no `__len__`."""
+
+    def __init__(self, n=64):
+        self.n = n
+
+    def __iter__(self):
+        yield from regression_data(self.n)
+
+
+class StreamedRegressor(TinyRegressor):
+    """TinyRegressor reading the same samples from a `RegressionStream`: epochs end by exhaustion."""
+
+    def train_dataloader(self):
+        return DataLoader(RegressionStream(), batch_size=self.batch_size)
+
+
+class EmptyStream(TinyRegressor):
+    def train_dataloader(self):
+        return DataLoader(RegressionStream(n=0), batch_size=self.batch_size)
+
+
 class Frozen(TinyRegressor):
     def __init__(self):
         super().__init__()

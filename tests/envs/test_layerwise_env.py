@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from envtasks import (DepthFamily, DiesLater, DropsThenSpikes, EmptyData, Exploding, Frozen, RaisesInTrainingStep,
-                      RaisesLater)
+from envtasks import (DepthFamily, DiesLater, DropsThenSpikes, EmptyData, EmptyStream, Exploding, Frozen,
+                      RaisesInTrainingStep, RaisesLater)
 from helpers import TinyRegressor
 from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
@@ -117,6 +117,7 @@ def test_training_step_raising_mid_episode_ends_it_as_diverged():
 @pytest.mark.parametrize("factory, match", [
     (RaisesInTrainingStep, r"training_step.*KeyError.*label column missing"),
     (EmptyData, "`train_dataloader` is empty"),
+    (EmptyStream, r"^Task \S+: `train_dataloader` yielded no batch in epoch 0; it must yield at least one batch"),
     (Frozen, "no trainable parameter"),
 ])
 def test_bad_tasks_are_clear_errors_at_reset(factory, match):

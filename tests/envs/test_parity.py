@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+from envtasks import StreamedRegressor
 from helpers import TinyRegressor, trainer
 
 from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
@@ -14,9 +15,9 @@ INTERVAL, HORIZON = 4, 32
 SCRIPT = [[6, 0], [5, 1], [3, 3], [0, 6], [2, 4], [6, 6], [1, 0], [4, 2]]  # one row per decision
 
 
-def make_module(scheduler="lambda"):
+def make_module(scheduler="lambda", module_class=TinyRegressor):
     torch.manual_seed(11)
-    return TinyRegressor(optimizer="adam", lr=0.01, scheduler=scheduler)
+    return module_class(optimizer="adam", lr=0.01, scheduler=scheduler)
 
 
 class ScriptedAgent(GANNOAgent):
@@ -33,10 +34,14 @@ class ScriptedAgent(GANNOAgent):
         return Decision(torch.tensor(self.action_multipliers, dtype=torch.float64)[actions], actions, state)
 
 
+# An IterableDataset without a length ends its epochs by exhaustion, in the env as in a Trainer: the
+# per-epoch scheduler (HORIZON spans 4 epochs of 8 batches) steps at the same optimizer steps.
+@pytest.mark.parametrize("module_class", [TinyRegressor, StreamedRegressor], ids=["map_style", "iterable"])
 @pytest.mark.parametrize("scheduler", ["lambda", "epoch"])  # a per-step and a per-epoch LR scheduler
-def test_env_and_callback_observe_and_set_lrs_identically(scheduler):
+def test_env_and_callback_observe_and_set_lrs_identically(scheduler, module_class):
     config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0)
-    env = LayerwiseLREnv(SingleTask(functools.partial(make_module, scheduler)), config, seed=0)
+    factory = functools.partial(make_module, scheduler, module_class)
+    env = LayerwiseLREnv(SingleTask(factory), config, seed=0)
     td = env.reset()
     env_observations = [td[keys.OBSERVATION]]
     for actions in SCRIPT[: HORIZON // INTERVAL - 1]:
@@ -44,10 +49,11 @@ def test_env_and_callback_observe_and_set_lrs_identically(scheduler):
         td = env.step(td)["next"]
         env_observations.append(td[keys.OBSERVATION])
     assert td["done"].item()
+    assert env.run.epoch == HORIZON // 8  # 64 samples in batches of 8
 
     agent = ScriptedAgent()
     callback = GANNOCallback(agent)
-    module = make_module(scheduler)
+    module = factory()
     trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
 
     assert len(agent.observations) == len(env_observations) == HORIZON // INTERVAL
