@@ -42,7 +42,7 @@ def test_missing_agent_file_is_a_clear_error(tmp_path):
 def test_corrupt_agent_file_is_a_clear_error(tmp_path):
     path = tmp_path / "agent.pt"
     path.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(AgentCheckpointError, match="corrupt or not a GANNO agent"):
+    with pytest.raises(AgentCheckpointError, match="not a GANNO agent file"):
         GANNOCallback(agent=path)
 
 
