@@ -1,7 +1,8 @@
 """Demo: train a small MLP on scikit-learn's bundled digits with GANNOCallback.
 
-Run ``python -m ganno_lightning.demo [--agent PATH] [--epochs N] [--out DIR]``. It prints the
-per-layer learning-rate schedule and writes it to ``DIR/ganno_schedule.csv`` and ``.png``.
+Run ``python -m ganno_lightning.demo [--agent PATH] [--epochs N] [--out DIR]``. It prints every
+layer's LR scale (the agent's action) beside its effective LR (the cosine schedule's LR x scale)
+and writes the schedule to ``DIR/ganno_schedule.csv`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lightning as L
 from ganno_lightning.examples.digits import DigitsClassifier, DigitsDataModule
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, GANNOAgent
 from ganno_lightning.layerwise.callback import GANNOCallback
+from ganno_lightning.layerwise.schedule import LRSchedule
 
 
 def _agent(path: str | None) -> GANNOAgent:
@@ -25,6 +27,23 @@ def _agent(path: str | None) -> GANNOAgent:
     print("NOTE: no trained default agent ships with this version yet, so this demo runs an UNTRAINED agent\n"
           "      (random policy) to show the mechanics. Pass --agent PATH for a trained one.\n", file=sys.stderr)
     return GANNOAgent.create(interval=25, seed=0)
+
+
+def print_schedule(schedule: LRSchedule) -> None:
+    """Print what the agent chose (each layer's LR scale) beside the effective LR it gave.
+
+    The effective LR is the scheduler's LR times the scale, so a decaying schedule can hide the
+    agent's action: a scale the agent raised 4x still shows a falling LR under a cosine decay.
+    """
+    width = max(11, *(len(name) for name in schedule.layer_names))
+    names = " ".join(f"{name:>{width}}" for name in schedule.layer_names)
+    print(f"\nPer-layer LR scales the agent chose and the learning rates they gave ({len(schedule)} decisions):")
+    scale_title, lr_title = "agent's LR scale (its action)", "effective LR (scheduler LR x scale)"
+    print(f"{'':>6}   {scale_title:^{len(names)}}   {lr_title:^{len(names)}}")
+    print(f"{'step':>6}   {names}   {names}")
+    for step, scales, lrs in zip(schedule.steps, schedule.scales, schedule.lrs):
+        print(f"{step:>6}   " + " ".join(f"{scale:>{width}.3f}" for scale in scales) + "   "
+              + " ".join(f"{lr:>{width}.3e}" for lr in lrs))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -45,11 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = DigitsDataModule(batch_size=64, val_size=297, train_first=True, shuffle_seed=None, val_batch_size=256)
     trainer.fit(model, datamodule=data)
 
-    schedule = callback.schedule
-    print(f"\nPer-layer learning rates chosen by the agent ({len(schedule)} decisions):")
-    print(f"{'step':>6} " + " ".join(f"{name:>11}" for name in schedule.layer_names))
-    for step, lrs in zip(schedule.steps, schedule.lrs):
-        print(f"{step:>6} " + " ".join(f"{lr:>11.3e}" for lr in lrs))
+    print_schedule(callback.schedule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     print(f"\nfinal val_loss={metrics.get('val_loss', float('nan')):.4f} val_acc={metrics.get('val_acc', float('nan')):.4f}")
     print(f"schedule written to {Path(args.out) / 'ganno_schedule.csv'} and {Path(args.out) / 'ganno_schedule.png'}")

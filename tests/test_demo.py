@@ -10,13 +10,23 @@ from ganno_lightning.demo import main
 
 
 def test_demo_trains_and_writes_the_schedule(tmp_path, capsys):
-    metrics = main(["--epochs", "1", "--out", str(tmp_path)])
-    assert metrics["val_loss"] < 2.31  # below chance level (log 10) after one epoch on digits
+    metrics = main(["--epochs", "2", "--out", str(tmp_path)])  # decisions at steps 0 and 25
+    assert metrics["val_loss"] < 2.31  # below chance level (log 10) after two epochs on digits
     with open(tmp_path / "ganno_schedule.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["layer"] for r in rows} == {"net.0", "net.2", "net.4"}
     assert (tmp_path / "ganno_schedule.png").is_file()
-    assert "Per-layer learning rates" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the agent's action (the scale) is printed beside the effective LR it gave, layer by layer
+    titles, header, *table = out[out.index("Per-layer LR scales"):].split("\n\n")[0].splitlines()[1:]
+    assert "agent's LR scale (its action)" in titles and "effective LR (scheduler LR x scale)" in titles
+    assert header.split() == ["step", "net.0", "net.2", "net.4", "net.0", "net.2", "net.4"]
+    assert table[0].split()[:4] == ["0", "1.000", "1.000", "1.000"]  # every scale starts at 1
+    step, *values = table[-1].split()
+    assert step == "25" and values[0] != "1.000"  # the agent has acted
+    scales = [r["scale"] for r in rows if r["step"] == step]
+    lrs = [r["lr"] for r in rows if r["step"] == step]
+    assert values == [f"{float(v):.3f}" for v in scales] + [f"{float(v):.3e}" for v in lrs]
 
 
 @pytest.mark.skipif(not DEFAULT_AGENT_PATH.is_file(), reason="no default agent ships")

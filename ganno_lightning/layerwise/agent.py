@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -237,8 +240,15 @@ class GANNOAgent:
         """Load an agent file.
 
         Raises:
-            AgentCheckpointError: If the file is missing, corrupt, or does not match this version's
-                features, action set or checkpoint format; the message names what differs.
+            AgentCheckpointError: If the file is missing, empty, truncated, corrupt, not an agent
+                (e.g. a model's ``state_dict``), or does not match this version's features, action
+                set or checkpoint format; the message names the file, what is wrong and the fix.
+
+        Example::
+
+            >>> agent = GANNOAgent.load(DEFAULT_AGENT_PATH)  # the bundled agent, as ``GANNOAgent.default()``
+            >>> agent.interval
+            25
         """
         path = Path(path)
         if not path.is_file():
@@ -246,20 +256,37 @@ class GANNOAgent:
                 f"Agent file not found: '{path}'. Pass the path of a file written by `GANNOAgent.save` "
                 "(e.g. the `agent.pt` exported by `ganno-train`)."
             )
+        problem = _archive_problem(path)
+        if problem is not None:
+            raise _unreadable(path, problem)
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle, zip and unpickler errors all mean the same to a user
-            raise AgentCheckpointError(
-                f"Could not read agent file '{path}': it is corrupt or not a GANNO agent checkpoint "
-                f"({type(err).__name__}: {err}). Re-export it with `GANNOAgent.save`."
-            ) from err
+        except pickle.UnpicklingError as err:
+            # weights_only refuses every object but plain types and tensors, which is all an agent
+            # holds: the file is something else, and torch's advice to load it unsafely does not apply.
+            found = _UNSUPPORTED_GLOBAL.search(str(err))
+            holds = f"a pickled `{found.group(1)}`" if found else "pickled objects"
+            raise _unreadable(path, f"not a GANNO agent file: it holds {holds}, and an agent file holds only "
+                                    "plain types and tensors (a saved model or a Lightning checkpoint is not an "
+                                    "agent)") from None
+        except Exception as err:  # the archive checked out, so torch's reader hit something we did not foresee
+            raise _unreadable(path, f"corrupt: torch cannot read it ({type(err).__name__}: "
+                                    f"{_first_sentence(str(err))})") from None
         return cls.from_checkpoint(checkpoint, source=str(path))
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Any, source: str = "checkpoint") -> GANNOAgent:
         if not isinstance(checkpoint, dict):
-            raise AgentCheckpointError(f"{source} is not a GANNO agent: expected a dict, got {type(checkpoint).__name__}.")
+            raise AgentCheckpointError(f"{source} is not a GANNO agent file: expected a dict, got "
+                                       f"{type(checkpoint).__name__}. {_FIX_USER_FILE}")
         missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
+        if len(missing) == len(_REQUIRED_KEYS):  # some other dict: a model's state_dict, a Lightning checkpoint
+            keys = list(checkpoint)
+            shown = f"{keys[:5]} and {len(keys) - 5} more" if len(keys) > 5 else f"{keys}"
+            raise AgentCheckpointError(
+                f"{source} is not a GANNO agent file: it holds a dict with keys {shown}, none of an agent's "
+                f"{list(_REQUIRED_KEYS)} (a model's state_dict or a Lightning checkpoint is not an agent). "
+                f"{_FIX_USER_FILE}")
         if missing:
             raise AgentCheckpointError(f"{source} is not a GANNO agent checkpoint: missing keys {missing}.")
         version = checkpoint["format_version"]
@@ -306,6 +333,63 @@ class GANNOAgent:
     def __repr__(self) -> str:
         return (f"GANNOAgent(actor={self.actor.config}, actions={[round(m, 3) for m in self.action_multipliers]}, "
                 f"interval={self.interval}, scale_bounds={self.scale_bounds})")
+
+
+_FIX_USER_FILE = ("Pass an agent file written by `GANNOAgent.save` (the `agent.pt` that `ganno-train` exports), "
+                  "or pass no agent (`GANNOCallback()`) to use the bundled one.")
+_FIX_BUNDLED_FILE = "The agent bundled with ganno-lightning is damaged: reinstall ganno-lightning."
+_ZIP_HEADER = b"PK\x03\x04"  # how every file `torch.save` writes begins
+# what torch's weights_only unpickler names when it meets an object it does not allow
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _unreadable(path: Path, problem: str) -> AgentCheckpointError:
+    fix = _FIX_BUNDLED_FILE if path.resolve() == DEFAULT_AGENT_PATH.resolve() else _FIX_USER_FILE
+    return AgentCheckpointError(f"Cannot load agent file '{path}': {problem}. {fix}")
+
+
+def _archive_problem(path: Path) -> str | None:
+    """What is wrong with the zip archive that ``torch.save`` writes, or ``None`` when it is whole.
+
+    Checked before ``torch.load``, whose own errors for these cases are a bare ``OSError``, an
+    ``EOFError`` or advice to load the file unsafely.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    with path.open("rb") as file:
+        head = file.read(4)
+    if len(head) < 4 and _ZIP_HEADER.startswith(head):
+        return f"truncated: the file has {_bytes(size)}, cut inside its zip header"
+    if head != _ZIP_HEADER:
+        return (f"not a GANNO agent file: agent files are the zip archives `torch.save` writes, and this file "
+                f"starts with {head!r}, not a zip header")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            damaged = archive.testzip()  # checksums every entry: a flipped byte is caught here
+    except zipfile.BadZipFile:
+        # a zip's index (central directory) sits at its end: a cut-short copy loses it first
+        return (f"truncated: the file has {_bytes(size)} and ends before its zip archive does (the archive's "
+                "index, written at its end, is missing)")
+    except (OSError, EOFError, ValueError, NotImplementedError) as err:
+        return f"corrupt: its zip archive cannot be read ({type(err).__name__}: {err})"
+    if damaged is not None:
+        return f"corrupt: the archive's entry '{damaged}' fails its checksum"
+    if not any(name.endswith("/data.pkl") for name in names):
+        shown = names[:5] + (["..."] if len(names) > 5 else [])
+        return (f"not a GANNO agent file: a zip archive without the `data.pkl` that `torch.save` writes "
+                f"(it holds {shown})")
+    return None
+
+
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
+
+
+def _first_sentence(text: str) -> str:
+    """Torch's messages go on to generic advice after their first sentence."""
+    return re.split(r"\.\s|\n", text.strip(), maxsplit=1)[0]
 
 
 def _check_feature_names(saved: list[str], source: str) -> None:

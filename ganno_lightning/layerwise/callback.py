@@ -240,9 +240,9 @@ class GANNOCallback(Callback):
                 import matplotlib.pyplot as plt
                 import wandb
 
-                figure = schedule.figure()
+                figure = schedule.figure()  # the scale heatmap (the agent's action) beside the effective LR
                 logger.experiment.log({
-                    "ganno/lr_heatmap": wandb.Image(figure),
+                    "ganno/schedule_plot": wandb.Image(figure),
                     "ganno/schedule": wandb.Table(columns=["step", "layer", "lr", "scale", "action"],
                                                   data=[list(r) for r in schedule.rows()]),
                 })

@@ -23,8 +23,8 @@ class LRSchedule:
         >>> schedule = LRSchedule(["0", "2"])
         >>> schedule.record(0, lrs=[0.1, 0.1], scales=[1.0, 1.0])
         >>> schedule.record(25, lrs=[0.2, 0.05], scales=[2.0, 0.5], actions=[6, 0])
-        >>> schedule.lrs_of("2")
-        [0.1, 0.05]
+        >>> schedule.lrs_of("2"), schedule.scales_of("2")
+        ([0.1, 0.05], [1.0, 0.5])
     """
 
     def __init__(self, layer_names: Sequence[str]) -> None:
@@ -45,6 +45,11 @@ class LRSchedule:
         """The effective LR of ``layer`` at every recorded step."""
         j = self.layer_names.index(layer)
         return [row[j] for row in self.lrs]
+
+    def scales_of(self, layer: str) -> list[float]:
+        """The LR scale (the agent's cumulative action) of ``layer`` at every recorded step."""
+        j = self.layer_names.index(layer)
+        return [row[j] for row in self.scales]
 
     def rows(self) -> list[tuple[int, str, float, float, int | None]]:
         """Long-format rows ``(step, layer, lr, scale, action)``, as in the CSV and W&B table."""
@@ -68,32 +73,58 @@ class LRSchedule:
         return path
 
     def figure(self) -> Any:
-        """A matplotlib figure: heatmap of log10 LR (layers x decisions) and the LR curves."""
+        """A matplotlib figure of what the agent did and what it gave.
+
+        Left, the agent's action: a heatmap (layers x decisions) of every layer's LR scale, on a log
+        colour scale centred on 1 (red raised the LR, blue lowered it). Right, the effective LR
+        (scheduler LR x scale) of every layer, which an LR scheduler's decay can dominate: a layer
+        whose scale the agent raised 4x still shows a falling LR under a cosine schedule.
+
+        Example::
+
+            >>> schedule = LRSchedule(["0", "2"])
+            >>> schedule.record(0, lrs=[0.1, 0.1], scales=[1.0, 1.0])
+            >>> schedule.record(25, lrs=[0.2, 0.05], scales=[2.0, 0.5])
+            >>> [axes.get_title() for axes in schedule.figure().axes[:2]]
+            ["agent's LR scale per layer (its action)", 'effective LR per layer (scheduler LR x scale)']
+        """
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
+        from matplotlib.colors import LogNorm
+        from matplotlib.ticker import FuncFormatter
 
         fig, (heat, lines) = plt.subplots(1, 2, figsize=(12, max(3.0, 0.35 * len(self.layer_names) + 1.5)))
-        grid = [[math.log10(max(row[j], 1e-30)) for row in self.lrs] for j in range(len(self.layer_names))]
-        image = heat.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
+        grid = [[max(row[j], 1e-30) for row in self.scales] for j in range(len(self.layer_names))]
+        # symmetric about 1 in powers of two, so "no change" is the neutral colour and 4x reads as
+        # far from it as 1/4x
+        reach = max((max(max(r), 1 / min(r)) for r in grid if r), default=2.0)
+        octaves = max(1, math.ceil(math.log2(reach) - 1e-9))
+        image = heat.imshow(grid, aspect="auto", interpolation="nearest", cmap="RdBu_r",
+                            norm=LogNorm(vmin=2.0 ** -octaves, vmax=2.0 ** octaves))
         heat.set_yticks(range(len(self.layer_names)), labels=self.layer_names, fontsize=7)
         ticks = list(range(0, len(self.steps), max(1, len(self.steps) // 8)))
         heat.set_xticks(ticks, labels=[str(self.steps[t]) for t in ticks])
         heat.set_xlabel("optimizer step")
-        heat.set_title("log10 learning rate per layer")
-        fig.colorbar(image, ax=heat)
+        heat.set_title("agent's LR scale per layer (its action)")
+        stride = math.ceil(octaves / 4)  # at most nine ticks
+        colorbar = fig.colorbar(image, ax=heat, ticks=[2.0 ** k for k in range(-octaves, octaves + 1, stride)])
+        colorbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+        colorbar.ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
         for j, name in enumerate(self.layer_names):
             lines.plot(self.steps, [row[j] for row in self.lrs], label=name)
         lines.set_yscale("log")
         lines.set_xlabel("optimizer step")
         lines.set_ylabel("effective LR")
+        lines.set_title("effective LR per layer (scheduler LR x scale)")
         if len(self.layer_names) <= 12:
             lines.legend(fontsize=7)
         fig.tight_layout()
         return fig
 
     def plot(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`figure` (the scale heatmap beside the effective LR) as an image."""
         import matplotlib.pyplot as plt
 
         path = Path(path)

@@ -17,10 +17,12 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from typing import Callable, Optional, Union
 
-from ganno_lightning.nos.dsl import OPERANDS, Rule, parse_rule
+from ganno_lightning.nos.dsl import OPERANDS, Rule, UnknownNameError, parse_rule
 
 __all__ = [
     "NAMED_RULES",
@@ -144,6 +146,9 @@ NAMED_RULES: dict[str, str] = {
 }
 
 
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def resolve_rule(rule: Union[str, Rule]) -> Rule:
     """Turn a named rule (``"powersign"``), rule text or a parsed :class:`Rule` into a :class:`Rule`.
 
@@ -161,4 +166,16 @@ def resolve_rule(rule: Union[str, Rule]) -> Rule:
     name = rule.strip()
     if name in OPERANDS:  # the operand itself: a named rule must never shadow rule text
         return parse_rule(rule)
-    return parse_rule(NAMED_RULES.get(name, rule))
+    if name in NAMED_RULES:
+        return parse_rule(NAMED_RULES[name])
+    if _BARE_NAME.fullmatch(name):  # meant as a rule's name (a misspelt one), not as rule text
+        close = difflib.get_close_matches(name, [*NAMED_RULES, *OPERANDS], n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown rule {name!r}: neither a named rule nor an operand.{hint} Named rules: "
+            f"{', '.join(NAMED_RULES)}. Operands (each a rule by itself): {', '.join(OPERANDS)}. "
+            f"Or write rule text, e.g. '{powersign()}'",
+            rule,
+            rule.index(name),
+        )
+    return parse_rule(rule)

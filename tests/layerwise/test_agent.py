@@ -1,10 +1,13 @@
 import hashlib
+import io
+import zipfile
 
 import pytest
 import torch
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
-from ganno_lightning.layerwise.agent import FORMAT_VERSION
+from ganno_lightning.layerwise import agent as agent_module
+from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, FORMAT_VERSION
 
 
 def test_round_trip_preserves_everything(tmp_path):
@@ -81,17 +84,71 @@ def test_missing_keys_and_wrong_weights_are_errors(tmp_path):
         GANNOAgent.load(tmp_path / "b.pt")
 
 
-def test_missing_corrupt_and_foreign_files(tmp_path):
+def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(AgentCheckpointError, match="not found"):
         GANNOAgent.load(tmp_path / "none.pt")
-    good = GANNOAgent.create(seed=0).save(tmp_path / "agent.pt")
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(AgentCheckpointError, match="corrupt"):
-        GANNOAgent.load(truncated)
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(AgentCheckpointError, match="expected a dict, got list"):
         GANNOAgent.load(tmp_path / "list.pt")
+
+
+def _zip_without_torch_layout() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("notes/readme.txt", "hello")
+    return buffer.getvalue()
+
+
+def _torch_file(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+SHIPPED = DEFAULT_AGENT_PATH.read_bytes()
+UNREADABLE_FILES = {
+    "garbage": (bytes(range(256)) * 8, r"not a GANNO agent file: .*starts with b'\\x00\\x01\\x02\\x03', not a zip"),
+    "empty": (b"", r"the file is empty \(0 bytes\)"),
+    "cut in the zip header": (SHIPPED[:2], r"truncated: the file has 2 bytes, cut inside its zip header"),
+    **{f"cut at byte {cut}": (SHIPPED[:cut], rf"truncated: the file has {cut} bytes and ends before its zip archive")
+       for cut in (4, 100, 3000, len(SHIPPED) // 2, len(SHIPPED) - 22, len(SHIPPED) - 1)},
+    "zip, not torch": (_zip_without_torch_layout(), r"not a GANNO agent file: a zip archive without the `data.pkl`"),
+    "state_dict": (_torch_file(torch.nn.Linear(2, 2).state_dict()),
+                   r"not a GANNO agent file: it holds a dict with keys \['weight', 'bias'\]"),
+    "pickled module": (_torch_file(torch.nn.Linear(2, 2)),
+                       r"not a GANNO agent file: it holds a pickled `torch.nn.modules.linear.Linear`"),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_FILES)
+def test_an_unreadable_file_says_what_is_wrong_and_never_suggests_unsafe_loading(tmp_path, case):
+    content, problem = UNREADABLE_FILES[case]
+    path = tmp_path / "agent.pt"
+    path.write_bytes(content)
+    with pytest.raises(AgentCheckpointError, match=problem) as caught:
+        GANNOAgent.load(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "ganno-train" in message and "bundled" in message  # how to fix it
+    assert "weights_only" not in message and "file an issue" not in message.lower()
+    assert "arbitrary code" not in message and "internal" not in message
+
+
+def test_a_flipped_byte_inside_the_archive_is_corrupt(tmp_path):
+    content = bytearray(SHIPPED)
+    content[len(content) // 2] ^= 0xFF  # inside a tensor's bytes: only the entry's checksum notices
+    path = tmp_path / "agent.pt"
+    path.write_bytes(bytes(content))
+    with pytest.raises(AgentCheckpointError, match=r"corrupt: the archive's entry 'archive/data/\d+' fails its checksum"):
+        GANNOAgent.load(path)
+
+
+def test_a_damaged_bundled_agent_says_to_reinstall(tmp_path, monkeypatch):
+    damaged = tmp_path / "default_agent.pt"
+    damaged.write_bytes(SHIPPED[:1000])
+    monkeypatch.setattr(agent_module, "DEFAULT_AGENT_PATH", damaged)
+    with pytest.raises(AgentCheckpointError, match=r"truncated.*bundled with ganno-lightning is damaged: reinstall"):
+        GANNOAgent.default()
 
 
 def test_act_masks_and_samples():

@@ -42,7 +42,7 @@ def test_missing_agent_file_is_a_clear_error(tmp_path):
 def test_corrupt_agent_file_is_a_clear_error(tmp_path):
     path = tmp_path / "agent.pt"
     path.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(AgentCheckpointError, match="corrupt or not a GANNO agent"):
+    with pytest.raises(AgentCheckpointError, match="not a GANNO agent file"):
         GANNOCallback(agent=path)
 
 
@@ -265,7 +265,7 @@ def test_metrics_reach_every_logger(tmp_path):
     wandb_logger.experiment.finish()
     run_dir = glob.glob(f"{tmp_path}/**/offline-run-*", recursive=True)[0]
     assert glob.glob(f"{run_dir}/files/media/table/ganno/schedule_*.table.json")
-    assert glob.glob(f"{run_dir}/files/media/images/ganno/lr_heatmap_*.png")
+    assert glob.glob(f"{run_dir}/files/media/images/ganno/schedule_plot_*.png")
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 import ganno_lightning.nos.rules
-from ganno_lightning.nos import NAMED_RULES, RuleOptimizer, addsign, linear_cosine_decay, parse_rule, powersign, with_linear_cosine_decay
+from ganno_lightning.nos import (
+    NAMED_RULES,
+    RuleOptimizer,
+    UnknownNameError,
+    addsign,
+    linear_cosine_decay,
+    parse_rule,
+    powersign,
+    with_linear_cosine_decay,
+)
+from ganno_lightning.nos.rules import resolve_rule
 
 
 def test_named_rules_parse_and_decay_variants_use_their_operand():
@@ -66,3 +76,15 @@ def test_rules_stand_below_the_optimizer_in_the_import_graph():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not {name for name in imported if name.startswith("ganno_lightning")} - {"ganno_lightning.nos.dsl"}
+
+
+def test_a_misspelt_rule_name_suggests_the_named_rule_and_lists_them():
+    params = torch.nn.Linear(2, 1).parameters()
+    with pytest.raises(UnknownNameError, match=r"unknown rule 'powersine'.*Did you mean 'powersign'") as caught:
+        RuleOptimizer(params, rule="powersine")
+    assert f"Named rules: {', '.join(NAMED_RULES)}." in str(caught.value)
+    with pytest.raises(UnknownNameError, match=r"Did you mean 'sign_g'"):  # a misspelt operand is found too
+        resolve_rule(" sgn_g ")
+    # rule text is still parsed as rule text: the misspelt operand inside a call is the DSL's error
+    with pytest.raises(UnknownNameError, match=r"unknown operand 'powersine'"):
+        resolve_rule("mul(powersine, g)")
