@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.plan import conditions_of, peer_method, run_id, task_specs
+from ganno_lightning.agents.peers import PEERS
 
 
 def steps_to_target(curve, target: Optional[float]) -> Optional[int]:
@@ -50,8 +51,6 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     (the first one on ties); ``peer:<name>`` is the peer's run from the condition's LR, or its one
     run when it is LR-free; the target is ``target.factor`` times the reference's final val loss.
     """
-    from ganno_lightning.agents.peers import PEERS
-
     grid = [float(f) for f in cfg.lr_grid]
     out: Dict[str, Any] = {}
     for condition in conditions_of(cfg):

@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganno_lightning.agents.peers import PEERS, peer_version
+
 #: Method names of peers start with it: ``peer:prodigy``.
 PEER_PREFIX = "peer:"
 
@@ -71,8 +73,6 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     ``lr_grid`` and of the conditions (a factor in both is one run), and each peer at each
     condition's factor, or once (at x1) for an LR-free peer, whose runs do not depend on the LR.
     """
-    from ganno_lightning.agents.peers import PEERS, peer_version
-
     conditions = conditions_of(cfg)
     agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
              "sha256": _agent_digest(cfg.agent.path)}
@@ -94,7 +94,7 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
                         "val_every": int(cfg.val_every),
                         "torch_threads": int(cfg.torch_threads),
                         "agent": agent if method == "agent" else None,
-                        "peer": _peer_info(method, peer_version),
+                        "peer": _peer_info(method),
                     }
                     job["id"] = run_id(task["id"], seed, method, factor)
                     job["key"] = _job_key(job)
@@ -118,9 +118,9 @@ def peer_name(method: str) -> Optional[str]:
     return method[len(PEER_PREFIX):] if method.startswith(PEER_PREFIX) else None
 
 
-def _peer_info(method: str, version) -> Optional[Dict[str, Any]]:
+def _peer_info(method: str) -> Optional[Dict[str, Any]]:
     name = peer_name(method)
-    return None if name is None else {"name": name, "package": version(name)}
+    return None if name is None else {"name": name, "package": peer_version(name)}
 
 
 def run_id(task_id: str, seed: int, method: str, factor: float) -> str:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.analysis import agent_wins, method_names, task_value
 from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
+from ganno_lightning.agents.peers import PEERS
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -135,8 +136,6 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         f"at most / at most {1 + cfg.within:g} x the method's.",
     ]
     if cfg.peers:
-        from ganno_lightning.agents.peers import PEERS
-
         with_lr = [f"`{p}`" for p in cfg.peers if PEERS[p].uses_lr] or ["none"]
         lr_free = [f"`{p}`" for p in cfg.peers if not PEERS[p].uses_lr] or ["none"]
         parts.append(
