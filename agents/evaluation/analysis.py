@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
-from ganno_lightning.agents.evaluation.plan import conditions_of, run_id, task_specs
+from ganno_lightning.agents.evaluation.plan import conditions_of, peer_method, run_id, task_specs
+from ganno_lightning.agents.peers import PEERS
 
 
 def steps_to_target(curve, target: Optional[float]) -> Optional[int]:
@@ -31,16 +32,24 @@ def steps_to_target(curve, target: Optional[float]) -> Optional[int]:
     return None
 
 
-def method_names(schedules) -> List[str]:
-    """Row names of the report: ``agent``, ``<schedule>@init`` ..., ``<schedule>@tuned`` ..."""
-    return ["agent", *[f"{s}@init" for s in schedules], *[f"{s}@tuned" for s in schedules]]
+def method_names(schedules, peers=()) -> List[str]:
+    """Row names of the report: ``agent``, ``<schedule>@init`` ..., ``<schedule>@tuned`` ..., ``peer:<name>`` ...
+
+    Example::
+
+        >>> method_names(["constant"], ["prodigy"])
+        ['agent', 'constant@init', 'constant@tuned', 'peer:prodigy']
+    """
+    return ["agent", *[f"{s}@init" for s in schedules], *[f"{s}@tuned" for s in schedules],
+            *[peer_method(p) for p in peers]]
 
 
 def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Per condition, task and seed: every method's final val loss, accuracy and steps to target.
 
     ``<schedule>@tuned`` is, per task and seed, the grid factor with the lowest final val loss
-    (the first one on ties); the target is ``target.factor`` times the reference's final val loss.
+    (the first one on ties); ``peer:<name>`` is the peer's run from the condition's LR, or its one
+    run when it is LR-free; the target is ``target.factor`` times the reference's final val loss.
     """
     grid = [float(f) for f in cfg.lr_grid]
     out: Dict[str, Any] = {}
@@ -58,6 +67,8 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
                 for s in cfg.schedules:
                     candidates = [get(s, f) for f in grid]
                     chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
+                for p in cfg.peers:
+                    chosen[peer_method(p)] = get(peer_method(p), condition.factor if PEERS[p].uses_lr else 1.0)
                 reference = chosen["constant@init" if cfg.target.reference == "constant" else "cosine@tuned"]
                 target = reference["final_val_loss"] * cfg.target.factor
                 target = target if math.isfinite(target) else None
@@ -106,7 +117,7 @@ def summarise(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
     for condition, tasks in comparisons.items():
         rows = {}
         n_tasks = len(tasks)
-        for method in method_names(cfg.schedules):
+        for method in method_names(cfg.schedules, cfg.peers):
             losses = [task_value(t, method) for t in tasks.values()]
             agent = [task_value(t, "agent") for t in tasks.values()]
             cosine = [task_value(t, "cosine@tuned") for t in tasks.values()]

@@ -11,6 +11,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from ganno_lightning.agents.baselines import SCHEDULES
+from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from ganno_lightning import config as shared
 from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
@@ -59,6 +60,8 @@ class EvaluateConfig:
     init_lr_factors: List[float] = field(default_factory=lambda: [1.0, 10.0, 0.1])  # one condition each
     deeper: bool = True  # add the `deeper_x2` condition (twice the meta-training max depth)
     schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from ganno_lightning.agents.baselines
+    # LR-free and adaptive optimizers, from ganno_lightning.agents.peers (the `peers` extra); none by default
+    peers: List[str] = field(default_factory=list)
     target: TargetConfig = field(default_factory=TargetConfig)
     within: float = 0.05  # "within 5% of the tuned cosine": agent loss <= (1 + within) x its loss
     task_seed: int = 0  # seeds the draws of task hyperparameters
@@ -90,7 +93,7 @@ def load_config(
     Raises:
         ValueError: For an unknown key (named with its dotted path, e.g. ``suite[0].famly``), a
             value of the wrong type, a missing file, or an invalid setting (empty suite,
-            non-positive LR multiplier, unknown family or schedule, ...).
+            non-positive LR multiplier, unknown family, schedule or peer, a peer whose package is missing, ...).
 
     Example::
 
@@ -161,6 +164,14 @@ def validate_config(cfg: DictConfig) -> None:
             f"`schedules` must be distinct and include {list(_REQUIRED_SCHEDULES)} (the targets compare with them), "
             f"got {list(cfg.schedules)}."
         )
+    unknown = [p for p in cfg.peers if p not in PEERS]
+    if unknown:
+        raise ValueError(f"`peers` has unknown peer(s) {unknown}; known: {list(PEERS)}.")
+    if len(set(cfg.peers)) != len(cfg.peers):
+        raise ValueError(f"`peers` must be distinct, got {list(cfg.peers)}.")
+    missing = missing_packages(list(cfg.peers))
+    if missing:
+        raise ValueError(f"`peers` {list(cfg.peers)} need(s) the package(s) {missing}, not installed: {PEERS_EXTRA}.")
     if cfg.target.reference not in ("constant", "tuned_cosine"):
         raise ValueError(f"`target.reference` must be 'constant' or 'tuned_cosine', got {cfg.target.reference!r}.")
     if not (math.isfinite(cfg.target.factor) and cfg.target.factor > 0):

@@ -8,6 +8,11 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganno_lightning.agents.peers import PEERS, peer_version
+
+#: Method names of peers start with it: ``peer:prodigy``.
+PEER_PREFIX = "peer:"
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -64,8 +69,9 @@ def _lr_key(factor: float) -> str:
 def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     """Every distinct run the conditions need, as plain-data jobs for :func:`run_one`.
 
-    Per task and seed: the agent at each condition's factor, and each schedule at every factor of
-    ``lr_grid`` and of the conditions (a factor in both is one run).
+    Per task and seed: the agent at each condition's factor, each schedule at every factor of
+    ``lr_grid`` and of the conditions (a factor in both is one run), and each peer at each
+    condition's factor, or once (at x1) for an LR-free peer, whose runs do not depend on the LR.
     """
     conditions = conditions_of(cfg)
     agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
@@ -77,6 +83,7 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         for task in task_specs(cfg, deeper):
             for seed in cfg.seeds:
                 methods = [("agent", f) for f in factors] + [(s, f) for s in cfg.schedules for f in baseline_factors]
+                methods += [(peer_method(p), f) for p in cfg.peers for f in (factors if PEERS[p].uses_lr else [1.0])]
                 for method, factor in methods:
                     job = {
                         "task": task,
@@ -87,11 +94,33 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
                         "val_every": int(cfg.val_every),
                         "torch_threads": int(cfg.torch_threads),
                         "agent": agent if method == "agent" else None,
+                        "peer": _peer_info(method),
                     }
                     job["id"] = run_id(task["id"], seed, method, factor)
                     job["key"] = _job_key(job)
                     jobs.setdefault(job["id"], job)
     return list(jobs.values())
+
+
+def peer_method(name: str) -> str:
+    """The method name of the peer ``name`` in runs and reports: ``peer:<name>``.
+
+    Example::
+
+        >>> peer_method("prodigy_cosine"), peer_name("peer:prodigy_cosine"), peer_name("cosine")
+        ('peer:prodigy_cosine', 'prodigy_cosine', None)
+    """
+    return f"{PEER_PREFIX}{name}"
+
+
+def peer_name(method: str) -> Optional[str]:
+    """The peer a method name stands for, ``None`` for the agent and the schedules."""
+    return method[len(PEER_PREFIX):] if method.startswith(PEER_PREFIX) else None
+
+
+def _peer_info(method: str) -> Optional[Dict[str, Any]]:
+    name = peer_name(method)
+    return None if name is None else {"name": name, "package": peer_version(name)}
 
 
 def run_id(task_id: str, seed: int, method: str, factor: float) -> str:
@@ -102,6 +131,8 @@ def run_id(task_id: str, seed: int, method: str, factor: float) -> str:
 def _job_key(job: Dict[str, Any]) -> str:
     # Everything that changes a run's outcome; a finished run is reused only under the same key.
     spec = {k: job[k] for k in ("task", "seed", "method", "lr_factor", "steps", "val_every", "agent")}
+    if job["peer"] is not None:  # only peers: the keys of other runs stay those of earlier logs, still reusable
+        spec["peer"] = job["peer"]
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 

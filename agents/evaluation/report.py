@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.analysis import agent_wins, method_names, task_value
-from ganno_lightning.agents.evaluation.plan import Condition, conditions_of
+from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
+from ganno_lightning.agents.peers import PEERS
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -56,7 +57,7 @@ def summary_table(cfg: DictConfig, rows: Dict[str, Any]) -> str:
 def task_table(cfg: DictConfig, tasks: Dict[str, Any]) -> str:
     """One condition's per-task table: seed-mean final val loss of every method, and the target checks."""
     within = f"{cfg.within * 100:g}%"
-    methods = method_names(cfg.schedules)
+    methods = method_names(cfg.schedules, cfg.peers)
     header = ["task", "layers", "task LR (x1)", *methods, "agent steps to target (per seed)", "agent < constant",
               "agent <= tuned cosine", f"agent within {within} of tuned cosine"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -93,7 +94,7 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         else "the LR-grid-tuned cosine"
     failed = [r for r in runs.values() if r["status"] == "failed"]
     parts = [
-        "# GANNO agent vs handcrafted LR schedules",
+        "# GANNO agent vs handcrafted LR schedules" + (" and LR-free peers" if cfg.peers else ""),
         "",
         f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`). Suite: "
         + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s))" for e in cfg.suite)
@@ -134,6 +135,13 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         f"- `agent < method` / `agent <= method` / `agent within {within}`: tasks where the agent's loss is lower than / "
         f"at most / at most {1 + cfg.within:g} x the method's.",
     ]
+    if cfg.peers:
+        with_lr = [f"`{p}`" for p in cfg.peers if PEERS[p].uses_lr] or ["none"]
+        lr_free = [f"`{p}`" for p in cfg.peers if not PEERS[p].uses_lr] or ["none"]
+        parts.append(
+            "- `peer:<name>`: the module's optimizer replaced by an LR-free or adaptive one that users pick instead of "
+            f"tuning (`ganno_lightning.agents.peers`), never tuned. From the condition's initial LR: {', '.join(with_lr)}; "
+            f"LR-free (lr=1 in every condition, so one run per task and seed): {', '.join(lr_free)}.")
     for condition in conditions_of(cfg):
         parts += ["", f"## {condition.name}", "", summary_table(cfg, summary[condition.name]), ""]
         parts += ["Per task (final val loss, mean over seeds):", "", task_table(cfg, comparisons[condition.name])]
@@ -149,12 +157,14 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
 
 
 _COLORS = {"constant": "tab:blue", "step_decay": "tab:orange", "cosine": "tab:green", "warmup_cosine": "tab:red"}
+_PEER_COLORS = {"schedulefree_adamw": "tab:purple", "prodigy": "tab:brown", "prodigy_cosine": "tab:pink",
+                "dadapt_adam": "tab:olive", "adam_hd": "tab:cyan"}
 
 
 def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any], runs, path: Path) -> Path:
     """Validation-loss curves of every method on every task of ``condition`` (first seed), one panel per task.
 
-    Solid lines: schedules at the initial LR; dashed: tuned; black: the agent; an ``x`` marks where
+    Solid lines: schedules at the initial LR; dashed: tuned; dash-dotted: peers; black: the agent; an ``x`` marks where
     a run diverged; the dotted line is the steps-to-target target.
     """
     import matplotlib
@@ -173,6 +183,8 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
             points = [(s, v) for s, v in curve if math.isfinite(v)]
             if method == "agent":
                 style = {"color": "black", "linewidth": 2.2, "zorder": 3}
+            elif peer_name(method) is not None:
+                style = {"color": _PEER_COLORS.get(peer_name(method)), "linewidth": 1.2, "linestyle": "-."}
             else:
                 schedule, kind = method.split("@")
                 style = {"color": _COLORS.get(schedule), "linewidth": 1.2, "linestyle": "-" if kind == "init" else "--"}

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ganno_lightning.agents.evaluation.config import deeper_family
+from ganno_lightning.agents.evaluation.plan import peer_name
 from ganno_lightning.trials.curve import LearningCurve
 from ganno_lightning.trials.trainer import short_run_trainer
 
@@ -88,6 +89,10 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
                                   exploration=agent["exploration"], seed=job["seed"])
             callbacks.append(ganno)
+        elif peer_name(job["method"]) is not None:
+            from ganno_lightning.agents.peers import with_peer
+
+            with_peer(module, peer_name(job["method"]), job["steps"])  # brings its own callback if it needs one
         else:
             with_schedule(module, job["method"], job["steps"])
         with tempfile.TemporaryDirectory(prefix="ganno_eval_") as root, warnings.catch_warnings():

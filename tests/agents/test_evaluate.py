@@ -181,6 +181,8 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({"schedules": ["constant", "step_decay"]}, [], r"`schedules` must be distinct and include \['constant', 'cosine'\]"),
         ({}, ["steps=abc"], r"`steps` in the overrides must be an int, got 'abc'"),
         ({}, ["workers=0"], r"`workers` must be an int >= 1, got 0"),
+        ({}, ["peers=[prodigy,sgd]"], r"`peers` has unknown peer\(s\) \['sgd'\]; known: \['schedulefree_adamw', 'prodigy', "),
+        ({"peers": ["adam_hd", "adam_hd"]}, [], r"`peers` must be distinct, got \['adam_hd', 'adam_hd'\]"),
         ({}, ["agent.exploration=argmax"], r"`agent\.exploration` must be one of \['mean', 'mode', 'random'\], got 'argmax'"),
     ],
 )
@@ -196,6 +198,7 @@ def test_shipped_configs_load_and_plan_the_runs_the_targets_need():
     # per task and seed: agent x3 + 4 schedules x 5 LRs (the x1/x10/x0.1 factors are grid points); deeper: 1 + 20
     tasks = sum(entry.tasks for entry in full.suite)
     assert tasks >= 12
+    assert list(full.peers) == []  # the peers are opt-in (the `peers` extra): the committed results have none
     assert len(ev.plan_runs(full)) == tasks * len(full.seeds) * (23 + 21)
     smoke = ev.load_config(SMOKE, ["agent=some/agent.pt"])
     assert smoke.agent.path == "some/agent.pt"  # `agent=` is short for `agent.path=`
