@@ -32,6 +32,11 @@ class GANNOCallback(Callback):
     ``wandb.Table`` of the schedule are added at the end of fit. The schedule is always kept in
     :attr:`schedule`, and written as CSV and PNG when ``save_dir`` is set.
 
+    A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
+    the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
+    or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
+    again at the first interval whose loss is finite.
+
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
             ships with the package.
@@ -118,6 +123,7 @@ class GANNOCallback(Callback):
         self._final_state: dict[str, Any] | None = None
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         self._fingerprint: str | None = None
+        self._warned_nonfinite = False
         #: The :class:`~ganno_lightning.layerwise.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
@@ -167,6 +173,7 @@ class GANNOCallback(Callback):
             self._loaded_state = None
         self.schedule = self.controller.schedule
         self._final_state = None
+        self._warned_nonfinite = False
         rank_zero_info(f"GANNOCallback controls {self.controller.num_agents} layers: {self.controller.partition}")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -192,6 +199,9 @@ class GANNOCallback(Callback):
         distributed = trainer.world_size > 1
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
+        if not controller.last_interval_loss_finite:  # the reduced loss: every rank skips alike
+            self._skip_nonfinite_interval(controller.last_interval_loss)
+            return
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
         decision = self.agent.decide(observation, self._policy_state, exploration=self.exploration,
                                      generator=self._generator)
@@ -208,6 +218,16 @@ class GANNOCallback(Callback):
             metrics[f"ganno/scale/{name}"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _skip_nonfinite_interval(self, loss: float) -> None:
+        end = self.controller.step
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"GANNOCallback: the training loss is {loss} (mean of the {self.interval} optimizer steps up to "
+                f"global step {end}); every layer keeps its LR scale, and the agent decides again once the loss is "
+                "finite. (Warned once per fit.)")
+        self.controller.skip_decision()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.controller is None:

@@ -115,6 +115,11 @@ class LayerwiseController:
         """Mean training loss of the interval the last :meth:`observe` summarised (NaN if none)."""
         return self.observer.last_interval_loss
 
+    @property
+    def last_interval_loss_finite(self) -> bool:
+        """Whether the interval the last :meth:`observe` summarised had a finite mean loss (``True`` if it had none)."""
+        return self.observer.last_interval_loss_count == 0 or math.isfinite(self.observer.last_interval_loss)
+
     def apply(self, actions: Tensor | Sequence[int]) -> None:
         """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
         actions = torch.as_tensor(actions).reshape(-1).tolist()
@@ -137,6 +142,10 @@ class LayerwiseController:
         self.lr.multiply(multipliers)
         self.observer.start_interval()
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)
+
+    def skip_decision(self) -> None:
+        """Start a new interval with every scale as it is; the schedule records nothing."""
+        self.observer.start_interval()
 
     def state_dict(self) -> dict[str, Any]:
         return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),

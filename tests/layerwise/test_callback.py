@@ -163,6 +163,32 @@ def test_sampling_mode_is_reproducible_from_seed():
     assert run(3) != run(4)
 
 
+class NaNLossWindow(TinyRegressor):
+    """Reports a NaN loss on optimizer steps ``first <= step < last``; its gradients stay finite."""
+
+    def __init__(self, first: int, last: int, **kwargs):
+        super().__init__(**kwargs)
+        self.first, self.last = first, last
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss + float("nan") if self.first <= self.trainer.global_step < self.last else loss
+
+
+def test_a_nonfinite_loss_holds_the_scales_warns_once_and_deciding_resumes_after():
+    model = NaNLossWindow(4, 12, lr=0.05)  # intervals 4-7 and 8-11 are NaN
+    callback = GANNOCallback(depth_agent(4))
+    with pytest.warns(UserWarning) as record:
+        trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    messages = [str(w.message) for w in record if "GANNOCallback: the training loss" in str(w.message)]
+    assert len(messages) == 1
+    assert "is nan (mean of the 4 optimizer steps up to global step 8); every layer keeps its LR scale" in messages[0]
+    assert callback.schedule.steps == [0, 4, 16]  # no decision at 8 or 12
+    assert callback.schedule.lrs_of("net.0") == pytest.approx([0.05, 0.1, 0.2])
+    seen = model.trainer.optimizers[0].seen_lrs
+    assert seen[4:] == [pytest.approx([0.1, 0.025])] * 12  # the scales reached before the NaN
+
+
 # -- composition with Lightning features --------------------------------------------------------
 def test_several_param_groups_keep_their_hyperparameters():
     model = TinyRegressor(lr=0.1, groups=True)
