@@ -37,6 +37,14 @@ class GANNOCallback(Callback):
     or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
     again at the first interval whose loss is finite.
 
+    During fit every layer has its own param group, named after the layer, so Lightning's
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs one series per layer:
+    ``lr-AdamW/<layer>`` (``lr-AdamW/<name>/<layer>`` for a param group you named, and
+    ``lr-AdamW/pg<i>/<layer>`` for unnamed ones when you have several). The monitor reads the groups
+    between optimizer steps, so it shows the scheduler's LR, the same for every layer; the agent's
+    scale applies only inside ``optimizer.step()``, and the effective LR is ``ganno/lr/<layer>``.
+    Checkpoints keep your own param groups and names.
+
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
             ships with the package.
