@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
-from ganno_lightning.layerwise.partition import GroupSpec
+from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.schedule import LRSchedule
 
 AgentLike = GANNOAgent | str | os.PathLike | None
@@ -126,6 +126,7 @@ class GANNOCallback(Callback):
         self.grad_samples = grad_samples
         self.seed = seed
         self.controller: LayerwiseController | None = None
+        self._partition: LayerPartition | None = None  # built at fit start, controlled from train start
         self._generator = torch.Generator().manual_seed(seed)
         self._loaded_state: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None
@@ -144,6 +145,13 @@ class GANNOCallback(Callback):
                 "or remove GANNOCallback."
             )
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Built (and announced) here, with Lightning's other start-up lines: a line logged once the
+        # sanity check's progress bar has drawn follows the bar on its line in a captured log.
+        in_optimizer = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+        self._partition = LayerPartition.from_module(pl_module, self.groups, params=in_optimizer)
+        rank_zero_info(f"GANNOCallback controls {len(self._partition)} layers: {self._partition}")
+
     # -- training -----------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After checkpoint restore: the optimizer already holds its saved state in the user's
@@ -154,7 +162,7 @@ class GANNOCallback(Callback):
             action_multipliers=self.agent.action_multipliers,
             interval=self.interval,
             scale_bounds=self.scale_bounds,
-            groups=self.groups,
+            partition=self._partition,
             lr_schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
             total_steps=_total_steps(trainer),
             grad_samples=self.grad_samples,
@@ -182,7 +190,6 @@ class GANNOCallback(Callback):
         self.schedule = self.controller.schedule
         self._final_state = None
         self._warned_nonfinite = False
-        rank_zero_info(f"GANNOCallback controls {self.controller.num_agents} layers: {self.controller.partition}")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -33,6 +33,8 @@ class LayerwiseController:
         interval: Optimizer steps between decisions.
         scale_bounds: ``(low, high)`` clip of every scale.
         groups: Partition override (see :meth:`LayerPartition.from_module`).
+        partition: The agents, if built beforehand from this model and optimizer (``groups`` is
+            then not used).
         lr_schedulers: Schedulers attached to ``optimizer``.
         total_steps: Length of the run in optimizer steps, or ``None`` when unknown.
         grad_samples: Gradient measurements per interval.
@@ -64,6 +66,7 @@ class LayerwiseController:
         interval: int,
         scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         groups: GroupSpec = None,
+        partition: LayerPartition | None = None,
         lr_schedulers: Sequence[Any] = (),
         total_steps: int | None = None,
         grad_samples: int = 2,
@@ -72,8 +75,10 @@ class LayerwiseController:
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
-        in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
-        self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
+        if partition is None:
+            in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+            partition = LayerPartition.from_module(model, groups, params=in_optimizer)
+        self.partition = partition
         self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
                                       grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,

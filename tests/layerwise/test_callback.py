@@ -1,11 +1,14 @@
 import csv
 import glob
+import logging
 import math
+import sys
 
 import lightning as L
 import pytest
 import torch
-from helpers import DOWN, UP, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent, trainer
+from helpers import (DOWN, UP, NaNLossWindow, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent,
+                     trainer)
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -163,18 +166,6 @@ def test_sampling_mode_is_reproducible_from_seed():
     assert run(3) != run(4)
 
 
-class NaNLossWindow(TinyRegressor):
-    """Reports a NaN loss on optimizer steps ``first <= step < last``; its gradients stay finite."""
-
-    def __init__(self, first: int, last: int, **kwargs):
-        super().__init__(**kwargs)
-        self.first, self.last = first, last
-
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        return loss + float("nan") if self.first <= self.trainer.global_step < self.last else loss
-
-
 def test_a_nonfinite_loss_holds_the_scales_warns_once_and_deciding_resumes_after():
     model = NaNLossWindow(4, 12, lr=0.05)  # intervals 4-7 and 8-11 are NaN
     callback = GANNOCallback(depth_agent(4))
@@ -317,6 +308,22 @@ def test_validation_loss_reaches_the_observation():
 
 
 # -- outputs ------------------------------------------------------------------------------------
+def test_start_up_line_comes_on_its_own_line_before_the_sanity_check(capsys):
+    # Lightning's log lines and the progress bar in one stream, in the order they were written.
+    handler = logging.StreamHandler(sys.stdout)
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        trainer(max_epochs=1, enable_progress_bar=True, callbacks=[GANNOCallback(depth_agent(4))]).fit(
+            ValidatedRegressor())
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    out = capsys.readouterr().out
+    start_up = "GANNOCallback controls 2 layers: LayerPartition(net.0:linear, net.2:linear)\n"
+    assert start_up in out.split("Sanity Checking")[0]
+    # a captured log that drops the bar's carriage returns still shows it on a line of its own
+    assert f"\n{start_up}" in out.replace("\r", "")
+
+
 def test_schedule_is_written_as_csv_and_png(tmp_path):
     callback = GANNOCallback(depth_agent(4), save_dir=tmp_path / "out")
     trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
