@@ -69,6 +69,20 @@ class ValidatedRegressor(TinyRegressor):
         return DataLoader(regression_data(32, seed=1), batch_size=16)
 
 
+class NaNLossWindow(TinyRegressor):
+    """Reports a NaN loss on optimizer steps ``first <= step < last`` (on every rank, or on ``rank`` only);
+    its gradients stay finite."""
+
+    def __init__(self, first: int, last: int, rank: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.first, self.last, self.rank = first, last, rank
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        nan = self.first <= self.trainer.global_step < self.last and self.rank in (None, self.global_rank)
+        return loss + float("nan") if nan else loss
+
+
 class RecordingSGD(torch.optim.SGD):
     """SGD that records the LR of every param group each time it actually updates."""
 

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
-from ganno_lightning.layerwise.partition import GroupSpec
+from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.schedule import LRSchedule
 
 AgentLike = GANNOAgent | str | os.PathLike | None
@@ -31,6 +31,19 @@ class GANNOCallback(Callback):
     ``ganno/scale/<layer>``; with a :class:`~lightning.pytorch.loggers.WandbLogger` a heatmap and a
     ``wandb.Table`` of the schedule are added at the end of fit. The schedule is always kept in
     :attr:`schedule`, and written as CSV and PNG when ``save_dir`` is set.
+
+    A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
+    the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
+    or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
+    again at the first interval whose loss is finite.
+
+    During fit every layer has its own param group, named after the layer, so Lightning's
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs one series per layer:
+    ``lr-AdamW/<layer>`` (``lr-AdamW/<name>/<layer>`` for a param group you named, and
+    ``lr-AdamW/pg<i>/<layer>`` for unnamed ones when you have several). The monitor reads the groups
+    between optimizer steps, so it shows the scheduler's LR, the same for every layer; the agent's
+    scale applies only inside ``optimizer.step()``, and the effective LR is ``ganno/lr/<layer>``.
+    Checkpoints keep your own param groups and names.
 
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
@@ -113,11 +126,13 @@ class GANNOCallback(Callback):
         self.grad_samples = grad_samples
         self.seed = seed
         self.controller: LayerwiseController | None = None
+        self._partition: LayerPartition | None = None  # built at fit start, controlled from train start
         self._generator = torch.Generator().manual_seed(seed)
         self._loaded_state: dict[str, Any] | None = None
         self._final_state: dict[str, Any] | None = None
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         self._fingerprint: str | None = None
+        self._warned_nonfinite = False
         #: The :class:`~ganno_lightning.layerwise.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
@@ -130,6 +145,13 @@ class GANNOCallback(Callback):
                 "or remove GANNOCallback."
             )
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Built (and announced) here, with Lightning's other start-up lines: a line logged once the
+        # sanity check's progress bar has drawn follows the bar on its line in a captured log.
+        in_optimizer = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
+        self._partition = LayerPartition.from_module(pl_module, self.groups, params=in_optimizer)
+        rank_zero_info(f"GANNOCallback controls {len(self._partition)} layers: {self._partition}")
+
     # -- training -----------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After checkpoint restore: the optimizer already holds its saved state in the user's
@@ -140,7 +162,7 @@ class GANNOCallback(Callback):
             action_multipliers=self.agent.action_multipliers,
             interval=self.interval,
             scale_bounds=self.scale_bounds,
-            groups=self.groups,
+            partition=self._partition,
             lr_schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
             total_steps=_total_steps(trainer),
             grad_samples=self.grad_samples,
@@ -167,7 +189,7 @@ class GANNOCallback(Callback):
             self._loaded_state = None
         self.schedule = self.controller.schedule
         self._final_state = None
-        rank_zero_info(f"GANNOCallback controls {self.controller.num_agents} layers: {self.controller.partition}")
+        self._warned_nonfinite = False
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -192,6 +214,9 @@ class GANNOCallback(Callback):
         distributed = trainer.world_size > 1
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
+        if not controller.last_interval_loss_finite:  # the reduced loss: every rank skips alike
+            self._skip_nonfinite_interval(controller.last_interval_loss)
+            return
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
         decision = self.agent.decide(observation, self._policy_state, exploration=self.exploration,
                                      generator=self._generator)
@@ -208,6 +233,16 @@ class GANNOCallback(Callback):
             metrics[f"ganno/scale/{name}"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _skip_nonfinite_interval(self, loss: float) -> None:
+        end = self.controller.step
+        if not self._warned_nonfinite:
+            self._warned_nonfinite = True
+            rank_zero_warn(
+                f"GANNOCallback: the training loss is {loss} (mean of the {self.interval} optimizer steps up to "
+                f"global step {end}); every layer keeps its LR scale, and the agent decides again once the loss is "
+                "finite. (Warned once per fit.)")
+        self.controller.skip_decision()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.controller is None:

@@ -33,6 +33,8 @@ class LayerwiseController:
         interval: Optimizer steps between decisions.
         scale_bounds: ``(low, high)`` clip of every scale.
         groups: Partition override (see :meth:`LayerPartition.from_module`).
+        partition: The agents, if built beforehand from this model and optimizer (``groups`` is
+            then not used).
         lr_schedulers: Schedulers attached to ``optimizer``.
         total_steps: Length of the run in optimizer steps, or ``None`` when unknown.
         grad_samples: Gradient measurements per interval.
@@ -64,6 +66,7 @@ class LayerwiseController:
         interval: int,
         scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         groups: GroupSpec = None,
+        partition: LayerPartition | None = None,
         lr_schedulers: Sequence[Any] = (),
         total_steps: int | None = None,
         grad_samples: int = 2,
@@ -72,8 +75,10 @@ class LayerwiseController:
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
-        in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
-        self.partition = LayerPartition.from_module(model, groups, params=in_optimizer)
+        if partition is None:
+            in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+            partition = LayerPartition.from_module(model, groups, params=in_optimizer)
+        self.partition = partition
         self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
                                       grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
@@ -115,6 +120,11 @@ class LayerwiseController:
         """Mean training loss of the interval the last :meth:`observe` summarised (NaN if none)."""
         return self.observer.last_interval_loss
 
+    @property
+    def last_interval_loss_finite(self) -> bool:
+        """Whether the interval the last :meth:`observe` summarised had a finite mean loss (``True`` if it had none)."""
+        return self.observer.last_interval_loss_count == 0 or math.isfinite(self.observer.last_interval_loss)
+
     def apply(self, actions: Tensor | Sequence[int]) -> None:
         """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
         actions = torch.as_tensor(actions).reshape(-1).tolist()
@@ -137,6 +147,10 @@ class LayerwiseController:
         self.lr.multiply(multipliers)
         self.observer.start_interval()
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)
+
+    def skip_decision(self) -> None:
+        """Start a new interval with every scale as it is; the schedule records nothing."""
+        self.observer.start_interval()
 
     def state_dict(self) -> dict[str, Any]:
         return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),

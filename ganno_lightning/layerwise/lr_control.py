@@ -18,6 +18,10 @@ PER_GROUP_SCHEDULER_KEYS = ("base_lrs", "_last_lr", "lr_lambdas", "min_lrs", "ma
 #: Marks the param groups this package created; useful to anyone inspecting the optimizer.
 AGENT_KEY = "ganno_agent"
 
+#: The param-group key Lightning's ``LearningRateMonitor`` names a group's series after
+#: (``lr-<Optimizer>/<name>``); split groups are named after their layer.
+NAME_KEY = "name"
+
 
 class LayerwiseLR:
     """Gives each agent its own param group(s) and an LR *scale* applied on top of the scheduler.
@@ -26,6 +30,11 @@ class LayerwiseLR:
     hyperparameter the user set (weight decay, betas, momentum, custom keys) is copied, and the
     optimizer state, which is keyed by parameter, is untouched. Parameters that no agent controls
     stay in groups of their own with the original settings.
+
+    Each split group is named (its ``"name"`` key, which Lightning's ``LearningRateMonitor`` uses)
+    after its layer: ``"net.0"``; ``"<name>/net.0"`` where the original group had a ``"name"``,
+    ``"pg<i>/net.0"`` where there are several unnamed original groups. A group of uncontrolled
+    parameters keeps the original group's name (``"pg<i>"`` if it had none and there are several).
 
     The scale is applied only *during* ``optimizer.step()`` through step hooks: the group's
     ``"lr"`` is the scheduler's LR outside the step, so any LR scheduler keeps working and the
@@ -75,15 +84,21 @@ class LayerwiseLR:
         new_groups: list[dict[str, Any]] = []
         self.group_origin: list[int] = []  # original group index of each new group
         self.group_agent: list[int | None] = []  # agent of each new group (None: not controlled)
+        several = len(optimizer.param_groups) > 1
         for origin, group in enumerate(optimizer.param_groups):
             rest, by_agent = [], {}
             for p in group["params"]:
                 agent = partition.agent_of(p)
                 (rest if agent is None else by_agent.setdefault(agent, [])).append(p)
             pieces = ([(None, rest)] if rest or not by_agent else []) + sorted(by_agent.items())
+            # One layer's parameters can sit in several groups (weights with decay, biases without):
+            # the original group's name, or its position, keeps the names unique.
+            prefix = group.get(NAME_KEY) or (f"pg{origin + 1}" if several else None)
             for agent, params in pieces:
                 hyper = {**_hyper(group), **_resolved_foreach(optimizer, group, params)}
-                new_groups.append({**hyper, "params": params, **({} if agent is None else {AGENT_KEY: agent})})
+                name = prefix if agent is None else "/".join(map(str, filter(None, (prefix, partition.names[agent]))))
+                new_groups.append({**hyper, "params": params, **({} if name is None else {NAME_KEY: name}),
+                                   **({} if agent is None else {AGENT_KEY: agent})})
                 self.group_origin.append(origin)
                 self.group_agent.append(agent)
         missing = [layer.name for i, layer in enumerate(partition) if i not in self.group_agent]
@@ -178,6 +193,9 @@ class LayerwiseLR:
             first = next((g for g, o in zip(split_groups, self.group_origin) if o == origin), None)
             hyper = _hyper(first) if first is not None else dict(self._original_hyper[origin])
             hyper.pop(AGENT_KEY, None)
+            hyper.pop(NAME_KEY, None)
+            if NAME_KEY in self._original_hyper[origin]:
+                hyper[NAME_KEY] = self._original_hyper[origin][NAME_KEY]
             if "foreach" in hyper and self._original_hyper[origin].get("foreach", False) is None:
                 hyper["foreach"] = None  # undo _resolved_foreach: a checkpoint resumed on a GPU picks its own
             hypers.append(hyper)

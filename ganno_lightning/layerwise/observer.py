@@ -218,6 +218,7 @@ class LayerObserver:
         if count and math.isfinite(loss):
             self._prev_loss = loss
         self.last_interval_loss = loss if count else float("nan")
+        self.last_interval_loss_count = count
         run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
         measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
         rows = [[*own, *fixed, *run_part] for own, fixed in zip(measured, self._fixed_rows, strict=True)]

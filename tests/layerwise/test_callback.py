@@ -1,12 +1,15 @@
 import csv
 import glob
+import logging
 import math
+import sys
 
 import lightning as L
 import pytest
 import torch
-from helpers import DOWN, UP, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent, trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from helpers import (DOWN, UP, NaNLossWindow, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent,
+                     trainer)
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -163,6 +166,20 @@ def test_sampling_mode_is_reproducible_from_seed():
     assert run(3) != run(4)
 
 
+def test_a_nonfinite_loss_holds_the_scales_warns_once_and_deciding_resumes_after():
+    model = NaNLossWindow(4, 12, lr=0.05)  # intervals 4-7 and 8-11 are NaN
+    callback = GANNOCallback(depth_agent(4))
+    with pytest.warns(UserWarning) as record:
+        trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    messages = [str(w.message) for w in record if "GANNOCallback: the training loss" in str(w.message)]
+    assert len(messages) == 1
+    assert "is nan (mean of the 4 optimizer steps up to global step 8); every layer keeps its LR scale" in messages[0]
+    assert callback.schedule.steps == [0, 4, 16]  # no decision at 8 or 12
+    assert callback.schedule.lrs_of("net.0") == pytest.approx([0.05, 0.1, 0.2])
+    seen = model.trainer.optimizers[0].seen_lrs
+    assert seen[4:] == [pytest.approx([0.1, 0.025])] * 12  # the scales reached before the NaN
+
+
 # -- composition with Lightning features --------------------------------------------------------
 def test_several_param_groups_keep_their_hyperparameters():
     model = TinyRegressor(lr=0.1, groups=True)
@@ -180,6 +197,54 @@ def test_several_param_groups_keep_their_hyperparameters():
         up, down = expected_scales(step, 4)
         assert lrs == pytest.approx([0.1 * up, 0.01 * down])
     assert [g["tag"] for g in model.trainer.optimizers[0].param_groups] == ["body", "head"]
+
+
+def _logged(logger) -> list[dict[str, str]]:
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("monitor_first", [True, False])
+def test_learning_rate_monitor_names_each_layers_series_and_shows_the_scheduler_lr(tmp_path, monitor_first):
+    logger = CSVLogger(tmp_path)
+    callbacks = [LearningRateMonitor(), GANNOCallback(depth_agent(4))]
+    trainer(max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=callbacks if monitor_first else callbacks[::-1]
+            ).fit(TinyRegressor(optimizer="adam", lr=0.1, scheduler="lambda"))
+    rows = _logged(logger)
+    assert {key for row in rows for key, value in row.items() if value and key.startswith("lr-")} == {
+        "lr-Adam/net.0", "lr-Adam/net.2"}
+    monitored = [(int(r["step"]), float(r["lr-Adam/net.0"]), float(r["lr-Adam/net.2"])) for r in rows
+                 if r["lr-Adam/net.0"]]
+    # the monitor reads the groups outside optimizer.step(): the scheduler's LR, the same for every layer ...
+    assert monitored == [(s, pytest.approx(0.1 * 0.9**s), pytest.approx(0.1 * 0.9**s)) for s in range(8)]
+    # ... while the agent's scale applies inside the step: the effective LR is ganno/lr/<layer>
+    assert [float(r["ganno/lr/net.0"]) for r in rows if r["ganno/lr/net.0"]] == pytest.approx(
+        [0.1 * 0.9**4 * 2, 0.1 * 0.9**8 * 4])
+
+
+class WeightsAndBiasesApart(TinyRegressor):
+    """The weight-decay idiom: weights in one param group, biases in another (the first optionally named)."""
+
+    def __init__(self, name=None):
+        super().__init__(optimizer="adam")
+        self.name = name
+
+    def configure_optimizers(self):
+        weights = [p for n, p in self.named_parameters() if n.endswith("weight")]
+        biases = [p for n, p in self.named_parameters() if n.endswith("bias")]
+        return torch.optim.AdamW([{"params": weights, "weight_decay": 0.01, **({"name": self.name} if self.name else {})},
+                                  {"params": biases, "weight_decay": 0.0}], lr=0.01)
+
+
+@pytest.mark.parametrize("name, first", [(None, "pg1"), ("decay", "decay")])
+def test_learning_rate_monitor_keys_keep_the_users_group_names(tmp_path, name, first):
+    logger = CSVLogger(tmp_path)
+    model = WeightsAndBiasesApart(name)
+    trainer(max_epochs=1, logger=logger, log_every_n_steps=1,
+            callbacks=[LearningRateMonitor(), GANNOCallback(depth_agent(4))]).fit(model)
+    assert {key for row in _logged(logger) for key, value in row.items() if value and key.startswith("lr-")} == {
+        f"lr-AdamW/{first}/net.0", f"lr-AdamW/{first}/net.2", "lr-AdamW/pg2/net.0", "lr-AdamW/pg2/net.2"}
+    assert [g.get("name") for g in model.trainer.optimizers[0].param_groups] == [name, None]
 
 
 def test_lr_scheduler_keeps_working_under_the_scales():
@@ -243,6 +308,22 @@ def test_validation_loss_reaches_the_observation():
 
 
 # -- outputs ------------------------------------------------------------------------------------
+def test_start_up_line_comes_on_its_own_line_before_the_sanity_check(capsys):
+    # Lightning's log lines and the progress bar in one stream, in the order they were written.
+    handler = logging.StreamHandler(sys.stdout)
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        trainer(max_epochs=1, enable_progress_bar=True, callbacks=[GANNOCallback(depth_agent(4))]).fit(
+            ValidatedRegressor())
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    out = capsys.readouterr().out
+    start_up = "GANNOCallback controls 2 layers: LayerPartition(net.0:linear, net.2:linear)\n"
+    assert start_up in out.split("Sanity Checking")[0]
+    # a captured log that drops the bar's carriage returns still shows it on a line of its own
+    assert f"\n{start_up}" in out.replace("\r", "")
+
+
 def test_schedule_is_written_as_csv_and_png(tmp_path):
     callback = GANNOCallback(depth_agent(4), save_dir=tmp_path / "out")
     trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor())
@@ -316,7 +397,7 @@ def test_checkpoint_keeps_the_users_param_group_layout(tmp_path):
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     groups = checkpoint["optimizer_states"][0]["param_groups"]
     assert len(groups) == 1 and groups[0]["params"] == [0, 1, 2, 3]
-    assert "ganno_agent" not in groups[0]
+    assert "ganno_agent" not in groups[0] and "name" not in groups[0]
     assert len(checkpoint["lr_schedulers"][0]["base_lrs"]) == 1
     # ... so a Trainer without the callback resumes from it too
     model = ValidatedRegressor(optimizer="adam", lr=0.01, scheduler="lambda")

@@ -10,13 +10,17 @@ import torch.distributed
 HERE = Path(__file__).parent
 
 
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
-def test_ddp_ranks_make_identical_decisions_and_only_rank_zero_writes(tmp_path):
+def run_workers(out: Path, *args: str) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path)], env=env,
+    result = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(out), *args], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = [json.loads((tmp_path / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+    return [json.loads((out / f"seen{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_ddp_ranks_make_identical_decisions_and_only_rank_zero_writes(tmp_path):
+    seen = run_workers(tmp_path)
     assert len(seen[0]["actions"]) == 9  # 2 epochs x (16 batches / 2 ranks) / interval 2, plus the start
     assert seen[0]["actions"] == seen[1]["actions"]
     assert seen[0]["lrs"] == seen[1]["lrs"]
@@ -24,3 +28,10 @@ def test_ddp_ranks_make_identical_decisions_and_only_rank_zero_writes(tmp_path):
     assert seen[0]["params"] == seen[1]["params"]
     assert (tmp_path / "rank0" / "ganno_schedule.csv").is_file()
     assert not (tmp_path / "rank1").exists()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_nan_loss_on_one_rank_skips_the_same_decisions_on_every_rank(tmp_path):
+    seen = run_workers(tmp_path, "nan-on-rank-1")
+    assert len(seen[0]["actions"]) == 7  # the decisions after steps 2-3 and 4-5 are skipped: the mean loss is NaN
+    assert seen[0]["actions"] == seen[1]["actions"] and seen[0]["lrs"] == seen[1]["lrs"]

@@ -119,6 +119,28 @@ def test_checkpoint_state_folds_back_into_the_original_layout():
     assert fresh_sched.base_lrs == [1e-3, 1e-2]
 
 
+def test_split_groups_are_named_after_their_layer_and_the_users_names_come_back():
+    model, _ = model_and_adam()
+    weights = [model[i].weight for i in range(3)]
+    biases = [model[i].bias for i in range(3)]
+    for names, expected in [
+        ((None, None), ["pg1/0", "pg1/1", "pg1/2", "pg2/0", "pg2/1", "pg2/2"]),  # one layer in two groups
+        (("decay", None), ["decay/0", "decay/1", "decay/2", "pg2/0", "pg2/1", "pg2/2"]),
+    ]:
+        opt = torch.optim.AdamW([{"params": weights, **({"name": names[0]} if names[0] else {})},
+                                 {"params": biases, "weight_decay": 0.0}], lr=1e-3)
+        control = LayerwiseLR(opt, LayerPartition.from_module(model))
+        assert [g["name"] for g in opt.param_groups] == expected
+        saved = control.merged_optimizer_state(opt.state_dict())["param_groups"]
+        control.close()
+        for groups in (saved, opt.param_groups):  # the checkpoint and the optimizer: the user's own groups
+            assert [g.get("name") for g in groups] == list(names)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # one group: the layer's name alone
+    LayerwiseLR(opt, LayerPartition.from_module(model, params=[*model[0].parameters(), *model[1].parameters()]))
+    assert [g.get("name") for g in opt.param_groups] == [None, "0", "1"]  # uncontrolled model[2] left unnamed
+
+
 def test_foreach_default_is_resolved_once_per_split_group_and_never_saved():
     model, _ = model_and_adam()
     opt = torch.optim.Adam([{"params": model[0].parameters()}, {"params": model[1].parameters(), "foreach": True},
