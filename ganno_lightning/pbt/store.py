@@ -268,10 +268,11 @@ class PopulationStore:
         with self._write() as conn:
             conn.execute("UPDATE members SET status = ?, updated = ? WHERE member = ?", (status, time.time(), member))
 
-    def history(self) -> list[dict[str, Any]]:
-        """Every report in order: the hyperparameter schedule of each member over time."""
+    def history(self, start: int = 0) -> list[dict[str, Any]]:
+        """Every report in order (from the ``start``-th on): the hyperparameter schedule of each member over time."""
         rows = self._connect().execute(
-            "SELECT member, step, score, hyperparameters, checkpoint, time FROM history ORDER BY id"
+            "SELECT member, step, score, hyperparameters, checkpoint, time FROM history ORDER BY id LIMIT -1 OFFSET ?",
+            (start,),
         )
         return [
             {
@@ -313,10 +314,12 @@ class PopulationStore:
             del row["_order"]
         return rows
 
-    def lineage(self) -> list[LineageEvent]:
+    def lineage(self, start: int = 0) -> list[LineageEvent]:
+        """Every exploit in order (from the ``start``-th on)."""
         rows = self._connect().execute(
             "SELECT member, step, donor, donor_step, score, donor_score, old_hyperparameters, new_hyperparameters,"
-            " time FROM lineage ORDER BY id"
+            " time FROM lineage ORDER BY id LIMIT -1 OFFSET ?",
+            (start,),
         )
         return [
             LineageEvent(r[0], r[1], r[2], r[3], _score_in(r[4]), _score_in(r[5]), json.loads(r[6]), json.loads(r[7]), r[8])

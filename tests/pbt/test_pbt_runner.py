@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ganno_lightning.pbt.runner import load_config, preflight, run_population, write_outputs
 from ganno_lightning.pbt.store import PopulationStore
@@ -193,3 +195,46 @@ def test_a_member_killed_right_after_an_exploit_resumes_from_the_exploited_state
     assert resumed[0]["lr"] == pytest.approx(lineage[0]["new_hyperparameters"]["lr"], rel=1e-3)
     for update in updates:
         assert update["lr"] == pytest.approx(lr_at(update["step"]), rel=1e-3), update
+
+
+def test_rerun_with_a_larger_max_epochs_trains_on_a_smaller_one_is_refused_and_progress_shows(tmp_path):
+    pop = tmp_path / "pop"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def ganno_pbt(*overrides):
+        command = [sys.executable, "-m", "ganno_lightning.pbt.runner", str(SMOKE), f"population_dir={pop}", *overrides]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    first = ganno_pbt("max_epochs=2")
+    assert first.returncode == 0, first.stderr
+    # while members train the console shows every report (stderr); stdout is the JSON summary alone
+    for member in (0, 1):
+        for step in (4, 8):
+            assert re.search(rf"ganno-pbt: member {member} step {step}: val_loss=\d\S* lr=\d", first.stderr), first.stderr
+    assert json.loads(first.stdout)["best_member"] in (0, 1)
+    store = PopulationStore(pop)
+    assert [r.step for r in store.members().values()] == [8, 8]  # 4 batches per epoch
+
+    second = ganno_pbt("max_epochs=3")
+    assert second.returncode == 0, second.stderr
+    assert "ganno-pbt: extending the population from max_epochs=2 to 3" in second.stderr
+    assert "step 12: val_loss=" in second.stderr and "step 8: val_loss=" not in second.stderr  # new reports only
+    members = store.members()
+    assert all(r.status == "done" and r.step == 12 for r in members.values())
+    for member in (0, 1):  # trained on from its final checkpoint, not from scratch
+        assert [h["step"] for h in store.history() if h["member"] == member] == [4, 8, 12]
+    assert OmegaConf.load(pop / "config.yaml").max_epochs == 3
+    assert json.loads(second.stdout)["final_scores"] == {str(m): r.score for m, r in members.items()}
+
+    stored_config = (pop / "config.yaml").read_bytes()
+    third = ganno_pbt("max_epochs=2")
+    assert third.returncode == 2 and third.stdout == ""
+    assert third.stderr.strip() == (
+        f"ganno-pbt: error: `max_epochs` is 2, but the population in {str(pop)!r} was started with max_epochs=3"
+        " and cannot be shortened. Rerun with max_epochs=3 to resume it, a larger value to train it on, or use a"
+        " new `population_dir`."
+    )
+    with pytest.raises(ValueError, match="`max_epochs` is 2, but the population .* was started with max_epochs=3"):
+        run_population(load_config(SMOKE, [f"population_dir={pop}", "max_epochs=2"]))
+    assert (pop / "config.yaml").read_bytes() == stored_config
+    assert [r.step for r in store.members().values()] == [12, 12]
