@@ -323,8 +323,8 @@ def check_max_epochs(config: DictConfig) -> int | None:
     config_path = Path(config.population_dir).expanduser() / "config.yaml"
     if not config_path.is_file():
         return None
-    trained = OmegaConf.load(config_path).get("max_epochs")
-    if trained is not None and config.max_epochs < trained:
+    trained = shared.load_config(PopulationConfig, config_path).max_epochs  # written by an earlier run
+    if config.max_epochs < trained:
         raise ValueError(
             f"`max_epochs` is {config.max_epochs}, but the population in {str(config_path.parent)!r} was started"
             f" with max_epochs={trained} and cannot be shortened. Rerun with max_epochs={trained} to resume it,"
