@@ -45,7 +45,9 @@ from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.space import parse_space
 
-__all__ = ["HyperparameterSpec", "PopulationConfig", "check_max_epochs", "load_config", "run_population", "write_outputs"]
+__all__ = [
+    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "load_config", "run_population", "write_outputs",
+]
 
 
 @dataclass
@@ -401,7 +403,8 @@ def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
                 if restarts[member] < config.max_restarts:
                     restarts[member] += 1
                     if progress:
-                        _say(f"member {member} exited with code {code}; restart {restarts[member]} of {config.max_restarts}")
+                        _say(f"member {member} exited with code {code}; restart {restarts[member]}"
+                             f" of {config.max_restarts}")
                     procs[member] = _start_member(config_path, config, member)
                 else:
                     store.set_status(member, "failed")  # killed members never say so themselves

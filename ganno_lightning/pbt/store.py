@@ -345,7 +345,9 @@ class PopulationStore:
         current = self.members().get(member)
         protected = {Path(current.checkpoint).name} if current and current.checkpoint else set()
         files = sorted(  # oldest first; at one step the report precedes the exploit it led to
-            (int(m.group(1)), bool(m.group(2)), entry) for entry in directory.iterdir() if (m := _STEP_FILE.match(entry.name))
+            (int(m.group(1)), bool(m.group(2)), entry)
+            for entry in directory.iterdir()
+            if (m := _STEP_FILE.match(entry.name))
         )
         removed = []
         for *_, entry in files[: max(0, len(files) - keep)]:
