@@ -45,7 +45,9 @@ class PBTCallback(Callback):
     *exploits*: it loads a top member's weights, optimizer state and LR-scheduler state, then
     *explores*: it perturbs that member's hyperparameters and applies them **after** the load, to
     every ``optimizer.param_groups`` entry and every scheduler's ``base_lrs``, so the new values are
-    the ones in effect (restoring an optimizer state alone would bring back the donor's LR).
+    the ones in effect (restoring an optimizer state alone would bring back the donor's LR). The
+    exploited state is checkpointed and recorded in one step before training goes on, so a member
+    killed after an exploit resumes from it, and the lineage shows only exploits that trained.
 
     Members are separate processes sharing ``population_dir``; :mod:`ganno_lightning.pbt.runner`
     starts them on one machine, :mod:`ganno_lightning.pbt.ray_tune` on a Ray cluster. Values logged
@@ -250,14 +252,20 @@ class PBTCallback(Callback):
             score = math.inf if self.strategy.mode == "min" else -math.inf  # diverged members rank last
         return score
 
-    def _checkpoint_and_report(self, trainer: pl.Trainer, score: float) -> Path:
-        step = trainer.global_step
-        path = self.store.checkpoint_path(self.member, step) if trainer.is_global_zero else None
+    def _save_checkpoint(self, trainer: pl.Trainer, exploit: bool = False) -> Path:
+        """Write this member's state at the current step as a whole file; every rank gets its path."""
+        path = self.store.checkpoint_path(self.member, trainer.global_step, exploit) if trainer.is_global_zero else None
         path = trainer.strategy.broadcast(path)
         tmp = path.with_name(path.name + ".tmp-write")
         trainer.save_checkpoint(tmp)  # collective; global zero writes the file
         if trainer.is_global_zero:
             commit_file(tmp, path)  # fsync + os.replace: peers only ever see whole files
+        return path
+
+    def _checkpoint_and_report(self, trainer: pl.Trainer, score: float) -> Path:
+        step = trainer.global_step
+        path = self._save_checkpoint(trainer)
+        if trainer.is_global_zero:
             self.store.report(self.member, step, score, self.hyperparameters or {}, path)
             self.store.prune_checkpoints(self.member, keep=self.keep_checkpoints)
         trainer.strategy.barrier("pbt_report")
@@ -297,20 +305,24 @@ class PBTCallback(Callback):
         self.hyperparameters = self.strategy.validate_values(decision["hyperparameters"])
         self._apply(trainer, pl_module, self.hyperparameters)  # after the load, or the donor's LR would win
         self.exploits += 1
+        # Commit the exploited state before training on: a member killed from here on resumes from
+        # the donor's weights with the explored values; one killed before never shows this exploit.
+        path = self._save_checkpoint(trainer, exploit=True)
         if trainer.is_global_zero:
-            self.store.record_exploit(
-                LineageEvent(
-                    member=self.member,
-                    step=trainer.global_step,
-                    donor=decision["donor"],
-                    donor_step=decision["donor_step"],
-                    score=score,
-                    donor_score=decision["donor_score"],
-                    old_hyperparameters=old,
-                    new_hyperparameters=dict(self.hyperparameters),
-                    time=time.time(),
-                )
+            event = LineageEvent(
+                member=self.member,
+                step=trainer.global_step,
+                donor=decision["donor"],
+                donor_step=decision["donor_step"],
+                score=score,
+                donor_score=decision["donor_score"],
+                old_hyperparameters=old,
+                new_hyperparameters=dict(self.hyperparameters),
+                time=time.time(),
             )
+            self.store.record_exploit(event, checkpoint=path)
+            self.store.prune_checkpoints(self.member, keep=self.keep_checkpoints)
+        trainer.strategy.barrier("pbt_exploit")
         rank_zero_info(
             f"PBT member {self.member} at step {trainer.global_step}: {self.monitor}={score:.4g}, copied member"
             f" {decision['donor']} ({decision['donor_score']:.4g}); {old} -> {self.hyperparameters}"

@@ -9,8 +9,11 @@ hyperparameter settable) before any member starts, registers each member with it
 drawn from the prior, then starts the members as separate Python processes and waits. Members talk
 only through ``population_dir`` (SQLite store + atomic checkpoints), so a killed member loses nothing
 others depend on. Running the same command again resumes: finished members are skipped and every
-other member continues from its last committed checkpoint. At the end it writes ``best.ckpt``,
-``lineage.json``, ``schedules.csv``, ``schedules.png`` and ``summary.json`` into the population directory.
+other member continues from its last committed checkpoint. Running it again with a larger
+``max_epochs`` trains the whole population on from its final checkpoints to the new length; a
+smaller one is refused. While members train, the console (stderr) shows one line per report and per
+exploit. At the end it writes ``best.ckpt``, ``lineage.json``, ``schedules.csv``, ``schedules.png``
+and ``summary.json`` into the population directory, and prints the summary as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.space import parse_space
 
-__all__ = ["HyperparameterSpec", "PopulationConfig", "load_config", "run_population", "write_outputs"]
+__all__ = [
+    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "load_config", "run_population", "write_outputs",
+]
 
 
 @dataclass
@@ -264,14 +269,88 @@ def _start_member(config_path: Path, config: DictConfig, member: int) -> subproc
     return proc
 
 
-def run_population(config: DictConfig) -> dict[str, Any]:
-    """Check, start or resume, and wait for the whole population; then write the outputs.
+def _say(line: str) -> None:
+    # the coordinator's console: stderr, so that stdout carries only the JSON summary
+    print(f"ganno-pbt: {line}", file=sys.stderr, flush=True)
+
+
+def _values(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" for name, value in values.items())
+
+
+def _score(value: float | None) -> str:
+    return "nan" if value is None else f"{value:.4g}"
+
+
+class _ConsoleProgress:
+    """One console line for every report and exploit that reaches the store after it was created.
+
+    Example::
+
+        progress = _ConsoleProgress(PopulationStore("runs/pbt"), monitor="val_loss")
+        progress.print_new()  # ganno-pbt: member 1 step 40: val_loss=0.4123 lr=0.0123
+    """
+
+    def __init__(self, store: PopulationStore, monitor: str) -> None:
+        self.store, self.monitor = store, monitor
+        self.reports_seen, self.exploits_seen = len(store.history()), len(store.lineage())
+
+    def print_new(self) -> None:
+        reports, exploits = self.store.history(self.reports_seen), self.store.lineage(self.exploits_seen)
+        self.reports_seen += len(reports)
+        self.exploits_seen += len(exploits)
+        lines = [
+            (r["time"], f"member {r['member']} step {r['step']}: {self.monitor}={_score(r['score'])}"
+             f" {_values(r['hyperparameters'])}")
+            for r in reports
+        ]
+        lines += [
+            (e.time, f"member {e.member} step {e.step}: copied member {e.donor} ({self.monitor}="
+             f"{_score(e.donor_score)}); {_values(e.old_hyperparameters)} -> {_values(e.new_hyperparameters)}")
+            for e in exploits
+        ]
+        for _, line in sorted(lines, key=lambda item: item[0]):
+            _say(line)
+
+
+def check_max_epochs(config: DictConfig) -> int | None:
+    """The ``max_epochs`` the population in ``population_dir`` was started (or last extended) with.
+
+    Returns:
+        That value, or ``None`` for a new population.
+
+    Raises:
+        ValueError: if ``config.max_epochs`` is smaller: a population is resumed or trained on, never shortened.
+    """
+    config_path = Path(config.population_dir).expanduser() / "config.yaml"
+    if not config_path.is_file():
+        return None
+    trained = shared.load_config(PopulationConfig, config_path).max_epochs  # written by an earlier run
+    if config.max_epochs < trained:
+        raise ValueError(
+            f"`max_epochs` is {config.max_epochs}, but the population in {str(config_path.parent)!r} was started"
+            f" with max_epochs={trained} and cannot be shortened. Rerun with max_epochs={trained} to resume it,"
+            " a larger value to train it on, or use a new `population_dir`."
+        )
+    return trained
+
+
+def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
+    """Check, start, resume or extend, and wait for the whole population; then write the outputs.
+
+    A population that ran before resumes with the same ``max_epochs``; with a larger one, every
+    member (finished ones too) trains on from its last checkpoint to the new length.
+
+    Args:
+        config: a loaded :class:`PopulationConfig`.
+        progress: print a line per report and exploit on stderr while members train.
 
     Returns:
         The summary written to ``summary.json`` (best member, its score, values and checkpoint).
 
     Raises:
-        ValueError / PermissionError: on a bad configuration, task or directory, before any member starts.
+        ValueError / PermissionError: on a bad configuration, task or directory, before any member starts;
+            also for a ``max_epochs`` smaller than the population was started with.
         RuntimeError: if members still failed after ``max_restarts`` (rerun the same command to resume).
 
     Example::
@@ -284,6 +363,8 @@ def run_population(config: DictConfig) -> dict[str, Any]:
     strategy = validate_config(config)
     directory = check_writable_dir(config.population_dir, "population_dir")
     config.population_dir = str(directory)
+    config_path = directory / "config.yaml"
+    trained_epochs = check_max_epochs(config)
     store = PopulationStore(directory)
     store.init_population(population_settings(strategy, config.monitor))
     fresh = not store.members()
@@ -291,16 +372,27 @@ def run_population(config: DictConfig) -> dict[str, Any]:
         preflight(config)
     for member in range(config.population_size):
         store.register(member, initial_values(config, strategy, member))
-    config_path = directory / "config.yaml"
+    if trained_epochs is not None and config.max_epochs > trained_epochs:
+        if progress:
+            _say(f"extending the population from max_epochs={trained_epochs} to {config.max_epochs}")
+        # before config.yaml says the new length: a coordinator killed in between extends on the next run
+        for member, record in store.members().items():
+            if record.status == "done":
+                store.set_status(member, "running")  # trains on from its final checkpoint
     atomic_write_bytes(config_path, OmegaConf.to_yaml(config).encode())
 
     restarts = {m: 0 for m in range(config.population_size)}
     pending = [m for m, r in store.members().items() if r.status != "done" and m < config.population_size]
+    console = _ConsoleProgress(store, config.monitor) if progress else None
+    if console is not None and pending:
+        _say(f"training members {pending} to max_epochs={config.max_epochs}; logs in {directory / 'logs'}")
     procs = {m: _start_member(config_path, config, m) for m in pending}
     failed: list[int] = []
     try:
         while procs:
             time.sleep(0.2)
+            if console is not None:
+                console.print_new()
             for member, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -310,6 +402,9 @@ def run_population(config: DictConfig) -> dict[str, Any]:
                     continue
                 if restarts[member] < config.max_restarts:
                     restarts[member] += 1
+                    if progress:
+                        _say(f"member {member} exited with code {code}; restart {restarts[member]}"
+                             f" of {config.max_restarts}")
                     procs[member] = _start_member(config_path, config, member)
                 else:
                     store.set_status(member, "failed")  # killed members never say so themselves
@@ -317,6 +412,8 @@ def run_population(config: DictConfig) -> dict[str, Any]:
     finally:
         for proc in procs.values():  # only on an interrupt of the coordinator itself
             proc.send_signal(signal.SIGTERM)
+    if console is not None:
+        console.print_new()  # the reports of the last poll interval
     if failed:
         raise RuntimeError(
             f"Member(s) {sorted(failed)} failed (see {directory / 'logs'}); the others finished. Run the same"
@@ -396,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.member is not None:
         run_member(config, args.member)
         return 0
+    try:
+        check_max_epochs(config)  # a config that does not fit the stored population: one line, no traceback
+    except ValueError as err:
+        cli.error(str(err))
     summary = run_population(config)
     print(json.dumps(summary, indent=1))  # the CLI's result, on stdout
     return 0 if math.isfinite(summary["best_score"]) else 1

@@ -6,10 +6,12 @@ coordinate only through one directory:
 ```
 population_dir/
     population.db                 # SQLite: members, score history, lineage, population settings
-    checkpoints/member_003/step_000120.ckpt
+    checkpoints/member_003/step_000120.ckpt            # what member 3 reported at step 120
+    checkpoints/member_003/step_000120_exploit.ckpt    # its state after exploiting there (donor's
+                                                       # weights, explored values): what it trains on
 ```
 
-Crash safety comes from two rules:
+Crash safety comes from three rules:
 
 1. A checkpoint is written atomically (:mod:`ganno_lightning.files`: a temporary file in the same
    folder, fsynced, then moved into place with ``os.replace``). A member killed mid-write leaves
@@ -18,6 +20,9 @@ Crash safety comes from two rules:
    a member deletes its old checkpoints only after the new row is committed, keeping the last
    ``keep_checkpoints`` so that a donor being read by a slow peer is not pulled away. SQLite's
    journal makes every report, exploit and status change all-or-nothing.
+3. An exploit is recorded together with the checkpoint of the state it produced, in one
+   transaction, before the member trains on. A member killed after that resumes from the exploited
+   state; killed before, it resumes from its report and the lineage never shows the exploit.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from ganno_lightning.pbt.core import LineageEvent
 __all__ = ["MemberRecord", "PopulationStore"]
 
 SCHEMA_VERSION = 1
-_STEP_FILE = re.compile(r"^step_(\d+)\.ckpt$")
+_STEP_FILE = re.compile(r"^step_(\d+)(_exploit)?\.ckpt$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -226,9 +231,17 @@ class PopulationStore:
                 (member, step, float(score), values, ckpt, now),
             )
 
-    def record_exploit(self, event: LineageEvent) -> None:
-        """Record an exploit/explore event and make the new values the member's current ones."""
+    def record_exploit(self, event: LineageEvent, checkpoint: str | os.PathLike | None = None) -> None:
+        """Record an exploit/explore event and make the new values the member's current ones.
+
+        Args:
+            event: what the member copied and the values it continues with.
+            checkpoint: the member's (already written) state after the exploit; from here on its
+                row points to it, so a resume continues from the exploit and a peer that copies
+                this member gets the weights that go with its values.
+        """
         event.time = event.time or time.time()
+        ckpt = None if checkpoint is None else str(checkpoint)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO lineage (member, step, donor, donor_step, score, donor_score, old_hyperparameters,"
@@ -246,18 +259,20 @@ class PopulationStore:
                 ),
             )
             conn.execute(
-                "UPDATE members SET hyperparameters = ?, updated = ? WHERE member = ?",
-                (json.dumps(event.new_hyperparameters), event.time, event.member),
+                "UPDATE members SET hyperparameters = ?, checkpoint = COALESCE(?, checkpoint), updated = ?"
+                " WHERE member = ?",
+                (json.dumps(event.new_hyperparameters), ckpt, event.time, event.member),
             )
 
     def set_status(self, member: int, status: str) -> None:
         with self._write() as conn:
             conn.execute("UPDATE members SET status = ?, updated = ? WHERE member = ?", (status, time.time(), member))
 
-    def history(self) -> list[dict[str, Any]]:
-        """Every report in order: the hyperparameter schedule of each member over time."""
+    def history(self, start: int = 0) -> list[dict[str, Any]]:
+        """Every report in order (from the ``start``-th on): the hyperparameter schedule of each member over time."""
         rows = self._connect().execute(
-            "SELECT member, step, score, hyperparameters, checkpoint, time FROM history ORDER BY id"
+            "SELECT member, step, score, hyperparameters, checkpoint, time FROM history ORDER BY id LIMIT -1 OFFSET ?",
+            (start,),
         )
         return [
             {
@@ -299,10 +314,12 @@ class PopulationStore:
             del row["_order"]
         return rows
 
-    def lineage(self) -> list[LineageEvent]:
+    def lineage(self, start: int = 0) -> list[LineageEvent]:
+        """Every exploit in order (from the ``start``-th on)."""
         rows = self._connect().execute(
             "SELECT member, step, donor, donor_step, score, donor_score, old_hyperparameters, new_hyperparameters,"
-            " time FROM lineage ORDER BY id"
+            " time FROM lineage ORDER BY id LIMIT -1 OFFSET ?",
+            (start,),
         )
         return [
             LineageEvent(r[0], r[1], r[2], r[3], _score_in(r[4]), _score_in(r[5]), json.loads(r[6]), json.loads(r[7]), r[8])
@@ -313,8 +330,9 @@ class PopulationStore:
     def checkpoint_dir(self, member: int) -> Path:
         return self.directory / "checkpoints" / f"member_{member:03d}"
 
-    def checkpoint_path(self, member: int, step: int) -> Path:
-        return self.checkpoint_dir(member) / f"step_{step:09d}.ckpt"
+    def checkpoint_path(self, member: int, step: int, exploit: bool = False) -> Path:
+        """Where ``member`` reports at ``step``, or (``exploit``) stores its state after exploiting there."""
+        return self.checkpoint_dir(member) / f"step_{step:09d}{'_exploit' if exploit else ''}.ckpt"
 
     def prune_checkpoints(self, member: int, keep: int = 2) -> list[Path]:
         """Delete ``member``'s checkpoints except the newest ``keep`` and the one its row points to.
@@ -326,11 +344,13 @@ class PopulationStore:
             return []
         current = self.members().get(member)
         protected = {Path(current.checkpoint).name} if current and current.checkpoint else set()
-        files = sorted(
-            (int(m.group(1)), entry) for entry in directory.iterdir() if (m := _STEP_FILE.match(entry.name))
+        files = sorted(  # oldest first; at one step the report precedes the exploit it led to
+            (int(m.group(1)), bool(m.group(2)), entry)
+            for entry in directory.iterdir()
+            if (m := _STEP_FILE.match(entry.name))
         )
         removed = []
-        for _, entry in files[: max(0, len(files) - keep)]:
+        for *_, entry in files[: max(0, len(files) - keep)]:
             if entry.name not in protected:
                 entry.unlink(missing_ok=True)
                 removed.append(entry)

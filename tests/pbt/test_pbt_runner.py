@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ganno_lightning.pbt.runner import load_config, preflight, run_population, write_outputs
 from ganno_lightning.pbt.store import PopulationStore
@@ -141,3 +143,98 @@ def test_synchronous_population_ranks_every_member_at_the_same_steps(tmp_path):
     for event in lineage:  # every exploit copied a peer as it stood at the step the exploiter reported
         assert store.reports_at(event.donor_step)[event.member]["score"] == pytest.approx(event.score)
     assert summary["best_score"] == min(summary["final_scores"].values())
+
+
+KILLABLE_CONFIG = """
+population_dir: {pop}
+population_size: 2
+max_epochs: 3
+task: killable_task:task
+task_kwargs: {{record_dir: {records}, kill_after_exploit: true}}
+hyperparameters:
+  lr: {{low: 1.0e-3, high: 0.5, log: true}}
+monitor: score
+synchronous: true
+ready_interval: 1
+preflight: false
+"""
+
+
+def _lr_schedule_from_lineage(initial_lr, events):
+    """The LR that lineage.json says was in effect at each optimizer step (events take effect at their step)."""
+    events = sorted(events, key=lambda e: e["step"])
+    return lambda step: ([initial_lr] + [e["new_hyperparameters"]["lr"] for e in events if e["step"] <= step])[-1]
+
+
+def test_a_member_killed_right_after_an_exploit_resumes_from_the_exploited_state(tmp_path, monkeypatch):
+    # member 1 always scores worse, so it exploits member 0 at every ready point but the last; it
+    # SIGKILLs itself at the first batch after its first exploit, and the rerun resumes it
+    pop, records = tmp_path / "pop", tmp_path / "records"
+    records.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))  # members import killable_task
+    config_path = tmp_path / "killable.yaml"
+    config_path.write_text(KILLABLE_CONFIG.format(pop=pop, records=records))
+    with pytest.raises(RuntimeError, match=r"Member\(s\) \[1\] failed"):
+        run_population(load_config(config_path))
+    assert (records / "killed").exists()
+    run_population(load_config(config_path))  # the same command again: resume
+
+    store = PopulationStore(pop)
+    assert all(r.status == "done" for r in store.members().values())
+    lineage = [e for e in json.loads((pop / "lineage.json").read_text()) if e["member"] == 1]
+    assert [e["step"] for e in lineage] == [4, 8]  # after epochs 1 and 2; never at the last ready point
+    assert lineage[1]["old_hyperparameters"] == lineage[0]["new_hyperparameters"]  # only what trained
+    initial_lr = next(h for h in store.history() if h["member"] == 1)["hyperparameters"]["lr"]
+    lr_at = _lr_schedule_from_lineage(initial_lr, lineage)
+
+    updates = [json.loads(line) for line in (records / "lrs_1.jsonl").read_text().splitlines()]
+    killed, resumed = [u for u in updates if u["pid"] == updates[0]["pid"]], [u for u in updates if u["pid"] != updates[0]["pid"]]
+    assert [u["step"] for u in killed] == [0, 1, 2, 3]  # killed before its first step after the exploit
+    assert [u["step"] for u in resumed] == list(range(4, 12))  # resumed at the exploit, no step repeated
+    # the first step after the resume runs at the explored LR that lineage.json records
+    assert resumed[0]["lr"] == pytest.approx(lineage[0]["new_hyperparameters"]["lr"], rel=1e-3)
+    for update in updates:
+        assert update["lr"] == pytest.approx(lr_at(update["step"]), rel=1e-3), update
+
+
+def test_rerun_with_a_larger_max_epochs_trains_on_a_smaller_one_is_refused_and_progress_shows(tmp_path):
+    pop = tmp_path / "pop"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def ganno_pbt(*overrides):
+        command = [sys.executable, "-m", "ganno_lightning.pbt.runner", str(SMOKE), f"population_dir={pop}", *overrides]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    first = ganno_pbt("max_epochs=2")
+    assert first.returncode == 0, first.stderr
+    # while members train the console shows every report (stderr); stdout is the JSON summary alone
+    for member in (0, 1):
+        for step in (4, 8):
+            assert re.search(rf"ganno-pbt: member {member} step {step}: val_loss=\d\S* lr=\d", first.stderr), first.stderr
+    assert json.loads(first.stdout)["best_member"] in (0, 1)
+    store = PopulationStore(pop)
+    assert [r.step for r in store.members().values()] == [8, 8]  # 4 batches per epoch
+
+    second = ganno_pbt("max_epochs=3")
+    assert second.returncode == 0, second.stderr
+    assert "ganno-pbt: extending the population from max_epochs=2 to 3" in second.stderr
+    assert "step 12: val_loss=" in second.stderr and "step 8: val_loss=" not in second.stderr  # new reports only
+    members = store.members()
+    assert all(r.status == "done" and r.step == 12 for r in members.values())
+    for member in (0, 1):  # trained on from its final checkpoint, not from scratch
+        assert [h["step"] for h in store.history() if h["member"] == member] == [4, 8, 12]
+    assert OmegaConf.load(pop / "config.yaml").max_epochs == 3
+    assert json.loads(second.stdout)["final_scores"] == {str(m): r.score for m, r in members.items()}
+
+    stored_config = (pop / "config.yaml").read_bytes()
+    third = ganno_pbt("max_epochs=2")
+    assert third.returncode == 2 and third.stdout == ""
+    assert third.stderr.strip() == (
+        f"ganno-pbt: error: `max_epochs` is 2, but the population in {str(pop)!r} was started with max_epochs=3"
+        " and cannot be shortened. Rerun with max_epochs=3 to resume it, a larger value to train it on, or use a"
+        " new `population_dir`."
+    )
+    with pytest.raises(ValueError, match="`max_epochs` is 2, but the population .* was started with max_epochs=3"):
+        run_population(load_config(SMOKE, [f"population_dir={pop}", "max_epochs=2"]))
+    assert (pop / "config.yaml").read_bytes() == stored_config
+    assert [r.step for r in store.members().values()] == [12, 12]

@@ -135,3 +135,18 @@ def test_prune_keeps_newest_and_the_referenced_checkpoint(tmp_path):
         "step_000000003.ckpt",
         "step_000000004.ckpt",
     ]
+
+
+def test_an_exploit_points_the_member_at_its_exploited_state_and_prune_counts_it_newest(tmp_path):
+    store = PopulationStore(tmp_path)
+    store.register(0, {"lr": 0.1})
+    report, exploited = store.checkpoint_path(0, 4), store.checkpoint_path(0, 4, exploit=True)
+    assert exploited.name == "step_000000004_exploit.ckpt"
+    for path in (store.checkpoint_path(0, 2), report, exploited):
+        atomic_write_bytes(path, b"c")
+    store.report(0, 4, 0.9, {"lr": 0.1}, report)
+    store.record_exploit(LineageEvent(0, 4, 1, 4, 0.9, 0.3, {"lr": 0.1}, {"lr": 0.02}), checkpoint=exploited)
+    member = store.members()[0]
+    assert (member.checkpoint, member.hyperparameters, member.step, member.score) == (str(exploited), {"lr": 0.02}, 4, 0.9)
+    assert [h["checkpoint"] for h in store.history()] == [str(report)]  # the report itself is unchanged
+    assert [p.name for p in store.prune_checkpoints(0, keep=2)] == ["step_000000002.ckpt"]
