@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.plan import conditions_of, peer_method, run_id, task_specs
+from ganno_lightning.agents.evaluation.paired_stats import compare_paired
 from ganno_lightning.agents.peers import PEERS
 
 
@@ -88,7 +89,8 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
                 }
             first = runs[run_id(spec["id"], cfg.seeds[0], "agent", condition.factor)]
             per_task[spec["id"]] = {"name": first.get("task_name", spec["id"]), "num_layers": first.get("num_layers"),
-                                    "base_lr": first.get("base_lr"), "seeds": per_seed}
+                                    "base_lr": first.get("base_lr"), "initial_val_loss": first.get("initial_val_loss"),
+                                    "seeds": per_seed}
         out[condition.name] = per_task
     return out
 
@@ -175,4 +177,31 @@ def headline_targets(cfg: DictConfig, summary: Dict[str, Any]) -> List[Dict[str,
         else:
             add(f"(b) LR x{condition.factor:g}", condition.name, "cosine@tuned", "agent_within",
                 f"agent within {within} of tuned cosine")
+    return out
+
+
+#: A pair of losses both below this share of the task's initial validation loss is a tie.
+LOSS_FLOOR = 1e-3
+
+
+def paired(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
+    """Per condition and method: the agent against the method over every task x seed pair.
+
+    See :mod:`ganno_lightning.agents.evaluation.paired_stats`: geometric-mean loss ratio agent/method
+    with a 95% cluster-bootstrap interval, win/tie/loss counts (ties within 0.5%, or both below
+    ``LOSS_FLOOR`` x the task's initial loss) and harm (the agent more than 2% worse).
+    """
+    out: Dict[str, Any] = {}
+    for condition, tasks in comparisons.items():
+        floors = {task_id: LOSS_FLOOR * task["initial_val_loss"] for task_id, task in tasks.items()
+                  if task.get("initial_val_loss")}
+        rows = {}
+        for method in method_names(cfg.schedules, cfg.peers):
+            if method == "agent":
+                continue
+            pairs = {task_id: [(seed["methods"]["agent"]["final_val_loss"], seed["methods"][method]["final_val_loss"])
+                               for seed in task["seeds"].values()]
+                     for task_id, task in tasks.items()}
+            rows[method] = compare_paired(pairs, floors=floors, seed=int(cfg.task_seed)).as_dict()
+        out[condition] = rows
     return out

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from ganno_lightning.agents.evaluation.analysis import compare, headline_targets, summarise
+from ganno_lightning.agents.evaluation.analysis import compare, headline_targets, paired, summarise
 from ganno_lightning.agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
 from ganno_lightning.agents.evaluation.execute import copy_baselines, execute
 from ganno_lightning.agents.evaluation.plan import agent_path, conditions_of, plan_runs
@@ -62,6 +62,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     runs = execute(jobs, cfg.workers, log_path, done)
     comparisons = compare(cfg, runs)
     summary = summarise(cfg, comparisons)
+    pairs = paired(cfg, comparisons)
     targets = headline_targets(cfg, summary)
     plots: Dict[str, List[Path]] = {}
     for condition in conditions_of(cfg):
@@ -69,12 +70,13 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         curves = plot_loss_curves(cfg, condition, tasks, runs, out_dir / f"loss_curves_{condition.name}.png")
         plots[condition.name] = [curves, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
     seconds = time.perf_counter() - start
-    report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds)
+    report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds, pairs)
     results = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "conditions": [dataclasses.asdict(c) for c in conditions_of(cfg)],
         "targets": targets,
         "summary": summary,
+        "paired": pairs,
         "comparisons": comparisons,
         "runs": [runs[job["id"]] for job in jobs],
         "seconds": seconds,

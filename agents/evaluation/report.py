@@ -87,7 +87,19 @@ def targets_table(targets: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, runs, plots, seconds: float) -> str:
+def paired_table(rows: Dict[str, Any]) -> str:
+    """The agent against each method over task x seed pairs (see ``analysis.paired``)."""
+    lines = ["| agent vs | loss ratio agent/method (95% CI) | wins / ties / losses | harm (> 2% worse) |",
+             "|---|---|---|---|"]
+    for method, row in rows.items():
+        low, high = row["interval"]
+        lines.append(f"| {method} | {row['ratio']:.3f} ({low:.3f}-{high:.3f}) | "
+                     f"{row['wins']} / {row['ties']} / {row['losses']} of {row['pairs']} | {row['harms']} |")
+    return "\n".join(lines)
+
+
+def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, runs, plots, seconds: float,
+                 paired: Optional[Dict[str, Any]] = None) -> str:
     """Write ``report.md`` and return its text."""
     within = f"{cfg.within * 100:g}%"
     reference = "the constant LR at the condition's initial LR" if cfg.target.reference == "constant" \
@@ -142,8 +154,18 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
             "- `peer:<name>`: the module's optimizer replaced by an LR-free or adaptive one that users pick instead of "
             f"tuning (`ganno_lightning.agents.peers`), never tuned. From the condition's initial LR: {', '.join(with_lr)}; "
             f"LR-free (lr=1 in every condition, so one run per task and seed): {', '.join(lr_free)}.")
+    if paired:
+        parts.append(
+            "- Paired comparison: per task and seed, the ratio of the agent's final validation loss to the method's "
+            "(the same weights and batches). `loss ratio`: their geometric mean over every pair (< 1: the agent is "
+            "better), with a 95% bootstrap interval that resamples tasks, then seeds within a task (an interval "
+            "containing 1 decides nothing). A tie: within 0.5%, or both losses below 1e-3 of the task's initial "
+            "validation loss. `harm`: pairs where the agent ends more than 2% worse; a diverged run counts as a "
+            "100x loss for its method.")
     for condition in conditions_of(cfg):
         parts += ["", f"## {condition.name}", "", summary_table(cfg, summary[condition.name]), ""]
+        if paired:
+            parts += [paired_table(paired[condition.name]), ""]
         parts += ["Per task (final val loss, mean over seeds):", "", task_table(cfg, comparisons[condition.name])]
         for plot in plots.get(condition.name, []):
             parts += ["", f"![{plot.stem}]({plot.name})"]

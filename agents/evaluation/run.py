@@ -79,6 +79,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         module = task.module
         result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
         result["lr"] = scale_initial_lr(module, job["lr_factor"])
+        result["initial_val_loss"] = _initial_val_loss(module)
         # non-finite training or validation loss: stop; a zoo task logs no other validation metric
         curve = LearningCurve("val_loss", check_finite=True, strict=False)
         callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
@@ -139,6 +140,25 @@ def load_agent(path: str):
     from ganno_lightning.layerwise.agent import GANNOAgent
 
     return GANNOAgent.default() if path == "default" else GANNOAgent.load(path)
+
+
+@torch.no_grad()
+def _initial_val_loss(module) -> Optional[float]:
+    """The validation loss before training (the scale that paired comparisons' floor is set from).
+
+    Zoo modules define ``loss(batch)``; their validation sets are one or a few batches, served in
+    order with no random draw, so measuring it changes nothing about the run.
+    """
+    if not hasattr(module, "loss"):
+        return None
+    was_training = module.training
+    module.eval()
+    try:
+        losses = [(float(module.loss(batch)), len(batch[0])) for batch in module.val_dataloader()]
+    finally:
+        module.train(was_training)
+    total = sum(n for _, n in losses)
+    return sum(loss * n for loss, n in losses) / total if total else None
 
 
 @torch.no_grad()

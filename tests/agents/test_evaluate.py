@@ -293,6 +293,22 @@ def test_smoke_metrics_follow_their_definitions(smoke):
     assert results["targets"][0]["count"] == row["agent_better"]
 
 
+def test_smoke_pairs_the_agent_with_every_method_per_task_and_seed(smoke):
+    out, _, _ = smoke
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["id"]: r for r in results["runs"]}
+    assert all(r["initial_val_loss"] > 0 for r in runs.values())  # the floor's scale, measured before training
+    assert set(results["paired"]) == set(results["summary"])
+    seeds = results["comparisons"]["init_lr_x1"]["mlp_digits#0"]["seeds"].values()
+    for method, row in results["paired"]["init_lr_x1"].items():
+        ratios = [s["methods"]["agent"]["final_val_loss"] / s["methods"][method]["final_val_loss"] for s in seeds]
+        assert row["ratio"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / len(ratios)))
+        assert row["interval"][0] <= row["ratio"] <= row["interval"][1]
+        assert row["wins"] + row["ties"] + row["losses"] == row["pairs"] == 2
+    assert list(results["paired"]["init_lr_x1"]) == METHODS[1:]
+    assert "| agent vs | loss ratio agent/method (95% CI) |" in (out / "report.md").read_text()
+
+
 def test_rerun_reuses_finished_runs(smoke, capsys):
     out, _, argv = smoke
     lines = len((out / "runs.jsonl").read_text().splitlines())
@@ -357,7 +373,7 @@ def test_worker_processes_give_the_same_results_as_in_process(agent_file, tmp_pa
     assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
 
 
-@pytest.mark.parametrize("name", ["ganno_lightning.agents.baselines", *(f"ganno_lightning.agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis", "statistics", "grid"))])
+@pytest.mark.parametrize("name", ["ganno_lightning.agents.baselines", *(f"ganno_lightning.agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis", "paired_stats", "grid"))])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
