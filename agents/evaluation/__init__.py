@@ -32,9 +32,22 @@ diverged run's ``final_val_loss`` is written as ``Infinity``, which ``json.load`
 """
 
 from ganno_lightning.agents.evaluation.analysis import steps_to_target
-from ganno_lightning.agents.evaluation.config import AgentConfig, EvaluateConfig, SuiteEntry, TargetConfig, deeper_family, load_config
+from ganno_lightning.agents.evaluation.config import (
+    AgentConfig,
+    EvaluateConfig,
+    SuiteEntry,
+    TargetConfig,
+    deeper_family,
+    load_config,
+)
 from ganno_lightning.agents.evaluation.main import evaluate, main
-from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, plan_runs, run_id, task_specs
+from ganno_lightning.agents.evaluation.plan import (
+    Condition,
+    conditions_of,
+    plan_runs,
+    run_id,
+    task_specs,
+)
 from ganno_lightning.agents.evaluation.report import SUMMARY_COLUMNS
 from ganno_lightning.agents.evaluation.run import build_task, run_one
 

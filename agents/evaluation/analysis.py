@@ -4,11 +4,16 @@ import math
 import statistics
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig
-
-from ganno_lightning.agents.evaluation.plan import conditions_of, peer_method, run_id, task_specs
 from ganno_lightning.agents.evaluation.paired_stats import compare_paired
+from ganno_lightning.agents.evaluation.plan import (
+    conditions_of,
+    grid_key,
+    peer_method,
+    run_id,
+    task_specs,
+)
 from ganno_lightning.agents.peers import PEERS
+from omegaconf import DictConfig
 
 
 def steps_to_target(curve, target: Optional[float]) -> Optional[int]:
@@ -45,7 +50,8 @@ def method_names(schedules, peers=()) -> List[str]:
             *[peer_method(p) for p in peers]]
 
 
-def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
+            grids: Optional[Dict[str, List[float]]] = None) -> Dict[str, Any]:
     """Per condition, task and seed: every method's final val loss, accuracy and steps to target.
 
     ``<schedule>@tuned`` is, per task and seed, the grid factor with the lowest final val loss
@@ -66,7 +72,7 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
                 for s in cfg.schedules:
                     chosen[f"{s}@init"] = get(s, condition.factor)
                 for s in cfg.schedules:
-                    candidates = [get(s, f) for f in grid]
+                    candidates = [get(s, f) for f in (grids or {}).get(grid_key(spec["id"], s), grid)]
                     chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
                 for p in cfg.peers:
                     chosen[peer_method(p)] = get(peer_method(p), condition.factor if PEERS[p].uses_lr else 1.0)

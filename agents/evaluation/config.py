@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from ganno_lightning.agents.baselines import SCHEDULES
+from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from ganno_lightning.agents.baselines import SCHEDULES
-from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from ganno_lightning import config as shared
 from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
@@ -57,6 +57,8 @@ class EvaluateConfig:
     steps: int = 500  # optimizer steps per run
     val_every: int = 25  # optimizer steps between validation checks (the points of each loss curve)
     lr_grid: List[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # tuning: x the task's LR
+    # grow a (task, schedule)'s grid past an edge its best LR sits on, by the grid's spacing, up to 1e-3x..1e3x
+    extend_grid: bool = True
     init_lr_factors: List[float] = field(default_factory=lambda: [1.0, 10.0, 0.1])  # one condition each
     deeper: bool = True  # add the `deeper_x2` condition (twice the meta-training max depth)
     schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from ganno_lightning.agents.baselines

@@ -9,12 +9,24 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
-from ganno_lightning.agents.evaluation.analysis import compare, headline_targets, paired, summarise
-from ganno_lightning.agents.evaluation.config import RUNS_FILE, EvaluateConfig, load_config
+from ganno_lightning.agents.evaluation.analysis import (
+    compare,
+    headline_targets,
+    paired,
+    summarise,
+)
+from ganno_lightning.agents.evaluation.config import (
+    RUNS_FILE,
+    EvaluateConfig,
+    load_config,
+)
 from ganno_lightning.agents.evaluation.execute import copy_baselines, execute
-from ganno_lightning.agents.evaluation.plan import agent_path, conditions_of, plan_runs
+from ganno_lightning.agents.evaluation.plan import (
+    agent_path,
+    conditions_of,
+    plan_runs,
+    tuning_grids,
+)
 from ganno_lightning.agents.evaluation.report import (
     plot_loss_curves,
     plot_schedules,
@@ -23,6 +35,8 @@ from ganno_lightning.agents.evaluation.report import (
     write_report,
 )
 from ganno_lightning.agents.evaluation.run import load_agent
+from omegaconf import DictConfig, OmegaConf
+
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import read_log
@@ -60,7 +74,14 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     print(f"evaluating {len(jobs)} runs ({len(conditions_of(cfg))} conditions) in {cfg.workers} process(es)",
           flush=True)
     runs = execute(jobs, cfg.workers, log_path, done)
-    comparisons = compare(cfg, runs)
+    grids, more = tuning_grids(cfg, runs)
+    while more:  # a tuned baseline whose best LR sits at the grid's edge is not tuned: widen its grid
+        print(f"widening {len({(j['task']['id'], j['method']) for j in more})} tuning grid(s) whose best LR sits "
+              f"at an edge: {len(more)} more runs", flush=True)
+        runs.update(execute(more, cfg.workers, log_path, done))
+        jobs += more
+        grids, more = tuning_grids(cfg, runs, grids)
+    comparisons = compare(cfg, runs, grids)
     summary = summarise(cfg, comparisons)
     pairs = paired(cfg, comparisons)
     targets = headline_targets(cfg, summary)
@@ -70,13 +91,15 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         curves = plot_loss_curves(cfg, condition, tasks, runs, out_dir / f"loss_curves_{condition.name}.png")
         plots[condition.name] = [curves, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
     seconds = time.perf_counter() - start
-    report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds, pairs)
+    report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds, pairs,
+                          grids)
     results = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "conditions": [dataclasses.asdict(c) for c in conditions_of(cfg)],
         "targets": targets,
         "summary": summary,
         "paired": pairs,
+        "tuning_grids": grids,
         "comparisons": comparisons,
         "runs": [runs[job["id"]] for job in jobs],
         "seconds": seconds,

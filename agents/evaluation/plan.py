@@ -4,11 +4,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from omegaconf import DictConfig, OmegaConf
-
+from ganno_lightning.agents.evaluation.grid import factors_past_the_edge
 from ganno_lightning.agents.peers import PEERS, peer_version
+from omegaconf import DictConfig, OmegaConf
 
 #: Method names of peers start with it: ``peer:prodigy``.
 PEER_PREFIX = "peer:"
@@ -85,21 +85,28 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
                 methods = [("agent", f) for f in factors] + [(s, f) for s in cfg.schedules for f in baseline_factors]
                 methods += [(peer_method(p), f) for p in cfg.peers for f in (factors if PEERS[p].uses_lr else [1.0])]
                 for method, factor in methods:
-                    job = {
-                        "task": task,
-                        "seed": int(seed),
-                        "method": method,
-                        "lr_factor": float(factor),
-                        "steps": int(cfg.steps),
-                        "val_every": int(cfg.val_every),
-                        "torch_threads": int(cfg.torch_threads),
-                        "agent": agent if method == "agent" else None,
-                        "peer": _peer_info(method),
-                    }
-                    job["id"] = run_id(task["id"], seed, method, factor)
-                    job["key"] = _job_key(job)
+                    job = _job(cfg, task, seed, method, factor, agent if method == "agent" else None)
                     jobs.setdefault(job["id"], job)
     return list(jobs.values())
+
+
+def _job(cfg: DictConfig, task: Dict[str, Any], seed: int, method: str, factor: float,
+         agent: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """One run as plain data for :func:`run_one`, with its id and the key of everything it depends on."""
+    job = {
+        "task": task,
+        "seed": int(seed),
+        "method": method,
+        "lr_factor": float(factor),
+        "steps": int(cfg.steps),
+        "val_every": int(cfg.val_every),
+        "torch_threads": int(cfg.torch_threads),
+        "agent": agent,
+        "peer": _peer_info(method),
+    }
+    job["id"] = run_id(task["id"], seed, method, factor)
+    job["key"] = _job_key(job)
+    return job
 
 
 def peer_method(name: str) -> str:
@@ -145,3 +152,41 @@ def agent_path(path: str) -> Path:
     from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
     return DEFAULT_AGENT_PATH if path == "default" else Path(path)
+
+
+def tuning_grids(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
+                 grids: Optional[Dict[str, List[float]]] = None) -> Tuple[Dict[str, List[float]], List[Dict[str, Any]]]:
+    """Each (task, schedule)'s tuning grid, and the runs still needed to take it past its edges.
+
+    Starts from ``lr_grid`` (or ``grids``, an earlier round's), adds the factors of
+    :func:`~ganno_lightning.agents.evaluation.grid.factors_past_the_edge` where every run of the
+    grid has finished, and returns the jobs of the added factors that ``runs`` lacks. Call it again
+    with the grids it returned once those jobs ran, until it returns no job.
+
+    Returns:
+        ``grid_key(task_id, schedule)`` -> sorted factors, and the jobs to run.
+    """
+    grids = dict(grids or {})
+    todo: Dict[str, Dict[str, Any]] = {}
+    base = sorted(float(f) for f in cfg.lr_grid)
+    for deeper in sorted({c.deeper for c in conditions_of(cfg)}):
+        for task in task_specs(cfg, deeper):
+            for schedule in cfg.schedules:
+                key = grid_key(task["id"], schedule)
+                factors = grids.setdefault(key, list(base))
+                ids = {f: [run_id(task["id"], seed, schedule, f) for seed in cfg.seeds] for f in factors}
+                if not cfg.extend_grid or any(i not in runs for i in sum(ids.values(), [])):
+                    continue
+                losses = {f: [runs[i]["final_val_loss"] for i in ids[f]] for f in factors}
+                for factor in factors_past_the_edge(losses):
+                    grids[key] = sorted({*grids[key], factor})
+                    for seed in cfg.seeds:
+                        job = _job(cfg, task, seed, schedule, factor, None)
+                        if job["id"] not in runs:
+                            todo.setdefault(job["id"], job)
+    return grids, list(todo.values())
+
+
+def grid_key(task_id: str, schedule: str) -> str:
+    """The key of a (task, schedule)'s tuning grid in ``results.json``."""
+    return f"{task_id}|{schedule}"

@@ -5,11 +5,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig
-
-from ganno_lightning.agents.evaluation.analysis import agent_wins, method_names, task_value
+from ganno_lightning.agents.evaluation.analysis import (
+    agent_wins,
+    method_names,
+    task_value,
+)
 from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
 from ganno_lightning.agents.peers import PEERS
+from omegaconf import DictConfig
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -99,7 +102,7 @@ def paired_table(rows: Dict[str, Any]) -> str:
 
 
 def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, runs, plots, seconds: float,
-                 paired: Optional[Dict[str, Any]] = None) -> str:
+                 paired: Optional[Dict[str, Any]] = None, grids: Optional[Dict[str, List[float]]] = None) -> str:
     """Write ``report.md`` and return its text."""
     within = f"{cfg.within * 100:g}%"
     reference = "the constant LR at the condition's initial LR" if cfg.target.reference == "constant" \
@@ -114,6 +117,13 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         f"LR grid x{', x'.join(f'{f:g}' for f in cfg.lr_grid)} of each task's sampled LR. "
         f"{len(runs)} runs, {seconds / 60:.1f} min.",
     ]
+    if grids:
+        widened = [key for key, factors in grids.items() if len(factors) > len(set(cfg.lr_grid))]
+        parts += ["", f"Tuning grids widened because the best LR of some seed sat at an edge: {len(widened)} of "
+                  f"{len(grids)} (task, schedule) pairs" + (f", e.g. `{widened[0]}` to x{min(grids[widened[0]]):g}-"
+                                                           f"x{max(grids[widened[0]]):g}." if widened else ".")]
+        if not cfg.extend_grid:
+            parts[-1] = "Tuning grids were not widened (`extend_grid: false`): a best LR may sit at the grid's edge."
     if len(cfg.seeds) < 3:
         parts += ["", f"**Only {len(cfg.seeds)} seed(s): a smoke test, not an evaluation (use 3 or more).**"]
     if failed:

@@ -309,6 +309,27 @@ def test_smoke_pairs_the_agent_with_every_method_per_task_and_seed(smoke):
     assert "| agent vs | loss ratio agent/method (95% CI) |" in (out / "report.md").read_text()
 
 
+def test_a_tuned_grid_whose_best_lr_sits_at_an_edge_is_widened(agent_file, tmp_path, capsys):
+    # x1e-3 of the task's LR barely trains in 20 steps: every seed's best is the grid's top edge
+    argv = [str(SMOKE), f"agent.path={agent_file}", f"out_dir={tmp_path}", "steps=20", "val_every=20", "seeds=[0]",
+            "lr_grid=[0.001,0.003]", "init_lr_factors=[1.0]", "deeper=false", "schedules=[constant,cosine]",
+            "extend_grid=true", "schedule_plots=0"]
+    assert ev.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    runs = {r["id"]: r for r in results["runs"]}
+    for key, grid in results["tuning_grids"].items():
+        task_id, schedule = key.split("|")
+        assert len(grid) > 2 and grid[:2] == [0.001, 0.003]
+        losses = {f: runs[ev.run_id(task_id, 0, schedule, f)]["final_val_loss"] for f in grid}
+        best = min(grid, key=losses.get)
+        assert grid[0] < best < grid[-1] or grid[-1] >= 1000 / 3  # interior, or the grid reached its limit
+        chosen = results["comparisons"]["init_lr_x1"][task_id]["seeds"]["0"]["methods"][f"{schedule}@tuned"]
+        assert chosen["lr_factor"] == best
+    assert "widening 2 tuning grid(s)" in capsys.readouterr().out
+    assert "Tuning grids widened because the best LR of some seed sat at an edge: 2 of 2" in \
+        (tmp_path / "report.md").read_text()
+
+
 def test_rerun_reuses_finished_runs(smoke, capsys):
     out, _, argv = smoke
     lines = len((out / "runs.jsonl").read_text().splitlines())
