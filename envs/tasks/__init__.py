@@ -6,10 +6,18 @@ Families (``FAMILIES``):
 - ``cnn_digits``: small CNN (optionally with BatchNorm) on the same digits as 1x8x8 images.
 - ``teacher_student``: MLP regression of a random teacher MLP, generated data.
 - ``sequence``: stacked LSTMs on a generated delayed-copy task.
+- ``transformer_seq``: a small pre-norm transformer encoder (token and learned position
+  embeddings) on generated copy, sort and count tasks, the task drawn per sample.
+- ``resmlp``: residual MLPs with LayerNorm and dropout on tabular classification and regression:
+  scikit-learn's bundled breast_cancer, wine, digits and diabetes, and per-task
+  ``make_classification`` / ``make_regression`` sets, the dataset drawn per sample.
 
-Each family samples depth, width, initial LR (log-uniform), batch size and optimizer (Adam or SGD
-with momentum 0.9) from its ``train`` ranges for meta-training, or from its ``heldout`` ranges
-(deeper, wider, harder) for generalisation tests. A YAML ``family:`` section
+Each family samples depth, width, initial LR (log-uniform), batch size and optimizer from its
+``train`` ranges for meta-training, or from its ``heldout`` ranges (deeper, wider, harder) for
+generalisation tests. Optimizers (``OPTIMIZERS``): ``adam``, ``sgd`` (momentum 0.9), ``adamw``
+(weight decay 0.01) and ``sgd_plain`` (no momentum). The four original families draw from Adam and
+SGD with momentum only (``ADAM_AND_MOMENTUM_SGD``, the ranges' default), so their tasks are those
+meta-training and the committed evaluations used; the two new families draw from all four. A YAML ``family:`` section
 (``{name, train, heldout}``) maps onto :func:`make_family`; ``ganno_lightning.envs.config`` reads it.
 
 Example::
@@ -33,13 +41,24 @@ from typing import Any
 from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, make_optimizer
 from ganno_lightning.envs.tasks.cnn_digits import CNNDigitsFamily, CNNRanges, DigitsCNN
 from ganno_lightning.envs.tasks.mlp_digits import DigitsMLP, MLPDigitsFamily
-from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges
+from ganno_lightning.envs.tasks.ranges import (
+    ADAM_AND_MOMENTUM_SGD,
+    ADAMW_WEIGHT_DECAY,
+    OPTIMIZERS,
+    SGD_MOMENTUM,
+    TaskRanges,
+)
+from ganno_lightning.envs.tasks.resmlp import ResMLPFamily, ResMLPRanges, TabularResMLP
 from ganno_lightning.envs.tasks.sequence import DelayedCopyLSTM, SequenceFamily, SequenceRanges
 from ganno_lightning.envs.tasks.teacher_student import StudentMLP, TeacherStudentFamily, TeacherStudentRanges
+from ganno_lightning.envs.tasks.transformer_seq import SequenceTransformer, TransformerSeqFamily, TransformerSeqRanges
 
 #: Family name -> family class; the names used in configs (``family.name``).
 FAMILIES: dict[str, type[ZooFamily]] = {
-    cls.name: cls for cls in (MLPDigitsFamily, CNNDigitsFamily, TeacherStudentFamily, SequenceFamily)
+    cls.name: cls
+    for cls in (
+        MLPDigitsFamily, CNNDigitsFamily, TeacherStudentFamily, SequenceFamily, TransformerSeqFamily, ResMLPFamily
+    )
 }
 
 
@@ -72,6 +91,8 @@ def make_family(
 
 
 __all__ = [
+    "ADAMW_WEIGHT_DECAY",
+    "ADAM_AND_MOMENTUM_SGD",
     "FAMILIES",
     "OPTIMIZERS",
     "SGD_MOMENTUM",
@@ -81,12 +102,18 @@ __all__ = [
     "DigitsCNN",
     "DigitsMLP",
     "MLPDigitsFamily",
+    "ResMLPFamily",
+    "ResMLPRanges",
     "SequenceFamily",
     "SequenceRanges",
+    "SequenceTransformer",
     "StudentMLP",
+    "TabularResMLP",
     "TaskRanges",
     "TeacherStudentFamily",
     "TeacherStudentRanges",
+    "TransformerSeqFamily",
+    "TransformerSeqRanges",
     "ZooFamily",
     "ZooModule",
     "make_family",

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ganno_lightning.envs.task import SPLITS, Split, TaskFamily, TrainingTask
 from ganno_lightning.envs.tasks.data import TrainValData
-from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
+from ganno_lightning.envs.tasks.ranges import ADAMW_WEIGHT_DECAY, OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
 from ganno_lightning.layerwise.partition import LayerPartition
 
 #: Validation sets are small enough to score in one batch of at most this size.
@@ -28,18 +28,26 @@ VAL_BATCH_SIZE = 1024
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    """Build a zoo optimizer: ``"adam"`` (defaults otherwise) or ``"sgd"`` (momentum 0.9).
+    """Build a zoo optimizer, torch's defaults otherwise: ``"adam"``, ``"sgd"`` (momentum 0.9),
+    ``"adamw"`` (weight decay 0.01) or ``"sgd_plain"`` (no momentum).
 
     Example::
 
         >>> opt = make_optimizer("sgd", nn.Linear(2, 1).parameters(), lr=0.1)
         >>> type(opt).__name__, opt.defaults["momentum"]
         ('SGD', 0.9)
+        >>> opt = make_optimizer("adamw", nn.Linear(2, 1).parameters(), lr=1e-3)
+        >>> type(opt).__name__, opt.defaults["weight_decay"]
+        ('AdamW', 0.01)
     """
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=ADAMW_WEIGHT_DECAY)
+    if name == "sgd_plain":
+        return torch.optim.SGD(params, lr=lr)
     raise ValueError(f"`optimizer` must be one of {list(OPTIMIZERS)}, got {name!r}.")
 
 
@@ -90,7 +98,7 @@ class ZooModule(L.LightningModule):
     Args:
         lr: Initial learning rate (no scheduler).
         batch_size: Training batch size.
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: A name from :data:`~ganno_lightning.envs.tasks.ranges.OPTIMIZERS` (see :func:`make_optimizer`).
         seed: Seeds the training data order (and, per family, generated data).
         data: Returns the dataset's cached :class:`~ganno_lightning.envs.tasks.data.TrainValData` (a module-level cached
             function or a ``functools.partial`` of one). The module keeps this callable, not the

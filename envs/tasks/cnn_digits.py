@@ -49,7 +49,7 @@ class DigitsCNN(ZooModule):
         batch_norm: BatchNorm after each conv (the conv then has no bias: BatchNorm's shift replaces it).
         lr: Initial learning rate.
         batch_size: Training batch size.
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: A name from :data:`~ganno_lightning.envs.tasks.ranges.OPTIMIZERS`.
         seed: Seeds the training data order.
 
     Example::

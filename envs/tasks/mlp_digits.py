@@ -21,7 +21,7 @@ class DigitsMLP(ZooModule):
         width: Hidden units per layer.
         lr: Initial learning rate.
         batch_size: Training batch size.
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: A name from :data:`~ganno_lightning.envs.tasks.ranges.OPTIMIZERS`.
         seed: Seeds the training data order.
 
     Example::

@@ -26,9 +26,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ganno_lightning.config import unknown_key_error
 
-#: Optimizer names a range may list. ``"sgd"`` is SGD with momentum :data:`SGD_MOMENTUM`.
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+#: Optimizer names a range may list: ``"adam"``, ``"sgd"`` (SGD with momentum :data:`SGD_MOMENTUM`),
+#: ``"adamw"`` (AdamW with weight decay :data:`ADAMW_WEIGHT_DECAY`) and ``"sgd_plain"`` (no momentum).
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "adamw", "sgd_plain")
+#: The optimizers of the four original families and the default of :class:`TaskRanges`: keeping
+#: them (and their order) keeps those families' tasks, meta-training and evaluations unchanged.
+ADAM_AND_MOMENTUM_SGD: tuple[str, ...] = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
+#: AdamW's usual decoupled weight decay; with LRs of 1e-4..1e-2 over a few thousand steps it shrinks
+#: weights by a few percent at most, enough to make AdamW differ from Adam without dominating.
+ADAMW_WEIGHT_DECAY = 0.01
 
 #: Upper end (exclusive) of the per-task seed drawn by :func:`draw_seed`; fits every RNG's seed type.
 _SEED_LIMIT = 2**31 - 1
@@ -169,7 +176,8 @@ class TaskRanges:
         width: ``[low, high]`` hidden units or channels.
         lr: ``[low, high]`` initial learning rate, sampled log-uniformly.
         batch_size: ``[low, high]`` batch size, sampled log-uniformly over integers.
-        optimizers: Names from :data:`OPTIMIZERS`, one sampled uniformly per task.
+        optimizers: Names from :data:`OPTIMIZERS`, one sampled uniformly per task; the default is
+            :data:`ADAM_AND_MOMENTUM_SGD`.
 
     Example::
 
@@ -199,7 +207,7 @@ class TaskRanges:
     width: Sequence[int] = (16, 64)
     lr: Sequence[float] = (3e-4, 3e-2)
     batch_size: Sequence[int] = (32, 128)
-    optimizers: Sequence[str] = OPTIMIZERS
+    optimizers: Sequence[str] = ADAM_AND_MOMENTUM_SGD
 
     def validate(self, prefix: str = "ranges") -> TaskRanges:
         """Check every field; return a normalised copy.

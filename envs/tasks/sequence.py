@@ -99,7 +99,7 @@ class DelayedCopyLSTM(ZooModule):
         delay: Steps between a token and its copy.
         lr: Initial learning rate.
         batch_size: Training batch size.
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: A name from :data:`~ganno_lightning.envs.tasks.ranges.OPTIMIZERS`.
         seed: Seeds the training data order.
 
     Example::

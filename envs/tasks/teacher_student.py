@@ -82,7 +82,7 @@ class StudentMLP(ZooModule):
         noise: Training-target noise of the teacher data.
         lr: Initial learning rate.
         batch_size: Training batch size.
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: A name from :data:`~ganno_lightning.envs.tasks.ranges.OPTIMIZERS`.
         seed: Seeds the teacher, the inputs, the noise and the data order.
 
     Example::

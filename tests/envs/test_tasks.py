@@ -12,11 +12,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ganno_lightning.envs.tasks import FAMILIES, TaskRanges, make_family
+from ganno_lightning.envs.tasks import ADAM_AND_MOMENTUM_SGD, FAMILIES, OPTIMIZERS, TaskRanges, make_family
 from ganno_lightning.envs.tasks.data import digits
+from ganno_lightning.envs.tasks.ranges import Choices
 from ganno_lightning.layerwise.partition import LayerPartition
 
 NAMES = sorted(FAMILIES)
+#: The families meta-training and the committed evaluations were built on; their tasks must not change.
+ORIGINAL_FAMILIES = ("cnn_digits", "mlp_digits", "sequence", "teacher_student")
 SAMPLES = 20
 
 
@@ -70,15 +73,31 @@ def test_sample_trains_under_trainer(name, split):
 @pytest.mark.parametrize("name", NAMES)
 def test_optimizer_is_the_sampled_one(name):
     family = make_family(name)
-    for optimizer, expected in [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)]:
+    expected = {
+        "adam": (torch.optim.Adam, {"weight_decay": 0}),
+        "sgd": (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 0}),
+        "adamw": (torch.optim.AdamW, {"weight_decay": 0.01}),
+        "sgd_plain": (torch.optim.SGD, {"momentum": 0, "weight_decay": 0}),
+    }
+    assert set(expected) == set(OPTIMIZERS)
+    for optimizer, (cls, settings) in expected.items():
         task = make_family(name, train={"optimizers": [optimizer]}).sample(torch.Generator().manual_seed(0))
         opt = task.module.configure_optimizers()
-        assert type(opt) is expected and task.info["optimizer"] == optimizer
+        assert type(opt) is cls and task.info["optimizer"] == optimizer
         assert opt.param_groups[0]["lr"] == task.info["lr"]
         assert family.train.lr[0] <= task.info["lr"] <= family.train.lr[1]
-        if optimizer == "sgd":
-            assert opt.param_groups[0]["momentum"] == 0.9
+        assert {k: opt.param_groups[0][k] for k in settings} == settings
         assert sum(len(g["params"]) for g in opt.param_groups) == len(list(task.module.parameters()))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_original_families_keep_adam_and_momentum_sgd_and_new_ones_draw_all_four(name):
+    # The original families' tasks (hence meta-training and the committed evaluations) are unchanged.
+    family = make_family(name)
+    expected = ADAM_AND_MOMENTUM_SGD if name in ORIGINAL_FAMILIES else OPTIMIZERS
+    assert family.train.optimizers == family.heldout.optimizers == expected
+    drawn = {sample(family, seed).info["optimizer"] for seed in range(SAMPLES)}
+    assert drawn == set(expected)
 
 
 # --- layers become agents -------------------------------------------------------------------------
@@ -171,10 +190,12 @@ def test_info_is_plain_and_within_ranges():
             for seed in range(SAMPLES):
                 info = sample(family, seed, split).info
                 assert all(type(v) in (int, float, str, bool) for v in info.values()), info
-                for field, (low, high) in ranges.to_dict().items():
-                    if field != "optimizers" and not isinstance(low, bool):
-                        assert low <= info[field] <= high, (field, info)
-                assert info["optimizer"] in ranges.optimizers
+                for field, values in ranges.to_dict().items():
+                    rule = ranges.RULES[field]
+                    if isinstance(rule, Choices):
+                        assert info[rule.key] in values, (field, info)
+                    else:
+                        assert values[0] <= info[field] <= values[1], (field, info)
 
 
 def test_sampling_covers_both_ends_and_draws_once_per_field():
@@ -231,7 +252,7 @@ def test_yaml_section_overrides_only_the_keys_it_names():
         ("teacher_student", {"lr": [1e-3, float("inf")]}, r"`family\.train\.lr`"),
         ("mlp_digits", {"batch_size": [32, 4096]}, r"`family\.train\.batch_size` must not exceed the 1438"),
         ("sequence", {"batch_size": [0, 8]}, r"`family\.train\.batch_size`"),
-        ("mlp_digits", {"optimizers": ["adamw"]}, r"`family\.train\.optimizers` has unknown value\(s\) \['adamw'\]"),
+        ("mlp_digits", {"optimizers": ["adagrad"]}, r"`family\.train\.optimizers` has unknown value\(s\) \['adagrad'\]"),
         ("mlp_digits", {"optimizers": []}, r"`family\.train\.optimizers` must be a non-empty list"),
         ("mlp_digits", {"optimizers": "adam"}, r"`family\.train\.optimizers` must be a non-empty list"),
         ("mlp_digits", {"dept": [1, 2]}, r"Unknown config key `family\.train\.dept` \(did you mean `depth`\?\)"),
@@ -241,6 +262,16 @@ def test_yaml_section_overrides_only_the_keys_it_names():
         ("teacher_student", {"noise": [-0.1, 0.0]}, r"`family\.train\.noise` must be .*0 <= low"),
         ("sequence", {"seq_len": [1, 4]}, r"`family\.train\.seq_len` must be .*2 <= low"),
         ("sequence", {"delay": [2, 8]}, r"`family\.train\.delay` must stay below `family\.train\.seq_len`"),
+        ("transformer_seq", {"tasks": ["reverse"]}, r"`family\.train\.tasks` has unknown value\(s\) \['reverse'\]"),
+        ("transformer_seq", {"tasks": []}, r"`family\.train\.tasks` must be a non-empty list"),
+        ("transformer_seq", {"seq_len": [1, 4]}, r"`family\.train\.seq_len` must be .*2 <= low"),
+        ("transformer_seq", {"batch_size": [32, 4096]}, r"`family\.train\.batch_size` must not exceed the 2048"),
+        ("transformer_seq", {"delay": [1, 2]}, r"Unknown config key `family\.train\.delay`"),
+        ("resmlp", {"datasets": ["iris"]}, r"`family\.train\.datasets` has unknown value\(s\) \['iris'\]"),
+        ("resmlp", {"dropout": [0.1, 1.0]}, r"`family\.train\.dropout` must stay below 1"),
+        ("resmlp", {"dropout": [-0.1, 0.1]}, r"`family\.train\.dropout` must be .*0 <= low"),
+        # The smallest listed dataset bounds the batch size: wine has 143 training examples.
+        ("resmlp", {"batch_size": [16, 200]}, r"`family\.train\.batch_size` must not exceed the 143"),
     ],
 )
 def test_invalid_train_ranges_name_the_field(name, train, match):
@@ -282,11 +313,82 @@ def test_ranges_instances_are_accepted_and_normalised():
     assert family.max_layers("train") == 3
 
 
+# --- the transformer and residual-MLP families ---------------------------------------------------
+
+
+def test_transformer_embeddings_and_encoder_sublayers_are_agents():
+    family = make_family("transformer_seq", train={"depth": [2, 2]})
+    task = sample(family, 0)
+    partition = LayerPartition.from_module(task.module)
+    # Token and position embeddings are agents of their own, of kind "embedding".
+    assert partition.layers[0].module_names == ("token_embedding",)
+    assert partition.layers[1].module_names == ("position_embedding",)
+    assert [layer.kind for layer in partition.layers[:2]] == ["embedding", "embedding"]
+    assert len(partition) == task.info["num_layers"] == 6 * 2 + 4
+    # Each encoder layer is built on its own, so the layers start from different weights.
+    first, second = task.module.layers
+    assert not torch.equal(first.linear1.weight, second.linear1.weight)
+
+
+@pytest.mark.parametrize("kind", ["copy", "sort", "count"])
+def test_transformer_task_targets(kind):
+    task = sample(make_family("transformer_seq", train={"tasks": [kind], "seq_len": [5, 5]}), 0)
+    x, y = first_batch(task)
+    assert task.info["task"] == kind
+    if kind == "count":
+        assert x.shape[1] == 5
+        assert torch.equal(y, (x.unsqueeze(2) == x.unsqueeze(1)).sum(2) - 1)
+    else:
+        assert x.shape[1] == 10 and bool((x[:, 5:] == 10).all()) and bool((y[:, :5] == -100).all())
+        answer = x[:, :5] if kind == "copy" else x[:, :5].sort(dim=1).values
+        assert torch.equal(y[:, 5:], answer)
+    assert task.module.loss([x, y]).item() > 0
+
+
+def test_resmlp_datasets_losses_and_agents():
+    family = make_family("resmlp", train={"depth": [2, 2], "dropout": [0.1, 0.1]})
+    for dataset, loss in [("wine", "cross_entropy"), ("diabetes", "mse_loss"), ("regression", "mse_loss")]:
+        task = sample(make_family("resmlp", train={"datasets": [dataset], "depth": [2, 2]}), 0)
+        task.module.eval()  # dropout off: the two forward passes below must agree
+        x, y = first_batch(task)
+        assert task.info["dataset"] == dataset
+        assert y.dtype == (torch.int64 if loss == "cross_entropy" else torch.float32)
+        out = task.module(x)
+        expected = getattr(nn.functional, loss)(out, y)
+        assert torch.allclose(task.module.loss([x, y]), expected)
+        assert len(LayerPartition.from_module(task.module)) == 3 * 2 + 3
+    assert family.max_layers("train") == 9
+
+
+def test_resmlp_generated_sets_come_from_the_task_seed_and_bundled_ones_are_shared():
+    generated = make_family("resmlp", train={"datasets": ["classification"]})
+    a, b = sample(generated, 0), sample(generated, 1)
+    data_a, data_b = a.module._data(), b.module._data()
+    assert data_a.x_train.shape == data_b.x_train.shape == (800, 20)
+    assert not torch.equal(data_a.x_val, data_b.x_val)
+    bundled = make_family("resmlp", train={"datasets": ["breast_cancer"]})
+    c, d = sample(bundled, 0), sample(bundled, 1)
+    assert c.module._data().x_train is d.module._data().x_train
+    # Features standardised on the training part.
+    x = c.module._data().x_train
+    assert torch.allclose(x.mean(0), torch.zeros(30), atol=1e-5) and torch.allclose(x.std(0), torch.ones(30), atol=1e-4)
+
+
+def test_resmlp_batch_bound_follows_the_listed_datasets():
+    # Without wine, the bound is diabetes' 354 training examples.
+    family = make_family("resmlp", train={"datasets": ["diabetes", "digits"], "batch_size": [16, 300]})
+    assert family.train.batch_size == (16, 300)
+    with pytest.raises(ValueError, match=r"`family\.train\.batch_size` must not exceed the 354"):
+        make_family("resmlp", train={"datasets": ["diabetes", "digits"], "batch_size": [16, 400]})
+
+
 # --- docstrings -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "module", ["ranges", "base", "data", "mlp_digits", "cnn_digits", "teacher_student", "sequence", "__init__"]
+    "module",
+    ["ranges", "base", "data", "mlp_digits", "cnn_digits", "teacher_student", "sequence", "transformer_seq", "resmlp",
+     "__init__"],
 )
 def test_docstring_examples(module):
     mod = importlib.import_module("ganno_lightning.envs.tasks" if module == "__init__" else f"ganno_lightning.envs.tasks.{module}")
