@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ganno_lightning.agents.evaluation.grid import factors_past_the_edge
+from ganno_lightning.tuning.grid import factors_past_the_edge
 from ganno_lightning.agents.peers import PEERS, peer_version
 from omegaconf import DictConfig, OmegaConf
 
@@ -159,7 +159,7 @@ def tuning_grids(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
     """Each (task, schedule)'s tuning grid, and the runs still needed to take it past its edges.
 
     Starts from ``lr_grid`` (or ``grids``, an earlier round's), adds the factors of
-    :func:`~ganno_lightning.agents.evaluation.grid.factors_past_the_edge` where every run of the
+    :func:`~ganno_lightning.tuning.grid.factors_past_the_edge` where every run of the
     grid has finished, and returns the jobs of the added factors that ``runs`` lacks. Call it again
     with the grids it returned once those jobs ran, until it returns no job.
 

@@ -1,4 +1,5 @@
-"""What every hyperparameter tuner shares: the search space and the setters that apply a value to a running fit.
+"""What every hyperparameter tuner shares: the search space, the setters that apply a value to a
+running fit, and the rule that widens an LR grid whose best point sits at its edge.
 
 Used by Population Based Training (``ganno_lightning.pbt``); a new tuner brings only its own
 algorithm and Lightning glue. Names are imported lazily, so reading a search space does not import
@@ -16,6 +17,7 @@ from ganno_lightning._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".space": ["Hyperparameter", "clip_values", "parse_space", "sample_values"],
+    ".grid": ["factors_past_the_edge", "grid_step"],
     ".setters": ["BUILTIN_SETTERS", "CallbackAttribute", "FunctionSetter", "HyperparameterSetter",
                  "ModuleAttribute", "OptimizerHyperparameter", "resolve_setters"],
 })

@@ -394,7 +394,7 @@ def test_worker_processes_give_the_same_results_as_in_process(agent_file, tmp_pa
     assert [r["curve"] for r in a["runs"]] == [r["curve"] for r in b["runs"]]
 
 
-@pytest.mark.parametrize("name", ["ganno_lightning.agents.baselines", *(f"ganno_lightning.agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis", "paired_stats", "grid"))])
+@pytest.mark.parametrize("name", ["ganno_lightning.agents.baselines", *(f"ganno_lightning.agents.evaluation.{m}" for m in ("config", "plan", "run", "analysis", "paired_stats"))])
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

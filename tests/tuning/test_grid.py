@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ganno_lightning.agents.evaluation.grid import best_factor, factors_past_the_edge, grid_step
+from ganno_lightning.tuning.grid import best_factor, factors_past_the_edge, grid_step
 
 
 def test_an_interior_best_needs_no_extension():
