@@ -28,7 +28,7 @@ from ganno_lightning.envs.task import MixtureFamily, TaskFamily
 from ganno_lightning.envs.tasks import make_family
 
 _SECTIONS = ("env", "family")
-_FAMILY_KEYS = ("name", "train", "heldout")
+_FAMILY_KEYS = ("name", "train", "heldout", "lr_sampling")
 
 
 @dataclass
@@ -81,7 +81,8 @@ def family_from_config(config: DictConfig | dict, section: str = "family") -> Ta
     unknown = [k for k in plain if k not in _FAMILY_KEYS]
     if unknown:
         raise unknown_key_error(f"{section}.{unknown[0]}", _FAMILY_KEYS, see="configs/env_default.yaml")
-    return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"), prefix=section)
+    return make_family(plain["name"], train=plain.get("train"), heldout=plain.get("heldout"), prefix=section,
+                       lr_sampling=plain.get("lr_sampling", "ranges"))
 
 
 def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None) -> LayerwiseLREnv:

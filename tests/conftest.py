@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +18,14 @@ def _offline_wandb(tmp_path, monkeypatch):
     # previous test's (since-deleted) directories and mode. Start every test from a clean slate.
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
+
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest single-threaded: on a shared 2-core machine torch's parallel kernels
+    spin-wait for busy cores and make each op far slower. Restores the caller's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

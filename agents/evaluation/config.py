@@ -41,6 +41,8 @@ class SuiteEntry:
     # The ranges the agent was meta-trained on (over the family's defaults); `deeper` doubles their max depth.
     train: Optional[Dict[str, Any]] = None
     heldout: Optional[Dict[str, Any]] = None  # held-out range overrides (over the family's)
+    # "ranges": the task's LR from its `lr` range; "around_best": 0.1x-10x its calibrated best LR
+    lr_sampling: str = "ranges"
 
 
 @dataclass
@@ -137,9 +139,10 @@ def validate_config(cfg: DictConfig) -> None:
         if entry.split not in _SPLITS:
             raise ValueError(f"`{prefix}.split` must be one of {list(_SPLITS)}, got {entry.split!r}.")
         _at_least(entry.tasks, f"{prefix}.tasks", 1)
-        make_family(entry.family, train=entry.train, heldout=entry.heldout, prefix=prefix)
+        make_family(entry.family, train=entry.train, heldout=entry.heldout, prefix=prefix,
+                    lr_sampling=entry.lr_sampling)
         if cfg.deeper:  # fails now, not in every worker
-            deeper_family(entry.family, entry.split, entry.train, entry.heldout, prefix)
+            deeper_family(entry.family, entry.split, entry.train, entry.heldout, prefix, entry.lr_sampling)
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"`seeds` must be a non-empty list of distinct ints, got {list(cfg.seeds)}.")
     _at_least(cfg.steps, "steps", 1)
@@ -198,7 +201,8 @@ def _at_least(value: Any, key: str, minimum: int) -> None:
         raise ValueError(f"`{key}` must be an int >= {minimum}, got {value!r}.")
 
 
-def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optional[dict], prefix: str = "suite"):
+def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optional[dict], prefix: str = "suite",
+                  lr_sampling: str = "ranges"):
     """The family ``name`` with ``split``'s depth fixed to twice the max depth of its ``train`` ranges.
 
     Only the depth changes: the other ranges of ``split`` stay as configured.
@@ -214,7 +218,8 @@ def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optiona
     depth = 2 * family.ranges("train").depth[1]
     sections = {"train": _plain(train), "heldout": _plain(heldout)}
     sections[split] = {**(sections[split] or {}), "depth": [depth, depth]}
-    return make_family(name, train=sections["train"], heldout=sections["heldout"], prefix=f"{prefix}(deeper)")
+    return make_family(name, train=sections["train"], heldout=sections["heldout"], prefix=f"{prefix}(deeper)",
+                       lr_sampling=lr_sampling)
 
 
 def _plain(section: Any) -> Any:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RATIO_CLIP", "PairedComparison", "TaskComparison", "compare_paired", "log_ratio"]
+__all__ = ["RATIO_CLIP", "Comparison", "PairedComparison", "TaskComparison", "compare_paired", "log_ratio"]
 
 #: Largest |log-ratio| a pair contributes (e^4.6 ~ 100x): a diverged run is a loss, not an infinity.
 RATIO_CLIP = math.log(100.0)
@@ -63,11 +63,16 @@ def log_ratio(agent: float, other: float, floor: float = 0.0) -> float:
 
 
 @dataclass
-class TaskComparison:
-    """One task's pairs: its mean log-ratio over seeds, a seed-bootstrap interval and the counts."""
+class Comparison:
+    """Figures of a set of pairs (the agent's point of view).
 
-    task: str
-    log_ratios: list[float]
+    Attributes:
+        ratio: ``exp(mean log-ratio)``, the geometric mean of agent/other (below 1: the agent is better).
+        interval: 95% bootstrap interval of ``ratio``.
+        wins, ties, losses: Pair counts.
+        harms: Pairs where the agent is more than ``harm`` worse.
+    """
+
     ratio: float
     interval: tuple[float, float]
     wins: int
@@ -77,24 +82,19 @@ class TaskComparison:
 
 
 @dataclass
-class PairedComparison:
-    """The agent against one method over every task x seed pair.
+class TaskComparison(Comparison):
+    """One task's pairs over its seeds (the interval resamples seeds)."""
 
-    Attributes:
-        ratio: ``exp(mean log-ratio)``, the geometric mean of agent/other (below 1: the agent is better).
-        interval: 95% cluster-bootstrap interval of ``ratio`` (tasks resampled with their seeds).
-        wins, ties, losses: Pair counts (the agent's point of view).
-        harms: Pairs where the agent is more than ``harm`` worse.
-        tasks: Per task, the same figures over its seeds.
-    """
+    task: str = ""
+    log_ratios: list[float] = field(default_factory=list)
 
-    ratio: float
-    interval: tuple[float, float]
-    wins: int
-    ties: int
-    losses: int
-    harms: int
-    pairs: int
+
+@dataclass
+class PairedComparison(Comparison):
+    """The agent against one method over every task x seed pair (the interval resamples tasks, then
+    seeds within each), with the same figures per task."""
+
+    pairs: int = 0
     tasks: list[TaskComparison] = field(default_factory=list)
 
     def as_dict(self) -> dict:

@@ -58,6 +58,8 @@ def task_specs(cfg: DictConfig, deeper: bool) -> List[Dict[str, Any]]:
                 "heldout": plain["heldout"],
                 "deeper": deeper,
                 "sample_seed": (int(cfg.task_seed) * 1_000_003 + i * 10_007 + t) % (2**62),
+                # only when not the default, so that earlier evaluations' run keys still match
+                **({"lr_sampling": entry.lr_sampling} if entry.lr_sampling != "ranges" else {}),
             })
     return specs
 

@@ -33,10 +33,11 @@ def build_task(spec: Dict[str, Any], seed: int):
     """
     from ganno_lightning.envs.tasks import ZooModule, make_family
 
+    lr_sampling = spec.get("lr_sampling", "ranges")
     if spec["deeper"]:
-        family = deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"])
+        family = deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"], lr_sampling=lr_sampling)
     else:
-        family = make_family(spec["family"], train=spec["train"], heldout=spec["heldout"])
+        family = make_family(spec["family"], train=spec["train"], heldout=spec["heldout"], lr_sampling=lr_sampling)
     generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
     torch.manual_seed((int(spec["sample_seed"]) * 7919 + int(seed)) % (2**62))  # zoo weights use the global RNG
     task = family.sample(generator, spec["split"])

@@ -68,6 +68,7 @@ def make_family(
     heldout: TaskRanges | Mapping[str, Any] | None = None,
     *,
     prefix: str = "family",
+    lr_sampling: str = "ranges",
 ) -> ZooFamily:
     """Build the family registered as ``name`` with optional ``train``/``heldout`` range overrides.
 
@@ -77,6 +78,8 @@ def make_family(
             ``TaskRanges``), or ``None`` for the defaults.
         heldout: Held-out ranges, same forms.
         prefix: Dotted config path of the family section, for error messages.
+        lr_sampling: ``"ranges"`` draws a task's LR from its ``lr`` range; ``"around_best"`` from
+            0.1x to 10x its cell's calibrated best LR (:mod:`ganno_lightning.envs.tasks.best_lr`).
 
     Raises:
         ValueError: For an unknown family (listing the known ones) or invalid ranges (naming the field).
@@ -87,7 +90,7 @@ def make_family(
         raise ValueError(
             f"Unknown task family `{prefix}.name` {name!r}. Known families: {', '.join(sorted(FAMILIES))}.{hint}"
         )
-    return FAMILIES[name](train=train, heldout=heldout, prefix=prefix)
+    return FAMILIES[name](train=train, heldout=heldout, prefix=prefix, lr_sampling=lr_sampling)
 
 
 __all__ = [

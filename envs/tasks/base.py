@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ganno_lightning.envs.task import SPLITS, Split, TaskFamily, TrainingTask
+from ganno_lightning.envs.tasks.best_lr import LR_SAMPLINGS, around, best_lr
 from ganno_lightning.envs.tasks.data import TrainValData
 from ganno_lightning.envs.tasks.ranges import ADAMW_WEIGHT_DECAY, OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
 from ganno_lightning.layerwise.partition import LayerPartition
@@ -203,6 +204,8 @@ class ZooFamily(TaskFamily):
 
     name: ClassVar[str] = "zoo"
     ranges_type: ClassVar[type[TaskRanges]] = TaskRanges
+    #: Sampled choices besides optimizer and depth that set a task's best LR cell (e.g. batch_norm).
+    lr_cell_fields: ClassVar[tuple[str, ...]] = ()
     default_train: ClassVar[TaskRanges]
     default_heldout: ClassVar[TaskRanges]
 
@@ -212,7 +215,12 @@ class ZooFamily(TaskFamily):
         heldout: TaskRanges | dict[str, Any] | None = None,
         *,
         prefix: str = "family",
+        lr_sampling: str = "ranges",
     ) -> None:
+        if lr_sampling not in LR_SAMPLINGS:
+            raise ValueError(f"`{prefix}.lr_sampling` must be one of {list(LR_SAMPLINGS)}, got {lr_sampling!r}: "
+                             "'ranges' draws from the `lr` range, 'around_best' from 0.1x to 10x the task's best LR.")
+        self.lr_sampling = lr_sampling
         self.train = self.ranges_type.from_config(train, f"{prefix}.train", self.default_train)
         self.heldout = self.ranges_type.from_config(heldout, f"{prefix}.heldout", self.default_heldout)
         for split in SPLITS:
@@ -247,11 +255,27 @@ class ZooFamily(TaskFamily):
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise TypeError(f"`generator` must be a CPU torch.Generator, got {generator!r}.")
         hp = ranges.sample(generator)
+        extra: dict[str, Any] = {}
+        if self.lr_sampling == "around_best":
+            extra["best_lr"] = best_lr(self.lr_cell(hp))
+            hp["lr"] = around(extra["best_lr"], generator)
         seed = draw_seed(generator)
         module = self.build(hp, seed)
         num_layers = len(LayerPartition.from_module(module))
-        info = {"family": self.name, "split": split, **hp, "seed": seed, "num_layers": num_layers}
+        info = {"family": self.name, "split": split, **hp, **extra, "seed": seed, "num_layers": num_layers}
         return TrainingTask(module=module, name=self.describe(hp), info=info)
+
+    def lr_cell(self, hp: dict[str, Any]) -> str:
+        """The cell of the best-LR table that a task with hyperparameters ``hp`` belongs to.
+
+        Example::
+
+            >>> from ganno_lightning.envs.tasks import CNNDigitsFamily
+            >>> CNNDigitsFamily().lr_cell({"optimizer": "sgd", "depth": 2, "batch_norm": True, "width": 9})
+            'cnn_digits|sgd|depth=2|batch_norm=True'
+        """
+        return "|".join([self.name, hp["optimizer"], f"depth={hp['depth']}",
+                         *(f"{name}={hp[name]}" for name in self.lr_cell_fields)])
 
     def max_layers(self, split: Split = "train") -> int:
         """The largest number of agents of any task of ``split`` (reached by some sample)."""

@@ -106,6 +106,8 @@ class CNNDigitsFamily(ZooFamily):
         (4, 11)
     """
 
+    lr_cell_fields = ("batch_norm",)
+
     name = "cnn_digits"
     ranges_type = CNNRanges
     default_train = CNNRanges(depth=(1, 3), width=(8, 24), lr=(3e-4, 3e-2), batch_size=(32, 128))

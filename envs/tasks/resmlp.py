@@ -277,6 +277,8 @@ class ResMLPFamily(ZooFamily):
         ValueError: `family.heldout.batch_size` must not exceed the 143 training examples, got [16, 256]. ...
     """
 
+    lr_cell_fields = ("dataset",)
+
     name = "resmlp"
     ranges_type = ResMLPRanges
     default_train = ResMLPRanges(

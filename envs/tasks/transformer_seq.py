@@ -207,6 +207,8 @@ class TransformerSeqFamily(ZooFamily):
         ('count', 16, 28)
     """
 
+    lr_cell_fields = ("task",)
+
     name = "transformer_seq"
     ranges_type = TransformerSeqRanges
     default_train = TransformerSeqRanges(

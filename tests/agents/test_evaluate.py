@@ -330,6 +330,17 @@ def test_a_tuned_grid_whose_best_lr_sits_at_an_edge_is_widened(agent_file, tmp_p
         (tmp_path / "report.md").read_text()
 
 
+def test_a_suite_entry_can_draw_lrs_around_the_best_and_the_default_keeps_run_keys():
+    default = ev.load_config({"suite": [{"family": "mlp_digits", "tasks": 1}]})
+    around = ev.load_config({"suite": [{"family": "mlp_digits", "tasks": 1, "lr_sampling": "around_best"}]})
+    spec, spec_around = ev.task_specs(default, deeper=False)[0], ev.task_specs(around, deeper=False)[0]
+    assert "lr_sampling" not in spec  # so earlier evaluations' runs keep their keys and are reused
+    task = ev.build_task(spec_around, seed=0)
+    assert 0.1 <= task.info["lr"] / task.info["best_lr"] <= 10
+    with pytest.raises(ValueError, match=r"`suite\[0\].lr_sampling` must be one of"):
+        ev.load_config({"suite": [{"family": "mlp_digits", "lr_sampling": "best"}]})
+
+
 def test_rerun_reuses_finished_runs(smoke, capsys):
     out, _, argv = smoke
     lines = len((out / "runs.jsonl").read_text().splitlines())

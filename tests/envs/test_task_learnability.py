@@ -16,7 +16,7 @@ from ganno_lightning.envs.tasks import make_family
 from ganno_lightning.envs.tasks.base import make_optimizer
 from ganno_lightning.envs.tasks.resmlp import TABULAR_DATASETS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # tests/conftest.py
 
 STEPS = 300
 #: A decade apart, where each optimizer's useful LRs lie: plain SGD needs about 10x Adam's or momentum SGD's.
@@ -28,14 +28,6 @@ LR_GRID = {
 }
 #: "Learnable": the best final validation loss is below this share of the initial one.
 LEARNED = 0.8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def val_loss(module):

@@ -23,14 +23,7 @@ ORIGINAL_FAMILIES = ("cnn_digits", "mlp_digits", "sequence", "teacher_student")
 SAMPLES = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are far too small to gain from intra-op threads; on a shared 2-core machine
-    # torch's parallel kernels spin-wait for busy cores and make each op 100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def first_batch(task):

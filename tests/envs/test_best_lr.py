@@ -1,0 +1,76 @@
+"""Initial LRs drawn around each task's calibrated best LR, and the calibration that finds it."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ganno_lightning.envs.tasks import make_family
+from ganno_lightning.envs.tasks.best_lr import TABLE_PATH, CalibrationConfig, best_lr, calibrate, cells_of, load_config
+
+ORIGINAL = ["mlp_digits", "cnn_digits", "teacher_student", "sequence"]
+
+
+def test_the_shipped_table_covers_every_cell_the_original_families_reach():
+    table = json.loads(TABLE_PATH.read_text())
+    reached = cells_of(CalibrationConfig(families=ORIGINAL, splits=["train", "heldout"], samples=200))
+    assert set(reached) <= set(table["cells"])
+    assert table["command"] == "ganno-calibrate-lrs configs/calibrate_lrs.yaml"
+    for cell, entry in table["cells"].items():
+        finite = {float(lr): loss for lr, loss in entry["losses"].items() if loss is not None}
+        assert entry["best_lr"] == pytest.approx(min(finite, key=finite.get), rel=1e-3), cell
+        assert min(finite) < entry["best_lr"] < max(finite) or entry["best_lr"] in (1e-6, 10.0), cell  # interior
+
+
+@pytest.mark.parametrize("name", ORIGINAL)
+def test_around_best_draws_on_both_sides_of_the_best_lr_within_ten_x(name):
+    family = make_family(name, lr_sampling="around_best")
+    generator = torch.Generator().manual_seed(0)
+    ratios = []
+    for split in ("train", "heldout"):
+        for _ in range(12):
+            info = family.sample(generator, split).info
+            assert info["best_lr"] == best_lr(family.lr_cell(info))
+            ratios.append(info["lr"] / info["best_lr"])
+    assert all(0.1 <= r <= 10 for r in ratios)
+    assert sum(r > 1.5 for r in ratios) >= 3 and sum(r < 1 / 1.5 for r in ratios) >= 3  # too high and too low
+
+
+def test_around_best_is_reproducible_and_the_default_keeps_the_ranges():
+    a = make_family("mlp_digits", lr_sampling="around_best").sample(torch.Generator().manual_seed(5)).info
+    b = make_family("mlp_digits", lr_sampling="around_best").sample(torch.Generator().manual_seed(5)).info
+    assert a == b
+    plain = make_family("mlp_digits").sample(torch.Generator().manual_seed(5)).info
+    assert "best_lr" not in plain and 3e-4 <= plain["lr"] <= 3e-2
+
+
+def test_a_cell_without_a_calibrated_lr_and_a_bad_mode_are_clear_errors():
+    family = make_family("mlp_digits", train={"depth": [11, 11]}, lr_sampling="around_best")
+    with pytest.raises(ValueError, match=r"No calibrated best LR for the task cell 'mlp_digits\|\w+\|depth=11'.*"
+                                         r"ganno-calibrate-lrs"):
+        family.sample(torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"`family.lr_sampling` must be one of \['ranges', 'around_best'\]"):
+        make_family("mlp_digits", lr_sampling="best")
+
+
+def test_calibration_finds_an_interior_best_and_merges_into_the_table(tmp_path):
+    out = tmp_path / "best_lrs.json"
+    out.write_text(json.dumps({"cells": {"kept|adam|depth=1": {"best_lr": 0.5, "losses": {}}}}))
+    config = load_config({"families": ["mlp_digits"], "splits": ["train"], "samples": 1, "steps": 30,
+                          "grid": [1e-3, 1e-2], "workers": 1, "out": str(out), "log": str(tmp_path / "runs.jsonl")})
+    table = calibrate(config)
+    assert set(table["cells"]) == {"kept|adam|depth=1", *cells_of(config)}
+    (cell,) = cells_of(config)
+    losses = {float(lr): loss for lr, loss in table["cells"][cell]["losses"].items()}
+    assert len(losses) > 2  # 30 steps at 1e-2 are too few: the grid was widened past its top edge
+    assert table["cells"][cell]["best_lr"] == min(losses, key=lambda lr: losses[lr] if losses[lr] is not None
+                                                   else math.inf)
+    assert json.loads(out.read_text()) == table
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"`families` has unknown families \['resnet'\]"):
+        load_config({"families": ["resnet"]})
+    with pytest.raises(ValueError, match=r"`grid` must hold at least two positive LRs"):
+        load_config({"grid": [0.1]})
