@@ -341,6 +341,24 @@ def test_a_suite_entry_can_draw_lrs_around_the_best_and_the_default_keeps_run_ke
         ev.load_config({"suite": [{"family": "mlp_digits", "lr_sampling": "best"}]})
 
 
+@pytest.mark.parametrize("suite", ["evaluate_dev.yaml", "evaluate_confirm.yaml"])
+def test_the_dev_and_confirm_suites_draw_every_task_around_a_calibrated_best_lr(suite):
+    cfg = ev.load_config(str(FULL.parent / suite))
+    assert len(cfg.seeds) >= 5 and sum(e.tasks for e in cfg.suite) >= 24 and cfg.extend_grid
+    ratios = []
+    for deeper in {c.deeper for c in ev.conditions_of(cfg)}:
+        for spec in ev.task_specs(cfg, deeper):
+            info = ev.build_task(spec, seed=0).info  # a cell missing from the table would raise here
+            ratios.append(info["lr"] / info["best_lr"])
+    assert sum(r > 1.5 for r in ratios) >= 5 and sum(r < 1 / 1.5 for r in ratios) >= 5  # too high and too low
+
+
+def test_the_dev_and_confirm_suites_draw_different_tasks():
+    dev, confirm = (ev.load_config(str(FULL.parent / f"evaluate_{name}.yaml")) for name in ("dev", "confirm"))
+    assert dev.task_seed != confirm.task_seed != 0
+    assert {e.split for e in dev.suite} == {"train"} and {e.split for e in confirm.suite} == {"heldout"}
+
+
 def test_rerun_reuses_finished_runs(smoke, capsys):
     out, _, argv = smoke
     lines = len((out / "runs.jsonl").read_text().splitlines())
