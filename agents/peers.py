@@ -141,7 +141,7 @@ class OptimizerModes(Callback):
     ``optimizer.eval()`` validation, checkpoints and the end of training (schedulefree's README).
     The switch to train mode happens at the first training batch after a validation, so a
     checkpoint saved at validation end holds the evaluated weights too; fit ends in eval mode. Any
-    optimizer of the trainer with ``train()``/``eval()`` methods is switched; others are left alone.
+    optimizer of the trainer with ``optimizer.train()``/``optimizer.eval()`` methods is switched; others are left alone.
 
     BatchNorm statistics are those gathered at the training point, as in schedulefree's default use
     (its README suggests recomputing them at the evaluated weights; this callback does not).
@@ -199,7 +199,7 @@ class Peer:
         uses_lr: Starts from the given initial LR; otherwise LR-free (``lr`` is :data:`LR_FREE_LR`
             whatever it is given, so its runs do not depend on the user's LR).
         schedule: A :data:`~ganno_lightning.agents.baselines.SCHEDULES` name applied per step on top.
-        modes: Needs ``optimizer.train()``/``eval()`` around training (:class:`OptimizerModes`).
+        modes: Needs ``optimizer.train()``/``optimizer.eval()`` around training (:class:`OptimizerModes`).
     """
 
     make: Callable[[Any, float], torch.optim.Optimizer]
