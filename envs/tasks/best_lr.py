@@ -6,7 +6,7 @@ LR of a grid x0.1-x10 sat at its x10 edge on 11 of 16 train-range tasks), so any
 LRs looks good. With ``lr_sampling: around_best`` a family draws a task's LR log-uniformly from
 0.1x to 10x of the best constant LR of the task's *cell* (family, optimizer, depth and the
 family's layer-changing choices), read from a table shipped beside this module
-(``best_lrs.json``) that ``ganno-calibrate-lrs`` writes: per cell, a constant-LR grid search on a
+(``best_lrs.json``) that ``ganno-calibrate-lrs`` (:mod:`.calibration`) writes: per cell, a constant-LR grid search on a
 representative task, widened past any edge its best point sits on.
 
 Width, batch size and the family's other knobs are not part of a cell, so a task's best LR may
@@ -26,26 +26,12 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
-import math
-import sys
-import tempfile
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from ganno_lightning.config import ConfigCommandLine
-from ganno_lightning.config import load_config as load_with_schema
-from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
-from ganno_lightning.tuning.grid import factors_past_the_edge
-
-__all__ = ["LR_SAMPLINGS", "TABLE_PATH", "CalibrationConfig", "best_lr", "calibrate", "main"]
+__all__ = ["LR_SAMPLINGS", "SPREAD", "TABLE_PATH", "around", "best_lr"]
 
 #: How a family draws a task's initial LR: from its ``lr`` range, or around its cell's best LR.
 LR_SAMPLINGS = ("ranges", "around_best")
@@ -89,155 +75,11 @@ def around(best: float, generator: torch.Generator) -> float:
     return best * SPREAD ** (2.0 * u - 1.0)
 
 
-# --- Calibration ---------------------------------------------------------------------------------
-
-
-@dataclass
-class CalibrationConfig:
-    """What ``ganno-calibrate-lrs`` searches; see ``configs/calibrate_lrs.yaml``."""
-
-    families: list[str] = field(default_factory=lambda: ["mlp_digits", "cnn_digits", "teacher_student", "sequence"])
-    splits: list[str] = field(default_factory=lambda: ["train", "heldout"])
-    samples: int = 200  # tasks drawn per family and split to find its cells (the first of each is run)
-    task_seed: int = 0  # seeds those draws
-    steps: int = 300  # optimizer steps per run (the zoo's budget)
-    seeds: list[int] = field(default_factory=lambda: [0])  # weight seeds per grid point (losses averaged in log)
-    grid: list[float] = field(default_factory=lambda: [10 ** (k / 2) for k in range(-8, 1)])  # 1e-4 .. 1
-    limits: list[float] = field(default_factory=lambda: [1e-6, 10.0])  # the widened grid stays inside
-    workers: int = 2
-    out: str = str(TABLE_PATH)  # the table to write (merged into an existing one)
-    log: str = "runs/calibrate_lrs/runs.jsonl"  # every run as it ends: a rerun resumes from it
-
-
-def cells_of(config: CalibrationConfig) -> dict[str, dict[str, Any]]:
-    """Cell -> the first sampled task of it: ``{family, split, hp, seed}`` (plain data for a job)."""
-    from ganno_lightning.envs.tasks import make_family
-    from ganno_lightning.envs.tasks.ranges import draw_seed
-
-    found: dict[str, dict[str, Any]] = {}
-    for name in config.families:
-        family = make_family(name)
-        for split in config.splits:
-            generator = torch.Generator().manual_seed(config.task_seed)
-            for _ in range(config.samples):
-                hp = family.ranges(split).sample(generator)
-                seed = draw_seed(generator)
-                found.setdefault(family.lr_cell(hp), {"family": name, "split": split, "hp": hp, "seed": seed})
-    return found
-
-
-def run_constant_lr(job: dict[str, Any]) -> dict[str, Any]:
-    """Train a cell's representative task at one constant LR; its final validation loss (inf: diverged)."""
-    from ganno_lightning.envs.tasks import make_family
-    from ganno_lightning.trials.curve import LearningCurve
-    from ganno_lightning.trials.trainer import short_run_trainer
-
-    torch.set_num_threads(1)  # tiny models: fastest single-threaded, and workers share the cores
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # start-up tips, once per run, are noise
-    start = time.perf_counter()
-    family = make_family(job["family"])
-    torch.manual_seed(job["weight_seed"])
-    module = family.build({**job["hp"], "lr": job["lr"]}, job["seed"])
-    curve = LearningCurve("val_loss", check_finite=True, strict=False)
-    with tempfile.TemporaryDirectory(prefix="ganno_calibrate_") as root:
-        trainer = short_run_trainer(job["steps"], job["steps"], root, [curve], accelerator="cpu")
-        trainer.fit(module)
-    last = curve.curve[-1][1] if curve.curve and not curve.diverged else math.inf
-    return {"id": job["id"], "key": job["key"], "status": "ok", "loss": last if math.isfinite(last) else math.inf,
-            "seconds": round(time.perf_counter() - start, 2)}
-
-
-def calibrate(config: CalibrationConfig) -> dict[str, Any]:
-    """Grid-search each cell's best constant LR; widen a grid past an edge its best point sits on.
-
-    Returns the table (``{"cells": {cell: {"best_lr", "losses", "family", "split", "task"}}, ...}``),
-    also written to ``config.out`` merged into the cells already there.
-    """
-    cells = cells_of(config)
-    grids = {cell: sorted(float(lr) for lr in config.grid) for cell in cells}
-    results: dict[str, float] = {}
-    Path(config.log).parent.mkdir(parents=True, exist_ok=True)
-    done = read_log(config.log)
-    with JobPool(run_constant_lr, processes=config.workers if config.workers > 1 else 0) as pool:
-        pending = list(cells)
-        while pending:
-            jobs = [_job(config, cell, cells[cell], lr, seed) for cell in pending for lr in grids[cell]
-                    for seed in config.seeds if _job_id(cell, lr, seed) not in results]
-            print(f"calibrating {len(pending)} cell(s): {len(jobs)} runs", file=sys.stderr, flush=True)
-            for result in pool.run(jobs, _failed, log=config.log, done=done, on_result=_progress):
-                results[result["id"]] = result["loss"]
-            widened = []
-            for cell in pending:
-                losses = {lr: [results[_job_id(cell, lr, seed)] for seed in config.seeds] for lr in grids[cell]}
-                more = factors_past_the_edge(losses, limits=tuple(config.limits))
-                if more:
-                    grids[cell] = sorted({*grids[cell], *more})
-                    widened.append(cell)
-            pending = widened
-    table = {"command": "ganno-calibrate-lrs configs/calibrate_lrs.yaml", "steps": config.steps,
-             "seeds": list(config.seeds), "spread": SPREAD, "cells": dict(_table(config.out).get("cells", {}))}
-    for cell, task in cells.items():
-        losses = {lr: _mean_log([results[_job_id(cell, lr, seed)] for seed in config.seeds]) for lr in grids[cell]}
-        best = min(sorted(losses), key=losses.get)
-        table["cells"][cell] = {"best_lr": float(f"{best:.4g}"), "family": task["family"], "split": task["split"],
-                                "task": {k: v for k, v in task["hp"].items() if k != "lr"},
-                                "losses": {f"{lr:.4g}": (round(v, 4) if math.isfinite(v) else None)
-                                           for lr, v in losses.items()}}
-    table["cells"] = dict(sorted(table["cells"].items()))
-    atomic_write_text(config.out, json.dumps(table, indent=1) + "\n")
+def clear_cache() -> None:
+    """Forget loaded tables (after the calibration rewrote one)."""
     _table.cache_clear()
-    return table
 
 
-def _job_id(cell: str, lr: float, seed: int) -> str:
-    return f"{cell}|lr={lr:.6g}|seed={seed}"
-
-
-def _job(config: CalibrationConfig, cell: str, task: dict[str, Any], lr: float, seed: int) -> dict[str, Any]:
-    job_id = _job_id(cell, lr, seed)
-    return {**task, "lr": float(lr), "weight_seed": int(seed), "steps": int(config.steps), "id": job_id,
-            "key": f"{job_id}|steps={config.steps}|torch={torch.__version__}"}
-
-
-def _failed(job: dict[str, Any], why: JobFailure) -> dict[str, Any]:
-    return {"id": job["id"], "key": job["key"], "status": why.status, "loss": math.inf, "reason": why.reason}
-
-
-def _progress(result: dict[str, Any], done: int, total: int) -> None:
-    print(f"[{done}/{total}] {result['id']}: loss {result['loss']:.4g}", file=sys.stderr, flush=True)
-
-
-def _mean_log(losses: Sequence[float]) -> float:
-    return math.inf if any(not math.isfinite(v) for v in losses) else math.exp(
-        sum(math.log(max(v, 1e-12)) for v in losses) / len(losses))
-
-
-def load_config(source: Any, overrides: Sequence[str] = ()) -> CalibrationConfig:
-    """``configs/calibrate_lrs.yaml`` plus ``key=value`` overrides, checked."""
-    from ganno_lightning.envs.tasks import FAMILIES
-
-    config = OmegaConf.to_object(load_with_schema(CalibrationConfig, source, overrides, see="configs/calibrate_lrs.yaml"))
-    unknown = [f for f in config.families if f not in FAMILIES]
-    if unknown:
-        raise ValueError(f"`families` has unknown families {unknown}; known: {sorted(FAMILIES)}.")
-    if any(s not in ("train", "heldout") for s in config.splits):
-        raise ValueError(f"`splits` must list 'train' and/or 'heldout', got {config.splits}.")
-    for key in ("samples", "steps", "workers"):
-        if getattr(config, key) < 1:
-            raise ValueError(f"`{key}` must be a positive int, got {getattr(config, key)!r}.")
-    if len(config.grid) < 2 or any(lr <= 0 for lr in config.grid):
-        raise ValueError(f"`grid` must hold at least two positive LRs, got {config.grid}.")
-    return config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``ganno-calibrate-lrs CONFIG.yaml [key=value ...]``: write the best-LR table."""
-    cli = ConfigCommandLine("ganno-calibrate-lrs", __doc__, CalibrationConfig, see="configs/calibrate_lrs.yaml")
-    config = cli.load(load_config, cli.parse_args(argv))
-    table = calibrate(config)
-    print(f"best LRs of {len(table['cells'])} cell(s) written to {config.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def load_table(path: str | Path = TABLE_PATH) -> dict[str, Any]:
+    """The table at ``path`` (``{"cells": {}}`` when there is none yet)."""
+    return _table(str(path))

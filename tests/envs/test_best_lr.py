@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ganno_lightning.envs.tasks import make_family
-from ganno_lightning.envs.tasks.best_lr import TABLE_PATH, CalibrationConfig, best_lr, calibrate, cells_of, load_config
+from ganno_lightning.envs.tasks.best_lr import TABLE_PATH, best_lr
+from ganno_lightning.envs.tasks.calibration import CalibrationConfig, calibrate, cells_of, load_config
 
 ORIGINAL = ["mlp_digits", "cnn_digits", "teacher_student", "sequence"]
 
