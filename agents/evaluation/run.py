@@ -1,6 +1,5 @@
 """One run (in a worker process or in this one): a zoo task trained by a real Trainer."""
 
-import logging
 import math
 import tempfile
 import time
@@ -13,7 +12,7 @@ from ganno_lightning.agents.evaluation.config import deeper_family
 from ganno_lightning.agents.evaluation.plan import peer_name
 
 from ganno_lightning.trials.curve import LearningCurve
-from ganno_lightning.trials.trainer import short_run_trainer
+from ganno_lightning.trials.trainer import quiet_run, short_run_trainer
 
 
 def build_task(spec: Dict[str, Any], seed: int):
@@ -67,62 +66,55 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         "lr_factor": job["lr_factor"], "status": "failed", "reason": "", "final_val_loss": math.inf,
         "final_val_acc": None, "curve": [], "steps_done": 0, "torch": torch.__version__,
     }
-    threads = torch.get_num_threads()
-    lightning_logger = logging.getLogger("lightning.pytorch")
-    log_level = lightning_logger.level
     trainer = curve = ganno = None
-    try:
-        torch.set_num_threads(int(job["torch_threads"]))
-        lightning_logger.setLevel(logging.ERROR)  # "GPU available: False" etc., once per run, is noise here
-        from ganno_lightning.agents.baselines import scale_initial_lr, with_schedule
+    with quiet_run(job["torch_threads"]):  # restored after: in-process runs share the caller's settings
+        try:
+            from ganno_lightning.agents.baselines import scale_initial_lr, with_schedule
 
-        task = build_task(job["task"], job["seed"])
-        module = task.module
-        result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
-        result["lr"] = scale_initial_lr(module, job["lr_factor"])
-        result["initial_val_loss"] = _initial_val_loss(module)
-        # non-finite training or validation loss: stop; a zoo task logs no other validation metric
-        curve = LearningCurve("val_loss", check_finite=True, strict=False)
-        callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
-        if job["method"] == "agent":
-            from ganno_lightning.layerwise.callback import GANNOCallback
+            task = build_task(job["task"], job["seed"])
+            module = task.module
+            result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
+            result["lr"] = scale_initial_lr(module, job["lr_factor"])
+            result["initial_val_loss"] = _initial_val_loss(module)
+            # non-finite training or validation loss: stop; a zoo task logs no other validation metric
+            curve = LearningCurve("val_loss", check_finite=True, strict=False)
+            callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
+            if job["method"] == "agent":
+                from ganno_lightning.layerwise.callback import GANNOCallback
 
-            agent = job["agent"]
-            ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
-                                  exploration=agent["exploration"], seed=job["seed"])
-            callbacks.append(ganno)
-        elif peer_name(job["method"]) is not None:
-            from ganno_lightning.agents.peers import with_peer
+                agent = job["agent"]
+                ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
+                                      exploration=agent["exploration"], seed=job["seed"])
+                callbacks.append(ganno)
+            elif peer_name(job["method"]) is not None:
+                from ganno_lightning.agents.peers import with_peer
 
-            with_peer(module, peer_name(job["method"]), job["steps"])  # brings its own callback if it needs one
-        else:
-            with_schedule(module, job["method"], job["steps"])
-        with tempfile.TemporaryDirectory(prefix="ganno_eval_") as root, warnings.catch_warnings():
-            # Advice and deprecations from Lightning's internals, identical for every run; a fresh
-            # `catch_warnings` per run would otherwise print them again each time.
-            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-            # tiny models: faster on CPU than paying for transfers
-            trainer = short_run_trainer(job["steps"], job["val_every"], root, callbacks, accelerator="cpu")
-            trainer.fit(module)
-        result["steps_done"] = int(trainer.global_step)
-        result["curve"] = _scored(curve.curve)
-        if curve.diverged:
-            result.update(status="diverged", reason=curve.reason)
-        elif not result["curve"] or result["curve"][-1][0] != job["steps"]:
-            result.update(reason=f"no validation at the last step {job['steps']} (curve: {result['curve'][-2:]})")
-        else:
-            result.update(status="ok", final_val_loss=result["curve"][-1][1])
-            accuracy = trainer.callback_metrics.get("val_acc")  # from the last validation, if logged
-            result["final_val_acc"] = float(accuracy) if accuracy is not None else _accuracy(module)
-    except Exception as err:  # one broken run must not stop the evaluation; the reason is kept
-        result.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
-        if curve is not None:
+                with_peer(module, peer_name(job["method"]), job["steps"])  # brings its own callback if it needs one
+            else:
+                with_schedule(module, job["method"], job["steps"])
+            with tempfile.TemporaryDirectory(prefix="ganno_eval_") as root, warnings.catch_warnings():
+                # Advice and deprecations from Lightning's internals, identical for every run; a fresh
+                # `catch_warnings` per run would otherwise print them again each time.
+                warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+                warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+                warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+                # tiny models: faster on CPU than paying for transfers
+                trainer = short_run_trainer(job["steps"], job["val_every"], root, callbacks, accelerator="cpu")
+                trainer.fit(module)
+            result["steps_done"] = int(trainer.global_step)
             result["curve"] = _scored(curve.curve)
-    finally:
-        torch.set_num_threads(threads)  # in-process runs must not leave the caller single-threaded
-        lightning_logger.setLevel(log_level)
+            if curve.diverged:
+                result.update(status="diverged", reason=curve.reason)
+            elif not result["curve"] or result["curve"][-1][0] != job["steps"]:
+                result.update(reason=f"no validation at the last step {job['steps']} (curve: {result['curve'][-2:]})")
+            else:
+                result.update(status="ok", final_val_loss=result["curve"][-1][1])
+                accuracy = trainer.callback_metrics.get("val_acc")  # from the last validation, if logged
+                result["final_val_acc"] = float(accuracy) if accuracy is not None else _accuracy(module)
+        except Exception as err:  # one broken run must not stop the evaluation; the reason is kept
+            result.update(status="failed", reason=f"{type(err).__name__}: {err}"[:500])
+            if curve is not None:
+                result["curve"] = _scored(curve.curve)
     if ganno is not None and ganno.schedule is not None:
         result["schedule"] = ganno.schedule.state_dict()
     if result["status"] != "ok":

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from ganno_lightning.envs.tasks.ranges import draw_seed
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.curve import LearningCurve
 from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
-from ganno_lightning.trials.trainer import short_run_trainer
+from ganno_lightning.trials.trainer import quiet_run, short_run_trainer
 from ganno_lightning.tuning.grid import factors_past_the_edge
 
 __all__ = ["CalibrationConfig", "calibrate", "cells_of", "load_config", "main"]
@@ -75,14 +74,12 @@ def cells_of(config: CalibrationConfig) -> dict[str, dict[str, Any]]:
 
 def run_constant_lr(job: dict[str, Any]) -> dict[str, Any]:
     """Train a cell's representative task at one constant LR; its final validation loss (inf: diverged)."""
-    torch.set_num_threads(1)  # tiny models: fastest single-threaded, and workers share the cores
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # start-up tips, once per run, are noise
     start = time.perf_counter()
     family = make_family(job["family"])
     torch.manual_seed(job["weight_seed"])
     module = family.build({**job["hp"], "lr": job["lr"]}, job["seed"])
     curve = LearningCurve("val_loss", check_finite=True, strict=False)
-    with tempfile.TemporaryDirectory(prefix="ganno_calibrate_") as root:
+    with tempfile.TemporaryDirectory(prefix="ganno_calibrate_") as root, quiet_run(threads=1):
         trainer = short_run_trainer(job["steps"], job["steps"], root, [curve], accelerator="cpu")
         trainer.fit(module)
     last = curve.curve[-1][1] if curve.curve and not curve.diverged else math.inf

@@ -6,8 +6,12 @@ its callbacks records what the run is scored on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import torch
 
 
 def short_run_trainer(
@@ -58,3 +62,28 @@ def short_run_trainer(
         callbacks=list(callbacks),
         **overrides,
     )
+
+
+@contextlib.contextmanager
+def quiet_run(threads: int = 1) -> Iterator[None]:
+    """Run with ``threads`` torch threads and Lightning's start-up lines off; restore both after.
+
+    Tiny models train fastest single-threaded, and "GPU available: False" once per short run is
+    noise. Restoring matters when runs happen in the caller's process (``JobPool`` with no worker
+    processes): it must not be left single-threaded or with Lightning's info lines silenced.
+
+    Example::
+
+        with quiet_run(threads=1):
+            short_run_trainer(300, 25, root, [curve]).fit(module)
+    """
+    previous_threads = torch.get_num_threads()
+    logger = logging.getLogger("lightning.pytorch")
+    previous_level = logger.level
+    torch.set_num_threads(int(threads))
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        logger.setLevel(previous_level)

@@ -1,6 +1,7 @@
 """Initial LRs drawn around each task's calibrated best LR, and the calibration that finds it."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -61,7 +62,10 @@ def test_calibration_finds_an_interior_best_and_merges_into_the_table(tmp_path):
     out.write_text(json.dumps({"cells": {"kept|adam|depth=1": {"best_lr": 0.5, "losses": {}}}}))
     config = load_config({"families": ["mlp_digits"], "splits": ["train"], "samples": 1, "steps": 30,
                           "grid": [1e-3, 1e-2], "workers": 1, "out": str(out), "log": str(tmp_path / "runs.jsonl")})
+    threads, level = torch.get_num_threads(), logging.getLogger("lightning.pytorch").level
     table = calibrate(config)
+    # in-process runs leave this process as they found it (a silenced Lightning logger broke later tests)
+    assert (torch.get_num_threads(), logging.getLogger("lightning.pytorch").level) == (threads, level)
     assert set(table["cells"]) == {"kept|adam|depth=1", *cells_of(config)}
     (cell,) = cells_of(config)
     losses = {float(lr): loss for lr, loss in table["cells"][cell]["losses"].items()}
