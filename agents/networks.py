@@ -15,7 +15,11 @@ from torchrl.modules import ProbabilisticActor
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.layerwise.policy import ObservationNormalizer, PolicyNet, pool_agents
+from ganno_lightning.layerwise.policy import (
+    ObservationNormalizer,
+    PolicyNet,
+    pool_agents,
+)
 
 LOGITS = (keys.GROUP, "logits")
 LOG_PROB = (keys.GROUP, "action_log_prob")

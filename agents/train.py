@@ -29,13 +29,19 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from ganno_lightning.agents.networks import LOG_PROB, STATE_VALUE, RunningNormalizer, make_modules, recurrent_env
+from ganno_lightning.agents.networks import (
+    LOG_PROB,
+    STATE_VALUE,
+    RunningNormalizer,
+    make_modules,
+    recurrent_env,
+)
+from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.files import atomic_file
+from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.features import FEATURE_NAMES
 
 

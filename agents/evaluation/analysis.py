@@ -4,6 +4,8 @@ import math
 import statistics
 from typing import Any, Dict, List, Optional
 
+from omegaconf import DictConfig
+
 from ganno_lightning.agents.evaluation.paired_stats import compare_paired
 from ganno_lightning.agents.evaluation.plan import (
     conditions_of,
@@ -13,7 +15,6 @@ from ganno_lightning.agents.evaluation.plan import (
     task_specs,
 )
 from ganno_lightning.agents.peers import PEERS
-from omegaconf import DictConfig
 
 
 def steps_to_target(curve, target: Optional[float]) -> Optional[int]:

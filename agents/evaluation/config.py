@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ganno_lightning.agents.baselines import SCHEDULES
-from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from ganno_lightning import config as shared
+from ganno_lightning.agents.baselines import SCHEDULES
+from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+
 from ganno_lightning.agents.evaluation.config import runs_log_path
 from ganno_lightning.agents.evaluation.run import run_one
-
 from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
 
 

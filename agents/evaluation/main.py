@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from omegaconf import DictConfig, OmegaConf
+
 from ganno_lightning.agents.evaluation.analysis import (
     compare,
     headline_targets,
@@ -29,14 +31,13 @@ from ganno_lightning.agents.evaluation.plan import (
 )
 from ganno_lightning.agents.evaluation.report import (
     plot_loss_curves,
+    plot_paired,
     plot_schedules,
     summary_table,
     targets_table,
     write_report,
 )
 from ganno_lightning.agents.evaluation.run import load_agent
-from omegaconf import DictConfig, OmegaConf
-
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import read_log
@@ -89,7 +90,9 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     for condition in conditions_of(cfg):
         tasks = comparisons[condition.name]
         curves = plot_loss_curves(cfg, condition, tasks, runs, out_dir / f"loss_curves_{condition.name}.png")
-        plots[condition.name] = [curves, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
+        paired_plot = plot_paired(pairs[condition.name], f"{condition.name}: per task, over {len(cfg.seeds)} seeds",
+                                  out_dir / f"paired_{condition.name}.png")
+        plots[condition.name] = [curves, paired_plot, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
     seconds = time.perf_counter() - start
     report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds, pairs,
                           grids)

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ganno_lightning.tuning.grid import factors_past_the_edge
-from ganno_lightning.agents.peers import PEERS, peer_version
 from omegaconf import DictConfig, OmegaConf
+
+from ganno_lightning.agents.peers import PEERS, peer_version
+from ganno_lightning.tuning.grid import factors_past_the_edge
 
 #: Method names of peers start with it: ``peer:prodigy``.
 PEER_PREFIX = "peer:"

@@ -5,6 +5,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from omegaconf import DictConfig
+
 from ganno_lightning.agents.evaluation.analysis import (
     agent_wins,
     method_names,
@@ -12,7 +14,6 @@ from ganno_lightning.agents.evaluation.analysis import (
 )
 from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
 from ganno_lightning.agents.peers import PEERS
-from omegaconf import DictConfig
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -238,6 +239,49 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
     fig.suptitle(f"{condition.name}: validation loss (seed {seed}; dotted: target; x: diverged)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / (4.2 * cols + 1.8), 1))
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+#: The comparisons the per-task paired plot shows: doing nothing, and the tuned schedule users aim for.
+PAIRED_PLOT_METHODS = ("constant@init", "cosine@tuned", "constant@tuned")
+
+
+def plot_paired(rows: Dict[str, Any], title: str, path: Path) -> Path:
+    """Per task, the agent/method loss ratio over its seeds with its 95% interval, one panel per method.
+
+    A point left of the line at 1 is a task where the agent ends lower; an interval that crosses
+    it is a task where the seeds do not decide.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in PAIRED_PLOT_METHODS if m in rows]
+    tasks = [t["task"] for t in rows[methods[0]]["tasks"]]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 0.28 * len(tasks) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        by_task = {t["task"]: t for t in rows[method]["tasks"]}
+        ratios = [by_task[task]["ratio"] for task in tasks]
+        low = [r - by_task[task]["interval"][0] for r, task in zip(ratios, tasks)]
+        high = [by_task[task]["interval"][1] - r for r, task in zip(ratios, tasks)]
+        colors = ["tab:green" if by_task[t]["interval"][1] < 1 else "tab:red" if by_task[t]["interval"][0] > 1
+                  else "tab:gray" for t in tasks]
+        ax.errorbar(ratios, range(len(tasks)), xerr=[low, high], fmt="none", ecolor=colors, elinewidth=1.2)
+        ax.scatter(ratios, range(len(tasks)), c=colors, s=18, zorder=3)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        whole = rows[method]
+        ax.set_title(f"agent / {method}\n{whole['ratio']:.2f} ({whole['interval'][0]:.2f}-{whole['interval'][1]:.2f}), "
+                     f"W/T/L {whole['wins']}/{whole['ties']}/{whole['losses']}", fontsize=9)
+        ax.set_xlabel("final val loss ratio (< 1: agent better)")
+    axes[0][0].set_yticks(range(len(tasks)), tasks, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

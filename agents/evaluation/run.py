@@ -8,9 +8,9 @@ from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
 from ganno_lightning.agents.evaluation.config import deeper_family
 from ganno_lightning.agents.evaluation.plan import peer_name
-
 from ganno_lightning.trials.curve import LearningCurve
 from ganno_lightning.trials.trainer import quiet_run, short_run_trainer
 

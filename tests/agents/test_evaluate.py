@@ -252,9 +252,9 @@ def test_smoke_run_writes_report_results_and_plots(smoke):
     report = (out / "report.md").read_text()
     for condition in conditions:
         assert f"## {condition}" in report
-        png = out / f"loss_curves_{condition}.png"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"]({png.name})" in report
+        for png in (out / f"loss_curves_{condition}.png", out / f"paired_{condition}.png"):
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({png.name})" in report
     assert len(list(out.glob("schedule_*.png"))) == 3  # one task, one per condition
     header = next(line for line in report.splitlines() if line.startswith("| method |"))
     assert [c.strip() for c in header.strip("|").split("|")] == [

@@ -59,3 +59,15 @@ def test_the_bootstrap_resamples_tasks_not_just_pairs():
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         compare_paired(**kwargs)
+
+
+def test_the_paired_plot_has_a_panel_per_method_and_a_row_per_task(tmp_path):
+    import matplotlib.image
+
+    from ganno_lightning.agents.evaluation.report import plot_paired
+
+    pairs = {"task_a": [(0.5, 1.0), (0.6, 1.0)], "task_b": [(1.2, 1.0), (1.1, 1.0)]}
+    rows = {m: compare_paired(pairs).as_dict() for m in ("constant@init", "cosine@tuned", "warmup_cosine@init")}
+    path = plot_paired(rows, "test", tmp_path / "paired.png")
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width > 2.5 * height  # the two plotted methods side by side (warmup_cosine@init is not one of them)
