@@ -87,11 +87,12 @@ def run_constant_lr(job: dict[str, Any]) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def calibrate(config: CalibrationConfig) -> dict[str, Any]:
+def calibrate(config: CalibrationConfig, command: str = "calibrate()") -> dict[str, Any]:
     """Grid-search each cell's best constant LR; widen a grid past an edge its best point sits on.
 
     Returns the table (``{"cells": {cell: {"best_lr", "losses", "family", "split", "task"}}, ...}``),
-    also written to ``config.out`` merged into the cells already there.
+    also written to ``config.out`` merged into the cells already there; ``command`` joins the
+    table's ``commands``, the record of how its cells were made.
     """
     cells = cells_of(config)
     grids = {cell: sorted(float(lr) for lr in config.grid) for cell in cells}
@@ -114,14 +115,16 @@ def calibrate(config: CalibrationConfig) -> dict[str, Any]:
                     grids[cell] = sorted({*grids[cell], *more})
                     widened.append(cell)
             pending = widened
-    table = {"command": "ganno-calibrate-lrs configs/calibrate_lrs.yaml", "steps": config.steps,
-             "seeds": list(config.seeds), "spread": SPREAD, "cells": dict(load_table(config.out).get("cells", {}))}
+    previous = load_table(config.out)
+    commands = [c for c in previous.get("commands", []) if c != command] + [command]  # what made its cells
+    table = {"commands": commands, "steps": config.steps, "seeds": list(config.seeds), "spread": SPREAD,
+             "cells": dict(previous.get("cells", {}))}
     for cell, task in cells.items():
         losses = {lr: _mean_log([results[_job_id(cell, lr, seed)] for seed in config.seeds]) for lr in grids[cell]}
         best = min(sorted(losses), key=losses.get)
         table["cells"][cell] = {"best_lr": float(f"{best:.4g}"), "family": task["family"], "split": task["split"],
                                 "task": {k: v for k, v in task["hp"].items() if k != "lr"},
-                                "losses": {f"{lr:.4g}": (round(v, 4) if math.isfinite(v) else None)
+                                "losses": {f"{lr:.4g}": (float(f"{v:.4g}") if math.isfinite(v) else None)
                                            for lr, v in losses.items()}}
     table["cells"] = dict(sorted(table["cells"].items()))
     atomic_write_text(config.out, json.dumps(table, indent=1) + "\n")
@@ -172,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ganno-calibrate-lrs CONFIG.yaml [key=value ...]``: write the best-LR table."""
     cli = ConfigCommandLine("ganno-calibrate-lrs", __doc__, CalibrationConfig, see="configs/calibrate_lrs.yaml")
     config = cli.load(load_config, cli.parse_args(argv))
-    table = calibrate(config)
+    table = calibrate(config, command=" ".join(["ganno-calibrate-lrs", *(argv if argv is not None else sys.argv[1:])]))
     print(f"best LRs of {len(table['cells'])} cell(s) written to {config.out}")
     return 0
 
