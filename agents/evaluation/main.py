@@ -40,7 +40,7 @@ from ganno_lightning.agents.evaluation.report import (
 from ganno_lightning.agents.evaluation.run import load_agent
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import read_log
+from ganno_lightning.trials.pool import append_records, read_log
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -69,8 +69,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         log_path.unlink()
     copied = copy_baselines(jobs, cfg.baselines_from, done)
     if copied:
-        with open(log_path, "a") as f:  # this out_dir stays self-contained: its log holds every run it reports
-            f.writelines(json.dumps(run) + "\n" for run in copied)
+        append_records(log_path, copied)  # this out_dir stays self-contained: its log holds every run it reports
         print(f"copied {len(copied)} finished baseline runs from {', '.join(cfg.baselines_from)}", flush=True)
     print(f"evaluating {len(jobs)} runs ({len(conditions_of(cfg))} conditions) in {cfg.workers} process(es)",
           flush=True)

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["JobFailure", "JobPool", "finished_record", "read_log"]
+__all__ = ["JobFailure", "JobPool", "append_records", "finished_record", "read_log"]
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -69,20 +69,19 @@ def read_log(path: Union[str, os.PathLike]) -> dict[str, Result]:
     return done
 
 
-def _append_line(path: Path, record: Result) -> None:
-    """Append ``record`` as one JSON line.
+def append_records(path: Union[str, os.PathLike], records: Iterable[Result]) -> None:
+    """Append ``records`` to a JSON-lines log, one line each (the log :func:`read_log` reads).
 
     A crash can leave a cut-short last line, which ``read_log`` skips; the next record then starts on
     a line of its own, so the two are never glued into one unreadable line.
     """
-    line = json.dumps(record) + "\n"
-    with open(path, "ab") as f:
-        if f.tell() > 0:
-            with open(path, "rb") as last:
-                last.seek(-1, os.SEEK_END)
-                if last.read(1) != b"\n":
-                    line = "\n" + line
-        f.write(line.encode())
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    with open(path, "a+b") as f:  # appends always go to the end; reads may look at the last byte
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+        f.write(text.encode())
 
 
 def _worker_main(function: Callable[[Job], Result], conn: Connection) -> None:
@@ -239,7 +238,7 @@ class JobPool:
         def finish(index: int, result: Result) -> None:
             results[index] = result
             if log_path is not None:
-                _append_line(log_path, result)
+                append_records(log_path, [result])
             if on_result is not None:
                 on_result(result, len(results) - (len(jobs) - total), total)
 
