@@ -1,0 +1,1 @@
+"""BOIL: Bayesian optimisation over learning curves (Nguyen, Schulze & Osborne, NeurIPS 2020)."""
