@@ -29,4 +29,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.envs.config import load_config, make_env
     from ganno_lightning.envs.inner_run import TaskError
     from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
-    from ganno_lightning.envs.task import MixtureFamily, SingleTask, TaskFamily, TrainingTask
+    from ganno_lightning.envs.task import (
+        MixtureFamily,
+        SingleTask,
+        TaskFamily,
+        TrainingTask,
+    )

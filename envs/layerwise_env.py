@@ -20,13 +20,13 @@ from ganno_lightning.envs import keys
 from ganno_lightning.envs.inner_run import InnerRun, TaskError, sample_task
 from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
-from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
     DEFAULT_SCALE_BOUNDS,
     check_action_multipliers,
     check_scale_bounds,
 )
+from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.features import NUM_FEATURES
 
 

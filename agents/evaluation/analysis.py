@@ -102,6 +102,25 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
     return out
 
 
+#: A task is learned when some method's final val loss (mean over seeds) ends below this share of its initial loss.
+LEARNED_SHARE = 0.8
+
+
+def unlearned_tasks(comparisons: Dict[str, Any]) -> Dict[str, List[str]]:
+    """Per condition, the tasks on which no method, tuned or not, got below ``LEARNED_SHARE`` x the initial loss.
+
+    A suite should have none: a task every method leaves at its initial loss measures nothing.
+    """
+    out = {}
+    for condition, tasks in comparisons.items():
+        out[condition] = [
+            task_id for task_id, task in tasks.items()
+            if task["initial_val_loss"] and min(task_value(task, m) for m in next(iter(task["seeds"].values()))["methods"])
+            >= LEARNED_SHARE * task["initial_val_loss"]
+        ]
+    return out
+
+
 def task_value(task: Dict[str, Any], method: str, key: str = "final_val_loss") -> Optional[float]:
     """Mean over seeds; a diverged seed makes the task's loss ``inf`` (a loss for the method)."""
     values = [seed["methods"][method][key] for seed in task["seeds"].values()]

@@ -5,7 +5,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -43,6 +43,9 @@ class SuiteEntry:
     heldout: Optional[Dict[str, Any]] = None  # held-out range overrides (over the family's)
     # "ranges": the task's LR from its `lr` range; "around_best": 0.1x-10x its calibrated best LR
     lr_sampling: str = "ranges"
+    # this entry's run length and validation spacing; null: the top-level `steps` / `val_every`
+    steps: Optional[int] = None
+    val_every: Optional[int] = None
 
 
 @dataclass
@@ -145,14 +148,18 @@ def validate_config(cfg: DictConfig) -> None:
             deeper_family(entry.family, entry.split, entry.train, entry.heldout, prefix, entry.lr_sampling)
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ValueError(f"`seeds` must be a non-empty list of distinct ints, got {list(cfg.seeds)}.")
-    _at_least(cfg.steps, "steps", 1)
-    _at_least(cfg.val_every, "val_every", 1)
-    if cfg.steps % cfg.val_every:
-        suggestion = cfg.steps - cfg.steps % cfg.val_every or cfg.val_every
-        raise ValueError(
-            f"`steps` ({cfg.steps}) must be a multiple of `val_every` ({cfg.val_every}), so that the last "
-            f"validation check is at the last step (the final val loss). E.g. steps={suggestion}."
-        )
+    _check_length(cfg.steps, cfg.val_every, "")
+    lengths: Dict[tuple, int] = {}
+    for i, entry in enumerate(cfg.suite):
+        steps, val_every = entry_length(cfg, entry)
+        _check_length(steps, val_every, f"suite[{i}].")
+        key = (entry.family, entry.steps)
+        if key in lengths:  # their tasks would share ids (`mlp_digits#0`) and be one task
+            raise ValueError(
+                f"`suite[{lengths[key]}]` and `suite[{i}]` both draw `{entry.family}` tasks of {steps} steps: merge "
+                f"them into one entry (tasks: N), or give one of them its own `steps`."
+            )
+        lengths[key] = i
     for key in ("lr_grid", "init_lr_factors"):
         values = list(cfg[key])
         if not values or not all(math.isfinite(v) and v > 0 for v in values) or len(set(values)) != len(values):
@@ -194,6 +201,23 @@ def validate_config(cfg: DictConfig) -> None:
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     check_wandb(cfg.wandb)
+
+
+def entry_length(cfg: DictConfig, entry: DictConfig) -> Tuple[int, int]:
+    """A suite entry's ``(steps, val_every)``: its own where set, else the config's."""
+    steps = cfg.steps if entry.steps is None else entry.steps
+    return steps, cfg.val_every if entry.val_every is None else entry.val_every
+
+
+def _check_length(steps: Any, val_every: Any, prefix: str) -> None:
+    _at_least(steps, f"{prefix}steps", 1)
+    _at_least(val_every, f"{prefix}val_every", 1)
+    if steps % val_every:
+        suggestion = steps - steps % val_every or val_every
+        raise ValueError(
+            f"`{prefix}steps` ({steps}) must be a multiple of `{prefix}val_every` ({val_every}), so that the last "
+            f"validation check is at the last step (the final val loss). E.g. {prefix}steps={suggestion}."
+        )
 
 
 def _at_least(value: Any, key: str, minimum: int) -> None:

@@ -36,8 +36,8 @@ def execute(jobs: List[Dict[str, Any]], workers: int, log_path: Optional[Path] =
 
 
 def _longest_first(job: Dict[str, Any]) -> tuple:
-    # deeper models, then LSTMs, so that no slow run is left alone at the end
-    return (not job["task"]["deeper"], job["task"]["family"] != "sequence")
+    # longer runs, then deeper models, then LSTMs and transformers, so that no slow run is left alone at the end
+    return (-job["steps"], not job["task"]["deeper"], job["task"]["family"] not in ("sequence", "transformer_seq"))
 
 
 def _failure(job: Dict[str, Any], why: JobFailure) -> Dict[str, Any]:

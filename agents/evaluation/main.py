@@ -27,6 +27,7 @@ from ganno_lightning.agents.evaluation.plan import (
     agent_path,
     conditions_of,
     plan_runs,
+    task_specs,
     tuning_grids,
 )
 from ganno_lightning.agents.evaluation.report import (
@@ -37,7 +38,7 @@ from ganno_lightning.agents.evaluation.report import (
     targets_table,
     write_report,
 )
-from ganno_lightning.agents.evaluation.run import load_agent
+from ganno_lightning.agents.evaluation.run import load_agent, missing_lr_cells
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import append_records, read_log
@@ -62,6 +63,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.agent.path != "default" and not agent_file.is_file():
         raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
     load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
+    check_lr_cells(cfg)
     jobs = plan_runs(cfg)
     log_path = out_dir / RUNS_FILE
     done = read_log(log_path) if cfg.resume else {}
@@ -112,6 +114,27 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     return {**results, "report": report}
 
 
+def check_lr_cells(cfg: DictConfig) -> None:
+    """Fail before any run when an ``around_best`` task's cell has no calibrated best LR.
+
+    Raises:
+        ValueError: naming the cells' count and the command that calibrates them, whose
+            ``cells_file`` (``<out_dir>/missing_lr_cells.json``) this writes.
+    """
+    missing = {}
+    for deeper in sorted({c.deeper for c in conditions_of(cfg)}):
+        missing.update(missing_lr_cells(task_specs(cfg, deeper)))
+    if missing:
+        path = Path(cfg.out_dir) / "missing_lr_cells.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(missing, indent=1, sort_keys=True) + "\n")
+        raise ValueError(
+            f"`suite`: {len(missing)} task cell(s) drawn with lr_sampling=around_best have no calibrated best LR "
+            f"(e.g. `{next(iter(missing))}`). Calibrate them first: ganno-calibrate-lrs configs/calibrate_lrs.yaml "
+            f"cells_file={path} (or use lr_sampling=ranges)."
+        )
+
+
 def _log_wandb(cfg: DictConfig, summary, targets, plots, out_dir: Path) -> None:
     import wandb
 
@@ -148,6 +171,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     cli = ConfigCommandLine("ganno-evaluate", importlib.import_module(__package__).__doc__,
                             EvaluateConfig, see="configs/evaluate.yaml")
     cfg = cli.load(load_config, cli.parse_args(argv))
+    try:
+        check_lr_cells(cfg)
+    except ValueError as err:
+        cli.error(str(err))
     results = evaluate(cfg)
     print()
     print(targets_table(results["targets"]))

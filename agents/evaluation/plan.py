@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from ganno_lightning.agents.evaluation.config import entry_length
 from ganno_lightning.agents.peers import PEERS, peer_version
 from ganno_lightning.tuning.grid import factors_past_the_edge
 
@@ -49,9 +50,11 @@ def task_specs(cfg: DictConfig, deeper: bool) -> List[Dict[str, Any]]:
     specs = []
     for i, entry in enumerate(cfg.suite):
         plain = OmegaConf.to_container(entry, resolve=True)
+        steps, val_every = entry_length(cfg, entry)
         for t in range(entry.tasks):
             specs.append({
-                "id": f"{entry.family}#{t}" + ("@deeper" if deeper else ""),
+                "id": f"{entry.family}#{t}" + (f"@{steps}steps" if entry.steps is not None else "")
+                      + ("@deeper" if deeper else ""),
                 "entry": i,
                 "family": entry.family,
                 "split": entry.split,
@@ -61,6 +64,8 @@ def task_specs(cfg: DictConfig, deeper: bool) -> List[Dict[str, Any]]:
                 "sample_seed": (int(cfg.task_seed) * 1_000_003 + i * 10_007 + t) % (2**62),
                 # only when not the default, so that earlier evaluations' run keys still match
                 **({"lr_sampling": entry.lr_sampling} if entry.lr_sampling != "ranges" else {}),
+                **({"steps": steps} if entry.steps is not None else {}),
+                **({"val_every": val_every} if entry.val_every is not None else {}),
             })
     return specs
 
@@ -101,8 +106,8 @@ def _job(cfg: DictConfig, task: Dict[str, Any], seed: int, method: str, factor: 
         "seed": int(seed),
         "method": method,
         "lr_factor": float(factor),
-        "steps": int(cfg.steps),
-        "val_every": int(cfg.val_every),
+        "steps": int(task.get("steps", cfg.steps)),
+        "val_every": int(task.get("val_every", cfg.val_every)),
         "torch_threads": int(cfg.torch_threads),
         "agent": agent,
         "peer": _peer_info(method),

@@ -8,9 +8,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.analysis import (
+    LEARNED_SHARE,
     agent_wins,
     method_names,
     task_value,
+    unlearned_tasks,
 )
 from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
 from ganno_lightning.agents.peers import PEERS
@@ -113,11 +115,17 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "# GANNO agent vs handcrafted LR schedules" + (" and LR-free peers" if cfg.peers else ""),
         "",
         f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`). Suite: "
-        + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s))" for e in cfg.suite)
-        + f"; seeds {list(cfg.seeds)}; {cfg.steps} optimizer steps per run, validation every {cfg.val_every}; "
+        + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s)" + (f", {e.steps} steps" if e.steps is not None else "")
+                    + ")" for e in cfg.suite)
+        + f"; seeds {list(cfg.seeds)}; {cfg.steps} optimizer steps per run (unless an entry sets its own), validation every "
+        f"{cfg.val_every}; "
         f"LR grid x{', x'.join(f'{f:g}' for f in cfg.lr_grid)} of each task's sampled LR. "
         f"{len(runs)} runs, {seconds / 60:.1f} min.",
     ]
+    unlearned = {c: ids for c, ids in unlearned_tasks(comparisons).items() if ids}
+    parts += ["", f"Tasks that no method learned (final val loss, mean over seeds, at least {LEARNED_SHARE:g}x the "
+              "initial for every method): " + ("; ".join(f"{c}: {', '.join(ids)}" for c, ids in unlearned.items())
+                                               if unlearned else "none.")]
     if grids:
         widened = [key for key, factors in grids.items() if len(factors) > len(set(cfg.lr_grid))]
         parts += ["", f"Tuning grids widened because the best LR of some seed sat at an edge: {len(widened)} of "

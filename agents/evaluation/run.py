@@ -30,19 +30,48 @@ def build_task(spec: Dict[str, Any], seed: int):
         >>> a.name == b.name and bool((a.module.net[0].weight == b.module.net[0].weight).all())
         True
     """
-    from ganno_lightning.envs.tasks import ZooModule, make_family
+    from ganno_lightning.envs.tasks import ZooModule
 
-    lr_sampling = spec.get("lr_sampling", "ranges")
-    if spec["deeper"]:
-        family = deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"], lr_sampling=lr_sampling)
-    else:
-        family = make_family(spec["family"], train=spec["train"], heldout=spec["heldout"], lr_sampling=lr_sampling)
+    family = _family(spec, spec.get("lr_sampling", "ranges"))
     generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
     torch.manual_seed((int(spec["sample_seed"]) * 7919 + int(seed)) % (2**62))  # zoo weights use the global RNG
     task = family.sample(generator, spec["split"])
     if isinstance(task.module, ZooModule):
         task.module.seed = task.info["seed"] + int(seed)  # the training loader shuffles by `seed`
     return task
+
+
+def missing_lr_cells(specs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The best-LR table's cells that ``around_best`` tasks of ``specs`` need and the table lacks.
+
+    Returns:
+        Cell -> its first task as ``ganno-calibrate-lrs`` takes it (``cells_file``):
+        ``{"family", "split", "hp", "seed"}``; empty when every cell is calibrated.
+    """
+    from ganno_lightning.envs.tasks.best_lr import load_table
+    from ganno_lightning.envs.tasks.ranges import draw_seed
+
+    calibrated = load_table().get("cells", {})
+    missing: Dict[str, Dict[str, Any]] = {}
+    for spec in specs:
+        if spec.get("lr_sampling", "ranges") != "around_best":
+            continue
+        family = _family(spec, "ranges")
+        generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
+        hp = family.ranges(spec["split"]).sample(generator)  # the draw `around_best` looks its cell up with
+        cell = family.lr_cell(hp)
+        if cell not in calibrated:
+            missing.setdefault(cell, {"family": spec["family"], "split": spec["split"], "hp": hp,
+                                      "seed": draw_seed(generator)})
+    return missing
+
+
+def _family(spec: Dict[str, Any], lr_sampling: str):
+    from ganno_lightning.envs.tasks import make_family
+
+    if spec["deeper"]:
+        return deeper_family(spec["family"], spec["split"], spec["train"], spec["heldout"], lr_sampling=lr_sampling)
+    return make_family(spec["family"], train=spec["train"], heldout=spec["heldout"], lr_sampling=lr_sampling)
 
 
 def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
@@ -135,23 +164,11 @@ def load_agent(path: str):
     return GANNOAgent.default() if path == "default" else GANNOAgent.load(path)
 
 
-@torch.no_grad()
 def _initial_val_loss(module) -> Optional[float]:
-    """The validation loss before training (the scale that paired comparisons' floor is set from).
+    """The validation loss before training (the scale that paired comparisons' floor is set from)."""
+    from ganno_lightning.envs.tasks import ZooModule
 
-    Zoo modules define ``loss(batch)``; their validation sets are one or a few batches, served in
-    order with no random draw, so measuring it changes nothing about the run.
-    """
-    if not hasattr(module, "loss"):
-        return None
-    was_training = module.training
-    module.eval()
-    try:
-        losses = [(float(module.loss(batch)), len(batch[0])) for batch in module.val_dataloader()]
-    finally:
-        module.train(was_training)
-    total = sum(n for _, n in losses)
-    return sum(loss * n for loss, n in losses) / total if total else None
+    return module.validation_loss() if isinstance(module, ZooModule) else None
 
 
 @torch.no_grad()

@@ -49,9 +49,21 @@ from ganno_lightning.envs.tasks.ranges import (
     TaskRanges,
 )
 from ganno_lightning.envs.tasks.resmlp import ResMLPFamily, ResMLPRanges, TabularResMLP
-from ganno_lightning.envs.tasks.sequence import DelayedCopyLSTM, SequenceFamily, SequenceRanges
-from ganno_lightning.envs.tasks.teacher_student import StudentMLP, TeacherStudentFamily, TeacherStudentRanges
-from ganno_lightning.envs.tasks.transformer_seq import SequenceTransformer, TransformerSeqFamily, TransformerSeqRanges
+from ganno_lightning.envs.tasks.sequence import (
+    DelayedCopyLSTM,
+    SequenceFamily,
+    SequenceRanges,
+)
+from ganno_lightning.envs.tasks.teacher_student import (
+    StudentMLP,
+    TeacherStudentFamily,
+    TeacherStudentRanges,
+)
+from ganno_lightning.envs.tasks.transformer_seq import (
+    SequenceTransformer,
+    TransformerSeqFamily,
+    TransformerSeqRanges,
+)
 
 #: Family name -> family class; the names used in configs (``family.name``).
 FAMILIES: dict[str, type[ZooFamily]] = {

@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from ganno_lightning.envs.task import SPLITS, Split, TaskFamily, TrainingTask
 from ganno_lightning.envs.tasks.best_lr import LR_SAMPLINGS, around, best_lr
 from ganno_lightning.envs.tasks.data import TrainValData
-from ganno_lightning.envs.tasks.ranges import ADAMW_WEIGHT_DECAY, OPTIMIZERS, SGD_MOMENTUM, TaskRanges, draw_seed
+from ganno_lightning.envs.tasks.ranges import (
+    ADAMW_WEIGHT_DECAY,
+    OPTIMIZERS,
+    SGD_MOMENTUM,
+    TaskRanges,
+    draw_seed,
+)
 from ganno_lightning.layerwise.partition import LayerPartition
 
 #: Validation sets are small enough to score in one batch of at most this size.
@@ -137,6 +143,21 @@ class ZooModule(L.LightningModule):
     def loss(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """The mean loss of ``batch`` (cross-entropy or MSE: positive); subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__} must define `loss(batch)`.")
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The validation loss now, as the logged ``val_loss`` averages it (weighted by batch size).
+
+        The validation set is served in order with no random draw, so measuring it (before
+        training, say) changes nothing about a run.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            losses = [(float(self.loss(batch)), len(batch[0])) for batch in self.val_dataloader()]
+        finally:
+            self.train(was_training)
+        return sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.loss(batch)

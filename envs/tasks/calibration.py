@@ -10,6 +10,7 @@ Example::
 
     ganno-calibrate-lrs configs/calibrate_lrs.yaml                        # the shipped table
     ganno-calibrate-lrs configs/calibrate_lrs.yaml "families=[resmlp]" "splits=[train]"
+    ganno-calibrate-lrs configs/calibrate_lrs.yaml cells_file=runs/evaluate_confirm/missing_lr_cells.json
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -30,7 +31,12 @@ from omegaconf import OmegaConf
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.config import load_config as load_with_schema
 from ganno_lightning.envs.tasks import FAMILIES, make_family
-from ganno_lightning.envs.tasks.best_lr import SPREAD, TABLE_PATH, clear_cache, load_table
+from ganno_lightning.envs.tasks.best_lr import (
+    SPREAD,
+    TABLE_PATH,
+    clear_cache,
+    load_table,
+)
 from ganno_lightning.envs.tasks.ranges import draw_seed
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.curve import LearningCurve
@@ -38,7 +44,7 @@ from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
 from ganno_lightning.trials.trainer import quiet_run, short_run_trainer
 from ganno_lightning.tuning.grid import factors_past_the_edge
 
-__all__ = ["CalibrationConfig", "calibrate", "cells_of", "load_config", "main"]
+__all__ = ["CalibrationConfig", "calibrate", "cells_of", "initial_loss", "load_config", "main"]
 
 
 @dataclass
@@ -56,10 +62,18 @@ class CalibrationConfig:
     workers: int = 2
     out: str = str(TABLE_PATH)  # the table to write (merged into an existing one)
     log: str = "runs/calibrate_lrs/runs.jsonl"  # every run as it ends: a rerun resumes from it
+    # JSON {cell: {family, split, hp, seed}}: calibrate exactly these cells instead of the sampled ones
+    # (`ganno-evaluate` writes the cells a suite lacks to <out_dir>/missing_lr_cells.json)
+    cells_file: Optional[str] = None
 
 
 def cells_of(config: CalibrationConfig) -> dict[str, dict[str, Any]]:
-    """Cell -> the first sampled task of it: ``{family, split, hp, seed}`` (plain data for a job)."""
+    """Cell -> the first sampled task of it: ``{family, split, hp, seed}`` (plain data for a job).
+
+    With ``cells_file``, the cells and tasks listed there instead.
+    """
+    if config.cells_file is not None:
+        return _read_cells_file(config.cells_file)
     found: dict[str, dict[str, Any]] = {}
     for name in config.families:
         family = make_family(name)
@@ -70,6 +84,18 @@ def cells_of(config: CalibrationConfig) -> dict[str, dict[str, Any]]:
                 seed = draw_seed(generator)
                 found.setdefault(family.lr_cell(hp), {"family": name, "split": split, "hp": hp, "seed": seed})
     return found
+
+
+def _read_cells_file(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        cells = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"`cells_file`: cannot read a JSON object of cells from '{path}': {err}.") from None
+    for cell, task in cells.items() if isinstance(cells, dict) else [(None, cells)]:
+        if not isinstance(task, dict) or {"family", "split", "hp", "seed"} - set(task) or task["family"] not in FAMILIES:
+            raise ValueError(f"`cells_file` '{path}': cell {cell!r} must map to {{family, split, hp, seed}} with a zoo "
+                             f"family, got {task!r}. `ganno-evaluate` writes such a file (missing_lr_cells.json).")
+    return cells
 
 
 def run_constant_lr(job: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +111,16 @@ def run_constant_lr(job: dict[str, Any]) -> dict[str, Any]:
     last = curve.curve[-1][1] if curve.curve and not curve.diverged else math.inf
     return {"id": job["id"], "key": job["key"], "status": "ok", "loss": last if math.isfinite(last) else math.inf,
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def initial_loss(task: dict[str, Any], weight_seed: int) -> float:
+    """The validation loss of a cell's task before training, with the weights its runs start from.
+
+    The scale that tells a learnable cell (its best loss well below this) from one no LR trains.
+    """
+    family = make_family(task["family"])
+    torch.manual_seed(weight_seed)
+    return family.build({**task["hp"], "lr": 1.0}, task["seed"]).validation_loss()  # the LR plays no part
 
 
 def calibrate(config: CalibrationConfig, command: str = "calibrate()") -> dict[str, Any]:
@@ -123,6 +159,7 @@ def calibrate(config: CalibrationConfig, command: str = "calibrate()") -> dict[s
         losses = {lr: _mean_log([results[_job_id(cell, lr, seed)] for seed in config.seeds]) for lr in grids[cell]}
         best = min(sorted(losses), key=losses.get)
         table["cells"][cell] = {"best_lr": float(f"{best:.4g}"), "family": task["family"], "split": task["split"],
+                                "initial_loss": float(f"{initial_loss(task, config.seeds[0]):.4g}"),
                                 "task": {k: v for k, v in task["hp"].items() if k != "lr"},
                                 "losses": {f"{lr:.4g}": (float(f"{v:.4g}") if math.isfinite(v) else None)
                                            for lr, v in losses.items()}}
@@ -168,6 +205,8 @@ def load_config(source: Any, overrides: Sequence[str] = ()) -> CalibrationConfig
             raise ValueError(f"`{key}` must be a positive int, got {getattr(config, key)!r}.")
     if len(config.grid) < 2 or any(lr <= 0 for lr in config.grid):
         raise ValueError(f"`grid` must hold at least two positive LRs, got {config.grid}.")
+    if config.cells_file is not None:
+        _read_cells_file(config.cells_file)  # a bad file fails before any run
     return config
 
 

@@ -11,8 +11,8 @@ from torch import nn
 
 from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size
 from ganno_lightning.envs.tasks.data import DIGITS_TRAIN_SIZE, digits
-from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 from ganno_lightning.envs.tasks.ranges import Choices, Rule, TaskRanges
+from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 
 #: Conv layers with stride 2 (8 -> 4 -> 2); deeper layers keep the 2x2 map, so any depth fits the
 #: 8x8 input and extra layers stay cheap. Strided convs, not max-pooling: on CPU, max-pooling such

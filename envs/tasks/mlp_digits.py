@@ -9,8 +9,8 @@ from torch import nn
 
 from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size, mlp
 from ganno_lightning.envs.tasks.data import DIGITS_TRAIN_SIZE, digits
-from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 from ganno_lightning.envs.tasks.ranges import TaskRanges
+from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 
 
 class DigitsMLP(ZooModule):

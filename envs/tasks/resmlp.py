@@ -24,7 +24,13 @@ from torch import nn
 
 from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size
 from ganno_lightning.envs.tasks.data import DIGITS_TRAIN_SIZE, TrainValData, digits
-from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, Choices, FloatRange, Rule, TaskRanges
+from ganno_lightning.envs.tasks.ranges import (
+    OPTIMIZERS,
+    Choices,
+    FloatRange,
+    Rule,
+    TaskRanges,
+)
 from ganno_lightning.examples.digits import DIGITS_CLASSES, DIGITS_SIDE
 
 #: Share of each tabular set held for validation (rounded down).

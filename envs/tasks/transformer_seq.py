@@ -26,7 +26,13 @@ from torch import nn
 
 from ganno_lightning.envs.tasks.base import ZooFamily, ZooModule, check_batch_size
 from ganno_lightning.envs.tasks.data import TrainValData
-from ganno_lightning.envs.tasks.ranges import OPTIMIZERS, Choices, IntRange, Rule, TaskRanges
+from ganno_lightning.envs.tasks.ranges import (
+    OPTIMIZERS,
+    Choices,
+    IntRange,
+    Rule,
+    TaskRanges,
+)
 
 #: Content tokens are ``0 .. VOCAB - 1``; token ``VOCAB`` is the separator that marks answer positions.
 VOCAB = 10

@@ -341,22 +341,36 @@ def test_a_suite_entry_can_draw_lrs_around_the_best_and_the_default_keeps_run_ke
         ev.load_config({"suite": [{"family": "mlp_digits", "lr_sampling": "best"}]})
 
 
-@pytest.mark.parametrize("suite", ["evaluate_dev.yaml", "evaluate_confirm.yaml"])
-def test_the_dev_and_confirm_suites_draw_every_task_around_a_calibrated_best_lr(suite):
-    cfg = ev.load_config(str(FULL.parent / suite))
-    assert len(cfg.seeds) >= 5 and sum(e.tasks for e in cfg.suite) >= 24 and cfg.extend_grid
-    ratios = []
-    for deeper in {c.deeper for c in ev.conditions_of(cfg)}:
-        for spec in ev.task_specs(cfg, deeper):
-            info = ev.build_task(spec, seed=0).info  # a cell missing from the table would raise here
-            ratios.append(info["lr"] / info["best_lr"])
-    assert sum(r > 1.5 for r in ratios) >= 5 and sum(r < 1 / 1.5 for r in ratios) >= 5  # too high and too low
+def test_a_suite_entry_can_set_its_own_run_length_and_default_entries_keep_their_run_keys():
+    cfg = ev.load_config({"suite": [{"family": "mlp_digits", "tasks": 1},
+                                    {"family": "mlp_digits", "tasks": 1, "steps": 600, "val_every": 100}],
+                          "steps": 300, "seeds": [0], "init_lr_factors": [1.0], "deeper": False})
+    short, long = ev.task_specs(cfg, deeper=False)
+    assert (short["id"], long["id"]) == ("mlp_digits#0", "mlp_digits#0@600steps")
+    assert "steps" not in short and "val_every" not in short  # earlier evaluations' runs keep their keys
+    jobs = ev.plan_runs(cfg)
+    assert {(j["task"]["id"], j["steps"], j["val_every"]) for j in jobs} == {("mlp_digits#0", 300, 25),
+                                                                           ("mlp_digits#0@600steps", 600, 100)}
+    with pytest.raises(ValueError, match=r"`suite\[0\]` and `suite\[1\]` both draw `mlp_digits` tasks of 300 steps"):
+        ev.load_config({"suite": [{"family": "mlp_digits"}, {"family": "mlp_digits"}], "steps": 300})
+    with pytest.raises(ValueError, match=r"`suite\[0\]\.steps` \(610\) must be a multiple of `suite\[0\]\.val_every`"):
+        ev.load_config({"suite": [{"family": "mlp_digits", "steps": 610}]})
 
 
-def test_the_dev_and_confirm_suites_draw_different_tasks():
-    dev, confirm = (ev.load_config(str(FULL.parent / f"evaluate_{name}.yaml")) for name in ("dev", "confirm"))
-    assert dev.task_seed != confirm.task_seed != 0
-    assert {e.split for e in dev.suite} == {"train"} and {e.split for e in confirm.suite} == {"heldout"}
+def test_a_suite_whose_cells_are_not_calibrated_fails_before_any_run_and_names_the_command(tmp_path, capsys):
+    from ganno_lightning.agents.evaluation.main import main
+
+    out = tmp_path / "eval"
+    # resmlp's held-out depth-6 cells are calibrated only where a suite needs them
+    overrides = ["suite=[{family: resmlp, split: heldout, tasks: 40, lr_sampling: around_best}]", f"out_dir={out}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), *overrides])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "have no calibrated best LR" in message and f"cells_file={out / 'missing_lr_cells.json'}" in message
+    missing = json.loads((out / "missing_lr_cells.json").read_text())
+    assert missing and all(task["family"] == "resmlp" and task["split"] == "heldout" for task in missing.values())
+    assert not (out / "runs.jsonl").exists()
 
 
 def test_rerun_reuses_finished_runs(smoke, capsys):

@@ -5,7 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from ganno_lightning.agents.evaluation.paired_stats import RATIO_CLIP, compare_paired, log_ratio
+from ganno_lightning.agents.evaluation.paired_stats import (
+    RATIO_CLIP,
+    compare_paired,
+    log_ratio,
+)
 
 
 def test_counts_follow_the_tie_and_harm_bands():

@@ -14,7 +14,15 @@ from torch import nn
 
 from ganno_lightning.agents import evaluation as ev
 from ganno_lightning.agents import peers as peers_module
-from ganno_lightning.agents.peers import HYPERGRAD_LR, LR_FREE_LR, PEERS, AdamHD, OptimizerModes, missing_packages, with_peer
+from ganno_lightning.agents.peers import (
+    HYPERGRAD_LR,
+    LR_FREE_LR,
+    PEERS,
+    AdamHD,
+    OptimizerModes,
+    missing_packages,
+    with_peer,
+)
 from ganno_lightning.envs.tasks import DigitsMLP
 from ganno_lightning.trials.curve import LearningCurve
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.agents.networks import LOG_PROB, make_modules
 from ganno_lightning.agents.train import parse_config, resolved_config, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
-from ganno_lightning import GANNOAgent, GANNOCallback
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
 

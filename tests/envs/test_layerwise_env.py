@@ -3,16 +3,32 @@ import math
 
 import pytest
 import torch
-from envtasks import (DepthFamily, DiesLater, DropsThenSpikes, EmptyData, EmptyStream, Exploding, Frozen,
-                      RaisesInTrainingStep, RaisesLater)
+from envtasks import (
+    DepthFamily,
+    DiesLater,
+    DropsThenSpikes,
+    EmptyData,
+    EmptyStream,
+    Exploding,
+    Frozen,
+    RaisesInTrainingStep,
+    RaisesLater,
+)
 from helpers import TinyRegressor
 from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
 
-from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, TaskError, keys, load_config
-from ganno_lightning.envs.config import env_config
 from ganno_lightning import FEATURE_NAMES
+from ganno_lightning.envs import (
+    EnvConfig,
+    LayerwiseLREnv,
+    SingleTask,
+    TaskError,
+    keys,
+    load_config,
+)
+from ganno_lightning.envs.config import env_config
 
 SMALL = dict(horizon=32, interval=4)
 

@@ -7,8 +7,8 @@ import torch
 from envtasks import StreamedRegressor
 from helpers import TinyRegressor, trainer
 
-from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
 from ganno_lightning import GANNOAgent, GANNOCallback
+from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
 from ganno_lightning.layerwise.agent import Decision
 
 INTERVAL, HORIZON = 4, 32

@@ -12,7 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ganno_lightning.envs.tasks import ADAM_AND_MOMENTUM_SGD, FAMILIES, OPTIMIZERS, TaskRanges, make_family
+from ganno_lightning.envs.tasks import (
+    ADAM_AND_MOMENTUM_SGD,
+    FAMILIES,
+    OPTIMIZERS,
+    TaskRanges,
+    make_family,
+)
 from ganno_lightning.envs.tasks.data import digits
 from ganno_lightning.envs.tasks.ranges import Choices
 from ganno_lightning.layerwise.partition import LayerPartition
