@@ -284,6 +284,10 @@ def _apply_override(config: DictConfig, item: str, kind: type, see: str | None) 
         raise _error(err, kind, OVERRIDES, see) from None
     except (TypeError, ValueError) as err:  # omegaconf's own parsing of the key (`sizes.x` of a list)
         raise ValueError(f"Override {item!r} cannot be applied: {err}.") from None
+    except yaml.YAMLError as err:  # the value is parsed as YAML: `[a*]` is fine, `[*a]` an alias
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"Override {item!r}: its value is not valid YAML ({problem}); quote strings that start "
+                         f"with *, & or ! (e.g. {key}='[\"*@3000steps\"]').") from None
     return config
 
 

@@ -137,6 +137,11 @@ def test_an_override_that_omegaconf_cannot_parse_names_itself():
         load_config(Schema, None, ["sizes.x=3"], see="x.yaml")
 
 
+def test_an_override_whose_value_is_not_yaml_says_to_quote_it():
+    with pytest.raises(ValueError, match=r"^Override 'sizes=\[\*a\]': its value is not valid YAML .*quote strings"):
+        load_config(Schema, None, ["sizes=[*a]"], see="x.yaml")
+
+
 def test_an_index_into_the_free_form_env_section_of_meta_training_is_one_line(capsys):
     from ganno_lightning.agents.train import main as train_main
 

@@ -1,6 +1,7 @@
 """The evaluation's config: its schema, loading and checks, and the suite's deeper families."""
 
 import difflib
+import fnmatch
 import math
 import os
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ class EvaluateConfig:
     # Other evaluations' out_dirs (or runs.jsonl files) whose finished baseline runs are reused when
     # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
     baselines_from: List[str] = field(default_factory=list)
+    # Run only the tasks whose ids match one of these patterns (fnmatch: "transformer_seq#*", "*@3000steps")
+    # and stop before the report: a share of the evaluation for another machine. Appending every
+    # share's runs.jsonl to one out_dir and rerunning without it reports the whole evaluation.
+    only_tasks: List[str] = field(default_factory=list)
     out_dir: str = "runs/evaluate"
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(project="ganno-evaluate"))  # tables and plots
 
@@ -198,6 +203,14 @@ def validate_config(cfg: DictConfig) -> None:
         if not runs_log_path(source).is_file():
             raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{runs_log_path(source)}'; give the out_dir "
                              f"of an earlier `ganno-evaluate` run (it holds {RUNS_FILE}), got {source!r}.")
+    if cfg.only_tasks:
+        from ganno_lightning.agents.evaluation.plan import conditions_of, task_specs
+
+        ids = [spec["id"] for c in conditions_of(cfg) for spec in task_specs(cfg, c.deeper)]
+        for i, pattern in enumerate(cfg.only_tasks):
+            if not fnmatch.filter(ids, pattern):
+                raise ValueError(f"`only_tasks[{i}]` ({pattern!r}) matches no task of the suite; task ids look like "
+                                 f"{ids[0]!r} (all: {', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}).")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     check_wandb(cfg.wandb)

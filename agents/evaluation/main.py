@@ -1,6 +1,7 @@
 """Entry points: the whole evaluation and its command line."""
 
 import dataclasses
+import fnmatch
 import importlib
 import json
 import math
@@ -64,7 +65,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
     load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
     check_lr_cells(cfg)
-    jobs = plan_runs(cfg)
+    jobs = [job for job in plan_runs(cfg) if selected(cfg, job)]
     log_path = out_dir / RUNS_FILE
     done = read_log(log_path) if cfg.resume else {}
     if not cfg.resume and log_path.exists():
@@ -83,6 +84,11 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         runs.update(execute(more, cfg.workers, log_path, done))
         jobs += more
         grids, more = tuning_grids(cfg, runs, grids)
+        more = [job for job in more if selected(cfg, job)]
+    if cfg.only_tasks:  # a share: its runs are in the log, the report needs every task's
+        print(f"ran the {len(jobs)} runs of the tasks matching {list(cfg.only_tasks)} into {log_path}; append the "
+              f"other shares' {RUNS_FILE} to it and rerun without only_tasks to report", flush=True)
+        return {"runs": [runs[job["id"]] for job in jobs], "partial": True}
     comparisons = compare(cfg, runs, grids)
     summary = summarise(cfg, comparisons)
     pairs = paired(cfg, comparisons)
@@ -112,6 +118,11 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         _log_wandb(cfg, summary, targets, plots, out_dir)
     return {**results, "report": report}
+
+
+def selected(cfg: DictConfig, job: Dict[str, Any]) -> bool:
+    """Whether ``job``'s task is one ``only_tasks`` selects (every task when it is empty)."""
+    return not cfg.only_tasks or any(fnmatch.fnmatch(job["task"]["id"], p) for p in cfg.only_tasks)
 
 
 def check_lr_cells(cfg: DictConfig) -> None:
@@ -176,6 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as err:
         cli.error(str(err))
     results = evaluate(cfg)
+    if results.get("partial"):
+        return 1 if any(r["status"] == "failed" for r in results["runs"]) else 0
     print()
     print(targets_table(results["targets"]))
     for condition, rows in results["summary"].items():

@@ -383,6 +383,26 @@ def test_rerun_reuses_finished_runs(smoke, capsys):
     assert json.loads((out / "results.json").read_text())["summary"] == before
 
 
+def test_a_share_runs_only_its_tasks_and_the_shares_logs_together_make_the_report(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    share = tmp_path / "share"
+    share.mkdir()
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    others = [line for line in lines if "@deeper" not in json.loads(line)["id"]]
+    (share / "runs.jsonl").write_text("\n".join(others) + "\n")  # another machine ran the other tasks
+    base = [*argv[:-2], "wandb.enabled=false", f"out_dir={share}"]
+    assert ev.main([*base, 'only_tasks=["*@deeper"]']) == 0
+    assert "rerun without only_tasks to report" in capsys.readouterr().out
+    new = [json.loads(line) for line in (share / "runs.jsonl").read_text().splitlines()[len(others):]]
+    assert new and all(run["id"].split("|")[0] == "mlp_digits#0@deeper" for run in new)
+    assert not (share / "report.md").exists()
+    assert ev.main(base) == 0  # every task's runs are in the log now: reused, reported
+    assert f"reusing {len(lines)} finished runs" in capsys.readouterr().out
+    assert (share / "report.md").exists()
+    with pytest.raises(ValueError, match=r"`only_tasks\[0\]` \('cnn\*'\) matches no task of the suite; task ids"):
+        ev.load_config(SMOKE, ["only_tasks=[cnn*]"])
+
+
 def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsys):
     out, _, argv = smoke
     other = tmp_path / "other"
