@@ -32,7 +32,8 @@ Deviations from the paper (section 3.2) and its code (github.com/ntienvu/BOIL,
   learned noise, an outputscale and ARD lengthscales (the authors share one lengthscale over ``x``).
 - The authors use a squared-exponential kernel; here Matern 5/2 on both factors.
 - Both the authors and this module compare ``(m0, g0)`` by the likelihood of *standardised*
-  targets, so a compression that merely shrinks the scores' spread gains nothing.
+  targets, so a compression that merely shrinks the scores' spread gains nothing. No prior on
+  ``(m0, g0)``: every grid point is equally likely a priori (the authors' box is uniform too).
 
 Example::
 
@@ -70,8 +71,8 @@ from torch import Tensor
 from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
-__all__ = ["CurveGPFit", "FitError", "VirtualSettings", "build_gp", "fit_curve_gp", "refit_with_previous",
-           "M0_GRID", "G0_GRID"]
+__all__ = ["G0_GRID", "M0_GRID", "CurveGPFit", "FitError", "VirtualSettings", "build_gp", "fit_curve_gp",
+           "refit_with_previous"]
 
 #: The midpoints tried for the compression; covers the paper's range (1/3 to 3/4 on our scale) and both ends.
 M0_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -178,7 +179,7 @@ def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxi
     try:
         # Two attempts: the warm start, then one restart from the priors if it hits a numerical error.
         fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
-    except Exception as err:  # noqa: BLE001 - any optimiser failure means "no new fit"
+    except Exception as err:  # any optimiser failure means "no new fit"
         raise FitError(f"fit_gpytorch_mll failed: {type(err).__name__}: {err}") from err
     value = _mll_value(model)
     if not math.isfinite(value):
@@ -304,7 +305,7 @@ def refit_with_previous(x: Tensor, curves: NormalisedCurves, previous: CurveGPFi
         model = build_gp(inputs, curves.prefix_scores(previous.m0, previous.g0)[rows, cols], state)
         model.eval()
         value = _mll_value(model)
-    except Exception as err:  # noqa: BLE001 - any numerical failure here means "no model at all"
+    except Exception as err:  # any numerical failure here means "no model at all"
         raise FitError(f"the previous hyperparameters failed on the current data: {type(err).__name__}: {err}") from err
     if not math.isfinite(value):
         raise FitError(f"the previous hyperparameters give a non-finite marginal likelihood ({value}).")
