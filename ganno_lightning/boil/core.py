@@ -19,6 +19,9 @@ Around them, this module adds what a tuner running several trials at once needs:
 - when the GP fit fails, the previous fit's hyperparameters are reused on the current data; when that
   fails too, the suggestion is random, and ``info["reason"]`` (also logged) says why.
 
+These three are additions, not deviations: the paper's algorithm is sequential, assumes fits
+succeed, and its code also starts from random configurations trained for ``T_max``.
+
 Every call is deterministic given the seed, the arguments and the calls before it (fits warm-start
 from the previous one). Nothing is kept between calls but that previous fit: observations, virtual
 observations and the cost model are re-derived every time.
@@ -102,8 +105,10 @@ class BOILCore:
     Example::
 
         core = BOILCore(dims=2, t_max=20, mode="min", seed=0)
-        suggestion = core.suggest(observations, pending=running, spent_fraction=0.3)
-        suggestion.x, suggestion.max_epochs, suggestion.info["source"]
+        first = core.suggest([])                        # random: the initial design
+        trial = Observation(x=first.x, max_epochs=first.max_epochs, curve=[(1, 0.9), (2, 0.7)],
+                            seconds=4.0, status="running")
+        core.suggest([trial], pending=[trial], spent_fraction=0.1)   # still random: 1 of 3 seen
     """
 
     def __init__(
@@ -225,7 +230,7 @@ class BOILCore:
         if len(data) < 2:
             return self._random(started, f"{len(data)} trial(s) with a point: the GP needs 2")
         # A private RNG stream per call: deterministic, and the caller's global torch RNG is untouched.
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + started)
             fit, failure = self._fit_model(data)
             if fit is None:

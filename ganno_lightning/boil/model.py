@@ -88,7 +88,14 @@ class FitError(RuntimeError):
 
 @dataclass(frozen=True)
 class VirtualSettings:
-    """How many virtual observations to add, and when to stop (see :mod:`ganno_lightning.boil.virtual`)."""
+    """How many virtual observations to add, and when to stop (see :mod:`ganno_lightning.boil.virtual`).
+
+    Args:
+        per_trial: most virtual observations at one trial's configuration.
+        total: most virtual observations in all.
+        variance_threshold: least posterior variance (standardised scores) worth a virtual observation.
+        min_pivot: least Cholesky pivot, relative to the prior variance plus noise (conditioning check).
+    """
 
     per_trial: int = 10
     total: int = 100
