@@ -1,0 +1,318 @@
+"""BOIL, free of Lightning: from the trials so far to the next ``(configuration, epochs)``.
+
+:class:`BOILCore` ties the pieces of Nguyen, Schulze & Osborne (NeurIPS 2020) together, each in its
+own module:
+
+- :mod:`~ganno_lightning.boil.compression`: curves -> scores (logistic-weighted mean, ``m0``, ``g0``);
+- :mod:`~ganno_lightning.boil.model`: the GP over ``[x, t / T_max]``, fitted jointly with ``(m0, g0)``;
+- :mod:`~ganno_lightning.boil.virtual`: curve prefixes as extra observations where the GP is unsure;
+- :mod:`~ganno_lightning.boil.cost`: seconds as a function of ``(x, t)``;
+- :mod:`~ganno_lightning.boil.acquisition`: ``log EI - log cost``, maximised over ``(x, t)``.
+
+Around them, this module adds what a tuner running several trials at once needs:
+
+- the first ``initial_random`` trials are drawn uniformly, trained for ``T_max`` (as the authors'
+  initial design does);
+- pending trials (queued or running, passed as ``pending``) enter as a *kriging believer*: the GP is
+  conditioned on its own posterior mean at their ``(x, max_epochs)``, so it does not suggest them
+  again;
+- when the GP fit fails, the previous fit's hyperparameters are reused on the current data; when that
+  fails too, the suggestion is random, and ``info["reason"]`` (also logged) says why.
+
+These three are additions, not deviations: the paper's algorithm is sequential, assumes fits
+succeed, and its code also starts from random configurations trained for ``T_max``.
+
+Every call is deterministic given the seed, the arguments and the calls before it (fits warm-start
+from the previous one). Nothing is kept between calls but that previous fit: observations, virtual
+observations and the cost model are re-derived every time.
+
+Example::
+
+    >>> core = BOILCore(dims=1, t_max=8, mode="min", initial_random=2, seed=0)
+    >>> history = []
+    >>> for _ in range(4):
+    ...     s = core.suggest(history)
+    ...     loss = [(e, (s.x[0] - 0.3) ** 2 + 1.0 / e) for e in range(1, s.max_epochs + 1)]
+    ...     history.append(Observation(x=s.x, max_epochs=s.max_epochs, curve=loss, seconds=0.1 * s.max_epochs))
+    >>> s.info["source"], sorted(core.last_fit)[:3]
+    ('acquisition', ['g0', 'lengthscale_t', 'lengthscales_x'])
+    >>> core.posterior_mean(torch.tensor([[0.3, 1.0]])).shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ganno_lightning.boil.acquisition import CostAwareLogEI, incumbent, maximise
+from ganno_lightning.boil.compression import NormalisedCurves, epoch_weights
+from ganno_lightning.boil.cost import CostModel
+from ganno_lightning.boil.model import (
+    G0_GRID,
+    M0_GRID,
+    CurveGPFit,
+    VirtualSettings,
+    fit_curve_gp,
+    refit_with_previous,
+)
+from ganno_lightning.boil.observations import Observation, Suggestion
+
+__all__ = ["BOILCore"]
+
+log = logging.getLogger(__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class BOILCore:
+    """Bayesian optimisation over learning curves: suggests a configuration and a training length.
+
+    Args:
+        dims: configuration dimensions ``d`` (the search space's unit cube).
+        t_max: the longest training, in epochs (``T_max``).
+        t_min: the shortest training the acquisition may suggest, in epochs.
+        mode: ``"min"`` when the monitored metric improves downwards (loss), ``"max"`` upwards.
+        seed: makes every random draw reproducible.
+        initial_random: trials drawn uniformly (trained for ``t_max``) before the GP takes over;
+            default ``max(3, dims + 1)``.
+        virtual_observations: add curve prefixes as extra GP observations (off: an ablation).
+        learn_compression: learn ``(m0, g0)`` by marginal likelihood; off keeps ``m0`` and ``g0``
+            fixed (an ablation).
+        m0: the compression midpoint (position ``epoch / t_max`` of half weight); the start when learned.
+        g0: the compression growth; the start when learned.
+        fixed_t: always train for ``t_max`` (an ablation: BO on final scores, no length trade-off).
+        cost_cooling: fade the cost term as the budget is spent: ``weight = 1 - spent_fraction``.
+        max_virtual_per_trial: most virtual observations at one trial's configuration.
+        max_virtual_total: most virtual observations in all.
+        virtual_variance_threshold: add a virtual observation only where the GP's posterior variance
+            (standardised scores) is at least this.
+        num_restarts: L-BFGS-B starts when maximising the acquisition.
+        raw_samples: quasi-random points scored to choose those starts.
+        fit_maxiter: most L-BFGS iterations per GP fit.
+
+    Raises:
+        ValueError: if an argument is out of range; the message names it, the value and the fix.
+
+    Example::
+
+        core = BOILCore(dims=2, t_max=20, mode="min", seed=0)
+        first = core.suggest([])                        # random: the initial design
+        trial = Observation(x=first.x, max_epochs=first.max_epochs, curve=[(1, 0.9), (2, 0.7)],
+                            seconds=4.0, status="running")
+        core.suggest([trial], pending=[trial], spent_fraction=0.1)   # still random: 1 of 3 seen
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        t_max: int,
+        t_min: int = 1,
+        mode: str = "min",
+        seed: int = 0,
+        initial_random: int | None = None,
+        virtual_observations: bool = True,
+        learn_compression: bool = True,
+        m0: float = 0.5,
+        g0: float = 12.0,
+        fixed_t: bool = False,
+        cost_cooling: bool = False,
+        max_virtual_per_trial: int = 10,
+        max_virtual_total: int = 100,
+        virtual_variance_threshold: float = 0.01,
+        num_restarts: int = 4,
+        raw_samples: int = 256,
+        fit_maxiter: int = 75,
+    ) -> None:
+        if not _is_int(dims) or dims < 1:
+            raise ValueError(f"`dims` must be a positive int (the search space's dimensions), got {dims!r}.")
+        if not _is_int(t_max) or t_max < 1:
+            raise ValueError(f"`t_max` must be a positive int (the longest training in epochs), got {t_max!r}.")
+        if not _is_int(t_min) or not 1 <= t_min <= t_max:
+            raise ValueError(f"`t_min` must be an int in [1, t_max={t_max}], got {t_min!r}.")
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+        if not _is_int(seed):
+            raise ValueError(f"`seed` must be an int, got {seed!r}.")
+        initial_random = max(3, dims + 1) if initial_random is None else initial_random
+        if not _is_int(initial_random) or initial_random < 1:
+            raise ValueError(f"`initial_random` must be a positive int (random trials before the GP), got {initial_random!r}.")
+        for name, flag in (("virtual_observations", virtual_observations), ("learn_compression", learn_compression),
+                           ("fixed_t", fixed_t), ("cost_cooling", cost_cooling)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+        if not isinstance(m0, (int, float)) or not 0.0 <= m0 <= 1.0:
+            raise ValueError(f"`m0` must be a number in [0, 1] (a position epoch / t_max), got {m0!r}.")
+        if not isinstance(g0, (int, float)) or not (math.isfinite(g0) and g0 > 0):
+            raise ValueError(f"`g0` must be a positive finite number (e.g. 12.0), got {g0!r}.")
+        for name, value in (("max_virtual_per_trial", max_virtual_per_trial), ("max_virtual_total", max_virtual_total)):
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"`{name}` must be a non-negative int (0 adds no virtual observations), got {value!r}.")
+        if not isinstance(virtual_variance_threshold, (int, float)) or not (virtual_variance_threshold >= 0):
+            raise ValueError(f"`virtual_variance_threshold` must be a non-negative number, got {virtual_variance_threshold!r}.")
+        if not _is_int(num_restarts) or num_restarts < 1:
+            raise ValueError(f"`num_restarts` must be a positive int, got {num_restarts!r}.")
+        if not _is_int(raw_samples) or raw_samples < num_restarts:
+            raise ValueError(f"`raw_samples` must be an int >= num_restarts ({num_restarts}), got {raw_samples!r}.")
+        if not _is_int(fit_maxiter) or fit_maxiter < 1:
+            raise ValueError(f"`fit_maxiter` must be a positive int, got {fit_maxiter!r}.")
+        self.dims, self.t_max, self.t_min, self.mode, self.seed = dims, t_max, t_min, mode, seed
+        self.initial_random = initial_random
+        self.learn_compression, self.fixed_t, self.cost_cooling = learn_compression, fixed_t, cost_cooling
+        self.m0, self.g0 = float(m0), float(g0)
+        self.virtual = (VirtualSettings(per_trial=max_virtual_per_trial, total=max_virtual_total,
+                                        variance_threshold=float(virtual_variance_threshold))
+                        if virtual_observations else None)
+        self.num_restarts, self.raw_samples, self.fit_maxiter = num_restarts, raw_samples, fit_maxiter
+        self._fit: CurveGPFit | None = None
+        #: Diagnostics of the latest GP fit (``m0``, ``g0``, lengthscales, noise, mll, ``n_virtual``,
+        #: seconds, source); None before the first.
+        self.last_fit: dict[str, Any] | None = None
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def _check(self, trials: Sequence[Observation], name: str) -> None:
+        for i, trial in enumerate(trials):
+            if not isinstance(trial, Observation):
+                raise ValueError(f"`{name}[{i}]` must be an Observation, got {type(trial).__name__}.")
+            x = list(trial.x)
+            if len(x) != self.dims or not all(isinstance(v, (int, float)) and -1e-9 <= v <= 1 + 1e-9 for v in x):
+                raise ValueError(f"`{name}[{i}].x` must be {self.dims} numbers in [0, 1] (a point of the unit cube), "
+                                 f"got {trial.x!r}.")
+            if not _is_int(trial.max_epochs) or not 1 <= trial.max_epochs <= self.t_max:
+                raise ValueError(f"`{name}[{i}].max_epochs` must be an int in [1, t_max={self.t_max}], "
+                                 f"got {trial.max_epochs!r}.")
+            if any(not 1 <= int(epoch) <= self.t_max for epoch, _ in trial.curve):
+                raise ValueError(f"`{name}[{i}].curve` epochs must lie in [1, t_max={self.t_max}], "
+                                 f"got {[e for e, _ in trial.curve]}.")
+
+    # -- suggestions ------------------------------------------------------------------------------
+
+    def _random(self, draw: int, reason: str) -> Suggestion:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)
+        x = torch.rand(self.dims, generator=generator, dtype=torch.float64).tolist()
+        return Suggestion(x=x, max_epochs=self.t_max, info={"source": "random", "reason": reason})
+
+    def suggest(self, observations: Sequence[Observation], pending: Sequence[Observation] = (),
+                spent_fraction: float = 0.0) -> Suggestion:
+        """The next trial to start.
+
+        Args:
+            observations: trials with their curves so far (any status). Every trial with at least
+                one point is data at ``(x, epochs done)``; trials without points are ignored.
+            pending: queued or running trials, believed to score the GP's mean at
+                ``(x, max_epochs)`` (their curves are not read; pass running curves in ``observations``).
+            spent_fraction: the share of the tuning budget already used, in ``[0, 1]`` (read only
+                with ``cost_cooling``).
+
+        Raises:
+            ValueError: if a trial's ``x``, ``max_epochs`` or epochs do not fit this core, or
+                ``spent_fraction`` is outside ``[0, 1]``.
+        """
+        start = time.perf_counter()
+        observations, pending = list(observations), list(pending)
+        self._check(observations, "observations")
+        self._check(pending, "pending")
+        if not isinstance(spent_fraction, (int, float)) or not 0.0 <= spent_fraction <= 1.0:
+            raise ValueError(f"`spent_fraction` must be a number in [0, 1], got {spent_fraction!r}.")
+        started = len(observations) + sum(1 for p in pending if p not in observations)
+        if started < self.initial_random:
+            return self._random(started, f"initial random trial {started + 1} of {self.initial_random}")
+        data = [o for o in observations if o.curve]
+        if len(data) < 2:
+            return self._random(started, f"{len(data)} trial(s) with a point: the GP needs 2")
+        # A private RNG stream per call: deterministic, and the caller's global torch RNG is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + started)
+            fit, failure = self._fit_model(data)
+            if fit is None:
+                log.warning("BOILCore: suggesting at random: %s", failure)
+                return self._random(started, failure)
+            try:
+                suggestion = self._acquire(fit, data, pending, spent_fraction)
+            except Exception as err:  # noqa: BLE001 - a failed optimiser must not stop the tuner
+                reason = f"acquisition optimisation failed: {type(err).__name__}: {err}"
+                log.warning("BOILCore: suggesting at random: %s", reason)
+                return self._random(started, reason)
+        suggestion.info.update(fit_source=fit.source, fit_seconds=fit.seconds, suggest_seconds=time.perf_counter() - start)
+        if failure:
+            suggestion.info["fit_error"] = failure
+        return suggestion
+
+    def _fit_model(self, data: list[Observation]) -> tuple[CurveGPFit | None, str]:
+        """A fresh fit, else the previous hyperparameters on today's data, else None and why."""
+        x = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
+        curves = NormalisedCurves.from_points([o.curve for o in data], self.t_max, self.mode)
+        m0, g0 = (self._fit.m0, self._fit.g0) if self._fit is not None and self.learn_compression else (self.m0, self.g0)
+        try:
+            fit = fit_curve_gp(x, curves, m0, g0, grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
+                               virtual=self.virtual, previous=self._fit, maxiter=self.fit_maxiter)
+            failure = ""
+        except Exception as err:  # noqa: BLE001 - FitError or any numerical error: fall back below
+            failure = f"GP fit failed ({type(err).__name__}: {err})"
+            if self._fit is None:
+                return None, failure + "; no previous fit to fall back on"
+            log.warning("BOILCore: %s; reusing the previous fit's hyperparameters.", failure)
+            try:
+                fit = refit_with_previous(x, curves, self._fit, self.virtual)
+            except Exception as err2:  # noqa: BLE001
+                return None, f"{failure}; the previous fit's hyperparameters failed too ({type(err2).__name__}: {err2})"
+        self._fit = fit
+        self.last_fit = fit.diagnostics()
+        return fit, failure
+
+    def _acquire(self, fit: CurveGPFit, data: list[Observation], pending: list[Observation],
+                 spent_fraction: float) -> Suggestion:
+        model = fit.model
+        tried = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
+        best_f = incumbent(model, tried)
+        believer = model
+        if pending:
+            # Kriging believer: pretend each pending trial already scored what the GP expects.
+            points = torch.tensor([[*p.x, p.max_epochs / self.t_max] for p in pending], dtype=torch.float64).clamp(0.0, 1.0)
+            with torch.no_grad():
+                believed = model.posterior(points).mean
+            believer = model.condition_on_observations(points, believed)
+        measured = [o for o in data if o.seconds > 0]
+        cost = CostModel.fit(torch.tensor([o.x for o in measured], dtype=torch.float64).reshape(-1, self.dims),
+                             torch.tensor([o.epochs_done for o in measured], dtype=torch.float64),
+                             torch.tensor([o.seconds for o in measured], dtype=torch.float64))
+        weight = 1.0 - spent_fraction if self.cost_cooling else 1.0
+        acq = CostAwareLogEI(believer, best_f=best_f, cost=cost, t_max=self.t_max, cost_weight=weight)
+        pick = maximise(acq, self.dims, self.t_max, self.t_min, fixed_t=self.fixed_t,
+                        num_restarts=self.num_restarts, raw_samples=self.raw_samples)
+        return Suggestion(x=pick.x, max_epochs=pick.epochs, info={
+            "source": "acquisition", "m0": fit.m0, "g0": fit.g0, "log_ei": pick.log_ei, "log_cost": pick.log_cost,
+            "cost_weight": weight, "incumbent": float(best_f), "virtual_observations": fit.n_virtual,
+            "pending": len(pending),
+        })
+
+    # -- plots ------------------------------------------------------------------------------------
+
+    def posterior_mean(self, points: Tensor) -> Tensor:
+        """The GP's mean score (normalised, higher is better) at ``points`` ``(n, d + 1)`` = ``[x, t / t_max]``.
+
+        Raises:
+            RuntimeError: before the first fit (fewer than ``initial_random`` trials seen).
+            ValueError: if ``points`` has the wrong number of columns.
+        """
+        if self._fit is None:
+            raise RuntimeError("BOILCore has no fitted GP yet: call `suggest` once past the initial random trials.")
+        points = torch.as_tensor(points, dtype=torch.float64)
+        if points.dim() != 2 or points.shape[-1] != self.dims + 1:
+            raise ValueError(f"`points` must have shape (n, dims + 1 = {self.dims + 1}), got {tuple(points.shape)}.")
+        with torch.no_grad():
+            return self._fit.model.posterior(points).mean.squeeze(-1)
+
+    def compression_weights(self) -> list[float]:
+        """The weight of each epoch ``1..t_max`` in a curve's score, under the current ``(m0, g0)``."""
+        m0, g0 = (self._fit.m0, self._fit.g0) if self._fit is not None else (self.m0, self.g0)
+        return epoch_weights(self.t_max, m0, g0)

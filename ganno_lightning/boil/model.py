@@ -1,0 +1,320 @@
+"""BOIL's surrogate: a GP over ``[x, t / T_max]`` whose targets are compressed curves.
+
+The kernel is ``ScaleKernel(Matern52_ARD(x) * Matern52(t))``: configurations and training lengths
+interact multiplicatively, as in the paper's product kernel. Inputs are already in the unit cube
+(``t / T_max`` in ``(0, 1]``); targets are standardised (BoTorch's ``Standardize``). Priors: the
+classic low-dimensional BO priors, ``Gamma(3, 6)`` on every lengthscale (mean 0.5) and ``Gamma(2, 0.15)``
+on the outputscale (BoTorch's defaults before 0.12), and BoTorch's current LogNormal noise prior with
+the noise kept at or above ``1e-4`` of the standardised variance. BoTorch's current dimension-scaled
+lengthscale prior (median about ``5.8`` for ``d = 2``) is meant for high dimensions; on BOIL's few
+hyperparameters it let the lengthscales outgrow the unit cube, and EI then kept re-sampling a corner
+that a near-linear GP believed best (1 of 6 seeds of the synthetic test, 0 of 6 with ``Gamma(3, 6)``).
+
+The compression ``(m0, g0)`` (:mod:`ganno_lightning.boil.compression`) is learned with the GP by
+marginal likelihood, the targets recomputed for each ``(m0, g0)``:
+
+1. fit the GP (L-BFGS, :func:`botorch.fit.fit_gpytorch_mll`) at the current ``(m0, g0)``, warm-started
+   from the previous fit's hyperparameters;
+2. with those kernel hyperparameters fixed, score every ``(m0, g0)`` of a small grid by its marginal
+   likelihood (one Cholesky factor serves the whole grid: only the targets change);
+3. if another grid point wins, refit the GP there (warm-started) and keep it when its marginal
+   likelihood is higher.
+
+Virtual observations (:mod:`ganno_lightning.boil.virtual`) are chosen with the previous fit's kernel
+(or, at the first fit, one fitted to the real points alone), then kept fixed through steps 1-3.
+
+Deviations from the paper (section 3.2) and its code (github.com/ntienvu/BOIL,
+``product_gaussian_process.py``), for speed and robustness:
+
+- The authors maximise the marginal likelihood over ``(lengthscales, m0, g0)`` jointly with L-BFGS-B
+  from the best of 20 random starts, every ``2 d`` iterations, with a fixed noise of ``5e-4``; here
+  it is the coordinate ascent above (a grid for ``(m0, g0)``, gradients for the GP), every call, with
+  learned noise, an outputscale and ARD lengthscales (the authors share one lengthscale over ``x``).
+- The authors use a squared-exponential kernel; here Matern 5/2 on both factors.
+- Both the authors and this module compare ``(m0, g0)`` by the likelihood of *standardised*
+  targets, so a compression that merely shrinks the scores' spread gains nothing. No prior on
+  ``(m0, g0)``: every grid point is equally likely a priori (the authors' box is uniform too).
+
+Example::
+
+    >>> curves = NormalisedCurves.from_points([[(1, 0.9), (2, 0.6), (4, 0.5)], [(1, 1.0), (2, 0.9)],
+    ...                                        [(1, 0.7), (2, 0.4), (3, 0.3), (4, 0.2)]], t_max=4, mode="min")
+    >>> x = torch.tensor([[0.1], [0.5], [0.9]], dtype=torch.float64)
+    >>> fit = fit_curve_gp(x, curves, m0=0.5, g0=12.0)
+    >>> fit.model.train_inputs[0].shape[-1], fit.n_real
+    (2, 3)
+    >>> sorted(fit.diagnostics())
+    ['g0', 'lengthscale_t', 'lengthscales_x', 'm0', 'mll', 'n_real', 'n_virtual', 'noise', 'outputscale', 'seconds', 'source']
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.outcome import Standardize
+from botorch.models.utils.gpytorch_modules import (
+    get_gaussian_likelihood_with_lognormal_prior,
+)
+from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import GammaPrior
+from torch import Tensor
+
+from ganno_lightning.boil.compression import NormalisedCurves
+from ganno_lightning.boil.virtual import select_virtual_points
+
+__all__ = ["G0_GRID", "M0_GRID", "CurveGPFit", "FitError", "VirtualSettings", "build_gp", "fit_curve_gp",
+           "refit_with_previous"]
+
+#: The midpoints tried for the compression; covers the paper's range (1/3 to 3/4 on our scale) and both ends.
+M0_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: The growths tried: from almost a plain mean (1) to almost "the last points only" (24, the paper's top).
+G0_GRID = (1.0, 4.0, 12.0, 24.0)
+#: Kept hyperparameters: everything but the outcome transform's statistics, which belong to the data.
+_STATE_PREFIXES = ("covar_module.", "likelihood.", "mean_module.")
+
+
+class FitError(RuntimeError):
+    """The GP could not be fitted (an exception in the optimiser or a non-finite marginal likelihood)."""
+
+
+@dataclass(frozen=True)
+class VirtualSettings:
+    """How many virtual observations to add, and when to stop (see :mod:`ganno_lightning.boil.virtual`).
+
+    Args:
+        per_trial: most virtual observations at one trial's configuration.
+        total: most virtual observations in all.
+        variance_threshold: least posterior variance (standardised scores) worth a virtual observation.
+        min_pivot: least Cholesky pivot, relative to the prior variance plus noise (conditioning check).
+    """
+
+    per_trial: int = 10
+    total: int = 100
+    variance_threshold: float = 0.01
+    min_pivot: float = 1e-4
+
+
+@dataclass
+class CurveGPFit:
+    """A fitted surrogate and how it was obtained.
+
+    Args:
+        model: the GP, in eval mode, on inputs ``[x, t / T_max]`` and compressed-score targets.
+        m0: the compression midpoint its targets use.
+        g0: the compression growth its targets use.
+        mll: the marginal log likelihood per point (with the hyperparameter priors), as GPyTorch reports it.
+        n_real: real observations (one per trial with at least one point).
+        n_virtual: virtual observations (curve prefixes) among the inputs.
+        seconds: wall-clock seconds the fit took.
+        source: ``"fit"`` (hyperparameters optimised now) or ``"previous"`` (reused after a failed fit).
+    """
+
+    model: SingleTaskGP
+    m0: float
+    g0: float
+    mll: float
+    n_real: int
+    n_virtual: int
+    seconds: float
+    source: str = "fit"
+
+    def state(self) -> dict[str, Tensor]:
+        """The kernel, noise and mean hyperparameters, to warm-start or replace a later fit."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items() if k.startswith(_STATE_PREFIXES)}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Plain values for logs: ``m0``, ``g0``, lengthscales, outputscale, noise, mll, counts, seconds."""
+        scale = self.model.covar_module
+        x_kernel, t_kernel = scale.base_kernel.kernels
+        return {
+            "m0": self.m0,
+            "g0": self.g0,
+            "lengthscales_x": x_kernel.lengthscale.detach().flatten().tolist(),
+            "lengthscale_t": float(t_kernel.lengthscale.detach()),
+            "outputscale": float(scale.outputscale.detach()),
+            "noise": float(self.model.likelihood.noise.detach()),
+            "mll": self.mll,
+            "n_real": self.n_real,
+            "n_virtual": self.n_virtual,
+            "seconds": self.seconds,
+            "source": self.source,
+        }
+
+
+def build_gp(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None = None) -> SingleTaskGP:
+    """The product-kernel GP on ``train_x`` (``(n, d + 1)``, last column ``t / T_max``) and ``train_y`` (``(n,)``).
+
+    Args:
+        train_x: inputs in the unit cube, float64.
+        train_y: targets (any scale: they are standardised).
+        state: hyperparameters from :meth:`CurveGPFit.state` to start from (same ``d``).
+    """
+    dims = train_x.shape[-1] - 1
+    x_kernel = MaternKernel(nu=2.5, ard_num_dims=dims, active_dims=range(dims), lengthscale_prior=GammaPrior(3.0, 6.0))
+    t_kernel = MaternKernel(nu=2.5, ard_num_dims=1, active_dims=[dims], lengthscale_prior=GammaPrior(3.0, 6.0))
+    covar = ScaleKernel(x_kernel * t_kernel, outputscale_prior=GammaPrior(2.0, 0.15))
+    model = SingleTaskGP(train_x, train_y.reshape(-1, 1), likelihood=get_gaussian_likelihood_with_lognormal_prior(),
+                         covar_module=covar, outcome_transform=Standardize(m=1))
+    model = model.to(torch.float64)
+    if state is not None:
+        model.load_state_dict(state, strict=False)
+    return model
+
+
+def _mll_value(model: SingleTaskGP) -> float:
+    """The model's marginal log likelihood per point on its own training data (with priors)."""
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    model.train()
+    with torch.no_grad():
+        value = float(mll(model(*model.train_inputs), model.train_targets))
+    model.eval()
+    return value
+
+
+def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxiter: int) -> tuple[SingleTaskGP, float]:
+    model = build_gp(train_x, train_y, state)
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    try:
+        # Two attempts: the warm start, then one restart from the priors if it hits a numerical error.
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
+    except Exception as err:  # any optimiser failure means "no new fit"
+        raise FitError(f"fit_gpytorch_mll failed: {type(err).__name__}: {err}") from err
+    value = _mll_value(model)
+    if not math.isfinite(value):
+        raise FitError(f"the fitted GP has a non-finite marginal likelihood ({value}).")
+    return model, value
+
+
+def _grid_quadratic_forms(model: SingleTaskGP, targets: Tensor) -> Tensor:
+    """``-0.5 (y - c)' K^-1 (y - c)`` for each row of ``targets`` (standardised), kernel fixed.
+
+    The log-determinant is the same for every row, so this orders the rows as their marginal
+    likelihoods would.
+    """
+    x = model.train_inputs[0]
+    with torch.no_grad():
+        k = model.covar_module(x).to_dense() + model.likelihood.noise * torch.eye(x.shape[0], dtype=x.dtype)
+        factor, info = torch.linalg.cholesky_ex(k)
+        if info != 0:
+            return torch.full((targets.shape[0],), -math.inf, dtype=x.dtype)
+        std = targets.std(dim=-1, keepdim=True)
+        standard = (targets - targets.mean(dim=-1, keepdim=True)) / torch.where(std > 1e-8, std, torch.ones_like(std))
+        residual = (standard - model.mean_module.constant.detach()).T
+        alpha = torch.cholesky_solve(residual, factor)
+        return -0.5 * (residual * alpha).sum(0)
+
+
+@torch.no_grad()
+def _inputs(x: Tensor, curves: NormalisedCurves, fit: SingleTaskGP | None, virtual: VirtualSettings | None
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """The GP inputs and, for each, which prefix of which trial its target compresses."""
+    rows = torch.arange(x.shape[0])
+    cols = curves.lengths - 1
+    real = torch.cat([x, curves.positions[rows, cols][:, None]], dim=-1)
+    if virtual is None or fit is None:
+        return real, rows, cols
+    scale = fit.covar_module
+    candidates = [curves.positions[i, : int(n) - 1] for i, n in enumerate(curves.lengths)]
+    chosen = select_virtual_points(
+        lambda a, b: scale(a, b).to_dense(), noise=float(fit.likelihood.noise), prior_variance=float(scale.outputscale),
+        real_inputs=real, trial_x=x, candidates=candidates, per_trial=virtual.per_trial, total=virtual.total,
+        variance_threshold=virtual.variance_threshold, min_pivot=virtual.min_pivot,
+    )
+    if not chosen:
+        return real, rows, cols
+    v_rows = torch.tensor([trial for trial, _ in chosen])
+    v_cols = torch.tensor([k for _, k in chosen])
+    inputs = torch.cat([real, torch.cat([x[v_rows], curves.positions[v_rows, v_cols][:, None]], dim=-1)])
+    return inputs, torch.cat([rows, v_rows]), torch.cat([cols, v_cols])
+
+
+def fit_curve_gp(
+    x: Tensor,
+    curves: NormalisedCurves,
+    m0: float,
+    g0: float,
+    *,
+    grid: tuple[Sequence[float], Sequence[float]] | None = (M0_GRID, G0_GRID),
+    virtual: VirtualSettings | None = VirtualSettings(),
+    previous: CurveGPFit | None = None,
+    maxiter: int = 75,
+) -> CurveGPFit:
+    """Fit the GP and, when ``grid`` is given, the compression ``(m0, g0)`` by marginal likelihood.
+
+    Args:
+        x: ``(n, d)`` each trial's configuration in the unit cube, float64.
+        curves: the trials' normalised curves, row ``i`` belonging to ``x[i]``.
+        m0: the compression midpoint to start from (kept when ``grid`` is None).
+        g0: the compression growth to start from (kept when ``grid`` is None).
+        grid: candidate ``(m0 values, g0 values)``, tried as their product; None keeps ``(m0, g0)``.
+        virtual: how to add virtual observations; None adds none.
+        previous: the last fit, to warm-start from and to choose virtual observations with.
+        maxiter: most L-BFGS iterations per GP fit.
+
+    Raises:
+        FitError: if a GP fit raises or ends with a non-finite marginal likelihood.
+    """
+    start = time.perf_counter()
+    real_inputs = torch.cat([x, curves.positions[torch.arange(x.shape[0]), curves.lengths - 1][:, None]], dim=-1)
+    state = previous.state() if previous is not None else None
+    guide = None
+    if virtual is not None:
+        if state is None:  # first fit: learn a kernel on the real points to place the virtual ones
+            guide, _ = _fit(real_inputs, curves.scores(m0, g0), None, maxiter)
+            state = {k: v for k, v in guide.state_dict().items() if k.startswith(_STATE_PREFIXES)}
+        else:
+            guide = build_gp(real_inputs, curves.scores(m0, g0), state)
+    inputs, rows, cols = _inputs(x, curves, guide, virtual)
+
+    def targets(m: float | Tensor, g: float | Tensor) -> Tensor:
+        return curves.prefix_scores(m, g)[..., rows, cols]
+
+    model, value = _fit(inputs, targets(m0, g0), state, maxiter)
+    if grid is not None:
+        pairs = torch.tensor(list(itertools.product(*grid)), dtype=torch.float64)
+        quad = _grid_quadratic_forms(model, targets(pairs[:, 0], pairs[:, 1]))
+        best = int(torch.nan_to_num(quad, nan=-math.inf).argmax())
+        m_best, g_best = pairs[best].tolist()
+        if (m_best, g_best) != (m0, g0) and math.isfinite(float(quad[best])):
+            warm = {k: v for k, v in model.state_dict().items() if k.startswith(_STATE_PREFIXES)}
+            try:
+                other, other_value = _fit(inputs, targets(m_best, g_best), warm, maxiter)
+            except FitError:
+                other, other_value = None, -math.inf
+            if other_value > value:
+                model, value, m0, g0 = other, other_value, m_best, g_best
+    return CurveGPFit(model=model, m0=float(m0), g0=float(g0), mll=value, n_real=x.shape[0],
+                      n_virtual=inputs.shape[0] - x.shape[0], seconds=time.perf_counter() - start)
+
+
+def refit_with_previous(x: Tensor, curves: NormalisedCurves, previous: CurveGPFit,
+                        virtual: VirtualSettings | None = VirtualSettings()) -> CurveGPFit:
+    """The fallback after a failed fit: the previous hyperparameters and ``(m0, g0)`` on the current data.
+
+    Raises:
+        FitError: if even that model has a non-finite marginal likelihood or cannot be built.
+    """
+    start = time.perf_counter()
+    state = previous.state()
+    try:
+        guide = build_gp(torch.cat([x, curves.positions[torch.arange(x.shape[0]), curves.lengths - 1][:, None]], -1),
+                         curves.scores(previous.m0, previous.g0), state) if virtual is not None else None
+        inputs, rows, cols = _inputs(x, curves, guide, virtual)
+        model = build_gp(inputs, curves.prefix_scores(previous.m0, previous.g0)[rows, cols], state)
+        model.eval()
+        value = _mll_value(model)
+    except Exception as err:  # any numerical failure here means "no model at all"
+        raise FitError(f"the previous hyperparameters failed on the current data: {type(err).__name__}: {err}") from err
+    if not math.isfinite(value):
+        raise FitError(f"the previous hyperparameters give a non-finite marginal likelihood ({value}).")
+    return CurveGPFit(model=model, m0=previous.m0, g0=previous.g0, mll=value, n_real=x.shape[0],
+                      n_virtual=inputs.shape[0] - x.shape[0], seconds=time.perf_counter() - start, source="previous")

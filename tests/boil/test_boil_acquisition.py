@@ -1,0 +1,49 @@
+"""Cost-aware LogEI: the cost weight trades improvement against seconds; fixed_t pins t to T_max."""
+
+import pytest
+import torch
+
+from ganno_lightning.boil.acquisition import CostAwareLogEI, incumbent, maximise
+from ganno_lightning.boil.cost import CostModel
+from ganno_lightning.boil.model import build_gp
+
+T_MAX = 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Four full-length trials, the best at x = 0.5: short trainings are unexplored, hence uncertain."""
+    inputs = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.6, 1.0], [0.9, 1.0]], dtype=torch.float64)
+    gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.9, 0.1], dtype=torch.float64))
+    gp.covar_module.base_kernel.kernels[0].lengthscale = 0.3
+    gp.covar_module.base_kernel.kernels[1].lengthscale = 0.5
+    return gp.eval()
+
+
+def pick(model, weight, steep=5.0, **kwargs):
+    cost = CostModel(intercept=0.0, slopes=torch.zeros(1, dtype=torch.float64), log_t_slope=steep)
+    best = incumbent(model, torch.tensor([[0.1], [0.4], [0.6], [0.9]], dtype=torch.float64))
+    acq = CostAwareLogEI(model, best_f=best, cost=cost, t_max=T_MAX, cost_weight=weight)
+    return maximise(acq, dims=1, t_max=T_MAX, t_min=1, **kwargs)
+
+
+def test_without_cost_long_training_wins_and_a_steep_cost_shortens_it(model):
+    free, costly = pick(model, weight=0.0), pick(model, weight=1.0)
+    assert free.epochs > costly.epochs
+    assert isinstance(costly.epochs, int) and 1 <= costly.epochs <= T_MAX
+    assert costly.log_cost == pytest.approx(5.0 * torch.tensor(float(costly.epochs)).log().item())
+
+
+def test_fixed_t_always_trains_for_t_max(model):
+    assert pick(model, weight=1.0, fixed_t=True).epochs == T_MAX
+
+
+def test_t_min_bounds_the_shortest_training(model):
+    cost = CostModel(intercept=0.0, slopes=torch.zeros(1, dtype=torch.float64), log_t_slope=5.0)
+    acq = CostAwareLogEI(model, best_f=incumbent(model, torch.tensor([[0.5]], dtype=torch.float64)), cost=cost, t_max=T_MAX)
+    assert maximise(acq, dims=1, t_max=T_MAX, t_min=7).epochs >= 7

@@ -1,0 +1,209 @@
+"""BOILCore end to end on simulated learning curves with a known best configuration."""
+
+import doctest
+import importlib
+import math
+
+import pytest
+import torch
+
+from ganno_lightning.boil import core as boil_core
+from ganno_lightning.boil import model as boil_model
+from ganno_lightning.boil.core import BOILCore
+from ganno_lightning.boil.model import FitError
+from ganno_lightning.boil.observations import Observation, Suggestion
+
+T_MAX = 20
+BEST_X = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def final_loss(x) -> float:
+    return float(((torch.as_tensor(x, dtype=torch.float64) - BEST_X) ** 2).sum())
+
+
+def train(x, epochs, generator) -> Observation:
+    """A simulated training: the loss decays towards a final value that is lowest at BEST_X."""
+    f = final_loss(x)
+    curve = [(e, f + (1.0 + f) * math.exp(-e / 4.0) + 0.01 * float(torch.randn((), generator=generator)))
+             for e in range(1, epochs + 1)]
+    return Observation(x=list(x), max_epochs=epochs, curve=curve, seconds=0.1 * epochs * (1.0 + x[0]))
+
+
+def run_study(core, trials, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    history, suggestions = [], []
+    for _ in range(trials):
+        suggestion = core.suggest(history)
+        suggestions.append(suggestion)
+        history.append(train(suggestion.x, suggestion.max_epochs, generator))
+    return history, suggestions
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_finds_the_known_optimum_and_beats_random_search(seed):
+    core = BOILCore(dims=2, t_max=T_MAX, mode="min", seed=seed)
+    history, suggestions = run_study(core, 20, seed)
+    best = min(history, key=lambda o: final_loss(o.x))
+    assert torch.dist(torch.tensor(best.x, dtype=torch.float64), BEST_X) < 0.1
+    random_best = min(final_loss(torch.rand(2, generator=torch.Generator().manual_seed(100 + seed * 20 + i),
+                                            dtype=torch.float64)) for i in range(20))
+    assert final_loss(best.x) <= random_best
+    assert [s.info["source"] for s in suggestions[:3]] == ["random"] * 3 and suggestions[-1].info["source"] == "acquisition"
+    last = core.last_fit
+    assert 0.0 <= last["m0"] <= 1.0 and 0.0 < last["g0"] <= 24.0 and math.isfinite(last["mll"])
+    assert 0 <= last["n_virtual"] <= 100 and last["seconds"] < 10
+    info = suggestions[-1].info
+    assert {"m0", "g0", "log_ei", "log_cost", "virtual_observations"} <= set(info)
+
+
+def test_same_seed_same_suggestions_and_the_global_rng_is_untouched():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    _, a = run_study(BOILCore(dims=2, t_max=T_MAX, seed=3, initial_random=3), 5)
+    after = torch.rand(1)
+    _, b = run_study(BOILCore(dims=2, t_max=T_MAX, seed=3, initial_random=3), 5)
+    assert [(s.x, s.max_epochs) for s in a] == [(s.x, s.max_epochs) for s in b]
+    assert torch.equal(before, after)
+
+
+def test_pending_trials_are_believed_so_the_next_suggestion_differs():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0)
+    history, _ = run_study(core, 5)
+    first = core.suggest(history)
+    queued = Observation(x=first.x, max_epochs=first.max_epochs, status="queued")
+    second = core.suggest(history, pending=[queued])
+    assert second.info["pending"] == 1
+    moved = torch.dist(torch.tensor(first.x), torch.tensor(second.x)).item()
+    assert moved > 1e-3 or first.max_epochs != second.max_epochs
+
+
+def test_pending_trials_count_towards_the_initial_random_design():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, initial_random=3)
+    a = core.suggest([])
+    b = core.suggest([], pending=[Observation(x=a.x, max_epochs=a.max_epochs, status="queued")])
+    assert a.info["source"] == b.info["source"] == "random" and a.x != b.x and a.max_epochs == T_MAX
+
+
+def test_a_failed_fit_reuses_the_previous_one_then_falls_back_to_random(monkeypatch, caplog):
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0)
+    history, _ = run_study(core, 5)
+    assert core.suggest(history).info["fit_source"] == "fit"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("optimiser exploded")
+
+    monkeypatch.setattr(boil_model, "fit_gpytorch_mll", broken)
+    reused = core.suggest(history)
+    assert reused.info["source"] == "acquisition" and reused.info["fit_source"] == "previous"
+    assert "optimiser exploded" in reused.info["fit_error"]
+
+    def also_broken(*args, **kwargs):
+        raise FitError("previous hyperparameters are useless")
+
+    monkeypatch.setattr(boil_core, "refit_with_previous", also_broken)
+    fallback = core.suggest(history)
+    assert fallback.info["source"] == "random" and "useless" in fallback.info["reason"]
+    assert "suggesting at random" in caplog.text
+
+    fresh = BOILCore(dims=2, t_max=T_MAX, seed=0)
+    first = fresh.suggest(history)
+    assert first.info["source"] == "random" and "no previous fit" in first.info["reason"]
+
+
+def test_fixed_t_always_trains_for_t_max():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, fixed_t=True)
+    _, suggestions = run_study(core, 6)
+    assert {s.max_epochs for s in suggestions} == {T_MAX}
+
+
+def test_cost_cooling_fades_the_cost_weight_with_the_budget():
+    cooled = BOILCore(dims=2, t_max=T_MAX, seed=0, cost_cooling=True)
+    history, _ = run_study(cooled, 5)
+    assert cooled.suggest(history, spent_fraction=0.0).info["cost_weight"] == 1.0
+    late = cooled.suggest(history, spent_fraction=0.75)
+    assert late.info["cost_weight"] == pytest.approx(0.25)
+    plain = BOILCore(dims=2, t_max=T_MAX, seed=0)
+    assert plain.suggest(history, spent_fraction=0.75).info["cost_weight"] == 1.0
+
+
+def test_ablations_no_virtual_observations_and_fixed_compression():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, virtual_observations=False, learn_compression=False, m0=0.3, g0=5.0)
+    _, suggestions = run_study(core, 6)
+    info = suggestions[-1].info
+    assert info["virtual_observations"] == 0 and (info["m0"], info["g0"]) == (0.3, 5.0)
+    assert core.compression_weights() == pytest.approx(
+        [1 / (1 + math.exp(-5.0 * (e / T_MAX - 0.3))) for e in range(1, T_MAX + 1)])
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_posterior_mean_ranks_the_optimum_above_a_corner(mode):
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, mode=mode)
+    with pytest.raises(RuntimeError, match="suggest"):
+        core.posterior_mean(torch.zeros(1, 3))
+    generator, history = torch.Generator().manual_seed(0), []
+    for _ in range(8):
+        suggestion = core.suggest(history)
+        trial = train(suggestion.x, suggestion.max_epochs, generator)
+        if mode == "max":  # the same trainings, logged as a score to maximise
+            trial.curve = [(e, 10.0 - v) for e, v in trial.curve]
+        history.append(trial)
+    mean = core.posterior_mean(torch.tensor([[0.3, 0.7, 1.0], [1.0, 0.0, 1.0]]))
+    assert mean.shape == (2,) and mean[0] > mean[1]
+    with pytest.raises(ValueError, match="`points`"):
+        core.posterior_mean(torch.zeros(2, 2))
+
+
+def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, initial_random=2)
+    generator = torch.Generator().manual_seed(0)
+    history = [train([0.2, 0.2], 10, generator), train([0.8, 0.6], 10, generator),
+               Observation(x=[0.3, 0.7], max_epochs=T_MAX, curve=[(1, 1.2), (2, math.nan)], seconds=1.0, status="diverged"),
+               Observation(x=[0.5, 0.5], max_epochs=T_MAX, curve=[], status="failed")]
+    suggestion = core.suggest(history)
+    assert isinstance(suggestion, Suggestion) and suggestion.info["source"] == "acquisition"
+    assert core.last_fit["n_real"] == 3
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"dims": 0}, "`dims`"), ({"t_max": 0}, "`t_max`"), ({"t_max": 5, "t_min": 6}, "`t_min`"), ({"mode": "best"}, "`mode`"),
+    ({"seed": 1.5}, "`seed`"), ({"initial_random": 0}, "`initial_random`"), ({"m0": 2.0}, "`m0`"), ({"g0": 0.0}, "`g0`"),
+    ({"fixed_t": "yes"}, "`fixed_t`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
+    ({"virtual_variance_threshold": -0.1}, "`virtual_variance_threshold`"), ({"num_restarts": 0}, "`num_restarts`"),
+    ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
+])
+def test_bad_constructor_arguments_name_themselves(kwargs, name):
+    arguments = {"dims": 2, "t_max": 10, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        BOILCore(**arguments)
+
+
+@pytest.mark.parametrize(("trial", "name"), [
+    (Observation(x=[0.5], max_epochs=5), r"`observations\[0\].x`"),
+    (Observation(x=[0.5, 1.5], max_epochs=5), r"`observations\[0\].x`"),
+    (Observation(x=[0.5, 0.5], max_epochs=11), r"`observations\[0\].max_epochs`"),
+    (Observation(x=[0.5, 0.5], max_epochs=5, curve=[(12, 0.3)]), r"`observations\[0\].curve`"),
+])
+def test_bad_observations_name_themselves(trial, name):
+    with pytest.raises(ValueError, match=name):
+        BOILCore(dims=2, t_max=10).suggest([trial])
+
+
+def test_bad_pending_and_spent_fraction_name_themselves():
+    core = BOILCore(dims=2, t_max=10)
+    with pytest.raises(ValueError, match=r"`pending\[0\]`"):
+        core.suggest([], pending=[{"x": [0.5, 0.5]}])
+    with pytest.raises(ValueError, match="`spent_fraction`"):
+        core.suggest([], spent_fraction=1.5)
+
+
+@pytest.mark.parametrize("name", ["compression", "virtual", "model", "cost", "acquisition", "core"])
+def test_docstring_examples(name):
+    module = importlib.import_module(f"ganno_lightning.boil.{name}")
+    result = doctest.testmod(module, extraglobs={**vars(module), "torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

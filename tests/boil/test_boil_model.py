@@ -1,0 +1,114 @@
+"""The curve GP: joint (m0, g0) fit, virtual observations at the trials' own x, capped and well-conditioned."""
+
+import math
+
+import pytest
+import torch
+from gpytorch.kernels import RBFKernel
+
+from ganno_lightning.boil import model as boil_model
+from ganno_lightning.boil.compression import NormalisedCurves
+from ganno_lightning.boil.model import (
+    G0_GRID,
+    M0_GRID,
+    FitError,
+    VirtualSettings,
+    fit_curve_gp,
+    refit_with_previous,
+)
+from ganno_lightning.boil.virtual import select_virtual_points
+
+T_MAX = 12
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    yield
+
+
+def synthetic_trials(n=8, seed=0):
+    """Loss curves whose final value is best at x = 0.3, trained for various lengths."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    curves = []
+    for i in range(n):
+        final = float(((x[i] - 0.3) ** 2).sum())
+        length = int(torch.randint(3, T_MAX + 1, (1,), generator=g))
+        curves.append([(e, final + (1 + final) * math.exp(-e / 3) + 0.01 * float(torch.randn((), generator=g)))
+                       for e in range(1, length + 1)])
+    return x, NormalisedCurves.from_points(curves, t_max=T_MAX, mode="min")
+
+
+def test_fit_learns_a_finite_compression_from_the_grid():
+    x, curves = synthetic_trials()
+    fit = fit_curve_gp(x, curves, m0=0.5, g0=12.0)
+    info = fit.diagnostics()
+    assert fit.m0 in M0_GRID and fit.g0 in G0_GRID
+    assert math.isfinite(info["mll"]) and info["noise"] >= 1e-4 and info["n_real"] == 8
+    assert len(info["lengthscales_x"]) == 2 and info["lengthscale_t"] > 0
+    assert fit.source == "fit" and fit.seconds < 30
+
+
+def test_fixed_compression_stays_fixed():
+    x, curves = synthetic_trials()
+    fit = fit_curve_gp(x, curves, m0=0.3, g0=5.0, grid=None)
+    assert (fit.m0, fit.g0) == (0.3, 5.0)
+
+
+def test_virtual_observations_sit_at_their_trial_x_before_its_last_epoch_and_are_capped():
+    x, curves = synthetic_trials(n=6)
+    settings = VirtualSettings(per_trial=2, total=7, variance_threshold=0.0)
+    fit = fit_curve_gp(x, curves, m0=0.5, g0=12.0, virtual=settings)
+    inputs = fit.model.train_inputs[0]
+    virtual = inputs[fit.n_real:]
+    assert 0 < fit.n_virtual == virtual.shape[0] <= 7
+    per_trial = {}
+    for row in virtual:
+        matches = [i for i in range(x.shape[0]) if torch.equal(row[:2], x[i])]
+        assert len(matches) == 1
+        i = matches[0]
+        assert row[2] < curves.positions[i, curves.lengths[i] - 1]  # a prefix, strictly shorter
+        per_trial[i] = per_trial.get(i, 0) + 1
+    assert max(per_trial.values()) <= 2
+    assert fit_curve_gp(x, curves, m0=0.5, g0=12.0, virtual=None).n_virtual == 0
+
+
+def test_virtual_selection_skips_near_duplicates_and_low_variance():
+    kernel = RBFKernel().double()
+    kernel.lengthscale = 0.3
+
+    def k(a, b):
+        return kernel(a, b).to_dense()
+
+    real = torch.tensor([[0.5, 1.0]], dtype=torch.float64)
+    near_duplicates = [torch.tensor([1.0 - 1e-9, 1.0 - 2e-9], dtype=torch.float64)]
+    chosen = select_virtual_points(k, noise=1e-8, prior_variance=1.0, real_inputs=real, trial_x=real[:, :1],
+                                   candidates=near_duplicates, variance_threshold=0.0)
+    assert chosen == []  # the pivot (conditioning) check refuses them
+    spread = [torch.linspace(0.1, 0.9, 9, dtype=torch.float64)]
+    everything = select_virtual_points(k, noise=1e-4, prior_variance=1.0, real_inputs=real, trial_x=real[:, :1],
+                                       candidates=spread, variance_threshold=0.0, per_trial=20, total=20)
+    informative = select_virtual_points(k, noise=1e-4, prior_variance=1.0, real_inputs=real, trial_x=real[:, :1],
+                                        candidates=spread, variance_threshold=0.05, per_trial=20, total=20)
+    assert 0 < len(informative) < len(everything)
+    assert len({c for _, c in everything}) == len(everything)  # no candidate twice
+
+
+def test_refit_with_previous_keeps_the_hyperparameters_on_new_data():
+    x, curves = synthetic_trials(n=6)
+    first = fit_curve_gp(x, curves, m0=0.5, g0=12.0)
+    x2, curves2 = synthetic_trials(n=9, seed=1)
+    again = refit_with_previous(x2, curves2, first)
+    assert again.source == "previous" and again.n_real == 9
+    assert again.diagnostics()["lengthscales_x"] == pytest.approx(first.diagnostics()["lengthscales_x"])
+    assert (again.m0, again.g0) == (first.m0, first.g0)
+
+
+def test_a_failing_optimiser_raises_fit_error(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("optimiser exploded")
+
+    monkeypatch.setattr(boil_model, "fit_gpytorch_mll", broken)
+    x, curves = synthetic_trials(n=5)
+    with pytest.raises(FitError, match="optimiser exploded"):
+        fit_curve_gp(x, curves, m0=0.5, g0=12.0)
