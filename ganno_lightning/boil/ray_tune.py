@@ -39,7 +39,12 @@ from typing import Any, Optional, Union
 from ganno_lightning.boil.observations import Observation
 from ganno_lightning.boil.store import BOILStore
 from ganno_lightning.files import atomic_write_bytes
-from ganno_lightning.tuning.space import Hyperparameter, parse_space, unit_to_values, values_to_unit
+from ganno_lightning.tuning.space import (
+    Hyperparameter,
+    parse_space,
+    unit_to_values,
+    values_to_unit,
+)
 
 try:
     from ray.tune.search import Searcher

@@ -24,7 +24,12 @@ from typing import Any, Optional, Union
 
 from ganno_lightning.boil.store import PENDING_STATES, BOILStore, TrialRecord
 from ganno_lightning.imports import import_callable
-from ganno_lightning.tuning.space import Hyperparameter, parse_space, unit_to_values, values_to_unit
+from ganno_lightning.tuning.space import (
+    Hyperparameter,
+    parse_space,
+    unit_to_values,
+    values_to_unit,
+)
 
 __all__ = ["BOILResult", "BOILTrial", "BOILTuner", "build_task", "run_trial"]
 

@@ -1,9 +1,8 @@
 """Every BOIL test runs against the stand-in core (tests/boil/boil_fakes.py), single-threaded."""
 
+import boil_fakes
 import pytest
 import torch
-
-import boil_fakes
 
 
 @pytest.fixture(autouse=True)
