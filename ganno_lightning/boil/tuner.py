@@ -80,7 +80,18 @@ class BOILResult:
              "source": t.info.get("source")}
             for t in self.history
         ]
-        return json.loads(json.dumps(summary, default=str).replace("NaN", "null"))
+        return _json_safe(summary)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with tuples as lists and non-finite floats as ``None`` (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _task_name(task: Any) -> Optional[str]:

@@ -74,3 +74,12 @@ def test_tell_takes_a_curve_from_any_training_loop(tmp_path):
 def test_callback_needs_a_study():
     with pytest.raises(ValueError, match="`tuner` must be a BOILTuner or a BOILStore"):
         BOILCallback(object(), 1)
+
+
+def test_the_summary_of_a_diverged_study_is_strict_json(tmp_path):
+    import json
+
+    tuner = BOILTuner(space=SPACE, epochs=(1, 2), study_dir=tmp_path / "study")
+    tuner.tell(tuner.ask(), curve=[(1, 0.5), (2, float("nan"))], status="diverged")
+    summary = tuner.result().to_dict()
+    assert json.loads(json.dumps(summary, allow_nan=False))["trials"][0]["curve"] == [[1, 0.5], [2, None]]
