@@ -130,7 +130,8 @@ class BOILSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> Optional[dict[str, Any]]:
         core = self._ensure_core()
-        finished = [self._observation(t) for t in self.trials.values() if t["status"] not in ("queued", "running")]
+        # a running trial is both data (its curve so far) and pending (believed at its full length)
+        observed = [self._observation(t) for t in self.trials.values() if t["status"] != "queued"]
         pending = [self._observation(t) for t in self.trials.values() if t["status"] in ("queued", "running")]
         longest = self.t_max
         if self.budget_epochs is not None:
@@ -142,7 +143,7 @@ class BOILSearcher(Searcher):
             longest = min(longest, room)
         spent_fraction = 0.0 if not self.budget_epochs else min(
             1.0, sum(len(t["curve"]) for t in self.trials.values()) / self.budget_epochs)
-        suggestion = core.suggest(finished, pending, spent_fraction=spent_fraction)
+        suggestion = core.suggest(observed, pending, spent_fraction=spent_fraction)
         values = unit_to_values(self.space, suggestion.x)
         x = values_to_unit(self.space, values)
         max_epochs = min(max(int(suggestion.max_epochs), self.t_min), longest)
@@ -152,7 +153,7 @@ class BOILSearcher(Searcher):
         if store is not None:
             info = dict(suggestion.info)
             fit = getattr(core, "last_fit", None) if "m0" in info else None
-            record["store_id"] = store.add_trial(x, values, max_epochs, info, fit, observations=len(finished))
+            record["store_id"] = store.add_trial(x, values, max_epochs, info, fit, observations=len(observed))
         self.trials[trial_id] = record
         return {**values, self.epochs_key: max_epochs}
 
@@ -220,7 +221,8 @@ class BOILSearcher(Searcher):
 
     # -- helpers --------------------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
-        return {"space": {n: d.to_dict() for n, d in self.space.items()}, "epochs": [self.t_min, self.t_max],
+        return {"space": {n: d.to_dict() for n, d in self.space.items()}, "dimensions": list(self.space),
+                "epochs": [self.t_min, self.t_max],
                 "seed": self.seed, "core": self.core_options}
 
     def _ensure_core(self) -> Any:

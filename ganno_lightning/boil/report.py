@@ -118,7 +118,8 @@ def write_report(
     settings = store.settings()
     if "space" not in settings:
         raise ValueError(f"`study` {str(store.directory)!r} holds no BOIL study (no settings stored).")
-    space = parse_space(settings["space"])
+    order = settings.get("dimensions") or list(settings["space"])  # x's order; the stored dict is sorted
+    space = parse_space({name: settings["space"][name] for name in order})
     mode, monitor = settings["mode"], settings["monitor"]
     t_min, t_max = settings["epochs"]
     out = Path(out_dir) if out_dir is not None else store.directory / "report"

@@ -371,6 +371,7 @@ class BOILTuner:
             "monitor": self.monitor,
             "mode": self.mode,
             "space": {name: dim.to_dict() for name, dim in self.space.items()},
+            "dimensions": list(self.space),  # the order of x's coordinates (stored settings sort their keys)
             "epochs": [self.t_min, self.t_max],
             "seed": self.seed,
             "task": _task_name(self.task),
@@ -412,9 +413,10 @@ class BOILTuner:
             longest = min(self.t_max, int(room))
         elif room is not None and room <= 0:
             return None
-        finished = [t.observation() for t in trials if t.status not in PENDING_STATES]
+        # a running trial is both data (its curve so far) and pending (believed at its full length)
+        observed = [t.observation() for t in trials if t.status != "queued"]
         pending = [t.observation() for t in trials if t.status in PENDING_STATES]
-        suggestion = self.core.suggest(finished, pending, spent_fraction=self._spent_fraction(trials))
+        suggestion = self.core.suggest(observed, pending, spent_fraction=self._spent_fraction(trials))
         values = unit_to_values(self.space, suggestion.x)
         x = values_to_unit(self.space, values)  # the point actually trained (choices and integers snapped)
         max_epochs = min(max(int(suggestion.max_epochs), self.t_min), longest)
@@ -422,7 +424,7 @@ class BOILTuner:
         if max_epochs != suggestion.max_epochs:
             info["suggested_max_epochs"] = int(suggestion.max_epochs)
         fit = getattr(self.core, "last_fit", None) if "m0" in info or info.get("source") == "acquisition" else None
-        trial = self.store.add_trial(x, values, max_epochs, info, fit, observations=len(finished))
+        trial = self.store.add_trial(x, values, max_epochs, info, fit, observations=len(observed))
         return BOILTrial(trial, values, max_epochs, x, info)
 
     def tell(self, trial: Union[BOILTrial, int], status: Optional[str] = None,

@@ -47,6 +47,11 @@ def test_save_and_restore_keep_the_observations(tmp_path):
     config = searcher.suggest("a")
     assert config["max_epochs"] == 2 and config["width"] in (8, 16)
     searcher.on_trial_result("a", {"val_loss": 0.5, "training_iteration": 1, "time_total_s": 1.0})
+    searcher.suggest("running")  # a running trial is data (its curve so far) and pending at once
+    call = searcher._core.calls[-1]
+    assert [(o.status, o.curve) for o in call["observations"]] == [("running", [(1, 0.5)])]
+    assert [(o.status, o.max_epochs) for o in call["pending"]] == [("running", 2)]
+    del searcher.trials["running"]
     searcher.on_trial_complete("a", {"val_loss": 0.4, "training_iteration": 2, "time_total_s": 2.0})
     searcher.save(str(tmp_path / "searcher.pkl"))
     fresh = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2))

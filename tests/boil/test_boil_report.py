@@ -8,7 +8,7 @@ from ganno_lightning.boil import BOILTuner
 from ganno_lightning.boil.report import best_so_far, write_report
 from ganno_lightning.config import WandbConfig
 
-SPACE = {"lr": {"low": 1e-3, "high": 0.3, "log": True}, "optimizer": {"choices": ["sgd", "adam"]}}
+SPACE = {"optimizer": {"choices": ["sgd", "adam"]}, "lr": {"low": 1e-3, "high": 0.3, "log": True}}  # not sorted
 
 
 def _study(tmp_path):
@@ -34,6 +34,9 @@ def test_report_writes_every_plot_and_table(tmp_path):
     assert bests[-1] == pytest.approx(tuner.result().best_value)
     fits = list(csv.DictReader(open(written["fits.csv"])))
     assert len(fits) == 3 and all(float(f["g0"]) == 12.0 for f in fits)  # 5 trials, 2 of them random
+    trials = list(csv.DictReader(open(written["trials.csv"])))
+    for row, trial in zip(trials, tuner.history()):  # x in the space's order, not the stored settings' sorted one
+        assert (row["optimizer"], float(row["x_optimizer"])) == (trial.values["optimizer"], trial.x[0])
     posterior = list(csv.DictReader(open(written["posterior_mean.csv"])))
     assert {r["hyperparameter"] for r in posterior} == {"lr", "optimizer"}
     assert {r["value"] for r in posterior if r["hyperparameter"] == "optimizer"} == {"sgd", "adam"}
