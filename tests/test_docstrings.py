@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "examples.digits", "tuning.space", "tuning.grid"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "examples.digits", "tuning.space", "tuning.grid",
+                                                    "boil.observations"]
 
 
 @pytest.mark.parametrize("name", MODULES)

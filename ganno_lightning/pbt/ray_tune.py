@@ -166,6 +166,8 @@ def make_scheduler(config: DictConfig, synch: bool = False) -> Any:
 
 
 def _domain(tune: Any, dim: Hyperparameter) -> Any:
+    if dim.choices is not None:
+        return tune.choice(list(dim.choices))
     if dim.integer:
         return tune.lograndint(int(math.ceil(dim.low)), int(dim.high) + 1) if dim.log else tune.randint(
             int(math.ceil(dim.low)), int(dim.high) + 1

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ganno_lightning import config as shared
 from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
@@ -43,19 +43,11 @@ from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writabl
 from ganno_lightning.imports import import_object
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
-from ganno_lightning.tuning.space import parse_space
+from ganno_lightning.tuning.space import HyperparameterSpec, parse_space
 
 __all__ = [
     "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "load_config", "run_population", "write_outputs",
 ]
-
-
-@dataclass
-class HyperparameterSpec:
-    low: float = MISSING  # smallest value; every sampled or explored value is clipped to [low, high]
-    high: float = MISSING  # largest value
-    log: bool = False  # sample and perturb in log space (learning rates)
-    integer: bool = False  # round to int (intervals)
 
 
 @dataclass

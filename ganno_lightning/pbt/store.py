@@ -27,20 +27,18 @@ Crash safety comes from three rules:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ganno_lightning.files import check_writable_dir
 from ganno_lightning.pbt.core import LineageEvent
+from ganno_lightning.sqlite_store import SQLiteStore
 
 __all__ = ["MemberRecord", "PopulationStore"]
 
@@ -48,7 +46,6 @@ SCHEMA_VERSION = 1
 _STEP_FILE = re.compile(r"^step_(\d+)(_exploit)?\.ckpt$")
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
     member INTEGER PRIMARY KEY,
     hyperparameters TEXT NOT NULL,
@@ -101,12 +98,13 @@ def _score_in(value: float | None) -> float | None:
     return float(value) if math.isfinite(value) else float("inf") if value > 0 else float("-inf")
 
 
-class PopulationStore:
+class PopulationStore(SQLiteStore):
     """SQLite-backed shared state of one population, safe for concurrent member processes.
 
     Every write is one ``BEGIN IMMEDIATE`` transaction; SQLite's file locks serialise writers across
     processes and its rollback journal undoes a transaction cut short by a kill. Connections are
-    opened per process, so a store object may be pickled into a worker.
+    opened per process, so a store object may be pickled into a worker
+    (:class:`~ganno_lightning.sqlite_store.SQLiteStore`).
 
     Args:
         directory: the population directory (created if missing; must be writable).
@@ -124,74 +122,26 @@ class PopulationStore:
         store.members()[0].score  # 0.42
     """
 
+    FILE_NAME = "population.db"
+    SCHEMA = _SCHEMA
+    SCHEMA_VERSION = SCHEMA_VERSION
+    KIND = "population"
+
     def __init__(self, directory: str | os.PathLike, timeout: float = 120.0) -> None:
-        self.directory = check_writable_dir(directory, "population_dir")
-        self.db_path = self.directory / "population.db"
-        self.timeout = timeout
-        self._conn: sqlite3.Connection | None = None
-        self._pid: int | None = None
-        self._connect()  # creates the schema, and fails early on a broken database file
+        super().__init__(directory, timeout, argument="population_dir")
 
-    # -- connection -----------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.db_path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_conn"], state["_pid"] = None, None
-        return state
-
-    # -- population settings --------------------------------------------------------------------
     def init_population(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """Store the population's settings, or check them against the stored ones on resume.
 
         Raises:
             ValueError: naming the first setting that differs from the stored population.
         """
-        with self._write() as conn:
-            stored = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-            if not stored:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
-                for key, value in settings.items():
-                    conn.execute("INSERT INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True)))
-                return dict(settings)
-        for key, value in settings.items():
-            if key in stored and json.loads(json.dumps(value, sort_keys=True)) != stored[key]:
-                raise ValueError(
-                    f"The population in {str(self.directory)!r} was created with {key}={stored[key]!r}, got {value!r}."
-                    " Use a new `population_dir` or the original setting to resume."
-                )
-        return stored
-
-    def settings(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._connect().execute("SELECT key, value FROM meta")}
+        return self.init_settings(settings)
 
     # -- members --------------------------------------------------------------------------------
     def register(self, member: int, hyperparameters: Mapping[str, float]) -> MemberRecord:
         """Add ``member`` with its initial values unless it already exists; return the stored record."""
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO members (member, hyperparameters, updated) VALUES (?, ?, ?)",
                 (member, json.dumps(dict(hyperparameters)), time.time()),
@@ -218,7 +168,7 @@ class PopulationStore:
         now = time.time()
         ckpt = None if checkpoint is None else str(checkpoint)
         values = json.dumps(dict(hyperparameters))
-        with self._write() as conn:
+        with self.transaction() as conn:
             updated = conn.execute(
                 "UPDATE members SET step = ?, score = ?, hyperparameters = ?, checkpoint = COALESCE(?, checkpoint),"
                 " updated = ? WHERE member = ?",
@@ -242,7 +192,7 @@ class PopulationStore:
         """
         event.time = event.time or time.time()
         ckpt = None if checkpoint is None else str(checkpoint)
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO lineage (member, step, donor, donor_step, score, donor_score, old_hyperparameters,"
                 " new_hyperparameters, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -265,7 +215,7 @@ class PopulationStore:
             )
 
     def set_status(self, member: int, status: str) -> None:
-        with self._write() as conn:
+        with self.transaction() as conn:
             conn.execute("UPDATE members SET status = ?, updated = ? WHERE member = ?", (status, time.time(), member))
 
     def history(self, start: int = 0) -> list[dict[str, Any]]:

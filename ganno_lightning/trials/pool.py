@@ -209,6 +209,7 @@ class JobPool:
         done: Optional[Mapping[str, Result]] = None,
         order: Optional[Callable[[Job], Any]] = None,
         on_result: Optional[Callable[[Result, int, int], None]] = None,
+        more: Optional[Callable[[], Optional[Job]]] = None,
     ) -> list[Result]:
         """Run ``jobs``; their results in the order of ``jobs``.
 
@@ -223,7 +224,13 @@ class JobPool:
                 job is left alone at the end); in-process runs keep the order of ``jobs``.
             on_result: Called here as each new result arrives, with the number of new results so far
                 and the number of jobs to run (progress lines).
+            more: Asked, here, for one more job whenever a worker is free and no job is queued
+                (in-process: after each job); ``None`` means none for now. It is asked again after
+                every result and the run ends when it has none and no job is running, so an
+                adaptive search (BOIL) can choose each job knowing every result and every job
+                still running. Its jobs' results follow those of ``jobs`` in the order asked.
         """
+        jobs = list(jobs)  # `more` appends to it
         results: dict[int, Result] = {}
         pending = []
         for index, job in enumerate(jobs):
@@ -232,7 +239,7 @@ class JobPool:
                 results[index] = previous
             else:
                 pending.append(index)
-        total = len(pending)
+        reused = len(jobs) - len(pending)
         log_path = None if log is None else Path(log)
 
         def finish(index: int, result: Result) -> None:
@@ -240,10 +247,18 @@ class JobPool:
             if log_path is not None:
                 append_records(log_path, [result])
             if on_result is not None:
-                on_result(result, len(results) - (len(jobs) - total), total)
+                on_result(result, len(results) - reused, len(jobs) - reused)
+
+        def ask() -> Optional[int]:
+            job = None if more is None else more()
+            if job is None:
+                return None
+            jobs.append(job)
+            return len(jobs) - 1
 
         if self.processes == 0:
-            for index in pending:
+            queue = iter(pending)
+            while (index := next(queue, None)) is not None or (index := ask()) is not None:
                 try:
                     result = self.function(jobs[index])
                 except Exception as err:  # one broken job must not stop the others
@@ -253,22 +268,28 @@ class JobPool:
             if order is not None:
                 pending.sort(key=lambda i: order(jobs[i]))
             try:
-                self._run_in_workers(jobs, pending, failure, finish)
+                self._run_in_workers(jobs, pending, failure, finish, ask)
             except BaseException:
                 self._terminate()  # Ctrl-C: drop the queued jobs instead of waiting for them
                 raise
         return [results[index] for index in range(len(jobs))]
 
     def _run_in_workers(self, jobs: Sequence[Job], queue: list[int], failure: Callable[[Job, JobFailure], Result],
-                        finish: Callable[[int, Result], None]) -> None:
+                        finish: Callable[[int, Result], None], ask: Callable[[], Optional[int]]) -> None:
         queue = list(queue)
         deaths: dict[int, int] = {}
-        while queue or any(w.index is not None for w in self._workers):
+        while True:
             # hand queued jobs to idle workers, starting (or replacing) workers as needed
             for worker in [w for w in self._workers if w.index is None and not w.process.is_alive()]:
                 worker.kill()  # died between jobs: no job of its own to retry
                 self._workers.remove(worker)
-            while queue:
+            while True:
+                if not queue and self._has_room():
+                    asked = ask()  # a free worker and nothing queued: one more job, if any
+                    if asked is not None:
+                        queue.append(asked)
+                if not queue:
+                    break
                 idle = next((w for w in self._workers if w.index is None), None)
                 if idle is None and len(self._workers) < self.processes:
                     idle = _Worker(self._context, self.function)
@@ -282,7 +303,9 @@ class JobPool:
                     self._worker_died(idle, jobs, queue, deaths, failure, finish)
             busy = [w for w in self._workers if w.index is not None]
             if not busy:
-                continue  # every job handed out ended at once (its worker could not take it)
+                if queue:
+                    continue  # every job handed out ended at once (its worker could not take it)
+                break
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=self._wait_s(busy))
             now = time.monotonic()
             for worker in busy:
@@ -311,6 +334,9 @@ class JobPool:
                     continue
                 # the worker process died (killed, out of memory, os._exit) while running this job
                 self._worker_died(worker, jobs, queue, deaths, failure, finish)
+
+    def _has_room(self) -> bool:
+        return len(self._workers) < self.processes or any(w.index is None for w in self._workers)
 
     def _worker_died(self, worker: _Worker, jobs: Sequence[Job], queue: list[int], deaths: dict[int, int],
                      failure: Callable[[Job, JobFailure], Result], finish: Callable[[int, Result], None]) -> None:

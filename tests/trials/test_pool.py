@@ -165,3 +165,27 @@ def test_docstring_examples():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _asker(total, results_seen, asked_at):
+    """A `more` that hands out `total` jobs, noting how many results had arrived at each ask."""
+    queue = jobs(total)
+
+    def more():
+        asked_at.append(len(results_seen))
+        return queue.pop(0) if queue else None
+
+    return more
+
+
+def test_more_is_asked_for_a_job_whenever_a_worker_is_free():
+    seen, asked_at = [], []
+    with JobPool(square) as pool:  # in process: one job at a time, asked after each result
+        results = pool.run([], failure, more=_asker(3, seen, asked_at), on_result=lambda r, n, t: seen.append(r))
+    assert [r["value"] for r in results] == [0, 1, 4] and asked_at == [0, 1, 2, 3]
+    seen, asked_at = [], []
+    with JobPool(square, processes=2) as pool:
+        results = pool.run(jobs(1), failure, more=_asker(4, seen, asked_at), on_result=lambda r, n, t: seen.append(r))
+    assert [r["value"] for r in results] == [0, 0, 1, 4, 9]  # the given job first, then those asked for, in order
+    assert asked_at[0] == 0  # the second worker was free before any result: asked at once
+    assert asked_at[-1] == 5 and len(asked_at) >= 5  # asked again after the last result, and told none

@@ -1,0 +1,51 @@
+"""ganno-boil: --help, one-line errors, and the smoke config end to end (worker processes, report, summary)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ganno_lightning.boil.main import load_config, main
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "boil_smoke.yaml"
+DIGITS = SMOKE.with_name("boil_digits.yaml")
+
+
+def test_help_lists_the_keys(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "ganno-boil" in out and "budget_epochs" in out and "space" in out
+
+
+def test_both_configs_load():
+    assert load_config(DIGITS).space.optimizer.choices == ["sgd", "adam"]
+    assert load_config(SMOKE).epochs == [1, 4]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["budgt_epochs=3"], "Unknown config key `budgt_epochs` in the overrides (did you mean `budget_epochs`?)"),
+    (["budget_epochs=0"], "`budget_epochs`=0 is smaller than one trial"),
+    (["space.lr.low=0.5", "space.lr.high=0.5"], "`space`: Hyperparameter `lr`: The range [0.5, 0.5] is empty"),
+    (["trainer.max_epochs=3"], "`trainer_kwargs` sets `max_epochs`=3"),
+    (["space.depth.low=1", "space.depth.high=3"], "`space` names `depth`, which `task`"),
+])
+def test_a_bad_config_is_one_line_and_status_2(tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(SMOKE), f"study_dir={tmp_path / 'study'}", *overrides])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ganno-boil: error: ") and message in err and "\n" not in err
+
+
+def test_smoke_config_runs_in_worker_processes_and_writes_its_report(tmp_path, capsys):
+    study = tmp_path / "study"
+    assert main([str(SMOKE), f"study_dir={study}", "budget_epochs=6", "workers=1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["spent_epochs"] == 6 and summary["best_value"] > 0
+    assert set(summary["best_values"]) == {"lr", "batch_size"}
+    saved = json.loads((study / "summary.json").read_text())
+    assert sum(t["epochs_done"] for t in saved["trials"]) == 6
+    for name in ("best_so_far.png", "best_so_far.csv", "trials.png", "trials.csv", "compression.png", "fits.csv"):
+        assert (study / "report" / name).stat().st_size > 0

@@ -1,0 +1,66 @@
+"""BOILSearcher on a local Ray instance, and its save/restore (skipped without Ray)."""
+
+import math
+import sys
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray Tune is optional: pip install 'ray[tune]'")
+
+from ray import tune  # noqa: E402
+
+from ganno_lightning.boil import BOILStore  # noqa: E402
+from ganno_lightning.boil.ray_tune import BOILSearcher  # noqa: E402
+
+SPACE = {"lr": {"low": 1e-3, "high": 1.0, "log": True}, "width": {"choices": [8, 16]}}
+
+
+def trainable(config):
+    for epoch in range(1, config["max_epochs"] + 1):
+        tune.report({"val_loss": (math.log10(config["lr"]) + 1.5) ** 2 + 1.0 / epoch + config["width"] / 100})
+
+
+def test_searcher_on_local_ray_suggests_lengths_and_keeps_the_study(tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        searcher = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(1, 3), budget_epochs=7,
+                                study_dir=tmp_path / "study", initial_random=2)
+        results = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=5, max_concurrent_trials=2),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    trials = BOILStore(tmp_path / "study").trials()
+    assert 3 <= len(trials) <= 5 and sum(t.epochs_done for t in trials) <= 7
+    assert all(t.status == "done" and t.epochs_done == t.max_epochs for t in trials)
+    assert {r.config["max_epochs"] for r in results} == {t.max_epochs for t in trials}
+    best = results.get_best_result("val_loss", "min").metrics["val_loss"]
+    assert best == pytest.approx(min(v for t in trials for _, v in t.epoch_curve()))
+    assert max(len(c["pending"]) for c in searcher._core.calls) >= 1  # running trials were passed as pending
+
+
+def test_save_and_restore_keep_the_observations(tmp_path):
+    searcher = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2))
+    config = searcher.suggest("a")
+    assert config["max_epochs"] == 2 and config["width"] in (8, 16)
+    searcher.on_trial_result("a", {"val_loss": 0.5, "training_iteration": 1, "time_total_s": 1.0})
+    searcher.suggest("running")  # a running trial is data (its curve so far) and pending at once
+    call = searcher._core.calls[-1]
+    assert [(o.status, o.curve) for o in call["observations"]] == [("running", [(1, 0.5)])]
+    assert [(o.status, o.max_epochs) for o in call["pending"]] == [("running", 2)]
+    del searcher.trials["running"]
+    searcher.on_trial_complete("a", {"val_loss": 0.4, "training_iteration": 2, "time_total_s": 2.0})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    fresh = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2))
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert fresh.trials["a"]["curve"] == {1: 0.5, 2: 0.4} and fresh.trials["a"]["status"] == "done"
+    fresh.suggest("b")
+    (observation,) = fresh._core.calls[0]["observations"]
+    assert observation.curve == [(1, 0.5), (2, 0.4)]
+    with pytest.raises(ValueError, match="saved BOILSearcher state was made with settings"):
+        BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(1, 2)).restore(str(tmp_path / "searcher.pkl"))
+    with pytest.raises(ValueError, match="`epochs_key` 'width' is also a hyperparameter"):
+        BOILSearcher(SPACE, epochs_key="width")
