@@ -87,6 +87,12 @@ def instrument(seconds: list[float]) -> None:
     lr_control.LayerwiseLR.unscale_lrs = timed(lr_control.LayerwiseLR.unscale_lrs)
 
 
+def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The model and interval options that differ from their defaults, for the report's command line."""
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("width", "depth", "batch", "interval")
+                   if getattr(args, name) != parser.get_default(name))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -130,11 +136,16 @@ def main() -> None:
                 inside_fraction.append(inside[0] / with_[-1])
             else:
                 without.append(run(False))
+            seconds = (with_ if with_callback else without)[-1]
+            print(f"pair {rep + 1}/{args.reps}, {'with' if with_callback else 'without'} the callback: {seconds:.3f} s",
+                  flush=True)
 
     timed_steps = args.interval * args.intervals
     ratio = statistics.median(w / wo for w, wo in zip(with_, without))
+    on_gpu = args.device.startswith("cuda")
+    gpu = f", {torch.cuda.get_device_name(torch.device(args.device))}" if on_gpu else ""
     table = [
-        f"# GANNOCallback overhead ({args.device})",
+        f"# GANNOCallback overhead ({args.device}{gpu})",
         "",
         f"Model: MLP {args.depth} layers, width {args.width}, {n_params / 1e6:.1f}M parameters, Adam, batch {args.batch}; "
         f"interval {args.interval}; {timed_steps} timed steps per run ({args.intervals} decisions, "
@@ -150,9 +161,12 @@ def main() -> None:
         f"| time inside the callback's code / step time | {100 * statistics.median(inside_fraction):.2f}% | |",
         "",
         "Pairs (with/without): " + ", ".join(f"{w / wo:.4f}" for w, wo in zip(with_, without)),
+        *(["", "On a GPU the time inside the callback's code is host time: the decision's one host sync also waits "
+           "there for the GPU work queued before it, so this share over-counts; the A/B ratio is the measure."]
+          if on_gpu else []),
         "",
         f"Command: `python benchmarks/callback_overhead.py --device {args.device} --reps {args.reps} "
-        f"--intervals {args.intervals}`",
+        f"--intervals {args.intervals}{command_extras(args, parser)}`",
     ]
     write_report(table, args.out)
 
