@@ -1,7 +1,6 @@
 """The evaluation's config: its schema, loading and checks, and the suite's deeper families."""
 
 import difflib
-import fnmatch
 import math
 import os
 from dataclasses import dataclass, field
@@ -203,14 +202,6 @@ def validate_config(cfg: DictConfig) -> None:
         if not runs_log_path(source).is_file():
             raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{runs_log_path(source)}'; give the out_dir "
                              f"of an earlier `ganno-evaluate` run (it holds {RUNS_FILE}), got {source!r}.")
-    if cfg.only_tasks:
-        from ganno_lightning.agents.evaluation.plan import conditions_of, task_specs
-
-        ids = [spec["id"] for c in conditions_of(cfg) for spec in task_specs(cfg, c.deeper)]
-        for i, pattern in enumerate(cfg.only_tasks):
-            if not fnmatch.filter(ids, pattern):
-                raise ValueError(f"`only_tasks[{i}]` ({pattern!r}) matches no task of the suite; task ids look like "
-                                 f"{ids[0]!r} (all: {', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}).")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     check_wandb(cfg.wandb)

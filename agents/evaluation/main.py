@@ -1,7 +1,6 @@
 """Entry points: the whole evaluation and its command line."""
 
 import dataclasses
-import fnmatch
 import importlib
 import json
 import math
@@ -26,8 +25,10 @@ from ganno_lightning.agents.evaluation.config import (
 from ganno_lightning.agents.evaluation.execute import copy_baselines, execute
 from ganno_lightning.agents.evaluation.plan import (
     agent_path,
+    check_only_tasks,
     conditions_of,
     plan_runs,
+    selected,
     task_specs,
     tuning_grids,
 )
@@ -64,6 +65,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.agent.path != "default" and not agent_file.is_file():
         raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
     load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
+    check_only_tasks(cfg)
     check_lr_cells(cfg)
     jobs = [job for job in plan_runs(cfg) if selected(cfg, job)]
     log_path = out_dir / RUNS_FILE
@@ -118,11 +120,6 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     if cfg.wandb.enabled and cfg.wandb.mode != "disabled":
         _log_wandb(cfg, summary, targets, plots, out_dir)
     return {**results, "report": report}
-
-
-def selected(cfg: DictConfig, job: Dict[str, Any]) -> bool:
-    """Whether ``job``'s task is one ``only_tasks`` selects (every task when it is empty)."""
-    return not cfg.only_tasks or any(fnmatch.fnmatch(job["task"]["id"], p) for p in cfg.only_tasks)
 
 
 def check_lr_cells(cfg: DictConfig) -> None:
@@ -183,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             EvaluateConfig, see="configs/evaluate.yaml")
     cfg = cli.load(load_config, cli.parse_args(argv))
     try:
+        check_only_tasks(cfg)
         check_lr_cells(cfg)
     except ValueError as err:
         cli.error(str(err))

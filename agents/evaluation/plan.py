@@ -1,5 +1,6 @@
 """The plan: conditions, tasks and the distinct runs they need."""
 
+import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass
@@ -68,6 +69,24 @@ def task_specs(cfg: DictConfig, deeper: bool) -> List[Dict[str, Any]]:
                 **({"val_every": val_every} if entry.val_every is not None else {}),
             })
     return specs
+
+
+def check_only_tasks(cfg: DictConfig) -> None:
+    """Every ``only_tasks`` pattern must select some task of the suite (a typo would run nothing).
+
+    Raises:
+        ValueError: naming the pattern and showing what task ids look like.
+    """
+    ids = [spec["id"] for c in conditions_of(cfg) for spec in task_specs(cfg, c.deeper)]
+    for i, pattern in enumerate(cfg.only_tasks):
+        if not fnmatch.filter(ids, pattern):
+            raise ValueError(f"`only_tasks[{i}]` ({pattern!r}) matches no task of the suite; task ids look like "
+                             f"{ids[0]!r} (all: {', '.join(ids[:6])}{', ...' if len(ids) > 6 else ''}).")
+
+
+def selected(cfg: DictConfig, job: Dict[str, Any]) -> bool:
+    """Whether ``job``'s task is one ``only_tasks`` selects (every task when it is empty)."""
+    return not cfg.only_tasks or any(fnmatch.fnmatch(job["task"]["id"], p) for p in cfg.only_tasks)
 
 
 def _lr_key(factor: float) -> str:

@@ -399,8 +399,10 @@ def test_a_share_runs_only_its_tasks_and_the_shares_logs_together_make_the_repor
     assert ev.main(base) == 0  # every task's runs are in the log now: reused, reported
     assert f"reusing {len(lines)} finished runs" in capsys.readouterr().out
     assert (share / "report.md").exists()
+    from ganno_lightning.agents.evaluation.plan import check_only_tasks
+
     with pytest.raises(ValueError, match=r"`only_tasks\[0\]` \('cnn\*'\) matches no task of the suite; task ids"):
-        ev.load_config(SMOKE, ["only_tasks=[cnn*]"])
+        check_only_tasks(ev.load_config(SMOKE, ["only_tasks=[cnn*]"]))
 
 
 def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsys):
