@@ -28,8 +28,9 @@ SCALES = {
 @pytest.mark.parametrize("exploration", ["mean", "mode"])
 def test_the_default_agents_decisions_are_unchanged(exploration):
     torch.manual_seed(0)
+    model = TinyRegressor(optimizer="adam", lr=0.01)
     callback = GANNOCallback(exploration=exploration, interval=4)
-    trainer(max_epochs=4, callbacks=[callback]).fit(TinyRegressor(optimizer="adam", lr=0.01))
+    trainer(max_epochs=4, callbacks=[callback]).fit(model)
     assert callback.schedule.steps == STEPS
     # recorded on CPU with this repository's pinned torch; exact where the float arithmetic is the same
     torch.testing.assert_close(torch.tensor(callback.schedule.scales, dtype=torch.float64),
