@@ -234,9 +234,12 @@ class InnerRun:
         """
         module, device = self.module, self.device
         with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():
-            _set_rng(device, self._rng)  # the very draws the first training step will make
+            _set_rng(device, self._rng)
             if self._peeked is None:
                 self._peeked = next(self._batches)
+                # Fetching is part of the next step (a shuffling loader draws its order here): keep
+                # its draws, so the step's own draws (dropout) come from the same state as without a probe.
+                self._rng = _get_rng(device)
             batch_idx, batch, _ = self._peeked
             if device != "cpu":
                 batch = move_data_to_device(batch, device)

@@ -58,6 +58,22 @@ class TinyRegressor(L.LightningModule):
 
 
 
+class NoisyRegressor(TinyRegressor):
+    """TinyRegressor with BatchNorm, dropout and a shuffling loader: everything a probe could perturb."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True)
+
+
+def identity_agent(interval: int = 4, **kwargs) -> GANNOAgent:
+    """An untrained agent initialised as the identity policy: it keeps every LR under "mean" and "mode"."""
+    return GANNOAgent.create(hidden_sizes=(8,), interval=interval, identity_prob=0.8, seed=0, **kwargs)
+
+
 class ValidatedRegressor(TinyRegressor):
     """TinyRegressor that also validates and logs `val_loss`."""
 
