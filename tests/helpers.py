@@ -65,6 +65,11 @@ class NoisyRegressor(TinyRegressor):
         super().__init__(**kwargs)
         self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1))
 
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
     def train_dataloader(self):
         return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True)
 
