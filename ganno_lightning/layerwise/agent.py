@@ -22,6 +22,7 @@ from ganno_lightning.layerwise.actions import (
     ActionSet,
     check_exploration,
     check_scale_bounds,
+    resolve_action_multipliers,
 )
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import FEATURE_NAMES, FEATURES_VERSION
@@ -148,7 +149,7 @@ class GANNOAgent:
         *,
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
-        action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
+        action_multipliers: Sequence[float] | str = DEFAULT_ACTION_MULTIPLIERS,
         interval: int = 25,
         scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         recurrent_size: int = 0,
@@ -171,6 +172,7 @@ class GANNOAgent:
             >>> agent.decide(torch.randn(3, len(FEATURE_NAMES)), exploration="mode").multipliers.tolist()
             [1.0, 1.0, 1.0]
         """
+        action_multipliers = resolve_action_multipliers(action_multipliers)  # a name ("wide") or the multipliers
         if seed is not None:
             torch.manual_seed(seed)
         if recurrent_size:
@@ -179,11 +181,10 @@ class GANNOAgent:
         else:
             actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
         if identity_prob is not None:
-            multipliers = ActionSet(action_multipliers).multipliers
-            if 1.0 not in multipliers:
+            if 1.0 not in action_multipliers:
                 raise ValueError(f"`identity_prob` needs an action set with the multiplier 1 (keep the LR), got "
-                                 f"{list(multipliers)}.")
-            init_identity(actor, multipliers.index(1.0), identity_prob)
+                                 f"{list(action_multipliers)}.")
+            init_identity(actor, action_multipliers.index(1.0), identity_prob)
         return cls(actor, ObservationNormalizer(len(FEATURE_NAMES)), action_multipliers=action_multipliers,
                    interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior)
 
