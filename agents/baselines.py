@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,8 +33,6 @@ from lightning.pytorch import LightningModule
 
 from ganno_lightning.lr_schedules import (
     SCHEDULES,
-    STEP_DECAY_GAMMA,
-    STEP_DECAY_MILESTONES,
     WARMUP_FRACTION,
     constant,
     cosine,

@@ -7,7 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ganno_lightning import FEATURE_NAMES, GANNOAgent, LayerPolicyNet, ObservationNormalizer
+from ganno_lightning import (
+    FEATURE_NAMES,
+    GANNOAgent,
+    LayerPolicyNet,
+    ObservationNormalizer,
+)
 
 UP, DOWN = 6, 0  # indices of x2 and x0.5 in the default action set
 

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from ganno_lightning.agents.train import parse_config, resolved_config
 from ganno_lightning import GANNOAgent, GANNOCallback
-from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
+from ganno_lightning.agents.train import parse_config, resolved_config
 from ganno_lightning.demo import main
+from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 
 def test_demo_trains_and_writes_the_schedule(tmp_path, capsys):

@@ -9,10 +9,19 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import (
+    rank_zero_deprecation,
+    rank_zero_info,
+    rank_zero_only,
+    rank_zero_warn,
+)
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_EXPLORATION,
+    check_exploration,
+    check_scale_bounds,
+)
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps

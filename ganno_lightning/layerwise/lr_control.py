@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, apply_multipliers, check_scale_bounds, clip_scales
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_SCALE_BOUNDS,
+    apply_multipliers,
+    check_scale_bounds,
+    clip_scales,
+)
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 

@@ -9,7 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.layerwise.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
+from ganno_lightning.layerwise.features import (
+    FEATURE_CLIP,
+    FEATURE_NAMES,
+    GLOBAL_FEATURES,
+)
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 

@@ -7,13 +7,29 @@ import sys
 import lightning as L
 import pytest
 import torch
-from helpers import (DOWN, UP, NaNLossWindow, NoisyRegressor, RecordingAgent, TinyRegressor, ValidatedRegressor,
-                     depth_agent, identity_agent, regression_data, trainer)
+from helpers import (
+    DOWN,
+    UP,
+    NaNLossWindow,
+    NoisyRegressor,
+    RecordingAgent,
+    TinyRegressor,
+    ValidatedRegressor,
+    depth_agent,
+    identity_agent,
+    regression_data,
+    trainer,
+)
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent, GANNOCallback
+from ganno_lightning import (
+    FEATURE_NAMES,
+    AgentCheckpointError,
+    GANNOAgent,
+    GANNOCallback,
+)
 from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
