@@ -287,13 +287,14 @@ class GANNOCallback(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _skip_nonfinite_interval(self, loss: float) -> None:
-        end = self.controller.step
+        end, steps = self.controller.step, self.controller.observer.interval_length
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
+            where = (f"mean of the {steps} optimizer steps up to global step {end}" if steps else
+                     "the probe on the first batch, before any update")
             rank_zero_warn(
-                f"GANNOCallback: the training loss is {loss} (mean of the {self.interval} optimizer steps up to "
-                f"global step {end}); every layer keeps its LR scale, and the agent decides again once the loss is "
-                "finite. (Warned once per fit.)")
+                f"GANNOCallback: the training loss is {loss} ({where}); every layer keeps its LR scale, and the "
+                "agent decides again once the loss is finite. (Warned once per fit.)")
         self.controller.skip_decision()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
