@@ -8,7 +8,12 @@ from typing import Any, Optional
 import pytest
 from omegaconf import MISSING, DictConfig
 
-from ganno_lightning.config import WandbConfig, check_wandb, load_config, unknown_key_error
+from ganno_lightning.config import (
+    WandbConfig,
+    check_wandb,
+    load_config,
+    unknown_key_error,
+)
 
 REPO = Path(__file__).parents[1]
 CONFIGS = REPO / "configs"
