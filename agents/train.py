@@ -52,6 +52,9 @@ class AlgoConfig:
     recurrent_size: int = 0  # > 0: a GRU on top of the actor's MLP, with this state size per layer
     critic_hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
+    # > 0: the actor starts as the identity policy, "keep the LR" with this probability and the other
+    # actions equally likely (zeroed output weights); 0: PyTorch's default init. 0.8 keeps PPO exploring.
+    identity_init: float = 0.0
     lr: float = 3e-4  # Adam, actor and critic
     gamma: float = 0.99
     lmbda: float = 0.95  # GAE
@@ -119,6 +122,11 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     for name in ("frames_per_batch", "total_frames", "workers", "checkpoint_every", "threads"):
         if getattr(run, name) <= 0:
             raise ValueError(f"`run.{name}` must be a positive int, got {getattr(run, name)!r}.")
+    if not 0 <= algo.identity_init < 1:
+        raise ValueError(f"`algo.identity_init` must be in [0, 1) (0: default init; e.g. 0.8), got {algo.identity_init!r}.")
+    if algo.identity_init and 1.0 not in env_config(_env_sections(config)).action_multipliers:
+        raise ValueError("`algo.identity_init` needs an action set with the multiplier 1 (keep the LR); "
+                         "`env.action_multipliers` has none.")
     if algo.recurrent_size < 0:
         raise ValueError(f"`algo.recurrent_size` must be >= 0 (0: feed-forward actor), got {algo.recurrent_size!r}.")
     for name in ("epochs", "minibatch_size"):
@@ -211,7 +219,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     agent = GANNOAgent.create(hidden_sizes=algo.hidden_sizes, activation=algo.activation,
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
-                              seed=run.seed)
+                              seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
+                              identity_prob=algo.identity_init or None)
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm)
     normalizer_stats = RunningNormalizer(agent.normalizer)
     loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss

@@ -147,6 +147,7 @@ class InnerRun:
         self._loader = loader
         self.epoch = 0
         self._batches = self._epoch_iterator()
+        self._peeked: tuple[int, Any, bool] | None = None  # a batch `probe` looked at, still to be trained on
         self._rng = rng
         self.val_batches = val_batches
         self.val_loader = self._optional_val_loader() if val_batches else None
@@ -198,7 +199,7 @@ class InnerRun:
             _set_rng(device, self._rng)
             on_cpu = device == "cpu"
             for _ in range(steps):
-                batch_idx, batch, last_of_epoch = next(self._batches)
+                batch_idx, batch, last_of_epoch = self._next_batch()
                 if not on_cpu:
                     batch = move_data_to_device(batch, device)
                 loss = _loss_of(module.training_step(batch, batch_idx))
@@ -215,6 +216,38 @@ class InnerRun:
                     if last_of_epoch:
                         self._step_schedulers("epoch", self.epoch)
             self._rng = _get_rng(device)
+
+    def _next_batch(self) -> tuple[int, Any, bool]:
+        if self._peeked is not None:
+            item, self._peeked = self._peeked, None
+            return item
+        return next(self._batches)
+
+    def probe(self) -> torch.Tensor | None:
+        """Forward and backward on the batch the next training step will use, without updating or consuming it.
+
+        The batch stays next in line and the run's RNG streams are not advanced, so the training
+        that follows is the same as without the probe. Gradients are left in ``.grad`` for the
+        caller (:meth:`LayerwiseController.probe
+        <ganno_lightning.layerwise.controller.LayerwiseController.probe>` reads them and restores
+        what was there before). Returns the detached loss, or ``None`` if ``training_step`` skips the batch.
+        """
+        module, device = self.module, self.device
+        with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():
+            _set_rng(device, self._rng)
+            if self._peeked is None:
+                self._peeked = next(self._batches)
+                # Fetching is part of the next step (a shuffling loader draws its order here): keep
+                # its draws, so the step's own draws (dropout) come from the same state as without a probe.
+                self._rng = _get_rng(device)
+            batch_idx, batch, _ = self._peeked
+            if device != "cpu":
+                batch = move_data_to_device(batch, device)
+            loss = _loss_of(module.training_step(batch, batch_idx))
+            if loss is None:
+                return None
+            loss.backward()
+            return loss.detach()
 
     def _step_schedulers(self, interval: str, count: int) -> None:
         for config in self.scheduler_configs:

@@ -23,11 +23,13 @@ from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
     DEFAULT_SCALE_BOUNDS,
-    check_action_multipliers,
     check_scale_bounds,
+    resolve_action_multipliers,
 )
 from ganno_lightning.layerwise.controller import LayerwiseController
+from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import NUM_FEATURES
+from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 
 
 @dataclass
@@ -41,7 +43,19 @@ class EnvConfig:
         split: Which ranges of the family to sample: ``"train"`` or ``"heldout"``.
         init_lr_scale: ``[low, high]``: at reset every LR of the task is multiplied by a
             log-uniform factor from this range (initial conditions the agent must recover from).
-        action_multipliers: What each action multiplies a layer's scale by.
+        action_multipliers: What each action multiplies a layer's scale by, or the name of an
+            action set: ``"default"`` (7 levels, 2^-1 ... 2) or ``"wide"`` (11 levels, 2^-3 ... 2^3).
+            Validation resolves a name to its list.
+        decision_steps: Early decision steps before the regular ones every ``interval``:
+            ``None``/``"none"`` (the default: every ``interval`` steps), ``"front_loaded"`` (0,
+            ``interval // 5``, ``interval // 2``) or a list of increasing steps, e.g. ``[0, 5, 12]``.
+            With step 0, ``reset`` trains nothing: it probes (one forward/backward on the first
+            batch, no update) and the first decision comes before any update. Validation resolves
+            it to a list.
+        prior: LR prior under the agents' scales when the task's module has no LR scheduler:
+            ``"none"`` (constant), ``"cosine"`` or ``"warmup_cosine"`` over ``horizon`` (see
+            :mod:`ganno_lightning.layerwise.prior`). An episode that hides its length
+            (``unknown_total_prob``) trains at a constant LR, as a Trainer without a known length would.
         scale_bounds: ``[low, high]`` clip of every scale.
         grad_samples: Gradient measurements per interval (as in the callback).
         divergence_factor: An interval loss above this times the reference loss ends the episode.
@@ -66,7 +80,10 @@ class EnvConfig:
     max_agents: int | None = None
     split: str = "train"
     init_lr_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    action_multipliers: list[float] = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
+    # Any: a list of floats or an action set's name (omegaconf has no list-or-str union)
+    action_multipliers: Any = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
+    decision_steps: Any = None  # None | "none" | "front_loaded" | [increasing steps]
+    prior: str = DEFAULT_PRIOR
     scale_bounds: list[float] = field(default_factory=lambda: list(DEFAULT_SCALE_BOUNDS))
     grad_samples: int = 2
     divergence_factor: float = 10.0
@@ -108,7 +125,14 @@ class EnvConfig:
         if len(self.init_lr_scale) != 2 or not (0 < low <= high):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [low, high] with 0 < low <= high, "
                              f"got {list(self.init_lr_scale)}.")
-        check_action_multipliers(self.action_multipliers, f"{prefix}.action_multipliers")
+        self.action_multipliers = list(resolve_action_multipliers(self.action_multipliers,
+                                                                  f"{prefix}.action_multipliers"))
+        self.decision_steps = list(resolve_decision_steps(self.decision_steps, self.interval,
+                                                          f"{prefix}.decision_steps"))
+        if self.decision_steps and self.decision_steps[-1] >= self.horizon:
+            raise ValueError(f"`{prefix}.decision_steps` must lie before `{prefix}.horizon` ({self.horizon}), "
+                             f"got {self.decision_steps}.")
+        check_prior(self.prior, f"{prefix}.prior")
         check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
         if not self.divergence_factor > 1:
             raise ValueError(f"`{prefix}.divergence_factor` must be > 1, got {self.divergence_factor!r}.")
@@ -129,7 +153,10 @@ class LayerwiseLREnv(EnvBase):
     first observation. ``step`` applies one action per layer (a multiplier of that layer's LR
     scale), trains the next interval and returns the team reward
     ``log(L_prev) - log(L_now)`` of the interval-mean training loss, so an episode's return
-    telescopes to ``log(L_first / L_last)``. A run whose loss turns non-finite or exceeds
+    telescopes to ``log(L_first / L_last)``. With ``decision_steps`` the intervals up to the last
+    early step are shorter; with step 0 among them ``reset`` trains nothing and observes a probe
+    (one forward/backward on the first batch, no update), so ``L_first`` is the loss at
+    initialisation. A run whose loss turns non-finite or exceeds
     ``divergence_factor`` times its first (or, with ``divergence_reference="best"``, its lowest)
     interval loss (or whose ``training_step`` raises mid-run)
     ends the episode with ``-divergence_penalty``; the env itself never crashes on it.
@@ -193,7 +220,10 @@ class LayerwiseLREnv(EnvBase):
         for _ in range(self.config.max_reset_attempts):
             self._start_run()
             try:
-                self._train_interval()
+                if self.controller.probe_due:  # a decision at step 0: observe a probe, train nothing yet
+                    self.controller.probe(self.run.probe)
+                else:
+                    self._train_interval()
             except TaskError:  # already says what is wrong with the task (an empty iterable loader)
                 raise
             except Exception as err:
@@ -259,7 +289,8 @@ class LayerwiseLREnv(EnvBase):
             self.controller = LayerwiseController(
                 self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
                 interval=config.interval, scale_bounds=tuple(config.scale_bounds),
-                lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples)
+                lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples,
+                decision_steps=config.decision_steps, prior=config.prior)
         except ValueError as err:
             raise TaskError(f"Task {self.task.name}: {err}") from err
         if self.controller.num_agents > self.max_agents:
@@ -275,7 +306,8 @@ class LayerwiseLREnv(EnvBase):
         return math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
 
     def _train_interval(self) -> None:
-        self.run.train(self.config.interval, record_loss=self.controller.record_loss)
+        """Train up to the next decision (``interval`` steps, or fewer between early decision steps)."""
+        self.run.train(self.controller.steps_to_decision, record_loss=self.controller.record_loss)
 
     def _measure_validation(self) -> float | None:
         """The validation loss, fed to the observer, if this episode validates (else ``None``)."""

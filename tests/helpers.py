@@ -7,7 +7,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ganno_lightning import FEATURE_NAMES, GANNOAgent, LayerPolicyNet, ObservationNormalizer
+from ganno_lightning import (
+    FEATURE_NAMES,
+    GANNOAgent,
+    LayerPolicyNet,
+    ObservationNormalizer,
+)
 
 UP, DOWN = 6, 0  # indices of x2 and x0.5 in the default action set
 
@@ -56,6 +61,27 @@ class TinyRegressor(L.LightningModule):
     def train_dataloader(self):
         return DataLoader(regression_data(), batch_size=self.batch_size)
 
+
+
+class NoisyRegressor(TinyRegressor):
+    """TinyRegressor with BatchNorm, dropout and a shuffling loader: everything a probe could perturb."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3), nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True)
+
+
+def identity_agent(interval: int = 4, **kwargs) -> GANNOAgent:
+    """An untrained agent initialised as the identity policy: it keeps every LR under "mean" and "mode"."""
+    return GANNOAgent.create(hidden_sizes=(8,), interval=interval, identity_prob=0.8, seed=0, **kwargs)
 
 
 class ValidatedRegressor(TinyRegressor):

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "examples.digits", "tuning.space", "tuning.grid",
-                                                    "boil.observations"]
+LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller",
+             "decisions", "prior"]
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "lr_schedules", "examples.digits",
+                                                         "tuning.space", "tuning.grid", "boil.observations"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -17,6 +17,14 @@ from torch import Tensor
 #: Default action set: multipliers of the current scale, {2^-1, 2^-1/2, 2^-1/4, 1, 2^1/4, 2^1/2, 2}.
 DEFAULT_ACTION_MULTIPLIERS: tuple[float, ...] = tuple(2.0**e for e in (-1, -0.5, -0.25, 0, 0.25, 0.5, 1))
 
+#: A wider action set for runs that start far from their best LR: the default levels plus x4 and
+#: x8 each way, {2^-3, 2^-2, 2^-1, 2^-1/2, 2^-1/4, 1, 2^1/4, 2^1/2, 2, 4, 8}. The fine levels near 1
+#: stay, so the agent can still hold an LR it has found.
+WIDE_ACTION_MULTIPLIERS: tuple[float, ...] = tuple(2.0**e for e in (-3, -2, -1, -0.5, -0.25, 0, 0.25, 0.5, 1, 2, 3))
+
+#: Action sets by name, wherever a config takes ``action_multipliers``.
+ACTION_SETS: dict[str, tuple[float, ...]] = {"default": DEFAULT_ACTION_MULTIPLIERS, "wide": WIDE_ACTION_MULTIPLIERS}
+
 #: Default ``(low, high)`` clip of every layer's LR scale.
 DEFAULT_SCALE_BOUNDS: tuple[float, float] = (1e-2, 1e2)
 
@@ -85,6 +93,28 @@ def check_action_multipliers(multipliers: Sequence[float], name: str = "action_m
     if not values or not all(math.isfinite(m) and m > 0 for m in values):
         raise ValueError(f"`{name}` must be a non-empty list of positive finite floats, got {list(multipliers)}.")
     return values
+
+
+def resolve_action_multipliers(spec: Any, name: str = "action_multipliers") -> tuple[float, ...]:
+    """An action set given by name (a key of :data:`ACTION_SETS`) or as multipliers, checked.
+
+    Example::
+
+        >>> len(resolve_action_multipliers("wide")), resolve_action_multipliers("wide")[0]
+        (11, 0.125)
+        >>> resolve_action_multipliers([0.5, 1, 2])
+        (0.5, 1.0, 2.0)
+        >>> resolve_action_multipliers("huge", "env.action_multipliers")
+        Traceback (most recent call last):
+        ...
+        ValueError: `env.action_multipliers` must name an action set (one of ['default', 'wide']) or list positive multipliers, got 'huge'.
+    """
+    if isinstance(spec, str):
+        if spec not in ACTION_SETS:
+            raise ValueError(f"`{name}` must name an action set (one of {list(ACTION_SETS)}) or list positive "
+                             f"multipliers, got {spec!r}.")
+        return ACTION_SETS[spec]
+    return check_action_multipliers(spec, name)
 
 
 def clip_scales(scales: Sequence[float], bounds: tuple[float, float]) -> list[float]:

@@ -22,7 +22,9 @@ from ganno_lightning.layerwise.actions import (
     ActionSet,
     check_exploration,
     check_scale_bounds,
+    resolve_action_multipliers,
 )
+from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import FEATURE_NAMES, FEATURES_VERSION
 from ganno_lightning.layerwise.policy import (
     LayerPolicyNet,
@@ -30,11 +32,15 @@ from ganno_lightning.layerwise.policy import (
     PolicyNet,
     RecurrentLayerPolicyNet,
     build_policy,
+    init_identity,
 )
+from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
-#: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2.
-FORMAT_VERSION = 2
+#: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2,
+#: and agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
+#: those keys would silently act at other steps or around another LR, so it must refuse them.
+FORMAT_VERSION = 3
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -71,6 +77,10 @@ class GANNOAgent:
         scale_bounds: ``(low, high)`` bounds of every layer's LR scale.
         training_config: Plain-typed config the agent was trained with.
         evaluation: Plain-typed evaluation summary.
+        decision_steps: Early decision steps it was trained with (see
+            :func:`~ganno_lightning.layerwise.decisions.resolve_decision_steps`); ``()``: every
+            ``interval`` steps only.
+        prior: LR prior it was trained with (see :mod:`~ganno_lightning.layerwise.prior`).
 
     Raises:
         AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).
@@ -101,6 +111,8 @@ class GANNOAgent:
         scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         training_config: Mapping[str, Any] | None = None,
         evaluation: Mapping[str, Any] | None = None,
+        decision_steps: Sequence[int] | str | None = (),
+        prior: str = DEFAULT_PRIOR,
     ) -> None:
         try:
             self.action_set = ActionSet(action_multipliers)
@@ -123,6 +135,11 @@ class GANNOAgent:
         self.normalizer = normalizer.eval()
         self.interval = interval
         self.scale_bounds = check_scale_bounds(scale_bounds)
+        try:
+            self.decision_steps = resolve_decision_steps(decision_steps, interval)
+            self.prior = check_prior(prior)
+        except ValueError as err:
+            raise AgentCheckpointError(str(err)) from None
         self.training_config = dict(training_config or {})
         self.evaluation = dict(evaluation or {})
 
@@ -132,13 +149,30 @@ class GANNOAgent:
         *,
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
-        action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
+        action_multipliers: Sequence[float] | str = DEFAULT_ACTION_MULTIPLIERS,
         interval: int = 25,
         scale_bounds: tuple[float, float] = DEFAULT_SCALE_BOUNDS,
         recurrent_size: int = 0,
         seed: int | None = None,
+        decision_steps: Sequence[int] | str | None = (),
+        prior: str = DEFAULT_PRIOR,
+        identity_prob: float | None = None,
     ) -> GANNOAgent:
-        """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU."""
+        """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU.
+
+        ``identity_prob`` (in ``(0, 1)``) starts the policy as the identity: its last layer's weights
+        are zeroed and its biases make the multiplier-1 action this likely in every state, the
+        others equally likely, so under ``"mode"`` and ``"mean"`` (for a set symmetric in log
+        around 1) an untrained agent keeps every LR (see
+        :func:`~ganno_lightning.layerwise.policy.init_identity`). ``None``: PyTorch's default init.
+
+        Example::
+
+            >>> agent = GANNOAgent.create(identity_prob=0.8, seed=0)
+            >>> agent.decide(torch.randn(3, len(FEATURE_NAMES)), exploration="mode").multipliers.tolist()
+            [1.0, 1.0, 1.0]
+        """
+        action_multipliers = resolve_action_multipliers(action_multipliers)  # a name ("wide") or the multipliers
         if seed is not None:
             torch.manual_seed(seed)
         if recurrent_size:
@@ -146,8 +180,13 @@ class GANNOAgent:
                                             recurrent_size=recurrent_size)
         else:
             actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
+        if identity_prob is not None:
+            if 1.0 not in action_multipliers:
+                raise ValueError(f"`identity_prob` needs an action set with the multiplier 1 (keep the LR), got "
+                                 f"{list(action_multipliers)}.")
+            init_identity(actor, action_multipliers.index(1.0), identity_prob)
         return cls(actor, ObservationNormalizer(len(FEATURE_NAMES)), action_multipliers=action_multipliers,
-                   interval=interval, scale_bounds=scale_bounds)
+                   interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior)
 
     # -- acting -------------------------------------------------------------------------------
     @property
@@ -212,14 +251,23 @@ class GANNOAgent:
         return Decision(multipliers, actions, next_state)
 
     # -- files --------------------------------------------------------------------------------
+    @property
+    def _uses_timing_options(self) -> bool:
+        return bool(self.decision_steps) or self.prior != DEFAULT_PRIOR
+
     def to_checkpoint(self) -> dict[str, Any]:
+        # The oldest format that holds this agent, so older releases read every file they can use.
+        version = FORMAT_VERSION if self._uses_timing_options else 2 if self.recurrent else 1
+        # Written only when set: a file without them is byte for byte what earlier releases wrote.
+        timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
         return {
-            "format_version": FORMAT_VERSION if self.recurrent else 1,
+            "format_version": version,
             "feature_names": list(FEATURE_NAMES),
             "features_version": FEATURES_VERSION,
             "action_multipliers": list(self.action_multipliers),
             "interval": self.interval,
             "scale_bounds": list(self.scale_bounds),
+            **timing,
             "actor": {"config": dict(self.actor.config),
                       "state_dict": {k: v.detach().cpu().clone() for k, v in self.actor.state_dict().items()}},
             "normalizer": {"mean": self.normalizer.mean.cpu().clone(), "var": self.normalizer.var.cpu().clone(),
@@ -313,7 +361,9 @@ class GANNOAgent:
         try:
             return cls(actor, normalizer, action_multipliers=checkpoint["action_multipliers"],
                        interval=checkpoint["interval"], scale_bounds=tuple(checkpoint["scale_bounds"]),
-                       training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"))
+                       training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"),
+                       # absent from files of earlier releases: every `interval` steps, no prior
+                       decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR))
         except AgentCheckpointError as err:
             raise AgentCheckpointError(f"{source}: {err}") from None
         except ValueError as err:
@@ -331,8 +381,10 @@ class GANNOAgent:
         return cls.load(DEFAULT_AGENT_PATH)
 
     def __repr__(self) -> str:
+        timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
+                  if self._uses_timing_options else "")
         return (f"GANNOAgent(actor={self.actor.config}, actions={[round(m, 3) for m in self.action_multipliers]}, "
-                f"interval={self.interval}, scale_bounds={self.scale_bounds})")
+                f"interval={self.interval}, scale_bounds={self.scale_bounds}{timing})")
 
 
 _FIX_USER_FILE = ("Pass an agent file written by `GANNOAgent.save` (the `agent.pt` that `ganno-train` exports), "

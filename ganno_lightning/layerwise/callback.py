@@ -9,13 +9,24 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import (
+    rank_zero_deprecation,
+    rank_zero_info,
+    rank_zero_only,
+    rank_zero_warn,
+)
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_EXPLORATION,
+    check_exploration,
+    check_scale_bounds,
+)
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
+from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
+from ganno_lightning.layerwise.prior import check_prior
 from ganno_lightning.layerwise.schedule import LRSchedule
 
 AgentLike = GANNOAgent | str | os.PathLike | None
@@ -31,6 +42,22 @@ class GANNOCallback(Callback):
     ``ganno/scale/<layer>``; with a :class:`~lightning.pytorch.loggers.WandbLogger` a heatmap and a
     ``wandb.Table`` of the schedule are added at the end of fit. The schedule is always kept in
     :attr:`schedule`, and written as CSV and PNG when ``save_dir`` is set.
+
+    Two options change when the agent acts and what it acts around; both default to what the agent
+    was meta-trained with (stored in its file; ``None``/``"none"`` for agents that predate them):
+
+    - ``decision_steps`` adds early decisions before the regular ones, e.g. ``[0, 5, 12]`` or
+      ``"front_loaded"``. A decision at step 0 comes before any update: on the first training batch
+      the callback runs one *probe* (your ``training_step`` and a backward, no optimizer step, no
+      logging, inside a forked RNG; gradients and buffers such as BatchNorm statistics are put back
+      after), so the agent sees gradients before it sets the first LRs. It costs one forward and one
+      backward; side effects of ``training_step`` outside the model (appending to a list, say)
+      happen once more.
+    - ``prior`` puts a schedule under the scales when your ``configure_optimizers`` has no LR
+      scheduler: ``"cosine"`` or ``"warmup_cosine"`` to the fit's length
+      (``trainer.estimated_stepping_batches``), so the effective LR is ``lr x prior(step) x scale``
+      and an agent that keeps its scales at 1 follows that schedule. With a scheduler of your own,
+      yours stays the prior; if the fit's length is unknown the LR stays constant, with a warning.
 
     A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
     the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
@@ -64,9 +91,15 @@ class GANNOCallback(Callback):
             the end of fit (on global rank zero).
         grad_samples: Optimizer steps per interval whose gradients are measured.
         seed: Seed of the observation sketch and of action sampling.
+        decision_steps: Early decision steps before the regular ones every ``interval``: a list of
+            increasing steps (``[0, 5, 12]``), ``"front_loaded"`` (0, ``interval // 5``,
+            ``interval // 2``) or ``"none"``; ``None`` uses the agent's own.
+        prior: LR schedule under the scales when the module has no LR scheduler: ``"none"``,
+            ``"cosine"`` or ``"warmup_cosine"``; ``None`` uses the agent's own.
 
     Raises:
-        ValueError: If ``interval``, ``exploration``, ``scale_bounds`` or ``grad_samples`` are invalid.
+        ValueError: If ``interval``, ``exploration``, ``scale_bounds``, ``grad_samples``,
+            ``decision_steps`` or ``prior`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).
@@ -94,6 +127,8 @@ class GANNOCallback(Callback):
         grad_samples: int = 2,
         seed: int = 0,
         deterministic: bool | None = None,
+        decision_steps: list[int] | str | None = None,
+        prior: str | None = None,
     ) -> None:
         if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
             raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
@@ -119,6 +154,9 @@ class GANNOCallback(Callback):
                 f"`interval={interval}` differs from the {self.agent.interval} steps the agent was trained with; "
                 "interval-dependent features (update size, loss trend) will read differently than in training.")
         self.interval = interval if interval is not None else self.agent.interval
+        self.decision_steps = (resolve_decision_steps(decision_steps, self.interval) if decision_steps is not None
+                               else self.agent.decision_steps)
+        self.prior = check_prior(prior) if prior is not None else self.agent.prior
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.groups = groups
         self.val_loss_key = val_loss_key
@@ -167,7 +205,14 @@ class GANNOCallback(Callback):
             total_steps=_total_steps(trainer),
             grad_samples=self.grad_samples,
             seed=self.seed,
+            decision_steps=self.decision_steps,
+            prior=self.prior,
         )
+        if self.controller.prior.inactive_reason is not None:
+            rank_zero_warn(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"
+                           "; the agent acts around "
+                           + ("your scheduler's LR." if "scheduler" in self.controller.prior.inactive_reason else
+                              "a constant LR. Set `max_steps` or `max_epochs` with a sized dataloader to apply it."))
         self._policy_state = None
         if self._loaded_state is not None:
             self.controller.load_state_dict(self._loaded_state["controller"])
@@ -190,6 +235,13 @@ class GANNOCallback(Callback):
         self.schedule = self.controller.schedule
         self._final_state = None
         self._warned_nonfinite = False
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.controller is None or not self.controller.probe_due:
+            return
+        # A decision at step 0, before any update: observe one forward/backward on this very batch.
+        self.controller.probe(lambda: _probe_step(trainer, pl_module, batch, batch_idx))
+        self._decide(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -235,13 +287,14 @@ class GANNOCallback(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _skip_nonfinite_interval(self, loss: float) -> None:
-        end = self.controller.step
+        end, steps = self.controller.step, self.controller.observer.interval_length
         if not self._warned_nonfinite:
             self._warned_nonfinite = True
+            where = (f"mean of the {steps} optimizer steps up to global step {end}" if steps else
+                     "the probe on the first batch, before any update")
             rank_zero_warn(
-                f"GANNOCallback: the training loss is {loss} (mean of the {self.interval} optimizer steps up to "
-                f"global step {end}); every layer keeps its LR scale, and the agent decides again once the loss is "
-                "finite. (Warned once per fit.)")
+                f"GANNOCallback: the training loss is {loss} ({where}); every layer keeps its LR scale, and the "
+                "agent decides again once the loss is finite. (Warned once per fit.)")
         self.controller.skip_decision()
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -317,6 +370,42 @@ class GANNOCallback(Callback):
         # Applied at train start, once the optimizer exists.
         if state_dict.get("controller") is not None:
             self._loaded_state = dict(state_dict)
+
+
+def _probe_step(trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> torch.Tensor | None:
+    """The module's training loss on ``batch`` and its backward, as a training step computes them, minus the update.
+
+    Through the strategy, so autocast (mixed precision) and a DDP wrapper apply as in a real step
+    (under DDP the backward averages the gradients over ranks). ``self.log`` calls are dropped:
+    the probe must not add a value to any logged metric. The loss is not scaled (no GradScaler)
+    and not divided by ``accumulate_grad_batches``; no backward or optimizer hooks run.
+    """
+    with _logging_muted(pl_module):
+        output = trainer.strategy.training_step(batch, batch_idx)
+    loss = output.get("loss") if isinstance(output, dict) else output
+    if not isinstance(loss, torch.Tensor):  # the step skips this batch: nothing to observe
+        return None
+    loss.backward()
+    return loss.detach()
+
+
+class _logging_muted:
+    """Shadow ``module.log`` and ``module.log_dict`` with no-ops (instance attributes, removed after)."""
+
+    def __init__(self, module: LightningModule) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        for name in ("log", "log_dict"):
+            object.__setattr__(self.module, name, _no_log)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name in ("log", "log_dict"):
+            vars(self.module).pop(name, None)
+
+
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _total_steps(trainer: Trainer) -> int | None:

@@ -10,9 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, ActionSet
+from ganno_lightning.layerwise.decisions import DecisionSteps
 from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.observer import LayerObserver
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
+from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, LRPrior
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
@@ -40,6 +42,12 @@ class LayerwiseController:
         grad_samples: Gradient measurements per interval.
         sketch_size: Weights per agent tracked for update size and gradient consistency.
         seed: Seed of the observer's sketch positions.
+        decision_steps: Early decision steps before the regular ones (see
+            :class:`~ganno_lightning.layerwise.decisions.DecisionSteps`); with step 0 among them the
+            first decision comes before any update and observes a :meth:`probe`.
+        prior: LR prior under the scales when ``lr_schedulers`` is empty (see
+            :class:`~ganno_lightning.layerwise.prior.LRPrior`): the effective LR is
+            ``lr x prior(step) x scale``.
 
     Example::
 
@@ -72,19 +80,27 @@ class LayerwiseController:
         grad_samples: int = 2,
         sketch_size: int = 1024,
         seed: int = 0,
+        decision_steps: Sequence[int] = (),
+        prior: str = DEFAULT_PRIOR,
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
+        self.decision_steps = DecisionSteps(interval, decision_steps)
+        self.prior = LRPrior(prior, total_steps, has_scheduler=bool(lr_schedulers))
         if partition is None:
             in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
             partition = LayerPartition.from_module(model, groups, params=in_optimizer)
         self.partition = partition
+        self._model = model
         self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
                                       grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
                               install_hooks=False)
         # One pair of hooks for both: they run on every optimizer step, so they stay lean.
         self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
+        self._next_decision = self.decision_steps.first
+        self.observer.start_interval(self._next_decision)
+        self._update_prior()
         self.schedule = LRSchedule(self.partition.names)
         self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
 
@@ -99,11 +115,70 @@ class LayerwiseController:
 
     @property
     def decision_due(self) -> bool:
-        return self.observer.steps_in_interval >= self.interval
+        return self.observer.step >= self._next_decision
+
+    @property
+    def next_decision(self) -> int:
+        """The optimizer step at which the next decision falls."""
+        return self._next_decision
+
+    @property
+    def steps_to_decision(self) -> int:
+        """Optimizer steps to take before the next decision is due (0: due now)."""
+        return max(self._next_decision - self.observer.step, 0)
+
+    @property
+    def probe_due(self) -> bool:
+        """Whether a decision is due before any update, so it needs a :meth:`probe` to observe."""
+        return self.decision_due and self.observer.step == 0 and self.observer.steps_in_interval == 0
 
     def _after_step(self) -> None:
         self.lr.unscale_lrs()
         self.observer.after_step()
+        self._update_prior()
+
+    def _update_prior(self) -> None:
+        if self.prior.active:  # without a prior the factor stays exactly 1 and is never multiplied in
+            self.lr.prior_factor = self.prior.factor(self.observer.step)
+
+    def probe(self, forward_backward: Callable[[], Tensor | None]) -> None:
+        """Observe gradients and loss before any update: one forward/backward, no optimizer step.
+
+        ``forward_backward`` computes a training loss on the batch the first update will use, calls
+        ``backward()`` on it and returns it (``None`` if the training step skipped the batch). The
+        probe records that loss and those gradients as the interval's, then puts everything the
+        training run sees back as it was:
+
+        - gradients: every parameter's ``.grad`` is set aside before and restored after (usually
+          ``None`` at the start of a run), so the first update sees only its own gradients;
+        - buffers: every buffer of the model (BatchNorm running statistics and batch counters) is
+          copied before and restored after, so a train-mode forward leaves no trace;
+        - random numbers: the CPU generator (and the CUDA one of the parameters' device) are
+          forked, so dropout and any other draw in the first real step are the same as without it.
+
+        What it cannot undo: side effects of the user's ``training_step`` beyond the model (a list
+        it appends to, a counter it increments) happen once more. Its cost: one forward and one
+        backward (about one training step without the update), plus one copy of the model's buffers.
+        """
+        params = [p for p in self._model.parameters() if p.requires_grad]
+        saved_grads = [p.grad for p in params]
+        saved_buffers = [b.detach().clone() for b in self._model.buffers()]
+        for p in params:
+            p.grad = None
+        device = self.observer.device
+        try:
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
+                    torch.enable_grad():
+                loss = forward_backward()
+            if loss is not None:
+                self.observer.record_loss(loss.detach())
+                self.observer.sample_gradients()
+        finally:
+            for p, grad in zip(params, saved_grads):
+                p.grad = grad
+            with torch.no_grad():
+                for buffer, saved in zip(self._model.buffers(), saved_buffers):
+                    buffer.copy_(saved)
 
     def record_loss(self, loss: Tensor | float) -> None:
         self.observer.record_loss(loss)
@@ -145,16 +220,20 @@ class LayerwiseController:
         if not all(math.isfinite(m) and m > 0 for m in multipliers):
             raise ValueError(f"`multipliers` must be positive and finite, got {multipliers}.")
         self.lr.multiply(multipliers)
-        self.observer.start_interval()
+        self._start_interval()
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales, actions)
 
     def skip_decision(self) -> None:
         """Start a new interval with every scale as it is; the schedule records nothing."""
-        self.observer.start_interval()
+        self._start_interval()
+
+    def _start_interval(self) -> None:
+        self._next_decision = self.decision_steps.after(self.step)
+        self.observer.start_interval(self._next_decision - self.step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),
-                "schedule": self.schedule.state_dict()}
+                "schedule": self.schedule.state_dict(), "next_decision": self._next_decision}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "scales" in state:
@@ -163,6 +242,11 @@ class LayerwiseController:
             self.observer.load_state_dict(state["observer"])
         if "schedule" in state:
             self.schedule.load_state_dict(state["schedule"])
+        # Older checkpoints (every-`interval` decisions only) did not store it: the interval began
+        # `steps_in_interval` steps ago, at a decision or at the start of the run.
+        started = self.step - self.observer.steps_in_interval
+        self._next_decision = int(state.get("next_decision", self.decision_steps.after(started)))
+        self._update_prior()
 
     def recover_from_exception(self) -> None:
         """After an exception inside ``optimizer.step()``: unscaled LRs, hooks ready for the next step."""

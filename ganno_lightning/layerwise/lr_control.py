@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 
-from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, apply_multipliers, check_scale_bounds, clip_scales
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_SCALE_BOUNDS,
+    apply_multipliers,
+    check_scale_bounds,
+    clip_scales,
+)
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
@@ -77,6 +82,9 @@ class LayerwiseLR:
         self.optimizer = optimizer
         self.partition = partition
         self.scales: list[float] = [1.0] * len(partition)
+        #: Multiplier of every group's LR under the scales: an LR prior's factor at this step (see
+        #: :class:`~ganno_lightning.layerwise.prior.LRPrior`), 1 without one.
+        self.prior_factor = 1.0
         self._schedulers = list(lr_schedulers)
         self._original_params = [list(g["params"]) for g in optimizer.param_groups]
         self._original_hyper = [_hyper(g) for g in optimizer.param_groups]
@@ -130,19 +138,26 @@ class LayerwiseLR:
         return [float(self.optimizer.param_groups[g]["lr"]) for g in self._first_group_of_agent]
 
     def effective_lrs(self) -> list[float]:
-        """The LR each agent's first param group steps with: ``scheduler_lr * scale``."""
+        """The LR each agent's first param group steps with: ``scheduler_lr * scale`` (``* prior_factor`` first, if set)."""
+        prior = self.prior_factor
+        if prior != 1.0:
+            return [lr * prior * s for lr, s in zip(self.base_lrs(), self.scales)]
         return [lr * s for lr, s in zip(self.base_lrs(), self.scales)]
 
     # -- step hooks -------------------------------------------------------------------------------
     def scale_lrs(self) -> None:
-        """Multiply each agent's group LRs by its scale (right before the optimizer's update)."""
+        """Multiply each agent's group LRs by its scale, and every group's by ``prior_factor`` (right before the update)."""
         if self._unscaled_lrs is not None:  # the previous step raised before the post-hook ran
             self.unscale_lrs()
         groups = self.optimizer.param_groups
         self._unscaled_lrs = [g["lr"] for g in groups]
+        prior = self.prior_factor
         for group, agent in zip(groups, self.group_agent):
             if agent is not None:
-                group["lr"] = group["lr"] * self.scales[agent]
+                # the same products, in the same order, as `effective_lrs`
+                group["lr"] = (group["lr"] * prior if prior != 1.0 else group["lr"]) * self.scales[agent]
+            elif prior != 1.0:  # a prior stands in for the user's missing scheduler: for every group
+                group["lr"] = group["lr"] * prior
 
     def unscale_lrs(self) -> None:
         """Give the groups back the scheduler's LRs (right after the update)."""

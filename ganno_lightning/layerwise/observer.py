@@ -9,7 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.layerwise.features import FEATURE_CLIP, FEATURE_NAMES, GLOBAL_FEATURES
+from ganno_lightning.layerwise.features import (
+    FEATURE_CLIP,
+    FEATURE_NAMES,
+    GLOBAL_FEATURES,
+)
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
@@ -84,8 +88,7 @@ class LayerObserver:
         n = len(partition)
         self._params = [p for layer in partition for p in layer.params]
         self.device = self._params[0].device
-        k = min(grad_samples, interval)
-        self._sample_steps = {math.ceil((j + 1) * interval / k) for j in range(k)}
+        self.grad_samples = grad_samples
         self._sketch_index, sketch_agent = _sketch_positions(partition, sketch_size, seed)
         self._sketch_agent = torch.tensor(sketch_agent, dtype=torch.long, device=self.device)
         # Positions come agent by agent, so per-agent sums of a [4, positions] table are segment sums
@@ -118,11 +121,17 @@ class LayerObserver:
     def after_step(self) -> None:
         """Count one optimizer step; measure its gradients if it is a sampling step."""
         if self.steps_in_interval + 1 in self._sample_steps:
-            self._sample_gradients()
+            self.sample_gradients()
         self.step += 1
         self.steps_in_interval += 1
 
-    def _sample_gradients(self) -> None:
+    def sample_gradients(self) -> None:
+        """Measure the parameters' current gradients into this interval's statistics.
+
+        Called after the sampling steps of an interval, and by a probe (a forward/backward without
+        an update, see :meth:`LayerwiseController.probe
+        <ganno_lightning.layerwise.controller.LayerwiseController.probe>`).
+        """
         grads = [p.grad for p in self._params]
         if all(g is None for g in grads):
             return
@@ -141,14 +150,25 @@ class LayerObserver:
         """Record the latest validation loss (used until the next one is recorded)."""
         self._val_loss = torch.as_tensor(loss).detach().float().reshape(()).to(self.device)
 
-    def start_interval(self) -> None:
-        """Reset the interval's accumulators and snapshot the weights' sketch."""
+    def start_interval(self, length: int | None = None) -> None:
+        """Reset the interval's accumulators and snapshot the weights' sketch.
+
+        Args:
+            length: Optimizer steps until the next decision (``interval`` when ``None``); the
+                gradients are measured on ``grad_samples`` evenly spaced steps of it.
+        """
+        self._set_interval_length(self.interval if length is None else length)
         self.steps_in_interval = 0
         self._losses: list[Tensor] = []
         self._grad_count = 0
         self._grad_sketch_sum = torch.zeros(len(self._sketch_agent), device=self.device)
         self._grad_sketch_sq = self._zeros.clone()
         self._weight_sketch_start = self._gather(lambda i: self._params[i].detach())
+
+    def _set_interval_length(self, length: int) -> None:
+        self.interval_length = length
+        k = min(self.grad_samples, length)
+        self._sample_steps = {math.ceil((j + 1) * length / k) for j in range(k)}
 
     # -- features -----------------------------------------------------------------------------
     def features(
@@ -229,6 +249,7 @@ class LayerObserver:
         return {
             "step": self.step,
             "steps_in_interval": self.steps_in_interval,
+            "interval_length": self.interval_length,
             "prev_loss": self._prev_loss,
             "smoothed_loss": self._smoothed_loss,
             "val_loss": None if self._val_loss is None else self._val_loss.cpu(),
@@ -245,6 +266,7 @@ class LayerObserver:
         to = lambda t: t.to(self.device)  # noqa: E731
         self.step = int(state.get("step", 0))
         self.steps_in_interval = int(state.get("steps_in_interval", 0))
+        self._set_interval_length(int(state.get("interval_length", self.interval)))
         self._prev_loss = state.get("prev_loss")
         self._smoothed_loss = state.get("smoothed_loss")
         self._val_loss = None if state.get("val_loss") is None else to(state["val_loss"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -174,6 +175,45 @@ class RecurrentLayerPolicyNet(nn.Module):
 
 
 PolicyNet = LayerPolicyNet | RecurrentLayerPolicyNet
+
+
+def init_identity(net: PolicyNet, identity_action: int, probability: float) -> None:
+    """Start ``net`` as the identity policy: action ``identity_action`` (multiplier 1) with ``probability``.
+
+    The output layer's weights are zeroed, so the logits do not depend on the observation, and its
+    biases are ``log(probability * (K - 1) / (1 - probability))`` for the identity action and 0 for
+    the ``K - 1`` others, which share the rest equally. Under ``"mode"`` the agent keeps every LR;
+    under ``"mean"`` too when the action set is symmetric in log around 1 (the default and
+    ``"wide"`` sets): the other actions' log-multipliers cancel. An untrained agent then does no
+    harm, and meta-training learns corrections to "keep the LR".
+
+    Why not probability 1: PPO learns only from actions it samples. With 0.8 (the setting
+    suggested for meta-training) one decision in five still explores, each non-identity action
+    equally, and the policy's entropy is far from zero. The hidden layers get no gradient until the
+    first update has made the output weights non-zero; the output layer learns from the first batch.
+
+    Raises:
+        ValueError: If ``probability`` is not in ``(0, 1)`` or ``identity_action`` is not an action.
+
+    Example::
+
+        >>> net = LayerPolicyNet(num_features=21, num_actions=7)
+        >>> init_identity(net, identity_action=3, probability=0.8)
+        >>> probs = torch.softmax(net(torch.randn(5, 21)), -1)
+        >>> round(probs[0, 3].item(), 6), round(probs[0, 0].item(), 6)
+        (0.8, 0.033333)
+    """
+    num_actions = net.config["num_actions"]
+    if not isinstance(probability, float | int) or isinstance(probability, bool) or not 0 < probability < 1:
+        raise ValueError(f"`identity_prob` must be a probability in (0, 1) (e.g. 0.8), got {probability!r}.")
+    if not 0 <= identity_action < num_actions:
+        raise ValueError(f"`identity_action` must index one of the {num_actions} actions, got {identity_action!r}.")
+    last = net.head if isinstance(net, RecurrentLayerPolicyNet) else net.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        if num_actions > 1:
+            last.bias[identity_action] = math.log(probability * (num_actions - 1) / (1 - probability))
 
 
 def build_policy(config: Mapping[str, Any]) -> PolicyNet:

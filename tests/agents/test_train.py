@@ -182,3 +182,24 @@ def test_recurrent_state_is_zero_at_reset_and_carried_between_steps():
     with torch.no_grad():  # and what it wrote is the deployable agent's own next state
         expected = agent.decide(batch[keys.OBSERVATION][1], states[1], mask=batch[keys.MASK][1]).state
     torch.testing.assert_close(next_states[1], expected)
+
+
+def test_smoke_run_with_the_act_early_options_trains_and_deploys_them(tmp_path):
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "env.decision_steps=front_loaded", "env.prior=cosine",
+                 "env.action_multipliers=wide", "algo.identity_init=0.8"]
+    agent = GANNOAgent.load(train(SMOKE, overrides))
+    assert (agent.decision_steps, agent.prior, len(agent.action_multipliers)) == ((0, 2, 5), "cosine", 11)
+    assert agent.training_config["algo"]["identity_init"] == 0.8
+    assert agent.training_config["env"]["decision_steps"] == "front_loaded"  # as written
+    assert all(len(r["charts/action_fractions"].split()) == 11 for r in read_metrics(tmp_path))
+    callback = GANNOCallback(agent)
+    assert (callback.decision_steps, callback.prior) == ((0, 2, 5), "cosine")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("algo.identity_init=1.0", r"`algo.identity_init` must be in \[0, 1\)"),
+    ("env.prior=linear", r"`env.prior` must be one of"),
+])
+def test_option_errors_name_the_field(override, match):
+    with pytest.raises(ValueError, match=match):
+        parse_config(SMOKE, [override])

@@ -258,3 +258,85 @@ def test_training_on_a_gpu_is_reproducible():
     b = fixed_actions(tiny_env(seed=2, device="cuda"), 4)
     for x, y in zip(a, b):
         assert (x == y).all()
+
+
+# -- #18 options: decision steps with a step-0 probe, wide actions, the LR prior -----------------
+def identity_episode(env, keep=3):
+    """Play "keep the LR" to the end; the (reset, step outputs) of the episode."""
+    td = env.reset()
+    outputs = [td.clone()]
+    while True:
+        td.set(keys.ACTION, torch.full((env.max_agents,), keep))
+        td = env.step(td)["next"]
+        outputs.append(td.clone())
+        if td["done"].item():
+            return outputs
+
+
+def test_a_step_0_decision_probes_at_reset_and_leaves_the_run_unchanged():
+    from helpers import NoisyRegressor
+
+    def factory():
+        return NoisyRegressor(optimizer="adam", lr=0.01)
+
+    plain = tiny_env(factory, seed=4, unknown_total_prob=0.0)
+    probed = tiny_env(factory, seed=4, unknown_total_prob=0.0, decision_steps=[0])
+    plain_outputs, probed_outputs = identity_episode(plain), identity_episode(probed)
+    assert probed.controller.schedule.steps == [0, 0, 4, 8, 12, 16, 20, 24, 28]
+    assert len(probed_outputs) == len(plain_outputs) + 1  # one more decision: at step 0
+    assert probed_outputs[0][keys.OBSERVATION][:, FEATURE_NAMES.index("progress")].eq(0).all()
+    # shuffled batches, dropout and BatchNorm statistics: the same training after the probe
+    assert probed.task.module.losses[1:] == plain.task.module.losses
+    for a, b in zip(plain.task.module.state_dict().values(), probed.task.module.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the interval losses after the first are the same; the first reward compares with the loss at init
+    torch.testing.assert_close(torch.stack([o[keys.EPISODE_LOSS] for o in probed_outputs[2:]]),
+                               torch.stack([o[keys.EPISODE_LOSS] for o in plain_outputs[1:]]), rtol=0, atol=0)
+
+
+def test_front_loaded_decisions_shorten_the_first_intervals():
+    env = tiny_env(decision_steps="front_loaded", horizon=32, interval=8)
+    identity_episode(env)
+    assert env.controller.schedule.steps == [0, 0, 1, 4, 8, 16, 24]
+    assert env.controller.step == 32
+
+
+def test_wide_actions_reach_the_specs_and_the_scales():
+    env = tiny_env(action_multipliers="wide")
+    assert env.action_spec[keys.ACTION].space.n == 11 and env.config.action_multipliers[0] == 0.125
+    check_env_specs(env)
+    fixed_actions(env, 2, pattern=(10, 0))
+    assert env.controller.lr.scales == pytest.approx([64.0, 1 / 64])
+
+
+@pytest.mark.parametrize("prior", ["cosine", "warmup_cosine"])
+def test_the_prior_sets_the_lr_of_an_episode(prior):
+    from ganno_lightning.lr_schedules import SCHEDULES
+
+    env = tiny_env(prior=prior, unknown_total_prob=0.0)
+    identity_episode(env)
+    lrs = env.controller.schedule.lrs_of("net.0")
+    assert lrs == pytest.approx([0.01 * SCHEDULES[prior](s, 32) for s in env.controller.schedule.steps])
+    hidden = tiny_env(prior=prior, unknown_total_prob=1.0)  # an episode that hides its length: constant LR
+    identity_episode(hidden)
+    assert hidden.controller.prior.inactive_reason == "the run length is unknown"
+    assert hidden.controller.schedule.lrs_of("net.0") == pytest.approx([0.01] * 8)
+    scheduled = tiny_env(lambda: TinyRegressor(optimizer="adam", lr=0.01, scheduler="lambda"), prior=prior)
+    scheduled.reset()
+    assert not scheduled.controller.prior.active  # the task's own scheduler stays the prior
+
+
+def test_option_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"`env.decision_steps` must be 'none', 'front_loaded' or a list"):
+        env_config(load_config({"env": {"decision_steps": [3, 1]}}))
+    with pytest.raises(ValueError, match=r"`env.decision_steps` must lie before `env.horizon` \(500\), got \[0, 600\]"):
+        env_config(load_config({"env": {"decision_steps": [0, 600]}}))
+    with pytest.raises(ValueError, match=r"`env.prior` must be one of \['none', 'cosine', 'warmup_cosine'\]"):
+        env_config(load_config({"env": {"prior": "linear"}}))
+    with pytest.raises(ValueError, match=r"`env.action_multipliers` must name an action set \(one of \['default', "
+                                         r"'wide'\]\)"):
+        env_config(load_config({"env": {"action_multipliers": "huge"}}))
+    settings = env_config(load_config({"env": {}}, ["env.decision_steps=front_loaded", "env.prior=cosine",
+                                                    "env.action_multipliers=wide"]))
+    assert (settings.decision_steps, settings.prior, len(settings.action_multipliers)) == ([0, 5, 12], "cosine", 11)
+    assert env_config(load_config({"env": {"decision_steps": [0, 5, 12, 25]}})).decision_steps == [0, 5, 12, 25]

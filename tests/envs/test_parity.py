@@ -21,16 +21,18 @@ def make_module(scheduler="lambda", module_class=TinyRegressor):
 
 
 class ScriptedAgent(GANNOAgent):
-    """Plays SCRIPT, whatever it observes, and remembers the observations."""
+    """Plays ``script`` (SCRIPT by default), whatever it observes, and remembers the observations."""
 
-    def __init__(self):
-        base = GANNOAgent.create(interval=INTERVAL, seed=0)
-        super().__init__(base.actor, base.normalizer, interval=INTERVAL)
+    def __init__(self, script=SCRIPT, **options):
+        base = GANNOAgent.create(interval=INTERVAL, seed=0, **options)
+        super().__init__(base.actor, base.normalizer, interval=INTERVAL, action_multipliers=base.action_multipliers,
+                         decision_steps=base.decision_steps, prior=base.prior)
+        self.script = script
         self.observations = []
 
     def decide(self, observation, state=None, *args, **kwargs):
         self.observations.append(observation.clone())
-        actions = torch.tensor(SCRIPT[len(self.observations) - 1])
+        actions = torch.tensor(self.script[len(self.observations) - 1])
         return Decision(torch.tensor(self.action_multipliers, dtype=torch.float64)[actions], actions, state)
 
 
@@ -60,6 +62,43 @@ def test_env_and_callback_observe_and_set_lrs_identically(scheduler, module_clas
     for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
     env_schedule = env.controller.schedule
+    assert callback.schedule.steps[:-1] == env_schedule.steps
+    assert callback.schedule.lrs[:-1] == env_schedule.lrs  # exactly, not approximately
+    for ours, theirs in zip(module.parameters(), env.task.module.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+# #18's options on: a decision at step 0 (a probe in both), early decisions, the wide action set and an
+# LR prior under the scales (the module has no scheduler, so the prior applies).
+WIDE_SCRIPT = [[10, 0], [9, 1], [5, 5], [0, 10], [2, 8], [7, 7], [1, 0], [4, 2], [6, 3], [3, 6]]
+
+
+@pytest.mark.parametrize("prior", ["cosine", "warmup_cosine"])
+def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior):
+    options = dict(decision_steps=[0, 2], prior=prior, action_multipliers="wide")
+    config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, **options)
+    factory = functools.partial(make_module, None)
+    env = LayerwiseLREnv(SingleTask(factory), config, seed=0)
+    td = env.reset()
+    assert env.controller.step == 0 and env.controller.prior.active
+    env_observations = [td[keys.OBSERVATION]]
+    for actions in WIDE_SCRIPT:
+        td.set(keys.ACTION, torch.tensor(actions))
+        td = env.step(td)["next"]
+        env_observations.append(td[keys.OBSERVATION])
+        if td["done"].item():
+            break
+
+    agent = ScriptedAgent(WIDE_SCRIPT, **options)
+    callback = GANNOCallback(agent)  # the options come from the agent
+    module = factory()
+    trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
+
+    assert len(agent.observations) == len(env_observations) == 10  # decisions at 0, 2, 4, 8, ..., 32
+    for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
+    env_schedule = env.controller.schedule
+    assert env_schedule.steps == [0, 0, 2, 4, 8, 12, 16, 20, 24, 28]
     assert callback.schedule.steps[:-1] == env_schedule.steps
     assert callback.schedule.lrs[:-1] == env_schedule.lrs  # exactly, not approximately
     for ours, theirs in zip(module.parameters(), env.task.module.parameters()):

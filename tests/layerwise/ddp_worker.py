@@ -12,10 +12,12 @@ from ganno_lightning import GANNOAgent, GANNOCallback
 if __name__ == "__main__":
     out = sys.argv[1]
     nan_on_rank_one = sys.argv[2:] == ["nan-on-rank-1"]  # rank 1 alone reports NaN losses on steps 2-5
+    # #18's options: a decision at step 0 from a probe (its backward runs through DDP) and a cosine prior
+    options = dict(decision_steps=[0, 1], prior="cosine") if sys.argv[2:] == ["act-early"] else {}
     rank = int(os.environ.get("LOCAL_RANK", 0))
     agent = RecordingAgent(GANNOAgent.create(interval=2, seed=0))
     # sampled actions with a different seed per rank: only the broadcast makes them agree
-    callback = GANNOCallback(agent, exploration="random", seed=rank, save_dir=f"{out}/rank{rank}")
+    callback = GANNOCallback(agent, exploration="random", seed=rank, save_dir=f"{out}/rank{rank}", **options)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, callbacks=[callback],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(NaNLossWindow(2, 6, rank=1, batch_size=4) if nan_on_rank_one else TinyRegressor(batch_size=4))

@@ -193,7 +193,7 @@ def test_recurrent_agent_carries_its_state_and_round_trips(tmp_path):
     fresh = agent.decide(observation).state
     assert not torch.equal(later, fresh)  # the same observation reads differently with a history
     path = agent.save(tmp_path / "agent.pt")
-    assert torch.load(path, weights_only=True)["format_version"] == FORMAT_VERSION == 2
+    assert torch.load(path, weights_only=True)["format_version"] == 2  # recurrent, without timing options
     loaded = GANNOAgent.load(path)
     assert loaded.recurrent
     torch.testing.assert_close(loaded.decide(observation, state).state, later)
@@ -217,3 +217,79 @@ def test_fingerprint_follows_the_weights_in_any_dtype(tmp_path):
     with torch.no_grad():
         next(agent.actor.parameters()).view(-1)[0] += 1e-3
     assert agent.fingerprint() != GANNOAgent.load(path).fingerprint()
+
+
+# -- #18 options: decision steps, LR prior, wide action set, identity init ------------------------
+def test_timing_options_round_trip_in_a_format_3_file(tmp_path):
+    agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, action_multipliers="wide", seed=0,
+                              decision_steps="front_loaded", prior="warmup_cosine")
+    path = agent.save(tmp_path / "agent.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["format_version"] == FORMAT_VERSION == 3  # older releases refuse it, as they must
+    assert (checkpoint["decision_steps"], checkpoint["prior"]) == ([0, 2, 5], "warmup_cosine")
+    loaded = GANNOAgent.load(path)
+    assert (loaded.decision_steps, loaded.prior) == ((0, 2, 5), "warmup_cosine")
+    assert len(loaded.action_multipliers) == loaded.actor.config["num_actions"] == 11
+    assert loaded.action_multipliers[0] == 0.125 and loaded.action_multipliers[-1] == 8.0
+    assert "decision_steps=[0, 2, 5]" in repr(loaded)
+
+
+def test_a_wide_action_set_alone_keeps_the_old_format(tmp_path):
+    checkpoint = torch.load(GANNOAgent.create(action_multipliers="wide", seed=0).save(tmp_path / "a.pt"),
+                            weights_only=True)
+    assert checkpoint["format_version"] == 1 and "decision_steps" not in checkpoint and "prior" not in checkpoint
+
+
+def test_files_without_the_options_load_as_before(tmp_path):
+    # the shipped agent predates the options: every `interval` steps, no prior, its own 7 actions
+    shipped = torch.load(DEFAULT_AGENT_PATH, weights_only=True)
+    assert "decision_steps" not in shipped and "prior" not in shipped
+    agent = GANNOAgent.default()
+    assert (agent.decision_steps, agent.prior) == ((), "none")
+    # ... and written again, it is the same dict of the same keys and values
+    again = agent.to_checkpoint()
+    assert list(again) == list(shipped)
+    assert again["format_version"] == shipped["format_version"]
+    for key in ("action_multipliers", "interval", "scale_bounds", "training_config", "evaluation"):
+        assert again[key] == shipped[key], key
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"decision_steps": [4, 2]}, r"`decision_steps` must be 'none', 'front_loaded' or a list"),
+    ({"prior": "linear"}, r"`prior` must be one of"),
+])
+def test_bad_options_in_a_file_are_named(tmp_path, changes, match):
+    with pytest.raises(AgentCheckpointError, match=match):
+        GANNOAgent.load(_save_modified(tmp_path, format_version=3, **changes))
+
+
+@pytest.mark.parametrize("recurrent_size", [0, 8])
+@pytest.mark.parametrize("actions", ["default", "wide"])
+def test_an_identity_initialised_agent_keeps_every_lr(recurrent_size, actions):
+    agent = GANNOAgent.create(hidden_sizes=(16,), recurrent_size=recurrent_size, action_multipliers=actions,
+                              identity_prob=0.8, seed=1)
+    observation = 5 * torch.randn(6, len(FEATURE_NAMES))
+    for exploration in ("mean", "mode"):
+        decision = agent.decide(observation, exploration=exploration)
+        assert decision.multipliers.tolist() == [1.0] * 6, exploration
+        decision = agent.decide(observation, decision.state, exploration=exploration)  # later decisions too
+        assert decision.multipliers.tolist() == [1.0] * 6, exploration
+    # ... and still explores: "random" keeps the LR 80% of the time, every other action equally likely
+    probs = torch.softmax(agent.logits(observation), -1)
+    keep = agent.action_multipliers.index(1.0)
+    torch.testing.assert_close(probs[:, keep], torch.full((6,), 0.8))
+    others = torch.cat([probs[:, :keep], probs[:, keep + 1:]], -1)
+    torch.testing.assert_close(others, torch.full_like(others, 0.2 / (len(agent.action_multipliers) - 1)))
+
+
+def test_identity_init_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"`identity_prob` must be a probability in \(0, 1\) \(e.g. 0.8\), got 1.0"):
+        GANNOAgent.create(identity_prob=1.0)
+    with pytest.raises(ValueError, match=r"`identity_prob` needs an action set with the multiplier 1"):
+        GANNOAgent.create(action_multipliers=[0.5, 2.0], identity_prob=0.8)
+
+
+def test_identity_init_leaves_the_random_init_of_the_hidden_layers_as_it_was():
+    plain, identity = GANNOAgent.create(seed=4), GANNOAgent.create(seed=4, identity_prob=0.8)
+    torch.testing.assert_close(plain.actor.mlp[0].weight, identity.actor.mlp[0].weight, rtol=0, atol=0)
+    assert identity.actor.mlp[-1].weight.abs().sum() == 0

@@ -7,13 +7,30 @@ import sys
 import lightning as L
 import pytest
 import torch
-from helpers import (DOWN, UP, NaNLossWindow, RecordingAgent, TinyRegressor, ValidatedRegressor, depth_agent,
-                     trainer)
+from helpers import (
+    DOWN,
+    UP,
+    NaNLossWindow,
+    NoisyRegressor,
+    RecordingAgent,
+    TinyRegressor,
+    ValidatedRegressor,
+    depth_agent,
+    identity_agent,
+    regression_data,
+    trainer,
+)
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent, GANNOCallback
+from ganno_lightning import (
+    FEATURE_NAMES,
+    AgentCheckpointError,
+    GANNOAgent,
+    GANNOCallback,
+)
+from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8
@@ -430,3 +447,127 @@ def test_resuming_with_another_agent_keeps_the_scales_but_not_the_memory(tmp_pat
     done = len(first.schedule.scales)  # the schedule, and so the LR scales reached, carry on
     assert resumed.schedule.scales[:done] == first.schedule.scales and len(resumed.schedule.scales) > done
     assert resumed.state_dict()["agent"] == other.fingerprint()
+
+
+# -- #18 options: early decisions with a step-0 probe, the LR prior -----------------------------
+@pytest.mark.parametrize("decision_steps", [[5, 3], "early", [0.5]])
+def test_bad_decision_steps_are_rejected(decision_steps):
+    with pytest.raises(ValueError, match=r"`decision_steps` must be 'none', 'front_loaded' or a list of increasing "
+                                         r"ints >= 0 \(e.g. \[0, 5, 12\]\), got"):
+        GANNOCallback(depth_agent(), decision_steps=decision_steps)
+
+
+def test_bad_prior_is_rejected():
+    with pytest.raises(ValueError, match=r"`prior` must be one of \['none', 'cosine', 'warmup_cosine'\], got 'linear'"):
+        GANNOCallback(depth_agent(), prior="linear")
+
+
+def test_the_options_default_to_the_agents_own():
+    agent = identity_agent(decision_steps="front_loaded", prior="cosine")
+    callback = GANNOCallback(agent)
+    assert (callback.decision_steps, callback.prior) == ((0, 2), "cosine")
+    callback = GANNOCallback(agent, interval=10, decision_steps="front_loaded", prior="none")
+    assert (callback.decision_steps, callback.prior) == ((0, 2, 5), "none")
+    assert (GANNOCallback(depth_agent()).decision_steps, GANNOCallback(depth_agent()).prior) == ((), "none")
+
+
+def _noisy_fit(decision_steps, **kwargs):
+    L.seed_everything(3)
+    model = NoisyRegressor(optimizer="adam", lr=0.01)
+    callback = GANNOCallback(identity_agent(4), decision_steps=decision_steps, **kwargs)
+    trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    return model, callback
+
+
+def test_a_step_0_decision_probes_without_changing_the_run():
+    plain_model, plain = _noisy_fit("none")
+    probed_model, probed = _noisy_fit([0])
+    assert probed.schedule.steps == [0, 0, 4, 8, 12, 16] and plain.schedule.steps == [0, 4, 8, 12, 16]
+    # the probe ran training_step once more (its one visible side effect), and changed nothing after it:
+    # shuffled batches, dropout draws, BatchNorm statistics, logged metrics and the weights are the same
+    assert len(probed_model.losses) == len(plain_model.losses) + 1
+    assert probed_model.losses[1:] == plain_model.losses
+    for a, b in zip(plain_model.state_dict().values(), probed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for key in ("train_loss_step", "train_loss_epoch"):
+        assert probed_model.trainer.callback_metrics[key] == plain_model.trainer.callback_metrics[key]
+
+
+def test_front_loaded_decisions_move_the_lrs_early():
+    callback = GANNOCallback(depth_agent(4), decision_steps=[0, 1, 2], exploration="mode")
+    model = TinyRegressor(lr=0.05)
+    trainer(max_epochs=1, callbacks=[callback]).fit(model)
+    assert callback.schedule.steps == [0, 0, 1, 2, 4, 8]
+    seen = model.trainer.optimizers[0].seen_lrs
+    assert seen[0] == pytest.approx([0.1, 0.025])  # the first update already runs at the agent's LRs
+    assert seen[-1] == pytest.approx([0.05 * 2**4, 0.05 * 0.5**4])  # decided at 0, 1, 2 and 4
+
+
+@pytest.mark.parametrize("prior", ["cosine", "warmup_cosine"])
+def test_the_prior_sets_the_lr_under_an_identity_agent(prior):
+    from ganno_lightning.lr_schedules import SCHEDULES
+
+    model = TinyRegressor(lr=0.05)
+    callback = GANNOCallback(identity_agent(4), prior=prior)
+    trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    optimizer = model.trainer.optimizers[0]
+    total = 2 * STEPS_PER_EPOCH
+    assert optimizer.seen_lrs == [pytest.approx([0.05 * SCHEDULES[prior](s, total)] * 2) for s in range(total)]
+    assert optimizer.param_groups[0]["lr"] == 0.05  # the user's LR, untouched outside the steps
+    assert callback.schedule.lrs_of("net.0")[1] == pytest.approx(0.05 * SCHEDULES[prior](4, total))
+
+
+def test_with_a_scheduler_of_its_own_the_prior_gives_way():
+    model = TinyRegressor(lr=0.05, scheduler="epoch")
+    callback = GANNOCallback(identity_agent(4), prior="cosine")
+    with pytest.warns(UserWarning, match=r"`prior='cosine'` is not applied, the optimizer has an LR scheduler of its "
+                                         r"own.*around your scheduler's LR"):
+        trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    assert model.trainer.optimizers[0].seen_lrs == [pytest.approx([0.05 * 0.5 ** (s // STEPS_PER_EPOCH)] * 2)
+                                                    for s in range(2 * STEPS_PER_EPOCH)]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        data = regression_data()
+        return iter([data[i] for i in range(len(data))])
+
+
+class StreamedTiny(TinyRegressor):
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(_Stream(), batch_size=self.batch_size)
+
+
+def test_with_an_unknown_length_the_prior_falls_back_to_constant_with_one_warning():
+    model = StreamedTiny(lr=0.05)
+    callback = GANNOCallback(identity_agent(4), prior="cosine")
+    with pytest.warns(UserWarning, match=r"`prior='cosine'` is not applied, the run length is unknown.*constant LR. "
+                                         r"Set `max_steps`") as record:
+        trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    assert sum("is not applied" in str(w.message) for w in record) == 1
+    assert model.trainer.optimizers[0].seen_lrs == [pytest.approx([0.05, 0.05])] * (2 * STEPS_PER_EPOCH)
+
+
+def _options_fit(max_epochs, ckpt_dir, resume=None):
+    L.seed_everything(7)
+    model = ValidatedRegressor(optimizer="adam", lr=0.01)  # no scheduler: the prior applies
+    agent = GANNOAgent.create(hidden_sizes=(8,), interval=3, action_multipliers=WIDE, seed=5,
+                              decision_steps=[0, 1], prior="warmup_cosine")
+    callback = GANNOCallback(agent)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1, save_top_k=-1)
+    trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[callback, checkpoint],
+            num_sanity_val_steps=0).fit(model, ckpt_path=resume)
+    return model, callback
+
+
+def test_resume_with_the_options_on_continues_the_same_schedule(tmp_path):
+    straight_model, straight = _options_fit(4, tmp_path / "a")
+    # Resumed from the straight run's own checkpoint after 16 steps, mid-interval (decisions at 0, 1, 3,
+    # 6, ..., 15, 18): a fit of 2 epochs would be another run, with a prior over 16 steps, not 32.
+    halfway = tmp_path / "a" / f"epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
+    resumed_model, resumed = _options_fit(4, tmp_path / "c", resume=halfway)
+    assert straight.schedule.steps[:4] == [0, 0, 1, 3]
+    assert resumed.schedule.steps == straight.schedule.steps
+    torch.testing.assert_close(torch.tensor(resumed.schedule.lrs), torch.tensor(straight.schedule.lrs))
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        torch.testing.assert_close(a, b)

@@ -43,3 +43,15 @@ def test_the_callback_is_configured_from_a_lightning_cli_yaml(tmp_path):
     assert callback.schedule.steps == [0, 2, 4, 6, 8]
     assert callback.schedule.lrs_of("net.*") == pytest.approx([0.05, 0.1, 0.2, 0.2, 0.2])
     assert (tmp_path / "schedule" / "ganno_schedule.csv").is_file()
+
+
+def test_the_timing_options_come_from_a_lightning_cli_yaml(tmp_path):
+    agent = depth_agent(4).save(tmp_path / "agent.pt")
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(agent=agent, save_dir=tmp_path / "schedule").replace(
+        "interval: 2", "interval: 4\n        decision_steps: [0, 2]\n        prior: cosine"))
+    cli = LightningCLI(TinyRegressor, run=False, args=["--config", str(config)], save_config_callback=None)
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, GANNOCallback))
+    assert (callback.decision_steps, callback.prior) == ((0, 2), "cosine")
+    cli.trainer.fit(cli.model)
+    assert callback.schedule.steps == [0, 0, 2, 4, 8]

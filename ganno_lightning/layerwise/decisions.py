@@ -1,0 +1,91 @@
+"""When agents decide: every ``interval`` optimizer steps, optionally after a list of early steps.
+
+By default an agent first decides after ``interval`` steps, then every ``interval`` steps. A run
+that starts far from its best LR loses those first steps; ``decision_steps`` adds decisions before
+them, e.g. ``[0, 5, 12]`` with ``interval=25`` decides at steps 0, 5, 12, 25, 50, ... A decision at
+step 0 comes before any update: it observes one *probe* forward/backward on the first batch (see
+:meth:`LayerwiseController.probe <ganno_lightning.layerwise.controller.LayerwiseController.probe>`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+#: ``decision_steps`` by name: ``"none"`` decides every ``interval`` steps only; ``"front_loaded"``
+#: adds steps 0, ``interval // 5`` and ``interval // 2`` (0, 5 and 12 for an interval of 25).
+DECISION_STEP_NAMES: tuple[str, ...] = ("none", "front_loaded")
+
+
+def resolve_decision_steps(spec: Any, interval: int, name: str = "decision_steps") -> tuple[int, ...]:
+    """The early decision steps ``spec`` stands for: ``None``, a name of :data:`DECISION_STEP_NAMES`, or steps.
+
+    Raises:
+        ValueError: If ``spec`` is none of these, or its steps are not increasing ints >= 0.
+
+    Example::
+
+        >>> resolve_decision_steps("front_loaded", interval=25)
+        (0, 5, 12)
+        >>> resolve_decision_steps([0, 5, 12, 25], interval=25)
+        (0, 5, 12, 25)
+        >>> resolve_decision_steps(None, 25), resolve_decision_steps("none", 25)
+        ((), ())
+        >>> resolve_decision_steps([5, 3], 25)
+        Traceback (most recent call last):
+        ...
+        ValueError: `decision_steps` must be 'none', 'front_loaded' or a list of increasing ints >= 0 (e.g. [0, 5, 12]), got [5, 3].
+    """
+    if spec is None or spec == "none":
+        return ()
+    if spec == "front_loaded":
+        return tuple(sorted({0, interval // 5, interval // 2}))
+    steps: tuple[int, ...] | None = None
+    if isinstance(spec, Sequence) and not isinstance(spec, str):
+        values = list(spec)
+        if all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values) and all(
+                a < b for a, b in zip(values, values[1:])):
+            steps = tuple(values)
+    if steps is None:
+        shown = list(spec) if isinstance(spec, Sequence) and not isinstance(spec, str) else spec
+        raise ValueError(f"`{name}` must be 'none', 'front_loaded' or a list of increasing ints >= 0 "
+                         f"(e.g. [0, 5, 12]), got {shown!r}.")
+    return steps
+
+
+class DecisionSteps:
+    """The optimizer steps at which agents decide: ``early`` ones, then every multiple of ``interval`` after them.
+
+    Args:
+        interval: Optimizer steps between decisions once the early ones are past.
+        early: Increasing steps ``>= 0`` (see :func:`resolve_decision_steps`).
+
+    Example::
+
+        >>> steps = DecisionSteps(25, (0, 5, 12))
+        >>> steps.first, steps.after(0), steps.after(12), steps.after(25)
+        (0, 5, 25, 50)
+        >>> DecisionSteps(25).first, DecisionSteps(25).after(25)  # the default: every 25 steps
+        (25, 50)
+    """
+
+    def __init__(self, interval: int, early: Sequence[int] = ()) -> None:
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0:
+            raise ValueError(f"`interval` must be a positive int, got {interval!r}.")
+        self.interval = interval
+        self.early = resolve_decision_steps(list(early), interval)
+
+    @property
+    def first(self) -> int:
+        """The first decision of a run (0 when it comes before any update)."""
+        return self.early[0] if self.early and self.early[0] == 0 else self.after(0)
+
+    def after(self, step: int) -> int:
+        """The first decision step strictly after ``step``."""
+        later = [s for s in self.early if s > step]
+        if later:
+            return later[0]
+        return max(step // self.interval + 1, 1) * self.interval
+
+    def __repr__(self) -> str:
+        return f"DecisionSteps(interval={self.interval}, early={list(self.early)})"

@@ -1,0 +1,232 @@
+"""When agents decide (decision steps, the step-0 probe) and the LR they act around (the prior), in the controller."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ganno_lightning import FEATURE_NAMES
+from ganno_lightning.layerwise.controller import LayerwiseController
+from ganno_lightning.layerwise.decisions import DecisionSteps, resolve_decision_steps
+from ganno_lightning.layerwise.prior import LRPrior, check_prior
+from ganno_lightning.lr_schedules import cosine, warmup_cosine
+
+MULTIPLIERS = [0.5, 1.0, 2.0]
+
+
+# -- decision steps ---------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, expected", [
+    (None, ()), ("none", ()), ([], ()), ("front_loaded", (0, 5, 12)), ([0, 5, 12, 25], (0, 5, 12, 25)), ((3,), (3,)),
+])
+def test_decision_steps_resolve(spec, expected):
+    assert resolve_decision_steps(spec, 25) == expected
+
+
+def test_front_loaded_steps_follow_the_interval():
+    assert resolve_decision_steps("front_loaded", 10) == (0, 2, 5)
+    assert resolve_decision_steps("front_loaded", 4) == (0, 2)  # 4 // 5 is 0: one step 0, not two
+    assert resolve_decision_steps("front_loaded", 1) == (0,)
+
+
+@pytest.mark.parametrize("spec", ["early", [5, 3], [0, 0], [-1, 4], [1.5], [True], 7])
+def test_bad_decision_steps_are_rejected(spec):
+    with pytest.raises(ValueError, match=r"`decision_steps` must be 'none', 'front_loaded' or a list of increasing"):
+        resolve_decision_steps(spec, 25)
+
+
+def test_decision_steps_come_early_then_every_interval():
+    steps, decided = DecisionSteps(25, (0, 5, 12)), []
+    step = steps.first
+    while step <= 100:
+        decided.append(step)
+        step = steps.after(step)
+    assert decided == [0, 5, 12, 25, 50, 75, 100]
+    assert [DecisionSteps(25, (3, 40)).after(s) for s in (0, 3, 25, 40)] == [3, 40, 40, 50]
+    default = DecisionSteps(25)
+    assert (default.first, default.after(25), default.after(30)) == (25, 50, 50)
+
+
+# -- the prior --------------------------------------------------------------------------------
+def test_prior_follows_the_baseline_curves():
+    assert [LRPrior("cosine", 10).factor(s) for s in range(10)] == [cosine(s, 10) for s in range(10)]
+    assert [LRPrior("warmup_cosine", 40).factor(s) for s in range(40)] == [warmup_cosine(s, 40) for s in range(40)]
+    assert LRPrior("none", 10).factor(3) == 1.0 and not LRPrior("none", 10).active
+
+
+def test_prior_gives_way_to_a_scheduler_and_to_an_unknown_length():
+    with_scheduler = LRPrior("cosine", 10, has_scheduler=True)
+    unknown = LRPrior("warmup_cosine", None)
+    assert not with_scheduler.active and "scheduler of its own" in with_scheduler.inactive_reason
+    assert not unknown.active and unknown.inactive_reason == "the run length is unknown"
+    assert with_scheduler.factor(5) == unknown.factor(5) == 1.0
+    assert LRPrior("none", None).inactive_reason is None  # nothing asked for, nothing to warn about
+
+
+@pytest.mark.parametrize("prior", ["linear", None, 1])
+def test_bad_prior_is_rejected(prior):
+    with pytest.raises(ValueError, match=r"`prior` must be one of \['none', 'cosine', 'warmup_cosine'\]"):
+        check_prior(prior)
+
+
+# -- the controller -----------------------------------------------------------------------------
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _run(steps=12, interval=4, probe=False, prior="none", total_steps=12, scheduler=False, **kwargs):
+    """Train Noisy with every decision keeping the scales; returns (controller, losses, model)."""
+    torch.manual_seed(0)
+    model = Noisy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    schedulers = [torch.optim.lr_scheduler.StepLR(opt, 4, 0.5)] if scheduler else []
+    data = torch.randn(steps, 16, 3, generator=torch.Generator().manual_seed(1))
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=interval,
+                                  decision_steps=[0] if probe else (), prior=prior, total_steps=total_steps,
+                                  lr_schedulers=schedulers, **kwargs)
+    losses = []
+
+    def loss_on(x):
+        return model(x).pow(2).mean()
+
+    if control.probe_due:
+        def forward_backward():
+            loss = loss_on(data[0])
+            loss.backward()
+            return loss
+
+        control.probe(forward_backward)
+        control.apply([1] * control.num_agents)
+    for x in data:
+        loss = loss_on(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for s in schedulers:
+            s.step()
+        control.record_loss(loss.detach())
+        losses.append(loss.item())
+        if control.decision_due:
+            control.observe()
+            control.apply([1] * control.num_agents)
+    return control, losses, model
+
+
+def test_a_probe_observes_before_any_update_and_perturbs_nothing():
+    plain, plain_losses, plain_model = _run()
+    probed, probed_losses, probed_model = _run(probe=True)
+    # same losses, weights and BatchNorm statistics: dropout draws, gradients and buffers were put back
+    assert probed_losses == plain_losses
+    for a, b in zip(plain_model.state_dict().values(), probed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert probed.schedule.steps == [0, 0, 4, 8, 12] and plain.schedule.steps == [0, 4, 8, 12]
+
+
+def test_the_probe_observation_has_gradients_and_the_initial_loss():
+    torch.manual_seed(0)
+    model = Noisy()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=4, decision_steps=(0, 2))
+    assert control.decision_due and control.probe_due and control.steps_to_decision == 0
+    x = torch.randn(16, 3)
+
+    def forward_backward():
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    control.probe(forward_backward)
+    assert all(p.grad is None for p in model.parameters())  # given back as they were
+    observation = control.observe()
+    grad = observation[:, FEATURE_NAMES.index("log_grad_rms")]
+    assert torch.isfinite(observation).all() and (grad > -20).all()  # measured, not the log floor
+    assert control.last_interval_loss > 0 and math.isfinite(control.last_interval_loss)
+    control.apply([2] * control.num_agents)
+    assert control.step == 0 and control.next_decision == 2 and not control.decision_due
+    assert control.lr.scales == [2.0] * control.num_agents
+
+
+def test_short_early_intervals_sample_their_own_gradient_steps():
+    torch.manual_seed(0)
+    model = Noisy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=8, decision_steps=(3,),
+                                  grad_samples=2)
+    assert control.observer.interval_length == 3 and control.observer._sample_steps == {2, 3}
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).pow(2).mean().backward()
+        opt.step()
+    assert control.decision_due and control.observer._grad_count == 2
+    control.observe()
+    control.apply([1] * control.num_agents)
+    assert control.next_decision == 8 and control.observer._sample_steps == {3, 5}
+
+
+@pytest.mark.parametrize("prior", ["cosine", "warmup_cosine"])
+def test_the_prior_multiplies_every_lr_under_the_scales(prior):
+    control, _, model = _run(prior=prior, total_steps=12)
+    curve = cosine if prior == "cosine" else warmup_cosine
+    assert control.prior.active
+    # the optimizer stepped with lr x prior(step) x scale; outside the step it holds the user's LR
+    opt = control.lr.optimizer
+    assert all(g["lr"] == 0.1 for g in opt.param_groups)
+    assert control.schedule.lrs[1] == pytest.approx([0.1 * curve(4, 12)] * control.num_agents)
+
+
+def test_the_prior_reaches_the_optimizer_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=2, prior="cosine",
+                                  total_steps=4)
+    for step in range(4):
+        x = torch.randn(3, 2)
+        opt.zero_grad()
+        model(x).sum().backward()
+        # the LR the update will use, read inside the step
+        handle = opt.register_step_pre_hook(lambda o, a, k: seen.append([g["lr"] for g in o.param_groups]))
+        opt.step()
+        handle.remove()
+        control.record_loss(1.0)
+        if control.decision_due:
+            control.observe()
+            control.apply([2, 1])
+    # hooks run in registration order: ours (the controller's) first, so the LRs are already scaled
+    expected = [[0.1 * cosine(s, 4) * a, 0.1 * cosine(s, 4) * b] for s, (a, b) in
+                enumerate([(1, 1), (1, 1), (2, 1), (2, 1)])]
+    assert seen == [pytest.approx(e) for e in expected]
+
+
+def test_a_user_scheduler_stays_the_prior():
+    control, _, _ = _run(prior="cosine", scheduler=True)
+    assert not control.prior.active and control.lr.prior_factor == 1.0
+    assert control.schedule.lrs[1] == pytest.approx([0.05] * control.num_agents)  # StepLR halved at step 4
+
+
+def test_an_unknown_length_leaves_the_lr_constant():
+    control, _, _ = _run(prior="cosine", total_steps=None)
+    assert control.prior.inactive_reason == "the run length is unknown"
+    assert control.schedule.lrs[-1] == pytest.approx([0.1] * control.num_agents)
+
+
+def test_controller_state_restores_the_next_decision_and_the_prior():
+    control, _, _ = _run(steps=6, interval=4, prior="cosine", total_steps=12)
+    state = control.state_dict()
+    assert state["next_decision"] == 8 and state["observer"]["interval_length"] == 4
+    torch.manual_seed(0)
+    model = Noisy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    other = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=4, prior="cosine",
+                                total_steps=12)
+    other.load_state_dict(state)
+    assert other.next_decision == 8 and other.lr.prior_factor == cosine(6, 12)
+    legacy = {k: v for k, v in state.items() if k != "next_decision"}  # a checkpoint of an earlier release
+    other.load_state_dict(legacy)
+    assert other.next_decision == 8
