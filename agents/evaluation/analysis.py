@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.paired_stats import compare_paired
+from ganno_lightning.agents.evaluation.run import task_best_lr
 from ganno_lightning.agents.evaluation.plan import (
     conditions_of,
     grid_key,
@@ -97,6 +98,7 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
             first = runs[run_id(spec["id"], cfg.seeds[0], "agent", condition.factor)]
             per_task[spec["id"]] = {"name": first.get("task_name", spec["id"]), "num_layers": first.get("num_layers"),
                                     "base_lr": first.get("base_lr"), "initial_val_loss": first.get("initial_val_loss"),
+                                    "best_lr": task_best_lr(spec), "steps": spec.get("steps", cfg.steps),
                                     "seeds": per_seed}
         out[condition.name] = per_task
     return out
@@ -203,6 +205,51 @@ def headline_targets(cfg: DictConfig, summary: Dict[str, Any]) -> List[Dict[str,
         else:
             add(f"(b) LR x{condition.factor:g}", condition.name, "cosine@tuned", "agent_within",
                 f"agent within {within} of tuned cosine")
+    return out
+
+
+#: Where a start counts as too high (too low): at least this factor above (below) the task's best LR.
+FAR_FROM_BEST = 3.0
+
+
+def run_targets(cfg: DictConfig, comparisons: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Issue #18's targets, over task x seed runs: the share of runs where each holds, per condition.
+
+    Runs are split by where their initial LR starts relative to the task's calibrated best
+    (``around_best`` suites): too high (at least ``FAR_FROM_BEST`` x above it), too low, and by
+    length (runs at least 3x the config's ``steps``). Rows whose runs are absent are left out.
+    """
+    out = []
+    for condition, tasks in comparisons.items():
+        runs = []
+        for task in tasks.values():
+            start = (task["base_lr"] * next(iter(task["seeds"].values()))["methods"]["agent"]["lr_factor"]
+                     / task["best_lr"]) if task.get("best_lr") and task.get("base_lr") else None
+            for seed in task["seeds"].values():
+                runs.append((start, task["steps"], {m: r["final_val_loss"] for m, r in seed["methods"].items()}))
+
+        def add(label: str, goal: str, chosen, holds) -> None:
+            chosen = [r for r in runs if chosen(r)]
+            if chosen:
+                count = sum(bool(holds(r[2])) for r in chosen)
+                out.append({"condition": condition, "target": label, "goal": goal, "count": count,
+                            "runs": len(chosen), "percent": 100.0 * count / len(chosen)})
+
+        every = lambda r: True  # noqa: E731
+        add("agent < constant LR", ">= 90%", every, lambda m: m["agent"] < m["constant@init"])
+        add("agent > 1.02x constant LR (harm)", "<= 5%", every, lambda m: m["agent"] > 1.02 * m["constant@init"])
+        add("agent <= 1.02x tuned cosine", ">= 70%", every, lambda m: m["agent"] <= 1.02 * m["cosine@tuned"])
+        add(f"start >= {FAR_FROM_BEST:g}x the best LR: agent <= 1.05x tuned cosine", ">= 70%",
+            lambda r: r[0] is not None and r[0] >= FAR_FROM_BEST, lambda m: m["agent"] <= 1.05 * m["cosine@tuned"])
+        add(f"start <= 1/{FAR_FROM_BEST:g} of the best LR: agent <= 1.05x tuned cosine", ">= 70%",
+            lambda r: r[0] is not None and r[0] <= 1 / FAR_FROM_BEST, lambda m: m["agent"] <= 1.05 * m["cosine@tuned"])
+        add("agent diverged where the constant LR did not", "0 runs", every,
+            lambda m: not math.isfinite(m["agent"]) and math.isfinite(m["constant@init"]))
+        for peer in ("schedulefree_adamw", "prodigy_cosine"):
+            if f"peer:{peer}" in runs[0][2]:
+                add(f"agent < {peer}", ">= 70%", every, lambda m, p=peer: m["agent"] < m[f"peer:{p}"])
+        add(f"runs of >= {3 * cfg.steps} steps: agent < constant LR", ">= 90%",
+            lambda r: r[1] >= 3 * cfg.steps, lambda m: m["agent"] < m["constant@init"])
     return out
 
 

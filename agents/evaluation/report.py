@@ -8,9 +8,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.analysis import (
+    FAR_FROM_BEST,
     LEARNED_SHARE,
     agent_wins,
     method_names,
+    run_targets,
     task_value,
     unlearned_tasks,
 )
@@ -93,6 +95,14 @@ def targets_table(targets: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_targets_table(rows: List[Dict[str, Any]]) -> str:
+    """Issue #18's targets over task x seed runs (see ``analysis.run_targets``)."""
+    lines = ["| condition | runs where | holds in | share | goal |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['condition']} | {r['target']} | {r['count']}/{r['runs']} | {r['percent']:.0f}% | {r['goal']} |")
+    return "\n".join(lines)
+
+
 def paired_table(rows: Dict[str, Any]) -> str:
     """The agent against each method over task x seed pairs (see ``analysis.paired``)."""
     lines = ["| agent vs | loss ratio agent/method (95% CI) | wins / ties / losses | harm (> 2% worse) |",
@@ -143,6 +153,11 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "## Targets",
         "",
         targets_table(targets),
+        "",
+        "Per run (task x seed; a start is too high or too low when it is at least "
+        f"{FAR_FROM_BEST:g}x from the task's calibrated best LR):",
+        "",
+        run_targets_table(run_targets(cfg, comparisons)),
         "",
         "## How to read this",
         "",

@@ -66,6 +66,20 @@ def missing_lr_cells(specs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     return missing
 
 
+def task_best_lr(spec: Dict[str, Any]) -> Optional[float]:
+    """The calibrated best constant LR of an ``around_best`` task's cell (``None`` for other tasks).
+
+    Read from the table without building the task: the cell comes from the same first draw.
+    """
+    if spec.get("lr_sampling", "ranges") != "around_best":
+        return None
+    from ganno_lightning.envs.tasks.best_lr import best_lr
+
+    family = _family(spec, "ranges")
+    return best_lr(family.lr_cell(family.ranges(spec["split"]).sample(
+        torch.Generator().manual_seed(int(spec["sample_seed"])))))
+
+
 def _family(spec: Dict[str, Any], lr_sampling: str):
     from ganno_lightning.envs.tasks import make_family
 
