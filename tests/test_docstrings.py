@@ -9,7 +9,7 @@ from torch import nn
 
 LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller"]
 MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "examples.digits", "tuning.space", "tuning.grid",
-                                                    "boil.observations"]
+                                                    "boil.observations", "examples.tuning_tasks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -463,10 +463,7 @@ class BOILTuner:
         if curve is not None:
             if record.status == "queued":
                 self.store.start_trial(trial_id)
-            for epoch, value in curve:
-                self.store.report(trial_id, int(epoch), int(epoch), float(value), float(seconds or 0.0))
-            if curve:
-                self.store.end_epoch(trial_id, max(int(e) for e, _ in curve), float(seconds or 0.0))
+            self.store.report_curve(trial_id, curve, float(seconds or 0.0))  # one transaction
             record = self.store.trial(trial_id)
         if record.status == "queued":
             raise ValueError(
