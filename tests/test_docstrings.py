@@ -10,7 +10,8 @@ from torch import nn
 LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller",
              "decisions", "prior"]
 MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "lr_schedules", "examples.digits",
-                                                         "tuning.space", "tuning.grid", "boil.observations"]
+                                                         "tuning.space", "tuning.grid", "boil.observations",
+                                                         "examples.tuning_tasks"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -37,6 +37,15 @@ class CoreConfig:
     learn_compression: bool = True  # learn how a curve becomes one score (m0, g0) by marginal likelihood
     fixed_t: bool = False  # train every trial for the longest length (plain BO over curves: an ablation)
     cost_cooling: bool = False  # weigh cost less as the budget runs out
+    # null below: the core's default (ganno_lightning.boil.core.BOILCore)
+    m0: Optional[float] = None  # compression midpoint (epoch / t_max of half weight); the start when learned
+    g0: Optional[float] = None  # compression growth; the start when learned
+    max_virtual_per_trial: Optional[int] = None  # most virtual observations at one trial's configuration
+    max_virtual_total: Optional[int] = None  # most virtual observations in all
+    virtual_variance_threshold: Optional[float] = None  # least posterior variance worth a virtual observation
+    num_restarts: Optional[int] = None  # L-BFGS-B starts when maximising the acquisition
+    raw_samples: Optional[int] = None  # quasi-random points scored to choose those starts
+    fit_maxiter: Optional[int] = None  # most L-BFGS iterations per GP fit
 
 
 @dataclass

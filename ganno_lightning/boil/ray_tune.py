@@ -72,10 +72,12 @@ class BOILSearcher(Searcher):
         study_dir: keep the study in a :class:`~ganno_lightning.boil.store.BOILStore` there too.
         epochs_key: the config entry that carries the trial's length.
         epoch_attr: the result entry that counts epochs (one report per epoch: ``training_iteration``).
-        **core_options: :class:`~ganno_lightning.boil.core.BOILCore` options.
+        **core_options: :class:`~ganno_lightning.boil.core.BOILCore` options (as
+            :class:`~ganno_lightning.boil.tuner.BOILTuner` takes them).
 
     Raises:
-        ValueError: a bad space, ``epochs``, ``mode`` or budget; ``epochs_key`` clashing with a hyperparameter.
+        ValueError: a bad space, ``epochs``, ``mode`` or budget; ``epochs_key`` clashing with a hyperparameter;
+            an unknown or invalid core option.
     """
 
     def __init__(
@@ -91,7 +93,7 @@ class BOILSearcher(Searcher):
         epoch_attr: str = "training_iteration",
         **core_options: Any,
     ) -> None:
-        from ganno_lightning.boil.tuner import BOILTuner
+        from ganno_lightning.boil.tuner import BOILTuner, make_core
 
         if mode is not None and mode not in ("min", "max"):
             raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
@@ -110,6 +112,8 @@ class BOILSearcher(Searcher):
         self.budget_epochs, self.seed = budget_epochs, seed
         self.epochs_key, self.epoch_attr = epochs_key, epoch_attr
         self.core_options = dict(core_options)
+        # checked now, not at Tune's first suggest (the mode may come later from TuneConfig; any will do here)
+        make_core(len(self.space), self.t_min, self.t_max, mode or "min", seed, self.core_options)
         self.study_dir = None if study_dir is None else str(study_dir)
         self._store: Optional[BOILStore] = None
         self._core: Any = None
@@ -229,10 +233,9 @@ class BOILSearcher(Searcher):
         if self._core is None:
             if not self._metric or not self._mode:
                 raise ValueError("BOILSearcher needs `metric` and `mode`: pass them to it or to tune.TuneConfig.")
-            from ganno_lightning.boil.core import BOILCore
+            from ganno_lightning.boil.tuner import make_core
 
-            self._core = BOILCore(dims=len(self.space), t_max=self.t_max, t_min=self.t_min, mode=self._mode,
-                                  seed=self.seed, **self.core_options)
+            self._core = make_core(len(self.space), self.t_min, self.t_max, self._mode, self.seed, self.core_options)
         return self._core
 
     def _open_store(self) -> Optional[BOILStore]:

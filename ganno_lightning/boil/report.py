@@ -188,11 +188,9 @@ def write_report(
     twin.plot([r["observations"] for r in shown], [r["g0"] for r in shown], "s--", color="tab:orange", label="g0")
     twin.set_ylabel("g0 (growth)")
     axes[0].set_title("learned compression")
-    try:
-        from ganno_lightning.boil.compression import epoch_weights
-    except ImportError:  # the core's compression module is not installed: draw (m0, g0) only
-        epoch_weights = None
-    if epoch_weights is not None and shown:
+    if shown:
+        from ganno_lightning.boil.compression import epoch_weights  # torch: imported only when drawn
+
         for r, style in ((shown[0], ":"), (shown[-1], "-")):
             axes[1].plot(range(1, t_max + 1), epoch_weights(t_max, r["m0"], r["g0"]), style,
                          label=f"fit {r['fit']} (m0={r['m0']:.2f}, g0={r['g0']:.1f})")

@@ -264,6 +264,27 @@ class BOILStore(SQLiteStore):
             conn.execute("UPDATE trials SET seconds = MAX(seconds, ?), updated = ? WHERE id = ?",
                          (float(seconds), now, trial))
 
+    def report_curve(self, trial: int, curve: Sequence[tuple[int, float]], seconds: float) -> None:
+        """Commit a whole per-epoch curve at once (``tell`` with a curve): one transaction, not one per point.
+
+        Each ``(epoch, value)`` is stored as a point at ``global_step = epoch``; the trial's
+        ``epochs_done`` becomes the last epoch, its ``seconds`` at least ``seconds``.
+        """
+        now = time.time()
+        points = [(trial, int(epoch), int(epoch), float(value), float(seconds), now) for epoch, value in curve]
+        if not points:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO curve (trial, global_step, epoch, value, seconds, time) VALUES (?, ?, ?, ?, ?, ?)",
+                points,
+            )
+            conn.execute(
+                "UPDATE trials SET epochs_done = MAX(epochs_done, ?), seconds = MAX(seconds, ?), updated = ?"
+                " WHERE id = ?",
+                (max(p[2] for p in points), float(seconds), now, trial),
+            )
+
     def end_epoch(self, trial: int, epochs_done: int, seconds: float) -> None:
         """Commit that ``epochs_done`` epochs of the trial are complete."""
         with self.transaction() as conn:

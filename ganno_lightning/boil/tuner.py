@@ -31,7 +31,7 @@ from ganno_lightning.tuning.space import (
     values_to_unit,
 )
 
-__all__ = ["BOILResult", "BOILTrial", "BOILTuner", "build_task", "run_trial"]
+__all__ = ["BOILResult", "BOILTrial", "BOILTuner", "build_task", "make_core", "run_trial"]
 
 #: Trainer arguments BOIL sets per trial (the length it chose): never the user's.
 _LENGTH_ARGUMENTS = ("max_epochs", "max_steps", "max_time", "min_epochs", "min_steps")
@@ -110,6 +110,25 @@ def _parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Param
         return None
     return {name: p for name, p in parameters.items()
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: Mapping[str, Any]) -> Any:
+    """:class:`~ganno_lightning.boil.core.BOILCore` with the caller's ``options`` (the tuner's, the Ray searcher's).
+
+    Raises:
+        ValueError: an option the core does not take (naming it and the known ones), or a bad value
+            (the core's own message).
+    """
+    from ganno_lightning.boil.core import BOILCore
+
+    allowed = _parameters(BOILCore)
+    if allowed is not None:
+        fixed = {"dims", "t_max", "t_min", "mode", "seed"}
+        for name in options:
+            if name not in allowed or name in fixed:
+                known = ", ".join(n for n in allowed if n not in fixed and n != "self")
+                raise ValueError(f"Unknown BOIL core option `{name}`={options[name]!r}; known: {known}.")
+    return BOILCore(dims=dims, t_max=t_max, t_min=t_min, mode=mode, seed=seed, **options)
 
 
 def build_task(task: Union[str, Callable[..., Any]], values: Mapping[str, Any],
@@ -212,9 +231,10 @@ class BOILTuner:
         progress: print a line per finished trial on stderr.
         callback_kwargs: ``check_finite``, ``divergence_threshold``, ``divergence_factor`` of each
             trial's :class:`~ganno_lightning.boil.callback.BOILCallback`.
-        **core_options: :class:`~ganno_lightning.boil.core.BOILCore`'s options
-            (``initial_random``, ``virtual_observations``, ``learn_compression``, ``fixed_t``,
-            ``cost_cooling``).
+        **core_options: :class:`~ganno_lightning.boil.core.BOILCore`'s options: ``initial_random``,
+            ``virtual_observations``, ``learn_compression``, ``m0``, ``g0``, ``fixed_t``,
+            ``cost_cooling``, ``max_virtual_per_trial``, ``max_virtual_total``,
+            ``virtual_variance_threshold``, ``num_restarts``, ``raw_samples``, ``fit_maxiter``.
 
     Raises:
         ValueError: before anything trains, naming the argument: a hyperparameter the factory does
@@ -353,17 +373,7 @@ class BOILTuner:
                 )
 
     def _make_core(self) -> Any:
-        from ganno_lightning.boil.core import BOILCore
-
-        allowed = _parameters(BOILCore)
-        if allowed is not None:
-            fixed = {"dims", "t_max", "t_min", "mode", "seed"}
-            for name in self.core_options:
-                if name not in allowed or name in fixed:
-                    options = ", ".join(n for n in allowed if n not in fixed and n != "self")
-                    raise ValueError(f"Unknown BOIL core option `{name}`={self.core_options[name]!r}; known: {options}.")
-        return BOILCore(dims=len(self.space), t_max=self.t_max, t_min=self.t_min, mode=self.mode, seed=self.seed,
-                        **self.core_options)
+        return make_core(len(self.space), self.t_min, self.t_max, self.mode, self.seed, self.core_options)
 
     def settings(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one (the budget and workers may change)."""
@@ -453,10 +463,7 @@ class BOILTuner:
         if curve is not None:
             if record.status == "queued":
                 self.store.start_trial(trial_id)
-            for epoch, value in curve:
-                self.store.report(trial_id, int(epoch), int(epoch), float(value), float(seconds or 0.0))
-            if curve:
-                self.store.end_epoch(trial_id, max(int(e) for e, _ in curve), float(seconds or 0.0))
+            self.store.report_curve(trial_id, curve, float(seconds or 0.0))  # one transaction
             record = self.store.trial(trial_id)
         if record.status == "queued":
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Tiny Lightning tasks for the BOIL tests: a regression with ``val_loss``, with ways to fail on cue."""
+"""Tiny Lightning tasks for the BOIL tests (a regression with ``val_loss``, with ways to fail on cue), and
+small settings for the real core."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+#: Real-core options that keep the tests' acquisitions cheap (the core's defaults: 4 restarts, 256 raw
+#: samples, 75 L-BFGS iterations per GP fit).
+FAST_CORE = {"num_restarts": 2, "raw_samples": 32, "fit_maxiter": 30}
 
 
 def _data(n: int, seed: int) -> TensorDataset:

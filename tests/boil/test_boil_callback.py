@@ -18,7 +18,7 @@ def _trainer(trial, callback, **kwargs):
     return pl.Trainer(**defaults)
 
 
-def test_ask_tell_with_a_real_trainer_and_validation_twice_per_epoch(tmp_path):
+def test_ask_tell_with_a_real_trainer_and_validation_twice_per_epoch(tmp_path, suggest_calls):
     tuner = BOILTuner(space=SPACE, epochs=(2, 2), study_dir=tmp_path / "study", budget_epochs=4)
     trial = tuner.ask()
     assert trial.max_epochs == 2 and set(trial.values) == {"lr"}
@@ -35,9 +35,9 @@ def test_ask_tell_with_a_real_trainer_and_validation_twice_per_epoch(tmp_path):
     second = tuner.ask()
     assert second.id != trial.id
     assert tuner.ask() is None  # 2 trials x 2 epochs: the epoch budget is committed
-    calls = tuner.core.calls
-    assert len(calls[1]["observations"]) == 1 and len(calls[1]["pending"]) == 0
-    assert calls[1]["spent_fraction"] == 0.5
+    assert len(suggest_calls[1]["observations"]) == 1 and len(suggest_calls[1]["pending"]) == 0
+    assert suggest_calls[1]["spent_fraction"] == 0.5
+    assert all(c["core"] is tuner.core for c in suggest_calls)
 
 
 def test_a_non_finite_run_is_stopped_and_marked_diverged(tmp_path):

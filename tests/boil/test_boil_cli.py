@@ -5,7 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from ganno_lightning.boil.main import load_config, main
+import inspect
+from dataclasses import fields
+
+from ganno_lightning.boil.core import BOILCore
+from ganno_lightning.boil.main import CoreConfig, load_config, main
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "boil_smoke.yaml"
 DIGITS = SMOKE.with_name("boil_digits.yaml")
@@ -17,6 +21,12 @@ def test_help_lists_the_keys(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "ganno-boil" in out and "budget_epochs" in out and "space" in out
+
+
+def test_the_config_offers_every_core_option_and_only_those():
+    fixed = {"self", "dims", "t_max", "t_min", "mode", "seed"}  # the tuner's own settings
+    options = set(inspect.signature(BOILCore).parameters) - fixed
+    assert {f.name for f in fields(CoreConfig)} == options
 
 
 def test_both_configs_load():
@@ -41,11 +51,14 @@ def test_a_bad_config_is_one_line_and_status_2(tmp_path, capsys, overrides, mess
 
 def test_smoke_config_runs_in_worker_processes_and_writes_its_report(tmp_path, capsys):
     study = tmp_path / "study"
-    assert main([str(SMOKE), f"study_dir={study}", "budget_epochs=6", "workers=1"]) == 0
+    # 2 random trials of 4 epochs, then the real core's acquisition within the last epoch of budget
+    assert main([str(SMOKE), f"study_dir={study}", "budget_epochs=9", "workers=1", "core.raw_samples=32"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["spent_epochs"] == 6 and summary["best_value"] > 0
+    assert summary["spent_epochs"] == 9 and summary["best_value"] > 0
     assert set(summary["best_values"]) == {"lr", "batch_size"}
     saved = json.loads((study / "summary.json").read_text())
-    assert sum(t["epochs_done"] for t in saved["trials"]) == 6
-    for name in ("best_so_far.png", "best_so_far.csv", "trials.png", "trials.csv", "compression.png", "fits.csv"):
+    assert sum(t["epochs_done"] for t in saved["trials"]) == 9
+    assert [t["source"] for t in saved["trials"]] == ["random", "random", "acquisition"]
+    for name in ("best_so_far.png", "best_so_far.csv", "trials.png", "trials.csv", "compression.png", "fits.csv",
+                 "posterior_mean.png", "posterior_mean.csv"):
         assert (study / "report" / name).stat().st_size > 0

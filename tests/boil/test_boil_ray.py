@@ -7,6 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray Tune is optional: pip install 'ray[tune]'")
 
+from boil_tasks import FAST_CORE  # noqa: E402
 from ray import tune  # noqa: E402
 
 from ganno_lightning.boil import BOILStore  # noqa: E402
@@ -20,12 +21,12 @@ def trainable(config):
         tune.report({"val_loss": (math.log10(config["lr"]) + 1.5) ** 2 + 1.0 / epoch + config["width"] / 100})
 
 
-def test_searcher_on_local_ray_suggests_lengths_and_keeps_the_study(tmp_path):
+def test_searcher_on_local_ray_suggests_lengths_and_keeps_the_study(tmp_path, suggest_calls):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         searcher = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(1, 3), budget_epochs=7,
-                                study_dir=tmp_path / "study", initial_random=2)
+                                study_dir=tmp_path / "study", initial_random=2, **FAST_CORE)
         results = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=5, max_concurrent_trials=2),
@@ -39,16 +40,16 @@ def test_searcher_on_local_ray_suggests_lengths_and_keeps_the_study(tmp_path):
     assert {r.config["max_epochs"] for r in results} == {t.max_epochs for t in trials}
     best = results.get_best_result("val_loss", "min").metrics["val_loss"]
     assert best == pytest.approx(min(v for t in trials for _, v in t.epoch_curve()))
-    assert max(len(c["pending"]) for c in searcher._core.calls) >= 1  # running trials were passed as pending
+    assert max(len(c["pending"]) for c in suggest_calls) >= 1  # running trials were passed as pending
 
 
-def test_save_and_restore_keep_the_observations(tmp_path):
+def test_save_and_restore_keep_the_observations(tmp_path, suggest_calls):
     searcher = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2))
     config = searcher.suggest("a")
     assert config["max_epochs"] == 2 and config["width"] in (8, 16)
     searcher.on_trial_result("a", {"val_loss": 0.5, "training_iteration": 1, "time_total_s": 1.0})
     searcher.suggest("running")  # a running trial is data (its curve so far) and pending at once
-    call = searcher._core.calls[-1]
+    call = suggest_calls[-1]
     assert [(o.status, o.curve) for o in call["observations"]] == [("running", [(1, 0.5)])]
     assert [(o.status, o.max_epochs) for o in call["pending"]] == [("running", 2)]
     del searcher.trials["running"]
@@ -58,9 +59,19 @@ def test_save_and_restore_keep_the_observations(tmp_path):
     fresh.restore(str(tmp_path / "searcher.pkl"))
     assert fresh.trials["a"]["curve"] == {1: 0.5, 2: 0.4} and fresh.trials["a"]["status"] == "done"
     fresh.suggest("b")
-    (observation,) = fresh._core.calls[0]["observations"]
+    assert suggest_calls[-1]["core"] is fresh._core
+    (observation,) = suggest_calls[-1]["observations"]
     assert observation.curve == [(1, 0.5), (2, 0.4)]
     with pytest.raises(ValueError, match="saved BOILSearcher state was made with settings"):
         BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(1, 2)).restore(str(tmp_path / "searcher.pkl"))
     with pytest.raises(ValueError, match="`epochs_key` 'width' is also a hyperparameter"):
         BOILSearcher(SPACE, epochs_key="width")
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"initail_random": 3}, r"Unknown BOIL core option `initail_random`=3; known: initial_random"),
+    ({"raw_samples": 2, "num_restarts": 4}, r"`raw_samples` must be an int >= num_restarts \(4\), got 2"),
+])
+def test_core_options_are_checked_when_the_searcher_is_built(options, match):
+    with pytest.raises(ValueError, match=match):
+        BOILSearcher(SPACE, epochs=(1, 3), **options)  # not at Tune's first suggest, inside Ray

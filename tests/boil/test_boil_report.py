@@ -3,8 +3,10 @@
 import csv
 
 import pytest
+from boil_tasks import FAST_CORE
 
 from ganno_lightning.boil import BOILTuner
+from ganno_lightning.boil.model import G0_GRID, M0_GRID
 from ganno_lightning.boil.report import best_so_far, write_report
 from ganno_lightning.config import WandbConfig
 
@@ -12,7 +14,7 @@ SPACE = {"optimizer": {"choices": ["sgd", "adam"]}, "lr": {"low": 1e-3, "high": 
 
 
 def _study(tmp_path):
-    tuner = BOILTuner(space=SPACE, epochs=(1, 4), study_dir=tmp_path / "study", initial_random=2)
+    tuner = BOILTuner(space=SPACE, epochs=(1, 4), study_dir=tmp_path / "study", initial_random=2, **FAST_CORE)
     for i in range(5):
         trial = tuner.ask()
         curve = [(e, 1.0 / (e + i) + (0.5 if trial.values["optimizer"] == "sgd" else 0.0))
@@ -33,13 +35,17 @@ def test_report_writes_every_plot_and_table(tmp_path):
     assert bests == sorted(bests, reverse=True)  # best so far never gets worse
     assert bests[-1] == pytest.approx(tuner.result().best_value)
     fits = list(csv.DictReader(open(written["fits.csv"])))
-    assert len(fits) == 3 and all(float(f["g0"]) == 12.0 for f in fits)  # 5 trials, 2 of them random
+    assert len(fits) == 3  # 5 trials, 2 of them random
+    assert all(float(f["m0"]) in M0_GRID and float(f["g0"]) in G0_GRID for f in fits)  # learned, on the core's grid
+    assert (float(fits[-1]["m0"]), float(fits[-1]["g0"])) == (tuner.core.last_fit["m0"], tuner.core.last_fit["g0"])
     trials = list(csv.DictReader(open(written["trials.csv"])))
     for row, trial in zip(trials, tuner.history()):  # x in the space's order, not the stored settings' sorted one
         assert (row["optimizer"], float(row["x_optimizer"])) == (trial.values["optimizer"], trial.x[0])
     posterior = list(csv.DictReader(open(written["posterior_mean.csv"])))
     assert {r["hyperparameter"] for r in posterior} == {"lr", "optimizer"}
     assert {r["value"] for r in posterior if r["hyperparameter"] == "optimizer"} == {"sgd", "adam"}
+    final = {r["value"]: float(r["mean"]) for r in posterior if r["hyperparameter"] == "optimizer" and r["epochs"] == "4"}
+    assert final["adam"] > final["sgd"]  # the model learned that sgd adds 0.5 to the loss (scores: higher is better)
 
 
 def test_best_so_far_ignores_non_finite_values(tmp_path):

@@ -60,8 +60,6 @@ def test_recover_marks_only_trials_whose_process_ended(tmp_path):
 DRIVER = textwrap.dedent("""
     import sys
     sys.path[:0] = [{here!r}, {repo!r}]
-    import boil_fakes
-    boil_fakes.install_for_process()
     from ganno_lightning.boil import BOILTuner
     BOILTuner(task="boil_tasks:tiny_task", space={{"lr": {{"low": 1e-3, "high": 0.3, "log": True}}}},
               epochs=(3, 3), budget_epochs=9, study_dir={study!r}, workers=0, check_task=False,
@@ -69,7 +67,7 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def test_a_driver_killed_mid_study_loses_no_reported_point_and_resumes(tmp_path):
+def test_a_driver_killed_mid_study_loses_no_reported_point_and_resumes(tmp_path, suggest_calls):
     """The driver trains in its own process (workers=0) and SIGKILLs itself at the start of trial 1's epoch 3."""
     study, record, marker = tmp_path / "study", tmp_path / "record.jsonl", tmp_path / "killed"
     script = DRIVER.format(here=str(HERE), repo=str(REPO), study=str(study), record=str(record), marker=str(marker))
@@ -93,6 +91,7 @@ def test_a_driver_killed_mid_study_loses_no_reported_point_and_resumes(tmp_path)
     assert first.observation().curve == killed.observation().curve  # the prefix is data for the model
     assert [t.status for t in result.history[1:]] == ["done", "done"]
     assert result.spent_epochs == 8  # 2 of the killed trial + 2 x 3: the next 3 would pass the budget of 9
-    assert resumed.core.calls[0]["observations"][0].status == "interrupted"
+    assert suggest_calls[0]["observations"][0].status == "interrupted"
+    assert [c["suggestion"].info["source"] for c in suggest_calls] == ["random", "random"]  # 3 = the initial design
     assert time.time() - started < 60
 

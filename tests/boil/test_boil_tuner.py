@@ -5,7 +5,10 @@ import os
 
 import pytest
 
+from boil_tasks import FAST_CORE
+
 from ganno_lightning.boil import BOILTuner
+from ganno_lightning.boil.model import G0_GRID, M0_GRID
 
 SPACE = {"lr": {"low": 1e-3, "high": 0.3, "log": True}, "batch_size": {"choices": [8, 16, 32]}}
 TASK = "boil_tasks:tiny_task"
@@ -13,7 +16,7 @@ TASK = "boil_tasks:tiny_task"
 
 def tuner(tmp_path, **kwargs):
     defaults = dict(task=TASK, space=SPACE, epochs=(1, 3), budget_epochs=8, study_dir=tmp_path / "study", workers=0,
-                    initial_random=2)
+                    initial_random=2, **FAST_CORE)
     defaults.update(kwargs)
     return BOILTuner(**defaults)
 
@@ -58,7 +61,7 @@ def test_a_monitor_that_is_never_logged_is_found_by_a_one_batch_fit(tmp_path):
     assert study.history() == []  # nothing trained, nothing suggested
 
 
-def test_run_in_process_spends_the_budget_and_resumes_with_a_larger_one(tmp_path, capsys):
+def test_run_in_process_spends_the_budget_and_resumes_with_a_larger_one(tmp_path, capsys, suggest_calls):
     study = tuner(tmp_path, progress=True)
     result = study.run()
     trials = study.history()
@@ -68,9 +71,14 @@ def test_run_in_process_spends_the_budget_and_resumes_with_a_larger_one(tmp_path
     assert result.best_values in [t.values for t in trials] and result.best_curve
     assert {type(t.values["batch_size"]) for t in trials} == {int}
     assert "boil: trial 1 done after" in capsys.readouterr().err
-    core = study.core
-    assert [len(c["observations"]) for c in core.calls] == list(range(len(trials)))
-    assert len(study.store.fits()) == sum(1 for t in trials if t.info["source"] == "acquisition")
+    assert [len(c["observations"]) for c in suggest_calls] == list(range(len(trials)))
+    assert [t.info["source"] for t in trials[:2]] == ["random", "random"]
+    acquired = [t for t in trials if t.info["source"] == "acquisition"]
+    assert acquired and all(t.info["fit_source"] == "fit" for t in acquired)  # the real GP took over after 2
+    fits = study.store.fits()
+    assert [f["trial"] for f in fits] == [t.id for t in acquired]
+    assert all(f["m0"] in M0_GRID and f["g0"] in G0_GRID for f in fits)  # the learned compression, on its grid
+    assert all(f["diagnostics"]["n_real"] == f["observations"] for f in fits)  # every finished trial is data
     study.close()
     more = tuner(tmp_path, budget_epochs=11).run()  # same settings, larger budget: trains on
     assert more.spent_epochs == 11 and len(more.history) > len(trials)

@@ -1,0 +1,65 @@
+"""A small part of benchmarks/boil_vs_asha.py: equal epoch budgets, checkpoints, recommendation rules, report."""
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from boil_tasks import FAST_CORE
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling `report`, as when run as a script
+    try:
+        yield importlib.import_module("boil_vs_asha")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_the_shared_training_stops_when_asked_and_scores_on_the_test_split(bench):
+    from ganno_lightning.examples.tuning_tasks import TUNING_TASKS
+
+    task = TUNING_TASKS["diabetes"]
+    values = {"lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.1, "batch_size": 32}
+    seen = []
+    stopped = bench.train_config(task, values, 5, seed=0, on_epoch=lambda e, v: seen.append(e) or e == 2)
+    assert stopped.status == "stopped" and [e for e, _ in stopped.curve] == [1, 2] == seen
+    full = bench.train_config(task, values, 2, seed=0)
+    assert full.status == "done" and full.curve == stopped.curve  # same seed, same training, up to the stop
+    retrained = bench.train_config(task, values, 2, seed=0, test=True)
+    assert retrained.curve == [] and 0 < retrained.test_loss < 10  # no validation while retraining
+
+
+def test_every_tuner_spends_exactly_the_budget_and_is_scored_at_each_checkpoint(bench):
+    records = [bench.run_study("diabetes", tuner, seed=0, t_max=3, budget=9, boil_options={"initial_random": 2, **FAST_CORE})
+               for tuner in ("boil", "asha_tpe")]
+    for record in records:
+        assert record["spent_epochs"] == sum(record["trial_lengths"]) == len(record["best_val"]) == 9
+        assert set(record["checkpoints"]) == {"0.25", "0.5", "0.75", "1.0"}
+        final = record["checkpoints"]["1.0"]["rule"]
+        assert math.isfinite(final["test_loss"]) and final["val_loss"] == pytest.approx(min(record["best_val"]))
+        assert 0 < record["tuner_s"] < record["wall_s"] and record["overhead_share"] < 1
+    boil, asha = records
+    assert boil["trial_lengths"][:2] == [3, 3] and boil["model_s"] > 0  # 2 random trials of T_max, then the GP
+    assert boil["checkpoints"]["1.0"]["model"] is not None and asha["checkpoints"]["1.0"]["model"] is None
+    assert asha["trial_lengths"][0] == 3 and 1 in asha["trial_lengths"]  # ASHA prunes at its first rung
+
+    summary = bench.summarise([{**r, "status": "ok"} for r in records], ["diabetes"], ["boil", "asha_tpe"])
+    entry = summary["tasks"]["diabetes"]
+    assert entry["wins_vs_baseline"]["0.5"]["pairs"] == 1
+    assert entry["targets"]["wins_at_50_of_10"] is False  # one seed can never meet "7 of 10"
+
+
+def test_recommendation_rules(bench):
+    short = bench.TrialLog({"lr": 1}, 3, [(1, 0.2)])  # lucky early, never trained further
+    long = bench.TrialLog({"lr": 2}, 3, [(1, 0.9), (2, 0.5), (3, 0.3)])
+    deep_worse = bench.TrialLog({"lr": 3}, 3, [(1, 0.8), (2, 0.6), (3, 0.4)])
+    diverged = bench.TrialLog({"lr": 4}, 3, [(1, 0.1), (2, math.nan)])
+    trials = [short, long, deep_worse, diverged]
+    assert bench.best_seen(trials) is diverged  # lowest value at any epoch, even before diverging (BOILTuner.result)
+    assert bench.best_deepest(trials) is long  # lowest at the deepest epoch reached (Optuna's best_trial)
+    assert bench.best_seen([]) is None and bench.best_deepest([diverged]) is None
