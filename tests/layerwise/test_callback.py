@@ -31,6 +31,7 @@ from ganno_lightning import (
     GANNOCallback,
 )
 from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
+from ganno_lightning.layerwise import lr_control
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8
@@ -452,7 +453,10 @@ def _fit(max_epochs, ckpt_dir, resume=None, agent=None):
     return model, callback
 
 
-def test_resume_continues_the_same_schedule(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused-adam"])
+def test_resume_continues_the_same_schedule(tmp_path, monkeypatch, fused):
+    if fused:  # as on a GPU: the split Adam groups run torch's fused kernel
+        monkeypatch.setattr(lr_control, "FUSED_DEVICE_TYPES", ("cpu",))
     straight_model, straight = _fit(4, tmp_path / "a")
     _, first_half = _fit(2, tmp_path / "b")
     resumed_model, resumed = _fit(4, tmp_path / "c", resume=tmp_path / "b" / "last.ckpt")
@@ -462,6 +466,9 @@ def test_resume_continues_the_same_schedule(tmp_path):
     assert resumed.schedule.actions == straight.schedule.actions
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b)
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["optimizer_states"][0]
+    assert [(g["foreach"], g["fused"]) for g in saved["param_groups"]] == [(None, None)]  # the user's choice
+    assert all(s["step"].device.type == "cpu" for s in saved["state"].values())
 
 
 def test_resume_mid_interval_restores_the_observation_exactly(tmp_path):
