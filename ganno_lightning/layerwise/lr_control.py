@@ -284,7 +284,7 @@ FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
 def _resolved_implementation(optimizer: torch.optim.Optimizer, group: dict[str, Any],
                              params: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """The implementation a split group runs, for a torch optimizer group that left ``foreach`` (and ``fused``) at ``None``.
+    """The implementation a split group runs, where a torch optimizer's group left ``foreach`` and ``fused`` at ``None``.
 
     Splitting one group into one per layer multiplies the per-group cost of ``step()``:
 

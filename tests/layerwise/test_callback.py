@@ -30,8 +30,8 @@ from ganno_lightning import (
     GANNOAgent,
     GANNOCallback,
 )
-from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
 from ganno_lightning.layerwise import lr_control
+from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 STEPS_PER_EPOCH = 8  # 64 samples, batch 8

@@ -300,4 +300,5 @@ def test_adam_on_a_gpu_runs_the_fused_kernel_and_gives_its_step_counters_back_to
     assert all(s["step"].device.type == "cpu" for s in saved["state"].values())
     control.close()
     assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["foreach"] is None
-    assert all(opt.state[p]["step"].device.type == "cpu" and opt.state[p]["step"].item() == 3 for p in model.parameters())
+    steps = [opt.state[p]["step"] for p in model.parameters()]
+    assert all(step.device.type == "cpu" and step.item() == 3 for step in steps)
