@@ -169,53 +169,56 @@ def main() -> None:
 
     step_ms = {v: [] for v in VARIANTS}
     timed_started = time.perf_counter()
+    n_params = sum(p.numel() for p in WideMLP(width, depth, dim, "plain").parameters())
+    where = f"{args.device}, {torch.cuda.get_device_name()}" if cuda else args.device
+
+    def report() -> str:
+        done = len(step_ms["plain"])
+        lines = [
+            f"# GANNOCallback's per-step cost, broken down ({where})",
+            "",
+            f"MLP {depth} layers, width {width}, {n_params / 1e6:.1f}M parameters, Adam lr 1e-4, batch {batch}; "
+            f"interval {interval}; {timed} timed steps per run after {warm} warm-up steps; {done} round(s) of all "
+            f"variants, in reversed order every other round; torch {torch.__version__}, lightning {L.__version__}. "
+            f"Step time: {'CUDA events' if cuda else 'wall clock'} over whole intervals (decisions included). "
+            "Counts: one profiled interval per variant.",
+            "",
+            "| variant | step (ms), median | ratio to plain (median of rounds) | "
+            + ("GPU kernels+copies / step | " if cuda else "") + "top-level aten ops / step |",
+            "|---|---|---|" + ("---|" if cuda else "") + "---|",
+        ]
+        for variant, label in VARIANTS.items():
+            ratio = statistics.median(a / b for a, b in zip(step_ms[variant], step_ms["plain"]))
+            kernels, ops = counts[variant]
+            lines.append(f"| {label} | {statistics.median(step_ms[variant]):.3f} | {ratio:.4f} "
+                         f"({100 * (ratio - 1):+.1f}%) | " + (f"{kernels:.1f} | " if cuda else "") + f"{ops:.1f} |")
+        lines += [
+            "",
+            "Per-round step times (ms): " + "; ".join(
+                f"{v}: " + ", ".join(f"{x:.3f}" for x in step_ms[v]) for v in VARIANTS),
+            "",
+            f"Wall: {profiled_s:.0f} s profiling and warm-up, {time.perf_counter() - timed_started:.0f} s timed.",
+            "",
+            f"Command: `python3 -P benchmarks/gpu_overhead_breakdown.py --device {args.device}"
+            + (" --quick" if args.quick else f" --rounds {args.rounds} --intervals {args.intervals} "
+                                             f"--budget {args.budget:g}") + "`",
+        ]
+        return "\n".join(lines) + "\n"
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for r in range(rounds):
         order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
         for variant in order:
             step_ms[variant].append(run(variant).ms / timed)
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{v} {step_ms[v][-1]:.3f} ms" for v in VARIANTS), flush=True)
+        out.write_text(report())  # after every round: a timeout still leaves the rounds done
         spent = time.perf_counter() - timed_started
         if r + 1 < rounds and spent / (r + 1) * (r + 2) > args.budget:
-            print(f"stopping after {r + 1} rounds: the next would pass --budget {args.budget:.0f} s", flush=True)
+            print(f"stopping after {r + 1} rounds: the next would pass --budget {args.budget:g} s", flush=True)
             break
-    done = len(step_ms["plain"])
-
-    n_params = sum(p.numel() for p in WideMLP(width, depth, dim, "plain").parameters())
-    where = f"{args.device}, {torch.cuda.get_device_name()}" if cuda else args.device
-    lines = [
-        f"# GANNOCallback's per-step cost, broken down ({where})",
-        "",
-        f"MLP {depth} layers, width {width}, {n_params / 1e6:.1f}M parameters, Adam lr 1e-4, batch {batch}; "
-        f"interval {interval}; {timed} timed steps per run after {warm} warm-up steps; {done} round(s) of all "
-        f"variants, in reversed order every other round; torch {torch.__version__}, lightning {L.__version__}. "
-        f"Step time: {'CUDA events' if cuda else 'wall clock'} over whole intervals (decisions included). "
-        "Counts: one profiled interval per variant.",
-        "",
-        "| variant | step (ms), median | ratio to plain (median of rounds) | "
-        + ("GPU kernels+copies / step | " if cuda else "") + "top-level aten ops / step |",
-        "|---|---|---|" + ("---|" if cuda else "") + "---|",
-    ]
-    for variant, label in VARIANTS.items():
-        ratio = statistics.median(a / b for a, b in zip(step_ms[variant], step_ms["plain"]))
-        kernels, ops = counts[variant]
-        lines.append(f"| {label} | {statistics.median(step_ms[variant]):.3f} | {ratio:.4f} "
-                     f"({100 * (ratio - 1):+.1f}%) | "
-                     + (f"{kernels:.1f} | " if cuda else "") + f"{ops:.1f} |")
-    lines += [
-        "",
-        "Per-round step times (ms): " + "; ".join(
-            f"{v}: " + ", ".join(f"{x:.3f}" for x in step_ms[v]) for v in VARIANTS),
-        "",
-        f"Wall: {profiled_s:.0f} s profiling and warm-up, {time.perf_counter() - timed_started:.0f} s timed.",
-        "",
-        f"Command: `python3 -P benchmarks/gpu_overhead_breakdown.py --device {args.device}"
-        + (" --quick" if args.quick else f" --rounds {args.rounds} --intervals {args.intervals}") + "`",
-    ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    out.write_text(report())
+    print(report(), end="")
 
 if __name__ == "__main__":
     main()

@@ -70,7 +70,9 @@ class GANNOCallback(Callback):
     ``lr-AdamW/pg<i>/<layer>`` for unnamed ones when you have several). The monitor reads the groups
     between optimizer steps, so it shows the scheduler's LR, the same for every layer; the agent's
     scale applies only inside ``optimizer.step()``, and the effective LR is ``ganno/lr/<layer>``.
-    Checkpoints keep your own param groups and names.
+    Checkpoints keep your own param groups and names. On a GPU, a torch ``Adam`` or ``AdamW`` whose
+    ``foreach`` and ``fused`` you left unset runs its per-layer groups with ``fused=True``: torch's
+    default (foreach) launches 7 kernels per group, which makes a launch-bound step much slower.
 
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
