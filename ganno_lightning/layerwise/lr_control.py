@@ -292,11 +292,13 @@ def _resolved_implementation(optimizer: torch.optim.Optimizer, group: dict[str, 
       (on a 4-layer MLP ~7 of the split's ~12 us per step on a CPU). The default depends only on
       where the parameters live, so it is resolved once here: ``{"foreach": <torch's default>}``.
     - On a GPU torch's default is foreach Adam: 7 kernel launches and 5 host-side ops per group, and
-      a small-batch GPU step is launch-bound (measured: a 10.5M-parameter MLP in 4 groups stepped
-      40% slower than in one). There, Adam and AdamW groups run torch's fused kernel instead,
-      ``{"foreach": False, "fused": True}``: 2 launches per group, fewer than the single foreach
-      group it replaces. Same algorithm and hyperparameters; the float rounding differs from foreach
-      in the last bits. The CPU keeps torch's default (results there are unchanged).
+      a small-batch GPU step is launch-bound (an H200 stepped a 10.5M-parameter 4-layer MLP 40%
+      slower with GANNOCallback; counted in aten ops, the 3 extra groups are 36 of its 41 extra ops
+      per step). There, Adam and AdamW groups run torch's fused kernel instead,
+      ``{"foreach": False, "fused": True}``: 2 launches per group and no host-side op, so four
+      groups cost about what the one foreach group did. Same algorithm and hyperparameters; the
+      float rounding differs from foreach in the last bits. The CPU keeps torch's default (results
+      there are unchanged).
 
     :meth:`LayerwiseLR._merged_hypers` writes ``None`` back into checkpoints. Empty unless the
     optimizer is one of :data:`_FOREACH_DEFAULT_OPTIMIZERS` (not a subclass) whose group leaves
