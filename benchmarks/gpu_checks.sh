@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks of ganno-lightning in one short run: about 5 minutes on one H200 (16 cores), at most
-# about 9 (every step stopped at its timeout).
+# GPU checks of ganno-lightning in one short run: about 7 minutes on one H200 (16 cores), at most
+# about 11 (every step stopped at its timeout).
 #
 #   1. environment: nvidia-smi -L, python/torch/CUDA/lightning/torchrl/tensordict versions, whether
 #      torchrl's C++ extension loads (it is built against another torch; ganno does not use it), and
@@ -11,6 +11,8 @@
 #   3. GANNOCallback's overhead on the GPU (benchmarks/callback_overhead.py, 10.5M-parameter MLP,
 #      Adam; target: under 1%), at batch 64 and 1024 -> $OUT/callback_overhead_cuda.md,
 #                                                       $OUT/callback_overhead_cuda_b1024.md
+#      Then where its per-step cost comes from (benchmarks/gpu_overhead_breakdown.py: plain, split
+#      per layer with foreach or fused Adam, the whole callback)  -> $OUT/gpu_overhead_breakdown.md
 #   4. meta-training speed with the inner training on CPU vs on the GPU (`env.device`): one env per
 #      family, then ganno-train on ganno_default.yaml cut to 3 PPO iterations of 256 env steps
 #      (benchmarks/meta_training_speed.py)              -> $OUT/meta_training_speed.md
@@ -135,7 +137,9 @@ fi
 if ((HAVE_CUDA)); then
   DEVICE=cuda
   CO_ARGS=(--intervals 30 --reps 8)
-  CO_B1024_ARGS=(--batch 1024 --intervals 30 --reps 5)
+  # batch 1024: ~14 ms a step on an H200 (collating 1024 samples a batch on the host), ~11 s a run at
+  # 30 intervals, which 11 runs cannot fit in 60 s; 8 intervals and 3 pairs are 7 runs of ~4 s
+  CO_B1024_ARGS=(--batch 1024 --intervals 8 --reps 3)
   MT_ARGS=(--devices cpu cuda --iterations 3 --frames-per-batch 256 --timeout 70)
 elif [[ ${GPU_CHECKS_DRY:-0} == 1 ]]; then
   echo; echo "no CUDA: GPU_CHECKS_DRY=1, steps 3 and 4 run on CPU at toy sizes (numbers mean nothing)"
@@ -153,6 +157,9 @@ if [[ -n $DEVICE ]]; then
     --out "$OUT/callback_overhead_cuda.md" || failed "3. callback overhead, batch 64" $?
   timeout -k 10 60 "$PY" benchmarks/callback_overhead.py --device "$DEVICE" "${CO_B1024_ARGS[@]}" \
     --out "$OUT/callback_overhead_cuda_b1024.md" || failed "3. callback overhead, batch 1024" $?
+  if [[ $DEVICE == cuda ]]; then BD_ARGS=(--budget 60); else BD_ARGS=(--quick); fi
+  timeout -k 10 150 "${PYP[@]}" benchmarks/gpu_overhead_breakdown.py --device "$DEVICE" "${BD_ARGS[@]}" \
+    --out "$OUT/gpu_overhead_breakdown.md" || failed "3. overhead breakdown" $?
 else
   echo "skipped: no CUDA"
 fi

@@ -70,12 +70,16 @@ class GANNOCallback(Callback):
     ``lr-AdamW/pg<i>/<layer>`` for unnamed ones when you have several). The monitor reads the groups
     between optimizer steps, so it shows the scheduler's LR, the same for every layer; the agent's
     scale applies only inside ``optimizer.step()``, and the effective LR is ``ganno/lr/<layer>``.
-    Checkpoints keep your own param groups and names.
+    Checkpoints keep your own param groups and names. On a GPU, a torch ``Adam`` or ``AdamW`` whose
+    ``foreach`` and ``fused`` you left unset runs its per-layer groups with ``fused=True``: torch's
+    default (foreach) launches 7 kernels per group, which makes a launch-bound step much slower.
 
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
             ships with the package.
-        interval: Optimizer steps between decisions; ``None`` uses the agent's own.
+        interval: Optimizer steps between decisions; ``None`` uses the agent's own. Steps count as
+            the trainer counts them (``trainer.global_step``): with fp16 mixed precision, a step the
+            GradScaler skips for inf/NaN gradients counts, though it updates nothing.
         exploration: How the agent's action distribution becomes one LR change per layer:
             ``"mean"`` (default): its expected log-change, which moves LRs as fast as its sampled
             actions did in meta-training, without their noise; ``"mode"``: its most likely action,
@@ -171,6 +175,7 @@ class GANNOCallback(Callback):
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         self._fingerprint: str | None = None
         self._warned_nonfinite = False
+        self._step_offset = 0
         #: The :class:`~ganno_lightning.layerwise.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
 
@@ -232,6 +237,10 @@ class GANNOCallback(Callback):
                                f"agent keeps {expected}: it was written by another agent; starting from a fresh one.")
                 self._policy_state = None
             self._loaded_state = None
+        # Decisions follow the trainer's optimizer steps, which include the steps a GradScaler
+        # skips; the offset is where this controller's count started (a resumed fit without
+        # GANNO state starts it at 0).
+        self._step_offset = trainer.global_step - self.controller.step
         self.schedule = self.controller.schedule
         self._final_state = None
         self._warned_nonfinite = False
@@ -247,11 +256,17 @@ class GANNOCallback(Callback):
                            batch_idx: int) -> None:
         if self.controller is None:
             return
+        controller = self.controller
+        skipped = trainer.global_step - self._step_offset - controller.step
+        if skipped > 0:  # a GradScaler skipped `optimizer.step()` (inf/NaN gradients); the trainer counted it
+            controller.count_skipped_steps(skipped)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            # Lightning reports the loss divided by the accumulation factor.
-            self.controller.record_loss(loss.detach() * trainer.accumulate_grad_batches)
-        if self.controller.decision_due:
+            # Lightning reports the loss divided by the accumulation factor (a detached copy: no
+            # tensor op here without accumulation, since every op is a kernel launch on a GPU).
+            k = trainer.accumulate_grad_batches
+            controller.record_loss(loss.detach() * k if k != 1 else loss)
+        if controller.decision_due:
             self._decide(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -137,6 +137,19 @@ class LayerwiseController:
         self.observer.after_step()
         self._update_prior()
 
+    def count_skipped_steps(self, steps: int = 1) -> None:
+        """Count optimizer steps that updated nothing because the optimizer's step was skipped.
+
+        A GradScaler (fp16 mixed precision) skips ``optimizer.step()`` when it finds inf/NaN
+        gradients, so the step hooks never see that step, while the trainer counts it. Counting it
+        here keeps decisions, progress and the prior on the trainer's steps; its gradients are not
+        read (see :meth:`LayerObserver.after_step
+        <ganno_lightning.layerwise.observer.LayerObserver.after_step>`).
+        """
+        for _ in range(steps):
+            self.observer.after_step(applied=False)
+        self._update_prior()
+
     def _update_prior(self) -> None:
         if self.prior.active:  # without a prior the factor stays exactly 1 and is never multiplied in
             self.lr.prior_factor = self.prior.factor(self.observer.step)

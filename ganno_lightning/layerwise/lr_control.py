@@ -48,6 +48,11 @@ class LayerwiseLR:
     :meth:`merged_scheduler_state` fold state dicts back into the user's original group structure,
     so checkpoints stay loadable with or without this class.
 
+    Where the user left the implementation to torch (``foreach`` and ``fused`` both ``None``), each
+    split group gets torch's default pinned, except Adam and AdamW on a GPU, whose split groups run
+    torch's fused kernel: 2 launches per group, so four layers' groups launch about as many kernels
+    as the one foreach group they replace (see :func:`_resolved_implementation`).
+
     Args:
         optimizer: Any ``torch.optim.Optimizer``.
         partition: The agents; parameters outside it are left alone.
@@ -92,6 +97,7 @@ class LayerwiseLR:
         new_groups: list[dict[str, Any]] = []
         self.group_origin: list[int] = []  # original group index of each new group
         self.group_agent: list[int | None] = []  # agent of each new group (None: not controlled)
+        self._auto_fused: list[bool] = []  # whether each new group runs torch's fused kernel in place of its default
         several = len(optimizer.param_groups) > 1
         for origin, group in enumerate(optimizer.param_groups):
             rest, by_agent = [], {}
@@ -103,12 +109,14 @@ class LayerwiseLR:
             # the original group's name, or its position, keeps the names unique.
             prefix = group.get(NAME_KEY) or (f"pg{origin + 1}" if several else None)
             for agent, params in pieces:
-                hyper = {**_hyper(group), **_resolved_foreach(optimizer, group, params)}
+                implementation = _resolved_implementation(optimizer, group, params)
+                hyper = {**_hyper(group), **implementation}
                 name = prefix if agent is None else "/".join(map(str, filter(None, (prefix, partition.names[agent]))))
                 new_groups.append({**hyper, "params": params, **({} if name is None else {NAME_KEY: name}),
                                    **({} if agent is None else {AGENT_KEY: agent})})
                 self.group_origin.append(origin)
                 self.group_agent.append(agent)
+                self._auto_fused.append(bool(implementation.get("fused")))
         missing = [layer.name for i, layer in enumerate(partition) if i not in self.group_agent]
         if missing:
             raise ValueError(
@@ -116,6 +124,7 @@ class LayerwiseLR:
                 "parameters (`LayerPartition.from_module(model, params=...)`)."
             )
         optimizer.param_groups[:] = new_groups
+        self._place_fused_steps(on_device=True)
         for scheduler in self._schedulers:
             _remap_per_group(vars(scheduler), len(self._original_params), self.group_origin)
         self._first_group_of_agent = [self.group_agent.index(i) for i in range(len(partition))]
@@ -167,6 +176,19 @@ class LayerwiseLR:
             group["lr"] = lr
         self._unscaled_lrs = None
 
+    def _place_fused_steps(self, on_device: bool) -> None:
+        """Move the ``step`` counters of the groups switched to the fused kernel to the parameters'
+        device (where that kernel keeps them) or back to the CPU (where torch's foreach and
+        single-tensor Adam keep them: on a GPU they would cost a host sync per parameter per step)."""
+        if not any(self._auto_fused):
+            return
+        dtype = _scalar_dtype(fused=on_device)
+        for group, auto in zip(self.optimizer.param_groups, self._auto_fused):
+            for p in group["params"] if auto else ():
+                state = self.optimizer.state.get(p)
+                if state and torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=dtype)
+
     # -- checkpoints ------------------------------------------------------------------------------
     def merged_optimizer_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """Fold a state dict of the split optimizer back into the user's original param groups.
@@ -187,6 +209,8 @@ class LayerwiseLR:
             for group, saved in zip(self.optimizer.param_groups, groups)
             for p, idx in zip(group["params"], saved["params"])
         }
+        # step counters of groups switched to the fused kernel go back to the CPU, where the user's own groups keep them
+        fused_index = {idx for saved, auto in zip(groups, self._auto_fused) if auto for idx in saved["params"]}
         split = len(self.group_origin)
         extra = [(list(g["params"]), _hyper(saved)) for g, saved in zip(self.optimizer.param_groups[split:], groups[split:])]
         state, merged_groups, next_index = {}, [], 0
@@ -195,7 +219,10 @@ class LayerwiseLR:
             for p in params:
                 old = saved_index[id(p)]
                 if old in state_dict["state"]:
-                    state[next_index] = state_dict["state"][old]
+                    param_state = state_dict["state"][old]
+                    if old in fused_index and torch.is_tensor(param_state.get("step")):
+                        param_state = {**param_state, "step": param_state["step"].to("cpu", _scalar_dtype(fused=False))}
+                    state[next_index] = param_state
                 indices.append(next_index)
                 next_index += 1
             merged_groups.append({**hyper, "params": indices})
@@ -211,8 +238,9 @@ class LayerwiseLR:
             hyper.pop(NAME_KEY, None)
             if NAME_KEY in self._original_hyper[origin]:
                 hyper[NAME_KEY] = self._original_hyper[origin][NAME_KEY]
-            if "foreach" in hyper and self._original_hyper[origin].get("foreach", False) is None:
-                hyper["foreach"] = None  # undo _resolved_foreach: a checkpoint resumed on a GPU picks its own
+            for key in ("foreach", "fused"):  # undo _resolved_implementation: a resumed checkpoint picks its own
+                if key in hyper and self._original_hyper[origin].get(key, False) is None:
+                    hyper[key] = None
             hypers.append(hyper)
         return hypers
 
@@ -228,6 +256,7 @@ class LayerwiseLR:
     def close(self) -> None:
         """Remove the hooks and give the optimizer and schedulers back their original groups."""
         self.unscale_lrs()  # a step that raised may have left scaled LRs behind
+        self._place_fused_steps(on_device=False)
         if self._hooks is not None:
             self._hooks.remove()
             self._hooks = None
@@ -247,18 +276,34 @@ _FOREACH_DEFAULT_OPTIMIZERS = tuple(
     getattr(torch.optim, name) for name in ("SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD",
                                             "NAdam", "RAdam", "RMSprop", "Rprop") if hasattr(torch.optim, name))
 
+#: Optimizers whose split groups run torch's fused kernel, on :data:`FUSED_DEVICE_TYPES`, where the
+#: user left both ``foreach`` and ``fused`` at ``None`` (see :func:`_resolved_implementation`).
+_FUSED_OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+FUSED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 
-def _resolved_foreach(optimizer: torch.optim.Optimizer, group: dict[str, Any],
-                      params: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """``{"foreach": <torch's default for these params>}`` for a torch optimizer group left at ``None``.
 
-    With ``foreach=None`` torch resolves the implementation on every ``step()`` of every group, and
-    splitting one group per layer multiplies that cost: on a 4-layer MLP it is ~7 of the split's
-    ~12 us per step. The default depends only on where the parameters live, so it is resolved once
-    here (the same answer torch would give); :meth:`LayerwiseLR._merged_hypers` writes ``None`` back
-    into checkpoints. Empty unless the optimizer is one of :data:`_FOREACH_DEFAULT_OPTIMIZERS` (not
-    a subclass) whose group leaves both ``foreach`` and ``fused`` at ``None``, and torch's rule
-    cannot differ (a differentiable optimizer, a tensor LR).
+def _resolved_implementation(optimizer: torch.optim.Optimizer, group: dict[str, Any],
+                             params: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """The implementation a split group runs, where a torch optimizer's group left ``foreach`` and ``fused`` at ``None``.
+
+    Splitting one group into one per layer multiplies the per-group cost of ``step()``:
+
+    - With ``foreach=None`` torch resolves the implementation on every ``step()`` of every group
+      (on a 4-layer MLP ~7 of the split's ~12 us per step on a CPU). The default depends only on
+      where the parameters live, so it is resolved once here: ``{"foreach": <torch's default>}``.
+    - On a GPU torch's default is foreach Adam: 7 kernel launches and 5 host-side ops per group, and
+      a small-batch GPU step is launch-bound (an H200 stepped a 10.5M-parameter 4-layer MLP 40%
+      slower with GANNOCallback; counted in aten ops, the 3 extra groups are 36 of its 41 extra ops
+      per step). There, Adam and AdamW groups run torch's fused kernel instead,
+      ``{"foreach": False, "fused": True}``: 2 launches per group and no host-side op, so four
+      groups cost about what the one foreach group did. Same algorithm and hyperparameters; the
+      float rounding differs from foreach in the last bits. The CPU keeps torch's default (results
+      there are unchanged).
+
+    :meth:`LayerwiseLR._merged_hypers` writes ``None`` back into checkpoints. Empty unless the
+    optimizer is one of :data:`_FOREACH_DEFAULT_OPTIMIZERS` (not a subclass) whose group leaves
+    both ``foreach`` and ``fused`` at ``None``, and torch's rule cannot differ (a differentiable
+    optimizer, a tensor LR).
     """
     if (type(optimizer) not in _FOREACH_DEFAULT_OPTIMIZERS or "foreach" not in group or group["foreach"] is not None
             or group.get("fused") is not None or group.get("differentiable")
@@ -268,8 +313,21 @@ def _resolved_foreach(optimizer: torch.optim.Optimizer, group: dict[str, Any],
         from torch.optim.optimizer import _default_to_fused_or_foreach
     except ImportError:  # a torch without the helper: leave the group as it is
         return {}
+    if (type(optimizer) in _FUSED_OPTIMIZERS and "fused" in group and not group.get("capturable")
+            and all(p.device.type in FUSED_DEVICE_TYPES for p in params)
+            and _default_to_fused_or_foreach(list(params), differentiable=False, use_fused=True)[0]):
+        return {"foreach": False, "fused": True}
     _, foreach = _default_to_fused_or_foreach(list(params), differentiable=False, use_fused=False)
     return {"foreach": bool(foreach)}
+
+
+def _scalar_dtype(fused: bool) -> torch.dtype:
+    """The dtype torch's Adam keeps its ``step`` counter in (float32 for the fused kernel)."""
+    try:
+        from torch.optim.optimizer import _get_scalar_dtype
+    except ImportError:
+        return torch.float32
+    return _get_scalar_dtype(is_fused=fused or None)
 
 
 def _hyper(group: dict[str, Any]) -> dict[str, Any]:

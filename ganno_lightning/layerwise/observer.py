@@ -96,6 +96,7 @@ class LayerObserver:
         in_agent_order = bool((self._sketch_agent[1:] >= self._sketch_agent[:-1]).all())
         assert in_agent_order, "sketch positions must come agent by agent"
         positions_per_agent = torch.bincount(self._sketch_agent, minlength=n)
+        self._sketch_lengths = positions_per_agent
         self._sketch_lengths_x4 = positions_per_agent.expand(4, n).contiguous()
         self._sketch_counts = [float(c) for c in positions_per_agent.tolist()]
         self._fixed_rows = [row[_FIXED] for row in _static_table(partition).tolist()]
@@ -118,12 +119,18 @@ class LayerObserver:
         """
         return OutermostStepHooks(optimizer, post=self.after_step)
 
-    def after_step(self) -> None:
-        """Count one optimizer step; measure its gradients if it is a sampling step."""
-        if self.steps_in_interval + 1 in self._sample_steps:
-            self.sample_gradients()
+    def after_step(self, applied: bool = True) -> None:
+        """Count one optimizer step; measure its gradients if a gradient sample is due.
+
+        A step the optimizer skipped (``applied=False``: a GradScaler found inf/NaN gradients and
+        did not update) is counted, so decisions stay every ``interval`` optimizer steps as the
+        trainer counts them, but its gradients are not read: they are not the ones applied. A
+        sample due on a skipped step is taken on the next applied step of the interval.
+        """
         self.step += 1
         self.steps_in_interval += 1
+        if applied and self._grad_count < self._samples_due[min(self.steps_in_interval, self.interval_length)]:
+            self.sample_gradients()
 
     def sample_gradients(self) -> None:
         """Measure the parameters' current gradients into this interval's statistics.
@@ -138,7 +145,11 @@ class LayerObserver:
         self._grad_count += 1
         sketch = self._gather(lambda i: None if grads[i] is None else _dense(grads[i]))
         self._grad_sketch_sum += sketch
-        self._grad_sketch_sq.index_add_(0, self._sketch_agent, sketch.square())
+        if self.device.type == "cuda":  # index_add_ sums with atomics there, in an order that varies run to run
+            self._grad_sketch_sq += torch.segment_reduce(sketch.square(), "sum", lengths=self._sketch_lengths,
+                                                         unsafe=True)
+        else:  # in order on the CPU; the shipped agent's pinned decisions were recorded with these sums
+            self._grad_sketch_sq.index_add_(0, self._sketch_agent, sketch.square())
 
     def record_loss(self, loss: Tensor | float) -> None:
         """Record one (micro-)batch's training loss; no host sync."""
@@ -169,6 +180,8 @@ class LayerObserver:
         self.interval_length = length
         k = min(self.grad_samples, length)
         self._sample_steps = {math.ceil((j + 1) * length / k) for j in range(k)}
+        # Samples due by each step of the interval: a step samples while fewer have been taken.
+        self._samples_due = [sum(s <= p for s in self._sample_steps) for p in range(length + 1)]
 
     # -- features -----------------------------------------------------------------------------
     def features(

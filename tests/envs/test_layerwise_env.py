@@ -254,10 +254,20 @@ def test_smoke_config_builds_a_working_env():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_training_on_a_gpu_is_reproducible():
+    # The same seed on the same device gives the same rollout, bit for bit (observations included:
+    # the observer sums gradient statistics in a fixed order on CUDA). Across devices float
+    # arithmetic differs, so a CPU rollout is only close.
     a = fixed_actions(tiny_env(seed=2, device="cuda"), 4)
     b = fixed_actions(tiny_env(seed=2, device="cuda"), 4)
-    for x, y in zip(a, b):
-        assert (x == y).all()
+    on_cpu = fixed_actions(tiny_env(seed=2, device="cpu"), 4)
+    assert len(a) == len(b) == len(on_cpu) == 4
+    for step, (x, y, z) in enumerate(zip(a, b, on_cpu)):
+        assert x.device == torch.device("cpu")  # TensorDicts stay on the CPU; only the training moves
+        for key in x.keys(include_nested=True, leaves_only=True):
+            torch.testing.assert_close(x[key], y[key], rtol=0, atol=0,
+                                       msg=lambda m, key=key, step=step: f"step {step}, {key}: {m}")
+            torch.testing.assert_close(x[key], z[key], rtol=1e-3, atol=1e-3,
+                                       msg=lambda m, key=key, step=step: f"cuda vs cpu, step {step}, {key}: {m}")
 
 
 # -- #18 options: decision steps with a step-0 probe, wide actions, the LR prior -----------------

@@ -30,6 +30,7 @@ from ganno_lightning import (
     GANNOAgent,
     GANNOCallback,
 )
+from ganno_lightning.layerwise import lr_control
 from ganno_lightning.layerwise.actions import WIDE_ACTION_MULTIPLIERS as WIDE
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
@@ -308,13 +309,88 @@ def test_bf16_mixed_precision():
     assert all(torch.isfinite(o).all() for o in agent.observations)
 
 
+class _InfGradient(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward: a finite loss whose update a GradScaler skips."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+class InfGradientRegressor(TinyRegressor):
+    """TinyRegressor whose gradients are infinite on the batches in `inf_batches`."""
+
+    def __init__(self, inf_batches=(), **kwargs):
+        super().__init__(**kwargs)
+        self.inf_batches = set(inf_batches)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self.net(x)
+        if batch_idx in self.inf_batches:
+            out = _InfGradient.apply(out)
+        loss = torch.nn.functional.mse_loss(out.float(), y)
+        self.losses.append(loss.item())
+        return loss
+
+
+class AppliedSteps(Callback):
+    """The trainer's optimizer steps (0-based) on which the optimizer really updated."""
+
+    def __init__(self):
+        self.applied: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        seen = trainer.optimizers[0].seen_lrs  # RecordingSGD records only steps it ran
+        if len(seen) > len(self.applied):
+            self.applied.append(trainer.global_step - 1)
+
+
+def check_decisions_follow_the_trainers_steps(model, callback, agent, applied, max_epochs=1):
+    """Skipped steps count: decisions every 4 trainer steps, and every update sees its step's scales."""
+    steps = max_epochs * STEPS_PER_EPOCH
+    assert model.trainer.global_step == steps
+    assert callback.schedule.steps == list(range(0, steps + 1, 4))
+    assert len(agent.observations) == steps // 4
+    assert all(torch.isfinite(o).all() for o in agent.observations)
+    seen = model.trainer.optimizers[0].seen_lrs
+    assert len(seen) == len(applied.applied)
+    for step, lrs in zip(applied.applied, seen):
+        up, down = expected_scales(step, 4)
+        assert lrs == pytest.approx([0.05 * up, 0.05 * down])
+
+
+def test_steps_a_grad_scaler_skips_count_toward_the_interval():
+    # fp16 mixed precision on the CPU, with a real GradScaler: it skips the updates whose gradients
+    # are infinite (batches 1, 2 and 7); the trainer still counts those steps, and so does the agent.
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    model = InfGradientRegressor(inf_batches=(1, 2, 7), lr=0.05)
+    agent, applied = RecordingAgent(depth_agent(4)), AppliedSteps()
+    callback = GANNOCallback(agent)
+    # a small initial scale: no other step overflows fp16
+    precision = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=1.0))
+    trainer(max_epochs=1, plugins=[precision], callbacks=[callback, applied]).fit(model)
+    assert applied.applied == [0, 3, 4, 5, 6]
+    check_decisions_follow_the_trainers_steps(model, callback, agent, applied)
+    # the gradient sample due on the first interval's 2nd step (skipped, as was the 3rd) was taken on its 4th
+    grad_rms = FEATURE_NAMES.index("log_grad_rms")
+    assert (agent.observations[0][:, grad_rms] > -10).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed needs a GPU")
 def test_fp16_mixed_precision_on_gpu():
+    # GradScaler starts at 2**16, so it usually skips the first update(s) while it calibrates;
+    # the decisions still fall every 4 trainer steps, skipped or not.
     model = TinyRegressor(lr=0.05)
-    agent = RecordingAgent(depth_agent(4))
-    trainer(accelerator="gpu", max_epochs=1, precision="16-mixed", callbacks=[GANNOCallback(agent)]).fit(model)
-    assert len(agent.observations) == 2
-    assert all(torch.isfinite(o).all() for o in agent.observations)
+    agent, applied = RecordingAgent(depth_agent(4)), AppliedSteps()
+    callback = GANNOCallback(agent)
+    trainer(accelerator="gpu", max_epochs=1, precision="16-mixed", callbacks=[callback, applied]).fit(model)
+    check_decisions_follow_the_trainers_steps(model, callback, agent, applied)
 
 
 def test_validation_loss_reaches_the_observation():
@@ -377,7 +453,10 @@ def _fit(max_epochs, ckpt_dir, resume=None, agent=None):
     return model, callback
 
 
-def test_resume_continues_the_same_schedule(tmp_path):
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused-adam"])
+def test_resume_continues_the_same_schedule(tmp_path, monkeypatch, fused):
+    if fused:  # as on a GPU: the split Adam groups run torch's fused kernel
+        monkeypatch.setattr(lr_control, "FUSED_DEVICE_TYPES", ("cpu",))
     straight_model, straight = _fit(4, tmp_path / "a")
     _, first_half = _fit(2, tmp_path / "b")
     resumed_model, resumed = _fit(4, tmp_path / "c", resume=tmp_path / "b" / "last.ckpt")
@@ -387,6 +466,9 @@ def test_resume_continues_the_same_schedule(tmp_path):
     assert resumed.schedule.actions == straight.schedule.actions
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b)
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["optimizer_states"][0]
+    assert [(g["foreach"], g["fused"]) for g in saved["param_groups"]] == [(None, None)]  # the user's choice
+    assert all(s["step"].device.type == "cpu" for s in saved["state"].values())
 
 
 def test_resume_mid_interval_restores_the_observation_exactly(tmp_path):

@@ -1,3 +1,4 @@
+import copy
 import importlib
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 from torch import nn
 
 from ganno_lightning import LayerPartition, LayerwiseLR
+from ganno_lightning.layerwise import lr_control
 
 
 def model_and_adam():
@@ -241,3 +243,62 @@ def test_groups_added_after_the_split_survive_checkpoints_and_close():
     assert len(merged["state"]) == 6 + 1  # every parameter with state, the new weight included
     control.close()
     assert len(opt.param_groups) == 3 and opt.param_groups[2]["params"] == list(extra.parameters())
+
+
+def seeded_steps(model, opt, n, seed=0):
+    """Like take_steps, with inputs that depend only on `seed` (two models see the same batches)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(5, 3, generator=generator).to(device)).pow(2).mean().backward()
+        opt.step()
+
+
+def test_adam_left_to_torchs_default_runs_the_fused_kernel_where_it_is_switched_on(monkeypatch):
+    # On a GPU (FUSED_DEVICE_TYPES) split Adam groups run torch's fused kernel: 2 launches per group
+    # instead of foreach's 7 and 5 host ops. Switched on for the CPU here to test it without one.
+    monkeypatch.setattr(lr_control, "FUSED_DEVICE_TYPES", ("cpu",))
+    torch.manual_seed(0)
+    model, _ = model_and_adam()
+    reference = copy.deepcopy(model)
+    opt = torch.optim.Adam([{"params": model[0].parameters()}, {"params": model[1].parameters(), "foreach": False},
+                            {"params": model[2].parameters()}], lr=1e-3, weight_decay=0.1)
+    ref_opt = torch.optim.Adam([{"params": reference[0].parameters()}, {"params": reference[1].parameters(),
+                                "foreach": False}, {"params": reference[2].parameters()}], lr=1e-3, weight_decay=0.1)
+    seeded_steps(model, opt, 1)  # state from before the split: its CPU step counters move to the fused groups' device
+    seeded_steps(reference, ref_opt, 1)
+    for i in (0, 2):  # the reference: torch's fused Adam from here on, in the user's groups
+        ref_opt.param_groups[i].update(fused=True, foreach=False)
+    control = LayerwiseLR(opt, LayerPartition.from_module(model))
+    assert [(g["foreach"], g["fused"]) for g in opt.param_groups] == [(False, True), (False, None), (False, True)]
+    seeded_steps(model, opt, 3)
+    seeded_steps(reference, ref_opt, 3)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert all(opt.state[p]["step"].dtype == torch.float32 for p in model.parameters())
+    saved = control.merged_optimizer_state(opt.state_dict())
+    assert [(g["foreach"], g["fused"]) for g in saved["param_groups"]] == [(None, None), (False, None), (None, None)]
+    assert all(s["step"].device.type == "cpu" and s["step"].item() == 4 for s in saved["state"].values())
+    control.close()
+    assert [(g["foreach"], g["fused"]) for g in opt.param_groups] == [(None, None), (False, None), (None, None)]
+    seeded_steps(model, opt, 1)  # torch's own default again, with the counters where it keeps them
+    assert all(opt.state[p]["step"].item() == 5 for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_adam_on_a_gpu_runs_the_fused_kernel_and_gives_its_step_counters_back_to_the_cpu():
+    model, _ = model_and_adam()
+    model = model.cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seeded_steps(model, opt, 1)
+    control = LayerwiseLR(opt, LayerPartition.from_module(model))
+    assert all(g["fused"] and not g["foreach"] for g in opt.param_groups)
+    assert all(opt.state[p]["step"].device.type == "cuda" for p in model.parameters())
+    seeded_steps(model, opt, 2)
+    saved = control.merged_optimizer_state(opt.state_dict())
+    assert all(s["step"].device.type == "cpu" for s in saved["state"].values())
+    control.close()
+    assert opt.param_groups[0]["fused"] is None and opt.param_groups[0]["foreach"] is None
+    steps = [opt.state[p]["step"] for p in model.parameters()]
+    assert all(step.device.type == "cpu" and step.item() == 3 for step in steps)

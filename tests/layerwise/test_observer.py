@@ -149,9 +149,34 @@ def test_bad_arguments(kwargs, match):
 def test_features_are_computed_on_the_parameters_device():
     model = two_layers().cuda()
     observer = observer_for(model)
-    assert observer.device.type == "cuda" and observer._grad_sq.device.type == "cuda"
     fake_step(model, observer, [torch.ones(2, 2, device="cuda"), torch.ones(1, 2, device="cuda")])
-    assert observer.features([1.0, 1.0], [0.1, 0.1]).device.type == "cpu"
+    observer.record_loss(torch.tensor(1.0, device="cuda"))
+    # every tensor the observer keeps (sketch positions, accumulators, losses) lives on the model's device
+    kept = [v for v in vars(observer).values() if isinstance(v, torch.Tensor)]
+    kept += [t for v in vars(observer).values() if isinstance(v, list) for t in v if isinstance(t, torch.Tensor)]
+    kept += [index for _, index, _ in observer._sketch_index]
+    assert observer.device.type == "cuda" and len(kept) >= 8
+    assert {t.device.type for t in kept} == {"cuda"}
+    features = observer.features([1.0, 1.0], [0.1, 0.1])
+    assert features.device.type == "cpu" and torch.isfinite(features).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gradient_statistics_on_a_gpu_are_reproducible_and_match_the_cpu():
+    # The per-agent sums of squared gradients: summed in a fixed order on CUDA (index_add_ would sum
+    # with atomics, in an order that changes from run to run).
+    torch.manual_seed(0)
+    grads = [torch.randn(300, 200), torch.randn(1, 300)]
+    model = nn.Sequential(nn.Linear(200, 300, bias=False), nn.Linear(300, 1, bias=False))
+    runs = []
+    for device in ("cpu", "cuda", "cuda"):
+        model = model.to(device)
+        observer = observer_for(model, interval=2, sketch_size=50_000)
+        for _ in range(2):
+            fake_step(model, observer, [g.to(device) for g in grads])
+        runs.append(observer.features([1.0, 1.0], [0.1, 0.1]))
+    assert torch.equal(runs[1], runs[2])
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-5)
 
 
 def test_large_layers_are_measured_on_the_sketch_within_a_few_percent():
@@ -166,3 +191,17 @@ def test_large_layers_are_measured_on_the_sketch_within_a_few_percent():
         exact_g = math.log(g.square().mean().sqrt().item())
         assert obs[i, F["log_weight_rms"]].item() == pytest.approx(exact_w, abs=0.05)
         assert obs[i, F["log_grad_rms"]].item() == pytest.approx(exact_g, abs=0.05)
+
+
+def test_a_skipped_step_counts_and_its_gradient_sample_is_taken_on_the_next_applied_step():
+    model = two_layers()
+    observer = observer_for(model, interval=4, grad_samples=2)  # samples on steps 2 and 4 of an interval
+    grads = [torch.ones(2, 2), torch.ones(1, 2)]
+    counts = []
+    for applied in (True, False, True, True):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        observer.after_step(applied=applied)
+        counts.append(observer._grad_count)
+    assert observer.step == observer.steps_in_interval == 4
+    assert counts == [0, 0, 1, 2]  # step 2 skipped: its gradients are not read; step 3 takes its sample
