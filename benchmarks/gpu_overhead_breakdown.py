@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ from ganno_lightning.layerwise import lr_control
 from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.partition import LayerPartition
 
+sys.path.insert(0, str(Path(__file__).parent))  # the model of callback_overhead.py, beside this file (also under -P)
+import callback_overhead as overhead  # noqa: E402
+
 VARIANTS = {
     "plain": "plain (torch's default Adam)",
     "plain_fused": "plain, `Adam(fused=True)`",
@@ -49,19 +53,12 @@ VARIANTS = {
 }
 
 
-class WideMLP(L.LightningModule):
-    def __init__(self, width: int, depth: int, dim: int, variant: str):
-        super().__init__()
-        layers = [nn.Linear(dim, width), nn.ReLU()]
-        for _ in range(depth - 2):
-            layers += [nn.Linear(width, width), nn.ReLU()]
-        layers.append(nn.Linear(width, 10))
-        self.net = nn.Sequential(*layers)
-        self.variant = variant
+class WideMLP(overhead.WideMLP):
+    """callback_overhead.py's model, with the optimizer set-up of one variant."""
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
+    def __init__(self, width: int, depth: int, dim: int, variant: str):
+        super().__init__(width, depth, dim)
+        self.variant = variant
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.parameters(), lr=1e-4, fused=True if self.variant == "plain_fused" else None)
