@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from ganno_lightning.agents.evaluation.analysis import (
     compare,
     headline_targets,
-    run_targets,
     paired,
+    run_targets,
     summarise,
 )
 from ganno_lightning.agents.evaluation.config import (
