@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig
 
 from ganno_lightning.agents.evaluation.paired_stats import compare_paired
-from ganno_lightning.agents.evaluation.run import task_best_lr
 from ganno_lightning.agents.evaluation.plan import (
     conditions_of,
     grid_key,
@@ -15,6 +14,7 @@ from ganno_lightning.agents.evaluation.plan import (
     run_id,
     task_specs,
 )
+from ganno_lightning.agents.evaluation.run import task_best_lr
 from ganno_lightning.agents.peers import PEERS
 
 
