@@ -81,11 +81,17 @@ class DecisionSteps:
         return self.early[0] if self.early and self.early[0] == 0 else self.after(0)
 
     def after(self, step: int) -> int:
-        """The first decision step strictly after ``step``."""
+        """The first decision step strictly after ``step``: the next early step or the next multiple of
+        ``interval``, whichever comes first (an early step past ``interval`` never skips a regular one).
+
+        Example::
+
+            >>> DecisionSteps(10, (0, 5, 12)).after(5), DecisionSteps(10, (0, 5, 12)).after(10)
+            (10, 12)
+        """
+        regular = max(step // self.interval + 1, 1) * self.interval
         later = [s for s in self.early if s > step]
-        if later:
-            return later[0]
-        return max(step // self.interval + 1, 1) * self.interval
+        return min(later[0], regular) if later else regular
 
     def __repr__(self) -> str:
         return f"DecisionSteps(interval={self.interval}, early={list(self.early)})"

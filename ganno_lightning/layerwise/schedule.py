@@ -36,6 +36,9 @@ class LRSchedule:
 
     def record(self, step: int, lrs: Sequence[float], scales: Sequence[float],
                actions: Sequence[int] | None = None) -> None:
+        if self.steps and self.steps[-1] == int(step):  # a decision at step 0 supersedes the initial row
+            for column in (self.steps, self.lrs, self.scales, self.actions):
+                column.pop()
         self.steps.append(int(step))
         self.lrs.append([float(x) for x in lrs])
         self.scales.append([float(x) for x in scales])

@@ -292,7 +292,7 @@ def test_a_step_0_decision_probes_at_reset_and_leaves_the_run_unchanged():
     plain = tiny_env(factory, seed=4, unknown_total_prob=0.0)
     probed = tiny_env(factory, seed=4, unknown_total_prob=0.0, decision_steps=[0])
     plain_outputs, probed_outputs = identity_episode(plain), identity_episode(probed)
-    assert probed.controller.schedule.steps == [0, 0, 4, 8, 12, 16, 20, 24, 28]
+    assert probed.controller.schedule.steps == [0, 4, 8, 12, 16, 20, 24, 28]
     assert len(probed_outputs) == len(plain_outputs) + 1  # one more decision: at step 0
     assert probed_outputs[0][keys.OBSERVATION][:, FEATURE_NAMES.index("progress")].eq(0).all()
     # shuffled batches, dropout and BatchNorm statistics: the same training after the probe
@@ -307,7 +307,7 @@ def test_a_step_0_decision_probes_at_reset_and_leaves_the_run_unchanged():
 def test_front_loaded_decisions_shorten_the_first_intervals():
     env = tiny_env(decision_steps="front_loaded", horizon=32, interval=8)
     identity_episode(env)
-    assert env.controller.schedule.steps == [0, 0, 1, 4, 8, 16, 24]
+    assert env.controller.schedule.steps == [0, 1, 4, 8, 16, 24]
     assert env.controller.step == 32
 
 

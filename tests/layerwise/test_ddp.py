@@ -40,7 +40,7 @@ def test_a_nan_loss_on_one_rank_skips_the_same_decisions_on_every_rank(tmp_path)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_a_step_0_probe_and_a_prior_agree_on_every_rank(tmp_path):
     seen = run_workers(tmp_path, "act-early")
-    assert len(seen[0]["actions"]) == 11  # the start, decisions at steps 0 and 1, then every 2 steps to 16
+    assert len(seen[0]["actions"]) == 10  # decisions at steps 0 (replacing the start row) and 1, then every 2 to 16
     assert seen[0]["observations"][0] == seen[1]["observations"][0]  # the probe's gradients, averaged over ranks
     assert seen[0]["actions"] == seen[1]["actions"] and seen[0]["lrs"] == seen[1]["lrs"]
     assert seen[0]["params"] == seen[1]["params"]
