@@ -56,10 +56,7 @@ def missing_lr_cells(specs: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     for spec in specs:
         if spec.get("lr_sampling", "ranges") != "around_best":
             continue
-        family = _family(spec, "ranges")
-        generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
-        hp = family.ranges(spec["split"]).sample(generator)  # the draw `around_best` looks its cell up with
-        cell = family.lr_cell(hp)
+        cell, hp, generator = _cell_draw(spec)
         if cell not in calibrated:
             missing.setdefault(cell, {"family": spec["family"], "split": spec["split"], "hp": hp,
                                       "seed": draw_seed(generator)})
@@ -75,9 +72,16 @@ def task_best_lr(spec: Dict[str, Any]) -> Optional[float]:
         return None
     from ganno_lightning.envs.tasks.best_lr import best_lr
 
+    return best_lr(_cell_draw(spec)[0])
+
+
+def _cell_draw(spec: Dict[str, Any]):
+    """``(cell, hp, generator)``: the first draw of ``spec``'s task, the one ``around_best`` looks its
+    cell up with, and the generator after it."""
     family = _family(spec, "ranges")
-    return best_lr(family.lr_cell(family.ranges(spec["split"]).sample(
-        torch.Generator().manual_seed(int(spec["sample_seed"])))))
+    generator = torch.Generator().manual_seed(int(spec["sample_seed"]))
+    hp = family.ranges(spec["split"]).sample(generator)
+    return family.lr_cell(hp), hp, generator
 
 
 def _family(spec: Dict[str, Any], lr_sampling: str):
