@@ -23,12 +23,7 @@
 #
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_checks.sh
 #
-# Missing packages can travel as wheels in the checkout's .whl/ (ignored by git): when .whl/*.whl
-# exist they are installed to /tmp/site first (no index, no dependencies) and put on PYTHONPATH;
-# without .whl/ the installed packages are used. Never put torch, numpy or lightning there: the
-# machine's own builds are meant. The code under test is this checkout's, whether or not (and
-# wherever) ganno-lightning is installed: a symlinked copy of the installed package layout
-# (envs/ and agents/ under ganno_lightning/) goes first on PYTHONPATH.
+# Setup (wheels in .whl/, this checkout's code first on PYTHONPATH): benchmarks/device_setup.sh.
 #
 # Without a GPU, steps 3 and 4 are skipped; GPU_CHECKS_DRY=1 runs them on CPU at toy sizes
 # instead (to try this script itself; their numbers then mean nothing). GPU_CHECKS_TEST_PROCESSES
@@ -39,7 +34,6 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-${TMPDIR:-/tmp}/gpu_checks_out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-PY=${PYTHON:-python3}
 exec > >(tee -a "$OUT/gpu_checks.log") 2>&1
 TEE_PID=$!
 START=$SECONDS
@@ -48,26 +42,7 @@ step() { echo; echo "=== [$((SECONDS - START)) s] $*"; }
 failed() { echo; echo "STEP FAILED: $1 (exit $2)"; }
 
 step "0. setup: wheels and PYTHONPATH"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  ls -l .whl
-  if timeout -k 5 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl; then
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    failed "wheel install" $?
-  fi
-else
-  echo "no .whl/*.whl: using the installed packages"
-fi
-SHADOW=$(mktemp -d "${TMPDIR:-/tmp}/ganno_src.XXXXXX")
-mkdir -p "$SHADOW/ganno_lightning"
-for f in "$PWD"/ganno_lightning/*; do ln -s "$f" "$SHADOW/ganno_lightning/"; done
-ln -s "$PWD/envs" "$SHADOW/ganno_lightning/envs"
-ln -s "$PWD/agents" "$SHADOW/ganno_lightning/agents"
-export PYTHONPATH=$SHADOW${PYTHONPATH:+:$PYTHONPATH}
-echo "PYTHONPATH=$PYTHONPATH"
-# -P: the checkout's own ganno_lightning/ (no envs/, agents/ inside) must not come first on sys.path
-PYP=("$PY" -P)
+source benchmarks/device_setup.sh
 
 step "1. environment"
 nvidia-smi -L || echo "(no nvidia-smi)"
