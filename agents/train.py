@@ -42,7 +42,6 @@ from ganno_lightning.envs.config import env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.layerwise.features import FEATURE_NAMES
 
 
 @dataclass
@@ -220,7 +219,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
-                              identity_prob=algo.identity_init or None)
+                              identity_prob=algo.identity_init or None, feature_names=env_settings.features)
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm)
     normalizer_stats = RunningNormalizer(agent.normalizer)
     loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss
@@ -242,8 +241,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             normalizer_stats.load_state_dict(state["normalizer_stats"])
         except (RuntimeError, ValueError, KeyError) as err:  # another feature list or network size
             saved = state.get("feature_names")
-            features = "" if saved is None or list(saved) == list(FEATURE_NAMES) else (
-                f" It observes {len(saved)} features, this version computes {len(FEATURE_NAMES)}.")
+            features = "" if saved is None or list(saved) == list(agent.feature_names) else (
+                f" It observes {len(saved)} features, this config {len(agent.feature_names)} (`env.features`).")
             raise ValueError(f"`run.resume=true`: {checkpoint_path} was written by a different network or version "
                              f"and cannot continue here.{features} Start a fresh run with another `run.out_dir` "
                              f"(or `run.resume=false`). ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
@@ -275,7 +274,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             torch.save({"loss_module": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
                         "normalizer_stats": normalizer_stats.state_dict(), "iteration": iteration, "frames": frames,
                         "history": history, "rng": torch.get_rng_state(), "config": plain_config,
-                        "feature_names": list(FEATURE_NAMES)}, tmp)
+                        "feature_names": list(agent.feature_names)}, tmp)
         return agent.save(out_dir / "agent.pt")
 
     # -- the loop ---------------------------------------------------------------------------------

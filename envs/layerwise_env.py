@@ -28,7 +28,7 @@ from ganno_lightning.layerwise.actions import (
 )
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
-from ganno_lightning.layerwise.features import NUM_FEATURES
+from ganno_lightning.layerwise.features import resolve_feature_names
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 
 
@@ -56,6 +56,10 @@ class EnvConfig:
             ``"none"`` (constant), ``"cosine"`` or ``"warmup_cosine"`` over ``horizon`` (see
             :mod:`ganno_lightning.layerwise.prior`). An episode that hides its length
             (``unknown_total_prob``) trains at a constant LR, as a Trainer without a known length would.
+        features: What agents observe: ``"default"`` (the shipped agent's features),
+            ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
+            ``log_loss_vs_initial``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
+            Validation resolves it to a list.
         scale_bounds: ``[low, high]`` clip of every scale.
         grad_samples: Gradient measurements per interval (as in the callback).
         divergence_factor: An interval loss above this times the reference loss ends the episode.
@@ -84,6 +88,7 @@ class EnvConfig:
     action_multipliers: Any = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
     decision_steps: Any = None  # None | "none" | "front_loaded" | [increasing steps]
     prior: str = DEFAULT_PRIOR
+    features: Any = None  # None | a set's name | [feature names]
     scale_bounds: list[float] = field(default_factory=lambda: list(DEFAULT_SCALE_BOUNDS))
     grad_samples: int = 2
     divergence_factor: float = 10.0
@@ -133,6 +138,7 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.decision_steps` must lie before `{prefix}.horizon` ({self.horizon}), "
                              f"got {self.decision_steps}.")
         check_prior(self.prior, f"{prefix}.prior")
+        self.features = list(resolve_feature_names(self.features, f"{prefix}.features"))
         check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
         if not self.divergence_factor > 1:
             raise ValueError(f"`{prefix}.divergence_factor` must be > 1, got {self.divergence_factor!r}.")
@@ -180,7 +186,7 @@ class LayerwiseLREnv(EnvBase):
         >>> from ganno_lightning.envs.tasks import make_family
         >>> env = LayerwiseLREnv(make_family("mlp_digits"), EnvConfig(horizon=50, interval=10), seed=0)
         >>> td = env.rollout(3)
-        >>> td["agents", "observation"].shape[-1] == NUM_FEATURES
+        >>> td["agents", "observation"].shape[-1] == len(env.config.features)  # the default set: 23
         True
     """
 
@@ -196,7 +202,7 @@ class LayerwiseLREnv(EnvBase):
         observation_spec = Composite({keys.GROUP: Composite(shape=(n,)),
                                       keys.EPISODE_LOSS: Unbounded((1,)),
                                       keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64)})
-        observation_spec[keys.OBSERVATION] = Unbounded((n, NUM_FEATURES))
+        observation_spec[keys.OBSERVATION] = Unbounded((n, len(config.features)))
         observation_spec[keys.MASK] = Categorical(2, (n,), dtype=torch.bool)
         action_spec = Composite({keys.GROUP: Composite(shape=(n,))})
         action_spec[keys.ACTION] = Categorical(self.num_actions, (n,))
@@ -290,7 +296,7 @@ class LayerwiseLREnv(EnvBase):
                 self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
                 interval=config.interval, scale_bounds=tuple(config.scale_bounds),
                 lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples,
-                decision_steps=config.decision_steps, prior=config.prior)
+                decision_steps=config.decision_steps, prior=config.prior, feature_names=config.features)
         except ValueError as err:
             raise TaskError(f"Task {self.task.name}: {err}") from err
         if self.controller.num_agents > self.max_agents:
@@ -320,7 +326,7 @@ class LayerwiseLREnv(EnvBase):
 
     def _output(self, observation: torch.Tensor, reward: float | None, terminated: bool, truncated: bool) -> TensorDict:
         n, pad = self.controller.num_agents, self.max_agents
-        padded = torch.zeros(pad, NUM_FEATURES)
+        padded = torch.zeros(pad, len(self.config.features))
         padded[:n] = observation
         mask = torch.zeros(pad, dtype=torch.bool)
         mask[:n] = True

@@ -147,7 +147,8 @@ class RecordingAgent(GANNOAgent):
 
     def __init__(self, base: GANNOAgent):
         super().__init__(base.actor, base.normalizer, action_multipliers=base.action_multipliers,
-                         interval=base.interval, scale_bounds=base.scale_bounds)
+                         interval=base.interval, scale_bounds=base.scale_bounds, decision_steps=base.decision_steps,
+                         prior=base.prior, feature_names=base.feature_names)
         self.observations: list[torch.Tensor] = []
 
     def decide(self, observation, *args, **kwargs):

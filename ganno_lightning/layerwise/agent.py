@@ -25,7 +25,12 @@ from ganno_lightning.layerwise.actions import (
     resolve_action_multipliers,
 )
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
-from ganno_lightning.layerwise.features import FEATURE_NAMES, FEATURES_VERSION
+from ganno_lightning.layerwise.features import (
+    ALL_FEATURE_NAMES,
+    FEATURE_NAMES,
+    FEATURES_VERSION,
+    resolve_feature_names,
+)
 from ganno_lightning.layerwise.policy import (
     LayerPolicyNet,
     ObservationNormalizer,
@@ -113,9 +118,11 @@ class GANNOAgent:
         evaluation: Mapping[str, Any] | None = None,
         decision_steps: Sequence[int] | str | None = (),
         prior: str = DEFAULT_PRIOR,
+        feature_names: str | Sequence[str] | None = None,
     ) -> None:
         try:
             self.action_set = ActionSet(action_multipliers)
+            self.feature_names = resolve_feature_names(feature_names, "feature_names")
         except ValueError as err:
             raise AgentCheckpointError(str(err)) from None
         self.action_multipliers = self.action_set.multipliers
@@ -124,10 +131,10 @@ class GANNOAgent:
                 f"Action set mismatch: the actor outputs {actor.config['num_actions']} actions but "
                 f"{len(self.action_multipliers)} action multipliers are given ({list(self.action_multipliers)})."
             )
-        if actor.config["num_features"] != len(FEATURE_NAMES) or normalizer.mean.numel() != len(FEATURE_NAMES):
+        if actor.config["num_features"] != len(self.feature_names) or normalizer.mean.numel() != len(self.feature_names):
             raise AgentCheckpointError(
                 f"Feature count mismatch: actor expects {actor.config['num_features']}, normaliser has "
-                f"{normalizer.mean.numel()}, this version computes {len(FEATURE_NAMES)}."
+                f"{normalizer.mean.numel()}, the agent observes {len(self.feature_names)} features."
             )
         if not isinstance(interval, int) or interval <= 0:
             raise AgentCheckpointError(f"`interval` must be a positive int, got {interval!r}.")
@@ -157,6 +164,7 @@ class GANNOAgent:
         decision_steps: Sequence[int] | str | None = (),
         prior: str = DEFAULT_PRIOR,
         identity_prob: float | None = None,
+        feature_names: str | Sequence[str] | None = None,
     ) -> GANNOAgent:
         """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU.
 
@@ -173,20 +181,23 @@ class GANNOAgent:
             [1.0, 1.0, 1.0]
         """
         action_multipliers = resolve_action_multipliers(action_multipliers)  # a name ("wide") or the multipliers
+        feature_names = resolve_feature_names(feature_names, "feature_names")  # a set's name or the names
+        num_features = len(feature_names)
         if seed is not None:
             torch.manual_seed(seed)
         if recurrent_size:
-            actor = RecurrentLayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation,
+            actor = RecurrentLayerPolicyNet(num_features, len(action_multipliers), hidden_sizes, activation,
                                             recurrent_size=recurrent_size)
         else:
-            actor = LayerPolicyNet(len(FEATURE_NAMES), len(action_multipliers), hidden_sizes, activation)
+            actor = LayerPolicyNet(num_features, len(action_multipliers), hidden_sizes, activation)
         if identity_prob is not None:
             if 1.0 not in action_multipliers:
                 raise ValueError(f"`identity_prob` needs an action set with the multiplier 1 (keep the LR), got "
                                  f"{list(action_multipliers)}.")
             init_identity(actor, action_multipliers.index(1.0), identity_prob)
-        return cls(actor, ObservationNormalizer(len(FEATURE_NAMES)), action_multipliers=action_multipliers,
-                   interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior)
+        return cls(actor, ObservationNormalizer(num_features), action_multipliers=action_multipliers,
+                   interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior,
+                   feature_names=feature_names)
 
     # -- acting -------------------------------------------------------------------------------
     @property
@@ -262,7 +273,7 @@ class GANNOAgent:
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
         return {
             "format_version": version,
-            "feature_names": list(FEATURE_NAMES),
+            "feature_names": list(self.feature_names),
             "features_version": FEATURES_VERSION,
             "action_multipliers": list(self.action_multipliers),
             "interval": self.interval,
@@ -343,7 +354,8 @@ class GANNOAgent:
                 f"{source} has format version {version!r}; this version of ganno-lightning reads versions 1 to "
                 f"{FORMAT_VERSION}. Upgrade ganno-lightning or re-export the agent."
             )
-        _check_feature_names(list(checkpoint["feature_names"]), source)
+        feature_names = list(checkpoint["feature_names"])
+        _check_feature_names(feature_names, source)
         features_version = checkpoint.get("features_version", 1)
         if features_version != FEATURES_VERSION:
             raise AgentCheckpointError(
@@ -363,7 +375,8 @@ class GANNOAgent:
                        interval=checkpoint["interval"], scale_bounds=tuple(checkpoint["scale_bounds"]),
                        training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"),
                        # absent from files of earlier releases: every `interval` steps, no prior
-                       decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR))
+                       decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR),
+                       feature_names=feature_names)
         except AgentCheckpointError as err:
             raise AgentCheckpointError(f"{source}: {err}") from None
         except ValueError as err:
@@ -445,19 +458,13 @@ def _first_sentence(text: str) -> str:
 
 
 def _check_feature_names(saved: list[str], source: str) -> None:
-    expected = list(FEATURE_NAMES)
-    if saved == expected:
-        return
-    missing = [f for f in expected if f not in saved]
-    unexpected = [f for f in saved if f not in expected]
-    detail = []
-    if missing:
-        detail.append(f"missing {missing}")
-    if unexpected:
-        detail.append(f"unexpected {unexpected}")
-    if not detail:
-        detail.append(f"same names in a different order: {saved}")
-    raise AgentCheckpointError(
-        f"Feature mismatch: {source} was trained on features that differ from this version's "
-        f"({'; '.join(detail)}). Retrain the agent with this version or install the version it was trained with."
-    )
+    """An agent may observe any features this version computes, each once, in any order it recorded."""
+    unknown = [f for f in saved if f not in ALL_FEATURE_NAMES]
+    repeated = sorted({f for f in saved if saved.count(f) > 1})
+    if not saved or unknown or repeated:
+        problem = (f"features this version does not compute {unknown}" if unknown else
+                   f"repeated features {repeated}" if repeated else "no features")
+        raise AgentCheckpointError(
+            f"Feature mismatch: {source} was trained on {problem}. Retrain the agent with this version or install "
+            "the version it was trained with."
+        )

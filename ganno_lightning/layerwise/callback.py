@@ -212,6 +212,7 @@ class GANNOCallback(Callback):
             seed=self.seed,
             decision_steps=self.decision_steps,
             prior=self.prior,
+            feature_names=self.agent.feature_names,
         )
         if self.controller.prior.inactive_reason is not None:
             rank_zero_warn(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"

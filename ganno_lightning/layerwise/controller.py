@@ -48,6 +48,8 @@ class LayerwiseController:
         prior: LR prior under the scales when ``lr_schedulers`` is empty (see
             :class:`~ganno_lightning.layerwise.prior.LRPrior`): the effective LR is
             ``lr x prior(step) x scale``.
+        feature_names: What :meth:`observe` returns (see
+            :class:`~ganno_lightning.layerwise.observer.LayerObserver`); default: the default set.
 
     Example::
 
@@ -82,6 +84,7 @@ class LayerwiseController:
         seed: int = 0,
         decision_steps: Sequence[int] = (),
         prior: str = DEFAULT_PRIOR,
+        feature_names: str | Sequence[str] | None = None,
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
@@ -93,7 +96,8 @@ class LayerwiseController:
         self.partition = partition
         self._model = model
         self.observer = LayerObserver(self.partition, interval=interval, total_steps=total_steps,
-                                      grad_samples=grad_samples, sketch_size=sketch_size, seed=seed)
+                                      grad_samples=grad_samples, sketch_size=sketch_size, seed=seed,
+                                      feature_names=feature_names)
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
                               install_hooks=False)
         # One pair of hooks for both: they run on every optimizer step, so they stay lean.

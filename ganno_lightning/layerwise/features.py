@@ -1,16 +1,21 @@
 """The observation contract: feature names and layer kinds (the action set is in ``actions.py``).
 
 This module is the one source of truth for what an agent sees. The environment, the callback and
-the agent checkpoint all read these tuples; an agent file records the list it was trained on and
-is refused if it differs from :data:`FEATURE_NAMES`.
+the agent checkpoint all read these tuples. The observer computes every feature of
+:data:`ALL_FEATURE_NAMES`; an agent observes a named set of them (:data:`FEATURE_SETS`, by default
+:data:`FEATURE_NAMES`), records the list in its file and is refused by a release that does not
+compute every name on it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import nn
 
 
 #: Bumped whenever a feature's meaning changes; part of the agent checkpoint's compatibility check.
+#: New features get new names (checked by name), so adding one leaves it as it is.
 FEATURES_VERSION = 2
 
 #: Layer kinds, in one-hot order.
@@ -47,8 +52,54 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "net_log_update_ratio",
 )
 
+#: The default set: what the shipped agent observes.
 FEATURE_NAMES: tuple[str, ...] = LOCAL_FEATURES + GLOBAL_FEATURES
 NUM_FEATURES = len(FEATURE_NAMES)
+
+#: Scale-free features after the default set (issue #18), in the observer's row after it.
+EXTRA_FEATURES: tuple[str, ...] = (
+    # Per layer, cos(previous step's update, this step's gradient), pooled over the interval's gradient
+    # samples: the sign of the hypergradient d loss / d log LR (Baydin et al. 2018), for any optimizer.
+    # Above 0: the gradient now points back along the last update (it overshot: LR too high); below
+    # 0: still along it (LR could be larger). 0 before any update.
+    "update_grad_cos",
+    # Run-wide: log(smoothed loss / the first interval's mean loss), the run's own progress whatever
+    # the loss's units.
+    "log_loss_vs_initial",
+)
+
+#: Every feature the observer computes, in the order of its rows.
+ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES
+
+#: The named feature sets an agent can observe (``env.features`` of a meta-training config).
+FEATURE_SETS: dict[str, tuple[str, ...]] = {"default": FEATURE_NAMES, "hypergradient": ALL_FEATURE_NAMES}
+
+
+def resolve_feature_names(value: str | Sequence[str] | None, name: str = "features") -> tuple[str, ...]:
+    """The feature names an agent observes: a set's name from :data:`FEATURE_SETS` or a list of names.
+
+    Raises:
+        ValueError: naming ``name``, for an unknown set or feature name, a repeated name or an empty list.
+
+    Example::
+
+        >>> len(resolve_feature_names("hypergradient")) - len(resolve_feature_names(None))
+        2
+    """
+    if value is None:
+        return FEATURE_NAMES
+    if isinstance(value, str):
+        if value not in FEATURE_SETS:
+            raise ValueError(f"`{name}` must be one of {sorted(FEATURE_SETS)} or a list of feature names, "
+                             f"got {value!r}.")
+        return FEATURE_SETS[value]
+    names = tuple(value)
+    unknown = [n for n in names if n not in ALL_FEATURE_NAMES]
+    if not names or unknown or len(set(names)) != len(names):
+        problem = f"unknown names {unknown}" if unknown else "an empty list" if not names else "repeated names"
+        raise ValueError(f"`{name}` has {problem} ({list(names)}); use a set of {sorted(FEATURE_SETS)} or names "
+                         f"from ganno_lightning.layerwise.features.ALL_FEATURE_NAMES.")
+    return names
 
 #: Features are clipped to this magnitude so that no extreme value reaches a policy.
 FEATURE_CLIP = 50.0

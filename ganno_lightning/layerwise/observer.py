@@ -10,14 +10,16 @@ import torch
 from torch import Tensor
 
 from ganno_lightning.layerwise.features import (
+    ALL_FEATURE_NAMES,
     FEATURE_CLIP,
     FEATURE_NAMES,
     GLOBAL_FEATURES,
+    resolve_feature_names,
 )
 from ganno_lightning.layerwise.partition import LayerPartition
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
-_COLUMN = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_COLUMN = {name: i for i, name in enumerate(ALL_FEATURE_NAMES)}
 # A row is [measured per layer | fixed per layer | run-wide]; `features` builds it from these parts.
 _MEASURED = ("log_scale", "log_lr", "log_weight_rms", "log_grad_rms", "log_update_ratio", "grad_consistency")
 _FIXED = slice(len(_MEASURED), len(FEATURE_NAMES) - len(GLOBAL_FEATURES))
@@ -27,7 +29,7 @@ _LOG_FLOOR = 1e-12
 
 
 class LayerObserver:
-    """Accumulates each agent's statistics over an interval and computes :data:`FEATURE_NAMES`.
+    """Accumulates each agent's statistics over an interval and computes its features.
 
     Everything is accumulated on the parameters' device without host synchronisation; the only
     sync is the single transfer in :meth:`features`. Every statistic (weight and gradient RMS,
@@ -38,7 +40,9 @@ class LayerObserver:
     gradients cost more than the whole 1% overhead budget on CPU).
 
     Gradients are read right after ``optimizer.step()`` (after unscaling and clipping, so they are
-    the gradients actually applied), on ``grad_samples`` evenly spaced steps of each interval.
+    the gradients actually applied), on ``grad_samples`` evenly spaced steps of each interval. When
+    ``update_grad_cos`` is observed, the weights' sketch is also read after the two steps before
+    each sample (from their difference, the update that preceded the sampled gradient).
 
     Args:
         partition: The agents.
@@ -48,6 +52,8 @@ class LayerObserver:
         sketch_size: Weights per agent tracked for update size and gradient consistency.
         loss_ema: Smoothing of the interval-mean loss for the ``log_loss`` feature.
         seed: Seed of the sketch's random positions (the same seed gives the same features).
+        feature_names: The features :meth:`features` returns, in order: a set's name or a list of
+            :data:`~ganno_lightning.layerwise.features.ALL_FEATURE_NAMES` (default: the default set).
 
     Example::
 
@@ -72,6 +78,7 @@ class LayerObserver:
         sketch_size: int = 1024,
         loss_ema: float = 0.9,
         seed: int = 0,
+        feature_names: str | Sequence[str] | None = None,
     ) -> None:
         if not isinstance(interval, int) or interval <= 0:
             raise ValueError(f"`interval` must be a positive int, got {interval!r}.")
@@ -85,6 +92,9 @@ class LayerObserver:
         self.interval = interval
         self.total_steps = total_steps
         self.loss_ema = loss_ema
+        self.feature_names = resolve_feature_names(feature_names, "feature_names")
+        self._columns = None if self.feature_names == ALL_FEATURE_NAMES else [_COLUMN[f] for f in self.feature_names]
+        self._measures_hypergradient = "update_grad_cos" in self.feature_names
         n = len(partition)
         self._params = [p for layer in partition for p in layer.params]
         self.device = self._params[0].device
@@ -105,6 +115,7 @@ class LayerObserver:
         self.step = 0  # optimizer steps taken since the start of the run
         self.steps_in_interval = 0
         self._prev_loss: float | None = None
+        self._initial_loss: float | None = None
         self._smoothed_loss: float | None = None
         self._val_loss: Tensor | None = None
         self.start_interval()
@@ -131,6 +142,12 @@ class LayerObserver:
         self.steps_in_interval += 1
         if applied and self._grad_count < self._samples_due[min(self.steps_in_interval, self.interval_length)]:
             self.sample_gradients()
+        roles = self._update_roles.get(self.steps_in_interval)
+        if roles:  # after the sample: a step can end one update pair and start the next
+            weights = self._gather(lambda i: self._params[i].detach())
+            if "end" in roles and self._update_start is not None:
+                self._last_update = weights - self._update_start
+            self._update_start = weights if "start" in roles else None
 
     def sample_gradients(self) -> None:
         """Measure the parameters' current gradients into this interval's statistics.
@@ -145,6 +162,10 @@ class LayerObserver:
         self._grad_count += 1
         sketch = self._gather(lambda i: None if grads[i] is None else _dense(grads[i]))
         self._grad_sketch_sum += sketch
+        if self._last_update is not None:  # the update right before this gradient: hypergradient terms
+            update, self._last_update = self._last_update, None
+            self._hypergradient_sums += self._per_agent_sums(torch.stack([update * sketch, update.square(),
+                                                                         sketch.square()]))
         if self.device.type == "cuda":  # index_add_ sums with atomics there, in an order that varies run to run
             self._grad_sketch_sq += torch.segment_reduce(sketch.square(), "sum", lengths=self._sketch_lengths,
                                                          unsafe=True)
@@ -174,6 +195,9 @@ class LayerObserver:
         self._grad_count = 0
         self._grad_sketch_sum = torch.zeros(len(self._sketch_agent), device=self.device)
         self._grad_sketch_sq = self._zeros.clone()
+        self._hypergradient_sums = self._zeros.expand(3, -1).clone()  # sum u.g, sum |u|^2, sum |g|^2 per agent
+        self._update_start: Tensor | None = None
+        self._last_update: Tensor | None = None
         self._weight_sketch_start = self._gather(lambda i: self._params[i].detach())
 
     def _set_interval_length(self, length: int) -> None:
@@ -182,6 +206,14 @@ class LayerObserver:
         self._sample_steps = {math.ceil((j + 1) * length / k) for j in range(k)}
         # Samples due by each step of the interval: a step samples while fewer have been taken.
         self._samples_due = [sum(s <= p for s in self._sample_steps) for p in range(length + 1)]
+        # The weights are read after steps s-2 and s-1 of a sample at step s (s >= 3): their
+        # difference is the update made just before the sampled gradient.
+        self._update_roles: dict[int, set[str]] = {}
+        if self._measures_hypergradient:
+            for s in self._sample_steps:
+                if s >= 3:
+                    self._update_roles.setdefault(s - 2, set()).add("start")
+                    self._update_roles.setdefault(s - 1, set()).add("end")
 
     # -- features -----------------------------------------------------------------------------
     def features(
@@ -190,7 +222,7 @@ class LayerObserver:
         lrs: Sequence[float],
         reduce_fn: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """Compute the ``[num_agents, len(FEATURE_NAMES)]`` observation on the CPU, always finite.
+        """Compute the ``[num_agents, len(feature_names)]`` observation on the CPU, always finite.
 
         Args:
             scales: Each agent's current LR scale.
@@ -208,13 +240,15 @@ class LayerObserver:
             per_agent = torch.zeros(4, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
         val = self._val_loss if self._val_loss is not None else self._zeros[:1]
         losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
-        raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, val.reshape(1).float(), losses.float()])
+        raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, self._hypergradient_sums.reshape(-1),
+                         val.reshape(1).float(), losses.float()])
         if reduce_fn is not None:  # every rank records the same steps, so each step's loss is averaged
             raw = reduce_fn(raw)
         raw = raw.cpu().tolist()  # the one host sync of a decision (float32 -> float is exact)
         # Host side in plain floats: a few hundred numbers, far cheaper than tiny tensor ops.
-        weight_sq, update_sq, start_sq, cons_num, grad_sq = (raw[i * n:(i + 1) * n] for i in range(5))
-        val_loss, step_losses = raw[5 * n], raw[5 * n + 1:]
+        weight_sq, update_sq, start_sq, cons_num, grad_sq, hyper_dot, hyper_u_sq, hyper_g_sq = (
+            raw[i * n:(i + 1) * n] for i in range(8))
+        val_loss, step_losses = raw[8 * n], raw[8 * n + 1:]
         loss_sum, loss_sq_sum = sum(step_losses), sum(x * x for x in step_losses)
         k = max(self._grad_count, 1)
         per_layer = {
@@ -225,6 +259,7 @@ class LayerObserver:
             "log_update_ratio": [0.5 * _log_scalar(u / (s + _TINY)) for u, s in zip(update_sq, start_sq)],
             "grad_consistency": [min(max(c / (k * d + _TINY), 0.0), 1.0) if math.isfinite(c / (k * d + _TINY))
                                  else 0.0 for c, d in zip(cons_num, grad_sq)],
+            "update_grad_cos": [_cosine(d, u, g) for d, u, g in zip(hyper_dot, hyper_u_sq, hyper_g_sq)],
         }
 
         count = len(self._losses)
@@ -234,6 +269,8 @@ class LayerObserver:
             self._smoothed_loss = loss if self._smoothed_loss is None else (
                 self.loss_ema * self._smoothed_loss + (1 - self.loss_ema) * loss)
         smoothed = self._smoothed_loss if self._smoothed_loss is not None else loss
+        if self._initial_loss is None and count and math.isfinite(loss):
+            self._initial_loss = loss
         variance = max(loss_sq_sum / count - loss * loss, 0.0) if count > 1 else 0.0
         has_val = self._val_loss is not None
         run = {
@@ -247,6 +284,8 @@ class LayerObserver:
             "has_val_loss": float(has_val),
             "net_log_grad_rms": _mean(per_layer["log_grad_rms"]),
             "net_log_update_ratio": _mean(per_layer["log_update_ratio"]),
+            "log_loss_vs_initial": _log_scalar(smoothed) - _log_scalar(self._initial_loss)
+            if self._initial_loss is not None else 0.0,
         }
         if count and math.isfinite(loss):
             self._prev_loss = loss
@@ -254,33 +293,42 @@ class LayerObserver:
         self.last_interval_loss_count = count
         run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
         measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
-        rows = [[*own, *fixed, *run_part] for own, fixed in zip(measured, self._fixed_rows, strict=True)]
+        rows = [[*own, *fixed, *run_part, _finite(cos), _finite(run["log_loss_vs_initial"])]
+                for own, fixed, cos in zip(measured, self._fixed_rows, per_layer["update_grad_cos"], strict=True)]
+        if self._columns is not None:
+            rows = [[row[c] for c in self._columns] for row in rows]
         return torch.tensor(rows, dtype=torch.float32)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        # Copies, also on the CPU: the accumulators change in place as training goes on after a save.
         return {
             "step": self.step,
             "steps_in_interval": self.steps_in_interval,
             "interval_length": self.interval_length,
             "prev_loss": self._prev_loss,
+            "initial_loss": self._initial_loss,
             "smoothed_loss": self._smoothed_loss,
-            "val_loss": None if self._val_loss is None else self._val_loss.cpu(),
-            "losses": torch.stack(self._losses).cpu() if self._losses else torch.zeros(0),
+            "val_loss": None if self._val_loss is None else self._val_loss.to("cpu", copy=True),
+            "losses": torch.stack(self._losses).to("cpu", copy=True) if self._losses else torch.zeros(0),
             "grad_count": self._grad_count,
-            "grad_sketch_sum": self._grad_sketch_sum.cpu(),
-            "grad_sketch_sq": self._grad_sketch_sq.cpu(),
-            "weight_sketch_start": self._weight_sketch_start.cpu(),
+            "grad_sketch_sum": self._grad_sketch_sum.to("cpu", copy=True),
+            "grad_sketch_sq": self._grad_sketch_sq.to("cpu", copy=True),
+            "weight_sketch_start": self._weight_sketch_start.to("cpu", copy=True),
+            "hypergradient_sums": self._hypergradient_sums.to("cpu", copy=True),
+            "update_start": None if self._update_start is None else self._update_start.to("cpu", copy=True),
+            "last_update": None if self._last_update is None else self._last_update.to("cpu", copy=True),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("weight_sketch_start") is not None and len(state["weight_sketch_start"]) != len(self._sketch_agent):
             raise ValueError("Observer state does not match this model: the weight sketch has a different size.")
-        to = lambda t: t.to(self.device)  # noqa: E731
+        to = lambda t: t.to(self.device, copy=True)  # noqa: E731  (the caller keeps its state unchanged)
         self.step = int(state.get("step", 0))
         self.steps_in_interval = int(state.get("steps_in_interval", 0))
         self._set_interval_length(int(state.get("interval_length", self.interval)))
         self._prev_loss = state.get("prev_loss")
+        self._initial_loss = state.get("initial_loss", self._prev_loss)  # older states: the closest there is
         self._smoothed_loss = state.get("smoothed_loss")
         self._val_loss = None if state.get("val_loss") is None else to(state["val_loss"])
         self._losses = [to(x) for x in state.get("losses", torch.zeros(0))]
@@ -288,8 +336,18 @@ class LayerObserver:
         self._grad_sketch_sum = to(state.get("grad_sketch_sum", self._grad_sketch_sum))
         self._grad_sketch_sq = to(state.get("grad_sketch_sq", self._grad_sketch_sq))
         self._weight_sketch_start = to(state.get("weight_sketch_start", self._weight_sketch_start))
+        self._hypergradient_sums = to(state.get("hypergradient_sums", self._hypergradient_sums))
+        self._update_start = None if state.get("update_start") is None else to(state["update_start"])
+        self._last_update = None if state.get("last_update") is None else to(state["last_update"])
 
     # -- helpers ------------------------------------------------------------------------------
+    def _per_agent_sums(self, rows: Tensor) -> Tensor:
+        """``[r, positions]`` -> ``[r, num_agents]``: each row summed over each agent's sketch positions."""
+        if self.device.type in ("cpu", "cuda"):  # in a fixed order, so the same run gives the same features
+            lengths = self._sketch_lengths.expand(len(rows), -1).contiguous()
+            return torch.segment_reduce(rows, "sum", lengths=lengths, axis=1, unsafe=True)
+        return torch.zeros(len(rows), len(self.partition), device=self.device).index_add_(1, self._sketch_agent, rows)
+
     def _gather(self, tensor_of: Callable[[int], Tensor | None]) -> Tensor:
         """The sketch positions of ``tensor_of(param_index)`` for every parameter, concatenated."""
         pieces = []
@@ -355,6 +413,12 @@ def _log_scalar(x: float | None) -> float:
     if x is None or x != x:
         return 0.0
     return math.log(max(x, _LOG_FLOOR)) if x != math.inf else math.inf
+
+
+def _cosine(dot: float, u_sq: float, g_sq: float) -> float:
+    """``dot / (|u| |g|)`` in [-1, 1]; 0 without both vectors."""
+    norm = math.sqrt(u_sq * g_sq)
+    return min(max(dot / norm, -1.0), 1.0) if norm > _TINY and math.isfinite(dot / norm) else 0.0
 
 
 def _mean(values: Sequence[float]) -> float:

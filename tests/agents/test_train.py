@@ -11,6 +11,7 @@ from ganno_lightning.agents.networks import LOG_PROB, make_modules
 from ganno_lightning.agents.train import parse_config, resolved_config, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
 
@@ -196,9 +197,25 @@ def test_smoke_run_with_the_act_early_options_trains_and_deploys_them(tmp_path):
     assert (callback.decision_steps, callback.prior) == ((0, 2, 5), "cosine")
 
 
+def test_smoke_run_with_the_hypergradient_features_deploys_them(tmp_path):
+    from helpers import RecordingAgent, TinyRegressor, trainer
+
+    agent = GANNOAgent.load(train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", "env.features=hypergradient"]))
+    assert agent.feature_names == ALL_FEATURE_NAMES
+    recording = RecordingAgent(agent)
+    trainer(max_epochs=5, callbacks=[GANNOCallback(recording)]).fit(TinyRegressor())  # 40 steps: 4 decisions
+    observations = torch.stack(recording.observations)  # [decisions, layers, features]
+    assert observations.shape[1:] == (2, len(ALL_FEATURE_NAMES))
+    cosines = observations[..., ALL_FEATURE_NAMES.index("update_grad_cos")]
+    assert cosines.abs().le(1).all() and cosines.ne(0).all()  # every interval of 10 steps measures two
+    progress = observations[:, 0, ALL_FEATURE_NAMES.index("log_loss_vs_initial")]
+    assert progress[0] == 0 and progress[-1] < 0  # the loss falls from its first interval's
+
+
 @pytest.mark.parametrize("override, match", [
     ("algo.identity_init=1.0", r"`algo.identity_init` must be in \[0, 1\)"),
     ("env.prior=linear", r"`env.prior` must be one of"),
+    ("env.features=scale_free", r"`env.features` must be one of \['default', 'hypergradient'\]"),
 ])
 def test_option_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):

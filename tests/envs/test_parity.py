@@ -26,7 +26,7 @@ class ScriptedAgent(GANNOAgent):
     def __init__(self, script=SCRIPT, **options):
         base = GANNOAgent.create(interval=INTERVAL, seed=0, **options)
         super().__init__(base.actor, base.normalizer, interval=INTERVAL, action_multipliers=base.action_multipliers,
-                         decision_steps=base.decision_steps, prior=base.prior)
+                         decision_steps=base.decision_steps, prior=base.prior, feature_names=base.feature_names)
         self.script = script
         self.observations = []
 
@@ -68,15 +68,15 @@ def test_env_and_callback_observe_and_set_lrs_identically(scheduler, module_clas
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
-# #18's options on: a decision at step 0 (a probe in both), early decisions, the wide action set and an
-# LR prior under the scales (the module has no scheduler, so the prior applies).
+# #18's options on: a decision at step 0 (a probe in both), early decisions, the wide action set, an
+# LR prior under the scales (the module has no scheduler, so the prior applies) and the feature sets.
 WIDE_SCRIPT = [[10, 0], [9, 1], [5, 5], [0, 10], [2, 8], [7, 7], [1, 0], [4, 2], [6, 3], [3, 6]]
 
 
-@pytest.mark.parametrize("prior", ["cosine", "warmup_cosine"])
-def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior):
+@pytest.mark.parametrize("prior, features", [("cosine", "default"), ("warmup_cosine", "hypergradient")])
+def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior, features):
     options = dict(decision_steps=[0, 2], prior=prior, action_multipliers="wide")
-    config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, **options)
+    config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, features=features, **options)
     factory = functools.partial(make_module, None)
     env = LayerwiseLREnv(SingleTask(factory), config, seed=0)
     td = env.reset()
@@ -89,12 +89,13 @@ def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior):
         if td["done"].item():
             break
 
-    agent = ScriptedAgent(WIDE_SCRIPT, **options)
+    agent = ScriptedAgent(WIDE_SCRIPT, feature_names=features, **options)
     callback = GANNOCallback(agent)  # the options come from the agent
     module = factory()
     trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
 
     assert len(agent.observations) == len(env_observations) == 10  # decisions at 0, 2, 4, 8, ..., 32
+    assert agent.observations[-1].shape[-1] == len(config.features)
     for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
     env_schedule = env.controller.schedule

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 from ganno_lightning.layerwise import agent as agent_module
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, FORMAT_VERSION
 
@@ -48,10 +49,27 @@ def _save_modified(tmp_path, **changes):
 def test_feature_mismatch_names_the_difference(tmp_path):
     names = list(FEATURE_NAMES)
     names[names.index("grad_consistency")] = "grad_cosine"
-    with pytest.raises(AgentCheckpointError, match=r"missing \['grad_consistency'\]; unexpected \['grad_cosine'\]"):
+    with pytest.raises(AgentCheckpointError, match=r"features this version does not compute \['grad_cosine'\]"):
         GANNOAgent.load(_save_modified(tmp_path, feature_names=names))
-    with pytest.raises(AgentCheckpointError, match="different order"):
-        GANNOAgent.load(_save_modified(tmp_path, feature_names=list(reversed(FEATURE_NAMES))))
+    names = list(FEATURE_NAMES)
+    names[0] = names[1]
+    with pytest.raises(AgentCheckpointError, match=r"repeated features \['log_lr'\]"):
+        GANNOAgent.load(_save_modified(tmp_path, feature_names=names))
+    with pytest.raises(AgentCheckpointError, match="Feature count mismatch: actor expects 23, normaliser has 23, "
+                                                   "the agent observes 22"):
+        GANNOAgent.load(_save_modified(tmp_path, feature_names=list(FEATURE_NAMES)[:-1]))
+
+
+def test_an_agent_of_another_feature_set_round_trips_and_the_callback_feeds_it_its_features(tmp_path):
+    agent = GANNOAgent.create(seed=0, feature_names="hypergradient")
+    assert agent.feature_names == ALL_FEATURE_NAMES and agent.actor.config["num_features"] == len(ALL_FEATURE_NAMES)
+    loaded = GANNOAgent.load(agent.save(tmp_path / "agent.pt"))
+    assert loaded.feature_names == ALL_FEATURE_NAMES
+    observation = torch.randn(3, len(ALL_FEATURE_NAMES))
+    assert torch.equal(loaded.decide(observation, exploration="mode").multipliers,
+                       agent.decide(observation, exploration="mode").multipliers)
+    with pytest.raises(ValueError, match=r"`feature_names` must be one of \['default', 'hypergradient'\]"):
+        GANNOAgent.create(feature_names="scale_free")
 
 
 def test_action_set_mismatch_is_an_error(tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ganno_lightning import FEATURE_NAMES, LayerObserver, LayerPartition
-from ganno_lightning.layerwise.features import FEATURE_CLIP
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES, FEATURE_CLIP
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -205,3 +205,100 @@ def test_a_skipped_step_counts_and_its_gradient_sample_is_taken_on_the_next_appl
         counts.append(observer._grad_count)
     assert observer.step == observer.steps_in_interval == 4
     assert counts == [0, 0, 1, 2]  # step 2 skipped: its gradients are not read; step 3 takes its sample
+
+
+# -- the scale-free features of the "hypergradient" set ------------------------------------------
+ALL = {name: i for i, name in enumerate(ALL_FEATURE_NAMES)}
+
+
+def quadratic_run(lr, steps=10, interval=10, **kwargs):
+    """SGD on 0.5 * |w|^2 (curvature 1): lr < 1 approaches the minimum, 1 < lr < 2 overshoots it every step."""
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    observer = observer_for(model, interval=interval, feature_names="hypergradient", **kwargs)
+    observer.attach(optimizer)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = 0.5 * model.weight.square().sum()
+        loss.backward()
+        optimizer.step()
+        observer.record_loss(loss.detach())
+    return observer.features(scales=[1.0], lrs=[lr])[0]
+
+
+def test_update_grad_cos_says_whether_the_last_update_overshot():
+    # After an SGD step w <- (1 - lr) w the gradient is (1 - lr) w: along the last update's
+    # direction -w when lr > 1 (overshot: cos +1), against it when lr < 1 (cos -1).
+    assert quadratic_run(lr=1.9)[ALL["update_grad_cos"]] == pytest.approx(1.0, abs=1e-5)
+    assert quadratic_run(lr=0.1)[ALL["update_grad_cos"]] == pytest.approx(-1.0, abs=1e-5)
+    # No update before the sampled gradient (interval of 2 steps: samples at steps 1 and 2): 0
+    assert quadratic_run(lr=0.1, steps=2, interval=2)[ALL["update_grad_cos"]] == 0.0
+
+
+def test_log_loss_vs_initial_is_the_smoothed_loss_relative_to_the_first_interval():
+    model = two_layers()
+    observer = observer_for(model, interval=1, feature_names="hypergradient", loss_ema=0.5)
+    losses = []
+    for loss in (4.0, 2.0, 1.0):
+        observer.record_loss(loss)
+        losses.append(observer.features(scales=[1.0, 1.0], lrs=[0.1, 0.1])[0, ALL["log_loss_vs_initial"]].item())
+        observer.start_interval()
+    # smoothed: 4, then 0.5 * 4 + 0.5 * 2 = 3, then 0.5 * 3 + 0.5 * 1 = 2; relative to the first, 4
+    assert losses == pytest.approx([0.0, math.log(3 / 4), math.log(2 / 4)], abs=1e-6)
+
+
+def test_an_observer_returns_exactly_the_features_it_is_asked_for():
+    """The default set is the full row's first columns, unchanged; any list comes in its own order."""
+    full = quadratic_run(lr=0.5)
+    model_rows = []
+    for names in (None, ["update_grad_cos", "log_lr"]):
+        model = nn.Linear(4, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        observer = observer_for(model, interval=10, feature_names=names)
+        observer.attach(optimizer)
+        for _ in range(10):
+            optimizer.zero_grad()
+            loss = 0.5 * model.weight.square().sum()
+            loss.backward()
+            optimizer.step()
+            observer.record_loss(loss.detach())
+        model_rows.append(observer.features(scales=[1.0], lrs=[0.5])[0])
+    default_row, picked = model_rows
+    assert torch.equal(default_row, full[:len(FEATURE_NAMES)])
+    assert picked.tolist() == [full[ALL["update_grad_cos"]].item(), full[ALL["log_lr"]].item()]
+    assert full[ALL["update_grad_cos"]] < 0  # lr 0.5 < 1: the gradient keeps pointing the same way
+    with pytest.raises(ValueError, match=r"`feature_names` has unknown names \['grad_cosine'\]"):
+        observer_for(two_layers(), feature_names=["grad_cosine"])
+
+
+def test_the_hypergradient_state_survives_a_round_trip():
+    model = nn.Linear(4, 1, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.5)
+    observer = observer_for(model, interval=10, feature_names="hypergradient")
+    hooks = observer.attach(optimizer)
+
+    def steps(obs, count):
+        for _ in range(count):
+            optimizer.zero_grad()
+            loss = 0.5 * model.weight.square().sum()
+            loss.backward()
+            optimizer.step()
+            obs.record_loss(loss.detach())
+
+    steps(observer, 9)  # the pair before the step-10 sample is read: a restore must keep it
+    state = observer.state_dict()
+    weights = model.weight.detach().clone()
+    steps(observer, 1)
+    expected = observer.features(scales=[1.0], lrs=[1.5])
+    hooks.remove()
+    with torch.no_grad():
+        model.weight.copy_(weights)
+    restored = observer_for(model, interval=10, feature_names="hypergradient")
+    restored.load_state_dict(state)
+    restored.attach(optimizer)
+    steps(restored, 1)
+    assert torch.equal(restored.features(scales=[1.0], lrs=[1.5]), expected)
