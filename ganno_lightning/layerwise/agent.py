@@ -27,7 +27,6 @@ from ganno_lightning.layerwise.actions import (
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import (
     ALL_FEATURE_NAMES,
-    FEATURE_NAMES,
     FEATURES_VERSION,
     resolve_feature_names,
 )

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-
 #: Bumped whenever a feature's meaning changes; part of the agent checkpoint's compatibility check.
 #: New features get new names (checked by name), so adding one leaves it as it is.
 FEATURES_VERSION = 2

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
-from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 from ganno_lightning.layerwise import agent as agent_module
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, FORMAT_VERSION
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 
 
 def test_round_trip_preserves_everything(tmp_path):
