@@ -37,8 +37,8 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   trials have been added since the last full fit, and reused on the current data in between (the
   authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
   fit). Default 3.
-- ``target_ei``: the acquisition's gain is the EI of the score at ``T_max`` times the kernel's
-  correlation between the scores at ``t`` and ``T_max`` (the paper: the EI of the score at ``t``); see
+- ``target_ei``: the acquisition's gain is the EI of the score at ``T_max`` times the squared
+  kernel correlation between the scores at ``t`` and ``T_max`` (the paper: the EI of the score at ``t``); see
   :mod:`~ganno_lightning.boil.acquisition`.
 - ``t_trend``: the GP's prior mean rises with ``t`` (:class:`~ganno_lightning.boil.model.LengthTrendMean`);
   see :mod:`~ganno_lightning.boil.model`.
@@ -119,8 +119,8 @@ class BOILCore:
         refit_every: optimise the GP's hyperparameters (and ``(m0, g0)``) once this many trials were
             added since the last full fit; in between, reuse them on the current data. 1: every call.
         t_trend: give the GP a prior mean with a trend in ``t`` (off: a constant mean).
-        target_ei: judge a trial ``(x, t)`` by the EI at ``(x, t_max)`` times the kernel's correlation
-            between ``t`` and ``t_max``; off: by ``EI(x, t)`` (the paper).
+        target_ei: judge a trial ``(x, t)`` by the EI at ``(x, t_max)`` times the squared kernel
+            correlation between ``t`` and ``t_max``; off: by ``EI(x, t)`` (the paper).
         max_virtual_per_trial: most virtual observations at one trial's configuration.
         max_virtual_total: most virtual observations in all.
         virtual_variance_threshold: add a virtual observation only where the GP's posterior variance
