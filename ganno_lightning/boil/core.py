@@ -44,8 +44,8 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   see :mod:`~ganno_lightning.boil.model`.
 
 Every call is deterministic given the seed, the arguments and the calls before it (fits warm-start
-from the previous one). Nothing is kept between calls but that previous fit: observations, virtual
-observations and the cost model are re-derived every time.
+from the previous one). Nothing is kept between calls but that previous fit and how many trials it
+saw: observations, virtual observations and the cost model are re-derived every time.
 
 Example::
 
