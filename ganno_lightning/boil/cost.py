@@ -8,6 +8,11 @@ towards 1 (cost proportional to epochs), so with few trials the model degrades g
 ``min_points`` measurements it *is* that fallback (``c = 1, b = 0``, ``a`` the mean log seconds per
 epoch), and with none, one second per epoch.
 
+When the tuner's budget counts epochs, the price of a trial is its epochs and nothing is fitted:
+:meth:`CostModel.per_epoch` (the acquisition must price what the budget counts; seconds would make
+a trial look cheaper or dearer than it is against that budget, e.g. through each trial's fixed
+start-up time).
+
 Deviations from the paper's code (github.com/ntienvu/BOIL, ``boil.py``): the authors fit an
 unregularised linear regression of min-max-normalised seconds on ``[x, t / T_max]`` and clip its
 prediction at 0 (plus 0.1) before taking the log; the log-linear model here is positive by
@@ -79,6 +84,11 @@ class CostModel:
         penalty[0] = 0.0  # the intercept is not shrunk
         coef = torch.linalg.solve(design.T @ design + torch.diag(penalty), design.T @ residual)
         return cls(intercept=float(coef[0]), slopes=coef[1:-1].clone(), log_t_slope=1.0 + float(coef[-1]), n_points=n)
+
+    @classmethod
+    def per_epoch(cls, dims: int) -> CostModel:
+        """A trial costs its epochs (one unit per epoch, whatever ``x``): the price under an epochs budget."""
+        return cls(intercept=0.0, slopes=torch.zeros(dims, dtype=torch.float64), log_t_slope=1.0, n_points=0)
 
     def log_seconds(self, x: Tensor, epochs: Tensor) -> Tensor:
         """Predicted log seconds of training ``x`` (``(..., d)``) for ``epochs`` (``(...)``, may be fractional)."""

@@ -32,11 +32,13 @@ __all__ = ["BOILConfig", "CoreConfig", "load_config", "main", "make_tuner"]
 
 @dataclass
 class CoreConfig:
-    initial_random: Optional[int] = None  # random trials before the first model fit; null: the core's default
+    initial_random: Optional[int] = None  # random trials (of t_max epochs) before the first model fit; null: 3
     virtual_observations: bool = True  # curve prefixes as extra observations where the model is unsure
     learn_compression: bool = True  # learn how a curve becomes one score (m0, g0) by marginal likelihood
     fixed_t: bool = False  # train every trial for the longest length (plain BO over curves: an ablation)
     cost_cooling: bool = False  # weigh cost less as the budget runs out
+    t_trend: bool = True  # the model's prior mean rises with training length (off: a constant mean)
+    target_ei: bool = True  # judge (x, t) by the EI at t_max x corr(t, t_max)^2; off: EI at t (the paper)
     # null below: the core's default (ganno_lightning.boil.core.BOILCore)
     m0: Optional[float] = None  # compression midpoint (epoch / t_max of half weight); the start when learned
     g0: Optional[float] = None  # compression growth; the start when learned
@@ -46,6 +48,9 @@ class CoreConfig:
     num_restarts: Optional[int] = None  # L-BFGS-B starts when maximising the acquisition
     raw_samples: Optional[int] = None  # quasi-random points scored to choose those starts
     fit_maxiter: Optional[int] = None  # most L-BFGS iterations per GP fit
+    cost_unit: Optional[str] = None  # "seconds" or "epochs" a trial is priced in; null: what the budget counts
+    t_floor: Optional[float] = None  # shortest suggested training, as a fraction of t_max (0: just t_min)
+    refit_every: Optional[int] = None  # optimise the model's hyperparameters after this many new trials
 
 
 @dataclass

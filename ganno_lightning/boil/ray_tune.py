@@ -113,7 +113,7 @@ class BOILSearcher(Searcher):
         self.epochs_key, self.epoch_attr = epochs_key, epoch_attr
         self.core_options = dict(core_options)
         # checked now, not at Tune's first suggest (the mode may come later from TuneConfig; any will do here)
-        make_core(len(self.space), self.t_min, self.t_max, mode or "min", seed, self.core_options)
+        make_core(len(self.space), self.t_min, self.t_max, mode or "min", seed, self.core_options, budget_epochs)
         self.study_dir = None if study_dir is None else str(study_dir)
         self._store: Optional[BOILStore] = None
         self._core: Any = None
@@ -235,7 +235,8 @@ class BOILSearcher(Searcher):
                 raise ValueError("BOILSearcher needs `metric` and `mode`: pass them to it or to tune.TuneConfig.")
             from ganno_lightning.boil.tuner import make_core
 
-            self._core = make_core(len(self.space), self.t_min, self.t_max, self._mode, self.seed, self.core_options)
+            self._core = make_core(len(self.space), self.t_min, self.t_max, self._mode, self.seed, self.core_options,
+                                   self.budget_epochs)
         return self._core
 
     def _open_store(self) -> Optional[BOILStore]:

@@ -112,8 +112,12 @@ def _parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Param
             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: Mapping[str, Any]) -> Any:
+def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: Mapping[str, Any],
+              budget_epochs: Optional[int] = None) -> Any:
     """:class:`~ganno_lightning.boil.core.BOILCore` with the caller's ``options`` (the tuner's, the Ray searcher's).
+
+    With an epochs budget (``budget_epochs`` not None) the acquisition prices trials in epochs
+    (``cost_unit="epochs"``), else in seconds, unless ``options`` sets ``cost_unit`` itself.
 
     Raises:
         ValueError: an option the core does not take (naming it and the known ones), or a bad value
@@ -128,6 +132,7 @@ def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: 
             if name not in allowed or name in fixed:
                 known = ", ".join(n for n in allowed if n not in fixed and n != "self")
                 raise ValueError(f"Unknown BOIL core option `{name}`={options[name]!r}; known: {known}.")
+    options = {"cost_unit": "seconds" if budget_epochs is None else "epochs", **options}
     return BOILCore(dims=dims, t_max=t_max, t_min=t_min, mode=mode, seed=seed, **options)
 
 
@@ -233,7 +238,9 @@ class BOILTuner:
             trial's :class:`~ganno_lightning.boil.callback.BOILCallback`.
         **core_options: :class:`~ganno_lightning.boil.core.BOILCore`'s options: ``initial_random``,
             ``virtual_observations``, ``learn_compression``, ``m0``, ``g0``, ``fixed_t``,
-            ``cost_cooling``, ``max_virtual_per_trial``, ``max_virtual_total``,
+            ``cost_cooling``, ``cost_unit`` (default: ``"epochs"`` with ``budget_epochs``, ``"seconds"``
+            with ``budget_seconds``: the acquisition prices what the budget counts), ``t_floor``,
+            ``refit_every``, ``t_trend``, ``target_ei``, ``max_virtual_per_trial``, ``max_virtual_total``,
             ``virtual_variance_threshold``, ``num_restarts``, ``raw_samples``, ``fit_maxiter``.
 
     Raises:
@@ -373,7 +380,7 @@ class BOILTuner:
                 )
 
     def _make_core(self) -> Any:
-        return make_core(len(self.space), self.t_min, self.t_max, self.mode, self.seed, self.core_options)
+        return make_core(len(self.space), self.t_min, self.t_max, self.mode, self.seed, self.core_options, self.budget_epochs)
 
     def settings(self) -> dict[str, Any]:
         """What a resumed study must share with the stored one (the budget and workers may change)."""

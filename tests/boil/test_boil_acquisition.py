@@ -47,3 +47,30 @@ def test_t_min_bounds_the_shortest_training(model):
     cost = CostModel(intercept=0.0, slopes=torch.zeros(1, dtype=torch.float64), log_t_slope=5.0)
     acq = CostAwareLogEI(model, best_f=incumbent(model, torch.tensor([[0.5]], dtype=torch.float64)), cost=cost, t_max=T_MAX)
     assert maximise(acq, dims=1, t_max=T_MAX, t_min=7).epochs >= 7
+
+
+def test_priced_per_epoch_a_trial_costs_its_epochs_whatever_x(model):
+    cost = CostModel.per_epoch(dims=1)
+    x = torch.tensor([[0.0], [0.5], [1.0]], dtype=torch.float64)
+    for epochs in (1, 7, T_MAX):
+        assert torch.allclose(cost.log_seconds(x, torch.full((3,), float(epochs))),
+                              torch.full((3,), float(torch.tensor(float(epochs)).log()), dtype=torch.float64))
+
+
+def target_pick(lengthscale_t):
+    """The best full-length trial sits at x = 0.5; a short trial is worth what its score tells about T_max."""
+    inputs = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.6, 1.0], [0.9, 1.0]], dtype=torch.float64)
+    gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.9, 0.1], dtype=torch.float64))
+    gp.covar_module.base_kernel.kernels[0].lengthscale = 0.3
+    gp.covar_module.base_kernel.kernels[1].lengthscale = lengthscale_t
+    gp.eval()
+    best = incumbent(gp, inputs[:, :1])
+    acq = CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(dims=1), t_max=T_MAX, target=True)
+    return maximise(acq, dims=1, t_max=T_MAX, t_min=1)
+
+
+def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max():
+    # scores after t and after T_max nearly uncorrelated: a cheap short trial tells nothing, so train long
+    assert target_pick(lengthscale_t=0.05).epochs >= T_MAX - 1
+    # nearly identical: the short trial tells as much for a fraction of the epochs
+    assert target_pick(lengthscale_t=20.0).epochs <= T_MAX // 4

@@ -91,7 +91,7 @@ def test_pending_trials_count_towards_the_initial_random_design():
 
 
 def test_a_failed_fit_reuses_the_previous_one_then_falls_back_to_random(monkeypatch, caplog):
-    core = BOILCore(dims=2, t_max=T_MAX, seed=0)
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, refit_every=1)  # every call a full fit
     history, _ = run_study(core, 5)
     assert core.suggest(history).info["fit_source"] == "fit"
 
@@ -176,6 +176,8 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
     ({"fixed_t": "yes"}, "`fixed_t`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
     ({"virtual_variance_threshold": -0.1}, "`virtual_variance_threshold`"), ({"num_restarts": 0}, "`num_restarts`"),
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
+    ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
+    ({"t_trend": 1}, "`t_trend`"), ({"target_ei": None}, "`target_ei`"),
 ])
 def test_bad_constructor_arguments_name_themselves(kwargs, name):
     arguments = {"dims": 2, "t_max": 10, **kwargs}
@@ -207,3 +209,32 @@ def test_docstring_examples(name):
     module = importlib.import_module(f"ganno_lightning.boil.{name}")
     result = doctest.testmod(module, extraglobs={**vars(module), "torch": torch}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_t_floor_keeps_suggestions_at_or_above_its_share_of_t_max():
+    _, floored = run_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.5), 8)
+    assert all(s.max_epochs >= T_MAX // 2 for s in floored)
+    assert BOILCore(dims=2, t_max=T_MAX, t_min=3, t_floor=0.0).t_shortest == 3  # no floor: t_min alone
+    assert BOILCore(dims=2, t_max=T_MAX, t_min=3, t_floor=0.05).t_shortest == 3  # the floor never lowers t_min
+
+
+def test_with_an_epochs_price_the_measured_seconds_do_not_change_the_suggestion():
+    # The same trials, once with short trials nearly free in seconds (seconds grow like epochs cubed).
+    history, _ = run_study(BOILCore(dims=2, t_max=T_MAX, seed=0), 6)
+    cubic = [Observation(x=o.x, max_epochs=o.max_epochs, curve=o.curve, seconds=1e-3 * o.epochs_done ** 3)
+             for o in history]
+    plain = BOILCore(dims=2, t_max=T_MAX, seed=0, cost_unit="epochs").suggest(history)
+    skewed = BOILCore(dims=2, t_max=T_MAX, seed=0, cost_unit="epochs").suggest(cubic)
+    assert (plain.x, plain.max_epochs) == (skewed.x, skewed.max_epochs)
+    assert plain.info["log_cost"] == pytest.approx(math.log(plain.max_epochs))
+    by_seconds = BOILCore(dims=2, t_max=T_MAX, seed=0, cost_unit="seconds").suggest(cubic)
+    assert by_seconds.info["log_cost"] != pytest.approx(math.log(by_seconds.max_epochs))
+
+
+def test_between_full_fits_the_hyperparameters_are_reused_and_still_find_the_optimum():
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, refit_every=3)
+    history, suggestions = run_study(core, 12)
+    sources = [s.info.get("fit_source") for s in suggestions if s.info["source"] == "acquisition"]
+    assert sources[0] == "fit" and "reused" in sources and sources.count("fit") < len(sources)
+    best = min(history, key=lambda o: final_loss(o.x))
+    assert torch.dist(torch.tensor(best.x, dtype=torch.float64), BEST_X) < 0.15

@@ -112,3 +112,28 @@ def test_a_failing_optimiser_raises_fit_error(monkeypatch):
     x, curves = synthetic_trials(n=5)
     with pytest.raises(FitError, match="optimiser exploded"):
         fit_curve_gp(x, curves, m0=0.5, g0=12.0)
+
+
+def _argmax_at_t_max(model):
+    grid = torch.stack(torch.meshgrid(torch.linspace(0, 1, 21, dtype=torch.float64),
+                                      torch.linspace(0, 1, 21, dtype=torch.float64), indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        mean = model.posterior(torch.cat([grid, torch.ones(len(grid), 1, dtype=torch.float64)], -1)).mean.squeeze(-1)
+    return grid[int(mean.argmax())]
+
+
+def test_a_warm_started_fit_finds_the_same_optimum_as_a_cold_one():
+    x, curves = synthetic_trials(n=12, seed=2)
+    cold = fit_curve_gp(x, curves, m0=0.5, g0=12.0, grid=None, virtual=None)
+    earlier_x, earlier = synthetic_trials(n=9, seed=2)  # a fit on 9 similar trials (same x for the first 9) to start from
+    previous = fit_curve_gp(earlier_x, earlier, m0=0.5, g0=12.0, grid=None, virtual=None)
+    warm = fit_curve_gp(x, curves, m0=0.5, g0=12.0, grid=None, virtual=None, previous=previous)
+    assert warm.mll == pytest.approx(cold.mll, abs=0.05)
+    assert torch.dist(_argmax_at_t_max(warm.model), _argmax_at_t_max(cold.model)) <= 0.1 + 1e-9
+    assert torch.dist(_argmax_at_t_max(warm.model), torch.tensor([0.3, 0.3], dtype=torch.float64)) < 0.2
+
+
+def test_the_prior_mean_learns_that_short_trainings_score_lower():
+    x, curves = synthetic_trials(n=12, seed=1)  # loss curves decay: a prefix scores below its whole curve
+    fit = fit_curve_gp(x, curves, m0=0.5, g0=12.0, grid=None)
+    assert fit.n_virtual > 0 and fit.diagnostics()["mean_slope_t"] > 0

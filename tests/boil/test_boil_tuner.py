@@ -74,7 +74,8 @@ def test_run_in_process_spends_the_budget_and_resumes_with_a_larger_one(tmp_path
     assert [len(c["observations"]) for c in suggest_calls] == list(range(len(trials)))
     assert [t.info["source"] for t in trials[:2]] == ["random", "random"]
     acquired = [t for t in trials if t.info["source"] == "acquisition"]
-    assert acquired and all(t.info["fit_source"] == "fit" for t in acquired)  # the real GP took over after 2
+    assert acquired and acquired[0].info["fit_source"] == "fit"  # the real GP took over after 2
+    assert all(t.info["fit_source"] in ("fit", "reused") for t in acquired)  # refitted every `refit_every` trials
     fits = study.store.fits()
     assert [f["trial"] for f in fits] == [t.id for t in acquired]
     assert all(f["m0"] in M0_GRID and f["g0"] in G0_GRID for f in fits)  # the learned compression, on its grid
@@ -123,3 +124,9 @@ def test_ask_and_run_need_a_budget_or_task_only_where_they_do(tmp_path):
         study.run()
     with pytest.raises(ValueError, match=r"`run\(\)` needs a budget"):
         BOILTuner(task=TASK, space=SPACE, study_dir=tmp_path / "other").run()
+
+
+def test_the_acquisition_prices_trials_in_the_unit_the_budget_counts(tmp_path):
+    assert tuner(tmp_path / "a").core.cost_unit == "epochs"
+    assert tuner(tmp_path / "b", budget_epochs=None, budget_seconds=30.0).core.cost_unit == "seconds"
+    assert tuner(tmp_path / "c", cost_unit="seconds").core.cost_unit == "seconds"  # the user's choice wins
