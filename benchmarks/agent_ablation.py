@@ -1,0 +1,112 @@
+"""Issue #18's ablation table: several agents' dev-suite evaluations side by side, recipe by recipe.
+
+Each evaluation is a ``ganno-evaluate`` out_dir (or a committed results folder) holding
+``results.json`` or ``summary.json``. Rows are named ``recipe_sN`` (one meta-training seed each); the
+table lists every row, then each recipe's mean over its seeds with the seeds' range, so one seed's
+draw is never read as a recipe's effect.
+
+    python benchmarks/agent_ablation.py --out benchmarks/results/agent_ablation.md \\
+        shipped=benchmarks/results/dev_suite_default_agent_evaluation base_s0=runs/eval_pilots/base_s0 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from report import write_report
+
+CONDITION = "init_lr_x1"
+# (column, run target's text in the report): the per-run shares of issue #18's targets
+TARGETS = (
+    ("< constant", "agent < constant LR"),
+    ("harm", "agent > 1.02x constant LR (harm)"),
+    ("<= 1.02x tuned cos", "agent <= 1.02x tuned cosine"),
+    ("too high: <= 1.05x tuned cos", "start >= 3x the best LR: agent <= 1.05x tuned cosine"),
+    ("too low: <= 1.05x tuned cos", "start <= 1/3 of the best LR: agent <= 1.05x tuned cosine"),
+    ("< schedule-free", "agent < schedulefree_adamw"),
+    ("< prodigy+cos", "agent < prodigy_cosine"),
+)
+RATIOS = (("vs constant@init", "constant@init"), ("vs tuned cosine", "cosine@tuned"))
+
+
+def load(folder: Path) -> dict:
+    for name in ("results.json", "summary.json"):
+        if (folder / name).is_file():
+            return json.loads((folder / name).read_text())
+    raise SystemExit(f"{folder}: no results.json or summary.json (is it a ganno-evaluate out_dir?)")
+
+
+def row_values(results: dict) -> dict[str, float]:
+    shares = {t["target"]: 100 * t["count"] / t["runs"] if t["runs"] else math.nan
+              for t in results["run_targets"] if t["condition"] == CONDITION}
+    values = {column: shares.get(target, math.nan) for column, target in TARGETS}
+    paired = results["paired"][CONDITION]
+    for column, method in RATIOS:
+        values[column] = paired[method]["ratio"]
+        values[column + " CI"] = tuple(paired[method]["interval"])
+    return values
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("evaluations", nargs="+", help="name=folder, e.g. early_s0=runs/eval_pilots/early_s0")
+    parser.add_argument("--out", default="benchmarks/results/agent_ablation.md")
+    parser.add_argument("--title", default="Issue #18 ablation on the dev suite")
+    parser.add_argument("--note", default="", help="a paragraph under the title (how the agents were trained)")
+    args = parser.parse_args(argv)
+
+    rows = {}
+    for item in args.evaluations:
+        name, _, folder = item.partition("=")
+        if not folder:
+            raise SystemExit(f"evaluations: expected name=folder, got {item!r}")
+        rows[name] = row_values(load(Path(folder)))
+    columns = [c for c, _ in TARGETS] + [c for c, _ in RATIOS]
+    header = "| agent | " + " | ".join(columns) + " |"
+    rule = "|---" * (len(columns) + 1) + "|"
+
+    def fmt(values: dict, column: str) -> str:
+        value = values[column]
+        if column in dict(RATIOS):
+            low, high = values[column + " CI"]
+            return f"{value:.2f} ({low:.2f}-{high:.2f})"
+        return "—" if math.isnan(value) else f"{value:.0f}%"
+
+    lines = [f"# {args.title}", ""]
+    if args.note:
+        lines += [args.note, ""]
+    lines += ["Per run (task x seed) shares of issue #18's targets on the `dev` suite, from the user's LR "
+              "(`init_lr_x1`; too high / too low: starts at least 3x from the task's calibrated best LR), and "
+              "the paired loss ratio agent / method (geometric mean, 95% bootstrap interval; < 1: the agent "
+              "is better). Goals: < constant >= 90%, harm <= 5%, the others >= 70%.", "",
+              "## Every agent", "", header, rule]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(values, c) for c in columns) + " |")
+
+    recipes = defaultdict(list)
+    for name, values in rows.items():
+        recipes[re.sub(r"_s\d+$", "", name)].append(values)
+    if any(len(v) > 1 for v in recipes.values()):
+        lines += ["", "## Recipes: mean over meta-training seeds (range)", "",
+                  "| recipe | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+        for recipe, members in recipes.items():
+            cells = []
+            for column in columns:
+                values = [m[column] for m in members]
+                if column in dict(RATIOS):  # geometric mean of the ratios
+                    mean = math.exp(sum(math.log(v) for v in values) / len(values))
+                    cells.append(f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})")
+                else:
+                    mean = sum(values) / len(values)
+                    cells.append(f"{mean:.0f}% ({min(values):.0f}-{max(values):.0f})")
+            lines.append(f"| {recipe} | {len(members)} | " + " | ".join(cells) + " |")
+    write_report(lines, args.out)
+
+
+if __name__ == "__main__":
+    main()
