@@ -211,20 +211,24 @@ def test_a_skipped_step_counts_and_its_gradient_sample_is_taken_on_the_next_appl
 ALL = {name: i for i, name in enumerate(ALL_FEATURE_NAMES)}
 
 
-def quadratic_run(lr, steps=10, interval=10, **kwargs):
-    """SGD on 0.5 * |w|^2 (curvature 1): lr < 1 approaches the minimum, 1 < lr < 2 overshoots it every step."""
-    model = nn.Linear(4, 1, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    observer = observer_for(model, interval=interval, feature_names="hypergradient", **kwargs)
-    observer.attach(optimizer)
+def quadratic_steps(model, optimizer, observer, steps):
+    """SGD steps on 0.5 * |w|^2 (curvature 1): lr < 1 approaches the minimum, 1 < lr < 2 overshoots it every step."""
     for _ in range(steps):
         optimizer.zero_grad()
         loss = 0.5 * model.weight.square().sum()
         loss.backward()
         optimizer.step()
         observer.record_loss(loss.detach())
+
+
+def quadratic_run(lr, steps=10, interval=10, feature_names="hypergradient"):
+    model = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    observer = observer_for(model, interval=interval, feature_names=feature_names)
+    observer.attach(optimizer)
+    quadratic_steps(model, optimizer, observer, steps)
     return observer.features(scales=[1.0], lrs=[lr])[0]
 
 
@@ -252,22 +256,7 @@ def test_log_loss_vs_initial_is_the_smoothed_loss_relative_to_the_first_interval
 def test_an_observer_returns_exactly_the_features_it_is_asked_for():
     """The default set is the full row's first columns, unchanged; any list comes in its own order."""
     full = quadratic_run(lr=0.5)
-    model_rows = []
-    for names in (None, ["update_grad_cos", "log_lr"]):
-        model = nn.Linear(4, 1, bias=False)
-        with torch.no_grad():
-            model.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        observer = observer_for(model, interval=10, feature_names=names)
-        observer.attach(optimizer)
-        for _ in range(10):
-            optimizer.zero_grad()
-            loss = 0.5 * model.weight.square().sum()
-            loss.backward()
-            optimizer.step()
-            observer.record_loss(loss.detach())
-        model_rows.append(observer.features(scales=[1.0], lrs=[0.5])[0])
-    default_row, picked = model_rows
+    default_row, picked = (quadratic_run(lr=0.5, feature_names=names) for names in (None, ["update_grad_cos", "log_lr"]))
     assert torch.equal(default_row, full[:len(FEATURE_NAMES)])
     assert picked.tolist() == [full[ALL["update_grad_cos"]].item(), full[ALL["log_lr"]].item()]
     assert full[ALL["update_grad_cos"]] < 0  # lr 0.5 < 1: the gradient keeps pointing the same way
@@ -282,12 +271,7 @@ def test_the_hypergradient_state_survives_a_round_trip():
     hooks = observer.attach(optimizer)
 
     def steps(obs, count):
-        for _ in range(count):
-            optimizer.zero_grad()
-            loss = 0.5 * model.weight.square().sum()
-            loss.backward()
-            optimizer.step()
-            obs.record_loss(loss.detach())
+        quadratic_steps(model, optimizer, obs, count)
 
     steps(observer, 9)  # the pair before the step-10 sample is read: a restore must keep it
     state = observer.state_dict()
