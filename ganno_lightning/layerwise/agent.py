@@ -92,7 +92,7 @@ class GANNOAgent:
     Example::
 
         >>> agent = GANNOAgent.create(interval=25, seed=0)
-        >>> observation = torch.zeros(3, len(FEATURE_NAMES))  # three layers
+        >>> observation = torch.zeros(3, len(agent.feature_names))  # three layers, 23 features each
         >>> agent.decide(observation).multipliers.shape  # one LR-scale change per layer
         torch.Size([3])
 
@@ -176,7 +176,7 @@ class GANNOAgent:
         Example::
 
             >>> agent = GANNOAgent.create(identity_prob=0.8, seed=0)
-            >>> agent.decide(torch.randn(3, len(FEATURE_NAMES)), exploration="mode").multipliers.tolist()
+            >>> agent.decide(torch.randn(3, len(agent.feature_names)), exploration="mode").multipliers.tolist()
             [1.0, 1.0, 1.0]
         """
         action_multipliers = resolve_action_multipliers(action_multipliers)  # a name ("wide") or the multipliers
