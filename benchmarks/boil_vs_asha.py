@@ -52,12 +52,10 @@ against ``wall_s``, the study's wall-clock time (training included, retraining e
     PYTHONPATH=. python benchmarks/boil_vs_asha.py --smoke              # 1 task, 2 seeds, T_max 4: a minute or two
     PYTHONPATH=. python benchmarks/boil_vs_asha.py --tasks digits --seeds 0 --out /tmp/one.md   # one study per tuner
 
-**Cost** (measured on a shared 2-core machine, niced, one process): one digits seed, all 7 tuners at
-T_max 30 and 450 epochs each, took 233 s with the retraining (BOIL 40 s per study, 66% of it in its
-ask/tell with ~70 trials; ASHA-TPE 37 s; random search 21 s). digits300 and diabetes epochs cost about
-a third of a digits epoch, while BOIL's fitting does not shrink: about 130 s per seed each. The full
-run (3 tasks x 7 tuners x 10 seeds = 210 studies) is about 4,900 CPU-seconds, 1.4 CPU-hours at that
-speed; with ``--workers 16`` about 6 minutes of wall-clock.
+**Cost** (2026-11-30, after the BOIL fixes): a BOIL study (about 16 trials) took a median 36-62 s of
+wall-clock per task, an ASHA-TPE study (about 90 trials) 9-132 s, on 2 shared cores beside other jobs;
+on the lent 16-core machine, 16 studies at a time, the BOIL variants' 62 studies took 4.5 minutes.
+The full run (210 studies) is about 1.5-2 CPU-hours: ``--workers`` as many as there are cores.
 
 Writes ``benchmarks/results/boil_vs_asha.{md,json,png}`` (``--smoke``: ``boil_vs_asha_smoke.*``); each
 finished study is appended to ``--log`` (JSON lines) at once, and a rerun with the same log skips it.
