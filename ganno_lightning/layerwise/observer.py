@@ -107,7 +107,6 @@ class LayerObserver:
         assert in_agent_order, "sketch positions must come agent by agent"
         positions_per_agent = torch.bincount(self._sketch_agent, minlength=n)
         self._sketch_lengths = positions_per_agent
-        self._sketch_lengths_x4 = positions_per_agent.expand(4, n).contiguous()
         self._sketch_counts = [float(c) for c in positions_per_agent.tolist()]
         self._fixed_rows = [row[_FIXED] for row in _static_table(partition).tolist()]
         self._zeros = torch.zeros(n, device=self.device)
@@ -233,11 +232,7 @@ class LayerObserver:
         n = len(self.partition)
         start, now = self._weight_sketch_start, self._gather(lambda i: self._params[i].detach())
         sketch_terms = torch.stack([now, now - start, start, self._grad_sketch_sum]).square()
-        if self.device.type in ("cpu", "cuda"):  # the devices segment_reduce has kernels for
-            # unsafe: the lengths were checked at construction; the check would sync with the host on CUDA
-            per_agent = torch.segment_reduce(sketch_terms, "sum", lengths=self._sketch_lengths_x4, axis=1, unsafe=True)
-        else:
-            per_agent = torch.zeros(4, n, device=self.device).index_add_(1, self._sketch_agent, sketch_terms)
+        per_agent = self._per_agent_sums(sketch_terms)
         val = self._val_loss if self._val_loss is not None else self._zeros[:1]
         losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
         raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, self._hypergradient_sums.reshape(-1),
@@ -343,8 +338,9 @@ class LayerObserver:
     # -- helpers ------------------------------------------------------------------------------
     def _per_agent_sums(self, rows: Tensor) -> Tensor:
         """``[r, positions]`` -> ``[r, num_agents]``: each row summed over each agent's sketch positions."""
-        if self.device.type in ("cpu", "cuda"):  # in a fixed order, so the same run gives the same features
+        if self.device.type in ("cpu", "cuda"):  # the devices segment_reduce has kernels for; a fixed order
             lengths = self._sketch_lengths.expand(len(rows), -1).contiguous()
+            # unsafe: the lengths were checked at construction; the check would sync with the host on CUDA
             return torch.segment_reduce(rows, "sum", lengths=lengths, axis=1, unsafe=True)
         return torch.zeros(len(rows), len(self.partition), device=self.device).index_add_(1, self._sketch_agent, rows)
 
