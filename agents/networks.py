@@ -59,15 +59,17 @@ def recurrent_env(family: Any, settings: Any, seed: int, state_size: int) -> Env
 class LayerCritic(nn.Module):
     """Per-agent value; ``centralised`` adds the pooled features of all agents (MAPPO), else own only (IPPO).
 
-    Pooling keeps the critic size-invariant: one network values networks of any depth.
+    Pooling keeps the critic size-invariant: one network values networks of any depth. With
+    ``privileged_size`` > 0 the critic also reads the env's training-only facts (``env.privileged``),
+    appended to the normalised observation before pooling; the actor never sees them.
     """
 
     def __init__(self, normalizer: ObservationNormalizer, num_features: int, hidden_sizes: Sequence[int],
-                 centralised: bool) -> None:
+                 centralised: bool, privileged_size: int = 0) -> None:
         super().__init__()
         self.normalizer = normalizer  # shared with the actor, never trained by the critic loss
         self.centralised = centralised
-        width = (3 if centralised else 1) * num_features
+        width = (3 if centralised else 1) * (num_features + privileged_size)
         layers: list[nn.Module] = []
         for hidden in hidden_sizes:
             layers += [nn.Linear(width, hidden), nn.Tanh()]
@@ -75,8 +77,10 @@ class LayerCritic(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
 
-    def forward(self, observation: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, observation: Tensor, mask: Tensor, privileged: Tensor | None = None) -> Tensor:
         x = self.normalizer(observation)
+        if privileged is not None:
+            x = torch.cat([x, privileged], -1)
         if self.centralised:
             x = torch.cat([x, pool_agents(x, mask)], -1)
         return self.mlp(x)
@@ -121,12 +125,13 @@ class RunningNormalizer:
         self.count, self.mean, self.m2 = float(state["count"]), state["mean"], state["m2"]
 
 
-def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str) -> tuple[ProbabilisticActor,
-                                                                                             TensorDictModule]:
+def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str,
+                 privileged_size: int = 0) -> tuple[ProbabilisticActor, TensorDictModule]:
     """The TorchRL actor (sampling, with log-probs) and critic around ``agent``'s own networks.
 
     The actor wraps ``agent.actor`` and ``agent.normalizer`` themselves, so training updates the
-    very modules that :meth:`GANNOAgent.save` exports.
+    very modules that :meth:`GANNOAgent.save` exports. ``privileged_size`` > 0: the critic also
+    reads ``("agents", "privileged")`` (an env with ``privileged: true``).
     """
     if algorithm not in ("mappo", "ippo"):
         raise ValueError(f"`algorithm` must be 'mappo' or 'ippo', got {algorithm!r}.")
@@ -141,6 +146,8 @@ def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str
                                distribution_class=torch.distributions.Categorical, return_log_prob=True,
                                log_prob_key=LOG_PROB)
     critic = TensorDictModule(
-        LayerCritic(agent.normalizer, agent.actor.config["num_features"], critic_hidden, algorithm == "mappo"),
-        in_keys=[keys.OBSERVATION, keys.MASK], out_keys=[STATE_VALUE])
+        LayerCritic(agent.normalizer, agent.actor.config["num_features"], critic_hidden, algorithm == "mappo",
+                    privileged_size),
+        in_keys=[keys.OBSERVATION, keys.MASK, *([keys.PRIVILEGED] if privileged_size else [])],
+        out_keys=[STATE_VALUE])
     return actor, critic

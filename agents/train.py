@@ -39,7 +39,7 @@ from ganno_lightning.agents.networks import (
 from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config, family_from_config
-from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
+from ganno_lightning.envs.layerwise_env import PRIVILEGED_SIZE, LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
 
@@ -220,7 +220,9 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
                               identity_prob=algo.identity_init or None, feature_names=env_settings.features)
-    actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm)
+    # env.privileged: the critic also reads the training-only facts (an asymmetric critic)
+    actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm,
+                                 PRIVILEGED_SIZE if env_settings.privileged else 0)
     normalizer_stats = RunningNormalizer(agent.normalizer)
     loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss
     loss_module = loss_class(actor, critic, clip_epsilon=algo.clip_epsilon, entropy_coeff=algo.entropy_coeff,

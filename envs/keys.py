@@ -7,6 +7,8 @@ ACTION = (GROUP, "action")
 REWARD = (GROUP, "reward")
 #: A recurrent actor's per-agent state before a decision (added by ganno_lightning.agents.networks.recurrent_env).
 POLICY_STATE = (GROUP, "policy_state")
+#: Training-only facts per agent for a critic, never for the actor (``env.privileged``).
+PRIVILEGED = (GROUP, "privileged")
 DONE = "done"
 TERMINATED = "terminated"
 TRUNCATED = "truncated"

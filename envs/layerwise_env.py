@@ -32,6 +32,10 @@ from ganno_lightning.layerwise.features import resolve_feature_names
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 
 
+#: Columns of ``("agents", "privileged")``: log10(LR / best LR) and whether the best LR is known.
+PRIVILEGED_SIZE = 2
+
+
 @dataclass
 class EnvConfig:
     """Episode settings of :class:`LayerwiseLREnv` (the ``env:`` section of a YAML config).
@@ -60,6 +64,12 @@ class EnvConfig:
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
             ``log_loss_vs_initial``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
             Validation resolves it to a list.
+        privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
+            for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,
+            log10 of its current LR over its task's calibrated best constant LR
+            (``lr_sampling: around_best``), and whether that best LR is known (1) or not (0 and 0).
+            With it, the critic need not guess from noisy training features how far a run's LR is
+            from right, which is what the advantage of a decision mostly depends on.
         scale_bounds: ``[low, high]`` clip of every scale.
         grad_samples: Gradient measurements per interval (as in the callback).
         divergence_factor: An interval loss above this times the reference loss ends the episode.
@@ -89,6 +99,7 @@ class EnvConfig:
     decision_steps: Any = None  # None | "none" | "front_loaded" | [increasing steps]
     prior: str = DEFAULT_PRIOR
     features: Any = None  # None | a set's name | [feature names]
+    privileged: bool = False
     scale_bounds: list[float] = field(default_factory=lambda: list(DEFAULT_SCALE_BOUNDS))
     grad_samples: int = 2
     divergence_factor: float = 10.0
@@ -204,6 +215,8 @@ class LayerwiseLREnv(EnvBase):
                                       keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64)})
         observation_spec[keys.OBSERVATION] = Unbounded((n, len(config.features)))
         observation_spec[keys.MASK] = Categorical(2, (n,), dtype=torch.bool)
+        if config.privileged:
+            observation_spec[keys.PRIVILEGED] = Unbounded((n, PRIVILEGED_SIZE))
         action_spec = Composite({keys.GROUP: Composite(shape=(n,))})
         action_spec[keys.ACTION] = Categorical(self.num_actions, (n,))
         reward_spec = Composite({keys.GROUP: Composite(shape=(n,))})
@@ -333,6 +346,8 @@ class LayerwiseLREnv(EnvBase):
         output = TensorDict({keys.GROUP: TensorDict(batch_size=(pad,))}, batch_size=())
         output.set(keys.OBSERVATION, padded)
         output.set(keys.MASK, mask)
+        if self.config.privileged:
+            output.set(keys.PRIVILEGED, self._privileged(pad))
         if reward is not None:
             output.set(keys.REWARD, torch.full((pad, 1), float(reward)))
         output.set(keys.EPISODE_LOSS,
@@ -342,6 +357,17 @@ class LayerwiseLREnv(EnvBase):
         output.set(keys.TERMINATED, torch.tensor([terminated]))
         output.set(keys.TRUNCATED, torch.tensor([truncated]))
         return output
+
+    def _privileged(self, pad: int) -> torch.Tensor:
+        """Per agent: log10(current LR / the task's best constant LR) and 1, or zeros where no best LR is known."""
+        privileged = torch.zeros(pad, PRIVILEGED_SIZE)
+        best = self.task.info.get("best_lr")
+        if best:
+            lrs = torch.tensor(self.controller.lr.effective_lrs(), dtype=torch.float64)
+            n = len(lrs)
+            privileged[:n, 0] = torch.log10(lrs.clamp_min(1e-30) / best).float()
+            privileged[:n, 1] = 1.0
+        return privileged
 
     def close(self, *args: Any, **kwargs: Any) -> None:
         if self.controller is not None:

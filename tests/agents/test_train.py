@@ -220,3 +220,18 @@ def test_smoke_run_with_the_hypergradient_features_deploys_them(tmp_path):
 def test_option_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):
         parse_config(SMOKE, [override])
+
+
+def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployable(tmp_path):
+    from helpers import TinyRegressor, trainer
+
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "env.privileged=true",
+                 "family.lr_sampling=around_best"]
+    agent = GANNOAgent.load(train(SMOKE, overrides))
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    first_critic_layer = next(v for k, v in checkpoint["loss_module"].items()
+                              if k.startswith("critic_network_params") and k.endswith("weight"))
+    num_features = len(agent.feature_names)
+    assert first_critic_layer.shape[1] == 3 * (num_features + 2)  # own and pooled, observation + privileged
+    assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
+    trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())

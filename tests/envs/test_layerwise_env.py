@@ -350,3 +350,22 @@ def test_option_errors_name_the_field():
                                                     "env.action_multipliers=wide"]))
     assert (settings.decision_steps, settings.prior, len(settings.action_multipliers)) == ([0, 5, 12], "cosine", 11)
     assert env_config(load_config({"env": {"decision_steps": [0, 5, 12, 25]}})).decision_steps == [0, 5, 12, 25]
+
+
+def test_privileged_facts_give_each_layer_its_lr_relative_to_the_tasks_best():
+    from ganno_lightning.envs.tasks import make_family
+
+    config = EnvConfig(horizon=20, interval=10, privileged=True, unknown_total_prob=0.0)
+    env = LayerwiseLREnv(make_family("mlp_digits", lr_sampling="around_best"), config, seed=3)
+    check_env_specs(env)
+    td = env.reset()
+    n, info = env.controller.num_agents, env.task.info
+    privileged = td[keys.PRIVILEGED]
+    assert privileged[:n, 0] == pytest.approx([math.log10(info["lr"] / info["best_lr"])] * n, abs=1e-5)
+    assert privileged[:n, 1].eq(1).all() and privileged[n:].eq(0).all()  # padding carries nothing
+    action = torch.full((env.max_agents,), env.config.action_multipliers.index(2.0))
+    td = env.step(td.set(keys.ACTION, action))["next"]  # every layer's LR doubles
+    assert td[keys.PRIVILEGED][:n, 0] == pytest.approx([math.log10(2 * info["lr"] / info["best_lr"])] * n, abs=1e-5)
+    unknown = tiny_env(privileged=True).reset()[keys.PRIVILEGED]  # a task without a calibrated best LR
+    assert unknown.eq(0).all()
+    assert keys.PRIVILEGED not in tiny_env().reset().keys(True)  # off by default: the actor's view only
