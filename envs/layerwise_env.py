@@ -30,6 +30,7 @@ from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import resolve_feature_names
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
+from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
 
 #: Columns of ``("agents", "privileged")``: log10(LR / best LR) and whether the best LR is known.
@@ -76,6 +77,14 @@ class EnvConfig:
         divergence_reference: ``"first"``: the first interval's loss; ``"best"``: the lowest interval
             loss so far, so a run that blows up after making progress diverges too.
         divergence_penalty: Team reward of the step on which a run diverges.
+        recover_on_spike: Turn a divergence into a lesson, as ``GANNOCallback(recover_on_spike=True)``
+            deploys it: an interval whose loss is non-finite or above ``divergence_factor`` times the
+            lowest so far (or the first step's) still gets ``-divergence_penalty``, but the run goes on
+            from the last decision's weights and optimizer state with every LR cut by
+            ``spike_lr_cut`` (:class:`~ganno_lightning.layerwise.rollback.SpikeRollback`); only a
+            ``training_step`` that raises ends the episode. Unlike the callback, which skips the
+            decision after a non-finite interval, the env always asks for the next action.
+        spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every LR by.
         val_every: Env steps between validation-loss measurements (0: never). Measured losses
             reach the observation exactly as a logged ``val_loss`` reaches GANNOCallback's.
         val_prob: Probability that an episode validates at all, so agents see runs with and
@@ -105,6 +114,8 @@ class EnvConfig:
     divergence_factor: float = 10.0
     divergence_reference: str = "first"
     divergence_penalty: float = 5.0
+    recover_on_spike: bool = False
+    spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT
     val_every: int = 2
     val_prob: float = 0.5
     val_batches: int = 4
@@ -151,11 +162,10 @@ class EnvConfig:
         check_prior(self.prior, f"{prefix}.prior")
         self.features = list(resolve_feature_names(self.features, f"{prefix}.features"))
         check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
-        if not self.divergence_factor > 1:
-            raise ValueError(f"`{prefix}.divergence_factor` must be > 1, got {self.divergence_factor!r}.")
         if self.divergence_reference not in DIVERGENCE_REFERENCES:
             raise ValueError(f"`{prefix}.divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "
                              f"got {self.divergence_reference!r}.")
+        check_spike_settings(self.divergence_factor, self.spike_lr_cut, f"{prefix}.", "divergence_factor")
         if self.divergence_penalty < 0 or self.val_weight < 0:
             raise ValueError(f"`{prefix}.divergence_penalty` and `{prefix}.val_weight` must be >= 0, "
                              f"got {self.divergence_penalty!r} and {self.val_weight!r}.")
@@ -258,6 +268,8 @@ class LayerwiseLREnv(EnvBase):
         if first_loss <= 0:
             raise TaskError(f"Task {self.task.name}: the training loss must be positive (the reward is a log-ratio "
                             f"of losses), got {first_loss!r}; shift the loss, e.g. use an NLL offset.")
+        if self.controller.recover_from_spike():  # as the callback at its first decision
+            first_loss = self.controller.rollback.lowest_loss  # the run is back at its first step
         self.episode_reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
@@ -277,8 +289,9 @@ class LayerwiseLREnv(EnvBase):
             failed = True
         observation = self.controller.observe()
         loss = self.controller.last_interval_loss
-        diverged = failed or self.episode_reward.diverged(loss)
-        if diverged:
+        rolled_back = not failed and self.controller.recover_from_spike()  # always False unless recover_on_spike
+        diverged = failed or (not self.config.recover_on_spike and self.episode_reward.diverged(loss))
+        if diverged or rolled_back:
             reward = self.episode_reward.penalty
         else:
             reward = self.episode_reward.of_interval(loss)
@@ -309,7 +322,9 @@ class LayerwiseLREnv(EnvBase):
                 self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
                 interval=config.interval, scale_bounds=tuple(config.scale_bounds),
                 lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples,
-                decision_steps=config.decision_steps, prior=config.prior, feature_names=config.features)
+                decision_steps=config.decision_steps, prior=config.prior, feature_names=config.features,
+                recover_on_spike=config.recover_on_spike, spike_factor=config.divergence_factor,
+                spike_lr_cut=config.spike_lr_cut)
         except ValueError as err:
             raise TaskError(f"Task {self.task.name}: {err}") from err
         if self.controller.num_agents > self.max_agents:

@@ -27,6 +27,7 @@ from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior
+from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
 from ganno_lightning.layerwise.schedule import LRSchedule
 
 AgentLike = GANNOAgent | str | os.PathLike | None
@@ -64,6 +65,14 @@ class GANNOCallback(Callback):
     or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
     again at the first interval whose loss is finite.
 
+    ``recover_on_spike=True`` (off by default: it keeps one more copy of the weights and optimizer
+    state) recovers instead: at every decision whose interval went well the callback copies the
+    weights, buffers and optimizer state; when an interval's mean loss is non-finite or above
+    ``spike_factor`` times the lowest so far, it puts that copy back, multiplies every layer's LR
+    by ``spike_lr_cut``, warns once per fit and logs ``ganno/rollbacks``. The steps since the copy
+    are lost, the run is not. After a finite spike the agent still decides (on top of the cut);
+    after a non-finite one it waits for a finite interval.
+
     During fit every layer has its own param group, named after the layer, so Lightning's
     :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs one series per layer:
     ``lr-AdamW/<layer>`` (``lr-AdamW/<name>/<layer>`` for a param group you named, and
@@ -100,10 +109,14 @@ class GANNOCallback(Callback):
             ``interval // 2``) or ``"none"``; ``None`` uses the agent's own.
         prior: LR schedule under the scales when the module has no LR scheduler: ``"none"``,
             ``"cosine"`` or ``"warmup_cosine"``; ``None`` uses the agent's own.
+        recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes.
+        spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so
+            far is a spike (> 1).
+        spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every LR by, in (0, 1).
 
     Raises:
         ValueError: If ``interval``, ``exploration``, ``scale_bounds``, ``grad_samples``,
-            ``decision_steps`` or ``prior`` are invalid.
+            ``decision_steps``, ``prior``, ``spike_factor`` or ``spike_lr_cut`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).
@@ -133,11 +146,18 @@ class GANNOCallback(Callback):
         deterministic: bool | None = None,
         decision_steps: list[int] | str | None = None,
         prior: str | None = None,
+        recover_on_spike: bool = False,
+        spike_factor: float = DEFAULT_SPIKE_FACTOR,
+        spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
     ) -> None:
         if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
             raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
         if not isinstance(grad_samples, int) or grad_samples <= 0:
             raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
+        if not isinstance(recover_on_spike, bool):
+            raise ValueError(f"`recover_on_spike` must be True or False, got {recover_on_spike!r}.")
+        self.recover_on_spike = recover_on_spike
+        self.spike_factor, self.spike_lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
         if deterministic is not None:
             exploration = "mode" if deterministic else "random"
             rank_zero_deprecation(f"`deterministic={deterministic!r}` is deprecated; it now means "
@@ -174,7 +194,7 @@ class GANNOCallback(Callback):
         self._final_state: dict[str, Any] | None = None
         self._policy_state: torch.Tensor | None = None  # a recurrent agent's memory of this fit
         self._fingerprint: str | None = None
-        self._warned_nonfinite = False
+        self._warned_nonfinite = self._warned_rollback = False
         self._step_offset = 0
         #: The :class:`~ganno_lightning.layerwise.schedule.LRSchedule` of the current (or last) fit.
         self.schedule: LRSchedule | None = None
@@ -213,6 +233,9 @@ class GANNOCallback(Callback):
             decision_steps=self.decision_steps,
             prior=self.prior,
             feature_names=self.agent.feature_names,
+            recover_on_spike=self.recover_on_spike,
+            spike_factor=self.spike_factor,
+            spike_lr_cut=self.spike_lr_cut,
         )
         if self.controller.prior.inactive_reason is not None:
             rank_zero_warn(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"
@@ -244,7 +267,7 @@ class GANNOCallback(Callback):
         self._step_offset = trainer.global_step - self.controller.step
         self.schedule = self.controller.schedule
         self._final_state = None
-        self._warned_nonfinite = False
+        self._warned_nonfinite = self._warned_rollback = False
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.controller is None or not self.controller.probe_due:
@@ -282,7 +305,13 @@ class GANNOCallback(Callback):
         distributed = trainer.world_size > 1
         reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
         observation = controller.observe(reduce_fn)
-        if not controller.last_interval_loss_finite:  # the reduced loss: every rank skips alike
+        # The reduced loss: every rank rolls back and skips alike.
+        if controller.recover_from_spike(reduce_fn):
+            self._report_rollback(trainer)
+            if not controller.last_interval_loss_finite:
+                controller.skip_decision()
+                return
+        elif not controller.last_interval_loss_finite:
             self._skip_nonfinite_interval(controller.last_interval_loss)
             return
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
@@ -301,6 +330,19 @@ class GANNOCallback(Callback):
             metrics[f"ganno/scale/{name}"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _report_rollback(self, trainer: Trainer) -> None:
+        controller = self.controller
+        if not self._warned_rollback:
+            self._warned_rollback = True
+            rank_zero_warn(
+                f"GANNOCallback: the training loss spiked to {controller.last_interval_loss:.4g} (mean of the optimizer "
+                f"steps up to global step {trainer.global_step}; the lowest so far is "
+                f"{controller.rollback.lowest_loss:.4g}): the weights and optimizer state of the last decision are "
+                f"back and every LR is cut by x{self.spike_lr_cut:g}. (Warned once per fit; `ganno/rollbacks` "
+                "counts them.)")
+        for logger in trainer.loggers:
+            logger.log_metrics({"ganno/rollbacks": controller.rollback.rollbacks}, step=trainer.global_step)
 
     def _skip_nonfinite_interval(self, loss: float) -> None:
         end, steps = self.controller.step, self.controller.observer.interval_length

@@ -15,6 +15,7 @@ from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.observer import LayerObserver
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, LRPrior
+from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, SpikeRollback
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 
@@ -50,6 +51,12 @@ class LayerwiseController:
             ``lr x prior(step) x scale``.
         feature_names: What :meth:`observe` returns (see
             :class:`~ganno_lightning.layerwise.observer.LayerObserver`); default: the default set.
+        recover_on_spike: Keep the state of the last good decision and, when an interval spikes,
+            put it back and cut every LR (:meth:`recover_from_spike`,
+            :class:`~ganno_lightning.layerwise.rollback.SpikeRollback`). Costs one copy of the
+            weights and optimizer state.
+        spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so far spikes.
+        spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every agent's scale by.
 
     Example::
 
@@ -85,6 +92,9 @@ class LayerwiseController:
         decision_steps: Sequence[int] = (),
         prior: str = DEFAULT_PRIOR,
         feature_names: str | Sequence[str] | None = None,
+        recover_on_spike: bool = False,
+        spike_factor: float = DEFAULT_SPIKE_FACTOR,
+        spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
@@ -107,6 +117,7 @@ class LayerwiseController:
         self._update_prior()
         self.schedule = LRSchedule(self.partition.names)
         self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
+        self.rollback = SpikeRollback(model, optimizer, spike_factor, spike_lr_cut) if recover_on_spike else None
 
     @property
     def num_agents(self) -> int:
@@ -198,6 +209,8 @@ class LayerwiseController:
                     buffer.copy_(saved)
 
     def record_loss(self, loss: Tensor | float) -> None:
+        if self.rollback is not None and self.step <= 1:  # the first step's loss: a spike reference from the start
+            self.rollback.record_first_loss(loss)
         self.observer.record_loss(loss)
 
     def record_val_loss(self, loss: Tensor | float) -> None:
@@ -216,6 +229,20 @@ class LayerwiseController:
     def last_interval_loss_finite(self) -> bool:
         """Whether the interval the last :meth:`observe` summarised had a finite mean loss (``True`` if it had none)."""
         return self.observer.last_interval_loss_count == 0 or math.isfinite(self.observer.last_interval_loss)
+
+    def recover_from_spike(self, reduce_fn: Callable[[Tensor], Tensor] | None = None) -> bool:
+        """After :meth:`observe`, with ``recover_on_spike``: if the interval spiked, put back the last good
+        decision's weights and optimizer state, multiply every scale by ``spike_lr_cut`` and return True;
+        otherwise make this state the rollback point. Always False without ``recover_on_spike``.
+        ``reduce_fn``: the one :meth:`observe` was given (distributed runs).
+        """
+        if self.rollback is None or self.observer.last_interval_loss_count == 0:  # a probe or empty interval
+            return False
+        if not self.rollback.check(self.last_interval_loss, reduce_fn):
+            return False
+        self.lr.multiply([self.rollback.lr_cut] * self.num_agents)
+        self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales)  # a decision now supersedes it
+        return True
 
     def apply(self, actions: Tensor | Sequence[int]) -> None:
         """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
@@ -249,8 +276,11 @@ class LayerwiseController:
         self.observer.start_interval(self._next_decision - self.step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),
-                "schedule": self.schedule.state_dict(), "next_decision": self._next_decision}
+        state = {"scales": list(self.lr.scales), "observer": self.observer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "next_decision": self._next_decision}
+        if self.rollback is not None:
+            state["rollback"] = self.rollback.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "scales" in state:
@@ -263,6 +293,8 @@ class LayerwiseController:
         # `steps_in_interval` steps ago, at a decision or at the start of the run.
         started = self.step - self.observer.steps_in_interval
         self._next_decision = int(state.get("next_decision", self.decision_steps.after(started)))
+        if self.rollback is not None and "rollback" in state:
+            self.rollback.load_state_dict(state["rollback"])
         self._update_prior()
 
     def recover_from_exception(self) -> None:

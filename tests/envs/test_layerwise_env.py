@@ -369,3 +369,19 @@ def test_privileged_facts_give_each_layer_its_lr_relative_to_the_tasks_best():
     unknown = tiny_env(privileged=True).reset()[keys.PRIVILEGED]  # a task without a calibrated best LR
     assert unknown.eq(0).all()
     assert keys.PRIVILEGED not in tiny_env().reset().keys(True)  # off by default: the actor's view only
+
+
+def test_recover_on_spike_turns_a_divergence_into_a_penalty_and_a_rollback():
+    settings = dict(horizon=40, interval=2, max_reset_attempts=1, divergence_penalty=3.0)
+    assert LayerwiseLREnv(SingleTask(Exploding), EnvConfig(**settings), seed=0).rollout(100)["next", "terminated"].any()
+    env = LayerwiseLREnv(SingleTask(Exploding), EnvConfig(**settings, recover_on_spike=True, spike_lr_cut=0.25), seed=0)
+    identity = env.config.action_multipliers.index(1.0)
+    td = env.rollout(100, policy=lambda td: td.set(keys.ACTION, torch.full((env.max_agents,), identity)))
+    assert td.shape[0] == 19 and not td["next", "terminated"].any() and td["next", "truncated"][-1].item()
+    penalties = int((td["next", keys.GROUP, "reward"][:, 0, 0] == -3.0).sum())
+    rollbacks = env.controller.rollback.rollbacks  # one more if the first interval (at reset) spiked
+    assert penalties >= 1 and rollbacks in (penalties, penalties + 1)
+    assert env.controller.lr.scales[0] == pytest.approx(max(0.25 ** rollbacks, env.config.scale_bounds[0]))
+    assert torch.isfinite(td["next", keys.OBSERVATION]).all()
+    with pytest.raises(ValueError, match=r"`env.spike_lr_cut` must be in \(0, 1\)"):
+        EnvConfig(recover_on_spike=True, spike_lr_cut=2.0).validate()

@@ -104,3 +104,32 @@ def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior, fea
     assert callback.schedule.lrs[:-1] == env_schedule.lrs  # exactly, not approximately
     for ours, theirs in zip(module.parameters(), env.task.module.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_parity_with_recover_on_spike():
+    """A too-high SGD LR spikes (finite) in both, rolls back to the same state and is cut alike."""
+    def factory():
+        torch.manual_seed(11)
+        return TinyRegressor(optimizer="sgd", lr=1.0)
+
+    config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, divergence_factor=3.0,
+                       recover_on_spike=True)
+    env = LayerwiseLREnv(SingleTask(factory), config, seed=0)
+    td = env.reset()
+    env_observations = [td[keys.OBSERVATION]]
+    keep = [[3, 3]] * (HORIZON // INTERVAL)
+    for actions in keep[:-1]:
+        td = env.step(td.set(keys.ACTION, torch.tensor(actions)))["next"]
+        env_observations.append(td[keys.OBSERVATION])
+    assert env.controller.rollback.rollbacks >= 1
+
+    agent = ScriptedAgent(keep)
+    callback = GANNOCallback(agent, recover_on_spike=True, spike_factor=3.0)
+    module = factory()
+    with pytest.warns(UserWarning, match="spiked"):
+        trainer(max_steps=HORIZON, max_epochs=-1, callbacks=[callback]).fit(module)
+    for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
+    assert callback.schedule.lrs[:-1] == env.controller.schedule.lrs
+    for ours, theirs in zip(module.parameters(), env.task.module.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

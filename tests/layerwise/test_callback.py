@@ -653,3 +653,30 @@ def test_resume_with_the_options_on_continues_the_same_schedule(tmp_path):
     torch.testing.assert_close(torch.tensor(resumed.schedule.lrs), torch.tensor(straight.schedule.lrs))
     for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_recover_on_spike_rolls_a_blown_up_run_back_and_cuts_its_lrs_until_it_trains():
+    def fit(**options):
+        model = TinyRegressor(lr=5.0)  # SGD with momentum: the loss explodes within the first interval
+        callback = GANNOCallback(identity_agent(4), **options)
+        trainer(max_epochs=6, callbacks=[callback]).fit(model)
+        return model, callback
+
+    diverged, _ = fit()
+    assert not math.isfinite(diverged.losses[-1])
+    with pytest.warns(UserWarning, match=r"spiked to .*the weights and optimizer state of the last decision are "
+                                         r"back and every LR is cut by x0.5") as record:
+        model, callback = fit(recover_on_spike=True)
+    assert sum("spiked" in str(w.message) for w in record) == 1  # once per fit
+    assert math.isfinite(model.losses[-1]) and model.losses[-1] < model.losses[0]
+    lrs = callback.schedule.lrs_of("net.0")
+    assert lrs[0] == 5.0 and lrs[-1] <= 5.0 * 0.5 ** 4  # cut at every rollback, by x0.5 each
+    floor = 5.0 * 1e-2  # the lowest scale
+    assert all(b in (a, a * 0.5, floor) for a, b in zip(lrs, lrs[1:]))  # the identity agent never moves them
+
+
+def test_recover_on_spike_settings_are_checked():
+    with pytest.raises(ValueError, match=r"`spike_lr_cut` must be in \(0, 1\)"):
+        GANNOCallback(identity_agent(4), recover_on_spike=True, spike_lr_cut=0.0)
+    with pytest.raises(ValueError, match=r"`recover_on_spike` must be True or False, got 'yes'"):
+        GANNOCallback(identity_agent(4), recover_on_spike="yes")
