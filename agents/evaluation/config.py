@@ -31,6 +31,7 @@ class AgentConfig:
     path: str = "default"  # agent file (GANNOAgent.save), or "default" for the agent shipped in the package
     interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
+    recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
 
 
 @dataclass

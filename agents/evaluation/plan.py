@@ -103,6 +103,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     conditions = conditions_of(cfg)
     agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
              "sha256": _agent_digest(cfg.agent.path)}
+    if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
+        agent["recover_on_spike"] = True
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
         factors = [c.factor for c in conditions if c.deeper == deeper]

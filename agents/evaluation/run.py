@@ -124,14 +124,16 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             result["lr"] = scale_initial_lr(module, job["lr_factor"])
             result["initial_val_loss"] = _initial_val_loss(module)
             # non-finite training or validation loss: stop; a zoo task logs no other validation metric
-            curve = LearningCurve("val_loss", check_finite=True, strict=False)
+            recovers = job["method"] == "agent" and job["agent"].get("recover_on_spike", False)
+            # (an agent that recovers from spikes is not stopped on one: it rolls the run back itself)
+            curve = LearningCurve("val_loss", check_finite=not recovers, strict=False)
             callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
             if job["method"] == "agent":
                 from ganno_lightning.layerwise.callback import GANNOCallback
 
                 agent = job["agent"]
                 ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
-                                      exploration=agent["exploration"], seed=job["seed"])
+                                      exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:
                 from ganno_lightning.agents.peers import with_peer

@@ -336,8 +336,8 @@ class GANNOCallback(Callback):
         if not self._warned_rollback:
             self._warned_rollback = True
             rank_zero_warn(
-                f"GANNOCallback: the training loss spiked to {controller.last_interval_loss:.4g} (mean of the optimizer "
-                f"steps up to global step {trainer.global_step}; the lowest so far is "
+                f"GANNOCallback: the training loss spiked to {controller.last_interval_loss:.4g} (mean of the "
+                f"optimizer steps up to global step {trainer.global_step}; the lowest so far is "
                 f"{controller.rollback.lowest_loss:.4g}): the weights and optimizer state of the last decision are "
                 f"back and every LR is cut by x{self.spike_lr_cut:g}. (Warned once per fit; `ganno/rollbacks` "
                 "counts them.)")

@@ -36,10 +36,11 @@ class SpikeRollback:
 
     An interval spikes when its mean training loss is non-finite or above ``spike_factor`` times the
     lowest loss so far: the lowest interval mean, or the run's first recorded loss
-    (:meth:`record_first_loss`), so a run that blows up within its first interval spikes too. :meth:`check` is called once per decision with the interval's loss:
-    after a good interval it copies the state (the rollback point); after a spike it copies the
-    rollback point back in place (parameters keep their identity, so optimizers, DDP buckets and
-    hooks stay valid) and returns True, and the caller cuts the LRs. The param groups' own
+    (:meth:`record_first_loss`), so a run that blows up within its first interval spikes too.
+    :meth:`check` is called once per decision with the interval's loss: after a good interval it
+    copies the state (the rollback point); after a spike it copies the rollback point back in place
+    (parameters keep their identity, so optimizers, DDP buckets and hooks stay valid) and returns
+    True, and the caller cuts the LRs. The param groups' own
     hyperparameters (the scheduler's LR) are not rolled back: the schedule goes on. If a finite
     loss level spikes :data:`MAX_ROLLBACKS_IN_A_ROW` times in a row against one rollback point, it
     is accepted as the new normal (a loss that rises for good, not a blow-up); a non-finite loss is
