@@ -73,10 +73,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     done = read_log(log_path) if cfg.resume else {}
     if not cfg.resume and log_path.exists():
         log_path.unlink()
-    copied = copy_baselines(jobs, cfg.baselines_from, done)
-    if copied:
-        append_records(log_path, copied)  # this out_dir stays self-contained: its log holds every run it reports
-        print(f"copied {len(copied)} finished baseline runs from {', '.join(cfg.baselines_from)}", flush=True)
+    _copy_baselines(cfg, jobs, done, log_path)
     print(f"evaluating {len(jobs)} runs ({len(conditions_of(cfg))} conditions) in {cfg.workers} process(es)",
           flush=True)
     runs = execute(jobs, cfg.workers, log_path, done)
@@ -84,6 +81,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     while more:  # a tuned baseline whose best LR sits at the grid's edge is not tuned: widen its grid
         print(f"widening {len({(j['task']['id'], j['method']) for j in more})} tuning grid(s) whose best LR sits "
               f"at an edge: {len(more)} more runs", flush=True)
+        _copy_baselines(cfg, more, done, log_path)  # an earlier evaluation widened the same grids
         runs.update(execute(more, cfg.workers, log_path, done))
         jobs += more
         grids, more = tuning_grids(cfg, runs, grids)
@@ -198,3 +196,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if failed:
         print(f"{failed} run(s) failed with an error; see `reason` in results.json.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _copy_baselines(cfg: DictConfig, jobs: List[Dict[str, Any]], done: Dict[str, Dict[str, Any]],
+                    log_path: Path) -> None:
+    """Take the finished baseline runs ``jobs`` need from ``cfg.baselines_from`` into ``done`` and the log."""
+    copied = copy_baselines(jobs, cfg.baselines_from, done)
+    if copied:
+        append_records(log_path, copied)  # this out_dir stays self-contained: its log holds every run it reports
+        print(f"copied {len(copied)} finished baseline runs from {', '.join(cfg.baselines_from)}", flush=True)

@@ -4,6 +4,7 @@ config checks, and the script end to end on the smoke config (real Lightning run
 import doctest
 import importlib
 import json
+import re
 import math
 from pathlib import Path
 
@@ -328,6 +329,14 @@ def test_a_tuned_grid_whose_best_lr_sits_at_an_edge_is_widened(agent_file, tmp_p
     assert "widening 2 tuning grid(s)" in capsys.readouterr().out
     assert "Tuning grids widened because the best LR of some seed sat at an edge: 2 of 2" in \
         (tmp_path / "report.md").read_text()
+    # another agent's evaluation takes the widened grids' runs from this one too: it trains the agent only
+    other = [a if not a.startswith("out_dir=") else f"out_dir={tmp_path / 'other'}" for a in argv]
+    assert ev.main([*other, f"baselines_from=[{tmp_path}]"]) == 0
+    printed = capsys.readouterr().out
+    baselines = sum(r["method"] != "agent" for r in results["runs"])
+    assert sum(map(int, re.findall(r"copied (\d+) finished baseline runs", printed))) == baselines
+    assert "widening" in printed and "[1/1]" in printed  # per round only the agent's run
+    assert json.loads((tmp_path / "other" / "results.json").read_text())["tuning_grids"] == results["tuning_grids"]
 
 
 def test_a_suite_entry_can_draw_lrs_around_the_best_and_the_default_keeps_run_keys():
