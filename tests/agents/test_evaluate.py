@@ -4,8 +4,8 @@ config checks, and the script end to end on the smoke config (real Lightning run
 import doctest
 import importlib
 import json
-import re
 import math
+import re
 from pathlib import Path
 
 import pytest
