@@ -29,6 +29,7 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
+from ganno_lightning.agents.imitation import agreement, imitation_loss
 from ganno_lightning.agents.networks import (
     LOG_PROB,
     STATE_VALUE,
@@ -63,6 +64,9 @@ class AlgoConfig:
     epochs: int = 4  # PPO epochs per collected batch
     minibatch_size: int = 64  # env steps (each with all its agents) per gradient step
     max_grad_norm: float = 1.0
+    # > 0: the first this many env steps train the actor to imitate a privileged expert (DAgger, see
+    # ganno_lightning.agents.imitation; needs env.privileged) and the critic as usual; PPO after
+    imitation_frames: int = 0
 
 
 @dataclass
@@ -97,8 +101,15 @@ class MetaTrainingConfig:
 METRIC_NAMES = (
     "iteration", "frames", "charts/episode_return", "charts/episodes", "charts/reward_per_step",
     "charts/env_steps_per_s", "charts/diverged_fraction", "losses/objective", "losses/critic", "losses/entropy",
-    "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance",
+    "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance", "losses/imitation",
+    "charts/expert_agreement",
 )
+
+
+# (metric name, key in the loss module's output) of each update; the PPO objective's while imitating would mislead
+CRITIC_STATS = (("critic", "loss_critic"), ("explained_variance", "explained_variance"))
+PPO_STATS = (("objective", "loss_objective"), ("entropy", "entropy"), ("approx_kl", "kl_approx"),
+             ("clip_fraction", "clip_fraction"), *CRITIC_STATS)
 
 
 def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConfig:
@@ -126,6 +137,11 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if algo.identity_init and 1.0 not in env_config(_env_sections(config)).action_multipliers:
         raise ValueError("`algo.identity_init` needs an action set with the multiplier 1 (keep the LR); "
                          "`env.action_multipliers` has none.")
+    if algo.imitation_frames < 0:
+        raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
+    if algo.imitation_frames and not env_config(_env_sections(config)).privileged:
+        raise ValueError(f"`algo.imitation_frames={algo.imitation_frames}` needs `env.privileged: true`: the expert "
+                         "the actor imitates reads each layer's LR relative to its task's best.")
     if algo.recurrent_size < 0:
         raise ValueError(f"`algo.recurrent_size` must be >= 0 (0: feed-forward actor), got {algo.recurrent_size!r}.")
     for name in ("epochs", "minibatch_size"):
@@ -289,17 +305,22 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                                             target_params=loss_module.target_critic_network_params)
             buffer.extend(batch.reshape(-1))
             stats: dict[str, list[float]] = {}
+            imitating = frames < algo.imitation_frames
             for _ in range(algo.epochs):
                 for minibatch in buffer:
                     losses = loss_module(minibatch)
-                    total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                    if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
+                        imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers)
+                        stats.setdefault("imitation", []).append(float(imitation.detach()))
+                        total = imitation + losses["loss_critic"]
+                    else:
+                        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
                     optimizer.zero_grad()
                     total.backward()
                     torch.nn.utils.clip_grad_norm_(loss_module.parameters(), algo.max_grad_norm)
                     optimizer.step()
-                    for name, key in (("objective", "loss_objective"), ("critic", "loss_critic"),
-                                      ("entropy", "entropy"), ("approx_kl", "kl_approx"),
-                                      ("clip_fraction", "clip_fraction"), ("explained_variance", "explained_variance")):
+                    logged = CRITIC_STATS if imitating else PPO_STATS
+                    for name, key in logged:
                         if key in losses.keys():
                             stats.setdefault(name, []).append(float(losses[key].detach().float().mean()))
             # new observation statistics take effect from the next collection on
@@ -320,6 +341,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                 "charts/reward_per_step": float(batch["next", keys.REWARD][..., 0, 0].mean()),
                 "charts/env_steps_per_s": batch.numel() / max(time.perf_counter() - started, 1e-9),
                 "charts/diverged_fraction": float(batch["next", keys.TERMINATED].float().mean()),
+                "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers)
+                                            if env_settings.privileged else float("nan")),
                 **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},
             }
             history.append(metrics)

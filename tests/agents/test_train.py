@@ -235,3 +235,23 @@ def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployabl
     assert first_critic_layer.shape[1] == 3 * (num_features + 2)  # own and pooled, observation + privileged
     assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
     trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
+
+
+def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_path):
+    from ganno_lightning.agents.imitation import expert_actions
+
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "env.privileged=true", "family.lr_sampling=around_best",
+                 "algo.imitation_frames=320", "run.total_frames=320", "algo.epochs=8", "algo.lr=0.01"]
+    agent = GANNOAgent.load(train(SMOKE, overrides))
+    rows = read_metrics(tmp_path)
+    agreement = [float(r["charts/expert_agreement"]) for r in rows]  # of the actions the actor sampled
+    assert all(r["losses/imitation"] and not r["losses/approx_kl"] for r in rows)  # imitation only, no PPO step
+    chance = 1 / len(agent.action_multipliers)
+    assert agreement[0] < 0.2 and sum(agreement[-10:]) / 10 > 2 * chance  # from chance to twice chance or more
+    # the trained actor points the way the expert does: down from 10x too high, up from 10x too low
+    too_high, too_low = torch.tensor([[1.0, 1.0]]), torch.tensor([[-1.0, 1.0]])
+    multipliers = torch.tensor(agent.action_multipliers)
+    assert multipliers[expert_actions(too_high, agent.action_multipliers)] < 1 < \
+        multipliers[expert_actions(too_low, agent.action_multipliers)]
+    with pytest.raises(ValueError, match=r"`algo.imitation_frames=64` needs `env.privileged: true`"):
+        parse_config(SMOKE, ["algo.imitation_frames=64"])
