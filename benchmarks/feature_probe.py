@@ -123,7 +123,8 @@ def main() -> None:
         "reads them; no memory) predicts it from the observation. `side`: of the held-out decisions whose LR is "
         "more than 2x from the best, the share whose direction (too high / too low) the probe gets right "
         "(0.5: chance); `first decision`: after the first interval only.", "",
-        "| features | R^2 of log10(LR/best) | side, all | side, first decision | side, later | clearly wrong decisions |",
+        "| features | R^2 of log10(LR/best) | side, all | side, first decision | side, later "
+        "| clearly wrong decisions |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows:
