@@ -100,15 +100,27 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the table here (markdown)")
+    parser.add_argument("--cache", default=None, help="keep the collected episodes in this .pt file (and reuse it)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
-    data = collect(args.config, args.episodes, args.seed)
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.is_file():
+        data = torch.load(cache)
+    else:
+        data = collect(args.config, args.episodes, args.seed)
+        if cache is not None:
+            torch.save(data, cache)
     split = int(0.8 * len(data))
     train, test = data[:split], data[split:]
+    # log_lr is the absolute LR: with the layer's kind and size it can name a zoo task's best LR
+    # from memory, which says nothing about a user's task; the scale-free rows leave it out.
+    scale_free = [i for i, n in enumerate(ALL_FEATURE_NAMES) if n != "log_lr"]
     sets = {
         "default (23)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES],
         "hypergradient (25)": list(range(len(ALL_FEATURE_NAMES))),
+        "default without log_lr (22)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n != "log_lr"],
+        "hypergradient without log_lr (24)": scale_free,
         "update_grad_cos only": [ALL_FEATURE_NAMES.index("update_grad_cos")],
     }
     rows = [(name, fit_probe(train, test, columns, args.seed)) for name, columns in sets.items()]
