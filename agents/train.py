@@ -67,6 +67,9 @@ class AlgoConfig:
     # > 0: the first this many env steps train the actor to imitate a privileged expert (DAgger, see
     # ganno_lightning.agents.imitation; needs env.privileged) and the critic as usual; PPO after
     imitation_frames: int = 0
+    # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
+    # this times the task's best constant LR: a decaying schedule's best peak sits above it
+    expert_peak_factor: float = 1.0
 
 
 @dataclass
@@ -142,6 +145,9 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if algo.imitation_frames and not env_config(_env_sections(config)).privileged:
         raise ValueError(f"`algo.imitation_frames={algo.imitation_frames}` needs `env.privileged: true`: the expert "
                          "the actor imitates reads each layer's LR relative to its task's best.")
+    if not (isinstance(algo.expert_peak_factor, (int, float)) and algo.expert_peak_factor > 0):
+        raise ValueError(f"`algo.expert_peak_factor` must be a positive number (1: the best constant LR; e.g. 2 "
+                         f"under `env.prior: cosine`), got {algo.expert_peak_factor!r}.")
     if algo.recurrent_size < 0:
         raise ValueError(f"`algo.recurrent_size` must be >= 0 (0: feed-forward actor), got {algo.recurrent_size!r}.")
     for name in ("epochs", "minibatch_size"):
@@ -310,7 +316,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                 for minibatch in buffer:
                     losses = loss_module(minibatch)
                     if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
-                        imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers)
+                        imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers,
+                                                   algo.expert_peak_factor)
                         stats.setdefault("imitation", []).append(float(imitation.detach()))
                         total = imitation + losses["loss_critic"]
                     else:
@@ -341,7 +348,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                 "charts/reward_per_step": float(batch["next", keys.REWARD][..., 0, 0].mean()),
                 "charts/env_steps_per_s": batch.numel() / max(time.perf_counter() - started, 1e-9),
                 "charts/diverged_fraction": float(batch["next", keys.TERMINATED].float().mean()),
-                "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers)
+                "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers, algo.expert_peak_factor)
                                             if env_settings.privileged else float("nan")),
                 **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},
             }

@@ -33,8 +33,9 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
 
-#: Columns of ``("agents", "privileged")``: log10(LR / best LR) and whether the best LR is known.
-PRIVILEGED_SIZE = 2
+#: Columns of ``("agents", "privileged")``: log10(LR / best LR), whether the best LR is known, and
+#: whether a prior schedule decays the LR (whose peak then is the LR of the first column).
+PRIVILEGED_SIZE = 3
 
 
 @dataclass
@@ -68,7 +69,9 @@ class EnvConfig:
         privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
             for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,
             log10 of its current LR over its task's calibrated best constant LR
-            (``lr_sampling: around_best``), and whether that best LR is known (1) or not (0 and 0).
+            (``lr_sampling: around_best``), whether that best LR is known (1) or not (0 and 0), and
+            whether an active ``prior`` decays the LR (1; the first column is then the LR the
+            prior decays from, the scale's LR, not the decayed one) or not (0).
             With it, the critic need not guess from noisy training features how far a run's LR is
             from right, which is what the advantage of a decision mostly depends on.
         scale_bounds: ``[low, high]`` clip of every scale.
@@ -374,12 +377,17 @@ class LayerwiseLREnv(EnvBase):
         return output
 
     def _privileged(self, pad: int) -> torch.Tensor:
-        """Per agent: log10(current LR / the task's best constant LR) and 1, or zeros where no best LR is known."""
+        """Per agent: log10(LR / the task's best constant LR), 1, and whether a prior decays the LR.
+
+        The LR is the one the scale sets, before a prior's decay: how far the schedule's peak is
+        from right. Zeros in the first two columns where no best LR is known.
+        """
         privileged = torch.zeros(pad, PRIVILEGED_SIZE)
+        n = self.controller.num_agents
+        privileged[:n, 2] = float(self.controller.prior.active)
         best = self.task.info.get("best_lr")
         if best:
-            lrs = torch.tensor(self.controller.lr.effective_lrs(), dtype=torch.float64)
-            n = len(lrs)
+            lrs = torch.tensor(self.controller.lr.anchor_lrs(), dtype=torch.float64)
             privileged[:n, 0] = torch.log10(lrs.clamp_min(1e-30) / best).float()
             privileged[:n, 1] = 1.0
         return privileged

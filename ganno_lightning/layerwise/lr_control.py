@@ -151,6 +151,10 @@ class LayerwiseLR:
         prior = self.prior_factor
         if prior != 1.0:
             return [lr * prior * s for lr, s in zip(self.base_lrs(), self.scales)]
+        return self.anchor_lrs()
+
+    def anchor_lrs(self) -> list[float]:
+        """``scheduler_lr * scale`` per agent: the LR a prior decays from (the effective LR when there is none)."""
         return [lr * s for lr, s in zip(self.base_lrs(), self.scales)]
 
     # -- step hooks -------------------------------------------------------------------------------

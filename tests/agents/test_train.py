@@ -11,6 +11,7 @@ from ganno_lightning.agents.networks import LOG_PROB, make_modules
 from ganno_lightning.agents.train import parse_config, resolved_config, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
+from ganno_lightning.envs.layerwise_env import PRIVILEGED_SIZE
 from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
@@ -232,7 +233,7 @@ def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployabl
     first_critic_layer = next(v for k, v in checkpoint["loss_module"].items()
                               if k.startswith("critic_network_params") and k.endswith("weight"))
     num_features = len(agent.feature_names)
-    assert first_critic_layer.shape[1] == 3 * (num_features + 2)  # own and pooled, observation + privileged
+    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE)  # own and pooled, observation + privileged
     assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
     trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
 
@@ -249,9 +250,11 @@ def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_pa
     chance = 1 / len(agent.action_multipliers)
     assert agreement[0] < 0.2 and sum(agreement[-10:]) / 10 > 2 * chance  # from chance to twice chance or more
     # the trained actor points the way the expert does: down from 10x too high, up from 10x too low
-    too_high, too_low = torch.tensor([[1.0, 1.0]]), torch.tensor([[-1.0, 1.0]])
+    too_high, too_low = torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[-1.0, 1.0, 0.0]])
     multipliers = torch.tensor(agent.action_multipliers)
     assert multipliers[expert_actions(too_high, agent.action_multipliers)] < 1 < \
         multipliers[expert_actions(too_low, agent.action_multipliers)]
     with pytest.raises(ValueError, match=r"`algo.imitation_frames=64` needs `env.privileged: true`"):
         parse_config(SMOKE, ["algo.imitation_frames=64"])
+    with pytest.raises(ValueError, match=r"`algo.expert_peak_factor` must be a positive number .* got 0.0"):
+        parse_config(SMOKE, ["algo.expert_peak_factor=0.0"])

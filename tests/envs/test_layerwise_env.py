@@ -366,8 +366,17 @@ def test_privileged_facts_give_each_layer_its_lr_relative_to_the_tasks_best():
     action = torch.full((env.max_agents,), env.config.action_multipliers.index(2.0))
     td = env.step(td.set(keys.ACTION, action))["next"]  # every layer's LR doubles
     assert td[keys.PRIVILEGED][:n, 0] == pytest.approx([math.log10(2 * info["lr"] / info["best_lr"])] * n, abs=1e-5)
+    assert privileged[:, 2].eq(0).all()  # no prior decays the LR
     unknown = tiny_env(privileged=True).reset()[keys.PRIVILEGED]  # a task without a calibrated best LR
     assert unknown.eq(0).all()
+    # under a cosine prior: the LR the prior decays from (the peak), and the prior's flag
+    config = EnvConfig(horizon=20, interval=10, privileged=True, unknown_total_prob=0.0, prior="cosine")
+    env = LayerwiseLREnv(make_family("mlp_digits", lr_sampling="around_best"), config, seed=3)
+    td = env.step(env.reset().set(keys.ACTION, action))["next"]
+    n, info = env.controller.num_agents, env.task.info
+    assert env.controller.lr.prior_factor < 0.9  # decayed by step 10 of 20 ...
+    assert td[keys.PRIVILEGED][:n, 0] == pytest.approx([math.log10(2 * info["lr"] / info["best_lr"])] * n, abs=1e-5)
+    assert td[keys.PRIVILEGED][:n, 2].eq(1).all() and td[keys.PRIVILEGED][n:].eq(0).all()  # ... but not the peak
     assert keys.PRIVILEGED not in tiny_env().reset().keys(True)  # off by default: the actor's view only
 
 
