@@ -18,7 +18,10 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from report import write_report
+
+from ganno_lightning.agents.evaluation.analysis import run_targets
 
 CONDITION = "init_lr_x1"
 # (column, run target's text in the report): the per-run shares of issue #18's targets
@@ -28,6 +31,7 @@ TARGETS = (
     ("<= 1.02x tuned cos", "agent <= 1.02x tuned cosine"),
     ("too high: <= 1.05x tuned cos", "start >= 3x the best LR: agent <= 1.05x tuned cosine"),
     ("too low: <= 1.05x tuned cos", "start <= 1/3 of the best LR: agent <= 1.05x tuned cosine"),
+    ("near best: harm", "start within 3x of the best LR: agent > 1.02x constant LR (harm)"),
     ("< schedule-free", "agent < schedulefree_adamw"),
     ("< prodigy+cos", "agent < prodigy_cosine"),
 )
@@ -42,8 +46,11 @@ def load(folder: Path) -> dict:
 
 
 def row_values(results: dict) -> dict[str, float]:
+    targets = results["run_targets"]
+    if "comparisons" in results:  # a full results.json: recount, so targets added since it was written show
+        targets = run_targets(OmegaConf.create(results["config"]), results["comparisons"])
     shares = {t["target"]: 100 * t["count"] / t["runs"] if t["runs"] else math.nan
-              for t in results["run_targets"] if t["condition"] == CONDITION}
+              for t in targets if t["condition"] == CONDITION}
     values = {column: shares.get(target, math.nan) for column, target in TARGETS}
     paired = results["paired"][CONDITION]
     for column, method in RATIOS:
@@ -101,6 +108,8 @@ def main(argv=None) -> None:
                 if column in dict(RATIOS):  # geometric mean of the ratios
                     mean = math.exp(sum(math.log(v) for v in values) / len(values))
                     cells.append(f"{mean:.2f} ({min(values):.2f}-{max(values):.2f})")
+                elif any(math.isnan(v) for v in values):  # a summary written before the target existed
+                    cells.append("—")
                 else:
                     mean = sum(values) / len(values)
                     cells.append(f"{mean:.0f}% ({min(values):.0f}-{max(values):.0f})")

@@ -216,8 +216,9 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any]) -> List[Dict[str, 
     """Issue #18's targets, over task x seed runs: the share of runs where each holds, per condition.
 
     Runs are split by where their initial LR starts relative to the task's calibrated best
-    (``around_best`` suites): too high (at least ``FAR_FROM_BEST`` x above it), too low, and by
-    length (runs at least 3x the config's ``steps``). Rows whose runs are absent are left out.
+    (``around_best`` suites): too high (at least ``FAR_FROM_BEST`` x above it), too low, near it
+    (where a constant LR is already good, so harm shows most), and by length (runs at least 3x the
+    config's ``steps``). Rows whose runs are absent are left out.
     """
     out = []
     for condition, tasks in comparisons.items():
@@ -243,6 +244,9 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any]) -> List[Dict[str, 
             lambda r: r[0] is not None and r[0] >= FAR_FROM_BEST, lambda m: m["agent"] <= 1.05 * m["cosine@tuned"])
         add(f"start <= 1/{FAR_FROM_BEST:g} of the best LR: agent <= 1.05x tuned cosine", ">= 70%",
             lambda r: r[0] is not None and r[0] <= 1 / FAR_FROM_BEST, lambda m: m["agent"] <= 1.05 * m["cosine@tuned"])
+        add(f"start within {FAR_FROM_BEST:g}x of the best LR: agent > 1.02x constant LR (harm)", "<= 5%",
+            lambda r: r[0] is not None and 1 / FAR_FROM_BEST < r[0] < FAR_FROM_BEST,
+            lambda m: m["agent"] > 1.02 * m["constant@init"])
         add("agent diverged where the constant LR did not", "0 runs", every,
             lambda m: not math.isfinite(m["agent"]) and math.isfinite(m["constant@init"]))
         for peer in ("schedulefree_adamw", "prodigy_cosine"):

@@ -486,10 +486,14 @@ def test_run_targets_count_task_x_seed_runs_and_split_starts_by_their_distance_f
             "seeds": {"0": seed(1.0, 2.0, 1.0), "1": seed(3.0, 2.0, 1.0)}}
     low = {"base_lr": 0.01, "best_lr": 0.1, "steps": 3000,  # 10x below, and a long run
            "seeds": {"0": seed(math.inf, 2.0, 1.0)}}
-    rows = {r["target"]: (r["count"], r["runs"]) for r in run_targets(ev.load_config(SMOKE), {"x1": {"a": high, "b": low}})}
-    assert rows["agent < constant LR"] == (1, 3)
-    assert rows["agent > 1.02x constant LR (harm)"] == (2, 3)  # a diverged agent (inf) harms too
+    near = {"base_lr": 0.15, "best_lr": 0.1, "steps": 60,  # 1.5x: a constant LR is already good
+            "seeds": {"0": seed(2.1, 2.0, 1.0), "1": seed(2.0, 2.0, 1.0)}}
+    rows = {r["target"]: (r["count"], r["runs"])
+            for r in run_targets(ev.load_config(SMOKE), {"x1": {"a": high, "b": low, "c": near}})}
+    assert rows["agent < constant LR"] == (1, 5)
+    assert rows["agent > 1.02x constant LR (harm)"] == (3, 5)  # a diverged agent (inf) harms too
     assert rows["start >= 3x the best LR: agent <= 1.05x tuned cosine"] == (1, 2)
     assert rows["start <= 1/3 of the best LR: agent <= 1.05x tuned cosine"] == (0, 1)
-    assert rows["agent diverged where the constant LR did not"] == (1, 3)
+    assert rows["start within 3x of the best LR: agent > 1.02x constant LR (harm)"] == (1, 2)
+    assert rows["agent diverged where the constant LR did not"] == (1, 5)
     assert rows["runs of >= 180 steps: agent < constant LR"] == (0, 1)  # the smoke config: 60 steps
