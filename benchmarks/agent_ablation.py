@@ -45,17 +45,19 @@ def load(folder: Path) -> dict:
     raise SystemExit(f"{folder}: no results.json or summary.json (is it a ganno-evaluate out_dir?)")
 
 
-def row_values(results: dict) -> dict[str, float]:
+def row_values(results: dict, method: str = "agent") -> dict[str, float]:
+    """One row: the shares of the targets, and the paired ratios (the agent's only; NaN for another method)."""
     targets = results["run_targets"]
     if "comparisons" in results:  # a full results.json: recount, so targets added since it was written show
-        targets = run_targets(OmegaConf.create(results["config"]), results["comparisons"])
+        targets = run_targets(OmegaConf.create(results["config"]), results["comparisons"], method)
     shares = {t["target"]: 100 * t["count"] / t["runs"] if t["runs"] else math.nan
               for t in targets if t["condition"] == CONDITION}
     values = {column: shares.get(target, math.nan) for column, target in TARGETS}
     paired = results["paired"][CONDITION]
-    for column, method in RATIOS:
-        values[column] = paired[method]["ratio"]
-        values[column + " CI"] = tuple(paired[method]["interval"])
+    for column, reference in RATIOS:
+        agent = method == "agent"
+        values[column] = paired[reference]["ratio"] if agent else math.nan
+        values[column + " CI"] = tuple(paired[reference]["interval"]) if agent else (math.nan, math.nan)
     return values
 
 
@@ -65,6 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/agent_ablation.md")
     parser.add_argument("--title", default="Issue #18 ablation on the dev suite")
     parser.add_argument("--note", default="", help="a paragraph under the title (how the agents were trained)")
+    parser.add_argument("--yardsticks", metavar="FOLDER", help="a full results.json's folder: also score the "
+                        "baselines tuned per task and seed, and cosine from the user's LR, on the agent's targets")
     args = parser.parse_args(argv)
 
     rows = {}
@@ -73,12 +77,21 @@ def main(argv=None) -> None:
         if not folder:
             raise SystemExit(f"evaluations: expected name=folder, got {item!r}")
         rows[name] = row_values(load(Path(folder)))
+    yardsticks = {}
+    if args.yardsticks:
+        results = load(Path(args.yardsticks))
+        if "comparisons" not in results:
+            raise SystemExit(f"--yardsticks {args.yardsticks}: needs a full results.json (a summary has no runs)")
+        yardsticks = {f"({method}, yardstick)": row_values(results, method)
+                      for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")}
     columns = [c for c, _ in TARGETS] + [c for c, _ in RATIOS]
     header = "| agent | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
 
     def fmt(values: dict, column: str) -> str:
         value = values[column]
+        if column in dict(RATIOS) and math.isnan(value):
+            return "—"
         if column in dict(RATIOS):
             low, high = values[column + " CI"]
             return f"{value:.2f} ({low:.2f}-{high:.2f})"
@@ -92,7 +105,7 @@ def main(argv=None) -> None:
               "the paired loss ratio agent / method (geometric mean, 95% bootstrap interval; < 1: the agent "
               "is better). Goals: < constant >= 90%, harm <= 5%, the others >= 70%.", "",
               "## Every agent", "", header, rule]
-    for name, values in rows.items():
+    for name, values in {**rows, **yardsticks}.items():
         lines.append(f"| {name} | " + " | ".join(fmt(values, c) for c in columns) + " |")
 
     recipes = defaultdict(list)
