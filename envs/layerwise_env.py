@@ -64,7 +64,8 @@ class EnvConfig:
             (``unknown_total_prob``) trains at a constant LR, as a Trainer without a known length would.
         features: What agents observe: ``"default"`` (the shipped agent's features),
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
-            ``log_loss_vs_initial``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
+            ``log_loss_vs_initial``), ``"scale_free"`` (``hypergradient`` without the absolute
+            ``log_lr`` and ``log_loss``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
             Validation resolves it to a list.
         privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
             for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,

@@ -70,8 +70,18 @@ EXTRA_FEATURES: tuple[str, ...] = (
 #: Every feature the observer computes, in the order of its rows.
 ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES
 
-#: The named feature sets an agent can observe (``env.features`` of a meta-training config).
-FEATURE_SETS: dict[str, tuple[str, ...]] = {"default": FEATURE_NAMES, "hypergradient": ALL_FEATURE_NAMES}
+#: Features whose values carry a task's absolute scale: an agent that reads them can recall the
+#: LRs and losses of its meta-training tasks instead of reading the run (issue #18, item 3).
+ABSOLUTE_SCALE_FEATURES: tuple[str, ...] = ("log_lr", "log_loss")
+
+#: The named feature sets an agent can observe (``env.features`` of a meta-training config):
+#: ``scale_free`` is ``hypergradient`` without :data:`ABSOLUTE_SCALE_FEATURES` (the LR is still
+#: seen relative to the user's, as ``log_scale``, and the loss relative to the run's start).
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "default": FEATURE_NAMES,
+    "hypergradient": ALL_FEATURE_NAMES,
+    "scale_free": tuple(n for n in ALL_FEATURE_NAMES if n not in ABSOLUTE_SCALE_FEATURES),
+}
 
 
 def resolve_feature_names(value: str | Sequence[str] | None, name: str = "features") -> tuple[str, ...]:
@@ -84,6 +94,8 @@ def resolve_feature_names(value: str | Sequence[str] | None, name: str = "featur
 
         >>> len(resolve_feature_names("hypergradient")) - len(resolve_feature_names(None))
         2
+        >>> "log_lr" in resolve_feature_names("scale_free"), "log_scale" in resolve_feature_names("scale_free")
+        (False, True)
     """
     if value is None:
         return FEATURE_NAMES
