@@ -102,8 +102,8 @@ def run_targets_table(rows: List[Dict[str, Any]], reference: Optional[List[Dict[
     that shows how far a schedule tuned on the scored loss itself gets.
     """
     shares = {(r["condition"], r["target"]): r for r in reference or []}
-    lines = ["| condition | runs where | holds in | share | goal |" + (" tuned cosine in its place |" if reference else ""),
-             "|---|---|---|---|---|" + ("---|" if reference else "")]
+    extra = (" tuned cosine in its place |", "---|") if reference else ("", "")
+    lines = ["| condition | runs where | holds in | share | goal |" + extra[0], "|---|---|---|---|---|" + extra[1]]
     for r in rows:
         line = f"| {r['condition']} | {r['target']} | {r['count']}/{r['runs']} | {r['percent']:.0f}% | {r['goal']} |"
         if reference:

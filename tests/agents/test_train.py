@@ -216,7 +216,7 @@ def test_smoke_run_with_the_hypergradient_features_deploys_them(tmp_path):
 @pytest.mark.parametrize("override, match", [
     ("algo.identity_init=1.0", r"`algo.identity_init` must be in \[0, 1\)"),
     ("env.prior=linear", r"`env.prior` must be one of"),
-    ("env.features=scale_free", r"`env.features` must be one of \['default', 'hypergradient'\]"),
+    ("env.features=scale_invariant", r"`env.features` must be one of \['default', 'hypergradient', 'scale_free'\]"),
 ])
 def test_option_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):
@@ -233,7 +233,8 @@ def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployabl
     first_critic_layer = next(v for k, v in checkpoint["loss_module"].items()
                               if k.startswith("critic_network_params") and k.endswith("weight"))
     num_features = len(agent.feature_names)
-    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE)  # own and pooled, observation + privileged
+    # own and pooled, observation + privileged
+    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE)
     assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
     trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
 
