@@ -114,13 +114,14 @@ def main() -> None:
     split = int(0.8 * len(data))
     train, test = data[:split], data[split:]
     # log_lr is the absolute LR: with the layer's kind and size it can name a zoo task's best LR
-    # from memory, which says nothing about a user's task; the scale-free rows leave it out.
-    scale_free = [i for i, n in enumerate(ALL_FEATURE_NAMES) if n != "log_lr"]
+    # from memory, which says nothing about a user's task; these rows leave it out (and only it,
+    # unlike the `scale_free` feature set, which also drops log_loss).
+    without_log_lr = [i for i, n in enumerate(ALL_FEATURE_NAMES) if n != "log_lr"]
     sets = {
         "default (23)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES],
         "hypergradient (25)": list(range(len(ALL_FEATURE_NAMES))),
         "default without log_lr (22)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n != "log_lr"],
-        "hypergradient without log_lr (24)": scale_free,
+        "hypergradient without log_lr (24)": without_log_lr,
         "update_grad_cos only": [ALL_FEATURE_NAMES.index("update_grad_cos")],
     }
     rows = [(name, fit_probe(train, test, columns, args.seed)) for name, columns in sets.items()]
