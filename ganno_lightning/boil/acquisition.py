@@ -24,9 +24,16 @@ numerically stable :class:`~botorch.acquisition.LogExpectedImprovement` on the c
   tells about it, as the GP has learned from the curves.
 - ``cost_weight`` scales the log cost (1: the paper). A tuner may fade it as its budget is spent
   (``cost_cooling``): near the end, only improvement matters.
-- The optimiser works on the ``(d + 1)``-dimensional box ``[0, 1]^d x [t_min / T_max, 1]`` with
-  :func:`botorch.optim.optimize_acqf` (random + Sobol starts, L-BFGS-B); ``t`` is then rounded to
-  whichever neighbouring whole epoch scores higher.
+- The optimiser (:func:`maximise`) scores ``raw_samples`` scrambled Sobol points of the box
+  ``[0, 1]^d x [t_min / T_max, 1]``, then refines the best ``num_restarts`` of them with Gaussian
+  clouds of shrinking radius (:data:`SEARCH_RADII`), each round one batched call without gradients.
+  The authors (and BoTorch's ``optimize_acqf``) run L-BFGS-B from random starts; on BOIL's small GP
+  every one of its iterations paid GPyTorch's per-call overhead, about 5 ms, and the acquisition cost
+  0.1 s per suggestion where the search costs 0.02 s (digits benchmark) and matches a dense grid
+  (tested). With the ``target`` gain the value separates, ``log EI(x, T_max) - w b.x`` plus
+  ``2 log rho(t) - w c log t``, so ``x`` is searched at ``T_max`` and ``t`` is the best whole epoch,
+  found exactly; with the paper's gain ``t`` is searched with ``x`` and rounded to the better
+  neighbouring epoch.
 
 Example::
 
@@ -49,14 +56,14 @@ from dataclasses import dataclass
 import torch
 from botorch.acquisition import AcquisitionFunction, LogExpectedImprovement
 from botorch.models.model import Model
-from botorch.optim import optimize_acqf
 from botorch.utils.transforms import t_batch_mode_transform
 from torch import Tensor
+from torch.quasirandom import SobolEngine
 
 from ganno_lightning.boil.cost import CostModel
 from ganno_lightning.boil.model import length_correlation
 
-__all__ = ["CostAwareLogEI", "Pick", "incumbent", "maximise"]
+__all__ = ["SEARCH_RADII", "CostAwareLogEI", "Pick", "incumbent", "maximise"]
 
 
 def incumbent(model: Model, tried_x: Tensor) -> Tensor:
@@ -115,9 +122,54 @@ class Pick:
     log_cost: float
 
 
+#: Local search radii, as fractions of each box side: each round samples around the best points so far.
+SEARCH_RADII = (0.1, 0.03, 0.01)
+
+
+@torch.no_grad()
+def _search(acq: CostAwareLogEI, bounds: Tensor, fixed: dict[int, float], num_starts: int, raw_samples: int,
+            per_start: int) -> Tensor:
+    """The best point found by scoring quasi-random points, then Gaussian clouds around the best few.
+
+    Every round is one batched call of ``acq`` (no gradients): GPyTorch's per-call overhead, not the
+    arithmetic, is what a BOIL-sized GP costs, and L-BFGS-B paid it at every one of its iterations.
+    """
+    width = bounds[1] - bounds[0]
+
+    def fix(points: Tensor) -> Tensor:
+        points = torch.max(torch.min(points, bounds[1]), bounds[0])
+        for column, value in fixed.items():
+            points[:, column] = value
+        return points
+
+    def score(points: Tensor) -> Tensor:
+        return torch.nan_to_num(acq(points[:, None, :]), nan=-math.inf)
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the caller's (forked) RNG makes the draw reproducible
+    points = fix(bounds[0] + width * SobolEngine(bounds.shape[1], scramble=True, seed=seed).draw(raw_samples, dtype=bounds.dtype))
+    values = score(points)
+    top = values.topk(min(num_starts, raw_samples))
+    starts, best = points[top.indices], top.values
+    for radius in SEARCH_RADII:
+        cloud = fix((starts[:, None, :] + radius * width * torch.randn(len(starts), per_start, bounds.shape[1],
+                                                                       dtype=bounds.dtype)).reshape(-1, bounds.shape[1]))
+        cloud_values = score(cloud).reshape(len(starts), per_start)
+        winner = cloud_values.max(dim=-1)
+        better = winner.values > best
+        chosen = cloud.reshape(len(starts), per_start, -1)[torch.arange(len(starts)), winner.indices]
+        starts = torch.where(better[:, None], chosen, starts)
+        best = torch.where(better, winner.values, best)
+    return starts[int(best.argmax())]
+
+
 def maximise(acq: CostAwareLogEI, dims: int, t_max: int, t_min: int = 1, fixed_t: bool = False,
-             num_restarts: int = 4, raw_samples: int = 256, maxiter: int = 60) -> Pick:
+             num_restarts: int = 4, raw_samples: int = 512, per_start: int = 64) -> Pick:
     """Maximise ``acq`` over ``[0, 1]^dims x [t_min / t_max, 1]`` and round ``t`` to whole epochs.
+
+    With the ``target`` gain (or ``fixed_t``) the value separates into a term in ``x`` and a term in ``t``
+    (``log EI(x, T_max) - w b.x`` and ``2 log rho(t) - w c log t``: the cost model is log-linear), so
+    ``x`` is searched at ``t = T_max`` and ``t`` is then chosen exactly among the whole epochs.
+    Otherwise ``(x, t)`` are searched together and ``t`` is rounded to the better neighbouring epoch.
 
     Args:
         acq: the acquisition function.
@@ -125,24 +177,25 @@ def maximise(acq: CostAwareLogEI, dims: int, t_max: int, t_min: int = 1, fixed_t
         t_max: the longest training in epochs.
         t_min: the shortest training in epochs.
         fixed_t: always train for ``t_max`` (the "no learning-curve trade-off" ablation).
-        num_restarts: L-BFGS-B starts kept from the raw samples.
-        raw_samples: quasi-random points scored to choose the starts.
-        maxiter: most L-BFGS-B iterations per start.
+        num_restarts: local searches, started from the best raw samples.
+        raw_samples: quasi-random points scored first.
+        per_start: points sampled around each local search's best, per round.
     """
     bounds = torch.zeros(2, dims + 1, dtype=torch.float64)
     bounds[1] = 1.0
     bounds[0, -1] = t_min / t_max
-    candidate, _ = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=num_restarts, raw_samples=raw_samples,
-                                 options={"maxiter": maxiter}, fixed_features={dims: 1.0} if fixed_t else None,
-                                 retry_on_optimization_warning=False)
-    point = candidate.detach().reshape(-1).clamp(bounds[0], bounds[1])
-    t = float(point[-1]) * t_max
-    options = {t_max} if fixed_t else {min(t_max, max(t_min, math.floor(t))), min(t_max, max(t_min, math.ceil(t)))}
+    separable = acq.target or fixed_t
+    point = _search(acq, bounds, {dims: 1.0} if separable else {}, num_restarts, raw_samples, per_start)
+    if separable:
+        options = [t_max] if fixed_t else list(range(t_min, t_max + 1))
+    else:
+        t = float(point[-1]) * t_max
+        options = sorted({min(t_max, max(t_min, math.floor(t))), min(t_max, max(t_min, math.ceil(t)))})
     rows = point.expand(len(options), -1).clone()
-    rows[:, -1] = torch.tensor(sorted(options), dtype=torch.float64) / t_max
+    rows[:, -1] = torch.tensor(options, dtype=torch.float64) / t_max
     with torch.no_grad():
         values = acq(rows[:, None, :])
         best = int(values.argmax())
         log_ei = float(acq.log_ei(rows[best : best + 1, None, :]))
         log_cost = float(acq.log_cost(rows[best]))
-    return Pick(x=point[:-1].tolist(), epochs=sorted(options)[best], log_ei=log_ei, log_cost=log_cost)
+    return Pick(x=point[:-1].tolist(), epochs=options[best], log_ei=log_ei, log_cost=log_cost)

@@ -14,8 +14,8 @@ Around them, this module adds what a tuner running several trials at once needs:
 - the first ``initial_random`` trials (default 3, as in the authors' code) are drawn uniformly,
   trained for ``T_max`` (as the authors' initial design does);
 - pending trials (queued or running, passed as ``pending``) enter as a *kriging believer*: the GP is
-  conditioned on its own posterior mean at their ``(x, max_epochs)``, so it does not suggest them
-  again;
+  conditioned on its own posterior mean at their ``(x, max_epochs)`` (with ``target_ei``, also at
+  ``(x, T_max)``, where the acquisition judges ``x``), so it does not suggest them again;
 - when the GP fit fails, the previous fit's hyperparameters are reused on the current data; when that
   fails too, the suggestion is random, and ``info["reason"]`` (also logged) says why.
 
@@ -36,7 +36,7 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
 - ``refit_every``: the GP's hyperparameters and ``(m0, g0)`` are optimised when at least this many
   trials have been added since the last full fit, and reused on the current data in between (the
   authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
-  fit). Default 3.
+  fit, for at most ``fit_maxiter`` L-BFGS iterations, default 20). Default 3.
 - ``target_ei``: the acquisition's gain is the EI of the score at ``T_max`` times the squared
   kernel correlation between the scores at ``t`` and ``T_max`` (the paper: the EI of the score at ``t``); see
   :mod:`~ganno_lightning.boil.acquisition`.
@@ -125,7 +125,7 @@ class BOILCore:
         max_virtual_total: most virtual observations in all.
         virtual_variance_threshold: add a virtual observation only where the GP's posterior variance
             (standardised scores) is at least this.
-        num_restarts: L-BFGS-B starts when maximising the acquisition.
+        num_restarts: local searches when maximising the acquisition, from the best raw samples.
         raw_samples: quasi-random points scored to choose those starts.
         fit_maxiter: most L-BFGS iterations per GP fit.
 
@@ -163,9 +163,9 @@ class BOILCore:
         max_virtual_per_trial: int = 10,
         max_virtual_total: int = 100,
         virtual_variance_threshold: float = 0.01,
-        num_restarts: int = 2,
-        raw_samples: int = 128,
-        fit_maxiter: int = 75,
+        num_restarts: int = 4,
+        raw_samples: int = 512,
+        fit_maxiter: int = 20,
     ) -> None:
         if not _is_int(dims) or dims < 1:
             raise ValueError(f"`dims` must be a positive int (the search space's dimensions), got {dims!r}.")
@@ -333,8 +333,13 @@ class BOILCore:
         best_f = incumbent(model, tried)
         believer = model
         if pending:
-            # Kriging believer: pretend each pending trial already scored what the GP expects.
-            points = torch.tensor([[*p.x, p.max_epochs / self.t_max] for p in pending], dtype=torch.float64).clamp(0.0, 1.0)
+            # Kriging believer: pretend each pending trial already scored what the GP expects. The target gain
+            # judges x by its score at T_max, so a short pending trial is believed there too: believed only at its
+            # own length, it would hardly lower the gain at its x, and the next suggestion would land beside it.
+            rows = [[*p.x, p.max_epochs / self.t_max] for p in pending]
+            if self.target_ei:
+                rows += [[*p.x, 1.0] for p in pending if p.max_epochs < self.t_max]
+            points = torch.tensor(rows, dtype=torch.float64).clamp(0.0, 1.0)
             with torch.no_grad():
                 believed = model.posterior(points).mean
             believer = model.condition_on_observations(points, believed)

@@ -45,8 +45,8 @@ class CoreConfig:
     max_virtual_per_trial: Optional[int] = None  # most virtual observations at one trial's configuration
     max_virtual_total: Optional[int] = None  # most virtual observations in all
     virtual_variance_threshold: Optional[float] = None  # least posterior variance worth a virtual observation
-    num_restarts: Optional[int] = None  # L-BFGS-B starts when maximising the acquisition
-    raw_samples: Optional[int] = None  # quasi-random points scored to choose those starts
+    num_restarts: Optional[int] = None  # local searches when maximising the acquisition
+    raw_samples: Optional[int] = None  # quasi-random points scored first, the best of them searched around
     fit_maxiter: Optional[int] = None  # most L-BFGS iterations per GP fit
     cost_unit: Optional[str] = None  # "seconds" or "epochs" a trial is priced in; null: what the budget counts
     t_floor: Optional[float] = None  # shortest suggested training, as a fraction of t_max (0: just t_min)

@@ -21,11 +21,14 @@ The compression ``(m0, g0)`` (:mod:`ganno_lightning.boil.compression`) is learne
 marginal likelihood, the targets recomputed for each ``(m0, g0)``:
 
 1. fit the GP (L-BFGS, :func:`botorch.fit.fit_gpytorch_mll`) at the current ``(m0, g0)``, warm-started
-   from the previous fit's hyperparameters;
+   from the previous fit's hyperparameters; the closure it differentiates is :func:`negative_mll`,
+   GPyTorch's ``ExactMarginalLogLikelihood`` written in plain torch (same value and gradients, tested),
+   because on these few hundred points GPyTorch's module and lazy-tensor bookkeeping, not the
+   arithmetic, was most of a fit's time;
 2. with those kernel hyperparameters fixed, score every ``(m0, g0)`` of a small grid by its marginal
    likelihood (one Cholesky factor serves the whole grid: only the targets change);
-3. if another grid point wins, refit the GP there (warm-started) and keep it when its marginal
-   likelihood is higher.
+3. if another grid point wins, move there with the same kernel hyperparameters when its marginal
+   likelihood is higher (the next full fit optimises the kernel at the new ``(m0, g0)``).
 
 Virtual observations (:mod:`ganno_lightning.boil.virtual`) are chosen with the previous fit's kernel
 (or, at the first fit, one fitted to the real points alone), then kept fixed through steps 1-3.
@@ -35,7 +38,7 @@ Deviations from the paper (section 3.2) and its code (github.com/ntienvu/BOIL,
 
 - The authors maximise the marginal likelihood over ``(lengthscales, m0, g0)`` jointly with L-BFGS-B
   from the best of 20 random starts, every ``2 d`` iterations, with a fixed noise of ``5e-4``; here
-  it is the coordinate ascent above (a grid for ``(m0, g0)``, gradients for the GP), every call, with
+  it is one round of the coordinate ascent above (a grid for ``(m0, g0)``, gradients for the GP), with
   learned noise, an outputscale and ARD lengthscales (the authors share one lengthscale over ``x``).
 - The authors use a squared-exponential kernel; here Matern 5/2 on both factors.
 - The ``(m0, g0)`` grid is the authors' box. A wider grid (``m0`` from 0, ``g0`` from 1) let the
@@ -76,22 +79,26 @@ from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import (
     get_gaussian_likelihood_with_lognormal_prior,
 )
+from botorch.optim.closures import ForwardBackwardClosure
+from botorch.optim.utils import get_parameters
 from gpytorch.kernels import MaternKernel, ScaleKernel
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
+from linear_operator.utils.cholesky import psd_safe_cholesky
 from torch import Tensor
 
 from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
 __all__ = ["G0_GRID", "M0_GRID", "CurveGPFit", "FitError", "LengthTrendMean", "VirtualSettings", "build_gp",
-           "fit_curve_gp", "length_correlation", "refit_with_previous"]
+           "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll", "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
 M0_GRID = (1 / 3, 0.5, 0.75)
 #: The growths tried: the authors' box (``[0.5, 2]`` on their scale, 6 to 24 on ours).
 G0_GRID = (6.0, 12.0, 24.0)
+_SQRT5 = math.sqrt(5.0)
 #: Kept hyperparameters: everything but the outcome transform's statistics, which belong to the data.
 _STATE_PREFIXES = ("covar_module.", "likelihood.", "mean_module.")
 
@@ -227,13 +234,50 @@ def _mll_value(model: SingleTaskGP) -> float:
     return value
 
 
+def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
+    """``k(a, b)`` of :func:`build_gp`'s product kernel, in plain torch (rows ``[x, t / T_max]``).
+
+    The same values as ``model.covar_module(a, b).to_dense()`` (tested), without GPyTorch's lazy
+    tensors: on BOIL's few hundred points their per-call overhead, not the arithmetic, was the cost.
+    """
+    x_kernel, t_kernel = model.covar_module.base_kernel.kernels
+    dims = a.shape[-1] - 1
+    return (model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
+            * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1)))
+
+
+def _matern52(a: Tensor, b: Tensor, lengthscale: Tensor) -> Tensor:
+    """GPyTorch's Matern 5/2 between rows of ``a`` and ``b`` (distances clamped as GPyTorch clamps them)."""
+    distance = ((a / lengthscale)[:, None, :] - (b / lengthscale)[None, :, :]).pow(2).sum(-1).clamp_min(1e-30).sqrt()
+    return (1.0 + _SQRT5 * distance + 5.0 / 3.0 * distance * distance) * torch.exp(-_SQRT5 * distance)
+
+
+def negative_mll(model: SingleTaskGP) -> Tensor:
+    """``-mll`` per point, priors included: ``ExactMarginalLogLikelihood``'s value and gradients (tested), cheaper.
+
+    The closure L-BFGS calls dozens of times per fit: GPyTorch's version spent most of its time in
+    module and lazy-tensor bookkeeping on these small matrices.
+    """
+    x, y = model.train_inputs[0], model.train_targets
+    n = x.shape[0]
+    covariance = kernel_matrix(model, x, x) + torch.diag_embed(model.likelihood.noise.expand(n))
+    factor = psd_safe_cholesky(covariance)  # GPyTorch's own jitter ladder on a near-singular matrix
+    residual = (y - model.mean_module(x))[:, None]
+    value = (-0.5 * (residual * torch.cholesky_solve(residual, factor)).sum() - factor.diagonal().log().sum()
+             - 0.5 * n * math.log(2 * math.pi))
+    for _, module, prior, closure, _ in model.named_priors():
+        value = value + prior.log_prob(closure(module)).sum()
+    return -value / n
+
+
 def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxiter: int,
          t_trend: bool = True) -> tuple[SingleTaskGP, float]:
     model = build_gp(train_x, train_y, state, t_trend)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    closure = ForwardBackwardClosure(lambda: negative_mll(model), get_parameters(mll, requires_grad=True))
     try:
         # Two attempts: the warm start, then one restart from the priors if it hits a numerical error.
-        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
+        fit_gpytorch_mll(mll, closure=closure, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
     except Exception as err:  # any optimiser failure means "no new fit"
         raise FitError(f"fit_gpytorch_mll failed: {type(err).__name__}: {err}") from err
     value = _mll_value(model)
@@ -250,7 +294,7 @@ def _grid_quadratic_forms(model: SingleTaskGP, targets: Tensor) -> Tensor:
     """
     x = model.train_inputs[0]
     with torch.no_grad():
-        k = model.covar_module(x).to_dense() + model.likelihood.noise * torch.eye(x.shape[0], dtype=x.dtype)
+        k = kernel_matrix(model, x, x) + model.likelihood.noise * torch.eye(x.shape[0], dtype=x.dtype)
         factor, info = torch.linalg.cholesky_ex(k)
         if info != 0:
             return torch.full((targets.shape[0],), -math.inf, dtype=x.dtype)
@@ -273,7 +317,7 @@ def _inputs(x: Tensor, curves: NormalisedCurves, fit: SingleTaskGP | None, virtu
     scale = fit.covar_module
     candidates = [curves.positions[i, : int(n) - 1] for i, n in enumerate(curves.lengths)]
     chosen = select_virtual_points(
-        lambda a, b: scale(a, b).to_dense(), noise=float(fit.likelihood.noise), prior_variance=float(scale.outputscale),
+        lambda a, b: kernel_matrix(fit, a, b), noise=float(fit.likelihood.noise), prior_variance=float(scale.outputscale),
         real_inputs=real, trial_x=x, candidates=candidates, per_trial=virtual.per_trial, total=virtual.total,
         variance_threshold=virtual.variance_threshold, min_pivot=virtual.min_pivot,
     )
@@ -335,10 +379,13 @@ def fit_curve_gp(
         best = int(torch.nan_to_num(quad, nan=-math.inf).argmax())
         m_best, g_best = pairs[best].tolist()
         if (m_best, g_best) != (m0, g0) and math.isfinite(float(quad[best])):
+            # One coordinate-ascent step: the kernel just fitted, on the better compression's targets. The next
+            # full fit optimises the kernel there (a second L-BFGS run here doubled the cost of a fit).
             warm = {k: v for k, v in model.state_dict().items() if k.startswith(_STATE_PREFIXES)}
             try:
-                other, other_value = _fit(inputs, targets(m_best, g_best), warm, maxiter, t_trend)
-            except FitError:
+                other = build_gp(inputs, targets(m_best, g_best), warm, t_trend).eval()
+                other_value = _mll_value(other)
+            except Exception:  # noqa: BLE001 - keep the fitted model
                 other, other_value = None, -math.inf
             if other_value > value:
                 model, value, m0, g0 = other, other_value, m_best, g_best

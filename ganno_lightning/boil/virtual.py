@@ -92,21 +92,24 @@ def select_virtual_points(
     # Share the budget: with many trials, each gets its fair part rather than the first ones all of it.
     cap = min(per_trial, math.ceil(total / max(1, len(active))))
     inputs = real_inputs.to(torch.float64)
+    # K(inputs, inputs), grown by blocks as points are added: one kernel call per trial, not three.
+    k_inputs = kernel(inputs, inputs)
     factor = None
     for trial in active:
         if len(chosen) >= total:
             break
         points = torch.cat([trial_x[trial].expand(candidates[trial].numel(), -1), candidates[trial][:, None]], dim=-1)
         points = points.to(inputs)
+        n = inputs.shape[0]
+        k_to_points = kernel(torch.cat([inputs, points]), points)  # [K(inputs, points); K(points, points)]
         # Joint posterior covariance of this trial's candidates given every input so far (the
         # factor is recomputed only when the inputs grew).
         if factor is None:
-            k_nn = kernel(inputs, inputs) + noise * torch.eye(inputs.shape[0], dtype=inputs.dtype)
-            factor, info = torch.linalg.cholesky_ex(k_nn)
+            factor, info = torch.linalg.cholesky_ex(k_inputs + noise * torch.eye(n, dtype=inputs.dtype))
             if info != 0:  # the real data alone is ill-conditioned: add nothing more
                 break
-        cross = torch.linalg.solve_triangular(factor, kernel(inputs, points), upper=False)
-        cov = kernel(points, points) - cross.T @ cross
+        cross = torch.linalg.solve_triangular(factor, k_to_points[:n], upper=False)
+        cov = k_to_points[n:] - cross.T @ cross
         taken: list[int] = []
         while len(taken) < cap and len(chosen) < total:
             variance = cov.diagonal().clone()
@@ -121,6 +124,9 @@ def select_virtual_points(
             column = cov[:, best].clone()
             cov = cov - torch.outer(column, column) / (v + noise)
         if taken:
+            new_cross = k_to_points[:n, taken]
+            k_inputs = torch.cat([torch.cat([k_inputs, new_cross], dim=1),
+                                  torch.cat([new_cross.T, k_to_points[n:][taken][:, taken]], dim=1)])
             inputs = torch.cat([inputs, points[taken]], dim=0)
             factor = None
     return chosen

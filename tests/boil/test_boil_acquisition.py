@@ -74,3 +74,32 @@ def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max
     assert target_pick(lengthscale_t=0.05).epochs >= T_MAX - 1
     # nearly identical: the short trial tells as much for a fraction of the epochs
     assert target_pick(lengthscale_t=20.0).epochs <= T_MAX // 4
+
+
+@pytest.mark.parametrize("lengthscale_t", [0.05, 0.5, 2.0, 20.0])
+def test_target_ei_chooses_the_best_whole_epoch_exactly(lengthscale_t):
+    # The target gain separates into x and t terms: the chosen t must beat every other whole epoch at the chosen x.
+    chosen = target_pick(lengthscale_t)
+    inputs = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.6, 1.0], [0.9, 1.0]], dtype=torch.float64)
+    gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.9, 0.1], dtype=torch.float64))
+    gp.covar_module.base_kernel.kernels[0].lengthscale = 0.3
+    gp.covar_module.base_kernel.kernels[1].lengthscale = lengthscale_t
+    acq = CostAwareLogEI(gp.eval(), best_f=incumbent(gp, inputs[:, :1]), cost=CostModel.per_epoch(dims=1),
+                         t_max=T_MAX, target=True)
+    rows = torch.tensor([[chosen.x[0], t / T_MAX] for t in range(1, T_MAX + 1)], dtype=torch.float64)
+    with torch.no_grad():
+        values = acq(rows[:, None, :])
+    assert int(values.argmax()) + 1 == chosen.epochs
+
+
+def test_the_search_finds_the_acquisition_maximum_of_a_grid(model):
+    # Batched quasi-random points and local clouds, no gradients: as good as a dense grid in x at the chosen t.
+    chosen = pick(model, weight=0.0)
+    acq = CostAwareLogEI(model, best_f=incumbent(model, torch.tensor([[0.1], [0.4], [0.6], [0.9]], dtype=torch.float64)),
+                         cost=CostModel.per_epoch(dims=1), t_max=T_MAX, cost_weight=0.0)
+    grid = torch.stack([torch.linspace(0, 1, 2001, dtype=torch.float64),
+                        torch.full((2001,), chosen.epochs / T_MAX, dtype=torch.float64)], dim=-1)
+    with torch.no_grad():
+        best_on_grid = float(acq(grid[:, None, :]).max())
+        found = float(acq(torch.tensor([[[chosen.x[0], chosen.epochs / T_MAX]]], dtype=torch.float64)))
+    assert found >= best_on_grid - 1e-3

@@ -137,3 +137,33 @@ def test_the_prior_mean_learns_that_short_trainings_score_lower():
     x, curves = synthetic_trials(n=12, seed=1)  # loss curves decay: a prefix scores below its whole curve
     fit = fit_curve_gp(x, curves, m0=0.5, g0=12.0, grid=None)
     assert fit.n_virtual > 0 and fit.diagnostics()["mean_slope_t"] > 0
+
+
+def test_the_plain_torch_kernel_and_likelihood_match_gpytorch():
+    # The fit's closure and the virtual selection skip GPyTorch's lazy tensors: same values, same gradients.
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from ganno_lightning.boil.model import build_gp, kernel_matrix, negative_mll
+
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(30, 3, generator=g, dtype=torch.float64)
+    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64))
+    gp.covar_module.base_kernel.kernels[0].lengthscale = torch.tensor([[0.2, 0.7]], dtype=torch.float64)
+    gp.covar_module.base_kernel.kernels[1].lengthscale = 0.4
+    gp.covar_module.outputscale = 1.7
+    gp.likelihood.noise = 0.05
+    with torch.no_grad():
+        gp.mean_module.slope.fill_(0.3)
+    other = torch.rand(7, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(kernel_matrix(gp, inputs, other), gp.covar_module(inputs, other).to_dense(), atol=1e-12)
+    gp.train()
+    reference = -ExactMarginalLogLikelihood(gp.likelihood, gp)(gp(*gp.train_inputs), gp.train_targets)
+    reference.backward()
+    expected = {name: p.grad.clone() for name, p in gp.named_parameters()}
+    gp.zero_grad()
+    ours = negative_mll(gp)
+    ours.backward()
+    assert math.isclose(float(ours), float(reference), rel_tol=1e-10)
+    for name, p in gp.named_parameters():
+        assert torch.allclose(p.grad, expected[name], atol=1e-10), name
