@@ -2,8 +2,10 @@
 
 BOIL (section 3.4) picks ``(x, t)`` maximising ``log EI(x, t) - log cost(x, t)``: a short training
 is worth it when the GP expects nearly as much from it as from a long one. EI is BoTorch's
-numerically stable :class:`~botorch.acquisition.LogExpectedImprovement` on the curve GP
-(:mod:`ganno_lightning.boil.model`); the cost is :class:`~ganno_lightning.boil.cost.CostModel`.
+numerically stable :class:`~botorch.acquisition.LogExpectedImprovement` (its ``_log_ei_helper``)
+on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
+:class:`~ganno_lightning.boil.model.FastPosterior`, equal to ``model.posterior`` and tested against
+``LogExpectedImprovement``); the cost is :class:`~ganno_lightning.boil.cost.CostModel`.
 
 - The incumbent is the best posterior mean at ``t = T_max`` over the configurations already tried:
   the authors' "ei_mu_max" choice, restricted to tried ``x`` (they maximise the mean over the whole
@@ -54,14 +56,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-from botorch.acquisition import AcquisitionFunction, LogExpectedImprovement
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.analytic import _log_ei_helper  # LogEI's numerically stable core
 from botorch.models.model import Model
 from botorch.utils.transforms import t_batch_mode_transform
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from ganno_lightning.boil.cost import CostModel
-from ganno_lightning.boil.model import length_correlation
+from ganno_lightning.boil.model import FastPosterior, length_correlation
 
 __all__ = ["SEARCH_RADII", "CostAwareLogEI", "Pick", "incumbent", "maximise"]
 
@@ -88,7 +91,8 @@ class CostAwareLogEI(AcquisitionFunction):
     def __init__(self, model: Model, best_f: float | Tensor, cost: CostModel, t_max: int, cost_weight: float = 1.0,
                  target: bool = False) -> None:
         super().__init__(model=model)
-        self.log_ei_curve = LogExpectedImprovement(model=model, best_f=best_f)
+        self.best_f = torch.as_tensor(best_f, dtype=torch.float64)
+        self.posterior = FastPosterior(model)
         self.cost = cost
         self.t_max = t_max
         self.cost_weight = cost_weight
@@ -96,12 +100,18 @@ class CostAwareLogEI(AcquisitionFunction):
 
     def log_ei(self, X: Tensor) -> Tensor:
         """The log gain at points ``(b, 1, d + 1)``: ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr``."""
+        points = X.squeeze(-2)
         if not self.target:
-            return self.log_ei_curve(X)
-        at_target = X.clone()
+            return self.log_ei_curve(points)
+        at_target = points.clone()
         at_target[..., -1] = 1.0
-        correlation = length_correlation(self.model, X.squeeze(-2)).clamp_min(1e-12)
+        correlation = length_correlation(self.model, points).clamp_min(1e-12)
         return self.log_ei_curve(at_target) + 2.0 * correlation.log()
+
+    def log_ei_curve(self, points: Tensor) -> Tensor:
+        """BoTorch's LogEI of the score at ``points`` ``(b, d + 1)``, on the plain-torch posterior."""
+        mean, sigma = self.posterior(points)
+        return _log_ei_helper((mean - self.best_f) / sigma) + sigma.log()
 
     def log_cost(self, X: Tensor) -> Tensor:
         """Predicted log seconds at points ``(..., d + 1)``."""

@@ -103,3 +103,25 @@ def test_the_search_finds_the_acquisition_maximum_of_a_grid(model):
         best_on_grid = float(acq(grid[:, None, :]).max())
         found = float(acq(torch.tensor([[[chosen.x[0], chosen.epochs / T_MAX]]], dtype=torch.float64)))
     assert found >= best_on_grid - 1e-3
+
+
+def test_the_plain_torch_posterior_and_log_ei_match_botorch(model):
+    # For the fitted model and for a kriging believer (condition_on_observations), as the core uses them.
+    from botorch.acquisition import LogExpectedImprovement
+
+    from ganno_lightning.boil.model import FastPosterior
+
+    believed_at = torch.tensor([[0.5, 0.3], [0.5, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        believer = model.condition_on_observations(believed_at, model.posterior(believed_at).mean)
+    points = torch.rand(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for gp in (model, believer):
+        with torch.no_grad():
+            reference = gp.posterior(points)
+            mean, sigma = FastPosterior(gp)(points)
+            assert torch.allclose(mean, reference.mean.squeeze(-1), atol=1e-9)
+            assert torch.allclose(sigma, reference.variance.squeeze(-1).clamp_min(1e-12).sqrt(), atol=1e-9)
+            best = float(reference.mean.max())
+            ours = CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(1), t_max=T_MAX).log_ei_curve(points)
+            theirs = LogExpectedImprovement(gp, best_f=best)(points[:, None, :])
+            assert torch.allclose(ours, theirs, atol=1e-8)
