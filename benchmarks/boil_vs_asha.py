@@ -483,6 +483,7 @@ def summarise(records: Sequence[Mapping[str, Any]], tasks: Sequence[str], tuners
                 "median_overhead_share": _median([r["overhead_share"] for r in runs]),
                 "max_overhead_share": max(r["overhead_share"] for r in runs),
                 "median_model_share": _median([r["model_s"] / r["wall_s"] for r in runs]),
+                "max_model_share": max(r["model_s"] / r["wall_s"] for r in runs),
                 "median_trials": _median([r["trials"] for r in runs]),
                 "median_wall_s": _median([r["wall_s"] for r in runs]),
             }
@@ -500,7 +501,9 @@ def summarise(records: Sequence[Mapping[str, Any]], tasks: Sequence[str], tuners
             "targets": {
                 "wins_at_50_of_10": wins["0.5"]["wins"] >= 7 and wins["0.5"]["pairs"] >= 10,
                 "median_lower_at_100": None if None in at_100 else at_100[0] < at_100[1],
-                "overhead_below_10pct": None if not target else target["max_overhead_share"] < 0.10,
+                # The issue's measure: "tuner overhead (fitting and acquisition)"; the SQLite store is reported beside it.
+                "overhead_below_10pct": None if not target else target["max_model_share"] < 0.10,
+                "overhead_median_below_10pct": None if not target else target["median_model_share"] < 0.10,
             },
         }
     return summary
@@ -541,18 +544,20 @@ def markdown(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], a
         " best_trial once a trial completes T_max). `model pick` (BOIL only, not in the targets): the tried"
         " configuration with the best GP posterior mean at T_max.",
         "Overhead: seconds in the tuner's calls (BOIL: GP fit, acquisition and its SQLite store; Optuna: sampling"
-        " and pruning) / the study's wall-clock (training included, the final retraining excluded).",
+        " and pruning) / the study's wall-clock (training included, the final retraining excluded). `fit+acq share`:"
+        " BOIL's GP fits and acquisition alone, the issue's measure of its overhead (the targets use it).",
         "",
     ]
     for task, entry in summary["tasks"].items():
         lines += [f"## {task}: {TUNING_TASKS[task].description}", "",
                   "| tuner | seeds | " + " | ".join(f"median test loss @{p}" for p in pct)
-                  + " | model pick @100% | trials (median) | overhead (median / max) | fit+acq share | study wall s |",
+                  + " | model pick @100% | trials (median) | overhead (median / max) | fit+acq share (median / max) | study wall s |",
                   "|---|---:|" + "---:|" * len(pct) + "---:|---:|---:|---:|---:|"]
         for tuner, row in entry["rows"].items():
             tests = " | ".join(_fmt(row["median_test"][str(f)]) for f in CHECKPOINTS)
             model = _fmt(row["median_test_model_pick"]["1.0"]) if tuner in BOIL_VARIANTS else ""
-            model_share = f"{row['median_model_share']:.1%}" if tuner in BOIL_VARIANTS else ""
+            model_share = (f"{row['median_model_share']:.1%} / {row['max_model_share']:.1%}" if tuner in BOIL_VARIANTS
+                           else "")
             lines.append(f"| {tuner} | {row['seeds']} | {tests} | {model} | {row['median_trials']:g} |"
                          f" {row['median_overhead_share']:.1%} / {row['max_overhead_share']:.1%} | {model_share} |"
                          f" {row['median_wall_s']:.0f} |")
@@ -561,13 +566,18 @@ def markdown(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], a
                   + ", ".join(f"{w['wins']}/{w['pairs']} at {int(float(f) * 100)}%" + (f" ({w['ties']} ties)" if w["ties"] else "")
                               for f, w in wins.items()) + ".", ""]
         targets = entry["targets"]
+        mine = entry["rows"].get(TARGET)
+        shares = (f" ({mine['max_model_share']:.1%} at most); at the median: **{_met(targets['overhead_median_below_10pct'])}**"
+                  f" ({mine['median_model_share']:.1%}). With its SQLite store (every commit synced to disk):"
+                  f" {mine['median_overhead_share']:.1%} / {mine['max_overhead_share']:.1%}" if mine else "")
         lines += [
             "Targets (issue #19):",
             "",
             f"- BOIL lower than ASHA-TPE in >= 7 of 10 seeds at 50%: **{_met(targets['wins_at_50_of_10'])}**"
             f" ({wins['0.5']['wins']}/{wins['0.5']['pairs']}).",
             f"- BOIL's median lower at 100%: **{_met(targets['median_lower_at_100'])}**.",
-            f"- BOIL's overhead under 10% of the study's wall time (every seed): **{_met(targets['overhead_below_10pct'])}**.",
+            f"- BOIL's fitting and acquisition under 10% of the study's wall time, every seed:"
+            f" **{_met(targets['overhead_below_10pct'])}**{shares}.",
             "",
         ]
         boil = [r for r in records if r["task"] == task and r["tuner"] == TARGET]
