@@ -52,10 +52,10 @@ against ``wall_s``, the study's wall-clock time (training included, retraining e
     PYTHONPATH=. python benchmarks/boil_vs_asha.py --smoke              # 1 task, 2 seeds, T_max 4: a minute or two
     PYTHONPATH=. python benchmarks/boil_vs_asha.py --tasks digits --seeds 0 --out /tmp/one.md   # one study per tuner
 
-**Cost** (2026-11-30, after the BOIL fixes): a BOIL study (about 16 trials) took a median 36-62 s of
-wall-clock per task, an ASHA-TPE study (about 90 trials) 9-132 s, on 2 shared cores beside other jobs;
-on the lent 16-core machine, 16 studies at a time, the BOIL variants' 62 studies took 4.5 minutes.
-The full run (210 studies) is about 1.5-2 CPU-hours: ``--workers`` as many as there are cores.
+**Cost** (2026-11-30, after the BOIL speed-ups): a BOIL study (about 16 trials) took a median 9-16 s
+of wall-clock per task on one core, an ASHA-TPE study (about 90 trials) 9-132 s; the four BOIL
+variants' 120 studies took 30 minutes with ``--workers 0`` (one process), the full run (210 studies)
+is about an hour of CPU: ``--workers`` as many as there are cores.
 
 Writes ``benchmarks/results/boil_vs_asha.{md,json,png}`` (``--smoke``: ``boil_vs_asha_smoke.*``); each
 finished study is appended to ``--log`` (JSON lines) at once, and a rerun with the same log skips it.
