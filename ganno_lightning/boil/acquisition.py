@@ -29,10 +29,9 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
 - The optimiser (:func:`maximise`) scores ``raw_samples`` scrambled Sobol points of the box
   ``[0, 1]^d x [t_min / T_max, 1]``, then refines the best ``num_restarts`` of them with Gaussian
   clouds of shrinking radius (:data:`SEARCH_RADII`), each round one batched call without gradients.
-  The authors (and BoTorch's ``optimize_acqf``) run L-BFGS-B from random starts; on BOIL's small GP
-  every one of its iterations paid GPyTorch's per-call overhead, about 5 ms, and the acquisition cost
-  0.1 s per suggestion where the search costs 0.02 s (digits benchmark) and matches a dense grid
-  (tested). With the ``target`` gain the value separates, ``log EI(x, T_max) - w b.x`` plus
+  The authors (and BoTorch's ``optimize_acqf``) run L-BFGS-B from random starts: dozens of
+  sequential posterior calls with gradients, 0.1 s per suggestion on the digits benchmark, where a few
+  batched calls cost about 0.01 s and match a dense grid (tested). With the ``target`` gain the value separates, ``log EI(x, T_max) - w b.x`` plus
   ``2 log rho(t) - w c log t``, so ``x`` is searched at ``T_max`` and ``t`` is the best whole epoch,
   found exactly; with the paper's gain ``t`` is searched with ``x`` and rounded to the better
   neighbouring epoch.
@@ -57,7 +56,8 @@ from dataclasses import dataclass
 
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.analytic import _log_ei_helper  # LogEI's numerically stable core
+from botorch.acquisition.analytic import _log_ei_helper
+from botorch.models import SingleTaskGP
 from botorch.models.model import Model
 from botorch.utils.transforms import t_batch_mode_transform
 from torch import Tensor
@@ -80,7 +80,8 @@ class CostAwareLogEI(AcquisitionFunction):
     """``log gain(x, t) - cost_weight * log cost(x, t)`` for one candidate ``[x, t / T_max]`` at a time.
 
     Args:
-        model: the curve GP (inputs ``[x, t / T_max]``, higher is better).
+        model: the curve GP from :func:`~ganno_lightning.boil.model.build_gp` (or conditioned from one: a
+            kriging believer), inputs ``[x, t / T_max]``, higher is better.
         best_f: the incumbent (see :func:`incumbent`).
         cost: the fitted cost model (seconds, or epochs: :meth:`CostModel.per_epoch`).
         t_max: the tuner's longest training, to turn ``t / T_max`` back into epochs for the cost.
@@ -88,7 +89,7 @@ class CostAwareLogEI(AcquisitionFunction):
         target: the gain is ``EI(x, T_max) x corr(t, T_max)^2`` (see the module); False: ``EI(x, t)``, the paper's.
     """
 
-    def __init__(self, model: Model, best_f: float | Tensor, cost: CostModel, t_max: int, cost_weight: float = 1.0,
+    def __init__(self, model: SingleTaskGP, best_f: float | Tensor, cost: CostModel, t_max: int, cost_weight: float = 1.0,
                  target: bool = False) -> None:
         super().__init__(model=model)
         self.best_f = torch.as_tensor(best_f, dtype=torch.float64)
@@ -99,17 +100,17 @@ class CostAwareLogEI(AcquisitionFunction):
         self.target = target
 
     def log_ei(self, X: Tensor) -> Tensor:
-        """The log gain at points ``(b, 1, d + 1)``: ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr``."""
-        points = X.squeeze(-2)
+        """The log gain at points ``(..., 1, d + 1)``: ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr``."""
+        points = X.reshape(-1, X.shape[-1])  # any batch shape, scored as one batch of rows
         if not self.target:
-            return self.log_ei_curve(points)
+            return self.log_ei_curve(points).reshape(X.shape[:-2])
         at_target = points.clone()
-        at_target[..., -1] = 1.0
+        at_target[:, -1] = 1.0
         correlation = length_correlation(self.model, points).clamp_min(1e-12)
-        return self.log_ei_curve(at_target) + 2.0 * correlation.log()
+        return (self.log_ei_curve(at_target) + 2.0 * correlation.log()).reshape(X.shape[:-2])
 
     def log_ei_curve(self, points: Tensor) -> Tensor:
-        """BoTorch's LogEI of the score at ``points`` ``(b, d + 1)``, on the plain-torch posterior."""
+        """BoTorch's LogEI of the score at ``points`` ``(b, d + 1)``, on :class:`~ganno_lightning.boil.model.FastPosterior`."""
         mean, sigma = self.posterior(points)
         return _log_ei_helper((mean - self.best_f) / sigma) + sigma.log()
 
@@ -141,8 +142,7 @@ def _search(acq: CostAwareLogEI, bounds: Tensor, fixed: dict[int, float], num_st
             per_start: int) -> Tensor:
     """The best point found by scoring quasi-random points, then Gaussian clouds around the best few.
 
-    Every round is one batched call of ``acq`` (no gradients): GPyTorch's per-call overhead, not the
-    arithmetic, is what a BOIL-sized GP costs, and L-BFGS-B paid it at every one of its iterations.
+    Every round is one batched call of ``acq``, without gradients (see the module for why not L-BFGS-B).
     """
     width = bounds[1] - bounds[0]
 
@@ -190,7 +190,15 @@ def maximise(acq: CostAwareLogEI, dims: int, t_max: int, t_min: int = 1, fixed_t
         num_restarts: local searches, started from the best raw samples.
         raw_samples: quasi-random points scored first.
         per_start: points sampled around each local search's best, per round.
+
+    Draws from torch's global RNG (:class:`~ganno_lightning.boil.core.BOILCore` forks it per suggestion).
+
+    Raises:
+        ValueError: if ``num_restarts``, ``raw_samples`` or ``per_start`` is not a positive int.
     """
+    for name, value in (("num_restarts", num_restarts), ("raw_samples", raw_samples), ("per_start", per_start)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     bounds = torch.zeros(2, dims + 1, dtype=torch.float64)
     bounds[1] = 1.0
     bounds[0, -1] = t_min / t_max

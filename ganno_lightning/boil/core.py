@@ -76,6 +76,7 @@ from ganno_lightning.boil.acquisition import CostAwareLogEI, incumbent, maximise
 from ganno_lightning.boil.compression import NormalisedCurves, epoch_weights
 from ganno_lightning.boil.cost import CostModel
 from ganno_lightning.boil.model import (
+    FIT_MAXITER,
     G0_GRID,
     M0_GRID,
     CurveGPFit,
@@ -165,7 +166,7 @@ class BOILCore:
         virtual_variance_threshold: float = 0.01,
         num_restarts: int = 4,
         raw_samples: int = 512,
-        fit_maxiter: int = 20,
+        fit_maxiter: int = FIT_MAXITER,
     ) -> None:
         if not _is_int(dims) or dims < 1:
             raise ValueError(f"`dims` must be a positive int (the search space's dimensions), got {dims!r}.")

@@ -22,9 +22,11 @@ marginal likelihood, the targets recomputed for each ``(m0, g0)``:
 
 1. fit the GP (L-BFGS, :func:`botorch.fit.fit_gpytorch_mll`) at the current ``(m0, g0)``, warm-started
    from the previous fit's hyperparameters; the closure it differentiates is :func:`negative_mll`,
-   GPyTorch's ``ExactMarginalLogLikelihood`` written in plain torch (same value and gradients, tested),
-   because on these few hundred points GPyTorch's module and lazy-tensor bookkeeping, not the
-   arithmetic, was most of a fit's time;
+   GPyTorch's ``ExactMarginalLogLikelihood`` written in plain torch (same value and gradients, tested).
+   On these few hundred points GPyTorch's module and lazy-tensor bookkeeping, not the arithmetic, was
+   most of a fit's time (2.5 ms per closure call against 1.6 ms), and of every posterior call (about
+   4 ms), so the kernel (:func:`kernel_matrix`) and the posterior the acquisition scores
+   (:class:`FastPosterior`) are plain torch too, each tested equal to GPyTorch's and BoTorch's;
 2. with those kernel hyperparameters fixed, score every ``(m0, g0)`` of a small grid by its marginal
    likelihood (one Cholesky factor serves the whole grid: only the targets change);
 3. if another grid point wins, move there with the same kernel hyperparameters when its marginal
@@ -86,18 +88,22 @@ from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
 from linear_operator.utils.cholesky import psd_safe_cholesky
+from linear_operator.utils.errors import NotPSDError
 from torch import Tensor
 
 from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
-__all__ = ["G0_GRID", "M0_GRID", "CurveGPFit", "FitError", "LengthTrendMean", "VirtualSettings", "build_gp",
-           "FastPosterior", "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll", "refit_with_previous"]
+__all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "LengthTrendMean",
+           "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll",
+           "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
 M0_GRID = (1 / 3, 0.5, 0.75)
 #: The growths tried: the authors' box (``[0.5, 2]`` on their scale, 6 to 24 on ours).
 G0_GRID = (6.0, 12.0, 24.0)
+#: Most L-BFGS iterations per fit: fits are warm-started from the last one, so a few dozen suffice.
+FIT_MAXITER = 20
 _SQRT5 = math.sqrt(5.0)
 #: Kept hyperparameters: everything but the outcome transform's statistics, which belong to the data.
 _STATE_PREFIXES = ("covar_module.", "likelihood.", "mean_module.")
@@ -147,7 +153,8 @@ class CurveGPFit:
         model: the GP, in eval mode, on inputs ``[x, t / T_max]`` and compressed-score targets.
         m0: the compression midpoint its targets use.
         g0: the compression growth its targets use.
-        mll: the marginal log likelihood per point (with the hyperparameter priors), as GPyTorch reports it.
+        mll: the marginal log likelihood per point (with the hyperparameter priors), as GPyTorch's
+            ``ExactMarginalLogLikelihood`` computes it (:func:`negative_mll`, tested equal).
         n_real: real observations (one per trial with at least one point).
         n_virtual: virtual observations (curve prefixes) among the inputs.
         seconds: wall-clock seconds the fit took.
@@ -219,17 +226,66 @@ def length_correlation(model: SingleTaskGP, X: Tensor) -> Tensor:
     column ``t / T_max``): 1 at ``t = T_max``, falling with the distance over the learned ``t`` lengthscale.
     """
     lengthscale = model.covar_module.base_kernel.kernels[-1].lengthscale.reshape(())
-    distance = ((1.0 - X[..., -1]) / lengthscale).abs().clamp_min(1e-15)
+    return _matern52_of(((1.0 - X[..., -1]) / lengthscale).abs().clamp_min(1e-15))
+
+
+# -- the GP's arithmetic in plain torch (the module docstring says why; each piece is tested equal) ----------
+
+def _matern52_of(distance: Tensor) -> Tensor:
+    """Matern 5/2 of a scaled distance."""
     return (1.0 + _SQRT5 * distance + 5.0 / 3.0 * distance * distance) * torch.exp(-_SQRT5 * distance)
 
 
-class FastPosterior:
-    """The GP's posterior mean and standard deviation of the score at many points, in plain torch.
+def _matern52(a: Tensor, b: Tensor, lengthscale: Tensor) -> Tensor:
+    """GPyTorch's Matern 5/2 between rows of ``a`` and ``b`` (distances clamped as GPyTorch clamps them)."""
+    return _matern52_of(((a / lengthscale)[:, None, :] - (b / lengthscale)[None, :, :]).pow(2).sum(-1)
+                        .clamp_min(1e-30).sqrt())
 
-    The same values as ``model.posterior(X)`` (tested, for a fitted model and for a kriging believer
-    from ``condition_on_observations``), from one Cholesky factor computed here: the acquisition
-    scores thousands of points per suggestion, and BoTorch's posterior paid about 4 ms of GPyTorch
-    bookkeeping per call on these small GPs.
+
+def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
+    """``k(a, b)`` of :func:`build_gp`'s product kernel between rows ``(n, d + 1)`` and ``(m, d + 1)``.
+
+    Equal to ``model.covar_module(a, b).to_dense()`` (tested).
+    """
+    x_kernel, t_kernel = model.covar_module.base_kernel.kernels
+    dims = a.shape[-1] - 1
+    return (model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
+            * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1)))
+
+
+def _train_factor(model: SingleTaskGP) -> Tensor:
+    """The Cholesky factor of ``K(train, train) + noise I``, with GPyTorch's own jitter ladder.
+
+    Raises:
+        NotPSDError: if even the largest jitter leaves the matrix not positive definite.
+    """
+    x = model.train_inputs[0]
+    covariance = kernel_matrix(model, x, x) + torch.diag_embed(model.likelihood.noise.reshape(-1).expand(x.shape[0]))
+    return psd_safe_cholesky(covariance)
+
+
+def negative_mll(model: SingleTaskGP) -> Tensor:
+    """``-mll`` per point, priors included: ``ExactMarginalLogLikelihood``'s value and gradients (tested).
+
+    The closure L-BFGS differentiates at every iteration of a fit.
+    """
+    x, y = model.train_inputs[0], model.train_targets
+    n = x.shape[0]
+    factor = _train_factor(model)
+    residual = (y - model.mean_module(x))[:, None]
+    value = (-0.5 * (residual * torch.cholesky_solve(residual, factor)).sum() - factor.diagonal().log().sum()
+             - 0.5 * n * math.log(2 * math.pi))
+    for _, module, prior, closure, _ in model.named_priors():
+        value = value + prior.log_prob(closure(module)).sum()
+    return -value / n
+
+
+class FastPosterior:
+    """The GP's posterior mean and standard deviation of the score at many points.
+
+    Equal to ``model.posterior(X)`` (tested, for a fitted model and for a kriging believer from
+    ``condition_on_observations``), from one Cholesky factor computed here: the acquisition scores
+    thousands of points per suggestion.
 
     Args:
         model: a GP from :func:`build_gp` (or conditioned from one), in eval mode.
@@ -238,11 +294,8 @@ class FastPosterior:
     def __init__(self, model: SingleTaskGP) -> None:
         self.model = model
         self.train_x = model.train_inputs[0].detach()
-        n = self.train_x.shape[0]
         with torch.no_grad():
-            covariance = kernel_matrix(model, self.train_x, self.train_x) + torch.diag_embed(
-                model.likelihood.noise.detach().reshape(-1).expand(n))
-            self.factor = psd_safe_cholesky(covariance)
+            self.factor = _train_factor(model)
             residual = (model.train_targets - model.mean_module(self.train_x))[:, None]
             self.alpha = torch.cholesky_solve(residual, self.factor)
         transform = model.outcome_transform  # Standardize: scores were fitted in standardised units
@@ -263,42 +316,6 @@ def _mll_value(model: SingleTaskGP) -> float:
         return float(-negative_mll(model))
 
 
-def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
-    """``k(a, b)`` of :func:`build_gp`'s product kernel, in plain torch (rows ``[x, t / T_max]``).
-
-    The same values as ``model.covar_module(a, b).to_dense()`` (tested), without GPyTorch's lazy
-    tensors: on BOIL's few hundred points their per-call overhead, not the arithmetic, was the cost.
-    """
-    x_kernel, t_kernel = model.covar_module.base_kernel.kernels
-    dims = a.shape[-1] - 1
-    return (model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
-            * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1)))
-
-
-def _matern52(a: Tensor, b: Tensor, lengthscale: Tensor) -> Tensor:
-    """GPyTorch's Matern 5/2 between rows of ``a`` and ``b`` (distances clamped as GPyTorch clamps them)."""
-    distance = ((a / lengthscale)[:, None, :] - (b / lengthscale)[None, :, :]).pow(2).sum(-1).clamp_min(1e-30).sqrt()
-    return (1.0 + _SQRT5 * distance + 5.0 / 3.0 * distance * distance) * torch.exp(-_SQRT5 * distance)
-
-
-def negative_mll(model: SingleTaskGP) -> Tensor:
-    """``-mll`` per point, priors included: ``ExactMarginalLogLikelihood``'s value and gradients (tested), cheaper.
-
-    The closure L-BFGS calls dozens of times per fit: GPyTorch's version spent most of its time in
-    module and lazy-tensor bookkeeping on these small matrices.
-    """
-    x, y = model.train_inputs[0], model.train_targets
-    n = x.shape[0]
-    covariance = kernel_matrix(model, x, x) + torch.diag_embed(model.likelihood.noise.expand(n))
-    factor = psd_safe_cholesky(covariance)  # GPyTorch's own jitter ladder on a near-singular matrix
-    residual = (y - model.mean_module(x))[:, None]
-    value = (-0.5 * (residual * torch.cholesky_solve(residual, factor)).sum() - factor.diagonal().log().sum()
-             - 0.5 * n * math.log(2 * math.pi))
-    for _, module, prior, closure, _ in model.named_priors():
-        value = value + prior.log_prob(closure(module)).sum()
-    return -value / n
-
-
 def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxiter: int,
          t_trend: bool = True) -> tuple[SingleTaskGP, float]:
     model = build_gp(train_x, train_y, state, t_trend)
@@ -307,9 +324,9 @@ def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxi
     try:
         # Two attempts: the warm start, then one restart from the priors if it hits a numerical error.
         fit_gpytorch_mll(mll, closure=closure, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)
-    except Exception as err:  # any optimiser failure means "no new fit"
+        value = _mll_value(model)
+    except Exception as err:  # any optimiser or numerical failure means "no new fit"
         raise FitError(f"fit_gpytorch_mll failed: {type(err).__name__}: {err}") from err
-    value = _mll_value(model)
     if not math.isfinite(value):
         raise FitError(f"the fitted GP has a non-finite marginal likelihood ({value}).")
     return model, value
@@ -323,9 +340,9 @@ def _grid_quadratic_forms(model: SingleTaskGP, targets: Tensor) -> Tensor:
     """
     x = model.train_inputs[0]
     with torch.no_grad():
-        k = kernel_matrix(model, x, x) + model.likelihood.noise * torch.eye(x.shape[0], dtype=x.dtype)
-        factor, info = torch.linalg.cholesky_ex(k)
-        if info != 0:
+        try:
+            factor = _train_factor(model)
+        except NotPSDError:
             return torch.full((targets.shape[0],), -math.inf, dtype=x.dtype)
         std = targets.std(dim=-1, keepdim=True)
         standard = (targets - targets.mean(dim=-1, keepdim=True)) / torch.where(std > 1e-8, std, torch.ones_like(std))
@@ -367,7 +384,7 @@ def fit_curve_gp(
     grid: tuple[Sequence[float], Sequence[float]] | None = (M0_GRID, G0_GRID),
     virtual: VirtualSettings | None = VirtualSettings(),
     previous: CurveGPFit | None = None,
-    maxiter: int = 75,
+    maxiter: int = FIT_MAXITER,
     t_trend: bool = True,
 ) -> CurveGPFit:
     """Fit the GP and, when ``grid`` is given, the compression ``(m0, g0)`` by marginal likelihood.
@@ -414,7 +431,7 @@ def fit_curve_gp(
             try:
                 other = build_gp(inputs, targets(m_best, g_best), warm, t_trend).eval()
                 other_value = _mll_value(other)
-            except Exception:  # noqa: BLE001 - keep the fitted model
+            except (FitError, NotPSDError, RuntimeError):  # keep the fitted model
                 other, other_value = None, -math.inf
             if other_value > value:
                 model, value, m0, g0 = other, other_value, m_best, g_best

@@ -57,7 +57,7 @@ def test_priced_per_epoch_a_trial_costs_its_epochs_whatever_x(model):
                               torch.full((3,), float(torch.tensor(float(epochs)).log()), dtype=torch.float64))
 
 
-def target_pick(lengthscale_t):
+def target_acquisition(lengthscale_t):
     """The best full-length trial sits at x = 0.5; a short trial is worth what its score tells about T_max."""
     inputs = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.6, 1.0], [0.9, 1.0]], dtype=torch.float64)
     gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.9, 0.1], dtype=torch.float64))
@@ -65,8 +65,11 @@ def target_pick(lengthscale_t):
     gp.covar_module.base_kernel.kernels[1].lengthscale = lengthscale_t
     gp.eval()
     best = incumbent(gp, inputs[:, :1])
-    acq = CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(dims=1), t_max=T_MAX, target=True)
-    return maximise(acq, dims=1, t_max=T_MAX, t_min=1)
+    return CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(dims=1), t_max=T_MAX, target=True)
+
+
+def target_pick(lengthscale_t):
+    return maximise(target_acquisition(lengthscale_t), dims=1, t_max=T_MAX, t_min=1)
 
 
 def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max():
@@ -79,13 +82,8 @@ def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max
 @pytest.mark.parametrize("lengthscale_t", [0.05, 0.5, 2.0, 20.0])
 def test_target_ei_chooses_the_best_whole_epoch_exactly(lengthscale_t):
     # The target gain separates into x and t terms: the chosen t must beat every other whole epoch at the chosen x.
-    chosen = target_pick(lengthscale_t)
-    inputs = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.6, 1.0], [0.9, 1.0]], dtype=torch.float64)
-    gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.9, 0.1], dtype=torch.float64))
-    gp.covar_module.base_kernel.kernels[0].lengthscale = 0.3
-    gp.covar_module.base_kernel.kernels[1].lengthscale = lengthscale_t
-    acq = CostAwareLogEI(gp.eval(), best_f=incumbent(gp, inputs[:, :1]), cost=CostModel.per_epoch(dims=1),
-                         t_max=T_MAX, target=True)
+    acq = target_acquisition(lengthscale_t)
+    chosen = maximise(acq, dims=1, t_max=T_MAX, t_min=1)
     rows = torch.tensor([[chosen.x[0], t / T_MAX] for t in range(1, T_MAX + 1)], dtype=torch.float64)
     with torch.no_grad():
         values = acq(rows[:, None, :])
@@ -103,6 +101,21 @@ def test_the_search_finds_the_acquisition_maximum_of_a_grid(model):
         best_on_grid = float(acq(grid[:, None, :]).max())
         found = float(acq(torch.tensor([[[chosen.x[0], chosen.epochs / T_MAX]]], dtype=torch.float64)))
     assert found >= best_on_grid - 1e-3
+
+
+def test_any_batch_shape_scores_like_its_rows(model):
+    acq = CostAwareLogEI(model, best_f=0.5, cost=CostModel.per_epoch(1), t_max=T_MAX, target=True)
+    points = torch.rand(4, 5, 1, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        batched = acq(points)
+        rows = acq(points.reshape(-1, 1, 2))
+    assert batched.shape == (4, 5) and torch.allclose(batched.reshape(-1), rows)
+
+
+def test_maximise_rejects_an_empty_search(model):
+    acq = CostAwareLogEI(model, best_f=0.5, cost=CostModel.per_epoch(1), t_max=T_MAX)
+    with pytest.raises(ValueError, match=r"`per_start` must be a positive int, got 0"):
+        maximise(acq, dims=1, t_max=T_MAX, per_start=0)
 
 
 def test_the_plain_torch_posterior_and_log_ei_match_botorch(model):

@@ -78,9 +78,9 @@ def test_pending_trials_are_believed_so_the_next_suggestion_differs():
     first = core.suggest(history)
     queued = Observation(x=first.x, max_epochs=first.max_epochs, status="queued")
     second = core.suggest(history, pending=[queued])
-    assert second.info["pending"] == 1
+    assert second.info["pending"] == 1 and first.max_epochs < T_MAX  # a short trial: believed at T_max too
     moved = torch.dist(torch.tensor(first.x), torch.tensor(second.x)).item()
-    assert moved > 1e-3 or first.max_epochs != second.max_epochs
+    assert moved > 0.05  # well beyond the search's own jitter (about 0.002 between seeds)
 
 
 def test_pending_trials_count_towards_the_initial_random_design():

@@ -139,7 +139,8 @@ def test_the_prior_mean_learns_that_short_trainings_score_lower():
     assert fit.n_virtual > 0 and fit.diagnostics()["mean_slope_t"] > 0
 
 
-def test_the_plain_torch_kernel_and_likelihood_match_gpytorch():
+@pytest.mark.parametrize("t_trend", [True, False])
+def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend):
     # The fit's closure and the virtual selection skip GPyTorch's lazy tensors: same values, same gradients.
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -147,13 +148,14 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch():
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(30, 3, generator=g, dtype=torch.float64)
-    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64))
+    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64), t_trend=t_trend)
     gp.covar_module.base_kernel.kernels[0].lengthscale = torch.tensor([[0.2, 0.7]], dtype=torch.float64)
     gp.covar_module.base_kernel.kernels[1].lengthscale = 0.4
     gp.covar_module.outputscale = 1.7
     gp.likelihood.noise = 0.05
-    with torch.no_grad():
-        gp.mean_module.slope.fill_(0.3)
+    if t_trend:
+        with torch.no_grad():
+            gp.mean_module.slope.fill_(0.3)
     other = torch.rand(7, 3, generator=g, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(kernel_matrix(gp, inputs, other), gp.covar_module(inputs, other).to_dense(), atol=1e-12)
