@@ -23,7 +23,11 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   the data the GP expects a short curve to score as well as a long one, and priced per epoch a
   3-epoch trial was bought over and over (digits, seed 0: 90 trials of 3 epochs in a 450-epoch budget).
   Here the improvement is always of what the tuner is judged on, and a short trial is worth what it
-  tells about it, as the GP has learned from the curves.
+  tells about it, as the GP has learned from the curves. A known weakness: the chosen length,
+  ``argmax rho(t)^2 / t`` under an epochs price, depends only on the learned ``t`` lengthscale, so it
+  jumps between the shortest allowed trial and nearly ``T_max``. In 3 of 30 benchmark studies BOIL
+  bought 12 to 33 consecutive 3-epoch trials, each costing a suggestion for 0.1 s of training
+  (``benchmarks/results/boil_vs_asha.md``; issue #19).
 - ``cost_weight`` scales the log cost (1: the paper). A tuner may fade it as its budget is spent
   (``cost_cooling``): near the end, only improvement matters.
 - The optimiser (:func:`maximise`) scores ``raw_samples`` scrambled Sobol points of the box
