@@ -35,8 +35,8 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   clouds of shrinking radius (:data:`SEARCH_RADII`), each round one batched call without gradients.
   The authors (and BoTorch's ``optimize_acqf``) run L-BFGS-B from random starts: dozens of
   sequential posterior calls with gradients, 0.1 s per suggestion on the digits benchmark, where a few
-  batched calls cost about 0.01 s and match a dense grid (tested). With the ``target`` gain the value separates, ``log EI(x, T_max) - w b.x`` plus
-  ``2 log rho(t) - w c log t``, so ``x`` is searched at ``T_max`` and ``t`` is the best whole epoch,
+  batched calls cost about 0.01 s and match a dense grid (tested). With the ``target`` gain the value
+  separates, ``log EI(x, T_max) - w b.x`` plus ``2 log rho(t) - w c log t``, so ``x`` is searched at ``T_max`` and ``t`` is the best whole epoch,
   found exactly; with the paper's gain ``t`` is searched with ``x`` and rounded to the better
   neighbouring epoch.
 
@@ -93,8 +93,8 @@ class CostAwareLogEI(AcquisitionFunction):
         target: the gain is ``EI(x, T_max) x corr(t, T_max)^2`` (see the module); False: ``EI(x, t)``, the paper's.
     """
 
-    def __init__(self, model: SingleTaskGP, best_f: float | Tensor, cost: CostModel, t_max: int, cost_weight: float = 1.0,
-                 target: bool = False) -> None:
+    def __init__(self, model: SingleTaskGP, best_f: float | Tensor, cost: CostModel, t_max: int,
+                 cost_weight: float = 1.0, target: bool = False) -> None:
         super().__init__(model=model)
         self.best_f = torch.as_tensor(best_f, dtype=torch.float64)
         self.posterior = FastPosterior(model)
@@ -104,7 +104,10 @@ class CostAwareLogEI(AcquisitionFunction):
         self.target = target
 
     def log_ei(self, X: Tensor) -> Tensor:
-        """The log gain at points ``(..., 1, d + 1)``: ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr``."""
+        """The log gain at points ``(..., 1, d + 1)``.
+
+        ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr(t, T_max)``.
+        """
         points = X.reshape(-1, X.shape[-1])  # any batch shape, scored as one batch of rows
         if not self.target:
             return self.log_ei_curve(points).reshape(X.shape[:-2])
@@ -114,7 +117,10 @@ class CostAwareLogEI(AcquisitionFunction):
         return (self.log_ei_curve(at_target) + 2.0 * correlation.log()).reshape(X.shape[:-2])
 
     def log_ei_curve(self, points: Tensor) -> Tensor:
-        """BoTorch's LogEI of the score at ``points`` ``(b, d + 1)``, on :class:`~ganno_lightning.boil.model.FastPosterior`."""
+        """BoTorch's LogEI of the score at ``points`` ``(b, d + 1)``, on the plain-torch posterior.
+
+        The posterior is :class:`~ganno_lightning.boil.model.FastPosterior`, built once per acquisition.
+        """
         mean, sigma = self.posterior(points)
         return _log_ei_helper((mean - self.best_f) / sigma) + sigma.log()
 
@@ -151,7 +157,7 @@ def _search(acq: CostAwareLogEI, bounds: Tensor, fixed: dict[int, float], num_st
     width = bounds[1] - bounds[0]
 
     def fix(points: Tensor) -> Tensor:
-        points = torch.max(torch.min(points, bounds[1]), bounds[0])
+        points = points.clamp(bounds[0], bounds[1])
         for column, value in fixed.items():
             points[:, column] = value
         return points
@@ -160,13 +166,14 @@ def _search(acq: CostAwareLogEI, bounds: Tensor, fixed: dict[int, float], num_st
         return torch.nan_to_num(acq(points[:, None, :]), nan=-math.inf)
 
     seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the caller's (forked) RNG makes the draw reproducible
-    points = fix(bounds[0] + width * SobolEngine(bounds.shape[1], scramble=True, seed=seed).draw(raw_samples, dtype=bounds.dtype))
+    sobol = SobolEngine(bounds.shape[1], scramble=True, seed=seed).draw(raw_samples, dtype=bounds.dtype)
+    points = fix(bounds[0] + width * sobol)
     values = score(points)
     top = values.topk(min(num_starts, raw_samples))
     starts, best = points[top.indices], top.values
     for radius in SEARCH_RADII:
-        cloud = fix((starts[:, None, :] + radius * width * torch.randn(len(starts), per_start, bounds.shape[1],
-                                                                       dtype=bounds.dtype)).reshape(-1, bounds.shape[1]))
+        noise = torch.randn(len(starts), per_start, bounds.shape[1], dtype=bounds.dtype)
+        cloud = fix((starts[:, None, :] + radius * width * noise).reshape(-1, bounds.shape[1]))
         cloud_values = score(cloud).reshape(len(starts), per_start)
         winner = cloud_values.max(dim=-1)
         better = winner.values > best

@@ -363,7 +363,8 @@ def _inputs(x: Tensor, curves: NormalisedCurves, fit: SingleTaskGP | None, virtu
     scale = fit.covar_module
     candidates = [curves.positions[i, : int(n) - 1] for i, n in enumerate(curves.lengths)]
     chosen = select_virtual_points(
-        lambda a, b: kernel_matrix(fit, a, b), noise=float(fit.likelihood.noise), prior_variance=float(scale.outputscale),
+        lambda a, b: kernel_matrix(fit, a, b), noise=float(fit.likelihood.noise),
+        prior_variance=float(scale.outputscale),
         real_inputs=real, trial_x=x, candidates=candidates, per_trial=virtual.per_trial, total=virtual.total,
         variance_threshold=virtual.variance_threshold, min_pivot=virtual.min_pivot,
     )
