@@ -43,6 +43,7 @@ from ganno_lightning.envs.config import env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import PRIVILEGED_SIZE, LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.layerwise.policy import POLICY_HEADS
 
 
 @dataclass
@@ -55,6 +56,10 @@ class AlgoConfig:
     # > 0: the actor starts as the identity policy, "keep the LR" with this probability and the other
     # actions equally likely (zeroed output weights); 0: PyTorch's default init. 0.8 keeps PPO exploring.
     identity_init: float = 0.0
+    # categorical: one logit per action and layer; factorised: a network-wide multiplier plus per-layer
+    # offsets within [1/layer_offset_factor, layer_offset_factor] of it (ganno_lightning.layerwise.policy.FactorisedHead)
+    policy_head: str = "categorical"
+    layer_offset_factor: float = 2.0
     lr: float = 3e-4  # Adam, actor and critic
     gamma: float = 0.99
     lmbda: float = 0.95  # GAE
@@ -148,6 +153,11 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if not (isinstance(algo.expert_peak_factor, (int, float)) and algo.expert_peak_factor > 0):
         raise ValueError(f"`algo.expert_peak_factor` must be a positive number (1: the best constant LR; e.g. 2 "
                          f"under `env.prior: cosine`), got {algo.expert_peak_factor!r}.")
+    if algo.policy_head not in POLICY_HEADS:
+        raise ValueError(f"`algo.policy_head` must be one of {list(POLICY_HEADS)}, got {algo.policy_head!r}.")
+    if not (isinstance(algo.layer_offset_factor, (int, float)) and algo.layer_offset_factor > 1):
+        raise ValueError(f"`algo.layer_offset_factor` must be a number > 1 (e.g. 2.0: each layer within x1/2..x2 of "
+                         f"the network-wide multiplier), got {algo.layer_offset_factor!r}.")
     if algo.recurrent_size < 0:
         raise ValueError(f"`algo.recurrent_size` must be >= 0 (0: feed-forward actor), got {algo.recurrent_size!r}.")
     for name in ("epochs", "minibatch_size"):
@@ -241,7 +251,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
-                              identity_prob=algo.identity_init or None, feature_names=env_settings.features)
+                              identity_prob=algo.identity_init or None, feature_names=env_settings.features,
+                              policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
     # env.privileged: the critic also reads the training-only facts (an asymmetric critic)
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm,
                                  PRIVILEGED_SIZE if env_settings.privileged else 0)

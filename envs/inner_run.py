@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -139,7 +139,7 @@ class InnerRun:
         self.optimizer = optimizers[0]
         self.scheduler_configs = scheduler_configs
         if lr_factor != 1.0:
-            self._scale_initial_lrs(lr_factor)
+            self.scale_initial_lrs([lr_factor] * len(self.optimizer.param_groups))
         loader = dataloader(task, "train")
         # An iterable-style loader has no length: its emptiness shows at its first batch (`_epoch_iterator`).
         if sized_len(loader) == 0:
@@ -158,14 +158,18 @@ class InnerRun:
         """The LR schedulers ``configure_optimizers`` returned, in order."""
         return [config.scheduler for config in self.scheduler_configs]
 
-    def _scale_initial_lrs(self, factor: float) -> None:
-        for group in self.optimizer.param_groups:
+    def scale_initial_lrs(self, factors: Sequence[float]) -> None:
+        """Multiply each param group's initial LR (and its schedulers' base LR) by its factor, before training."""
+        if len(factors) != len(self.optimizer.param_groups):
+            raise ValueError(f"Expected one factor per param group ({len(self.optimizer.param_groups)}), "
+                             f"got {len(factors)}.")
+        for group, factor in zip(self.optimizer.param_groups, factors):
             group["lr"] = group["lr"] * factor
             if "initial_lr" in group:
                 group["initial_lr"] = group["initial_lr"] * factor
         for config in self.scheduler_configs:
             if hasattr(config.scheduler, "base_lrs"):
-                config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
+                config.scheduler.base_lrs = [lr * f for lr, f in zip(config.scheduler.base_lrs, factors, strict=True)]
 
     def _epoch_iterator(self) -> Iterator[tuple[int, Any, bool]]:
         """``(batch_idx, batch, is_last_of_epoch)`` forever, one batch ahead as Lightning fetches.

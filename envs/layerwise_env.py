@@ -49,6 +49,10 @@ class EnvConfig:
         split: Which ranges of the family to sample: ``"train"`` or ``"heldout"``.
         init_lr_scale: ``[low, high]``: at reset every LR of the task is multiplied by a
             log-uniform factor from this range (initial conditions the agent must recover from).
+        layer_lr_spread: Task augmentation: at reset each layer's initial LR is also multiplied by
+            its own log-uniform factor from ``[1 / layer_lr_spread, layer_lr_spread]`` (1: off), so
+            the layers of one run start at different distances from their best LR and the agents
+            must tell them apart. Meta-training only: deployment never rescales a user's LRs.
         action_multipliers: What each action multiplies a layer's scale by, or the name of an
             action set: ``"default"`` (7 levels, 2^-1 ... 2) or ``"wide"`` (11 levels, 2^-3 ... 2^3).
             Validation resolves a name to its list.
@@ -107,6 +111,7 @@ class EnvConfig:
     max_agents: int | None = None
     split: str = "train"
     init_lr_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    layer_lr_spread: float = 1.0
     # Any: a list of floats or an action set's name (omegaconf has no list-or-str union)
     action_multipliers: Any = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
     decision_steps: Any = None  # None | "none" | "front_loaded" | [increasing steps]
@@ -156,6 +161,9 @@ class EnvConfig:
         if len(self.init_lr_scale) != 2 or not (0 < low <= high):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [low, high] with 0 < low <= high, "
                              f"got {list(self.init_lr_scale)}.")
+        if not (isinstance(self.layer_lr_spread, (int, float)) and 1.0 <= self.layer_lr_spread < math.inf):
+            raise ValueError(f"`{prefix}.layer_lr_spread` must be a number >= 1 (1: every layer starts at the task's "
+                             f"LR; 3: each within x1/3..x3 of it), got {self.layer_lr_spread!r}.")
         self.action_multipliers = list(resolve_action_multipliers(self.action_multipliers,
                                                                   f"{prefix}.action_multipliers"))
         self.decision_steps = list(resolve_decision_steps(self.decision_steps, self.interval,
@@ -334,6 +342,11 @@ class LayerwiseLREnv(EnvBase):
         if self.controller.num_agents > self.max_agents:
             raise ValueError(f"Task {self.task.name} has {self.controller.num_agents} layers but `max_agents` is "
                              f"{self.max_agents}; raise `env.max_agents`.")
+        if config.layer_lr_spread > 1.0:  # after the split: one param group per layer
+            spread = math.log(config.layer_lr_spread)
+            factors = torch.exp(spread * (2 * torch.rand(self.controller.num_agents, generator=self._generator) - 1))
+            self.run.scale_initial_lrs([1.0 if agent is None else float(factors[agent])
+                                        for agent in self.controller.lr.group_agent])
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""

@@ -31,6 +31,8 @@ from ganno_lightning.layerwise.features import (
     resolve_feature_names,
 )
 from ganno_lightning.layerwise.policy import (
+    DEFAULT_LAYER_OFFSET_FACTOR,
+    POLICY_HEADS,
     LayerPolicyNet,
     ObservationNormalizer,
     PolicyNet,
@@ -42,9 +44,10 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2,
-#: and agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
-#: those keys would silently act at other steps or around another LR, so it must refuse them.
-FORMAT_VERSION = 3
+#: agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
+#: those keys would silently act at other steps or around another LR, so it must refuse them; and
+#: agents with a factorised policy head as 4 (an older release cannot build that actor).
+FORMAT_VERSION = 4
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -130,6 +133,12 @@ class GANNOAgent:
                 f"Action set mismatch: the actor outputs {actor.config['num_actions']} actions but "
                 f"{len(self.action_multipliers)} action multipliers are given ({list(self.action_multipliers)})."
             )
+        factorised = actor.config.get("factorised")
+        if factorised and not torch.allclose(torch.tensor(factorised["action_multipliers"], dtype=torch.float64),
+                                             torch.tensor(self.action_multipliers, dtype=torch.float64)):
+            raise AgentCheckpointError(
+                f"Action set mismatch: the factorised actor was built for the multipliers "
+                f"{factorised['action_multipliers']}, the agent acts with {list(self.action_multipliers)}.")
         if actor.config["num_features"] != len(self.feature_names) or normalizer.mean.numel() != len(self.feature_names):
             raise AgentCheckpointError(
                 f"Feature count mismatch: actor expects {actor.config['num_features']}, normaliser has "
@@ -164,8 +173,15 @@ class GANNOAgent:
         prior: str = DEFAULT_PRIOR,
         identity_prob: float | None = None,
         feature_names: str | Sequence[str] | None = None,
+        policy_head: str = "categorical",
+        layer_offset_factor: float = DEFAULT_LAYER_OFFSET_FACTOR,
     ) -> GANNOAgent:
         """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU.
+
+        ``policy_head`` is one of :data:`~ganno_lightning.layerwise.policy.POLICY_HEADS`:
+        ``"factorised"`` sets a network-wide multiplier and per-layer offsets within
+        ``[1/layer_offset_factor, layer_offset_factor]`` of it (see
+        :class:`~ganno_lightning.layerwise.policy.FactorisedHead`).
 
         ``identity_prob`` (in ``(0, 1)``) starts the policy as the identity: its last layer's weights
         are zeroed and its biases make the multiplier-1 action this likely in every state, the
@@ -182,13 +198,18 @@ class GANNOAgent:
         action_multipliers = resolve_action_multipliers(action_multipliers)  # a name ("wide") or the multipliers
         feature_names = resolve_feature_names(feature_names, "feature_names")  # a set's name or the names
         num_features = len(feature_names)
+        if policy_head not in POLICY_HEADS:
+            raise ValueError(f"`policy_head` must be one of {list(POLICY_HEADS)}, got {policy_head!r}.")
+        factorised = ({"action_multipliers": action_multipliers, "layer_offset_factor": layer_offset_factor}
+                      if policy_head == "factorised" else None)
         if seed is not None:
             torch.manual_seed(seed)
         if recurrent_size:
             actor = RecurrentLayerPolicyNet(num_features, len(action_multipliers), hidden_sizes, activation,
-                                            recurrent_size=recurrent_size)
+                                            recurrent_size=recurrent_size, factorised=factorised)
         else:
-            actor = LayerPolicyNet(num_features, len(action_multipliers), hidden_sizes, activation)
+            actor = LayerPolicyNet(num_features, len(action_multipliers), hidden_sizes, activation,
+                                   factorised=factorised)
         if identity_prob is not None:
             if 1.0 not in action_multipliers:
                 raise ValueError(f"`identity_prob` needs an action set with the multiplier 1 (keep the LR), got "
@@ -267,7 +288,8 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = FORMAT_VERSION if self._uses_timing_options else 2 if self.recurrent else 1
+        version = (FORMAT_VERSION if "factorised" in self.actor.config else 3 if self._uses_timing_options
+                   else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
         return {

@@ -51,11 +51,86 @@ class ObservationNormalizer(nn.Module):
         return ((observation - self.mean) / (self.var + 1e-8).sqrt()).clamp(-self.clip, self.clip)
 
 
-def _base_config(num_features: int, num_actions: int, hidden_sizes: Sequence[int], activation: str) -> dict[str, Any]:
+#: How a policy turns its features into action logits: ``"categorical"``, one free logit per action
+#: and agent; ``"factorised"``, a network-wide log-multiplier plus bounded per-layer offsets
+#: (:class:`FactorisedHead`).
+POLICY_HEADS = ("categorical", "factorised")
+
+#: Default bound of a layer's offset from the network-wide multiplier, as a factor: within [1/2, 2].
+DEFAULT_LAYER_OFFSET_FACTOR = 2.0
+
+
+def _base_config(num_features: int, num_actions: int, hidden_sizes: Sequence[int], activation: str,
+                 factorised: Mapping[str, Any] | None) -> dict[str, Any]:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"`activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}.")
-    return {"num_features": int(num_features), "num_actions": int(num_actions),
-            "hidden_sizes": [int(h) for h in hidden_sizes], "activation": activation}
+    config = {"num_features": int(num_features), "num_actions": int(num_actions),
+              "hidden_sizes": [int(h) for h in hidden_sizes], "activation": activation}
+    if factorised is not None:  # only then: a categorical policy's config stays what earlier releases wrote
+        multipliers = [float(m) for m in factorised["action_multipliers"]]
+        if len(multipliers) != num_actions:
+            raise ValueError(f"`action_multipliers` must list the {num_actions} actions' multipliers, got {multipliers}.")
+        offset = factorised.get("layer_offset_factor", DEFAULT_LAYER_OFFSET_FACTOR)
+        if not isinstance(offset, float | int) or isinstance(offset, bool) or not 1.0 < offset < math.inf:
+            raise ValueError(f"`layer_offset_factor` must be a float > 1 (e.g. 2.0: each layer within x1/2..x2 of "
+                             f"the network-wide multiplier), got {offset!r}.")
+        config["factorised"] = {"action_multipliers": multipliers, "layer_offset_factor": float(offset)}
+    return config
+
+
+class FactorisedHead(nn.Module):
+    """Action logits from a network-wide log-multiplier plus bounded, mean-zero per-layer offsets.
+
+    A pooled part reads the mean of the (unmasked) agents' features and sets one log-multiplier
+    ``c`` for the whole network; each agent's own part sets an offset ``o_i``, bounded to
+    ``+-log(layer_offset_factor)`` by a tanh and centred over the agents, so offsets redistribute
+    the LR between layers and never move the network as a whole. Agent ``i``'s action distribution
+    is a Gaussian over the action set's log-multipliers, discretised: ``logit_k = -(log m_k - c -
+    o_i)^2 / (2 s^2)`` with one learned width ``s``. Under ``"mean"`` exploration the change is
+    about ``exp(c + o_i)``; sampled actions explore each layer independently around it.
+
+    Why: with one free logit per action and layer, every layer learns alone what is mostly one
+    network-wide decision (is the LR too high?), and its credit is spread over the layers' noisy
+    advantages; here every layer's advantage trains the same ``c``.
+
+    Args:
+        width: Features per agent that the head reads.
+        action_multipliers: The action set (the levels the Gaussian is discretised on).
+        layer_offset_factor: Bound of a layer's offset, as a factor (> 1).
+
+    Example::
+
+        >>> head = FactorisedHead(8, [0.5, 1.0, 2.0])
+        >>> head(torch.randn(4, 8)).shape  # 4 agents, 3 actions
+        torch.Size([4, 3])
+    """
+
+    #: Floor of the width ``s`` (in log-multiplier units): keeps the logits finite.
+    MIN_WIDTH = 0.02
+
+    def __init__(self, width: int, action_multipliers: Sequence[float],
+                 layer_offset_factor: float = DEFAULT_LAYER_OFFSET_FACTOR) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.tensor([math.log(m) for m in action_multipliers]))
+        self.max_offset = math.log(layer_offset_factor)
+        self.network = nn.Linear(width, 1)
+        self.offset = nn.Linear(width, 1)
+        self.log_width = nn.Parameter(torch.tensor(math.log(0.5)))
+
+    def centres(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Each agent's ``c + o_i``, ``[..., num_agents]``: the log-multiplier its actions centre on."""
+        if mask is None:
+            mask = torch.ones(features.shape[:-1], dtype=torch.bool, device=features.device)
+        weights = mask.unsqueeze(-1).to(features.dtype)
+        count = weights.sum(-2, keepdim=True).clamp_min(1.0)
+        network = self.network((features * weights).sum(-2, keepdim=True) / count)
+        offset = self.max_offset * torch.tanh(self.offset(features))
+        offset = offset - (offset * weights).sum(-2, keepdim=True) / count
+        return (network + offset).squeeze(-1)
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        width = self.log_width.exp().clamp_min(self.MIN_WIDTH)
+        return -(self.levels - self.centres(features, mask).unsqueeze(-1)).square() / (2 * width.square())
 
 
 def _pooled_mlp_layers(num_features: int, hidden_sizes: Sequence[int], activation: str) -> tuple[list[nn.Module], int]:
@@ -80,6 +155,9 @@ class LayerPolicyNet(nn.Module):
         num_actions: Size of the action set.
         hidden_sizes: Widths of the hidden layers.
         activation: One of ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"``.
+        factorised: ``None``: a linear layer gives every action's logit; else the keyword
+            arguments of a :class:`FactorisedHead` (``action_multipliers``, optionally
+            ``layer_offset_factor``) that does.
 
     Example::
 
@@ -94,17 +172,24 @@ class LayerPolicyNet(nn.Module):
         num_actions: int,
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
+        factorised: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.config = _base_config(num_features, num_actions, hidden_sizes, activation)
+        self.config = _base_config(num_features, num_actions, hidden_sizes, activation, factorised)
         layers, width = _pooled_mlp_layers(num_features, hidden_sizes, activation)
-        self.mlp = nn.Sequential(*layers, nn.Linear(width, num_actions))
+        if factorised is None:  # the layer names of earlier releases' files
+            self.mlp = nn.Sequential(*layers, nn.Linear(width, num_actions))
+            self.head = None
+        else:
+            self.mlp = nn.Sequential(*layers)
+            self.head = FactorisedHead(width, **self.config["factorised"])
 
     #: Size of the per-agent state carried between decisions (0: none).
     state_size = 0
 
     def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.mlp(torch.cat([observation, pool_agents(observation, mask)], -1))
+        features = self.mlp(torch.cat([observation, pool_agents(observation, mask)], -1))
+        return features if self.head is None else self.head(features, mask)
 
     def step(self, observation: Tensor, mask: Tensor | None = None,
              state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -125,6 +210,7 @@ class RecurrentLayerPolicyNet(nn.Module):
         hidden_sizes: Widths of the MLP layers before the GRU.
         activation: One of ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"``.
         recurrent_size: Width of the GRU state.
+        factorised: ``None`` or a :class:`FactorisedHead`'s arguments (see :class:`LayerPolicyNet`).
 
     Example::
 
@@ -142,21 +228,23 @@ class RecurrentLayerPolicyNet(nn.Module):
         hidden_sizes: Sequence[int] = (64,),
         activation: str = "tanh",
         recurrent_size: int = 32,
+        factorised: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(recurrent_size, int) or recurrent_size <= 0:
             raise ValueError(f"`recurrent_size` must be a positive int, got {recurrent_size!r}.")
-        self.config = {**_base_config(num_features, num_actions, hidden_sizes, activation),
+        self.config = {**_base_config(num_features, num_actions, hidden_sizes, activation, factorised),
                        "recurrent_size": recurrent_size}
         layers, width = _pooled_mlp_layers(num_features, hidden_sizes, activation)
         self.encoder = nn.Sequential(*layers)
         self.gru = nn.GRUCell(width, recurrent_size)
-        self.head = nn.Linear(recurrent_size, num_actions)
+        self.head = (nn.Linear(recurrent_size, num_actions) if factorised is None
+                     else FactorisedHead(recurrent_size, **self.config["factorised"]))
         self.state_size = recurrent_size
 
     def initial_state(self, batch_shape: Sequence[int]) -> Tensor:
         """The zero state for ``batch_shape`` (ending in the number of agents)."""
-        return torch.zeros(*batch_shape, self.state_size, device=self.head.weight.device)
+        return torch.zeros(*batch_shape, self.state_size, device=self.gru.weight_hh.device)
 
     def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
         """Logits from the initial state (a first decision); use :meth:`step` to carry the state."""
@@ -171,7 +259,8 @@ class RecurrentLayerPolicyNet(nn.Module):
             state = self.initial_state(batch_shape)
         next_state = self.gru(features.reshape(-1, features.shape[-1]),
                               state.reshape(-1, self.state_size)).reshape(*batch_shape, self.state_size)
-        return self.head(next_state), next_state
+        logits = self.head(next_state) if isinstance(self.head, nn.Linear) else self.head(next_state, mask)
+        return logits, next_state
 
 
 PolicyNet = LayerPolicyNet | RecurrentLayerPolicyNet
@@ -208,6 +297,9 @@ def init_identity(net: PolicyNet, identity_action: int, probability: float) -> N
         raise ValueError(f"`identity_prob` must be a probability in (0, 1) (e.g. 0.8), got {probability!r}.")
     if not 0 <= identity_action < num_actions:
         raise ValueError(f"`identity_action` must index one of the {num_actions} actions, got {identity_action!r}.")
+    if isinstance(net.head, FactorisedHead):
+        _init_identity_factorised(net.head, identity_action, probability)
+        return
     last = net.head if isinstance(net, RecurrentLayerPolicyNet) else net.mlp[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -216,9 +308,32 @@ def init_identity(net: PolicyNet, identity_action: int, probability: float) -> N
             last.bias[identity_action] = math.log(probability * (num_actions - 1) / (1 - probability))
 
 
+def _init_identity_factorised(head: FactorisedHead, identity_action: int, probability: float) -> None:
+    """Zero centres (the identity's level, which must be ``log 1 = 0``) and the width that gives it ``probability``.
+
+    The identity's probability falls as the width grows, so the width is found by bisection in log.
+    """
+    if abs(float(head.levels[identity_action])) > 1e-12:
+        raise ValueError(f"A factorised head starts as the identity only around the multiplier 1; action "
+                         f"{identity_action} multiplies by {math.exp(float(head.levels[identity_action]))}.")
+    levels = head.levels.double()
+    low, high = math.log(FactorisedHead.MIN_WIDTH), math.log(10.0)
+    for _ in range(60):
+        middle = (low + high) / 2
+        p = torch.softmax(-levels.square() / (2 * math.exp(2 * middle)), 0)[identity_action]
+        low, high = (middle, high) if p > probability else (low, middle)
+    with torch.no_grad():
+        for linear in (head.network, head.offset):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        head.log_width.fill_((low + high) / 2)
+
+
 def build_policy(config: Mapping[str, Any]) -> PolicyNet:
-    """The policy a saved ``config`` describes: recurrent when it has a positive ``recurrent_size``."""
+    """The policy a saved ``config`` describes: recurrent when it has a positive ``recurrent_size``,
+    with a :class:`FactorisedHead` when it has ``factorised`` settings."""
     args = (config["num_features"], config["num_actions"], config["hidden_sizes"], config.get("activation", "tanh"))
+    factorised = config.get("factorised")
     if config.get("recurrent_size"):
-        return RecurrentLayerPolicyNet(*args, recurrent_size=int(config["recurrent_size"]))
-    return LayerPolicyNet(*args)
+        return RecurrentLayerPolicyNet(*args, recurrent_size=int(config["recurrent_size"]), factorised=factorised)
+    return LayerPolicyNet(*args, factorised=factorised)
