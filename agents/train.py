@@ -57,7 +57,8 @@ class AlgoConfig:
     # actions equally likely (zeroed output weights); 0: PyTorch's default init. 0.8 keeps PPO exploring.
     identity_init: float = 0.0
     # categorical: one logit per action and layer; factorised: a network-wide multiplier plus per-layer
-    # offsets within [1/layer_offset_factor, layer_offset_factor] of it (ganno_lightning.layerwise.policy.FactorisedHead)
+    # offsets within [1/layer_offset_factor, layer_offset_factor] of it
+    # (ganno_lightning.layerwise.policy.FactorisedHead)
     policy_head: str = "categorical"
     layer_offset_factor: float = 2.0
     lr: float = 3e-4  # Adam, actor and critic

@@ -69,7 +69,8 @@ def _base_config(num_features: int, num_actions: int, hidden_sizes: Sequence[int
     if factorised is not None:  # only then: a categorical policy's config stays what earlier releases wrote
         multipliers = [float(m) for m in factorised["action_multipliers"]]
         if len(multipliers) != num_actions:
-            raise ValueError(f"`action_multipliers` must list the {num_actions} actions' multipliers, got {multipliers}.")
+            raise ValueError(f"`action_multipliers` must list the {num_actions} actions' multipliers, "
+                             f"got {multipliers}.")
         offset = factorised.get("layer_offset_factor", DEFAULT_LAYER_OFFSET_FACTOR)
         if not isinstance(offset, float | int) or isinstance(offset, bool) or not 1.0 < offset < math.inf:
             raise ValueError(f"`layer_offset_factor` must be a float > 1 (e.g. 2.0: each layer within x1/2..x2 of "

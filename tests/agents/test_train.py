@@ -1,5 +1,6 @@
 import csv
 import glob
+import math
 import re
 from pathlib import Path
 
@@ -259,3 +260,21 @@ def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_pa
         parse_config(SMOKE, ["algo.imitation_frames=64"])
     with pytest.raises(ValueError, match=r"`algo.expert_peak_factor` must be a positive number .* got 0.0"):
         parse_config(SMOKE, ["algo.expert_peak_factor=0.0"])
+
+
+def test_a_factorised_head_over_augmented_tasks_trains_and_deploys(tmp_path):
+    from helpers import TinyRegressor, trainer
+
+    from ganno_lightning.layerwise.policy import FactorisedHead
+
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "algo.policy_head=factorised",
+                 "algo.layer_offset_factor=1.5", "env.layer_lr_spread=3.0", "algo.recurrent_size=8"]
+    agent = GANNOAgent.load(train(SMOKE, overrides))
+    assert isinstance(agent.actor.head, FactorisedHead) and agent.actor.head.max_offset == pytest.approx(math.log(1.5))
+    fresh = GANNOAgent.create(hidden_sizes=[16], recurrent_size=8, policy_head="factorised", seed=0)
+    assert agent.actor.head.log_width.item() != fresh.actor.head.log_width.item()  # PPO trained the head
+    trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
+    with pytest.raises(ValueError, match=r"`algo.policy_head` must be one of \['categorical', 'factorised'\]"):
+        parse_config(SMOKE, ["algo.policy_head=pooled"])
+    with pytest.raises(ValueError, match=r"`algo.layer_offset_factor` must be a number > 1 .*got 0.5"):
+        parse_config(SMOKE, ["algo.layer_offset_factor=0.5"])

@@ -394,3 +394,25 @@ def test_recover_on_spike_turns_a_divergence_into_a_penalty_and_a_rollback():
     assert torch.isfinite(td["next", keys.OBSERVATION]).all()
     with pytest.raises(ValueError, match=r"`env.spike_lr_cut` must be in \(0, 1\)"):
         EnvConfig(recover_on_spike=True, spike_lr_cut=2.0).validate()
+
+
+def test_layer_lr_spread_starts_each_layer_at_its_own_lr_and_the_expert_sees_it():
+    from ganno_lightning.envs.tasks import make_family
+
+    def start(spread):
+        config = EnvConfig(horizon=20, interval=10, privileged=True, unknown_total_prob=0.0, layer_lr_spread=spread)
+        env = LayerwiseLREnv(make_family("mlp_digits", lr_sampling="around_best"), config, seed=3)
+        return env, env.reset()
+
+    plain, plain_td = start(1.0)
+    spread, td = start(3.0)
+    assert spread.task.info["lr"] == plain.task.info["lr"]  # the same task: the draws come after it
+    ratios = torch.tensor(spread.controller.lr.anchor_lrs()) / plain.task.info["lr"]
+    assert ratios.log().abs().max() <= math.log(3.0) + 1e-6 and ratios.std() > 0.05
+    assert spread.controller.lr.scales == [1.0] * spread.controller.num_agents  # the agent's own scales: untouched
+    n = spread.controller.num_agents
+    assert td[keys.PRIVILEGED][:n, 0] == pytest.approx(
+        (ratios * plain.task.info["lr"] / plain.task.info["best_lr"]).log10().tolist(), abs=1e-5)
+    assert plain.controller.lr.anchor_lrs() == pytest.approx([plain.task.info["lr"]] * n)
+    with pytest.raises(ValueError, match=r"`env.layer_lr_spread` must be a number >= 1 .*got 0.5"):
+        env_config(load_config({"env": {"layer_lr_spread": 0.5}}))

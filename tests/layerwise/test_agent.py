@@ -1,5 +1,6 @@
 import hashlib
 import io
+import math
 import zipfile
 
 import pytest
@@ -244,7 +245,7 @@ def test_timing_options_round_trip_in_a_format_3_file(tmp_path):
                               decision_steps="front_loaded", prior="warmup_cosine")
     path = agent.save(tmp_path / "agent.pt")
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint["format_version"] == FORMAT_VERSION == 3  # older releases refuse it, as they must
+    assert checkpoint["format_version"] == 3  # older releases refuse it, as they must
     assert (checkpoint["decision_steps"], checkpoint["prior"]) == ([0, 2, 5], "warmup_cosine")
     loaded = GANNOAgent.load(path)
     assert (loaded.decision_steps, loaded.prior) == ((0, 2, 5), "warmup_cosine")
@@ -312,3 +313,75 @@ def test_identity_init_leaves_the_random_init_of_the_hidden_layers_as_it_was():
     plain, identity = GANNOAgent.create(seed=4), GANNOAgent.create(seed=4, identity_prob=0.8)
     torch.testing.assert_close(plain.actor.mlp[0].weight, identity.actor.mlp[0].weight, rtol=0, atol=0)
     assert identity.actor.mlp[-1].weight.abs().sum() == 0
+
+
+# -- #18 item 5: the factorised policy head ----------------------------------------------------------
+def _factorised(recurrent_size=0, **kwargs):
+    return GANNOAgent.create(hidden_sizes=(16,), recurrent_size=recurrent_size, policy_head="factorised", seed=2,
+                             **kwargs)
+
+
+def test_a_factorised_head_moves_the_network_as_one_and_its_layers_apart_within_the_bound():
+    from ganno_lightning.layerwise.policy import FactorisedHead
+
+    head = FactorisedHead(4, [0.5, 1.0, 2.0], layer_offset_factor=1.5)
+    with torch.no_grad():
+        head.network.weight.zero_()
+        head.network.bias.fill_(math.log(2.0))  # the network as a whole: x2
+        head.offset.weight.normal_(0, 10.0)  # layers far apart: the tanh bound holds them
+    mask = torch.tensor([True] * 5 + [False] * 3)
+    features = torch.randn(8, 4)
+    with torch.no_grad():
+        centres = head.centres(features, mask)[:5]
+    assert centres.mean().item() == pytest.approx(math.log(2.0), abs=1e-6)  # offsets are mean-zero
+    offsets = centres - math.log(2.0)
+    assert offsets.abs().max() <= 2 * math.log(1.5) + 1e-6 and offsets.abs().max() > 0.1
+    other = features.clone()
+    other[5:] = 100.0  # padded agents never move the valid ones
+    torch.testing.assert_close(head(other, mask)[:5], head(features, mask)[:5])
+
+
+@pytest.mark.parametrize("recurrent_size", [0, 8])
+def test_under_mean_exploration_a_factorised_agent_changes_every_lr_by_its_centre(recurrent_size):
+    agent = _factorised(recurrent_size)
+    head = agent.actor.head
+    with torch.no_grad():
+        head.log_width.fill_(math.log(0.05))
+        head.network.weight.zero_()
+        head.network.bias.fill_(math.log(1.3))  # between the set's levels 2^(1/4) and 2^(1/2)
+        head.offset.weight.zero_()
+    decision = agent.decide(torch.randn(5, len(FEATURE_NAMES)), exploration="mean")
+    assert decision.multipliers.tolist() == pytest.approx([1.3] * 5, rel=0.02)
+
+
+@pytest.mark.parametrize("recurrent_size", [0, 8])
+def test_a_factorised_agent_starts_as_the_identity_and_round_trips_in_a_format_4_file(tmp_path, recurrent_size):
+    agent = _factorised(recurrent_size, identity_prob=0.8, action_multipliers="wide")
+    observation = 5 * torch.randn(6, len(FEATURE_NAMES))
+    for exploration in ("mean", "mode"):
+        assert agent.decide(observation, exploration=exploration).multipliers.tolist() == [1.0] * 6
+    probs = torch.softmax(agent.logits(observation), -1)
+    torch.testing.assert_close(probs[:, agent.action_multipliers.index(1.0)], torch.full((6,), 0.8))
+    path = agent.save(tmp_path / "agent.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["format_version"] == FORMAT_VERSION == 4  # a release without the head must refuse it
+    loaded = GANNOAgent.load(path)
+    assert loaded.fingerprint() == agent.fingerprint()
+    torch.testing.assert_close(loaded.logits(observation), agent.logits(observation))
+    # an actor built for other multipliers than the agent acts with is refused
+    checkpoint["action_multipliers"] = [m * 1.1 for m in checkpoint["action_multipliers"]]
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    with pytest.raises(AgentCheckpointError, match="the factorised actor was built for the multipliers"):
+        GANNOAgent.load(tmp_path / "bad.pt")
+
+
+def test_factorised_head_options_are_checked():
+    with pytest.raises(ValueError, match=r"`policy_head` must be one of \['categorical', 'factorised'\], got 'pooled'"):
+        GANNOAgent.create(policy_head="pooled")
+    with pytest.raises(ValueError, match=r"`layer_offset_factor` must be a float > 1 .*got 1.0"):
+        GANNOAgent.create(policy_head="factorised", layer_offset_factor=1.0)
+    from ganno_lightning.layerwise.policy import init_identity
+
+    agent = GANNOAgent.create(policy_head="factorised", action_multipliers=[0.5, 1.0, 2.0])
+    with pytest.raises(ValueError, match="starts as the identity only around the multiplier 1; action 0 multiplies"):
+        init_identity(agent.actor, 0, 0.8)
