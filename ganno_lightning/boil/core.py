@@ -34,12 +34,9 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   about the score that matters, yet costs a GP refit, and with a cheap enough price EI kept buying
   them (a median of 1 to 6 epochs per trial, 50 to 250 trials in 450 epochs). Default 0.1 (3 of 30 epochs).
 - ``refit_every``: the GP's hyperparameters and ``(m0, g0)`` are optimised when at least this many
-  trials, together at least ``T_max`` epochs, have been added since the last full fit, and reused on
-  the current data in between (the authors optimise them every ``2 d`` iterations, from 20 random
-  starts; here warm-started from the last fit, for at most ``fit_maxiter`` L-BFGS iterations, default
-  20). Default 3. The epochs condition matters only for runs of short trials: three 3-epoch trials
-  add a tenth of the data of three full ones, so refitting after every three mostly re-finds the
-  same hyperparameters, at the cost of the studies that buy such runs.
+  trials have been added since the last full fit, and reused on the current data in between (the
+  authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
+  fit, for at most ``fit_maxiter`` L-BFGS iterations, default 20). Default 3.
 - ``target_ei``: the acquisition's gain is the EI of the score at ``T_max`` times the squared
   kernel correlation between the scores at ``t`` and ``T_max`` (the paper: the EI of the score at ``t``); see
   :mod:`~ganno_lightning.boil.acquisition`.
@@ -120,9 +117,8 @@ class BOILCore:
             ``"epochs"`` (its epochs: the price under an epochs budget).
         t_floor: the shortest training the acquisition may suggest, as a fraction of ``t_max`` (rounded
             up, and at least ``t_min``); 0 leaves ``t_min`` alone (the paper).
-        refit_every: optimise the GP's hyperparameters (and ``(m0, g0)``) once this many trials, with
-            at least ``t_max`` epochs between them, were added since the last full fit; in between,
-            reuse them on the current data. 1: every call.
+        refit_every: optimise the GP's hyperparameters (and ``(m0, g0)``) once this many trials were
+            added since the last full fit; in between, reuse them on the current data. 1: every call.
         t_trend: give the GP a prior mean with a trend in ``t`` (off: a constant mean).
         target_ei: judge a trial ``(x, t)`` by the EI at ``(x, t_max)`` times the squared kernel
             correlation between ``t`` and ``t_max``; off: by ``EI(x, t)`` (the paper).
@@ -216,7 +212,6 @@ class BOILCore:
         #: The shortest training the acquisition suggests: ``t_min``, raised to ``ceil(t_floor * t_max)``.
         self.t_shortest = min(t_max, max(t_min, math.ceil(self.t_floor * t_max - 1e-9)))
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
-        self._full_fit_epochs = 0  # and the epochs they had trained
         self.initial_random = initial_random
         self.learn_compression, self.fixed_t, self.cost_cooling = learn_compression, fixed_t, cost_cooling
         self.m0, self.g0 = float(m0), float(g0)
@@ -304,10 +299,7 @@ class BOILCore:
         x = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
         curves = NormalisedCurves.from_points([o.curve for o in data], self.t_max, self.mode)
         m0, g0 = (self._fit.m0, self._fit.g0) if self._fit is not None and self.learn_compression else (self.m0, self.g0)
-        epochs = sum(o.epochs_done for o in data)
-        refit_due = (len(data) - self._full_fit_trials >= self.refit_every
-                     and epochs - self._full_fit_epochs >= self.t_max)
-        if self._fit is not None and self.refit_every > 1 and not refit_due:
+        if self._fit is not None and self.refit_every > 1 and len(data) - self._full_fit_trials < self.refit_every:
             # Between full fits: the last hyperparameters on today's data (a Cholesky, no optimiser).
             try:
                 fit = refit_with_previous(x, curves, self._fit, self.virtual, source="reused")
@@ -320,7 +312,7 @@ class BOILCore:
         try:
             fit = fit_curve_gp(x, curves, m0, g0, grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
                                virtual=self.virtual, previous=self._fit, maxiter=self.fit_maxiter, t_trend=self.t_trend)
-            self._full_fit_trials, self._full_fit_epochs = len(data), epochs
+            self._full_fit_trials = len(data)
             failure = ""
         except Exception as err:  # noqa: BLE001 - FitError or any numerical error: fall back below
             failure = f"GP fit failed ({type(err).__name__}: {err})"

@@ -238,24 +238,3 @@ def test_between_full_fits_the_hyperparameters_are_reused_and_still_find_the_opt
     assert sources[0] == "fit" and "reused" in sources and sources.count("fit") < len(sources)
     best = min(history, key=lambda o: final_loss(o.x))
     assert torch.dist(torch.tensor(best.x, dtype=torch.float64), BEST_X) < 0.15
-
-
-def test_a_run_of_short_trials_is_refitted_only_once_it_adds_t_max_epochs():
-    generator = torch.Generator().manual_seed(0)
-    design = torch.rand(6, 2, generator=generator, dtype=torch.float64)
-    history = [train(x.tolist(), T_MAX, generator) for x in design]
-    core = BOILCore(dims=2, t_max=T_MAX, seed=0, refit_every=3)
-    assert core.suggest(history).info["fit_source"] == "fit"
-    sources = []
-    for x in torch.rand(12, 2, generator=generator, dtype=torch.float64):  # 2-epoch trials: 24 epochs in all
-        history.append(train(x.tolist(), 2, generator))
-        sources.append(core.suggest(history).info["fit_source"])
-    # three trials are not enough: the 10th short trial brings the 20th epoch; the count restarts there
-    assert sources == ["reused"] * 9 + ["fit"] + ["reused"] * 2
-    history.append(train([0.5, 0.5], T_MAX, generator))  # the third trial since, with 24 epochs
-    assert core.suggest(history).info["fit_source"] == "fit"
-    sources = []
-    for x in ([0.4, 0.5], [0.6, 0.5], [0.5, 0.4]):  # full-length trials refit every three, as before
-        history.append(train(x, T_MAX, generator))
-        sources.append(core.suggest(history).info["fit_source"])
-    assert sources == ["reused", "reused", "fit"]
