@@ -12,6 +12,12 @@ from torch import Tensor, nn
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` ``[..., num_agents, F]`` over the agents where ``mask`` is True, ``[..., 1, F]`` (0 if none)."""
+    weights = mask.unsqueeze(-1).to(values.dtype)
+    return (values * weights).sum(-2, keepdim=True) / weights.sum(-2, keepdim=True).clamp_min(1.0)
+
+
 def pool_agents(observation: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean and max of the observations over the (unmasked) agents, broadcast back to every agent.
 
@@ -24,9 +30,7 @@ def pool_agents(observation: Tensor, mask: Tensor | None = None) -> Tensor:
     """
     if mask is None:
         mask = torch.ones(observation.shape[:-1], dtype=torch.bool, device=observation.device)
-    weights = mask.unsqueeze(-1).to(observation.dtype)
-    count = weights.sum(-2, keepdim=True).clamp_min(1.0)
-    mean = (observation * weights).sum(-2, keepdim=True) / count
+    mean = masked_mean(observation, mask)
     masked = observation.masked_fill(~mask.unsqueeze(-1), float("-inf"))
     peak = masked.amax(-2, keepdim=True)
     peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # every agent padded
@@ -122,12 +126,8 @@ class FactorisedHead(nn.Module):
         """Each agent's ``c + o_i``, ``[..., num_agents]``: the log-multiplier its actions centre on."""
         if mask is None:
             mask = torch.ones(features.shape[:-1], dtype=torch.bool, device=features.device)
-        weights = mask.unsqueeze(-1).to(features.dtype)
-        count = weights.sum(-2, keepdim=True).clamp_min(1.0)
-        network = self.network((features * weights).sum(-2, keepdim=True) / count)
         offset = self.max_offset * torch.tanh(self.offset(features))
-        offset = offset - (offset * weights).sum(-2, keepdim=True) / count
-        return (network + offset).squeeze(-1)
+        return (self.network(masked_mean(features, mask)) + offset - masked_mean(offset, mask)).squeeze(-1)
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         width = self.log_width.exp().clamp_min(self.MIN_WIDTH)
