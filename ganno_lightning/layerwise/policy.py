@@ -13,7 +13,7 @@ _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` ``[..., num_agents, F]`` over the agents where ``mask`` is True, ``[..., 1, F]`` (0 if none)."""
+    """The mean of ``values`` ``[..., agents, F]`` over the agents where ``mask`` holds: ``[..., 1, F]`` (0 if none)."""
     weights = mask.unsqueeze(-1).to(values.dtype)
     return (values * weights).sum(-2, keepdim=True) / weights.sum(-2, keepdim=True).clamp_min(1.0)
 
