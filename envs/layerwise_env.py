@@ -100,6 +100,15 @@ class EnvConfig:
         val_batches: Validation batches per measurement: the val loader's first ones, kept for the
             episode, so measurements differ only by training.
         val_weight: Weight of the validation term ``log(V_prev / V_now)`` in the reward (0: off).
+        train_loss_weight: Weight of the training-loss term ``log(L_prev / L_now)`` in the reward (0:
+            off, so the reward is ``final_val_weight``'s term and the divergence penalties).
+        final_val_weight: Weight of a terminal reward on what users are scored on: on the last step of
+            a run that did not diverge, ``clip(log(V_start / V_end), -final_val_clip, final_val_clip)``,
+            the validation loss at the end against the run's own at the first decision (see
+            :class:`~ganno_lightning.envs.reward.EpisodeReward` for why not against a reference run).
+            Measured in every episode on the same ``val_batches``, whether or not the episode
+            validates; the agents observe only the validations ``val_prob`` grants (0: off).
+        final_val_clip: Bound of the terminal term's log-ratio (> 0).
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
@@ -129,6 +138,9 @@ class EnvConfig:
     val_prob: float = 0.5
     val_batches: int = 4
     val_weight: float = 0.0
+    train_loss_weight: float = 1.0
+    final_val_weight: float = 0.0
+    final_val_clip: float = 3.0
     unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
     device: str = "cpu"
@@ -178,9 +190,13 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "
                              f"got {self.divergence_reference!r}.")
         check_spike_settings(self.divergence_factor, self.spike_lr_cut, f"{prefix}.", "divergence_factor")
-        if self.divergence_penalty < 0 or self.val_weight < 0:
-            raise ValueError(f"`{prefix}.divergence_penalty` and `{prefix}.val_weight` must be >= 0, "
-                             f"got {self.divergence_penalty!r} and {self.val_weight!r}.")
+        for name in ("divergence_penalty", "val_weight", "train_loss_weight", "final_val_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+                raise ValueError(f"`{prefix}.{name}` must be a number >= 0, got {value!r}.")
+        if not (isinstance(self.final_val_clip, (int, float)) and 0 < self.final_val_clip < math.inf):
+            raise ValueError(f"`{prefix}.final_val_clip` must be a number > 0 (the bound of log(V_start / V_end)), "
+                             f"got {self.final_val_clip!r}.")
         return self
 
 
@@ -250,7 +266,8 @@ class LayerwiseLREnv(EnvBase):
         self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
         self.episode_reward = EpisodeReward(config.divergence_factor, config.divergence_reference,
-                                    config.divergence_penalty, config.val_weight)
+                                            config.divergence_penalty, config.val_weight, config.train_loss_weight,
+                                            config.final_val_weight, config.final_val_clip)
         self._set_seed(seed)
 
     # -- TorchRL API --------------------------------------------------------------------------
@@ -285,13 +302,14 @@ class LayerwiseLREnv(EnvBase):
         self.episode_reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
+        self._start_val = self._prev_val if self._prev_val is not None else self._reward_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         n = self.controller.num_agents
         self.controller.apply(tensordict.get(keys.ACTION)[:n])
         self._env_steps += 1
-        failed = False
+        failed, val = False, None
         try:
             self._train_interval()
         except Exception as err:  # a run that blows up mid-episode is a diverged run, not a crashed env
@@ -315,6 +333,10 @@ class LayerwiseLREnv(EnvBase):
                     reward += term
                 self._prev_val = val
         truncated = not diverged and self.controller.step >= self.config.horizon
+        if truncated:
+            term = self.episode_reward.final_term(self._start_val, val if val is not None else self._reward_validation())
+            if term is not None:
+                reward += term
         return self._output(observation, reward=reward, terminated=diverged, truncated=truncated)
 
     # -- one training run: sampled, trained and observed --------------------------------------
@@ -325,7 +347,7 @@ class LayerwiseLREnv(EnvBase):
         config = self.config
         self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
         self.run = InnerRun(self.task, config.device, rng, lr_factor=self._initial_lr_factor(),
-                            val_batches=config.val_batches if config.val_every else 0)
+                            val_batches=config.val_batches if config.val_every or config.final_val_weight else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
         self._validates = self.run.val_loader is not None and validate_draw < config.val_prob
         total_steps = None if hide_draw < config.unknown_total_prob else config.horizon
@@ -368,6 +390,10 @@ class LayerwiseLREnv(EnvBase):
         if value is not None:
             self.controller.record_val_loss(value)
         return value
+
+    def _reward_validation(self) -> float | None:
+        """The validation loss for the final reward term only (the agents do not observe it), if it is on."""
+        return self.run.validation_loss() if self.config.final_val_weight > 0 else None
 
     def _output(self, observation: torch.Tensor, reward: float | None, terminated: bool, truncated: bool) -> TensorDict:
         n, pad = self.controller.num_agents, self.max_agents

@@ -25,17 +25,30 @@ def log_improvement(previous: float, current: float) -> float:
 class EpisodeReward:
     """The team reward of one episode, interval by interval, and when the run counts as diverged.
 
-    Reward of an interval: ``log(L_prev) - log(L_now)`` of the interval-mean training loss, so an
-    episode's return telescopes to ``log(L_first / L_last)``; plus, when validation is measured,
-    ``val_weight * log(V_prev / V_now)``. A run diverges when its loss is non-finite or exceeds
-    ``divergence_factor`` times the reference loss (the first interval's, or the lowest so far);
-    that interval's reward is ``-divergence_penalty``.
+    Reward of an interval: ``train_loss_weight * (log(L_prev) - log(L_now))`` of the interval-mean
+    training loss, so an episode's return telescopes to ``log(L_first / L_last)``; plus, when
+    validation is measured, ``val_weight * log(V_prev / V_now)``; plus, on the last interval of a run
+    that did not diverge, ``final_val_weight * clip(log(V_start / V_end), -final_val_clip, final_val_clip)``:
+    the final validation loss, what users are scored on, against the run's own at the first decision
+    (:meth:`final_term`). A run diverges when its loss is non-finite or exceeds ``divergence_factor``
+    times the reference loss (the first interval's, or the lowest so far); that interval's reward is
+    ``-divergence_penalty``.
+
+    Why the final term is relative to the run's start and not to a reference run (issue #18 item 4
+    suggests a cached tuned-schedule run, ``log(L_ref / L_final)``): ``log(L_ref / L_end)`` is
+    ``log(V_start / V_end)`` minus ``log(V_start / L_ref)``, which no action changes. Policy gradients
+    are unchanged in expectation by a per-episode offset that the actions do not affect, and the
+    actor-critic's advantages would only gain the variance of a reference it cannot observe, for the
+    price of a second training run per episode.
 
     Args:
         divergence_factor: How far above the reference loss a run diverges (> 1).
         divergence_reference: ``"first"`` or ``"best"`` (see :data:`DIVERGENCE_REFERENCES`).
         divergence_penalty: Reward of the interval on which the run diverges is its negative.
         val_weight: Weight of the validation term (0: off).
+        train_loss_weight: Weight of the training-loss term (0: the reward is the final term and penalties).
+        final_val_weight: Weight of the final validation term (0: off).
+        final_val_clip: Bound of the final term's log-ratio, before its weight.
 
     Example::
 
@@ -49,7 +62,8 @@ class EpisodeReward:
     """
 
     def __init__(self, divergence_factor: float, divergence_reference: str, divergence_penalty: float,
-                 val_weight: float) -> None:
+                 val_weight: float, train_loss_weight: float = 1.0, final_val_weight: float = 0.0,
+                 final_val_clip: float = 3.0) -> None:
         if divergence_reference not in DIVERGENCE_REFERENCES:
             raise ValueError(f"`divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "
                              f"got {divergence_reference!r}.")
@@ -57,6 +71,9 @@ class EpisodeReward:
         self.divergence_reference = divergence_reference
         self.divergence_penalty = divergence_penalty
         self.val_weight = val_weight
+        self.train_loss_weight = train_loss_weight
+        self.final_val_weight = final_val_weight
+        self.final_val_clip = final_val_clip
         self.first_loss = self.previous_loss = self.best_loss = math.nan
 
     def start(self, first_loss: float) -> None:
@@ -75,7 +92,7 @@ class EpisodeReward:
 
     def of_interval(self, loss: float) -> float:
         """The reward of a (not diverged) interval that ended at ``loss``; ``loss`` becomes the previous one."""
-        reward = log_improvement(self.previous_loss, loss)
+        reward = self.train_loss_weight * log_improvement(self.previous_loss, loss)
         self.previous_loss = loss
         self.best_loss = min(self.best_loss, loss)
         return reward
@@ -85,3 +102,20 @@ class EpisodeReward:
         if self.val_weight > 0 and current is not None and previous is not None:
             return self.val_weight * log_improvement(previous, current)
         return None
+
+    def final_term(self, start: float | None, end: float | None) -> float | None:
+        """``final_val_weight * clip(log(V_start / V_end))`` of a run that ended without diverging.
+
+        ``None`` when the term is off or the start was not measured; an end that could not be
+        measured (a non-finite validation loss) scores the clip's worst.
+
+        Example::
+
+            >>> reward = EpisodeReward(10.0, "first", 5.0, 0.0, final_val_weight=2.0, final_val_clip=3.0)
+            >>> round(reward.final_term(1.0, 0.5), 4), reward.final_term(1.0, None), reward.final_term(None, 0.5)
+            (1.3863, -6.0, None)
+        """
+        if self.final_val_weight <= 0 or start is None:
+            return None
+        ratio = -self.final_val_clip if end is None else log_improvement(start, end)
+        return self.final_val_weight * min(max(ratio, -self.final_val_clip), self.final_val_clip)

@@ -416,3 +416,47 @@ def test_layer_lr_spread_starts_each_layer_at_its_own_lr_and_the_expert_sees_it(
     assert plain.controller.lr.anchor_lrs() == pytest.approx([plain.task.info["lr"]] * n)
     with pytest.raises(ValueError, match=r"`env.layer_lr_spread` must be a number >= 1 .*got 0.5"):
         env_config(load_config({"env": {"layer_lr_spread": 0.5}}))
+
+
+# -- #18 item 4: a terminal reward on the final validation loss ----------------------------------
+@pytest.mark.parametrize("val_prob", [0.0, 1.0])
+def test_the_final_val_reward_scores_the_end_of_the_run_against_its_start(val_prob):
+    from helpers import ValidatedRegressor
+
+    env = tiny_env(ValidatedRegressor, val_every=2, val_prob=val_prob, unknown_total_prob=0.0,
+                   train_loss_weight=0.0, final_val_weight=2.0, final_val_clip=3.0)
+    td = env.reset()
+    start = env.run.validation_loss()  # nothing trained since reset measured it: the same value
+    outputs = []
+    while not td["done"].item():
+        td.set(keys.ACTION, torch.full((env.max_agents,), 3))
+        td = env.step(td)["next"]
+        outputs.append(td.clone())
+    end = env.run.validation_loss()
+    rewards = torch.stack([o[keys.REWARD][0, 0] for o in outputs])
+    assert len(outputs) == SMALL["horizon"] // SMALL["interval"] - 1 and end != start
+    assert (rewards[:-1] == 0).all()  # no training-loss term: the run is scored once, at its end
+    assert rewards[-1].item() == pytest.approx(2.0 * math.log(start / end), rel=1e-5)
+    observed = torch.stack([o[keys.OBSERVATION][0, FEATURE_NAMES.index("has_val_loss")] for o in outputs])
+    assert (observed > 0).any() == (val_prob == 1.0)  # the reward's measurements are not observations
+
+
+def test_the_final_val_reward_is_clipped_and_absent_when_off():
+    from helpers import ValidatedRegressor
+
+    clipped = tiny_env(ValidatedRegressor, val_prob=0.0, final_val_weight=1.0, final_val_clip=0.01, train_loss_weight=0.0)
+    assert abs(identity_episode(clipped)[-1][keys.REWARD][0, 0].item()) == pytest.approx(0.01)  # |log V_0/V_T| > 0.01
+    plain = identity_episode(tiny_env(ValidatedRegressor, val_prob=0.0))
+    weighted = identity_episode(tiny_env(ValidatedRegressor, val_prob=0.0, train_loss_weight=0.5))
+    for a, b in zip(plain[1:], weighted[1:]):  # the same run: the weight only scales the training-loss term
+        assert b[keys.REWARD][0, 0].item() == pytest.approx(0.5 * a[keys.REWARD][0, 0].item(), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("setting, match", [
+    ({"final_val_weight": -1.0}, r"`env.final_val_weight` must be a number >= 0, got -1.0"),
+    ({"train_loss_weight": "x"}, r"`env.train_loss_weight`"),
+    ({"final_val_clip": 0.0}, r"`env.final_val_clip` must be a number > 0 .*got 0.0"),
+])
+def test_bad_reward_weights_are_named(setting, match):
+    with pytest.raises(ValueError, match=match):
+        env_config(load_config({"env": setting}))

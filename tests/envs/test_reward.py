@@ -45,3 +45,12 @@ def test_docstring_examples(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_final_term_is_clipped_weighted_and_worst_when_the_end_is_unmeasured():
+    r = EpisodeReward(10.0, "first", 5.0, 0.0, train_loss_weight=0.0, final_val_weight=0.5, final_val_clip=1.0)
+    r.start(1.0)
+    assert r.of_interval(0.5) == 0.0  # no training-loss term
+    assert r.final_term(1.0, 0.5) == pytest.approx(0.5 * math.log(2.0))
+    assert r.final_term(1.0, 1e-9) == pytest.approx(0.5) and r.final_term(1.0, None) == pytest.approx(-0.5)
+    assert r.final_term(None, 0.5) is None and reward().final_term(1.0, 0.5) is None
