@@ -369,6 +369,8 @@ class LayerwiseLREnv(EnvBase):
             factors = torch.exp(spread * (2 * torch.rand(self.controller.num_agents, generator=self._generator) - 1))
             self.run.scale_initial_lrs([1.0 if agent is None else float(factors[agent])
                                         for agent in self.controller.lr.group_agent])
+            controller = self.controller  # the schedule's first row, recorded at construction, gets the new LRs
+            controller.schedule.record(0, controller.lr.effective_lrs(), controller.lr.scales)
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""

@@ -410,6 +410,8 @@ def test_layer_lr_spread_starts_each_layer_at_its_own_lr_and_the_expert_sees_it(
     ratios = torch.tensor(spread.controller.lr.anchor_lrs()) / plain.task.info["lr"]
     assert ratios.log().abs().max() <= math.log(3.0) + 1e-6 and ratios.std() > 0.05
     assert spread.controller.lr.scales == [1.0] * spread.controller.num_agents  # the agent's own scales: untouched
+    assert spread.controller.schedule.steps == [0]
+    assert spread.controller.schedule.lrs[0] == pytest.approx(spread.controller.lr.effective_lrs())  # recorded as drawn
     n = spread.controller.num_agents
     assert td[keys.PRIVILEGED][:n, 0] == pytest.approx(
         (ratios * plain.task.info["lr"] / plain.task.info["best_lr"]).log10().tolist(), abs=1e-5)
