@@ -359,7 +359,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                 "charts/episodes": len(returns),
                 "charts/reward_per_step": float(batch["next", keys.REWARD][..., 0, 0].mean()),
                 "charts/env_steps_per_s": batch.numel() / max(time.perf_counter() - started, 1e-9),
-                "charts/diverged_fraction": float(batch["next", keys.TERMINATED].float().mean()),
+                "charts/diverged_fraction": float(batch["next", keys.DIVERGED].float().mean()),
                 "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers, algo.expert_peak_factor)
                                             if env_settings.privileged else float("nan")),
                 **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},

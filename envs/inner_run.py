@@ -273,8 +273,12 @@ class InnerRun:
         if self.val_loader is None:
             return None
         if self._val_data is None:
-            batches = itertools.islice(self.val_loader, self.val_batches)
-            self._val_data = [move_data_to_device(batch, self.device) for batch in batches]
+            # A loader's iterator draws its seed (and a shuffled one its order) from the global RNG: draw
+            # them from the run's own, so measuring leaves the caller's RNG (the policy's sampling) alone.
+            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
+                _set_rng(self.device, self._rng)
+                batches = itertools.islice(self.val_loader, self.val_batches)
+                self._val_data = [move_data_to_device(batch, self.device) for batch in batches]
         module, losses = self.module, []
         module.eval()  # no dropout, and BatchNorm statistics stay those of training data
         with torch.no_grad(), _no_trainer_warnings():

@@ -15,3 +15,4 @@ TRUNCATED = "truncated"
 #: Per-episode facts the env reports next to the observation (root level).
 EPISODE_LOSS = "interval_loss"  # interval-mean training loss behind the latest observation
 NUM_AGENTS = "num_agents"
+DIVERGED = "diverged"  # the run diverged on this step (``terminated`` also ends a run scored at its horizon)

@@ -101,13 +101,17 @@ class EnvConfig:
             episode, so measurements differ only by training.
         val_weight: Weight of the validation term ``log(V_prev / V_now)`` in the reward (0: off).
         train_loss_weight: Weight of the training-loss term ``log(L_prev / L_now)`` in the reward (0:
-            off, so the reward is ``final_val_weight``'s term and the divergence penalties).
+            off, so the reward is the validation terms and the divergence penalties).
         final_val_weight: Weight of a terminal reward on what users are scored on: on the last step of
             a run that did not diverge, ``clip(log(V_start / V_end), -final_val_clip, final_val_clip)``,
             the validation loss at the end against the run's own at the first decision (see
-            :class:`~ganno_lightning.envs.reward.EpisodeReward` for why not against a reference run).
-            Measured in every episode on the same ``val_batches``, whether or not the episode
-            validates; the agents observe only the validations ``val_prob`` grants (0: off).
+            :class:`~ganno_lightning.envs.reward.EpisodeReward` for why not against a reference run);
+            a non-finite end scores ``-final_val_clip``. Measured in every episode on the same
+            ``val_batches``, whether or not the episode validates; the agents observe only the
+            validations ``val_prob`` grants. That last step ends the episode as terminated rather than
+            truncated: the score is the return's last word, with nothing after it to bootstrap. With
+            ``recover_on_spike``, a rollback on the last step gets the penalty and the score of the
+            restored weights (0: off).
         final_val_clip: Bound of the terminal term's log-ratio (> 0).
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
@@ -190,13 +194,16 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "
                              f"got {self.divergence_reference!r}.")
         check_spike_settings(self.divergence_factor, self.spike_lr_cut, f"{prefix}.", "divergence_factor")
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
         for name in ("divergence_penalty", "val_weight", "train_loss_weight", "final_val_weight"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
-                raise ValueError(f"`{prefix}.{name}` must be a number >= 0, got {value!r}.")
-        if not (isinstance(self.final_val_clip, (int, float)) and 0 < self.final_val_clip < math.inf):
-            raise ValueError(f"`{prefix}.final_val_clip` must be a number > 0 (the bound of log(V_start / V_end)), "
-                             f"got {self.final_val_clip!r}.")
+            if not (number(value) and value >= 0):
+                raise ValueError(f"`{prefix}.{name}` must be a finite number >= 0 (0: off; e.g. 1.0), got {value!r}.")
+        if not (number(self.final_val_clip) and self.final_val_clip > 0):
+            raise ValueError(f"`{prefix}.final_val_clip` must be a finite number > 0 (the bound of log(V_start / V_end); "
+                             f"e.g. 3.0), got {self.final_val_clip!r}.")
         return self
 
 
@@ -250,7 +257,8 @@ class LayerwiseLREnv(EnvBase):
         # Specs are built whole, then assigned: EnvBase's spec setters expect complete specs.
         observation_spec = Composite({keys.GROUP: Composite(shape=(n,)),
                                       keys.EPISODE_LOSS: Unbounded((1,)),
-                                      keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64)})
+                                      keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64),
+                                      keys.DIVERGED: Categorical(2, (1,), dtype=torch.bool)})
         observation_spec[keys.OBSERVATION] = Unbounded((n, len(config.features)))
         observation_spec[keys.MASK] = Categorical(2, (n,), dtype=torch.bool)
         if config.privileged:
@@ -302,14 +310,14 @@ class LayerwiseLREnv(EnvBase):
         self.episode_reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
-        self._start_val = self._prev_val if self._prev_val is not None else self._reward_validation()
+        self._start_val = self._prev_val if self._validates else self._reward_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         n = self.controller.num_agents
         self.controller.apply(tensordict.get(keys.ACTION)[:n])
         self._env_steps += 1
-        failed, val = False, None
+        failed, val, measured = False, None, False
         try:
             self._train_interval()
         except Exception as err:  # a run that blows up mid-episode is a diverged run, not a crashed env
@@ -327,17 +335,22 @@ class LayerwiseLREnv(EnvBase):
             reward = self.episode_reward.of_interval(loss)
             # Measured after the observation: like a validation epoch, it informs the next decision.
             if self._validates and self._env_steps % self.config.val_every == 0:
-                val = self._measure_validation()
+                val, measured = self._measure_validation(), True
                 term = self.episode_reward.validation_term(self._prev_val, val)
                 if term is not None:
                     reward += term
                 self._prev_val = val
-        truncated = not diverged and self.controller.step >= self.config.horizon
-        if truncated:
-            term = self.episode_reward.final_term(self._start_val, val if val is not None else self._reward_validation())
+        ended = not diverged and self.controller.step >= self.config.horizon
+        scored_at_end = ended and self.config.final_val_weight > 0
+        if scored_at_end:
+            end_val = val if measured else self._reward_validation()
+            term = self.episode_reward.final_term(self._start_val, end_val)
             if term is not None:
                 reward += term
-        return self._output(observation, reward=reward, terminated=diverged, truncated=truncated)
+        # At the horizon the run is cut (truncated: the critic bootstraps), except when its final validation
+        # loss scores it: that reward is the episode's last word, with nothing after it to bootstrap from.
+        return self._output(observation, reward=reward, terminated=diverged or scored_at_end,
+                            truncated=ended and not scored_at_end, diverged=diverged)
 
     # -- one training run: sampled, trained and observed --------------------------------------
     def _start_run(self) -> None:
@@ -349,7 +362,7 @@ class LayerwiseLREnv(EnvBase):
         self.run = InnerRun(self.task, config.device, rng, lr_factor=self._initial_lr_factor(),
                             val_batches=config.val_batches if config.val_every or config.final_val_weight else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
-        self._validates = self.run.val_loader is not None and validate_draw < config.val_prob
+        self._validates = config.val_every > 0 and self.run.val_loader is not None and validate_draw < config.val_prob
         total_steps = None if hide_draw < config.unknown_total_prob else config.horizon
         try:
             self.controller = LayerwiseController(
@@ -369,8 +382,7 @@ class LayerwiseLREnv(EnvBase):
             factors = torch.exp(spread * (2 * torch.rand(self.controller.num_agents, generator=self._generator) - 1))
             self.run.scale_initial_lrs([1.0 if agent is None else float(factors[agent])
                                         for agent in self.controller.lr.group_agent])
-            controller = self.controller  # the schedule's first row, recorded at construction, gets the new LRs
-            controller.schedule.record(0, controller.lr.effective_lrs(), controller.lr.scales)
+            self.controller.record_initial_lrs()  # the schedule's first row was recorded before the draw
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""
@@ -397,7 +409,8 @@ class LayerwiseLREnv(EnvBase):
         """The validation loss for the final reward term only (the agents do not observe it), if it is on."""
         return self.run.validation_loss() if self.config.final_val_weight > 0 else None
 
-    def _output(self, observation: torch.Tensor, reward: float | None, terminated: bool, truncated: bool) -> TensorDict:
+    def _output(self, observation: torch.Tensor, reward: float | None, terminated: bool, truncated: bool,
+                diverged: bool = False) -> TensorDict:
         n, pad = self.controller.num_agents, self.max_agents
         padded = torch.zeros(pad, len(self.config.features))
         padded[:n] = observation
@@ -413,6 +426,7 @@ class LayerwiseLREnv(EnvBase):
         output.set(keys.EPISODE_LOSS,
                    torch.tensor([self.controller.last_interval_loss]).nan_to_num(0.0, 1e30, -1e30).float())
         output.set(keys.NUM_AGENTS, torch.tensor([n]))
+        output.set(keys.DIVERGED, torch.tensor([diverged]))
         output.set(keys.DONE, torch.tensor([terminated or truncated]))
         output.set(keys.TERMINATED, torch.tensor([terminated]))
         output.set(keys.TRUNCATED, torch.tensor([truncated]))

@@ -26,7 +26,8 @@ class EpisodeReward:
     """The team reward of one episode, interval by interval, and when the run counts as diverged.
 
     Reward of an interval: ``train_loss_weight * (log(L_prev) - log(L_now))`` of the interval-mean
-    training loss, so an episode's return telescopes to ``log(L_first / L_last)``; plus, when
+    training loss, so that term of an episode's return telescopes to ``train_loss_weight *
+    log(L_first / L_last)``; plus, when
     validation is measured, ``val_weight * log(V_prev / V_now)``; plus, on the last interval of a run
     that did not diverge, ``final_val_weight * clip(log(V_start / V_end), -final_val_clip, final_val_clip)``:
     the final validation loss, what users are scored on, against the run's own at the first decision
@@ -35,18 +36,19 @@ class EpisodeReward:
     ``-divergence_penalty``.
 
     Why the final term is relative to the run's start and not to a reference run (issue #18 item 4
-    suggests a cached tuned-schedule run, ``log(L_ref / L_final)``): ``log(L_ref / L_end)`` is
-    ``log(V_start / V_end)`` minus ``log(V_start / L_ref)``, which no action changes. Policy gradients
-    are unchanged in expectation by a per-episode offset that the actions do not affect, and the
-    actor-critic's advantages would only gain the variance of a reference it cannot observe, for the
-    price of a second training run per episode.
+    suggests a cached tuned-schedule run, ``log(L_ref / L_end)``): that is ``log(V_start / V_end)``
+    minus ``log(V_start / L_ref)``, which no action changes (before clipping). Both give unbiased
+    policy gradients; they differ in variance, and a reference correlated with the run's own progress
+    might lower it, as a per-task baseline, where the learned critic is the baseline here. Meta-training
+    draws a fresh task every episode, so no cache can hold references: each would cost a second
+    training run per episode. Untried.
 
     Args:
         divergence_factor: How far above the reference loss a run diverges (> 1).
         divergence_reference: ``"first"`` or ``"best"`` (see :data:`DIVERGENCE_REFERENCES`).
         divergence_penalty: Reward of the interval on which the run diverges is its negative.
         val_weight: Weight of the validation term (0: off).
-        train_loss_weight: Weight of the training-loss term (0: the reward is the final term and penalties).
+        train_loss_weight: Weight of the training-loss term (0: the reward is the validation terms and penalties).
         final_val_weight: Weight of the final validation term (0: off).
         final_val_clip: Bound of the final term's log-ratio, before its weight.
 
@@ -73,6 +75,8 @@ class EpisodeReward:
         self.val_weight = val_weight
         self.train_loss_weight = train_loss_weight
         self.final_val_weight = final_val_weight
+        if not final_val_clip > 0:
+            raise ValueError(f"`final_val_clip` must be > 0 (the bound of log(V_start / V_end)), got {final_val_clip!r}.")
         self.final_val_clip = final_val_clip
         self.first_loss = self.previous_loss = self.best_loss = math.nan
 

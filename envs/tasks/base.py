@@ -148,8 +148,8 @@ class ZooModule(L.LightningModule):
     def validation_loss(self) -> float:
         """The validation loss now, as the logged ``val_loss`` averages it (weighted by batch size).
 
-        The validation set is served in order with no random draw, so measuring it (before
-        training, say) changes nothing about a run.
+        The validation set is served in order, so measuring it (before training, say) changes
+        nothing a run trains on (iterating a DataLoader does draw its base seed from the global RNG).
         """
         was_training = self.training
         self.eval()

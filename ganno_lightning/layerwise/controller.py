@@ -244,6 +244,10 @@ class LayerwiseController:
         self.schedule.record(self.step, self.lr.effective_lrs(), self.lr.scales)  # a decision now supersedes it
         return True
 
+    def record_initial_lrs(self) -> None:
+        """Record the LRs again as the run's first row, after something outside set them before it trains."""
+        self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
+
     def apply(self, actions: Tensor | Sequence[int]) -> None:
         """Multiply each agent's scale by its action's multiplier, clip, and start a new interval."""
         actions = torch.as_tensor(actions).reshape(-1).tolist()

@@ -421,43 +421,67 @@ def test_layer_lr_spread_starts_each_layer_at_its_own_lr_and_the_expert_sees_it(
 
 
 # -- #18 item 4: a terminal reward on the final validation loss ----------------------------------
-@pytest.mark.parametrize("val_prob", [0.0, 1.0])
-def test_the_final_val_reward_scores_the_end_of_the_run_against_its_start(val_prob):
-    from helpers import ValidatedRegressor
-
-    env = tiny_env(ValidatedRegressor, val_every=2, val_prob=val_prob, unknown_total_prob=0.0,
-                   train_loss_weight=0.0, final_val_weight=2.0, final_val_clip=3.0)
+def scored_episode(env):
+    """Keep every LR to the end; the validation loss at the first decision and at the end, and the step outputs."""
     td = env.reset()
-    start = env.run.validation_loss()  # nothing trained since reset measured it: the same value
-    outputs = []
+    start, outputs = env.run.validation_loss(), []  # nothing trained since reset measured it: the same value
     while not td["done"].item():
         td.set(keys.ACTION, torch.full((env.max_agents,), 3))
         td = env.step(td)["next"]
         outputs.append(td.clone())
-    end = env.run.validation_loss()
-    rewards = torch.stack([o[keys.REWARD][0, 0] for o in outputs])
+    return start, env.run.validation_loss(), outputs
+
+
+@pytest.mark.parametrize("val_prob, val_every", [(0.0, 2), (1.0, 2), (1.0, 1), (1.0, 0)])
+def test_the_final_val_reward_scores_the_end_of_the_run_against_its_start(val_prob, val_every):
+    from helpers import ValidatedRegressor
+
+    env = tiny_env(ValidatedRegressor, val_every=val_every, val_prob=val_prob, unknown_total_prob=0.0,
+                   train_loss_weight=0.0, final_val_weight=2.0, final_val_clip=3.0)
+    rng_before = torch.get_rng_state()
+    start, end, outputs = scored_episode(env)
     assert len(outputs) == SMALL["horizon"] // SMALL["interval"] - 1 and end != start
+    rewards = torch.stack([o[keys.REWARD][0, 0] for o in outputs])
     assert (rewards[:-1] == 0).all()  # no training-loss term: the run is scored once, at its end
     assert rewards[-1].item() == pytest.approx(2.0 * math.log(start / end), rel=1e-5)
+    last = outputs[-1]  # the score ends the episode: nothing after it for the critic to bootstrap
+    assert last["terminated"].item() and not last["truncated"].item() and not last[keys.DIVERGED].item()
     observed = torch.stack([o[keys.OBSERVATION][0, FEATURE_NAMES.index("has_val_loss")] for o in outputs])
-    assert (observed > 0).any() == (val_prob == 1.0)  # the reward's measurements are not observations
+    assert (observed > 0).any() == (val_prob == 1.0 and val_every > 0)  # the reward's measurements are not seen
+    assert torch.equal(torch.get_rng_state(), rng_before)  # measuring leaves the policy's RNG alone
 
 
 def test_the_final_val_reward_is_clipped_and_absent_when_off():
     from helpers import ValidatedRegressor
 
-    clipped = tiny_env(ValidatedRegressor, val_prob=0.0, final_val_weight=1.0, final_val_clip=0.01, train_loss_weight=0.0)
-    assert abs(identity_episode(clipped)[-1][keys.REWARD][0, 0].item()) == pytest.approx(0.01)  # |log V_0/V_T| > 0.01
+    clipped = tiny_env(ValidatedRegressor, val_prob=0.0, final_val_weight=1.0, final_val_clip=0.01,
+                       train_loss_weight=0.0)
+    start, end, outputs = scored_episode(clipped)
+    assert abs(math.log(start / end)) > 0.01
+    assert outputs[-1][keys.REWARD][0, 0].item() == pytest.approx(math.copysign(0.01, math.log(start / end)))
     plain = identity_episode(tiny_env(ValidatedRegressor, val_prob=0.0))
     weighted = identity_episode(tiny_env(ValidatedRegressor, val_prob=0.0, train_loss_weight=0.5))
+    assert plain[-1]["truncated"].item() and not plain[-1]["terminated"].item()  # cut at the horizon, as before
     for a, b in zip(plain[1:], weighted[1:]):  # the same run: the weight only scales the training-loss term
         assert b[keys.REWARD][0, 0].item() == pytest.approx(0.5 * a[keys.REWARD][0, 0].item(), rel=1e-5, abs=1e-7)
 
 
+def test_a_run_that_diverges_gets_the_penalty_and_no_final_score():
+    from helpers import ValidatedRegressor
+
+    config = EnvConfig(horizon=200, interval=2, max_reset_attempts=1, final_val_weight=1.0, train_loss_weight=0.0)
+    env = LayerwiseLREnv(SingleTask(lambda: ValidatedRegressor(optimizer="sgd", lr=50.0)), config, seed=0)
+    td = env.rollout(100)  # (the first interval at reset stays finite with these seeds)
+    last = td["next"][-1]
+    assert env._start_val is not None  # a score was due at the end
+    assert last[keys.DIVERGED].item() and last["terminated"].item() and not last["truncated"].item()
+    assert last[keys.REWARD][0, 0].item() == -env.config.divergence_penalty
+
+
 @pytest.mark.parametrize("setting, match", [
-    ({"final_val_weight": -1.0}, r"`env.final_val_weight` must be a number >= 0, got -1.0"),
+    ({"final_val_weight": -1.0}, r"`env.final_val_weight` must be a finite number >= 0 \(0: off; e.g. 1.0\), got -1.0"),
     ({"train_loss_weight": "x"}, r"`env.train_loss_weight`"),
-    ({"final_val_clip": 0.0}, r"`env.final_val_clip` must be a number > 0 .*got 0.0"),
+    ({"final_val_clip": 0.0}, r"`env.final_val_clip` must be a finite number > 0 .*got 0.0"),
 ])
 def test_bad_reward_weights_are_named(setting, match):
     with pytest.raises(ValueError, match=match):
