@@ -202,8 +202,8 @@ class EnvConfig:
             if not (number(value) and value >= 0):
                 raise ValueError(f"`{prefix}.{name}` must be a finite number >= 0 (0: off; e.g. 1.0), got {value!r}.")
         if not (number(self.final_val_clip) and self.final_val_clip > 0):
-            raise ValueError(f"`{prefix}.final_val_clip` must be a finite number > 0 (the bound of log(V_start / V_end); "
-                             f"e.g. 3.0), got {self.final_val_clip!r}.")
+            raise ValueError(f"`{prefix}.final_val_clip` must be a finite number > 0 (the bound of "
+                             f"log(V_start / V_end); e.g. 3.0), got {self.final_val_clip!r}.")
         return self
 
 

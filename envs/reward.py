@@ -76,7 +76,8 @@ class EpisodeReward:
         self.train_loss_weight = train_loss_weight
         self.final_val_weight = final_val_weight
         if not final_val_clip > 0:
-            raise ValueError(f"`final_val_clip` must be > 0 (the bound of log(V_start / V_end)), got {final_val_clip!r}.")
+            raise ValueError(f"`final_val_clip` must be > 0 (the bound of log(V_start / V_end)), "
+                             f"got {final_val_clip!r}.")
         self.final_val_clip = final_val_clip
         self.first_loss = self.previous_loss = self.best_loss = math.nan
 
