@@ -25,9 +25,10 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   Here the improvement is always of what the tuner is judged on, and a short trial is worth what it
   tells about it, as the GP has learned from the curves. A known weakness: the chosen length,
   ``argmax rho(t)^2 / t`` under an epochs price, depends only on the learned ``t`` lengthscale, so it
-  jumps between the shortest allowed trial and nearly ``T_max``. In 3 of 30 benchmark studies BOIL
-  bought 12 to 33 consecutive 3-epoch trials, each costing a suggestion for 0.1 s of training
-  (``benchmarks/results/boil_vs_asha.md``; issue #19).
+  jumps between the shortest allowed trial and nearly ``T_max``. With a floor of 3 epochs, 3 of 30
+  benchmark studies bought 12 to 33 consecutive 3-epoch trials, each costing a suggestion for 0.1 s
+  of training; the core's floor is now 6 of 30 epochs (``t_floor=0.2``), and one study in 30 still
+  ends its budget on 18 trials of 6 epochs (``benchmarks/results/boil_vs_asha.md``; issue #19).
 - ``cost_weight`` scales the log cost (1: the paper). A tuner may fade it as its budget is spent
   (``cost_cooling``): near the end, only improvement matters.
 - The optimiser (:func:`maximise`) scores ``raw_samples`` scrambled Sobol points of the box

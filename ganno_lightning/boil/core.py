@@ -32,7 +32,10 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   T_max 30), the rank correlation between the validation loss after ``k`` epochs and after 30 was 0.10
   at ``k = 1``, 0.37 at 2, 0.54 at 3, 0.75 at 5 and 0.88 at 10: a 1-epoch trial says almost nothing
   about the score that matters, yet costs a GP refit, and with a cheap enough price EI kept buying
-  them (a median of 1 to 6 epochs per trial, 50 to 250 trials in 450 epochs). Default 0.1 (3 of 30 epochs).
+  them (a median of 1 to 6 epochs per trial, 50 to 250 trials in 450 epochs). Default 0.2 (6 of 30
+  epochs; it was 0.1): the length choice is nearly bang-bang (see :mod:`~ganno_lightning.boil.acquisition`),
+  and at 0.1 runs of 12 to 33 consecutive 3-epoch trials took BOIL's own time to 12-15% of some
+  benchmark studies; at 0.2 the benchmark's test losses were unchanged or lower (issue #19).
 - ``refit_every``: the GP's hyperparameters and ``(m0, g0)`` are optimised when at least this many
   trials have been added since the last full fit, and reused on the current data in between (the
   authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
@@ -157,7 +160,7 @@ class BOILCore:
         fixed_t: bool = False,
         cost_cooling: bool = False,
         cost_unit: str = "seconds",
-        t_floor: float = 0.1,
+        t_floor: float = 0.2,
         refit_every: int = 3,
         t_trend: bool = True,
         target_ei: bool = True,
