@@ -26,11 +26,11 @@ class EpisodeReward:
     """The team reward of one episode, interval by interval, and when the run counts as diverged.
 
     Reward of an interval: ``train_loss_weight * (log(L_prev) - log(L_now))`` of the interval-mean
-    training loss, so that term of an episode's return telescopes to ``train_loss_weight *
-    log(L_first / L_last)``; plus, when
-    validation is measured, ``val_weight * log(V_prev / V_now)``; plus, on the last interval of a run
-    that did not diverge, ``final_val_weight * clip(log(V_start / V_end), -final_val_clip, final_val_clip)``:
-    the final validation loss, what users are scored on, against the run's own at the first decision
+    training loss, so that term of an episode's return telescopes to
+    ``train_loss_weight * log(L_first / L_last)``; plus, when validation is measured,
+    ``val_weight * log(V_prev / V_now)``; plus, on the last interval of a run that did not diverge,
+    ``final_val_weight * clip(log(V_start / V_end), -final_val_clip, final_val_clip)``: the final
+    validation loss, what users are scored on, against the run's own at the first decision
     (:meth:`final_term`). A run diverges when its loss is non-finite or exceeds ``divergence_factor``
     times the reference loss (the first interval's, or the lowest so far); that interval's reward is
     ``-divergence_penalty``.
