@@ -34,6 +34,7 @@ TARGETS = (
     ("near best: harm", "start within 3x of the best LR: agent > 1.02x constant LR (harm)"),
     ("< schedule-free", "agent < schedulefree_adamw"),
     ("< prodigy+cos", "agent < prodigy_cosine"),
+    ("harm beyond noise", "(harm beyond noise)"),  # a suffix: the target names the noise factors
 )
 RATIOS = (("vs constant@init", "constant@init"), ("vs tuned cosine", "cosine@tuned"))
 
@@ -45,6 +46,21 @@ def load(folder: Path) -> dict:
     raise SystemExit(f"{folder}: no results.json or summary.json (is it a ganno-evaluate out_dir?)")
 
 
+def with_noise_floor(results: dict, floor: dict) -> dict:
+    """``results`` with the noise-floor runs (``constant@init_x<n>``) of ``floor`` (an evaluation of the
+    same suite with ``noise_factors``) added to its comparisons, so its agent's harm beyond noise counts."""
+    factors = floor["config"].get("noise_factors") or []
+    if not factors or "comparisons" not in results:
+        return results
+    comparisons = json.loads(json.dumps(results["comparisons"]))
+    for condition, tasks in comparisons.items():
+        for task_id, task in tasks.items():
+            for seed, entry in task["seeds"].items():
+                nudged = floor["comparisons"][condition][task_id]["seeds"][seed]["methods"]
+                entry["methods"].update({m: r for m, r in nudged.items() if m.startswith("constant@init_x")})
+    return {**results, "config": {**results["config"], "noise_factors": factors}, "comparisons": comparisons}
+
+
 def row_values(results: dict, method: str = "agent") -> dict[str, float]:
     """One row: the shares of the targets, and the paired ratios (the agent's only; NaN for another method)."""
     targets = results["run_targets"]
@@ -52,7 +68,8 @@ def row_values(results: dict, method: str = "agent") -> dict[str, float]:
         targets = run_targets(OmegaConf.create(results["config"]), results["comparisons"], method)
     shares = {t["target"]: 100 * t["count"] / t["runs"] if t["runs"] else math.nan
               for t in targets if t["condition"] == CONDITION}
-    values = {column: shares.get(target, math.nan) for column, target in TARGETS}
+    values = {column: shares.get(target, next((v for k, v in shares.items() if k.endswith(target)), math.nan))
+              for column, target in TARGETS}
     paired = results["paired"][CONDITION]
     for column, reference in RATIOS:
         agent = method == "agent"
@@ -68,22 +85,26 @@ def main(argv=None) -> None:
     parser.add_argument("--title", default="Issue #18 ablation on the dev suite")
     parser.add_argument("--note", default="", help="a paragraph under the title (how the agents were trained)")
     parser.add_argument("--yardsticks", metavar="FOLDER", help="a full results.json's folder: also score the "
-                        "baselines tuned per task and seed, and cosine from the user's LR, on the agent's targets")
+                        "baselines tuned per task and seed, and cosine from the user's LR, on the agent's targets; "
+                        "where it was evaluated with noise_factors, also the nudged constant LRs (the noise floor), "
+                        "and every agent's harm beyond that noise")
     args = parser.parse_args(argv)
 
+    floor = load(Path(args.yardsticks)) if args.yardsticks else {"config": {}}
+    if args.yardsticks and "comparisons" not in floor:
+        raise SystemExit(f"--yardsticks {args.yardsticks}: needs a full results.json (a summary has no runs)")
     rows = {}
     for item in args.evaluations:
         name, _, folder = item.partition("=")
         if not folder:
             raise SystemExit(f"evaluations: expected name=folder, got {item!r}")
-        rows[name] = row_values(load(Path(folder)))
+        rows[name] = row_values(with_noise_floor(load(Path(folder)), floor))
     yardsticks = {}
     if args.yardsticks:
-        results = load(Path(args.yardsticks))
-        if "comparisons" not in results:
-            raise SystemExit(f"--yardsticks {args.yardsticks}: needs a full results.json (a summary has no runs)")
-        yardsticks = {f"({method}, yardstick)": row_values(results, method)
+        yardsticks = {f"({method}, yardstick)": row_values(floor, method)
                       for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")}
+        yardsticks.update({f"({method}, noise floor)": row_values(floor, method)
+                           for method in (f"constant@init_x{n:g}" for n in floor["config"].get("noise_factors") or [])})
     columns = [c for c, _ in TARGETS] + [c for c, _ in RATIOS]
     header = "| agent | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
@@ -103,7 +124,11 @@ def main(argv=None) -> None:
     lines += ["Per run (task x seed) shares of issue #18's targets on the `dev` suite, from the user's LR "
               "(`init_lr_x1`; too high / too low: starts at least 3x from the task's calibrated best LR), and "
               "the paired loss ratio agent / method (geometric mean, 95% bootstrap interval; < 1: the agent "
-              "is better). Goals: < constant >= 90%, harm <= 5%, the others >= 70%.", "",
+              "is better). Goals: < constant >= 90%, harm <= 5%, the others >= 70%."
+              + (" `harm beyond noise` (a diagnostic, not a goal): runs more than 2% worse than the constant LR "
+                 "at every one of x1 and the noise factors of the user's LR; the `noise floor` rows score the "
+                 "constant LR nudged by that factor in the agent's place: what chance alone beats and harms."
+                 if floor["config"].get("noise_factors") else ""), "",
               "## Every agent", "", header, rule]
     for name, values in {**rows, **yardsticks}.items():
         lines.append(f"| {name} | " + " | ".join(fmt(values, c) for c in columns) + " |")

@@ -10,6 +10,7 @@ from ganno_lightning.agents.evaluation.paired_stats import compare_paired
 from ganno_lightning.agents.evaluation.plan import (
     conditions_of,
     grid_key,
+    noise_method,
     peer_method,
     run_id,
     task_specs,
@@ -57,8 +58,10 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
     """Per condition, task and seed: every method's final val loss, accuracy and steps to target.
 
     ``<schedule>@tuned`` is, per task and seed, the grid factor with the lowest final val loss
-    (the first one on ties); ``peer:<name>`` is the peer's run from the condition's LR, or its one
-    run when it is LR-free; the target is ``target.factor`` times the reference's final val loss.
+    (the first one on ties); ``constant@init_x<n>`` is the constant LR at ``n`` (one of
+    ``noise_factors``) times the condition's LR; ``peer:<name>`` is the peer's run from the
+    condition's LR, or its one run when it is LR-free; the target is ``target.factor`` times the
+    reference's final val loss.
     """
     grid = [float(f) for f in cfg.lr_grid]
     out: Dict[str, Any] = {}
@@ -76,6 +79,8 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
                 for s in cfg.schedules:
                     candidates = [get(s, f) for f in (grids or {}).get(grid_key(spec["id"], s), grid)]
                     chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
+                for n in cfg.get("noise_factors", []):
+                    chosen[noise_method(n)] = get("constant", condition.factor * n)
                 for p in cfg.peers:
                     chosen[peer_method(p)] = get(peer_method(p), condition.factor if PEERS[p].uses_lr else 1.0)
                 reference = chosen["constant@init" if cfg.target.reference == "constant" else "cosine@tuned"]
@@ -222,7 +227,12 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any], method: str = "age
 
     ``method`` scores another method on the agent's targets instead (``"cosine@tuned"``: how far a
     schedule tuned per task and seed on the very loss it is scored on gets, a yardstick for the goals).
+
+    With ``noise_factors``, a row of harm beyond the noise: runs where the method is more than 2%
+    worse than the constant LR at every one of x1 and the noise factors of the run's LR.
     """
+    noise = list(cfg.get("noise_factors", []))  # absent from results written before it existed
+    nearby = ["constant@init", *(noise_method(n) for n in noise)]
     out = []
     for condition, tasks in comparisons.items():
         runs = []
@@ -250,6 +260,9 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any], method: str = "age
         add(f"start within {FAR_FROM_BEST:g}x of the best LR: agent > 1.02x constant LR (harm)", "<= 5%",
             lambda r: r[0] is not None and 1 / FAR_FROM_BEST < r[0] < FAR_FROM_BEST,
             lambda m: m[method] > 1.02 * m["constant@init"])
+        if noise and method not in nearby:  # a nudged constant LR is not scored against itself
+            add(f"agent > 1.02x the constant LR at each of x{', x'.join(f'{n:g}' for n in [1, *noise])} "
+                "(harm beyond noise)", "diagnostic", every, lambda m: m[method] > 1.02 * max(m[k] for k in nearby))
         add("agent diverged where the constant LR did not", "0 runs", every,
             lambda m: not math.isfinite(m[method]) and math.isfinite(m["constant@init"]))
         for peer in ("schedulefree_adamw", "prodigy_cosine"):
@@ -258,6 +271,15 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any], method: str = "age
         add(f"runs of >= {3 * cfg.steps} steps: agent < constant LR", ">= 90%",
             lambda r: r[1] >= 3 * cfg.steps, lambda m: m[method] < m["constant@init"])
     return out
+
+
+def noise_floor(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """The agent's targets scored for the constant LR at each of ``noise_factors`` x its LR, by method name.
+
+    A 3% change of a constant LR is no decision anyone would defend or blame, so the shares it
+    "harms" or "beats" are what chance alone scores on these runs: the floor under the agent's.
+    """
+    return {noise_method(n): run_targets(cfg, comparisons, noise_method(n)) for n in cfg.get("noise_factors", [])}
 
 
 #: A pair of losses both below this share of the task's initial validation loss is a tie.

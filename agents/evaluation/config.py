@@ -66,6 +66,9 @@ class EvaluateConfig:
     # grow a (task, schedule)'s grid past an edge its best LR sits on, by the grid's spacing, up to 1e-3x..1e3x
     extend_grid: bool = True
     init_lr_factors: List[float] = field(default_factory=lambda: [1.0, 10.0, 0.1])  # one condition each
+    # The noise floor: the constant LR also at these multiples of each condition's LR (e.g. [0.97, 1.03]),
+    # scored on the agent's targets. A change that small should not matter, so what it "harms" is chance.
+    noise_factors: List[float] = field(default_factory=list)
     deeper: bool = True  # add the `deeper_x2` condition (twice the meta-training max depth)
     schedules: List[str] = field(default_factory=lambda: list(SCHEDULES))  # baselines, from ganno_lightning.agents.baselines
     # LR-free and adaptive optimizers, from ganno_lightning.agents.peers (the `peers` extra); none by default
@@ -172,6 +175,10 @@ def validate_config(cfg: DictConfig) -> None:
                 f"`{key}` must be a non-empty list of distinct positive finite multipliers of the task's LR, "
                 f"got {values}. E.g. [0.1, 0.3, 1.0, 3.0, 10.0]."
             )
+    noise = list(cfg.noise_factors)
+    if not all(math.isfinite(v) and v > 0 and v != 1 for v in noise) or len(set(noise)) != len(noise):
+        raise ValueError(f"`noise_factors` must list distinct positive finite multipliers other than 1 (the constant "
+                         f"LR itself), got {noise}. E.g. [0.97, 1.03]; [] for no noise floor.")
     unknown = [s for s in cfg.schedules if s not in SCHEDULES]
     if unknown:
         raise ValueError(f"`schedules` has unknown schedule(s) {unknown}; known: {list(SCHEDULES)}.")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ganno_lightning.agents.evaluation.analysis import (
     compare,
     headline_targets,
+    noise_floor,
     paired,
     run_targets,
     summarise,
@@ -109,6 +110,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         "conditions": [dataclasses.asdict(c) for c in conditions_of(cfg)],
         "targets": targets,
         "run_targets": run_targets(cfg, comparisons),
+        "noise_floor": noise_floor(cfg, comparisons),
         "summary": summary,
         "paired": pairs,
         "tuning_grids": grids,

@@ -97,8 +97,9 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     """Every distinct run the conditions need, as plain-data jobs for :func:`run_one`.
 
     Per task and seed: the agent at each condition's factor, each schedule at every factor of
-    ``lr_grid`` and of the conditions (a factor in both is one run), and each peer at each
-    condition's factor, or once (at x1) for an LR-free peer, whose runs do not depend on the LR.
+    ``lr_grid`` and of the conditions (a factor in both is one run), the constant LR at each
+    condition's factor times each of ``noise_factors``, and each peer at each condition's factor,
+    or once (at x1) for an LR-free peer, whose runs do not depend on the LR.
     """
     conditions = conditions_of(cfg)
     agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
@@ -112,6 +113,7 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         for task in task_specs(cfg, deeper):
             for seed in cfg.seeds:
                 methods = [("agent", f) for f in factors] + [(s, f) for s in cfg.schedules for f in baseline_factors]
+                methods += [("constant", f * n) for f in factors for n in cfg.noise_factors]
                 methods += [(peer_method(p), f) for p in cfg.peers for f in (factors if PEERS[p].uses_lr else [1.0])]
                 for method, factor in methods:
                     job = _job(cfg, task, seed, method, factor, agent if method == "agent" else None)
@@ -136,6 +138,17 @@ def _job(cfg: DictConfig, task: Dict[str, Any], seed: int, method: str, factor: 
     job["id"] = run_id(task["id"], seed, method, factor)
     job["key"] = _job_key(job)
     return job
+
+
+def noise_method(factor: float) -> str:
+    """The method name of the constant LR at ``factor`` times a condition's LR (the noise floor).
+
+    Example::
+
+        >>> noise_method(0.97)
+        'constant@init_x0.97'
+    """
+    return f"constant@init_x{factor:g}"
 
 
 def peer_method(name: str) -> str:

@@ -12,6 +12,7 @@ from ganno_lightning.agents.evaluation.analysis import (
     LEARNED_SHARE,
     agent_wins,
     method_names,
+    noise_floor,
     run_targets,
     task_value,
     unlearned_tasks,
@@ -95,19 +96,21 @@ def targets_table(targets: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_targets_table(rows: List[Dict[str, Any]], reference: Optional[List[Dict[str, Any]]] = None) -> str:
+def run_targets_table(rows: List[Dict[str, Any]], references: Optional[Dict[str, List[Dict[str, Any]]]] = None) -> str:
     """Issue #18's targets over task x seed runs (see ``analysis.run_targets``).
 
-    ``reference``: the same targets scored for the tuned cosine in the agent's place, a column
-    that shows how far a schedule tuned on the scored loss itself gets.
+    ``references``: by column title, the same targets scored for another method in the agent's
+    place (the tuned cosine: how far a schedule tuned on the scored loss itself gets; the constant
+    LR nudged by 3%: what chance alone scores).
     """
-    shares = {(r["condition"], r["target"]): r for r in reference or []}
-    extra = (" tuned cosine in its place |", "---|") if reference else ("", "")
-    lines = ["| condition | runs where | holds in | share | goal |" + extra[0], "|---|---|---|---|---|" + extra[1]]
+    references = references or {}
+    shares = {title: {(r["condition"], r["target"]): r for r in rows_} for title, rows_ in references.items()}
+    lines = ["| condition | runs where | holds in | share | goal |" + "".join(f" {t} |" for t in references),
+             "|---|---|---|---|---|" + "---|" * len(references)]
     for r in rows:
         line = f"| {r['condition']} | {r['target']} | {r['count']}/{r['runs']} | {r['percent']:.0f}% | {r['goal']} |"
-        if reference:
-            ref = shares.get((r["condition"], r["target"]))
+        for by_target in shares.values():
+            ref = by_target.get((r["condition"], r["target"]))
             line += f" {ref['percent']:.0f}% |" if ref else " — |"
         lines.append(line)
     return "\n".join(lines)
@@ -165,11 +168,18 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         targets_table(targets),
         "",
         "Per run (task x seed; a start is too high or too low when it is at least "
-        f"{FAR_FROM_BEST:g}x from the task's calibrated best LR). The last column scores the tuned "
+        f"{FAR_FROM_BEST:g}x from the task's calibrated best LR). The column `tuned cosine` scores the tuned "
         "cosine (its LR picked per task and seed by the very loss it is scored on) in the agent's "
-        "place: a yardstick for the goals, which it too can miss.",
+        "place: a yardstick for the goals, which it too can miss."
+        + (" The columns `constant@init_x<n>` score the constant LR at n times the run's LR (`noise_factors`): "
+           "a change too small to matter, so what it beats or harms is chance, the floor under the agent's "
+           "shares; `harm beyond noise` counts the agent's runs worse than all of those constant LRs."
+           if cfg.noise_factors else ""),
         "",
-        run_targets_table(run_targets(cfg, comparisons), run_targets(cfg, comparisons, "cosine@tuned")),
+        run_targets_table(run_targets(cfg, comparisons), {
+            "tuned cosine": run_targets(cfg, comparisons, "cosine@tuned"),
+            **noise_floor(cfg, comparisons),
+        }),
         "",
         "## How to read this",
         "",

@@ -175,6 +175,9 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({"lr_grid": [-1.0, 1.0]}, [], r"`lr_grid`.*got \[-1\.0, 1\.0\]"),
         ({}, ["lr_grid=[]"], r"`lr_grid` must be a non-empty list"),
         ({"init_lr_factors": [1.0, 0.0]}, [], r"`init_lr_factors`"),
+        ({"noise_factors": [1.0]}, [], r"`noise_factors` must list distinct positive finite multipliers other than 1.*"
+                                       r"got \[1\.0\]\. E\.g\. \[0\.97, 1\.03\]"),
+        ({}, ["noise_factors=[0.97,0.97]"], r"`noise_factors`.*got \[0\.97, 0\.97\]"),
         ({"suite": [{"family": "mlpdigits"}]}, [], r"`suite\[0\]\.family` must be a zoo family.*'mlp_digits'"),
         ({"suite": [{"tasks": 2}]}, [], r"`suite\[0\]\.family` is required"),
         ({"suite": [{"family": "mlp_digits", "heldout": {"dept": [1, 2]}}]}, [], r"`suite\[0\]\.heldout\.dept`"),
@@ -497,3 +500,53 @@ def test_run_targets_count_task_x_seed_runs_and_split_starts_by_their_distance_f
     assert rows["start within 3x of the best LR: agent > 1.02x constant LR (harm)"] == (1, 2)
     assert rows["agent diverged where the constant LR did not"] == (1, 5)
     assert rows["runs of >= 180 steps: agent < constant LR"] == (0, 1)  # the smoke config: 60 steps
+
+
+def test_run_targets_score_harm_beyond_the_noise_of_a_nudged_constant_lr():
+    from ganno_lightning.agents.evaluation.analysis import noise_floor, run_targets
+
+    def seed(agent, constant, down, up):
+        return {"methods": {"agent": {"final_val_loss": agent, "lr_factor": 1.0},
+                            "constant@init": {"final_val_loss": constant}, "cosine@tuned": {"final_val_loss": 1.0},
+                            "constant@init_x0.97": {"final_val_loss": down},
+                            "constant@init_x1.03": {"final_val_loss": up}}}
+
+    task = {"base_lr": 0.1, "best_lr": 0.1, "steps": 60,
+            "seeds": {"0": seed(2.1, 2.0, 2.2, 1.9),    # worse than x1, but inside the noise (x0.97 is 2.2)
+                      "1": seed(2.5, 2.0, 2.2, 1.9),    # worse than every nearby constant LR
+                      "2": seed(1.5, 2.0, 2.2, 1.9)}}   # better
+    cfg = ev.load_config(SMOKE, ["noise_factors=[0.97,1.03]"])
+    rows = {r["target"]: (r["count"], r["runs"]) for r in run_targets(cfg, {"x1": {"a": task}})}
+    assert rows["agent > 1.02x constant LR (harm)"] == (2, 3)
+    assert rows["agent > 1.02x the constant LR at each of x1, x0.97, x1.03 (harm beyond noise)"] == (1, 3)
+    floor = noise_floor(cfg, {"x1": {"a": task}})
+    assert list(floor) == ["constant@init_x0.97", "constant@init_x1.03"]
+    down = {r["target"]: (r["count"], r["runs"]) for r in floor["constant@init_x0.97"]}
+    assert down["agent > 1.02x constant LR (harm)"] == (3, 3) and down["agent < constant LR"] == (0, 3)
+    assert not any("beyond noise" in target for target in down)  # a nudged LR is not scored against itself
+    tuned = {r["target"]: (r["count"], r["runs"]) for r in run_targets(cfg, {"x1": {"a": task}}, "cosine@tuned")}
+    assert tuned["agent > 1.02x the constant LR at each of x1, x0.97, x1.03 (harm beyond noise)"] == (0, 3)
+    # without noise factors (and for results written before they existed) neither the row nor the floor shows
+    plain = ev.load_config(SMOKE)
+    assert not any("beyond noise" in r["target"] for r in run_targets(plain, {"x1": {"a": task}}))
+    assert noise_floor(plain, {"x1": {"a": task}}) == {}
+
+
+def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_column(agent_file, tmp_path):
+    argv = [str(SMOKE), f"agent.path={agent_file}", f"out_dir={tmp_path}", "steps=20", "val_every=20", "seeds=[0]",
+            "lr_grid=[1.0,3.0]", "init_lr_factors=[1.0,10.0]", "deeper=false", "schedules=[constant,cosine]",
+            "extend_grid=false", "schedule_plots=0"]
+    plain = ev.plan_runs(ev.load_config(argv[0], argv[2:]))
+    cfg = ev.load_config(argv[0], [*argv[2:], "noise_factors=[0.97]"])
+    added = [job for job in ev.plan_runs(cfg) if job["id"] not in {j["id"] for j in plain}]
+    tasks = len(ev.task_specs(cfg, False))
+    assert sorted({(j["method"], j["lr_factor"]) for j in added}) == [("constant", 0.97), ("constant", 9.7)]
+    assert len(added) == 2 * tasks  # one per condition, task and seed; the other runs keep their ids
+    assert ev.main([*argv, "noise_factors=[0.97]"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    runs = {r["id"]: r for r in results["runs"]}
+    entry = results["comparisons"]["init_lr_x10"]["mlp_digits#0"]["seeds"]["0"]["methods"]["constant@init_x0.97"]
+    assert entry["lr_factor"] == pytest.approx(9.7) and runs[entry["run"]]["method"] == "constant"
+    assert set(results["noise_floor"]) == {"constant@init_x0.97"}
+    report = (tmp_path / "report.md").read_text()
+    assert "| tuned cosine | constant@init_x0.97 |" in report and "(harm beyond noise)" in report
