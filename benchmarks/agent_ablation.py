@@ -35,6 +35,8 @@ TARGETS = (
     ("< schedule-free", "agent < schedulefree_adamw"),
     ("< prodigy+cos", "agent < prodigy_cosine"),
     ("harm beyond noise", "(harm beyond noise)"),  # a suffix: the target names the noise factors
+    ("diverged (constant did not)", "agent diverged where the constant LR did not"),
+    ("long runs: < constant", "steps: agent < constant LR"),  # a suffix: "runs of >= 900 steps: ..."
 )
 RATIOS = (("vs constant@init", "constant@init"), ("vs tuned cosine", "cosine@tuned"))
 
@@ -83,6 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("evaluations", nargs="+", help="name=folder, e.g. early_s0=runs/eval_pilots/early_s0")
     parser.add_argument("--out", default="benchmarks/results/agent_ablation.md")
     parser.add_argument("--title", default="Issue #18 ablation on the dev suite")
+    parser.add_argument("--suite", default="dev", help="the suite the evaluations ran, named in the text")
     parser.add_argument("--note", default="", help="a paragraph under the title (how the agents were trained)")
     parser.add_argument("--yardsticks", metavar="FOLDER", help="a full results.json's folder: also score the "
                         "baselines tuned per task and seed, and cosine from the user's LR, on the agent's targets; "
@@ -105,7 +108,9 @@ def main(argv=None) -> None:
                       for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")}
         yardsticks.update({f"({method}, noise floor)": row_values(floor, method)
                            for method in (f"constant@init_x{n:g}" for n in floor["config"].get("noise_factors") or [])})
-    columns = [c for c, _ in TARGETS] + [c for c, _ in RATIOS]
+    every = [*rows.values(), *yardsticks.values()]
+    # a target no evaluation scored (long runs on a suite without them) gets no column
+    columns = [c for c, _ in TARGETS if not all(math.isnan(v[c]) for v in every)] + [c for c, _ in RATIOS]
     header = "| agent | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
 
@@ -121,7 +126,7 @@ def main(argv=None) -> None:
     lines = [f"# {args.title}", ""]
     if args.note:
         lines += [args.note, ""]
-    lines += ["Per run (task x seed) shares of issue #18's targets on the `dev` suite, from the user's LR "
+    lines += [f"Per run (task x seed) shares of issue #18's targets on the `{args.suite}` suite, from the user's LR "
               "(`init_lr_x1`; too high / too low: starts at least 3x from the task's calibrated best LR), and "
               "the paired loss ratio agent / method (geometric mean, 95% bootstrap interval; < 1: the agent "
               "is better). Goals: < constant >= 90%, harm <= 5%, the others >= 70%."

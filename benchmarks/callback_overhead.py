@@ -88,8 +88,8 @@ def instrument(seconds: list[float]) -> None:
 
 
 def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
-    """The model and interval options that differ from their defaults, for the report's command line."""
-    return "".join(f" --{name} {getattr(args, name)}" for name in ("width", "depth", "batch", "interval")
+    """The model, interval and agent options that differ from their defaults, for the report's command line."""
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("width", "depth", "batch", "interval", "agent")
                    if getattr(args, name) != parser.get_default(name))
 
 
@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--interval", type=int, default=25, help="the default agent interval")
+    parser.add_argument("--agent", default="default", help="'default' (the shipped agent, whose features are "
+                        "what users pay for), 'fresh' (an untrained agent of the default features) or an agent file")
     parser.add_argument("--intervals", type=int, default=4, help="timed intervals per run")
     parser.add_argument("--reps", type=int, default=5, help="A/B pairs")
     parser.add_argument("--out", default=str(RESULTS))
@@ -109,7 +111,10 @@ def main() -> None:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     steps = args.interval * (args.intervals + 2)
     data = TensorDataset(torch.randn(args.batch * 8, dim), torch.randint(0, 10, (args.batch * 8,)))
-    agent = GANNOAgent.create(interval=args.interval, seed=0)
+    if args.agent == "fresh":
+        agent = GANNOAgent.create(interval=args.interval, seed=0)
+    else:
+        agent = GANNOAgent.default() if args.agent == "default" else GANNOAgent.load(args.agent)
     inside = [0.0]
     instrument(inside)
 
@@ -117,7 +122,7 @@ def main() -> None:
         L.seed_everything(0, verbose=False)
         model = WideMLP(args.width, args.depth, dim)
         timer = WindowTimer(args.interval, args.interval * args.intervals, sync)
-        callbacks = ([GANNOCallback(agent)] if with_callback else []) + [timer]
+        callbacks = ([GANNOCallback(agent, interval=args.interval)] if with_callback else []) + [timer]
         trainer = L.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                             max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, callbacks=callbacks)
@@ -148,6 +153,7 @@ def main() -> None:
         f"# GANNOCallback overhead ({args.device}{gpu})",
         "",
         f"Model: MLP {args.depth} layers, width {args.width}, {n_params / 1e6:.1f}M parameters, Adam, batch {args.batch}; "
+        f"agent `{args.agent}` ({len(agent.feature_names)} features: {', '.join(agent.feature_names)}); "
         f"interval {args.interval}; {timed_steps} timed steps per run ({args.intervals} decisions, "
         f"{args.intervals * 2} gradient samples); {args.reps} A/B pairs in ABBA order, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads.",
