@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from report import write_report
 
 from ganno_lightning.agents.evaluation.analysis import run_targets
+from ganno_lightning.agents.evaluation.plan import noise_method
 
 CONDITION = "init_lr_x1"
 # (column, run target's text in the report): the per-run shares of issue #18's targets
@@ -54,12 +55,17 @@ def with_noise_floor(results: dict, floor: dict) -> dict:
     factors = floor["config"].get("noise_factors") or []
     if not factors or "comparisons" not in results:
         return results
+    nudged_methods = {noise_method(n) for n in factors}
     comparisons = json.loads(json.dumps(results["comparisons"]))
-    for condition, tasks in comparisons.items():
-        for task_id, task in tasks.items():
-            for seed, entry in task["seeds"].items():
-                nudged = floor["comparisons"][condition][task_id]["seeds"][seed]["methods"]
-                entry["methods"].update({m: r for m, r in nudged.items() if m.startswith("constant@init_x")})
+    for task_id, task in comparisons[CONDITION].items():  # the one condition the table reads
+        for seed, entry in task["seeds"].items():
+            nudged = floor["comparisons"].get(CONDITION, {}).get(task_id, {}).get("seeds", {}).get(seed)
+            same = nudged is not None and (nudged["methods"]["constant@init"]["final_val_loss"]
+                                           == entry["methods"]["constant@init"]["final_val_loss"])
+            if not same:  # task ids are only indexes: another suite's task of the same id is another task
+                raise SystemExit(f"--yardsticks: its evaluation lacks {CONDITION} {task_id} seed {seed}, or ran it "
+                                 "with another constant-LR result: give an evaluation of the same suite and seeds.")
+            entry["methods"].update({m: r for m, r in nudged["methods"].items() if m in nudged_methods})
     return {**results, "config": {**results["config"], "noise_factors": factors}, "comparisons": comparisons}
 
 
@@ -107,7 +113,7 @@ def main(argv=None) -> None:
         yardsticks = {f"({method}, yardstick)": row_values(floor, method)
                       for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")}
         yardsticks.update({f"({method}, noise floor)": row_values(floor, method)
-                           for method in (f"constant@init_x{n:g}" for n in floor["config"].get("noise_factors") or [])})
+                           for method in map(noise_method, floor["config"].get("noise_factors") or [])})
     every = [*rows.values(), *yardsticks.values()]
     # a target no evaluation scored (long runs on a suite without them) gets no column
     columns = [c for c, _ in TARGETS if not all(math.isnan(v[c]) for v in every)] + [c for c, _ in RATIOS]

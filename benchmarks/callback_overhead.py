@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--interval", type=int, default=25, help="the default agent interval")
     parser.add_argument("--agent", default="default", help="'default' (the shipped agent, whose features are "
-                        "what users pay for), 'fresh' (an untrained agent of the default features) or an agent file")
+                        "what users pay for), 'fresh' (an untrained agent of the package's default 23 features) or an agent file")
     parser.add_argument("--intervals", type=int, default=4, help="timed intervals per run")
     parser.add_argument("--reps", type=int, default=5, help="A/B pairs")
     parser.add_argument("--out", default=str(RESULTS))

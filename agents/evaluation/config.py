@@ -176,9 +176,11 @@ def validate_config(cfg: DictConfig) -> None:
                 f"got {values}. E.g. [0.1, 0.3, 1.0, 3.0, 10.0]."
             )
     noise = list(cfg.noise_factors)
-    if not all(math.isfinite(v) and v > 0 and v != 1 for v in noise) or len(set(noise)) != len(noise):
+    names = [f"{v:g}" for v in noise]  # as runs and methods name them: two factors must not share a name
+    if not all(math.isfinite(v) and v > 0 for v in noise) or "1" in names or len(set(names)) != len(names):
         raise ValueError(f"`noise_factors` must list distinct positive finite multipliers other than 1 (the constant "
-                         f"LR itself), got {noise}. E.g. [0.97, 1.03]; [] for no noise floor.")
+                         f"LR itself), distinct to 6 significant digits (runs are named by them), got {noise}. "
+                         f"E.g. [0.97, 1.03]; [] for no noise floor.")
     unknown = [s for s in cfg.schedules if s not in SCHEDULES]
     if unknown:
         raise ValueError(f"`schedules` has unknown schedule(s) {unknown}; known: {list(SCHEDULES)}.")

@@ -17,7 +17,7 @@ from ganno_lightning.agents.evaluation.analysis import (
     task_value,
     unlearned_tasks,
 )
-from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, peer_name
+from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, noise_method, peer_name
 from ganno_lightning.agents.peers import PEERS
 
 
@@ -173,7 +173,7 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "place: a yardstick for the goals, which it too can miss."
         + (" The columns `constant@init_x<n>` score the constant LR at n times the run's LR (`noise_factors`): "
            "a change too small to matter, so what it beats or harms is chance, the floor under the agent's "
-           "shares; `harm beyond noise` counts the agent's runs worse than all of those constant LRs."
+           "shares; `harm beyond noise` counts the agent's runs more than 2% worse than all of those constant LRs."
            if cfg.noise_factors else ""),
         "",
         run_targets_table(run_targets(cfg, comparisons), {
@@ -243,7 +243,8 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
     """Validation-loss curves of every method on every task of ``condition`` (first seed), one panel per task.
 
     Solid lines: schedules at the initial LR; dashed: tuned; dash-dotted: peers; black: the agent; an ``x`` marks where
-    a run diverged; the dotted line is the steps-to-target target.
+    a run diverged; the dotted line is the steps-to-target target. The noise floor's nudged constant LRs are left out
+    (they would overlay the constant LR's line).
     """
     import matplotlib
 
@@ -256,7 +257,10 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.8, 3.3 * rows), squeeze=False)
     for ax, (task_id, task) in zip(axes.flat, tasks.items()):
+        nudged = {noise_method(n) for n in cfg.noise_factors}
         for method, entry in task["seeds"][seed]["methods"].items():
+            if method in nudged:
+                continue
             curve = runs[entry["run"]]["curve"]
             points = [(s, v) for s, v in curve if math.isfinite(v)]
             if method == "agent":

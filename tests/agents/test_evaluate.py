@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Callback, Trainer
+from omegaconf import OmegaConf
 
 from ganno_lightning.agents import evaluation as ev
 from ganno_lightning.agents.baselines import (
@@ -178,6 +179,7 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({"noise_factors": [1.0]}, [], r"`noise_factors` must list distinct positive finite multipliers other than 1.*"
                                        r"got \[1\.0\]\. E\.g\. \[0\.97, 1\.03\]"),
         ({}, ["noise_factors=[0.97,0.97]"], r"`noise_factors`.*got \[0\.97, 0\.97\]"),
+        ({}, ["noise_factors=[0.9999999]"], r"`noise_factors` must list distinct .* other than 1"),  # named x1
         ({"suite": [{"family": "mlpdigits"}]}, [], r"`suite\[0\]\.family` must be a zoo family.*'mlp_digits'"),
         ({"suite": [{"tasks": 2}]}, [], r"`suite\[0\]\.family` is required"),
         ({"suite": [{"family": "mlp_digits", "heldout": {"dept": [1, 2]}}]}, [], r"`suite\[0\]\.heldout\.dept`"),
@@ -526,10 +528,11 @@ def test_run_targets_score_harm_beyond_the_noise_of_a_nudged_constant_lr():
     assert not any("beyond noise" in target for target in down)  # a nudged LR is not scored against itself
     tuned = {r["target"]: (r["count"], r["runs"]) for r in run_targets(cfg, {"x1": {"a": task}}, "cosine@tuned")}
     assert tuned["agent > 1.02x the constant LR at each of x1, x0.97, x1.03 (harm beyond noise)"] == (0, 3)
-    # without noise factors (and for results written before they existed) neither the row nor the floor shows
-    plain = ev.load_config(SMOKE)
-    assert not any("beyond noise" in r["target"] for r in run_targets(plain, {"x1": {"a": task}}))
-    assert noise_floor(plain, {"x1": {"a": task}}) == {}
+    # without noise factors, and for results written before the key existed, neither the row nor the floor shows
+    for plain in (ev.load_config(SMOKE), OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items()
+                                                           if k != "noise_factors"})):
+        assert not any("beyond noise" in r["target"] for r in run_targets(plain, {"x1": {"a": task}}))
+        assert noise_floor(plain, {"x1": {"a": task}}) == {}
 
 
 def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_column(agent_file, tmp_path):
