@@ -256,8 +256,8 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.8, 3.3 * rows), squeeze=False)
+    nudged = {noise_method(n) for n in cfg.noise_factors}
     for ax, (task_id, task) in zip(axes.flat, tasks.items()):
-        nudged = {noise_method(n) for n in cfg.noise_factors}
         for method, entry in task["seeds"][seed]["methods"].items():
             if method in nudged:
                 continue
