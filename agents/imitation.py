@@ -22,32 +22,57 @@ from torchrl.modules import ProbabilisticActor
 from ganno_lightning.envs import keys
 
 
-def expert_actions(privileged: Tensor, multipliers: Sequence[float], peak_factor: float = 1.0) -> Tensor:
+#: What the expert aims each layer's LR at over a run: ``"constant"`` (the best constant LR) or
+#: ``"cosine"`` (a cosine decay from ``peak_factor`` times it, to :data:`COSINE_FLOOR` of that).
+EXPERT_SCHEDULES = ("constant", "cosine")
+#: The cosine expert's last target over its peak: within the action set's reach (2^-1 a decision).
+COSINE_FLOOR = 0.01
+
+
+def expert_actions(privileged: Tensor, multipliers: Sequence[float], peak_factor: float = 1.0,
+                   schedule: str = "constant") -> Tensor:
     """Per layer, the action whose multiplier brings its LR closest (in log) to its target.
 
     The target is the task's best constant LR, or ``peak_factor`` times it where a prior schedule
     decays the LR (the privileged LR is then the schedule's peak): the best peak of a decaying
     schedule sits above the best constant LR (a median 2.5x for the tuned cosine of the dev suite).
+    With ``schedule="cosine"`` and no prior, the expert itself follows that tuned cosine: its target
+    is ``peak_factor`` times the best constant LR, decayed by the cosine at the run's progress
+    (taken at the middle of the coming interval), never below :data:`COSINE_FLOOR` of the peak.
+    Where the episode hides its length, the target stays the best constant LR.
 
     Args:
-        privileged: ``[..., agents, 3]``: log10(LR / best LR), whether the best LR is known and
-            whether a prior decays the LR (see ``ganno_lightning.envs.layerwise_env.PRIVILEGED_SIZE``).
+        privileged: ``[..., agents, 4]``: log10(LR / best LR), whether the best LR is known, whether
+            a prior decays the LR, and the progress (-1: unknown; see
+            ``ganno_lightning.envs.layerwise_env.PRIVILEGED_SIZE``).
         multipliers: The action set.
-        peak_factor: The target over the best constant LR under a prior.
+        peak_factor: The target over the best constant LR under a decaying schedule.
+        schedule: One of :data:`EXPERT_SCHEDULES`.
 
     Example::
 
-        >>> privileged = torch.tensor([[1.0, 1, 0], [-0.1, 1, 0], [0.0, 1, 0], [0.0, 1, 1]])  # 10x, 0.8x, right, prior
-        >>> expert_actions(privileged, [0.5, 1.0, 2.0], peak_factor=2.0).tolist()
+        >>> privileged = torch.tensor([[1.0, 1, 0, 0.1], [-0.1, 1, 0, 0.1], [0.0, 1, 0, 0.1], [0.0, 1, 1, 0.1]])
+        >>> expert_actions(privileged, [0.5, 1.0, 2.0], peak_factor=2.0).tolist()  # 10x, 0.8x, right, prior
         [0, 1, 1, 2]
+        >>> late = torch.tensor([[0.0, 1, 0, 0.9], [0.0, 1, 0, -1.0]])  # at the best LR, 90% through / unknown
+        >>> expert_actions(late, [0.5, 1.0, 2.0], schedule="cosine").tolist()
+        [0, 1]
     """
+    if schedule not in EXPERT_SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {list(EXPERT_SCHEDULES)}, got {schedule!r}.")
     steps = torch.tensor([math.log10(m) for m in multipliers], dtype=privileged.dtype, device=privileged.device)
-    target = privileged[..., 2:3] * math.log10(peak_factor)
+    prior = privileged[..., 2:3]
+    target = prior * math.log10(peak_factor)
+    if schedule == "cosine":
+        progress = privileged[..., 3:4]
+        decay = (0.5 * (1 + torch.cos(math.pi * progress.clamp(0, 1)))).clamp_min(COSINE_FLOOR)
+        follows = (prior == 0) & (progress >= 0)  # under a prior the schedule already decays
+        target = torch.where(follows, math.log10(peak_factor) + decay.log10(), target)
     return (privileged[..., :1] + steps - target).abs().argmin(-1)
 
 
 def imitation_loss(actor: ProbabilisticActor, batch: TensorDictBase, multipliers: Sequence[float],
-                   peak_factor: float = 1.0) -> Tensor:
+                   peak_factor: float = 1.0, schedule: str = "constant") -> Tensor:
     """Cross-entropy of the actor's action distribution against the expert's actions.
 
     Over the valid agents whose task has a known best LR; the actor is recomputed from the
@@ -57,14 +82,15 @@ def imitation_loss(actor: ProbabilisticActor, batch: TensorDictBase, multipliers
     valid = batch[keys.MASK] & (privileged[..., 1] > 0)
     if not valid.any():
         return torch.zeros((), requires_grad=True)
-    log_prob = actor.get_dist(batch.clone(False)).log_prob(expert_actions(privileged, multipliers, peak_factor))
+    log_prob = actor.get_dist(batch.clone(False)).log_prob(expert_actions(privileged, multipliers, peak_factor, schedule))
     return -log_prob[valid].mean()
 
 
-def agreement(batch: TensorDictBase, multipliers: Sequence[float], peak_factor: float = 1.0) -> float:
+def agreement(batch: TensorDictBase, multipliers: Sequence[float], peak_factor: float = 1.0,
+              schedule: str = "constant") -> float:
     """Share of the batch's sampled actions (valid agents, known best) that equal the expert's."""
     privileged = batch[keys.PRIVILEGED]
     valid = batch[keys.MASK] & (privileged[..., 1] > 0)
     if not valid.any():
         return math.nan
-    return float((batch[keys.ACTION] == expert_actions(privileged, multipliers, peak_factor))[valid].float().mean())
+    return float((batch[keys.ACTION] == expert_actions(privileged, multipliers, peak_factor, schedule))[valid].float().mean())

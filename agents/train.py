@@ -29,7 +29,7 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from ganno_lightning.agents.imitation import agreement, imitation_loss
+from ganno_lightning.agents.imitation import EXPERT_SCHEDULES, agreement, imitation_loss
 from ganno_lightning.agents.networks import (
     LOG_PROB,
     STATE_VALUE,
@@ -76,6 +76,9 @@ class AlgoConfig:
     # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
     # this times the task's best constant LR: a decaying schedule's best peak sits above it
     expert_peak_factor: float = 1.0
+    # What the expert aims at without a prior: constant (the best constant LR) | cosine (a cosine decay
+    # over the run from expert_peak_factor times it: the agent learns to anneal; see agents/imitation.py)
+    expert_schedule: str = "constant"
 
 
 @dataclass
@@ -154,6 +157,9 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if not (isinstance(algo.expert_peak_factor, (int, float)) and algo.expert_peak_factor > 0):
         raise ValueError(f"`algo.expert_peak_factor` must be a positive number (1: the best constant LR; e.g. 2 "
                          f"under `env.prior: cosine`), got {algo.expert_peak_factor!r}.")
+    if algo.expert_schedule not in EXPERT_SCHEDULES:
+        raise ValueError(f"`algo.expert_schedule` must be one of {list(EXPERT_SCHEDULES)} (cosine: the expert "
+                         f"anneals the LR over the run), got {algo.expert_schedule!r}.")
     if algo.policy_head not in POLICY_HEADS:
         raise ValueError(f"`algo.policy_head` must be one of {list(POLICY_HEADS)}, got {algo.policy_head!r}.")
     if not (isinstance(algo.layer_offset_factor, (int, float)) and algo.layer_offset_factor > 1):
@@ -329,7 +335,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                     losses = loss_module(minibatch)
                     if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
                         imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers,
-                                                   algo.expert_peak_factor)
+                                                   algo.expert_peak_factor, algo.expert_schedule)
                         stats.setdefault("imitation", []).append(float(imitation.detach()))
                         total = imitation + losses["loss_critic"]
                     else:
@@ -360,7 +366,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                 "charts/reward_per_step": float(batch["next", keys.REWARD][..., 0, 0].mean()),
                 "charts/env_steps_per_s": batch.numel() / max(time.perf_counter() - started, 1e-9),
                 "charts/diverged_fraction": float(batch["next", keys.DIVERGED].float().mean()),
-                "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers, algo.expert_peak_factor)
+                "charts/expert_agreement": (agreement(batch, env_settings.action_multipliers, algo.expert_peak_factor,
+                                                      algo.expert_schedule)
                                             if env_settings.privileged else float("nan")),
                 **{f"losses/{k}": sum(v) / len(v) for k, v in stats.items()},
             }

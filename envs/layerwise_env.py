@@ -33,9 +33,10 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
 
-#: Columns of ``("agents", "privileged")``: log10(LR / best LR), whether the best LR is known, and
-#: whether a prior schedule decays the LR (whose peak then is the LR of the first column).
-PRIVILEGED_SIZE = 3
+#: Columns of ``("agents", "privileged")``: log10(LR / best LR), whether the best LR is known,
+#: whether a prior schedule decays the LR (whose peak then is the LR of the first column), and the
+#: run's progress at the middle of the coming interval (-1 where the episode hides its length).
+PRIVILEGED_SIZE = 4
 
 
 @dataclass
@@ -433,14 +434,22 @@ class LayerwiseLREnv(EnvBase):
         return output
 
     def _privileged(self, pad: int) -> torch.Tensor:
-        """Per agent: log10(LR / the task's best constant LR), 1, and whether a prior decays the LR.
+        """Per agent: log10(LR / the task's best constant LR), 1, whether a prior decays the LR, progress.
 
         The LR is the one the scale sets, before a prior's decay: how far the schedule's peak is
-        from right. Zeros in the first two columns where no best LR is known.
+        from right. Zeros in the first two columns where no best LR is known. The progress is taken
+        at the middle of the interval the coming action governs (what a schedule-following expert
+        aims at), -1 where the episode hides its length from the agents: nothing can anneal there.
         """
         privileged = torch.zeros(pad, PRIVILEGED_SIZE)
-        n = self.controller.num_agents
-        privileged[:n, 2] = float(self.controller.prior.active)
+        controller = self.controller
+        n = controller.num_agents
+        privileged[:n, 2] = float(controller.prior.active)
+        if controller.observer.total_steps is None:
+            privileged[:n, 3] = -1.0
+        else:
+            middle = 0.5 * (controller.step + controller.decision_steps.after(controller.step))
+            privileged[:n, 3] = min(middle / self.config.horizon, 1.0)
         best = self.task.info.get("best_lr")
         if best:
             lrs = torch.tensor(self.controller.lr.anchor_lrs(), dtype=torch.float64)

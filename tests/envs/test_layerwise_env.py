@@ -367,8 +367,14 @@ def test_privileged_facts_give_each_layer_its_lr_relative_to_the_tasks_best():
     td = env.step(td.set(keys.ACTION, action))["next"]  # every layer's LR doubles
     assert td[keys.PRIVILEGED][:n, 0] == pytest.approx([math.log10(2 * info["lr"] / info["best_lr"])] * n, abs=1e-5)
     assert privileged[:, 2].eq(0).all()  # no prior decays the LR
-    unknown = tiny_env(privileged=True).reset()[keys.PRIVILEGED]  # a task without a calibrated best LR
-    assert unknown.eq(0).all()
+    # the progress at the middle of the interval the coming action governs: reset trains steps 0-10, so the
+    # first action governs steps 10-20 of 20; the next observation comes at the end (clipped to 1)
+    assert privileged[:n, 3].tolist() == [0.75] * n and td[keys.PRIVILEGED][:n, 3].tolist() == [1.0] * n
+    unknown = tiny_env(privileged=True, unknown_total_prob=0.0).reset()[keys.PRIVILEGED]  # no calibrated best LR
+    assert unknown[..., :3].eq(0).all()
+    hidden = LayerwiseLREnv(make_family("mlp_digits", lr_sampling="around_best"),
+                            EnvConfig(horizon=20, interval=10, privileged=True, unknown_total_prob=1.0), seed=3)
+    assert hidden.reset()[keys.PRIVILEGED][:n, 3].eq(-1).all()  # the episode hides its length: no progress
     # under a cosine prior: the LR the prior decays from (the peak), and the prior's flag
     config = EnvConfig(horizon=20, interval=10, privileged=True, unknown_total_prob=0.0, prior="cosine")
     env = LayerwiseLREnv(make_family("mlp_digits", lr_sampling="around_best"), config, seed=3)
