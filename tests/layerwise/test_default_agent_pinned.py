@@ -32,6 +32,7 @@ def test_the_default_agents_decisions_are_unchanged(exploration):
     callback = GANNOCallback(exploration=exploration, interval=4)
     trainer(max_epochs=4, callbacks=[callback]).fit(model)
     assert callback.schedule.steps == STEPS
-    # recorded on CPU with this repository's pinned torch; exact where the float arithmetic is the same
+    # recorded on CPU with torch 2.13; another torch build or thread count rounds float32 differently
+    # (2e-7 relative on the H200 machine's torch 2.11), while any changed behaviour moves a scale by far more
     torch.testing.assert_close(torch.tensor(callback.schedule.scales, dtype=torch.float64),
-                               torch.tensor(SCALES[exploration], dtype=torch.float64), rtol=1e-12, atol=0)
+                               torch.tensor(SCALES[exploration], dtype=torch.float64), rtol=1e-5, atol=0)
