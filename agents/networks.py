@@ -61,7 +61,8 @@ class LayerCritic(nn.Module):
 
     Pooling keeps the critic size-invariant: one network values networks of any depth. With
     ``privileged_size`` > 0 the critic also reads the env's training-only facts (``env.privileged``),
-    appended to the normalised observation before pooling; the actor never sees them.
+    appended to the normalised observation before pooling (its first ``privileged_size`` columns);
+    the actor never sees them.
     """
 
     def __init__(self, normalizer: ObservationNormalizer, num_features: int, hidden_sizes: Sequence[int],
@@ -69,6 +70,7 @@ class LayerCritic(nn.Module):
         super().__init__()
         self.normalizer = normalizer  # shared with the actor, never trained by the critic loss
         self.centralised = centralised
+        self.privileged_size = privileged_size
         width = (3 if centralised else 1) * (num_features + privileged_size)
         layers: list[nn.Module] = []
         for hidden in hidden_sizes:
@@ -80,7 +82,7 @@ class LayerCritic(nn.Module):
     def forward(self, observation: Tensor, mask: Tensor, privileged: Tensor | None = None) -> Tensor:
         x = self.normalizer(observation)
         if privileged is not None:
-            x = torch.cat([x, privileged], -1)
+            x = torch.cat([x, privileged[..., :self.privileged_size]], -1)
         if self.centralised:
             x = torch.cat([x, pool_agents(x, mask)], -1)
         return self.mlp(x)

@@ -260,9 +260,11 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
                               identity_prob=algo.identity_init or None, feature_names=env_settings.features,
                               policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
-    # env.privileged: the critic also reads the training-only facts (an asymmetric critic)
+    # env.privileged: the critic also reads the training-only facts (an asymmetric critic); the run's
+    # progress only for the annealing expert, so earlier recipes keep their critic (and their random draws)
+    critic_privileged = PRIVILEGED_SIZE if algo.expert_schedule == "cosine" else PRIVILEGED_SIZE - 1
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm,
-                                 PRIVILEGED_SIZE if env_settings.privileged else 0)
+                                 critic_privileged if env_settings.privileged else 0)
     normalizer_stats = RunningNormalizer(agent.normalizer)
     loss_class = MAPPOLoss if algo.algorithm == "mappo" else IPPOLoss
     loss_module = loss_class(actor, critic, clip_epsilon=algo.clip_epsilon, entropy_coeff=algo.entropy_coeff,

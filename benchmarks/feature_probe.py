@@ -34,7 +34,7 @@ CLEAR = math.log10(2.0)
 
 
 def collect(config_path: str, episodes: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """Per episode: observations [steps, agents, features], privileged [steps, agents, 2], mask [steps, agents]."""
+    """Per episode: observations [steps, agents, features], privileged [steps, agents, 4], mask [steps, agents]."""
     loaded = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     config = {"env": {**loaded["env"], "privileged": True, "features": "hypergradient"}, "family": loaded["family"]}
     env = make_env(config, seed=seed)

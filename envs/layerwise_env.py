@@ -77,7 +77,9 @@ class EnvConfig:
             log10 of its current LR over its task's calibrated best constant LR
             (``lr_sampling: around_best``), whether that best LR is known (1) or not (0 and 0), and
             whether an active ``prior`` decays the LR (1; the first column is then the LR the
-            prior decays from, the scale's LR, not the decayed one) or not (0).
+            prior decays from, the scale's LR, not the decayed one) or not (0), and the run's
+            progress at the middle of the coming interval (-1 where the episode hides its length;
+            the critic reads it only with ``algo.expert_schedule: cosine``).
             With it, the critic need not guess from noisy training features how far a run's LR is
             from right, which is what the advantage of a decision mostly depends on.
         scale_bounds: ``[low, high]`` clip of every scale.

@@ -235,7 +235,7 @@ def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployabl
                               if k.startswith("critic_network_params") and k.endswith("weight"))
     num_features = len(agent.feature_names)
     # own and pooled, observation + privileged
-    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE)
+    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE - 1)  # the progress: cosine expert only
     assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
     trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
 
