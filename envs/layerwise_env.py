@@ -447,14 +447,15 @@ class LayerwiseLREnv(EnvBase):
         controller = self.controller
         n = controller.num_agents
         privileged[:n, 2] = float(controller.prior.active)
-        if controller.observer.total_steps is None:
+        total = controller.observer.total_steps  # None where the episode hides its length
+        if total is None:
             privileged[:n, 3] = -1.0
         else:
             middle = 0.5 * (controller.step + controller.decision_steps.after(controller.step))
-            privileged[:n, 3] = min(middle / self.config.horizon, 1.0)
+            privileged[:n, 3] = min(middle / total, 1.0)
         best = self.task.info.get("best_lr")
         if best:
-            lrs = torch.tensor(self.controller.lr.anchor_lrs(), dtype=torch.float64)
+            lrs = torch.tensor(controller.lr.anchor_lrs(), dtype=torch.float64)
             privileged[:n, 0] = torch.log10(lrs.clamp_min(1e-30) / best).float()
             privileged[:n, 1] = 1.0
         return privileged

@@ -250,8 +250,7 @@ def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_pa
     agreement = [float(r["charts/expert_agreement"]) for r in rows]  # of the actions the actor sampled
     assert all(r["losses/imitation"] and not r["losses/approx_kl"] for r in rows)  # imitation only, no PPO step
     chance = 1 / len(agent.action_multipliers)
-    late = sum(agreement[-10:]) / 10
-    assert agreement[0] < 2 * chance < late and late > agreement[0] + 0.1, agreement  # from about chance to twice it
+    assert agreement[0] < 0.2 and sum(agreement[-10:]) / 10 > 2 * chance  # from chance to twice chance or more
     # the trained actor points the way the expert does: down from 10x too high, up from 10x too low
     too_high, too_low = torch.tensor([[1.0, 1.0, 0.0, 0.5]]), torch.tensor([[-1.0, 1.0, 0.0, 0.5]])
     multipliers = torch.tensor(agent.action_multipliers)
