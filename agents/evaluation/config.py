@@ -83,6 +83,10 @@ class EvaluateConfig:
     # Other evaluations' out_dirs (or runs.jsonl files) whose finished baseline runs are reused when
     # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
     baselines_from: List[str] = field(default_factory=list)
+    # Write this evaluation's finished baseline runs to this gzip-compressed log (``*.jsonl.gz``), which
+    # `baselines_from` reads: commit it beside the report so that the suite's yardstick outlives the run
+    # directory. Runs of another torch version are not reused from it, as from any log.
+    baselines_to: Optional[str] = None
     # Run only the tasks whose ids match one of these patterns (fnmatch: "transformer_seq#*", "*@3000steps")
     # and stop before the report: a share of the evaluation for another machine. Appending every
     # share's runs.jsonl to one out_dir and rerunning without it reports the whole evaluation.
@@ -211,7 +215,11 @@ def validate_config(cfg: DictConfig) -> None:
     for i, source in enumerate(cfg.baselines_from):
         if not runs_log_path(source).is_file():
             raise ValueError(f"`baselines_from[{i}]`: no evaluation log at '{runs_log_path(source)}'; give the out_dir "
-                             f"of an earlier `ganno-evaluate` run (it holds {RUNS_FILE}), got {source!r}.")
+                             f"of an earlier `ganno-evaluate` run (it holds {RUNS_FILE}) or a `baselines_to` archive "
+                             f"(*.jsonl.gz), got {source!r}.")
+    if cfg.baselines_to is not None and not str(cfg.baselines_to).endswith(".jsonl.gz"):
+        raise ValueError(f"`baselines_to` must name a gzip-compressed log ending in '.jsonl.gz' (which "
+                         f"`baselines_from` reads), got {cfg.baselines_to!r}.")
     _at_least(cfg.workers, "workers", 1)
     _at_least(cfg.torch_threads, "torch_threads", 1)
     check_wandb(cfg.wandb)
@@ -264,5 +272,12 @@ def _plain(section: Any) -> Any:
     return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
 
 def runs_log_path(source: str) -> Path:
+    """The run log a ``baselines_from`` entry names: a ``.jsonl`` or ``.jsonl.gz`` file, else an out_dir's.
+
+    Example::
+
+        >>> runs_log_path("benchmarks/results/dev_baselines.jsonl.gz").name, runs_log_path("runs/evaluate").name
+        ('dev_baselines.jsonl.gz', 'runs.jsonl')
+    """
     path = Path(source)
-    return path if path.suffix == ".jsonl" else path / RUNS_FILE
+    return path if path.name.endswith((".jsonl", ".jsonl.gz")) else path / RUNS_FILE

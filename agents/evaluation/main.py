@@ -45,7 +45,7 @@ from ganno_lightning.agents.evaluation.report import (
 from ganno_lightning.agents.evaluation.run import load_agent, missing_lr_cells
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import append_records, read_log
+from ganno_lightning.trials.pool import append_records, read_log, write_archive
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -87,6 +87,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         jobs += more
         grids, more = tuning_grids(cfg, runs, grids)
         more = [job for job in more if selected(cfg, job)]
+    if cfg.baselines_to is not None:
+        _archive_baselines(cfg.baselines_to, jobs, runs)
     if cfg.only_tasks:  # a share: its runs are in the log, the report needs every task's
         print(f"ran the {len(jobs)} runs of the tasks matching {list(cfg.only_tasks)} into {log_path}; append the "
               f"other shares' {RUNS_FILE} to it and rerun without only_tasks to report", flush=True)
@@ -198,6 +200,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if failed:
         print(f"{failed} run(s) failed with an error; see `reason` in results.json.", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _archive_baselines(path: str, jobs: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]]) -> None:
+    """Write the finished baseline runs of ``jobs`` to the archive ``path`` (sorted by id: a stable file)."""
+    finished = sorted((runs[job["id"]] for job in jobs if job["agent"] is None and runs[job["id"]]["status"] != "failed"),
+                      key=lambda run: run["id"])
+    write_archive(path, finished)
+    print(f"archived {len(finished)} finished baseline runs in {path}", flush=True)
 
 
 def _copy_baselines(cfg: DictConfig, jobs: List[Dict[str, Any]], done: Dict[str, Dict[str, Any]],

@@ -6,6 +6,7 @@ module-level function (it is pickled into ``spawn``-ed workers).
 
 from __future__ import annotations
 
+import gzip
 import json
 import multiprocessing
 import os
@@ -17,7 +18,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["JobFailure", "JobPool", "append_records", "finished_record", "read_log"]
+from ganno_lightning.files import atomic_write_bytes
+
+__all__ = ["JobFailure", "JobPool", "append_records", "finished_record", "read_log", "write_archive"]
 
 Job = dict[str, Any]
 Result = dict[str, Any]
@@ -54,19 +57,43 @@ def finished_record(job: Job, done: Mapping[str, Result]) -> Optional[Result]:
 def read_log(path: Union[str, os.PathLike]) -> dict[str, Result]:
     """The results of a JSON-lines log written by :meth:`JobPool.run`, by ``id`` (the last one wins).
 
-    A missing file is an empty log; a line cut short by an interruption is skipped.
+    A missing file is an empty log; a line cut short by an interruption is skipped. A name ending in
+    ``.gz`` is read as a gzip-compressed log (an archive such as :func:`write_archive` writes).
     """
     done: dict[str, Result] = {}
     path = Path(path)
     if not path.is_file():
         return done
-    for line in path.read_text().splitlines():
+    text = _decompressed(path) if path.suffix == ".gz" else path.read_text()
+    for line in text.splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         done[record["id"]] = record
     return done
+
+
+def _decompressed(path: Path) -> str:
+    try:
+        return gzip.decompress(path.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as err:  # archives are written whole: damage is not an interruption
+        raise ValueError(f"'{path}' is not a readable gzip-compressed log ({err}); restore it from version "
+                         f"control or write it again with `write_archive`.") from err
+
+
+def write_archive(path: Union[str, os.PathLike], records: Iterable[Result]) -> None:
+    """Write ``records`` to ``path`` as one gzip-compressed JSON-lines log, atomically, in the order given.
+
+    The bytes depend only on the records (no timestamp in the gzip header), so a rewritten archive of
+    the same runs is the same file to version control. :func:`read_log` reads it back.
+
+    Example::
+
+        write_archive("benchmarks/results/baselines.jsonl.gz", [{"id": "a", "key": "k1", "status": "ok"}])
+    """
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0))
 
 
 def append_records(path: Union[str, os.PathLike], records: Iterable[Result]) -> None:

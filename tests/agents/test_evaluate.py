@@ -27,6 +27,7 @@ from ganno_lightning.agents.baselines import (
 )
 from ganno_lightning.envs.tasks import DigitsMLP
 from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.trials.pool import read_log
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "evaluate_smoke.yaml"
 FULL = Path(__file__).resolve().parents[2] / "configs" / "evaluate.yaml"
@@ -444,6 +445,24 @@ def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsy
     assert "copied" not in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"`baselines_from\[0\]`: no evaluation log at .*nowhere"):
         ev.load_config(SMOKE, [f"baselines_from=[{tmp_path / 'nowhere'}]"])
+
+
+def test_an_evaluation_archives_its_baselines_for_another_to_reuse(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    archive = tmp_path / "yardstick" / "smoke_baselines.jsonl.gz"
+    assert ev.main([*source, f"out_dir={tmp_path / 'first'}", f"baselines_from=[{out}]",
+                    f"baselines_to={archive}"]) == 0
+    assert "archived 40 finished baseline runs" in capsys.readouterr().out
+    archived = read_log(archive)
+    original = {r["id"]: r for r in json.loads((out / "results.json").read_text())["runs"] if r["method"] != "agent"}
+    assert archived == original  # every baseline run, whole; no agent run (its key names one agent file)
+    # another machine's evaluation (no run directory) trains only its agent's runs from the archive
+    assert ev.main([*source, f"out_dir={tmp_path / 'second'}", f"baselines_from=[{archive}]"]) == 0
+    printed = capsys.readouterr().out
+    assert "copied 40 finished baseline runs" in printed and "[6/6]" in printed and "[7/" not in printed
+    with pytest.raises(ValueError, match=r"`baselines_to` must name a gzip-compressed log ending in '.jsonl.gz'.*'b.jsonl'"):
+        ev.load_config(SMOKE, ["baselines_to=b.jsonl"])
 
 
 def test_diverging_runs_are_recorded_not_fatal(agent_file, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
+from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log, write_archive
 
 
 # Job functions live at module level: spawned workers import this module to find them.
@@ -111,6 +111,20 @@ def test_a_record_after_a_cut_short_line_starts_a_line_of_its_own(tmp_path):
     log.write_text('{"id": "a", "key": "k", "status": "ok"}\n{"id": "b", "ke')  # killed mid-write
     JobPool(square).run([{"id": "c", "key": "k", "x": 3}], failure, log=log)
     assert sorted(read_log(log)) == ["a", "c"]
+
+
+def test_an_archive_reads_back_as_its_log_is_the_same_bytes_when_rewritten_and_damage_is_named(tmp_path):
+    records = [{"id": "a", "key": "k", "status": "ok", "curve": [[25, 0.5]]}, {"id": "b", "key": "k", "status": "ok"}]
+    archive = tmp_path / "results" / "baselines.jsonl.gz"
+    write_archive(archive, records)
+    first = archive.read_bytes()
+    assert read_log(archive) == {"a": records[0], "b": records[1]}
+    write_archive(archive, records)
+    assert archive.read_bytes() == first  # no timestamp: rewriting the same runs changes nothing to commit
+    assert list(archive.parent.iterdir()) == [archive]  # written atomically: no temporary file left
+    archive.write_bytes(first[: len(first) // 2])  # cut short by hand: an archive is never appended to
+    with pytest.raises(ValueError, match=r"baselines\.jsonl\.gz' is not a readable gzip-compressed log"):
+        read_log(archive)
 
 
 def test_the_timeout_counts_from_when_the_worker_takes_the_job_not_from_its_start_up(tmp_path, monkeypatch):
