@@ -83,9 +83,9 @@ class EvaluateConfig:
     # Other evaluations' out_dirs (or runs.jsonl files) whose finished baseline runs are reused when
     # their settings match: comparing a new agent then trains only its own runs (about 1 in 7).
     baselines_from: List[str] = field(default_factory=list)
-    # Write this evaluation's finished baseline runs to this gzip-compressed log (``*.jsonl.gz``), which
-    # `baselines_from` reads: commit it beside the report so that the suite's yardstick outlives the run
-    # directory. Runs of another torch version are not reused from it, as from any log.
+    # Add this evaluation's finished baseline runs to this gzip-compressed log (``*.jsonl.gz``; runs of
+    # other evaluations already in it stay), which `baselines_from` reads: commit it beside the report so
+    # that the suite's yardstick outlives the run directory. Runs of another torch version are not reused.
     baselines_to: Optional[str] = None
     # Run only the tasks whose ids match one of these patterns (fnmatch: "transformer_seq#*", "*@3000steps")
     # and stop before the report: a share of the evaluation for another machine. Appending every

@@ -203,11 +203,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _archive_baselines(path: str, jobs: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]]) -> None:
-    """Write the finished baseline runs of ``jobs`` to the archive ``path`` (sorted by id: a stable file)."""
-    finished = sorted((runs[job["id"]] for job in jobs if job["agent"] is None and runs[job["id"]]["status"] != "failed"),
-                      key=lambda run: run["id"])
-    write_archive(path, finished)
-    print(f"archived {len(finished)} finished baseline runs in {path}", flush=True)
+    """Add the finished baseline runs of ``jobs`` to the archive ``path``, sorted by id (a stable file).
+
+    Runs already archived stay unless this evaluation has a run of the same id: an evaluation with
+    fewer schedules or tasks adds to a suite's archive and never drops what another one put there.
+    """
+    finished = {job["id"]: runs[job["id"]] for job in jobs
+                if job["agent"] is None and runs[job["id"]]["status"] != "failed"}
+    archived = {**read_log(path), **finished}
+    write_archive(path, [archived[run_id] for run_id in sorted(archived)])
+    print(f"archived {len(finished)} finished baseline runs in {path} ({len(archived)} in all)", flush=True)
 
 
 def _copy_baselines(cfg: DictConfig, jobs: List[Dict[str, Any]], done: Dict[str, Dict[str, Any]],

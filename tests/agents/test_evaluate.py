@@ -461,6 +461,12 @@ def test_an_evaluation_archives_its_baselines_for_another_to_reuse(smoke, tmp_pa
     assert ev.main([*source, f"out_dir={tmp_path / 'second'}", f"baselines_from=[{archive}]"]) == 0
     printed = capsys.readouterr().out
     assert "copied 40 finished baseline runs" in printed and "[6/6]" in printed and "[7/" not in printed
+    # an evaluation with fewer schedules adds to the archive and drops nothing
+    assert ev.main([*source, f"out_dir={tmp_path / 'third'}", "schedules=[constant,cosine]", "seeds=[7]", "deeper=false",
+                    "lr_grid=[1.0]", "init_lr_factors=[1.0]", "extend_grid=false", f"baselines_to={archive}"]) == 0
+    assert "archived 2 finished baseline runs" in capsys.readouterr().out
+    grown = read_log(archive)
+    assert len(grown) == 42 and {k: grown[k] for k in archived} == archived
     with pytest.raises(ValueError, match=r"`baselines_to` must name a gzip-compressed log ending in '.jsonl.gz'.*'b.jsonl'"):
         ev.load_config(SMOKE, ["baselines_to=b.jsonl"])
 
