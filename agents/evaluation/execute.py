@@ -3,13 +3,13 @@
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ganno_lightning.agents.evaluation.config import runs_log_path
 from ganno_lightning.agents.evaluation.run import run_one
-from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
+from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log, write_archive
 
 
 def execute(jobs: List[Dict[str, Any]], workers: int, log_path: Optional[Path] = None,
@@ -65,3 +65,17 @@ def copy_baselines(jobs: List[Dict[str, Any]], sources: List[str],
                 copied.append(run)
                 del wanted[run_key]
     return copied
+
+
+def archive_baselines(path: str, jobs: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]]) -> Tuple[int, int]:
+    """Add the finished baseline runs of ``jobs`` to the archive ``path`` (``baselines_to``), sorted by id.
+
+    Runs already archived stay unless this evaluation has a run of the same id: an evaluation with
+    fewer schedules or tasks adds to a suite's archive and never drops what another one put there.
+    Returns how many runs this evaluation added and how many the archive holds.
+    """
+    finished = {job["id"]: record for job in jobs
+                if job["agent"] is None and (record := finished_record(job, runs)) is not None}
+    archived = {**read_log(path), **finished}
+    write_archive(path, [archived[run_id] for run_id in sorted(archived)])  # sorted: a stable file
+    return len(finished), len(archived)

@@ -24,7 +24,7 @@ from ganno_lightning.agents.evaluation.config import (
     EvaluateConfig,
     load_config,
 )
-from ganno_lightning.agents.evaluation.execute import copy_baselines, execute
+from ganno_lightning.agents.evaluation.execute import archive_baselines, copy_baselines, execute
 from ganno_lightning.agents.evaluation.plan import (
     agent_path,
     check_only_tasks,
@@ -45,7 +45,7 @@ from ganno_lightning.agents.evaluation.report import (
 from ganno_lightning.agents.evaluation.run import load_agent, missing_lr_cells
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import append_records, read_log, write_archive
+from ganno_lightning.trials.pool import append_records, read_log
 
 
 def evaluate(cfg: DictConfig) -> Dict[str, Any]:
@@ -88,7 +88,8 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         grids, more = tuning_grids(cfg, runs, grids)
         more = [job for job in more if selected(cfg, job)]
     if cfg.baselines_to is not None:
-        _archive_baselines(cfg.baselines_to, jobs, runs)
+        archived, total = archive_baselines(cfg.baselines_to, jobs, runs)
+        print(f"archived {archived} finished baseline runs in {cfg.baselines_to} ({total} in all)", flush=True)
     if cfg.only_tasks:  # a share: its runs are in the log, the report needs every task's
         print(f"ran the {len(jobs)} runs of the tasks matching {list(cfg.only_tasks)} into {log_path}; append the "
               f"other shares' {RUNS_FILE} to it and rerun without only_tasks to report", flush=True)
@@ -200,19 +201,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     if failed:
         print(f"{failed} run(s) failed with an error; see `reason` in results.json.", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _archive_baselines(path: str, jobs: List[Dict[str, Any]], runs: Dict[str, Dict[str, Any]]) -> None:
-    """Add the finished baseline runs of ``jobs`` to the archive ``path``, sorted by id (a stable file).
-
-    Runs already archived stay unless this evaluation has a run of the same id: an evaluation with
-    fewer schedules or tasks adds to a suite's archive and never drops what another one put there.
-    """
-    finished = {job["id"]: runs[job["id"]] for job in jobs
-                if job["agent"] is None and runs[job["id"]]["status"] != "failed"}
-    archived = {**read_log(path), **finished}
-    write_archive(path, [archived[run_id] for run_id in sorted(archived)])
-    print(f"archived {len(finished)} finished baseline runs in {path} ({len(archived)} in all)", flush=True)
 
 
 def _copy_baselines(cfg: DictConfig, jobs: List[Dict[str, Any]], done: Dict[str, Dict[str, Any]],
