@@ -39,7 +39,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from ganno_lightning.agents.baselines import ScheduleMultiplier, _single_optimizer
+from ganno_lightning.lr_schedules import ScheduleMultiplier, single_optimizer
 
 __all__ = [
     "HYPERGRAD_LR",
@@ -301,7 +301,7 @@ def with_peer(module: LightningModule, name: str, total_steps: int) -> Lightning
     original_optimizers, original_callbacks = module.configure_optimizers, module.configure_callbacks
 
     def configure_optimizers() -> dict[str, Any]:
-        own = _single_optimizer(original_optimizers(), owner)
+        own = single_optimizer(original_optimizers(), owner)
         groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g.get("weight_decay", 0.0)}
                   for g in own.param_groups]
         optimizer, scheduler = peer.build(groups, groups[0]["lr"], total_steps)

@@ -86,6 +86,29 @@ def test_calibration_finds_an_interior_best_and_merges_into_the_table(tmp_path):
     assert json.loads(out.read_text()) == table
 
 
+def test_a_schedule_calibration_adds_its_best_peak_lr_beside_the_constant_one(tmp_path):
+    out = tmp_path / "best_lrs.json"
+    common = {"families": ["mlp_digits"], "splits": ["train"], "samples": 1, "steps": 30, "workers": 1,
+              "out": str(out), "log": str(tmp_path / "runs.jsonl")}
+    with pytest.raises(ValueError, match=r"`schedule=cosine`: the cell 'mlp_digits.*' has no best constant LR.*"
+                                         r"`schedule=constant`"):
+        calibrate(load_config({**common, "schedule": "cosine"}))
+    constant = calibrate(load_config({**common, "grid": [1e-3, 1e-2, 0.1, 1.0]}))
+    (cell,) = constant["cells"]
+    table = calibrate(load_config({**common, "schedule": "cosine", "grid_factors": [1.0, 2.0]}))
+    entry = table["cells"][cell]
+    # the constant calibration is untouched; the cosine grid starts at 1x and 2x the best constant LR
+    assert {k: entry[k] for k in constant["cells"][cell]} == constant["cells"][cell]
+    best = constant["cells"][cell]["best_lr"]
+    cosine = {float(lr): loss for lr, loss in entry["cosine_losses"].items()}
+    assert {best, 2 * best} <= set(cosine)
+    assert entry["best_cosine_lr"] == min(cosine, key=lambda lr: cosine[lr] if cosine[lr] is not None else math.inf)
+    # a cosine run is not a constant one: the same LR trains to another loss
+    assert cosine[best] != {float(lr): v for lr, v in entry["losses"].items()}[best]
+    with pytest.raises(ValueError, match=r"`schedule` must be one of \['constant', 'step_decay', 'cosine'"):
+        load_config({"schedule": "cosin"})
+
+
 def test_calibration_takes_the_cells_an_evaluation_lacks_from_a_file(tmp_path):
     task = {"family": "mlp_digits", "split": "heldout", "seed": 3,
             "hp": {"depth": 5, "width": 20, "batch_size": 32, "optimizer": "adam", "lr": 0.01}}
