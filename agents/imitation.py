@@ -22,9 +22,14 @@ from torchrl.modules import ProbabilisticActor
 from ganno_lightning.envs import keys
 
 
-#: What the expert aims each layer's LR at over a run: ``"constant"`` (the best constant LR) or
-#: ``"cosine"`` (a cosine decay from ``peak_factor`` times it, to :data:`COSINE_FLOOR` of that).
-EXPERT_SCHEDULES = ("constant", "cosine")
+#: What the expert aims each layer's LR at over a run: ``"constant"`` (the best constant LR),
+#: ``"cosine"`` (a cosine decay from ``peak_factor`` times it, to :data:`COSINE_FLOOR` of that) or
+#: ``"calibrated"`` (per task, whichever of the two trains its cell better, the cosine from its own
+#: calibrated best peak LR; ``ganno-calibrate-lrs schedule=cosine``).
+EXPERT_SCHEDULES = ("constant", "cosine", "calibrated")
+#: The privileged columns the critic reads under each expert schedule: the calibrated expert's
+#: targets depend on all six; the others' on the first three, and the annealing one's on the progress.
+CRITIC_PRIVILEGED_COLUMNS = {"constant": 3, "cosine": 4, "calibrated": 6}
 #: The cosine expert's last target over its peak: within the action set's reach (2^-1 a decision).
 COSINE_FLOOR = 0.01
 
@@ -39,11 +44,15 @@ def expert_actions(privileged: Tensor, multipliers: Sequence[float], peak_factor
     With ``schedule="cosine"`` and no prior, the expert itself follows that tuned cosine: its target
     is ``peak_factor`` times the best constant LR, decayed by the cosine at the run's progress
     (taken at the middle of the coming interval), never below :data:`COSINE_FLOOR` of the peak.
+    With ``schedule="calibrated"`` it does so only where the task's cell trains better under the
+    cosine than at its best constant LR, from the cell's calibrated best peak LR instead of
+    ``peak_factor`` times the constant one, and holds the best constant LR elsewhere.
     Where the episode hides its length, the target stays the best constant LR.
 
     Args:
-        privileged: ``[..., agents, 4]``: log10(LR / best LR), whether the best LR is known, whether
-            a prior decays the LR, and the progress (-1: unknown; see
+        privileged: ``[..., agents, 6]``: log10(LR / best LR), whether the best LR is known, whether
+            a prior decays the LR, the progress (-1: unknown), log10(best schedule's peak LR / best
+            LR) and whether that schedule is a cosine (see
             ``ganno_lightning.envs.layerwise_env.PRIVILEGED_SIZE``).
         multipliers: The action set.
         peak_factor: The target over the best constant LR under a decaying schedule.
@@ -51,23 +60,30 @@ def expert_actions(privileged: Tensor, multipliers: Sequence[float], peak_factor
 
     Example::
 
-        >>> privileged = torch.tensor([[1.0, 1, 0, 0.1], [-0.1, 1, 0, 0.1], [0.0, 1, 0, 0.1], [0.0, 1, 1, 0.1]])
+        >>> privileged = torch.tensor([[1.0, 1, 0, 0.1, 0, 0], [-0.1, 1, 0, 0.1, 0, 0], [0.0, 1, 0, 0.1, 0, 0],
+        ...                            [0.0, 1, 1, 0.1, 0, 0]])
         >>> expert_actions(privileged, [0.5, 1.0, 2.0], peak_factor=2.0).tolist()  # 10x, 0.8x, right, prior
         [0, 1, 1, 2]
-        >>> late = torch.tensor([[0.0, 1, 0, 0.9], [0.0, 1, 0, -1.0]])  # at the best LR, 90% through / unknown
+        >>> late = torch.tensor([[0.0, 1, 0, 0.9, 0, 0], [0.0, 1, 0, -1.0, 0, 0]])  # best LR, 90% through / unknown
         >>> expert_actions(late, [0.5, 1.0, 2.0], schedule="cosine").tolist()
         [0, 1]
+        >>> early = torch.tensor([[0.0, 1, 0, 0.05, 0.6, 1], [0.0, 1, 0, 0.05, 0.3, 0]])  # cosine / constant wins
+        >>> expert_actions(early, [0.5, 1.0, 2.0], schedule="calibrated").tolist()
+        [2, 1]
     """
     if schedule not in EXPERT_SCHEDULES:
         raise ValueError(f"`schedule` must be one of {list(EXPERT_SCHEDULES)}, got {schedule!r}.")
     steps = torch.tensor([math.log10(m) for m in multipliers], dtype=privileged.dtype, device=privileged.device)
     prior = privileged[..., 2:3]
     target = prior * math.log10(peak_factor)
-    if schedule == "cosine":
+    if schedule != "constant":
         progress = privileged[..., 3:4]
         decay = (0.5 * (1 + torch.cos(math.pi * progress.clamp(0, 1)))).clamp_min(COSINE_FLOOR)
         follows = (prior == 0) & (progress >= 0)  # under a prior the schedule already decays
-        target = torch.where(follows, math.log10(peak_factor) + decay.log10(), target)
+        peak: Tensor | float = math.log10(peak_factor)
+        if schedule == "calibrated":
+            follows, peak = follows & (privileged[..., 5:6] > 0), privileged[..., 4:5]
+        target = torch.where(follows, peak + decay.log10(), target)
     return (privileged[..., :1] + steps - target).abs().argmin(-1)
 
 

@@ -29,7 +29,7 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from ganno_lightning.agents.imitation import EXPERT_SCHEDULES, agreement, imitation_loss
+from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS, EXPERT_SCHEDULES, agreement, imitation_loss
 from ganno_lightning.agents.networks import (
     LOG_PROB,
     STATE_VALUE,
@@ -40,7 +40,7 @@ from ganno_lightning.agents.networks import (
 from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config, family_from_config
-from ganno_lightning.envs.layerwise_env import PRIVILEGED_SIZE, LayerwiseLREnv
+from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.policy import POLICY_HEADS
@@ -78,6 +78,8 @@ class AlgoConfig:
     expert_peak_factor: float = 1.0
     # What the expert aims at without a prior: constant (the best constant LR) | cosine (a cosine decay
     # over the run from expert_peak_factor times it: the agent learns to anneal; see agents/imitation.py)
+    # | calibrated (per task, the constant or the cosine, whichever trains its cell better, the cosine from
+    # its calibrated peak LR; needs the table's best_cosine_lr: ganno-calibrate-lrs schedule=cosine)
     expert_schedule: str = "constant"
 
 
@@ -159,7 +161,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          f"under `env.prior: cosine`), got {algo.expert_peak_factor!r}.")
     if algo.expert_schedule not in EXPERT_SCHEDULES:
         raise ValueError(f"`algo.expert_schedule` must be one of {list(EXPERT_SCHEDULES)} (cosine: the expert "
-                         f"anneals the LR over the run), got {algo.expert_schedule!r}.")
+                         f"anneals the LR over the run; calibrated: per task, the better of the two), got {algo.expert_schedule!r}.")
     if algo.policy_head not in POLICY_HEADS:
         raise ValueError(f"`algo.policy_head` must be one of {list(POLICY_HEADS)}, got {algo.policy_head!r}.")
     if not (isinstance(algo.layer_offset_factor, (int, float)) and algo.layer_offset_factor > 1):
@@ -262,7 +264,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
     # env.privileged: the critic also reads the training-only facts (an asymmetric critic); the run's
     # progress only for the annealing expert, so earlier recipes keep their critic (and their random draws)
-    critic_privileged = PRIVILEGED_SIZE if algo.expert_schedule == "cosine" else PRIVILEGED_SIZE - 1
+    critic_privileged = CRITIC_PRIVILEGED_COLUMNS[algo.expert_schedule]
     actor, critic = make_modules(agent, algo.critic_hidden_sizes, algo.algorithm,
                                  critic_privileged if env_settings.privileged else 0)
     normalizer_stats = RunningNormalizer(agent.normalizer)

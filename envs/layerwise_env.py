@@ -34,9 +34,11 @@ from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike
 
 
 #: Columns of ``("agents", "privileged")``: log10(LR / best LR), whether the best LR is known,
-#: whether a prior schedule decays the LR (whose peak then is the LR of the first column), and the
-#: run's progress at the middle of the coming interval (-1 where the episode hides its length).
-PRIVILEGED_SIZE = 4
+#: whether a prior schedule decays the LR (whose peak then is the LR of the first column), the
+#: run's progress at the middle of the coming interval (-1 where the episode hides its length),
+#: log10(best schedule's peak LR / best LR) and whether that schedule is a cosine decay (the
+#: calibrated schedule that trains the task's cell best, ``envs.tasks.best_lr.best_schedule``).
+PRIVILEGED_SIZE = 6
 
 
 @dataclass
@@ -436,7 +438,8 @@ class LayerwiseLREnv(EnvBase):
         return output
 
     def _privileged(self, pad: int) -> torch.Tensor:
-        """Per agent: log10(LR / the task's best constant LR), 1, whether a prior decays the LR, progress.
+        """Per agent: log10(LR / the task's best constant LR), 1, whether a prior decays the LR, progress,
+        log10(best schedule's peak LR / best constant LR), whether the best schedule is a cosine.
 
         The LR is the one the scale sets, before a prior's decay: how far the schedule's peak is
         from right. Zeros in the first two columns where no best LR is known. The progress is taken
@@ -458,6 +461,8 @@ class LayerwiseLREnv(EnvBase):
             lrs = torch.tensor(controller.lr.anchor_lrs(), dtype=torch.float64)
             privileged[:n, 0] = torch.log10(lrs.clamp_min(1e-30) / best).float()
             privileged[:n, 1] = 1.0
+            privileged[:n, 4] = math.log10(self.task.info.get("best_schedule_lr", best) / best)
+            privileged[:n, 5] = float(self.task.info.get("best_schedule") == "cosine")
         return privileged
 
     def close(self, *args: Any, **kwargs: Any) -> None:

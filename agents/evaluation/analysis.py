@@ -295,15 +295,42 @@ def paired(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
     """
     out: Dict[str, Any] = {}
     for condition, tasks in comparisons.items():
-        floors = {task_id: LOSS_FLOOR * task["initial_val_loss"] for task_id, task in tasks.items()
-                  if task.get("initial_val_loss")}
-        rows = {}
-        for method in method_names(cfg.schedules, cfg.peers):
-            if method == "agent":
-                continue
-            pairs = {task_id: [(seed["methods"]["agent"]["final_val_loss"], seed["methods"][method]["final_val_loss"])
-                               for seed in task["seeds"].values()]
-                     for task_id, task in tasks.items()}
-            rows[method] = compare_paired(pairs, floors=floors, seed=int(cfg.task_seed)).as_dict()
-        out[condition] = rows
+        methods = [m for m in method_names(cfg.schedules, cfg.peers) if m != "agent"]
+        out[condition] = {method: _paired(cfg, tasks, method) for method in methods}
     return out
+
+
+#: The methods :func:`paired_by_family` compares the agent with: what a user would otherwise run, and
+#: the yardstick of the targets.
+FAMILY_METHODS = ("constant@init", "cosine@tuned")
+
+
+def paired_by_family(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`paired` within each task family, against :data:`FAMILY_METHODS`.
+
+    Returns ``{condition: {family: {method: row}}}``: where a pooled ratio hides one family the
+    agent harms (the tuned cosine, say, trains LSTMs to twice the tuned constant LR's loss).
+    """
+    out: Dict[str, Any] = {}
+    for condition, tasks in comparisons.items():
+        families: Dict[str, Dict[str, Any]] = {}
+        for task_id, task in tasks.items():
+            families.setdefault(task_family(task_id), {})[task_id] = task
+        methods = [m for m in FAMILY_METHODS if m in method_names(cfg.schedules, cfg.peers)]
+        out[condition] = {family: {method: _paired(cfg, members, method) for method in methods}
+                          for family, members in families.items()}
+    return out
+
+
+def task_family(task_id: str) -> str:
+    """The family a suite's task id names (``resmlp#3@900steps`` -> ``resmlp``)."""
+    return task_id.split("#", 1)[0]
+
+
+def _paired(cfg: DictConfig, tasks: Dict[str, Any], method: str) -> Dict[str, Any]:
+    floors = {task_id: LOSS_FLOOR * task["initial_val_loss"] for task_id, task in tasks.items()
+              if task.get("initial_val_loss")}
+    pairs = {task_id: [(seed["methods"]["agent"]["final_val_loss"], seed["methods"][method]["final_val_loss"])
+                       for seed in task["seeds"].values()]
+             for task_id, task in tasks.items()}
+    return compare_paired(pairs, floors=floors, seed=int(cfg.task_seed)).as_dict()

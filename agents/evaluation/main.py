@@ -16,6 +16,7 @@ from ganno_lightning.agents.evaluation.analysis import (
     headline_targets,
     noise_floor,
     paired,
+    paired_by_family,
     run_targets,
     summarise,
 )
@@ -97,6 +98,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     comparisons = compare(cfg, runs, grids)
     summary = summarise(cfg, comparisons)
     pairs = paired(cfg, comparisons)
+    families = paired_by_family(cfg, comparisons)
     targets = headline_targets(cfg, summary)
     plots: Dict[str, List[Path]] = {}
     for condition in conditions_of(cfg):
@@ -107,7 +109,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         plots[condition.name] = [curves, paired_plot, *plot_schedules(cfg, condition, tasks, runs, out_dir)]
     seconds = time.perf_counter() - start
     report = write_report(cfg, out_dir / "report.md", comparisons, summary, targets, runs, plots, seconds, pairs,
-                          grids)
+                          grids, families)
     results = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "conditions": [dataclasses.asdict(c) for c in conditions_of(cfg)],
@@ -116,6 +118,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         "noise_floor": noise_floor(cfg, comparisons),
         "summary": summary,
         "paired": pairs,
+        "paired_by_family": families,
         "tuning_grids": grids,
         "comparisons": comparisons,
         "runs": [runs[job["id"]] for job in jobs],

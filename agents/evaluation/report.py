@@ -127,8 +127,21 @@ def paired_table(rows: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def family_table(rows: Dict[str, Dict[str, Any]]) -> str:
+    """The agent against each method within each family (see ``analysis.paired_by_family``)."""
+    methods = list(next(iter(rows.values()), {}))
+    lines = ["| family | " + " | ".join(f"agent/{m} (95% CI), harm" for m in methods) + " |",
+             "|---|" + "---|" * len(methods)]
+    for family, by_method in rows.items():
+        cells = [f"{r['ratio']:.3f} ({r['interval'][0]:.3f}-{r['interval'][1]:.3f}), {r['harms']} of {r['pairs']}"
+                 for r in by_method.values()]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, runs, plots, seconds: float,
-                 paired: Optional[Dict[str, Any]] = None, grids: Optional[Dict[str, List[float]]] = None) -> str:
+                 paired: Optional[Dict[str, Any]] = None, grids: Optional[Dict[str, List[float]]] = None,
+                 by_family: Optional[Dict[str, Any]] = None) -> str:
     """Write ``report.md`` and return its text."""
     within = f"{cfg.within * 100:g}%"
     reference = "the constant LR at the condition's initial LR" if cfg.target.reference == "constant" \
@@ -222,6 +235,9 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         parts += ["", f"## {condition.name}", "", summary_table(cfg, summary[condition.name]), ""]
         if paired:
             parts += [paired_table(paired[condition.name]), ""]
+        if by_family and len(by_family[condition.name]) > 1:
+            parts += ["Per family (the same paired comparison within each):", "",
+                      family_table(by_family[condition.name]), ""]
         parts += ["Per task (final val loss, mean over seeds):", "", task_table(cfg, comparisons[condition.name])]
         for plot in plots.get(condition.name, []):
             parts += ["", f"![{plot.stem}]({plot.name})"]

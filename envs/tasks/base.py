@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ganno_lightning.envs.task import SPLITS, Split, TaskFamily, TrainingTask
-from ganno_lightning.envs.tasks.best_lr import LR_SAMPLINGS, around, best_lr
+from ganno_lightning.envs.tasks.best_lr import LR_SAMPLINGS, around, best_lr, best_schedule
 from ganno_lightning.envs.tasks.data import TrainValData
 from ganno_lightning.envs.tasks.ranges import (
     ADAMW_WEIGHT_DECAY,
@@ -279,6 +279,8 @@ class ZooFamily(TaskFamily):
         extra: dict[str, Any] = {}
         if self.lr_sampling == "around_best":
             extra["best_lr"] = best_lr(self.lr_cell(hp))
+            # the calibrated schedule that trains the cell best (constant or cosine) and its peak LR
+            extra["best_schedule"], extra["best_schedule_lr"] = best_schedule(self.lr_cell(hp))
             hp["lr"] = around(extra["best_lr"], generator)
         seed = draw_seed(generator)
         module = self.build(hp, seed)

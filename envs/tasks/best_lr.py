@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["LR_SAMPLINGS", "SPREAD", "TABLE_PATH", "around", "best_lr"]
+__all__ = ["LR_SAMPLINGS", "SPREAD", "TABLE_PATH", "around", "best_lr", "best_schedule"]
 
 #: How a family draws a task's initial LR: from its ``lr`` range, or around its cell's best LR.
 LR_SAMPLINGS = ("ranges", "around_best")
@@ -60,6 +60,28 @@ def best_lr(cell: str, path: str | Path = TABLE_PATH) -> float:
             f"from the family's ranges (`lr_sampling: ranges`)."
         )
     return float(entry["best_lr"])
+
+
+def best_schedule(cell: str, path: str | Path = TABLE_PATH) -> tuple[str, float]:
+    """Which of the calibrated schedules trains ``cell`` to the lower loss, and its best (peak) LR.
+
+    ``("cosine", best_cosine_lr)`` where the cell has a cosine calibration (``ganno-calibrate-lrs
+    schedule=cosine``) whose best loss is below the best constant LR's, else ``("constant", best_lr)``:
+    the cosine does not win everywhere (it trains the LSTM family's dev tasks to 2x the tuned
+    constant LR's loss).
+
+    Raises:
+        ValueError: If the table has no entry for the cell (see :func:`best_lr`).
+    """
+    constant = best_lr(cell, path)
+    entry = _table(str(path))["cells"][cell]
+    if "best_cosine_lr" in entry and _best_loss(entry["cosine_losses"]) < _best_loss(entry["losses"]):
+        return "cosine", float(entry["best_cosine_lr"])
+    return "constant", constant
+
+
+def _best_loss(losses: dict[str, float | None]) -> float:
+    return min((v for v in losses.values() if v is not None), default=float("inf"))
 
 
 def around(best: float, generator: torch.Generator) -> float:

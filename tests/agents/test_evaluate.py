@@ -314,6 +314,30 @@ def test_smoke_pairs_the_agent_with_every_method_per_task_and_seed(smoke):
         assert row["wins"] + row["ties"] + row["losses"] == row["pairs"] == 2
     assert list(results["paired"]["init_lr_x1"]) == METHODS[1:]
     assert "| agent vs | loss ratio agent/method (95% CI) |" in (out / "report.md").read_text()
+    # one family: its own comparison is the pooled one, against what a user runs and the targets' yardstick
+    (family,) = results["paired_by_family"]["init_lr_x1"].items()
+    assert family[0] == "mlp_digits" and list(family[1]) == ["constant@init", "cosine@tuned"]
+    assert all(row == results["paired"]["init_lr_x1"][method] for method, row in family[1].items())
+
+
+def test_the_per_family_comparison_shows_the_family_a_pooled_ratio_hides():
+    from ganno_lightning.agents.evaluation.analysis import paired_by_family
+    from ganno_lightning.agents.evaluation.report import family_table
+
+    def task(agent, constant):  # two seeds, the agent's and the constant LR's final losses
+        methods = lambda a, c: {"methods": {"agent": {"final_val_loss": a}, "constant@init": {"final_val_loss": c},  # noqa: E731
+                                            "cosine@tuned": {"final_val_loss": c}}}
+        return {"initial_val_loss": 2.0, "seeds": {"0": methods(agent, constant), "1": methods(agent, constant)}}
+
+    cfg = OmegaConf.create({"schedules": ["constant", "cosine"], "peers": [], "task_seed": 0})
+    comparisons = {"init_lr_x1": {"mlp_digits#0": task(0.5, 1.0), "mlp_digits#1": task(0.5, 1.0),
+                                  "resmlp#0@900steps": task(1.2, 1.0)}}
+    rows = paired_by_family(cfg, comparisons)["init_lr_x1"]
+    assert set(rows) == {"mlp_digits", "resmlp"}
+    assert rows["mlp_digits"]["constant@init"]["ratio"] == pytest.approx(0.5)
+    assert rows["resmlp"]["cosine@tuned"]["ratio"] == pytest.approx(1.2) and rows["resmlp"]["cosine@tuned"]["harms"] == 2
+    table = family_table(rows)
+    assert "| resmlp | 1.200 (1.200-1.200), 2 of 2 | 1.200 (1.200-1.200), 2 of 2 |" in table
 
 
 def test_a_tuned_grid_whose_best_lr_sits_at_an_edge_is_widened(agent_file, tmp_path, capsys):

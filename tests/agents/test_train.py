@@ -12,7 +12,7 @@ from ganno_lightning.agents.networks import LOG_PROB, make_modules
 from ganno_lightning.agents.train import parse_config, resolved_config, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
-from ganno_lightning.envs.layerwise_env import PRIVILEGED_SIZE
+from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
 from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
@@ -235,7 +235,8 @@ def test_smoke_run_with_a_privileged_critic_trains_and_the_actor_stays_deployabl
                               if k.startswith("critic_network_params") and k.endswith("weight"))
     num_features = len(agent.feature_names)
     # own and pooled, observation + privileged
-    assert first_critic_layer.shape[1] == 3 * (num_features + PRIVILEGED_SIZE - 1)  # the progress: cosine expert only
+    # the constant expert's critic reads the LR's distance from the best, whether it is known, the prior
+    assert first_critic_layer.shape[1] == 3 * (num_features + CRITIC_PRIVILEGED_COLUMNS["constant"]) == 3 * (num_features + 3)
     assert agent.actor.config["num_features"] == num_features  # the actor reads observations only
     trainer(max_epochs=3, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())
 
@@ -260,7 +261,7 @@ def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_pa
         parse_config(SMOKE, ["algo.imitation_frames=64"])
     with pytest.raises(ValueError, match=r"`algo.expert_peak_factor` must be a positive number .* got 0.0"):
         parse_config(SMOKE, ["algo.expert_peak_factor=0.0"])
-    with pytest.raises(ValueError, match=r"`algo.expert_schedule` must be one of \['constant', 'cosine'\].* got 'linear'"):
+    with pytest.raises(ValueError, match=r"`algo.expert_schedule` must be one of \['constant', 'cosine', 'calibrated'\].* got 'linear'"):
         parse_config(SMOKE, ["algo.expert_schedule=linear"])
 
 
@@ -288,6 +289,21 @@ def test_the_cosine_expert_anneals_from_its_peak_and_holds_where_it_cannot():
     assert chosen(at_best(0.95), peak_factor=2.0) == 1.0  # the constant expert: the best LR, whatever the progress
     with pytest.raises(ValueError, match=r"`schedule` must be one of"):
         expert_actions(at_best(0.5), multipliers, schedule="step")
+
+
+def test_the_calibrated_expert_follows_the_cosine_only_where_it_trains_the_cell_better():
+    from ganno_lightning.agents.imitation import expert_actions
+
+    multipliers = [2.0 ** (k / 3) for k in range(-3, 4)]
+    # at the best constant LR; the cell's best cosine peaks at 4x it (and wins) or at 2x it (and loses)
+    row = lambda progress, cosine_wins: torch.tensor([[0.0, 1.0, 0.0, progress, math.log10(4.0 if cosine_wins else 2.0),  # noqa: E731
+                                                       float(cosine_wins)]])
+    chosen = lambda r: multipliers[int(expert_actions(r, multipliers, peak_factor=8.0, schedule="calibrated"))]  # noqa: E731
+    assert chosen(row(0.05, True)) == 2.0 and chosen(row(0.95, True)) == 0.5  # up towards its peak, then anneal
+    # mid-run the cosine from 4x is at 2x: still up (the annealing expert's fixed peak_factor plays no part)
+    assert chosen(row(0.5, True)) == 2.0
+    assert chosen(row(0.05, False)) == chosen(row(0.95, False)) == 1.0  # the constant wins: hold the best LR
+    assert chosen(row(-1.0, True)) == 1.0  # a hidden length: nothing to anneal towards
 
 
 def test_a_factorised_head_over_augmented_tasks_trains_and_deploys(tmp_path):

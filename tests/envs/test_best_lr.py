@@ -109,6 +109,21 @@ def test_a_schedule_calibration_adds_its_best_peak_lr_beside_the_constant_one(tm
         load_config({"schedule": "cosin"})
 
 
+def test_the_best_schedule_is_the_cosine_only_where_its_calibrated_loss_is_lower(tmp_path):
+    from ganno_lightning.envs.tasks.best_lr import best_schedule
+
+    table = tmp_path / "best_lrs.json"
+    table.write_text(json.dumps({"cells": {
+        "wins": {"best_lr": 0.1, "losses": {"0.1": 0.5, "1": None}, "best_cosine_lr": 0.3,
+                 "cosine_losses": {"0.3": 0.4, "3": None}},
+        "loses": {"best_lr": 0.1, "losses": {"0.1": 0.5}, "best_cosine_lr": 0.2, "cosine_losses": {"0.2": 0.6}},
+        "uncalibrated": {"best_lr": 0.1, "losses": {"0.1": 0.5}}}}))
+    assert best_schedule("wins", table) == ("cosine", 0.3)
+    assert best_schedule("loses", table) == best_schedule("uncalibrated", table) == ("constant", 0.1)
+    with pytest.raises(ValueError, match=r"No calibrated best LR for the task cell 'nope'"):
+        best_schedule("nope", table)
+
+
 def test_calibration_takes_the_cells_an_evaluation_lacks_from_a_file(tmp_path):
     task = {"family": "mlp_digits", "split": "heldout", "seed": 3,
             "hp": {"depth": 5, "width": 20, "batch_size": 32, "optimizer": "adam", "lr": 0.01}}

@@ -363,6 +363,9 @@ def test_privileged_facts_give_each_layer_its_lr_relative_to_the_tasks_best():
     privileged = td[keys.PRIVILEGED]
     assert privileged[:n, 0] == pytest.approx([math.log10(info["lr"] / info["best_lr"])] * n, abs=1e-5)
     assert privileged[:n, 1].eq(1).all() and privileged[n:].eq(0).all()  # padding carries nothing
+    # the schedule that trains the task's cell best, and how far its peak LR sits from the best constant one
+    assert privileged[:n, 4] == pytest.approx([math.log10(info["best_schedule_lr"] / info["best_lr"])] * n, abs=1e-5)
+    assert privileged[:n, 5].tolist() == [float(info["best_schedule"] == "cosine")] * n
     action = torch.full((env.max_agents,), env.config.action_multipliers.index(2.0))
     td = env.step(td.set(keys.ACTION, action))["next"]  # every layer's LR doubles
     assert td[keys.PRIVILEGED][:n, 0] == pytest.approx([math.log10(2 * info["lr"] / info["best_lr"])] * n, abs=1e-5)
