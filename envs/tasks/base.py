@@ -278,9 +278,10 @@ class ZooFamily(TaskFamily):
         hp = ranges.sample(generator)
         extra: dict[str, Any] = {}
         if self.lr_sampling == "around_best":
-            extra["best_lr"] = best_lr(self.lr_cell(hp))
+            cell = self.lr_cell(hp)
+            extra["best_lr"] = best_lr(cell)
             # the calibrated schedule that trains the cell best (constant or cosine) and its peak LR
-            extra["best_schedule"], extra["best_schedule_lr"] = best_schedule(self.lr_cell(hp))
+            extra["best_schedule"], extra["best_schedule_lr"] = best_schedule(cell)
             hp["lr"] = around(extra["best_lr"], generator)
         seed = draw_seed(generator)
         module = self.build(hp, seed)
