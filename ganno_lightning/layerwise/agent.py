@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -35,6 +37,7 @@ from ganno_lightning.layerwise.policy import (
     POLICY_HEADS,
     LayerPolicyNet,
     ObservationNormalizer,
+    PolicyEnsemble,
     PolicyNet,
     RecurrentLayerPolicyNet,
     build_policy,
@@ -46,8 +49,9 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2,
 #: agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
 #: those keys would silently act at other steps or around another LR, so it must refuse them; and
-#: agents with a factorised policy head as 4 (an older release cannot build that actor).
-FORMAT_VERSION = 4
+#: agents with a factorised policy head as 4 (an older release cannot build that actor), and ensembles
+#: (:meth:`GANNOAgent.ensemble`) as 5.
+FORMAT_VERSION = 5
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -110,7 +114,7 @@ class GANNOAgent:
 
     def __init__(
         self,
-        actor: PolicyNet,
+        actor: PolicyNet | PolicyEnsemble,
         normalizer: ObservationNormalizer,
         *,
         action_multipliers: Sequence[float] = DEFAULT_ACTION_MULTIPLIERS,
@@ -219,6 +223,56 @@ class GANNOAgent:
                    interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior,
                    feature_names=feature_names)
 
+    @classmethod
+    def ensemble(cls, members: Sequence[GANNOAgent], sources: Sequence[str] | None = None) -> GANNOAgent:
+        """One agent that acts as the equal-weight mixture of ``members``' policies (see
+        :class:`~ganno_lightning.layerwise.policy.PolicyEnsemble`).
+
+        The members must act alike (the same features in the same order, action set, interval,
+        scale bounds, decision steps and prior): they observe the same features and their
+        decisions are applied at the same steps. Each keeps its own observation normaliser, so the
+        ensemble's own is the identity. Its ``training_config`` records every member's source,
+        fingerprint and training config, so a file says what it was made of.
+
+        Args:
+            members: Trained agents, for example one per meta-training seed of one recipe.
+            sources: Where each member came from (recorded only), e.g. their file paths.
+
+        Raises:
+            ValueError: If ``members`` is empty, ``sources`` does not name each member, or two
+                members act differently (the message names the member and the setting).
+
+        Example::
+
+            >>> members = [GANNOAgent.create(hidden_sizes=(32,), recurrent_size=16, seed=s) for s in range(3)]
+            >>> ensemble = GANNOAgent.ensemble(members)
+            >>> decision = ensemble.decide(torch.zeros(4, len(ensemble.feature_names)))  # four layers
+            >>> decision.multipliers.shape, decision.state.shape  # the members' states side by side
+            (torch.Size([4]), torch.Size([4, 48]))
+        """
+        members = list(members)
+        if not members:
+            raise ValueError("`members` must list at least one agent to ensemble, got none.")
+        sources = [f"member {i}" for i in range(len(members))] if sources is None else [str(s) for s in sources]
+        if len(sources) != len(members):
+            raise ValueError(f"`sources` must name each of the {len(members)} members, got {len(sources)}: {sources}.")
+        first = members[0]
+        for source, member in zip(sources[1:], members[1:]):
+            for setting in ("feature_names", "action_multipliers", "interval", "scale_bounds", "decision_steps",
+                            "prior"):
+                if getattr(member, setting) != getattr(first, setting):
+                    raise ValueError(
+                        f"Ensemble members must act alike, but {source} has {setting}={getattr(member, setting)!r} "
+                        f"and {sources[0]} has {getattr(first, setting)!r}. Ensemble agents trained with the same "
+                        "recipe (env and action settings).")
+        actor = PolicyEnsemble([(copy.deepcopy(m.normalizer), copy.deepcopy(m.actor)) for m in members])
+        identity = ObservationNormalizer(len(first.feature_names), clip=math.inf)  # members normalise themselves
+        recorded = [{"source": source, "fingerprint": m.fingerprint(), "training_config": m.training_config}
+                    for source, m in zip(sources, members)]
+        return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
+                   scale_bounds=first.scale_bounds, training_config={"ensemble": recorded},
+                   decision_steps=first.decision_steps, prior=first.prior, feature_names=first.feature_names)
+
     # -- acting -------------------------------------------------------------------------------
     @property
     def recurrent(self) -> bool:
@@ -288,8 +342,8 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (FORMAT_VERSION if "factorised" in self.actor.config else 3 if self._uses_timing_options
-                   else 2 if self.recurrent else 1)
+        version = (5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
+                   else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
         return {

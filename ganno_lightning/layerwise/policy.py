@@ -330,9 +330,79 @@ def _init_identity_factorised(head: FactorisedHead, identity_action: int, probab
         head.log_width.fill_((low + high) / 2)
 
 
-def build_policy(config: Mapping[str, Any]) -> PolicyNet:
+class PolicyEnsemble(nn.Module):
+    """Several meta-trained policies acting as one: the mixture of their action distributions.
+
+    Meta-training seeds of one recipe differ more than recipes do, so a policy picked from one
+    seed is a lottery ticket. The ensemble's action distribution is the equal-weight mixture of
+    the members' (``log mean_k softmax(logits_k)``), so under ``"mean"`` exploration the LR change
+    is the geometric mean of the members' expected changes, and a decision that one member gets
+    wrong is outvoted by the others. Each member keeps its own observation normaliser (they were
+    trained on different statistics); recurrent members' states are concatenated along the last
+    dimension, in member order.
+
+    Args:
+        members: ``(normalizer, policy)`` pairs, all with the same feature and action counts.
+
+    Raises:
+        ValueError: If there are no members, or their feature or action counts differ.
+
+    Example::
+
+        >>> members = [(ObservationNormalizer(21), RecurrentLayerPolicyNet(21, 7, recurrent_size=16)),
+        ...            (ObservationNormalizer(21), LayerPolicyNet(21, 7))]
+        >>> ensemble = PolicyEnsemble(members)
+        >>> logits, state = ensemble.step(torch.randn(5, 21))  # 5 agents
+        >>> logits.shape, state.shape  # the mixture's logits; the recurrent member's state
+        (torch.Size([5, 7]), torch.Size([5, 16]))
+    """
+
+    def __init__(self, members: Sequence[tuple[ObservationNormalizer, PolicyNet]]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("An ensemble needs at least one member policy, got none.")
+        first = members[0][1].config
+        for index, (normalizer, policy) in enumerate(members):
+            counts = (policy.config["num_features"], policy.config["num_actions"], normalizer.mean.numel())
+            if counts != (first["num_features"], first["num_actions"], first["num_features"]):
+                raise ValueError(f"Ensemble member {index} has {counts[0]} features, {counts[1]} actions and a "
+                                 f"normaliser of {counts[2]} features; member 0 has {first['num_features']} features "
+                                 f"and {first['num_actions']} actions. Ensemble agents trained with the same "
+                                 "features and action set.")
+        self.normalizers = nn.ModuleList(normalizer for normalizer, _ in members)
+        self.policies = nn.ModuleList(policy for _, policy in members)
+        self.config = {"num_features": first["num_features"], "num_actions": first["num_actions"],
+                       "members": [{"policy": dict(policy.config), "clip": float(normalizer.clip)}
+                                   for normalizer, policy in members]}
+        self._state_sizes = [policy.state_size for policy in self.policies]
+        self.state_size = sum(self._state_sizes)
+
+    def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The mixture's logits from the initial state (a first decision); use :meth:`step` to carry the state."""
+        return self.step(observation, mask)[0]
+
+    def step(self, observation: Tensor, mask: Tensor | None = None,
+             state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The mixture's logits and the members' next states (``None`` when no member has one)."""
+        states = [None] * len(self.policies) if state is None else list(state.split(self._state_sizes, -1))
+        log_probs, next_states = [], []
+        for normalizer, policy, member_state in zip(self.normalizers, self.policies, states, strict=True):
+            logits, next_state = policy.step(normalizer(observation), mask,
+                                             member_state if policy.state_size else None)
+            log_probs.append(torch.log_softmax(logits, -1))
+            if next_state is not None:
+                next_states.append(next_state)
+        mixture = torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(log_probs))
+        return mixture, (torch.cat(next_states, -1) if next_states else None)
+
+
+def build_policy(config: Mapping[str, Any]) -> PolicyNet | PolicyEnsemble:
     """The policy a saved ``config`` describes: recurrent when it has a positive ``recurrent_size``,
-    with a :class:`FactorisedHead` when it has ``factorised`` settings."""
+    with a :class:`FactorisedHead` when it has ``factorised`` settings, a :class:`PolicyEnsemble`
+    when it lists ``members``."""
+    if "members" in config:
+        return PolicyEnsemble([(ObservationNormalizer(config["num_features"], clip=float(member["clip"])),
+                                build_policy(member["policy"])) for member in config["members"]])
     args = (config["num_features"], config["num_actions"], config["hidden_sizes"], config.get("activation", "tanh"))
     factorised = config.get("factorised")
     if config.get("recurrent_size"):
