@@ -471,7 +471,10 @@ class GANNOAgent:
     def __repr__(self) -> str:
         timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
                   if self._uses_timing_options else "")
-        return (f"GANNOAgent(actor={self.actor.config}, actions={[round(m, 3) for m in self.action_multipliers]}, "
+        actor = self.actor.config
+        if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
+            actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
+        return (f"GANNOAgent(actor={actor}, actions={[round(m, 3) for m in self.action_multipliers]}, "
                 f"interval={self.interval}, scale_bounds={self.scale_bounds}{timing})")
 
 

@@ -56,7 +56,7 @@ def test_an_ensemble_round_trips_in_a_format_5_file_that_records_its_members(tmp
     first = ensemble.decide(observation)
     torch.testing.assert_close(loaded.decide(observation, first.state).multipliers,
                                ensemble.decide(observation, first.state).multipliers)
-    assert loaded.fingerprint() == ensemble.fingerprint() and loaded.recurrent
+    assert loaded.fingerprint() == ensemble.fingerprint() and loaded.recurrent and "ensemble of 3" in repr(loaded)
     assert [m["source"] for m in loaded.training_config["ensemble"]] == ["a.pt", "b.pt", "c.pt"]
     assert [m["fingerprint"] for m in loaded.training_config["ensemble"]] == [m.fingerprint() for m in members]
 
