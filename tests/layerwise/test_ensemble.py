@@ -5,7 +5,6 @@ from helpers import ValidatedRegressor, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ganno_lightning import FEATURE_NAMES, GANNOAgent, GANNOCallback
-from ganno_lightning.agents.ensemble import build_ensemble, main
 from ganno_lightning.layerwise.agent import FORMAT_VERSION
 
 
@@ -75,23 +74,6 @@ def test_members_that_act_differently_are_refused_by_name(change, match):
         GANNOAgent.ensemble([])
     with pytest.raises(ValueError, match="must name each of the 2 members"):
         GANNOAgent.ensemble([GANNOAgent.create(seed=0)] * 2, sources=["a.pt"])
-
-
-def test_the_cli_writes_an_ensemble_and_refuses_what_would_go_wrong(tmp_path, capsys):
-    paths = [m.save(tmp_path / f"seed{i}.pt") for i, m in enumerate(_members())]
-    main([str(p) for p in paths] + ["--out", str(tmp_path / "ensemble.pt")])
-    assert "3 members" in capsys.readouterr().out
-    assert len(GANNOAgent.load(tmp_path / "ensemble.pt").training_config["ensemble"]) == 3
-    with pytest.raises(ValueError, match="at least two agent files"):
-        build_ensemble(paths[:1], tmp_path / "one.pt")
-    with pytest.raises(ValueError, match="more than once"):
-        build_ensemble([paths[0], paths[1], paths[0]], tmp_path / "twice.pt")
-    with pytest.raises(ValueError, match="one of the members"):
-        build_ensemble(paths, paths[1])
-    with pytest.raises(SystemExit):  # argparse's error: the message on stderr, exit status 2
-        main([str(paths[0]), "--out", str(tmp_path / "x.pt")])
-    assert "at least two agent files" in capsys.readouterr().err
-    assert not (tmp_path / "one.pt").exists() and not (tmp_path / "x.pt").exists()
 
 
 STEPS_PER_EPOCH = 8  # ValidatedRegressor: 64 samples, batch 8
