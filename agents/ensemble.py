@@ -92,17 +92,16 @@ def build_from_config(config: EnsembleConfig) -> Path:
         print(f"member {index}: {member_source(member)}", flush=True)
         paths.append(train(member.config, [*member.overrides, f"run.out_dir={out_dir / f'member{index}'}",
                                            "run.resume=true", "run.export=null"]))
-    out = build_ensemble(paths, out_dir / "agent.pt", sources=[member_source(m) for m in config.members])
-    if config.export is not None:
-        Path(config.export).parent.mkdir(parents=True, exist_ok=True)
-        GANNOAgent.load(out).save(config.export)
-        return Path(config.export)
-    return out
+    ensemble = build_ensemble(paths, out_dir / "agent.pt", sources=[member_source(m) for m in config.members])
+    if config.export is None:
+        return out_dir / "agent.pt"
+    Path(config.export).parent.mkdir(parents=True, exist_ok=True)
+    return ensemble.save(config.export)
 
 
 def build_ensemble(member_paths: Sequence[str | Path], out: str | Path,
-                   sources: Sequence[str] | None = None) -> Path:
-    """Load the agents at ``member_paths``, ensemble them and save the result at ``out`` (atomically).
+                   sources: Sequence[str] | None = None) -> GANNOAgent:
+    """Load the agents at ``member_paths``, ensemble them, save the result at ``out`` (atomically) and return it.
 
     Args:
         member_paths: The members' agent files.
@@ -119,8 +118,10 @@ def build_ensemble(member_paths: Sequence[str | Path], out: str | Path,
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> paths = [GANNOAgent.create(seed=s).save(folder / f"seed{s}.pt") for s in range(2)]
-        >>> ensemble = GANNOAgent.load(build_ensemble(paths, folder / "ensemble.pt"))
+        >>> ensemble = build_ensemble(paths, folder / "ensemble.pt")
         >>> ensemble.training_config["ensemble"][1]["source"] == str(paths[1])
+        True
+        >>> GANNOAgent.load(folder / "ensemble.pt").fingerprint() == ensemble.fingerprint()
         True
     """
     paths = [Path(p) for p in member_paths]
@@ -135,7 +136,8 @@ def build_ensemble(member_paths: Sequence[str | Path], out: str | Path,
         raise ValueError(f"`out` is {str(out)!r}, one of the members: write the ensemble to a new file.")
     members = [GANNOAgent.load(p) for p in paths]
     ensemble = GANNOAgent.ensemble(members, sources=[str(p) for p in paths] if sources is None else sources)
-    return ensemble.save(out)
+    ensemble.save(out)
+    return ensemble
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
         cli = ConfigCommandLine("ganno-ensemble", __doc__, EnsembleConfig, see=SEE)
-        path = build_from_config(cli.load(load_config, cli.parse_args(argv)))
+        config = cli.load(load_config, cli.parse_args(argv))
+        path, count = build_from_config(config), len(config.members)
     else:
         parser = argparse.ArgumentParser(prog="ganno-ensemble", description=__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,10 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.add_argument("--out", required=True, help="where to write the ensemble's agent file")
         args = parser.parse_args(argv)
         try:
-            path = build_ensemble(args.members, args.out)
+            build_ensemble(args.members, args.out)
         except (ValueError, AgentCheckpointError) as err:
             parser.error(str(err))
-    print(f"ensemble written to {path}: {GANNOAgent.load(path)!r}"[:300])
+        path, count = args.out, len(args.members)
+    print(f"ensemble of {count} agents written to {path}")
     return 0
 
 

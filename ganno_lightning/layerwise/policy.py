@@ -387,8 +387,8 @@ class PolicyEnsemble(nn.Module):
         states = [None] * len(self.policies) if state is None else list(state.split(self._state_sizes, -1))
         log_probs, next_states = [], []
         for normalizer, policy, member_state in zip(self.normalizers, self.policies, states, strict=True):
-            logits, next_state = policy.step(normalizer(observation), mask,
-                                             member_state if policy.state_size else None)
+            # a feed-forward member ignores its (empty) state
+            logits, next_state = policy.step(normalizer(observation), mask, member_state)
             log_probs.append(torch.log_softmax(logits, -1))
             if next_state is not None:
                 next_states.append(next_state)

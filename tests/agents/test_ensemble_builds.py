@@ -11,14 +11,14 @@ SHIPPED_EXAMPLE = Path(__file__).parents[2] / "configs" / "ganno_ensemble.yaml"
 
 
 def _agents(folder, count=3, interval=25):
-    return [GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, interval=interval, seed=s).save(folder / f"seed{s}.pt")
-            for s in range(count)]
+    return [GANNOAgent.create(hidden_sizes=(16,), recurrent_size=8, interval=interval, seed=s)
+            .save(folder / f"seed{s}.pt") for s in range(count)]
 
 
 def test_the_command_line_ensembles_agent_files_and_refuses_what_would_go_wrong(tmp_path, capsys):
     paths = _agents(tmp_path)
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "ensemble.pt")]) == 0
-    assert "ensemble written to" in capsys.readouterr().out
+    assert f"ensemble of 3 agents written to {tmp_path / 'ensemble.pt'}" in capsys.readouterr().out
     recorded = GANNOAgent.load(tmp_path / "ensemble.pt").training_config["ensemble"]
     assert [m["source"] for m in recorded] == [str(p) for p in paths]
     with pytest.raises(ValueError, match="at least two agent files"):
