@@ -384,7 +384,8 @@ def run_study(task_name: str, tuner: str, seed: int, t_max: int, budget: int,
                 for fraction, mark in marks.items():
                     if spent == mark:
                         checkpoints[str(fraction)] = {"rule": note(arm.recommend(trials)),
-                                                      "model": note(arm.model_pick(trials))}
+                                                      "model": note(arm.model_pick(trials)),
+                                                      "deepest": note(best_deepest(trials))}
 
             def on_epoch(epoch: int, value: float) -> bool:
                 count_epoch(epoch, value)
