@@ -32,9 +32,11 @@ successive halving (``SuccessiveHalvingPruner(min_resource=1, reduction_factor=3
 tuner's recommendation is recorded from everything it has seen so far (the running trial's epochs
 included):
 
-- BOIL (all variants): its recommended best, the configuration with the lowest validation loss at
-  the end of any epoch of any trial (``BOILTuner.result().best_values``). Reported beside it, not
-  in the targets: ``model pick``, the tried configuration whose GP posterior mean at ``T_max`` is best.
+- BOIL (all variants): its recommendation (``BOILTuner.result().best_values``), the tried
+  configuration whose score the GP predicts best at ``T_max`` (``BOILCore.recommend``; before the
+  first fit, the lowest validation loss at any epoch). Reported beside it, not in the targets:
+  ``best seen``, the configuration with the lowest validation loss at the end of any epoch of any
+  trial (BOIL's rule until 2026-12-01; chosen against on the dev seeds 10-19).
 - Optuna tuners: the trial with the lowest validation loss at the deepest epoch any trial has
   reached (once a trial has completed ``T_max`` epochs this is Optuna's ``study.best_trial``).
 
@@ -81,6 +83,7 @@ import torch
 
 from report import write_report
 
+from ganno_lightning.boil.observations import Observation
 from ganno_lightning.examples.tuning_tasks import TUNING_TASKS, TuningTask
 from ganno_lightning.files import atomic_write_bytes
 from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
@@ -240,16 +243,15 @@ class BOILArm:
         self.tuner.tell(proposal.handle, curve=training.curve, seconds=training.seconds)
 
     def recommend(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
-        return best_seen(trials)
+        """``BOILTuner.result``'s rule on the trials so far (the running one's epochs included)."""
+        pick = self.tuner.core.recommend([Observation(x=values_to_unit(self.space, t.values), max_epochs=t.max_epochs,
+                                                      curve=t.curve) for t in trials])
+        if pick is None or not any(math.isfinite(v) for _, v in trials[pick].curve):
+            return best_seen(trials)
+        return trials[pick]
 
-    def model_pick(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
-        """The tried configuration whose posterior mean at ``T_max`` is highest (None before the first fit)."""
-        core = self.tuner.core
-        tried = [t for t in trials if t.curve]
-        if core.last_fit is None or not tried:
-            return None
-        points = torch.tensor([[*values_to_unit(self.space, t.values), 1.0] for t in tried], dtype=torch.float64)
-        return tried[int(core.posterior_mean(points).argmax())]
+    def alternative(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
+        return best_seen(trials)
 
     def close(self) -> None:
         self.tuner.close()
@@ -307,7 +309,7 @@ class OptunaArm:
     def recommend(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
         return best_deepest(trials)
 
-    def model_pick(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
+    def alternative(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
         return None
 
     def close(self) -> None:
@@ -384,8 +386,7 @@ def run_study(task_name: str, tuner: str, seed: int, t_max: int, budget: int,
                 for fraction, mark in marks.items():
                     if spent == mark:
                         checkpoints[str(fraction)] = {"rule": note(arm.recommend(trials)),
-                                                      "model": note(arm.model_pick(trials)),
-                                                      "deepest": note(best_deepest(trials))}
+                                                      "best_seen": note(arm.alternative(trials))}
 
             def on_epoch(epoch: int, value: float) -> bool:
                 count_epoch(epoch, value)
@@ -405,7 +406,7 @@ def run_study(task_name: str, tuner: str, seed: int, t_max: int, budget: int,
         if isinstance(arm, BOILArm):  # the benchmark's rule is BOILTuner's own recommendation
             result = arm.tuner.result()
             assert result.spent_epochs == spent, (result.spent_epochs, spent)
-            mine = best_seen(trials)
+            mine = arm.recommend(trials)
             assert mine is None or result.best_values == mine.values, (result.best_values, mine)
         model_s = arm.model_s
         arm.close()
@@ -480,7 +481,7 @@ def summarise(records: Sequence[Mapping[str, Any]], tasks: Sequence[str], tuners
             rows[tuner] = {
                 "seeds": len(runs),
                 "median_test": {str(f): _median([checkpoint_test_loss(r, f) for r in runs]) for f in CHECKPOINTS},
-                "median_test_model_pick": {str(f): _median([checkpoint_test_loss(r, f, "model") for r in runs]) for f in CHECKPOINTS},
+                "median_test_best_seen": {str(f): _median([checkpoint_test_loss(r, f, "best_seen") for r in runs]) for f in CHECKPOINTS},
                 "median_overhead_share": _median([r["overhead_share"] for r in runs]),
                 "max_overhead_share": max(r["overhead_share"] for r in runs),
                 "median_model_share": _median([r["model_s"] / r["wall_s"] for r in runs]),
@@ -540,10 +541,11 @@ def markdown(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], a
         f"Environment: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch"
         f" {torch.__version__}, botorch {botorch.__version__}, optuna {optuna.__version__}; one torch thread per study.",
         "",
-        "Recommendation rules: BOIL variants, the configuration with the lowest validation loss at any epoch"
-        " (BOILTuner.result); Optuna tuners, the lowest validation loss at the deepest epoch reached (Optuna's"
-        " best_trial once a trial completes T_max). `model pick` (BOIL only, not in the targets): the tried"
-        " configuration with the best GP posterior mean at T_max.",
+        "Recommendation rules: BOIL variants, the tried configuration whose score the GP predicts best at T_max"
+        " (BOILTuner.result; before the first fit, the lowest validation loss at any epoch); Optuna tuners, the"
+        " lowest validation loss at the deepest epoch reached (Optuna's best_trial once a trial completes T_max)."
+        " `best seen` (BOIL only, not in the targets): the configuration with the lowest validation loss at any"
+        " epoch, BOIL's rule until 2026-12-01.",
         "Overhead: seconds in the tuner's calls (BOIL: GP fit, acquisition and its SQLite store; Optuna: sampling"
         " and pruning) / the study's wall-clock (training included, the final retraining excluded). `fit+acq share`:"
         " BOIL's GP fits and acquisition alone, the issue's measure of its overhead (the targets use it).",
@@ -552,14 +554,14 @@ def markdown(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]], a
     for task, entry in summary["tasks"].items():
         lines += [f"## {task}: {TUNING_TASKS[task].description}", "",
                   "| tuner | seeds | " + " | ".join(f"median test loss @{p}" for p in pct)
-                  + " | model pick @100% | trials (median) | overhead (median / max) | fit+acq share (median / max) | study wall s |",
+                  + " | best seen @100% | trials (median) | overhead (median / max) | fit+acq share (median / max) | study wall s |",
                   "|---|---:|" + "---:|" * len(pct) + "---:|---:|---:|---:|---:|"]
         for tuner, row in entry["rows"].items():
             tests = " | ".join(_fmt(row["median_test"][str(f)]) for f in CHECKPOINTS)
-            model = _fmt(row["median_test_model_pick"]["1.0"]) if tuner in BOIL_VARIANTS else ""
+            seen = _fmt(row["median_test_best_seen"]["1.0"]) if tuner in BOIL_VARIANTS else ""
             model_share = (f"{row['median_model_share']:.1%} / {row['max_model_share']:.1%}" if tuner in BOIL_VARIANTS
                            else "")
-            lines.append(f"| {tuner} | {row['seeds']} | {tests} | {model} | {row['median_trials']:g} |"
+            lines.append(f"| {tuner} | {row['seeds']} | {tests} | {seen} | {row['median_trials']:g} |"
                          f" {row['median_overhead_share']:.1%} / {row['max_overhead_share']:.1%} | {model_share} |"
                          f" {row['median_wall_s']:.0f} |")
         wins = entry["wins_vs_baseline"]

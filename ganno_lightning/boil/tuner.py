@@ -52,10 +52,14 @@ class BOILTrial:
 
 @dataclass
 class BOILResult:
-    """What a study found: the best configuration, its curve, and every trial.
+    """What a study found: the recommended configuration, its curve, and every trial.
 
-    ``best_value`` is the best ``monitor`` value at the end of any epoch of any trial, reached by
-    trial ``best_trial`` (trained for ``best_max_epochs``) at epoch ``best_epoch``.
+    ``best_values`` is the configuration to train: of the configurations tried, the one whose score
+    the GP predicts best after ``T_max`` epochs (``recommended_by="model"``; :meth:`BOILCore.recommend`),
+    or, before the GP is fitted, the one with the best ``monitor`` value at any epoch
+    (``"observed"``). It was tried as trial ``best_trial`` (for ``best_max_epochs``), whose best value
+    ``best_value`` came at epoch ``best_epoch``. ``best_seen_value`` is the best value of any trial
+    at any epoch (where the best-so-far curve ends).
     """
 
     monitor: str
@@ -66,6 +70,8 @@ class BOILResult:
     best_epoch: Optional[int]
     best_max_epochs: Optional[int]
     best_curve: list[tuple[int, float]]
+    recommended_by: Optional[str]
+    best_seen_value: Optional[float]
     history: list[TrialRecord]
     spent_epochs: int
     spent_seconds: float
@@ -574,21 +580,33 @@ class BOILTuner:
         return self.result()
 
     def result(self) -> BOILResult:
-        """The best configuration so far, its curve, and every trial."""
+        """The recommended configuration so far, its curve, and every trial."""
         trials = self.store.trials()
-        best: Optional[tuple[TrialRecord, int, float]] = None
-        for trial in trials:
-            for epoch, value in trial.epoch_curve():
-                if math.isfinite(value) and (best is None or (value < best[2] if self.mode == "min" else value > best[2])):
-                    best = (trial, epoch, value)
+        sign = 1.0 if self.mode == "min" else -1.0
+
+        def best_point(trial: TrialRecord) -> Optional[tuple[int, float]]:
+            """The trial's (epoch, value) with the best finite value; the earliest of equals."""
+            finite = [(e, v) for e, v in trial.epoch_curve() if math.isfinite(v)]
+            return min(finite, key=lambda p: sign * p[1]) if finite else None
+
+        seen = [(t, p) for t in trials if (p := best_point(t)) is not None]
+        best_seen = min(seen, key=lambda tp: sign * tp[1][1], default=None)
+        observed = [t for t in trials if t.status != "queued"]
+        pick = self.core.recommend([t.observation() for t in observed]) if observed else None
+        chosen = (observed[pick], best_point(observed[pick])) if pick is not None else None
+        recommended_by = "model"
+        if chosen is None or chosen[1] is None:  # no fit yet, or the model picked a run with no finite point
+            chosen, recommended_by = best_seen, "observed"
+        record, point = chosen if chosen else (None, None)
         epochs, seconds = self.store.spent()
-        record = best[0] if best else None
         return BOILResult(
             monitor=self.monitor, mode=self.mode,
-            best_values=record.values if record else None, best_value=best[2] if best else None,
-            best_trial=record.id if record else None, best_epoch=best[1] if best else None,
+            best_values=record.values if record else None, best_value=point[1] if point else None,
+            best_trial=record.id if record else None, best_epoch=point[0] if point else None,
             best_max_epochs=record.max_epochs if record else None,
-            best_curve=record.epoch_curve() if record else [], history=trials,
+            best_curve=record.epoch_curve() if record else [],
+            recommended_by=recommended_by if record else None,
+            best_seen_value=best_seen[1][1] if best_seen else None, history=trials,
             spent_epochs=epochs, spent_seconds=seconds, study_dir=str(self.study_dir),
         )
 

@@ -238,3 +238,29 @@ def test_between_full_fits_the_hyperparameters_are_reused_and_still_find_the_opt
     assert sources[0] == "fit" and "reused" in sources and sources.count("fit") < len(sources)
     best = min(history, key=lambda o: final_loss(o.x))
     assert torch.dist(torch.tensor(best.x, dtype=torch.float64), BEST_X) < 0.15
+
+
+def test_recommend_reads_whole_curves_not_the_luckiest_epoch():
+    """Configurations near x=0.1 dip early and then overfit; those near x=0.8 improve to the end."""
+    def curve(x):
+        if x < 0.5:  # best of all at epoch 3, worst at T_max
+            return [(e, 0.2 + 0.05 * (e - 3) ** 2 + 0.01 * x) for e in range(1, T_MAX + 1)]
+        return [(e, 0.3 + 1.0 / e + 0.01 * x) for e in range(1, T_MAX + 1)]
+
+    xs = [0.05, 0.1, 0.15, 0.75, 0.8, 0.85, 0.3, 0.6]
+    history = [Observation(x=[x], max_epochs=T_MAX, curve=curve(x)) for x in xs]
+    core = BOILCore(dims=1, t_max=T_MAX, mode="min", seed=0)
+    best_seen = min(range(len(xs)), key=lambda i: min(v for _, v in history[i].curve))
+    assert xs[best_seen] < 0.5  # the luckiest epoch belongs to an overfitting run
+    pick = core.recommend(history)
+    assert pick is not None and xs[pick] > 0.5  # the model prefers what ends best
+    assert core.recommend(history[:2]) is None  # fewer than initial_random (3) trials: no model yet
+
+
+def test_recommend_leaves_later_suggestions_unchanged():
+    cores = [BOILCore(dims=2, t_max=T_MAX, mode="min", seed=3) for _ in range(2)]
+    history, _ = run_study(cores[0], 5)
+    _, _ = run_study(cores[1], 5)  # the same calls: the same state
+    cores[1].recommend(history)
+    nexts = [c.suggest(history) for c in cores]
+    assert nexts[0].x == nexts[1].x and nexts[0].max_epochs == nexts[1].max_epochs

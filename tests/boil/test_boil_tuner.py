@@ -67,8 +67,11 @@ def test_run_in_process_spends_the_budget_and_resumes_with_a_larger_one(tmp_path
     trials = study.history()
     assert all(t.status == "done" for t in trials)
     assert result.spent_epochs == sum(t.epochs_done for t in trials) == 8  # lengths cut to the budget's room
-    assert result.best_value == min(v for t in trials for _, v in t.epoch_curve())
-    assert result.best_values in [t.values for t in trials] and result.best_curve
+    assert result.best_seen_value == min(v for t in trials for _, v in t.epoch_curve())
+    assert result.recommended_by == "model"  # the GP has taken over: it picks among the tried configurations
+    picked = next(t for t in trials if t.id == result.best_trial)
+    assert result.best_values == picked.values and result.best_curve == picked.epoch_curve()
+    assert result.best_value == min(v for _, v in picked.epoch_curve())
     assert {type(t.values["batch_size"]) for t in trials} == {int}
     assert "boil: trial 1 done after" in capsys.readouterr().err
     assert [len(c["observations"]) for c in suggest_calls] == list(range(len(trials)))
