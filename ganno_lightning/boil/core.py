@@ -409,10 +409,10 @@ class BOILCore:
         with_points = [i for i, o in enumerate(observations) if o.curve]
         if len(observations) < self.initial_random or len(with_points) < 2:
             return None
-        x, curves = self._gp_inputs([observations[i] for i in with_points])
         # deterministic, the caller's RNG untouched; callable from a Trainer's hooks (no_grad or inference mode)
         with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
             torch.manual_seed(self.seed * 1_000_003 + len(observations))
+            x, curves = self._gp_inputs([observations[i] for i in with_points])
             try:
                 if self._fit is not None:
                     fit = refit_with_previous(x, curves, self._fit, self.virtual, source="reused")

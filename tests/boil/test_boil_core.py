@@ -264,3 +264,9 @@ def test_recommend_leaves_later_suggestions_unchanged():
     cores[1].recommend(history)
     nexts = [c.suggest(history) for c in cores]
     assert nexts[0].x == nexts[1].x and nexts[0].max_epochs == nexts[1].max_epochs
+
+
+def test_recommend_works_inside_a_trainer_hook_context():
+    history, _ = run_study(BOILCore(dims=2, t_max=T_MAX, mode="min", seed=0), 4)
+    with torch.inference_mode():  # where Lightning runs validation hooks
+        assert BOILCore(dims=2, t_max=T_MAX, mode="min", seed=0).recommend(history) is not None  # a fresh fit
