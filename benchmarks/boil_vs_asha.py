@@ -246,9 +246,7 @@ class BOILArm:
         """``BOILTuner.result``'s rule on the trials so far (the running one's epochs included)."""
         pick = self.tuner.core.recommend([Observation(x=values_to_unit(self.space, t.values), max_epochs=t.max_epochs,
                                                       curve=t.curve) for t in trials])
-        if pick is None or not any(math.isfinite(v) for _, v in trials[pick].curve):
-            return best_seen(trials)
-        return trials[pick]
+        return best_seen(trials) if pick is None else trials[pick]
 
     def alternative(self, trials: Sequence[TrialLog]) -> Optional[TrialLog]:
         return best_seen(trials)

@@ -308,6 +308,12 @@ class BOILCore:
         x = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
         return x, NormalisedCurves.from_points([o.curve for o in data], self.t_max, self.mode)
 
+    def _full_fit(self, x: Tensor, curves: NormalisedCurves, m0: float, g0: float,
+                  previous: CurveGPFit | None = None) -> CurveGPFit:
+        """Optimise the GP's hyperparameters (and ``(m0, g0)`` when learned) on ``x`` and ``curves``."""
+        return fit_curve_gp(x, curves, m0, g0, grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
+                            virtual=self.virtual, previous=previous, maxiter=self.fit_maxiter, t_trend=self.t_trend)
+
     def _fit_model(self, data: list[Observation]) -> tuple[CurveGPFit | None, str]:
         """A fresh fit, else the previous hyperparameters on today's data, else None and why."""
         x, curves = self._gp_inputs(data)
@@ -323,8 +329,7 @@ class BOILCore:
                 self.last_fit = fit.diagnostics()
                 return fit, ""
         try:
-            fit = fit_curve_gp(x, curves, m0, g0, grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
-                               virtual=self.virtual, previous=self._fit, maxiter=self.fit_maxiter, t_trend=self.t_trend)
+            fit = self._full_fit(x, curves, m0, g0, previous=self._fit)
             self._full_fit_trials = len(data)
             failure = ""
         except Exception as err:  # noqa: BLE001 - FitError or any numerical error: fall back below
@@ -399,7 +404,8 @@ class BOILCore:
 
         Returns:
             An index into ``observations``, or ``None`` while the GP would not be fitted yet (fewer
-            than ``initial_random`` trials, or fewer than 2 with a point) or its fit fails.
+            than ``initial_random`` trials, or fewer than 2 with a point), when its fit fails, or
+            when the trial it picks has no finite value (a diverged run has nothing to recommend).
 
         Raises:
             ValueError: if a trial's ``x``, ``max_epochs`` or epochs do not fit this core.
@@ -417,15 +423,14 @@ class BOILCore:
                 if self._fit is not None:
                     fit = refit_with_previous(x, curves, self._fit, self.virtual, source="reused")
                 else:  # e.g. a resumed study's result(): no fit in this process yet
-                    fit = fit_curve_gp(x, curves, self.m0, self.g0,
-                                       grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
-                                       virtual=self.virtual, maxiter=self.fit_maxiter, t_trend=self.t_trend)
+                    fit = self._full_fit(x, curves, self.m0, self.g0)
                 with torch.no_grad():
                     mean = fit.model.posterior(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], -1)).mean
             except Exception as err:  # noqa: BLE001 - no recommendation is better than a crash
                 log.warning("BOILCore: no model recommendation: %s: %s", type(err).__name__, err)
                 return None
-        return with_points[int(mean.squeeze(-1).argmax())]
+        pick = with_points[int(mean.squeeze(-1).argmax())]
+        return pick if any(math.isfinite(v) for _, v in observations[pick].curve) else None
 
     def compression_weights(self) -> list[float]:
         """The weight of each epoch ``1..t_max`` in a curve's score, under the current ``(m0, g0)``."""

@@ -593,9 +593,9 @@ class BOILTuner:
         best_seen = min(seen, key=lambda tp: sign * tp[1][1], default=None)
         observed = [t for t in trials if t.status != "queued"]
         pick = self.core.recommend([t.observation() for t in observed]) if observed else None
-        chosen = (observed[pick], best_point(observed[pick])) if pick is not None else None
-        recommended_by = "model"
-        if chosen is None or chosen[1] is None:  # no fit yet, or the model picked a run with no finite point
+        if pick is not None:
+            chosen, recommended_by = (observed[pick], best_point(observed[pick])), "model"
+        else:  # no fit yet
             chosen, recommended_by = best_seen, "observed"
         record, point = chosen if chosen else (None, None)
         epochs, seconds = self.store.spent()
