@@ -71,7 +71,10 @@ from torch.quasirandom import SobolEngine
 from ganno_lightning.boil.cost import CostModel
 from ganno_lightning.boil.model import FastPosterior, length_correlation
 
-__all__ = ["SEARCH_RADII", "CostAwareLogEI", "Pick", "incumbent", "maximise"]
+__all__ = ["GAINS", "SEARCH_RADII", "CostAwareLogEI", "Pick", "incumbent", "maximise"]
+
+#: What a trial ``(x, t)`` can be judged by (:class:`CostAwareLogEI`'s ``gain``).
+GAINS = ("curve", "target", "lookahead")
 
 
 def incumbent(model: Model, tried_x: Tensor) -> Tensor:
@@ -91,29 +94,38 @@ class CostAwareLogEI(AcquisitionFunction):
         cost: the fitted cost model (seconds, or epochs: :meth:`CostModel.per_epoch`).
         t_max: the tuner's longest training, to turn ``t / T_max`` back into epochs for the cost.
         cost_weight: the weight of the log cost; 0 ignores cost.
-        target: the gain is ``EI(x, T_max) x corr(t, T_max)^2`` (see the module); False: ``EI(x, t)``, the paper's.
+        gain: what training ``x`` for ``t`` epochs is worth (see the module): ``"curve"``, ``EI(x, t)`` (the
+            paper's); ``"target"``, ``EI(x, T_max) x corr(t, T_max)^2``; ``"lookahead"``, the expected
+            improvement of the posterior mean at ``(x, T_max)`` once ``(x, t)`` is observed.
     """
 
     def __init__(self, model: SingleTaskGP, best_f: float | Tensor, cost: CostModel, t_max: int,
-                 cost_weight: float = 1.0, target: bool = False) -> None:
+                 cost_weight: float = 1.0, gain: str = "curve") -> None:
+        if gain not in GAINS:
+            raise ValueError(f"`gain` must be one of {', '.join(map(repr, GAINS))}, got {gain!r}.")
         super().__init__(model=model)
         self.best_f = torch.as_tensor(best_f, dtype=torch.float64)
         self.posterior = FastPosterior(model)
         self.cost = cost
         self.t_max = t_max
         self.cost_weight = cost_weight
-        self.target = target
+        self.gain = gain
+
+    @property
+    def separable(self) -> bool:
+        """Whether the gain is a term in ``x`` plus a term in ``t`` (``"target"``), so they can be searched apart."""
+        return self.gain == "target"
 
     def log_ei(self, X: Tensor) -> Tensor:
-        """The log gain at points ``(..., 1, d + 1)``.
-
-        ``log EI(x, t)``, or with ``target`` ``log EI(x, T_max) + 2 log corr(t, T_max)``.
-        """
+        """The log gain at points ``(..., 1, d + 1)`` (see ``gain``)."""
         points = X.reshape(-1, X.shape[-1])  # any batch shape, scored as one batch of rows
-        if not self.target:
+        if self.gain == "curve":
             return self.log_ei_curve(points).reshape(X.shape[:-2])
         at_target = points.clone()
         at_target[:, -1] = 1.0
+        if self.gain == "lookahead":
+            mean, spread = self.posterior.lookahead(points, at_target)
+            return (_log_ei_helper((mean - self.best_f) / spread) + spread.log()).reshape(X.shape[:-2])
         correlation = length_correlation(self.model, points).clamp_min(1e-12)
         return (self.log_ei_curve(at_target) + 2.0 * correlation.log()).reshape(X.shape[:-2])
 
@@ -214,13 +226,10 @@ def maximise(acq: CostAwareLogEI, dims: int, t_max: int, t_min: int = 1, fixed_t
     bounds = torch.zeros(2, dims + 1, dtype=torch.float64)
     bounds[1] = 1.0
     bounds[0, -1] = t_min / t_max
-    separable = acq.target or fixed_t
+    separable = acq.separable or fixed_t
     point = _search(acq, bounds, {dims: 1.0} if separable else {}, num_restarts, raw_samples, per_start)
-    if separable:
-        options = [t_max] if fixed_t else list(range(t_min, t_max + 1))
-    else:
-        t = float(point[-1]) * t_max
-        options = sorted({min(t_max, max(t_min, math.floor(t))), min(t_max, max(t_min, math.ceil(t)))})
+    # Then the best whole epoch at the chosen x: exact when the gain separates, a last refinement when not.
+    options = [t_max] if fixed_t else list(range(t_min, t_max + 1))
     rows = point.expand(len(options), -1).clone()
     rows[:, -1] = torch.tensor(options, dtype=torch.float64) / t_max
     with torch.no_grad():

@@ -65,7 +65,7 @@ Example::
     ...     loss = [(e, (s.x[0] - 0.3) ** 2 + 1.0 / e) for e in range(1, s.max_epochs + 1)]
     ...     history.append(Observation(x=s.x, max_epochs=s.max_epochs, curve=loss, seconds=0.1 * s.max_epochs))
     >>> s.info["source"], sorted(core.last_fit)[:3]
-    ('acquisition', ['g0', 'lengthscale_t', 'lengthscales_x'])
+    ('acquisition', ['g0', 'length_persistence', 'lengthscale_t'])
     >>> core.posterior_mean(torch.tensor([[0.3, 1.0]])).shape
     torch.Size([1])
 """
@@ -81,7 +81,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ganno_lightning.boil.acquisition import CostAwareLogEI, incumbent, maximise
+from ganno_lightning.boil.acquisition import GAINS, CostAwareLogEI, incumbent, maximise
 from ganno_lightning.boil.compression import NormalisedCurves, epoch_weights
 from ganno_lightning.boil.cost import CostModel
 from ganno_lightning.boil.model import (
@@ -129,8 +129,13 @@ class BOILCore:
         refit_every: optimise the GP's hyperparameters (and ``(m0, g0)``) once this many trials were
             added since the last full fit; in between, reuse them on the current data. 1: every call.
         t_trend: give the GP a prior mean with a trend in ``t`` (off: a constant mean).
-        target_ei: judge a trial ``(x, t)`` by the EI at ``(x, t_max)`` times the squared kernel
-            correlation between ``t`` and ``t_max``; off: by ``EI(x, t)`` (the paper).
+        t_persistence: the GP's kernel over ``t`` has a learned constant share, the part of a score every
+            training length shares (:class:`~ganno_lightning.boil.model.PersistentLengthKernel`); off:
+            Matern alone (the paper's product kernel).
+        gain: what a trial ``(x, t)`` is judged by (:mod:`~ganno_lightning.boil.acquisition`): ``"target"``,
+            the EI at ``(x, t_max)`` times the squared kernel correlation between ``t`` and ``t_max``;
+            ``"lookahead"``, the expected improvement of the posterior mean at ``(x, t_max)`` once ``(x, t)``
+            is observed; ``"curve"``, ``EI(x, t)`` (the paper).
         max_virtual_per_trial: most virtual observations at one trial's configuration.
         max_virtual_total: most virtual observations in all.
         virtual_variance_threshold: add a virtual observation only where the GP's posterior variance
@@ -169,7 +174,8 @@ class BOILCore:
         t_floor: float = 0.2,
         refit_every: int = 3,
         t_trend: bool = True,
-        target_ei: bool = True,
+        t_persistence: bool = False,
+        gain: str = "target",
         max_virtual_per_trial: int = 10,
         max_virtual_total: int = 100,
         virtual_variance_threshold: float = 0.01,
@@ -191,9 +197,11 @@ class BOILCore:
             raise ValueError(f"`initial_random` must be a positive int (random trials before the GP), got {initial_random!r}.")
         for name, flag in (("virtual_observations", virtual_observations), ("learn_compression", learn_compression),
                            ("fixed_t", fixed_t), ("cost_cooling", cost_cooling), ("t_trend", t_trend),
-                           ("target_ei", target_ei)):
+                           ("t_persistence", t_persistence)):
             if not isinstance(flag, bool):
                 raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+        if gain not in GAINS:
+            raise ValueError(f"`gain` must be one of {', '.join(map(repr, GAINS))}, got {gain!r}.")
         if cost_unit not in ("seconds", "epochs"):
             raise ValueError(f"`cost_unit` must be 'seconds' or 'epochs' (what the budget counts), got {cost_unit!r}.")
         if isinstance(t_floor, bool) or not isinstance(t_floor, (int, float)) or not 0.0 <= t_floor <= 1.0:
@@ -217,7 +225,7 @@ class BOILCore:
             raise ValueError(f"`fit_maxiter` must be a positive int, got {fit_maxiter!r}.")
         self.dims, self.t_max, self.t_min, self.mode, self.seed = dims, t_max, t_min, mode, seed
         self.cost_unit, self.t_floor, self.refit_every, self.t_trend = cost_unit, float(t_floor), refit_every, t_trend
-        self.target_ei = target_ei
+        self.t_persistence, self.gain = t_persistence, gain
         #: The shortest training the acquisition suggests: ``t_min``, raised to ``ceil(t_floor * t_max)``.
         self.t_shortest = min(t_max, max(t_min, math.ceil(self.t_floor * t_max - 1e-9)))
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
@@ -312,7 +320,8 @@ class BOILCore:
                   previous: CurveGPFit | None = None) -> CurveGPFit:
         """Optimise the GP's hyperparameters (and ``(m0, g0)`` when learned) on ``x`` and ``curves``."""
         return fit_curve_gp(x, curves, m0, g0, grid=(M0_GRID, G0_GRID) if self.learn_compression else None,
-                            virtual=self.virtual, previous=previous, maxiter=self.fit_maxiter, t_trend=self.t_trend)
+                            virtual=self.virtual, previous=previous, maxiter=self.fit_maxiter, t_trend=self.t_trend,
+                            t_persistence=self.t_persistence)
 
     def _fit_model(self, data: list[Observation]) -> tuple[CurveGPFit | None, str]:
         """A fresh fit, else the previous hyperparameters on today's data, else None and why."""
@@ -352,11 +361,12 @@ class BOILCore:
         best_f = incumbent(model, tried)
         believer = model
         if pending:
-            # Kriging believer: pretend each pending trial already scored what the GP expects. The target gain
-            # judges x by its score at T_max, so a short pending trial is believed there too: believed only at its
-            # own length, it would hardly lower the gain at its x, and the next suggestion would land beside it.
+            # Kriging believer: pretend each pending trial already scored what the GP expects. The target and
+            # lookahead gains judge x by its score at T_max, so a short pending trial is believed there too: believed
+            # only at its own length, it would hardly lower the gain at its x, and the next suggestion would land
+            # beside it.
             rows = [[*p.x, p.max_epochs / self.t_max] for p in pending]
-            if self.target_ei:
+            if self.gain != "curve":
                 rows += [[*p.x, 1.0] for p in pending if p.max_epochs < self.t_max]
             points = torch.tensor(rows, dtype=torch.float64).clamp(0.0, 1.0)
             with torch.no_grad():
@@ -370,7 +380,7 @@ class BOILCore:
                                  torch.tensor([o.epochs_done for o in measured], dtype=torch.float64),
                                  torch.tensor([o.seconds for o in measured], dtype=torch.float64))
         weight = 1.0 - spent_fraction if self.cost_cooling else 1.0
-        acq = CostAwareLogEI(believer, best_f=best_f, cost=cost, t_max=self.t_max, cost_weight=weight, target=self.target_ei)
+        acq = CostAwareLogEI(believer, best_f=best_f, cost=cost, t_max=self.t_max, cost_weight=weight, gain=self.gain)
         pick = maximise(acq, self.dims, self.t_max, self.t_shortest, fixed_t=self.fixed_t,
                         num_restarts=self.num_restarts, raw_samples=self.raw_samples)
         return Suggestion(x=pick.x, max_epochs=pick.epochs, info={

@@ -38,7 +38,8 @@ class CoreConfig:
     fixed_t: bool = False  # train every trial for the longest length (plain BO over curves: an ablation)
     cost_cooling: bool = False  # weigh cost less as the budget runs out
     t_trend: bool = True  # the model's prior mean rises with training length (off: a constant mean)
-    target_ei: bool = True  # judge (x, t) by the EI at t_max x corr(t, t_max)^2; off: EI at t (the paper)
+    t_persistence: bool = False  # part of a configuration's score is shared by every training length (kernel over t)
+    gain: str = "target"  # judge (x, t) by: "target" EI at t_max x corr(t, t_max)^2, "lookahead", "curve" (the paper)
     # null below: the core's default (ganno_lightning.boil.core.BOILCore)
     m0: Optional[float] = None  # compression midpoint (epoch / t_max of half weight); the start when learned
     g0: Optional[float] = None  # compression growth; the start when learned

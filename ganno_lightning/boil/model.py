@@ -62,7 +62,7 @@ Example::
     >>> fit.model.train_inputs[0].shape[-1], fit.n_real
     (2, 3)
     >>> sorted(fit.diagnostics())
-    ['g0', 'lengthscale_t', 'lengthscales_x', 'm0', 'mean_slope_t', 'mll', 'n_real', 'n_virtual', 'noise', 'outputscale', 'seconds', 'source']
+    ['g0', 'length_persistence', 'lengthscale_t', 'lengthscales_x', 'm0', 'mean_slope_t', 'mll', 'n_real', 'n_virtual', 'noise', 'outputscale', 'seconds', 'source']
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -83,6 +84,7 @@ from botorch.models.utils.gpytorch_modules import (
 )
 from botorch.optim.closures import ForwardBackwardClosure
 from botorch.optim.utils import get_parameters
+from gpytorch.constraints import Interval
 from gpytorch.kernels import MaternKernel, ScaleKernel
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -95,7 +97,7 @@ from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
 __all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "LengthTrendMean",
-           "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll",
+           "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll",
            "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
@@ -126,6 +128,36 @@ class LengthTrendMean(Mean):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.constant + self.slope * (x[..., -1] - 1.0)
+
+
+class PersistentLengthKernel(MaternKernel):
+    """The kernel over ``t``: ``w + (1 - w) Matern52(t, t')``, the persistent share ``w`` in ``[0, 1]`` learned.
+
+    ``w`` is the part of a configuration's score that every training length shares: the correlation
+    between the scores after ``t`` and after ``T_max`` epochs never falls below it. With Matern alone
+    (``w = 0``) one lengthscale had to explain both how a score moves along its own curve and how much a
+    short curve says about the final score; on the digits task it fitted a correlation of 0.40 between
+    10 and 30 epochs, where the validation losses after 10 and 30 epochs rank configurations with a
+    rank correlation of 0.94 (16 Sobol configurations). Starts at ``w = 0.5``; no prior.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(nu=2.5, **kwargs)
+        self.register_parameter("raw_persistence", torch.nn.Parameter(torch.zeros(*self.batch_shape, 1, 1)))
+        self.register_constraint("raw_persistence", Interval(0.0, 1.0))
+
+    @property
+    def persistence(self) -> Tensor:
+        return self.raw_persistence_constraint.transform(self.raw_persistence)
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params: Any) -> Tensor:
+        share = self.persistence if not diag else self.persistence.squeeze(-1)
+        return share + (1.0 - share) * super().forward(x1, x2, diag=diag, **params)
+
+
+def _persistence(t_kernel: MaternKernel) -> Tensor | float:
+    """``w`` of a :class:`PersistentLengthKernel`, 0 for a plain Matern kernel."""
+    return t_kernel.persistence.reshape(()) if isinstance(t_kernel, PersistentLengthKernel) else 0.0
 
 
 @dataclass(frozen=True)
@@ -185,6 +217,7 @@ class CurveGPFit:
             "g0": self.g0,
             "lengthscales_x": x_kernel.lengthscale.detach().flatten().tolist(),
             "lengthscale_t": float(t_kernel.lengthscale.detach()),
+            "length_persistence": float(_persistence(t_kernel)),
             "outputscale": float(scale.outputscale.detach()),
             "mean_slope_t": float(getattr(self.model.mean_module, "slope", torch.zeros(())).detach()),
             "noise": float(self.model.likelihood.noise.detach()),
@@ -197,18 +230,21 @@ class CurveGPFit:
 
 
 def build_gp(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None = None,
-             t_trend: bool = True) -> SingleTaskGP:
+             t_trend: bool = True, t_persistence: bool = False) -> SingleTaskGP:
     """The product-kernel GP on ``train_x`` (``(n, d + 1)``, last column ``t / T_max``) and ``train_y`` (``(n,)``).
 
     Args:
         train_x: inputs in the unit cube, float64.
         train_y: targets (any scale: they are standardised).
-        state: hyperparameters from :meth:`CurveGPFit.state` to start from (same ``d`` and ``t_trend``).
+        state: hyperparameters from :meth:`CurveGPFit.state` to start from (same ``d``, ``t_trend`` and
+            ``t_persistence``).
         t_trend: the prior mean has a trend in ``t`` (:class:`LengthTrendMean`); off, a constant.
+        t_persistence: the kernel over ``t`` is :class:`PersistentLengthKernel`; off, Matern alone (the paper's).
     """
     dims = train_x.shape[-1] - 1
     x_kernel = MaternKernel(nu=2.5, ard_num_dims=dims, active_dims=range(dims), lengthscale_prior=GammaPrior(3.0, 6.0))
-    t_kernel = MaternKernel(nu=2.5, ard_num_dims=1, active_dims=[dims], lengthscale_prior=GammaPrior(3.0, 6.0))
+    t_kind = PersistentLengthKernel if t_persistence else partial(MaternKernel, nu=2.5)
+    t_kernel = t_kind(ard_num_dims=1, active_dims=[dims], lengthscale_prior=GammaPrior(3.0, 6.0))
     covar = ScaleKernel(x_kernel * t_kernel, outputscale_prior=GammaPrior(2.0, 0.15))
     model = SingleTaskGP(train_x, train_y.reshape(-1, 1), likelihood=get_gaussian_likelihood_with_lognormal_prior(),
                          covar_module=covar, mean_module=LengthTrendMean() if t_trend else ConstantMean(),
@@ -225,8 +261,10 @@ def length_correlation(model: SingleTaskGP, X: Tensor) -> Tensor:
     The ``t`` factor of the product kernel at ``(t, 1)`` for each row of ``X`` (``(..., d + 1)``, last
     column ``t / T_max``): 1 at ``t = T_max``, falling with the distance over the learned ``t`` lengthscale.
     """
-    lengthscale = model.covar_module.base_kernel.kernels[-1].lengthscale.reshape(())
-    return _matern52_of(((1.0 - X[..., -1]) / lengthscale).abs().clamp_min(1e-15))
+    t_kernel = model.covar_module.base_kernel.kernels[-1]
+    share = _persistence(t_kernel)
+    matern = _matern52_of(((1.0 - X[..., -1]) / t_kernel.lengthscale.reshape(())).abs().clamp_min(1e-15))
+    return share + (1.0 - share) * matern
 
 
 # -- the GP's arithmetic in plain torch (the module docstring says why; each piece is tested equal) ----------
@@ -249,8 +287,9 @@ def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
     """
     x_kernel, t_kernel = model.covar_module.base_kernel.kernels
     dims = a.shape[-1] - 1
-    return (model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
-            * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1)))
+    share = _persistence(t_kernel)
+    t_factor = share + (1.0 - share) * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1))
+    return model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1)) * t_factor
 
 
 def _train_factor(model: SingleTaskGP) -> Tensor:
@@ -309,6 +348,25 @@ class FastPosterior:
         variance = (self.model.covar_module.outputscale - reduction).clamp_min(1e-12)
         return mean * self.scale + self.shift, variance.sqrt() * self.scale
 
+    def lookahead(self, observed: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean at ``target`` and the standard deviation of its change once ``observed`` is observed.
+
+        Rows pair up: ``observed[i]`` and ``target[i]`` (``(b, d + 1)``) share their configuration and
+        differ in ``t``. Observing a noisy score ``y`` at ``observed[i]`` moves the posterior mean at
+        ``target[i]`` by ``cov(target, observed) / (var(observed) + noise) (y - mean(observed))``, a normal
+        variable of standard deviation ``cov / sqrt(var + noise)`` (posterior quantities, latent scores).
+        """
+        cross = kernel_matrix(self.model, torch.cat([observed, target]), self.train_x)
+        mean = self.model.mean_module(target) + (cross[len(observed):] @ self.alpha).squeeze(-1)
+        whitened = torch.linalg.solve_triangular(self.factor, cross.T, upper=False)
+        at_observed, at_target = whitened[:, : len(observed)], whitened[:, len(observed):]
+        prior_variance = self.model.covar_module.outputscale
+        covariance = prior_variance * length_correlation(self.model, observed) - (at_observed * at_target).sum(0)
+        variance = (prior_variance - at_observed.pow(2).sum(0)).clamp_min(1e-12)
+        noise = self.model.likelihood.noise.reshape(-1)[0]
+        spread = (covariance.clamp_min(0.0) / (variance + noise).sqrt()).clamp_min(1e-12)
+        return mean * self.scale + self.shift, spread * self.scale
+
 
 def _mll_value(model: SingleTaskGP) -> float:
     """The model's marginal log likelihood per point on its own training data (with priors)."""
@@ -317,8 +375,8 @@ def _mll_value(model: SingleTaskGP) -> float:
 
 
 def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxiter: int,
-         t_trend: bool = True) -> tuple[SingleTaskGP, float]:
-    model = build_gp(train_x, train_y, state, t_trend)
+         t_trend: bool = True, t_persistence: bool = False) -> tuple[SingleTaskGP, float]:
+    model = build_gp(train_x, train_y, state, t_trend, t_persistence)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     closure = ForwardBackwardClosure(lambda: negative_mll(model), get_parameters(mll, requires_grad=True))
     try:
@@ -387,6 +445,7 @@ def fit_curve_gp(
     previous: CurveGPFit | None = None,
     maxiter: int = FIT_MAXITER,
     t_trend: bool = True,
+    t_persistence: bool = False,
 ) -> CurveGPFit:
     """Fit the GP and, when ``grid`` is given, the compression ``(m0, g0)`` by marginal likelihood.
 
@@ -400,6 +459,7 @@ def fit_curve_gp(
         previous: the last fit, to warm-start from and to choose virtual observations with.
         maxiter: most L-BFGS iterations per GP fit.
         t_trend: the prior mean has a trend in ``t`` (:class:`LengthTrendMean`); off, a constant.
+        t_persistence: the kernel over ``t`` is :class:`PersistentLengthKernel`; off, Matern alone.
 
     Raises:
         FitError: if a GP fit raises or ends with a non-finite marginal likelihood.
@@ -410,7 +470,7 @@ def fit_curve_gp(
     guide = None
     if virtual is not None:
         if state is None:  # first fit: learn a kernel on the real points to place the virtual ones
-            guide, _ = _fit(real_inputs, curves.scores(m0, g0), None, maxiter, t_trend)
+            guide, _ = _fit(real_inputs, curves.scores(m0, g0), None, maxiter, t_trend, t_persistence)
             state = {k: v for k, v in guide.state_dict().items() if k.startswith(_STATE_PREFIXES)}
         else:  # the previous fit's kernel: only its hyperparameters place the virtual points
             guide = previous.model
@@ -419,7 +479,7 @@ def fit_curve_gp(
     def targets(m: float | Tensor, g: float | Tensor) -> Tensor:
         return curves.prefix_scores(m, g)[..., rows, cols]
 
-    model, value = _fit(inputs, targets(m0, g0), state, maxiter, t_trend)
+    model, value = _fit(inputs, targets(m0, g0), state, maxiter, t_trend, t_persistence)
     if grid is not None:
         pairs = torch.tensor(list(itertools.product(*grid)), dtype=torch.float64)
         quad = _grid_quadratic_forms(model, targets(pairs[:, 0], pairs[:, 1]))
@@ -430,7 +490,7 @@ def fit_curve_gp(
             # full fit optimises the kernel there (a second L-BFGS run here doubled the cost of a fit).
             warm = {k: v for k, v in model.state_dict().items() if k.startswith(_STATE_PREFIXES)}
             try:
-                other = build_gp(inputs, targets(m_best, g_best), warm, t_trend).eval()
+                other = build_gp(inputs, targets(m_best, g_best), warm, t_trend, t_persistence).eval()
                 other_value = _mll_value(other)
             except (FitError, NotPSDError, RuntimeError):  # keep the fitted model
                 other, other_value = None, -math.inf
@@ -453,9 +513,11 @@ def refit_with_previous(x: Tensor, curves: NormalisedCurves, previous: CurveGPFi
     start = time.perf_counter()
     state = previous.state()
     t_trend = isinstance(previous.model.mean_module, LengthTrendMean)
+    t_persistence = isinstance(previous.model.covar_module.base_kernel.kernels[-1], PersistentLengthKernel)
     try:
         inputs, rows, cols = _inputs(x, curves, previous.model, virtual)  # its kernel places the virtual points
-        model = build_gp(inputs, curves.prefix_scores(previous.m0, previous.g0)[rows, cols], state, t_trend)
+        model = build_gp(inputs, curves.prefix_scores(previous.m0, previous.g0)[rows, cols], state, t_trend,
+                         t_persistence)
         model.eval()
         value = _mll_value(model)
     except Exception as err:  # any numerical failure here means "no model at all"

@@ -65,7 +65,7 @@ def target_acquisition(lengthscale_t):
     gp.covar_module.base_kernel.kernels[1].lengthscale = lengthscale_t
     gp.eval()
     best = incumbent(gp, inputs[:, :1])
-    return CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(dims=1), t_max=T_MAX, target=True)
+    return CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(dims=1), t_max=T_MAX, gain="target")
 
 
 def target_pick(lengthscale_t):
@@ -104,7 +104,7 @@ def test_the_search_finds_the_acquisition_maximum_of_a_grid(model):
 
 
 def test_any_batch_shape_scores_like_its_rows(model):
-    acq = CostAwareLogEI(model, best_f=0.5, cost=CostModel.per_epoch(1), t_max=T_MAX, target=True)
+    acq = CostAwareLogEI(model, best_f=0.5, cost=CostModel.per_epoch(1), t_max=T_MAX, gain="target")
     points = torch.rand(4, 5, 1, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         batched = acq(points)
@@ -138,3 +138,20 @@ def test_the_plain_torch_posterior_and_log_ei_match_botorch(model):
             ours = CostAwareLogEI(gp, best_f=best, cost=CostModel.per_epoch(1), t_max=T_MAX).log_ei_curve(points)
             theirs = LogExpectedImprovement(gp, best_f=best)(points[:, None, :])
             assert torch.allclose(ours, theirs, atol=1e-8)
+
+
+def test_lookahead_gain_promotes_a_configuration_seen_briefly_to_a_full_trial():
+    # x = 0.5 was trained 5 epochs and looked best: another 5-epoch trial there would repeat what is known (only
+    # the noise is left to learn), while a full trial resolves its score at T_max. The target gain, which reads the
+    # kernel's prior correlation, values that repeat at e^-1.3 of the full trial (this model, checked by hand).
+    inputs = torch.tensor([[0.1, 1.0], [0.5, 0.25], [0.9, 1.0]], dtype=torch.float64)
+    gp = build_gp(inputs, torch.tensor([0.0, 1.0, 0.2], dtype=torch.float64), t_persistence=True)
+    gp.covar_module.base_kernel.kernels[0].lengthscale = 0.2
+    gp.covar_module.base_kernel.kernels[1].lengthscale = 0.3
+    gp.likelihood.noise = 1e-3
+    gp.eval()
+    acq = CostAwareLogEI(gp, best_f=incumbent(gp, inputs[:, :1]), cost=CostModel.per_epoch(dims=1), t_max=T_MAX,
+                         cost_weight=0.0, gain="lookahead")
+    with torch.no_grad():
+        seen_short, seen_full = acq.log_ei(torch.tensor([[[0.5, 0.25]], [[0.5, 1.0]]], dtype=torch.float64))
+    assert seen_full - seen_short > 3.0  # e^3: a repeat of the short trial is worth under 5% of the full one

@@ -177,7 +177,7 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
     ({"virtual_variance_threshold": -0.1}, "`virtual_variance_threshold`"), ({"num_restarts": 0}, "`num_restarts`"),
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
-    ({"t_trend": 1}, "`t_trend`"), ({"target_ei": None}, "`target_ei`"),
+    ({"t_trend": 1}, "`t_trend`"), ({"t_persistence": 1}, "`t_persistence`"), ({"gain": "ei"}, "`gain`"),
 ])
 def test_bad_constructor_arguments_name_themselves(kwargs, name):
     arguments = {"dims": 2, "t_max": 10, **kwargs}

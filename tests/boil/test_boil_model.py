@@ -139,8 +139,8 @@ def test_the_prior_mean_learns_that_short_trainings_score_lower():
     assert fit.n_virtual > 0 and fit.diagnostics()["mean_slope_t"] > 0
 
 
-@pytest.mark.parametrize("t_trend", [True, False])
-def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend):
+@pytest.mark.parametrize(("t_trend", "t_persistence"), [(True, False), (False, False), (True, True)])
+def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend, t_persistence):
     # The fit's closure and the virtual selection skip GPyTorch's lazy tensors: same values, same gradients.
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
@@ -148,7 +148,7 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend):
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(30, 3, generator=g, dtype=torch.float64)
-    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64), t_trend=t_trend)
+    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64), t_trend=t_trend, t_persistence=t_persistence)
     gp.covar_module.base_kernel.kernels[0].lengthscale = torch.tensor([[0.2, 0.7]], dtype=torch.float64)
     gp.covar_module.base_kernel.kernels[1].lengthscale = 0.4
     gp.covar_module.outputscale = 1.7
@@ -156,6 +156,9 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend):
     if t_trend:
         with torch.no_grad():
             gp.mean_module.slope.fill_(0.3)
+    if t_persistence:
+        with torch.no_grad():
+            gp.covar_module.base_kernel.kernels[1].raw_persistence.fill_(0.8)  # w = sigmoid(0.8), about 0.69
     other = torch.rand(7, 3, generator=g, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(kernel_matrix(gp, inputs, other), gp.covar_module(inputs, other).to_dense(), atol=1e-12)
@@ -169,3 +172,55 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend):
     assert math.isclose(float(ours), float(reference), rel_tol=1e-10)
     for name, p in gp.named_parameters():
         assert torch.allclose(p.grad, expected[name], atol=1e-10), name
+
+
+def test_the_persistent_share_bounds_the_length_correlation_from_below():
+    from ganno_lightning.boil.model import build_gp, length_correlation
+
+    inputs = torch.rand(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gp = build_gp(inputs, torch.zeros(10, dtype=torch.float64), t_persistence=True)
+    t_kernel = gp.covar_module.base_kernel.kernels[1]
+    t_kernel.lengthscale = 0.01  # the Matern part says nothing across lengths
+    with torch.no_grad():
+        share = float(t_kernel.persistence)
+        far = length_correlation(gp, torch.tensor([[0.5, 0.5, 0.1]], dtype=torch.float64))
+        same = length_correlation(gp, torch.tensor([[0.5, 0.5, 1.0]], dtype=torch.float64))
+    assert 0.0 < share < 1.0
+    assert float(far) == pytest.approx(share, abs=1e-9) and float(same) == pytest.approx(1.0)
+
+
+def test_curves_that_keep_their_ranking_teach_a_persistent_share():
+    # Each configuration's loss curve is its own quality plus a decay shared by all: the ranking after a few
+    # epochs is the final ranking, so the learned kernel keeps most of the correlation across lengths.
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(12, 2, generator=g, dtype=torch.float64)
+    quality = (x - 0.3).pow(2).sum(-1)
+    curves = [[(e, float(q) + math.exp(-e / 2) + 0.005 * float(torch.randn((), generator=g))) for e in range(1, T_MAX + 1)]
+              for q in quality]
+    fit = fit_curve_gp(x, NormalisedCurves.from_points(curves, t_max=T_MAX, mode="min"), m0=0.5, g0=12.0, grid=None,
+                       t_persistence=True)
+    assert fit.diagnostics()["length_persistence"] > 0.5
+
+
+def test_lookahead_spread_is_how_far_one_observation_moves_the_mean_at_t_max():
+    # Checked against BoTorch: condition on a noisy score at (x, t) one standard deviation above its mean, and the
+    # posterior mean at (x, T_max) moves by the lookahead's spread.
+    from ganno_lightning.boil.model import FastPosterior, build_gp
+
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.rand(15, 3, generator=g, dtype=torch.float64)
+    gp = build_gp(inputs, torch.randn(15, generator=g, dtype=torch.float64), t_persistence=True)
+    gp.covar_module.base_kernel.kernels[1].lengthscale = 0.4
+    gp.likelihood.noise = 0.05
+    gp.eval()
+    observed = torch.tensor([[0.2, 0.7, 0.3], [0.9, 0.1, 0.6]], dtype=torch.float64)
+    target = observed.clone()
+    target[:, -1] = 1.0
+    with torch.no_grad():
+        mean, spread = FastPosterior(gp).lookahead(observed, target)
+        assert torch.allclose(mean, gp.posterior(target).mean.squeeze(-1), atol=1e-9)
+        for i in range(2):
+            predictive = gp.posterior(observed[i : i + 1], observation_noise=True)
+            y = predictive.mean + predictive.variance.sqrt()
+            moved = gp.condition_on_observations(observed[i : i + 1], y).posterior(target[i : i + 1]).mean
+            assert float(moved - gp.posterior(target[i : i + 1]).mean) == pytest.approx(float(spread[i]), rel=1e-6)
