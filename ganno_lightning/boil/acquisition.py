@@ -11,7 +11,7 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   the authors' "ei_mu_max" choice, restricted to tried ``x`` (they maximise the mean over the whole
   space). A posterior mean rather than an observed score, because observed scores come from curves of
   different lengths and would make a short, lucky curve the bar to beat.
-- ``target=True`` (:class:`~ganno_lightning.boil.core.BOILCore`'s default, a deviation from the
+- ``gain="target"`` (:class:`~ganno_lightning.boil.core.BOILCore`'s default, a deviation from the
   paper): the gain of training ``x`` for ``t`` epochs is the EI of its score at ``T_max`` times
   ``rho^2``, ``rho`` the kernel's correlation between the scores at ``t`` and at ``T_max``
   (:func:`~ganno_lightning.boil.model.length_correlation`): the share of the variance at
@@ -29,6 +29,16 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   benchmark studies bought 12 to 33 consecutive 3-epoch trials, each costing a suggestion for 0.1 s
   of training; the core's floor is now 6 of 30 epochs (``t_floor=0.2``), and one study in 30 still
   ends its budget on 18 trials of 6 epochs (``benchmarks/results/boil_vs_asha.md``; issue #19).
+  A second weakness: ``rho`` is the kernel's *prior* correlation, so a configuration already trained
+  for ``t`` epochs looks as worth another ``t``-epoch trial as an unseen one.
+- ``gain="lookahead"``: the value of observing ``(x, t)`` is the expected improvement over the
+  incumbent of the posterior mean at ``(x, T_max)`` after the observation. That mean moves by a normal
+  variable whose standard deviation is the posterior covariance of the two scores over the
+  predictive standard deviation at ``(x, t)`` (:meth:`~ganno_lightning.boil.model.FastPosterior.lookahead`),
+  so the gain is LogEI with that spread. It is the knowledge gradient restricted to ``x``'s own
+  mean (the other tried configurations' means are held fixed). Unlike the target gain, it reads the
+  posterior: a repeat of what was observed is worth only its noise, and a configuration seen briefly
+  that looks good is worth a full trial (tested).
 - ``cost_weight`` scales the log cost (1: the paper). A tuner may fade it as its budget is spent
   (``cost_cooling``): near the end, only improvement matters.
 - The optimiser (:func:`maximise`) scores ``raw_samples`` scrambled Sobol points of the box
@@ -37,9 +47,9 @@ on the curve GP's posterior (:mod:`ganno_lightning.boil.model`; computed by its
   The authors (and BoTorch's ``optimize_acqf``) run L-BFGS-B from random starts: dozens of
   sequential posterior calls with gradients, 0.1 s per suggestion on the digits benchmark, where a few
   batched calls cost about 0.01 s and match a dense grid (tested). With the ``target`` gain the value
-  separates, ``log EI(x, T_max) - w b.x`` plus ``2 log rho(t) - w c log t``, so ``x`` is searched at ``T_max`` and ``t`` is the best whole epoch,
-  found exactly; with the paper's gain ``t`` is searched with ``x`` and rounded to the better
-  neighbouring epoch.
+  separates, ``log EI(x, T_max) - w b.x`` plus ``2 log rho(t) - w c log t``, so ``x`` is searched at
+  ``T_max`` and ``t`` is the best whole epoch, found exactly; with the other gains ``t`` is searched
+  with ``x``, then the best whole epoch at that ``x`` is chosen.
 
 Example::
 
@@ -203,7 +213,7 @@ def maximise(acq: CostAwareLogEI, dims: int, t_max: int, t_min: int = 1, fixed_t
     With the ``target`` gain (or ``fixed_t``) the value separates into a term in ``x`` and a term in ``t``
     (``log EI(x, T_max) - w b.x`` and ``2 log rho(t) - w c log t``: the cost model is log-linear), so
     ``x`` is searched at ``t = T_max`` and ``t`` is then chosen exactly among the whole epochs.
-    Otherwise ``(x, t)`` are searched together and ``t`` is rounded to the better neighbouring epoch.
+    Otherwise ``(x, t)`` are searched together, then ``t`` is the best whole epoch at the chosen ``x``.
 
     Args:
         acq: the acquisition function.

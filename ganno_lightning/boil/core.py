@@ -14,8 +14,9 @@ Around them, this module adds what a tuner running several trials at once needs:
 - the first ``initial_random`` trials (default 3, as in the authors' code) are drawn uniformly,
   trained for ``T_max`` (as the authors' initial design does);
 - pending trials (queued or running, passed as ``pending``) enter as a *kriging believer*: the GP is
-  conditioned on its own posterior mean at their ``(x, max_epochs)`` (with ``target_ei``, also at
-  ``(x, T_max)``, where the acquisition judges ``x``), so it does not suggest them again;
+  conditioned on its own posterior mean at their ``(x, max_epochs)`` (with the ``"target"`` and
+  ``"lookahead"`` gains, also at ``(x, T_max)``, where the acquisition judges ``x``), so it does not
+  suggest them again;
 - when the GP fit fails, the previous fit's hyperparameters are reused on the current data; when that
   fails too, the suggestion is random, and ``info["reason"]`` (also logged) says why.
 
@@ -40,9 +41,12 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   trials have been added since the last full fit, and reused on the current data in between (the
   authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
   fit, for at most ``fit_maxiter`` L-BFGS iterations, default 20). Default 3.
-- ``target_ei``: the acquisition's gain is the EI of the score at ``T_max`` times the squared
-  kernel correlation between the scores at ``t`` and ``T_max`` (the paper: the EI of the score at ``t``); see
-  :mod:`~ganno_lightning.boil.acquisition`.
+- ``gain``: what the acquisition values in a trial ``(x, t)`` (the paper: the EI of the score at ``t``).
+  ``"target"`` (default): the EI of the score at ``T_max`` times the squared kernel correlation between
+  the scores at ``t`` and ``T_max``; ``"lookahead"``: the expected improvement of the posterior mean at
+  ``(x, T_max)`` once ``(x, t)`` is observed. See :mod:`~ganno_lightning.boil.acquisition`.
+- ``t_persistence``: the GP's kernel over ``t`` has a learned constant share
+  (:class:`~ganno_lightning.boil.model.PersistentLengthKernel`; the paper: the Matern/RBF factor alone).
 - ``t_trend``: the GP's prior mean rises with ``t`` (:class:`~ganno_lightning.boil.model.LengthTrendMean`);
   see :mod:`~ganno_lightning.boil.model`.
 - :meth:`BOILCore.recommend`: the configuration to use is the tried one whose score the GP predicts

@@ -43,6 +43,8 @@ Deviations from the paper (section 3.2) and its code (github.com/ntienvu/BOIL,
   it is one round of the coordinate ascent above (a grid for ``(m0, g0)``, gradients for the GP), with
   learned noise, an outputscale and ARD lengthscales (the authors share one lengthscale over ``x``).
 - The authors use a squared-exponential kernel; here Matern 5/2 on both factors.
+- Optionally (``t_persistence``), the factor over ``t`` is :class:`PersistentLengthKernel`, a learned
+  constant share plus Matern: part of a configuration's score is shared by every training length.
 - The ``(m0, g0)`` grid is the authors' box. A wider grid (``m0`` from 0, ``g0`` from 1) let the
   likelihood pick ``m0 = 0, g0 = 1`` on the digits benchmark: nearly a plain mean of the curve, a score
   that changes little with ``t``, so the GP judged a 3-epoch trial as informative as a 30-epoch one
