@@ -73,7 +73,6 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.analytic import _log_ei_helper
 from botorch.models import SingleTaskGP
-from botorch.models.model import Model
 from botorch.utils.transforms import t_batch_mode_transform
 from torch import Tensor
 from torch.quasirandom import SobolEngine
@@ -87,11 +86,15 @@ __all__ = ["GAINS", "SEARCH_RADII", "CostAwareLogEI", "Pick", "incumbent", "maxi
 GAINS = ("curve", "target", "lookahead")
 
 
-def incumbent(model: Model, tried_x: Tensor) -> Tensor:
-    """The best posterior mean at ``t = T_max`` (normalised ``t = 1``) over the tried configurations ``(n, d)``."""
+def incumbent(model: SingleTaskGP, tried_x: Tensor) -> Tensor:
+    """The best posterior mean at ``t = T_max`` (normalised ``t = 1``) over the tried configurations ``(n, d)``.
+
+    ``model`` is a GP from :func:`~ganno_lightning.boil.model.build_gp`; its mean is computed by
+    :class:`~ganno_lightning.boil.model.FastPosterior` (``model.posterior`` cost a tenth of a suggestion).
+    """
     points = torch.cat([tried_x, torch.ones(tried_x.shape[0], 1, dtype=tried_x.dtype)], dim=-1)
     with torch.no_grad():
-        return model.posterior(points).mean.max()
+        return FastPosterior(model)(points)[0].max()
 
 
 class CostAwareLogEI(AcquisitionFunction):
