@@ -72,7 +72,7 @@ def target_pick(lengthscale_t):
     return maximise(target_acquisition(lengthscale_t), dims=1, t_max=T_MAX, t_min=1)
 
 
-def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max():
+def test_target_gain_buys_short_trials_only_when_the_kernel_says_they_inform_t_max():
     # scores after t and after T_max nearly uncorrelated: a cheap short trial tells nothing, so train long
     assert target_pick(lengthscale_t=0.05).epochs >= T_MAX - 1
     # nearly identical: the short trial tells as much for a fraction of the epochs
@@ -80,7 +80,7 @@ def test_target_ei_buys_short_trials_only_when_the_kernel_says_they_inform_t_max
 
 
 @pytest.mark.parametrize("lengthscale_t", [0.05, 0.5, 2.0, 20.0])
-def test_target_ei_chooses_the_best_whole_epoch_exactly(lengthscale_t):
+def test_target_gain_chooses_the_best_whole_epoch_exactly(lengthscale_t):
     # The target gain separates into x and t terms: the chosen t must beat every other whole epoch at the chosen x.
     acq = target_acquisition(lengthscale_t)
     chosen = maximise(acq, dims=1, t_max=T_MAX, t_min=1)
