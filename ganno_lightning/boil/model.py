@@ -353,8 +353,8 @@ class FastPosterior:
     def lookahead(self, observed: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The mean at ``target`` and the standard deviation of its change once ``observed`` is observed.
 
-        Rows pair up: ``observed[i]`` and ``target[i]`` (``(b, d + 1)``) share their configuration and
-        differ in ``t``. Observing a noisy score ``y`` at ``observed[i]`` moves the posterior mean at
+        Rows pair up: ``target[i]`` is ``observed[i]`` (``(b, d + 1)``) with ``t = T_max`` (last column 1),
+        so their prior covariance is the kernel's :func:`length_correlation` at ``observed``. Observing a noisy score ``y`` at ``observed[i]`` moves the posterior mean at
         ``target[i]`` by ``cov(target, observed) / (var(observed) + noise) (y - mean(observed))``, a normal
         variable of standard deviation ``cov / sqrt(var + noise)`` (posterior quantities, latent scores).
         """
