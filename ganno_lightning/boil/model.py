@@ -99,8 +99,8 @@ from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
 __all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "LengthTrendMean",
-           "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll",
-           "refit_with_previous"]
+           "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation",
+           "negative_mll", "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
 M0_GRID = (1 / 3, 0.5, 0.75)
@@ -291,7 +291,8 @@ def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
     dims = a.shape[-1] - 1
     share = _persistence(t_kernel)
     t_factor = share + (1.0 - share) * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1))
-    return model.covar_module.outputscale * _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1)) * t_factor
+    x_factor = _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
+    return model.covar_module.outputscale * x_factor * t_factor
 
 
 def _train_factor(model: SingleTaskGP) -> Tensor:
@@ -342,32 +343,36 @@ class FastPosterior:
         transform = model.outcome_transform  # Standardize: scores were fitted in standardised units
         self.shift, self.scale = transform.means.reshape(()), transform.stdvs.reshape(())
 
-    def __call__(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and standard deviation (latent, no observation noise) at ``points`` ``(b, d + 1)``."""
+    def _latent(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """The standardised posterior mean at ``points`` ``(b, d + 1)`` and ``L^-1 k(train, points)`` ``(n, b)``."""
         cross = kernel_matrix(self.model, points, self.train_x)
         mean = self.model.mean_module(points) + (cross @ self.alpha).squeeze(-1)
-        reduction = torch.linalg.solve_triangular(self.factor, cross.T, upper=False).pow(2).sum(0)
-        variance = (self.model.covar_module.outputscale - reduction).clamp_min(1e-12)
+        return mean, torch.linalg.solve_triangular(self.factor, cross.T, upper=False)
+
+    def __call__(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation (latent, no observation noise) at ``points`` ``(b, d + 1)``."""
+        mean, whitened = self._latent(points)
+        variance = (self.model.covar_module.outputscale - whitened.pow(2).sum(0)).clamp_min(1e-12)
         return mean * self.scale + self.shift, variance.sqrt() * self.scale
 
     def lookahead(self, observed: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The mean at ``target`` and the standard deviation of its change once ``observed`` is observed.
 
         Rows pair up: ``target[i]`` is ``observed[i]`` (``(b, d + 1)``) with ``t = T_max`` (last column 1),
-        so their prior covariance is the kernel's :func:`length_correlation` at ``observed``. Observing a noisy score ``y`` at ``observed[i]`` moves the posterior mean at
-        ``target[i]`` by ``cov(target, observed) / (var(observed) + noise) (y - mean(observed))``, a normal
-        variable of standard deviation ``cov / sqrt(var + noise)`` (posterior quantities, latent scores).
+        so their prior covariance is the kernel's :func:`length_correlation` at ``observed``. Observing a
+        noisy score ``y`` at ``observed[i]`` moves the posterior mean at ``target[i]`` by
+        ``cov(target, observed) / (var(observed) + noise) (y - mean(observed))``, a normal variable of
+        standard deviation ``cov / sqrt(var + noise)`` (posterior quantities, latent scores).
         """
-        cross = kernel_matrix(self.model, torch.cat([observed, target]), self.train_x)
-        mean = self.model.mean_module(target) + (cross[len(observed):] @ self.alpha).squeeze(-1)
-        whitened = torch.linalg.solve_triangular(self.factor, cross.T, upper=False)
-        at_observed, at_target = whitened[:, : len(observed)], whitened[:, len(observed):]
+        b = len(observed)
+        mean, whitened = self._latent(torch.cat([observed, target]))  # one kernel and one solve for both
+        at_observed, at_target = whitened[:, :b], whitened[:, b:]
         prior_variance = self.model.covar_module.outputscale
         covariance = prior_variance * length_correlation(self.model, observed) - (at_observed * at_target).sum(0)
         variance = (prior_variance - at_observed.pow(2).sum(0)).clamp_min(1e-12)
         noise = self.model.likelihood.noise.reshape(-1)[0]
         spread = (covariance.clamp_min(0.0) / (variance + noise).sqrt()).clamp_min(1e-12)
-        return mean * self.scale + self.shift, spread * self.scale
+        return mean[b:] * self.scale + self.shift, spread * self.scale
 
 
 def _mll_value(model: SingleTaskGP) -> float:

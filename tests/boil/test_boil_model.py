@@ -148,7 +148,8 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend, t_persist
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(30, 3, generator=g, dtype=torch.float64)
-    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64), t_trend=t_trend, t_persistence=t_persistence)
+    gp = build_gp(inputs, torch.randn(30, generator=g, dtype=torch.float64), t_trend=t_trend,
+                  t_persistence=t_persistence)
     gp.covar_module.base_kernel.kernels[0].lengthscale = torch.tensor([[0.2, 0.7]], dtype=torch.float64)
     gp.covar_module.base_kernel.kernels[1].lengthscale = 0.4
     gp.covar_module.outputscale = 1.7
@@ -195,8 +196,8 @@ def test_curves_that_keep_their_ranking_teach_a_persistent_share():
     g = torch.Generator().manual_seed(3)
     x = torch.rand(12, 2, generator=g, dtype=torch.float64)
     quality = (x - 0.3).pow(2).sum(-1)
-    curves = [[(e, float(q) + math.exp(-e / 2) + 0.005 * float(torch.randn((), generator=g))) for e in range(1, T_MAX + 1)]
-              for q in quality]
+    curves = [[(e, float(q) + math.exp(-e / 2) + 0.005 * float(torch.randn((), generator=g)))
+               for e in range(1, T_MAX + 1)] for q in quality]
     fit = fit_curve_gp(x, NormalisedCurves.from_points(curves, t_max=T_MAX, mode="min"), m0=0.5, g0=12.0, grid=None,
                        t_persistence=True)
     assert fit.diagnostics()["length_persistence"] > 0.5
