@@ -178,6 +178,7 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
     ({"t_trend": 1}, "`t_trend`"), ({"t_persistence": 1}, "`t_persistence`"), ({"gain": "ei"}, "`gain`"),
+    ({"max_overhead_share": 0.0}, "`max_overhead_share`"), ({"max_overhead_share": True}, "`max_overhead_share`"),
 ])
 def test_bad_constructor_arguments_name_themselves(kwargs, name):
     arguments = {"dims": 2, "t_max": 10, **kwargs}
@@ -216,6 +217,30 @@ def test_t_floor_keeps_suggestions_at_or_above_its_share_of_t_max():
     assert all(s.max_epochs >= T_MAX // 2 for s in floored)
     assert BOILCore(dims=2, t_max=T_MAX, t_min=3, t_floor=0.0).t_shortest == 3  # no floor: t_min alone
     assert BOILCore(dims=2, t_max=T_MAX, t_min=3, t_floor=0.05).t_shortest == 3  # the floor never lowers t_min
+
+
+def run_timed_study(core, trials, seconds_per_epoch):
+    """run_study with every trial measured at ``seconds_per_epoch``."""
+    generator = torch.Generator().manual_seed(0)
+    history, suggestions = [], []
+    for _ in range(trials):
+        suggestion = core.suggest(history)
+        suggestions.append(suggestion)
+        trial = train(suggestion.x, suggestion.max_epochs, generator)
+        history.append(Observation(x=trial.x, max_epochs=trial.max_epochs, curve=trial.curve,
+                                   seconds=seconds_per_epoch * trial.epochs_done))
+    return [s for s in suggestions if s.info["source"] == "acquisition"]
+
+
+def test_max_overhead_share_lengthens_trials_only_when_training_is_cheaper_than_choosing():
+    # Epochs of a microsecond: any suggestion (milliseconds) outweighs a whole trial, so once the core has timed
+    # itself, every trial is T_max long. Epochs of a minute: the bound never binds.
+    fast = run_timed_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 1e-6)
+    assert fast[0].info["t_shortest"] == 1  # nothing timed yet
+    assert all(s.info["t_shortest"] == T_MAX and s.max_epochs == T_MAX for s in fast[1:])
+    slow = run_timed_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 60.0)
+    assert all(s.info["t_shortest"] == 1 for s in slow)
+    assert min(s.max_epochs for s in slow) < T_MAX  # short trials are still bought (what the bound must not stop)
 
 
 def test_with_an_epochs_price_the_measured_seconds_do_not_change_the_suggestion():
