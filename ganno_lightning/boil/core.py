@@ -38,12 +38,13 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   and at 0.1 runs of 12 to 33 consecutive 3-epoch trials took BOIL's own time to 12-15% of some
   benchmark studies; at 0.2 the benchmark's test losses were unchanged or lower (issue #19).
 - ``max_overhead_share``: the shortest suggested training also rises so that one suggestion's own time
-  (GP fit and acquisition, the mean of the last few measured) is at most this share of the trial it
-  starts: ``t >= overhead / seconds_per_epoch * (1 - share) / share``. The paper prices only training, so
+  (GP fit and acquisition: the mean ``Observation.suggest_seconds`` of the last few trials) is at most
+  this share of the trial it starts: ``t >= overhead / seconds_per_epoch * (1 - share) / share``. The paper prices only training, so
   on a task whose epochs take milliseconds a 6-epoch trial costs less than choosing it: on the
   benchmark's diabetes task (a study trains 450 epochs in 9 s) one study bought 18 six-epoch trials
-  in a row and BOIL's own time reached 14% of the study (issue #19). The bound is measured, so with it
-  suggestions depend on timings (as ``cost_unit="seconds"`` already does).
+  in a row and BOIL's own time reached 14% of the study (issue #19). Both times are measured and read
+  from the observations, so suggestions stay a function of the arguments, but they depend on
+  timings (as with ``cost_unit="seconds"``).
 - ``refit_every``: the GP's hyperparameters and ``(m0, g0)`` are optimised when at least this many
   trials have been added since the last full fit, and reused on the current data in between (the
   authors optimise them every ``2 d`` iterations, from 20 random starts; here warm-started from the last
@@ -249,7 +250,6 @@ class BOILCore:
         self.t_shortest = min(t_max, max(t_min, math.ceil(self.t_floor * t_max - 1e-9)))
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
         self.max_overhead_share = None if max_overhead_share is None else float(max_overhead_share)
-        self._suggest_seconds: list[float] = []  # the last few model-based suggestions' own seconds
         self.initial_random = initial_random
         self.learn_compression, self.fixed_t, self.cost_cooling = learn_compression, fixed_t, cost_cooling
         self.m0, self.g0 = float(m0), float(g0)
@@ -322,15 +322,13 @@ class BOILCore:
                 log.warning("BOILCore: suggesting at random: %s", failure)
                 return self._random(started, failure)
             try:
-                suggestion = self._acquire(fit, data, pending, spent_fraction)
+                shortest = self._shortest([*observations, *(p for p in pending if p not in observations)])
+                suggestion = self._acquire(fit, data, pending, spent_fraction, shortest)
             except Exception as err:  # noqa: BLE001 - a failed optimiser must not stop the tuner
                 reason = f"acquisition optimisation failed: {type(err).__name__}: {err}"
                 log.warning("BOILCore: suggesting at random: %s", reason)
                 return self._random(started, reason)
-        seconds = time.perf_counter() - start
-        # The last refit_every suggestions hold one full fit and the cheap ones between: their mean is the overhead.
-        self._suggest_seconds = [*self._suggest_seconds, seconds][-max(self.refit_every, 3):]
-        suggestion.info.update(fit_source=fit.source, fit_seconds=fit.seconds, suggest_seconds=seconds)
+        suggestion.info.update(fit_source=fit.source, fit_seconds=fit.seconds, suggest_seconds=time.perf_counter() - start)
         if failure:
             suggestion.info["fit_error"] = failure
         return suggestion
@@ -379,7 +377,7 @@ class BOILCore:
         return fit, failure
 
     def _acquire(self, fit: CurveGPFit, data: list[Observation], pending: list[Observation],
-                 spent_fraction: float) -> Suggestion:
+                 spent_fraction: float, shortest: int) -> Suggestion:
         model = fit.model
         tried = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
         best_f = incumbent(model, tried)
@@ -405,7 +403,6 @@ class BOILCore:
                                  torch.tensor([o.seconds for o in measured], dtype=torch.float64))
         weight = 1.0 - spent_fraction if self.cost_cooling else 1.0
         acq = CostAwareLogEI(believer, best_f=best_f, cost=cost, t_max=self.t_max, cost_weight=weight, gain=self.gain)
-        shortest = self._shortest(data)
         pick = maximise(acq, self.dims, self.t_max, shortest, fixed_t=self.fixed_t,
                         num_restarts=self.num_restarts, raw_samples=self.raw_samples)
         return Suggestion(x=pick.x, max_epochs=pick.epochs, info={
@@ -414,13 +411,15 @@ class BOILCore:
             "pending": len(pending), "cost_unit": self.cost_unit, "t_shortest": shortest,
         })
 
-    def _shortest(self, data: list[Observation]) -> int:
+    def _shortest(self, trials: list[Observation]) -> int:
         """The shortest training to suggest: ``t_shortest``, raised by ``max_overhead_share`` when it is set."""
         share = self.max_overhead_share
-        measured = [o for o in data if o.seconds > 0 and o.epochs_done > 0]
-        if share is None or not self._suggest_seconds or not measured:
+        measured = [o for o in trials if o.seconds > 0 and o.epochs_done > 0]
+        # The last refit_every suggestions hold one full fit and the cheap ones between: their mean is the overhead.
+        chosen = [o.suggest_seconds for o in trials if o.suggest_seconds > 0][-max(self.refit_every, 3):]
+        if share is None or not chosen or not measured:
             return self.t_shortest
-        overhead = sum(self._suggest_seconds) / len(self._suggest_seconds)
+        overhead = sum(chosen) / len(chosen)
         seconds_per_epoch = sum(o.seconds for o in measured) / sum(o.epochs_done for o in measured)
         needed = math.ceil(overhead / seconds_per_epoch * (1.0 - share) / share - 1e-9)
         return min(self.t_max, max(self.t_shortest, needed))

@@ -35,6 +35,8 @@ class Observation:
             interrupted or diverged trial has a prefix (a diverged one may end in a non-finite value).
         seconds: wall-clock seconds the trial has trained so far (the cost model's data).
         status: one of :data:`TRIAL_STATES`.
+        suggest_seconds: seconds the core spent choosing this trial (its ``Suggestion.info["suggest_seconds"]``;
+            0 when random or unknown): what ``max_overhead_share`` weighs against training.
     """
 
     x: list[float]
@@ -42,6 +44,7 @@ class Observation:
     curve: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     status: str = "done"
+    suggest_seconds: float = 0.0
 
     @property
     def epochs_done(self) -> int:

@@ -117,7 +117,8 @@ class BOILSearcher(Searcher):
         self.study_dir = None if study_dir is None else str(study_dir)
         self._store: Optional[BOILStore] = None
         self._core: Any = None
-        #: Ray trial id -> {"x", "values", "max_epochs", "curve": {epoch: value}, "seconds", "status", "store_id"}
+        #: Ray trial id -> {"x", "values", "max_epochs", "curve": {epoch: value}, "seconds", "status", "store_id",
+        #: "suggest_seconds"}
         self.trials: dict[str, dict[str, Any]] = {}
 
     # -- Tune's calls ---------------------------------------------------------------------------
@@ -152,7 +153,8 @@ class BOILSearcher(Searcher):
         x = values_to_unit(self.space, values)
         max_epochs = min(max(int(suggestion.max_epochs), self.t_min), longest)
         record = {"x": x, "values": values, "max_epochs": max_epochs, "curve": {}, "seconds": 0.0,
-                  "status": "queued", "store_id": None}
+                  "status": "queued", "store_id": None,
+                  "suggest_seconds": float(suggestion.info.get("suggest_seconds", 0.0))}
         store = self._open_store()
         if store is not None:
             info = dict(suggestion.info)
@@ -251,7 +253,8 @@ class BOILSearcher(Searcher):
     def _observation(self, record: Mapping[str, Any]) -> Observation:
         curve = sorted(record["curve"].items())
         return Observation(x=list(record["x"]), max_epochs=record["max_epochs"], curve=curve,
-                           seconds=record["seconds"], status=record["status"])
+                           seconds=record["seconds"], status=record["status"],
+                           suggest_seconds=record.get("suggest_seconds", 0.0))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

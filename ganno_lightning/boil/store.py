@@ -137,7 +137,8 @@ class TrialRecord:
     def observation(self) -> Observation:
         """The trial as BOIL's core reads it."""
         return Observation(x=list(self.x), max_epochs=self.max_epochs, curve=self.epoch_curve(),
-                           seconds=self.seconds, status=self.status)
+                           seconds=self.seconds, status=self.status,
+                           suggest_seconds=float(self.info.get("suggest_seconds") or 0.0))
 
 
 def _value_in(value: float | None) -> float:

@@ -228,7 +228,8 @@ def run_timed_study(core, trials, seconds_per_epoch):
         suggestions.append(suggestion)
         trial = train(suggestion.x, suggestion.max_epochs, generator)
         history.append(Observation(x=trial.x, max_epochs=trial.max_epochs, curve=trial.curve,
-                                   seconds=seconds_per_epoch * trial.epochs_done))
+                                   seconds=seconds_per_epoch * trial.epochs_done,
+                                   suggest_seconds=suggestion.info.get("suggest_seconds", 0.0)))
     return [s for s in suggestions if s.info["source"] == "acquisition"]
 
 
@@ -241,6 +242,18 @@ def test_max_overhead_share_lengthens_trials_only_when_training_is_cheaper_than_
     slow = run_timed_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 60.0)
     assert all(s.info["t_shortest"] == 1 for s in slow)
     assert min(s.max_epochs for s in slow) < T_MAX  # short trials are still bought (what the bound must not stop)
+
+
+def test_max_overhead_share_reads_the_last_suggestions_times_from_the_observations():
+    # Choosing took 1 s (the mean of the last three timed; the 9 s before them is out of the window), training takes
+    # 0.5 s an epoch: a trial must train 1 / 0.5 * (1 - 0.1) / 0.1 = 18 epochs for choosing it to be 10% of its cost.
+    history, _ = run_study(BOILCore(dims=2, t_max=T_MAX, seed=0), 5)
+    timed = [Observation(x=o.x, max_epochs=o.max_epochs, curve=o.curve, seconds=0.5 * o.epochs_done,
+                         suggest_seconds=[0.0, 9.0, 0.5, 1.0, 1.5][i])
+             for i, o in enumerate(history)]
+    core = BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1)
+    assert core.suggest(timed).info["t_shortest"] == 18
+    assert BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0).suggest(timed).info["t_shortest"] == 1
 
 
 def test_with_an_epochs_price_the_measured_seconds_do_not_change_the_suggestion():

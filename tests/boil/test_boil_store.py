@@ -21,9 +21,10 @@ REPO = HERE.parents[1]
 def test_a_trial_from_suggestion_to_its_end(tmp_path):
     store = BOILStore(tmp_path)
     store.init_study({"monitor": "val_loss", "mode": "min"})
-    trial = store.add_trial([0.25], {"lr": 0.01}, 3, {"source": "acquisition", "m0": 0.5},
+    trial = store.add_trial([0.25], {"lr": 0.01}, 3, {"source": "acquisition", "m0": 0.5, "suggest_seconds": 0.25},
                             fit={"m0": 0.5, "g0": 12.0, "noise": float("nan")}, observations=4)
     assert store.trial(trial).status == "queued"
+    assert store.trial(trial).observation().suggest_seconds == 0.25  # what max_overhead_share reads on resume
     store.start_trial(trial)
     with pytest.raises(ValueError, match="Trial 1 is running, not queued: each trial is trained once"):
         store.start_trial(trial)
