@@ -62,7 +62,9 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   the minimum of hundreds of noisy validations, often reached early in a trial that then overfits;
   the model reads every trial's whole curve. On the benchmark's dev seeds (10-19, three tasks) it won
   22 of 30 paired seeds against ASHA with TPE at half the budget, the lowest validation loss at any
-  epoch 20, and Optuna's rule (lowest at the deepest epoch reached) 20 (issue #19).
+  epoch 20, and Optuna's rule (lowest at the deepest epoch reached) 20 (issue #19). ``recommend_kappa``
+  (default 0) makes it pessimistic: the tried configuration with the best ``mean - kappa * sd`` at
+  ``T_max``, so one seen for a few epochs of a running trial must look better by its uncertainty.
 
 Every call is deterministic given the seed, the arguments and the calls before it (fits warm-start
 from the previous one). Nothing is kept between calls but that previous fit and how many trials it
@@ -150,6 +152,8 @@ class BOILCore:
             the EI at ``(x, t_max)`` times the squared kernel correlation between ``t`` and ``t_max``;
             ``"lookahead"``, the expected improvement of the posterior mean at ``(x, t_max)`` once ``(x, t)``
             is observed; ``"curve"``, ``EI(x, t)`` (the paper).
+        recommend_kappa: :meth:`recommend` picks the best ``mean - recommend_kappa * sd`` of the score at
+            ``t_max`` (0: the best mean).
         max_virtual_per_trial: most virtual observations at one trial's configuration.
         max_virtual_total: most virtual observations in all.
         virtual_variance_threshold: add a virtual observation only where the GP's posterior variance
@@ -191,6 +195,7 @@ class BOILCore:
         t_trend: bool = True,
         t_persistence: bool = False,
         gain: str = "target",
+        recommend_kappa: float = 0.0,
         max_virtual_per_trial: int = 10,
         max_virtual_total: int = 100,
         virtual_variance_threshold: float = 0.01,
@@ -226,6 +231,10 @@ class BOILCore:
                                                or not 0.0 < max_overhead_share <= 1.0):
             raise ValueError(f"`max_overhead_share` must be a number in (0, 1] (e.g. 0.1: BOIL's own time at most 10% "
                              f"of a trial) or None (no bound), got {max_overhead_share!r}.")
+        if isinstance(recommend_kappa, bool) or not isinstance(recommend_kappa, (int, float)) or not (
+                math.isfinite(recommend_kappa) and recommend_kappa >= 0):
+            raise ValueError(f"`recommend_kappa` must be a non-negative number (0: recommend the best mean), "
+                             f"got {recommend_kappa!r}.")
         if not _is_int(refit_every) or refit_every < 1:
             raise ValueError(f"`refit_every` must be a positive int (1 optimises the GP at every call), got {refit_every!r}.")
         if not isinstance(m0, (int, float)) or not 0.0 <= m0 <= 1.0:
@@ -245,7 +254,7 @@ class BOILCore:
             raise ValueError(f"`fit_maxiter` must be a positive int, got {fit_maxiter!r}.")
         self.dims, self.t_max, self.t_min, self.mode, self.seed = dims, t_max, t_min, mode, seed
         self.cost_unit, self.t_floor, self.refit_every, self.t_trend = cost_unit, float(t_floor), refit_every, t_trend
-        self.t_persistence, self.gain = t_persistence, gain
+        self.t_persistence, self.gain, self.recommend_kappa = t_persistence, gain, float(recommend_kappa)
         #: The shortest training the acquisition suggests: ``t_min``, raised to ``ceil(t_floor * t_max)``.
         self.t_shortest = min(t_max, max(t_min, math.ceil(self.t_floor * t_max - 1e-9)))
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
@@ -442,7 +451,8 @@ class BOILCore:
             return self._fit.model.posterior(points).mean.squeeze(-1)
 
     def recommend(self, observations: Sequence[Observation]) -> int | None:
-        """The index of the observed configuration whose score the GP predicts best at ``T_max``.
+        """The index of the observed configuration whose score the GP predicts best at ``T_max``
+        (by ``mean - recommend_kappa * sd``).
 
         Fitted on every curve passed (with the last full fit's hyperparameters when there is one,
         else by a fresh fit that is not kept), so calling it does not change later suggestions.
@@ -470,11 +480,14 @@ class BOILCore:
                 else:  # e.g. a resumed study's result(): no fit in this process yet
                     fit = self._full_fit(x, curves, self.m0, self.g0)
                 with torch.no_grad():
-                    mean = fit.model.posterior(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], -1)).mean
+                    posterior = fit.model.posterior(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], -1))
+                    value = posterior.mean.squeeze(-1)
+                    if self.recommend_kappa:
+                        value = value - self.recommend_kappa * posterior.variance.squeeze(-1).clamp_min(0).sqrt()
             except Exception as err:  # noqa: BLE001 - no recommendation is better than a crash
                 log.warning("BOILCore: no model recommendation: %s: %s", type(err).__name__, err)
                 return None
-        pick = with_points[int(mean.squeeze(-1).argmax())]
+        pick = with_points[int(value.argmax())]
         return pick if any(math.isfinite(v) for _, v in observations[pick].curve) else None
 
     def compression_weights(self) -> list[float]:

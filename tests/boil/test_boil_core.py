@@ -178,7 +178,7 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
     ({"t_trend": 1}, "`t_trend`"), ({"t_persistence": 1}, "`t_persistence`"), ({"gain": "ei"}, "`gain`"),
-    ({"max_overhead_share": 0.0}, "`max_overhead_share`"), ({"max_overhead_share": True}, "`max_overhead_share`"),
+    ({"recommend_kappa": -1.0}, "`recommend_kappa`"), ({"max_overhead_share": 0.0}, "`max_overhead_share`"), ({"max_overhead_share": True}, "`max_overhead_share`"),
 ])
 def test_bad_constructor_arguments_name_themselves(kwargs, name):
     arguments = {"dims": 2, "t_max": 10, **kwargs}
@@ -293,6 +293,19 @@ def test_recommend_reads_whole_curves_not_the_luckiest_epoch():
     pick = core.recommend(history)
     assert pick is not None and xs[pick] > 0.5  # the model prefers what ends best
     assert core.recommend(history[:2]) is None  # fewer than initial_random (3) trials: no model yet
+
+
+def test_recommend_kappa_prefers_a_well_seen_configuration_to_a_barely_started_one():
+    # Five finished trials (best at x = 0.5) and one running trial at x = 0.6 seen for a single epoch: the best
+    # mean is the running one's, but its score at T_max is uncertain; with kappa >= 1 the finished x = 0.35 wins.
+    def curve(x, epochs):
+        return [(e, 0.3 + 1.0 / e + 0.05 * abs(x - 0.5)) for e in range(1, epochs + 1)]
+
+    xs = [0.05, 0.2, 0.8, 0.95, 0.35]
+    history = [Observation(x=[x], max_epochs=T_MAX, curve=curve(x, T_MAX)) for x in xs]
+    history.append(Observation(x=[0.6], max_epochs=T_MAX, curve=curve(0.6, 1), status="running"))
+    assert BOILCore(dims=1, t_max=T_MAX, seed=0).recommend(history) == 5
+    assert BOILCore(dims=1, t_max=T_MAX, seed=0, recommend_kappa=1.0).recommend(history) == 4
 
 
 def test_recommend_leaves_later_suggestions_unchanged():
