@@ -52,7 +52,7 @@ class CoreConfig:
     cost_unit: Optional[str] = None  # "seconds" or "epochs" a trial is priced in; null: what the budget counts
     t_floor: Optional[float] = None  # shortest suggested training, as a fraction of t_max (0: just t_min)
     recommend_kappa: Optional[float] = None  # recommend the best mean - kappa * sd at t_max (0: the best mean)
-    max_overhead_share: Optional[float] = None  # BOIL's own seconds per suggestion at most this share of a trial (1: off)
+    max_overhead_share: Optional[float] = None  # a suggestion's own seconds at most this share of its trial (1: off)
     refit_every: Optional[int] = None  # optimise the model's hyperparameters after this many new trials
 
 

@@ -246,8 +246,9 @@ class BOILTuner:
             ``virtual_observations``, ``learn_compression``, ``m0``, ``g0``, ``fixed_t``,
             ``cost_cooling``, ``cost_unit`` (default: ``"epochs"`` with ``budget_epochs``, ``"seconds"``
             with ``budget_seconds``: the acquisition prices what the budget counts), ``t_floor``,
-            ``max_overhead_share``, ``refit_every``, ``t_trend``, ``t_persistence``, ``gain``, ``recommend_kappa``, ``max_virtual_per_trial``,
-            ``max_virtual_total``, ``virtual_variance_threshold``, ``num_restarts``, ``raw_samples``, ``fit_maxiter``.
+            ``max_overhead_share``, ``refit_every``, ``t_trend``, ``t_persistence``, ``gain``, ``recommend_kappa``,
+            ``max_virtual_per_trial``, ``max_virtual_total``, ``virtual_variance_threshold``, ``num_restarts``,
+            ``raw_samples``, ``fit_maxiter``.
 
     Raises:
         ValueError: before anything trains, naming the argument: a hyperparameter the factory does

@@ -178,7 +178,8 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
     ({"t_trend": 1}, "`t_trend`"), ({"t_persistence": 1}, "`t_persistence`"), ({"gain": "ei"}, "`gain`"),
-    ({"recommend_kappa": -1.0}, "`recommend_kappa`"), ({"max_overhead_share": 0.0}, "`max_overhead_share`"), ({"max_overhead_share": True}, "`max_overhead_share`"),
+    ({"recommend_kappa": -1.0}, "`recommend_kappa`"), ({"max_overhead_share": 0.0}, "`max_overhead_share`"),
+    ({"max_overhead_share": True}, "`max_overhead_share`"),
 ])
 def test_bad_constructor_arguments_name_themselves(kwargs, name):
     arguments = {"dims": 2, "t_max": 10, **kwargs}
