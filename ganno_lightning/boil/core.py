@@ -39,7 +39,7 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   benchmark studies; at 0.2 the benchmark's test losses were unchanged or lower (issue #19).
 - ``max_overhead_share`` (default None: off): the shortest suggested training also rises so that one
   suggestion's own time (GP fit and acquisition: the mean ``Observation.suggest_seconds`` of the last
-  few trials) is at most this share of the trial it starts,
+  few trials) is at most this share of itself plus the trial it starts (so of the study),
   ``t >= overhead / seconds_per_epoch * (1 - share) / share``. The paper prices only training, so on a
   task whose epochs take milliseconds a 6-epoch trial costs less than choosing it: on the benchmark's
   diabetes task (a study trains 450 epochs in 9 s) one study bought 18 six-epoch trials in a row and
@@ -146,7 +146,9 @@ class BOILCore:
         t_floor: the shortest training the acquisition may suggest, as a fraction of ``t_max`` (rounded
             up, and at least ``t_min``); 0 leaves ``t_min`` alone (the paper).
         max_overhead_share: keep a suggestion's own seconds (fit and acquisition) at most this share of
-            the trial it starts, by raising the shortest suggested training (``None``: no such bound).
+            themselves plus the trial it starts, by raising the shortest suggested training (``None``: no
+            bound). Read from ``Observation.suggest_seconds``: a caller driving the core itself passes each
+            suggestion's ``info["suggest_seconds"]`` there (the tuner's store and the Ray searcher do).
         refit_every: optimise the GP's hyperparameters (and ``(m0, g0)``) once this many trials were
             added since the last full fit; in between, reuse them on the current data. 1: every call.
         t_trend: give the GP a prior mean with a trend in ``t`` (off: a constant mean).
@@ -235,7 +237,7 @@ class BOILCore:
                                                or not isinstance(max_overhead_share, (int, float))
                                                or not 0.0 < max_overhead_share <= 1.0):
             raise ValueError(f"`max_overhead_share` must be a number in (0, 1] (e.g. 0.1: BOIL's own time at most 10% "
-                             f"of a trial) or None (no bound), got {max_overhead_share!r}.")
+                             f"of itself plus a trial) or None (no bound), got {max_overhead_share!r}.")
         if isinstance(recommend_kappa, bool) or not isinstance(recommend_kappa, (int, float)) or not (
                 math.isfinite(recommend_kappa) and recommend_kappa >= 0):
             raise ValueError(f"`recommend_kappa` must be a non-negative number (0: recommend the best mean), "
@@ -260,10 +262,11 @@ class BOILCore:
         self.dims, self.t_max, self.t_min, self.mode, self.seed = dims, t_max, t_min, mode, seed
         self.cost_unit, self.t_floor, self.refit_every, self.t_trend = cost_unit, float(t_floor), refit_every, t_trend
         self.t_persistence, self.gain, self.recommend_kappa = t_persistence, gain, float(recommend_kappa)
-        #: The shortest training the acquisition suggests: ``t_min``, raised to ``ceil(t_floor * t_max)``.
+        self.max_overhead_share = None if max_overhead_share is None else float(max_overhead_share)
+        #: The shortest training the acquisition suggests: ``t_min``, raised to ``ceil(t_floor * t_max)``; with
+        #: ``max_overhead_share``, raised further per call (``Suggestion.info["t_shortest"]``).
         self.t_shortest = min(t_max, max(t_min, math.ceil(self.t_floor * t_max - 1e-9)))
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
-        self.max_overhead_share = None if max_overhead_share is None else float(max_overhead_share)
         self.initial_random = initial_random
         self.learn_compression, self.fixed_t, self.cost_cooling = learn_compression, fixed_t, cost_cooling
         self.m0, self.g0 = float(m0), float(g0)
@@ -322,7 +325,8 @@ class BOILCore:
         self._check(pending, "pending")
         if not isinstance(spent_fraction, (int, float)) or not 0.0 <= spent_fraction <= 1.0:
             raise ValueError(f"`spent_fraction` must be a number in [0, 1], got {spent_fraction!r}.")
-        started = len(observations) + sum(1 for p in pending if p not in observations)
+        trials = [*observations, *(p for p in pending if p not in observations)]  # a running trial is in both
+        started = len(trials)
         if started < self.initial_random:
             return self._random(started, f"initial random trial {started + 1} of {self.initial_random}")
         data = [o for o in observations if o.curve]
@@ -336,7 +340,7 @@ class BOILCore:
                 log.warning("BOILCore: suggesting at random: %s", failure)
                 return self._random(started, failure)
             try:
-                shortest = self._shortest([*observations, *(p for p in pending if p not in observations)])
+                shortest = self._shortest(trials)
                 suggestion = self._acquire(fit, data, pending, spent_fraction, shortest)
             except Exception as err:  # noqa: BLE001 - a failed optimiser must not stop the tuner
                 reason = f"acquisition optimisation failed: {type(err).__name__}: {err}"
@@ -429,7 +433,8 @@ class BOILCore:
         """The shortest training to suggest: ``t_shortest``, raised by ``max_overhead_share`` when it is set."""
         share = self.max_overhead_share
         measured = [o for o in trials if o.seconds > 0 and o.epochs_done > 0]
-        # The last refit_every suggestions hold one full fit and the cheap ones between: their mean is the overhead.
+        # The last max(refit_every, 3) timed suggestions: about one full fit and the cheap refits between (when
+        # trials end one at a time; with many workers the window may miss the full fit and read low).
         chosen = [o.suggest_seconds for o in trials if o.suggest_seconds > 0][-max(self.refit_every, 3):]
         if share is None or not chosen or not measured:
             return self.t_shortest

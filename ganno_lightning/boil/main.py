@@ -51,8 +51,8 @@ class CoreConfig:
     fit_maxiter: Optional[int] = None  # most L-BFGS iterations per GP fit
     cost_unit: Optional[str] = None  # "seconds" or "epochs" a trial is priced in; null: what the budget counts
     t_floor: Optional[float] = None  # shortest suggested training, as a fraction of t_max (0: just t_min)
+    max_overhead_share: Optional[float] = None  # a suggestion's seconds at most this share of it + its trial (null: off)
     recommend_kappa: Optional[float] = None  # recommend the best mean - kappa * sd at t_max (0: the best mean)
-    max_overhead_share: Optional[float] = None  # a suggestion's own seconds at most this share of its trial (1: off)
     refit_every: Optional[int] = None  # optimise the model's hyperparameters after this many new trials
 
 

@@ -60,7 +60,9 @@ class Suggestion:
         max_epochs: how many epochs to train it (``1 <= max_epochs <= T_max``).
         info: diagnostics for logs and plots, plain JSON values: at least ``"source"``
             (``"acquisition"`` or ``"random"``), and when a model was fitted ``"m0"``, ``"g0"``,
-            ``"log_ei"``, ``"log_cost"``, ``"virtual_observations"``; ``"reason"`` when random.
+            ``"log_ei"``, ``"log_cost"``, ``"virtual_observations"``, ``"t_shortest"`` (the shortest length
+            it could choose), ``"suggest_seconds"`` (its own time: store it as ``Observation.suggest_seconds``);
+            ``"reason"`` when random.
     """
 
     x: list[float]

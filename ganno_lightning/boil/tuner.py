@@ -55,7 +55,8 @@ class BOILResult:
     """What a study found: the recommended configuration, its curve, and every trial.
 
     ``best_values`` is the configuration to train: of the configurations tried, the one whose score
-    the GP predicts best after ``T_max`` epochs (``recommended_by="model"``; :meth:`BOILCore.recommend`),
+    the GP predicts best after ``T_max`` epochs (by mean - ``recommend_kappa`` x sd; ``recommended_by="model"``;
+    :meth:`BOILCore.recommend`),
     or, before the GP is fitted, the one with the best ``monitor`` value at any epoch
     (``"observed"``). It was tried as trial ``best_trial`` (for ``best_max_epochs``), whose best value
     ``best_value`` came at epoch ``best_epoch``. ``best_seen_value`` is the best value of any trial

@@ -253,8 +253,16 @@ def test_max_overhead_share_reads_the_last_suggestions_times_from_the_observatio
                          suggest_seconds=[0.0, 9.0, 0.5, 1.0, 1.5][i])
              for i, o in enumerate(history)]
     core = BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1)
-    assert core.suggest(timed).info["t_shortest"] == 18
+    suggestion = core.suggest(timed)
+    assert suggestion.info["t_shortest"] == 18 and suggestion.max_epochs >= 18
     assert BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0).suggest(timed).info["t_shortest"] == 1
+    # Pending trials count too: a queued trial chosen in 0.2 s makes the window 1, 1.5, 0.2 (0.9 s: 17 epochs). A
+    # running trial passed in both lists counts once (17 again; counted twice, 1.5, 0.2, 0.2 would give 12).
+    queued = Observation(x=[0.5, 0.5], max_epochs=T_MAX, status="queued", suggest_seconds=0.2)
+    assert core.suggest(timed, pending=[queued]).info["t_shortest"] == 17
+    running = Observation(x=[0.5, 0.5], max_epochs=T_MAX, curve=timed[-1].curve[:2], seconds=1.0, status="running",
+                          suggest_seconds=0.2)
+    assert core.suggest([*timed, running], pending=[running]).info["t_shortest"] == 17
 
 
 def test_with_an_epochs_price_the_measured_seconds_do_not_change_the_suggestion():
