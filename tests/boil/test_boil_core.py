@@ -34,13 +34,21 @@ def train(x, epochs, generator) -> Observation:
     return Observation(x=list(x), max_epochs=epochs, curve=curve, seconds=0.1 * epochs * (1.0 + x[0]))
 
 
-def run_study(core, trials, seed=0):
+def run_study(core, trials, seed=0, seconds_per_epoch=None):
+    """``trials`` suggestions, each trained and fed back with its suggestion's own time.
+
+    ``seconds_per_epoch``: every trial's measured seconds (default: ``train``'s, which grow with ``x[0]``).
+    """
     generator = torch.Generator().manual_seed(seed)
     history, suggestions = [], []
     for _ in range(trials):
         suggestion = core.suggest(history)
         suggestions.append(suggestion)
-        history.append(train(suggestion.x, suggestion.max_epochs, generator))
+        trial = train(suggestion.x, suggestion.max_epochs, generator)
+        if seconds_per_epoch is not None:
+            trial.seconds = seconds_per_epoch * trial.epochs_done
+        trial.suggest_seconds = suggestion.info.get("suggest_seconds", 0.0)
+        history.append(trial)
     return history, suggestions
 
 
@@ -220,27 +228,19 @@ def test_t_floor_keeps_suggestions_at_or_above_its_share_of_t_max():
     assert BOILCore(dims=2, t_max=T_MAX, t_min=3, t_floor=0.05).t_shortest == 3  # the floor never lowers t_min
 
 
-def run_timed_study(core, trials, seconds_per_epoch):
-    """run_study with every trial measured at ``seconds_per_epoch``."""
-    generator = torch.Generator().manual_seed(0)
-    history, suggestions = [], []
-    for _ in range(trials):
-        suggestion = core.suggest(history)
-        suggestions.append(suggestion)
-        trial = train(suggestion.x, suggestion.max_epochs, generator)
-        history.append(Observation(x=trial.x, max_epochs=trial.max_epochs, curve=trial.curve,
-                                   seconds=seconds_per_epoch * trial.epochs_done,
-                                   suggest_seconds=suggestion.info.get("suggest_seconds", 0.0)))
+def model_suggestions(core, trials, seconds_per_epoch):
+    """The suggestions of a ``run_study`` that came from the model (not the initial random design)."""
+    _, suggestions = run_study(core, trials, seconds_per_epoch=seconds_per_epoch)
     return [s for s in suggestions if s.info["source"] == "acquisition"]
 
 
 def test_max_overhead_share_lengthens_trials_only_when_training_is_cheaper_than_choosing():
     # Epochs of a microsecond: any suggestion (milliseconds) outweighs a whole trial, so once the core has timed
     # itself, every trial is T_max long. Epochs of a minute: the bound never binds.
-    fast = run_timed_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 1e-6)
+    fast = model_suggestions(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 1e-6)
     assert fast[0].info["t_shortest"] == 1  # nothing timed yet
     assert all(s.info["t_shortest"] == T_MAX and s.max_epochs == T_MAX for s in fast[1:])
-    slow = run_timed_study(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 60.0)
+    slow = model_suggestions(BOILCore(dims=2, t_max=T_MAX, seed=0, t_floor=0.0, max_overhead_share=0.1), 7, 60.0)
     assert all(s.info["t_shortest"] == 1 for s in slow)
     assert min(s.max_epochs for s in slow) < T_MAX  # short trials are still bought (what the bound must not stop)
 
