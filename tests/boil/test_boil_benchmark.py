@@ -1,6 +1,7 @@
 """A small part of benchmarks/boil_vs_asha.py: equal epoch budgets, checkpoints, recommendation rules, report."""
 
 import importlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -72,3 +73,60 @@ def test_recommendation_rules(bench):
     assert bench.best_seen(trials) is diverged  # lowest value at any epoch, even before diverging (BOILTuner.result)
     assert bench.best_deepest(trials) is long  # lowest at the deepest epoch reached (Optuna's best_trial)
     assert bench.best_seen([]) is None and bench.best_deepest([diverged]) is None
+
+
+@pytest.fixture(scope="module")
+def noise(bench):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("boil_retrain_noise")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _study(tuner: str, seed: int, values: dict, test_loss: float) -> dict:
+    pick = {"values": values, "max_epochs": 2, "epochs_seen": 2, "val_loss": 0.5, "test_loss": test_loss}
+    return {"id": f"diabetes/{tuner}/{seed}", "key": "k", "status": "ok", "task": "diabetes", "tuner": tuner,
+            "seed": seed, "t_max": 2, "checkpoints": {"0.5": {"rule": pick, "best_seen": None}}}
+
+
+def test_retrain_noise_counts_wins_under_each_seed_and_under_their_mean(noise):
+    a, b, c = ({"lr": lr, "weight_decay": 0.0, "dropout": 0.0, "batch_size": 32} for lr in (1e-3, 3e-3, 1e-2))
+    records = [_study("boil", 0, a, 1.0), _study("asha_tpe", 0, b, 1.0),
+               _study("boil", 1, c, 1.0), _study("asha_tpe", 1, c, 1.0),  # the same pick: never a win
+               _study("random", 0, b, 1.0)]
+    pairs = noise.picks(records, ["boil", "asha_tpe"], [0.5, 1.0])
+    assert sorted(pairs) == [("diabetes", 0, 0.5), ("diabetes", 1, 0.5)]  # no pick at 100%; random is not a pair
+    key = noise._values_key
+    scores = {("diabetes", key(a)): [0.30, 0.50, 0.31], ("diabetes", key(b)): [0.40, 0.35, 0.40],
+              ("diabetes", key(c)): [0.2, 0.2, 0.2]}
+    (row,) = noise.summarise(pairs, scores, ["boil", "asha_tpe"], 3)
+    assert row["wins_per_seed"] == [1, 0, 1]  # seed 2 alone reverses study 0
+    assert row["wins_mean"] == 1 and row["same_pick"] == 1  # mean 0.370 against 0.383
+    assert row["median_gap"] == pytest.approx((0.0 + (0.3833333 - 0.37)) / 2, abs=1e-6)
+    assert row["reproduced"] == 0  # the log's 1.0 is no retraining's score
+    low, high = noise.wilson(1, 2)
+    assert 0 < low < 0.5 < high < 1 and noise.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_retrain_noise_end_to_end_reproduces_the_benchmark_score_and_resumes(bench, noise, tmp_path):
+    from ganno_lightning.examples.tuning_tasks import TUNING_TASKS
+
+    values = {"lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.1, "batch_size": 32}
+    other = {**values, "lr": 1e-2}
+    scored = bench.train_config(TUNING_TASKS["diabetes"], values, 2, bench.RETRAIN_SEED, test=True).test_loss
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [_study("boil", 0, values, scored),
+                                                     _study("asha_tpe", 0, other, 9.0)]) + "\n")
+    argv = ["--log", str(log), "--checkpoints", "0.5", "--retrain-seeds", "2", "--cache", str(tmp_path / "c.jsonl"),
+            "--out", str(tmp_path / "r.md")]
+    noise.main(argv)
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 4  # 2 picks x 2 seeds
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert row["reproduced"] == 1 and row["studies"] == 1 and len(row["wins_per_seed"]) == 2
+    noise.main(argv)  # everything cached: nothing retrained, nothing appended
+    assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 4
+    with pytest.raises(SystemExit, match="no study where every one"):
+        noise.main([*argv[:2], "--tuners", "boil", "random", *argv[2:]])
+    with pytest.raises(SystemExit):
+        noise.parse_args([*argv[:4], "--retrain-seeds", "1", *argv[6:]])
