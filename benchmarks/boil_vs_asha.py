@@ -83,7 +83,7 @@ import torch
 
 from report import write_report
 
-from ganno_lightning.boil.observations import Observation
+from ganno_lightning.boil.observations import Observation, suggest_seconds
 from ganno_lightning.examples.tuning_tasks import TUNING_TASKS, TuningTask
 from ganno_lightning.files import atomic_write_bytes
 from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
@@ -233,7 +233,7 @@ class BOILArm:
         trial = self.tuner.ask()
         if trial is None:
             return None
-        self.model_s += float(trial.info.get("suggest_seconds", 0.0))
+        self.model_s += suggest_seconds(trial.info)
         return Proposal(dict(trial.values), trial.max_epochs, trial)
 
     def report(self, proposal: Proposal, epoch: int, value: float) -> bool:

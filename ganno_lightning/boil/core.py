@@ -112,7 +112,7 @@ from ganno_lightning.boil.model import (
     fit_curve_gp,
     refit_with_previous,
 )
-from ganno_lightning.boil.observations import Observation, Suggestion
+from ganno_lightning.boil.observations import SUGGEST_SECONDS, Observation, Suggestion
 
 __all__ = ["BOILCore"]
 
@@ -346,7 +346,8 @@ class BOILCore:
                 reason = f"acquisition optimisation failed: {type(err).__name__}: {err}"
                 log.warning("BOILCore: suggesting at random: %s", reason)
                 return self._random(started, reason)
-        suggestion.info.update(fit_source=fit.source, fit_seconds=fit.seconds, suggest_seconds=time.perf_counter() - start)
+        suggestion.info.update({"fit_source": fit.source, "fit_seconds": fit.seconds,
+                                SUGGEST_SECONDS: time.perf_counter() - start})
         if failure:
             suggestion.info["fit_error"] = failure
         return suggestion

@@ -15,12 +15,23 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Observation", "Suggestion", "TRIAL_STATES"]
+__all__ = ["Observation", "SUGGEST_SECONDS", "Suggestion", "TRIAL_STATES", "suggest_seconds"]
 
 #: A trial's life: queued (suggested, committed, not started), running, then one of the ends.
 TRIAL_STATES = ("queued", "running", "done", "diverged", "failed", "interrupted")
+#: The key of ``Suggestion.info`` (and of the records that keep it) with the core's seconds for choosing the trial.
+SUGGEST_SECONDS = "suggest_seconds"
+
+
+def suggest_seconds(info: Mapping[str, Any]) -> float:
+    """The seconds the core spent on a suggestion, read from its ``info`` or a record that keeps it.
+
+    0 for a random suggestion and for a record written before the key existed (an older store or Ray pickle).
+    """
+    return float(info.get(SUGGEST_SECONDS) or 0.0)
 
 
 @dataclass

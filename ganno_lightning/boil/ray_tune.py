@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ganno_lightning.boil.observations import Observation
+from ganno_lightning.boil.observations import SUGGEST_SECONDS, Observation, suggest_seconds
 from ganno_lightning.boil.store import BOILStore
 from ganno_lightning.files import atomic_write_bytes
 from ganno_lightning.tuning.space import (
@@ -154,7 +154,7 @@ class BOILSearcher(Searcher):
         max_epochs = min(max(int(suggestion.max_epochs), self.t_min), longest)
         record = {"x": x, "values": values, "max_epochs": max_epochs, "curve": {}, "seconds": 0.0,
                   "status": "queued", "store_id": None,
-                  "suggest_seconds": float(suggestion.info.get("suggest_seconds", 0.0))}
+                  SUGGEST_SECONDS: suggest_seconds(suggestion.info)}
         store = self._open_store()
         if store is not None:
             info = dict(suggestion.info)
@@ -254,7 +254,7 @@ class BOILSearcher(Searcher):
         curve = sorted(record["curve"].items())
         return Observation(x=list(record["x"]), max_epochs=record["max_epochs"], curve=curve,
                            seconds=record["seconds"], status=record["status"],
-                           suggest_seconds=record.get("suggest_seconds", 0.0))
+                           suggest_seconds=suggest_seconds(record))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

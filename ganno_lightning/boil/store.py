@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganno_lightning.boil.observations import TRIAL_STATES, Observation
+from ganno_lightning.boil.observations import TRIAL_STATES, Observation, suggest_seconds
 from ganno_lightning.sqlite_store import SQLiteStore
 
 __all__ = ["BOILStore", "CurvePoint", "TrialRecord"]
@@ -138,7 +138,7 @@ class TrialRecord:
         """The trial as BOIL's core reads it."""
         return Observation(x=list(self.x), max_epochs=self.max_epochs, curve=self.epoch_curve(),
                            seconds=self.seconds, status=self.status,
-                           suggest_seconds=float(self.info.get("suggest_seconds") or 0.0))
+                           suggest_seconds=suggest_seconds(self.info))
 
 
 def _value_in(value: float | None) -> float:
