@@ -100,6 +100,7 @@ def summarise(pairs: Mapping[tuple[str, int, float], Mapping[str, Mapping[str, A
             "wins_per_seed": per_seed, "wins_mean": mean_wins, "wins_mean_interval": wilson(mean_wins, len(keys)),
             "median_mean": {t: statistics.median(means[(s, t)] for s in keys) for t in tuners},
             "reproduced": reproduced, "scores": 2 * len(keys),
+            "per_study": [{"seed": s, **{t: losses[(s, t)] for t in tuners}} for s in keys],
         })
     return rows
 

@@ -105,6 +105,7 @@ def test_retrain_noise_counts_wins_under_each_seed_and_under_their_mean(noise):
     assert row["wins_mean"] == 1 and row["same_pick"] == 1  # mean 0.370 against 0.383
     assert row["median_gap"] == pytest.approx((0.0 + (0.3833333 - 0.37)) / 2, abs=1e-6)
     assert row["reproduced"] == 0  # the log's 1.0 is no retraining's score
+    assert row["per_study"][0] == {"seed": 0, "boil": [0.30, 0.50, 0.31], "asha_tpe": [0.40, 0.35, 0.40]}
     low, high = noise.wilson(1, 2)
     assert 0 < low < 0.5 < high < 1 and noise.wilson(0, 0) == (0.0, 1.0)
 
