@@ -201,8 +201,13 @@ def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(config))
 
 
-def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
-    """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray."""
+def make_collector(env_fns: list, policy: Any, run: RunConfig, seed: int) -> Any:
+    """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray.
+
+    On worker processes, TorchRL's ``set_seed`` seeds each worker's environment and its global RNG
+    from ``seed``: the policy samples its actions there, and a spawned process starts unseeded, so
+    without it two runs of one config and seed collected different actions from the first batch.
+    """
     # Our envs already carry what the policy reads (a recurrent actor's state comes from `recurrent_env`).
     common = dict(frames_per_batch=run.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False)
     if run.backend == "ray":
@@ -214,7 +219,9 @@ def make_collector(env_fns: list, policy: Any, run: RunConfig) -> Any:
         return collector
     if len(env_fns) == 1:
         return Collector(env_fns[0](), policy, **common)
-    return MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)
+    collector = MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)
+    collector.set_seed(seed)
+    return collector
 
 
 class EpisodeTracker:
@@ -311,7 +318,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                           batch_size=algo.minibatch_size)
     logger = _Logger(out_dir, plain_config, run, resume=iteration > 0)
     tracker = EpisodeTracker()
-    collector = make_collector(env_fns, actor, run)
+    collector = make_collector(env_fns, actor, run, seeds[0])
     progress = _progress(run, frames)
 
     def checkpoint() -> Path:

@@ -322,3 +322,14 @@ def test_a_factorised_head_over_augmented_tasks_trains_and_deploys(tmp_path):
         parse_config(SMOKE, ["algo.policy_head=pooled"])
     with pytest.raises(ValueError, match=r"`algo.layer_offset_factor` must be a number > 1 .*got 0.5"):
         parse_config(SMOKE, ["algo.layer_offset_factor=0.5"])
+
+
+def test_a_run_on_worker_processes_is_reproducible(tmp_path):
+    # The policy samples its actions inside the collector's worker processes: their RNGs must be seeded too.
+    runs = []
+    for name in ("a", "b"):
+        path = train(SMOKE, [f"run.out_dir={tmp_path / name}", "run.wandb=false", "run.workers=2", "run.total_frames=32"])
+        runs.append((GANNOAgent.load(path).actor.state_dict(), read_metrics(tmp_path / name)))
+    (first, first_metrics), (second, second_metrics) = runs
+    assert [r["charts/episode_return"] for r in first_metrics] == [r["charts/episode_return"] for r in second_metrics]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
