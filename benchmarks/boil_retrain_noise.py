@@ -8,9 +8,9 @@ and reports per task and checkpoint:
 
 - the spread of one configuration's test loss over retraining seeds (median standard deviation),
   beside the median gap between the two tuners' picks;
-- the paired wins (the first tuner's test loss lower) under each single retraining seed, so the
-  spread of that count is the luck of the draw, and under the mean over the ``K`` seeds, with a 95%
-  Wilson interval for the win rate.
+- the paired wins (the first tuner's test loss lower; a tie, such as the same pick, is not a win)
+  under each single retraining seed, so the spread of that count is the luck of the draw, and under
+  the mean over the ``K`` seeds, with a 95% Wilson interval for the win rate.
 
 Every retraining is one job of :class:`~ganno_lightning.trials.pool.JobPool`, appended to ``--cache``
 as it finishes; a rerun with the same cache retrains nothing twice.
@@ -30,16 +30,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from boil_vs_asha import BASELINE, RETRAIN_SEED, TARGET, train_config
+from boil_vs_asha import BASELINE, RETRAIN_SEED, TARGET, strict_json, train_config
 from report import write_report
 
 from ganno_lightning.examples.tuning_tasks import TUNING_TASKS
 from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
+from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
 
 
 def _values_key(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), sort_keys=True)
+
+
+def _config_key(task: str, pick: Mapping[str, Any]) -> tuple[str, int, str]:
+    """A retrained configuration: its task, its length (``T_max``) and its values."""
+    return (task, int(pick["t_max"]), _values_key(pick["values"]))
 
 
 def retrain_job(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,11 +56,21 @@ def retrain_job(job: Mapping[str, Any]) -> dict[str, Any]:
 
 def picks(records: Sequence[Mapping[str, Any]], tuners: Sequence[str], checkpoints: Sequence[float]
           ) -> dict[tuple[str, int, float], dict[str, dict[str, Any]]]:
-    """``(task, study seed, checkpoint) -> tuner -> the benchmark's pick`` where every tuner made one."""
+    """``(task, study seed, checkpoint) -> tuner -> the benchmark's pick`` where every tuner made one.
+
+    Raises:
+        ValueError: if two records are the same study (task, tuner and seed), e.g. from two logs.
+    """
     out: dict[tuple[str, int, float], dict[str, dict[str, Any]]] = {}
+    seen: set[tuple[str, str, int]] = set()
     for record in records:
         if record.get("status") != "ok" or record["tuner"] not in tuners:
             continue
+        study = (record["task"], record["tuner"], record["seed"])
+        if study in seen:
+            raise ValueError(f"--log: study {study} appears twice; pass each (task, tuner, seed) once, e.g. merge"
+                             " the logs keeping one study of each.")
+        seen.add(study)
         for fraction in checkpoints:
             pick = record["checkpoints"].get(str(fraction), {}).get("rule")
             if pick is not None:
@@ -81,7 +96,7 @@ def summarise(pairs: Mapping[tuple[str, int, float], Mapping[str, Mapping[str, A
     rows = []
     for task, fraction in sorted({(t, f) for t, _, f in pairs}):
         keys = sorted(s for t, s, f in pairs if t == task and f == fraction)
-        losses = {(s, tuner): scores[(task, _values_key(pairs[(task, s, fraction)][tuner]["values"]))]
+        losses = {(s, tuner): scores[_config_key(task, pairs[(task, s, fraction)][tuner])]
                   for s in keys for tuner in tuners}
         spreads = [statistics.stdev(v) for v in losses.values() if all(map(math.isfinite, v))]
         means = {key: statistics.fmean(v) for key, v in losses.items()}
@@ -91,7 +106,7 @@ def summarise(pairs: Mapping[tuple[str, int, float], Mapping[str, Mapping[str, A
         mean_wins = sum(means[(s, first)] < means[(s, second)] for s in keys)
         same = sum(_values_key(pairs[(task, s, fraction)][first]["values"])
                    == _values_key(pairs[(task, s, fraction)][second]["values"]) for s in keys)
-        reproduced = sum(losses[(s, tuner)][0] == pairs[(task, s, fraction)][tuner]["test_loss"]
+        reproduced = sum(losses[(s, tuner)][0] == pairs[(task, s, fraction)][tuner].get("test_loss")
                          for s in keys for tuner in tuners)
         rows.append({
             "task": task, "checkpoint": fraction, "studies": len(keys), "same_pick": same,
@@ -105,13 +120,14 @@ def summarise(pairs: Mapping[tuple[str, int, float], Mapping[str, Mapping[str, A
     return rows
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> list[str]:
+def markdown(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace, command: str) -> list[str]:
+    """The report: how to read it, then one table row per (task, checkpoint) of :func:`summarise`."""
     first, second = args.tuners
     seeds = f"{RETRAIN_SEED}..{RETRAIN_SEED + args.retrain_seeds - 1}"
     lines = [
         f"# How much of {first} against {second} is the retraining's luck",
         "",
-        f"Command: `PYTHONPATH=. python benchmarks/boil_retrain_noise.py {' '.join(sys.argv[1:])}`",
+        f"Command: `PYTHONPATH=. python benchmarks/boil_retrain_noise.py {command}`",
         "",
         f"Each pick of the log's studies (the benchmark's recommendation rule) retrained for T_max epochs with"
         f" {args.retrain_seeds} seeds ({seeds}) and scored on the test split. `sd`: the median over picks of the test"
@@ -139,6 +155,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> lis
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line (``argv``, or ``sys.argv[1:]``); ``--retrain-seeds`` below 2 is an error."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, nargs="+", required=True, help="boil_vs_asha.py study logs (JSON lines)")
     parser.add_argument("--tuners", nargs=2, default=[TARGET, BASELINE], help="the pair to compare, first one's wins")
@@ -154,23 +171,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     records = [r for path in args.log for r in read_log(path).values()]
-    pairs = picks(records, args.tuners, args.checkpoints)
+    try:
+        pairs = picks(records, args.tuners, args.checkpoints)
+    except ValueError as err:
+        sys.exit(str(err))
+    lengths = {record["t_max"] for record in records if record.get("status") == "ok"}
+    if len(lengths) > 1:
+        sys.exit(f"--log: studies with different T_max {sorted(lengths)}; rescore one T_max at a time.")
     if not pairs:
         sys.exit(f"--log {[str(p) for p in args.log]}: no study where every one of {args.tuners} made a pick at"
                  f" {args.checkpoints}; pass logs written by benchmarks/boil_vs_asha.py with both tuners.")
-    configs = {(task, _values_key(pick["values"])): (pick["values"], pick["t_max"])
-               for (task, _, _), by_tuner in pairs.items() for pick in by_tuner.values()}
+    configs = {_config_key(task, pick): pick["values"] for (task, _, _), by_tuner in pairs.items()
+               for pick in by_tuner.values()}
     jobs = []
-    for (task, key), (values, t_max) in sorted(configs.items()):
+    for (task, t_max, key), values in sorted(configs.items()):
         for i in range(args.retrain_seeds):
             settings = {"task": task, "values": values, "t_max": t_max, "seed": RETRAIN_SEED + i}
             jobs.append({"id": f"{task}/{key}/{RETRAIN_SEED + i}", "key": json.dumps(settings, sort_keys=True),
                          **settings})
     args.cache.parent.mkdir(parents=True, exist_ok=True)
     done = read_log(args.cache)
-    print(f"{len(configs)} distinct picks, {len(jobs)} retrainings ({sum(j['id'] in done for j in jobs)} cached)",
+    cached = sum(finished_record(job, done) is not None for job in jobs)
+    print(f"{len(configs)} distinct picks, {len(jobs)} retrainings ({cached} cached)",
           file=sys.stderr, flush=True)
 
     def failure(job: dict[str, Any], why: JobFailure) -> dict[str, Any]:
@@ -181,13 +206,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     finished = read_log(args.cache)
     scores: dict[tuple[str, str], list[float]] = {}
     for job in jobs:
-        result = finished.get(job["id"])
-        if result is None or result.get("status") != "ok" or result.get("key") != job["key"]:
+        result = finished_record(job, finished)
+        if result is None or result.get("status") != "ok":
             sys.exit(f"retraining {job['id']} did not finish ({result}); rerun to retry it.")
-        scores.setdefault((job["task"], _values_key(job["values"])), []).append(float(result["test_loss"]))
+        scores.setdefault((job["task"], job["t_max"], _values_key(job["values"])), []).append(float(result["test_loss"]))
     rows = summarise(pairs, scores, args.tuners, args.retrain_seeds)
-    write_report(markdown(rows, args), args.out)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(rows, indent=1) + "\n")
+    write_report(markdown(rows, args, " ".join(argv)), args.out)
+    # non-finite losses (a diverged retraining) as strings, as boil_vs_asha.json writes them: strict JSON
+    atomic_write_text(args.out.with_suffix(".json"), json.dumps(strict_json(rows), indent=1, allow_nan=False) + "\n")
 
 
 if __name__ == "__main__":

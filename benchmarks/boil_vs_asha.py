@@ -445,12 +445,12 @@ def _median(values: Sequence[Optional[float]]) -> Optional[float]:
     return statistics.median(present) if present else None
 
 
-def _strict(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """``value`` for strict JSON: non-finite floats as strings ("inf", "nan")."""
     if isinstance(value, Mapping):
-        return {str(k): _strict(v) for k, v in value.items()}
+        return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
+        return [strict_json(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
@@ -516,7 +516,7 @@ def write_outputs(records: Sequence[Mapping[str, Any]], args: argparse.Namespace
                 "checkpoints": CHECKPOINTS, "command": " ".join(["python", *sys.argv])}
     done = sorted(records, key=lambda r: (r["task"], TUNERS.index(r["tuner"]) if r["tuner"] in TUNERS else 99, r["seed"]))
     atomic_write_bytes(out.with_suffix(".json"), json.dumps(
-        _strict({"settings": settings, "summary": summary, "studies": done}), indent=1, allow_nan=False).encode())
+        strict_json({"settings": settings, "summary": summary, "studies": done}), indent=1, allow_nan=False).encode())
     plot(records, args, out.with_suffix(".png"))
     write_report(markdown(summary, done, args), out.with_suffix(".md"))
 

@@ -14,8 +14,8 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Observation", "SUGGEST_SECONDS", "Suggestion", "TRIAL_STATES", "suggest_seconds"]

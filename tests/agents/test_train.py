@@ -328,7 +328,7 @@ def test_a_run_on_worker_processes_is_reproducible(tmp_path):
     # The policy samples its actions inside the collector's worker processes: their RNGs must be seeded too.
     runs = []
     for name in ("a", "b"):
-        path = train(SMOKE, [f"run.out_dir={tmp_path / name}", "run.wandb=false", "run.workers=2", "run.total_frames=32"])
+        path = train(SMOKE, [f"run.out_dir={tmp_path / name}", "run.wandb=false", "run.workers=2", "run.total_frames=16"])
         runs.append((GANNOAgent.load(path).actor.state_dict(), read_metrics(tmp_path / name)))
     (first, first_metrics), (second, second_metrics) = runs
     assert [r["charts/episode_return"] for r in first_metrics] == [r["charts/episode_return"] for r in second_metrics]

@@ -98,10 +98,10 @@ def test_retrain_noise_counts_wins_under_each_seed_and_under_their_mean(noise):
     pairs = noise.picks(records, ["boil", "asha_tpe"], [0.5, 1.0])
     assert sorted(pairs) == [("diabetes", 0, 0.5), ("diabetes", 1, 0.5)]  # no pick at 100%; random is not a pair
     key = noise._values_key
-    scores = {("diabetes", key(a)): [0.30, 0.50, 0.31], ("diabetes", key(b)): [0.40, 0.35, 0.40],
-              ("diabetes", key(c)): [0.2, 0.2, 0.2]}
+    scores = {("diabetes", 2, key(a)): [0.30, 0.50, 0.31], ("diabetes", 2, key(b)): [0.40, 0.35, 0.40],
+              ("diabetes", 2, key(c)): [0.2, 0.2, 0.2]}
     (row,) = noise.summarise(pairs, scores, ["boil", "asha_tpe"], 3)
-    assert row["wins_per_seed"] == [1, 0, 1]  # seed 2 alone reverses study 0
+    assert row["wins_per_seed"] == [1, 0, 1]  # the second seed alone reverses study 0
     assert row["wins_mean"] == 1 and row["same_pick"] == 1  # mean 0.370 against 0.383
     assert row["median_gap"] == pytest.approx((0.0 + (0.3833333 - 0.37)) / 2, abs=1e-6)
     assert row["reproduced"] == 0  # the log's 1.0 is no retraining's score
@@ -129,5 +129,7 @@ def test_retrain_noise_end_to_end_reproduces_the_benchmark_score_and_resumes(ben
     assert len((tmp_path / "c.jsonl").read_text().splitlines()) == 4
     with pytest.raises(SystemExit, match="no study where every one"):
         noise.main([*argv[:2], "--tuners", "boil", "random", *argv[2:]])
+    with pytest.raises(SystemExit, match=r"study \('diabetes', 'boil', 0\) appears twice"):
+        noise.main([*argv[:2], str(log), *argv[2:]])  # the same log twice
     with pytest.raises(SystemExit):
         noise.parse_args([*argv[:4], "--retrain-seeds", "1", *argv[6:]])

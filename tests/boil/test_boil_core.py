@@ -11,7 +11,7 @@ from ganno_lightning.boil import core as boil_core
 from ganno_lightning.boil import model as boil_model
 from ganno_lightning.boil.core import BOILCore
 from ganno_lightning.boil.model import FitError
-from ganno_lightning.boil.observations import Observation, Suggestion
+from ganno_lightning.boil.observations import Observation, Suggestion, suggest_seconds
 
 T_MAX = 20
 BEST_X = torch.tensor([0.3, 0.7], dtype=torch.float64)
@@ -47,7 +47,7 @@ def run_study(core, trials, seed=0, seconds_per_epoch=None):
         trial = train(suggestion.x, suggestion.max_epochs, generator)
         if seconds_per_epoch is not None:
             trial.seconds = seconds_per_epoch * trial.epochs_done
-        trial.suggest_seconds = suggestion.info.get("suggest_seconds", 0.0)
+        trial.suggest_seconds = suggest_seconds(suggestion.info)
         history.append(trial)
     return history, suggestions
 
