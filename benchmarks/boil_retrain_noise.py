@@ -30,12 +30,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from boil_vs_asha import BASELINE, RETRAIN_SEED, TARGET, strict_json, train_config
+from boil_vs_asha import BASELINE, RETRAIN_SEED, TARGET, job_failure, strict_json, train_config
 from report import write_report
 
 from ganno_lightning.examples.tuning_tasks import TUNING_TASKS
 from ganno_lightning.files import atomic_write_text
-from ganno_lightning.trials.pool import JobFailure, JobPool, finished_record, read_log
+from ganno_lightning.trials.pool import JobPool, finished_record, read_log
 
 
 def _values_key(values: Mapping[str, Any]) -> str:
@@ -90,7 +90,7 @@ def wilson(wins: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def summarise(pairs: Mapping[tuple[str, int, float], Mapping[str, Mapping[str, Any]]],
-              scores: Mapping[tuple[str, str], list[float]], tuners: Sequence[str], k: int) -> list[dict[str, Any]]:
+              scores: Mapping[tuple[str, int, str], list[float]], tuners: Sequence[str], k: int) -> list[dict[str, Any]]:
     """One row per (task, checkpoint): spreads, single-seed wins per retraining seed, mean-of-K wins."""
     first, second = tuners
     rows = []
@@ -198,18 +198,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"{len(configs)} distinct picks, {len(jobs)} retrainings ({cached} cached)",
           file=sys.stderr, flush=True)
 
-    def failure(job: dict[str, Any], why: JobFailure) -> dict[str, Any]:
-        return {"id": job["id"], "key": job["key"], "status": why.status, "reason": why.reason}
-
     with JobPool(retrain_job, processes=args.workers, retries=1) as pool:
-        pool.run(jobs, failure=failure, log=args.cache, done=done)
+        pool.run(jobs, failure=job_failure, log=args.cache, done=done)
     finished = read_log(args.cache)
-    scores: dict[tuple[str, str], list[float]] = {}
+    scores: dict[tuple[str, int, str], list[float]] = {}
     for job in jobs:
         result = finished_record(job, finished)
         if result is None or result.get("status") != "ok":
             sys.exit(f"retraining {job['id']} did not finish ({result}); rerun to retry it.")
-        scores.setdefault((job["task"], job["t_max"], _values_key(job["values"])), []).append(float(result["test_loss"]))
+        scores.setdefault(_config_key(job["task"], job), []).append(float(result["test_loss"]))
     rows = summarise(pairs, scores, args.tuners, args.retrain_seeds)
     write_report(markdown(rows, args, " ".join(argv)), args.out)
     # non-finite losses (a diverged retraining) as strings, as boil_vs_asha.json writes them: strict JSON

@@ -431,6 +431,11 @@ def run_study(task_name: str, tuner: str, seed: int, t_max: int, budget: int,
     }
 
 
+def job_failure(job: dict[str, Any], why: JobFailure) -> dict[str, Any]:
+    """A JobPool job's result when it has none of its own (a crashed or killed worker): why, under its id and key."""
+    return {"id": job["id"], "key": job["key"], "status": why.status, "reason": why.reason}
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """A JobPool job: one study (module level, so spawned workers can unpickle it)."""
     record = run_study(job["task"], job["tuner"], job["seed"], job["t_max"], job["budget"], job["boil_options"])
@@ -689,9 +694,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     records: list[dict[str, Any]] = [r for r in done.values() if r.get("status") == "ok"
                                      and any(j["id"] == r["id"] and j["key"] == r["key"] for j in jobs)]
 
-    def failure(job: dict[str, Any], why: JobFailure) -> dict[str, Any]:
-        return {"id": job["id"], "key": job["key"], "status": why.status, "reason": why.reason}
-
     def on_result(result: dict[str, Any], *_: Any) -> None:
         if result.get("status") != "ok":
             print(f"{result['id']}: {result['status']}: {result.get('reason', '')[:500]}", file=sys.stderr, flush=True)
@@ -704,7 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     started = time.time()
     with JobPool(run_job, processes=args.workers, retries=0) as pool:
         # longest first: BOIL's studies (GP fits) and the full-length random search outlast ASHA's
-        pool.run(jobs, failure=failure, log=args.log, done=done, on_result=on_result,
+        pool.run(jobs, failure=job_failure, log=args.log, done=done, on_result=on_result,
                  order=lambda job: (job["tuner"] not in BOIL_VARIANTS, job["tuner"] != "random"))
     print(f"{len(records)} studies in {time.time() - started:.0f} s", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
