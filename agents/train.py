@@ -201,25 +201,38 @@ def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(config))
 
 
+class SeededCollector(Collector):
+    """A :class:`~torchrl.collectors.Collector` whose ``set_seed`` also seeds its process's torch RNG.
+
+    TorchRL's worker processes do this themselves; a Ray actor does not, and the policy samples its
+    actions there.
+    """
+
+    def set_seed(self, seed: int, static_seed: bool = False) -> int:
+        torch.manual_seed(seed)
+        return super().set_seed(seed, static_seed=static_seed)
+
+
 def make_collector(env_fns: list, policy: Any, run: RunConfig, seed: int) -> Any:
     """Synchronous collection (PPO is on-policy): in process, on worker processes, or on Ray.
 
-    On worker processes, TorchRL's ``set_seed`` seeds each worker's environment and its global RNG
-    from ``seed``: the policy samples its actions there, and a spawned process starts unseeded, so
-    without it two runs of one config and seed collected different actions from the first batch.
+    On worker processes and Ray actors each worker's environment and global RNG are seeded from
+    ``seed``: the policy samples its actions there, and a new process starts unseeded, so without it
+    two runs of one config and seed collected different actions from the first batch.
     """
     # Our envs already carry what the policy reads (a recurrent actor's state comes from `recurrent_env`).
     common = dict(frames_per_batch=run.frames_per_batch, total_frames=-1, auto_register_policy_transforms=False)
     if run.backend == "ray":
         from torchrl.collectors.distributed import RayCollector
 
-        collector = RayCollector(env_fns, policy, collector_class=Collector, sync=True, num_collectors=len(env_fns),
-                                 frames_per_batch=run.frames_per_batch, total_frames=run.total_frames)
+        collector = RayCollector(env_fns, policy, collector_class=SeededCollector, sync=True,
+                                 num_collectors=len(env_fns), frames_per_batch=run.frames_per_batch,
+                                 total_frames=run.total_frames)
         collector.update_policy_weights_(policy)  # remote collectors start from the central weights
-        return collector
-    if len(env_fns) == 1:
+    elif len(env_fns) == 1:
         return Collector(env_fns[0](), policy, **common)
-    collector = MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)
+    else:
+        collector = MultiSyncCollector(env_fns, policy, cat_results="stack", num_threads=len(env_fns), **common)
     collector.set_seed(seed)
     return collector
 

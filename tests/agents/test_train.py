@@ -144,18 +144,6 @@ def test_padded_agents_take_no_part_in_the_loss(algorithm):
         torch.testing.assert_close(reference[key], other[key])
 
 
-def test_ray_collector_backend_on_a_local_ray_instance(tmp_path):
-    pytest.importorskip("ray")
-    import ray
-
-    try:
-        path = train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", "run.backend=ray", "run.workers=2"])
-    finally:
-        ray.shutdown()
-    assert [int(r["frames"]) for r in read_metrics(tmp_path)] == [16, 32, 48]
-    GANNOAgent.load(path)
-
-
 def test_recurrent_actor_trains_on_worker_processes_and_deploys(tmp_path):
     from helpers import TinyRegressor, trainer
 
@@ -324,12 +312,22 @@ def test_a_factorised_head_over_augmented_tasks_trains_and_deploys(tmp_path):
         parse_config(SMOKE, ["algo.layer_offset_factor=0.5"])
 
 
-def test_a_run_on_worker_processes_is_reproducible(tmp_path):
-    # The policy samples its actions inside the collector's worker processes: their RNGs must be seeded too.
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_run_on_worker_processes_or_ray_is_reproducible(tmp_path, backend):
+    # The policy samples its actions inside the collector's workers (processes or Ray actors): their RNGs must be
+    # seeded too.
+    if backend == "ray":
+        ray = pytest.importorskip("ray")
     runs = []
-    for name in ("a", "b"):
-        path = train(SMOKE, [f"run.out_dir={tmp_path / name}", "run.wandb=false", "run.workers=2", "run.total_frames=16"])
-        runs.append((GANNOAgent.load(path).actor.state_dict(), read_metrics(tmp_path / name)))
+    try:
+        for name in ("a", "b"):
+            path = train(SMOKE, [f"run.out_dir={tmp_path / name}", "run.wandb=false", "run.workers=2",
+                                 "run.total_frames=32", f"run.backend={backend}"])
+            runs.append((GANNOAgent.load(path).actor.state_dict(), read_metrics(tmp_path / name)))
+    finally:
+        if backend == "ray":
+            ray.shutdown()
     (first, first_metrics), (second, second_metrics) = runs
+    assert [int(r["frames"]) for r in first_metrics] == [16, 32]
     assert [r["charts/episode_return"] for r in first_metrics] == [r["charts/episode_return"] for r in second_metrics]
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
