@@ -35,6 +35,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -63,15 +64,26 @@ def recipe_env_config(config_path: str | Path, overrides: list[str]) -> tuple[di
     return {"env": env, "family": loaded["family"]}, loaded.get("algo", {})
 
 
-def final_val_loss(config: dict, seed: int, policy: Policy) -> float:
-    """Replay the run drawn from ``seed`` under ``policy``; its final validation loss (inf if it diverged)."""
+class Replay(NamedTuple):
+    """One replayed run: its task, where its LR started, and how it ended."""
+
+    task: str  #: the task's name, family first
+    start: float  #: log10(initial LR / the task's cell's calibrated best LR); nan where the best is unknown
+    final_val_loss: float  #: inf if the run diverged
+
+
+def replay(config: dict, seed: int, policy: Policy) -> Replay:
+    """Replay the run drawn from ``seed`` under ``policy``."""
     env = make_env(config, seed=seed)
     try:
         td = env.reset()
+        known = td[keys.PRIVILEGED][0, 1].item() > 0
+        start = td[keys.PRIVILEGED][0, 0].item() if known else math.nan
         while not td["done"].item():
             td = env.step(td.set(keys.ACTION, policy(td)))["next"]
         value = env.run.validation_loss() if math.isfinite(env.controller.last_interval_loss) else math.inf
-        return math.inf if value is None or not math.isfinite(value) else float(value)
+        final = math.inf if value is None or not math.isfinite(value) else float(value)
+        return Replay(env.task.name, start, final)
     finally:
         env.close()
 
@@ -106,6 +118,9 @@ class AgentPolicy:
 
 def summary(ratios: list[float], seed: int = 0, resamples: int = 2000) -> dict[str, float]:
     """Shares below 1 and above :data:`HARM`, diverged count, and the geometric mean with a bootstrap interval."""
+    if not any(math.isfinite(r) for r in ratios):
+        return {"runs": len(ratios), "below": 0.0, "harm": 1.0, "diverged": len(ratios),
+                "geomean": math.inf, "low": math.inf, "high": math.inf}
     finite = torch.tensor([r for r in ratios if math.isfinite(r)], dtype=torch.float64)
     logs = finite.log()
     generator = torch.Generator().manual_seed(seed)
@@ -137,26 +152,51 @@ def main(argv: list[str] | None = None) -> None:
         agent_policy = AgentPolicy(GANNOAgent.load(args.agent))
         policies["agent (mode)"] = agent_policy
     started = time.perf_counter()
-    losses: dict[str, list[float]] = {name: [] for name in policies}
+    replays: dict[str, list[Replay]] = {name: [] for name in policies}
     for done, seed in enumerate(range(args.first_seed, args.first_seed + args.episodes), start=1):
         for name, policy in policies.items():
             if policy is agent_policy:
                 agent_policy.reset()
-            losses[name].append(final_val_loss(config, seed, policy))
+            replays[name].append(replay(config, seed, policy))
         if done % 10 == 0 or done == args.episodes:  # a report so far: a long run stopped early still says something
-            write_report(args, losses, (time.perf_counter() - started) / 60)
+            write_report(args, replays, (time.perf_counter() - started) / 60)
 
 
-def write_report(args: argparse.Namespace, losses: dict[str, list[float]], minutes: float) -> None:
-    constant = losses["constant"]
-    rows = []
-    for name, values in losses.items():
-        if name == "constant":
+#: Rows of the report beyond "all runs": the start's side (as the evaluation's report splits it) and the family.
+TOO_FAR = math.log10(3.0)
+
+
+def groups(runs: list[Replay]) -> dict[str, list[int]]:
+    """Run indices per row: all, by where the LR started against the cell's best, and by family."""
+    rows: dict[str, list[int]] = {"all runs": list(range(len(runs)))}
+    for label, test in (("start >= 3x the best LR", lambda x: x >= TOO_FAR),
+                        ("start within 3x of the best LR", lambda x: abs(x) < TOO_FAR),
+                        ("start <= 1/3 of the best LR", lambda x: x <= -TOO_FAR)):
+        rows[label] = [i for i, r in enumerate(runs) if test(r.start)]
+    for family in sorted({r.task.split("(")[0] for r in runs}):
+        rows[family] = [i for i, r in enumerate(runs) if r.task.startswith(family + "(")]
+    return rows
+
+
+def ratio(value: float, constant: float) -> float:
+    """Final validation loss over the constant LR's; a run that diverged where the constant LR did not is inf."""
+    if not math.isfinite(constant):
+        return 1.0 if not math.isfinite(value) else 0.0
+    return value / constant
+
+
+def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], minutes: float) -> None:
+    constant = replays["constant"]
+    lines = []
+    for label, indices in groups(constant).items():
+        if not indices:
             continue
-        ratios = [v / c if math.isfinite(c) else (1.0 if not math.isfinite(v) else 0.0) for v, c in zip(values, constant)]
-        s = summary(ratios)
-        rows.append(f"| {name} | {s['below']:.0%} | {s['harm']:.0%} | {s['diverged']} | "
-                    f"{s['geomean']:.3f} ({s['low']:.3f}-{s['high']:.3f}) |")
+        for name, runs in replays.items():
+            if name == "constant":
+                continue
+            s = summary([ratio(runs[i].final_val_loss, constant[i].final_val_loss) for i in indices])
+            lines.append(f"| {label} | {name} | {s['runs']} | {s['below']:.0%} | {s['harm']:.0%} | {s['diverged']} | "
+                         f"{s['geomean']:.3f} ({s['low']:.3f}-{s['high']:.3f}) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/expert_ceiling.py", args.config, *args.overrides,
@@ -166,11 +206,14 @@ def write_report(args: argparse.Namespace, losses: dict[str, list[float]], minut
         "# The imitation recipe's expert, replayed on its own meta-training distribution (issue #18)", "",
         f"`{command}`", "",
         f"{len(constant)} runs (seeds {args.first_seed}-{args.first_seed + len(constant) - 1}), each replayed from the "
-        f"same task, LR, weights and batches under every policy; {minutes:.1f} min on {platform.processor() or platform.machine()}. "
-        "Per run: final validation loss over the constant LR's (the user's LR untouched). See the script's docstring.",
-        "", "| policy | below the constant LR | harm (> 2% worse) | diverged | geometric mean ratio (95% CI) |",
-        "|---|---|---|---|---|", *rows, ""]))
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "losses": losses}, indent=1))
+        f"same task, LR, weights and batches under every policy; {minutes:.1f} min on "
+        f"{platform.processor() or platform.machine()}. Per run: final validation loss over the constant LR's (the "
+        "user's LR untouched); the start's side is against the task's cell's calibrated best LR, which the expert "
+        "aims at. See the script's docstring.", "",
+        "| runs | policy | n | below the constant LR | harm (> 2% worse) | diverged | geometric mean ratio (95% CI) |",
+        "|---|---|---|---|---|---|---|", *lines, ""]))
+    out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "runs": {name: [r._asdict() for r in runs] for name, runs in replays.items()}}, indent=1))
     print(out.read_text())
 
 

@@ -28,11 +28,11 @@ def test_a_run_replays_exactly_from_its_seed_and_the_policy_changes_it(bench):
     config, _ = bench.recipe_env_config(SMOKE, [])
     multipliers = [float(m) for m in bench.env_config(config).action_multipliers]
     keep = bench.constant_policy(multipliers)
-    first, again = bench.final_val_loss(config, 3, keep), bench.final_val_loss(config, 3, keep)
+    first, again = bench.replay(config, 3, keep).final_val_loss, bench.replay(config, 3, keep).final_val_loss
     assert math.isfinite(first) and first == again
     highest = lambda td: torch.full(td[keys.MASK].shape, len(multipliers) - 1, dtype=torch.long)  # noqa: E731
-    assert bench.final_val_loss(config, 3, highest) != first
-    assert bench.final_val_loss(config, 4, keep) != first  # another seed, another run
+    assert bench.replay(config, 3, highest).final_val_loss != first
+    assert bench.replay(config, 4, keep).final_val_loss != first  # another seed, another run
 
 
 def test_summary_counts_wins_harm_and_divergence(bench):
@@ -50,8 +50,10 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
     bench.main([SMOKE, "--agent", str(agent), "--episodes", "2", "--out", str(out)])
     report = out.read_text()
     assert "| expert |" in report and "| agent (mode) |" in report
-    losses = json.loads(out.with_suffix(".json").read_text())["losses"]
-    assert set(losses) == {"constant", "expert", "agent (mode)"} and all(len(v) == 2 for v in losses.values())
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert set(runs) == {"constant", "expert", "agent (mode)"} and all(len(v) == 2 for v in runs.values())
+    assert [r["task"] for r in runs["expert"]] == [r["task"] for r in runs["constant"]]  # replays of the same runs
+    assert "| mlp_digits | expert | 2 |" in report
 
 
 def test_bad_arguments_are_named(bench, tmp_path):
