@@ -48,6 +48,8 @@ from ganno_lightning.layerwise.agent import GANNOAgent
 
 #: A run ends only when its loss is non-finite: an evaluation does not stop a spiking run either.
 NO_SPIKE_END = 1e30
+#: The per-run oracles' rows, by the prior schedule they run under.
+ORACLES = {"none": "tuned constant (oracle)", "cosine": "tuned cosine (oracle)"}
 #: More than this over the constant LR's final validation loss is harm (as in the evaluation's report).
 HARM = 1.02
 
@@ -86,6 +88,25 @@ def replay(config: dict, seed: int, policy: Policy) -> Replay:
         return Replay(env.task.name, start, final)
     finally:
         env.close()
+
+
+def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior: str) -> tuple[Replay, float]:
+    """The run drawn from ``seed`` at the best of ``grid`` x its initial LR, under ``prior`` and no agent action.
+
+    An oracle, as the evaluation's ``@tuned`` baselines are: the factor is picked per run by the very
+    loss it is scored on. Returns that run (its ``start`` is the untuned run's) and the factor.
+    """
+    if list(config["env"].get("init_lr_scale", [1.0, 1.0])) != [1.0, 1.0]:
+        raise ValueError(f"`env.init_lr_scale` must be [1, 1] for the oracles (they set it to each grid factor), got "
+                         f"{config['env']['init_lr_scale']}; override it with env.init_lr_scale=[1,1].")
+    tried = []
+    for factor in grid:
+        # [1, 1] draws no factor, so the x1 run is exactly the constant row's run (others shift a mid-run draw
+        # that only decides whether the agents observe validation losses).
+        env = {**config["env"], "init_lr_scale": [factor, factor], "prior": prior}
+        tried.append((replay({**config, "env": env}, seed, keep), factor))
+    best, factor = min(tried, key=lambda t: t[0].final_val_loss)
+    return best._replace(start=tried[grid.index(1.0)][0].start if 1.0 in grid else math.nan), factor
 
 
 def constant_policy(env_multipliers: list[float]) -> Policy:
@@ -138,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe, e.g. env.unknown_total_prob=0")
     parser.add_argument("--agent", help="a trained agent file to replay beside the expert")
     parser.add_argument("--episodes", type=int, default=120)
+    parser.add_argument("--oracle-grid", type=lambda text: [float(x) for x in text.split(",")], default=[],
+                        help="e.g. 0.1,0.3,1,3,10: also score per-run tuned constant and cosine LRs over this grid")
     parser.add_argument("--first-seed", type=int, default=10_000, help="seeds first-seed.. (not the training's)")
     parser.add_argument("--out", required=True, help="a Markdown report; the per-run losses go beside it as .json")
     args = parser.parse_args(argv)
@@ -153,13 +176,18 @@ def main(argv: list[str] | None = None) -> None:
         policies["agent (mode)"] = agent_policy
     started = time.perf_counter()
     replays: dict[str, list[Replay]] = {name: [] for name in policies}
+    picked: dict[str, list[float]] = {}  # each oracle's factor per run
     for done, seed in enumerate(range(args.first_seed, args.first_seed + args.episodes), start=1):
         for name, policy in policies.items():
             if policy is agent_policy:
                 agent_policy.reset()
             replays[name].append(replay(config, seed, policy))
+        for prior in ("none", "cosine") if args.oracle_grid else ():
+            run, factor = tuned_replay(config, seed, policies["constant"], args.oracle_grid, prior)
+            replays.setdefault(ORACLES[prior], []).append(run)
+            picked.setdefault(ORACLES[prior], []).append(factor)
         if done % 10 == 0 or done == args.episodes:  # a report so far: a long run stopped early still says something
-            write_report(args, replays, (time.perf_counter() - started) / 60)
+            write_report(args, replays, picked, (time.perf_counter() - started) / 60)
 
 
 #: Rows of the report beyond "all runs": the start's side (as the evaluation's report splits it) and the family.
@@ -185,7 +213,8 @@ def ratio(value: float, constant: float) -> float:
     return value / constant
 
 
-def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], minutes: float) -> None:
+def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], picked: dict[str, list[float]],
+                 minutes: float) -> None:
     constant = replays["constant"]
     lines = []
     for label, indices in groups(constant).items():
@@ -201,6 +230,7 @@ def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], min
     out.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/expert_ceiling.py", args.config, *args.overrides,
                         *(["--agent", args.agent] if args.agent else []), f"--episodes {args.episodes}",
+                        *([f"--oracle-grid {','.join(f'{f:g}' for f in args.oracle_grid)}"] if args.oracle_grid else []),
                         f"--first-seed {args.first_seed}", f"--out {args.out}"])
     out.write_text("\n".join([
         "# The imitation recipe's expert, replayed on its own meta-training distribution (issue #18)", "",
@@ -211,9 +241,13 @@ def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], min
         "user's LR untouched); the start's side is against the task's cell's calibrated best LR, which the expert "
         "aims at. See the script's docstring.", "",
         "| runs | policy | n | below the constant LR | harm (> 2% worse) | diverged | geometric mean ratio (95% CI) |",
-        "|---|---|---|---|---|---|---|", *lines, ""]))
+        "|---|---|---|---|---|---|---|", *lines, "",
+        *[f"{name}: factor picked per run (of {args.oracle_grid}): "
+          + ", ".join(f"x{f:g} {factors.count(f)}" for f in args.oracle_grid) + "." for name, factors in picked.items()],
+        ""]))
     out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "runs": {name: [r._asdict() for r in runs] for name, runs in replays.items()}}, indent=1))
+        {"command": command, "runs": {name: [r._asdict() for r in runs] for name, runs in replays.items()},
+         "picked": picked}, indent=1))
     print(out.read_text())
 
 

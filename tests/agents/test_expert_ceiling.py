@@ -47,11 +47,14 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
 
     agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, seed=0).save(tmp_path / "agent.pt")
     out = tmp_path / "ceiling.md"
-    bench.main([SMOKE, "--agent", str(agent), "--episodes", "2", "--out", str(out)])
+    bench.main([SMOKE, "env.init_lr_scale=[1.0,1.0]", "--agent", str(agent), "--episodes", "2",
+                "--oracle-grid", "0.5,1", "--out", str(out)])
     report = out.read_text()
-    assert "| expert |" in report and "| agent (mode) |" in report
+    assert "| expert |" in report and "| agent (mode) |" in report and "| tuned cosine (oracle) |" in report
+    assert "tuned constant (oracle): factor picked per run (of [0.5, 1.0]): x0.5 " in report
     runs = json.loads(out.with_suffix(".json").read_text())["runs"]
-    assert set(runs) == {"constant", "expert", "agent (mode)"} and all(len(v) == 2 for v in runs.values())
+    assert set(runs) == {"constant", "expert", "agent (mode)", "tuned constant (oracle)", "tuned cosine (oracle)"}
+    assert all(len(v) == 2 for v in runs.values())
     assert [r["task"] for r in runs["expert"]] == [r["task"] for r in runs["constant"]]  # replays of the same runs
     assert "| mlp_digits | expert | 2 |" in report
 
@@ -61,3 +64,18 @@ def test_bad_arguments_are_named(bench, tmp_path):
         bench.main([SMOKE, "--episodes", "1", "--out", str(tmp_path / "x.md")])
     with pytest.raises(ValueError, match="action_multipliers.*must hold 1"):
         bench.constant_policy([0.5, 2.0])
+
+
+def test_the_oracles_pick_the_best_factor_of_their_grid_per_run(bench):
+    config, _ = bench.recipe_env_config(SMOKE, [])
+    with pytest.raises(ValueError, match=r"env.init_lr_scale.*\[0.3, 3.0\]"):
+        bench.tuned_replay(config, 3, None, [1.0], "none")
+    config, _ = bench.recipe_env_config(SMOKE, ["env.init_lr_scale=[1.0,1.0]"])
+    keep = bench.constant_policy([float(m) for m in bench.env_config(config).action_multipliers])
+    best, factor = bench.tuned_replay(config, 3, keep, [0.3, 1.0, 3.0], "none")
+    tried = {f: bench.replay({**config, "env": {**config["env"], "init_lr_scale": [f, f]}}, 3, keep).final_val_loss
+             for f in (0.3, 1.0, 3.0)}
+    assert best.final_val_loss == min(tried.values()) and tried[factor] == best.final_val_loss
+    assert tried[1.0] == bench.replay(config, 3, keep).final_val_loss  # x1 is the constant row's own run
+    cosine, _ = bench.tuned_replay(config, 3, keep, [1.0], "cosine")
+    assert cosine.final_val_loss != tried[1.0] and cosine.task == best.task
