@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,11 @@ from ganno_lightning.layerwise.agent import GANNOAgent
 NO_SPIKE_END = 1e30
 #: The per-run oracles' rows, by the prior schedule they run under.
 ORACLES = {"none": "tuned constant (oracle)", "cosine": "tuned cosine (oracle)"}
+#: A diverged run's loss over a finite one, as the evaluation's paired comparison counts it.
+DIVERGED_RATIO = 100.0
+#: Losses below this count as solved: two solved runs tie (a copy task ends at 1e-5 or exactly 0 by chance). The
+#: evaluation's tie is below 1e-3 of the task's initial loss; the replays do not record it, so the floor is absolute.
+SOLVED = 1e-3
 #: More than this over the constant LR's final validation loss is harm (as in the evaluation's report).
 HARM = 1.02
 
@@ -137,33 +143,52 @@ class AgentPolicy:
         self.state = None
 
 
-def summary(ratios: list[float], seed: int = 0, resamples: int = 2000) -> dict[str, float]:
-    """Shares below 1 and above :data:`HARM`, diverged count, and the geometric mean with a bootstrap interval."""
-    if not any(math.isfinite(r) for r in ratios):
-        return {"runs": len(ratios), "below": 0.0, "harm": 1.0, "diverged": len(ratios),
-                "geomean": math.inf, "low": math.inf, "high": math.inf}
-    finite = torch.tensor([r for r in ratios if math.isfinite(r)], dtype=torch.float64)
-    logs = finite.log()
+def summary(pairs: list[tuple[float, float]], seed: int = 0, resamples: int = 2000) -> dict[str, float]:
+    """Of (policy's, constant LR's) final validation losses: the shares below, equal to and more than 2% above
+    the constant LR's, the runs that diverged where it did not, and the geometric mean of the ratios (a
+    diverged run a :data:`DIVERGED_RATIO` x loss, as in the evaluation's paired comparison) with a 95%
+    bootstrap interval over runs."""
+    ratios = torch.tensor([paired_ratio(value, constant) for value, constant in pairs], dtype=torch.float64)
+    logs = ratios.log()
     generator = torch.Generator().manual_seed(seed)
     means = logs[torch.randint(len(logs), (resamples, len(logs)), generator=generator)].mean(1)
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).exp().tolist()
-    return {"runs": len(ratios), "below": sum(r < 1 for r in ratios) / len(ratios),
-            "harm": sum(r > HARM for r in ratios) / len(ratios),
-            "diverged": sum(not math.isfinite(r) for r in ratios),
+    return {"runs": len(pairs), "below": float((ratios < 1).double().mean()), "equal": float((ratios == 1).double().mean()),
+            "harm": float((ratios > HARM).double().mean()),
+            "diverged": sum(not math.isfinite(v) and math.isfinite(c) for v, c in pairs),
             "geomean": float(logs.mean().exp()), "low": low, "high": high}
+
+
+def paired_ratio(value: float, constant: float) -> float:
+    """Final validation loss over the constant LR's, each floored at :data:`SOLVED`; a diverged run counts as a
+    :data:`DIVERGED_RATIO` x loss."""
+    if math.isfinite(value) and math.isfinite(constant):
+        return max(value, SOLVED) / max(constant, SOLVED)
+    if math.isfinite(value) or math.isfinite(constant):
+        return 1 / DIVERGED_RATIO if math.isfinite(value) else DIVERGED_RATIO
+    return 1.0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a meta-training recipe (its env, family and algo sections are read)")
+    parser.add_argument("config", nargs="?", help="a meta-training recipe (its env, family and algo sections are read)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe, e.g. env.unknown_total_prob=0")
     parser.add_argument("--agent", help="a trained agent file to replay beside the expert")
     parser.add_argument("--episodes", type=int, default=120)
     parser.add_argument("--oracle-grid", type=lambda text: [float(x) for x in text.split(",")], default=[],
                         help="e.g. 0.1,0.3,1,3,10: also score per-run tuned constant and cosine LRs over this grid")
     parser.add_argument("--first-seed", type=int, default=10_000, help="seeds first-seed.. (not the training's)")
-    parser.add_argument("--out", required=True, help="a Markdown report; the per-run losses go beside it as .json")
+    parser.add_argument("--out", help="a Markdown report; the per-run losses go beside it as .json")
+    parser.add_argument("--rescore", help="a finished run's .json: rewrite its report from it, replaying nothing")
     args = parser.parse_args(argv)
+    if args.rescore:
+        saved = json.loads(Path(args.rescore).read_text())
+        replays = {name: [Replay(**r) for r in runs] for name, runs in saved["runs"].items()}
+        write_report(parser.parse_args(shlex.split(saved["command"])[2:]), replays, saved.get("picked", {}),
+                     saved.get("minutes", math.nan))
+        return
+    if args.config is None or args.out is None:
+        parser.error("give a recipe and --out (or --rescore a finished run's .json).")
     torch.set_num_threads(1)  # one small network at a time: more threads only contend (and spin) with other jobs
     if args.episodes < 2:
         parser.error(f"--episodes must be at least 2 (for an interval), got {args.episodes}.")
@@ -206,13 +231,6 @@ def groups(runs: list[Replay]) -> dict[str, list[int]]:
     return rows
 
 
-def ratio(value: float, constant: float) -> float:
-    """Final validation loss over the constant LR's; a run that diverged where the constant LR did not is inf."""
-    if not math.isfinite(constant):
-        return 1.0 if not math.isfinite(value) else 0.0
-    return value / constant
-
-
 def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], picked: dict[str, list[float]],
                  minutes: float) -> None:
     constant = replays["constant"]
@@ -223,8 +241,9 @@ def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], pic
         for name, runs in replays.items():
             if name == "constant":
                 continue
-            s = summary([ratio(runs[i].final_val_loss, constant[i].final_val_loss) for i in indices])
-            lines.append(f"| {label} | {name} | {s['runs']} | {s['below']:.0%} | {s['harm']:.0%} | {s['diverged']} | "
+            s = summary([(runs[i].final_val_loss, constant[i].final_val_loss) for i in indices])
+            lines.append(f"| {label} | {name} | {s['runs']} | {s['below']:.0%} | {s['equal']:.0%} | {s['harm']:.0%} | "
+                         f"{s['diverged']} | "
                          f"{s['geomean']:.3f} ({s['low']:.3f}-{s['high']:.3f}) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -239,15 +258,16 @@ def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], pic
         f"same task, LR, weights and batches under every policy; {minutes:.1f} min on "
         f"{platform.processor() or platform.machine()}. Per run: final validation loss over the constant LR's (the "
         "user's LR untouched); the start's side is against the task's cell's calibrated best LR, which the expert "
-        "aims at. See the script's docstring.", "",
-        "| runs | policy | n | below the constant LR | harm (> 2% worse) | diverged | geometric mean ratio (95% CI) |",
-        "|---|---|---|---|---|---|---|", *lines, "",
+        "aims at. An oracle that picks x1 equals the constant LR's run (\"equal to it\"). See the script's docstring.", "",
+        "| runs | policy | n | below the constant LR | equal to it | harm (> 2% worse) | diverged (the constant LR did not) "
+        "| geometric mean ratio (95% CI) |",
+        "|---|---|---|---|---|---|---|---|", *lines, "",
         *[f"{name}: factor picked per run (of {args.oracle_grid}): "
           + ", ".join(f"x{f:g} {factors.count(f)}" for f in args.oracle_grid) + "." for name, factors in picked.items()],
         ""]))
     out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "runs": {name: [r._asdict() for r in runs] for name, runs in replays.items()},
-         "picked": picked}, indent=1))
+         "picked": picked, "minutes": minutes}, indent=1))
     print(out.read_text())
 
 

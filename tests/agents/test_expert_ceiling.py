@@ -35,11 +35,14 @@ def test_a_run_replays_exactly_from_its_seed_and_the_policy_changes_it(bench):
     assert bench.replay(config, 4, keep).final_val_loss != first  # another seed, another run
 
 
-def test_summary_counts_wins_harm_and_divergence(bench):
-    s = bench.summary([0.5, 0.99, 1.0, 1.01, 1.5, math.inf])
-    assert (s["runs"], s["below"], s["harm"], s["diverged"]) == (6, 2 / 6, 2 / 6, 1)
-    assert s["geomean"] == pytest.approx(math.exp(sum(map(math.log, [0.5, 0.99, 1.0, 1.01, 1.5])) / 5))
-    assert s["low"] <= s["geomean"] <= s["high"]
+def test_summary_counts_wins_ties_harm_and_divergence_as_the_evaluation_does(bench):
+    pairs = [(0.5, 1.0), (0.99, 1.0), (2.0, 2.0), (1.01, 1.0), (1.5, 1.0), (math.inf, 1.0), (1.0, math.inf),
+             (math.inf, math.inf), (0.0, 1e-5), (bench.SOLVED / 2, 2 * bench.SOLVED)]
+    s = bench.summary(pairs)
+    assert (s["runs"], s["below"], s["equal"], s["harm"], s["diverged"]) == (10, 4 / 10, 3 / 10, 2 / 10, 1)
+    ratios = [0.5, 0.99, 1.0, 1.01, 1.5, bench.DIVERGED_RATIO, 1 / bench.DIVERGED_RATIO, 1.0, 1.0, 0.5]
+    assert s["geomean"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / 10))
+    assert 0 < s["low"] <= s["geomean"] <= s["high"] < math.inf
 
 
 def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench, tmp_path):
@@ -57,6 +60,9 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
     assert all(len(v) == 2 for v in runs.values())
     assert [r["task"] for r in runs["expert"]] == [r["task"] for r in runs["constant"]]  # replays of the same runs
     assert "| mlp_digits | expert | 2 |" in report
+    out.write_text("")
+    bench.main(["--rescore", str(out.with_suffix(".json"))])  # the report again, from the saved runs alone
+    assert out.read_text() == report
 
 
 def test_bad_arguments_are_named(bench, tmp_path):
