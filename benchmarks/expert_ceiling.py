@@ -13,17 +13,20 @@ task, starting LR, weights and batches) under each policy:
 - ``constant``: every action is the multiplier 1 (the user's LR, untouched);
 - ``expert``: the recipe's expert actions (``algo.expert_schedule`` / ``algo.expert_peak_factor``);
 - ``agent``: a trained agent file's most likely action (``exploration="mode"``: the env takes action
-  indices, so the deployed ``"mean"`` cannot be replayed here).
+  indices, so the deployed ``"mean"`` cannot be replayed here);
+- with ``--oracle-grid``, two per-run oracles, as the evaluation's ``@tuned`` baselines: the constant
+  LR and the env's cosine prior at whichever grid factor of the run's LR ends lowest, a teacher that
+  knows each task's own best rather than its cell's.
 
 Runs end only on a non-finite loss (``env.divergence_factor`` is raised so that a loss spike does not
 end the run, as in an evaluation). The figure per run is its final validation loss over the constant
 LR's: the share below 1, the share more than 2% above (harm), and their geometric mean with a 95%
-bootstrap interval over runs.
+bootstrap interval over runs (a diverged run is a 100x loss; losses under 1e-3 tie).
 
     PYTHONPATH=. python benchmarks/expert_ceiling.py \\
-        configs/experiments/ganno_imitation_calibrated_expert_candidate.yaml \\
+        configs/experiments/ganno_imitation_calibrated_expert_candidate.yaml env.unknown_total_prob=0 \\
         --agent benchmarks/results/ensemble_members/member0_calibrated_expert_s0.pt \\
-        --episodes 120 --out benchmarks/results/expert_ceiling.md
+        --episodes 100 --oracle-grid 0.1,0.3,1,3,10 --out benchmarks/results/expert_ceiling_calibrated.md
 """
 
 from __future__ import annotations
