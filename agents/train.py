@@ -320,8 +320,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
 
     # -- environments -----------------------------------------------------------------------------
     # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
-    # A resumed run continues on new task seeds, not on the sequence it already trained on. On worker processes
-    # make_collector then re-seeds every worker from seeds[0] (TorchRL's set_seed), superseding the others.
+    # A resumed run continues on new task seeds, not on the sequence it already trained on. On worker processes and
+    # Ray actors make_collector then re-seeds every worker from seeds[0] (TorchRL's set_seed), superseding the others.
     seeds = [run.seed * 1000 + i + 100_003 * iteration for i in range(run.workers)]
     if algo.recurrent_size:
         env_fns = [functools.partial(recurrent_env, family, env_settings, seed=s, state_size=algo.recurrent_size)

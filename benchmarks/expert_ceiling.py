@@ -150,7 +150,8 @@ def summary(pairs: list[tuple[float, float]], seed: int = 0, resamples: int = 20
     """Of (policy's, constant LR's) final validation losses: the shares below, equal to and more than 2% above
     the constant LR's, the runs that diverged where it did not, and the geometric mean of the ratios (a
     diverged run a :data:`DIVERGED_RATIO` x loss, as in the evaluation's paired comparison) with a 95%
-    bootstrap interval over runs."""
+    bootstrap interval over runs. Unlike the evaluation (``paired_stats.log_ratio``), finite ratios are not
+    clipped to 1/100-100x, so a run that learns where the constant LR does not weighs more here."""
     ratios = torch.tensor([paired_ratio(value, constant) for value, constant in pairs], dtype=torch.float64)
     logs = ratios.log()
     generator = torch.Generator().manual_seed(seed)
