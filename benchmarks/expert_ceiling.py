@@ -21,7 +21,8 @@ task, starting LR, weights and batches) under each policy:
 Runs end only on a non-finite loss (``env.divergence_factor`` is raised so that a loss spike does not
 end the run, as in an evaluation). The figure per run is its final validation loss over the constant
 LR's: the share below 1, the share more than 2% above (harm), and their geometric mean with a 95%
-bootstrap interval over runs (a diverged run is a 100x loss; losses under 1e-3 tie).
+bootstrap interval over runs, each ratio as the evaluation's paired comparison takes it
+(``paired_stats.log_ratio``: clipped to 1/100-100x, a diverged run the 100x end; losses under 1e-3 tie).
 
     PYTHONPATH=. python benchmarks/expert_ceiling.py \\
         configs/experiments/ganno_imitation_calibrated_expert_candidate.yaml env.unknown_total_prob=0 \\
@@ -45,6 +46,8 @@ import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDictBase
 
+from ganno_lightning.agents.evaluation.analysis import FAR_FROM_BEST
+from ganno_lightning.agents.evaluation.paired_stats import log_ratio
 from ganno_lightning.agents.imitation import expert_actions
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config, make_env
@@ -54,8 +57,6 @@ from ganno_lightning.layerwise.agent import GANNOAgent
 NO_SPIKE_END = 1e30
 #: The per-run oracles' rows, by the prior schedule they run under.
 ORACLES = {"none": "tuned constant (oracle)", "cosine": "tuned cosine (oracle)"}
-#: A diverged run's loss over a finite one, as the evaluation's paired comparison counts it.
-DIVERGED_RATIO = 100.0
 #: Losses below this count as solved: two solved runs tie (a copy task ends at 1e-5 or exactly 0 by chance). The
 #: evaluation's tie is below 1e-3 of the task's initial loss; the replays do not record it, so the floor is absolute.
 SOLVED = 1e-3
@@ -148,29 +149,16 @@ class AgentPolicy:
 
 def summary(pairs: list[tuple[float, float]], seed: int = 0, resamples: int = 2000) -> dict[str, float]:
     """Of (policy's, constant LR's) final validation losses: the shares below, equal to and more than 2% above
-    the constant LR's, the runs that diverged where it did not, and the geometric mean of the ratios (a
-    diverged run a :data:`DIVERGED_RATIO` x loss, as in the evaluation's paired comparison) with a 95%
-    bootstrap interval over runs. Unlike the evaluation (``paired_stats.log_ratio``), finite ratios are not
-    clipped to 1/100-100x, so a run that learns where the constant LR does not weighs more here."""
-    ratios = torch.tensor([paired_ratio(value, constant) for value, constant in pairs], dtype=torch.float64)
-    logs = ratios.log()
+    the constant LR's, the runs that diverged where it did not, and the geometric mean of the ratios with a 95%
+    bootstrap interval over runs; each ratio is the evaluation's (``paired_stats.log_ratio``, floor :data:`SOLVED`)."""
+    logs = torch.tensor([log_ratio(value, constant, floor=SOLVED) for value, constant in pairs], dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     means = logs[torch.randint(len(logs), (resamples, len(logs)), generator=generator)].mean(1)
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).exp().tolist()
-    return {"runs": len(pairs), "below": float((ratios < 1).double().mean()), "equal": float((ratios == 1).double().mean()),
-            "harm": float((ratios > HARM).double().mean()),
+    return {"runs": len(pairs), "below": float((logs < 0).double().mean()), "equal": float((logs == 0).double().mean()),
+            "harm": float((logs > math.log(HARM)).double().mean()),
             "diverged": sum(not math.isfinite(v) and math.isfinite(c) for v, c in pairs),
             "geomean": float(logs.mean().exp()), "low": low, "high": high}
-
-
-def paired_ratio(value: float, constant: float) -> float:
-    """Final validation loss over the constant LR's, each floored at :data:`SOLVED`; a diverged run counts as a
-    :data:`DIVERGED_RATIO` x loss."""
-    if math.isfinite(value) and math.isfinite(constant):
-        return max(value, SOLVED) / max(constant, SOLVED)
-    if math.isfinite(value) or math.isfinite(constant):
-        return 1 / DIVERGED_RATIO if math.isfinite(value) else DIVERGED_RATIO
-    return 1.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -219,16 +207,13 @@ def main(argv: list[str] | None = None) -> None:
             write_report(args, replays, picked, (time.perf_counter() - started) / 60)
 
 
-#: Rows of the report beyond "all runs": the start's side (as the evaluation's report splits it) and the family.
-TOO_FAR = math.log10(3.0)
-
-
 def groups(runs: list[Replay]) -> dict[str, list[int]]:
     """Run indices per row: all, by where the LR started against the cell's best, and by family."""
     rows: dict[str, list[int]] = {"all runs": list(range(len(runs)))}
-    for label, test in (("start >= 3x the best LR", lambda x: x >= TOO_FAR),
-                        ("start within 3x of the best LR", lambda x: abs(x) < TOO_FAR),
-                        ("start <= 1/3 of the best LR", lambda x: x <= -TOO_FAR)):
+    far = math.log10(FAR_FROM_BEST)  # the start's sides, as the evaluation's report splits them
+    for label, test in (("start >= 3x the best LR", lambda x: x >= far),
+                        ("start within 3x of the best LR", lambda x: abs(x) < far),
+                        ("start <= 1/3 of the best LR", lambda x: x <= -far)):
         rows[label] = [i for i, r in enumerate(runs) if test(r.start)]
     for family in sorted({r.task.split("(")[0] for r in runs}):
         rows[family] = [i for i, r in enumerate(runs) if r.task.startswith(family + "(")]

@@ -37,11 +37,11 @@ def test_a_run_replays_exactly_from_its_seed_and_the_policy_changes_it(bench):
 
 def test_summary_counts_wins_ties_harm_and_divergence_as_the_evaluation_does(bench):
     pairs = [(0.5, 1.0), (0.99, 1.0), (2.0, 2.0), (1.01, 1.0), (1.5, 1.0), (math.inf, 1.0), (1.0, math.inf),
-             (math.inf, math.inf), (0.0, 1e-5), (bench.SOLVED / 2, 2 * bench.SOLVED)]
+             (math.inf, math.inf), (0.0, 1e-5), (bench.SOLVED / 2, 2 * bench.SOLVED), (1.0, 500.0)]
     s = bench.summary(pairs)
-    assert (s["runs"], s["below"], s["equal"], s["harm"], s["diverged"]) == (10, 4 / 10, 3 / 10, 2 / 10, 1)
-    ratios = [0.5, 0.99, 1.0, 1.01, 1.5, bench.DIVERGED_RATIO, 1 / bench.DIVERGED_RATIO, 1.0, 1.0, 0.5]
-    assert s["geomean"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / 10))
+    assert (s["runs"], s["below"], s["equal"], s["harm"], s["diverged"]) == (11, 5 / 11, 3 / 11, 2 / 11, 1)
+    ratios = [0.5, 0.99, 1.0, 1.01, 1.5, 100, 1 / 100, 1.0, 1.0, 0.5, 1 / 100]  # a divergence and 500x both at 100x
+    assert s["geomean"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / 11))
     assert 0 < s["low"] <= s["geomean"] <= s["high"] < math.inf
 
 
