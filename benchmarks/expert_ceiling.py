@@ -16,7 +16,9 @@ task, starting LR, weights and batches) under each policy:
   indices, so the deployed ``"mean"`` cannot be replayed here);
 - with ``--oracle-grid``, two per-run oracles, as the evaluation's ``@tuned`` baselines: the constant
   LR and the env's cosine prior at whichever grid factor of the run's LR ends lowest, a teacher that
-  knows each task's own best rather than its cell's.
+  knows each task's own best rather than its cell's;
+- with ``--task-pool`` (a pool built over these seeds, ``ganno-build-task-pool``), ``per-task expert``: the
+  expert aimed at each run's own tuned constant LR, the teacher of a recipe with ``env.task_pool``.
 
 Runs end only on a non-finite loss (``env.divergence_factor`` is raised so that a loss spike does not
 end the run, as in an evaluation). The figure per run is its final validation loss over the constant
@@ -38,9 +40,7 @@ import math
 import platform
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from omegaconf import OmegaConf
@@ -50,11 +50,13 @@ from ganno_lightning.agents.evaluation.analysis import FAR_FROM_BEST
 from ganno_lightning.agents.evaluation.paired_stats import log_ratio
 from ganno_lightning.agents.imitation import expert_actions
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.config import env_config, make_env
+from ganno_lightning.envs.config import env_config
+from ganno_lightning.envs.replay import Policy, Replay, constant_policy, replay, replay_config
+from ganno_lightning.envs.task_pool import MATCHED_ENV_KEYS, PoolTask, TaskPool
 from ganno_lightning.layerwise.agent import GANNOAgent
 
-#: A run ends only when its loss is non-finite: an evaluation does not stop a spiking run either.
-NO_SPIKE_END = 1e30
+#: The row of the expert aimed at each run's own tuned LR (``--task-pool``).
+TASK_EXPERT = "per-task expert"
 #: The per-run oracles' rows, by the prior schedule they run under.
 ORACLES = {"none": "tuned constant (oracle)", "cosine": "tuned cosine (oracle)"}
 #: Losses below this count as solved: two solved runs tie (a copy task ends at 1e-5 or exactly 0 by chance). The
@@ -63,41 +65,12 @@ SOLVED = 1e-3
 #: More than this over the constant LR's final validation loss is harm (as in the evaluation's report).
 HARM = 1.02
 
-Policy = Callable[[TensorDictBase], torch.Tensor]
-
 
 def recipe_env_config(config_path: str | Path, overrides: list[str]) -> tuple[dict, dict]:
-    """The recipe's ``env`` and ``family`` sections (privileged, no spike ending) and its ``algo`` section."""
+    """The recipe's ``env`` and ``family`` sections set up for replays (``replay_config``) and its ``algo`` section."""
     loaded = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(overrides))
     loaded = OmegaConf.to_container(loaded, resolve=True)
-    env = {**loaded["env"], "privileged": True, "divergence_factor": NO_SPIKE_END}
-    # A run validates at its end only under a final-validation term; the rewards themselves are not used here.
-    env["final_val_weight"] = env.get("final_val_weight") or 1.0
-    return {"env": env, "family": loaded["family"]}, loaded.get("algo", {})
-
-
-class Replay(NamedTuple):
-    """One replayed run: its task, where its LR started, and how it ended."""
-
-    task: str  #: the task's name, family first
-    start: float  #: log10(initial LR / the task's cell's calibrated best LR); nan where the best is unknown
-    final_val_loss: float  #: inf if the run diverged
-
-
-def replay(config: dict, seed: int, policy: Policy) -> Replay:
-    """Replay the run drawn from ``seed`` under ``policy``."""
-    env = make_env(config, seed=seed)
-    try:
-        td = env.reset()
-        known = td[keys.PRIVILEGED][0, 1].item() > 0
-        start = td[keys.PRIVILEGED][0, 0].item() if known else math.nan
-        while not td["done"].item():
-            td = env.step(td.set(keys.ACTION, policy(td)))["next"]
-        value = env.run.validation_loss() if math.isfinite(env.controller.last_interval_loss) else math.inf
-        final = math.inf if value is None or not math.isfinite(value) else float(value)
-        return Replay(env.task.name, start, final)
-    finally:
-        env.close()
+    return replay_config(loaded), loaded.get("algo", {})
 
 
 def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior: str) -> tuple[Replay, float]:
@@ -119,17 +92,28 @@ def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior
     return best._replace(start=tried[grid.index(1.0)][0].start if 1.0 in grid else math.nan), factor
 
 
-def constant_policy(env_multipliers: list[float]) -> Policy:
-    if 1.0 not in env_multipliers:
-        raise ValueError(f"`env.action_multipliers` must hold 1 (keep the LR) for the constant-LR run, got "
-                         f"{env_multipliers}.")
-    keep = env_multipliers.index(1.0)
-    return lambda td: torch.full(td[keys.MASK].shape, keep, dtype=torch.long)
-
-
 def expert_policy(env_multipliers: list[float], algo: dict) -> Policy:
     peak, schedule = float(algo.get("expert_peak_factor", 1.0)), algo.get("expert_schedule", "constant")
     return lambda td: expert_actions(td[keys.PRIVILEGED], env_multipliers, peak, schedule)
+
+
+class TaskExpertPolicy:
+    """The constant-LR expert aimed at a pool task's own tuned LR instead of its cell's: a per-task teacher.
+
+    The privileged columns measure LRs against the cell's best LR; at the first decision the run's LR is
+    the task's drawn LR, which fixes how far the cell's best is from the task's own.
+    """
+
+    def __init__(self, multipliers: list[float], task: PoolTask) -> None:
+        self.multipliers, self.task, self.shift = multipliers, task, None
+
+    def __call__(self, td: TensorDictBase) -> torch.Tensor:
+        privileged = td[keys.PRIVILEGED].clone()
+        if self.shift is None:  # log10(cell's best / task's best)
+            self.shift = math.log10(self.task.task_lr / self.task.best_lr) - privileged[0, 0].item()
+        privileged[..., 0] += self.shift
+        privileged[..., 4:] = 0.0  # the task's best schedule is its constant LR
+        return expert_actions(privileged, self.multipliers, schedule="constant")
 
 
 class AgentPolicy:
@@ -161,6 +145,27 @@ def summary(pairs: list[tuple[float, float]], seed: int = 0, resamples: int = 20
             "geomean": float(logs.mean().exp()), "low": low, "high": high}
 
 
+def task_pool_of(parser: argparse.ArgumentParser, args: argparse.Namespace, config: dict,
+                 seeds: range) -> dict[int, PoolTask]:
+    """``--task-pool``'s tasks by seed, checked: built over these seeds, for this recipe, and replayable from the
+    task's drawn LR (the per-task expert measures its LR against that)."""
+    settings = env_config(config)
+    if list(settings.init_lr_scale) != [1.0, 1.0]:
+        parser.error(f"--task-pool needs env.init_lr_scale=[1,1] (runs start at the task's drawn LR), got "
+                     f"{list(settings.init_lr_scale)}.")
+    try:
+        pool = TaskPool.load(args.task_pool)
+        pool.check_matches(config["family"], {key: getattr(settings, key) for key in MATCHED_ENV_KEYS})
+    except ValueError as err:
+        parser.error(f"--task-pool: {err}")
+    tasks = {task.seed: task for task in pool.tasks}
+    missing = [seed for seed in seeds if seed not in tasks]
+    if missing:
+        parser.error(f"--task-pool {args.task_pool} lacks seeds {missing[:5]} (of {len(missing)}): build it over "
+                     f"these seeds (first_seed={seeds.start} tasks={len(seeds)}).")
+    return tasks
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="a meta-training recipe (its env, family and algo sections are read)")
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=120)
     parser.add_argument("--oracle-grid", type=lambda text: [float(x) for x in text.split(",")], default=[],
                         help="e.g. 0.1,0.3,1,3,10: also score per-run tuned constant and cosine LRs over this grid")
+    parser.add_argument("--task-pool", help="a pool over these seeds (ganno-build-task-pool ... first_seed=10000): "
+                        "also replay the expert aimed at each run's own tuned LR")
     parser.add_argument("--first-seed", type=int, default=10_000, help="seeds first-seed.. (not the training's)")
     parser.add_argument("--out", help="a Markdown report; the per-run losses go beside it as .json")
     parser.add_argument("--rescore", help="a finished run's .json: rewrite its report from it, replaying nothing")
@@ -191,10 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.agent:
         agent_policy = AgentPolicy(GANNOAgent.load(args.agent))
         policies["agent (mode)"] = agent_policy
+    seeds = range(args.first_seed, args.first_seed + args.episodes)
+    pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
     replays: dict[str, list[Replay]] = {name: [] for name in policies}
     picked: dict[str, list[float]] = {}  # each oracle's factor per run
-    for done, seed in enumerate(range(args.first_seed, args.first_seed + args.episodes), start=1):
+    for done, seed in enumerate(seeds, start=1):
+        if pool_tasks:
+            policies[TASK_EXPERT] = TaskExpertPolicy(multipliers, pool_tasks[seed])
+            replays.setdefault(TASK_EXPERT, [])
         for name, policy in policies.items():
             if policy is agent_policy:
                 agent_policy.reset()
@@ -239,6 +251,7 @@ def write_report(args: argparse.Namespace, replays: dict[str, list[Replay]], pic
     command = " ".join(["python benchmarks/expert_ceiling.py", args.config, *args.overrides,
                         *(["--agent", args.agent] if args.agent else []), f"--episodes {args.episodes}",
                         *([f"--oracle-grid {','.join(f'{f:g}' for f in args.oracle_grid)}"] if args.oracle_grid else []),
+                        *([f"--task-pool {args.task_pool}"] if args.task_pool else []),
                         f"--first-seed {args.first_seed}", f"--out {args.out}"])
     out.write_text("\n".join([
         "# The imitation recipe's expert, replayed on its own meta-training distribution (issue #18)", "",

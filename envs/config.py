@@ -25,6 +25,7 @@ from ganno_lightning import config as shared
 from ganno_lightning.config import unknown_key_error
 from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
 from ganno_lightning.envs.task import MixtureFamily, TaskFamily
+from ganno_lightning.envs.task_pool import MATCHED_ENV_KEYS, TaskPool
 from ganno_lightning.envs.tasks import make_family
 
 _SECTIONS = ("env", "family")
@@ -92,6 +93,10 @@ def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None)
     if split is not None:
         settings.split = split
         settings.validate()
+    if settings.task_pool is not None:
+        family = config["family"]
+        plain = OmegaConf.to_container(family, resolve=True) if isinstance(family, DictConfig) else family
+        TaskPool.load(settings.task_pool).check_matches(plain, {k: getattr(settings, k) for k in MATCHED_ENV_KEYS})
     return LayerwiseLREnv(family_from_config(config), settings, seed=seed)
 
 

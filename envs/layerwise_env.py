@@ -17,9 +17,11 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.inner_run import InnerRun, TaskError, sample_task
+from ganno_lightning.envs.inner_run import InnerRun, RNGStates, TaskError, sample_task
 from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
+from ganno_lightning.envs.task_pool import TaskPool
+from ganno_lightning.envs.tasks.best_lr import around
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
     DEFAULT_SCALE_BOUNDS,
@@ -121,6 +123,12 @@ class EnvConfig:
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
+        task_pool: A pool file (``ganno-build-task-pool``, :mod:`ganno_lightning.envs.task_pool`): each
+            episode replays one of its tasks from an LR drawn log-uniformly within 10x of that
+            task's own tuned best constant LR, and the privileged columns measure LRs against that
+            best instead of the task's cell's (a per-task teacher). ``init_lr_scale`` must then be
+            [1, 1]; ``make_env`` checks that the pool was built for the config's family and
+            :data:`~ganno_lightning.envs.task_pool.MATCHED_ENV_KEYS`. ``None``: fresh tasks every episode.
         device: Device the inner training runs on.
     """
 
@@ -152,6 +160,7 @@ class EnvConfig:
     final_val_clip: float = 3.0
     unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
+    task_pool: str | None = None
     device: str = "cpu"
 
     def validate(self, prefix: str = "env") -> EnvConfig:
@@ -182,6 +191,9 @@ class EnvConfig:
         if len(self.init_lr_scale) != 2 or not (0 < low <= high):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [low, high] with 0 < low <= high, "
                              f"got {list(self.init_lr_scale)}.")
+        if self.task_pool is not None and (low, high) != (1.0, 1.0):
+            raise ValueError(f"`{prefix}.init_lr_scale` must be [1, 1] with `{prefix}.task_pool` (a pool task's "
+                             f"LR is drawn around its own best LR), got {list(self.init_lr_scale)}.")
         if not (isinstance(self.layer_lr_spread, (int, float)) and 1.0 <= self.layer_lr_spread < math.inf):
             raise ValueError(f"`{prefix}.layer_lr_spread` must be a number >= 1 (1: every layer starts at the task's "
                              f"LR; 3: each within x1/3..x3 of it), got {self.layer_lr_spread!r}.")
@@ -275,6 +287,7 @@ class LayerwiseLREnv(EnvBase):
         self.observation_spec, self.action_spec, self.reward_spec = observation_spec, action_spec, reward_spec
         self.done_spec = Composite({
             name: Categorical(2, (1,), dtype=torch.bool) for name in (keys.DONE, keys.TERMINATED, keys.TRUNCATED)})
+        self.pool = None if config.task_pool is None else TaskPool.load(config.task_pool)
         self.task: TrainingTask | None = None
         self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
@@ -363,8 +376,12 @@ class LayerwiseLREnv(EnvBase):
             self.controller.close()
             self.controller = None
         config = self.config
-        self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
-        self.run = InnerRun(self.task, config.device, rng, lr_factor=self._initial_lr_factor(),
+        if self.pool is None:
+            self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
+            lr_factor = self._initial_lr_factor()
+        else:
+            self.task, rng, lr_factor = self._sample_pool_task()
+        self.run = InnerRun(self.task, config.device, rng, lr_factor=lr_factor,
                             val_batches=config.val_batches if config.val_every or config.final_val_weight else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
         self._validates = config.val_every > 0 and self.run.val_loader is not None and validate_draw < config.val_prob
@@ -388,6 +405,18 @@ class LayerwiseLREnv(EnvBase):
             self.run.scale_initial_lrs([1.0 if agent is None else float(factors[agent])
                                         for agent in self.controller.lr.group_agent])
             self.controller.record_initial_lrs()  # the schedule's first row was recorded before the draw
+
+    def _sample_pool_task(self) -> tuple[TrainingTask, RNGStates, float]:
+        """A pool task as its pool's replays drew it, its best LR the per-task one; the factor that starts it
+        log-uniformly within ``SPREAD`` x of that best."""
+        entry = self.pool.draw(self._generator)
+        task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
+                                self.config.device)  # the generator make_env(config, entry.seed) starts with
+        if task.name != entry.task:
+            raise TaskError(f"`env.task_pool` '{self.pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
+                            f"{entry.task}; the families have changed since it was built. Rebuild the pool.")
+        task.info.update(best_lr=entry.best_lr, best_schedule="constant", best_schedule_lr=entry.best_lr)
+        return task, rng, around(entry.best_lr, self._generator) / task.info["lr"]
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""

@@ -38,7 +38,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-__all__ = ["ConfigCommandLine", "WandbConfig", "check_wandb", "load_config", "unknown_key_error"]
+__all__ = ["ConfigCommandLine", "WandbConfig", "check_wandb", "load_config", "read_mapping", "unknown_key_error"]
 
 OVERRIDES = "the overrides"  # how errors name the key=value items, wherever they came from
 _ABSENT = object()
@@ -164,6 +164,16 @@ def load_config(schema: Any, source: Any = None, overrides: Iterable[str] = (), 
             item = f"{key.strip()}.{shorthands[key.strip()]}={value}"
         config = _apply_override(config, item, kind, see)
     return config
+
+
+def read_mapping(source: Any) -> dict:
+    """A YAML file (or mapping) as a plain dict, unchecked: for a tool that reads some sections of another tool's
+    config (a task pool reads a meta-training recipe's ``env`` and ``family``).
+
+    Raises:
+        ValueError: a missing or unreadable file, or one that is not a mapping.
+    """
+    return _read(source)[0]
 
 
 def _read(source: Any) -> tuple[dict, str]:

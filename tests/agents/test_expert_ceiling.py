@@ -65,6 +65,30 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
     assert out.read_text() == report
 
 
+def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
+    from ganno_lightning.envs import build_task_pool
+
+    pool = tmp_path / "pool.json"
+    build_task_pool.build(build_task_pool.load_config({}, [
+        f"recipe={SMOKE}", "tasks=2", "first_seed=3", "grid=[0.25,1.0,4.0]", "limits=[0.015625,64.0]", "workers=1",
+        f"out={pool}", f"log={tmp_path / 'replays.jsonl'}"]))
+    out = tmp_path / "ceiling.md"
+    overrides = [SMOKE, "env.init_lr_scale=[1.0,1.0]", "--episodes", "2", "--first-seed", "3", "--out", str(out)]
+    bench.main([*overrides, "--task-pool", str(pool), "--oracle-grid", "0.25,1,4"])
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    tasks = json.loads(pool.read_text())["tasks"]
+    for run, oracle, constant, task in zip(runs["per-task expert"], runs["tuned constant (oracle)"], runs["constant"],
+                                           tasks):
+        assert run["task"] == oracle["task"] == constant["task"] == task["task"]
+        # it keeps a run already at its task's best and moves one that is not
+        assert (run["final_val_loss"] == constant["final_val_loss"]) == (task["best_factor"] == 1.0)
+    assert "| all runs | per-task expert | 2 |" in out.read_text()
+    with pytest.raises(SystemExit):  # seeds the pool was not built over
+        bench.main([*overrides[:-4], "--first-seed", "5", "--out", str(out), "--task-pool", str(pool)])
+    with pytest.raises(SystemExit):  # runs that do not start at the task's drawn LR
+        bench.main([SMOKE, "--episodes", "2", "--first-seed", "3", "--out", str(out), "--task-pool", str(pool)])
+
+
 def test_bad_arguments_are_named(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench.main([SMOKE, "--episodes", "1", "--out", str(tmp_path / "x.md")])

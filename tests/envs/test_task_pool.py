@@ -1,0 +1,94 @@
+"""Task pools: each task's own tuned LR from grid replays, and an env that replays the pool's tasks."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from ganno_lightning.envs import build_task_pool, keys
+from ganno_lightning.envs import layerwise_env as env_module
+from ganno_lightning.envs.config import env_config, make_env
+from ganno_lightning.envs.replay import constant_policy, replay, replay_config
+from ganno_lightning.envs.task_pool import TaskPool
+
+FAMILY = {"name": "mlp_digits", "train": {"depth": [1, 2], "width": [8, 16], "batch_size": [16, 32]}}
+ENV = {"horizon": 40, "interval": 10, "val_every": 0}
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """A two-task pool over seeds 5 and 6 (grid x0.5-x2, widened within x1/16-x16), built in this process."""
+    root = tmp_path_factory.mktemp("pool")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"env": ENV, "family": FAMILY}))
+    overrides = [f"recipe={recipe}", "tasks=2", "first_seed=5", "grid=[0.5,1.0,2.0]", "limits=[0.0625,16.0]",
+                 "workers=1", f"out={root / 'pool.json'}", f"log={root / 'replays.jsonl'}"]
+    config = build_task_pool.load_config({}, overrides)
+    return build_task_pool.build(config), config, recipe
+
+
+def test_each_task_gets_its_best_grid_lr_never_at_an_edge_short_of_the_limits(pool):
+    built, config, _ = pool
+    assert [t["seed"] for t in built["tasks"]] == [5, 6] and built["dropped"] == []
+    for task in built["tasks"]:
+        losses = {float(f): (math.inf if v is None else v) for f, v in task["losses"].items()}
+        assert {0.5, 1.0, 2.0} <= set(losses)
+        assert task["best_loss"] == min(losses.values()) == losses[task["best_factor"]]
+        assert task["best_lr"] == pytest.approx(task["best_factor"] * task["task_lr"], rel=1e-5)
+        inside = min(losses) < task["best_factor"] < max(losses)
+        assert inside or task["best_factor"] in (config.limits[0], config.limits[1])
+    assert TaskPool.load(config.out).tasks[0].best_lr == built["tasks"][0]["best_lr"]
+
+
+def test_a_rerun_resumes_from_the_log_and_writes_the_same_pool(pool, monkeypatch):
+    built, config, _ = pool
+    monkeypatch.setattr(build_task_pool, "replay_at_factor", lambda job: pytest.fail("replayed a logged run"))
+    assert build_task_pool.build(config, command=built["command"]) == built
+
+
+def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_loss(pool, monkeypatch):
+    built, config, _ = pool
+    pooled = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
+    env = make_env({**pooled, "env": {**pooled["env"], "privileged": True}}, seed=0)
+    starts = []
+    for _ in range(4):
+        td = env.reset()
+        assert env.task.name in {t["task"] for t in built["tasks"]}
+        starts.append(td[keys.PRIVILEGED][0, 0].item())  # log10(LR / the task's own best)
+    env.close()
+    assert all(-1 <= s <= 1 for s in starts) and len(set(starts)) == 4  # within 10x, a fresh LR each episode
+    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # start at the task's best
+    keep = constant_policy(env_config(pooled).action_multipliers)
+    run = replay(replay_config(pooled), 0, keep)
+    task = next(t for t in built["tasks"] if t["task"] == run.task)
+    assert run.start == pytest.approx(0.0, abs=1e-6)
+    assert run.final_val_loss == pytest.approx(task["best_loss"], rel=1e-5)
+
+
+def test_a_pool_that_does_not_match_the_config_is_refused_by_name(pool, tmp_path):
+    _, config, _ = pool
+    pooled = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
+    with pytest.raises(ValueError, match=r"family section"):
+        make_env({**pooled, "family": {**FAMILY, "train": {"depth": [1]}}})
+    with pytest.raises(ValueError, match=r"env\.horizon=40.*env\.horizon=50"):
+        make_env({**pooled, "env": {**pooled["env"], "horizon": 50}})
+    with pytest.raises(ValueError, match=r"init_lr_scale.*task_pool"):
+        make_env({**pooled, "env": {**pooled["env"], "init_lr_scale": [0.3, 3.0]}})
+    with pytest.raises(ValueError, match=r"no pool file at .*ganno-build-task-pool"):
+        make_env({**pooled, "env": {**pooled["env"], "task_pool": str(tmp_path / "none.json")}})
+    (tmp_path / "bad.json").write_text(json.dumps({"tasks": [{"seed": 1}]}))
+    with pytest.raises(ValueError, match=r"is not a task pool"):
+        make_env({**pooled, "env": {**pooled["env"], "task_pool": str(tmp_path / "bad.json")}})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tasks=0", r"`tasks` must be a positive int, got 0"),
+    ("grid=[0.5,2.0]", r"`grid` must hold .* 1 among them"),
+    ("limits=[1.0,10.0]", r"`limits` must be \[low, high\] around the grid"),
+    ("recipe=missing.yaml", r"`recipe` .missing.yaml.: Config file not found"),
+])
+def test_bad_build_settings_are_named(pool, override, message):
+    _, _, recipe = pool
+    with pytest.raises(ValueError, match=message):
+        build_task_pool.load_config({}, [f"recipe={recipe}", override])
