@@ -39,9 +39,9 @@ class EpisodeReward:
     suggests a cached tuned-schedule run, ``log(L_ref / L_end)``): that is ``log(V_start / V_end)``
     minus ``log(V_start / L_ref)``, which no action changes (before clipping). Both give unbiased
     policy gradients; they differ in variance, and a reference correlated with the run's own progress
-    might lower it, as a per-task baseline, where the learned critic is the baseline here. Meta-training
-    draws a fresh task every episode, so no cache can hold references: each would cost a second
-    training run per episode. Untried.
+    might lower it, as a per-task baseline, where the learned critic is the baseline here. Without a
+    task pool meta-training draws a fresh task every episode, so no cache can hold references; a pool
+    (``env.task_pool``) holds one per task, its tuned constant LR's loss (``PoolTask.best_loss``). Untried.
 
     Args:
         divergence_factor: How far above the reference loss a run diverges (> 1).
