@@ -20,7 +20,7 @@ from ganno_lightning.envs import keys
 from ganno_lightning.envs.inner_run import InnerRun, RNGStates, TaskError, sample_task
 from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
-from ganno_lightning.envs.task_pool import TaskPool
+from ganno_lightning.envs.task_pool import PoolTask, TaskPool
 from ganno_lightning.envs.tasks.best_lr import around
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
@@ -41,6 +41,8 @@ from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike
 #: log10(best schedule's peak LR / best LR) and whether that schedule is a cosine decay (the
 #: calibrated schedule that trains the task's cell best, ``envs.tasks.best_lr.best_schedule``).
 PRIVILEGED_SIZE = 6
+#: What the terminal reward term measures the final validation loss against (``final_val_reference``).
+FINAL_VAL_REFERENCES = ("start", "pool")
 
 
 @dataclass
@@ -111,7 +113,8 @@ class EnvConfig:
             off, so the reward is the validation terms and the divergence penalties).
         final_val_weight: Weight of a terminal reward on what users are scored on: on the last step of
             a run that did not diverge, ``clip(log(V_start / V_end), -final_val_clip, final_val_clip)``,
-            the validation loss at the end against the run's own at the first decision (see
+            the validation loss at the end against the run's own at the first decision (or a pool's
+            tuned run, ``final_val_reference``; see
             :class:`~ganno_lightning.envs.reward.EpisodeReward` for why not against a reference run);
             a non-finite end scores ``-final_val_clip``. Measured in every episode on the same
             ``val_batches``, whether or not the episode validates; the agents observe only the
@@ -120,6 +123,11 @@ class EnvConfig:
             ``recover_on_spike``, a rollback on the last step gets the penalty and the score of the
             restored weights (0: off).
         final_val_clip: Bound of the terminal term's log-ratio (> 0).
+        final_val_reference: What the terminal term measures the final validation loss against:
+            ``"start"``, the run's own at the first decision, or ``"pool"`` (with ``task_pool``), the
+            final loss of the same task, weights and batches at its tuned constant LR, so the term is
+            ``clip(log(L_tuned / V_end))``: positive only where the run beat the tuned constant LR
+            (issue #18 item 4). The two differ by a constant per task, so they rank a task's runs alike.
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
@@ -158,6 +166,7 @@ class EnvConfig:
     train_loss_weight: float = 1.0
     final_val_weight: float = 0.0
     final_val_clip: float = 3.0
+    final_val_reference: str = "start"
     unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
     task_pool: str | None = None
@@ -191,6 +200,12 @@ class EnvConfig:
         if len(self.init_lr_scale) != 2 or not (0 < low <= high):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [low, high] with 0 < low <= high, "
                              f"got {list(self.init_lr_scale)}.")
+        if self.final_val_reference not in FINAL_VAL_REFERENCES:
+            raise ValueError(f"`{prefix}.final_val_reference` must be one of {list(FINAL_VAL_REFERENCES)}, got "
+                             f"{self.final_val_reference!r}.")
+        if self.final_val_reference == "pool" and self.task_pool is None:
+            raise ValueError(f"`{prefix}.final_val_reference: pool` needs `{prefix}.task_pool` (the pool holds each "
+                             f"task's tuned loss); set one, or use `start`.")
         if self.task_pool is not None and (low, high) != (1.0, 1.0):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [1, 1] with `{prefix}.task_pool` (a pool task's "
                              f"LR is drawn around its own best LR), got {list(self.init_lr_scale)}.")
@@ -288,6 +303,7 @@ class LayerwiseLREnv(EnvBase):
         self.done_spec = Composite({
             name: Categorical(2, (1,), dtype=torch.bool) for name in (keys.DONE, keys.TERMINATED, keys.TRUNCATED)})
         self.pool = None if config.task_pool is None else TaskPool.load(config.task_pool)
+        self.pool_task: PoolTask | None = None  # the pool's task of the episode
         self.task: TrainingTask | None = None
         self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
@@ -328,7 +344,10 @@ class LayerwiseLREnv(EnvBase):
         self.episode_reward.start(first_loss)
         self._env_steps = 0
         self._prev_val = self._measure_validation()
-        self._start_val = self._prev_val if self._validates else self._reward_validation()
+        if self.config.final_val_reference == "pool":
+            self._start_val = self.pool_task.best_loss
+        else:
+            self._start_val = self._prev_val if self._validates else self._reward_validation()
         return self._output(observation, reward=None, terminated=False, truncated=False)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -409,7 +428,7 @@ class LayerwiseLREnv(EnvBase):
     def _sample_pool_task(self) -> tuple[TrainingTask, RNGStates, float]:
         """A pool task as its pool's replays drew it, its best LR the per-task one; the factor that starts it
         log-uniformly within ``SPREAD`` x of that best."""
-        entry = self.pool.draw(self._generator)
+        entry = self.pool_task = self.pool.draw(self._generator)
         task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
                                 self.config.device)  # the generator make_env(config, entry.seed) starts with
         if task.name != entry.task:

@@ -41,7 +41,9 @@ class EpisodeReward:
     policy gradients; they differ in variance, and a reference correlated with the run's own progress
     might lower it, as a per-task baseline, where the learned critic is the baseline here. Without a
     task pool meta-training draws a fresh task every episode, so no cache can hold references; a pool
-    (``env.task_pool``) holds one per task, its tuned constant LR's loss (``PoolTask.best_loss``). Untried.
+    (``env.task_pool``) holds one per task, its tuned constant LR's loss (``PoolTask.best_loss``), and
+    ``env.final_val_reference: pool`` passes it to :meth:`final_term` in place of the start. Not yet
+    tried in a meta-training run.
 
     Args:
         divergence_factor: How far above the reference loss a run diverges (> 1).

@@ -66,6 +66,24 @@ def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_los
     assert run.final_val_loss == pytest.approx(task["best_loss"], rel=1e-5)
 
 
+def test_the_terminal_reward_can_measure_a_run_against_its_tasks_tuned_run(pool, monkeypatch):
+    built, config, _ = pool
+    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # the tuned run itself
+    scored = {"env": {**ENV, "task_pool": config.out, "final_val_reference": "pool", "final_val_weight": 1.0,
+                      "train_loss_weight": 0.0}, "family": FAMILY}
+    keep = constant_policy(env_config(scored).action_multipliers)
+    env = make_env(scored, seed=1)
+    td, rewards = env.reset(), []
+    while not td["done"].item():
+        td = env.step(td.set(keys.ACTION, keep(td)))["next"]
+        rewards.append(td[keys.REWARD][0, 0].item())
+    env.close()
+    assert td[keys.TERMINATED].item() and rewards[:-1] == [0.0] * (len(rewards) - 1)
+    assert rewards[-1] == pytest.approx(0.0, abs=1e-5)  # log(tuned loss / its own replay's loss)
+    with pytest.raises(ValueError, match=r"final_val_reference: pool. needs .env\.task_pool"):
+        make_env({**scored, "env": {**scored["env"], "task_pool": None}})
+
+
 def test_a_pool_that_does_not_match_the_config_is_refused_by_name(pool, tmp_path):
     _, config, _ = pool
     pooled = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
