@@ -39,7 +39,7 @@ from ganno_lightning.agents.networks import (
 )
 from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.config import env_config, family_from_config
+from ganno_lightning.envs.config import check_task_pool, env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
@@ -140,6 +140,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     config: MetaTrainingConfig = OmegaConf.to_object(loaded)
     env_config(_env_sections(config))  # the env and family sections, checked before any process starts
     family_from_config(_env_sections(config))
+    check_task_pool(_env_sections(config))
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):
         raise ValueError(f"`algo.algorithm` must be 'mappo' or 'ippo', got {algo.algorithm!r}.")

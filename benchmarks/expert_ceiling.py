@@ -51,7 +51,7 @@ from ganno_lightning.agents.evaluation.paired_stats import log_ratio
 from ganno_lightning.agents.imitation import expert_actions
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config
-from ganno_lightning.envs.replay import Policy, Replay, constant_policy, replay, replay_config
+from ganno_lightning.envs.replay import Policy, Replay, at_lr_factor, constant_policy, replay, replay_config
 from ganno_lightning.envs.task_pool import MATCHED_ENV_KEYS, PoolTask, TaskPool
 from ganno_lightning.layerwise.agent import GANNOAgent
 
@@ -86,8 +86,7 @@ def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior
     for factor in grid:
         # [1, 1] draws no factor, so the x1 run is exactly the constant row's run (others shift a mid-run draw
         # that only decides whether the agents observe validation losses).
-        env = {**config["env"], "init_lr_scale": [factor, factor], "prior": prior}
-        tried.append((replay({**config, "env": env}, seed, keep), factor))
+        tried.append((replay(at_lr_factor(config, factor, prior), seed, keep), factor))
     best, factor = min(tried, key=lambda t: t[0].final_val_loss)
     return best._replace(start=tried[grid.index(1.0)][0].start if 1.0 in grid else math.nan), factor
 
@@ -100,8 +99,9 @@ def expert_policy(env_multipliers: list[float], algo: dict) -> Policy:
 class TaskExpertPolicy:
     """The constant-LR expert aimed at a pool task's own tuned LR instead of its cell's: a per-task teacher.
 
-    The privileged columns measure LRs against the cell's best LR; at the first decision the run's LR is
-    the task's drawn LR, which fixes how far the cell's best is from the task's own.
+    The privileged columns measure LRs against the cell's best LR; at the first decision every layer's LR is
+    the task's drawn LR (``task_pool_of`` refuses recipes that draw per-layer LRs; replays do not roll back),
+    which fixes how far the cell's best is from the task's own.
     """
 
     def __init__(self, multipliers: list[float], task: PoolTask) -> None:
@@ -109,6 +109,9 @@ class TaskExpertPolicy:
 
     def __call__(self, td: TensorDictBase) -> torch.Tensor:
         privileged = td[keys.PRIVILEGED].clone()
+        if privileged[0, 1].item() == 0:
+            raise ValueError(f"The per-task expert needs the task's cell's best LR to place its LR (family "
+                             f"`lr_sampling: around_best`); {self.task.task} has none.")
         if self.shift is None:  # log10(cell's best / task's best)
             self.shift = math.log10(self.task.task_lr / self.task.best_lr) - privileged[0, 0].item()
         privileged[..., 0] += self.shift
@@ -150,6 +153,9 @@ def task_pool_of(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
     """``--task-pool``'s tasks by seed, checked: built over these seeds, for this recipe, and replayable from the
     task's drawn LR (the per-task expert measures its LR against that)."""
     settings = env_config(config)
+    if settings.layer_lr_spread != 1.0:
+        parser.error(f"--task-pool needs env.layer_lr_spread=1 (every layer starts at the task's drawn LR), got "
+                     f"{settings.layer_lr_spread}.")
     if list(settings.init_lr_scale) != [1.0, 1.0]:
         parser.error(f"--task-pool needs env.init_lr_scale=[1,1] (runs start at the task's drawn LR), got "
                      f"{list(settings.init_lr_scale)}.")

@@ -28,8 +28,9 @@ from omegaconf import OmegaConf
 
 from ganno_lightning.config import ConfigCommandLine, read_mapping
 from ganno_lightning.config import load_config as load_with_schema
-from ganno_lightning.envs.config import env_config
-from ganno_lightning.envs.replay import constant_policy, replay, replay_config
+from ganno_lightning.envs.config import env_config, family_from_config
+from ganno_lightning.envs.inner_run import TaskError, sample_task
+from ganno_lightning.envs.replay import at_lr_factor, constant_policy, replay, replay_config
 from ganno_lightning.envs.task_pool import MATCHED_ENV_KEYS
 from ganno_lightning.files import atomic_write_text
 from ganno_lightning.trials.pool import JobFailure, JobPool, read_log
@@ -54,23 +55,25 @@ class TaskPoolConfig:
 
 def replay_sections(recipe: str) -> dict[str, Any]:
     """The recipe's ``env`` and ``family`` sections as its pool replays them: constant LR, no pool of its own."""
-    loaded = read_mapping(recipe)
+    loaded = OmegaConf.to_container(OmegaConf.create(read_mapping(recipe)), resolve=True)
     if "env" not in loaded or "family" not in loaded:
         raise ValueError(f"it must have `env` and `family` sections (a meta-training recipe or an "
                          f"env file), got sections {sorted(loaded)}.")
     config = replay_config({"env": {**loaded["env"], "task_pool": None, "prior": "none"}, "family": loaded["family"]})
-    env_config(config)  # a bad env section fails before any replay
+    at_lr_factor(config, 1.0)  # a recipe whose runs cannot be replayed at LR factors fails here
+    env_config(config)  # so does a bad env section
     return config
 
 
 def replay_at_factor(job: dict[str, Any]) -> dict[str, Any]:
     """Replay one task at ``factor`` x its drawn LR under a constant LR: its final validation loss (inf: diverged)."""
     torch.set_num_threads(1)  # small networks: one thread each, as many jobs as cores
-    config = job["config"]
-    config = {**config, "env": {**config["env"], "init_lr_scale": [job["factor"], job["factor"]]}}
-    env = env_config(config)
-    keep = constant_policy(env.action_multipliers)
-    run = replay(config, job["seed"], keep)
+    config = at_lr_factor(job["config"], job["factor"])
+    keep = constant_policy(env_config(config).action_multipliers)
+    try:
+        run = replay(config, job["seed"], keep)
+    except TaskError as err:  # every task the env drew diverged in its first interval: a diverged run, not a failure
+        return {"id": job["id"], "key": job["key"], "status": "ok", "loss": math.inf, "reason": str(err)[:300]}
     return {"id": job["id"], "key": job["key"], "status": "ok", "task": run.task, "task_lr": run.task_lr,
             "loss": run.final_val_loss}
 
@@ -85,6 +88,7 @@ def build(config: TaskPoolConfig, command: str = "build()") -> dict[str, Any]:
     sections = replay_sections(config.recipe)
     digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
     seeds = range(config.first_seed, config.first_seed + config.tasks)
+    names = {seed: drawn_task(sections, seed) for seed in seeds}
     grids = {seed: sorted(float(f) for f in config.grid) for seed in seeds}
     results: dict[tuple[int, float], dict[str, Any]] = {}
     done = read_log(config.log)
@@ -97,7 +101,7 @@ def build(config: TaskPoolConfig, command: str = "build()") -> dict[str, Any]:
                 results[job["seed"], job["factor"]] = result
             widened = []
             for seed in pending:
-                more = factors_past_the_edge({f: [results[seed, f]["loss"]] for f in grids[seed]},
+                more = factors_past_the_edge({f: [_loss(results, seed, f, names[seed])] for f in grids[seed]},
                                              limits=tuple(config.limits))
                 if more:
                     grids[seed] = sorted({*grids[seed], *more})
@@ -106,20 +110,34 @@ def build(config: TaskPoolConfig, command: str = "build()") -> dict[str, Any]:
     env = env_config(sections)
     tasks, dropped = [], []
     for seed in seeds:
-        losses = {f: results[seed, f]["loss"] for f in grids[seed]}
+        losses = {f: _loss(results, seed, f, names[seed]) for f in grids[seed]}
         factor = best_factor({f: [v] for f, v in losses.items()}, 0)
-        first = results[seed, grids[seed][0]]
-        if not math.isfinite(losses[factor]) or "task_lr" not in first:
+        if not math.isfinite(losses[factor]):
             dropped.append(seed)
             continue
-        tasks.append({"seed": seed, "task": first["task"], "task_lr": first["task_lr"], "best_factor": factor,
-                      "best_lr": float(f"{factor * first['task_lr']:.6g}"), "best_loss": losses[factor],
+        drawn = results[seed, factor]
+        tasks.append({"seed": seed, "task": names[seed], "task_lr": drawn["task_lr"], "best_factor": factor,
+                      "best_lr": float(f"{factor * drawn['task_lr']:.6g}"), "best_loss": losses[factor],
                       "losses": {f"{f:g}": (v if math.isfinite(v) else None) for f, v in losses.items()}})
     pool = {"command": command, "recipe": config.recipe, "family": sections["family"],
             "env": {key: getattr(env, key) for key in MATCHED_ENV_KEYS}, "grid": sorted(config.grid),
             "limits": list(config.limits), "tasks": tasks, "dropped": dropped}
     atomic_write_text(config.out, json.dumps(pool, indent=None, separators=(",", ":")) + "\n")
     return pool
+
+
+def _loss(results: dict[tuple[int, float], dict[str, Any]], seed: int, factor: float, task: str) -> float:
+    """A replay's final loss, inf where it ran another task than ``task``: an env whose first interval diverged
+    at this factor draws another task (``max_reset_attempts``), so its run says only that this factor diverged."""
+    result = results[seed, factor]
+    return result["loss"] if result.get("task") == task else math.inf
+
+
+def drawn_task(sections: dict[str, Any], seed: int) -> str:
+    """The name of the task ``make_env(sections, seed)`` draws first (before any run)."""
+    task, _ = sample_task(family_from_config(sections), torch.Generator().manual_seed(seed),
+                          env_config(sections).split, "cpu")
+    return task.name
 
 
 def _job(sections: dict[str, Any], digest: str, seed: int, factor: float) -> dict[str, Any]:

@@ -93,11 +93,22 @@ def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None)
     if split is not None:
         settings.split = split
         settings.validate()
-    if settings.task_pool is not None:
-        family = config["family"]
-        plain = OmegaConf.to_container(family, resolve=True) if isinstance(family, DictConfig) else family
-        TaskPool.load(settings.task_pool).check_matches(plain, {k: getattr(settings, k) for k in MATCHED_ENV_KEYS})
+    check_task_pool(config, settings)
     return LayerwiseLREnv(family_from_config(config), settings, seed=seed)
+
+
+def check_task_pool(config: DictConfig | dict, settings: EnvConfig | None = None) -> None:
+    """Where ``env.task_pool`` is set, raise unless the pool was built for this ``family`` section and env.
+
+    Raises:
+        ValueError: Naming the first setting that differs (see :meth:`TaskPool.check_matches`).
+    """
+    settings = settings or env_config(config)
+    if settings.task_pool is None:
+        return
+    family = config["family"]
+    plain = OmegaConf.to_container(family, resolve=True) if isinstance(family, DictConfig) else family
+    TaskPool.load(settings.task_pool).check_matches(plain, {k: getattr(settings, k) for k in MATCHED_ENV_KEYS})
 
 
 def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:

@@ -127,7 +127,9 @@ class EnvConfig:
             ``"start"``, the run's own at the first decision, or ``"pool"`` (with ``task_pool``), the
             final loss of the same task, weights and batches at its tuned constant LR, so the term is
             ``clip(log(L_tuned / V_end))``: positive only where the run beat the tuned constant LR
-            (issue #18 item 4). The two differ by a constant per task, so they rank a task's runs alike.
+            (issue #18 item 4). Before the clip they differ by ``log(V_start / L_tuned)``, which no
+            action changes (the start is measured at the first decision), so they rank an episode's
+            possible runs alike; the clip and the variance of the return differ.
         unknown_total_prob: Probability that an episode hides its length from the observation
             (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
@@ -209,6 +211,9 @@ class EnvConfig:
         if self.task_pool is not None and (low, high) != (1.0, 1.0):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [1, 1] with `{prefix}.task_pool` (a pool task's "
                              f"LR is drawn around its own best LR), got {list(self.init_lr_scale)}.")
+        if self.task_pool is not None and self.layer_lr_spread != 1.0:
+            raise ValueError(f"`{prefix}.layer_lr_spread` must be 1 with `{prefix}.task_pool` (a pool's best LRs are "
+                             f"for the layers' LRs as the task drew them), got {self.layer_lr_spread!r}.")
         if not (isinstance(self.layer_lr_spread, (int, float)) and 1.0 <= self.layer_lr_spread < math.inf):
             raise ValueError(f"`{prefix}.layer_lr_spread` must be a number >= 1 (1: every layer starts at the task's "
                              f"LR; 3: each within x1/3..x3 of it), got {self.layer_lr_spread!r}.")

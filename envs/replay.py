@@ -26,7 +26,7 @@ from tensordict import TensorDictBase
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
 
-__all__ = ["NO_SPIKE_END", "Policy", "Replay", "constant_policy", "replay", "replay_config"]
+__all__ = ["NO_SPIKE_END", "REPLAY_OFF", "Policy", "Replay", "at_lr_factor", "constant_policy", "replay", "replay_config"]
 
 #: Observations (one step's TensorDict) -> one action index per agent.
 Policy = Callable[[TensorDictBase], torch.Tensor]
@@ -34,13 +34,35 @@ Policy = Callable[[TensorDictBase], torch.Tensor]
 NO_SPIKE_END = 1e30
 
 
+#: Meta-training settings a replay turns off where a recipe turns them on: a replay is the run drawn from its
+#: seed (not a pool's task), trained on through a spike as an evaluation trains (not rolled back).
+REPLAY_OFF = {"task_pool": None, "final_val_reference": "start", "recover_on_spike": False}
+
+
 def replay_config(sections: dict) -> dict:
     """A recipe's plain ``env`` and ``family`` sections, set up for replays: privileged (so a replay knows
-    where its LR started against the best), no episode end on a loss spike, and a validation loss at the end."""
+    where its LR started against the best), no episode end on a loss spike, no pool, no rollback, and a
+    validation loss at the end."""
     env = {**sections["env"], "privileged": True, "divergence_factor": NO_SPIKE_END}
+    env.update({key: off for key, off in REPLAY_OFF.items() if key in env})  # keys a recipe left out stay out
     # A run validates at its end only under a final-validation term; the rewards themselves are not used here.
     env["final_val_weight"] = env.get("final_val_weight") or 1.0
     return {"env": env, "family": sections["family"]}
+
+
+def at_lr_factor(config: dict, factor: float, prior: str | None = None) -> dict:
+    """``config`` (from :func:`replay_config`) replaying its run from ``factor`` x the task's drawn LR
+    (``init_lr_scale: [factor, factor]``), under ``prior`` where given.
+
+    Raises:
+        ValueError: If the recipe draws per-layer LRs (``layer_lr_spread`` > 1): those draws come after the
+            factor's, so runs at different factors would not share their layers' LRs.
+    """
+    if float(config["env"].get("layer_lr_spread", 1.0)) != 1.0:
+        raise ValueError(f"`env.layer_lr_spread` must be 1 for runs replayed at LR factors (each factor would draw "
+                         f"other per-layer LRs), got {config['env']['layer_lr_spread']!r}.")
+    env = {**config["env"], "init_lr_scale": [factor, factor], **({"prior": prior} if prior is not None else {})}
+    return {**config, "env": env}
 
 
 class Replay(NamedTuple):

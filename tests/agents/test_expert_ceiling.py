@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ganno_lightning.envs import keys
 
@@ -68,12 +69,15 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
 def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
     from ganno_lightning.envs import build_task_pool
 
+    recipe = tmp_path / "recipe.yaml"  # the smoke recipe, its LRs drawn around their cells' best (which it places)
+    smoke = yaml.safe_load(Path(SMOKE).read_text())
+    recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
     pool = tmp_path / "pool.json"
     build_task_pool.build(build_task_pool.load_config({}, [
-        f"recipe={SMOKE}", "tasks=2", "first_seed=3", "grid=[0.25,1.0,4.0]", "limits=[0.015625,64.0]", "workers=1",
+        f"recipe={recipe}", "tasks=2", "first_seed=3", "grid=[0.25,1.0,4.0]", "limits=[0.015625,64.0]", "workers=1",
         f"out={pool}", f"log={tmp_path / 'replays.jsonl'}"]))
     out = tmp_path / "ceiling.md"
-    overrides = [SMOKE, "env.init_lr_scale=[1.0,1.0]", "--episodes", "2", "--first-seed", "3", "--out", str(out)]
+    overrides = [str(recipe), "env.init_lr_scale=[1.0,1.0]", "--episodes", "2", "--first-seed", "3", "--out", str(out)]
     bench.main([*overrides, "--task-pool", str(pool), "--oracle-grid", "0.25,1,4"])
     runs = json.loads(out.with_suffix(".json").read_text())["runs"]
     tasks = json.loads(pool.read_text())["tasks"]
@@ -86,7 +90,7 @@ def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
     with pytest.raises(SystemExit):  # seeds the pool was not built over
         bench.main([*overrides[:-4], "--first-seed", "5", "--out", str(out), "--task-pool", str(pool)])
     with pytest.raises(SystemExit):  # runs that do not start at the task's drawn LR
-        bench.main([SMOKE, "--episodes", "2", "--first-seed", "3", "--out", str(out), "--task-pool", str(pool)])
+        bench.main([str(recipe), "--episodes", "2", "--first-seed", "3", "--out", str(out), "--task-pool", str(pool)])
 
 
 def test_bad_arguments_are_named(bench, tmp_path):

@@ -9,7 +9,7 @@ import yaml
 from ganno_lightning.envs import build_task_pool, keys
 from ganno_lightning.envs import layerwise_env as env_module
 from ganno_lightning.envs.config import env_config, make_env
-from ganno_lightning.envs.replay import constant_policy, replay, replay_config
+from ganno_lightning.envs.replay import constant_policy, replay_config
 from ganno_lightning.envs.task_pool import TaskPool
 
 FAMILY = {"name": "mlp_digits", "train": {"depth": [1, 2], "width": [8, 16], "batch_size": [16, 32]}}
@@ -47,6 +47,47 @@ def test_a_rerun_resumes_from_the_log_and_writes_the_same_pool(pool, monkeypatch
     assert build_task_pool.build(config, command=built["command"]) == built
 
 
+def test_a_replay_at_another_factor_that_drew_another_task_counts_as_diverged(pool, monkeypatch, tmp_path):
+    """An env whose first interval diverges draws the next task; that task's loss must not become this one's."""
+    _, config, recipe = pool
+    real = build_task_pool.replay_at_factor
+
+    def first_interval_diverges_at_x2(job):
+        result = real(job)
+        return {**result, "task": "another task", "loss": 1e-6} if job["factor"] == 2.0 else result
+
+    monkeypatch.setattr(build_task_pool, "replay_at_factor", first_interval_diverges_at_x2)
+    built = build_task_pool.build(build_task_pool.load_config({}, [
+        f"recipe={recipe}", "tasks=1", "first_seed=5", "grid=[0.5,1.0,2.0]", "limits=[0.5,2.0]", "workers=1",
+        f"out={tmp_path / 'pool.json'}", f"log={tmp_path / 'replays.jsonl'}"]))
+    task = built["tasks"][0]
+    assert task["losses"]["2"] is None and task["best_factor"] != 2.0 and task["best_loss"] > 1e-6
+
+
+def test_replays_turn_off_pools_and_rollbacks_and_refuse_per_layer_lr_draws(pool):
+    _, config, recipe = pool
+    env = replay_config({"env": {**ENV, "task_pool": "p.json", "final_val_reference": "pool",
+                                 "recover_on_spike": True}, "family": FAMILY})["env"]
+    assert (env["task_pool"], env["final_val_reference"], env["recover_on_spike"]) == (None, "start", False)
+    assert "recover_on_spike" not in replay_config({"env": ENV, "family": FAMILY})["env"]  # nothing added
+    spread = recipe.with_name("spread.yaml")
+    spread.write_text(yaml.safe_dump({"env": {**ENV, "layer_lr_spread": 3.0}, "family": FAMILY}))
+    with pytest.raises(ValueError, match=r"layer_lr_spread. must be 1 .* got 3\.0"):
+        build_task_pool.load_config({}, [f"recipe={spread}"])
+    with pytest.raises(ValueError, match=r"layer_lr_spread. must be 1 with .env\.task_pool"):
+        make_env({"env": {**ENV, "task_pool": config.out, "layer_lr_spread": 3.0}, "family": FAMILY})
+
+
+def test_meta_training_refuses_a_pool_built_for_another_recipe(pool, tmp_path):
+    from ganno_lightning.agents.train import parse_config
+
+    _, config, _ = pool
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"env": {**ENV, "task_pool": config.out, "horizon": 60}, "family": FAMILY}))
+    with pytest.raises(ValueError, match=r"built with env\.horizon=40, but this config has env\.horizon=60"):
+        parse_config(str(recipe))
+
+
 def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_loss(pool, monkeypatch):
     built, config, _ = pool
     pooled = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
@@ -60,10 +101,14 @@ def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_los
     assert all(-1 <= s <= 1 for s in starts) and len(set(starts)) == 4  # within 10x, a fresh LR each episode
     monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # start at the task's best
     keep = constant_policy(env_config(pooled).action_multipliers)
-    run = replay(replay_config(pooled), 0, keep)
-    task = next(t for t in built["tasks"] if t["task"] == run.task)
-    assert run.start == pytest.approx(0.0, abs=1e-6)
-    assert run.final_val_loss == pytest.approx(task["best_loss"], rel=1e-5)
+    env = make_env({**pooled, "env": {**pooled["env"], "privileged": True, "final_val_weight": 1.0}}, seed=0)
+    td = env.reset()
+    assert td[keys.PRIVILEGED][0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    while not td["done"].item():
+        td = env.step(td.set(keys.ACTION, keep(td)))["next"]
+    task = next(t for t in built["tasks"] if t["task"] == env.task.name)
+    assert env.run.validation_loss() == pytest.approx(task["best_loss"], rel=1e-5)
+    env.close()
 
 
 def test_the_terminal_reward_can_measure_a_run_against_its_tasks_tuned_run(pool, monkeypatch):
