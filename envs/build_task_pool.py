@@ -44,7 +44,7 @@ class TaskPoolConfig:
     """What ``ganno-build-task-pool`` replays; see ``configs/task_pool.yaml``."""
 
     recipe: str = "configs/experiments/ganno_imitation_task_pool_candidate.yaml"  # its env and family sections
-    tasks: int = 1000
+    tasks: int = 600
     first_seed: int = 0
     grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # x each task's drawn LR
     limits: list[float] = field(default_factory=lambda: [1e-3, 1e3])  # the widened grid stays inside
