@@ -73,11 +73,13 @@ def recipe_env_config(config_path: str | Path, overrides: list[str]) -> tuple[di
     return replay_config(loaded), loaded.get("algo", {})
 
 
-def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior: str) -> tuple[Replay, float]:
+def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior: str,
+                 at_x1: Replay | None = None) -> tuple[Replay, float]:
     """The run drawn from ``seed`` at the best of ``grid`` x its initial LR, under ``prior`` and no agent action.
 
     An oracle, as the evaluation's ``@tuned`` baselines are: the factor is picked per run by the very
-    loss it is scored on. Returns that run (its ``start`` is the untuned run's) and the factor.
+    loss it is scored on. Returns that run (its ``start`` is the untuned run's) and the factor. ``at_x1``:
+    the x1 run where it was already replayed (the constant row's, when ``prior`` is the recipe's own).
     """
     if list(config["env"].get("init_lr_scale", [1.0, 1.0])) != [1.0, 1.0]:
         raise ValueError(f"`env.init_lr_scale` must be [1, 1] for the oracles (they set it to each grid factor), got "
@@ -86,7 +88,8 @@ def tuned_replay(config: dict, seed: int, keep: Policy, grid: list[float], prior
     for factor in grid:
         # [1, 1] draws no factor, so the x1 run is exactly the constant row's run (others shift a mid-run draw
         # that only decides whether the agents observe validation losses).
-        tried.append((replay(at_lr_factor(config, factor, prior), seed, keep), factor))
+        run = at_x1 if factor == 1.0 and at_x1 is not None else replay(at_lr_factor(config, factor, prior), seed, keep)
+        tried.append((run, factor))
     best, factor = min(tried, key=lambda t: t[0].final_val_loss)
     return best._replace(start=tried[grid.index(1.0)][0].start if 1.0 in grid else math.nan), factor
 
@@ -218,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
                 agent_policy.reset()
             replays[name].append(replay(config, seed, policy))
         for prior in ("none", "cosine") if args.oracle_grid else ():
-            run, factor = tuned_replay(config, seed, policies["constant"], args.oracle_grid, prior)
+            same = prior == env_config(config).prior  # then its x1 run is the constant row's
+            run, factor = tuned_replay(config, seed, policies["constant"], args.oracle_grid, prior,
+                                       at_x1=replays["constant"][-1] if same else None)
             replays.setdefault(ORACLES[prior], []).append(run)
             picked.setdefault(ORACLES[prior], []).append(factor)
         if done % 10 == 0 or done == args.episodes:  # a report so far: a long run stopped early still says something
