@@ -18,7 +18,8 @@ task, starting LR, weights and batches) under each policy:
   LR and the env's cosine prior at whichever grid factor of the run's LR ends lowest, a teacher that
   knows each task's own best rather than its cell's;
 - with ``--task-pool`` (a pool built over these seeds, ``ganno-build-task-pool``), ``per-task expert``: the
-  expert aimed at each run's own tuned constant LR, the teacher of a recipe with ``env.task_pool``.
+  expert aimed at each run's own tuned constant LR, the teacher of a recipe with ``env.task_pool``; and
+  ``per-task calibrated expert``: the same, annealing by a cosine where the task's cell trains better so.
 
 Runs end only on a non-finite loss (``env.divergence_factor`` is raised so that a loss spike does not
 end the run, as in an evaluation). The figure per run is its final validation loss over the constant
@@ -57,6 +58,8 @@ from ganno_lightning.layerwise.agent import GANNOAgent
 
 #: The row of the expert aimed at each run's own tuned LR (``--task-pool``).
 TASK_EXPERT = "per-task expert"
+#: The row of the per-task expert that also anneals where the task's cell trains better under a cosine.
+TASK_CALIBRATED_EXPERT = "per-task calibrated expert"
 #: The per-run oracles' rows, by the prior schedule they run under.
 ORACLES = {"none": "tuned constant (oracle)", "cosine": "tuned cosine (oracle)"}
 #: Losses below this count as solved: two solved runs tie (a copy task ends at 1e-5 or exactly 0 by chance). The
@@ -100,15 +103,18 @@ def expert_policy(env_multipliers: list[float], algo: dict) -> Policy:
 
 
 class TaskExpertPolicy:
-    """The constant-LR expert aimed at a pool task's own tuned LR instead of its cell's: a per-task teacher.
+    """The expert aimed at a pool task's own tuned LR instead of its cell's: a per-task teacher.
+
+    With ``schedule="constant"`` it holds that LR; with ``"calibrated"`` it decays it by a cosine where the
+    task's cell trains better so, from the cell's best peak over its best constant LR times the task's own.
 
     The privileged columns measure LRs against the cell's best LR; at the first decision every layer's LR is
     the task's drawn LR (``task_pool_of`` refuses recipes that draw per-layer LRs; replays do not roll back),
     which fixes how far the cell's best is from the task's own.
     """
 
-    def __init__(self, multipliers: list[float], task: PoolTask) -> None:
-        self.multipliers, self.task, self.shift = multipliers, task, None
+    def __init__(self, multipliers: list[float], task: PoolTask, schedule: str = "constant") -> None:
+        self.multipliers, self.task, self.schedule, self.shift = multipliers, task, schedule, None
 
     def __call__(self, td: TensorDictBase) -> torch.Tensor:
         privileged = td[keys.PRIVILEGED].clone()
@@ -118,8 +124,7 @@ class TaskExpertPolicy:
         if self.shift is None:  # log10(cell's best / task's best)
             self.shift = math.log10(self.task.task_lr / self.task.best_lr) - privileged[0, 0].item()
         privileged[..., 0] += self.shift
-        privileged[..., 4:] = 0.0  # the task's best schedule is its constant LR
-        return expert_actions(privileged, self.multipliers, schedule="constant")
+        return expert_actions(privileged, self.multipliers, schedule=self.schedule)
 
 
 class AgentPolicy:
@@ -215,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     for done, seed in enumerate(seeds, start=1):
         if pool_tasks:
             policies[TASK_EXPERT] = TaskExpertPolicy(multipliers, pool_tasks[seed])
+            policies[TASK_CALIBRATED_EXPERT] = TaskExpertPolicy(multipliers, pool_tasks[seed], "calibrated")
             replays.setdefault(TASK_EXPERT, [])
+            replays.setdefault(TASK_CALIBRATED_EXPERT, [])
         for name, policy in policies.items():
             if policy is agent_policy:
                 agent_policy.reset()

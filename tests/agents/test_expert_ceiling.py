@@ -87,6 +87,7 @@ def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
         # it keeps a run already at its task's best and moves one that is not
         assert (run["final_val_loss"] == constant["final_val_loss"]) == (task["best_factor"] == 1.0)
     assert "| all runs | per-task expert | 2 |" in out.read_text()
+    assert "| all runs | per-task calibrated expert | 2 |" in out.read_text()
     with pytest.raises(SystemExit):  # seeds the pool was not built over
         bench.main([*overrides[:-4], "--first-seed", "5", "--out", str(out), "--task-pool", str(pool)])
     with pytest.raises(SystemExit):  # runs that do not start at the task's drawn LR
