@@ -51,9 +51,9 @@ from ganno_lightning.agents.evaluation.analysis import FAR_FROM_BEST
 from ganno_lightning.agents.evaluation.paired_stats import log_ratio
 from ganno_lightning.agents.imitation import expert_actions
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.config import env_config
+from ganno_lightning.envs.config import check_task_pool, env_config
 from ganno_lightning.envs.replay import Policy, Replay, at_lr_factor, constant_policy, replay, replay_config
-from ganno_lightning.envs.task_pool import MATCHED_ENV_KEYS, PoolTask, TaskPool
+from ganno_lightning.envs.task_pool import PoolTask, TaskPool
 from ganno_lightning.layerwise.agent import GANNOAgent
 
 #: The row of the expert aimed at each run's own tuned LR (``--task-pool``).
@@ -160,18 +160,11 @@ def task_pool_of(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
                  seeds: range) -> dict[int, PoolTask]:
     """``--task-pool``'s tasks by seed, checked: built over these seeds, for this recipe, and replayable from the
     task's drawn LR (the per-task expert measures its LR against that)."""
-    settings = env_config(config)
-    if settings.layer_lr_spread != 1.0:
-        parser.error(f"--task-pool needs env.layer_lr_spread=1 (every layer starts at the task's drawn LR), got "
-                     f"{settings.layer_lr_spread}.")
-    if list(settings.init_lr_scale) != [1.0, 1.0]:
-        parser.error(f"--task-pool needs env.init_lr_scale=[1,1] (runs start at the task's drawn LR), got "
-                     f"{list(settings.init_lr_scale)}.")
-    try:
-        pool = TaskPool.load(args.task_pool)
-        pool.check_matches(config["family"], {key: getattr(settings, key) for key in MATCHED_ENV_KEYS})
+    try:  # the checks an env drawing from this pool makes: same family and runs, no per-layer or scaled LRs
+        check_task_pool({"env": {**config["env"], "task_pool": args.task_pool}, "family": config["family"]})
     except ValueError as err:
         parser.error(f"--task-pool: {err}")
+    pool = TaskPool.load(args.task_pool)
     tasks = {task.seed: task for task in pool.tasks}
     missing = [seed for seed in seeds if seed not in tasks]
     if missing:
