@@ -35,8 +35,10 @@ import torch
 
 __all__ = ["MATCHED_ENV_KEYS", "PoolTask", "TaskPool"]
 
-#: The env settings a pool's replays depend on: an env that draws from the pool must use the same.
-MATCHED_ENV_KEYS = ("horizon", "interval", "split", "val_batches", "decision_steps")
+#: The env settings a pool's replays depend on: an env that draws from the pool must use the same. Decision
+#: steps are not among them: a step-0 probe leaves the run as it was (``InnerRun.probe``), and a pool built with
+#: front-loaded decisions came out identical, all 600 tasks, to one built without.
+MATCHED_ENV_KEYS = ("horizon", "interval", "split", "val_batches")
 
 
 @dataclass(frozen=True)
