@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         agent_policy = AgentPolicy(GANNOAgent.load(args.agent))
         policies["agent (mode)"] = agent_policy
     seeds = range(args.first_seed, args.first_seed + args.episodes)
+    recipe_prior = env_config(config).prior  # an oracle under it reuses the constant row's run as its x1 point
     pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
     replays: dict[str, list[Replay]] = {name: [] for name in policies}
@@ -221,9 +222,8 @@ def main(argv: list[str] | None = None) -> None:
                 agent_policy.reset()
             replays[name].append(replay(config, seed, policy))
         for prior in ("none", "cosine") if args.oracle_grid else ():
-            same = prior == env_config(config).prior  # then its x1 run is the constant row's
             run, factor = tuned_replay(config, seed, policies["constant"], args.oracle_grid, prior,
-                                       at_x1=replays["constant"][-1] if same else None)
+                                       at_x1=replays["constant"][-1] if prior == recipe_prior else None)
             replays.setdefault(ORACLES[prior], []).append(run)
             picked.setdefault(ORACLES[prior], []).append(factor)
         if done % 10 == 0 or done == args.episodes:  # a report so far: a long run stopped early still says something

@@ -59,7 +59,7 @@ def replay_sections(recipe: str) -> dict[str, Any]:
     if "env" not in loaded or "family" not in loaded:
         raise ValueError(f"it must have `env` and `family` sections (a meta-training recipe or an "
                          f"env file), got sections {sorted(loaded)}.")
-    config = replay_config({"env": {**loaded["env"], "task_pool": None, "prior": "none"}, "family": loaded["family"]})
+    config = replay_config({"env": {**loaded["env"], "prior": "none"}, "family": loaded["family"]})
     at_lr_factor(config, 1.0)  # a recipe whose runs cannot be replayed at LR factors fails here
     env_config(config)  # so does a bad env section
     return config
