@@ -1,0 +1,57 @@
+"""benchmarks/imitation_learnability.py: teacher actions recorded from replays, scored by held-out classifiers."""
+
+import importlib
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("imitation_learnability")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_a_predictable_teacher_scores_far_below_the_prior_and_a_random_one_does_not(bench):
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(300, 3))
+    groups = np.repeat(np.arange(30), 10)
+    predictable = np.digitize(inputs[:, 0], [-0.5, 0.5])  # three actions, a function of one input
+    scores = bench.held_out_scores(inputs, predictable, groups, num_actions=3, tree_iterations=30)
+    assert scores["gradient-boosted trees"][1] > 0.9
+    assert scores["gradient-boosted trees"][0] < 0.5 * scores["class frequencies"][0]
+    noise = rng.integers(0, 3, size=300)
+    scores = bench.held_out_scores(inputs, noise, groups, num_actions=3, tree_iterations=30)
+    assert scores["class frequencies"][0] == pytest.approx(math.log(3), abs=0.05)
+    assert scores["logistic regression"][0] > 0.95 * scores["class frequencies"][0]
+
+
+def test_the_report_scores_the_cell_expert_on_replayed_runs(bench, tmp_path):
+    recipe = tmp_path / "recipe.yaml"  # the smoke recipe, its LRs drawn around their cells' best (which it places)
+    smoke = yaml.safe_load(SMOKE.read_text())
+    recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
+    out = tmp_path / "learnability.md"
+    bench.main([str(recipe), "--episodes", "5", "--first-seed", "3", "--out", str(out)])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| cell expert |")]
+    assert len(rows) == 6  # two input sets x three models
+    for row in rows:
+        nats, accuracy = row.split("|")[4:6]
+        assert 0.0 <= float(nats) < 20 and 0 <= int(accuracy.strip().rstrip("%")) <= 100
+    assert "5 runs" in out.read_text()
+
+
+@pytest.mark.parametrize("argument", [["--episodes", "2"], ["--epsilon", "1.5"]])
+def test_bad_arguments_are_named(bench, tmp_path, argument, capsys):
+    with pytest.raises(SystemExit):
+        bench.main([str(SMOKE), *argument, "--out", str(tmp_path / "x.md")])
+    assert argument[0] in capsys.readouterr().err
