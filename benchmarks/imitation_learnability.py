@@ -14,12 +14,14 @@ the per-task expert (aimed at each run's own tuned constant LR), whose actions t
 Inputs per row: the observation now, and with memory also the agent's observation at its first
 decision (a stand-in for the actor's GRU, which sees the whole run). Held-out cross-entropy near the
 class-frequency prior's means the teacher is not predictable from these inputs; far below the
-trained actor's 1.40 means the actor underfits.
+trained actor's means the actor underfits. With ``--agent``, that actor's own cross-entropy and
+accuracy are measured on the same rows (its GRU carried through each run), no fitting involved.
 
     PYTHONPATH=. python benchmarks/imitation_learnability.py \\
         configs/experiments/ganno_imitation_calibrated_expert_candidate.yaml env.unknown_total_prob=0 \\
         env.action_multipliers=wide env.decision_steps=front_loaded --episodes 100 \\
-        --task-pool benchmarks/results/task_pool_check_seeds10000.json --out benchmarks/results/imitation_learnability.md
+        --task-pool benchmarks/results/task_pool_check_seeds10000.json [--agent <agent.pt>] \\
+        --out benchmarks/results/imitation_learnability_early.md
 """
 
 from __future__ import annotations
@@ -44,19 +46,23 @@ from expert_ceiling import TaskExpertPolicy, expert_policy, recipe_env_config, t
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config
 from ganno_lightning.envs.replay import Policy, replay
+from ganno_lightning.layerwise.agent import GANNOAgent
 
 #: The teachers scored, by the name of their rows.
 CELL_EXPERT, TASK_EXPERT = "cell expert", "per-task expert"
+#: The recorded trained agent's action log-probabilities (``--agent``).
+AGENT = "agent"
 
 
 class RecordingPolicy:
     """Acts as ``behaviour`` (each agent's action random with probability ``epsilon``) and records, per valid agent
-    and decision, its observation, its observation at the run's first decision and every teacher's action."""
+    and decision, its observation, its observation at the run's first decision and every teacher's action; with
+    ``agent``, also that trained agent's action log-probabilities (its memory carried through the run)."""
 
     def __init__(self, behaviour: Policy, teachers: dict[str, Policy], num_actions: int, epsilon: float,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, agent: GANNOAgent | None = None) -> None:
         self.behaviour, self.teachers, self.num_actions = behaviour, teachers, num_actions
-        self.epsilon, self.generator = epsilon, generator
+        self.epsilon, self.generator, self.agent, self.agent_state = epsilon, generator, agent, None
         self.first: torch.Tensor | None = None
         self.rows: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
 
@@ -66,6 +72,11 @@ class RecordingPolicy:
         if self.first is None:
             self.first = observation.clone()
         targets = {name: teacher(td)[valid].numpy() for name, teacher in self.teachers.items()}
+        if self.agent is not None:
+            with torch.no_grad():
+                logits, self.agent_state = self.agent.actor.step(
+                    self.agent.normalizer(observation.float()), td[keys.MASK], self.agent_state)
+            targets[AGENT] = torch.log_softmax(logits, dim=-1)[valid].numpy()
         self.rows.append((observation[valid].numpy(), self.first[valid].numpy(), targets))
         actions = self.behaviour(td)
         explore = torch.rand(actions.shape, generator=self.generator) < self.epsilon
@@ -73,7 +84,8 @@ class RecordingPolicy:
         return torch.where(explore, random, actions)
 
 
-def collect(config: dict, algo: dict, seeds: range, pool_tasks: dict, epsilon: float) -> dict[str, np.ndarray]:
+def collect(config: dict, algo: dict, seeds: range, pool_tasks: dict, epsilon: float,
+            agent: GANNOAgent | None = None) -> dict[str, np.ndarray]:
     """Every recorded row of the runs drawn from ``seeds``: ``now``, ``first``, ``run`` and one target per teacher."""
     multipliers = [float(m) for m in env_config(config).action_multipliers]
     now, first, runs, targets = [], [], [], {}
@@ -83,7 +95,7 @@ def collect(config: dict, algo: dict, seeds: range, pool_tasks: dict, epsilon: f
         if pool_tasks:
             teachers[TASK_EXPERT] = TaskExpertPolicy(multipliers, pool_tasks[seed])
         behaviour = teachers[TASK_EXPERT if pool_tasks else CELL_EXPERT]
-        recorder = RecordingPolicy(behaviour, teachers, len(multipliers), epsilon, generator)
+        recorder = RecordingPolicy(behaviour, teachers, len(multipliers), epsilon, generator, agent)
         replay(config, seed, recorder)
         for row_now, row_first, row_targets in recorder.rows:
             now.append(row_now)
@@ -139,6 +151,11 @@ def report(data: dict[str, np.ndarray], num_actions: int, command: str, minutes:
         for input_name, x in inputs.items():
             for model, (nats, accuracy) in held_out_scores(x, data[teacher], data["run"], num_actions).items():
                 lines.append(f"| {teacher} | {input_name} | {model} | {nats:.3f} | {accuracy:.0%} |")
+        if AGENT in data:  # the trained actor, fitted on its own training runs, scored on these
+            log_probs = data[AGENT][np.arange(len(data[teacher])), data[teacher]]
+            accuracy = float((data[AGENT].argmax(axis=1) == data[teacher]).mean())
+            lines.append(f"| {teacher} | the run so far (its GRU) | trained agent | {-log_probs.mean():.3f} | "
+                         f"{accuracy:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-seed", type=int, default=10000, help="seeds first-seed.. (not the training's)")
     parser.add_argument("--epsilon", type=float, default=0.3, help="chance that an agent acts at random")
     parser.add_argument("--task-pool", help="a pool over these seeds: the replay follows the per-task expert")
+    parser.add_argument("--agent", help="a trained agent file: also score its own action probabilities on these rows")
     parser.add_argument("--out", required=True, help="a Markdown report")
     args = parser.parse_args(argv)
     if args.episodes < 5:
@@ -160,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = range(args.first_seed, args.first_seed + args.episodes)
     pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
-    data = collect(config, algo, seeds, pool_tasks, args.epsilon)
+    agent = GANNOAgent.load(args.agent) if args.agent else None
+    data = collect(config, algo, seeds, pool_tasks, args.epsilon, agent)
     num_actions = len(env_config(config).action_multipliers)
     command = "PYTHONPATH=. python benchmarks/imitation_learnability.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = report(data, num_actions, command, (time.perf_counter() - started) / 60)

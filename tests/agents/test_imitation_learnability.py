@@ -40,10 +40,15 @@ def test_the_report_scores_the_cell_expert_on_replayed_runs(bench, tmp_path):
     recipe = tmp_path / "recipe.yaml"  # the smoke recipe, its LRs drawn around their cells' best (which it places)
     smoke = yaml.safe_load(SMOKE.read_text())
     recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
+    from ganno_lightning.layerwise.agent import GANNOAgent
+
+    agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, seed=0).save(tmp_path / "agent.pt")
     out = tmp_path / "learnability.md"
-    bench.main([str(recipe), "--episodes", "5", "--first-seed", "3", "--out", str(out)])
+    bench.main([str(recipe), "--episodes", "5", "--first-seed", "3", "--agent", str(agent), "--out", str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| cell expert |")]
-    assert len(rows) == 6  # two input sets x three models
+    assert len(rows) == 7  # two input sets x three models, and the agent's own probabilities
+    # an untrained agent is near uniform over the 7 actions: its cross-entropy is about log(7)
+    assert float(rows[-1].split("|")[4]) == pytest.approx(math.log(7), abs=0.3)
     for row in rows:
         nats, accuracy = row.split("|")[4:6]
         assert 0.0 <= float(nats) < 20 and 0 <= int(accuracy.strip().rstrip("%")) <= 100
