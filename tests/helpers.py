@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
 import lightning as L
 import torch
 from torch import nn
@@ -161,3 +168,16 @@ def trainer(**kwargs) -> L.Trainer:
                     enable_progress_bar=False, enable_model_summary=False, max_epochs=2)
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator[ModuleType]:
+    """``benchmarks/<name>.py`` imported as when it runs as a script: its folder on the path, for its sibling imports."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

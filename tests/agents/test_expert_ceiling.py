@@ -1,28 +1,23 @@
 """benchmarks/expert_ceiling.py: runs replayed from one seed under different policies, and their summary."""
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import benchmark_module
 
 from ganno_lightning.envs import keys
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("expert_ceiling")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("expert_ceiling") as module:
+        yield module
 
 
 def test_a_run_replays_exactly_from_its_seed_and_the_policy_changes_it(bench):

@@ -1,25 +1,20 @@
 """benchmarks/imitation_learnability.py: teacher actions recorded from replays, scored by held-out classifiers."""
 
-import importlib
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from helpers import benchmark_module
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("imitation_learnability")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("imitation_learnability") as module:
+        yield module
 
 
 def test_a_predictable_teacher_scores_far_below_the_prior_and_a_random_one_does_not(bench):

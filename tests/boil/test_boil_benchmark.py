@@ -1,24 +1,18 @@
 """A small part of benchmarks/boil_vs_asha.py: equal epoch budgets, checkpoints, recommendation rules, report."""
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 from boil_tasks import FAST_CORE
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling `report`, as when run as a script
-    try:
-        yield importlib.import_module("boil_vs_asha")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("boil_vs_asha") as module:
+        yield module
 
 
 def test_the_shared_training_stops_when_asked_and_scores_on_the_test_split(bench):
@@ -77,11 +71,8 @@ def test_recommendation_rules(bench):
 
 @pytest.fixture(scope="module")
 def noise(bench):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("boil_retrain_noise")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_module("boil_retrain_noise") as module:
+        yield module
 
 
 def _study(tuner: str, seed: int, values: dict, test_loss: float) -> dict:
