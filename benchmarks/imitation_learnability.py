@@ -32,6 +32,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config
 from ganno_lightning.envs.replay import Policy, replay
 from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.layerwise.decisions import resolve_decision_steps
+from ganno_lightning.layerwise.features import resolve_feature_names
 
 #: The teachers scored, by the name of their rows.
 CELL_EXPERT, TASK_EXPERT = "cell expert", "per-task expert"
@@ -159,6 +162,20 @@ def report(data: dict[str, np.ndarray], num_actions: int, command: str, minutes:
     return "\n".join(lines) + "\n"
 
 
+def check_agent_matches(parser: argparse.ArgumentParser, agent: GANNOAgent, env: Any) -> None:
+    """``--agent`` must observe the env's features and act by its action set at its decision steps: a feature
+    set of the same width would otherwise be read column by column, silently wrong."""
+    settings = {
+        "features": (list(agent.feature_names), list(resolve_feature_names(env.features))),
+        "action_multipliers": ([float(m) for m in agent.action_multipliers], [float(m) for m in env.action_multipliers]),
+        "decision_steps": (list(agent.decision_steps), list(resolve_decision_steps(env.decision_steps, env.interval))),
+    }
+    for name, (agent_value, env_value) in settings.items():
+        if agent_value != env_value:
+            parser.error(f"--agent {name} is {agent_value}, the recipe's env.{name} gives {env_value}: override "
+                         f"env.{name} to match the agent it scores.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="a meta-training recipe (its env, family and algo sections are read)")
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
     agent = GANNOAgent.load(args.agent) if args.agent else None
+    if agent is not None:
+        check_agent_matches(parser, agent, env_config(config))
     data = collect(config, algo, seeds, pool_tasks, args.epsilon, agent)
     num_actions = len(env_config(config).action_multipliers)
     command = "PYTHONPATH=. python benchmarks/imitation_learnability.py " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -50,6 +50,15 @@ def test_the_report_scores_the_cell_expert_on_replayed_runs(bench, tmp_path):
     assert "5 runs" in out.read_text()
 
 
+def test_an_agent_for_other_features_actions_or_decisions_is_refused(bench, tmp_path, capsys):
+    from ganno_lightning.layerwise.agent import GANNOAgent
+
+    agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, seed=0).save(tmp_path / "agent.pt")
+    with pytest.raises(SystemExit):
+        bench.main([str(SMOKE), "env.action_multipliers=wide", "--agent", str(agent), "--out", str(tmp_path / "x.md")])
+    assert "action_multipliers" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argument", [["--episodes", "2"], ["--epsilon", "1.5"]])
 def test_bad_arguments_are_named(bench, tmp_path, argument, capsys):
     with pytest.raises(SystemExit):
