@@ -42,6 +42,7 @@ import platform
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -55,6 +56,8 @@ from ganno_lightning.envs.config import check_task_pool, env_config
 from ganno_lightning.envs.replay import Policy, Replay, at_lr_factor, constant_policy, replay, replay_config
 from ganno_lightning.envs.task_pool import PoolTask, TaskPool
 from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.layerwise.decisions import resolve_decision_steps
+from ganno_lightning.layerwise.features import resolve_feature_names
 
 #: The row of the expert aimed at each run's own tuned LR (``--task-pool``).
 TASK_EXPERT = "per-task expert"
@@ -173,6 +176,20 @@ def task_pool_of(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
     return tasks
 
 
+def check_agent_matches(parser: argparse.ArgumentParser, agent: GANNOAgent, env: Any) -> None:
+    """``--agent`` must observe the env's features and act by its action set at its decision steps: a feature
+    set of the same width would otherwise be read column by column, silently wrong."""
+    settings = {
+        "features": (list(agent.feature_names), list(resolve_feature_names(env.features))),
+        "action_multipliers": ([float(m) for m in agent.action_multipliers], [float(m) for m in env.action_multipliers]),
+        "decision_steps": (list(agent.decision_steps), list(resolve_decision_steps(env.decision_steps, env.interval))),
+    }
+    for name, (agent_value, env_value) in settings.items():
+        if agent_value != env_value:
+            parser.error(f"--agent {name} is {agent_value}, the recipe's env.{name} gives {env_value}: override "
+                         f"env.{name} to match the agent it scores.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="a meta-training recipe (its env, family and algo sections are read)")
@@ -203,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     policies: dict[str, Policy] = {"constant": constant_policy(multipliers), "expert": expert_policy(multipliers, algo)}
     agent_policy = None
     if args.agent:
-        agent_policy = AgentPolicy(GANNOAgent.load(args.agent))
+        agent = GANNOAgent.load(args.agent)
+        check_agent_matches(parser, agent, env_config(config))
+        agent_policy = AgentPolicy(agent)
         policies["agent (mode)"] = agent_policy
     seeds = range(args.first_seed, args.first_seed + args.episodes)
     recipe_prior = env_config(config).prior  # an oracle under it reuses the constant row's run as its x1 point

@@ -32,7 +32,6 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -43,13 +42,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tensordict import TensorDictBase
 
-from expert_ceiling import TaskExpertPolicy, expert_policy, recipe_env_config, task_pool_of
+from expert_ceiling import TaskExpertPolicy, check_agent_matches, expert_policy, recipe_env_config, task_pool_of
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import env_config
 from ganno_lightning.envs.replay import Policy, replay
 from ganno_lightning.layerwise.agent import GANNOAgent
-from ganno_lightning.layerwise.decisions import resolve_decision_steps
-from ganno_lightning.layerwise.features import resolve_feature_names
 
 #: The teachers scored, by the name of their rows.
 CELL_EXPERT, TASK_EXPERT = "cell expert", "per-task expert"
@@ -160,20 +157,6 @@ def report(data: dict[str, np.ndarray], num_actions: int, command: str, minutes:
             lines.append(f"| {teacher} | the run so far (its GRU) | trained agent | {-log_probs.mean():.3f} | "
                          f"{accuracy:.0%} |")
     return "\n".join(lines) + "\n"
-
-
-def check_agent_matches(parser: argparse.ArgumentParser, agent: GANNOAgent, env: Any) -> None:
-    """``--agent`` must observe the env's features and act by its action set at its decision steps: a feature
-    set of the same width would otherwise be read column by column, silently wrong."""
-    settings = {
-        "features": (list(agent.feature_names), list(resolve_feature_names(env.features))),
-        "action_multipliers": ([float(m) for m in agent.action_multipliers], [float(m) for m in env.action_multipliers]),
-        "decision_steps": (list(agent.decision_steps), list(resolve_decision_steps(env.decision_steps, env.interval))),
-    }
-    for name, (agent_value, env_value) in settings.items():
-        if agent_value != env_value:
-            parser.error(f"--agent {name} is {agent_value}, the recipe's env.{name} gives {env_value}: override "
-                         f"env.{name} to match the agent it scores.")
 
 
 def main(argv: list[str] | None = None) -> None:

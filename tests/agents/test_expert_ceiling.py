@@ -89,9 +89,15 @@ def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
         bench.main([str(recipe), "--episodes", "2", "--first-seed", "3", "--out", str(out), "--task-pool", str(pool)])
 
 
-def test_bad_arguments_are_named(bench, tmp_path):
+def test_bad_arguments_are_named(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main([SMOKE, "--episodes", "1", "--out", str(tmp_path / "x.md")])
+    from ganno_lightning.layerwise.agent import GANNOAgent
+
+    agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, seed=0).save(tmp_path / "agent.pt")
+    with pytest.raises(SystemExit):  # an agent for another action set would replay with the wrong actions
+        bench.main([SMOKE, "env.action_multipliers=wide", "--agent", str(agent), "--out", str(tmp_path / "x.md")])
+    assert "action_multipliers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="action_multipliers.*must hold 1"):
         bench.constant_policy([0.5, 2.0])
 
