@@ -73,6 +73,10 @@ class AlgoConfig:
     # > 0: the first this many env steps train the actor to imitate a privileged expert (DAgger, see
     # ganno_lightning.agents.imitation; needs env.privileged) and the critic as usual; PPO after
     imitation_frames: int = 0
+    # > 0: after the imitation phase, PPO's actor loss also gets this times the imitation cross-entropy,
+    # so PPO improves on the teacher near it instead of drifting away (a behaviour-cloning term as in
+    # DAPG, Rajeswaran et al. 2018); needs env.privileged
+    ppo_imitation_coef: float = 0.0
     # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
     # this times the task's best constant LR: a decaying schedule's best peak sits above it
     expert_peak_factor: float = 1.0
@@ -154,6 +158,12 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
         raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
+    if not (isinstance(algo.ppo_imitation_coef, (int, float)) and algo.ppo_imitation_coef >= 0):
+        raise ValueError(f"`algo.ppo_imitation_coef` must be a number >= 0 (0: plain PPO; e.g. 0.5), "
+                         f"got {algo.ppo_imitation_coef!r}.")
+    if algo.ppo_imitation_coef and not env_config(_env_sections(config)).privileged:
+        raise ValueError(f"`algo.ppo_imitation_coef={algo.ppo_imitation_coef}` needs `env.privileged: true`: the "
+                         "expert the actor is kept near reads each layer's LR relative to its task's best.")
     if algo.imitation_frames and not env_config(_env_sections(config)).privileged:
         raise ValueError(f"`algo.imitation_frames={algo.imitation_frames}` needs `env.privileged: true`: the expert "
                          "the actor imitates reads each layer's LR relative to its task's best.")
@@ -359,13 +369,16 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             for _ in range(algo.epochs):
                 for minibatch in buffer:
                     losses = loss_module(minibatch)
-                    if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
+                    if imitating or algo.ppo_imitation_coef:
                         imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers,
                                                    algo.expert_peak_factor, algo.expert_schedule)
                         stats.setdefault("imitation", []).append(float(imitation.detach()))
+                    if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
                         total = imitation + losses["loss_critic"]
                     else:
                         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                        if algo.ppo_imitation_coef:  # PPO, kept near the teacher
+                            total = total + algo.ppo_imitation_coef * imitation
                     optimizer.zero_grad()
                     total.backward()
                     torch.nn.utils.clip_grad_norm_(loss_module.parameters(), algo.max_grad_norm)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
-from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES, FEATURE_NAMES
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES, FEATURE_NAMES, FEATURE_SETS
 from ganno_lightning.layerwise.policy import pool_agents
 
 #: |log10(LR / best)| above this is "clearly wrong" (2x), where the side is scored.
@@ -116,10 +116,10 @@ def main() -> None:
     # log_lr is the absolute LR: with the layer's kind and size it can name a zoo task's best LR
     # from memory, which says nothing about a user's task; these rows leave it out (and only it,
     # unlike the `scale_free` feature set, which also drops log_loss).
-    without_log_lr = [i for i, n in enumerate(ALL_FEATURE_NAMES) if n != "log_lr"]
+    without_log_lr = [ALL_FEATURE_NAMES.index(n) for n in FEATURE_SETS["hypergradient"] if n != "log_lr"]
     sets = {
         "default (23)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES],
-        "hypergradient (25)": list(range(len(ALL_FEATURE_NAMES))),
+        "hypergradient (25)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_SETS["hypergradient"]],
         "default without log_lr (22)": [ALL_FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n != "log_lr"],
         "hypergradient without log_lr (24)": without_log_lr,
         "update_grad_cos only": [ALL_FEATURE_NAMES.index("update_grad_cos")],

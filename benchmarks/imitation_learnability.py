@@ -64,7 +64,7 @@ class RecordingPolicy:
         self.behaviour, self.teachers, self.num_actions = behaviour, teachers, num_actions
         self.epsilon, self.generator, self.agent, self.agent_state = epsilon, generator, agent, None
         self.first: torch.Tensor | None = None
-        self.rows: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        self.rows: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]] = []  # (..., decision index)
 
     def __call__(self, td: TensorDictBase) -> torch.Tensor:
         # as the training's agreement: valid agents whose task's best LR is known (else every teacher keeps the LR)
@@ -77,7 +77,7 @@ class RecordingPolicy:
                 logits, self.agent_state = self.agent.actor.step(
                     self.agent.normalizer(observation.float()), td[keys.MASK], self.agent_state)
             targets[AGENT] = torch.log_softmax(logits, dim=-1)[valid].numpy()
-        self.rows.append((observation[valid].numpy(), self.first[valid].numpy(), targets))
+        self.rows.append((observation[valid].numpy(), self.first[valid].numpy(), targets, len(self.rows)))
         actions = self.behaviour(td)
         explore = torch.rand(actions.shape, generator=self.generator) < self.epsilon
         random = torch.randint(self.num_actions, actions.shape, generator=self.generator)
@@ -86,9 +86,10 @@ class RecordingPolicy:
 
 def collect(config: dict, algo: dict, seeds: range, pool_tasks: dict, epsilon: float,
             agent: GANNOAgent | None = None) -> dict[str, np.ndarray]:
-    """Every recorded row of the runs drawn from ``seeds``: ``now``, ``first``, ``run`` and one target per teacher."""
+    """Every recorded row of the runs drawn from ``seeds``: ``now``, ``first``, ``run``, ``decision`` (its index in
+    the run) and one target per teacher."""
     multipliers = [float(m) for m in env_config(config).action_multipliers]
-    now, first, runs, targets = [], [], [], {}
+    now, first, runs, decisions, targets = [], [], [], [], {}
     generator = torch.Generator().manual_seed(seeds.start)
     for seed in seeds:
         teachers = {CELL_EXPERT: expert_policy(multipliers, algo)}
@@ -97,16 +98,18 @@ def collect(config: dict, algo: dict, seeds: range, pool_tasks: dict, epsilon: f
         behaviour = teachers[TASK_EXPERT if pool_tasks else CELL_EXPERT]
         recorder = RecordingPolicy(behaviour, teachers, len(multipliers), epsilon, generator, agent)
         replay(config, seed, recorder)
-        for row_now, row_first, row_targets in recorder.rows:
+        for row_now, row_first, row_targets, decision in recorder.rows:
             now.append(row_now)
             first.append(row_first)
             runs.append(np.full(len(row_now), seed))
+            decisions.append(np.full(len(row_now), decision))
             for name, target in row_targets.items():
                 targets.setdefault(name, []).append(target)
     if not now:
         raise ValueError("No decision had a known best LR to teach: the recipe's family must draw its LRs "
                          "around their cells' best (`lr_sampling: around_best`).")
-    data = {"now": np.concatenate(now), "first": np.concatenate(first), "run": np.concatenate(runs)}
+    data = {"now": np.concatenate(now), "first": np.concatenate(first), "run": np.concatenate(runs),
+            "decision": np.concatenate(decisions)}
     data.update({name: np.concatenate(parts) for name, parts in targets.items()})
     return data
 
@@ -144,18 +147,25 @@ def report(data: dict[str, np.ndarray], num_actions: int, command: str, minutes:
         f"`{command}`", "",
         f"{len(np.unique(data['run']))} runs, {len(data['run'])} (agent, decision) rows, {num_actions} actions "
         f"(uniform: {math.log(num_actions):.2f} nats); {minutes:.1f} min. Held-out over 5 folds of whole runs. "
-        "Inputs: the observation now; with memory, also the agent's observation at its run's first decision.", "",
+        "Inputs: the observation now; with memory, also the agent's observation at its run's first decision. "
+        "The first decision's rows alone are free of the teacher's earlier moves, which the LR scale shows later "
+        "in a run.", "",
         "| teacher | inputs | model | cross-entropy (nats) | accuracy |", "|---|---|---|---|---|"]
-    inputs = {"now": data["now"], "now + first decision": np.concatenate([data["now"], data["first"]], axis=1)}
+    every, first = np.ones(len(data["run"]), dtype=bool), data["decision"] == 0
+    inputs = {"now": (data["now"], every),
+              "now + first decision": (np.concatenate([data["now"], data["first"]], axis=1), every),
+              "now, first decisions only": (data["now"], first)}
     for teacher in teachers:
-        for input_name, x in inputs.items():
-            for model, (nats, accuracy) in held_out_scores(x, data[teacher], data["run"], num_actions).items():
+        for input_name, (x, rows) in inputs.items():
+            target, runs = data[teacher][rows], data["run"][rows]
+            for model, (nats, accuracy) in held_out_scores(x[rows], target, runs, num_actions).items():
                 lines.append(f"| {teacher} | {input_name} | {model} | {nats:.3f} | {accuracy:.0%} |")
         if AGENT in data:  # the trained actor, fitted on its own training runs, scored on these
-            log_probs = data[AGENT][np.arange(len(data[teacher])), data[teacher]]
-            accuracy = float((data[AGENT].argmax(axis=1) == data[teacher]).mean())
-            lines.append(f"| {teacher} | the run so far (its GRU) | trained agent | {-log_probs.mean():.3f} | "
-                         f"{accuracy:.0%} |")
+            for input_name, rows in (("the run so far (its GRU)", every), ("first decisions only", first)):
+                target = data[teacher][rows]
+                log_probs = data[AGENT][rows][np.arange(len(target)), target]
+                accuracy = float((data[AGENT][rows].argmax(axis=1) == target).mean())
+                lines.append(f"| {teacher} | {input_name} | trained agent | {-log_probs.mean():.3f} | {accuracy:.0%} |")
     return "\n".join(lines) + "\n"
 
 

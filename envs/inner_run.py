@@ -24,30 +24,14 @@ from lightning.pytorch.core.optimizer import (
 from lightning.pytorch.utilities import move_data_to_device
 
 from ganno_lightning.envs.task import Split, TaskFamily, TrainingTask
+from ganno_lightning.rng import RNGStates, cuda_devices, get_rng, set_rng
 
-#: The CPU RNG state, then one state per CUDA device the run trains on.
-RNGStates = tuple[torch.Tensor, ...]
+# The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
+# nothing the caller does with the global RNG between env steps changes a rollout.
 
 
 class TaskError(RuntimeError):
     """A task cannot be trained at all (its code raises, its data is empty, nothing is trainable)."""
-
-
-# The inner run draws from its own saved RNG streams (CPU, and the GPU's when training there), so
-# nothing the caller does with the global RNG between env steps changes a rollout.
-def _cuda_devices(device: str) -> list[int]:
-    parsed = torch.device(device)
-    return [parsed.index or 0] if parsed.type == "cuda" else []
-
-
-def _get_rng(device: str) -> RNGStates:
-    return (torch.get_rng_state(), *(torch.cuda.get_rng_state(d) for d in _cuda_devices(device)))
-
-
-def _set_rng(device: str, states: RNGStates) -> None:
-    torch.set_rng_state(states[0])
-    for index, state in zip(_cuda_devices(device), states[1:]):
-        torch.cuda.set_rng_state(state, index)
 
 
 def sample_task(family: TaskFamily, generator: torch.Generator, split: Split, device: str) -> tuple[TrainingTask, RNGStates]:
@@ -57,10 +41,10 @@ def sample_task(family: TaskFamily, generator: torch.Generator, split: Split, de
         The task, and the RNG states its training continues from (pass them to :class:`InnerRun`).
     """
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    with torch.random.fork_rng(devices=_cuda_devices(device)):
+    with torch.random.fork_rng(devices=cuda_devices(device)):
         torch.manual_seed(seed)
         task = family.sample(generator, split)
-        return task, _get_rng(device)
+        return task, get_rng(device)
 
 
 @contextlib.contextmanager
@@ -199,8 +183,8 @@ class InnerRun:
         """
         module, optimizer, device = self.module, self.optimizer, self.device
         # Collectors step envs under no_grad; the inner training needs autograd regardless.
-        with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():
-            _set_rng(device, self._rng)
+        with torch.enable_grad(), torch.random.fork_rng(devices=cuda_devices(device)), _no_trainer_warnings():
+            set_rng(device, self._rng)
             on_cpu = device == "cpu"
             for _ in range(steps):
                 batch_idx, batch, last_of_epoch = self._next_batch()
@@ -219,7 +203,7 @@ class InnerRun:
                     self._step_schedulers("step", batch_idx + 1)
                     if last_of_epoch:
                         self._step_schedulers("epoch", self.epoch)
-            self._rng = _get_rng(device)
+            self._rng = get_rng(device)
 
     def _next_batch(self) -> tuple[int, Any, bool]:
         if self._peeked is not None:
@@ -228,30 +212,27 @@ class InnerRun:
         return next(self._batches)
 
     def probe(self) -> torch.Tensor | None:
-        """Forward and backward on the batch the next training step will use, without updating or consuming it.
+        """The training loss on the batch the next training step will use, without updating or consuming it.
 
         The batch stays next in line and the run's RNG streams are not advanced, so the training
-        that follows is the same as without the probe. Gradients are left in ``.grad`` for the
-        caller (:meth:`LayerwiseController.probe
-        <ganno_lightning.layerwise.controller.LayerwiseController.probe>` reads them and restores
-        what was there before). Returns the detached loss, or ``None`` if ``training_step`` skips the batch.
+        that follows is the same as without the probe; every call draws the same random numbers
+        (dropout). Returns the loss with its graph when gradients are enabled (the caller,
+        :meth:`LayerwiseController.probe
+        <ganno_lightning.layerwise.controller.LayerwiseController.probe>`, runs its backward and
+        restores the gradients), or ``None`` if ``training_step`` skips the batch.
         """
         module, device = self.module, self.device
-        with torch.enable_grad(), torch.random.fork_rng(devices=_cuda_devices(device)), _no_trainer_warnings():
-            _set_rng(device, self._rng)
+        with torch.random.fork_rng(devices=cuda_devices(device)), _no_trainer_warnings():
+            set_rng(device, self._rng)
             if self._peeked is None:
                 self._peeked = next(self._batches)
                 # Fetching is part of the next step (a shuffling loader draws its order here): keep
                 # its draws, so the step's own draws (dropout) come from the same state as without a probe.
-                self._rng = _get_rng(device)
+                self._rng = get_rng(device)
             batch_idx, batch, _ = self._peeked
             if device != "cpu":
                 batch = move_data_to_device(batch, device)
-            loss = _loss_of(module.training_step(batch, batch_idx))
-            if loss is None:
-                return None
-            loss.backward()
-            return loss.detach()
+            return _loss_of(module.training_step(batch, batch_idx))
 
     def _step_schedulers(self, interval: str, count: int) -> None:
         for config in self.scheduler_configs:
@@ -275,8 +256,8 @@ class InnerRun:
         if self._val_data is None:
             # A loader's iterator draws its seed (and a shuffled one its order) from the global RNG: draw
             # them from the run's own, so measuring leaves the caller's RNG (the policy's sampling) alone.
-            with torch.random.fork_rng(devices=_cuda_devices(self.device)):
-                _set_rng(self.device, self._rng)
+            with torch.random.fork_rng(devices=cuda_devices(self.device)):
+                set_rng(self.device, self._rng)
                 batches = itertools.islice(self.val_loader, self.val_batches)
                 self._val_data = [move_data_to_device(batch, self.device) for batch in batches]
         module, losses = self.module, []

@@ -17,7 +17,8 @@ from torchrl.data import Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.inner_run import InnerRun, RNGStates, TaskError, sample_task
+from ganno_lightning.envs.inner_run import InnerRun, TaskError, sample_task
+from ganno_lightning.rng import RNGStates
 from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.envs.task_pool import PoolTask, TaskPool
@@ -76,7 +77,9 @@ class EnvConfig:
         features: What agents observe: ``"default"`` (the shipped agent's features),
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
             ``log_loss_vs_initial``), ``"scale_free"`` (``hypergradient`` without the absolute
-            ``log_lr`` and ``log_loss``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
+            ``log_lr`` and ``log_loss``), ``"lr_probe"`` (``hypergradient`` and the step-0 probe's
+            loss change after the first update at 1/8x, 1x and 8x; with a decision at step 0) or a
+            list of names (see :mod:`ganno_lightning.layerwise.features`).
             Validation resolves it to a list.
         privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
             for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,

@@ -53,7 +53,10 @@ class GANNOCallback(Callback):
       logging, inside a forked RNG; gradients and buffers such as BatchNorm statistics are put back
       after), so the agent sees gradients before it sets the first LRs. It costs one forward and one
       backward; side effects of ``training_step`` outside the model (appending to a list, say)
-      happen once more.
+      happen once more. An agent that observes the LR probe features (``lr_probe_change_*``) also
+      tries the first update there: one optimizer step, then the loss on the same batch at 1/8x,
+      1x and 8x that update (three forwards without gradients), all undone after (weights and
+      optimizer state are copied for it); ``training_step`` then runs four times more.
     - ``prior`` puts a schedule under the scales when your ``configure_optimizers`` has no LR
       scheduler: ``"cosine"`` or ``"warmup_cosine"`` to the fit's length
       (``trainer.estimated_stepping_batches``), so the effective LR is ``lr x prior(step) x scale``
@@ -431,20 +434,17 @@ class GANNOCallback(Callback):
 
 
 def _probe_step(trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> torch.Tensor | None:
-    """The module's training loss on ``batch`` and its backward, as a training step computes them, minus the update.
+    """The module's training loss on ``batch``, as a training step computes it, with its graph and no backward yet.
 
     Through the strategy, so autocast (mixed precision) and a DDP wrapper apply as in a real step
-    (under DDP the backward averages the gradients over ranks). ``self.log`` calls are dropped:
-    the probe must not add a value to any logged metric. The loss is not scaled (no GradScaler)
-    and not divided by ``accumulate_grad_batches``; no backward or optimizer hooks run.
+    (under DDP the probe's backward averages the gradients over ranks). ``self.log`` calls are
+    dropped: the probe must not add a value to any logged metric. The loss is not scaled (no
+    GradScaler) and not divided by ``accumulate_grad_batches``; no backward or optimizer hooks run.
     """
     with _logging_muted(pl_module):
         output = trainer.strategy.training_step(batch, batch_idx)
     loss = output.get("loss") if isinstance(output, dict) else output
-    if not isinstance(loss, torch.Tensor):  # the step skips this batch: nothing to observe
-        return None
-    loss.backward()
-    return loss.detach()
+    return loss if isinstance(loss, torch.Tensor) else None  # None: the step skips this batch
 
 
 class _logging_muted:

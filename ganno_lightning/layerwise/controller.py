@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, ActionSet
 from ganno_lightning.layerwise.decisions import DecisionSteps
+from ganno_lightning.layerwise.features import LR_PROBE_MULTIPLIERS
 from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.observer import LayerObserver
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
@@ -18,6 +20,7 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, LRPrior
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, SpikeRollback
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
+from ganno_lightning.rng import RNGStates, cuda_devices, get_rng, set_rng
 
 
 class LayerwiseController:
@@ -169,14 +172,21 @@ class LayerwiseController:
         if self.prior.active:  # without a prior the factor stays exactly 1 and is never multiplied in
             self.lr.prior_factor = self.prior.factor(self.observer.step)
 
-    def probe(self, forward_backward: Callable[[], Tensor | None]) -> None:
-        """Observe gradients and loss before any update: one forward/backward, no optimizer step.
+    def probe(self, training_loss: Callable[[], Tensor | None]) -> None:
+        """Observe gradients and loss before any update: one forward/backward, no optimizer step kept.
 
-        ``forward_backward`` computes a training loss on the batch the first update will use, calls
-        ``backward()`` on it and returns it (``None`` if the training step skipped the batch). The
-        probe records that loss and those gradients as the interval's, then puts everything the
-        training run sees back as it was:
+        ``training_loss`` computes the training loss on the batch the first update will use and
+        returns it with its graph, not yet backpropagated (``None`` if the training step skips the
+        batch). The probe calls ``backward()`` on it and records that loss and those gradients as the
+        interval's. When the observer reads the LR probe
+        (:data:`~ganno_lightning.layerwise.features.LR_PROBE_FEATURES`), it then also takes the first
+        update with the optimizer's own ``step()`` and evaluates ``training_loss`` again, without
+        gradients and with the same random draws, at the weights moved by that update times each of
+        :data:`~ganno_lightning.layerwise.features.LR_PROBE_MULTIPLIERS`; the update is then undone.
+        Afterwards it puts everything the training run sees back as it was:
 
+        - weights and optimizer state (after an LR probe's update: the weights, every optimizer
+          state tensor and every param group's settings are copied before and restored after);
         - gradients: every parameter's ``.grad`` is set aside before and restored after (usually
           ``None`` at the start of a run), so the first update sees only its own gradients;
         - buffers: every buffer of the model (BatchNorm running statistics and batch counters) is
@@ -185,8 +195,10 @@ class LayerwiseController:
           forked, so dropout and any other draw in the first real step are the same as without it.
 
         What it cannot undo: side effects of the user's ``training_step`` beyond the model (a list
-        it appends to, a counter it increments) happen once more. Its cost: one forward and one
-        backward (about one training step without the update), plus one copy of the model's buffers.
+        it appends to, a counter it increments) happen once more (four times more with an LR
+        probe). Its cost: one forward and one backward (about one training step without the
+        update), plus one copy of the model's buffers; an LR probe adds one update, three
+        forwards and, while it runs, one copy of the weights and optimizer state.
         """
         params = [p for p in self._model.parameters() if p.requires_grad]
         saved_grads = [p.grad for p in params]
@@ -195,18 +207,60 @@ class LayerwiseController:
             p.grad = None
         device = self.observer.device
         try:
-            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
-                    torch.enable_grad():
-                loss = forward_backward()
-            if loss is not None:
-                self.observer.record_loss(loss.detach())
-                self.observer.sample_gradients()
+            with torch.random.fork_rng(devices=cuda_devices(device)):
+                draws = get_rng(device)
+                with torch.enable_grad():
+                    loss = training_loss()
+                    if loss is not None:
+                        loss.backward()
+                if loss is not None:
+                    self.observer.record_loss(loss.detach())
+                    self.observer.sample_gradients()
+                    if self.observer.measures_lr_probe:
+                        self._probe_lr(training_loss, loss.detach(), draws)
         finally:
             for p, grad in zip(params, saved_grads):
                 p.grad = grad
             with torch.no_grad():
                 for buffer, saved in zip(self._model.buffers(), saved_buffers):
                     buffer.copy_(saved)
+
+    def _probe_lr(self, training_loss: Callable[[], Tensor | None], loss_before: Tensor,
+                  draws: RNGStates) -> None:
+        """The LR probe of :meth:`probe`, with the probe's gradients in ``.grad``: one update, undone after."""
+        optimizer = self.lr.optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+        saved_state = {p: {k: _copied(v) for k, v in state.items()} for p, state in optimizer.state.items()}
+        saved_groups = [{k: _copied(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        try:
+            self.lr.scale_lrs()  # the LRs of the first update: the scales, and the prior at step 0
+            try:
+                with self._hooks.suspended():  # not a step of the run: nothing is counted or observed
+                    optimizer.step()
+            finally:
+                self.lr.unscale_lrs()
+            losses = [loss_before]
+            with torch.no_grad():
+                updates = [p.detach() - b for p, b in zip(params, before)]
+                for multiplier in LR_PROBE_MULTIPLIERS:
+                    for p, b, u in zip(params, before, updates):
+                        p.copy_(torch.add(b, u, alpha=multiplier))
+                    set_rng(self.observer.device, draws)  # the same dropout as the probe's own forward
+                    loss = training_loss()
+                    if loss is None:
+                        return
+                    losses.append(loss.detach())
+            self.observer.record_lr_probe(losses)
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, before):
+                    p.copy_(b)
+            optimizer.state.clear()
+            optimizer.state.update(saved_state)
+            for group, saved in zip(optimizer.param_groups, saved_groups):
+                group.update(saved)
 
     def record_loss(self, loss: Tensor | float) -> None:
         if self.rollback is not None and self.step <= 1:  # the first step's loss: a spike reference from the start
@@ -310,3 +364,8 @@ class LayerwiseController:
         """Detach from the optimizer and restore its original param groups."""
         self._hooks.remove()
         self.lr.close()
+
+
+def _copied(value: Any) -> Any:
+    """A copy to put back later: tensors cloned (on their device), anything else deep-copied."""
+    return value.detach().clone() if isinstance(value, Tensor) else copy.deepcopy(value)

@@ -67,20 +67,35 @@ EXTRA_FEATURES: tuple[str, ...] = (
     "log_loss_vs_initial",
 )
 
+#: What the LR probe multiplies the first update by (see :data:`LR_PROBE_FEATURES`).
+LR_PROBE_MULTIPLIERS: tuple[float, ...] = (0.125, 1.0, 8.0)
+
+#: Run-wide, measured once by the step-0 probe and kept for the whole run: the relative change of the
+#: probe batch's training loss after the first update, scaled by each of :data:`LR_PROBE_MULTIPLIERS`
+#: (``(L_m - L_0) / |L_0|``, clipped to [-1, 3]; 3 when the loss is not finite). How the loss answers
+#: one step at 1/8x, 1x and 8x the user's LR says where that LR sits on this task: a loss that keeps
+#: falling at 8x the step is on a too-low LR, one that rises at 1x on a too-high one. No other
+#: feature shows it before the LR has trained for an interval. 0 in runs without a step-0 probe.
+LR_PROBE_FEATURES: tuple[str, ...] = ("lr_probe_change_eighth", "lr_probe_change_1x", "lr_probe_change_8x")
+
 #: Every feature the observer computes, in the order of its rows.
-ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES
+ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES + LR_PROBE_FEATURES
 
 #: Features whose values carry a task's absolute scale: an agent that reads them can recall the
 #: LRs and losses of its meta-training tasks instead of reading the run (issue #18, item 3).
 ABSOLUTE_SCALE_FEATURES: tuple[str, ...] = ("log_lr", "log_loss")
 
+_HYPERGRADIENT = FEATURE_NAMES + EXTRA_FEATURES
+
 #: The named feature sets an agent can observe (``env.features`` of a meta-training config):
 #: ``scale_free`` is ``hypergradient`` without :data:`ABSOLUTE_SCALE_FEATURES` (the LR is still
-#: seen relative to the user's, as ``log_scale``, and the loss relative to the run's start).
+#: seen relative to the user's, as ``log_scale``, and the loss relative to the run's start);
+#: ``lr_probe`` is ``hypergradient`` with :data:`LR_PROBE_FEATURES` (useful with a step-0 decision).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "default": FEATURE_NAMES,
-    "hypergradient": ALL_FEATURE_NAMES,
-    "scale_free": tuple(n for n in ALL_FEATURE_NAMES if n not in ABSOLUTE_SCALE_FEATURES),
+    "hypergradient": _HYPERGRADIENT,
+    "scale_free": tuple(n for n in _HYPERGRADIENT if n not in ABSOLUTE_SCALE_FEATURES),
+    "lr_probe": _HYPERGRADIENT + LR_PROBE_FEATURES,
 }
 
 

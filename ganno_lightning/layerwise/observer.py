@@ -14,6 +14,8 @@ from ganno_lightning.layerwise.features import (
     FEATURE_CLIP,
     FEATURE_NAMES,
     GLOBAL_FEATURES,
+    LR_PROBE_FEATURES,
+    LR_PROBE_MULTIPLIERS,
     resolve_feature_names,
 )
 from ganno_lightning.layerwise.partition import LayerPartition
@@ -95,6 +97,8 @@ class LayerObserver:
         self.feature_names = resolve_feature_names(feature_names, "feature_names")
         self._columns = None if self.feature_names == ALL_FEATURE_NAMES else [_COLUMN[f] for f in self.feature_names]
         self._measures_hypergradient = "update_grad_cos" in self.feature_names
+        #: Whether a step-0 probe should also measure :data:`LR_PROBE_FEATURES` (see :meth:`record_lr_probe`).
+        self.measures_lr_probe = any(name in self.feature_names for name in LR_PROBE_FEATURES)
         n = len(partition)
         self._params = [p for layer in partition for p in layer.params]
         self.device = self._params[0].device
@@ -117,6 +121,7 @@ class LayerObserver:
         self._initial_loss: float | None = None
         self._smoothed_loss: float | None = None
         self._val_loss: Tensor | None = None
+        self._lr_probe = torch.zeros(len(LR_PROBE_MULTIPLIERS) + 1, device=self.device)  # L_0, then L_m; 0: none
         self.start_interval()
 
     # -- recording ----------------------------------------------------------------------------
@@ -177,6 +182,15 @@ class LayerObserver:
             loss = torch.as_tensor(loss).reshape(()).to(self.device)
         self._losses.append(loss.detach() if loss.requires_grad else loss)  # callers usually detach already
 
+    def record_lr_probe(self, losses: Sequence[Tensor]) -> None:
+        """Record the probe batch's loss before the first update, then after it scaled by each of
+        :data:`~ganno_lightning.layerwise.features.LR_PROBE_MULTIPLIERS`; kept for the rest of the run. No host sync."""
+        if len(losses) != len(LR_PROBE_MULTIPLIERS) + 1:
+            raise ValueError(f"`losses`: expected {len(LR_PROBE_MULTIPLIERS) + 1} (before, then one per multiplier "
+                             f"{LR_PROBE_MULTIPLIERS}), got {len(losses)}.")
+        self._lr_probe = torch.stack([torch.as_tensor(x).detach().float().reshape(()).to(self.device)
+                                      for x in losses])
+
     def record_val_loss(self, loss: Tensor | float) -> None:
         """Record the latest validation loss (used until the next one is recorded)."""
         self._val_loss = torch.as_tensor(loss).detach().float().reshape(()).to(self.device)
@@ -236,14 +250,15 @@ class LayerObserver:
         val = self._val_loss if self._val_loss is not None else self._zeros[:1]
         losses = torch.stack(self._losses) if self._losses else self._zeros[:0]
         raw = torch.cat([per_agent.reshape(-1), self._grad_sketch_sq, self._hypergradient_sums.reshape(-1),
-                         val.reshape(1).float(), losses.float()])
+                         self._lr_probe, val.reshape(1).float(), losses.float()])
         if reduce_fn is not None:  # every rank records the same steps, so each step's loss is averaged
             raw = reduce_fn(raw)
         raw = raw.cpu().tolist()  # the one host sync of a decision (float32 -> float is exact)
         # Host side in plain floats: a few hundred numbers, far cheaper than tiny tensor ops.
         weight_sq, update_sq, start_sq, cons_num, grad_sq, hyper_dot, hyper_u_sq, hyper_g_sq = (
             raw[i * n:(i + 1) * n] for i in range(8))
-        val_loss, step_losses = raw[8 * n], raw[8 * n + 1:]
+        probe_end = 8 * n + len(self._lr_probe)
+        lr_probe, val_loss, step_losses = raw[8 * n:probe_end], raw[probe_end], raw[probe_end + 1:]
         loss_sum, loss_sq_sum = sum(step_losses), sum(x * x for x in step_losses)
         k = max(self._grad_count, 1)
         per_layer = {
@@ -288,7 +303,8 @@ class LayerObserver:
         self.last_interval_loss_count = count
         run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
         measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
-        rows = [[*own, *fixed, *run_part, _finite(cos), _finite(run["log_loss_vs_initial"])]
+        probe_part = _lr_probe_changes(lr_probe)
+        rows = [[*own, *fixed, *run_part, _finite(cos), _finite(run["log_loss_vs_initial"]), *probe_part]
                 for own, fixed, cos in zip(measured, self._fixed_rows, per_layer["update_grad_cos"], strict=True)]
         if self._columns is not None:
             rows = [[row[c] for c in self._columns] for row in rows]
@@ -305,6 +321,7 @@ class LayerObserver:
             "initial_loss": self._initial_loss,
             "smoothed_loss": self._smoothed_loss,
             "val_loss": None if self._val_loss is None else self._val_loss.to("cpu", copy=True),
+            "lr_probe": self._lr_probe.to("cpu", copy=True),
             "losses": torch.stack(self._losses).to("cpu", copy=True) if self._losses else torch.zeros(0),
             "grad_count": self._grad_count,
             "grad_sketch_sum": self._grad_sketch_sum.to("cpu", copy=True),
@@ -326,6 +343,8 @@ class LayerObserver:
         self._initial_loss = state.get("initial_loss", self._prev_loss)  # older states: the closest there is
         self._smoothed_loss = state.get("smoothed_loss")
         self._val_loss = None if state.get("val_loss") is None else to(state["val_loss"])
+        if state.get("lr_probe") is not None and len(state["lr_probe"]) == len(self._lr_probe):
+            self._lr_probe = to(state["lr_probe"])
         self._losses = [to(x) for x in state.get("losses", torch.zeros(0))]
         self._grad_count = int(state.get("grad_count", 0))
         self._grad_sketch_sum = to(state.get("grad_sketch_sum", self._grad_sketch_sum))
@@ -415,6 +434,14 @@ def _cosine(dot: float, u_sq: float, g_sq: float) -> float:
     """``dot / (|u| |g|)`` in [-1, 1]; 0 without both vectors."""
     norm = math.sqrt(u_sq * g_sq)
     return min(max(dot / norm, -1.0), 1.0) if norm > _TINY and math.isfinite(dot / norm) else 0.0
+
+
+def _lr_probe_changes(losses: Sequence[float]) -> list[float]:
+    """``(L_m - L_0) / |L_0|`` per probe multiplier, in [-1, 3]; 3 for a non-finite L_m; zeros without a probe."""
+    before, after = losses[0], losses[1:]
+    if before == 0.0 or not math.isfinite(before):  # no probe was recorded (or it saw no usable loss)
+        return [0.0] * len(after)
+    return [min(max((x - before) / abs(before), -1.0), 3.0) if math.isfinite(x) else 3.0 for x in after]
 
 
 def _mean(values: Sequence[float]) -> float:

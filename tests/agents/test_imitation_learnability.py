@@ -41,9 +41,10 @@ def test_the_report_scores_the_cell_expert_on_replayed_runs(bench, tmp_path):
     out = tmp_path / "learnability.md"
     bench.main([str(recipe), "--episodes", "5", "--first-seed", "3", "--agent", str(agent), "--out", str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| cell expert |")]
-    assert len(rows) == 7  # two input sets x three models, and the agent's own probabilities
+    # three input sets (the last: first decisions only) x three models, and the agent's own on all and first rows
+    assert len(rows) == 11 and "first decisions only" in rows[6] and "first decisions only" in rows[-1]
     # an untrained agent is near uniform over the 7 actions: its cross-entropy is about log(7)
-    assert float(rows[-1].split("|")[4]) == pytest.approx(math.log(7), abs=0.3)
+    assert float(rows[-2].split("|")[4]) == pytest.approx(math.log(7), abs=0.3)
     for row in rows:
         nats, accuracy = row.split("|")[4:6]
         assert 0.0 <= float(nats) < 20 and 0 <= int(accuracy.strip().rstrip("%")) <= 100

@@ -13,7 +13,7 @@ from ganno_lightning.agents.train import parse_config, resolved_config, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
 from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
-from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
+from ganno_lightning.layerwise.features import FEATURE_SETS
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
 
@@ -191,21 +191,22 @@ def test_smoke_run_with_the_hypergradient_features_deploys_them(tmp_path):
     from helpers import RecordingAgent, TinyRegressor, trainer
 
     agent = GANNOAgent.load(train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", "env.features=hypergradient"]))
-    assert agent.feature_names == ALL_FEATURE_NAMES
+    names = FEATURE_SETS["hypergradient"]
+    assert agent.feature_names == names
     recording = RecordingAgent(agent)
     trainer(max_epochs=5, callbacks=[GANNOCallback(recording)]).fit(TinyRegressor())  # 40 steps: 4 decisions
     observations = torch.stack(recording.observations)  # [decisions, layers, features]
-    assert observations.shape[1:] == (2, len(ALL_FEATURE_NAMES))
-    cosines = observations[..., ALL_FEATURE_NAMES.index("update_grad_cos")]
+    assert observations.shape[1:] == (2, len(names))
+    cosines = observations[..., names.index("update_grad_cos")]
     assert cosines.abs().le(1).all() and cosines.ne(0).all()  # every interval of 10 steps measures two
-    progress = observations[:, 0, ALL_FEATURE_NAMES.index("log_loss_vs_initial")]
+    progress = observations[:, 0, names.index("log_loss_vs_initial")]
     assert progress[0] == 0 and progress[-1] < 0  # the loss falls from its first interval's
 
 
 @pytest.mark.parametrize("override, match", [
     ("algo.identity_init=1.0", r"`algo.identity_init` must be in \[0, 1\)"),
     ("env.prior=linear", r"`env.prior` must be one of"),
-    ("env.features=scale_invariant", r"`env.features` must be one of \['default', 'hypergradient', 'scale_free'\]"),
+    ("env.features=scale_invariant", r"`env.features` must be one of \['default', 'hypergradient', 'lr_probe', 'scale_free'\]"),
 ])
 def test_option_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):
@@ -247,10 +248,28 @@ def test_imitation_phase_teaches_the_actor_the_privileged_experts_actions(tmp_pa
         multipliers[expert_actions(too_low, agent.action_multipliers)]
     with pytest.raises(ValueError, match=r"`algo.imitation_frames=64` needs `env.privileged: true`"):
         parse_config(SMOKE, ["algo.imitation_frames=64"])
+    with pytest.raises(ValueError, match=r"`algo.ppo_imitation_coef=0.5` needs `env.privileged: true`"):
+        parse_config(SMOKE, ["algo.ppo_imitation_coef=0.5"])
+    with pytest.raises(ValueError, match=r"`algo.ppo_imitation_coef` must be a number >= 0 .* got -1.0"):
+        parse_config(SMOKE, ["algo.ppo_imitation_coef=-1.0", "env.privileged=true"])
     with pytest.raises(ValueError, match=r"`algo.expert_peak_factor` must be a positive number .* got 0.0"):
         parse_config(SMOKE, ["algo.expert_peak_factor=0.0"])
     with pytest.raises(ValueError, match=r"`algo.expert_schedule` must be one of \['constant', 'cosine', 'calibrated'\].* got 'linear'"):
         parse_config(SMOKE, ["algo.expert_schedule=linear"])
+
+
+def test_ppo_with_an_imitation_term_keeps_the_actor_nearer_its_teacher(tmp_path):
+    base = ["run.wandb=false", "env.privileged=true", "family.lr_sampling=around_best", "algo.imitation_frames=160",
+            "run.total_frames=320", "algo.epochs=8", "algo.lr=0.01"]
+    # a negligible term measures the imitation loss of (almost) plain PPO; a strong one keeps the actor near the teacher
+    train(SMOKE, [f"run.out_dir={tmp_path / 'free'}", *base, "algo.ppo_imitation_coef=0.001"])
+    train(SMOKE, [f"run.out_dir={tmp_path / 'kept'}", *base, "algo.ppo_imitation_coef=5.0"])
+    free, kept = read_metrics(tmp_path / "free"), read_metrics(tmp_path / "kept")
+    assert all(r["losses/approx_kl"] and r["losses/imitation"] for r in kept[10:] + free[10:])  # PPO, measured
+    assert not any(r["losses/approx_kl"] for r in kept[:10])  # imitation only before the switch
+    imitation = lambda rows: [float(r["losses/imitation"]) for r in rows]  # noqa: E731
+    assert imitation(kept[:10]) == imitation(free[:10])  # the same draws up to the switch
+    assert sum(imitation(kept[10:])) < 0.95 * sum(imitation(free[10:]))
 
 
 def test_the_cosine_expert_anneals_from_its_peak_and_holds_where_it_cannot():

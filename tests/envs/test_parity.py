@@ -9,6 +9,7 @@ from helpers import TinyRegressor, trainer
 
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.envs import EnvConfig, LayerwiseLREnv, SingleTask, keys
+from ganno_lightning.layerwise.features import LR_PROBE_FEATURES
 from ganno_lightning.layerwise.agent import Decision
 
 INTERVAL, HORIZON = 4, 32
@@ -73,7 +74,7 @@ def test_env_and_callback_observe_and_set_lrs_identically(scheduler, module_clas
 WIDE_SCRIPT = [[10, 0], [9, 1], [5, 5], [0, 10], [2, 8], [7, 7], [1, 0], [4, 2], [6, 3], [3, 6]]
 
 
-@pytest.mark.parametrize("prior, features", [("cosine", "default"), ("warmup_cosine", "hypergradient")])
+@pytest.mark.parametrize("prior, features", [("cosine", "default"), ("warmup_cosine", "lr_probe")])
 def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior, features):
     options = dict(decision_steps=[0, 2], prior=prior, action_multipliers="wide")
     config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, features=features, **options)
@@ -96,6 +97,9 @@ def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior, fea
 
     assert len(agent.observations) == len(env_observations) == 10  # decisions at 0, 2, 4, 8, ..., 32
     assert agent.observations[-1].shape[-1] == len(config.features)
+    if features == "lr_probe":  # the step-0 probe also tried the first update, the same way in both
+        probed = torch.stack([o[..., -len(LR_PROBE_FEATURES):] for o in env_observations])
+        assert probed[0].ne(0).all() and probed.eq(probed[0]).all()
     for step, (ours, theirs) in enumerate(zip(agent.observations, env_observations)):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=f"observation {step} differs")
     env_schedule = env.controller.schedule

@@ -62,14 +62,14 @@ def test_feature_mismatch_names_the_difference(tmp_path):
 
 
 def test_an_agent_of_another_feature_set_round_trips_and_the_callback_feeds_it_its_features(tmp_path):
-    agent = GANNOAgent.create(seed=0, feature_names="hypergradient")
+    agent = GANNOAgent.create(seed=0, feature_names="lr_probe")
     assert agent.feature_names == ALL_FEATURE_NAMES and agent.actor.config["num_features"] == len(ALL_FEATURE_NAMES)
     loaded = GANNOAgent.load(agent.save(tmp_path / "agent.pt"))
     assert loaded.feature_names == ALL_FEATURE_NAMES
     observation = torch.randn(3, len(ALL_FEATURE_NAMES))
     assert torch.equal(loaded.decide(observation, exploration="mode").multipliers,
                        agent.decide(observation, exploration="mode").multipliers)
-    sets = r"\['default', 'hypergradient', 'scale_free'\]"
+    sets = r"\['default', 'hypergradient', 'lr_probe', 'scale_free'\]"
     with pytest.raises(ValueError, match=rf"`feature_names` must be one of {sets}"):
         GANNOAgent.create(feature_names="scale_invariant")
 

@@ -9,6 +9,7 @@ from torch import nn
 from ganno_lightning import FEATURE_NAMES
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import DecisionSteps, resolve_decision_steps
+from ganno_lightning.layerwise.features import LR_PROBE_FEATURES, LR_PROBE_MULTIPLIERS
 from ganno_lightning.layerwise.prior import LRPrior, check_prior
 from ganno_lightning.lr_schedules import cosine, warmup_cosine
 
@@ -95,12 +96,7 @@ def _run(steps=12, interval=4, probe=False, prior="none", total_steps=12, schedu
         return model(x).pow(2).mean()
 
     if control.probe_due:
-        def forward_backward():
-            loss = loss_on(data[0])
-            loss.backward()
-            return loss
-
-        control.probe(forward_backward)
+        control.probe(lambda: loss_on(data[0]))
         control.apply([1] * control.num_agents)
     for x in data:
         loss = loss_on(x)
@@ -135,12 +131,7 @@ def test_the_probe_observation_has_gradients_and_the_initial_loss():
     assert control.decision_due and control.probe_due and control.steps_to_decision == 0
     x = torch.randn(16, 3)
 
-    def forward_backward():
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        return loss
-
-    control.probe(forward_backward)
+    control.probe(lambda: model(x).pow(2).mean())
     assert all(p.grad is None for p in model.parameters())  # given back as they were
     observation = control.observe()
     grad = observation[:, FEATURE_NAMES.index("log_grad_rms")]
@@ -230,3 +221,82 @@ def test_controller_state_restores_the_next_decision_and_the_prior():
     legacy = {k: v for k, v in state.items() if k != "next_decision"}  # a checkpoint of an earlier release
     other.load_state_dict(legacy)
     assert other.next_decision == 8
+
+
+# -- the LR probe: the first update tried at 1/8x, 1x and 8x ------------------------------------
+def test_an_lr_probe_leaves_the_run_as_it_was():
+    plain, plain_losses, plain_model = _run()
+    probed, probed_losses, probed_model = _run(probe=True, feature_names="lr_probe")
+    assert probed.observer.measures_lr_probe
+    # the trial update's weights and SGD momentum buffers were undone: the same training to the last bit
+    assert probed_losses == plain_losses
+    for a, b in zip(plain_model.state_dict().values(), probed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    plain_state, probed_state = plain.lr.optimizer.state_dict(), probed.lr.optimizer.state_dict()
+    assert plain_state["param_groups"] == probed_state["param_groups"]
+    for a, b in zip(plain_state["state"].values(), probed_state["state"].values()):
+        torch.testing.assert_close(a["momentum_buffer"], b["momentum_buffer"], rtol=0, atol=0)
+    assert probed.schedule.steps == plain.schedule.steps == [0, 4, 8, 12]
+
+
+def test_the_lr_probe_measures_the_loss_after_the_scaled_first_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    lr, params = 0.05, dict(model.named_parameters())
+
+    def loss_of(weights=None):
+        out = torch.func.functional_call(model, weights, (x,)) if weights else model(x)
+        return (out - y).pow(2).mean()
+
+    before = loss_of()
+    grads = dict(zip(params, torch.autograd.grad(before, list(params.values()))))
+    with torch.no_grad():  # SGD's first update is -lr x gradient
+        expected = [(loss_of({k: p - m * lr * grads[k] for k, p in params.items()}) - before).item() / before.item()
+                    for m in LR_PROBE_MULTIPLIERS]
+    weights = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=2, decision_steps=(0,),
+                                  feature_names="lr_probe")
+    control.probe(loss_of)
+    columns = [control.observer.feature_names.index(name) for name in LR_PROBE_FEATURES]
+    seen = control.observe()[:, columns]
+    assert expected[0] < 0 and expected[0] > expected[1]  # the larger step is the better one here
+    torch.testing.assert_close(seen, torch.tensor([expected] * 2), rtol=1e-4, atol=1e-6)
+    # nothing of the trial update is left: weights, momentum buffers, gradients, the step count
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert not opt.state and all(p.grad is None for p in model.parameters()) and control.step == 0
+    # kept for the whole run, and through a checkpoint of the controller's state
+    control.apply([1, 1])
+    for _ in range(2):
+        opt.zero_grad()
+        loss = loss_of()
+        loss.backward()
+        opt.step()
+        control.record_loss(loss.detach())
+    state = control.state_dict()
+    assert torch.equal(control.observe()[:, columns], seen)
+    resumed = LayerwiseController(model, torch.optim.SGD(model.parameters(), lr=lr), action_multipliers=MULTIPLIERS,
+                                  interval=2, feature_names="lr_probe")
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.observe()[:, columns], seen)
+
+
+def test_the_lr_probe_is_bounded_and_absent_without_a_step_0_decision():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    x = torch.randn(16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)  # 8x this step overshoots by orders of magnitude
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=2, decision_steps=(0,),
+                                  feature_names="lr_probe")
+    control.probe(lambda: model(x).pow(2).mean())
+    probe = control.observe()[0, [control.observer.feature_names.index(n) for n in LR_PROBE_FEATURES]]
+    assert probe[-1] == 3.0 and (probe >= -1).all() and (probe <= 3).all()
+    without = LayerwiseController(model, torch.optim.SGD(model.parameters(), lr=5.0), action_multipliers=MULTIPLIERS,
+                                  interval=1, feature_names="lr_probe")
+    opt = without.lr.optimizer
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    without.record_loss(1.0)
+    assert without.observe()[:, -len(LR_PROBE_FEATURES):].eq(0).all()
