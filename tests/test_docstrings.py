@@ -9,7 +9,7 @@ from torch import nn
 
 LAYERWISE = ["actions", "features", "partition", "lr_control", "observer", "policy", "agent", "schedule", "controller",
              "decisions", "prior"]
-MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "lr_schedules", "examples.digits",
+MODULES = [f"layerwise.{name}" for name in LAYERWISE] + ["config", "files", "rng", "lr_schedules", "examples.digits",
                                                          "tuning.space", "tuning.grid", "boil.observations",
                                                          "examples.tuning_tasks"]
 
