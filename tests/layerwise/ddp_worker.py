@@ -15,7 +15,9 @@ if __name__ == "__main__":
     # #18's options: a decision at step 0 from a probe (its backward runs through DDP) and a cosine prior
     options = dict(decision_steps=[0, 1], prior="cosine") if sys.argv[2:] == ["act-early"] else {}
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    agent = RecordingAgent(GANNOAgent.create(interval=2, seed=0))
+    # with act-early, also the LR probe: its trial update and forwards run on every rank, its losses are averaged
+    features = "lr_probe" if options else None
+    agent = RecordingAgent(GANNOAgent.create(interval=2, seed=0, feature_names=features))
     # sampled actions with a different seed per rank: only the broadcast makes them agree
     callback = GANNOCallback(agent, exploration="random", seed=rank, save_dir=f"{out}/rank{rank}", **options)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, callbacks=[callback],

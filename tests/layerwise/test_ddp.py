@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch.distributed
 
+from ganno_lightning.layerwise.features import LR_PROBE_FEATURES
+
 HERE = Path(__file__).parent
 
 
@@ -42,5 +44,7 @@ def test_a_step_0_probe_and_a_prior_agree_on_every_rank(tmp_path):
     seen = run_workers(tmp_path, "act-early")
     assert len(seen[0]["actions"]) == 10  # decisions at steps 0 (replacing the start row) and 1, then every 2 to 16
     assert seen[0]["observations"][0] == seen[1]["observations"][0]  # the probe's gradients, averaged over ranks
+    lr_probe = [row[-len(LR_PROBE_FEATURES):] for row in seen[0]["observations"][0]]  # and its trial update's losses
+    assert all(value != 0 for row in lr_probe for value in row)
     assert seen[0]["actions"] == seen[1]["actions"] and seen[0]["lrs"] == seen[1]["lrs"]
     assert seen[0]["params"] == seen[1]["params"]
