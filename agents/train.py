@@ -158,7 +158,8 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
         raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
-    if not (isinstance(algo.ppo_imitation_coef, (int, float)) and algo.ppo_imitation_coef >= 0):
+    coef = algo.ppo_imitation_coef
+    if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef) and coef >= 0):
         raise ValueError(f"`algo.ppo_imitation_coef` must be a number >= 0 (0: plain PPO; e.g. 0.5), "
                          f"got {algo.ppo_imitation_coef!r}.")
     if algo.ppo_imitation_coef and not env_config(_env_sections(config)).privileged:

@@ -31,7 +31,7 @@ from ganno_lightning.layerwise.actions import (
 )
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
-from ganno_lightning.layerwise.features import resolve_feature_names
+from ganno_lightning.layerwise.features import check_lr_probe_decisions, resolve_feature_names
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
@@ -229,6 +229,7 @@ class EnvConfig:
                              f"got {self.decision_steps}.")
         check_prior(self.prior, f"{prefix}.prior")
         self.features = list(resolve_feature_names(self.features, f"{prefix}.features"))
+        check_lr_probe_decisions(self.features, self.decision_steps, f"{prefix}.decision_steps")
         check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
         if self.divergence_reference not in DIVERGENCE_REFERENCES:
             raise ValueError(f"`{prefix}.divergence_reference` must be one of {list(DIVERGENCE_REFERENCES)}, "

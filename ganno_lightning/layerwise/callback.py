@@ -25,6 +25,7 @@ from ganno_lightning.layerwise.actions import (
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
+from ganno_lightning.layerwise.features import check_lr_probe_decisions
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
@@ -49,14 +50,15 @@ class GANNOCallback(Callback):
 
     - ``decision_steps`` adds early decisions before the regular ones, e.g. ``[0, 5, 12]`` or
       ``"front_loaded"``. A decision at step 0 comes before any update: on the first training batch
-      the callback runs one *probe* (your ``training_step`` and a backward, no optimizer step, no
+      the callback runs one *probe* (your ``training_step`` and a backward, no update kept, no
       logging, inside a forked RNG; gradients and buffers such as BatchNorm statistics are put back
       after), so the agent sees gradients before it sets the first LRs. It costs one forward and one
       backward; side effects of ``training_step`` outside the model (appending to a list, say)
       happen once more. An agent that observes the LR probe features (``lr_probe_change_*``) also
-      tries the first update there: one optimizer step, then the loss on the same batch at 1/8x,
-      1x and 8x that update (three forwards without gradients), all undone after (weights and
-      optimizer state are copied for it); ``training_step`` then runs four times more.
+      tries the first update there: one optimizer step at the LRs in force before the first
+      decision, then the loss on the same batch at 1/8x, 1x and 8x that update (three forwards
+      without gradients), all undone after (weights and optimizer state are copied for it);
+      ``training_step`` then runs four times more. Such an agent needs a decision at step 0.
     - ``prior`` puts a schedule under the scales when your ``configure_optimizers`` has no LR
       scheduler: ``"cosine"`` or ``"warmup_cosine"`` to the fit's length
       (``trainer.estimated_stepping_batches``), so the effective LR is ``lr x prior(step) x scale``
@@ -183,6 +185,7 @@ class GANNOCallback(Callback):
         self.interval = interval if interval is not None else self.agent.interval
         self.decision_steps = (resolve_decision_steps(decision_steps, self.interval) if decision_steps is not None
                                else self.agent.decision_steps)
+        check_lr_probe_decisions(self.agent.feature_names, self.decision_steps, "decision_steps")
         self.prior = check_prior(prior) if prior is not None else self.agent.prior
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.groups = groups

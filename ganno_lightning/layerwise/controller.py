@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,12 +11,18 @@ from torch import Tensor, nn
 
 from ganno_lightning.layerwise.actions import DEFAULT_SCALE_BOUNDS, ActionSet
 from ganno_lightning.layerwise.decisions import DecisionSteps
-from ganno_lightning.layerwise.features import LR_PROBE_MULTIPLIERS
+from ganno_lightning.layerwise.features import LR_PROBE_FEATURES, LR_PROBE_MULTIPLIERS
 from ganno_lightning.layerwise.lr_control import LayerwiseLR
 from ganno_lightning.layerwise.observer import LayerObserver
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, LRPrior
-from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, SpikeRollback
+from ganno_lightning.layerwise.rollback import (
+    DEFAULT_SPIKE_FACTOR,
+    DEFAULT_SPIKE_LR_CUT,
+    SpikeRollback,
+    restore_optimizer_state,
+    save_optimizer_state,
+)
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.layerwise.step_hooks import OutermostStepHooks
 from ganno_lightning.rng import RNGStates, cuda_devices, get_rng, set_rng
@@ -179,10 +184,13 @@ class LayerwiseController:
         returns it with its graph, not yet backpropagated (``None`` if the training step skips the
         batch). The probe calls ``backward()`` on it and records that loss and those gradients as the
         interval's. When the observer reads the LR probe
-        (:data:`~ganno_lightning.layerwise.features.LR_PROBE_FEATURES`), it then also takes the first
-        update with the optimizer's own ``step()`` and evaluates ``training_loss`` again, without
+        (:data:`~ganno_lightning.layerwise.features.LR_PROBE_FEATURES`), it then also takes a trial
+        update with the optimizer's own ``step()``, at the LRs in force before the first decision
+        (the user's, times the prior at step 0), and evaluates ``training_loss`` again, without
         gradients and with the same random draws, at the weights moved by that update times each of
         :data:`~ganno_lightning.layerwise.features.LR_PROBE_MULTIPLIERS`; the update is then undone.
+        The trial update skips what a trainer does around ``step()`` (gradient clipping, a
+        GradScaler's inf check), and step hooks other than the controller's own still run on it.
         Afterwards it puts everything the training run sees back as it was:
 
         - weights and optimizer state (after an LR probe's update: the weights, every optimizer
@@ -198,7 +206,11 @@ class LayerwiseController:
         it appends to, a counter it increments) happen once more (four times more with an LR
         probe). Its cost: one forward and one backward (about one training step without the
         update), plus one copy of the model's buffers; an LR probe adds one update, three
-        forwards and, while it runs, one copy of the weights and optimizer state.
+        forwards and, while it runs, one copy of the weights and two of the optimizer state.
+
+        Raises:
+            ValueError: If ``training_loss`` returns a loss without a graph.
+            RuntimeError: If the LR probe's trial ``optimizer.step()`` fails (an optimizer that needs a closure).
         """
         params = [p for p in self._model.parameters() if p.requires_grad]
         saved_grads = [p.grad for p in params]
@@ -212,6 +224,9 @@ class LayerwiseController:
                 with torch.enable_grad():
                     loss = training_loss()
                     if loss is not None:
+                        if not loss.requires_grad:
+                            raise ValueError("`training_loss` must return the training loss with its graph (not "
+                                             "detached, and not backpropagated yet: the probe runs `backward()`).")
                         loss.backward()
                 if loss is not None:
                     self.observer.record_loss(loss.detach())
@@ -232,33 +247,43 @@ class LayerwiseController:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         with torch.no_grad():
             before = [p.detach().clone() for p in params]
-        saved_state = {p: {k: _copied(v) for k, v in state.items()} for p, state in optimizer.state.items()}
-        saved_groups = [{k: _copied(v) for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        saved_state = save_optimizer_state(optimizer)
+        # the groups' settings as they were (an optimizer may keep counters there); tensors cloned, the rest as is
+        saved_groups = [{k: v.clone() if isinstance(v, Tensor) else v for k, v in group.items() if k != "params"}
+                        for group in optimizer.param_groups]
+        losses: list[Tensor | None] = [None] * len(LR_PROBE_MULTIPLIERS)
         try:
-            self.lr.scale_lrs()  # the LRs of the first update: the scales, and the prior at step 0
+            self.lr.scale_lrs()  # the LRs in force before the first decision: the scales, and the prior at step 0
             try:
                 with self._hooks.suspended():  # not a step of the run: nothing is counted or observed
                     optimizer.step()
+            except Exception as err:
+                raise RuntimeError(f"The LR probe's trial update failed: `optimizer.step()` raised {type(err).__name__}: "
+                                   f"{err}. Agents that observe {list(LR_PROBE_FEATURES)} need an optimizer whose "
+                                   "`step()` runs without a closure (not LBFGS); use an agent without them.") from err
             finally:
                 self.lr.unscale_lrs()
-            losses = [loss_before]
+            # The weights hold w0 + u (u: the update); moved in place to w0 + m u for each m, from 1 first,
+            # so the probe keeps one copy of the weights (w0), not two.
+            at = 1.0
             with torch.no_grad():
-                updates = [p.detach() - b for p, b in zip(params, before)]
-                for multiplier in LR_PROBE_MULTIPLIERS:
-                    for p, b, u in zip(params, before, updates):
-                        p.copy_(torch.add(b, u, alpha=multiplier))
+                for index in sorted(range(len(losses)), key=lambda i: LR_PROBE_MULTIPLIERS[i] != 1.0):
+                    multiplier = LR_PROBE_MULTIPLIERS[index]
+                    if multiplier != at:
+                        for p, b in zip(params, before):
+                            p.sub_(b).mul_(multiplier / at).add_(b)
+                        at = multiplier
                     set_rng(self.observer.device, draws)  # the same dropout as the probe's own forward
                     loss = training_loss()
                     if loss is None:
                         return
-                    losses.append(loss.detach())
-            self.observer.record_lr_probe(losses)
+                    losses[index] = loss.detach()
+            self.observer.record_lr_probe([loss_before, *losses])
         finally:
             with torch.no_grad():
                 for p, b in zip(params, before):
                     p.copy_(b)
-            optimizer.state.clear()
-            optimizer.state.update(saved_state)
+            restore_optimizer_state(optimizer, saved_state)
             for group, saved in zip(optimizer.param_groups, saved_groups):
                 group.update(saved)
 
@@ -365,7 +390,3 @@ class LayerwiseController:
         self._hooks.remove()
         self.lr.close()
 
-
-def _copied(value: Any) -> Any:
-    """A copy to put back later: tensors cloned (on their device), anything else deep-copied."""
-    return value.detach().clone() if isinstance(value, Tensor) else copy.deepcopy(value)

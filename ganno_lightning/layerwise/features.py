@@ -71,11 +71,14 @@ EXTRA_FEATURES: tuple[str, ...] = (
 LR_PROBE_MULTIPLIERS: tuple[float, ...] = (0.125, 1.0, 8.0)
 
 #: Run-wide, measured once by the step-0 probe and kept for the whole run: the relative change of the
-#: probe batch's training loss after the first update, scaled by each of :data:`LR_PROBE_MULTIPLIERS`
-#: (``(L_m - L_0) / |L_0|``, clipped to [-1, 3]; 3 when the loss is not finite). How the loss answers
-#: one step at 1/8x, 1x and 8x the user's LR says where that LR sits on this task: a loss that keeps
-#: falling at 8x the step is on a too-low LR, one that rises at 1x on a too-high one. No other
-#: feature shows it before the LR has trained for an interval. 0 in runs without a step-0 probe.
+#: probe batch's training loss after a trial first update, scaled by each of :data:`LR_PROBE_MULTIPLIERS`
+#: (``(L_m - L_0) / |L_0|``, clipped to [-1, 3]; 3 when the loss is not finite). The update is taken at
+#: the LRs in force before the first decision (the user's, times a prior's value at step 0). How the
+#: loss answers one step at 1/8x, 1x and 8x that LR says where it sits on this task: a loss that keeps
+#: falling at 8x the step is on a too-low LR, one that rises at 1x on a too-high one. No other feature
+#: shows it before the LR has trained for an interval. 0 in runs without a step-0 probe (and where the
+#: probe's loss was 0 or not finite). The env and the callback refuse these features without a
+#: decision at step 0.
 LR_PROBE_FEATURES: tuple[str, ...] = ("lr_probe_change_eighth", "lr_probe_change_1x", "lr_probe_change_8x")
 
 #: Every feature the observer computes, in the order of its rows.
@@ -126,6 +129,26 @@ def resolve_feature_names(value: str | Sequence[str] | None, name: str = "featur
         raise ValueError(f"`{name}` has {problem} ({list(names)}); use a set of {sorted(FEATURE_SETS)} or names "
                          f"from ganno_lightning.layerwise.features.ALL_FEATURE_NAMES.")
     return names
+
+def check_lr_probe_decisions(feature_names: Sequence[str], decision_steps: Sequence[int], name: str) -> None:
+    """Refuse :data:`LR_PROBE_FEATURES` without a decision at step 0, where the probe that measures them runs.
+
+    Raises:
+        ValueError: naming ``name`` (the decision steps' argument) and its value.
+
+    Example::
+
+        >>> check_lr_probe_decisions(FEATURE_SETS["lr_probe"], [0, 5, 12], "decision_steps")
+        >>> check_lr_probe_decisions(FEATURE_SETS["lr_probe"], [5, 12], "decision_steps")
+        Traceback (most recent call last):
+        ...
+        ValueError: `decision_steps` must include step 0 for the LR probe features ...
+    """
+    if any(f in LR_PROBE_FEATURES for f in feature_names) and 0 not in decision_steps:
+        raise ValueError(f"`{name}` must include step 0 for the LR probe features {list(LR_PROBE_FEATURES)} (the "
+                         f"probe before the first update measures them), got {list(decision_steps)}; use e.g. "
+                         "'front_loaded' or [0, 5, 12], or features without them.")
+
 
 #: Features are clipped to this magnitude so that no extreme value reaches a policy.
 FEATURE_CLIP = 50.0

@@ -116,18 +116,13 @@ class SpikeRollback:
     @torch.no_grad()
     def _save(self) -> None:
         self._saved_tensors = [t.detach().clone() for t in self._tensors]
-        self._saved_state = {p: _cloned(state) for p, state in self._optimizer.state.items()}
+        self._saved_state = save_optimizer_state(self._optimizer)
 
     @torch.no_grad()
     def _restore(self) -> None:
         for tensor, saved in zip(self._tensors, self._saved_tensors):
             tensor.copy_(saved)
-        for group in self._optimizer.param_groups:
-            for p in group["params"]:
-                if p in self._saved_state:
-                    self._optimizer.state[p] = _cloned(self._saved_state[p])
-                else:  # no state yet at the rollback point (before the first step)
-                    self._optimizer.state.pop(p, None)
+        restore_optimizer_state(self._optimizer, self._saved_state)
 
     def state_dict(self) -> dict[str, Any]:
         """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
@@ -137,6 +132,23 @@ class SpikeRollback:
         self.lowest_loss = float(state.get("lowest_loss", math.inf))
         self.rollbacks = int(state.get("rollbacks", 0))
         self._save()  # the restored run's state is the rollback point
+
+
+def save_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[Tensor, dict[str, Any]]:
+    """A copy of ``optimizer``'s per-parameter state (moments, step counts), on their devices."""
+    return {p: _cloned(state) for p, state in optimizer.state.items()}
+
+
+@torch.no_grad()
+def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[Tensor, dict[str, Any]]) -> None:
+    """Put back a :func:`save_optimizer_state` copy (copied again: ``saved`` stays reusable); a parameter that had
+    no state then has none again."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p in saved:
+                optimizer.state[p] = _cloned(saved[p])
+            else:  # no state yet when saved (before the first step)
+                optimizer.state.pop(p, None)
 
 
 def _cloned(state: dict[str, Any]) -> dict[str, Any]:

@@ -300,3 +300,66 @@ def test_the_lr_probe_is_bounded_and_absent_without_a_step_0_decision():
     opt.step()
     without.record_loss(1.0)
     assert without.observe()[:, -len(LR_PROBE_FEATURES):].eq(0).all()
+
+
+def test_the_lr_probe_forwards_draw_the_probes_own_dropout():
+    # a zero update (lr=0) leaves the weights where they were: with the same dropout draws every loss equals L_0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 1))
+    x = torch.randn(32, 3)
+    control = LayerwiseController(model, torch.optim.SGD(model.parameters(), lr=0.0), action_multipliers=MULTIPLIERS,
+                                  interval=2, decision_steps=(0,), feature_names="lr_probe")
+    control.probe(lambda: model(x).pow(2).mean())
+    losses = control.observer._lr_probe
+    assert losses[0] > 0 and torch.equal(losses, losses[:1].expand(4))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw_foreach"])
+def test_the_lr_probe_puts_back_an_adam_state_it_found(optimizer):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    opt = (torch.optim.Adam(model.parameters(), lr=0.01) if optimizer == "adam"
+           else torch.optim.AdamW(model.parameters(), lr=0.01, foreach=True))
+    for _ in range(2):  # a state of its own before the controller comes (a run resumed without GANNO state)
+        opt.zero_grad()
+        model(torch.randn(8, 3)).pow(2).mean().backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    weights = [p.detach().clone() for p in model.parameters()]
+    state = {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in opt.state.items()}
+    control = LayerwiseController(model, opt, action_multipliers=MULTIPLIERS, interval=2, decision_steps=(0,),
+                                  feature_names="lr_probe")
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]  # as the controller split them
+    control.probe(lambda: model(torch.ones(8, 3)).pow(2).mean())
+    assert control.observer._lr_probe[1:].ne(control.observer._lr_probe[0]).all()  # the trial update moved the loss
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    assert groups == [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    for p, saved in state.items():
+        assert opt.state[p].keys() == saved.keys() and all(torch.equal(opt.state[p][k], v) for k, v in saved.items())
+
+
+def test_an_old_observer_state_loads_without_lr_probe_values():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
+    make = lambda: LayerwiseController(model, torch.optim.SGD(model.parameters(), lr=0.1),  # noqa: E731
+                                       action_multipliers=MULTIPLIERS, interval=2, feature_names="lr_probe")
+    state = make().state_dict()
+    del state["observer"]["lr_probe"]  # as written before the LR probe existed
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert resumed.observer._lr_probe.eq(0).all()
+
+
+def test_lr_probe_misuse_gets_clear_errors():
+    model = nn.Linear(3, 1)
+    control = LayerwiseController(model, torch.optim.LBFGS(model.parameters()), action_multipliers=MULTIPLIERS,
+                                  interval=2, decision_steps=(0,), feature_names="lr_probe")
+    x = torch.randn(4, 3)
+    weights = model.weight.detach().clone()
+    with pytest.raises(RuntimeError, match=r"LR probe's trial update failed.*without a closure \(not LBFGS\)"):
+        control.probe(lambda: model(x).pow(2).mean())
+    assert torch.equal(model.weight, weights) and model.weight.grad is None  # and everything was put back
+    with pytest.raises(ValueError, match=r"`training_loss` must return the training loss with its graph"):
+        control.probe(lambda: model(x).pow(2).mean().detach())
+    with pytest.raises(ValueError, match=r"`decision_steps` must include step 0 for the LR probe features"):
+        from ganno_lightning import GANNOAgent, GANNOCallback
+        GANNOCallback(GANNOAgent.create(feature_names="lr_probe", decision_steps=[0, 5]), decision_steps=[5])
