@@ -181,3 +181,28 @@ def benchmark_module(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+GANNO_SMOKE = Path(__file__).resolve().parents[1] / "configs" / "ganno_smoke.yaml"
+
+
+def smoke_recipe_around_best(directory: Path) -> Path:
+    """The smoke meta-training recipe with its LRs drawn around their cells' best (which it places), in ``directory``:
+    what the diagnostics of a privileged teacher need."""
+    import yaml
+
+    smoke = yaml.safe_load(GANNO_SMOKE.read_text())
+    recipe = Path(directory) / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
+    return recipe
+
+
+def smoke_task_pool(directory: Path, recipe: Path, tasks: int, first_seed: int = 3) -> Path:
+    """A task pool of ``recipe`` over seeds ``first_seed``.., each task tuned on the grid x1/4, x1, x4, in ``directory``."""
+    from ganno_lightning.envs import build_task_pool
+
+    pool = Path(directory) / "pool.json"
+    build_task_pool.build(build_task_pool.load_config({}, [
+        f"recipe={recipe}", f"tasks={tasks}", f"first_seed={first_seed}", "grid=[0.25,1.0,4.0]",
+        "limits=[0.015625,64.0]", "workers=1", f"out={pool}", f"log={Path(directory) / 'replays.jsonl'}"]))
+    return pool

@@ -2,16 +2,14 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import benchmark_module
+from helpers import GANNO_SMOKE, benchmark_module, smoke_recipe_around_best, smoke_task_pool
 
 from ganno_lightning.envs import keys
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml")
+SMOKE = str(GANNO_SMOKE)
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +60,8 @@ def test_the_report_scores_the_expert_and_an_agent_against_the_constant_lr(bench
 
 
 def test_the_per_task_expert_aims_at_each_runs_own_tuned_lr(bench, tmp_path):
-    from ganno_lightning.envs import build_task_pool
-
-    recipe = tmp_path / "recipe.yaml"  # the smoke recipe, its LRs drawn around their cells' best (which it places)
-    smoke = yaml.safe_load(Path(SMOKE).read_text())
-    recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
-    pool = tmp_path / "pool.json"
-    build_task_pool.build(build_task_pool.load_config({}, [
-        f"recipe={recipe}", "tasks=2", "first_seed=3", "grid=[0.25,1.0,4.0]", "limits=[0.015625,64.0]", "workers=1",
-        f"out={pool}", f"log={tmp_path / 'replays.jsonl'}"]))
+    recipe = smoke_recipe_around_best(tmp_path)
+    pool = smoke_task_pool(tmp_path, recipe, tasks=2)
     out = tmp_path / "ceiling.md"
     overrides = [str(recipe), "env.init_lr_scale=[1.0,1.0]", "--episodes", "2", "--first-seed", "3", "--out", str(out)]
     bench.main([*overrides, "--task-pool", str(pool), "--oracle-grid", "0.25,1,4"])

@@ -1,14 +1,11 @@
 """benchmarks/imitation_learnability.py: teacher actions recorded from replays, scored by held-out classifiers."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import benchmark_module
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml"
+from helpers import GANNO_SMOKE as SMOKE
+from helpers import benchmark_module, smoke_recipe_around_best
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +29,7 @@ def test_a_predictable_teacher_scores_far_below_the_prior_and_a_random_one_does_
 
 
 def test_the_report_scores_the_cell_expert_on_replayed_runs(bench, tmp_path):
-    recipe = tmp_path / "recipe.yaml"  # the smoke recipe, its LRs drawn around their cells' best (which it places)
-    smoke = yaml.safe_load(SMOKE.read_text())
-    recipe.write_text(yaml.safe_dump({**smoke, "family": {**smoke["family"], "lr_sampling": "around_best"}}))
+    recipe = smoke_recipe_around_best(tmp_path)
     from ganno_lightning.layerwise.agent import GANNOAgent
 
     agent = GANNOAgent.create(hidden_sizes=(8,), interval=10, seed=0).save(tmp_path / "agent.pt")

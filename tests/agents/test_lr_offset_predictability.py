@@ -1,15 +1,10 @@
 """benchmarks/lr_offset_predictability.py: what at step 0 predicts a pool task's best-LR offset."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import benchmark_module
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "ganno_smoke.yaml"
-
+from helpers import benchmark_module, smoke_recipe_around_best, smoke_task_pool
 
 @pytest.fixture(scope="module")
 def bench():
@@ -37,21 +32,14 @@ def test_probe_transforms_read_a_linear_decrease_as_one():
 
 
 def test_the_report_reads_a_pool_built_over_its_seeds(bench, tmp_path):
-    from ganno_lightning.envs import build_task_pool
-
-    recipe = tmp_path / "recipe.yaml"  # the smoke recipe, around its cells' best, probing at step 0
-    smoke = yaml.safe_load(SMOKE.read_text())
-    recipe.write_text(yaml.safe_dump({**smoke, "env": {**smoke["env"], "init_lr_scale": [1.0, 1.0]},
-                                      "family": {**smoke["family"], "lr_sampling": "around_best"}}))
-    pool = tmp_path / "pool.json"
-    build_task_pool.build(build_task_pool.load_config({}, [
-        f"recipe={recipe}", "tasks=5", "first_seed=3", "grid=[0.25,1.0,4.0]", "limits=[0.015625,64.0]", "workers=1",
-        f"out={pool}", f"log={tmp_path / 'replays.jsonl'}"]))
+    recipe = smoke_recipe_around_best(tmp_path)
+    pool = smoke_task_pool(tmp_path, recipe, tasks=5)
     out = tmp_path / "offset.md"
-    probe = ["env.features=lr_probe", "env.decision_steps=[0]"]
+    probe = ["env.init_lr_scale=[1.0,1.0]", "env.features=lr_probe", "env.decision_steps=[0]"]
     bench.main([str(recipe), *probe, "--episodes", "5", "--first-seed", "3", "--task-pool", str(pool), "--out", str(out)])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| the") or line.startswith("| step")]
     assert len(rows) == 6 and "5 runs" in out.read_text()
     assert len(json.loads(pool.read_text())["tasks"]) == 5
     with pytest.raises(SystemExit):  # no LR probe in the recipe's features
-        bench.main([str(recipe), "--episodes", "5", "--first-seed", "3", "--task-pool", str(pool), "--out", str(out)])
+        bench.main([str(recipe), probe[0], "--episodes", "5", "--first-seed", "3", "--task-pool", str(pool),
+                    "--out", str(out)])
