@@ -74,8 +74,7 @@ class RecordingPolicy:
         targets = {name: teacher(td)[valid].numpy() for name, teacher in self.teachers.items()}
         if self.agent is not None:
             with torch.no_grad():
-                logits, self.agent_state = self.agent.actor.step(
-                    self.agent.normalizer(observation.float()), td[keys.MASK], self.agent_state)
+                logits, self.agent_state = self.agent.action_logits(observation, self.agent_state, td[keys.MASK])
             targets[AGENT] = torch.log_softmax(logits, dim=-1)[valid].numpy()
         self.rows.append((observation[valid].numpy(), self.first[valid].numpy(), targets, len(self.rows)))
         actions = self.behaviour(td)

@@ -331,9 +331,23 @@ class GANNOAgent:
                 :data:`~ganno_lightning.layerwise.actions.EXPLORATION_TYPES`.
         """
         check_exploration(exploration)  # before the policy runs
-        logits, next_state = self.actor.step(self.normalizer(observation.float()), mask, state)
+        logits, next_state = self.action_logits(observation, state, mask)
         multipliers, actions = self.action_set.choose(logits, exploration, generator)
         return Decision(multipliers, actions, next_state)
+
+    def action_logits(self, observation: Tensor, state: Tensor | None = None,
+                      mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The policy's ``[..., num_agents, num_actions]`` logits over the action set, and the state for the next
+        call: what :meth:`decide` chooses from (arguments as there), for diagnostics that score the policy itself.
+
+        Example::
+
+            >>> agent = GANNOAgent.create(seed=0)
+            >>> logits, state = agent.action_logits(torch.zeros(3, len(agent.feature_names)))
+            >>> logits.shape, state is None
+            (torch.Size([3, 7]), True)
+        """
+        return self.actor.step(self.normalizer(observation.float()), mask, state)
 
     # -- files --------------------------------------------------------------------------------
     @property
