@@ -110,8 +110,11 @@ def main(argv=None) -> None:
         rows[name] = row_values(with_noise_floor(load(Path(folder)), floor))
     yardsticks = {}
     if args.yardsticks:
-        yardsticks = {f"({method}, yardstick)": row_values(floor, method)
-                      for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")}
+        evaluated = {method for task in floor["comparisons"][CONDITION].values()
+                     for seed in task["seeds"].values() for method in seed["methods"]}
+        yardsticks = {f"({method}, yardstick)": row_values(floor, method)  # those its evaluation ran
+                      for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")
+                      if method in evaluated}
         yardsticks.update({f"({method}, noise floor)": row_values(floor, method)
                            for method in map(noise_method, floor["config"].get("noise_factors") or [])})
     every = [*rows.values(), *yardsticks.values()]
