@@ -5,6 +5,7 @@ import zipfile
 
 import pytest
 import torch
+from helpers import BENCHMARKS
 
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
 from ganno_lightning.layerwise import agent as agent_module
@@ -270,11 +271,15 @@ def test_a_wide_action_set_alone_keeps_the_old_format(tmp_path):
     assert checkpoint["format_version"] == 1 and "decision_steps" not in checkpoint and "prior" not in checkpoint
 
 
+# a real agent file written before the options existed (format version 2; an ensemble member of issue #18)
+FILE_BEFORE_THE_OPTIONS = BENCHMARKS / "results" / "ensemble_members" / "member0_calibrated_expert_s0.pt"
+
+
 def test_files_without_the_options_load_as_before(tmp_path):
-    # the shipped agent predates the options: every `interval` steps, no prior, its own 7 actions
-    shipped = torch.load(DEFAULT_AGENT_PATH, weights_only=True)
+    # a file that predates the options: every `interval` steps, no prior, its own 7 actions
+    shipped = torch.load(FILE_BEFORE_THE_OPTIONS, weights_only=True)
     assert "decision_steps" not in shipped and "prior" not in shipped
-    agent = GANNOAgent.default()
+    agent = GANNOAgent.load(FILE_BEFORE_THE_OPTIONS)
     assert (agent.decision_steps, agent.prior) == ((), "none")
     # ... and written again, it is the same dict of the same keys and values
     again = agent.to_checkpoint()

@@ -1,8 +1,8 @@
 """The shipped default agent decides exactly as it did when its committed evaluations were run.
 
-These numbers were recorded with the agent shipped on 2026-11-30 (configs/ganno_default.yaml, the
-final-validation recipe); new options must default to off, leaving its decisions bit for bit
-unchanged. A new default agent re-records them.
+These numbers were recorded with the agent shipped on 2026-12-02 (configs/ganno_default.yaml, the
+kept recipe: it decides at step 0 from a probe, then at 5 and 12, then every ``interval``); new options
+must default to off, leaving its decisions bit for bit unchanged. A new default agent re-records them.
 """
 
 import pytest
@@ -14,14 +14,15 @@ from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 pytestmark = pytest.mark.skipif(not DEFAULT_AGENT_PATH.is_file(), reason="no default agent ships")
 
-STEPS = [0, 4, 8, 12, 16, 20, 24, 28, 32]
+STEPS = [0, 4, 5, 8, 12, 16, 20, 24, 28, 32]  # its own early steps (0, 5, 12) beside every `interval`
 SCALES = {
-    "mean": [[1.0, 1.0], [1.0882467639220414, 1.0867046796551934], [1.194299758374243, 1.1618032229380044],
-             [1.3244250135134443, 1.2537694442274319], [1.3868830316464285, 1.2281080778932394],
-             [1.3529203101907028, 1.1180084352508555], [1.3406963165202719, 1.1319369008164788],
-             [1.2188182313790918, 1.0335159222003194], [1.1612430292280655, 0.9555775519262012]],
-    "mode": [[1.0, 1.0], [2.0, 2.0], [4.0, 1.0], [2.0, 0.5], [1.0, 1.0], [1.0, 2.0], [2.0, 1.0], [1.0, 0.5],
-             [1.0, 0.5]],
+    "mean": [[2.569923833965952, 1.9771464432201857], [1.6553754801886504, 1.5611931138619737],
+             [4.3204659646378385, 4.67733936886227], [3.110803680997118, 2.891388876740973],
+             [2.311508443575092, 2.605735238857362], [2.1013890196884235, 2.0343376310175914],
+             [2.8924614324540996, 2.4906176007039047], [2.4817486478183097, 2.767855999978344],
+             [3.7627893506318717, 3.9998074679558577], [3.0629142407564287, 2.81295758256205]],
+    "mode": [[4.0, 4.0], [1.0, 0.5], [4.0, 4.0], [2.0, 2.0], [1.0, 1.0], [2.0, 2.0], [4.0, 1.0], [2.0, 2.0],
+             [4.0, 4.0], [2.0, 2.0]],
 }
 
 
