@@ -14,7 +14,8 @@
 #      Then where its per-step cost comes from (benchmarks/gpu_overhead_breakdown.py: plain, split
 #      per layer with foreach or fused Adam, the whole callback)  -> $OUT/gpu_overhead_breakdown.md
 #   4. meta-training speed with the inner training on CPU vs on the GPU (`env.device`): one env per
-#      family, then ganno-train on ganno_default.yaml cut to 3 PPO iterations of 256 env steps
+#      family, then ganno-train on ganno_default.yaml cut to 3 iterations of 256 env steps (imitation ones:
+#      the recipe imitates for its first 30720)
 #      (benchmarks/meta_training_speed.py)              -> $OUT/meta_training_speed.md
 #
 # Everything printed also goes to $OUT/gpu_checks.log. $OUT defaults to /tmp/gpu_checks_out.

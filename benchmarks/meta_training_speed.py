@@ -5,7 +5,7 @@ Two measurements, each on every device given:
 1. One ``LayerwiseLREnv`` per family of the default mixture, in this process: wall ms per env step
    (``interval`` optimizer steps of a fixed train-split task, action x1), after warm-up steps.
 2. ``ganno-train`` itself (a fresh process per device) on ``configs/ganno_default.yaml`` cut to a few
-   PPO iterations: env steps per second per iteration (collection and PPO update, from its
+   iterations: env steps per second per iteration (collection and the update, from its
    ``metrics.csv``) and the whole run's wall time, start-up included.
 
 Only the inner training moves: ``env.device`` is the one device key of meta-training. The policy,
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from env_throughput import FixedTask, env_loop
 from report import write_report
@@ -37,7 +38,7 @@ from ganno_lightning.envs.layerwise_env import EnvConfig, LayerwiseLREnv
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "meta_training_speed.md"
-FAMILIES = ("mlp_digits", "teacher_student", "cnn_digits", "sequence")  # ganno_default.yaml's mixture
+FAMILIES = ("mlp_digits", "teacher_student", "cnn_digits", "sequence")  # four of ganno_default.yaml's six families
 
 
 def env_ms_per_step(family: str, device: str, interval: int, env_steps: int, tasks: int) -> tuple[float, str]:
@@ -64,6 +65,9 @@ def meta_train(device: str, args: argparse.Namespace, work: Path) -> dict:
                  f"algo.minibatch_size={min(args.minibatch_size, args.frames_per_batch)}", f"run.out_dir={out}",
                  "run.export=null",  # never overwrite the shipped agent that the config exports to
                  "run.wandb=false", "run.progress=false", "run.checkpoint_every=1000000"]
+    pool = OmegaConf.load(args.config).get("env", {}).get("task_pool")
+    if pool and not Path(pool).is_absolute():  # the run's cwd is `work`: give it the pool's absolute path
+        overrides.append(f"env.task_pool={ROOT / pool if (ROOT / pool).is_file() else Path(pool).resolve()}")
     command = [sys.executable, "-m", "ganno_lightning.agents.train", str(Path(args.config).resolve()), *overrides]
     print(f"[meta_training_speed] {device}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
@@ -92,7 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"])
     parser.add_argument("--config", default=str(ROOT / "configs" / "ganno_default.yaml"))
-    parser.add_argument("--iterations", type=int, default=3, help="PPO iterations of each ganno-train run")
+    parser.add_argument("--iterations", type=int, default=3,
+                        help="iterations of each ganno-train run (imitation or PPO, as the config has them)")
     parser.add_argument("--frames-per-batch", type=int, default=256, help="env steps per PPO iteration")
     parser.add_argument("--minibatch-size", type=int, default=256, help="as ganno_default.yaml")
     parser.add_argument("--workers", type=int, default=2, help="env processes, as ganno_default.yaml")
@@ -137,7 +142,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ganno_meta_speed_") as tmp:
         results = {device: meta_train(device, args, Path(tmp)) for device in devices}
-    lines += [f"## 2. ganno-train {Path(args.config).name}: {args.iterations} PPO iterations of "
+    lines += [f"## 2. ganno-train {Path(args.config).name}: {args.iterations} iterations of "
               f"{args.frames_per_batch} env steps, {args.workers} env worker(s), minibatch "
               f"{min(args.minibatch_size, args.frames_per_batch)}", "",
               "env steps/s per iteration: collection and PPO update (ganno-train's `charts/env_steps_per_s`); the "

@@ -74,9 +74,9 @@ class EnvConfig:
             ``"none"`` (constant), ``"cosine"`` or ``"warmup_cosine"`` over ``horizon`` (see
             :mod:`ganno_lightning.layerwise.prior`). An episode that hides its length
             (``unknown_total_prob``) trains at a constant LR, as a Trainer without a known length would.
-        features: What agents observe: ``"default"`` (the shipped agent's features),
+        features: What agents observe: ``"default"`` (the base set),
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
-            ``log_loss_vs_initial``), ``"scale_free"`` (``hypergradient`` without the absolute
+            ``log_loss_vs_initial``; the shipped agent's), ``"scale_free"`` (``hypergradient`` without the absolute
             ``log_lr`` and ``log_loss``), ``"lr_probe"`` (``hypergradient`` and the step-0 probe's
             loss change after the first update at 1/8x, 1x and 8x; with a decision at step 0) or a
             list of names (see :mod:`ganno_lightning.layerwise.features`).

@@ -2,7 +2,8 @@
 
 Run ``python -m ganno_lightning.demo [--agent PATH] [--epochs N] [--out DIR]``. It prints every
 layer's LR scale (the agent's action) beside its effective LR (the cosine schedule's LR x scale)
-and writes the schedule to ``DIR/ganno_schedule.csv`` and ``.png``.
+and writes the schedule to ``DIR/ganno_schedule.csv`` and ``.png``. ``--without-agent`` trains the
+same model, data and cosine schedule without the callback, for comparison.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", default="ganno_demo", help="where the schedule CSV and PNG go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--without-agent", action="store_true",
+                        help="train without GANNOCallback (the cosine schedule alone), for comparison")
     args = parser.parse_args(argv)
 
     L.seed_everything(args.seed, verbose=False)
-    callback = GANNOCallback(_agent(args.agent), save_dir=args.out)
-    trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, callbacks=[callback],
+    callbacks = [] if args.without_agent else [GANNOCallback(_agent(args.agent), save_dir=args.out)]
+    trainer = L.Trainer(max_epochs=args.epochs, accelerator="auto", devices=1, callbacks=callbacks,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False)
     # 1,500 training images; SGD (momentum 0.9) with a cosine schedule over every optimizer step
@@ -64,9 +67,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data = DigitsDataModule(batch_size=64, val_size=297, train_first=True, shuffle_seed=None, val_batch_size=256)
     trainer.fit(model, datamodule=data)
 
-    print_schedule(callback.schedule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    print(f"\nfinal val_loss={metrics.get('val_loss', float('nan')):.4f} val_acc={metrics.get('val_acc', float('nan')):.4f}")
+    final = f"final val_loss={metrics.get('val_loss', float('nan')):.4f} val_acc={metrics.get('val_acc', float('nan')):.4f}"
+    if args.without_agent:
+        print(f"\n{final} (without the agent: the cosine schedule alone)")
+        return metrics
+    print_schedule(callbacks[0].schedule)
+    print(f"\n{final}")
     print(f"schedule written to {Path(args.out) / 'ganno_schedule.csv'} and {Path(args.out) / 'ganno_schedule.png'}")
     return metrics
 

@@ -9,6 +9,7 @@ from ganno_lightning.demo import main
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH
 
 
+@pytest.mark.skipif(not DEFAULT_AGENT_PATH.is_file(), reason="no default agent ships")
 def test_demo_trains_and_writes_the_schedule(tmp_path, capsys):
     metrics = main(["--epochs", "2", "--out", str(tmp_path)])  # the shipped agent decides at steps 0, 5, 12 and 25
     assert metrics["val_loss"] < 2.31  # below chance level (log 10) after two epochs on digits
@@ -22,12 +23,20 @@ def test_demo_trains_and_writes_the_schedule(tmp_path, capsys):
     assert "agent's LR scale (its action)" in titles and "effective LR (scheduler LR x scale)" in titles
     assert header.split() == ["step", "net.0", "net.2", "net.4", "net.0", "net.2", "net.4"]
     assert [row.split()[0] for row in table] == ["0", "5", "12", "25"]
-    assert table[0].split()[1:4] != ["1.000", "1.000", "1.000"]  # it acted before the first update (a probe)
+    assert all(scale != "1.000" for scale in table[0].split()[1:4])  # it acted before the first update (a probe)
     step, *values = table[-1].split()
     assert step == "25" and values[0] != "1.000"
     scales = [r["scale"] for r in rows if r["step"] == step]
     lrs = [r["lr"] for r in rows if r["step"] == step]
     assert values == [f"{float(v):.3f}" for v in scales] + [f"{float(v):.3e}" for v in lrs]
+
+
+def test_the_demo_without_the_agent_trains_the_same_model_on_its_schedule_alone(tmp_path, capsys):
+    metrics = main(["--epochs", "2", "--out", str(tmp_path), "--without-agent"])
+    assert metrics["val_loss"] < 2.31
+    out = capsys.readouterr().out
+    assert "Per-layer LR scales" not in out and "(without the agent: the cosine schedule alone)" in out
+    assert not (tmp_path / "ganno_schedule.csv").exists()
 
 
 @pytest.mark.skipif(not DEFAULT_AGENT_PATH.is_file(), reason="no default agent ships")

@@ -51,7 +51,7 @@ GLOBAL_FEATURES: tuple[str, ...] = (
     "net_log_update_ratio",
 )
 
-#: The default set: what the shipped agent observes.
+#: The default set (the shipped agent observes these and the `hypergradient` extras).
 FEATURE_NAMES: tuple[str, ...] = LOCAL_FEATURES + GLOBAL_FEATURES
 NUM_FEATURES = len(FEATURE_NAMES)
 
