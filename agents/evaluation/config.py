@@ -32,6 +32,9 @@ class AgentConfig:
     interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
     recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
+    # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
+    # null: none, a constant LR. Compare the agent with `<schedule>@init`, the same schedule without it.
+    schedule: Optional[str] = None
 
 
 @dataclass
@@ -185,6 +188,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"`noise_factors` must list distinct positive finite multipliers other than 1 (the constant "
                          f"LR itself), distinct to 6 significant digits (runs are named by them), got {noise}. "
                          f"E.g. [0.97, 1.03]; [] for no noise floor.")
+    if cfg.agent.schedule is not None and cfg.agent.schedule not in SCHEDULES:
+        raise ValueError(f"`agent.schedule` must be null (a constant LR under the agent) or one of {list(SCHEDULES)}, "
+                         f"got {cfg.agent.schedule!r}.")
     unknown = [s for s in cfg.schedules if s not in SCHEDULES]
     if unknown:
         raise ValueError(f"`schedules` has unknown schedule(s) {unknown}; known: {list(SCHEDULES)}.")

@@ -106,6 +106,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
              "sha256": _agent_digest(cfg.agent.path)}
     if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
         agent["recover_on_spike"] = True
+    if cfg.agent.schedule is not None:  # likewise: set only when the user's schedule is not a constant LR
+        agent["schedule"] = cfg.agent.schedule
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
         factors = [c.factor for c in conditions if c.deeper == deeper]

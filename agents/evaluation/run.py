@@ -132,6 +132,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 from ganno_lightning.layerwise.callback import GANNOCallback
 
                 agent = job["agent"]
+                if agent.get("schedule"):  # the user's own scheduler, which the agent then acts around
+                    with_schedule(module, agent["schedule"], job["steps"])
                 ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
                                       exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)

@@ -602,3 +602,22 @@ def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_c
     assert set(results["noise_floor"]) == {"constant@init_x0.97"}
     report = (tmp_path / "report.md").read_text()
     assert "| tuned cosine | constant@init_x0.97 |" in report and "(harm beyond noise)" in report
+
+
+def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_baselines(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    over = tmp_path / "over_cosine"
+    assert ev.main([*source, f"out_dir={over}", "agent.schedule=cosine", f"baselines_from=[{out}]"]) == 0
+    assert "copied 40 finished baseline runs" in capsys.readouterr().out  # only the agent's runs are new
+    runs = json.loads((over / "results.json").read_text())["runs"]
+    plain = {r["id"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    for run in (r for r in runs if r["method"] == "agent"):
+        schedule = run["schedule"]
+        # the LR under the agent's scales is the user's cosine from the task's LR, decision by decision
+        under = [lr / scale for lr, scale in zip(schedule["lrs"][-1], schedule["scales"][-1])]
+        expected = run["lr"] * cosine(schedule["steps"][-1], 60)
+        assert under == pytest.approx([expected] * len(under), rel=1e-5)
+        assert plain[run["id"]]["schedule"]["lrs"][-1] != schedule["lrs"][-1]  # without it: a constant LR underneath
+    with pytest.raises(ValueError, match=r"`agent.schedule` must be null .* got 'linear'"):
+        ev.load_config(SMOKE, ["agent.schedule=linear"])
