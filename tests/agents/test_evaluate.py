@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import benchmark_module
 from lightning.pytorch import Callback, Trainer
 from omegaconf import OmegaConf
 
@@ -621,3 +622,16 @@ def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_base
         assert plain[run["id"]]["schedule"]["lrs"][-1] != schedule["lrs"][-1]  # without it: a constant LR underneath
     with pytest.raises(ValueError, match=r"`agent.schedule` must be null .* got 'linear'"):
         ev.load_config(SMOKE, ["agent.schedule=linear"])
+
+
+def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    two = tmp_path / "constant_and_cosine"  # as confirm's archive: no step decay or warmup + cosine runs
+    assert ev.main([*source, f"out_dir={two}", "schedules=[constant,cosine]", f"baselines_from=[{out}]"]) == 0
+    with benchmark_module("agent_ablation") as ablation:
+        ablation.main(["--out", str(tmp_path / "table.md"), "--yardsticks", str(two), f"agent_s0={two}"])
+    table = (tmp_path / "table.md").read_text()
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| (")]
+    assert rows == ["| (cosine@tuned, yardstick)", "| (constant@tuned, yardstick)", "| (cosine@init, yardstick)"]
+    assert "| agent_s0 |" in table
