@@ -236,6 +236,11 @@ def smoke(agent_file, tmp_path_factory):
     return out, code, argv
 
 
+def _settings_of(argv):
+    """The smoke evaluation's arguments without where its outputs went: to rerun it elsewhere."""
+    return [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+
+
 def test_smoke_run_writes_report_results_and_plots(smoke):
     out, code, _ = smoke
     assert code == 0
@@ -448,7 +453,7 @@ def test_a_share_runs_only_its_tasks_and_the_shares_logs_together_make_the_repor
 def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsys):
     out, _, argv = smoke
     other = tmp_path / "other"
-    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    source = _settings_of(argv)
     assert ev.main([*source, f"out_dir={other}", f"baselines_from=[{out}]"]) == 0
     printed = capsys.readouterr().out
     assert "copied 40 finished baseline runs" in printed  # every schedule run; the 6 agent runs are trained
@@ -474,7 +479,7 @@ def test_a_new_agent_reuses_another_evaluations_baselines(smoke, tmp_path, capsy
 
 def test_an_evaluation_archives_its_baselines_for_another_to_reuse(smoke, tmp_path, capsys):
     out, _, argv = smoke
-    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    source = _settings_of(argv)
     archive = tmp_path / "yardstick" / "smoke_baselines.jsonl.gz"
     assert ev.main([*source, f"out_dir={tmp_path / 'first'}", f"baselines_from=[{out}]",
                     f"baselines_to={archive}"]) == 0
@@ -607,7 +612,7 @@ def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_c
 
 def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_baselines(smoke, tmp_path, capsys):
     out, _, argv = smoke
-    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    source = _settings_of(argv)
     over = tmp_path / "over_cosine"
     assert ev.main([*source, f"out_dir={over}", "agent.schedule=cosine", f"baselines_from=[{out}]"]) == 0
     assert "copied 40 finished baseline runs" in capsys.readouterr().out  # only the agent's runs are new
@@ -626,7 +631,7 @@ def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_base
 
 def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):
     out, _, argv = smoke
-    source = [a for a in argv if not a.startswith(("out_dir=", "wandb."))]
+    source = _settings_of(argv)
     two = tmp_path / "constant_and_cosine"  # as confirm's archive: no step decay or warmup + cosine runs
     assert ev.main([*source, f"out_dir={two}", "schedules=[constant,cosine]", f"baselines_from=[{out}]"]) == 0
     with benchmark_module("agent_ablation") as ablation:
