@@ -15,6 +15,7 @@ from ganno_lightning.agents.baselines import SCHEDULES
 from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from ganno_lightning.config import WandbConfig, check_wandb
 from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration
+from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
 _REQUIRED_SCHEDULES = ("constant", "cosine")
@@ -29,7 +30,9 @@ _SPLITS = ("train", "heldout")
 @dataclass
 class AgentConfig:
     path: str = "default"  # agent file (GANNOAgent.save), or "default" for the agent shipped in the package
-    interval: Optional[int] = None  # optimizer steps between decisions; null: the agent's own
+    # optimizer steps between decisions, or "scaled" (the agent's, stretched to the run's length); null: the agent's own
+    interval: Any = None
+    decision_steps: Any = None  # as GANNOCallback: early decisions ([0, 5, 12], front_loaded, none); null: the agent's own
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
     recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
     # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
@@ -214,8 +217,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"`target.factor` must be a positive finite number, got {cfg.target.factor!r}.")
     if not (math.isfinite(cfg.within) and cfg.within >= 0):
         raise ValueError(f"`within` must be a finite number >= 0 (0.05 for 5%), got {cfg.within!r}.")
-    if cfg.agent.interval is not None:
-        _at_least(cfg.agent.interval, "agent.interval", 1)
+    interval = cfg.agent.interval
+    if interval not in (None, SCALED_INTERVAL) and (isinstance(interval, bool) or not isinstance(interval, int)
+                                                    or interval < 1):
+        raise ValueError(f"`agent.interval` must be an int >= 1, {SCALED_INTERVAL!r} (the agent's own, stretched to "
+                         f"each run's length) or null (the agent's own), got {interval!r}.")
+    if cfg.agent.decision_steps is not None:
+        resolve_decision_steps(_plain(cfg.agent.decision_steps), 1, "agent.decision_steps")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):
@@ -275,7 +283,8 @@ def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optiona
 
 
 def _plain(section: Any) -> Any:
-    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else section
+    return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section
+
 
 def runs_log_path(source: str) -> Path:
     """The run log a ``baselines_from`` entry names: a ``.jsonl`` or ``.jsonl.gz`` file, else an out_dir's.

@@ -106,6 +106,9 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
              "sha256": _agent_digest(cfg.agent.path)}
     if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
         agent["recover_on_spike"] = True
+    if cfg.agent.decision_steps is not None:  # likewise: set only when it overrides the agent's own
+        agent["decision_steps"] = OmegaConf.to_container(cfg.agent.decision_steps) if OmegaConf.is_config(
+            cfg.agent.decision_steps) else cfg.agent.decision_steps
     if cfg.agent.schedule is not None:  # likewise: set only when the user's schedule is not a constant LR
         agent["schedule"] = cfg.agent.schedule
     jobs: Dict[str, Dict[str, Any]] = {}

@@ -279,6 +279,22 @@ class GANNOAgent:
         """Whether the policy carries a state between decisions (see :meth:`decide`)."""
         return self.actor.state_size > 0
 
+    @property
+    def trained_horizon(self) -> int | None:
+        """Optimizer steps of the runs it was meta-trained on (``env.horizon``); ``None`` when not recorded.
+
+        An ensemble's is its members' where they agree.
+
+        Example::
+
+            >>> GANNOAgent.default().trained_horizon
+            300
+        """
+        configs = [m["training_config"] for m in self.training_config.get("ensemble", [])] or [self.training_config]
+        horizons = {(c.get("env") or {}).get("horizon") for c in configs}
+        horizon = horizons.pop() if len(horizons) == 1 else None
+        return horizon if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon > 0 else None
+
     def fingerprint(self) -> str:
         """A short hash of the weights and normaliser: a checkpoint records which agent wrote it.
 

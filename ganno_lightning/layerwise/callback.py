@@ -24,7 +24,7 @@ from ganno_lightning.layerwise.actions import (
 )
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
-from ganno_lightning.layerwise.decisions import resolve_decision_steps
+from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, paced_to_run, resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior
@@ -91,9 +91,14 @@ class GANNOCallback(Callback):
     Args:
         agent: A :class:`GANNOAgent`, the path of an agent file, or ``None`` for the agent that
             ships with the package.
-        interval: Optimizer steps between decisions; ``None`` uses the agent's own. Steps count as
-            the trainer counts them (``trainer.global_step``): with fp16 mixed precision, a step the
-            GradScaler skips for inf/NaN gradients counts, though it updates nothing.
+        interval: Optimizer steps between decisions; ``None`` uses the agent's own; ``"scaled"``
+            uses the agent's own stretched by the fit's length over the length of the runs it was
+            meta-trained on, so that a long fit gets as many regular decisions, at the same
+            fractions of the run, as a training run did (early ``decision_steps`` stay; a fit no
+            longer than those, or of unknown length, keeps the agent's interval; see
+            :func:`~ganno_lightning.layerwise.decisions.paced_to_run`). Steps count as the trainer
+            counts them (``trainer.global_step``): with fp16 mixed precision, a step the GradScaler
+            skips for inf/NaN gradients counts, though it updates nothing.
         exploration: How the agent's action distribution becomes one LR change per layer:
             ``"mean"`` (default): its expected log-change, which moves LRs as fast as its sampled
             actions did in meta-training, without their noise; ``"mode"``: its most likely action,
@@ -139,7 +144,7 @@ class GANNOCallback(Callback):
     def __init__(
         self,
         agent: AgentLike = None,
-        interval: int | None = None,
+        interval: int | str | None = None,
         *,
         exploration: str = DEFAULT_EXPLORATION,
         groups: GroupSpec = None,
@@ -155,8 +160,10 @@ class GANNOCallback(Callback):
         spike_factor: float = DEFAULT_SPIKE_FACTOR,
         spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
     ) -> None:
-        if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
-            raise ValueError(f"`interval` must be a positive int or None (the agent's own), got {interval!r}.")
+        if interval not in (None, SCALED_INTERVAL) and (
+                not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
+            raise ValueError(f"`interval` must be a positive int, {SCALED_INTERVAL!r} (the agent's own, stretched to "
+                             f"the run's length) or None (the agent's own), got {interval!r}.")
         if not isinstance(grad_samples, int) or grad_samples <= 0:
             raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
         if not isinstance(recover_on_spike, bool):
@@ -178,11 +185,12 @@ class GANNOCallback(Callback):
             raise TypeError(
                 f"`agent` must be a GANNOAgent, the path of an agent file, or None, got {type(agent).__name__}."
             )
-        if interval is not None and interval != self.agent.interval:
+        if interval not in (None, SCALED_INTERVAL, self.agent.interval):
             rank_zero_warn(
                 f"`interval={interval}` differs from the {self.agent.interval} steps the agent was trained with; "
                 "interval-dependent features (update size, loss trend) will read differently than in training.")
-        self.interval = interval if interval is not None else self.agent.interval
+        self._paced_to_run = interval == SCALED_INTERVAL
+        self.interval = interval if isinstance(interval, int) else self.agent.interval
         self.decision_steps = (resolve_decision_steps(decision_steps, self.interval) if decision_steps is not None
                                else self.agent.decision_steps)
         check_lr_probe_decisions(self.agent.feature_names, self.decision_steps, "decision_steps")
@@ -225,6 +233,12 @@ class GANNOCallback(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After checkpoint restore: the optimizer already holds its saved state in the user's
         # original param groups, which the controller now splits.
+        total_steps = _total_steps(trainer)
+        if self._paced_to_run:
+            self.interval = paced_to_run(self.agent.interval, self.agent.trained_horizon, total_steps)
+            if self.interval != self.agent.interval:
+                rank_zero_info(f"GANNOCallback: a {total_steps}-step fit, {self.agent.trained_horizon}-step runs in "
+                               f"meta-training: deciding every {self.interval} steps, not {self.agent.interval}.")
         self.controller = LayerwiseController(
             pl_module,
             trainer.optimizers[0],
@@ -233,7 +247,7 @@ class GANNOCallback(Callback):
             scale_bounds=self.scale_bounds,
             partition=self._partition,
             lr_schedulers=[config.scheduler for config in trainer.lr_scheduler_configs],
-            total_steps=_total_steps(trainer),
+            total_steps=total_steps,
             grad_samples=self.grad_samples,
             seed=self.seed,
             decision_steps=self.decision_steps,

@@ -16,6 +16,9 @@ from typing import Any
 #: adds steps 0, ``interval // 5`` and ``interval // 2`` (0, 5 and 12 for an interval of 25).
 DECISION_STEP_NAMES: tuple[str, ...] = ("none", "front_loaded")
 
+#: ``interval="scaled"``: the agent's interval stretched to the run's length (:func:`paced_to_run`).
+SCALED_INTERVAL = "scaled"
+
 
 def resolve_decision_steps(spec: Any, interval: int, name: str = "decision_steps") -> tuple[int, ...]:
     """The early decision steps ``spec`` stands for: ``None``, a name of :data:`DECISION_STEP_NAMES`, or steps.
@@ -51,6 +54,29 @@ def resolve_decision_steps(spec: Any, interval: int, name: str = "decision_steps
         raise ValueError(f"`{name}` must be 'none', 'front_loaded' or a list of increasing ints >= 0 "
                          f"(e.g. [0, 5, 12]), got {shown!r}.")
     return steps
+
+
+def paced_to_run(interval: int, trained_horizon: int | None, total_steps: int | None) -> int:
+    """The interval of an agent trained on ``trained_horizon``-step runs, stretched to a longer run.
+
+    An agent meta-trained on 300-step runs with an interval of 25 makes 12 regular decisions a run,
+    and what it learned (when to anneal, what its memory holds) is paced by them; every 25 steps of
+    a 3000-step run would give it 120. Stretched by ``total_steps / trained_horizon``, the run gets
+    as many at the same fractions of its length as in training. Early decisions are not stretched:
+    they correct the starting LR from the run's first steps, as in training (stretching them too
+    scored worse on the dev_long suite, ``benchmarks/results/paced_interval/``). Runs no longer than
+    the training runs, runs of unknown length and agents of unknown training horizon keep the interval.
+
+    Example::
+
+        >>> paced_to_run(25, trained_horizon=300, total_steps=3000)
+        250
+        >>> paced_to_run(25, trained_horizon=300, total_steps=200), paced_to_run(25, 300, None)  # unchanged
+        (25, 25)
+    """
+    if not trained_horizon or not total_steps or total_steps <= trained_horizon:
+        return interval
+    return max(1, round(interval * total_steps / trained_horizon))
 
 
 class DecisionSteps:

@@ -192,6 +192,9 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({}, ["peers=[prodigy,sgd]"], r"`peers` has unknown peer\(s\) \['sgd'\]; known: \['schedulefree_adamw', 'prodigy', "),
         ({"peers": ["adam_hd", "adam_hd"]}, [], r"`peers` must be distinct, got \['adam_hd', 'adam_hd'\]"),
         ({}, ["agent.exploration=argmax"], r"`agent\.exploration` must be one of \['mean', 'mode', 'random'\], got 'argmax'"),
+        ({}, ["agent.interval=stretched"], r"`agent\.interval` must be an int >= 1, 'scaled' .* got 'stretched'"),
+        ({}, ["agent.interval=0"], r"`agent\.interval` must be an int >= 1.* got 0"),
+        ({}, ["agent.decision_steps=[5,3]"], r"`agent\.decision_steps` must be 'none', 'front_loaded' or a list"),
     ],
 )
 def test_config_errors_name_the_key(config, overrides, match):
@@ -627,6 +630,19 @@ def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_base
         assert plain[run["id"]]["schedule"]["lrs"][-1] != schedule["lrs"][-1]  # without it: a constant LR underneath
     with pytest.raises(ValueError, match=r"`agent.schedule` must be null .* got 'linear'"):
         ev.load_config(SMOKE, ["agent.schedule=linear"])
+
+
+def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    agent = GANNOAgent.create(interval=10, seed=0)
+    agent.training_config = {"env": {"horizon": 20}}  # trained on 20-step runs; the smoke runs are 60 steps
+    path = agent.save(tmp_path / "agent_20.pt")
+    paced = tmp_path / "paced"
+    assert ev.main([*_settings_of(argv), f"agent.path={path}", f"out_dir={paced}", "agent.interval=scaled",
+                    "agent.decision_steps=[0,3]", f"baselines_from=[{out}]"]) == 0
+    assert "copied 40 finished baseline runs" in capsys.readouterr().out
+    runs = [r for r in json.loads((paced / "results.json").read_text())["runs"] if r["method"] == "agent"]
+    assert runs and all(r["schedule"]["steps"] == [0, 3, 30, 60] for r in runs)  # early steps, then every 3 x 10
 
 
 def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):

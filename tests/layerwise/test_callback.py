@@ -173,6 +173,22 @@ def test_interval_argument_overrides_the_agent():
     assert callback.schedule.steps == [0, 2, 4, 6, 8]
 
 
+def test_a_scaled_interval_stretches_the_agents_grid_to_a_longer_fit_but_not_its_early_steps():
+    agent = depth_agent(2, decision_steps=[0, 1], training_config={"env": {"horizon": 8}})  # trained on 8-step runs
+    callback = GANNOCallback(agent, interval="scaled")
+    trainer(max_epochs=4, callbacks=[callback]).fit(TinyRegressor())  # 32 steps: 4x its training runs
+    assert callback.schedule.steps == [0, 1, 8, 16, 24, 32]  # the early ones, then every 2 x 4 steps
+    again = trainer(max_epochs=1, callbacks=[callback])  # the same callback on a fit as long as training's
+    again.fit(TinyRegressor())
+    assert callback.schedule.steps == [0, 1, 2, 4, 6, 8]
+
+
+def test_a_scaled_interval_keeps_the_grid_of_an_agent_without_a_recorded_horizon():
+    callback = GANNOCallback(depth_agent(4), interval="scaled")
+    trainer(max_epochs=4, callbacks=[callback]).fit(TinyRegressor())
+    assert callback.schedule.steps == list(range(0, 33, 4))
+
+
 def test_sampling_mode_is_reproducible_from_seed():
     def run(seed):
         callback = GANNOCallback(GANNOAgent.create(interval=2, seed=1), exploration="random", seed=seed)
