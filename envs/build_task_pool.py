@@ -11,6 +11,7 @@ Example::
 
     ganno-build-task-pool configs/task_pool.yaml
     ganno-build-task-pool configs/task_pool.yaml tasks=100 first_seed=10000 out=runs/pools/check.json
+    ganno-build-task-pool configs/task_pool.yaml horizon=1200 tasks=150 out=configs/task_pools/calibrated_train_1200.json
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -44,6 +45,7 @@ class TaskPoolConfig:
     """What ``ganno-build-task-pool`` replays; see ``configs/task_pool.yaml``."""
 
     recipe: str = "configs/experiments/ganno_imitation_task_pool_candidate.yaml"  # its env and family sections
+    horizon: Optional[int] = None  # optimizer steps per run; null: the recipe's env.horizon (set: its long runs' pool)
     tasks: int = 600
     first_seed: int = 0
     grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0])  # x each task's drawn LR
@@ -53,13 +55,15 @@ class TaskPoolConfig:
     log: str = "runs/task_pool/replays.jsonl"  # every replay as it ends: a rerun resumes from it
 
 
-def replay_sections(recipe: str) -> dict[str, Any]:
-    """The recipe's ``env`` and ``family`` sections as its pool replays them: constant LR, no pool of its own."""
+def replay_sections(recipe: str, horizon: int | None = None) -> dict[str, Any]:
+    """The recipe's ``env`` and ``family`` sections as its pool replays them: constant LR, no pool of its own,
+    runs of ``horizon`` steps (``None``: the recipe's ``env.horizon``)."""
     loaded = OmegaConf.to_container(OmegaConf.create(read_mapping(recipe)), resolve=True)
     if "env" not in loaded or "family" not in loaded:
         raise ValueError(f"it must have `env` and `family` sections (a meta-training recipe or an "
                          f"env file), got sections {sorted(loaded)}.")
-    config = replay_config({"env": {**loaded["env"], "prior": "none"}, "family": loaded["family"]})
+    length = {} if horizon is None else {"horizon": horizon}
+    config = replay_config({"env": {**loaded["env"], "prior": "none", **length}, "family": loaded["family"]})
     at_lr_factor(config, 1.0)  # a recipe whose runs cannot be replayed at LR factors fails here
     env_config(config)  # so does a bad env section
     return config
@@ -85,7 +89,7 @@ def build(config: TaskPoolConfig, command: str = "build()") -> dict[str, Any]:
         The pool: ``{"command", "recipe", "family", "env", "grid", "tasks": [{seed, task, best_lr, best_loss,
         best_factor, task_lr, losses}], "dropped"}``; a task that no grid LR trained to a finite loss is dropped.
     """
-    sections = replay_sections(config.recipe)
+    sections = replay_sections(config.recipe, config.horizon)
     digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
     seeds = range(config.first_seed, config.first_seed + config.tasks)
     names = {seed: drawn_task(sections, seed) for seed in seeds}
@@ -168,7 +172,7 @@ def load_config(source: Any, overrides: Sequence[str] = ()) -> TaskPoolConfig:
     if len(config.limits) != 2 or not (0 < low <= min(config.grid) and max(config.grid) <= high):
         raise ValueError(f"`limits` must be [low, high] around the grid {sorted(config.grid)}, got {config.limits}.")
     try:
-        replay_sections(config.recipe)
+        replay_sections(config.recipe, config.horizon)
     except ValueError as err:
         raise ValueError(f"`recipe` '{config.recipe}': {err}") from None
     return config

@@ -108,7 +108,12 @@ def check_task_pool(config: DictConfig | dict, settings: EnvConfig | None = None
         return
     family = config["family"]
     plain = OmegaConf.to_container(family, resolve=True) if isinstance(family, DictConfig) else family
-    TaskPool.load(settings.task_pool).check_matches(plain, {k: getattr(settings, k) for k in MATCHED_ENV_KEYS})
+    matched = {k: getattr(settings, k) for k in MATCHED_ENV_KEYS}
+    TaskPool.load(settings.task_pool).check_matches(plain, matched)
+    if settings.long_run_prob > 0 and settings.long_task_pool is not None:
+        long_pool = TaskPool.load(settings.long_task_pool, "env.long_task_pool")
+        long_pool.check_matches(plain, {**matched, "horizon": settings.long_horizon}, key="env.long_task_pool",
+                                horizon_key="long_horizon")
 
 
 def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:

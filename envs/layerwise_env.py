@@ -142,6 +142,12 @@ class EnvConfig:
             best instead of the task's cell's (a per-task teacher). ``init_lr_scale`` must then be
             [1, 1]; ``make_env`` checks that the pool was built for the config's family and
             :data:`~ganno_lightning.envs.task_pool.MATCHED_ENV_KEYS`. ``None``: fresh tasks every episode.
+        long_run_prob: Probability that an episode is a long run of ``long_horizon`` steps instead of
+            ``horizon`` (issue #18: a run's best LR moves with its length, so an agent trained on short
+            runs only learns their LR levels). 0: every episode runs ``horizon`` steps, drawing nothing.
+        long_horizon: Optimizer steps of a long run (a multiple of ``interval``, above ``horizon``).
+        long_task_pool: With ``task_pool``: the pool built for the long runs (``ganno-build-task-pool
+            ... horizon=<long_horizon>``), whose tasks and best LRs long episodes draw.
         device: Device the inner training runs on.
     """
 
@@ -175,6 +181,9 @@ class EnvConfig:
     unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
     task_pool: str | None = None
+    long_run_prob: float = 0.0
+    long_horizon: int | None = None
+    long_task_pool: str | None = None
     device: str = "cpu"
 
     def validate(self, prefix: str = "env") -> EnvConfig:
@@ -199,6 +208,22 @@ class EnvConfig:
                 "an episode needs one interval to observe and one to act on.")
         if self.max_agents is not None:
             positive_int("max_agents")
+        if not 0.0 <= self.long_run_prob <= 1.0:
+            raise ValueError(f"`{prefix}.long_run_prob` must be a probability in [0, 1], got {self.long_run_prob!r}.")
+        if self.long_run_prob > 0:
+            long = self.long_horizon
+            if not (isinstance(long, int) and not isinstance(long, bool) and long > self.horizon
+                    and long % self.interval == 0):
+                raise ValueError(f"`{prefix}.long_horizon` must be a multiple of `{prefix}.interval` ({self.interval}) "
+                                 f"above `{prefix}.horizon` ({self.horizon}) when `{prefix}.long_run_prob` > 0, got "
+                                 f"{long!r}; e.g. {4 * self.horizon}.")
+            if self.task_pool is not None and self.long_task_pool is None:
+                raise ValueError(f"`{prefix}.long_task_pool` is required with `{prefix}.task_pool` and long runs: build "
+                                 f"one with `ganno-build-task-pool configs/task_pool.yaml horizon={long} "
+                                 f"out=<path>`.")
+        if self.long_task_pool is not None and self.task_pool is None:
+            raise ValueError(f"`{prefix}.long_task_pool` needs `{prefix}.task_pool` (the short runs' pool), got "
+                             f"{self.long_task_pool!r} without one.")
         if self.split not in SPLITS:
             raise ValueError(f"`{prefix}.split` must be one of {list(SPLITS)}, got {self.split!r}.")
         low, high = (list(self.init_lr_scale) + [None, None])[:2]
@@ -312,7 +337,10 @@ class LayerwiseLREnv(EnvBase):
         self.done_spec = Composite({
             name: Categorical(2, (1,), dtype=torch.bool) for name in (keys.DONE, keys.TERMINATED, keys.TRUNCATED)})
         self.pool = None if config.task_pool is None else TaskPool.load(config.task_pool)
+        long_runs = config.long_run_prob > 0 and config.long_task_pool is not None
+        self.long_pool = TaskPool.load(config.long_task_pool, "env.long_task_pool") if long_runs else None
         self.pool_task: PoolTask | None = None  # the pool's task of the episode
+        self.horizon = config.horizon  # this episode's run length: ``long_horizon`` in a long run
         self.task: TrainingTask | None = None
         self.run: InnerRun | None = None
         self.controller: LayerwiseController | None = None
@@ -386,7 +414,7 @@ class LayerwiseLREnv(EnvBase):
                 if term is not None:
                     reward += term
                 self._prev_val = val
-        ended = not diverged and self.controller.step >= self.config.horizon
+        ended = not diverged and self.controller.step >= self.horizon
         scored_at_end = ended and self.config.final_val_weight > 0
         if scored_at_end:
             end_val = val if measured else self._reward_validation()
@@ -404,16 +432,19 @@ class LayerwiseLREnv(EnvBase):
             self.controller.close()
             self.controller = None
         config = self.config
+        # Drawn only where long runs are on: a recipe without them keeps its episodes' random stream.
+        long = config.long_run_prob > 0 and float(torch.rand((), generator=self._generator)) < config.long_run_prob
+        self.horizon = config.long_horizon if long else config.horizon
         if self.pool is None:
             self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
             lr_factor = self._initial_lr_factor()
         else:
-            self.task, rng, lr_factor = self._sample_pool_task()
+            self.task, rng, lr_factor = self._sample_pool_task(self.long_pool if long else self.pool)
         self.run = InnerRun(self.task, config.device, rng, lr_factor=lr_factor,
                             val_batches=config.val_batches if config.val_every or config.final_val_weight else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
         self._validates = config.val_every > 0 and self.run.val_loader is not None and validate_draw < config.val_prob
-        total_steps = None if hide_draw < config.unknown_total_prob else config.horizon
+        total_steps = None if hide_draw < config.unknown_total_prob else self.horizon
         try:
             self.controller = LayerwiseController(
                 self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
@@ -434,14 +465,14 @@ class LayerwiseLREnv(EnvBase):
                                         for agent in self.controller.lr.group_agent])
             self.controller.record_initial_lrs()  # the schedule's first row was recorded before the draw
 
-    def _sample_pool_task(self) -> tuple[TrainingTask, RNGStates, float]:
-        """A pool task as its pool's replays drew it, its best LR the per-task one; the factor that starts it
+    def _sample_pool_task(self, pool: TaskPool) -> tuple[TrainingTask, RNGStates, float]:
+        """A task of ``pool`` as its replays drew it, its best LR the per-task one; the factor that starts it
         log-uniformly within ``SPREAD`` x of that best."""
-        entry = self.pool_task = self.pool.draw(self._generator)
+        entry = self.pool_task = pool.draw(self._generator)
         task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
                                 self.config.device)  # the generator make_env(config, entry.seed) starts with
         if task.name != entry.task:
-            raise TaskError(f"`env.task_pool` '{self.pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
+            raise TaskError(f"`env.task_pool` '{pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
                             f"{entry.task}; the families have changed since it was built. Rebuild the pool.")
         task.info.update(best_lr=entry.best_lr, best_schedule="constant", best_schedule_lr=entry.best_lr)
         return task, rng, around(entry.best_lr, self._generator) / task.info["lr"]

@@ -73,56 +73,64 @@ class TaskPool:
         self.tasks, self.family, self.env, self.path = tasks, family, env, path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TaskPool:
+    def load(cls, path: str | os.PathLike, key: str = "env.task_pool") -> TaskPool:
         """Read a pool file (cached while the file is unchanged).
 
         Raises:
-            ValueError: If the file is missing or not a pool, naming ``env.task_pool`` and the command that writes one.
+            ValueError: If the file is missing or not a pool, naming ``key`` and the command that writes one.
         """
         path = str(path)
         try:
             stamp = os.stat(path).st_mtime_ns
         except OSError:
-            raise ValueError(f"`env.task_pool`: no pool file at '{path}'. Write one with `ganno-build-task-pool "
-                             f"configs/task_pool.yaml out={path}`, or leave `env.task_pool` unset.") from None
-        return _load(path, stamp)
+            raise ValueError(f"`{key}`: no pool file at '{path}'. Write one with `ganno-build-task-pool "
+                             f"configs/task_pool.yaml out={path}`, or leave `{key}` unset.") from None
+        return _load(path, stamp, key)
 
     def draw(self, generator: torch.Generator) -> PoolTask:
         """One task, uniformly."""
         return self.tasks[int(torch.randint(len(self.tasks), (1,), generator=generator))]
 
-    def check_matches(self, family: dict[str, Any], env: dict[str, Any]) -> None:
+    def check_matches(self, family: dict[str, Any], env: dict[str, Any], key: str = "env.task_pool",
+                      horizon_key: str = "horizon") -> None:
         """Raise unless an env with this ``family`` section and these settings replays the pool's tasks.
+
+        Args:
+            family: The config's ``family`` section.
+            env: The env's values of :data:`MATCHED_ENV_KEYS` for the runs this pool serves.
+            key: The config key that named the pool (for messages).
+            horizon_key: The env key those runs' length comes from (``long_horizon`` for a long runs' pool).
 
         Raises:
             ValueError: Naming the first setting that differs and both values.
         """
         if family != self.family:
-            raise ValueError(f"`env.task_pool` '{self.path}' was built for the family section {self.family}, but "
+            raise ValueError(f"`{key}` '{self.path}' was built for the family section {self.family}, but "
                              f"this config's is {family}: its seeds would draw other tasks. Build a pool for this "
                              f"config (`ganno-build-task-pool configs/task_pool.yaml recipe=...`).")
-        for key in MATCHED_ENV_KEYS:
-            if env.get(key) != self.env.get(key):
-                raise ValueError(f"`env.task_pool` '{self.path}' was built with env.{key}={self.env.get(key)!r}, but "
-                                 f"this config has env.{key}={env.get(key)!r}: its best LRs are for other runs. Set it "
-                                 f"to {self.env.get(key)!r} or build a pool with this config.")
+        for name in MATCHED_ENV_KEYS:
+            if env.get(name) != self.env.get(name):
+                shown = horizon_key if name == "horizon" else name
+                raise ValueError(f"`{key}` '{self.path}' was built with env.{name}={self.env.get(name)!r}, but "
+                                 f"this config has env.{shown}={env.get(name)!r}: its best LRs are for other runs. Set "
+                                 f"it to {self.env.get(name)!r} or build a pool with this config.")
 
     def __len__(self) -> int:
         return len(self.tasks)
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, stamp: int) -> TaskPool:
+def _load(path: str, stamp: int, key: str) -> TaskPool:
     try:
         data = json.loads(Path(path).read_text())
         tasks = [PoolTask(int(t["seed"]), str(t["task"]), float(t["best_lr"]), float(t["best_loss"]),
                           float(t.get("task_lr", math.nan))) for t in data["tasks"]]
         family, env = dict(data["family"]), dict(data["env"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"`env.task_pool`: '{path}' is not a task pool ({type(err).__name__}: {err}); rebuild it with "
+        raise ValueError(f"`{key}`: '{path}' is not a task pool ({type(err).__name__}: {err}); rebuild it with "
                          f"`ganno-build-task-pool`.") from None
     bad = [t for t in tasks if not (math.isfinite(t.best_lr) and t.best_lr > 0)]
     if bad:
-        raise ValueError(f"`env.task_pool` '{path}': task {bad[0].task} (seed {bad[0].seed}) has best LR "
+        raise ValueError(f"`{key}` '{path}': task {bad[0].task} (seed {bad[0].seed}) has best LR "
                          f"{bad[0].best_lr!r}; rebuild the pool.")
     return TaskPool(tasks, family, env, path)

@@ -281,7 +281,8 @@ class GANNOAgent:
 
     @property
     def trained_horizon(self) -> int | None:
-        """Optimizer steps of the runs it was meta-trained on (``env.horizon``); ``None`` when not recorded.
+        """Optimizer steps of the longest runs it was meta-trained on (``env.horizon``, or ``env.long_horizon``
+        where some episodes were long runs); ``None`` when not recorded.
 
         An ensemble's is its members' where they agree.
 
@@ -291,7 +292,9 @@ class GANNOAgent:
             300
         """
         configs = [m["training_config"] for m in self.training_config.get("ensemble", [])] or [self.training_config]
-        horizons = {(c.get("env") or {}).get("horizon") for c in configs}
+        envs = [c.get("env") or {} for c in configs]
+        horizons = {env.get("long_horizon") if (env.get("long_run_prob") or 0) > 0 else env.get("horizon")
+                    for env in envs}
         horizon = horizons.pop() if len(horizons) == 1 else None
         return horizon if isinstance(horizon, int) and not isinstance(horizon, bool) and horizon > 0 else None
 

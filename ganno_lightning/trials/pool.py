@@ -103,6 +103,7 @@ def append_records(path: Union[str, os.PathLike], records: Iterable[Result]) -> 
     a line of its own, so the two are never glued into one unreadable line.
     """
     text = "".join(json.dumps(record) + "\n" for record in records)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a log in a folder not made yet (a first run)
     with open(path, "a+b") as f:  # appends always go to the end; reads may look at the last byte
         if f.seek(0, os.SEEK_END) > 0:
             f.seek(-1, os.SEEK_END)

@@ -155,3 +155,74 @@ def test_bad_build_settings_are_named(pool, override, message):
     _, _, recipe = pool
     with pytest.raises(ValueError, match=message):
         build_task_pool.load_config({}, [f"recipe={recipe}", override])
+
+
+@pytest.fixture(scope="module")
+def long_pool(pool, tmp_path_factory):
+    """The same two tasks replayed as runs twice as long (``horizon=80``), in a subfolder log made on the way."""
+    _, config, recipe = pool
+    root = tmp_path_factory.mktemp("long_pool")
+    overrides = [f"recipe={recipe}", "horizon=80", "tasks=2", "first_seed=5", "grid=[0.5,1.0,2.0]",
+                 "limits=[0.0625,16.0]", "workers=1", f"out={root / 'pool.json'}",
+                 f"log={root / 'not_made_yet' / 'replays.jsonl'}"]
+    return build_task_pool.build(build_task_pool.load_config({}, overrides)), root / "pool.json"
+
+
+def test_a_long_runs_pool_replays_the_same_tasks_for_longer(pool, long_pool):
+    short, _, _ = pool
+    built, _ = long_pool
+    assert built["env"]["horizon"] == 80 and short["env"]["horizon"] == 40
+    assert [t["task"] for t in built["tasks"]] == [t["task"] for t in short["tasks"]]
+    assert [t["losses"] for t in built["tasks"]] != [t["losses"] for t in short["tasks"]]
+
+
+def test_long_episodes_run_their_own_length_from_their_own_pool(pool, long_pool):
+    _, config, _ = pool
+    _, long_path = long_pool
+    mixed = {"env": {**ENV, "privileged": True, "task_pool": config.out, "long_run_prob": 0.5, "long_horizon": 80,
+                     "long_task_pool": str(long_path)}, "family": FAMILY}
+    keep = constant_policy(env_config(mixed).action_multipliers)
+    env = make_env(mixed, seed=1)  # draws a short run, then a long one
+    lengths = []
+    for _ in range(2):
+        td = env.reset()
+        while not td["done"].item():
+            td = env.step(td.set(keys.ACTION, keep(td)))["next"]
+        lengths.append(env.controller.step)
+        pool_of_run = TaskPool.load(long_path if env.horizon == 80 else config.out)
+        assert env.pool_task in pool_of_run.tasks  # its task and best LR from the pool of its length
+    env.close()
+    assert lengths == [40, 80]
+    # off (the default): no draw, so a recipe without long runs draws the episodes it drew before
+    plain = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
+    first = [make_env(c, seed=3).reset()[keys.OBSERVATION] for c in
+             (plain, {**plain, "env": {**plain["env"], "long_run_prob": 0.0, "long_horizon": 80}})]
+    assert first[0].equal(first[1])
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"long_run_prob": 0.3}, r"`env\.long_horizon` must be a multiple of `env\.interval` \(10\) above `env\.horizon` "
+                             r"\(40\) when `env\.long_run_prob` > 0, got None; e\.g\. 160"),
+    ({"long_run_prob": 0.3, "long_horizon": 85}, r"`env\.long_horizon` must be .* got 85"),
+    ({"long_run_prob": 1.5, "long_horizon": 80}, r"`env\.long_run_prob` must be a probability in \[0, 1\], got 1\.5"),
+    ({"long_task_pool": "long.json"}, r"`env\.long_task_pool` needs `env\.task_pool`"),
+])
+def test_bad_long_run_settings_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        env_config({"env": {**ENV, **env}, "family": FAMILY})
+
+
+def test_a_pool_for_long_runs_must_match_them(pool, long_pool):
+    _, config, _ = pool
+    _, long_path = long_pool
+    mixed = {"env": {**ENV, "task_pool": config.out, "long_run_prob": 0.5, "long_horizon": 80}, "family": FAMILY}
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool` is required with `env\.task_pool` and long runs"):
+        make_env(mixed)
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool` .* built with env\.horizon=80, but this config has "
+                                         r"env\.long_horizon=120"):
+        make_env({**mixed, "env": {**mixed["env"], "long_horizon": 120, "long_task_pool": str(long_path)}})
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool` .* built with env\.horizon=40, but this config has "
+                                         r"env\.long_horizon=80"):
+        make_env({**mixed, "env": {**mixed["env"], "long_task_pool": config.out}})
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool`: no pool file at .*leave `env\.long_task_pool` unset"):
+        make_env({**mixed, "env": {**mixed["env"], "long_task_pool": str(long_path.with_name("none.json"))}})

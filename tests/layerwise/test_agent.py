@@ -400,3 +400,15 @@ def test_factorised_head_options_are_checked():
     agent = GANNOAgent.create(policy_head="factorised", action_multipliers=[0.5, 1.0, 2.0])
     with pytest.raises(ValueError, match="starts as the identity only around the multiplier 1; action 0 multiplies"):
         init_identity(agent.actor, 0, 0.8)
+
+
+def test_the_trained_horizon_is_the_longest_run_of_meta_training():
+    def agent(env):
+        created = GANNOAgent.create(seed=0)
+        created.training_config = {"env": env}
+        return created
+
+    assert agent({"horizon": 300}).trained_horizon == 300
+    assert agent({"horizon": 300, "long_run_prob": 0.25, "long_horizon": 1200}).trained_horizon == 1200
+    assert agent({"horizon": 300, "long_run_prob": 0.0, "long_horizon": 1200}).trained_horizon == 300  # off
+    assert agent({}).trained_horizon is None and GANNOAgent.create(seed=0).trained_horizon is None
