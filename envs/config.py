@@ -109,11 +109,18 @@ def check_task_pool(config: DictConfig | dict, settings: EnvConfig | None = None
     family = config["family"]
     plain = OmegaConf.to_container(family, resolve=True) if isinstance(family, DictConfig) else family
     matched = {k: getattr(settings, k) for k in MATCHED_ENV_KEYS}
-    TaskPool.load(settings.task_pool).check_matches(plain, matched)
+    pool = TaskPool.load(settings.task_pool)
+    pool.check_matches(plain, matched)
     if settings.long_run_prob > 0 and settings.long_task_pool is not None:
         long_pool = TaskPool.load(settings.long_task_pool, "env.long_task_pool")
         long_pool.check_matches(plain, {**matched, "horizon": settings.long_horizon}, key="env.long_task_pool",
                                 horizon_key="long_horizon")
+        # a long run starts where a short run of its task starts: the short pool must hold every long task
+        missing = [t.seed for t in long_pool.tasks if t.seed not in pool.by_seed]
+        if missing:
+            raise ValueError(f"`env.long_task_pool` '{long_pool.path}' has tasks (seeds {missing[:5]}, {len(missing)} "
+                             f"in all) that `env.task_pool` '{pool.path}' lacks; build it over seeds of that pool "
+                             f"(`first_seed`, `tasks`).")
 
 
 def check_sections(config: DictConfig | dict, allowed: Sequence[str] = _SECTIONS) -> None:

@@ -146,8 +146,12 @@ class EnvConfig:
             ``horizon`` (issue #18: a run's best LR moves with its length, so an agent trained on short
             runs only learns their LR levels). 0: every episode runs ``horizon`` steps, drawing nothing.
         long_horizon: Optimizer steps of a long run (a multiple of ``interval``, above ``horizon``).
-        long_task_pool: With ``task_pool``: the pool built for the long runs (``ganno-build-task-pool
-            ... horizon=<long_horizon>``), whose tasks and best LRs long episodes draw.
+        long_task_pool: The pool built for the long runs (``ganno-build-task-pool ...
+            horizon=<long_horizon>``, over seeds of ``task_pool``), required with ``long_run_prob`` > 0.
+            A long episode draws one of its tasks, and its privileged best LR is that task's best
+            for ``long_horizon`` steps; its LR starts where a short run of the same task starts
+            (within 10x of the task's best for ``horizon`` steps), as a user picks an LR that works
+            for short runs and then trains longer.
         device: Device the inner training runs on.
     """
 
@@ -217,10 +221,12 @@ class EnvConfig:
                 raise ValueError(f"`{prefix}.long_horizon` must be a multiple of `{prefix}.interval` ({self.interval}) "
                                  f"above `{prefix}.horizon` ({self.horizon}) when `{prefix}.long_run_prob` > 0, got "
                                  f"{long!r}; e.g. {4 * self.horizon}.")
-            if self.task_pool is not None and self.long_task_pool is None:
-                raise ValueError(f"`{prefix}.long_task_pool` is required with `{prefix}.task_pool` and long runs: build "
-                                 f"one with `ganno-build-task-pool configs/task_pool.yaml horizon={long} "
-                                 f"out=<path>`.")
+            if self.task_pool is None or self.long_task_pool is None:
+                # without pools a long run's best LR would be its cell's, calibrated on short runs
+                raise ValueError(f"`{prefix}.task_pool` and `{prefix}.long_task_pool` are required with long runs "
+                                 f"(`{prefix}.long_run_prob` > 0), got {self.task_pool!r} and {self.long_task_pool!r}: "
+                                 f"build the long runs' pool with `ganno-build-task-pool configs/task_pool.yaml "
+                                 f"horizon={long} out=<path>`, or set `{prefix}.long_run_prob: 0`.")
         if self.long_task_pool is not None and self.task_pool is None:
             raise ValueError(f"`{prefix}.long_task_pool` needs `{prefix}.task_pool` (the short runs' pool), got "
                              f"{self.long_task_pool!r} without one.")
@@ -439,7 +445,8 @@ class LayerwiseLREnv(EnvBase):
             self.task, rng = sample_task(self.family, self._generator, config.split, config.device)
             lr_factor = self._initial_lr_factor()
         else:
-            self.task, rng, lr_factor = self._sample_pool_task(self.long_pool if long else self.pool)
+            self.task, rng, lr_factor = (self._sample_pool_task(self.long_pool, starts=self.pool) if long
+                                         else self._sample_pool_task(self.pool))
         self.run = InnerRun(self.task, config.device, rng, lr_factor=lr_factor,
                             val_batches=config.val_batches if config.val_every or config.final_val_weight else 0)
         validate_draw, hide_draw = torch.rand(2, generator=self._generator).tolist()
@@ -465,9 +472,9 @@ class LayerwiseLREnv(EnvBase):
                                         for agent in self.controller.lr.group_agent])
             self.controller.record_initial_lrs()  # the schedule's first row was recorded before the draw
 
-    def _sample_pool_task(self, pool: TaskPool) -> tuple[TrainingTask, RNGStates, float]:
+    def _sample_pool_task(self, pool: TaskPool, starts: TaskPool | None = None) -> tuple[TrainingTask, RNGStates, float]:
         """A task of ``pool`` as its replays drew it, its best LR the per-task one; the factor that starts it
-        log-uniformly within ``SPREAD`` x of that best."""
+        log-uniformly within ``SPREAD`` x of that best, or of the same task's best in ``starts``."""
         entry = self.pool_task = pool.draw(self._generator)
         task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
                                 self.config.device)  # the generator make_env(config, entry.seed) starts with
@@ -475,7 +482,8 @@ class LayerwiseLREnv(EnvBase):
             raise TaskError(f"`env.task_pool` '{pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
                             f"{entry.task}; the families have changed since it was built. Rebuild the pool.")
         task.info.update(best_lr=entry.best_lr, best_schedule="constant", best_schedule_lr=entry.best_lr)
-        return task, rng, around(entry.best_lr, self._generator) / task.info["lr"]
+        start = entry.best_lr if starts is None else starts.by_seed[entry.seed].best_lr
+        return task, rng, around(start, self._generator) / task.info["lr"]
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""

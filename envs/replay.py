@@ -36,7 +36,8 @@ NO_SPIKE_END = 1e30
 
 #: Meta-training settings a replay turns off where a recipe turns them on: a replay is the run drawn from its
 #: seed (not a pool's task), trained on through a spike as an evaluation trains (not rolled back).
-REPLAY_OFF = {"task_pool": None, "final_val_reference": "start", "recover_on_spike": False, "long_run_prob": 0.0}
+REPLAY_OFF = {"task_pool": None, "final_val_reference": "start", "recover_on_spike": False, "long_run_prob": 0.0,
+              "long_task_pool": None}
 
 
 def replay_config(sections: dict) -> dict:

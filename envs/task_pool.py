@@ -83,9 +83,16 @@ class TaskPool:
         try:
             stamp = os.stat(path).st_mtime_ns
         except OSError:
+            how = ("horizon=<env.long_horizon> " if key == "env.long_task_pool" else "")
+            unset = "set `env.long_run_prob: 0`" if key == "env.long_task_pool" else f"leave `{key}` unset"
             raise ValueError(f"`{key}`: no pool file at '{path}'. Write one with `ganno-build-task-pool "
-                             f"configs/task_pool.yaml out={path}`, or leave `{key}` unset.") from None
+                             f"configs/task_pool.yaml {how}out={path}`, or {unset}.") from None
         return _load(path, stamp, key)
+
+    @functools.cached_property
+    def by_seed(self) -> dict[int, PoolTask]:
+        """The pool's tasks by the seed that draws them."""
+        return {task.seed: task for task in self.tasks}
 
     def draw(self, generator: torch.Generator) -> PoolTask:
         """One task, uniformly."""
@@ -113,7 +120,9 @@ class TaskPool:
                 shown = horizon_key if name == "horizon" else name
                 raise ValueError(f"`{key}` '{self.path}' was built with env.{name}={self.env.get(name)!r}, but "
                                  f"this config has env.{shown}={env.get(name)!r}: its best LRs are for other runs. Set "
-                                 f"it to {self.env.get(name)!r} or build a pool with this config.")
+                                 f"env.{shown} to {self.env.get(name)!r} or build a pool for these runs "
+                                 f"(`ganno-build-task-pool configs/task_pool.yaml "
+                                 f"{'horizon=' + str(env.get(name)) if name == 'horizon' else 'recipe=...'} out=...`).")
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -159,10 +159,10 @@ def test_bad_build_settings_are_named(pool, override, message):
 
 @pytest.fixture(scope="module")
 def long_pool(pool, tmp_path_factory):
-    """The same two tasks replayed as runs twice as long (``horizon=80``), in a subfolder log made on the way."""
+    """The same two tasks replayed as runs ten times as long (``horizon=400``), in a subfolder log made on the way."""
     _, config, recipe = pool
     root = tmp_path_factory.mktemp("long_pool")
-    overrides = [f"recipe={recipe}", "horizon=80", "tasks=2", "first_seed=5", "grid=[0.5,1.0,2.0]",
+    overrides = [f"recipe={recipe}", "horizon=400", "tasks=2", "first_seed=5", "grid=[0.5,1.0,2.0]",
                  "limits=[0.0625,16.0]", "workers=1", f"out={root / 'pool.json'}",
                  f"log={root / 'not_made_yet' / 'replays.jsonl'}"]
     return build_task_pool.build(build_task_pool.load_config({}, overrides)), root / "pool.json"
@@ -171,15 +171,42 @@ def long_pool(pool, tmp_path_factory):
 def test_a_long_runs_pool_replays_the_same_tasks_for_longer(pool, long_pool):
     short, _, _ = pool
     built, _ = long_pool
-    assert built["env"]["horizon"] == 80 and short["env"]["horizon"] == 40
+    assert built["env"]["horizon"] == 400 and short["env"]["horizon"] == 40
     assert [t["task"] for t in built["tasks"]] == [t["task"] for t in short["tasks"]]
     assert [t["losses"] for t in built["tasks"]] != [t["losses"] for t in short["tasks"]]
+
+
+def test_a_long_episode_starts_where_a_short_run_of_its_task_starts(pool, long_pool, monkeypatch):
+    built, config, _ = pool
+    long_built, long_path = long_pool
+    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # start at the drawn best itself
+    env = make_env({"env": {**ENV, "privileged": True, "task_pool": config.out, "long_run_prob": 1.0,
+                            "long_horizon": 400, "long_task_pool": str(long_path)}, "family": FAMILY}, seed=0)
+    short = {t["seed"]: t["best_lr"] for t in built["tasks"]}
+    long = {t["seed"]: t["best_lr"] for t in long_built["tasks"]}
+    assert short != long  # one of the two tasks has another best LR for runs ten times as long
+    seen = set()
+    for _ in range(6):
+        td = env.reset()
+        seed = env.pool_task.seed
+        seen.add(seed)
+        # log10(LR / the task's best for this run's length): started at its short runs' best
+        assert td[keys.PRIVILEGED][0, 0].item() == pytest.approx(math.log10(short[seed] / long[seed]), abs=1e-5)
+    env.close()
+    assert seen == {5, 6}
+
+
+def test_replays_of_a_recipe_with_long_runs_turn_them_off():
+    sections = build_task_pool.replay_sections("configs/experiments/ganno_imitation_task_pool_long_runs_candidate.yaml",
+                                               horizon=1200)
+    env = sections["env"]
+    assert (env["horizon"], env["long_run_prob"], env["task_pool"], env["long_task_pool"]) == (1200, 0.0, None, None)
 
 
 def test_long_episodes_run_their_own_length_from_their_own_pool(pool, long_pool):
     _, config, _ = pool
     _, long_path = long_pool
-    mixed = {"env": {**ENV, "privileged": True, "task_pool": config.out, "long_run_prob": 0.5, "long_horizon": 80,
+    mixed = {"env": {**ENV, "privileged": True, "task_pool": config.out, "long_run_prob": 0.5, "long_horizon": 400,
                      "long_task_pool": str(long_path)}, "family": FAMILY}
     keep = constant_policy(env_config(mixed).action_multipliers)
     env = make_env(mixed, seed=1)  # draws a short run, then a long one
@@ -189,15 +216,22 @@ def test_long_episodes_run_their_own_length_from_their_own_pool(pool, long_pool)
         while not td["done"].item():
             td = env.step(td.set(keys.ACTION, keep(td)))["next"]
         lengths.append(env.controller.step)
-        pool_of_run = TaskPool.load(long_path if env.horizon == 80 else config.out)
+        pool_of_run = TaskPool.load(long_path if env.horizon == 400 else config.out)
         assert env.pool_task in pool_of_run.tasks  # its task and best LR from the pool of its length
     env.close()
-    assert lengths == [40, 80]
-    # off (the default): no draw, so a recipe without long runs draws the episodes it drew before
-    plain = {"env": {**ENV, "task_pool": config.out}, "family": FAMILY}
-    first = [make_env(c, seed=3).reset()[keys.OBSERVATION] for c in
-             (plain, {**plain, "env": {**plain["env"], "long_run_prob": 0.0, "long_horizon": 80}})]
-    assert first[0].equal(first[1])
+    assert lengths == [40, 400]
+    # off (the default): no draw, so a recipe without long runs draws the episodes it drew before; any draw
+    # (long runs on, however rarely) shifts the episodes' random stream
+    def starts(env_settings):
+        env = make_env({"env": {**ENV, "privileged": True, "task_pool": config.out, **env_settings}, "family": FAMILY},
+                       seed=3)
+        drawn = [env.reset()[keys.PRIVILEGED][0, 0].item() for _ in range(3)]
+        env.close()
+        return drawn
+
+    before = starts({})
+    assert starts({"long_run_prob": 0.0, "long_horizon": 80}) == before
+    assert starts({"long_run_prob": 1e-9, "long_horizon": 400, "long_task_pool": str(long_path)}) != before
 
 
 @pytest.mark.parametrize("env, message", [
@@ -216,13 +250,17 @@ def test_a_pool_for_long_runs_must_match_them(pool, long_pool):
     _, config, _ = pool
     _, long_path = long_pool
     mixed = {"env": {**ENV, "task_pool": config.out, "long_run_prob": 0.5, "long_horizon": 80}, "family": FAMILY}
-    with pytest.raises(ValueError, match=r"`env\.long_task_pool` is required with `env\.task_pool` and long runs"):
+    with pytest.raises(ValueError, match=r"`env\.task_pool` and `env\.long_task_pool` are required with long runs "
+                                         r".*got '.*pool\.json' and None: build .* horizon=80 out=<path>"):
         make_env(mixed)
-    with pytest.raises(ValueError, match=r"`env\.long_task_pool` .* built with env\.horizon=80, but this config has "
+    with pytest.raises(ValueError, match=r"required with long runs .* got None and None"):
+        make_env({**mixed, "env": {**mixed["env"], "task_pool": None}})  # not even the short runs' best LRs
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool` .* built with env\.horizon=400, but this config has "
                                          r"env\.long_horizon=120"):
         make_env({**mixed, "env": {**mixed["env"], "long_horizon": 120, "long_task_pool": str(long_path)}})
     with pytest.raises(ValueError, match=r"`env\.long_task_pool` .* built with env\.horizon=40, but this config has "
                                          r"env\.long_horizon=80"):
         make_env({**mixed, "env": {**mixed["env"], "long_task_pool": config.out}})
-    with pytest.raises(ValueError, match=r"`env\.long_task_pool`: no pool file at .*leave `env\.long_task_pool` unset"):
+    with pytest.raises(ValueError, match=r"`env\.long_task_pool`: no pool file at .*horizon=<env\.long_horizon> out="
+                                         r".*or set `env\.long_run_prob: 0`"):
         make_env({**mixed, "env": {**mixed["env"], "long_task_pool": str(long_path.with_name("none.json"))}})
