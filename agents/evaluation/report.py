@@ -150,7 +150,7 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
     parts = [
         "# GANNO agent vs handcrafted LR schedules" + (" and LR-free peers" if cfg.peers else ""),
         "",
-        f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`). Suite: "
+        f"Agent: `{cfg.agent.path}` (exploration `{cfg.agent.exploration}`{_agent_overrides(cfg.agent)}). Suite: "
         + ", ".join(f"{e.family} ({e.split}, {e.tasks} task(s)" + (f", {e.steps} steps" if e.steps is not None else "")
                     + ")" for e in cfg.suite)
         + f"; seeds {list(cfg.seeds)}; {cfg.steps} optimizer steps per run (unless an entry sets its own), validation every "
@@ -374,3 +374,10 @@ def plot_schedules(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any],
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _agent_overrides(agent: Any) -> str:
+    """The agent settings an evaluation changed from the agent's own, as the report's header names them."""
+    settings = {"interval": agent.interval, "decision_steps": agent.decision_steps, "schedule": agent.schedule,
+                "recover_on_spike": agent.recover_on_spike or None}
+    return "".join(f", {key} `{value}`" for key, value in settings.items() if value is not None)

@@ -96,7 +96,10 @@ class GANNOCallback(Callback):
             meta-trained on, so that a long fit gets as many regular decisions, at the same
             fractions of the run, as a training run did (early ``decision_steps`` stay; a fit no
             longer than those, or of unknown length, keeps the agent's interval; see
-            :func:`~ganno_lightning.layerwise.decisions.paced_to_run`). Steps count as the trainer
+            :func:`~ganno_lightning.layerwise.decisions.paced_to_run`). Not the default: its
+            interval-dependent features (update size, loss trend) then read longer intervals than in
+            training, and on long runs it helped one agent and hurt four others
+            (``benchmarks/results/paced_interval/``). Steps count as the trainer
             counts them (``trainer.global_step``): with fp16 mixed precision, a step the GradScaler
             skips for inf/NaN gradients counts, though it updates nothing.
         exploration: How the agent's action distribution becomes one LR change per layer:
@@ -190,6 +193,9 @@ class GANNOCallback(Callback):
                 f"`interval={interval}` differs from the {self.agent.interval} steps the agent was trained with; "
                 "interval-dependent features (update size, loss trend) will read differently than in training.")
         self._paced_to_run = interval == SCALED_INTERVAL
+        if self._paced_to_run and self.agent.trained_horizon is None:
+            rank_zero_warn("`interval='scaled'` keeps the agent's interval: its file records no meta-training run "
+                           "length (`env.horizon`) to stretch it by. Pass an int to set the interval yourself.")
         self.interval = interval if isinstance(interval, int) else self.agent.interval
         self.decision_steps = (resolve_decision_steps(decision_steps, self.interval) if decision_steps is not None
                                else self.agent.decision_steps)
@@ -239,6 +245,11 @@ class GANNOCallback(Callback):
             if self.interval != self.agent.interval:
                 rank_zero_info(f"GANNOCallback: a {total_steps}-step fit, {self.agent.trained_horizon}-step runs in "
                                f"meta-training: deciding every {self.interval} steps, not {self.agent.interval}.")
+        resumed_interval = (self._loaded_state or {}).get("interval")
+        if resumed_interval is not None and resumed_interval != self.interval:
+            rank_zero_warn(f"GANNOCallback: the checkpoint's fit decided every {resumed_interval} steps, this one every "
+                           f"{self.interval} (`interval='scaled'` on a fit of another length); decisions follow the new "
+                           f"interval from here.")
         self.controller = LayerwiseController(
             pl_module,
             trainer.optimizers[0],

@@ -643,6 +643,7 @@ def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(
     assert "copied 40 finished baseline runs" in capsys.readouterr().out
     runs = [r for r in json.loads((paced / "results.json").read_text())["runs"] if r["method"] == "agent"]
     assert runs and all(r["schedule"]["steps"] == [0, 3, 30, 60] for r in runs)  # early steps, then every 3 x 10
+    assert "(exploration `mean`, interval `scaled`, decision_steps `[0, 3]`)" in (paced / "report.md").read_text()
 
 
 def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):

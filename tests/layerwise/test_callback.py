@@ -183,8 +183,25 @@ def test_a_scaled_interval_stretches_the_agents_grid_to_a_longer_fit_but_not_its
     assert callback.schedule.steps == [0, 1, 2, 4, 6, 8]
 
 
+def test_a_scaled_interval_resumes_on_its_grid_and_warns_when_the_fits_length_changes(tmp_path):
+    def fit(max_epochs, directory, resume=None):
+        L.seed_everything(7)
+        callback = GANNOCallback(depth_agent(2, training_config={"env": {"horizon": 8}}), interval="scaled")
+        checkpoint = ModelCheckpoint(dirpath=directory, save_last=True, every_n_epochs=1, save_top_k=-1)
+        trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[callback, checkpoint],
+                num_sanity_val_steps=0).fit(ValidatedRegressor(optimizer="adam", lr=0.01), ckpt_path=resume)
+        return callback
+
+    straight = fit(4, tmp_path / "a")  # 32 steps: every 8
+    halfway = tmp_path / "a" / f"epoch=1-step={2 * STEPS_PER_EPOCH}.ckpt"
+    assert fit(4, tmp_path / "b", resume=halfway).schedule.steps == straight.schedule.steps == [0, 8, 16, 24, 32]
+    with pytest.warns(UserWarning, match=r"the checkpoint's fit decided every 8 steps, this one every 16"):
+        fit(8, tmp_path / "c", resume=halfway)  # 64 steps: every 16 from here
+
+
 def test_a_scaled_interval_keeps_the_grid_of_an_agent_without_a_recorded_horizon():
-    callback = GANNOCallback(depth_agent(4), interval="scaled")
+    with pytest.warns(UserWarning, match=r"`interval='scaled'` keeps the agent's interval: its file records no"):
+        callback = GANNOCallback(depth_agent(4), interval="scaled")
     trainer(max_epochs=4, callbacks=[callback]).fit(TinyRegressor())
     assert callback.schedule.steps == list(range(0, 33, 4))
 
