@@ -172,9 +172,15 @@ def load_config(source: Any, overrides: Sequence[str] = ()) -> TaskPoolConfig:
     if len(config.limits) != 2 or not (0 < low <= min(config.grid) and max(config.grid) <= high):
         raise ValueError(f"`limits` must be [low, high] around the grid {sorted(config.grid)}, got {config.limits}.")
     try:
-        replay_sections(config.recipe, config.horizon)
+        replay_sections(config.recipe)
     except ValueError as err:
         raise ValueError(f"`recipe` '{config.recipe}': {err}") from None
+    if config.horizon is not None:
+        try:
+            replay_sections(config.recipe, config.horizon)
+        except ValueError as err:
+            raise ValueError(f"`horizon` ({config.horizon}) does not fit the recipe '{config.recipe}': {err} Give a "
+                             f"multiple of its env.interval, or null for its own env.horizon.") from None
     return config
 
 

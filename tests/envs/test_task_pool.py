@@ -150,6 +150,7 @@ def test_a_pool_that_does_not_match_the_config_is_refused_by_name(pool, tmp_path
     ("grid=[0.5,2.0]", r"`grid` must hold .* 1 among them"),
     ("limits=[1.0,10.0]", r"`limits` must be \[low, high\] around the grid"),
     ("recipe=missing.yaml", r"`recipe` .missing.yaml.: Config file not found"),
+    ("horizon=45", r"`horizon` \(45\) does not fit the recipe .*must be a multiple of .* or null for its own"),
 ])
 def test_bad_build_settings_are_named(pool, override, message):
     _, _, recipe = pool
