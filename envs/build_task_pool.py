@@ -11,7 +11,7 @@ Example::
 
     ganno-build-task-pool configs/task_pool.yaml
     ganno-build-task-pool configs/task_pool.yaml tasks=100 first_seed=10000 out=runs/pools/check.json
-    ganno-build-task-pool configs/task_pool.yaml horizon=1200 tasks=150 out=configs/task_pools/calibrated_train_1200.json
+    ganno-build-task-pool configs/task_pool.yaml horizon=1200 tasks=96 out=configs/task_pools/calibrated_train_1200.json
 """
 
 from __future__ import annotations

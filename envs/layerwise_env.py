@@ -343,8 +343,8 @@ class LayerwiseLREnv(EnvBase):
         self.done_spec = Composite({
             name: Categorical(2, (1,), dtype=torch.bool) for name in (keys.DONE, keys.TERMINATED, keys.TRUNCATED)})
         self.pool = None if config.task_pool is None else TaskPool.load(config.task_pool)
-        long_runs = config.long_run_prob > 0 and config.long_task_pool is not None
-        self.long_pool = TaskPool.load(config.long_task_pool, "env.long_task_pool") if long_runs else None
+        # validate() asks for both pools with long runs
+        self.long_pool = TaskPool.load(config.long_task_pool, "env.long_task_pool") if config.long_run_prob > 0 else None
         self.pool_task: PoolTask | None = None  # the pool's task of the episode
         self.horizon = config.horizon  # this episode's run length: ``long_horizon`` in a long run
         self.task: TrainingTask | None = None
@@ -472,14 +472,15 @@ class LayerwiseLREnv(EnvBase):
                                         for agent in self.controller.lr.group_agent])
             self.controller.record_initial_lrs()  # the schedule's first row was recorded before the draw
 
-    def _sample_pool_task(self, pool: TaskPool, starts: TaskPool | None = None) -> tuple[TrainingTask, RNGStates, float]:
+    def _sample_pool_task(self, pool: TaskPool,
+                          starts: TaskPool | None = None) -> tuple[TrainingTask, RNGStates, float]:
         """A task of ``pool`` as its replays drew it, its best LR the per-task one; the factor that starts it
         log-uniformly within ``SPREAD`` x of that best, or of the same task's best in ``starts``."""
         entry = self.pool_task = pool.draw(self._generator)
         task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
                                 self.config.device)  # the generator make_env(config, entry.seed) starts with
         if task.name != entry.task:
-            raise TaskError(f"`env.task_pool` '{pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
+            raise TaskError(f"Task pool '{pool.path}': seed {entry.seed} drew {task.name}, not the pool's "
                             f"{entry.task}; the families have changed since it was built. Rebuild the pool.")
         task.info.update(best_lr=entry.best_lr, best_schedule="constant", best_schedule_lr=entry.best_lr)
         start = entry.best_lr if starts is None else starts.by_seed[entry.seed].best_lr
