@@ -111,7 +111,7 @@ def check_task_pool(config: DictConfig | dict, settings: EnvConfig | None = None
     matched = {k: getattr(settings, k) for k in MATCHED_ENV_KEYS}
     pool = TaskPool.load(settings.task_pool)
     pool.check_matches(plain, matched)
-    if settings.long_run_prob > 0 and settings.long_task_pool is not None:
+    if settings.long_run_prob > 0:  # validate() asks for the long runs' pool then
         long_pool = TaskPool.load(settings.long_task_pool, "env.long_task_pool")
         long_pool.check_matches(plain, {**matched, "horizon": settings.long_horizon}, key="env.long_task_pool",
                                 horizon_key="long_horizon")

@@ -223,7 +223,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ValueError(f"`agent.interval` must be an int >= 1, {SCALED_INTERVAL!r} (the agent's own, stretched to "
                          f"each run's length) or null (the agent's own), got {interval!r}.")
     if cfg.agent.decision_steps is not None:
-        resolve_decision_steps(_plain(cfg.agent.decision_steps), 1, "agent.decision_steps")
+        resolve_decision_steps(plain_value(cfg.agent.decision_steps), 1, "agent.decision_steps")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):
@@ -276,13 +276,14 @@ def deeper_family(name: str, split: str, train: Optional[dict], heldout: Optiona
 
     family = make_family(name, train=train, heldout=heldout, prefix=prefix)
     depth = 2 * family.ranges("train").depth[1]
-    sections = {"train": _plain(train), "heldout": _plain(heldout)}
+    sections = {"train": plain_value(train), "heldout": plain_value(heldout)}
     sections[split] = {**(sections[split] or {}), "depth": [depth, depth]}
     return make_family(name, train=sections["train"], heldout=sections["heldout"], prefix=f"{prefix}(deeper)",
                        lr_sampling=lr_sampling)
 
 
-def _plain(section: Any) -> Any:
+def plain_value(section: Any) -> Any:
+    """A config node as plain Python (lists, dicts); anything else as it is."""
     return OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section
 
 

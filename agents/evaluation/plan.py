@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ganno_lightning.agents.evaluation.config import entry_length
+from ganno_lightning.agents.evaluation.config import entry_length, plain_value
 from ganno_lightning.agents.peers import PEERS, peer_version
 from ganno_lightning.tuning.grid import factors_past_the_edge
 
@@ -107,8 +107,7 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
         agent["recover_on_spike"] = True
     if cfg.agent.decision_steps is not None:  # likewise: set only when it overrides the agent's own
-        agent["decision_steps"] = OmegaConf.to_container(cfg.agent.decision_steps) if OmegaConf.is_config(
-            cfg.agent.decision_steps) else cfg.agent.decision_steps
+        agent["decision_steps"] = plain_value(cfg.agent.decision_steps)
     if cfg.agent.schedule is not None:  # likewise: set only when the user's schedule is not a constant LR
         agent["schedule"] = cfg.agent.schedule
     jobs: Dict[str, Dict[str, Any]] = {}
