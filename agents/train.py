@@ -208,9 +208,17 @@ def _env_sections(config: MetaTrainingConfig) -> dict[str, Any]:
 def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
     """Plain dict of the whole run's settings, as stored in checkpoints and agent files.
 
-    ``env``/``family`` as the YAML and overrides wrote them; ``algo``/``run`` with every default filled in.
+    ``env``/``family`` as the YAML and overrides wrote them, plus the run lengths the env trained on
+    (``env.horizon``, and ``env.long_horizon`` with long runs) even where defaults gave them, so an agent
+    always records its horizon (:attr:`GANNOAgent.trained_horizon`); ``algo``/``run`` with every default filled in.
     """
-    return OmegaConf.to_container(OmegaConf.structured(config))
+    plain = OmegaConf.to_container(OmegaConf.structured(config))
+    settings = env_config(_env_sections(config))
+    lengths = {"horizon": settings.horizon}
+    if settings.long_run_prob > 0:
+        lengths["long_horizon"] = settings.long_horizon
+    plain["env"] = {**(plain.get("env") or {}), **lengths}
+    return plain
 
 
 class SeededCollector(Collector):

@@ -108,6 +108,17 @@ def test_an_override_sets_one_entry_of_a_list_from_the_file():
     assert (config.algo.lr, config.algo.epochs, config.run.seed) == (0.001, 2, 5)
 
 
+def test_the_stored_config_records_the_run_length_a_default_gave():
+    from ganno_lightning.envs.config import EnvConfig
+
+    config = parse_config({"env": {"interval": 10}, "family": {"name": "mlp_digits"}})
+    env = resolved_config(config)["env"]
+    assert env == {"interval": 10, "horizon": EnvConfig().horizon}  # the rest stays as written
+    agent = GANNOAgent.create(hidden_sizes=[4], interval=10)
+    agent.training_config = resolved_config(config)  # as train() records it
+    assert agent.trained_horizon == EnvConfig().horizon  # so interval="scaled" can pace a run by it
+
+
 def test_unknown_section_is_rejected():
     with pytest.raises(ValueError, match="Unknown config key `trainer`.*Known keys: env, family"):
         parse_config(SMOKE, ["trainer.max_epochs=3"])
