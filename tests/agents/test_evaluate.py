@@ -228,6 +228,17 @@ def test_a_run_that_cannot_start_comes_back_failed_instead_of_raising(agent_file
     assert result["final_val_loss"] == math.inf
 
 
+def test_decision_steps_without_step_0_are_refused_for_an_lr_probe_agent_before_any_run(tmp_path):
+    from ganno_lightning.layerwise.features import FEATURE_SETS
+
+    probe_agent = GANNOAgent.create(interval=10, seed=0, decision_steps=[0], feature_names=FEATURE_SETS["lr_probe"])
+    path = probe_agent.save(tmp_path / "probe.pt")
+    cfg = ev.load_config(SMOKE, [f"agent.path={path}", "agent.decision_steps=[5,12]", f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(ValueError, match=r"`agent\.decision_steps` must include step 0 for the LR probe features"):
+        ev.evaluate(cfg)
+    assert not list((tmp_path / "out").glob("*.jsonl"))  # refused before any run was logged
+
+
 # -- end to end -----------------------------------------------------------------------------------
 
 
