@@ -78,8 +78,9 @@ class EnvConfig:
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
             ``log_loss_vs_initial``; the shipped agent's), ``"scale_free"`` (``hypergradient`` without the absolute
             ``log_lr`` and ``log_loss``), ``"lr_probe"`` (``hypergradient`` and the step-0 probe's
-            loss change after the first update at 1/8x, 1x and 8x; with a decision at step 0) or a
-            list of names (see :mod:`ganno_lightning.layerwise.features`).
+            loss change after the first update at 1/8x, 1x and 8x; with a decision at step 0),
+            ``"run_length"`` (``hypergradient`` and ``log_total_steps``, the log of the run's
+            length; for agents meta-trained with ``long_run_prob``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
             Validation resolves it to a list.
         privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
             for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,

@@ -81,8 +81,14 @@ LR_PROBE_MULTIPLIERS: tuple[float, ...] = (0.125, 1.0, 8.0)
 #: decision at step 0.
 LR_PROBE_FEATURES: tuple[str, ...] = ("lr_probe_change_eighth", "lr_probe_change_1x", "lr_probe_change_8x")
 
+#: Run-wide: log of the run's total optimizer steps, 0 when unknown (as ``progress``). The best LR
+#: level depends on the run's length (at 3000 steps it sits up to 160x below the 300-step one on some
+#: families): an agent meta-trained on runs of several lengths can read the length here instead of
+#: inferring it from how fast ``progress`` moves.
+RUN_LENGTH_FEATURES: tuple[str, ...] = ("log_total_steps",)
+
 #: Every feature the observer computes, in the order of its rows.
-ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES + LR_PROBE_FEATURES
+ALL_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + EXTRA_FEATURES + LR_PROBE_FEATURES + RUN_LENGTH_FEATURES
 
 #: Features whose values carry a task's absolute scale: an agent that reads them can recall the
 #: LRs and losses of its meta-training tasks instead of reading the run (issue #18, item 3).
@@ -93,12 +99,14 @@ _HYPERGRADIENT = FEATURE_NAMES + EXTRA_FEATURES
 #: The named feature sets an agent can observe (``env.features`` of a meta-training config):
 #: ``scale_free`` is ``hypergradient`` without :data:`ABSOLUTE_SCALE_FEATURES` (the LR is still
 #: seen relative to the user's, as ``log_scale``, and the loss relative to the run's start);
-#: ``lr_probe`` is ``hypergradient`` with :data:`LR_PROBE_FEATURES` (useful with a step-0 decision).
+#: ``lr_probe`` is ``hypergradient`` with :data:`LR_PROBE_FEATURES` (useful with a step-0 decision);
+#: ``run_length`` is ``hypergradient`` with :data:`RUN_LENGTH_FEATURES` (useful with ``env.long_run_prob``).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "default": FEATURE_NAMES,
     "hypergradient": _HYPERGRADIENT,
     "scale_free": tuple(n for n in _HYPERGRADIENT if n not in ABSOLUTE_SCALE_FEATURES),
     "lr_probe": _HYPERGRADIENT + LR_PROBE_FEATURES,
+    "run_length": _HYPERGRADIENT + RUN_LENGTH_FEATURES,
 }
 
 

@@ -218,7 +218,7 @@ def test_smoke_run_with_the_hypergradient_features_deploys_them(tmp_path):
     ("algo.identity_init=1.0", r"`algo.identity_init` must be in \[0, 1\)"),
     ("env.prior=linear", r"`env.prior` must be one of"),
     ("env.features=lr_probe", r"`env.decision_steps` must include step 0 for the LR probe features"),
-    ("env.features=scale_invariant", r"`env.features` must be one of \['default', 'hypergradient', 'lr_probe', 'scale_free'\]"),
+    ("env.features=scale_invariant", r"`env.features` must be one of \['default', 'hypergradient', 'lr_probe', 'run_length', 'scale_free'\]"),
 ])
 def test_option_errors_name_the_field(override, match):
     with pytest.raises(ValueError, match=match):

@@ -10,7 +10,7 @@ from helpers import BENCHMARKS
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
 from ganno_lightning.layerwise import agent as agent_module
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, FORMAT_VERSION
-from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES
+from ganno_lightning.layerwise.features import FEATURE_SETS
 
 
 def test_round_trip_preserves_everything(tmp_path):
@@ -64,13 +64,14 @@ def test_feature_mismatch_names_the_difference(tmp_path):
 
 def test_an_agent_of_another_feature_set_round_trips_and_the_callback_feeds_it_its_features(tmp_path):
     agent = GANNOAgent.create(seed=0, feature_names="lr_probe")
-    assert agent.feature_names == ALL_FEATURE_NAMES and agent.actor.config["num_features"] == len(ALL_FEATURE_NAMES)
+    probe_names = FEATURE_SETS["lr_probe"]
+    assert agent.feature_names == probe_names and agent.actor.config["num_features"] == len(probe_names)
     loaded = GANNOAgent.load(agent.save(tmp_path / "agent.pt"))
-    assert loaded.feature_names == ALL_FEATURE_NAMES
-    observation = torch.randn(3, len(ALL_FEATURE_NAMES))
+    assert loaded.feature_names == probe_names
+    observation = torch.randn(3, len(probe_names))
     assert torch.equal(loaded.decide(observation, exploration="mode").multipliers,
                        agent.decide(observation, exploration="mode").multipliers)
-    sets = r"\['default', 'hypergradient', 'lr_probe', 'scale_free'\]"
+    sets = r"\['default', 'hypergradient', 'lr_probe', 'run_length', 'scale_free'\]"
     with pytest.raises(ValueError, match=rf"`feature_names` must be one of {sets}"):
         GANNOAgent.create(feature_names="scale_invariant")
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ganno_lightning import FEATURE_NAMES, LayerObserver, LayerPartition
-from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES, FEATURE_CLIP
+from ganno_lightning.layerwise.features import ALL_FEATURE_NAMES, FEATURE_CLIP, FEATURE_SETS
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -251,6 +251,18 @@ def test_log_loss_vs_initial_is_the_smoothed_loss_relative_to_the_first_interval
         observer.start_interval()
     # smoothed: 4, then 0.5 * 4 + 0.5 * 2 = 3, then 0.5 * 3 + 0.5 * 1 = 2; relative to the first, 4
     assert losses == pytest.approx([0.0, math.log(3 / 4), math.log(2 / 4)], abs=1e-6)
+
+
+def test_log_total_steps_reads_the_runs_length_and_is_0_when_it_is_unknown():
+    def row(total_steps):
+        observer = observer_for(two_layers(), interval=1, feature_names="run_length", total_steps=total_steps)
+        observer.record_loss(1.0)
+        return dict(zip(FEATURE_SETS["run_length"], observer.features(scales=[1.0, 1.0], lrs=[0.1, 0.1])[0].tolist()))
+
+    short, long, unknown = row(300), row(3000), row(None)
+    assert long["log_total_steps"] - short["log_total_steps"] == pytest.approx(math.log(10), abs=1e-5)
+    assert short["log_total_steps"] == pytest.approx(math.log(300), abs=1e-5)
+    assert (unknown["log_total_steps"], unknown["progress_unknown"]) == (0.0, 1.0)
 
 
 def test_an_observer_returns_exactly_the_features_it_is_asked_for():
