@@ -80,7 +80,8 @@ class EnvConfig:
             ``log_lr`` and ``log_loss``), ``"lr_probe"`` (``hypergradient`` and the step-0 probe's
             loss change after the first update at 1/8x, 1x and 8x; with a decision at step 0),
             ``"run_length"`` (``hypergradient`` and ``log_total_steps``, the log of the run's
-            length; for agents meta-trained with ``long_run_prob``) or a list of names (see :mod:`ganno_lightning.layerwise.features`).
+            length; for agents meta-trained with ``long_run_prob``) or a list of names (see
+            :mod:`ganno_lightning.layerwise.features`).
             Validation resolves it to a list.
         privileged: Also emit ``("agents", "privileged")``, facts that exist only in meta-training,
             for an asymmetric critic (Pinto et al. 2018) that the actor never sees: per layer,
@@ -135,7 +136,8 @@ class EnvConfig:
             action changes (the start is measured at the first decision), so they rank an episode's
             possible runs alike; the clip and the variance of the return differ.
         unknown_total_prob: Probability that an episode hides its length from the observation
-            (``progress_unknown``), as for a Trainer whose total steps cannot be estimated.
+            (``progress_unknown``; ``progress`` and ``log_total_steps`` read 0), as for a Trainer
+            whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
         task_pool: A pool file (``ganno-build-task-pool``, :mod:`ganno_lightning.envs.task_pool`): each
             episode replays one of its tasks from an LR drawn log-uniformly within 10x of that

@@ -304,7 +304,8 @@ class LayerObserver:
         run_part = [_finite(run[name]) for name in GLOBAL_FEATURES]
         measured = zip(*([_finite(x) for x in per_layer[name]] for name in _MEASURED))
         probe_part = _lr_probe_changes(lr_probe)
-        log_total_steps = math.log(total) if total else 0.0
+        log_total_steps = _finite(math.log(total)) if total else 0.0
+        # in ALL_FEATURE_NAMES' order (a test checks the row's length against it)
         rows = [[*own, *fixed, *run_part, _finite(cos), _finite(run["log_loss_vs_initial"]), *probe_part,
                  log_total_steps]
                 for own, fixed, cos in zip(measured, self._fixed_rows, per_layer["update_grad_cos"], strict=True)]

@@ -74,7 +74,8 @@ def test_env_and_callback_observe_and_set_lrs_identically(scheduler, module_clas
 WIDE_SCRIPT = [[10, 0], [9, 1], [5, 5], [0, 10], [2, 8], [7, 7], [1, 0], [4, 2], [6, 3], [3, 6]]
 
 
-@pytest.mark.parametrize("prior, features", [("cosine", "default"), ("warmup_cosine", "lr_probe")])
+# the default features' parity is the test above's; run_length adds the run's length (the env's horizon, the Trainer's steps)
+@pytest.mark.parametrize("prior, features", [("cosine", "run_length"), ("warmup_cosine", "lr_probe")])
 def test_parity_with_early_decisions_a_probe_wide_actions_and_a_prior(prior, features):
     options = dict(decision_steps=[0, 2], prior=prior, action_multipliers="wide")
     config = EnvConfig(horizon=HORIZON, interval=INTERVAL, unknown_total_prob=0.0, features=features, **options)

@@ -269,6 +269,8 @@ def test_an_observer_returns_exactly_the_features_it_is_asked_for():
     """The default set is the full row's first columns, unchanged; any list comes in its own order."""
     full = quadratic_run(lr=0.5)
     default_row, picked = (quadratic_run(lr=0.5, feature_names=names) for names in (None, ["update_grad_cos", "log_lr"]))
+    every = quadratic_run(lr=0.5, feature_names=ALL_FEATURE_NAMES)  # the observer's whole row, as it builds it
+    assert len(every) == len(ALL_FEATURE_NAMES) and torch.equal(every[:len(full)], full)
     assert torch.equal(default_row, full[:len(FEATURE_NAMES)])
     assert picked.tolist() == [full[ALL["update_grad_cos"]].item(), full[ALL["log_lr"]].item()]
     assert full[ALL["update_grad_cos"]] < 0  # lr 0.5 < 1: the gradient keeps pointing the same way
