@@ -34,6 +34,12 @@ from ganno_lightning.layerwise.schedule import LRSchedule
 AgentLike = GANNOAgent | str | os.PathLike | None
 
 
+#: A fit longer than this many times the agent's longest meta-training runs gets a warning: the agent has
+#: only seen its late-run losses and LR levels from shorter runs (the 1200-step long runs of the long-runs
+#: recipe are 4x its 300-step ones).
+LONG_FIT_FACTOR = 4
+
+
 class GANNOCallback(Callback):
     r"""Let a GANNO agent set every layer's learning rate during ``Trainer.fit``.
 
@@ -69,6 +75,10 @@ class GANNOCallback(Callback):
     the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
     or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
     again at the first interval whose loss is finite.
+
+    A fit more than ``LONG_FIT_FACTOR`` (4) times longer than the agent's longest meta-training runs
+    (:attr:`GANNOAgent.trained_horizon`) gets a warning at its start: the agent's late decisions
+    there are extrapolation.
 
     ``recover_on_spike=True`` (off by default: it keeps one more copy of the weights and optimizer
     state) recovers instead: at every decision whose interval went well the callback copies the
@@ -240,6 +250,7 @@ class GANNOCallback(Callback):
         # After checkpoint restore: the optimizer already holds its saved state in the user's
         # original param groups, which the controller now splits.
         total_steps = _total_steps(trainer)
+        self._warn_if_far_longer_than_training(total_steps)
         if self._paced_to_run:
             self.interval = paced_to_run(self.agent.interval, self.agent.trained_horizon, total_steps)
             if self.interval != self.agent.interval:
@@ -361,6 +372,16 @@ class GANNOCallback(Callback):
             metrics[f"ganno/scale/{name}"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _warn_if_far_longer_than_training(self, total_steps: int | None) -> None:
+        trained = self.agent.trained_horizon
+        if total_steps is None or trained is None or total_steps <= LONG_FIT_FACTOR * trained:
+            return
+        rank_zero_warn(
+            f"GANNOCallback: this fit's {total_steps} optimizer steps are {total_steps / trained:.0f}x the longest "
+            f"runs the agent was meta-trained on ({trained} steps), so its decisions late in the fit are "
+            "extrapolation (the README's dev_long figures show the shipped agent behind a tuned cosine schedule on "
+            "runs 10x its training length). Compare it once with your own schedule on a fit this long.")
 
     def _report_rollback(self, trainer: Trainer) -> None:
         controller = self.controller

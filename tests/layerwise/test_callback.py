@@ -3,6 +3,7 @@ import glob
 import logging
 import math
 import sys
+import warnings
 
 import lightning as L
 import pytest
@@ -204,6 +205,19 @@ def test_a_scaled_interval_keeps_the_grid_of_an_agent_without_a_recorded_horizon
         callback = GANNOCallback(depth_agent(4), interval="scaled")
     trainer(max_epochs=4, callbacks=[callback]).fit(TinyRegressor())
     assert callback.schedule.steps == list(range(0, 33, 4))
+
+
+def test_a_fit_far_longer_than_the_agents_training_runs_warns_once_at_its_start():
+    agent = depth_agent(2, training_config={"env": {"horizon": 8}})  # trained on 8-step runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer(max_epochs=4, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())  # 32 steps: 4x, no warning
+    with pytest.warns(UserWarning) as record:
+        trainer(max_epochs=5, callbacks=[GANNOCallback(agent)]).fit(TinyRegressor())  # 40 steps: 5x
+    messages = [str(w.message) for w in record if "meta-trained on" in str(w.message)]
+    assert len(messages) == 1
+    assert "this fit's 40 optimizer steps are 5x the longest runs the agent was meta-trained on (8 steps)" in messages[0]
 
 
 def test_sampling_mode_is_reproducible_from_seed():
