@@ -142,7 +142,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     """
     loaded = load_config(MetaTrainingConfig, source, overrides, see="configs/ganno_default.yaml")
     config: MetaTrainingConfig = OmegaConf.to_object(loaded)
-    env_config(_env_sections(config))  # the env and family sections, checked before any process starts
+    env = env_config(_env_sections(config))  # the env and family sections, checked before any process starts
     family_from_config(_env_sections(config))
     check_task_pool(_env_sections(config))
     algo, run = config.algo, config.run
@@ -153,7 +153,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
             raise ValueError(f"`run.{name}` must be a positive int, got {getattr(run, name)!r}.")
     if not 0 <= algo.identity_init < 1:
         raise ValueError(f"`algo.identity_init` must be in [0, 1) (0: default init; e.g. 0.8), got {algo.identity_init!r}.")
-    if algo.identity_init and 1.0 not in env_config(_env_sections(config)).action_multipliers:
+    if algo.identity_init and 1.0 not in env.action_multipliers:
         raise ValueError("`algo.identity_init` needs an action set with the multiplier 1 (keep the LR); "
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
@@ -162,10 +162,10 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef) and coef >= 0):
         raise ValueError(f"`algo.ppo_imitation_coef` must be a number >= 0 (0: plain PPO; e.g. 0.5), "
                          f"got {algo.ppo_imitation_coef!r}.")
-    if algo.ppo_imitation_coef and not env_config(_env_sections(config)).privileged:
+    if algo.ppo_imitation_coef and not env.privileged:
         raise ValueError(f"`algo.ppo_imitation_coef={algo.ppo_imitation_coef}` needs `env.privileged: true`: the "
                          "expert the actor is kept near reads each layer's LR relative to its task's best.")
-    if algo.imitation_frames and not env_config(_env_sections(config)).privileged:
+    if algo.imitation_frames and not env.privileged:
         raise ValueError(f"`algo.imitation_frames={algo.imitation_frames}` needs `env.privileged: true`: the expert "
                          "the actor imitates reads each layer's LR relative to its task's best.")
     if not (isinstance(algo.expert_peak_factor, (int, float)) and algo.expert_peak_factor > 0):
