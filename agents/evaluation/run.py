@@ -135,7 +135,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 if agent.get("schedule"):  # the user's own scheduler, which the agent then acts around
                     with_schedule(module, agent["schedule"], job["steps"])
                 ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
-                                      decision_steps=agent.get("decision_steps"),
+                                      decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:
