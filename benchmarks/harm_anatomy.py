@@ -45,12 +45,18 @@ def run_rows(results: dict) -> list[dict]:
                 "family": task_family(task_id),
                 "ratio": agent / constant if constant > 0 else math.inf,
                 "log_scale": log_scale,
-                # how far a 3% LR change alone moves this run's loss (inf: the nudged run diverged)
-                "sensitivity": max((abs(math.log(n / constant)) if 0 < min(n, constant) and max(n, constant) < math.inf
-                                    else math.inf for n in nudged), default=math.nan),
+                # how far a 3% LR change alone moves this run's loss
+                "sensitivity": max((_log_change(n, constant) for n in nudged), default=math.nan),
                 "solved": agent < LOSS_FLOOR * initial and constant < LOSS_FLOOR * initial,
             })
     return rows
+
+
+def _log_change(loss: float, reference: float) -> float:
+    """|log(loss / reference)|; inf where either run diverged (or ended at zero)."""
+    if 0 < min(loss, reference) and max(loss, reference) < math.inf:
+        return abs(math.log(loss / reference))
+    return math.inf
 
 
 def group_line(name: str, rows: list[dict]) -> str:
