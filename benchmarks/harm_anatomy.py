@@ -23,9 +23,10 @@ from pathlib import Path
 from report import write_report
 
 from ganno_lightning.agents.evaluation.analysis import LOSS_FLOOR, task_family
+from ganno_lightning.agents.evaluation.paired_stats import HARM_MARGIN
 
 CONDITION = "init_lr_x1"
-HARM = 1.02  # the harm target's margin: more than 2% above the constant LR
+HARM = 1 + HARM_MARGIN  # harmed: more than 2% above the constant LR
 MOVED = 0.2  # |mean log2 scale| above this: the agent raised (or cut) the LRs; below: it stayed near x1
 
 

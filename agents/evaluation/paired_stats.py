@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RATIO_CLIP", "Comparison", "PairedComparison", "TaskComparison", "compare_paired", "log_ratio"]
+__all__ = ["HARM_MARGIN", "RATIO_CLIP", "Comparison", "PairedComparison", "TaskComparison", "compare_paired", "log_ratio"]
 
 #: Largest |log-ratio| a pair contributes (e^4.6 ~ 100x): a diverged run is a loss, not an infinity.
 RATIO_CLIP = math.log(100.0)
+#: Issue #18's harm margin: the agent's loss more than 2% above another method's.
+HARM_MARGIN = 0.02
 
 
 def log_ratio(agent: float, other: float, floor: float = 0.0) -> float:
@@ -109,7 +111,7 @@ def compare_paired(
     *,
     floors: Mapping[str, float] | None = None,
     tie: float = 0.005,
-    harm: float = 0.02,
+    harm: float = HARM_MARGIN,
     resamples: int = 2000,
     seed: int = 0,
 ) -> PairedComparison:
