@@ -14,7 +14,12 @@ from ganno_lightning import config as shared
 from ganno_lightning.agents.baselines import SCHEDULES
 from ganno_lightning.agents.peers import PEERS, PEERS_EXTRA, missing_packages
 from ganno_lightning.config import WandbConfig, check_wandb
-from ganno_lightning.layerwise.actions import DEFAULT_EXPLORATION, check_exploration, check_scale_bounds
+from ganno_lightning.layerwise.actions import (
+    DEFAULT_EXPLORATION,
+    check_exploration,
+    check_min_change,
+    check_scale_bounds,
+)
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
@@ -36,6 +41,7 @@ class AgentConfig:
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
     recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
     scale_bounds: Any = None  # as GANNOCallback: [low, high] of every layer's LR scale; null: the agent's own
+    min_change: Any = None  # as GANNOCallback: smaller LR changes either way are skipped; null: every change (1)
     # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
     # null: none, a constant LR. Compare the agent with `<schedule>@init`, the same schedule without it.
     schedule: Optional[str] = None
@@ -227,6 +233,8 @@ def validate_config(cfg: DictConfig) -> None:
         resolve_decision_steps(plain_value(cfg.agent.decision_steps), 1, "agent.decision_steps")
     if cfg.agent.scale_bounds is not None:
         check_scale_bounds(plain_value(cfg.agent.scale_bounds), "agent.scale_bounds")
+    if cfg.agent.min_change is not None:
+        check_min_change(cfg.agent.min_change, "agent.min_change")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):

@@ -110,6 +110,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         agent["decision_steps"] = plain_value(cfg.agent.decision_steps)
     if cfg.agent.scale_bounds is not None:  # likewise
         agent["scale_bounds"] = [float(b) for b in plain_value(cfg.agent.scale_bounds)]
+    if cfg.agent.min_change is not None:  # likewise
+        agent["min_change"] = float(cfg.agent.min_change)
     if cfg.agent.schedule is not None:  # likewise: set only when the user's schedule is not a constant LR
         agent["schedule"] = cfg.agent.schedule
     jobs: Dict[str, Dict[str, Any]] = {}

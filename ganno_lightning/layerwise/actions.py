@@ -51,6 +51,28 @@ def check_exploration(exploration: Any, name: str = "exploration") -> str:
     return exploration
 
 
+def check_min_change(min_change: Any, name: str = "min_change") -> float:
+    """Return ``min_change`` as a float if it is a finite number >= 1, else raise a ``ValueError``.
+
+    Example::
+
+        >>> check_min_change(1.25)
+        1.25
+        >>> check_min_change(0.8, "agent.min_change")
+        Traceback (most recent call last):
+        ...
+        ValueError: `agent.min_change` must be a finite number >= 1 (1: every change; 1.25: changes between x0.8 and x1.25 are skipped), got 0.8.
+    """
+    try:
+        value = float(min_change)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(min_change, bool) or not (math.isfinite(value) and value >= 1):
+        raise ValueError(f"`{name}` must be a finite number >= 1 (1: every change; 1.25: changes between x0.8 and "
+                         f"x1.25 are skipped), got {min_change!r}.")
+    return value
+
+
 def check_scale_bounds(scale_bounds: Sequence[float], name: str = "scale_bounds") -> tuple[float, float]:
     """Validate ``(low, high)`` scale bounds and return them as floats.
 
@@ -180,7 +202,7 @@ class ActionSet:
         return [self.multipliers[a] for a in actions]
 
     def choose(self, logits: Tensor, exploration: str = DEFAULT_EXPLORATION,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+               generator: torch.Generator | None = None, min_change: float = 1.0) -> tuple[Tensor, Tensor | None]:
         """Turn action logits ``[..., num_actions]`` into one multiplier per agent.
 
         Args:
@@ -189,15 +211,42 @@ class ActionSet:
                 ``exp(sum_a p_a log m_a)``, the drift the sampled actions had in meta-training
                 without their noise; ``"mode"``: the most likely action; ``"random"``: a sample.
             generator: Random source of ``"random"``.
+            min_change: The smallest change made (>= 1): a multiplier strictly between
+                ``1 / min_change`` and ``min_change`` becomes 1 (the LR is kept), so the agent
+                moves an LR only when its policy leans clearly one way. 1: every change is made.
 
         Returns:
             ``(multipliers, actions)``: float64 multipliers ``[...]`` on the CPU and the action
-            indices taken (``None`` for ``"mean"``, whose multipliers lie between the set's).
+            indices taken (``None`` for ``"mean"``, whose multipliers lie between the set's, and
+            where a held change has no action index because the set lacks the multiplier 1).
 
         Raises:
-            ValueError: If ``exploration`` is not one of :data:`EXPLORATION_TYPES`.
+            ValueError: If ``exploration`` is not one of :data:`EXPLORATION_TYPES`, or ``min_change``
+                is not a finite number >= 1.
+
+        Example::
+
+            >>> actions = ActionSet()
+            >>> logits = torch.tensor([[0.0, 0, 0, 0, 0, 2, 0], [0.0, 0, 0, 0, 0, 0, 9]])
+            >>> [round(m, 3) for m in actions.choose(logits, "mean")[0].tolist()]
+            [1.18, 1.999]
+            >>> actions.choose(logits, "mean", min_change=1.25)[0].tolist()[0]  # x1.18 is held
+            1.0
         """
         check_exploration(exploration)
+        min_change = check_min_change(min_change)
+        multipliers, actions = self._choose(logits, exploration, generator)
+        if min_change > 1:
+            held = multipliers.log().abs() < math.log(min_change)
+            multipliers = torch.where(held, torch.ones_like(multipliers), multipliers)
+            if actions is not None and 1.0 in self.multipliers:
+                actions = torch.where(held, self.multipliers.index(1.0), actions)
+            elif actions is not None and held.any():
+                actions = None  # a held layer's multiplier 1 is no action of this set
+        return multipliers, actions
+
+    def _choose(self, logits: Tensor, exploration: str,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
         # On the host in float64 (every device has it there): an action's multiplier is then exactly
         # the float the environment applies.
         logits = logits.to("cpu", torch.float64)

@@ -23,6 +23,7 @@ from ganno_lightning.layerwise.actions import (
     DEFAULT_SCALE_BOUNDS,
     ActionSet,
     check_exploration,
+    check_min_change,
     check_scale_bounds,
     resolve_action_multipliers,
 )
@@ -328,6 +329,7 @@ class GANNOAgent:
         mask: Tensor | None = None,
         exploration: str = DEFAULT_EXPLORATION,
         generator: torch.Generator | None = None,
+        min_change: float = 1.0,
     ) -> Decision:
         """One decision: a multiplier of every layer's LR scale, and the state for the next call.
 
@@ -340,6 +342,8 @@ class GANNOAgent:
                 ``"mean"``: the policy's expected change; ``"mode"``: the most likely action;
                 ``"random"``: a sample.
             generator: Random source of ``"random"``.
+            min_change: Changes smaller than this factor either way keep the LR (1: none is skipped; see
+                :meth:`ActionSet.choose <ganno_lightning.layerwise.actions.ActionSet.choose>`).
 
         Returns:
             A :class:`Decision`; its ``actions`` are ``None`` for ``"mean"``, whose multipliers lie
@@ -347,11 +351,12 @@ class GANNOAgent:
 
         Raises:
             ValueError: If ``exploration`` is not one of
-                :data:`~ganno_lightning.layerwise.actions.EXPLORATION_TYPES`.
+                :data:`~ganno_lightning.layerwise.actions.EXPLORATION_TYPES`, or ``min_change`` is below 1.
         """
         check_exploration(exploration)  # before the policy runs
+        check_min_change(min_change)
         logits, next_state = self.action_logits(observation, state, mask)
-        multipliers, actions = self.action_set.choose(logits, exploration, generator)
+        multipliers, actions = self.action_set.choose(logits, exploration, generator, min_change)
         return Decision(multipliers, actions, next_state)
 
     def action_logits(self, observation: Tensor, state: Tensor | None = None,

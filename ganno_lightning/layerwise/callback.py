@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from ganno_lightning.layerwise.actions import (
     DEFAULT_EXPLORATION,
     check_exploration,
+    check_min_change,
     check_scale_bounds,
 )
 from ganno_lightning.layerwise.agent import Decision, GANNOAgent
@@ -138,7 +139,7 @@ class GANNOCallback(Callback):
         spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every LR by, in (0, 1).
 
     Raises:
-        ValueError: If ``interval``, ``exploration``, ``scale_bounds``, ``grad_samples``,
+        ValueError: If ``interval``, ``exploration``, ``min_change``, ``scale_bounds``, ``grad_samples``,
             ``decision_steps``, ``prior``, ``spike_factor`` or ``spike_lr_cut`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
@@ -160,6 +161,7 @@ class GANNOCallback(Callback):
         interval: int | str | None = None,
         *,
         exploration: str = DEFAULT_EXPLORATION,
+        min_change: float = 1.0,
         groups: GroupSpec = None,
         scale_bounds: tuple[float, float] | None = None,
         val_loss_key: str | None = "val_loss",
@@ -188,6 +190,7 @@ class GANNOCallback(Callback):
             rank_zero_deprecation(f"`deterministic={deterministic!r}` is deprecated; it now means "
                                   f"`exploration={exploration!r}`. Pass `exploration` instead (default 'mean').")
         self.exploration = check_exploration(exploration)
+        self.min_change = check_min_change(min_change)
         if isinstance(agent, GANNOAgent):
             self.agent = agent
         elif agent is None:
@@ -358,7 +361,7 @@ class GANNOCallback(Callback):
             return
         # Every rank sees the same (reduced) observation, so a recurrent state stays identical across ranks.
         decision = self.agent.decide(observation, self._policy_state, exploration=self.exploration,
-                                     generator=self._generator)
+                                     generator=self._generator, min_change=self.min_change)
         if not isinstance(decision, Decision):
             raise TypeError(f"{type(self.agent).__name__}.decide must return a "
                             f"ganno_lightning.layerwise.agent.Decision(multipliers, actions, state), got {type(decision).__name__}.")

@@ -677,6 +677,23 @@ def test_scale_bounds_clip_the_agent_and_bounds_of_one_give_back_the_constant_lr
         ev.load_config(SMOKE, ["agent.scale_bounds=[2,3]"])
 
 
+def test_min_change_skips_the_agents_smaller_changes_and_a_huge_one_gives_back_the_constant_lr(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    held = tmp_path / "held"
+    assert ev.main([*_settings_of(argv), f"out_dir={held}", "agent.min_change=1e9", f"baselines_from=[{out}]"]) == 0
+    assert "copied 40 finished baseline runs" in capsys.readouterr().out  # a new setting: new agent runs only
+    runs = json.loads((held / "results.json").read_text())["runs"]
+    constant = {(r["task_name"], r["seed"], r["lr_factor"]): r for r in runs if r["method"] == "constant"}
+    agent_runs = [r for r in runs if r["method"] == "agent"]
+    assert agent_runs and all(scale == 1.0 for r in agent_runs for row in r["schedule"]["scales"] for scale in row)
+    for run in agent_runs:  # no change is ever made: the agent's run is the constant LR's, loss for loss
+        key = (run["task_name"], run["seed"], run["lr_factor"])
+        assert run["final_val_loss"] == pytest.approx(constant[key]["final_val_loss"], rel=1e-6)
+    assert "min_change `1000000000.0`" in (held / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"`agent\.min_change` must be a finite number >= 1 .*, got 0\.5"):
+        ev.load_config(SMOKE, ["agent.min_change=0.5"])
+
+
 def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):
     out, _, argv = smoke
     source = _settings_of(argv)

@@ -12,6 +12,7 @@ from ganno_lightning.layerwise.actions import (
     apply_multipliers,
     check_action_multipliers,
     check_exploration,
+    check_min_change,
     check_scale_bounds,
     clip_scales,
 )
@@ -78,6 +79,33 @@ def test_exploration_names_the_argument_on_error():
         check_exploration("x", "agent.exploration")
     with pytest.raises(ValueError, match=r"`exploration` must be one of"):
         ActionSet().choose(torch.zeros(7), "greedy")
+
+
+def test_min_change_keeps_the_lr_where_the_change_is_smaller_and_leaves_the_rest():
+    actions = ActionSet()  # 2^-1 ... 2, with 1 at index 3
+    leaning = torch.full((7,), -30.0)
+    logits = torch.stack([leaning.index_fill(0, torch.tensor([a]), 0.0) for a in (0, 2, 3, 4, 6)])
+    free, free_actions = actions.choose(logits, "mode")
+    held, held_actions = actions.choose(logits, "mode", min_change=2**0.5)
+    assert free.tolist() == [0.5, 2**-0.25, 1.0, 2**0.25, 2.0]
+    assert held.tolist() == [0.5, 1.0, 1.0, 1.0, 2.0]  # x2^-1/4 and x2^1/4 are inside x2^-1/2 .. x2^1/2
+    assert free_actions.tolist() == [0, 2, 3, 4, 6] and held_actions.tolist() == [0, 3, 3, 3, 6]
+    # a change of exactly min_change is made; "mean" is held alike
+    assert actions.choose(logits, "mode", min_change=2**0.25)[0].tolist() == free.tolist()
+    assert actions.choose(logits, "mean", min_change=2**0.5)[0].tolist() == pytest.approx(held.tolist())
+    assert torch.equal(actions.choose(logits, "mode", min_change=1.0)[0], free)
+    # a set without the multiplier 1 has no action index for a held change
+    no_identity = ActionSet([0.5, 2.0])
+    multipliers, chosen = no_identity.choose(torch.tensor([[9.0, 0.0], [0.0, 9.0]]), "mode", min_change=4.0)
+    assert multipliers.tolist() == [1.0, 1.0] and chosen is None
+
+
+@pytest.mark.parametrize("bad", [0.5, 0.0, -2.0, math.inf, math.nan, "x", None, True])
+def test_min_change_must_be_a_finite_factor_of_at_least_one(bad):
+    with pytest.raises(ValueError, match=r"`agent.min_change` must be a finite number >= 1 .*, got "):
+        check_min_change(bad, "agent.min_change")
+    with pytest.raises(ValueError, match=r"`min_change`"):
+        ActionSet().choose(torch.zeros(7), "mean", min_change=bad)
 
 
 @pytest.mark.parametrize("bad", [(0.0, 10.0), (2.0, 10.0), (0.1, 0.5), (0.1, math.inf), (0.1,), "ab", None])

@@ -51,6 +51,11 @@ def test_bad_interval_is_rejected(interval):
         GANNOCallback(depth_agent(), interval=interval)
 
 
+def test_bad_min_change_is_rejected():
+    with pytest.raises(ValueError, match=r"`min_change` must be a finite number >= 1 .*, got 0.9"):
+        GANNOCallback(depth_agent(), min_change=0.9)
+
+
 def test_bad_scale_bounds_are_rejected():
     with pytest.raises(ValueError, match=r"`scale_bounds` must satisfy 0 < low <= 1 <= high"):
         GANNOCallback(depth_agent(), scale_bounds=(2.0, 10.0))
