@@ -77,6 +77,9 @@ class AlgoConfig:
     # so PPO improves on the teacher near it instead of drifting away (a behaviour-cloning term as in
     # DAPG, Rajeswaran et al. 2018); needs env.privileged
     ppo_imitation_coef: float = 0.0
+    # > 0: the first this many env steps train the critic alone (the actor is not updated): with
+    # run.init_agent, a fresh critic learns the inherited actor's values before PPO moves that actor
+    critic_warmup_frames: int = 0
     # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
     # this times the task's best constant LR: a decaying schedule's best peak sits above it
     expert_peak_factor: float = 1.0
@@ -98,6 +101,10 @@ class RunConfig:
     checkpoint_every: int = 10  # iterations
     resume: bool = False
     export: str | None = None  # also copy the final agent here (e.g. ganno_lightning/layerwise/default_agent.pt)
+    # an agent file ("default": the shipped agent) whose actor and observation statistics this run starts from
+    # (it must observe the same features, act with the same action set and have the same actor network); the
+    # critic starts fresh (see algo.critic_warmup_frames)
+    init_agent: str | None = None
     wandb: bool = True
     wandb_project: str = "ganno-lightning"
     wandb_mode: str = "offline"  # offline | online | disabled
@@ -158,6 +165,12 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
         raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
+    if algo.critic_warmup_frames < 0:
+        raise ValueError(f"`algo.critic_warmup_frames` must be >= 0 (0: the actor trains from the first batch), "
+                         f"got {algo.critic_warmup_frames!r}.")
+    if run.init_agent is not None and run.init_agent != "default" and not Path(run.init_agent).is_file():
+        raise ValueError(f"`run.init_agent`: no agent file at {run.init_agent!r}; give an agent file's path "
+                         "(e.g. runs/ganno/agent.pt), 'default' for the shipped agent, or null to start fresh.")
     coef = algo.ppo_imitation_coef
     if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef) and coef >= 0):
         raise ValueError(f"`algo.ppo_imitation_coef` must be a number >= 0 (0: plain PPO; e.g. 0.5), "
@@ -219,6 +232,37 @@ def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
         lengths["long_horizon"] = settings.long_horizon
     plain["env"] = {**(plain.get("env") or {}), **lengths}
     return plain
+
+
+def start_from_agent(agent: GANNOAgent, normalizer_stats: RunningNormalizer, source: str) -> None:
+    """Copy the actor and observation statistics of the agent file ``source`` (``"default"``: the shipped
+    agent) into ``agent``, the fresh agent a meta-training run built from its config.
+
+    The statistics continue as if gathered from one observation per env step the source was trained
+    on (its ``trained_frames``), so new observations move them gradually, not at the first batch.
+
+    Raises:
+        ValueError: If the source observes other features, acts with another action set, decides on
+            another interval or grid, or has an actor of another shape (``algo.hidden_sizes``,
+            ``algo.recurrent_size``, ``algo.policy_head``).
+    """
+    initial = GANNOAgent.from_source(source)
+    for setting in ("feature_names", "action_multipliers", "interval", "decision_steps", "prior"):
+        theirs, ours = (tuple(v) if isinstance(v, (list, tuple)) else v
+                        for v in (getattr(initial, setting), getattr(agent, setting)))
+        if theirs != ours:
+            raise ValueError(f"`run.init_agent`: {source!r} has {setting}={theirs!r}, this config {ours!r}; "
+                             f"start from an agent trained with the same env settings, or set `run.init_agent: null`.")
+    try:
+        agent.actor.load_state_dict(initial.actor.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"`run.init_agent`: {source!r} has another actor network than this config "
+                         f"(`algo.hidden_sizes`, `algo.recurrent_size`, `algo.policy_head` must match): "
+                         f"{str(err).splitlines()[0][:200]}") from None
+    agent.normalizer.load_state_dict(initial.normalizer.state_dict())
+    count = float(initial.training_config.get("trained_frames", 1))
+    normalizer_stats.load_state_dict({"count": count, "mean": initial.normalizer.mean.double(),
+                                      "m2": initial.normalizer.var.double() * count})
 
 
 class SeededCollector(Collector):
@@ -337,6 +381,8 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
         iteration, frames, history = state["iteration"], state["frames"], state["history"]
         torch.set_rng_state(state["rng"])
         print(f"Resumed from {checkpoint_path} at iteration {iteration} ({frames} env steps).", file=sys.stderr)
+    elif run.init_agent is not None:
+        start_from_agent(agent, normalizer_stats, run.init_agent)
 
     # -- environments -----------------------------------------------------------------------------
     # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
@@ -375,6 +421,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             buffer.extend(batch.reshape(-1))
             stats: dict[str, list[float]] = {}
             imitating = frames < algo.imitation_frames
+            actor_frozen = frames < algo.critic_warmup_frames
             for _ in range(algo.epochs):
                 for minibatch in buffer:
                     losses = loss_module(minibatch)
@@ -382,7 +429,9 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                         imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers,
                                                    algo.expert_peak_factor, algo.expert_schedule)
                         stats.setdefault("imitation", []).append(float(imitation.detach()))
-                    if imitating:  # the actor learns the expert's actions, the critic its values as in PPO
+                    if actor_frozen:  # the critic alone learns the current actor's values
+                        total = losses["loss_critic"]
+                    elif imitating:  # the actor learns the expert's actions, the critic its values as in PPO
                         total = imitation + losses["loss_critic"]
                     else:
                         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
@@ -392,7 +441,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                     total.backward()
                     torch.nn.utils.clip_grad_norm_(loss_module.parameters(), algo.max_grad_norm)
                     optimizer.step()
-                    logged = CRITIC_STATS if imitating else PPO_STATS
+                    logged = CRITIC_STATS if imitating or actor_frozen else PPO_STATS
                     for name, key in logged:
                         if key in losses.keys():
                             stats.setdefault(name, []).append(float(losses[key].detach().float().mean()))

@@ -114,7 +114,7 @@ def main() -> None:
     if args.agent == "fresh":
         agent = GANNOAgent.create(interval=args.interval, seed=0)
     else:
-        agent = GANNOAgent.default() if args.agent == "default" else GANNOAgent.load(args.agent)
+        agent = GANNOAgent.from_source(args.agent)
     inside = [0.0]
     instrument(inside)
 

@@ -44,9 +44,10 @@ from ganno_lightning.agents.evaluation.report import (
     targets_table,
     write_report,
 )
-from ganno_lightning.agents.evaluation.run import load_agent, missing_lr_cells
+from ganno_lightning.agents.evaluation.run import missing_lr_cells
 from ganno_lightning.config import ConfigCommandLine
 from ganno_lightning.files import atomic_write_text
+from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
 from ganno_lightning.trials.pool import append_records, read_log
@@ -70,7 +71,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     agent_file = agent_path(cfg.agent.path)
     if cfg.agent.path != "default" and not agent_file.is_file():
         raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
-    agent = load_agent(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
+    agent = GANNOAgent.from_source(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
     if cfg.agent.decision_steps is not None:  # as must an agent whose LR probe features these steps never measure
         steps = resolve_decision_steps(plain_value(cfg.agent.decision_steps), agent.interval, "agent.decision_steps")
         check_lr_probe_decisions(agent.feature_names, steps, "agent.decision_steps")

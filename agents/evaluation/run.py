@@ -129,12 +129,13 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             curve = LearningCurve("val_loss", check_finite=not recovers, strict=False)
             callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
             if job["method"] == "agent":
+                from ganno_lightning.layerwise.agent import GANNOAgent
                 from ganno_lightning.layerwise.callback import GANNOCallback
 
                 agent = job["agent"]
                 if agent.get("schedule"):  # the user's own scheduler, which the agent then acts around
                     with_schedule(module, agent["schedule"], job["steps"])
-                ganno = GANNOCallback(load_agent(agent["path"]), interval=agent["interval"],
+                ganno = GANNOCallback(GANNOAgent.from_source(agent["path"]), interval=agent["interval"],
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       min_change=agent.get("min_change", 1.0), exploration=agent["exploration"],
                                       seed=job["seed"], recover_on_spike=recovers)
@@ -182,12 +183,6 @@ def _scored(curve: List[Tuple[int, float]]) -> List[List[float]]:
 
 
 @lru_cache(maxsize=4)
-def load_agent(path: str):
-    from ganno_lightning.layerwise.agent import GANNOAgent
-
-    return GANNOAgent.default() if path == "default" else GANNOAgent.load(path)
-
-
 def _initial_val_loss(module) -> Optional[float]:
     """The validation loss before training (the scale that paired comparisons' floor is set from)."""
     from ganno_lightning.envs.tasks import ZooModule

@@ -506,6 +506,12 @@ class GANNOAgent:
             )
         return cls.load(DEFAULT_AGENT_PATH)
 
+    @classmethod
+    def from_source(cls, source: str | os.PathLike) -> GANNOAgent:
+        """``"default"`` (the agent that ships with the package, :meth:`default`) or an agent file's path
+        (:meth:`load`), as configs and command lines name an agent."""
+        return cls.default() if str(source) == "default" else cls.load(source)
+
     def __repr__(self) -> str:
         timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
                   if self._uses_timing_options else "")

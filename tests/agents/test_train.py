@@ -74,6 +74,29 @@ def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_pa
         train(SMOKE, [*overrides, "run.total_frames=32", "run.resume=true", "algo.hidden_sizes=[8]"])
 
 
+def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms_up(tmp_path):
+    base = [f"run.out_dir={tmp_path / 'first'}", "run.wandb=false", "run.total_frames=32"]
+    first = GANNOAgent.load(train(SMOKE, base))
+    overrides = ["run.wandb=false", f"run.init_agent={tmp_path / 'first' / 'agent.pt'}"]
+    warm = GANNOAgent.load(train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'warm'}", "run.total_frames=32",
+                                         "algo.critic_warmup_frames=32"]))
+    for name, weights in first.actor.state_dict().items():  # the critic trained, the actor did not move
+        assert torch.equal(weights, warm.actor.state_dict()[name]), name
+    rows = read_metrics(tmp_path / "warm")
+    assert all(r["losses/critic"] != "" and r["losses/objective"] == "" for r in rows)
+    # the observation statistics go on from the first agent's, moved by the new batches but not replaced
+    assert not torch.equal(warm.normalizer.mean, first.normalizer.mean)
+    assert torch.allclose(warm.normalizer.mean, first.normalizer.mean, atol=0.5 * first.normalizer.var.max().sqrt())
+    on = GANNOAgent.load(train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'on'}", "run.total_frames=48",
+                                       "algo.critic_warmup_frames=16"]))
+    assert not torch.equal(on.actor.mlp[0].weight, first.actor.mlp[0].weight)  # after the warm-up PPO moves it
+    assert [r["losses/objective"] != "" for r in read_metrics(tmp_path / "on")] == [False, True, True]
+    with pytest.raises(ValueError, match=r"`run.init_agent`: .* has another actor network than this config"):
+        train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "algo.hidden_sizes=[8]"])
+    with pytest.raises(ValueError, match=r"`run.init_agent`: .* has interval=10, this config 5"):
+        train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.interval=5"])
+
+
 @pytest.mark.parametrize("override, match", [
     ("algo.learning_rate=0.1",
      "Unknown config key `algo.learning_rate` in the overrides.*Known keys: algorithm, .*lr"),
@@ -87,6 +110,8 @@ def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_pa
     ("algo.hidden_sizes[3]=8", r"`algo.hidden_sizes` has 1 entry, so it has no index 3.*algo.hidden_sizes=\[...\]"),
     ("run.wandb_mode=ofline", r"`run.wandb_mode` must be 'online', 'offline' or 'disabled', got 'ofline'"),
     ("env.horizon=abc", r"`env.horizon` in the config must be an int, got 'abc'"),
+    ("run.init_agent=missing.pt", r"`run.init_agent`: no agent file at 'missing.pt'; give an agent file's path"),
+    ("algo.critic_warmup_frames=-1", r"`algo.critic_warmup_frames` must be >= 0"),
 ])
 def test_config_errors_name_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
