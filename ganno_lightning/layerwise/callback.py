@@ -118,6 +118,11 @@ class GANNOCallback(Callback):
             actions did in meta-training, without their noise; ``"mode"``: its most likely action,
             which exaggerates whichever way it leans (a policy whose likeliest action, at 40%, is a
             doubling doubles at every decision); ``"random"``: a sample, seeded by ``seed``.
+        min_change: The smallest LR change the agent makes, as a factor (>= 1): a layer whose chosen
+            change lies strictly between ``1 / min_change`` and ``min_change`` keeps its LR at that
+            decision. 1 (default): every change is made. An experiment, not a fix: on the dev suites
+            skipping the shipped agent's changes below x2^0.25 or x2^0.5 cut none of its harm and
+            cost some of its gains (``benchmarks/results/deploy_min_change/``).
         deterministic: Deprecated: ``True`` is ``exploration="mode"``, ``False`` is ``"random"``.
         groups: Override which parameters form an agent: glob patterns over module names, or a
             callable ``(module_name, module) -> agent name or None``. Default: one agent per
