@@ -92,12 +92,14 @@ class RunningNormalizer:
     """Welford statistics of the valid (unmasked) observations, copied into the normaliser on demand.
 
     The normaliser's buffers change only between PPO iterations, so the log-probabilities stored at
-    collection time and those recomputed in the update come from the same inputs.
+    collection time and those recomputed in the update come from the same inputs. Counts are kept per
+    feature, so a run that starts from another agent's statistics (``run.init_agent``) can carry its
+    features' counts over while features it adds start from none.
     """
 
     def __init__(self, normalizer: ObservationNormalizer) -> None:
         self.normalizer = normalizer
-        self.count = 0.0
+        self.count = torch.zeros_like(normalizer.mean, dtype=torch.float64)
         self.mean = torch.zeros_like(normalizer.mean, dtype=torch.float64)
         self.m2 = torch.zeros_like(normalizer.mean, dtype=torch.float64)
 
@@ -116,15 +118,19 @@ class RunningNormalizer:
     MIN_VAR = 1e-2
 
     def apply(self) -> None:
-        if self.count > 1:
-            self.normalizer.mean.copy_(self.mean.float())
-            self.normalizer.var.copy_((self.m2 / self.count).clamp_min(self.MIN_VAR).float())
+        """Copy the statistics of every feature seen more than once into the normaliser."""
+        seen = self.count > 1
+        variance = (self.m2 / self.count.clamp_min(1.0)).clamp_min(self.MIN_VAR)
+        self.normalizer.mean.copy_(torch.where(seen, self.mean, self.normalizer.mean.double()).float())
+        self.normalizer.var.copy_(torch.where(seen, variance, self.normalizer.var.double()).float())
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2}
 
     def load_state_dict(self, state: dict) -> None:
-        self.count, self.mean, self.m2 = float(state["count"]), state["mean"], state["m2"]
+        # checkpoints before per-feature counts hold one count for every feature
+        self.count = torch.as_tensor(state["count"], dtype=torch.float64).expand_as(state["mean"]).clone()
+        self.mean, self.m2 = state["mean"], state["m2"]
 
 
 def make_modules(agent: GANNOAgent, critic_hidden: Sequence[int], algorithm: str,

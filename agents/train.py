@@ -238,31 +238,66 @@ def start_from_agent(agent: GANNOAgent, normalizer_stats: RunningNormalizer, sou
     """Copy the actor and observation statistics of the agent file ``source`` (``"default"``: the shipped
     agent) into ``agent``, the fresh agent a meta-training run built from its config.
 
-    The statistics continue as if gathered from one observation per env step the source was trained
-    on (its ``trained_frames``), so new observations move them gradually, not at the first batch.
+    ``agent`` may observe features the source does not (``env.features: run_length`` on top of a
+    ``hypergradient`` agent, say): the actor's first layer reads them with zero weights, so the
+    started agent acts exactly as the source until training teaches it to use them, and their
+    statistics start from the first batch. The source's statistics continue as if gathered from one
+    observation per env step it was trained on (its ``trained_frames``), so new observations move
+    them gradually, not at the first batch.
 
     Raises:
-        ValueError: If the source observes other features, acts with another action set, decides on
-            another interval or grid, or has an actor of another shape (``algo.hidden_sizes``,
-            ``algo.recurrent_size``, ``algo.policy_head``).
+        ValueError: If the source observes a feature this config does not, acts with another action
+            set, decides on another interval or grid, or has an actor of another shape
+            (``algo.hidden_sizes``, ``algo.recurrent_size``, ``algo.policy_head``).
     """
     initial = GANNOAgent.from_source(source)
-    for setting in ("feature_names", "action_multipliers", "interval", "decision_steps", "prior"):
+    dropped = [name for name in initial.feature_names if name not in agent.feature_names]
+    if dropped:
+        raise ValueError(f"`run.init_agent`: {source!r} observes {dropped}, which this config's `env.features` "
+                         f"does not; start from an agent whose features are among this config's.")
+    for setting in ("action_multipliers", "interval", "decision_steps", "prior"):
         theirs, ours = (tuple(v) if isinstance(v, (list, tuple)) else v
                         for v in (getattr(initial, setting), getattr(agent, setting)))
         if theirs != ours:
             raise ValueError(f"`run.init_agent`: {source!r} has {setting}={theirs!r}, this config {ours!r}; "
                              f"start from an agent trained with the same env settings, or set `run.init_agent: null`.")
+    columns = torch.tensor([agent.feature_names.index(name) for name in initial.feature_names])
+    weights = _widened_actor_state(initial.actor.state_dict(), agent.actor.state_dict(), columns)
     try:
-        agent.actor.load_state_dict(initial.actor.state_dict())
+        agent.actor.load_state_dict(weights)
     except RuntimeError as err:
         raise ValueError(f"`run.init_agent`: {source!r} has another actor network than this config "
                          f"(`algo.hidden_sizes`, `algo.recurrent_size`, `algo.policy_head` must match): "
                          f"{str(err).splitlines()[0][:200]}") from None
-    agent.normalizer.load_state_dict(initial.normalizer.state_dict())
+    agent.normalizer.mean[columns] = initial.normalizer.mean
+    agent.normalizer.var[columns] = initial.normalizer.var
     count = float(initial.training_config.get("trained_frames", 1))
-    normalizer_stats.load_state_dict({"count": count, "mean": initial.normalizer.mean.double(),
-                                      "m2": initial.normalizer.var.double() * count})
+    stats = normalizer_stats.state_dict()
+    stats["count"][columns] = count
+    stats["mean"][columns] = initial.normalizer.mean.double()
+    stats["m2"][columns] = initial.normalizer.var.double() * count
+    normalizer_stats.load_state_dict(stats)
+
+
+def _widened_actor_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                         columns: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``source``'s actor weights, with its first layer's inputs moved to ``columns`` of a wider feature list.
+
+    The first layer reads [own, mean over layers, max over layers] features
+    (:func:`~ganno_lightning.layerwise.policy.pool_agents`): each block's columns move alike, and
+    the new features' columns are zero. Same features: ``source`` unchanged.
+    """
+    widened = dict(source)
+    for key, weight in source.items():
+        wider = target.get(key)
+        if weight.dim() == 2 and wider is not None and weight.shape[1] == 3 * len(columns) != wider.shape[1]:
+            width = wider.shape[1] // 3
+            moved = torch.zeros_like(wider)
+            for block in range(3):
+                moved[:, block * width + columns] = weight[:, block * len(columns):(block + 1) * len(columns)]
+            widened[key] = moved
+            break  # only the first layer reads features
+    return widened
 
 
 class SeededCollector(Collector):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ganno_lightning import GANNOAgent, GANNOCallback
-from ganno_lightning.agents.networks import LOG_PROB, make_modules
-from ganno_lightning.agents.train import parse_config, resolved_config, train
+from ganno_lightning.agents.networks import LOG_PROB, RunningNormalizer, make_modules
+from ganno_lightning.agents.train import parse_config, resolved_config, start_from_agent, train
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
 from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
@@ -95,6 +95,33 @@ def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "algo.hidden_sizes=[8]"])
     with pytest.raises(ValueError, match=r"`run.init_agent`: .* has interval=10, this config 5"):
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.interval=5"])
+
+
+def test_a_run_that_observes_more_features_starts_as_the_agent_it_came_from(tmp_path):
+    first_path = train(SMOKE, [f"run.out_dir={tmp_path / 'first'}", "run.wandb=false", "run.total_frames=32"])
+    first = GANNOAgent.load(first_path)
+    wider = GANNOAgent.create(hidden_sizes=(16,), interval=10, seed=1, feature_names="hypergradient")
+    stats = RunningNormalizer(wider.normalizer)
+    start_from_agent(wider, stats, str(first_path))
+    added = [i for i, name in enumerate(wider.feature_names) if name not in first.feature_names]
+    kept = [wider.feature_names.index(name) for name in first.feature_names]
+    assert len(added) == len(FEATURE_SETS["hypergradient"]) - len(first.feature_names) > 0
+    observation = torch.randn(4, len(wider.feature_names), generator=torch.Generator().manual_seed(0))
+    for value in (0.0, 3.0):  # whatever the new features read, the started agent acts as the first one
+        observation[:, added] = value
+        assert torch.allclose(wider.logits(observation), first.logits(observation[:, kept]), atol=1e-6)
+    assert stats.count[kept].tolist() == [32.0] * len(kept) and stats.count[added].tolist() == [0.0] * len(added)
+    batch = torch.randn(5, len(wider.feature_names), generator=torch.Generator().manual_seed(1)) + 7.0
+    stats.update(batch, torch.ones(5, dtype=torch.bool))
+    stats.apply()  # the new features' statistics come from their first batch alone, the kept ones move by 5 in 37
+    assert torch.allclose(wider.normalizer.mean[added], batch[:, added].mean(0))
+    assert torch.allclose(wider.normalizer.mean[kept], (32 * first.normalizer.mean + 5 * batch[:, kept].mean(0)) / 37)
+    # and in a run: the run trains on from there; an agent cannot start a narrower one
+    train(SMOKE, ["run.wandb=false", f"run.init_agent={first_path}", "env.features=hypergradient",
+                  f"run.out_dir={tmp_path / 'wider'}", "run.total_frames=16"])
+    with pytest.raises(ValueError, match=r"`run.init_agent`: .* observes \['update_grad_cos'.*which this config's"):
+        train(SMOKE, ["run.wandb=false", f"run.init_agent={tmp_path / 'wider' / 'agent.pt'}",
+                      f"run.out_dir={tmp_path / 'narrower'}"])
 
 
 @pytest.mark.parametrize("override, match", [
