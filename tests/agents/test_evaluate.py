@@ -657,41 +657,32 @@ def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(
     assert "(exploration `mean`, interval `scaled`, decision_steps `[0, 3]`)" in (paced / "report.md").read_text()
 
 
-def test_scale_bounds_clip_the_agent_and_bounds_of_one_give_back_the_constant_lr(smoke, tmp_path, capsys):
-    out, _, argv = smoke
-    pinned = tmp_path / "pinned"
-    assert ev.main([*_settings_of(argv), f"out_dir={pinned}", "agent.scale_bounds=[1,1]", f"baselines_from=[{out}]"]) == 0
-    assert "copied 40 finished baseline runs" in capsys.readouterr().out  # a new setting: new agent runs only
-    runs = json.loads((pinned / "results.json").read_text())["runs"]
-    free = {(r["task_name"], r["seed"], r["lr_factor"]): r for r in json.loads((out / "results.json").read_text())["runs"]
-            if r["method"] == "agent"}
-    constant = {(r["task_name"], r["seed"], r["lr_factor"]): r for r in runs if r["method"] == "constant"}
-    agent_runs = [r for r in runs if r["method"] == "agent"]
-    assert agent_runs and all(scale == 1.0 for r in agent_runs for scale in r["schedule"]["scales"][-1])
-    for run in agent_runs:  # every scale pinned at 1: the agent's run is the constant LR's, loss for loss
-        key = (run["task_name"], run["seed"], run["lr_factor"])
-        assert run["final_val_loss"] == pytest.approx(constant[key]["final_val_loss"], rel=1e-6)
-    assert any(scale != 1.0 for r in free.values() for scale in r["schedule"]["scales"][-1])  # unpinned, it acts
-    assert "scale_bounds `[1, 1]`" in (pinned / "report.md").read_text()
-    with pytest.raises(ValueError, match=r"`agent\.scale_bounds` must satisfy 0 < low <= 1 <= high < inf, got \[2, 3\]"):
-        ev.load_config(SMOKE, ["agent.scale_bounds=[2,3]"])
-
-
-def test_min_change_skips_the_agents_smaller_changes_and_a_huge_one_gives_back_the_constant_lr(smoke, tmp_path, capsys):
+@pytest.mark.parametrize("override, header, bad, error", [
+    # bounds of one: every scale is clipped back to 1
+    ("agent.scale_bounds=[1,1]", "scale_bounds `[1, 1]`", "agent.scale_bounds=[2,3]",
+     r"`agent\.scale_bounds` must satisfy 0 < low <= 1 <= high < inf, got \[2, 3\]"),
+    # a huge smallest change: no change the agent picks is made
+    ("agent.min_change=1e9", "min_change `1000000000.0`", "agent.min_change=0.5",
+     r"`agent\.min_change` must be a finite number >= 1 .*, got 0\.5"),
+])
+def test_an_agent_held_at_the_users_lr_gives_back_the_constant_lr(smoke, tmp_path, capsys, override, header, bad,
+                                                                   error):
     out, _, argv = smoke
     held = tmp_path / "held"
-    assert ev.main([*_settings_of(argv), f"out_dir={held}", "agent.min_change=1e9", f"baselines_from=[{out}]"]) == 0
+    assert ev.main([*_settings_of(argv), f"out_dir={held}", override, f"baselines_from=[{out}]"]) == 0
     assert "copied 40 finished baseline runs" in capsys.readouterr().out  # a new setting: new agent runs only
     runs = json.loads((held / "results.json").read_text())["runs"]
+    free = [r for r in json.loads((out / "results.json").read_text())["runs"] if r["method"] == "agent"]
     constant = {(r["task_name"], r["seed"], r["lr_factor"]): r for r in runs if r["method"] == "constant"}
     agent_runs = [r for r in runs if r["method"] == "agent"]
     assert agent_runs and all(scale == 1.0 for r in agent_runs for row in r["schedule"]["scales"] for scale in row)
-    for run in agent_runs:  # no change is ever made: the agent's run is the constant LR's, loss for loss
+    for run in agent_runs:  # every scale held at 1: the agent's run is the constant LR's, loss for loss
         key = (run["task_name"], run["seed"], run["lr_factor"])
         assert run["final_val_loss"] == pytest.approx(constant[key]["final_val_loss"], rel=1e-6)
-    assert "min_change `1000000000.0`" in (held / "report.md").read_text()
-    with pytest.raises(ValueError, match=r"`agent\.min_change` must be a finite number >= 1 .*, got 0\.5"):
-        ev.load_config(SMOKE, ["agent.min_change=0.5"])
+    assert any(scale != 1.0 for r in free for scale in r["schedule"]["scales"][-1])  # left alone, it acts
+    assert header in (held / "report.md").read_text()
+    with pytest.raises(ValueError, match=error):
+        ev.load_config(SMOKE, [bad])
 
 
 def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, tmp_path, capsys):
