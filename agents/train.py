@@ -102,8 +102,8 @@ class RunConfig:
     resume: bool = False
     export: str | None = None  # also copy the final agent here (e.g. ganno_lightning/layerwise/default_agent.pt)
     # an agent file ("default": the shipped agent) whose actor and observation statistics this run starts from
-    # (it must observe the same features, act with the same action set and have the same actor network); the
-    # critic starts fresh (see algo.critic_warmup_frames)
+    # (it must act with the same action set and actor network and observe no feature env.features lacks; features
+    # it lacks start with zero weights, see start_from_agent); the critic starts fresh (algo.critic_warmup_frames)
     init_agent: str | None = None
     wandb: bool = True
     wandb_project: str = "ganno-lightning"
