@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig
 
-from ganno_lightning.agents.evaluation.paired_stats import compare_paired
+from ganno_lightning.agents.evaluation.paired_stats import HARM_MARGIN, compare_paired
 from ganno_lightning.agents.evaluation.plan import (
     conditions_of,
     grid_key,
@@ -250,19 +250,20 @@ def run_targets(cfg: DictConfig, comparisons: Dict[str, Any], method: str = "age
                             "runs": len(chosen), "percent": 100.0 * count / len(chosen)})
 
         every = lambda r: True  # noqa: E731
+        harmed = lambda m: m[method] > (1 + HARM_MARGIN) * m["constant@init"]  # noqa: E731
         add("agent < constant LR", ">= 90%", every, lambda m: m[method] < m["constant@init"])
-        add("agent > 1.02x constant LR (harm)", "<= 5%", every, lambda m: m[method] > 1.02 * m["constant@init"])
+        add(f"agent > {1 + HARM_MARGIN:g}x constant LR (harm)", "<= 5%", every, harmed)
         add("agent <= 1.02x tuned cosine", ">= 70%", every, lambda m: m[method] <= 1.02 * m["cosine@tuned"])
         add(f"start >= {FAR_FROM_BEST:g}x the best LR: agent <= 1.05x tuned cosine", ">= 70%",
             lambda r: r[0] is not None and r[0] >= FAR_FROM_BEST, lambda m: m[method] <= 1.05 * m["cosine@tuned"])
         add(f"start <= 1/{FAR_FROM_BEST:g} of the best LR: agent <= 1.05x tuned cosine", ">= 70%",
             lambda r: r[0] is not None and r[0] <= 1 / FAR_FROM_BEST, lambda m: m[method] <= 1.05 * m["cosine@tuned"])
-        add(f"start within {FAR_FROM_BEST:g}x of the best LR: agent > 1.02x constant LR (harm)", "<= 5%",
-            lambda r: r[0] is not None and 1 / FAR_FROM_BEST < r[0] < FAR_FROM_BEST,
-            lambda m: m[method] > 1.02 * m["constant@init"])
+        add(f"start within {FAR_FROM_BEST:g}x of the best LR: agent > {1 + HARM_MARGIN:g}x constant LR (harm)", "<= 5%",
+            lambda r: r[0] is not None and 1 / FAR_FROM_BEST < r[0] < FAR_FROM_BEST, harmed)
         if noise and method not in nearby:  # a nudged constant LR is not scored against itself
-            add(f"agent > 1.02x the constant LR at each of x{', x'.join(f'{n:g}' for n in [1, *noise])} "
-                "(harm beyond noise)", "diagnostic", every, lambda m: m[method] > 1.02 * max(m[k] for k in nearby))
+            add(f"agent > {1 + HARM_MARGIN:g}x the constant LR at each of x{', x'.join(f'{n:g}' for n in [1, *noise])} "
+                "(harm beyond noise)", "diagnostic", every,
+                lambda m: m[method] > (1 + HARM_MARGIN) * max(m[k] for k in nearby))
         add("agent diverged where the constant LR did not", "0 runs", every,
             lambda m: not math.isfinite(m[method]) and math.isfinite(m["constant@init"]))
         for peer in ("schedulefree_adamw", "prodigy_cosine"):
