@@ -102,6 +102,22 @@ def imitation_loss(actor: ProbabilisticActor, batch: TensorDictBase, multipliers
     return -log_prob[valid].mean()
 
 
+def anchor_loss(actor: ProbabilisticActor, anchor: ProbabilisticActor, batch: TensorDictBase) -> Tensor:
+    """``KL(anchor || actor)`` of the action distributions, averaged over the batch's valid agents.
+
+    ``anchor`` is a frozen copy of the policy a run started from (``run.init_agent``): the term
+    keeps PPO near what that policy did, where the expert of :func:`imitation_loss` pulls toward a
+    teacher the starting policy may already have improved on. Both are recomputed from the batch's
+    stored observations and recurrent states; the states are the trained actor's, so for a
+    recurrent anchor this is its distribution given the actor's memory, close while the two agree.
+    """
+    with torch.no_grad():
+        reference = torch.log_softmax(anchor.get_dist(batch.clone(False)).logits, -1)
+    current = torch.log_softmax(actor.get_dist(batch.clone(False)).logits, -1)
+    kl = (reference.exp() * (reference - current)).sum(-1)
+    return kl[batch[keys.MASK]].mean()
+
+
 def agreement(batch: TensorDictBase, multipliers: Sequence[float], peak_factor: float = 1.0,
               schedule: str = "constant") -> float:
     """Share of the batch's sampled actions (valid agents, known best) that equal the expert's."""

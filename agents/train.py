@@ -13,6 +13,7 @@ Metrics go to ``<out_dir>/metrics.csv`` and W&B (offline unless told otherwise);
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import math
@@ -29,7 +30,13 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
 
-from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS, EXPERT_SCHEDULES, agreement, imitation_loss
+from ganno_lightning.agents.imitation import (
+    CRITIC_PRIVILEGED_COLUMNS,
+    EXPERT_SCHEDULES,
+    agreement,
+    anchor_loss,
+    imitation_loss,
+)
 from ganno_lightning.agents.networks import (
     LOG_PROB,
     STATE_VALUE,
@@ -80,6 +87,9 @@ class AlgoConfig:
     # > 0: the first this many env steps train the critic alone (the actor is not updated): with
     # run.init_agent, a fresh critic learns the inherited actor's values before PPO moves that actor
     critic_warmup_frames: int = 0
+    # > 0 (needs run.init_agent): PPO's loss also gets this times KL(starting policy || actor) on the
+    # collected observations, keeping the run near the agent it started from (agents/imitation.py anchor_loss)
+    anchor_coef: float = 0.0
     # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
     # this times the task's best constant LR: a decaying schedule's best peak sits above it
     expert_peak_factor: float = 1.0
@@ -126,7 +136,7 @@ class MetaTrainingConfig:
 METRIC_NAMES = (
     "iteration", "frames", "charts/episode_return", "charts/episodes", "charts/reward_per_step",
     "charts/env_steps_per_s", "charts/diverged_fraction", "losses/objective", "losses/critic", "losses/entropy",
-    "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance", "losses/imitation",
+    "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance", "losses/imitation", "losses/anchor_kl",
     "charts/expert_agreement",
 )
 
@@ -165,6 +175,11 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
         raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
+    if not (isinstance(algo.anchor_coef, (int, float)) and math.isfinite(algo.anchor_coef) and algo.anchor_coef >= 0):
+        raise ValueError(f"`algo.anchor_coef` must be a number >= 0 (0: off; e.g. 1.0), got {algo.anchor_coef!r}.")
+    if algo.anchor_coef and run.init_agent is None:
+        raise ValueError(f"`algo.anchor_coef={algo.anchor_coef}` needs `run.init_agent`: the anchor is the policy "
+                         "the run starts from.")
     if algo.critic_warmup_frames < 0:
         raise ValueError(f"`algo.critic_warmup_frames` must be >= 0 (0: the actor trains from the first batch), "
                          f"got {algo.critic_warmup_frames!r}.")
@@ -277,6 +292,17 @@ def start_from_agent(agent: GANNOAgent, normalizer_stats: RunningNormalizer, sou
     stats["mean"][columns] = initial.normalizer.mean.double()
     stats["m2"][columns] = initial.normalizer.var.double() * count
     normalizer_stats.load_state_dict(stats)
+
+
+def _frozen_anchor(agent: GANNOAgent, source: str, algo: AlgoConfig) -> Any:
+    """The TorchRL actor of the agent file ``source`` as ``agent``'s config builds it, frozen (``algo.anchor_coef``).
+
+    Rebuilt from the file, so a resumed run is anchored where it started, not where it stopped.
+    """
+    start = copy.deepcopy(agent)
+    start_from_agent(start, RunningNormalizer(start.normalizer), source)
+    anchor, _ = make_modules(start, algo.critic_hidden_sizes, algo.algorithm)
+    return anchor.requires_grad_(False)
 
 
 def _widened_actor_state(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
@@ -418,6 +444,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
         print(f"Resumed from {checkpoint_path} at iteration {iteration} ({frames} env steps).", file=sys.stderr)
     elif run.init_agent is not None:
         start_from_agent(agent, normalizer_stats, run.init_agent)
+    anchor = _frozen_anchor(agent, run.init_agent, algo) if algo.anchor_coef else None
 
     # -- environments -----------------------------------------------------------------------------
     # functools.partial, not lambdas: they pickle to worker processes and are not run here first.
@@ -472,6 +499,10 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
                         if algo.ppo_imitation_coef:  # PPO, kept near the teacher
                             total = total + algo.ppo_imitation_coef * imitation
+                        if anchor is not None:  # ... and near the policy it started from
+                            anchored = anchor_loss(actor, anchor, minibatch)
+                            stats.setdefault("anchor_kl", []).append(float(anchored.detach()))
+                            total = total + algo.anchor_coef * anchored
                     optimizer.zero_grad()
                     total.backward()
                     torch.nn.utils.clip_grad_norm_(loss_module.parameters(), algo.max_grad_norm)

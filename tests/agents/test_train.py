@@ -97,6 +97,24 @@ def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.interval=5"])
 
 
+def test_an_anchor_keeps_a_continued_run_near_the_agent_it_started_from(tmp_path):
+    start_path = train(SMOKE, [f"run.out_dir={tmp_path / 'start'}", "run.wandb=false", "run.total_frames=16"])
+    start = GANNOAgent.load(start_path)
+    continued = ["run.wandb=false", f"run.init_agent={start_path}", "run.total_frames=64", "algo.lr=0.02"]
+    free = GANNOAgent.load(train(SMOKE, [*continued, f"run.out_dir={tmp_path / 'free'}"]))
+    anchored = GANNOAgent.load(train(SMOKE, [*continued, f"run.out_dir={tmp_path / 'anchored'}",
+                                             "algo.anchor_coef=50"]))
+    observation = torch.randn(64, 3, len(start.feature_names), generator=torch.Generator().manual_seed(0))
+
+    def drift(agent):  # KL(start || agent) of the action distributions, over observations none was trained on
+        reference = torch.log_softmax(start.logits(observation), -1)
+        return float((reference.exp() * (reference - torch.log_softmax(agent.logits(observation), -1))).sum(-1).mean())
+
+    assert drift(anchored) < 0.5 * drift(free)
+    assert all(float(r["losses/anchor_kl"]) >= 0 for r in read_metrics(tmp_path / "anchored"))
+    assert all(r["losses/anchor_kl"] == "" for r in read_metrics(tmp_path / "free"))
+
+
 def test_a_run_that_observes_more_features_starts_as_the_agent_it_came_from(tmp_path):
     first_path = train(SMOKE, [f"run.out_dir={tmp_path / 'first'}", "run.wandb=false", "run.total_frames=32"])
     first = GANNOAgent.load(first_path)
@@ -139,6 +157,8 @@ def test_a_run_that_observes_more_features_starts_as_the_agent_it_came_from(tmp_
     ("env.horizon=abc", r"`env.horizon` in the config must be an int, got 'abc'"),
     ("run.init_agent=missing.pt", r"`run.init_agent`: no agent file at 'missing.pt'; give an agent file's path"),
     ("algo.critic_warmup_frames=-1", r"`algo.critic_warmup_frames` must be >= 0"),
+    ("algo.anchor_coef=1", r"`algo.anchor_coef=1.0` needs `run.init_agent`"),
+    ("algo.anchor_coef=-1", r"`algo.anchor_coef` must be a number >= 0"),
 ])
 def test_config_errors_name_the_field(override, match, tmp_path):
     with pytest.raises(ValueError, match=match):
