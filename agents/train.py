@@ -175,8 +175,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
                          "`env.action_multipliers` has none.")
     if algo.imitation_frames < 0:
         raise ValueError(f"`algo.imitation_frames` must be >= 0 (0: PPO only), got {algo.imitation_frames!r}.")
-    if not (isinstance(algo.anchor_coef, (int, float)) and math.isfinite(algo.anchor_coef) and algo.anchor_coef >= 0):
-        raise ValueError(f"`algo.anchor_coef` must be a number >= 0 (0: off; e.g. 1.0), got {algo.anchor_coef!r}.")
+    _check_coefficient(algo.anchor_coef, "algo.anchor_coef", "0: off; e.g. 1.0")
     if algo.anchor_coef and run.init_agent is None:
         raise ValueError(f"`algo.anchor_coef={algo.anchor_coef}` needs `run.init_agent`: the anchor is the policy "
                          "the run starts from.")
@@ -186,10 +185,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if run.init_agent is not None and run.init_agent != "default" and not Path(run.init_agent).is_file():
         raise ValueError(f"`run.init_agent`: no agent file at {run.init_agent!r}; give an agent file's path "
                          "(e.g. runs/ganno/agent.pt), 'default' for the shipped agent, or null to start fresh.")
-    coef = algo.ppo_imitation_coef
-    if not (isinstance(coef, (int, float)) and not isinstance(coef, bool) and math.isfinite(coef) and coef >= 0):
-        raise ValueError(f"`algo.ppo_imitation_coef` must be a number >= 0 (0: plain PPO; e.g. 0.5), "
-                         f"got {algo.ppo_imitation_coef!r}.")
+    _check_coefficient(algo.ppo_imitation_coef, "algo.ppo_imitation_coef", "0: plain PPO; e.g. 0.5")
     if algo.ppo_imitation_coef and not env.privileged:
         raise ValueError(f"`algo.ppo_imitation_coef={algo.ppo_imitation_coef}` needs `env.privileged: true`: the "
                          "expert the actor is kept near reads each layer's LR relative to its task's best.")
@@ -227,6 +223,12 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
         raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
                          f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")
     return config
+
+
+def _check_coefficient(value: Any, name: str, hint: str) -> None:
+    """A loss term's weight: a finite number >= 0 (not a bool), else a ``ValueError`` naming ``name``."""
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"`{name}` must be a number >= 0 ({hint}), got {value!r}.")
 
 
 def _env_sections(config: MetaTrainingConfig) -> dict[str, Any]:
