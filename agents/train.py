@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, ReplayBuffer, SamplerWithoutReplacement
 from torchrl.objectives.multiagent import IPPOLoss, MAPPOLoss
@@ -90,6 +91,10 @@ class AlgoConfig:
     # > 0 (needs run.init_agent): PPO's loss also gets this times KL(starting policy || actor) on the
     # collected observations, keeping the run near the agent it started from (agents/imitation.py anchor_loss)
     anchor_coef: float = 0.0
+    # true (needs anchor_coef > 0 and env.long_run_prob > 0): the actor learns (PPO's objective and entropy, the
+    # imitation term) from the long-run episodes only; the short ones train the critic and, through the anchor
+    # (then theirs alone), hold the actor at the starting policy, so long runs learn without moving short ones
+    hold_short_runs: bool = False
     # Under an active env.prior (a decaying schedule), the expert aims each layer's undecayed LR at
     # this times the task's best constant LR: a decaying schedule's best peak sits above it
     expert_peak_factor: float = 1.0
@@ -179,6 +184,10 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if algo.anchor_coef and run.init_agent is None:
         raise ValueError(f"`algo.anchor_coef={algo.anchor_coef}` needs `run.init_agent`: the anchor is the policy "
                          "the run starts from.")
+    if algo.hold_short_runs and not (algo.anchor_coef and env.long_run_prob > 0):
+        raise ValueError("`algo.hold_short_runs=true` holds the short-run episodes at the starting policy while the "
+                         f"long ones train: it needs `algo.anchor_coef` > 0 (got {algo.anchor_coef}) and "
+                         f"`env.long_run_prob` > 0 (got {env.long_run_prob}).")
     if algo.critic_warmup_frames < 0:
         raise ValueError(f"`algo.critic_warmup_frames` must be >= 0 (0: the actor trains from the first batch), "
                          f"got {algo.critic_warmup_frames!r}.")
@@ -223,6 +232,12 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
         raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
                          f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")
     return config
+
+
+def _split_held(minibatch: TensorDictBase) -> tuple[TensorDictBase, TensorDictBase]:
+    """``minibatch``'s long-run env steps, which train the actor, and its short-run ones, which hold it."""
+    long_run = minibatch[keys.LONG_RUN].reshape(-1)
+    return minibatch[long_run], minibatch[~long_run]
 
 
 def _check_coefficient(value: Any, name: str, hint: str) -> None:
@@ -489,8 +504,13 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
             for _ in range(algo.epochs):
                 for minibatch in buffer:
                     losses = loss_module(minibatch)
-                    if imitating or algo.ppo_imitation_coef:
-                        imitation = imitation_loss(actor, minibatch, env_settings.action_multipliers,
+                    # the env steps the actor learns from, and those that hold it (algo.hold_short_runs)
+                    learning, held = _split_held(minibatch) if algo.hold_short_runs else (minibatch, minibatch)
+                    actor_losses = losses
+                    if learning is not minibatch:  # PPO's actor terms from the learning steps alone, if any
+                        actor_losses = loss_module(learning) if len(learning) else None
+                    if (imitating or algo.ppo_imitation_coef) and len(learning):
+                        imitation = imitation_loss(actor, learning, env_settings.action_multipliers,
                                                    algo.expert_peak_factor, algo.expert_schedule)
                         stats.setdefault("imitation", []).append(float(imitation.detach()))
                     if actor_frozen:  # the critic alone learns the current actor's values
@@ -498,11 +518,13 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                     elif imitating:  # the actor learns the expert's actions, the critic its values as in PPO
                         total = imitation + losses["loss_critic"]
                     else:
-                        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-                        if algo.ppo_imitation_coef:  # PPO, kept near the teacher
-                            total = total + algo.ppo_imitation_coef * imitation
-                        if anchor is not None:  # ... and near the policy it started from
-                            anchored = anchor_loss(actor, anchor, minibatch)
+                        total = losses["loss_critic"]
+                        if actor_losses is not None:
+                            total = total + actor_losses["loss_objective"] + actor_losses["loss_entropy"]
+                            if algo.ppo_imitation_coef:  # PPO, kept near the teacher
+                                total = total + algo.ppo_imitation_coef * imitation
+                        if anchor is not None and len(held):  # ... and near the policy it started from
+                            anchored = anchor_loss(actor, anchor, held)
                             stats.setdefault("anchor_kl", []).append(float(anchored.detach()))
                             total = total + algo.anchor_coef * anchored
                     optimizer.zero_grad()
@@ -511,8 +533,9 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                     optimizer.step()
                     logged = CRITIC_STATS if imitating or actor_frozen else PPO_STATS
                     for name, key in logged:
-                        if key in losses.keys():
-                            stats.setdefault(name, []).append(float(losses[key].detach().float().mean()))
+                        source = losses if (name, key) in CRITIC_STATS else actor_losses
+                        if source is not None and key in source.keys():
+                            stats.setdefault(name, []).append(float(source[key].detach().float().mean()))
             # new observation statistics take effect from the next collection on
             normalizer_stats.update(batch[keys.OBSERVATION], batch[keys.MASK])
             normalizer_stats.apply()

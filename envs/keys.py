@@ -16,3 +16,4 @@ TRUNCATED = "truncated"
 EPISODE_LOSS = "interval_loss"  # interval-mean training loss behind the latest observation
 NUM_AGENTS = "num_agents"
 DIVERGED = "diverged"  # the run diverged on this step (``terminated`` also ends a run scored at its horizon)
+LONG_RUN = "long_run"  # the episode is a long run (``env.long_run_prob``), whether or not its agents are told

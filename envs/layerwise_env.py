@@ -333,7 +333,8 @@ class LayerwiseLREnv(EnvBase):
         observation_spec = Composite({keys.GROUP: Composite(shape=(n,)),
                                       keys.EPISODE_LOSS: Unbounded((1,)),
                                       keys.NUM_AGENTS: Unbounded((1,), dtype=torch.int64),
-                                      keys.DIVERGED: Categorical(2, (1,), dtype=torch.bool)})
+                                      keys.DIVERGED: Categorical(2, (1,), dtype=torch.bool),
+                                      keys.LONG_RUN: Categorical(2, (1,), dtype=torch.bool)})
         observation_spec[keys.OBSERVATION] = Unbounded((n, len(config.features)))
         observation_spec[keys.MASK] = Categorical(2, (n,), dtype=torch.bool)
         if config.privileged:
@@ -532,6 +533,7 @@ class LayerwiseLREnv(EnvBase):
                    torch.tensor([self.controller.last_interval_loss]).nan_to_num(0.0, 1e30, -1e30).float())
         output.set(keys.NUM_AGENTS, torch.tensor([n]))
         output.set(keys.DIVERGED, torch.tensor([diverged]))
+        output.set(keys.LONG_RUN, torch.tensor([self.horizon != self.config.horizon]))
         output.set(keys.DONE, torch.tensor([terminated or truncated]))
         output.set(keys.TERMINATED, torch.tensor([terminated]))
         output.set(keys.TRUNCATED, torch.tensor([truncated]))

@@ -206,3 +206,11 @@ def smoke_task_pool(directory: Path, recipe: Path, tasks: int, first_seed: int =
         f"recipe={recipe}", f"tasks={tasks}", f"first_seed={first_seed}", "grid=[0.25,1.0,4.0]",
         "limits=[0.015625,64.0]", "workers=1", f"out={pool}", f"log={Path(directory) / 'replays.jsonl'}"]))
     return pool
+
+
+def read_metrics(out_dir: Path | str) -> list[dict[str, str]]:
+    """The rows of a meta-training run's ``metrics.csv``."""
+    import csv
+
+    with open(Path(out_dir) / "metrics.csv") as f:
+        return list(csv.DictReader(f))

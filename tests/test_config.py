@@ -253,7 +253,7 @@ def test_a_bad_key_from_a_subprocess_is_one_line_without_a_traceback(tmp_path):
     assert result.stderr == (f"ganno-train: error: Unknown config key `algo.gama` in {bad} (did you mean "
                              "`gamma`?). Known keys: algorithm, hidden_sizes, recurrent_size, critic_hidden_sizes, "
                              "activation, identity_init, policy_head, layer_offset_factor, lr, gamma, lmbda, clip_epsilon, entropy_coeff, critic_coeff, epochs, "
-                             "minibatch_size, max_grad_norm, imitation_frames, ppo_imitation_coef, critic_warmup_frames, anchor_coef, expert_peak_factor, expert_schedule; "
+                             "minibatch_size, max_grad_norm, imitation_frames, ppo_imitation_coef, critic_warmup_frames, anchor_coef, hold_short_runs, expert_peak_factor, expert_schedule; "
                              "see configs/ganno_default.yaml.\n")
 
 

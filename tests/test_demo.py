@@ -68,4 +68,4 @@ def test_the_bundled_default_agent_was_trained_by_the_committed_default_config()
 
 # (section, key, default): options added to the config after the shipped agent was trained; it ran with the default
 ADDED_SINCE_THE_SHIPPED_AGENT: list = [("algo", "critic_warmup_frames", 0), ("algo", "anchor_coef", 0.0),
-                                        ("run", "init_agent", None)]
+                                        ("algo", "hold_short_runs", False), ("run", "init_agent", None)]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_metrics
 
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.agents.networks import LOG_PROB, RunningNormalizer, make_modules
@@ -16,11 +17,6 @@ from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
 from ganno_lightning.layerwise.features import FEATURE_SETS
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
-
-
-def read_metrics(out_dir):
-    with open(Path(out_dir) / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_smoke_run_exports_an_agent_the_callback_loads(tmp_path):

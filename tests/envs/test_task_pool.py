@@ -4,7 +4,12 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
+from helpers import GANNO_SMOKE, read_metrics
+
+from ganno_lightning import GANNOAgent
+from ganno_lightning.agents.train import train
 
 from ganno_lightning.envs import build_task_pool, keys
 from ganno_lightning.envs import layerwise_env as env_module
@@ -211,16 +216,20 @@ def test_long_episodes_run_their_own_length_from_their_own_pool(pool, long_pool)
                      "long_task_pool": str(long_path)}, "family": FAMILY}
     keep = constant_policy(env_config(mixed).action_multipliers)
     env = make_env(mixed, seed=1)  # draws a short run, then a long one
-    lengths = []
+    lengths, marked = [], []
     for _ in range(2):
         td = env.reset()
+        marks = {td[keys.LONG_RUN].item()}
         while not td["done"].item():
             td = env.step(td.set(keys.ACTION, keep(td)))["next"]
+            marks.add(td[keys.LONG_RUN].item())
         lengths.append(env.controller.step)
+        marked.append(marks)
         pool_of_run = TaskPool.load(long_path if env.horizon == 400 else config.out)
         assert env.pool_task in pool_of_run.tasks  # its task and best LR from the pool of its length
     env.close()
     assert lengths == [40, 400]
+    assert marked == [{False}, {True}]  # every step says which kind of run it belongs to
     # off (the default): no draw, so a recipe without long runs draws the episodes it drew before; any draw
     # (long runs on, however rarely) shifts the episodes' random stream
     def starts(env_settings):
@@ -265,3 +274,37 @@ def test_a_pool_for_long_runs_must_match_them(pool, long_pool):
     with pytest.raises(ValueError, match=r"`env\.long_task_pool`: no pool file at .*horizon=<env\.long_horizon> out="
                                          r".*or set `env\.long_run_prob: 0`"):
         make_env({**mixed, "env": {**mixed["env"], "long_task_pool": str(long_path.with_name("none.json"))}})
+
+
+def test_held_short_runs_keep_the_actor_near_its_start_while_long_runs_train_it(pool, long_pool, tmp_path):
+    """``algo.hold_short_runs``: PPO learns from long-run episodes only; short ones only anchor the actor."""
+    _, config, _ = pool
+    _, long_path = long_pool
+    pooled = ["run.wandb=false", "env.horizon=40", "env.val_every=0", "env.init_lr_scale=[1.0,1.0]",
+              "env.privileged=true", f"env.task_pool={config.out}", "env.long_horizon=400",
+              f"env.long_task_pool={long_path}"]
+    start_path = train(GANNO_SMOKE, [*pooled, f"run.out_dir={tmp_path / 'start'}", "run.total_frames=16"])
+    start = GANNOAgent.load(start_path)
+    continued = [*pooled, f"run.init_agent={start_path}", "run.total_frames=64", "algo.lr=0.02"]
+    holding = ["algo.hold_short_runs=true", "algo.anchor_coef=1.0"]
+
+    def run(name, *overrides):
+        agent = GANNOAgent.load(train(GANNO_SMOKE, [*continued, f"run.out_dir={tmp_path / name}", *overrides]))
+        return agent, read_metrics(tmp_path / name)
+
+    free, _ = run("free", "env.long_run_prob=1e-9")  # short runs, PPO on them as without the option
+    held, held_rows = run("held", "env.long_run_prob=1e-9", *holding)
+    trained, trained_rows = run("trained", "env.long_run_prob=1.0", *holding)
+    observation = torch.randn(64, 3, len(start.feature_names), generator=torch.Generator().manual_seed(0))
+
+    def drift(agent):  # KL(start || agent) of the action distributions
+        reference = torch.log_softmax(start.logits(observation), -1)
+        return float((reference.exp() * (reference - torch.log_softmax(agent.logits(observation), -1))).sum(-1).mean())
+
+    assert drift(held) < 0.5 * drift(free)
+    assert drift(trained) > 2 * drift(held)
+    assert all(r["losses/objective"] == "" and r["losses/anchor_kl"] != "" for r in held_rows)
+    assert all(r["losses/objective"] != "" and r["losses/anchor_kl"] == "" for r in trained_rows)
+    with pytest.raises(ValueError, match=r"`algo.hold_short_runs=true` .* needs `algo.anchor_coef` > 0 \(got 0.0\)"):
+        train(GANNO_SMOKE, [*pooled, f"run.init_agent={start_path}", "env.long_run_prob=0.5", "algo.hold_short_runs=true",
+                      f"run.out_dir={tmp_path / 'refused'}"])
