@@ -184,10 +184,11 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if algo.anchor_coef and run.init_agent is None:
         raise ValueError(f"`algo.anchor_coef={algo.anchor_coef}` needs `run.init_agent`: the anchor is the policy "
                          "the run starts from.")
-    if algo.hold_short_runs and not (algo.anchor_coef and env.long_run_prob > 0):
+    if algo.hold_short_runs and not (algo.anchor_coef and env.long_run_prob > 0 and not algo.imitation_frames):
         raise ValueError("`algo.hold_short_runs=true` holds the short-run episodes at the starting policy while the "
-                         f"long ones train: it needs `algo.anchor_coef` > 0 (got {algo.anchor_coef}) and "
-                         f"`env.long_run_prob` > 0 (got {env.long_run_prob}).")
+                         f"long ones train: it needs `algo.anchor_coef` > 0 (got {algo.anchor_coef}), "
+                         f"`env.long_run_prob` > 0 (got {env.long_run_prob}) and no imitation phase, which would "
+                         f"teach the short runs too (`algo.imitation_frames: 0`, got {algo.imitation_frames}).")
     if algo.critic_warmup_frames < 0:
         raise ValueError(f"`algo.critic_warmup_frames` must be >= 0 (0: the actor trains from the first batch), "
                          f"got {algo.critic_warmup_frames!r}.")
@@ -533,9 +534,9 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                     optimizer.step()
                     logged = CRITIC_STATS if imitating or actor_frozen else PPO_STATS
                     for name, key in logged:
-                        source = losses if (name, key) in CRITIC_STATS else actor_losses
-                        if source is not None and key in source.keys():
-                            stats.setdefault(name, []).append(float(source[key].detach().float().mean()))
+                        measured = losses if (name, key) in CRITIC_STATS else actor_losses
+                        if measured is not None and key in measured.keys():
+                            stats.setdefault(name, []).append(float(measured[key].detach().float().mean()))
             # new observation statistics take effect from the next collection on
             normalizer_stats.update(batch[keys.OBSERVATION], batch[keys.MASK])
             normalizer_stats.apply()

@@ -305,6 +305,8 @@ def test_held_short_runs_keep_the_actor_near_its_start_while_long_runs_train_it(
     assert drift(trained) > 2 * drift(held)
     assert all(r["losses/objective"] == "" and r["losses/anchor_kl"] != "" for r in held_rows)
     assert all(r["losses/objective"] != "" and r["losses/anchor_kl"] == "" for r in trained_rows)
+    refused = [*pooled, f"run.init_agent={start_path}", "env.long_run_prob=0.5", f"run.out_dir={tmp_path / 'refused'}"]
     with pytest.raises(ValueError, match=r"`algo.hold_short_runs=true` .* needs `algo.anchor_coef` > 0 \(got 0.0\)"):
-        train(GANNO_SMOKE, [*pooled, f"run.init_agent={start_path}", "env.long_run_prob=0.5", "algo.hold_short_runs=true",
-                      f"run.out_dir={tmp_path / 'refused'}"])
+        train(GANNO_SMOKE, [*refused, "algo.hold_short_runs=true"])
+    with pytest.raises(ValueError, match=r"no imitation phase, .*\(`algo.imitation_frames: 0`, got 16\)"):
+        train(GANNO_SMOKE, [*refused, *holding, "algo.imitation_frames=16"])
