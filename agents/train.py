@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import functools
 import math
 import sys
@@ -344,12 +345,30 @@ def _widened_actor_state(source: dict[str, torch.Tensor], target: dict[str, torc
     return widened
 
 
+#: How long TorchRL's Ray weight sync waits for every actor to join its process group. TorchRL fixes it at 60 s
+#: (``torchrl/weight_update/_ray.py`` ``_DIST_TIMEOUT``, no argument); actors that start slowly on a loaded machine
+#: missed that and failed the run (``DistStoreError: wait timeout``).
+RAY_WEIGHT_SYNC_TIMEOUT = datetime.timedelta(minutes=10)
+
+
+def patient_ray_weight_sync() -> None:
+    """Raise TorchRL's Ray weight-sync timeout to :data:`RAY_WEIGHT_SYNC_TIMEOUT` in this process (both ends wait)."""
+    from torchrl.weight_update import _ray
+
+    if isinstance(getattr(_ray, "_DIST_TIMEOUT", None), datetime.timedelta):  # absent in other TorchRL versions
+        _ray._DIST_TIMEOUT = max(_ray._DIST_TIMEOUT, RAY_WEIGHT_SYNC_TIMEOUT)
+
+
 class SeededCollector(Collector):
     """A :class:`~torchrl.collectors.Collector` whose ``set_seed`` also seeds its process's torch RNG.
 
     TorchRL's worker processes do this themselves; a Ray actor does not, and the policy samples its
-    actions there.
+    actions there. It runs as the Ray actors' collector, so it also makes their weight sync patient.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        patient_ray_weight_sync()
+        super().__init__(*args, **kwargs)
 
     def set_seed(self, seed: int, static_seed: bool = False) -> int:
         torch.manual_seed(seed)
@@ -368,6 +387,7 @@ def make_collector(env_fns: list, policy: Any, run: RunConfig, seed: int) -> Any
     if run.backend == "ray":
         from torchrl.collectors.distributed import RayCollector
 
+        patient_ray_weight_sync()
         collector = RayCollector(env_fns, policy, collector_class=SeededCollector, sync=True,
                                  num_collectors=len(env_fns), frames_per_batch=run.frames_per_batch,
                                  total_frames=run.total_frames)

@@ -1,4 +1,4 @@
-import csv
+import datetime
 import glob
 import math
 import re
@@ -10,7 +10,13 @@ from helpers import read_metrics
 
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.agents.networks import LOG_PROB, RunningNormalizer, make_modules
-from ganno_lightning.agents.train import parse_config, resolved_config, start_from_agent, train
+from ganno_lightning.agents.train import (
+    RAY_WEIGHT_SYNC_TIMEOUT,
+    parse_config,
+    resolved_config,
+    start_from_agent,
+    train,
+)
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
 from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
@@ -427,6 +433,9 @@ def test_a_run_on_worker_processes_or_ray_is_reproducible(tmp_path, backend):
         if backend == "ray":
             ray.shutdown()
     (first, first_metrics), (second, second_metrics) = runs
+    if backend == "ray":  # TorchRL's fixed 60 s wait for the actors' weight sync, raised (agents/train.py)
+        from torchrl.weight_update import _ray
+        assert _ray._DIST_TIMEOUT == RAY_WEIGHT_SYNC_TIMEOUT > datetime.timedelta(seconds=60)
     assert [int(r["frames"]) for r in first_metrics] == [16, 32]
     assert [r["charts/episode_return"] for r in first_metrics] == [r["charts/episode_return"] for r in second_metrics]
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
