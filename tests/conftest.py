@@ -7,6 +7,13 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # Under pytest-xdist (the README's `-n 2`) every worker is a process of its own: one torch thread
+    # each, or two workers' parallel kernels spin-wait for each other's cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
