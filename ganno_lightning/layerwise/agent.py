@@ -41,6 +41,7 @@ from ganno_lightning.layerwise.policy import (
     PolicyEnsemble,
     PolicyNet,
     RecurrentLayerPolicyNet,
+    RunLengthRouter,
     build_policy,
     init_identity,
 )
@@ -51,8 +52,8 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
 #: agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
 #: those keys would silently act at other steps or around another LR, so it must refuse them; and
 #: agents with a factorised policy head as 4 (an older release cannot build that actor), and ensembles
-#: (:meth:`GANNOAgent.ensemble`) as 5.
-FORMAT_VERSION = 5
+#: (:meth:`GANNOAgent.ensemble`) as 5, and agents routed by fit length (:meth:`GANNOAgent.routed`) as 6.
+FORMAT_VERSION = 6
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -258,14 +259,7 @@ class GANNOAgent:
         if len(sources) != len(members):
             raise ValueError(f"`sources` must name each of the {len(members)} members, got {len(sources)}: {sources}.")
         first = members[0]
-        for source, member in zip(sources[1:], members[1:]):
-            for setting in ("feature_names", "action_multipliers", "interval", "scale_bounds", "decision_steps",
-                            "prior"):
-                if getattr(member, setting) != getattr(first, setting):
-                    raise ValueError(
-                        f"Ensemble members must act alike, but {source} has {setting}={getattr(member, setting)!r} "
-                        f"and {sources[0]} has {getattr(first, setting)!r}. Ensemble agents trained with the same "
-                        "recipe (env and action settings).")
+        _check_act_alike(members, sources, "Ensemble members", ("feature_names", *_ACTING_SETTINGS))
         actor = PolicyEnsemble([(copy.deepcopy(m.normalizer), copy.deepcopy(m.actor)) for m in members])
         identity = ObservationNormalizer(len(first.feature_names), clip=math.inf)  # members normalise themselves
         recorded = [{"source": source, "fingerprint": m.fingerprint(), "training_config": m.training_config}
@@ -273,6 +267,68 @@ class GANNOAgent:
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"ensemble": recorded},
                    decision_steps=first.decision_steps, prior=first.prior, feature_names=first.feature_names)
+
+    @classmethod
+    def routed(cls, agents: Sequence[GANNOAgent], boundaries: Sequence[int],
+               sources: Sequence[str] | None = None) -> GANNOAgent:
+        """One agent that acts as ``agents[k]`` in fits longer than ``boundaries[k - 1]`` optimizer steps and at
+        most ``boundaries[k]`` (see :class:`~ganno_lightning.layerwise.policy.RunLengthRouter`).
+
+        The fit's length is known before its first step (the callback reads it from the Trainer), so an
+        agent meta-trained on short runs keeps them while one trained on long runs takes the long ones.
+        Fits of unknown length go to ``agents[0]``. The agents must act alike (action set, interval, scale
+        bounds, decision steps, prior); the routed agent observes the features of the agent that observes
+        the most among those that observe the run's length (``log_total_steps``, the ``run_length``
+        feature set), which must include every other's. Its ``training_config`` records each route's source, fingerprint, range
+        and training config.
+
+        Args:
+            agents: Shortest fits first.
+            boundaries: Ascending fit lengths in optimizer steps, one fewer than ``agents``.
+            sources: Where each agent came from (recorded only), e.g. their file paths.
+
+        Raises:
+            ValueError: If the agents act differently, no agent observes the run's length, or the boundaries
+                do not fit the agents (each message names the agent or the value).
+
+        Example::
+
+            >>> short = GANNOAgent.create(hidden_sizes=(16,), seed=0)
+            >>> long = GANNOAgent.create(hidden_sizes=(16,), seed=1, feature_names="run_length")
+            >>> routed = GANNOAgent.routed([short, long], boundaries=[600])
+            >>> len(routed.feature_names) == len(long.feature_names), routed.trained_horizon is None
+            (True, True)
+        """
+        agents = list(agents)
+        sources = [f"agent {i}" for i in range(len(agents))] if sources is None else [str(s) for s in sources]
+        if len(agents) < 2 or len(sources) != len(agents):
+            raise ValueError(f"`agents` must list at least two agents and `sources` name each, got {len(agents)} "
+                             f"agents and {len(sources)} sources.")
+        if len(boundaries) != len(agents) - 1:
+            raise ValueError(f"`boundaries` must hold one fit length fewer than the {len(agents)} agents, got "
+                             f"{list(boundaries)}; e.g. [600] for two.")
+        _check_act_alike(agents, sources, "Routed agents", _ACTING_SETTINGS)
+        told = [agent for agent in agents if "log_total_steps" in agent.feature_names]
+        if not told:
+            raise ValueError("Routed agents are chosen by the fit's length, which one of them must observe "
+                             "(`log_total_steps`, meta-train it with `env.features: run_length`); none does.")
+        names = list(max(told, key=lambda agent: len(agent.feature_names)).feature_names)
+        for source, agent in zip(sources, agents):
+            if not set(agent.feature_names) <= set(names):
+                raise ValueError(f"{source} observes {sorted(set(agent.feature_names) - set(names))}, which the "
+                                 f"widest agent does not; routed agents must observe subsets of its features.")
+        routes = [(copy.deepcopy(agent.normalizer), copy.deepcopy(agent.actor),
+                   [names.index(name) for name in agent.feature_names]) for agent in agents]
+        actor = RunLengthRouter(routes, boundaries, names.index("log_total_steps"))
+        identity = ObservationNormalizer(len(names), clip=math.inf)  # each route normalises its own columns
+        ranges = [*[f"<= {b}" for b in boundaries], f"> {boundaries[-1]}"]
+        recorded = [{"source": source, "fingerprint": agent.fingerprint(), "fits": fits,
+                     "training_config": agent.training_config}
+                    for source, agent, fits in zip(sources, agents, ranges)]
+        first = agents[0]
+        return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
+                   scale_bounds=first.scale_bounds, training_config={"routes": recorded},
+                   decision_steps=first.decision_steps, prior=first.prior, feature_names=names)
 
     # -- acting -------------------------------------------------------------------------------
     @property
@@ -292,7 +348,13 @@ class GANNOAgent:
             >>> GANNOAgent.default().trained_horizon
             300
         """
+        if "routes" in self.training_config:  # the longest fits go to the last route
+            return GANNOAgent._horizon_of([self.training_config["routes"][-1]["training_config"]])
         configs = [m["training_config"] for m in self.training_config.get("ensemble", [])] or [self.training_config]
+        return GANNOAgent._horizon_of(configs)
+
+    @staticmethod
+    def _horizon_of(configs: Sequence[Mapping[str, Any]]) -> int | None:
         envs = [c.get("env") or {} for c in configs]
         horizons = {env.get("long_horizon") if (env.get("long_run_prob") or 0) > 0 else env.get("horizon")
                     for env in envs}
@@ -380,7 +442,8 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
+        version = (6 if isinstance(self.actor, RunLengthRouter) else 5 if isinstance(self.actor, PolicyEnsemble)
+                   else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
@@ -518,8 +581,27 @@ class GANNOAgent:
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
             actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
+        elif isinstance(self.actor, RunLengthRouter):
+            actor = f"routed by fit length at {actor['boundaries']}: {[r['policy'] for r in actor['routes']]}"
         return (f"GANNOAgent(actor={actor}, actions={[round(m, 3) for m in self.action_multipliers]}, "
                 f"interval={self.interval}, scale_bounds={self.scale_bounds}{timing})")
+
+
+#: What agents combined into one (ensembled, routed) must share: they decide at the same steps, with the same actions.
+_ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior")
+
+
+def _check_act_alike(agents: Sequence[GANNOAgent], sources: Sequence[str], what: str,
+                     settings: Sequence[str]) -> None:
+    """A ``ValueError`` naming the first agent and setting that differs from ``agents[0]``'s."""
+    first = agents[0]
+    for source, agent in zip(sources[1:], agents[1:]):
+        for setting in settings:
+            if getattr(agent, setting) != getattr(first, setting):
+                raise ValueError(
+                    f"{what} must act alike, but {source} has {setting}={getattr(agent, setting)!r} and "
+                    f"{sources[0]} has {getattr(first, setting)!r}. Combine agents trained with the same env and "
+                    "action settings.")
 
 
 _FIX_USER_FILE = ("Pass an agent file written by `GANNOAgent.save` (the `agent.pt` that `ganno-train` exports), "

@@ -396,13 +396,103 @@ class PolicyEnsemble(nn.Module):
         return mixture, (torch.cat(next_states, -1) if next_states else None)
 
 
-def build_policy(config: Mapping[str, Any]) -> PolicyNet | PolicyEnsemble:
+class RunLengthRouter(nn.Module):
+    """Policies that share out fits by their length: each acts in the fits of its range of lengths.
+
+    A policy meta-trained on short runs and one trained on long runs can keep their strengths
+    side by side: which one acts is fixed before the fit's first step, by the fit's total
+    optimizer steps, which the observation carries as the ``log_total_steps`` feature (the log of
+    the length; 0 when unknown). Route ``k`` acts where the length is above ``boundaries[k - 1]``
+    and at most ``boundaries[k]``; fits of unknown length go to route 0. Each route reads its own
+    features' columns of the observation, normalised by its own statistics. Every route steps
+    its recurrent state at each decision (states concatenated in route order), so the logits are
+    the chosen route's exactly as it would act alone.
+
+    Args:
+        routes: ``(normalizer, policy, columns)`` per route, shortest fits first: ``columns`` index
+            the observation's features the policy reads, in its order.
+        boundaries: Ascending fit lengths in optimizer steps, one fewer than the routes.
+        length_column: The observation's ``log_total_steps`` column.
+
+    Raises:
+        ValueError: If the routes and boundaries do not fit together, or a route's counts disagree.
+
+    Example::
+
+        >>> short = (ObservationNormalizer(2), LayerPolicyNet(2, 3, [8]), [0, 1])
+        >>> long = (ObservationNormalizer(3), LayerPolicyNet(3, 3, [8]), [0, 1, 2])
+        >>> router = RunLengthRouter([short, long], boundaries=[600], length_column=2)
+        >>> fit = torch.tensor([[0.1, 0.2, math.log(3000)]])  # one layer of a 3000-step fit
+        >>> normalizer, policy, _ = long
+        >>> torch.equal(router(fit), policy(normalizer(fit)))  # acts as the long-run policy alone
+        True
+    """
+
+    def __init__(self, routes: Sequence[tuple[ObservationNormalizer, PolicyNet, Sequence[int]]],
+                 boundaries: Sequence[float], length_column: int) -> None:
+        super().__init__()
+        if len(routes) < 2 or len(boundaries) != len(routes) - 1:
+            raise ValueError(f"A router needs at least two routes and one boundary fewer, got {len(routes)} routes "
+                             f"and boundaries {list(boundaries)}.")
+        if any(b <= 1 for b in boundaries) or list(boundaries) != sorted(set(boundaries)):
+            raise ValueError(f"`boundaries` must be ascending fit lengths above 1 step, got {list(boundaries)}.")
+        num_actions = routes[0][1].config["num_actions"]
+        num_features = max(max(columns) for _, _, columns in routes) + 1
+        for index, (normalizer, policy, columns) in enumerate(routes):
+            counts = (policy.config["num_features"], normalizer.mean.numel(), len(columns))
+            if len(set(counts)) != 1 or policy.config["num_actions"] != num_actions:
+                raise ValueError(f"Route {index} reads {len(columns)} columns into a policy of "
+                                 f"{counts[0]} features and {policy.config['num_actions']} actions with a normaliser "
+                                 f"of {counts[1]}; every route must read as many columns as its policy's features "
+                                 f"and act with {num_actions} actions, as route 0 does.")
+        self.normalizers = nn.ModuleList(normalizer for normalizer, _, _ in routes)
+        self.policies = nn.ModuleList(policy for _, policy, _ in routes)
+        self.columns = [list(columns) for _, _, columns in routes]
+        self.register_buffer("log_boundaries", torch.log(torch.tensor([float(b) for b in boundaries])))
+        self.length_column = int(length_column)
+        self.config = {"num_features": num_features, "num_actions": num_actions,
+                       "routes": [{"policy": dict(policy.config), "clip": float(normalizer.clip),
+                                   "columns": list(columns)} for normalizer, policy, columns in routes],
+                       "boundaries": [float(b) for b in boundaries], "length_column": self.length_column}
+        self._state_sizes = [policy.state_size for policy in self.policies]
+        self.state_size = sum(self._state_sizes)
+
+    def route(self, observation: Tensor) -> Tensor:
+        """The index of the route that acts for each row of ``observation`` ``[..., agents]``."""
+        log_length = observation[..., self.length_column].contiguous()
+        known = log_length > 0
+        return torch.where(known, torch.bucketize(log_length, self.log_boundaries), torch.zeros_like(log_length).long())
+
+    def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The acting route's logits from the initial state (a first decision); :meth:`step` carries the state."""
+        return self.step(observation, mask)[0]
+
+    def step(self, observation: Tensor, mask: Tensor | None = None,
+             state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The acting route's logits for each row and every route's next state (``None`` when none has one)."""
+        states = [None] * len(self.policies) if state is None else list(state.split(self._state_sizes, -1))
+        logits, next_states = [], []
+        for normalizer, policy, columns, route_state in zip(self.normalizers, self.policies, self.columns, states,
+                                                            strict=True):
+            route_logits, next_state = policy.step(normalizer(observation[..., columns]), mask, route_state)
+            logits.append(route_logits)
+            if next_state is not None:
+                next_states.append(next_state)
+        chosen = self.route(observation)[None, ..., None].expand(1, *logits[0].shape)
+        return torch.stack(logits).gather(0, chosen)[0], (torch.cat(next_states, -1) if next_states else None)
+
+
+def build_policy(config: Mapping[str, Any]) -> PolicyNet | PolicyEnsemble | RunLengthRouter:
     """The policy a saved ``config`` describes: recurrent when it has a positive ``recurrent_size``,
     with a :class:`FactorisedHead` when it has ``factorised`` settings, a :class:`PolicyEnsemble`
-    when it lists ``members``."""
+    when it lists ``members``, a :class:`RunLengthRouter` when it lists ``routes``."""
     if "members" in config:
         return PolicyEnsemble([(ObservationNormalizer(config["num_features"], clip=float(member["clip"])),
                                 build_policy(member["policy"])) for member in config["members"]])
+    if "routes" in config:
+        return RunLengthRouter([(ObservationNormalizer(len(route["columns"]), clip=float(route["clip"])),
+                                 build_policy(route["policy"]), route["columns"]) for route in config["routes"]],
+                               config["boundaries"], config["length_column"])
     args = (config["num_features"], config["num_actions"], config["hidden_sizes"], config.get("activation", "tanh"))
     factorised = config.get("factorised")
     if config.get("recurrent_size"):

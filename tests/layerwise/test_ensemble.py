@@ -49,7 +49,7 @@ def test_an_ensemble_round_trips_in_a_format_5_file_that_records_its_members(tmp
     members = _members()
     ensemble = GANNOAgent.ensemble(members, sources=["a.pt", "b.pt", "c.pt"])
     path = ensemble.save(tmp_path / "ensemble.pt")
-    assert torch.load(path, weights_only=True)["format_version"] == FORMAT_VERSION == 5  # older releases refuse it
+    assert torch.load(path, weights_only=True)["format_version"] == 5 < FORMAT_VERSION  # older releases refuse it
     loaded = GANNOAgent.load(path)
     observation = torch.randn(6, len(FEATURE_NAMES)) * 3
     first = ensemble.decide(observation)
