@@ -4,13 +4,19 @@ From agent files::
 
     ganno-ensemble runs/seed0/agent.pt runs/seed1/agent.pt runs/seed2/agent.pt --out agent.pt
 
+Routed by the fit's length instead of mixed (the first agent acts in fits of up to 600 optimizer
+steps, the second in longer ones; :meth:`~ganno_lightning.layerwise.agent.GANNOAgent.routed`)::
+
+    ganno-ensemble runs/short/agent.pt runs/long/agent.pt --boundaries 600 --out agent.pt
+
 From recipes, reproducibly (each member is trained by ``ganno-train`` unless it already has been;
 a killed run continues where its last checkpoint left it)::
 
     ganno-ensemble configs/ganno_ensemble.yaml [key=value ...]
 
 The result acts as the mixture of the members' policies
-(:meth:`~ganno_lightning.layerwise.agent.GANNOAgent.ensemble`) and loads like any agent file.
+(:meth:`~ganno_lightning.layerwise.agent.GANNOAgent.ensemble`), or as the member of the fit's length
+(``boundaries``), and loads like any agent file.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ class EnsembleConfig:
     members: list[EnsembleMember] = MISSING
     out_dir: str = "runs/ganno_ensemble"  # member i trains in <out_dir>/member<i>; the ensemble is <out_dir>/agent.pt
     export: Optional[str] = None  # also write the ensemble here
+    # set: route fits by their length instead of mixing, member k acting in fits of up to boundaries[k] optimizer
+    # steps (shortest fits' member first; one boundary fewer than the members)
+    boundaries: Optional[list[int]] = None
 
 
 def load_config(source: Any, overrides: Sequence[str] = ()) -> EnsembleConfig:
@@ -69,6 +78,9 @@ def load_config(source: Any, overrides: Sequence[str] = ()) -> EnsembleConfig:
             raise ValueError(f"`members[{index}].overrides` ({member.overrides}) apply to a `config` to train from; "
                              f"member {index} is the trained agent {member.agent!r}. Drop them, or train it from a "
                              "config.")
+    if config.boundaries is not None and len(config.boundaries) != len(config.members) - 1:
+        raise ValueError(f"`boundaries` must hold one fit length fewer than the {len(config.members)} members it "
+                         f"routes, got {config.boundaries}; e.g. [600] for two. See {SEE}.")
     return config
 
 
@@ -92,21 +104,24 @@ def build_from_config(config: EnsembleConfig) -> Path:
         print(f"member {index}: {member_source(member)}", flush=True)
         paths.append(train(member.config, [*member.overrides, f"run.out_dir={out_dir / f'member{index}'}",
                                            "run.resume=true", "run.export=null"]))
-    ensemble = build_ensemble(paths, out_dir / "agent.pt", sources=[member_source(m) for m in config.members])
+    ensemble = build_ensemble(paths, out_dir / "agent.pt", sources=[member_source(m) for m in config.members],
+                              boundaries=config.boundaries)
     if config.export is None:
         return out_dir / "agent.pt"
     Path(config.export).parent.mkdir(parents=True, exist_ok=True)
     return ensemble.save(config.export)
 
 
-def build_ensemble(member_paths: Sequence[str | Path], out: str | Path,
-                   sources: Sequence[str] | None = None) -> GANNOAgent:
+def build_ensemble(member_paths: Sequence[str | Path], out: str | Path, sources: Sequence[str] | None = None,
+                   boundaries: Sequence[int] | None = None) -> GANNOAgent:
     """Load the agents at ``member_paths``, ensemble them, save the result at ``out`` (atomically) and return it.
 
     Args:
         member_paths: The members' agent files.
         out: Where to write the ensemble.
         sources: What to record as each member's source; their paths by default.
+        boundaries: Route fits by their length at these optimizer steps instead of mixing the members
+            (:meth:`~ganno_lightning.layerwise.agent.GANNOAgent.routed`).
 
     Raises:
         ValueError: If fewer than two members are given, a path is given twice, ``out`` is one of
@@ -135,7 +150,9 @@ def build_ensemble(member_paths: Sequence[str | Path], out: str | Path,
     if Path(out).resolve() in resolved:
         raise ValueError(f"`out` is {str(out)!r}, one of the members: write the ensemble to a new file.")
     members = [GANNOAgent.load(p) for p in paths]
-    ensemble = GANNOAgent.ensemble(members, sources=[str(p) for p in paths] if sources is None else sources)
+    sources = [str(p) for p in paths] if sources is None else sources
+    ensemble = (GANNOAgent.ensemble(members, sources) if boundaries is None
+                else GANNOAgent.routed(members, boundaries, sources))
     ensemble.save(out)
     return ensemble
 
@@ -146,19 +163,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0].endswith((".yaml", ".yml")):
         cli = ConfigCommandLine("ganno-ensemble", __doc__, EnsembleConfig, see=SEE)
         config = cli.load(load_config, cli.parse_args(argv))
-        path, count = build_from_config(config), len(config.members)
+        path, count, routed = build_from_config(config), len(config.members), config.boundaries is not None
     else:
         parser = argparse.ArgumentParser(prog="ganno-ensemble", description=__doc__,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("members", nargs="+", help="agent files (the agent.pt that ganno-train exports)")
         parser.add_argument("--out", required=True, help="where to write the ensemble's agent file")
+        parser.add_argument("--boundaries", nargs="+", type=int, default=None, metavar="STEPS",
+                            help="route fits by their length instead of mixing: the first agent acts in fits of up "
+                                 "to the first boundary's optimizer steps, the next above it, and so on")
         args = parser.parse_args(argv)
         try:
-            build_ensemble(args.members, args.out)
+            build_ensemble(args.members, args.out, boundaries=args.boundaries)
         except (ValueError, AgentCheckpointError) as err:
             parser.error(str(err))
-        path, count = args.out, len(args.members)
-    print(f"ensemble of {count} agents written to {path}")
+        path, count, routed = args.out, len(args.members), args.boundaries is not None
+    print(f"{'routed agent' if routed else 'ensemble'} of {count} agents written to {path}")
     return 0
 
 

@@ -59,6 +59,21 @@ def test_a_recipe_ensemble_trains_its_members_once_and_records_how(tmp_path):
     torch.testing.assert_close(again.decide(observation).multipliers, ensemble.decide(observation).multipliers)
 
 
+def test_the_command_line_routes_agent_files_by_fit_length(tmp_path, capsys):
+    short = GANNOAgent.create(hidden_sizes=(16,), seed=0, feature_names="hypergradient").save(tmp_path / "short.pt")
+    long = GANNOAgent.create(hidden_sizes=(16,), seed=1, feature_names="run_length").save(tmp_path / "long.pt")
+    assert main([str(short), str(long), "--boundaries", "600", "--out", str(tmp_path / "routed.pt")]) == 0
+    assert f"routed agent of 2 agents written to {tmp_path / 'routed.pt'}" in capsys.readouterr().out
+    routes = GANNOAgent.load(tmp_path / "routed.pt").training_config["routes"]
+    assert [(r["source"], r["fits"]) for r in routes] == [(str(short), "<= 600"), (str(long), "> 600")]
+    other = GANNOAgent.create(hidden_sizes=(16,), seed=2, feature_names="hypergradient").save(tmp_path / "other.pt")
+    with pytest.raises(SystemExit):  # neither agent observes a fit's length: nothing to route by
+        main([str(short), str(other), "--boundaries", "600", "--out", str(tmp_path / "x.pt")])
+    assert "must observe (`log_total_steps`" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    with pytest.raises(ValueError, match=r"`boundaries` must hold one fit length fewer than the 2 members"):
+        load_config({"members": [{"agent": str(short)}, {"agent": str(long)}], "boundaries": [300, 600]})
+
+
 @pytest.mark.parametrize("members, match", [
     ([{"agent": "a.pt"}], "at least two agents"),
     ([{"agent": "a.pt"}, {}], r"`members\[1\]` must set exactly one of `agent`"),
