@@ -540,7 +540,10 @@ class GANNOAgent:
         actor_part, norm_part = checkpoint["actor"], checkpoint["normalizer"]
         try:
             config = dict(actor_part["config"])
-            actor = build_policy(config)
+            # The weights are loaded over the network's random init: building it must not advance the
+            # caller's RNG, or a seeded fit's dropout and shuffling would depend on the agent's size.
+            with torch.random.fork_rng(devices=[]):
+                actor = build_policy(config)
             actor.load_state_dict(actor_part["state_dict"])
             normalizer = ObservationNormalizer(config["num_features"], clip=float(norm_part.get("clip", 5.0)))
             normalizer.load_state_dict({"mean": norm_part["mean"], "var": norm_part["var"]})

@@ -97,3 +97,16 @@ def test_in_a_trainer_the_fits_length_picks_the_agent(tmp_path):
         schedule = _schedule(routed, epochs, tmp_path / f"routed{epochs}")
         assert len(schedule) == epochs * STEPS_PER_EPOCH // 4 + 1 and len({tuple(r) for r in schedule.tolist()}) > 1
         torch.testing.assert_close(schedule, _schedule(alone, epochs, tmp_path / f"alone{epochs}"), rtol=0, atol=0)
+
+
+def test_loading_an_agent_leaves_the_callers_random_numbers_alone(tmp_path):
+    """A seeded fit draws the same dropout masks and shuffles whichever agent file it loads, however large."""
+    paths = [GANNOAgent.routed(list(_agents()), [600]).save(tmp_path / "routed.pt"),
+             GANNOAgent.create(hidden_sizes=(8,), seed=0).save(tmp_path / "small.pt")]
+    draws = []
+    for path in paths:
+        torch.manual_seed(0)
+        GANNOAgent.load(path)
+        draws.append(torch.rand(3))
+    torch.manual_seed(0)
+    assert torch.equal(draws[0], torch.rand(3)) and torch.equal(draws[1], draws[0])
