@@ -279,8 +279,8 @@ class GANNOAgent:
         Fits of unknown length go to ``agents[0]``. The agents must act alike (action set, interval, scale
         bounds, decision steps, prior); the routed agent observes the features of the agent that observes
         the most among those that observe the run's length (``log_total_steps``, the ``run_length``
-        feature set), which must include every other's. Its ``training_config`` records each route's source, fingerprint, range
-        and training config.
+        feature set), which must include every other's. Its ``training_config`` records each route's
+        source, fingerprint, range and training config.
 
         Args:
             agents: Shortest fits first.
@@ -352,6 +352,21 @@ class GANNOAgent:
             return GANNOAgent._horizon_of([self.training_config["routes"][-1]["training_config"]])
         configs = [m["training_config"] for m in self.training_config.get("ensemble", [])] or [self.training_config]
         return GANNOAgent._horizon_of(configs)
+
+    def trained_horizon_for(self, total_steps: int | None) -> int | None:
+        """:attr:`trained_horizon` of the policy that acts in a fit of ``total_steps`` optimizer steps: for a
+        routed agent (:meth:`routed`) its route's for that length (an unknown length's: its first route's).
+
+        Example::
+
+            >>> GANNOAgent.default().trained_horizon_for(3000)  # one policy for every length
+            300
+        """
+        routes = self.training_config.get("routes")
+        if not routes or not isinstance(self.actor, RunLengthRouter):
+            return self.trained_horizon
+        route = 0 if total_steps is None else sum(total_steps > b for b in self.actor.config["boundaries"])
+        return GANNOAgent._horizon_of([routes[route]["training_config"]])
 
     @staticmethod
     def _horizon_of(configs: Sequence[Mapping[str, Any]]) -> int | None:

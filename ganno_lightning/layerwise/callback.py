@@ -260,9 +260,10 @@ class GANNOCallback(Callback):
         total_steps = _total_steps(trainer)
         self._warn_if_far_longer_than_training(total_steps)
         if self._paced_to_run:
-            self.interval = paced_to_run(self.agent.interval, self.agent.trained_horizon, total_steps)
+            trained = self.agent.trained_horizon_for(total_steps)  # a routed agent: the acting route's
+            self.interval = paced_to_run(self.agent.interval, trained, total_steps)
             if self.interval != self.agent.interval:
-                rank_zero_info(f"GANNOCallback: a {total_steps}-step fit, {self.agent.trained_horizon}-step runs in "
+                rank_zero_info(f"GANNOCallback: a {total_steps}-step fit, {trained}-step runs in "
                                f"meta-training: deciding every {self.interval} steps, not {self.agent.interval}.")
         resumed_interval = (self._loaded_state or {}).get("interval")
         if resumed_interval is not None and resumed_interval != self.interval:
@@ -382,7 +383,7 @@ class GANNOCallback(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _warn_if_far_longer_than_training(self, total_steps: int | None) -> None:
-        trained = self.agent.trained_horizon
+        trained = self.agent.trained_horizon_for(total_steps)
         if total_steps is None or trained is None or total_steps <= LONG_FIT_FACTOR * trained:
             return
         rank_zero_warn(

@@ -72,7 +72,7 @@ def test_agents_that_cannot_be_routed_are_refused_by_name():
     with pytest.raises(ValueError, match="at least two agents"):
         GANNOAgent.routed([long], [])
     probe = GANNOAgent.create(hidden_sizes=(16,), seed=2, feature_names="lr_probe")
-    with pytest.raises(ValueError, match=r"agent 0 observes \['lr_probe_change_1x', .*\], which the widest agent does not"):
+    with pytest.raises(ValueError, match=r"agent 0 observes \['lr_probe_change_1x', .*\], which the widest agent"):
         GANNOAgent.routed([probe, long], [600])
     with pytest.raises(ValueError, match=r"`boundaries` must be ascending fit lengths above 1 step, got \[0.5\]"):
         GANNOAgent.routed([short, long], [0.5])
@@ -110,3 +110,17 @@ def test_loading_an_agent_leaves_the_callers_random_numbers_alone(tmp_path):
         draws.append(torch.rand(3))
     torch.manual_seed(0)
     assert torch.equal(draws[0], torch.rand(3)) and torch.equal(draws[1], draws[0])
+
+
+def test_a_routed_agent_is_paced_by_the_run_length_of_the_route_that_acts(tmp_path):
+    """``interval='scaled'`` stretches the interval by the fit's length over the acting route's training runs."""
+    short, long = _agents(interval=4)
+    short.training_config = {"env": {"horizon": 8}}
+    long.training_config = {"env": {"horizon": 40}}
+    routed = GANNOAgent.routed([short, long], boundaries=[20])
+    assert [routed.trained_horizon_for(n) for n in (16, 20, 21, None)] == [8, 8, 40, 8]
+    assert routed.trained_horizon == 40 and short.trained_horizon_for(3000) == 8
+    callback = GANNOCallback(routed.save(tmp_path / "routed.pt"), interval="scaled")
+    trainer(max_epochs=2, callbacks=[callback]).fit(ValidatedRegressor(optimizer="adam", lr=0.01))  # 16 steps
+    assert callback.interval == 8  # 4 steps in 8-step runs, paced to a 16-step fit (the longest route's: 4)
+
