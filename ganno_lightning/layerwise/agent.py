@@ -365,8 +365,7 @@ class GANNOAgent:
         routes = self.training_config.get("routes")
         if not routes or not isinstance(self.actor, RunLengthRouter):
             return self.trained_horizon
-        route = 0 if total_steps is None else sum(total_steps > b for b in self.actor.config["boundaries"])
-        return GANNOAgent._horizon_of([routes[route]["training_config"]])
+        return GANNOAgent._horizon_of([routes[self.actor.route_for_length(total_steps)]["training_config"]])
 
     @staticmethod
     def _horizon_of(configs: Sequence[Mapping[str, Any]]) -> int | None:

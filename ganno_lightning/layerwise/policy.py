@@ -463,6 +463,12 @@ class RunLengthRouter(nn.Module):
         known = log_length > 0
         return torch.where(known, torch.bucketize(log_length, self.log_boundaries), torch.zeros_like(log_length).long())
 
+    def route_for_length(self, total_steps: int | None) -> int:
+        """The index of the route that acts in a fit of ``total_steps`` optimizer steps (``None``: unknown), read
+        as the observer writes the length (``log_total_steps``), so it is the route :meth:`route` picks."""
+        log_length = math.log(total_steps) if total_steps else 0.0
+        return int(self.route(torch.full((self.length_column + 1,), log_length)))
+
     def forward(self, observation: Tensor, mask: Tensor | None = None) -> Tensor:
         """The acting route's logits from the initial state (a first decision); :meth:`step` carries the state."""
         return self.step(observation, mask)[0]
