@@ -21,6 +21,7 @@ from ganno_lightning.layerwise.actions import (
     check_scale_bounds,
 )
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
+from ganno_lightning.layerwise.prior import check_prior
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
 _REQUIRED_SCHEDULES = ("constant", "cosine")
@@ -45,6 +46,9 @@ class AgentConfig:
     # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
     # null: none, a constant LR. Compare the agent with `<schedule>@init`, the same schedule without it.
     schedule: Optional[str] = None
+    # as GANNOCallback: the LR prior under the scales when the user has no schedule (none, cosine, warmup_cosine);
+    # null: the agent's own
+    prior: Optional[str] = None
 
 
 @dataclass
@@ -235,6 +239,8 @@ def validate_config(cfg: DictConfig) -> None:
         check_scale_bounds(plain_value(cfg.agent.scale_bounds), "agent.scale_bounds")
     if cfg.agent.min_change is not None:
         check_min_change(cfg.agent.min_change, "agent.min_change")
+    if cfg.agent.prior is not None:
+        check_prior(cfg.agent.prior, "agent.prior")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):

@@ -114,6 +114,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         agent["min_change"] = float(cfg.agent.min_change)
     if cfg.agent.schedule is not None:  # likewise: set only when the user's schedule is not a constant LR
         agent["schedule"] = cfg.agent.schedule
+    if cfg.agent.prior is not None:  # likewise: set only when it overrides the agent's own
+        agent["prior"] = cfg.agent.prior
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
         factors = [c.factor for c in conditions if c.deeper == deeper]

@@ -137,8 +137,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                     with_schedule(module, agent["schedule"], job["steps"])
                 ganno = GANNOCallback(GANNOAgent.from_source(agent["path"]), interval=agent["interval"],
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
-                                      min_change=agent.get("min_change", 1.0), exploration=agent["exploration"],
-                                      seed=job["seed"], recover_on_spike=recovers)
+                                      min_change=agent.get("min_change", 1.0), prior=agent.get("prior"),
+                                      exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:
                 from ganno_lightning.agents.peers import with_peer

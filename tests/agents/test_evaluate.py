@@ -624,12 +624,19 @@ def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_c
     assert "| tuned cosine | constant@init_x0.97 |" in report and "(harm beyond noise)" in report
 
 
-def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_baselines(smoke, tmp_path, capsys):
+@pytest.mark.parametrize("setting, bad, error", [
+    ("agent.schedule=cosine", "agent.schedule=linear", r"`agent.schedule` must be null .* got 'linear'"),
+    # the callback's prior, standing in for a scheduler the user does not have: the same LRs underneath
+    ("agent.prior=cosine", "agent.prior=linear", r"`agent.prior` must be one of \['none', 'cosine', .*got 'linear'"),
+])
+def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_baselines(smoke, tmp_path, capsys,
+                                                                                        setting, bad, error):
     out, _, argv = smoke
     source = _settings_of(argv)
     over = tmp_path / "over_cosine"
-    assert ev.main([*source, f"out_dir={over}", "agent.schedule=cosine", f"baselines_from=[{out}]"]) == 0
+    assert ev.main([*source, f"out_dir={over}", setting, f"baselines_from=[{out}]"]) == 0
     assert "copied 40 finished baseline runs" in capsys.readouterr().out  # only the agent's runs are new
+    assert f"{setting.split('=')[0].split('.')[1]} `cosine`" in (over / "report.md").read_text()
     runs = json.loads((over / "results.json").read_text())["runs"]
     plain = {r["id"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     for run in (r for r in runs if r["method"] == "agent"):
@@ -639,8 +646,8 @@ def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_base
         expected = run["lr"] * cosine(schedule["steps"][-1], 60)
         assert under == pytest.approx([expected] * len(under), rel=1e-5)
         assert plain[run["id"]]["schedule"]["lrs"][-1] != schedule["lrs"][-1]  # without it: a constant LR underneath
-    with pytest.raises(ValueError, match=r"`agent.schedule` must be null .* got 'linear'"):
-        ev.load_config(SMOKE, ["agent.schedule=linear"])
+    with pytest.raises(ValueError, match=error):
+        ev.load_config(SMOKE, [bad])
 
 
 def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(smoke, tmp_path, capsys):
