@@ -289,7 +289,7 @@ def start_from_agent(agent: GANNOAgent, normalizer_stats: RunningNormalizer, sou
     if dropped:
         raise ValueError(f"`run.init_agent`: {source!r} observes {dropped}, which this config's `env.features` "
                          f"does not; start from an agent whose features are among this config's.")
-    for setting in ("action_multipliers", "interval", "decision_steps", "prior"):
+    for setting in ("action_multipliers", "interval", "decision_steps", "prior", "prior_above"):
         theirs, ours = (tuple(v) if isinstance(v, (list, tuple)) else v
                         for v in (getattr(initial, setting), getattr(agent, setting)))
         if theirs != ours:
@@ -443,6 +443,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
+                              prior_above=env_settings.prior_above,
                               identity_prob=algo.identity_init or None, feature_names=env_settings.features,
                               policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
     # env.privileged: the critic also reads the training-only facts (an asymmetric critic); the run's

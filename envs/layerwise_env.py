@@ -32,7 +32,7 @@ from ganno_lightning.layerwise.actions import (
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions, resolve_feature_names
-from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
+from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_prior_above
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
 
@@ -74,6 +74,8 @@ class EnvConfig:
             ``"none"`` (constant), ``"cosine"`` or ``"warmup_cosine"`` over ``horizon`` (see
             :mod:`ganno_lightning.layerwise.prior`). An episode that hides its length
             (``unknown_total_prob``) trains at a constant LR, as a Trainer without a known length would.
+        prior_above: The prior acts only in episodes of more optimizer steps than this (0: in every
+            episode), as ``GANNOCallback(prior_above=...)`` in fits.
         features: What agents observe: ``"default"`` (the base set),
             ``"hypergradient"`` (those and the scale-free ``update_grad_cos`` and
             ``log_loss_vs_initial``; the shipped agent's), ``"scale_free"`` (``hypergradient`` without the absolute
@@ -168,6 +170,7 @@ class EnvConfig:
     action_multipliers: Any = field(default_factory=lambda: list(DEFAULT_ACTION_MULTIPLIERS))
     decision_steps: Any = None  # None | "none" | "front_loaded" | [increasing steps]
     prior: str = DEFAULT_PRIOR
+    prior_above: int = 0
     features: Any = None  # None | a set's name | [feature names]
     privileged: bool = False
     scale_bounds: list[float] = field(default_factory=lambda: list(DEFAULT_SCALE_BOUNDS))
@@ -262,6 +265,7 @@ class EnvConfig:
             raise ValueError(f"`{prefix}.decision_steps` must lie before `{prefix}.horizon` ({self.horizon}), "
                              f"got {self.decision_steps}.")
         check_prior(self.prior, f"{prefix}.prior")
+        check_prior_above(self.prior_above, f"{prefix}.prior_above")
         self.features = list(resolve_feature_names(self.features, f"{prefix}.features"))
         check_lr_probe_decisions(self.features, self.decision_steps, f"{prefix}.decision_steps")
         check_scale_bounds(self.scale_bounds, f"{prefix}.scale_bounds")
@@ -461,7 +465,8 @@ class LayerwiseLREnv(EnvBase):
                 self.run.module, self.run.optimizer, action_multipliers=config.action_multipliers,
                 interval=config.interval, scale_bounds=tuple(config.scale_bounds),
                 lr_schedulers=self.run.schedulers, total_steps=total_steps, grad_samples=config.grad_samples,
-                decision_steps=config.decision_steps, prior=config.prior, feature_names=config.features,
+                decision_steps=config.decision_steps, prior=config.prior, prior_above=config.prior_above,
+                feature_names=config.features,
                 recover_on_spike=config.recover_on_spike, spike_factor=config.divergence_factor,
                 spike_lr_cut=config.spike_lr_cut)
         except ValueError as err:

@@ -53,7 +53,7 @@ def replay_config(sections: dict) -> dict:
 
 def at_lr_factor(config: dict, factor: float, prior: str | None = None) -> dict:
     """``config`` (from :func:`replay_config`) replaying its run from ``factor`` x the task's drawn LR
-    (``init_lr_scale: [factor, factor]``), under ``prior`` where given.
+    (``init_lr_scale: [factor, factor]``), under ``prior`` where given (then in a run of any length).
 
     Raises:
         ValueError: If the recipe draws per-layer LRs (``layer_lr_spread`` > 1): those draws come after the
@@ -62,7 +62,7 @@ def at_lr_factor(config: dict, factor: float, prior: str | None = None) -> dict:
     if float(config["env"].get("layer_lr_spread", 1.0)) != 1.0:
         raise ValueError(f"`env.layer_lr_spread` must be 1 for runs replayed at LR factors (each factor would draw "
                          f"other per-layer LRs), got {config['env']['layer_lr_spread']!r}.")
-    env = {**config["env"], "init_lr_scale": [factor, factor], **({"prior": prior} if prior is not None else {})}
+    env = {**config["env"], "init_lr_scale": [factor, factor], **({"prior": prior, "prior_above": 0} if prior is not None else {})}
     return {**config, "env": env}
 
 

@@ -21,7 +21,7 @@ from ganno_lightning.layerwise.actions import (
     check_scale_bounds,
 )
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
-from ganno_lightning.layerwise.prior import check_prior
+from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
 _REQUIRED_SCHEDULES = ("constant", "cosine")
@@ -49,6 +49,7 @@ class AgentConfig:
     # as GANNOCallback: the LR prior under the scales when the user has no schedule (none, cosine, warmup_cosine);
     # null: the agent's own
     prior: Optional[str] = None
+    prior_above: Optional[int] = None  # as GANNOCallback: the prior acts only in longer fits; null: as the callback
 
 
 @dataclass
@@ -241,6 +242,8 @@ def validate_config(cfg: DictConfig) -> None:
         check_min_change(cfg.agent.min_change, "agent.min_change")
     if cfg.agent.prior is not None:
         check_prior(cfg.agent.prior, "agent.prior")
+    if cfg.agent.prior_above is not None:
+        check_prior_above(cfg.agent.prior_above, "agent.prior_above")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):

@@ -116,6 +116,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         agent["schedule"] = cfg.agent.schedule
     if cfg.agent.prior is not None:  # likewise: set only when it overrides the agent's own
         agent["prior"] = cfg.agent.prior
+    if cfg.agent.prior_above is not None:  # likewise
+        agent["prior_above"] = int(cfg.agent.prior_above)
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
         factors = [c.factor for c in conditions if c.deeper == deeper]

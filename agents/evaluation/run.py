@@ -138,6 +138,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 ganno = GANNOCallback(GANNOAgent.from_source(agent["path"]), interval=agent["interval"],
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       min_change=agent.get("min_change", 1.0), prior=agent.get("prior"),
+                                      prior_above=agent.get("prior_above"),
                                       exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:

@@ -45,15 +45,16 @@ from ganno_lightning.layerwise.policy import (
     build_policy,
     init_identity,
 )
-from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior
+from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_prior_above
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2,
 #: agents trained with early ``decision_steps`` or an LR ``prior`` as 3: a release that predates
 #: those keys would silently act at other steps or around another LR, so it must refuse them; and
 #: agents with a factorised policy head as 4 (an older release cannot build that actor), and ensembles
-#: (:meth:`GANNOAgent.ensemble`) as 5, and agents routed by fit length (:meth:`GANNOAgent.routed`) as 6.
-FORMAT_VERSION = 6
+#: (:meth:`GANNOAgent.ensemble`) as 5, agents routed by fit length (:meth:`GANNOAgent.routed`) as 6, and
+#: agents whose prior acts in long fits only (``prior_above``) as 7: an older release would apply it in every fit.
+FORMAT_VERSION = 7
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -93,7 +94,8 @@ class GANNOAgent:
         decision_steps: Early decision steps it was trained with (see
             :func:`~ganno_lightning.layerwise.decisions.resolve_decision_steps`); ``()``: every
             ``interval`` steps only.
-        prior: LR prior it was trained with (see :mod:`~ganno_lightning.layerwise.prior`).
+        prior: LR prior it acts around (see :mod:`~ganno_lightning.layerwise.prior`).
+        prior_above: The prior acts only in fits of more optimizer steps than this (0: in every fit).
 
     Raises:
         AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).
@@ -126,6 +128,7 @@ class GANNOAgent:
         evaluation: Mapping[str, Any] | None = None,
         decision_steps: Sequence[int] | str | None = (),
         prior: str = DEFAULT_PRIOR,
+        prior_above: int = 0,
         feature_names: str | Sequence[str] | None = None,
     ) -> None:
         try:
@@ -159,6 +162,7 @@ class GANNOAgent:
         try:
             self.decision_steps = resolve_decision_steps(decision_steps, interval)
             self.prior = check_prior(prior)
+            self.prior_above = check_prior_above(prior_above)
         except ValueError as err:
             raise AgentCheckpointError(str(err)) from None
         self.training_config = dict(training_config or {})
@@ -177,6 +181,7 @@ class GANNOAgent:
         seed: int | None = None,
         decision_steps: Sequence[int] | str | None = (),
         prior: str = DEFAULT_PRIOR,
+        prior_above: int = 0,
         identity_prob: float | None = None,
         feature_names: str | Sequence[str] | None = None,
         policy_head: str = "categorical",
@@ -223,7 +228,7 @@ class GANNOAgent:
             init_identity(actor, action_multipliers.index(1.0), identity_prob)
         return cls(actor, ObservationNormalizer(num_features), action_multipliers=action_multipliers,
                    interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior,
-                   feature_names=feature_names)
+                   prior_above=prior_above, feature_names=feature_names)
 
     @classmethod
     def ensemble(cls, members: Sequence[GANNOAgent], sources: Sequence[str] | None = None) -> GANNOAgent:
@@ -266,7 +271,8 @@ class GANNOAgent:
                     for source, m in zip(sources, members)]
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"ensemble": recorded},
-                   decision_steps=first.decision_steps, prior=first.prior, feature_names=first.feature_names)
+                   decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
+                   feature_names=first.feature_names)
 
     @classmethod
     def routed(cls, agents: Sequence[GANNOAgent], boundaries: Sequence[int],
@@ -328,7 +334,8 @@ class GANNOAgent:
         first = agents[0]
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"routes": recorded},
-                   decision_steps=first.decision_steps, prior=first.prior, feature_names=names)
+                   decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
+                   feature_names=names)
 
     # -- acting -------------------------------------------------------------------------------
     @property
@@ -456,11 +463,13 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (6 if isinstance(self.actor, RunLengthRouter) else 5 if isinstance(self.actor, PolicyEnsemble)
-                   else 4 if "factorised" in self.actor.config
+        version = (7 if self.prior_above else 6 if isinstance(self.actor, RunLengthRouter)
+                   else 5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
+        if self.prior_above:
+            timing["prior_above"] = self.prior_above
         return {
             "format_version": version,
             "feature_names": list(self.feature_names),
@@ -569,7 +578,7 @@ class GANNOAgent:
                        training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"),
                        # absent from files of earlier releases: every `interval` steps, no prior
                        decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR),
-                       feature_names=feature_names)
+                       prior_above=checkpoint.get("prior_above", 0), feature_names=feature_names)
         except AgentCheckpointError as err:
             raise AgentCheckpointError(f"{source}: {err}") from None
         except ValueError as err:
@@ -594,7 +603,7 @@ class GANNOAgent:
 
     def __repr__(self) -> str:
         timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
-                  if self._uses_timing_options else "")
+                  if self._uses_timing_options else "") + (f", prior_above={self.prior_above}" if self.prior_above else "")
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
             actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
@@ -605,7 +614,7 @@ class GANNOAgent:
 
 
 #: What agents combined into one (ensembled, routed) must share: they decide at the same steps, with the same actions.
-_ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior")
+_ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior", "prior_above")
 
 
 def _check_act_alike(agents: Sequence[GANNOAgent], sources: Sequence[str], what: str,

@@ -28,7 +28,7 @@ from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, paced_to_run, resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
-from ganno_lightning.layerwise.prior import check_prior
+from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
 from ganno_lightning.layerwise.schedule import LRSchedule
 
@@ -71,6 +71,8 @@ class GANNOCallback(Callback):
       (``trainer.estimated_stepping_batches``), so the effective LR is ``lr x prior(step) x scale``
       and an agent that keeps its scales at 1 follows that schedule. With a scheduler of your own,
       yours stays the prior; if the fit's length is unknown the LR stays constant, with a warning.
+      ``prior_above`` keeps it to fits of more optimizer steps (an agent file can record both: one
+      meta-trained on short runs around a constant LR keeps that there, and anneals on long fits).
 
     A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
     the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
@@ -138,6 +140,8 @@ class GANNOCallback(Callback):
             ``interval // 2``) or ``"none"``; ``None`` uses the agent's own.
         prior: LR schedule under the scales when the module has no LR scheduler: ``"none"``,
             ``"cosine"`` or ``"warmup_cosine"``; ``None`` uses the agent's own.
+        prior_above: The prior acts only in fits of more optimizer steps than this (0: in every
+            fit); ``None`` uses the agent's own with the agent's prior, and 0 with a ``prior`` you name.
         recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes.
         spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so
             far is a spike (> 1).
@@ -145,7 +149,7 @@ class GANNOCallback(Callback):
 
     Raises:
         ValueError: If ``interval``, ``exploration``, ``min_change``, ``scale_bounds``, ``grad_samples``,
-            ``decision_steps``, ``prior``, ``spike_factor`` or ``spike_lr_cut`` are invalid.
+            ``decision_steps``, ``prior``, ``prior_above``, ``spike_factor`` or ``spike_lr_cut`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).
@@ -176,6 +180,7 @@ class GANNOCallback(Callback):
         deterministic: bool | None = None,
         decision_steps: list[int] | str | None = None,
         prior: str | None = None,
+        prior_above: int | None = None,
         recover_on_spike: bool = False,
         spike_factor: float = DEFAULT_SPIKE_FACTOR,
         spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
@@ -219,6 +224,8 @@ class GANNOCallback(Callback):
                                else self.agent.decision_steps)
         check_lr_probe_decisions(self.agent.feature_names, self.decision_steps, "decision_steps")
         self.prior = check_prior(prior) if prior is not None else self.agent.prior
+        self.prior_above = (check_prior_above(prior_above) if prior_above is not None
+                            else self.agent.prior_above if prior is None else 0)
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.groups = groups
         self.val_loss_key = val_loss_key
@@ -283,6 +290,7 @@ class GANNOCallback(Callback):
             seed=self.seed,
             decision_steps=self.decision_steps,
             prior=self.prior,
+            prior_above=self.prior_above,
             feature_names=self.agent.feature_names,
             recover_on_spike=self.recover_on_spike,
             spike_factor=self.spike_factor,

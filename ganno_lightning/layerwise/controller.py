@@ -57,6 +57,7 @@ class LayerwiseController:
         prior: LR prior under the scales when ``lr_schedulers`` is empty (see
             :class:`~ganno_lightning.layerwise.prior.LRPrior`): the effective LR is
             ``lr x prior(step) x scale``.
+        prior_above: The prior acts only in runs of more optimizer steps than this (0: in every run).
         feature_names: What :meth:`observe` returns (see
             :class:`~ganno_lightning.layerwise.observer.LayerObserver`); default: the default set.
         recover_on_spike: Keep the state of the last good decision and, when an interval spikes,
@@ -99,6 +100,7 @@ class LayerwiseController:
         seed: int = 0,
         decision_steps: Sequence[int] = (),
         prior: str = DEFAULT_PRIOR,
+        prior_above: int = 0,
         feature_names: str | Sequence[str] | None = None,
         recover_on_spike: bool = False,
         spike_factor: float = DEFAULT_SPIKE_FACTOR,
@@ -107,7 +109,7 @@ class LayerwiseController:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
         self.decision_steps = DecisionSteps(interval, decision_steps)
-        self.prior = LRPrior(prior, total_steps, has_scheduler=bool(lr_schedulers))
+        self.prior = LRPrior(prior, total_steps, has_scheduler=bool(lr_schedulers), above=prior_above)
         if partition is None:
             in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
             partition = LayerPartition.from_module(model, groups, params=in_optimizer)

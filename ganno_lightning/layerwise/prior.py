@@ -11,6 +11,10 @@ A module with its own scheduler keeps it as the prior: :class:`LRPrior` is then 
 was asked. So is a run whose length is unknown (an iterable dataset without ``max_steps``, or an
 environment episode that hides its length): the LR stays constant, and the caller warns.
 
+A prior can be asked for long fits only (``above``: fits of more than that many optimizer steps). An
+agent meta-trained around a constant LR on short runs keeps its own behaviour there, and gets the
+prior's annealing where it was never trained to anneal (``benchmarks/results/prior_for_long_runs/``).
+
 The curves are :mod:`ganno_lightning.lr_schedules`' (the evaluation's ``cosine`` and
 ``warmup_cosine`` baselines), so the identity policy under a prior *is* that baseline.
 """
@@ -43,6 +47,24 @@ def check_prior(prior: Any, name: str = "prior") -> str:
     return prior
 
 
+def check_prior_above(above: Any, name: str = "prior_above") -> int:
+    """Return ``above`` if it is a fit length (an int >= 0; 0: every fit), else raise a ``ValueError`` naming the fix.
+
+    Example::
+
+        >>> check_prior_above(600)
+        600
+        >>> check_prior_above(-1, "env.prior_above")
+        Traceback (most recent call last):
+        ...
+        ValueError: `env.prior_above` must be an int >= 0 (the prior acts in fits of more optimizer steps; 0: in every fit), got -1.
+    """
+    if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+        raise ValueError(f"`{name}` must be an int >= 0 (the prior acts in fits of more optimizer steps; 0: in "
+                         f"every fit), got {above!r}.")
+    return above
+
+
 class LRPrior:
     """The multiplier of the user's LR at each optimizer step, or an inactive prior (always 1).
 
@@ -50,6 +72,8 @@ class LRPrior:
         name: One of :data:`PRIORS`.
         total_steps: Optimizer steps of the run, or ``None`` when unknown.
         has_scheduler: Whether the user's optimizer has an LR scheduler of its own.
+        above: The prior acts only in fits of more optimizer steps than this (0: in every fit); a
+            shorter fit is one it was not asked for, and so not a reason to warn.
 
     Attributes:
         active: Whether the prior changes the LR (a named prior, no user scheduler, a known length).
@@ -63,18 +87,24 @@ class LRPrior:
         (True, [1.0, 0.8535533905932737, 0.5, 0.14644660940672627])
         >>> LRPrior("cosine", total_steps=None).inactive_reason
         'the run length is unknown'
+        >>> short = LRPrior("cosine", total_steps=300, above=600)  # a long-fits-only prior in a short fit
+        >>> short.active, short.inactive_reason, LRPrior("cosine", total_steps=3000, above=600).active
+        (False, None, True)
     """
 
-    def __init__(self, name: str = DEFAULT_PRIOR, total_steps: int | None = None, has_scheduler: bool = False) -> None:
+    def __init__(self, name: str = DEFAULT_PRIOR, total_steps: int | None = None, has_scheduler: bool = False,
+                 above: int = 0) -> None:
         self.name = check_prior(name)
         self.total_steps = total_steps
+        self.above = check_prior_above(above)
         self.inactive_reason: str | None = None
-        if self.name != "none":
+        asked = self.name != "none" and (total_steps is None or total_steps > self.above)
+        if asked:
             if has_scheduler:
                 self.inactive_reason = "the optimizer has an LR scheduler of its own, which stays the prior"
             elif not total_steps:
                 self.inactive_reason = "the run length is unknown"
-        self.active = self.name != "none" and self.inactive_reason is None
+        self.active = asked and self.inactive_reason is None
         self._curve = SCHEDULES[self.name] if self.active else None
 
     def factor(self, step: int) -> float:
@@ -83,4 +113,5 @@ class LRPrior:
 
     def __repr__(self) -> str:
         state = "active" if self.active else f"inactive: {self.inactive_reason or 'none asked for'}"
-        return f"LRPrior({self.name!r}, total_steps={self.total_steps}, {state})"
+        above = f", above={self.above}" if self.above else ""
+        return f"LRPrior({self.name!r}, total_steps={self.total_steps}{above}, {state})"

@@ -650,6 +650,23 @@ def test_an_agent_over_the_users_own_schedule_acts_around_it_and_reuses_the_base
         ev.load_config(SMOKE, [bad])
 
 
+def test_a_prior_for_longer_fits_leaves_the_smoke_suites_runs_as_they_were(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    short = tmp_path / "prior_above"  # the smoke runs are 60 steps: a prior above 100 does not act in them
+    assert ev.main([*_settings_of(argv), f"out_dir={short}", "agent.prior=cosine", "agent.prior_above=100",
+                    f"baselines_from=[{out}]"]) == 0
+    assert "copied 40 finished baseline runs" in capsys.readouterr().out  # a new setting: new agent runs only
+    plain = {(r["task_name"], r["seed"], r["lr_factor"]): r
+             for r in json.loads((out / "results.json").read_text())["runs"] if r["method"] == "agent"}
+    runs = [r for r in json.loads((short / "results.json").read_text())["runs"] if r["method"] == "agent"]
+    assert len(runs) == len(plain)
+    for run in runs:
+        assert run["final_val_loss"] == plain[(run["task_name"], run["seed"], run["lr_factor"])]["final_val_loss"]
+    assert "prior `cosine`, prior_above `100`" in (short / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"`agent.prior_above` must be an int >= 0 .*got -1"):
+        ev.load_config(SMOKE, ["agent.prior_above=-1"])
+
+
 def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(smoke, tmp_path, capsys):
     out, _, argv = smoke
     agent = GANNOAgent.create(interval=10, seed=0)

@@ -334,6 +334,11 @@ def test_the_prior_sets_the_lr_of_an_episode(prior):
     scheduled = tiny_env(lambda: TinyRegressor(optimizer="adam", lr=0.01, scheduler="lambda"), prior=prior)
     scheduled.reset()
     assert not scheduled.controller.prior.active  # the task's own scheduler stays the prior
+    for above, acts in ((32, False), (31, True)):  # a prior for longer runs than the episode's 32 steps, or not
+        bounded = tiny_env(prior=prior, prior_above=above, unknown_total_prob=0.0)
+        identity_episode(bounded)
+        assert bounded.controller.prior.active == acts and bounded.controller.prior.inactive_reason is None
+        assert (bounded.controller.schedule.lrs_of("net.0") == pytest.approx(lrs)) == acts
 
 
 def test_option_errors_name_the_field():
@@ -343,6 +348,8 @@ def test_option_errors_name_the_field():
         env_config(load_config({"env": {"decision_steps": [0, 600]}}))
     with pytest.raises(ValueError, match=r"`env.prior` must be one of \['none', 'cosine', 'warmup_cosine'\]"):
         env_config(load_config({"env": {"prior": "linear"}}))
+    with pytest.raises(ValueError, match=r"`env.prior_above` must be an int >= 0 .*got -3"):
+        env_config(load_config({"env": {"prior_above": -3}}))
     with pytest.raises(ValueError, match=r"`env.action_multipliers` must name an action set \(one of \['default', "
                                          r"'wide'\]\)"):
         env_config(load_config({"env": {"action_multipliers": "huge"}}))

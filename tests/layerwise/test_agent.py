@@ -266,6 +266,18 @@ def test_timing_options_round_trip_in_a_format_3_file(tmp_path):
     assert "decision_steps=[0, 2, 5]" in repr(loaded)
 
 
+def test_a_prior_for_long_fits_round_trips_in_a_format_7_file(tmp_path):
+    agent = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior="cosine", prior_above=600)
+    checkpoint = torch.load(agent.save(tmp_path / "agent.pt"), weights_only=True)
+    # an older release would read the prior and apply it in every fit: it must refuse the file
+    assert checkpoint["format_version"] == FORMAT_VERSION == 7
+    assert (checkpoint["prior"], checkpoint["prior_above"]) == ("cosine", 600)
+    loaded = GANNOAgent.load(tmp_path / "agent.pt")
+    assert (loaded.prior, loaded.prior_above) == ("cosine", 600) and "prior_above=600" in repr(loaded)
+    everywhere = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior="cosine").to_checkpoint()
+    assert everywhere["format_version"] == 3 and "prior_above" not in everywhere  # as earlier releases wrote it
+
+
 def test_a_wide_action_set_alone_keeps_the_old_format(tmp_path):
     checkpoint = torch.load(GANNOAgent.create(action_multipliers="wide", seed=0).save(tmp_path / "a.pt"),
                             weights_only=True)
@@ -293,6 +305,7 @@ def test_files_without_the_options_load_as_before(tmp_path):
 @pytest.mark.parametrize("changes, match", [
     ({"decision_steps": [4, 2]}, r"`decision_steps` must be 'none', 'front_loaded' or a list"),
     ({"prior": "linear"}, r"`prior` must be one of"),
+    ({"prior_above": 2.5}, r"`prior_above` must be an int >= 0 .*got 2.5"),
 ])
 def test_bad_options_in_a_file_are_named(tmp_path, changes, match):
     with pytest.raises(AgentCheckpointError, match=match):

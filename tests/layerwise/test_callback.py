@@ -603,6 +603,25 @@ def test_the_options_default_to_the_agents_own():
     callback = GANNOCallback(agent, interval=10, decision_steps="front_loaded", prior="none")
     assert (callback.decision_steps, callback.prior) == ((0, 2, 5), "none")
     assert (GANNOCallback(depth_agent()).decision_steps, GANNOCallback(depth_agent()).prior) == ((), "none")
+    long_only = identity_agent(prior="cosine", prior_above=600)
+    assert GANNOCallback(long_only).prior_above == 600  # the agent's own prior, for the fits it was meant for
+    assert GANNOCallback(long_only, prior="warmup_cosine").prior_above == 0  # a prior you name: in every fit
+    assert GANNOCallback(long_only, prior_above=20).prior_above == 20
+    with pytest.raises(ValueError, match=r"`prior_above` must be an int >= 0 .*got -5"):
+        GANNOCallback(long_only, prior_above=-5)
+
+
+@pytest.mark.parametrize("epochs, anneals", [(2, False), (3, True)])
+def test_a_prior_for_long_fits_acts_only_in_fits_longer_than_its_bound(epochs, anneals, recwarn):
+    from ganno_lightning.lr_schedules import SCHEDULES
+
+    model = TinyRegressor(lr=0.05)
+    callback = GANNOCallback(identity_agent(4, prior="cosine", prior_above=2 * STEPS_PER_EPOCH))
+    trainer(max_epochs=epochs, callbacks=[callback]).fit(model)
+    total = epochs * STEPS_PER_EPOCH
+    curve = [SCHEDULES["cosine"](s, total) if anneals else 1.0 for s in range(total)]
+    assert model.trainer.optimizers[0].seen_lrs == [pytest.approx([0.05 * c] * 2) for c in curve]
+    assert not [w for w in recwarn if "prior" in str(w.message)]  # a short fit is no reason to warn
 
 
 def _noisy_fit(decision_steps, **kwargs):

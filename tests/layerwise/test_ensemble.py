@@ -65,6 +65,7 @@ def test_an_ensemble_round_trips_in_a_format_5_file_that_records_its_members(tmp
     ({"decision_steps": [0, 5]}, "decision_steps"),
     ({"feature_names": list(reversed(FEATURE_NAMES))}, "feature_names"),
     ({"action_multipliers": "wide"}, "action_multipliers"),
+    ({"prior_above": 600}, "prior_above=600"),
 ])
 def test_members_that_act_differently_are_refused_by_name(change, match):
     odd = GANNOAgent.create(seed=1, **change)

@@ -47,7 +47,7 @@ def test_a_routed_agent_round_trips_in_a_format_6_file_that_records_its_routes(t
     short, long = _agents()
     routed = GANNOAgent.routed([short, long], boundaries=[600], sources=["short.pt", "long.pt"])
     path = routed.save(tmp_path / "routed.pt")
-    assert torch.load(path, weights_only=True)["format_version"] == FORMAT_VERSION == 6  # older releases refuse it
+    assert torch.load(path, weights_only=True)["format_version"] == 6 < FORMAT_VERSION  # older releases refuse it
     loaded = GANNOAgent.load(path)
     observation = torch.randn(2, 6, len(long.feature_names)) * 3
     observation[0, :, -1], observation[1, :, -1] = math.log(300), math.log(3000)  # one fit of each kind
