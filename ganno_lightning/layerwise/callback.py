@@ -72,7 +72,8 @@ class GANNOCallback(Callback):
       and an agent that keeps its scales at 1 follows that schedule. With a scheduler of your own,
       yours stays the prior; if the fit's length is unknown the LR stays constant, with a warning.
       ``prior_above`` keeps it to fits of more optimizer steps (an agent file can record both: one
-      meta-trained on short runs around a constant LR keeps that there, and anneals on long fits).
+      meta-trained on short runs around a constant LR keeps that there, and anneals on long fits);
+      where the agent's own long-fit prior cannot apply, a log line says so instead of a warning.
 
     A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
     the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
@@ -224,6 +225,7 @@ class GANNOCallback(Callback):
                                else self.agent.decision_steps)
         check_lr_probe_decisions(self.agent.feature_names, self.decision_steps, "decision_steps")
         self.prior = check_prior(prior) if prior is not None else self.agent.prior
+        self._prior_named = prior is not None
         self.prior_above = (check_prior_above(prior_above) if prior_above is not None
                             else self.agent.prior_above if prior is None else 0)
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
@@ -297,10 +299,13 @@ class GANNOCallback(Callback):
             spike_lr_cut=self.spike_lr_cut,
         )
         if self.controller.prior.inactive_reason is not None:
-            rank_zero_warn(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"
-                           "; the agent acts around "
-                           + ("your scheduler's LR." if "scheduler" in self.controller.prior.inactive_reason else
-                              "a constant LR. Set `max_steps` or `max_epochs` with a sized dataloader to apply it."))
+            # A prior you asked for, or one the agent acts around in every fit, is worth a warning; one the agent
+            # takes for long fits only leaves it where it was trained when it cannot apply, which is worth a note.
+            report = rank_zero_warn if self._prior_named or not self.prior_above else rank_zero_info
+            report(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"
+                   "; the agent acts around "
+                   + ("your scheduler's LR." if "scheduler" in self.controller.prior.inactive_reason else
+                      "a constant LR. Set `max_steps` or `max_epochs` with a sized dataloader to apply it."))
         self._policy_state = None
         if self._loaded_state is not None:
             self.controller.load_state_dict(self._loaded_state["controller"])

@@ -701,6 +701,18 @@ def test_with_an_unknown_length_the_prior_falls_back_to_constant_with_one_warnin
     assert model.trainer.optimizers[0].seen_lrs == [pytest.approx([0.05, 0.05])] * (2 * STEPS_PER_EPOCH)
 
 
+@pytest.mark.parametrize("module, last_lr", [(lambda: TinyRegressor(lr=0.05, scheduler="epoch"), 0.025),
+                                             (lambda: StreamedTiny(lr=0.05), 0.05)])
+def test_an_agents_own_prior_for_long_fits_gives_way_with_a_note_not_a_warning(module, last_lr, recwarn, caplog):
+    callback = GANNOCallback(identity_agent(4, prior="cosine", prior_above=2))  # 16 steps: a long fit for it
+    model = module()
+    with caplog.at_level(logging.INFO):
+        trainer(max_epochs=2, callbacks=[callback]).fit(model)
+    assert not [w for w in recwarn if "is not applied" in str(w.message)]  # it acts where it was trained
+    assert "`prior='cosine'` is not applied" in caplog.text
+    assert model.trainer.optimizers[0].seen_lrs[-1] == pytest.approx([last_lr] * 2)  # the scheduler's, or constant
+
+
 def _options_fit(max_epochs, ckpt_dir, resume=None):
     L.seed_everything(7)
     model = ValidatedRegressor(optimizer="adam", lr=0.01)  # no scheduler: the prior applies
