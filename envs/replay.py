@@ -62,7 +62,8 @@ def at_lr_factor(config: dict, factor: float, prior: str | None = None) -> dict:
     if float(config["env"].get("layer_lr_spread", 1.0)) != 1.0:
         raise ValueError(f"`env.layer_lr_spread` must be 1 for runs replayed at LR factors (each factor would draw "
                          f"other per-layer LRs), got {config['env']['layer_lr_spread']!r}.")
-    env = {**config["env"], "init_lr_scale": [factor, factor], **({"prior": prior, "prior_above": 0} if prior is not None else {})}
+    under = {"prior": prior, "prior_above": 0} if prior is not None else {}
+    env = {**config["env"], "init_lr_scale": [factor, factor], **under}
     return {**config, "env": env}
 
 

@@ -603,7 +603,9 @@ class GANNOAgent:
 
     def __repr__(self) -> str:
         timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
-                  if self._uses_timing_options else "") + (f", prior_above={self.prior_above}" if self.prior_above else "")
+                  if self._uses_timing_options else "")
+        if self.prior_above:
+            timing += f", prior_above={self.prior_above}"
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
             actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
