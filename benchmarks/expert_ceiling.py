@@ -183,6 +183,8 @@ def check_agent_matches(parser: argparse.ArgumentParser, agent: GANNOAgent, env:
         "features": (list(agent.feature_names), list(resolve_feature_names(env.features))),
         "action_multipliers": ([float(m) for m in agent.action_multipliers], [float(m) for m in env.action_multipliers]),
         "decision_steps": (list(agent.decision_steps), list(resolve_decision_steps(env.decision_steps, env.interval))),
+        "prior": (agent.prior, env.prior),
+        "prior_above": (agent.prior_above, env.prior_above),
     }
     for name, (agent_value, env_value) in settings.items():
         if agent_value != env_value:
@@ -225,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         agent_policy = AgentPolicy(agent)
         policies["agent (mode)"] = agent_policy
     seeds = range(args.first_seed, args.first_seed + args.episodes)
-    recipe_prior = env_config(config).prior  # an oracle under it reuses the constant row's run as its x1 point
+    env = env_config(config)
+    # an oracle under the prior the recipe's runs train with reuses the constant row's run as its x1 point
+    recipe_prior = env.prior if env.horizon > env.prior_above else "none"
     pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
     replays: dict[str, list[Replay]] = {name: [] for name in policies}

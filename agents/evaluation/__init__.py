@@ -8,7 +8,8 @@ Run it with an omegaconf YAML and ``key=value`` overrides::
 For every task of the suite and every seed, each *condition* trains the same freshly initialised
 module (same weights, same data order) several times with a real ``lightning.Trainer``:
 
-- ``agent``: ``GANNOCallback(agent)`` from the condition's initial LR (no scheduler underneath);
+- ``agent``: ``GANNOCallback(agent)`` from the condition's initial LR (no scheduler underneath; the agent's own
+  LR prior where its file records one);
 - every baseline schedule of :mod:`ganno_lightning.agents.baselines` (``constant``, ``step_decay``, ``cosine``,
   ``warmup_cosine``) at the condition's initial LR (``<schedule>@init``), and
 - the same schedules tuned over ``lr_grid`` (``<schedule>@tuned``): per task and seed, the grid LR

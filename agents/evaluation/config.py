@@ -49,7 +49,9 @@ class AgentConfig:
     # as GANNOCallback: the LR prior under the scales when the user has no schedule (none, cosine, warmup_cosine);
     # null: the agent's own
     prior: Optional[str] = None
-    prior_above: Optional[int] = None  # as GANNOCallback: the prior acts only in longer fits; null: as the callback
+    # as GANNOCallback: the prior acts only in fits of more steps; null: the agent's own with the agent's own prior,
+    # 0 (every fit) with another `agent.prior`
+    prior_above: Optional[int] = None
 
 
 @dataclass

@@ -197,7 +197,8 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "## How to read this",
         "",
         "- Every method of a task and seed starts from the same weights and sees the same batches. "
-        "`agent`: `GANNOCallback(agent)` from the condition's initial LR, no scheduler underneath. "
+        "`agent`: `GANNOCallback(agent)` from the condition's initial LR, no scheduler underneath (the agent's "
+        "own LR prior where its file records one). "
         "`<schedule>@init`: the schedule at the condition's initial LR. `<schedule>@tuned`: per task and seed, "
         "the grid LR with the lowest final validation loss (the chosen multipliers are in the per-task tables).",
         "- Conditions: `init_lr_x<f>` starts from the task's sampled LR times f (x10 / x0.1: 10x too high / low); "

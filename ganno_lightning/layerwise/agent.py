@@ -236,8 +236,8 @@ class GANNOAgent:
         :class:`~ganno_lightning.layerwise.policy.PolicyEnsemble`).
 
         The members must act alike (the same features in the same order, action set, interval,
-        scale bounds, decision steps and prior): they observe the same features and their
-        decisions are applied at the same steps. Each keeps its own observation normaliser, so the
+        scale bounds, decision steps, prior and its ``prior_above``): they observe the same features
+        and their decisions are applied at the same steps. Each keeps its own observation normaliser, so the
         ensemble's own is the identity. Its ``training_config`` records every member's source,
         fingerprint and training config, so a file says what it was made of.
 
@@ -283,9 +283,9 @@ class GANNOAgent:
         The fit's length is known before its first step (the callback reads it from the Trainer), so an
         agent meta-trained on short runs keeps them while one trained on long runs takes the long ones.
         Fits of unknown length go to ``agents[0]``. The agents must act alike (action set, interval, scale
-        bounds, decision steps, prior); the routed agent observes the features of the agent that observes
-        the most among those that observe the run's length (``log_total_steps``, the ``run_length``
-        feature set), which must include every other's. Its ``training_config`` records each route's
+        bounds, decision steps, prior and its ``prior_above``); the routed agent observes the features of
+        the agent that observes the most among those that observe the run's length (``log_total_steps``,
+        the ``run_length`` feature set), which must include every other's. Its ``training_config`` records each route's
         source, fingerprint, range and training config.
 
         Args:
@@ -461,14 +461,18 @@ class GANNOAgent:
     def _uses_timing_options(self) -> bool:
         return bool(self.decision_steps) or self.prior != DEFAULT_PRIOR
 
+    @property
+    def _prior_is_bounded(self) -> bool:  # without a prior a bound means nothing, and is not written
+        return self.prior != DEFAULT_PRIOR and self.prior_above > 0
+
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (7 if self.prior_above else 6 if isinstance(self.actor, RunLengthRouter)
+        version = (7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
                    else 5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
-        if self.prior_above:
+        if self._prior_is_bounded:
             timing["prior_above"] = self.prior_above
         return {
             "format_version": version,
@@ -604,7 +608,7 @@ class GANNOAgent:
     def __repr__(self) -> str:
         timing = (f", decision_steps={list(self.decision_steps)}, prior={self.prior!r}"
                   if self._uses_timing_options else "")
-        if self.prior_above:
+        if self._prior_is_bounded:
             timing += f", prior_above={self.prior_above}"
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest

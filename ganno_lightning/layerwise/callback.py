@@ -142,7 +142,7 @@ class GANNOCallback(Callback):
         prior: LR schedule under the scales when the module has no LR scheduler: ``"none"``,
             ``"cosine"`` or ``"warmup_cosine"``; ``None`` uses the agent's own.
         prior_above: The prior acts only in fits of more optimizer steps than this (0: in every
-            fit); ``None`` uses the agent's own with the agent's prior, and 0 with a ``prior`` you name.
+            fit); ``None`` uses the agent's own with the agent's own prior, and 0 with another ``prior``.
         recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes.
         spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so
             far is a spike (> 1).
@@ -225,9 +225,12 @@ class GANNOCallback(Callback):
                                else self.agent.decision_steps)
         check_lr_probe_decisions(self.agent.feature_names, self.decision_steps, "decision_steps")
         self.prior = check_prior(prior) if prior is not None else self.agent.prior
-        self._prior_named = prior is not None
-        self.prior_above = (check_prior_above(prior_above) if prior_above is not None
-                            else self.agent.prior_above if prior is None else 0)
+        if prior_above is not None:
+            self.prior_above = check_prior_above(prior_above)
+        else:  # the agent's bound goes with the agent's prior; another prior you name acts in every fit
+            self.prior_above = self.agent.prior_above if self.prior == self.agent.prior else 0
+        # the agent's own long-fits-only prior, nothing of it named here: where it cannot apply, a note will do
+        self._prior_is_agents_long_fit_aid = prior is None and prior_above is None and self.prior_above > 0
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.groups = groups
         self.val_loss_key = val_loss_key
@@ -301,7 +304,7 @@ class GANNOCallback(Callback):
         if self.controller.prior.inactive_reason is not None:
             # A prior you asked for, or one the agent acts around in every fit, is worth a warning; one the agent
             # takes for long fits only leaves it where it was trained when it cannot apply, which is worth a note.
-            report = rank_zero_warn if self._prior_named or not self.prior_above else rank_zero_info
+            report = rank_zero_info if self._prior_is_agents_long_fit_aid else rank_zero_warn
             report(f"GANNOCallback: `prior={self.prior!r}` is not applied, {self.controller.prior.inactive_reason}"
                    "; the agent acts around "
                    + ("your scheduler's LR." if "scheduler" in self.controller.prior.inactive_reason else

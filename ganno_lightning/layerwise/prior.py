@@ -76,7 +76,8 @@ class LRPrior:
             shorter fit is one it was not asked for, and so not a reason to warn.
 
     Attributes:
-        active: Whether the prior changes the LR (a named prior, no user scheduler, a known length).
+        active: Whether the prior changes the LR (a named prior, no user scheduler, a known length of
+            more than ``above`` steps).
         inactive_reason: Why a requested prior is not applied (``None`` when it is, or when none
             was asked for).
 
@@ -98,7 +99,7 @@ class LRPrior:
         self.total_steps = total_steps
         self.above = check_prior_above(above)
         self.inactive_reason: str | None = None
-        asked = self.name != "none" and (total_steps is None or total_steps > self.above)
+        asked = self.name != "none" and (not total_steps or total_steps > self.above)
         if asked:
             if has_scheduler:
                 self.inactive_reason = "the optimizer has an LR scheduler of its own, which stays the prior"

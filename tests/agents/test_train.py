@@ -97,6 +97,8 @@ def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "algo.hidden_sizes=[8]"])
     with pytest.raises(ValueError, match=r"`run.init_agent`: .* has interval=10, this config 5"):
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.interval=5"])
+    with pytest.raises(ValueError, match=r"`run.init_agent`: .* has prior_above=0, this config 600"):
+        train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.prior_above=600"])
 
 
 def test_an_anchor_keeps_a_continued_run_near_the_agent_it_started_from(tmp_path):

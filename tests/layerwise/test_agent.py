@@ -276,6 +276,8 @@ def test_a_prior_for_long_fits_round_trips_in_a_format_7_file(tmp_path):
     assert (loaded.prior, loaded.prior_above) == ("cosine", 600) and "prior_above=600" in repr(loaded)
     everywhere = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior="cosine").to_checkpoint()
     assert everywhere["format_version"] == 3 and "prior_above" not in everywhere  # as earlier releases wrote it
+    unbounded = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior_above=600).to_checkpoint()  # no prior to bound
+    assert unbounded["format_version"] == 1 and "prior_above" not in unbounded
 
 
 def test_a_wide_action_set_alone_keeps_the_old_format(tmp_path):

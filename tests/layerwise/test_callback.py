@@ -605,7 +605,8 @@ def test_the_options_default_to_the_agents_own():
     assert (GANNOCallback(depth_agent()).decision_steps, GANNOCallback(depth_agent()).prior) == ((), "none")
     long_only = identity_agent(prior="cosine", prior_above=600)
     assert GANNOCallback(long_only).prior_above == 600  # the agent's own prior, for the fits it was meant for
-    assert GANNOCallback(long_only, prior="warmup_cosine").prior_above == 0  # a prior you name: in every fit
+    assert GANNOCallback(long_only, prior="cosine").prior_above == 600  # restating the agent's prior keeps its bound
+    assert GANNOCallback(long_only, prior="warmup_cosine").prior_above == 0  # another prior you name: in every fit
     assert GANNOCallback(long_only, prior_above=20).prior_above == 20
     with pytest.raises(ValueError, match=r"`prior_above` must be an int >= 0 .*got -5"):
         GANNOCallback(long_only, prior_above=-5)
@@ -711,6 +712,9 @@ def test_an_agents_own_prior_for_long_fits_gives_way_with_a_note_not_a_warning(m
     assert not [w for w in recwarn if "is not applied" in str(w.message)]  # it acts where it was trained
     assert "`prior='cosine'` is not applied" in caplog.text
     assert model.trainer.optimizers[0].seen_lrs[-1] == pytest.approx([last_lr] * 2)  # the scheduler's, or constant
+    named = GANNOCallback(identity_agent(4, prior="cosine", prior_above=2), prior="cosine", prior_above=2)
+    with pytest.warns(UserWarning, match=r"`prior='cosine'` is not applied"):  # what you name is warned about
+        trainer(max_epochs=2, callbacks=[named]).fit(module())
 
 
 def _options_fit(max_epochs, ckpt_dir, resume=None):

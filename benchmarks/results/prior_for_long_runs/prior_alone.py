@@ -8,13 +8,16 @@ import math
 import sys
 
 for path in sys.argv[1:]:
-    rows = [json.loads(l) for l in gzip.open(path, "rt")]
-    init = {}
-    for r in rows:
-        if abs(r["lr_factor"] - 1.0) < 1e-9 and r["method"] in ("constant", "cosine"):
-            init[(r["task"], r["seed"], r["method"])] = r["final_val_loss"] if r["status"] == "ok" else float("inf")
-    pairs = [(k[0], k[1]) for k in init if k[2] == "constant" and (k[0], k[1], "cosine") in init]
-    below = sum(init[(t, s, "cosine")] < init[(t, s, "constant")] for t, s in pairs)
-    harm = sum(init[(t, s, "cosine")] > 1.02 * init[(t, s, "constant")] for t, s in pairs)
-    logs = [math.log(init[(t, s, "cosine")] / init[(t, s, "constant")]) for t, s in pairs if math.isfinite(init[(t, s, "cosine")]) and math.isfinite(init[(t, s, "constant")])]
-    print(path, "pairs", len(pairs), "cosine@init below constant@init", below, "harm", harm, "geo ratio %.3f" % math.exp(sum(logs) / len(logs)))
+    at_users_lr = {}  # (task, seed, method) -> final val loss at the user's LR (inf where the run failed)
+    for line in gzip.open(path, "rt"):
+        run = json.loads(line)
+        if abs(run["lr_factor"] - 1.0) < 1e-9 and run["method"] in ("constant", "cosine"):
+            loss = run["final_val_loss"] if run["status"] == "ok" else math.inf
+            at_users_lr[(run["task"], run["seed"], run["method"])] = loss
+    pairs = [(at_users_lr[(t, s, "cosine")], loss) for (t, s, m), loss in at_users_lr.items()
+             if m == "constant" and (t, s, "cosine") in at_users_lr]
+    below = sum(cosine < constant for cosine, constant in pairs)
+    harm = sum(cosine > 1.02 * constant for cosine, constant in pairs)
+    logs = [math.log(cosine / constant) for cosine, constant in pairs if math.isfinite(cosine) and math.isfinite(constant)]
+    ratio = f"{math.exp(sum(logs) / len(logs)):.3f}" if logs else "n/a"
+    print(f"{path}: {len(pairs)} pairs, cosine@init below constant@init {below}, harm {harm}, geo ratio {ratio}")
