@@ -58,6 +58,7 @@ from ganno_lightning.envs.task_pool import PoolTask, TaskPool
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import resolve_feature_names
+from ganno_lightning.layerwise.prior import LRPrior
 
 #: The row of the expert aimed at each run's own tuned LR (``--task-pool``).
 TASK_EXPERT = "per-task expert"
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = range(args.first_seed, args.first_seed + args.episodes)
     env = env_config(config)
     # an oracle under the prior the recipe's runs train with reuses the constant row's run as its x1 point
-    recipe_prior = env.prior if env.horizon > env.prior_above else "none"
+    recipe_prior = env.prior if LRPrior(env.prior, env.horizon, above=env.prior_above).active else "none"
     pool_tasks = task_pool_of(parser, args, config, seeds) if args.task_pool else {}
     started = time.perf_counter()
     replays: dict[str, list[Replay]] = {name: [] for name in policies}
