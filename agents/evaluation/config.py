@@ -21,6 +21,7 @@ from ganno_lightning.layerwise.actions import (
     check_scale_bounds,
 )
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
+from ganno_lightning.layerwise.lr_search import check_lr_search
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
@@ -52,6 +53,9 @@ class AgentConfig:
     # as GANNOCallback: the prior acts only in fits of more steps; null: the agent's own with the agent's own prior,
     # 0 (every fit) with another `agent.prior`
     prior_above: Optional[int] = None
+    # as GANNOCallback: short trials at factors of the run's LR before the fit, which then starts at the best one:
+    # true (the defaults), false (none), or a mapping of steps, factors, held_batches; null: the agent's own
+    lr_search: Any = None
 
 
 @dataclass
@@ -246,6 +250,8 @@ def validate_config(cfg: DictConfig) -> None:
         check_prior(cfg.agent.prior, "agent.prior")
     if cfg.agent.prior_above is not None:
         check_prior_above(cfg.agent.prior_above, "agent.prior_above")
+    if cfg.agent.lr_search is not None:
+        check_lr_search(plain_value(cfg.agent.lr_search), "agent.lr_search")
     check_exploration(cfg.agent.exploration, "agent.exploration")
     _at_least(cfg.schedule_plots, "schedule_plots", 0)
     for i, source in enumerate(cfg.baselines_from):

@@ -118,6 +118,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
         agent["prior"] = cfg.agent.prior
     if cfg.agent.prior_above is not None:  # likewise
         agent["prior_above"] = int(cfg.agent.prior_above)
+    if cfg.agent.lr_search is not None:  # likewise
+        agent["lr_search"] = plain_value(cfg.agent.lr_search)
     jobs: Dict[str, Dict[str, Any]] = {}
     for deeper in sorted({c.deeper for c in conditions}):
         factors = [c.factor for c in conditions if c.deeper == deeper]

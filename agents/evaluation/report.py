@@ -380,7 +380,7 @@ def _slug(text: str) -> str:
 def _agent_overrides(agent: Any) -> str:
     """The agent settings an evaluation changed from the agent's own, as the report's header names them."""
     settings = {"interval": agent.interval, "decision_steps": agent.decision_steps, "schedule": agent.schedule,
-                "prior": agent.prior, "prior_above": agent.prior_above,
+                "prior": agent.prior, "prior_above": agent.prior_above, "lr_search": agent.lr_search,
                 "scale_bounds": agent.scale_bounds, "min_change": agent.min_change,
                 "recover_on_spike": agent.recover_on_spike or None}
     return "".join(f", {key} `{value}`" for key, value in settings.items() if value is not None)

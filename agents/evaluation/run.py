@@ -105,7 +105,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check, ``inf`` where not
         finite), ``steps_done``,
         ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
-        (``LRSchedule.state_dict()``).
+        (``LRSchedule.state_dict()``) and, after an initial LR search, ``lr_search`` (the chosen
+        ``factor`` and each factor's ``scores``).
     """
     start = time.perf_counter()
     result: Dict[str, Any] = {
@@ -138,7 +139,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 ganno = GANNOCallback(GANNOAgent.from_source(agent["path"]), interval=agent["interval"],
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       min_change=agent.get("min_change", 1.0), prior=agent.get("prior"),
-                                      prior_above=agent.get("prior_above"),
+                                      prior_above=agent.get("prior_above"), lr_search=agent.get("lr_search"),
                                       exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:
@@ -172,6 +173,9 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 result["curve"] = _scored(curve.curve)
     if ganno is not None and ganno.schedule is not None:
         result["schedule"] = ganno.schedule.state_dict()
+    if ganno is not None and ganno.lr_search_result is not None:
+        result["lr_search"] = {"factor": ganno.lr_search_result.factor,
+                               "scores": {f"{f:g}": score for f, score in ganno.lr_search_result.scores.items()}}
     if result["status"] != "ok":
         result["final_val_loss"] = math.inf  # a diverged or failed run counts as a loss for its method
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -45,6 +45,7 @@ from ganno_lightning.layerwise.policy import (
     build_policy,
     init_identity,
 )
+from ganno_lightning.layerwise.lr_search import InitialLRSearch, check_lr_search
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_prior_above
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
@@ -53,8 +54,9 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_pr
 #: those keys would silently act at other steps or around another LR, so it must refuse them; and
 #: agents with a factorised policy head as 4 (an older release cannot build that actor), and ensembles
 #: (:meth:`GANNOAgent.ensemble`) as 5, agents routed by fit length (:meth:`GANNOAgent.routed`) as 6, and
-#: agents whose prior acts in long fits only (``prior_above``) as 7: an older release would apply it in every fit.
-FORMAT_VERSION = 7
+#: agents whose prior acts in long fits only (``prior_above``) as 7: an older release would apply it in every fit;
+#: and agents that start each fit with an initial LR search (``lr_search``) as 8: an older release would skip it.
+FORMAT_VERSION = 8
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -130,6 +132,7 @@ class GANNOAgent:
         prior: str = DEFAULT_PRIOR,
         prior_above: int = 0,
         feature_names: str | Sequence[str] | None = None,
+        lr_search: InitialLRSearch | Mapping[str, Any] | None = None,
     ) -> None:
         try:
             self.action_set = ActionSet(action_multipliers)
@@ -163,6 +166,7 @@ class GANNOAgent:
             self.decision_steps = resolve_decision_steps(decision_steps, interval)
             self.prior = check_prior(prior)
             self.prior_above = check_prior_above(prior_above)
+            self.lr_search = check_lr_search(lr_search)
         except ValueError as err:
             raise AgentCheckpointError(str(err)) from None
         self.training_config = dict(training_config or {})
@@ -186,6 +190,7 @@ class GANNOAgent:
         feature_names: str | Sequence[str] | None = None,
         policy_head: str = "categorical",
         layer_offset_factor: float = DEFAULT_LAYER_OFFSET_FACTOR,
+        lr_search: InitialLRSearch | Mapping[str, Any] | None = None,
     ) -> GANNOAgent:
         """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU.
 
@@ -228,7 +233,7 @@ class GANNOAgent:
             init_identity(actor, action_multipliers.index(1.0), identity_prob)
         return cls(actor, ObservationNormalizer(num_features), action_multipliers=action_multipliers,
                    interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior,
-                   prior_above=prior_above, feature_names=feature_names)
+                   prior_above=prior_above, feature_names=feature_names, lr_search=lr_search)
 
     @classmethod
     def ensemble(cls, members: Sequence[GANNOAgent], sources: Sequence[str] | None = None) -> GANNOAgent:
@@ -272,6 +277,7 @@ class GANNOAgent:
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"ensemble": recorded},
                    decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
+                   lr_search=first.lr_search,
                    feature_names=first.feature_names)
 
     @classmethod
@@ -335,6 +341,7 @@ class GANNOAgent:
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"routes": recorded},
                    decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
+                   lr_search=first.lr_search,
                    feature_names=names)
 
     # -- acting -------------------------------------------------------------------------------
@@ -467,13 +474,15 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
+        version = (8 if self.lr_search is not None else 7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
                    else 5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
         timing = {"decision_steps": list(self.decision_steps), "prior": self.prior} if self._uses_timing_options else {}
         if self._prior_is_bounded:
             timing["prior_above"] = self.prior_above
+        if self.lr_search is not None:
+            timing["lr_search"] = self.lr_search.to_dict()
         return {
             "format_version": version,
             "feature_names": list(self.feature_names),
@@ -582,7 +591,8 @@ class GANNOAgent:
                        training_config=checkpoint.get("training_config"), evaluation=checkpoint.get("evaluation"),
                        # absent from files of earlier releases: every `interval` steps, no prior
                        decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR),
-                       prior_above=checkpoint.get("prior_above", 0), feature_names=feature_names)
+                       prior_above=checkpoint.get("prior_above", 0), feature_names=feature_names,
+                       lr_search=checkpoint.get("lr_search"))
         except AgentCheckpointError as err:
             raise AgentCheckpointError(f"{source}: {err}") from None
         except ValueError as err:
@@ -610,6 +620,8 @@ class GANNOAgent:
                   if self._uses_timing_options else "")
         if self._prior_is_bounded:
             timing += f", prior_above={self.prior_above}"
+        if self.lr_search is not None:
+            timing += f", lr_search={self.lr_search}"
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
             actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
@@ -620,7 +632,8 @@ class GANNOAgent:
 
 
 #: What agents combined into one (ensembled, routed) must share: they decide at the same steps, with the same actions.
-_ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior", "prior_above")
+_ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior", "prior_above",
+                    "lr_search")
 
 
 def _check_act_alike(agents: Sequence[GANNOAgent], sources: Sequence[str], what: str,

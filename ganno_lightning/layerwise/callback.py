@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import (
+    CombinedLoader,
     rank_zero_deprecation,
     rank_zero_info,
     rank_zero_only,
@@ -27,6 +28,7 @@ from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, paced_to_run, resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
+from ganno_lightning.layerwise.lr_search import InitialLRSearch, LRSearchResult, check_lr_search, collect_batches
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
@@ -182,6 +184,7 @@ class GANNOCallback(Callback):
         decision_steps: list[int] | str | None = None,
         prior: str | None = None,
         prior_above: int | None = None,
+        lr_search: InitialLRSearch | bool | dict | None = None,
         recover_on_spike: bool = False,
         spike_factor: float = DEFAULT_SPIKE_FACTOR,
         spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
@@ -232,6 +235,9 @@ class GANNOCallback(Callback):
         # the agent's own long-fits-only prior, nothing of it named here: where it cannot apply, a note will do
         self._prior_is_agents_long_fit_aid = prior is None and prior_above is None and self.prior_above > 0
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
+        self.lr_search = check_lr_search(lr_search) if lr_search is not None else self.agent.lr_search
+        #: What the initial LR search of the current (or last) fit found; ``None`` when none ran.
+        self.lr_search_result: LRSearchResult | None = None
         self.groups = groups
         self.val_loss_key = val_loss_key
         self.save_dir = None if save_dir is None else Path(save_dir)
@@ -271,6 +277,9 @@ class GANNOCallback(Callback):
         # original param groups, which the controller now splits.
         total_steps = _total_steps(trainer)
         self._warn_if_far_longer_than_training(total_steps)
+        self.lr_search_result = None
+        if self.lr_search is not None:  # before the controller: the agent then starts from the chosen LR
+            self._search_initial_lr(trainer, pl_module)
         if self._paced_to_run:
             trained = self.agent.trained_horizon_for(total_steps)  # a routed agent: the acting route's
             self.interval = paced_to_run(self.agent.interval, trained, total_steps)
@@ -335,6 +344,41 @@ class GANNOCallback(Callback):
         self.schedule = self.controller.schedule
         self._final_state = None
         self._warned_nonfinite = self._warned_rollback = False
+
+    def _search_initial_lr(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._loaded_state is not None or trainer.global_step > 0:
+            return  # a resumed fit goes on at the LR it reached
+        if trainer.lr_scheduler_configs:
+            rank_zero_info("GANNOCallback: no initial LR search: your optimizer has an LR scheduler, whose LRs stand.")
+            return
+        search = self.lr_search
+        held_source = _first_loader(trainer.val_dataloaders)
+        generators = _loader_generators(trainer.train_dataloader)
+        saved = [g.get_state() for g in generators]
+        try:  # the search's pass over the data must not move the fit's shuffling
+            with torch.random.fork_rng(devices=[]):
+                if held_source is not None:
+                    held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
+                    _, train = collect_batches(_training_batches(trainer), 0, search.steps)
+                else:
+                    held, train = collect_batches(_training_batches(trainer), search.held_batches, search.steps)
+        finally:
+            for generator, state in zip(generators, saved):
+                generator.set_state(state)
+        distributed = trainer.world_size > 1
+        result = search.run(
+            pl_module, trainer.optimizers[0],
+            lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch), 0),
+            train, held, reduce_fn=(lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None)
+        self.lr_search_result = result
+        if result.reason is not None:
+            rank_zero_warn(f"GANNOCallback: no initial LR search: {result.reason}; the fit starts at your LR.")
+            return
+        scores = ", ".join(f"x{factor:g}: {score:.4g}" for factor, score in result.scores.items())
+        rank_zero_info(f"GANNOCallback: the initial LR search starts the fit at x{result.factor:g} your LR (held-out "
+                       f"loss after {search.steps} steps at each factor: {scores}).")
+        for logger in trainer.loggers:
+            logger.log_metrics({"ganno/lr_search_factor": result.factor}, step=trainer.global_step)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.controller is None or not self.controller.probe_due:
@@ -538,6 +582,39 @@ class _logging_muted:
 
 def _no_log(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _first_loader(loaders: Any) -> Any:
+    """The first of the trainer's validation dataloaders (a loader, a list or a dict of them), or ``None``."""
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return loaders
+
+
+def _training_batches(trainer: Trainer) -> Any:
+    """The training data's batches from the start, epoch after epoch, combined as the fit combines them (its own
+    iterator is not touched)."""
+    while True:
+        empty = True
+        for batch, _, _ in iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle")):
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+def _loader_generators(loaders: Any) -> list[torch.Generator]:
+    """The torch generators that shuffle the training loaders (a pass over the data advances them)."""
+    found: dict[int, torch.Generator] = {}
+    for loader in CombinedLoader(loaders).flattened:
+        samplers = [getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
+        for owner in (loader, *samplers):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator):
+                found[id(generator)] = generator
+    return list(found.values())
 
 
 def _total_steps(trainer: Trainer) -> int | None:

@@ -667,6 +667,22 @@ def test_a_prior_for_longer_fits_leaves_the_smoke_suites_runs_as_they_were(smoke
         ev.load_config(SMOKE, ["agent.prior_above=-1"])
 
 
+def test_an_initial_lr_search_starts_each_agent_run_at_its_chosen_factor(smoke, tmp_path, capsys):
+    out, _, argv = smoke
+    searched = tmp_path / "lr_search"
+    setting = "agent.lr_search={steps: 4, factors: [1, 10], held_batches: 1}"
+    assert ev.main([*_settings_of(argv), f"out_dir={searched}", setting, f"baselines_from=[{out}]"]) == 0
+    assert "copied 40 finished baseline runs" in capsys.readouterr().out  # a new setting: new agent runs only
+    runs = [r for r in json.loads((searched / "results.json").read_text())["runs"] if r["method"] == "agent"]
+    assert runs and all(set(r["lr_search"]["scores"]) == {"1", "10"} for r in runs)
+    for run in runs:  # the agent's first LRs are the task's LR times the chosen factor
+        first = run["schedule"]["lrs"][0]
+        assert first == pytest.approx([run["lr"] * run["lr_search"]["factor"]] * len(first), rel=1e-5)
+    assert "lr_search `{'steps': 4, 'factors': [1, 10], 'held_batches': 1}`" in (searched / "report.md").read_text()
+    with pytest.raises(ValueError, match=r"`agent.lr_search`: `factors` must be distinct and include 1.0"):
+        ev.load_config(SMOKE, ["agent.lr_search={factors: [3, 10]}"])
+
+
 def test_the_agents_decision_grid_can_be_paced_to_the_run_and_given_early_steps(smoke, tmp_path, capsys):
     out, _, argv = smoke
     agent = GANNOAgent.create(interval=10, seed=0)
