@@ -52,6 +52,8 @@ from ganno_lightning.envs.config import check_task_pool, env_config, family_from
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
+from ganno_lightning.layerwise.lr_search import check_lr_search
+from ganno_lightning.layerwise.prior import check_prior_above
 from ganno_lightning.layerwise.policy import POLICY_HEADS
 
 
@@ -129,14 +131,29 @@ class RunConfig:
 
 
 @dataclass
+class DeployConfig:
+    """Acting settings the agent file records for deployed fits where they differ from meta-training's.
+
+    Nothing in training reads them: the env's episodes act with the ``env`` section's settings, so
+    a run with and without this section trains the same network (only the exported file differs).
+    """
+
+    prior_above: int | None = None  # env.prior acts in deployed fits of more optimizer steps (0: every fit); null: env.prior_above
+    # an initial LR search before each deployed fit (GANNOCallback's lr_search): true (its defaults) or
+    # {steps, factors, held_batches}; null: none
+    lr_search: Any = None
+
+
+@dataclass
 class MetaTrainingConfig:
-    """A meta-training config: the env and family sections (checked by the env), ``algo`` and ``run``."""
+    """A meta-training config: the env and family sections (checked by the env), ``algo``, ``run`` and ``deploy``."""
 
     # As written, not filled with defaults: agent files record them so (ganno_lightning.envs.config checks them).
     env: dict[str, Any] = field(default_factory=dict)  # EnvConfig's keys, see configs/env_default.yaml
     family: dict[str, Any] = field(default_factory=dict)  # the task family: {name, train, heldout} or a mixture
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 METRIC_NAMES = (
@@ -233,6 +250,9 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if not 0 < algo.gamma <= 1 or not 0 <= algo.lmbda <= 1 or algo.lr <= 0:
         raise ValueError(f"`algo.gamma` must be in (0, 1], `algo.lmbda` in [0, 1] and `algo.lr` > 0, got "
                          f"{algo.gamma}, {algo.lmbda}, {algo.lr}.")
+    if config.deploy.prior_above is not None:
+        check_prior_above(config.deploy.prior_above, "deploy.prior_above")
+    check_lr_search(config.deploy.lr_search, "deploy.lr_search")
     return config
 
 
@@ -257,9 +277,12 @@ def resolved_config(config: MetaTrainingConfig) -> dict[str, Any]:
 
     ``env``/``family`` as the YAML and overrides wrote them, plus the run lengths the env trained on
     (``env.horizon``, and ``env.long_horizon`` with long runs) even where defaults gave them, so an agent
-    always records its horizon (:attr:`GANNOAgent.trained_horizon`); ``algo``/``run`` with every default filled in.
+    always records its horizon (:attr:`GANNOAgent.trained_horizon`); ``algo``/``run`` with every default filled in;
+    ``deploy`` only where it sets something (the files of runs without it record what they recorded before).
     """
     plain = OmegaConf.to_container(OmegaConf.structured(config))
+    if all(value is None for value in plain["deploy"].values()):
+        del plain["deploy"]
     settings = env_config(_env_sections(config))
     lengths = {"horizon": settings.horizon}
     if settings.long_run_prob > 0:
@@ -443,7 +466,10 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               action_multipliers=env_settings.action_multipliers, interval=env_settings.interval,
                               scale_bounds=tuple(env_settings.scale_bounds), recurrent_size=algo.recurrent_size,
                               seed=run.seed, decision_steps=env_settings.decision_steps, prior=env_settings.prior,
-                              prior_above=env_settings.prior_above,
+                              # what deployed fits act with (`deploy`); the env's episodes keep the env's settings
+                              prior_above=(env_settings.prior_above if config.deploy.prior_above is None
+                                           else config.deploy.prior_above),
+                              lr_search=check_lr_search(config.deploy.lr_search, "deploy.lr_search"),
                               identity_prob=algo.identity_init or None, feature_names=env_settings.features,
                               policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
     # env.privileged: the critic also reads the training-only facts (an asymmetric critic); the run's

@@ -98,6 +98,9 @@ class GANNOAgent:
             ``interval`` steps only.
         prior: LR prior it acts around (see :mod:`~ganno_lightning.layerwise.prior`).
         prior_above: The prior acts only in fits of more optimizer steps than this (0: in every fit).
+        lr_search: The initial LR search deployed fits start with (an
+            :class:`~ganno_lightning.layerwise.lr_search.InitialLRSearch` or a mapping of its fields), or
+            ``None``; it plays no part in meta-training (the env's episodes start at their sampled LRs).
 
     Raises:
         AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).

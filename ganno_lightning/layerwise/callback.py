@@ -77,6 +77,19 @@ class GANNOCallback(Callback):
       meta-trained on short runs around a constant LR keeps that there, and anneals on long fits);
       where the agent's own long-fit prior cannot apply, a log line says so instead of a warning.
 
+    ``lr_search`` sets the LR level the fit starts from (see
+    :mod:`~ganno_lightning.layerwise.lr_search`): before the first step, from the initial weights, a few
+    optimizer steps at each of several factors of your LR (default: 50 steps at 0.1x, 0.3x, 1x, 3x, 10x), each
+    scored by your ``training_step``'s loss on the first batches of your validation loader (without one, on the
+    first training batches, which the trials then do not train on); the fit starts at the best factor, your own
+    LR winning ties. All of it is undone (weights, buffers, optimizer state, RNG, the training loader's
+    shuffling), so the fit is the one you would get at that LR. It costs ``len(factors) * steps`` training steps
+    and ``len(factors) * held_batches`` forwards once per fit (``training_step``'s side effects outside the model
+    happen that often too; ``self.log`` calls are dropped; no gradient clipping, accumulation or GradScaler is
+    applied in the trials), and a copy of the weights and optimizer state in host memory while it runs. It is
+    skipped with an LR scheduler of your own and when resuming from a checkpoint; the chosen factor is logged as
+    ``ganno/lr_search_factor`` and kept in :attr:`lr_search_result`.
+
     A non-finite training loss (NaN or inf; the mean over an interval, agreed on every rank) stops
     the agent: that interval's decision is skipped, every layer keeps its scale, nothing is logged
     or recorded in the schedule, and a warning names the steps (once per fit). The agent decides
@@ -145,6 +158,9 @@ class GANNOCallback(Callback):
             ``"cosine"`` or ``"warmup_cosine"``; ``None`` uses the agent's own.
         prior_above: The prior acts only in fits of more optimizer steps than this (0: in every
             fit); ``None`` uses the agent's own with the agent's own prior, and 0 with another ``prior``.
+        lr_search: Short trials at factors of your LR before the fit, which then starts at the best one:
+            ``True`` (the defaults), an :class:`~ganno_lightning.layerwise.lr_search.InitialLRSearch`, a
+            mapping of its fields, or ``False`` (none); ``None`` uses the agent's own.
         recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes.
         spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so
             far is a spike (> 1).
@@ -152,7 +168,8 @@ class GANNOCallback(Callback):
 
     Raises:
         ValueError: If ``interval``, ``exploration``, ``min_change``, ``scale_bounds``, ``grad_samples``,
-            ``decision_steps``, ``prior``, ``prior_above``, ``spike_factor`` or ``spike_lr_cut`` are invalid.
+            ``decision_steps``, ``prior``, ``prior_above``, ``lr_search``, ``spike_factor`` or ``spike_lr_cut``
+            are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).

@@ -216,8 +216,8 @@ def check_lr_search(value: Any, name: str = "lr_search") -> InitialLRSearch | No
         if unknown:
             raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes steps, factors and held_batches.")
         try:
-            return InitialLRSearch(**{k: tuple(v) if k == "factors" and isinstance(v, (list, tuple)) else v
-                                      for k, v in value.items()})
+            return InitialLRSearch(**{k: tuple(v) if k == "factors" and isinstance(v, Iterable) and not isinstance(v, str)
+                                      else v for k, v in value.items()})
         except ValueError as err:
             raise ValueError(f"`{name}`: {err}") from None
     raise ValueError(f"`{name}` must be True, False/None, an InitialLRSearch or a mapping of its fields "

@@ -21,6 +21,7 @@ from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import make_env
 from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
 from ganno_lightning.layerwise.features import FEATURE_SETS
+from ganno_lightning.layerwise.lr_search import InitialLRSearch
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
 
@@ -99,6 +100,25 @@ def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.interval=5"])
     with pytest.raises(ValueError, match=r"`run.init_agent`: .* has prior_above=0, this config 600"):
         train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'other'}", "env.prior_above=600"])
+
+
+def test_deploy_settings_change_the_exported_file_but_not_the_training(tmp_path):
+    base = ["run.wandb=false", "run.total_frames=32", "env.prior=cosine", "env.prior_above=600"]
+    plain = GANNOAgent.load(train(SMOKE, [*base, f"run.out_dir={tmp_path / 'plain'}"]))
+    deployed = GANNOAgent.load(train(SMOKE, [*base, f"run.out_dir={tmp_path / 'deployed'}", "deploy.prior_above=0",
+                                             "deploy.lr_search={steps: 5, factors: [1, 3], held_batches: 1}"]))
+    for name, weights in plain.actor.state_dict().items():
+        assert torch.equal(weights, deployed.actor.state_dict()[name]), name
+    assert torch.equal(plain.normalizer.mean, deployed.normalizer.mean)
+    untimed = [{k: v for k, v in row.items() if "per_s" not in k} for row in read_metrics(tmp_path / "plain")]
+    assert untimed == [{k: v for k, v in row.items() if "per_s" not in k} for row in read_metrics(tmp_path / "deployed")]
+    assert "deploy" not in plain.training_config  # a run without the section records what runs before it did
+    assert (plain.prior_above, plain.lr_search) == (600, None)
+    assert deployed.prior_above == 0 and deployed.lr_search == InitialLRSearch(5, (1.0, 3.0), 1)
+    assert deployed.training_config["deploy"] == {"prior_above": 0, "lr_search": {"steps": 5, "factors": [1, 3],
+                                                                                  "held_batches": 1}}
+    with pytest.raises(ValueError, match=r"`deploy.lr_search`: `factors` must be distinct and include 1.0"):
+        train(SMOKE, [*base, f"run.out_dir={tmp_path / 'bad'}", "deploy.lr_search={factors: [3]}"])
 
 
 def test_an_anchor_keeps_a_continued_run_near_the_agent_it_started_from(tmp_path):
