@@ -204,7 +204,8 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "- Conditions: `init_lr_x<f>` starts from the task's sampled LR times f (x10 / x0.1: 10x too high / low); "
         "`deeper_x2` uses networks exactly twice as deep as the deepest of the family's meta-training range.",
         "- **Tuning favours the baselines**: `@tuned` picks its LR by the same validation loss it is then scored on "
-        "(and gets one run per grid point), while the agent runs once and is never tuned.",
+        "(and gets one run per grid point), while the agent runs once and is never tuned"
+        + (_lr_search_cost(runs) or ".") + "",
         "- Per task, a method's loss is the mean over seeds of the final validation loss; a diverged or failed run "
         "(non-finite loss) is inf, so any divergence makes that task a loss for the method.",
         "- `final val loss (mean)`: mean over tasks with a finite loss (the others are counted). "
@@ -375,6 +376,19 @@ def plot_schedules(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any],
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _lr_search_cost(runs: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    """What an initial LR search added to the agent's runs (``None`` when none ran), to be read beside the tuning."""
+    searches = [r["lr_search"] for r in runs.values() if r.get("lr_search")]
+    if not searches:
+        return None
+    # (results written before the trials' steps were recorded name the factors only)
+    trial_steps = sorted({f"{len(s['scores']) * s['steps']} trial steps" if "steps" in s else
+                          f"trials at {len(s['scores'])} LR factors" for s in searches})
+    return (f"; but with `lr_search` ({len(searches)} agent runs) the agent first trains {' or '.join(trial_steps)} "
+            "from the initial weights, scored on validation batches: it is tuned too, on a short horizon, and "
+            "those steps come on top of the run's own.")
 
 
 def _agent_overrides(agent: Any) -> str:

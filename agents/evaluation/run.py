@@ -106,7 +106,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         finite), ``steps_done``,
         ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
         (``LRSchedule.state_dict()``) and, after an initial LR search, ``lr_search`` (the chosen
-        ``factor`` and each factor's ``scores``).
+        ``factor``, the trials' ``steps`` and each factor's ``scores``).
     """
     start = time.perf_counter()
     result: Dict[str, Any] = {
@@ -174,7 +174,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
     if ganno is not None and ganno.schedule is not None:
         result["schedule"] = ganno.schedule.state_dict()
     if ganno is not None and ganno.lr_search_result is not None:
-        result["lr_search"] = {"factor": ganno.lr_search_result.factor,
+        result["lr_search"] = {"factor": ganno.lr_search_result.factor, "steps": ganno.lr_search.steps,
                                "scores": {f"{f:g}": score for f, score in ganno.lr_search_result.scores.items()}}
     if result["status"] != "ok":
         result["final_val_loss"] = math.inf  # a diverged or failed run counts as a loss for its method

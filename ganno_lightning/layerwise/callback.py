@@ -28,7 +28,13 @@ from ganno_lightning.layerwise.agent import Decision, GANNOAgent
 from ganno_lightning.layerwise.controller import LayerwiseController
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, paced_to_run, resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
-from ganno_lightning.layerwise.lr_search import InitialLRSearch, LRSearchResult, check_lr_search, collect_batches
+from ganno_lightning.layerwise.lr_search import (
+    InitialLRSearch,
+    LRSearchResult,
+    check_lr_search,
+    collect_batches,
+    forked_rngs,
+)
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
@@ -79,14 +85,17 @@ class GANNOCallback(Callback):
 
     ``lr_search`` sets the LR level the fit starts from (see
     :mod:`~ganno_lightning.layerwise.lr_search`): before the first step, from the initial weights, a few
-    optimizer steps at each of several factors of your LR (default: 50 steps at 0.1x, 0.3x, 1x, 3x, 10x), each
-    scored by your ``training_step``'s loss on the first batches of your validation loader (without one, on the
-    first training batches, which the trials then do not train on); the fit starts at the best factor, your own
+    optimizer steps at each of several factors of your LR (by default 0.1x to 10x), each
+    scored by your ``training_step``'s loss on the first batches of your validation loader (without one, or with
+    several training loaders, on the first training batches, which the trials then do not train on; the log line
+    says which); the fit starts at the best factor, your own
     LR winning ties. All of it is undone (weights, buffers, optimizer state, RNG, the training loader's
     shuffling), so the fit is the one you would get at that LR. It costs ``len(factors) * steps`` training steps
     and ``len(factors) * held_batches`` forwards once per fit (``training_step``'s side effects outside the model
-    happen that often too; ``self.log`` calls are dropped; no gradient clipping, accumulation or GradScaler is
-    applied in the trials), and a copy of the weights and optimizer state in host memory while it runs. It is
+    happen that often too, and metrics objects it updates count those batches; ``self.log`` calls are dropped; no
+    gradient clipping, accumulation or GradScaler is applied in the trials, so fp16 mixed precision may underflow
+    there; the optimizer's ``step()`` is called without a closure, so not LBFGS), and a copy of the weights and
+    optimizer state in host memory while it runs. It is
     skipped with an LR scheduler of your own and when resuming from a checkpoint; the chosen factor is logged as
     ``ganno/lr_search_factor`` and kept in :attr:`lr_search_result`.
 
@@ -369,19 +378,29 @@ class GANNOCallback(Callback):
             rank_zero_info("GANNOCallback: no initial LR search: your optimizer has an LR scheduler, whose LRs stand.")
             return
         search = self.lr_search
-        held_source = _first_loader(trainer.val_dataloaders)
-        generators = _loader_generators(trainer.train_dataloader)
+        train_loaders = CombinedLoader(trainer.train_dataloader).flattened
+        # Validation batches suit a `training_step` that takes one loader's batches; several training loaders
+        # make a combined batch that a validation batch is not.
+        held_source = _first_loader(trainer.val_dataloaders) if len(train_loaders) == 1 else None
+        loaders = [*train_loaders, *([held_source] if held_source is not None else [])]
+        generators = _loader_generators(loaders)
         saved = [g.get_state() for g in generators]
-        try:  # the search's pass over the data must not move the fit's shuffling
-            with torch.random.fork_rng(devices=[]):
+        batches = _training_batches(trainer)
+        try:  # the search's pass over the data must not move the fit's shuffling or random draws
+            with forked_rngs([]):
                 if held_source is not None:
                     held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
-                    _, train = collect_batches(_training_batches(trainer), 0, search.steps)
+                    _, train = collect_batches(batches, 0, search.steps)
                 else:
-                    held, train = collect_batches(_training_batches(trainer), search.held_batches, search.steps)
+                    held, train = collect_batches(batches, search.held_batches, search.steps)
         finally:
+            batches.close()
             for generator, state in zip(generators, saved):
                 generator.set_state(state)
+            for loader in loaders:  # persistent workers would go on from where the search left them
+                if getattr(loader, "_iterator", None) is not None:
+                    loader._iterator = None
+        scored_on = "validation batches" if held_source is not None else "held-out training batches"
         distributed = trainer.world_size > 1
         result = search.run(
             pl_module, trainer.optimizers[0],
@@ -392,8 +411,8 @@ class GANNOCallback(Callback):
             rank_zero_warn(f"GANNOCallback: no initial LR search: {result.reason}; the fit starts at your LR.")
             return
         scores = ", ".join(f"x{factor:g}: {score:.4g}" for factor, score in result.scores.items())
-        rank_zero_info(f"GANNOCallback: the initial LR search starts the fit at x{result.factor:g} your LR (held-out "
-                       f"loss after {search.steps} steps at each factor: {scores}).")
+        rank_zero_info(f"GANNOCallback: the initial LR search starts the fit at x{result.factor:g} your LR (loss on "
+                       f"{len(held)} {scored_on} after {search.steps} steps at each factor: {scores}).")
         for logger in trainer.loggers:
             logger.log_metrics({"ganno/lr_search_factor": result.factor}, step=trainer.global_step)
 
@@ -622,10 +641,10 @@ def _training_batches(trainer: Trainer) -> Any:
             return
 
 
-def _loader_generators(loaders: Any) -> list[torch.Generator]:
-    """The torch generators that shuffle the training loaders (a pass over the data advances them)."""
+def _loader_generators(loaders: list[Any]) -> list[torch.Generator]:
+    """The torch generators that shuffle ``loaders`` (a pass over the data advances them)."""
     found: dict[int, torch.Generator] = {}
-    for loader in CombinedLoader(loaders).flattened:
+    for loader in loaders:
         samplers = [getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
         for owner in (loader, *samplers):
             generator = getattr(owner, "generator", None)

@@ -36,15 +36,20 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
+
+import numpy as np
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches"]
+__all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches", "forked_rngs"]
 
 #: Candidate factors of the user's LR: 0.1x to 10x in steps of about 3 (the evaluation's LR grid).
 DEFAULT_FACTORS: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -99,13 +104,9 @@ class InitialLRSearch:
         object.__setattr__(self, "factors", tuple(float(f) for f in factors))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (what an agent file stores)."""
-        return {"steps": self.steps, "factors": list(self.factors), "held_batches": self.held_batches}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> InitialLRSearch:
-        return cls(steps=int(values["steps"]), factors=tuple(values["factors"]),
-                   held_batches=int(values["held_batches"]))
+        """Plain values (what an agent file stores; :func:`check_lr_search` reads them back)."""
+        return {f.name: list(getattr(self, f.name)) if f.name == "factors" else getattr(self, f.name)
+                for f in fields(self)}
 
     def choose(self, scores: Mapping[float, float]) -> float:
         """The factor with the lowest finite score; a tie goes to the factor nearest 1, none finite to 1.
@@ -133,51 +134,50 @@ class InitialLRSearch:
         """Run the trials, put everything back, and multiply every param group's LR by the chosen factor.
 
         Args:
-            model: The network (its parameters and buffers are restored after each trial).
-            optimizer: Its optimizer at the user's LRs, before any step of the fit.
-            loss_of: A batch's training loss with its graph (``None``: skip the batch). Called in
-                train mode for trial steps and in eval mode, without gradients, for held batches.
+            model: The network (its parameters, buffers, gradients and each submodule's train/eval
+                mode are restored after each trial).
+            optimizer: Its optimizer at the user's LRs, before any step of the fit (its state and
+                every param-group value are restored too).
+            loss_of: A batch's training loss with its graph (``None``: skip the batch). Called with
+                the model's own train/eval modes for trial steps, and in eval mode, without
+                gradients, for held batches.
             train_batches: Batches a trial trains on, cycled to ``steps`` steps.
             held_batches: Batches each trial is scored on (their mean loss).
-            reduce_fn: Averages a score over processes (distributed runs), so every rank chooses alike.
+            reduce_fn: Averages a value over processes (distributed runs): every rank takes the same
+                decisions, including skipping the search when one rank has no batches.
 
         Returns:
             The :class:`LRSearchResult`; the optimizer's LRs are the user's times ``factor``.
         """
-        if not train_batches or not held_batches:
-            return LRSearchResult(1.0, reason="the training data gave too few batches to hold some out")
-        tensors = [*model.parameters(), *model.buffers()]
-        saved_tensors = [t.detach().to("cpu", copy=True) for t in tensors]
-        saved_state = {p: {k: _HostCopy(v.detach().to("cpu", copy=True), v.device) if isinstance(v, Tensor) else v
-                           for k, v in s.items()} for p, s in optimizer.state.items()}
+        device = next((t.device for t in model.parameters()), torch.device("cpu"))
+        ready = torch.tensor(float(bool(train_batches) and bool(held_batches)), device=device)
+        if float(reduce_fn(ready) if reduce_fn is not None else ready) < 1:  # every rank returns here, or none
+            return LRSearchResult(1.0, reason=f"too few batches: {len(held_batches)} to score on (of "
+                                              f"held_batches={self.held_batches}) and {len(train_batches)} to train "
+                                              "on (on this or another process)")
+        snapshot = _Snapshot(model, optimizer)
         user_lrs = [group["lr"] for group in optimizer.param_groups]
-        was_training = model.training
-        devices = sorted({t.device.index for t in tensors if t.device.type == "cuda"})
         scores: dict[float, float] = {}
         try:
-            with torch.random.fork_rng(devices=devices):
-                rng = torch.random.get_rng_state()
+            with forked_rngs(snapshot.cuda_devices) as replay:
                 for factor in self.factors:
-                    torch.random.set_rng_state(rng)  # every trial draws the same dropout masks
-                    for group, lr in zip(optimizer.param_groups, user_lrs):
-                        group["lr"] = lr * factor
-                    scores[factor] = self._trial(model, optimizer, loss_of, train_batches, held_batches, reduce_fn)
-                    _restore(tensors, saved_tensors, optimizer, saved_state)
+                    snapshot.restore()
+                    replay()  # every trial draws the same random numbers (dropout masks)
+                    _scale_lrs(optimizer, user_lrs, factor)
+                    scores[factor] = self._trial(model, optimizer, loss_of, train_batches, held_batches, reduce_fn,
+                                                 device)
         finally:
-            _restore(tensors, saved_tensors, optimizer, saved_state)
-            optimizer.zero_grad(set_to_none=True)
-            model.train(was_training)
+            snapshot.restore()
         factor = self.choose(scores)
-        for group, lr in zip(optimizer.param_groups, user_lrs):
-            group["lr"] = lr * factor
+        _scale_lrs(optimizer, user_lrs, factor)
+        for group in optimizer.param_groups:
             if "initial_lr" in group:  # a scheduler created later starts from the chosen LR too
                 group["initial_lr"] = group["initial_lr"] * factor
         return LRSearchResult(factor, scores)
 
     def _trial(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_of: Callable[[Any], Tensor | None],
                train_batches: Sequence[Any], held_batches: Sequence[Any],
-               reduce_fn: Callable[[Tensor], Tensor] | None) -> float:
-        model.train()
+               reduce_fn: Callable[[Tensor], Tensor] | None, device: torch.device) -> float:
         for step in range(self.steps):
             optimizer.zero_grad(set_to_none=True)
             with torch.enable_grad():
@@ -188,9 +188,8 @@ class InitialLRSearch:
             optimizer.step()  # no host sync per step: a diverged trial shows in its held loss
         model.eval()
         losses = [loss.detach().float() for loss in map(loss_of, held_batches) if loss is not None]
-        if not losses:
-            return math.inf
-        score = torch.stack(losses).mean()
+        # a value on every rank, so every rank joins the reduction (inf: nothing to score here)
+        score = torch.stack(losses).mean() if losses else torch.tensor(math.inf, device=device)
         if reduce_fn is not None:
             score = reduce_fn(score)
         score = float(score)  # the one host sync of a trial
@@ -211,17 +210,18 @@ def check_lr_search(value: Any, name: str = "lr_search") -> InitialLRSearch | No
         return InitialLRSearch()
     if isinstance(value, InitialLRSearch):
         return value
+    names = [f.name for f in fields(InitialLRSearch)]
     if isinstance(value, Mapping):
-        unknown = set(value) - {"steps", "factors", "held_batches"}
+        unknown = set(value) - set(names)
         if unknown:
-            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes steps, factors and held_batches.")
+            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes {', '.join(names)}.")
         try:
             return InitialLRSearch(**{k: tuple(v) if k == "factors" and isinstance(v, Iterable) and not isinstance(v, str)
                                       else v for k, v in value.items()})
         except ValueError as err:
             raise ValueError(f"`{name}`: {err}") from None
     raise ValueError(f"`{name}` must be True, False/None, an InitialLRSearch or a mapping of its fields "
-                     f"(steps, factors, held_batches), got {value!r}.")
+                     f"({', '.join(names)}), got {value!r}.")
 
 
 def collect_batches(batches: Iterable[Any], held: int, train: int) -> tuple[list[Any], list[Any]]:
@@ -243,22 +243,83 @@ def collect_batches(batches: Iterable[Any], held: int, train: int) -> tuple[list
 
 
 class _HostCopy(NamedTuple):
-    """A host copy of an optimizer-state tensor and the device it goes back to."""
+    """A host copy of a tensor and the device it goes back to."""
 
     tensor: Tensor
     device: torch.device
 
+    @classmethod
+    def of(cls, value: Any) -> Any:
+        return cls(value.detach().to("cpu", copy=True), value.device) if isinstance(value, Tensor) else copy.deepcopy(value)
 
-@torch.no_grad()
-def _restore(tensors: list[Tensor], saved: list[Tensor], optimizer: torch.optim.Optimizer,
-             saved_state: dict[Tensor, dict[str, Any]]) -> None:
-    """Put back the weights, buffers and optimizer state a search copied to the host (tensors to their devices)."""
-    for tensor, copy in zip(tensors, saved):
-        tensor.copy_(copy)  # in place: parameters keep their identity (optimizer, DDP buckets, hooks)
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p in saved_state:
-                optimizer.state[p] = {k: v.tensor.to(v.device, copy=True) if isinstance(v, _HostCopy) else v
-                                      for k, v in saved_state[p].items()}
-            else:
-                optimizer.state.pop(p, None)
+    @staticmethod
+    def back(value: Any) -> Any:
+        return value.tensor.to(value.device, copy=True) if isinstance(value, _HostCopy) else copy.deepcopy(value)
+
+
+class _Snapshot:
+    """Everything a trial changes, copied to host memory once and put back after each trial.
+
+    Weights and buffers (copied back in place: parameters keep their identity, so the optimizer, DDP
+    buckets and hooks stay valid), gradients, each submodule's train/eval mode, the optimizer's
+    per-parameter state (a parameter without state gets none again) and every param-group value
+    but the parameters (the LR, and values optimizers update themselves, such as Prodigy's ``d``).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.tensors = [*model.parameters(), *model.buffers()]
+        self.cuda_devices = sorted({t.device.index for t in self.tensors if t.device.type == "cuda"})
+        self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
+        self.grads = [p.grad for p in model.parameters()]  # references: the trials set fresh ones
+        self.modes = [(module, module.training) for module in model.modules()]
+        self.state = {p: {k: _HostCopy.of(v) for k, v in s.items()} for p, s in optimizer.state.items()}
+        self.groups = [{k: _HostCopy.of(v) for k, v in group.items() if k != "params"}
+                       for group in optimizer.param_groups]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, saved in zip(self.tensors, self.saved):
+            tensor.copy_(saved)
+        for parameter, grad in zip(self.model.parameters(), self.grads):
+            parameter.grad = grad
+        for module, training in self.modes:
+            module.training = training
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    self.optimizer.state[p] = {k: _HostCopy.back(v) for k, v in self.state[p].items()}
+                else:
+                    self.optimizer.state.pop(p, None)
+        for group, saved in zip(self.optimizer.param_groups, self.groups):
+            for key in [k for k in group if k != "params" and k not in saved]:  # added by a trial's steps
+                del group[key]
+            group.update({k: _HostCopy.back(v) for k, v in saved.items()})
+
+
+@contextlib.contextmanager
+def forked_rngs(cuda_devices: list[int]) -> Iterator[Callable[[], None]]:
+    """Fork torch's (CPU and CUDA), Python's and NumPy's RNGs; yields a function that puts them back to where
+    they were at the fork (each trial then draws the same numbers), and restores them all on exit."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=cuda_devices):
+        cpu = torch.random.get_rng_state()
+        cuda = [torch.cuda.get_rng_state(d) for d in cuda_devices]
+
+        def replay() -> None:
+            torch.random.set_rng_state(cpu)
+            for device, state in zip(cuda_devices, cuda):
+                torch.cuda.set_rng_state(state, device)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+        try:
+            yield replay
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _scale_lrs(optimizer: torch.optim.Optimizer, user_lrs: list[float], factor: float) -> None:
+    for group, lr in zip(optimizer.param_groups, user_lrs):
+        group["lr"] = lr * factor

@@ -678,7 +678,9 @@ def test_an_initial_lr_search_starts_each_agent_run_at_its_chosen_factor(smoke, 
     for run in runs:  # the agent's first LRs are the task's LR times the chosen factor
         first = run["schedule"]["lrs"][0]
         assert first == pytest.approx([run["lr"] * run["lr_search"]["factor"]] * len(first), rel=1e-5)
-    assert "lr_search `{'steps': 4, 'factors': [1, 10], 'held_batches': 1}`" in (searched / "report.md").read_text()
+    report = (searched / "report.md").read_text()
+    assert "lr_search `{'steps': 4, 'factors': [1, 10], 'held_batches': 1}`" in report
+    assert f"with `lr_search` ({len(runs)} agent runs) the agent first trains 8 trial steps" in report
     with pytest.raises(ValueError, match=r"`agent.lr_search`: `factors` must be distinct and include 1.0"):
         ev.load_config(SMOKE, ["agent.lr_search={factors: [3, 10]}"])
 

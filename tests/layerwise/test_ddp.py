@@ -48,3 +48,11 @@ def test_a_step_0_probe_and_a_prior_agree_on_every_rank(tmp_path):
     assert all(value != 0 for row in lr_probe for value in row)
     assert seen[0]["actions"] == seen[1]["actions"] and seen[0]["lrs"] == seen[1]["lrs"]
     assert seen[0]["params"] == seen[1]["params"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_an_initial_lr_search_chooses_alike_on_every_rank(tmp_path):
+    seen = run_workers(tmp_path, "lr-search")
+    assert seen[0]["lr_search"]["scores"].keys() == {"1", "3", "10"}
+    assert seen[0]["lr_search"] == seen[1]["lr_search"]  # each rank's own batches, the scores averaged
+    assert seen[0]["lrs"] == seen[1]["lrs"] and seen[0]["params"] == seen[1]["params"]

@@ -2,13 +2,17 @@
 
 import copy
 import math
+import random
+
+import numpy as np
 
 import pytest
 import torch
-from helpers import NoisyRegressor, TinyRegressor, ValidatedRegressor, identity_agent, trainer
+from helpers import NoisyRegressor, TinyRegressor, ValidatedRegressor, identity_agent, regression_data, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.layerwise.agent import FORMAT_VERSION
@@ -40,7 +44,7 @@ def test_settings_from_the_callback_or_a_config():
     with pytest.raises(ValueError, match=r"`lr_search` must be True, False/None, an InitialLRSearch or a mapping"):
         check_lr_search("yes")
     search = InitialLRSearch(7, (0.5, 1.0), 2)
-    assert InitialLRSearch.from_dict(search.to_dict()) == search
+    assert check_lr_search(search.to_dict()) == search
 
 
 def test_the_lowest_finite_score_wins_and_ties_go_to_the_users_lr():
@@ -72,6 +76,7 @@ def test_the_trials_leave_weights_buffers_optimizer_state_and_rng_as_they_were()
     for batch in batches[:3]:  # some optimizer state to keep
         optimizer.zero_grad(); loss_of(batch).backward(); optimizer.step()
     before = copy.deepcopy(model.state_dict())
+    grads = [p.grad.clone() for p in model.parameters()]  # the last step's, left in place
     state_before = copy.deepcopy(optimizer.state_dict()["state"])
     rng = torch.random.get_rng_state()
     result = InitialLRSearch(steps=5, factors=(1.0, 30.0, 1e6), held_batches=2).run(
@@ -81,8 +86,35 @@ def test_the_trials_leave_weights_buffers_optimizer_state_and_rng_as_they_were()
     state_after = optimizer.state_dict()["state"]
     assert all(torch.equal(state_before[i][k], state_after[i][k]) for i in state_before for k in state_before[i])
     assert torch.equal(torch.random.get_rng_state(), rng)
-    assert model.training and all(p.grad is None for p in model.parameters())
+    assert model.training and all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * result.factor)
+
+
+class _CountingAdam(torch.optim.Adam):
+    """Adam that also updates a param-group value of its own each step (as Prodigy's ``d`` is)."""
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["d"] = group.get("d", 1.0) * 2
+        return super().step(closure)
+
+
+def test_the_trials_leave_submodule_modes_group_values_and_other_rngs_as_they_were():
+    model, _, batches, loss_of = _problem(1e-3)
+    optimizer = _CountingAdam(model.parameters(), lr=1e-3)
+    model[1].eval()  # a frozen BatchNorm: it must stay in eval mode for the fit
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+
+    def noisy_loss(batch):  # draws from Python's and NumPy's RNGs, as data augmentation would
+        random.random(); np.random.rand()
+        return loss_of(batch)
+
+    InitialLRSearch(steps=3, factors=(1.0, 3.0), held_batches=1).run(model, optimizer, noisy_loss, batches[1:],
+                                                                     batches[:1])
+    assert model.training and not model[1].training
+    assert "d" not in optimizer.param_groups[0]
+    assert random.getstate() == python_state
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), numpy_state))
 
 
 def test_a_far_too_low_lr_is_raised_and_a_diverging_trial_is_never_chosen():
@@ -97,7 +129,7 @@ def test_a_far_too_low_lr_is_raised_and_a_diverging_trial_is_never_chosen():
 def test_no_batches_to_train_on_keeps_the_users_lr():
     model, optimizer, batches, loss_of = _problem(1e-3)
     result = InitialLRSearch().run(model, optimizer, loss_of, [], batches[:1])
-    assert result.factor == 1.0 and "too few batches" in result.reason
+    assert result.factor == 1.0 and "too few batches: 1 to score on (of held_batches=4) and 0 to train" in result.reason
     assert optimizer.param_groups[0]["lr"] == 1e-3
 
 
@@ -107,18 +139,27 @@ def _fit(model, callback, **kwargs):
     return model.losses
 
 
-def test_a_fit_after_the_search_is_the_fit_that_starts_at_the_chosen_lr():
+class _SeededNoisyRegressor(NoisyRegressor):
+    """Shuffled by a generator of the loader's own (as the zoo's tasks are), not the global RNG."""
+
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("module", [NoisyRegressor, _SeededNoisyRegressor])
+def test_a_fit_after_the_search_is_the_fit_that_starts_at_the_chosen_lr(module):
     # BatchNorm, dropout and a shuffling loader: any state the trials left behind would change the fit.
     search = InitialLRSearch(steps=6, factors=(1.0, 10.0, 100.0), held_batches=2)
     searched = GANNOCallback(identity_agent(4), lr_search=search)
     torch.manual_seed(1)
-    model = NoisyRegressor(optimizer="adam", lr=1e-4)
+    model = module(optimizer="adam", lr=1e-4)
     losses = _fit(model, searched)[len(search.factors) * (search.steps + search.held_batches):]  # after the trials
     factor = searched.lr_search_result.factor
     assert factor > 1.0  # 1e-4 is far too low for Adam here
     unsearched = GANNOCallback(identity_agent(4))  # (building an agent seeds torch: before the fit's seed)
     torch.manual_seed(1)
-    plain = NoisyRegressor(optimizer="adam", lr=1e-4 * factor)
+    plain = module(optimizer="adam", lr=1e-4 * factor)
     assert _fit(plain, unsearched) == pytest.approx(losses, rel=1e-6)
 
 
@@ -138,6 +179,31 @@ def test_the_search_scores_on_validation_batches_when_there_are_some(monkeypatch
     _fit(TinyRegressor(), GANNOCallback(identity_agent(4), lr_search=search))
     assert [len(b[0]) for b in seen["held"]] == [8, 8]  # without one: the first training batches, held out
     assert not any(torch.equal(seen["held"][0][0], b[0]) for b in seen["train"])
+
+
+class _TwoLoaderRegressor(ValidatedRegressor):
+    """Trains on two loaders at once (a dict of batches), and validates on one."""
+
+    def training_step(self, batch, batch_idx):
+        return sum(super(_TwoLoaderRegressor, self).training_step(part, batch_idx) for part in batch.values())
+
+    def train_dataloader(self):
+        return {"a": DataLoader(regression_data(), batch_size=8), "b": DataLoader(regression_data(seed=2), batch_size=8)}
+
+
+def test_with_several_training_loaders_the_search_scores_on_their_combined_batches(monkeypatch, caplog):
+    seen = {}
+    original = InitialLRSearch.run
+
+    def spy(self, model, optimizer, loss_of, train_batches, held_batches, reduce_fn=None):
+        seen["held"] = held_batches
+        return original(self, model, optimizer, loss_of, train_batches, held_batches, reduce_fn)
+
+    monkeypatch.setattr(InitialLRSearch, "run", spy)
+    with caplog.at_level("INFO"):
+        _fit(_TwoLoaderRegressor(), GANNOCallback(identity_agent(4), lr_search={"steps": 2, "held_batches": 1}))
+    assert set(seen["held"][0]) == {"a", "b"}  # a combined training batch, not a validation batch
+    assert "loss on 1 held-out training batches after 2 steps" in caplog.text
 
 
 def test_a_scheduler_of_yours_keeps_its_lrs_and_says_so(caplog):
