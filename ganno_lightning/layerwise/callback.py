@@ -95,7 +95,8 @@ class GANNOCallback(Callback):
     happen that often too, and metrics objects it updates count those batches; ``self.log`` calls are dropped; no
     gradient clipping, accumulation or GradScaler is applied in the trials, so fp16 mixed precision may underflow
     there; the optimizer's ``step()`` is called without a closure, so not LBFGS), and a copy of the weights and
-    optimizer state in host memory while it runs. It is
+    optimizer state in host memory while it runs. It runs in this callback's ``on_train_start``, so before your
+    module's own ``on_train_start`` and ``on_train_epoch_start``. It is
     skipped with an LR scheduler of your own and when resuming from a checkpoint; the chosen factor is logged as
     ``ganno/lr_search_factor`` and kept in :attr:`lr_search_result`.
 

@@ -10,9 +10,10 @@ RNG state, and all of them are put back afterwards: the fit then starts exactly 
 at the chosen LR. The user's LR (factor 1) is always a candidate, and a tie goes to the factor
 nearest it.
 
-On the dev suites (300-step runs) the shipped agent from the searched LR, acting around a cosine
-prior, scores closer to the tuned cosine than from the user's LR; neither the search alone (with or
-without the agent) nor the prior alone does (``benchmarks/results/initial_lr_search/``).
+With the shipped agent acting around a cosine prior, the search moved 300-step runs closer to the
+tuned cosine on the dev suites and on confirm (1.24x -> 1.10x its loss there), but not confirm's
+3000-step runs, so it is off by default (``benchmarks/results/initial_lr_search/``). Neither the
+search alone nor the prior alone helped the agent on dev.
 
 Cost: ``len(factors) * steps`` extra training steps and ``len(factors) * held_batches`` forwards
 once per fit, and for their duration a copy of the weights, buffers and optimizer state in host
