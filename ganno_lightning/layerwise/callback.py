@@ -379,34 +379,11 @@ class GANNOCallback(Callback):
             rank_zero_info("GANNOCallback: no initial LR search: your optimizer has an LR scheduler, whose LRs stand.")
             return
         search = self.lr_search
-        train_loaders = CombinedLoader(trainer.train_dataloader).flattened
-        # Validation batches suit a `training_step` that takes one loader's batches; several training loaders
-        # make a combined batch that a validation batch is not.
-        held_source = _first_loader(trainer.val_dataloaders) if len(train_loaders) == 1 else None
-        loaders = [*train_loaders, *([held_source] if held_source is not None else [])]
-        generators = _loader_generators(loaders)
-        saved = [g.get_state() for g in generators]
-        batches = _training_batches(trainer)
-        try:  # the search's pass over the data must not move the fit's shuffling or random draws
-            with forked_rngs([]):
-                if held_source is not None:
-                    held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
-                    _, train = collect_batches(batches, 0, search.steps)
-                else:
-                    held, train = collect_batches(batches, search.held_batches, search.steps)
-        finally:
-            batches.close()
-            for generator, state in zip(generators, saved):
-                generator.set_state(state)
-            for loader in loaders:  # persistent workers would go on from where the search left them
-                if getattr(loader, "_iterator", None) is not None:
-                    loader._iterator = None
-        scored_on = "validation batches" if held_source is not None else "held-out training batches"
-        distributed = trainer.world_size > 1
+        held, train, scored_on = _search_batches(trainer, search)
         result = search.run(
             pl_module, trainer.optimizers[0],
             lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch), 0),
-            train, held, reduce_fn=(lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None)
+            train, held, reduce_fn=_mean_over_ranks(trainer))
         self.lr_search_result = result
         if result.reason is not None:
             rank_zero_warn(f"GANNOCallback: no initial LR search: {result.reason}; the fit starts at your LR.")
@@ -451,7 +428,7 @@ class GANNOCallback(Callback):
     def _decide(self, trainer: Trainer) -> None:
         controller = self.controller
         distributed = trainer.world_size > 1
-        reduce_fn = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if distributed else None
+        reduce_fn = _mean_over_ranks(trainer)
         observation = controller.observe(reduce_fn)
         # The reduced loss: every rank rolls back and skips alike.
         if controller.recover_from_spike(reduce_fn):
@@ -619,6 +596,42 @@ class _logging_muted:
 
 def _no_log(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _mean_over_ranks(trainer: Trainer) -> Any:
+    """A function averaging a tensor over the trainer's processes (``None`` in a one-process fit): every rank then
+    takes the same decision from it."""
+    return (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if trainer.world_size > 1 else None
+
+
+def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any], list[Any], str]:
+    """``(held, train, scored_on)``: the batches an initial LR search scores its trials on and trains them on.
+
+    Validation batches when there is one training loader (a `training_step` that takes one loader's batches
+    takes a validation batch; a combined batch of several loaders is not one), else the first training
+    batches, held out. The pass over the data leaves the fit's shuffling, random draws and workers as they were.
+    """
+    train_loaders = CombinedLoader(trainer.train_dataloader).flattened
+    held_source = _first_loader(trainer.val_dataloaders) if len(train_loaders) == 1 else None
+    loaders = [*train_loaders, *([held_source] if held_source is not None else [])]
+    generators = _loader_generators(loaders)
+    saved = [g.get_state() for g in generators]
+    batches = _training_batches(trainer)
+    try:
+        with forked_rngs([]):
+            if held_source is not None:
+                held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
+                _, train = collect_batches(batches, 0, search.steps)
+            else:
+                held, train = collect_batches(batches, search.held_batches, search.steps)
+    finally:
+        batches.close()
+        for generator, state in zip(generators, saved):
+            generator.set_state(state)
+        for loader in loaders:  # persistent workers would go on from where the search left them
+            if getattr(loader, "_iterator", None) is not None:
+                loader._iterator = None
+    return held, train, "validation batches" if held_source is not None else "held-out training batches"
 
 
 def _first_loader(loaders: Any) -> Any:
