@@ -38,17 +38,18 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 import torch
 from torch import Tensor, nn
+
+from ganno_lightning.layerwise.rollback import copied, restore_optimizer_state, save_optimizer_state
 
 __all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches", "forked_rngs"]
 
@@ -243,21 +244,6 @@ def collect_batches(batches: Iterable[Any], held: int, train: int) -> tuple[list
     return held_out, to_train
 
 
-class _HostCopy(NamedTuple):
-    """A host copy of a tensor and the device it goes back to."""
-
-    tensor: Tensor
-    device: torch.device
-
-    @classmethod
-    def of(cls, value: Any) -> Any:
-        return cls(value.detach().to("cpu", copy=True), value.device) if isinstance(value, Tensor) else copy.deepcopy(value)
-
-    @staticmethod
-    def back(value: Any) -> Any:
-        return value.tensor.to(value.device, copy=True) if isinstance(value, _HostCopy) else copy.deepcopy(value)
-
-
 class _Snapshot:
     """Everything a trial changes, copied to host memory once and put back after each trial.
 
@@ -274,8 +260,8 @@ class _Snapshot:
         self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
         self.grads = [p.grad for p in model.parameters()]  # references: the trials set fresh ones
         self.modes = [(module, module.training) for module in model.modules()]
-        self.state = {p: {k: _HostCopy.of(v) for k, v in s.items()} for p, s in optimizer.state.items()}
-        self.groups = [{k: _HostCopy.of(v) for k, v in group.items() if k != "params"}
+        self.state = save_optimizer_state(optimizer, on_host=True)
+        self.groups = [{k: copied(v, on_host=True) for k, v in group.items() if k != "params"}
                        for group in optimizer.param_groups]
 
     @torch.no_grad()
@@ -286,16 +272,11 @@ class _Snapshot:
             parameter.grad = grad
         for module, training in self.modes:
             module.training = training
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p in self.state:
-                    self.optimizer.state[p] = {k: _HostCopy.back(v) for k, v in self.state[p].items()}
-                else:
-                    self.optimizer.state.pop(p, None)
+        restore_optimizer_state(self.optimizer, self.state)
         for group, saved in zip(self.optimizer.param_groups, self.groups):
             for key in [k for k in group if k != "params" and k not in saved]:  # added by a trial's steps
                 del group[key]
-            group.update({k: _HostCopy.back(v) for k, v in saved.items()})
+            group.update({k: copied(v) for k, v in saved.items()})
 
 
 @contextlib.contextmanager

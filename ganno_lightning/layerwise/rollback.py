@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -134,9 +134,10 @@ class SpikeRollback:
         self._save()  # the restored run's state is the rollback point
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[Tensor, dict[str, Any]]:
-    """A copy of ``optimizer``'s per-parameter state (moments, step counts), on their devices."""
-    return {p: _cloned(state) for p, state in optimizer.state.items()}
+def save_optimizer_state(optimizer: torch.optim.Optimizer, on_host: bool = False) -> dict[Tensor, dict[str, Any]]:
+    """A copy of ``optimizer``'s per-parameter state (moments, step counts), on their devices, or in host memory
+    with ``on_host`` (for a copy kept while something else needs the accelerator's memory)."""
+    return {p: {k: copied(v, on_host) for k, v in state.items()} for p, state in optimizer.state.items()}
 
 
 @torch.no_grad()
@@ -146,10 +147,23 @@ def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[Tensor
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p in saved:
-                optimizer.state[p] = _cloned(saved[p])
+                optimizer.state[p] = {k: copied(v) for k, v in saved[p].items()}
             else:  # no state yet when saved (before the first step)
                 optimizer.state.pop(p, None)
 
 
-def _cloned(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
+class HostCopy(NamedTuple):
+    """A host-memory copy of a tensor and the device it goes back to (:func:`copied` takes it back there)."""
+
+    tensor: Tensor
+    device: torch.device
+
+
+def copied(value: Any, on_host: bool = False) -> Any:
+    """A copy of a state value: a tensor on its device, or as a :class:`HostCopy` with ``on_host``; a
+    :class:`HostCopy` back on its device; anything else deep-copied."""
+    if isinstance(value, HostCopy):
+        return value.tensor.to(value.device, copy=True)
+    if isinstance(value, Tensor):
+        return HostCopy(value.detach().to("cpu", copy=True), value.device) if on_host else value.detach().clone()
+    return copy.deepcopy(value)
