@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
 import torch
 
 #: The CPU RNG state, then one state per CUDA device the run trains on.
@@ -38,3 +43,32 @@ def set_rng(device: torch.device | str, states: RNGStates) -> None:
     torch.set_rng_state(states[0])
     for index, state in zip(cuda_devices(device), states[1:]):
         torch.cuda.set_rng_state(state, index)
+
+
+@contextlib.contextmanager
+def replayable(device: torch.device | str) -> Iterator[Callable[[], None]]:
+    """Fork the generators a run on ``device`` draws from, and Python's and NumPy's (data augmentation's);
+    yields a function that puts them all back to where they were at the fork (so several trials draw the
+    same numbers), and restores them on exit.
+
+    Example::
+
+        >>> with replayable("cpu") as replay:
+        ...     a = torch.rand(1); replay(); b = torch.rand(1)
+        >>> bool(a == b)
+        True
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=cuda_devices(device)):
+        states = get_rng(device)
+
+        def replay() -> None:
+            set_rng(device, states)
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+        try:
+            yield replay
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)

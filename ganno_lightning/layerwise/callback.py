@@ -33,12 +33,12 @@ from ganno_lightning.layerwise.lr_search import (
     LRSearchResult,
     check_lr_search,
     collect_batches,
-    forked_rngs,
 )
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
 from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
 from ganno_lightning.layerwise.schedule import LRSchedule
+from ganno_lightning.rng import replayable
 
 AgentLike = GANNOAgent | str | os.PathLike | None
 
@@ -618,7 +618,7 @@ def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any
     saved = [g.get_state() for g in generators]
     batches = _training_batches(trainer)
     try:
-        with forked_rngs([]):
+        with replayable("cpu"):  # the loaders draw on the host
             if held_source is not None:
                 held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
                 _, train = collect_batches(batches, 0, search.steps)

@@ -37,21 +37,18 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
-
-import numpy as np
 
 import torch
 from torch import Tensor, nn
 
 from ganno_lightning.layerwise.rollback import copied, restore_optimizer_state, save_optimizer_state
+from ganno_lightning.rng import replayable
 
-__all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches", "forked_rngs"]
+__all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches"]
 
 #: Candidate factors of the user's LR: 0.1x to 10x in steps of about 3 (the evaluation's LR grid).
 DEFAULT_FACTORS: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -158,20 +155,19 @@ class InitialLRSearch:
                                               f"held_batches={self.held_batches}) and {len(train_batches)} to train "
                                               "on (on this or another process)")
         snapshot = _Snapshot(model, optimizer)
-        user_lrs = [group["lr"] for group in optimizer.param_groups]
         scores: dict[float, float] = {}
         try:
-            with forked_rngs(snapshot.cuda_devices) as replay:
+            with replayable(device) as replay:
                 for factor in self.factors:
                     snapshot.restore()
                     replay()  # every trial draws the same random numbers (dropout masks)
-                    _scale_lrs(optimizer, user_lrs, factor)
+                    _scale_lrs(optimizer, factor)
                     scores[factor] = self._trial(model, optimizer, loss_of, train_batches, held_batches, reduce_fn,
                                                  device)
         finally:
             snapshot.restore()
         factor = self.choose(scores)
-        _scale_lrs(optimizer, user_lrs, factor)
+        _scale_lrs(optimizer, factor)
         for group in optimizer.param_groups:
             if "initial_lr" in group:  # a scheduler created later starts from the chosen LR too
                 group["initial_lr"] = group["initial_lr"] * factor
@@ -256,7 +252,6 @@ class _Snapshot:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
         self.tensors = [*model.parameters(), *model.buffers()]
-        self.cuda_devices = sorted({t.device.index for t in self.tensors if t.device.type == "cuda"})
         self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
         self.grads = [p.grad for p in model.parameters()]  # references: the trials set fresh ones
         self.modes = [(module, module.training) for module in model.modules()]
@@ -279,29 +274,7 @@ class _Snapshot:
             group.update({k: copied(v) for k, v in saved.items()})
 
 
-@contextlib.contextmanager
-def forked_rngs(cuda_devices: list[int]) -> Iterator[Callable[[], None]]:
-    """Fork torch's (CPU and CUDA), Python's and NumPy's RNGs; yields a function that puts them back to where
-    they were at the fork (each trial then draws the same numbers), and restores them all on exit."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=cuda_devices):
-        cpu = torch.random.get_rng_state()
-        cuda = [torch.cuda.get_rng_state(d) for d in cuda_devices]
-
-        def replay() -> None:
-            torch.random.set_rng_state(cpu)
-            for device, state in zip(cuda_devices, cuda):
-                torch.cuda.set_rng_state(state, device)
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-        try:
-            yield replay
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
-def _scale_lrs(optimizer: torch.optim.Optimizer, user_lrs: list[float], factor: float) -> None:
-    for group, lr in zip(optimizer.param_groups, user_lrs):
-        group["lr"] = lr * factor
+def _scale_lrs(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Multiply every param group's LR (the user's, after a :meth:`_Snapshot.restore`) by ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
