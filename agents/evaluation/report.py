@@ -205,7 +205,7 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "`deeper_x2` uses networks exactly twice as deep as the deepest of the family's meta-training range.",
         "- **Tuning favours the baselines**: `@tuned` picks its LR by the same validation loss it is then scored on "
         "(and gets one run per grid point), while the agent runs once and is never tuned"
-        + (_lr_search_cost(runs) or ".") + "",
+        + (_lr_search_cost(runs) or "."),
         "- Per task, a method's loss is the mean over seeds of the final validation loss; a diverged or failed run "
         "(non-finite loss) is inf, so any divergence makes that task a loss for the method.",
         "- `final val loss (mean)`: mean over tasks with a finite loss (the others are counted). "
