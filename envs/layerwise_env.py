@@ -22,7 +22,7 @@ from ganno_lightning.rng import RNGStates
 from ganno_lightning.envs.reward import DIVERGENCE_REFERENCES, EpisodeReward
 from ganno_lightning.envs.task import SPLITS, TaskFamily, TrainingTask
 from ganno_lightning.envs.task_pool import PoolTask, TaskPool
-from ganno_lightning.envs.tasks.best_lr import around
+from ganno_lightning.envs.tasks.best_lr import SPREAD, around
 from ganno_lightning.layerwise.actions import (
     DEFAULT_ACTION_MULTIPLIERS,
     DEFAULT_SCALE_BOUNDS,
@@ -142,11 +142,15 @@ class EnvConfig:
             whose total steps cannot be estimated.
         max_reset_attempts: Tasks whose first interval diverges are resampled up to this many times.
         task_pool: A pool file (``ganno-build-task-pool``, :mod:`ganno_lightning.envs.task_pool`): each
-            episode replays one of its tasks from an LR drawn log-uniformly within 10x of that
-            task's own tuned best constant LR, and the privileged columns measure LRs against that
+            episode replays one of its tasks from an LR drawn log-uniformly within ``pool_start_spread``
+            x of that task's own tuned best constant LR, and the privileged columns measure LRs against that
             best instead of the task's cell's (a per-task teacher). ``init_lr_scale`` must then be
             [1, 1]; ``make_env`` checks that the pool was built for the config's family and
             :data:`~ganno_lightning.envs.task_pool.MATCHED_ENV_KEYS`. ``None``: fresh tasks every episode.
+        pool_start_spread: With ``task_pool``: an episode starts within this factor of its task's own
+            best constant LR (>= 1; default 10, both sides of the optimum). 3 mimics where an initial
+            LR search (``GANNOCallback(lr_search=True)``) starts a fit: on the dev suite its picks sit
+            a median 1x, a tenth of them below 1/3 and a tenth above 3.3x the task's best constant LR.
         long_run_prob: Probability that an episode is a long run of ``long_horizon`` steps instead of
             ``horizon`` (issue #18: a run's best LR moves with its length, so an agent trained on short
             runs only learns their LR levels). 0: every episode runs ``horizon`` steps, drawing nothing.
@@ -191,6 +195,7 @@ class EnvConfig:
     unknown_total_prob: float = 0.2
     max_reset_attempts: int = 10
     task_pool: str | None = None
+    pool_start_spread: float = SPREAD
     long_run_prob: float = 0.0
     long_horizon: int | None = None
     long_task_pool: str | None = None
@@ -251,6 +256,13 @@ class EnvConfig:
         if self.task_pool is not None and (low, high) != (1.0, 1.0):
             raise ValueError(f"`{prefix}.init_lr_scale` must be [1, 1] with `{prefix}.task_pool` (a pool task's "
                              f"LR is drawn around its own best LR), got {list(self.init_lr_scale)}.")
+        spread = self.pool_start_spread
+        if not (isinstance(spread, (int, float)) and not isinstance(spread, bool) and 1.0 <= spread < math.inf):
+            raise ValueError(f"`{prefix}.pool_start_spread` must be a number >= 1 (episodes start within that factor "
+                             f"of their pool task's best LR; e.g. {SPREAD:g}), got {spread!r}.")
+        if self.task_pool is None and spread != SPREAD:
+            raise ValueError(f"`{prefix}.pool_start_spread` needs `{prefix}.task_pool` (it spreads the starts around a "
+                             f"pool task's own best LR), got {spread!r} without one.")
         if self.task_pool is not None and self.layer_lr_spread != 1.0:
             raise ValueError(f"`{prefix}.layer_lr_spread` must be 1 with `{prefix}.task_pool` (a pool's best LRs are "
                              f"for the layers' LRs as the task drew them), got {self.layer_lr_spread!r}.")
@@ -484,7 +496,7 @@ class LayerwiseLREnv(EnvBase):
     def _sample_pool_task(self, pool: TaskPool,
                           starts: TaskPool | None = None) -> tuple[TrainingTask, RNGStates, float]:
         """A task of ``pool`` as its replays drew it, its best LR the per-task one; the factor that starts it
-        log-uniformly within ``SPREAD`` x of that best, or of the same task's best in ``starts``."""
+        log-uniformly within ``pool_start_spread`` x of that best, or of the same task's best in ``starts``."""
         entry = self.pool_task = pool.draw(self._generator)
         task, rng = sample_task(self.family, torch.Generator().manual_seed(entry.seed), self.config.split,
                                 self.config.device)  # the generator make_env(config, entry.seed) starts with
@@ -493,7 +505,7 @@ class LayerwiseLREnv(EnvBase):
                             f"{entry.task}; the families have changed since it was built. Rebuild the pool.")
         task.info.update(best_lr=entry.best_lr, best_schedule="constant", best_schedule_lr=entry.best_lr)
         start = entry.best_lr if starts is None else starts.by_seed[entry.seed].best_lr
-        return task, rng, around(start, self._generator) / task.info["lr"]
+        return task, rng, around(start, self._generator, self.config.pool_start_spread) / task.info["lr"]
 
     def _initial_lr_factor(self) -> float:
         """A log-uniform draw from ``init_lr_scale`` (no draw when the range is [1, 1])."""

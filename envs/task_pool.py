@@ -11,8 +11,8 @@ replayed beforehand (``ganno-build-task-pool``, :mod:`.build_task_pool`).
 
 With ``env.task_pool: PATH`` an episode draws one of the pool's tasks, replays it exactly (the
 seed that drew it draws the same task, weights and batches), starts it from an LR drawn
-log-uniformly within 10x of the task's own tuned best (both sides of the optimum), and tells the
-privileged columns that best. Tasks repeat across episodes; their starting LRs do not.
+log-uniformly within 10x (``env.pool_start_spread``) of the task's own tuned best (both sides of the
+optimum), and tells the privileged columns that best. Tasks repeat across episodes; their starting LRs do not.
 
 Example::
 

@@ -84,8 +84,8 @@ def _best_loss(losses: dict[str, float | None]) -> float:
     return min((v for v in losses.values() if v is not None), default=float("inf"))
 
 
-def around(best: float, generator: torch.Generator) -> float:
-    """A log-uniform draw from ``best / SPREAD`` to ``best * SPREAD``.
+def around(best: float, generator: torch.Generator, spread: float = SPREAD) -> float:
+    """A log-uniform draw from ``best / spread`` to ``best * spread`` (default :data:`SPREAD`).
 
     Example::
 
@@ -94,7 +94,7 @@ def around(best: float, generator: torch.Generator) -> float:
         True
     """
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return best * SPREAD ** (2.0 * u - 1.0)
+    return best * spread ** (2.0 * u - 1.0)
 
 
 def clear_cache() -> None:

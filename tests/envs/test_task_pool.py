@@ -104,7 +104,7 @@ def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_los
         starts.append(td[keys.PRIVILEGED][0, 0].item())  # log10(LR / the task's own best)
     env.close()
     assert all(-1 <= s <= 1 for s in starts) and len(set(starts)) == 4  # within 10x, a fresh LR each episode
-    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # start at the task's best
+    monkeypatch.setattr(env_module, "around", lambda best, generator, spread: best)  # start at the task's best
     keep = constant_policy(env_config(pooled).action_multipliers)
     env = make_env({**pooled, "env": {**pooled["env"], "privileged": True, "final_val_weight": 1.0}}, seed=0)
     td = env.reset()
@@ -118,7 +118,7 @@ def test_a_pool_env_replays_its_tasks_and_at_the_best_lr_reproduces_the_best_los
 
 def test_the_terminal_reward_can_measure_a_run_against_its_tasks_tuned_run(pool, monkeypatch):
     built, config, _ = pool
-    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # the tuned run itself
+    monkeypatch.setattr(env_module, "around", lambda best, generator, spread: best)  # the tuned run itself
     scored = {"env": {**ENV, "task_pool": config.out, "final_val_reference": "pool", "final_val_weight": 1.0,
                       "train_loss_weight": 0.0}, "family": FAMILY}
     keep = constant_policy(env_config(scored).action_multipliers)
@@ -132,6 +132,35 @@ def test_the_terminal_reward_can_measure_a_run_against_its_tasks_tuned_run(pool,
     assert rewards[-1] == pytest.approx(0.0, abs=1e-5)  # log(tuned loss / its own replay's loss)
     with pytest.raises(ValueError, match=r"final_val_reference: pool. needs .env\.task_pool"):
         make_env({**scored, "env": {**scored["env"], "task_pool": None}})
+
+
+def test_pool_start_spread_narrows_the_starts_around_each_tasks_best(pool):
+    _, config, _ = pool
+
+    def starts(**settings):
+        env = make_env({"env": {**ENV, "task_pool": config.out, "privileged": True, **settings}, "family": FAMILY},
+                       seed=2)
+        drawn = [env.reset()[keys.PRIVILEGED][0, 0].item() for _ in range(6)]  # log10(LR / the task's own best)
+        env.close()
+        return drawn
+
+    wide, narrow = starts(), starts(pool_start_spread=3.0)
+    assert all(abs(s) <= math.log10(3.0) + 1e-6 for s in narrow)
+    # the same draws, scaled: log10(3) / log10(10) of each wide start (the same tasks, the same uniform numbers)
+    assert narrow == pytest.approx([s * math.log10(3.0) for s in wide], abs=1e-5)
+    assert max(abs(s) for s in wide) > math.log10(3.0)
+    assert starts(pool_start_spread=1.0) == pytest.approx([0.0] * 6, abs=1e-6)  # every episode at its task's best
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"pool_start_spread": 0.5}, r"`env.pool_start_spread` must be a number >= 1 .*got 0.5"),
+    ({"pool_start_spread": float("inf")}, r"`env.pool_start_spread` must be a number >= 1 .*got inf"),
+    ({"pool_start_spread": 3.0, "task_pool": None}, r"`env.pool_start_spread` needs `env.task_pool`.*got 3.0"),
+])
+def test_a_bad_pool_start_spread_is_named(pool, settings, message):
+    _, config, _ = pool
+    with pytest.raises(ValueError, match=message):
+        make_env({"env": {**ENV, "task_pool": config.out, **settings}, "family": FAMILY})
 
 
 def test_a_pool_that_does_not_match_the_config_is_refused_by_name(pool, tmp_path):
@@ -185,7 +214,7 @@ def test_a_long_runs_pool_replays_the_same_tasks_for_longer(pool, long_pool):
 def test_a_long_episode_starts_where_a_short_run_of_its_task_starts(pool, long_pool, monkeypatch):
     built, config, _ = pool
     long_built, long_path = long_pool
-    monkeypatch.setattr(env_module, "around", lambda best, generator: best)  # start at the drawn best itself
+    monkeypatch.setattr(env_module, "around", lambda best, generator, spread: best)  # start at the drawn best itself
     env = make_env({"env": {**ENV, "privileged": True, "task_pool": config.out, "long_run_prob": 1.0,
                             "long_horizon": 400, "long_task_pool": str(long_path)}, "family": FAMILY}, seed=0)
     short = {t["seed"]: t["best_lr"] for t in built["tasks"]}
