@@ -159,8 +159,8 @@ class EnvConfig:
             horizon=<long_horizon>``, over seeds of ``task_pool``), required with ``long_run_prob`` > 0.
             A long episode draws one of its tasks, and its privileged best LR is that task's best
             for ``long_horizon`` steps; its LR starts where a short run of the same task starts
-            (within 10x of the task's best for ``horizon`` steps), as a user picks an LR that works
-            for short runs and then trains longer.
+            (within ``pool_start_spread`` x of the task's best for ``horizon`` steps), as a user
+            picks an LR that works for short runs and then trains longer.
         device: Device the inner training runs on.
     """
 
