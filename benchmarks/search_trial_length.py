@@ -16,13 +16,15 @@ constant LR at the user's LR; beside them, the tuned cosine's own count (an uppe
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from report import write_report
+
+from ganno_lightning.trials.pool import read_log
 
 FACTOR_SETS = {
     "search (0.1x-10x)": (0.1, 0.3, 1.0, 3.0, 10.0),
@@ -34,16 +36,14 @@ def load_runs(path: str) -> tuple[dict, dict]:
     """Per (task, seed): ``{factor: (final loss, {step: val loss})}`` of the constant LR, ``{factor: final}`` of the cosine."""
     constant: dict = defaultdict(dict)
     cosine: dict = defaultdict(dict)
-    with gzip.open(path, "rt") as lines:
-        for line in lines:
-            run = json.loads(line)
-            final = run["final_val_loss"] if run["status"] == "ok" else math.inf
-            final = final if final is not None and math.isfinite(final) else math.inf
-            key = (run["task"], run["seed"])
-            if run["method"] == "constant":
-                constant[key][run["lr_factor"]] = (final, dict(run.get("curve") or []))
-            elif run["method"] == "cosine":
-                cosine[key][run["lr_factor"]] = final
+    for run in read_log(path).values():
+        final = run["final_val_loss"] if run["status"] == "ok" else math.inf
+        final = final if final is not None and math.isfinite(final) else math.inf
+        key = (run["task"], run["seed"])
+        if run["method"] == "constant":
+            constant[key][run["lr_factor"]] = (final, dict(run.get("curve") or []))
+        elif run["method"] == "cosine":
+            cosine[key][run["lr_factor"]] = final
     return constant, cosine
 
 
@@ -86,15 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("baselines", help="an evaluation suite's archived baselines (.jsonl.gz)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 300, 1000],
                         help="trial lengths in optimizer steps (points of the archived validation curves)")
-    parser.add_argument("--out", type=Path, default=None, help="write the table here (markdown) as well")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/search_trial_length.md"),
+                        help="the Markdown report (also printed)")
     args = parser.parse_args(argv)
     constant, cosine = load_runs(args.baselines)
     command = "PYTHONPATH=. python benchmarks/search_trial_length.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    report = ["# Initial LR search: what longer or wider trials would pick (issue #18)", "",
-              f"Command: `{command}`", "", *table(constant, cosine, args.lengths), ""]
-    print("\n".join(report))
-    if args.out is not None:
-        args.out.write_text("\n".join(report))
+    write_report(["# Initial LR search: what longer or wider trials would pick (issue #18)", "",
+                  f"Command: `{command}`", "", *table(constant, cosine, args.lengths)], args.out)
 
 
 if __name__ == "__main__":
