@@ -24,6 +24,7 @@ from pathlib import Path
 
 from report import write_report
 
+from ganno_lightning.layerwise.lr_search import InitialLRSearch
 from ganno_lightning.trials.pool import read_log
 
 FACTOR_SETS = {
@@ -48,15 +49,16 @@ def load_runs(path: str) -> tuple[dict, dict]:
 
 
 def pick(constant: dict, cosine: dict, factors: tuple[float, ...], length: int) -> float | None:
-    """The factor a search of ``length``-step constant-LR trials would pick (``None``: no factor has both runs)."""
+    """The factor a search of ``length``-step constant-LR trials would pick (``None``: no factor has both runs).
+
+    The callback's rule (:meth:`InitialLRSearch.choose`): the lowest finite score, a tie to the factor nearest
+    1x; no finite score picks 1x, the user's LR.
+    """
     scores = {}
     for factor in factors:
         if factor in constant and factor in cosine:
-            loss = constant[factor][1].get(length, math.inf)
-            scores[factor] = loss if math.isfinite(loss) else math.inf
-    if not scores:
-        return None
-    return min(scores, key=lambda f: (scores[f], abs(math.log(f))))
+            scores[factor] = constant[factor][1].get(length, math.inf)
+    return InitialLRSearch().choose(scores) if scores else None
 
 
 def table(constant: dict, cosine: dict, lengths: list[int]) -> list[str]:
