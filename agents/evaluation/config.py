@@ -23,6 +23,7 @@ from ganno_lightning.layerwise.actions import (
 from ganno_lightning.layerwise.decisions import SCALED_INTERVAL, resolve_decision_steps
 from ganno_lightning.layerwise.lr_search import check_lr_search
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
+from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_LR_CUT, check_spike_settings
 
 # Schedules every evaluation needs: the headline targets compare with constant and cosine.
 _REQUIRED_SCHEDULES = ("constant", "cosine")
@@ -42,6 +43,7 @@ class AgentConfig:
     decision_steps: Any = None  # as GANNOCallback: early decisions ([0, 5, 12], front_loaded, none); null: the agent's own
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
     recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
+    spike_factor: Optional[float] = None  # as GANNOCallback, with recover_on_spike; null: the callback's default (3)
     scale_bounds: Any = None  # as GANNOCallback: [low, high] of every layer's LR scale; null: the agent's own
     min_change: Any = None  # as GANNOCallback: smaller LR changes either way are skipped; null: every change (1)
     # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
@@ -246,6 +248,11 @@ def validate_config(cfg: DictConfig) -> None:
         check_scale_bounds(plain_value(cfg.agent.scale_bounds), "agent.scale_bounds")
     if cfg.agent.min_change is not None:
         check_min_change(cfg.agent.min_change, "agent.min_change")
+    if cfg.agent.spike_factor is not None:
+        if not cfg.agent.recover_on_spike:
+            raise ValueError(f"`agent.spike_factor` ({cfg.agent.spike_factor!r}) only acts with "
+                             "`agent.recover_on_spike=true`; set both, or drop `agent.spike_factor`.")
+        check_spike_settings(cfg.agent.spike_factor, DEFAULT_SPIKE_LR_CUT, "agent.")
     if cfg.agent.prior is not None:
         check_prior(cfg.agent.prior, "agent.prior")
     if cfg.agent.prior_above is not None:

@@ -106,6 +106,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
              "sha256": _agent_digest(cfg.agent.path)}
     if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
         agent["recover_on_spike"] = True
+    if cfg.agent.spike_factor is not None:  # likewise
+        agent["spike_factor"] = float(cfg.agent.spike_factor)
     if cfg.agent.decision_steps is not None:  # likewise: set only when it overrides the agent's own
         agent["decision_steps"] = plain_value(cfg.agent.decision_steps)
     if cfg.agent.scale_bounds is not None:  # likewise

@@ -132,6 +132,7 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             if job["method"] == "agent":
                 from ganno_lightning.layerwise.agent import GANNOAgent
                 from ganno_lightning.layerwise.callback import GANNOCallback
+                from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR
 
                 agent = job["agent"]
                 if agent.get("schedule"):  # the user's own scheduler, which the agent then acts around
@@ -140,7 +141,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       min_change=agent.get("min_change", 1.0), prior=agent.get("prior"),
                                       prior_above=agent.get("prior_above"), lr_search=agent.get("lr_search"),
-                                      exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers)
+                                      exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers,
+                                      spike_factor=agent.get("spike_factor", DEFAULT_SPIKE_FACTOR))
                 callbacks.append(ganno)
             elif peer_name(job["method"]) is not None:
                 from ganno_lightning.agents.peers import with_peer

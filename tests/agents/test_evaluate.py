@@ -195,6 +195,8 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({}, ["agent.interval=stretched"], r"`agent\.interval` must be an int >= 1, 'scaled' .* got 'stretched'"),
         ({}, ["agent.interval=0"], r"`agent\.interval` must be an int >= 1.* got 0"),
         ({}, ["agent.decision_steps=[5,3]"], r"`agent\.decision_steps` must be 'none', 'front_loaded' or a list"),
+        ({}, ["agent.spike_factor=5"], r"`agent\.spike_factor` \(5\.0\) only acts with `agent\.recover_on_spike=true`"),
+        ({}, ["agent.recover_on_spike=true", "agent.spike_factor=1"], r"`agent\.spike_factor` must be a number > 1 .*got 1"),
     ],
 )
 def test_config_errors_name_the_key(config, overrides, match):
@@ -622,6 +624,28 @@ def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_c
     assert set(results["noise_floor"]) == {"constant@init_x0.97"}
     report = (tmp_path / "report.md").read_text()
     assert "| tuned cosine | constant@init_x0.97 |" in report and "(harm beyond noise)" in report
+
+
+def test_a_recovering_agents_spike_rule_comes_from_the_config(agent_file, monkeypatch):
+    from ganno_lightning.layerwise.callback import GANNOCallback
+
+    cfg = ev.load_config(SMOKE, [f"agent.path={agent_file}", "steps=20", "val_every=20", "seeds=[0]",
+                                 "agent.recover_on_spike=true", "agent.spike_factor=5"])
+    job = next(j for j in ev.plan_runs(cfg) if j["method"] == "agent")
+    settings = {}
+    build = GANNOCallback.__init__
+
+    def recorded(self, *args, **kwargs):
+        settings.update(kwargs)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(GANNOCallback, "__init__", recorded)
+    assert ev.run_one(job)["status"] == "ok"
+    assert settings["recover_on_spike"] is True and settings["spike_factor"] == 5.0
+    plain = next(j for j in ev.plan_runs(ev.load_config(SMOKE, [f"agent.path={agent_file}", "steps=20",
+                                                                   "val_every=20", "seeds=[0]"]))
+                 if j["method"] == "agent")
+    assert "spike_factor" not in plain["agent"]  # unset, the runs keep the ids earlier evaluations stored
 
 
 @pytest.mark.parametrize("setting, bad, error", [
