@@ -54,6 +54,7 @@ from ganno_lightning.files import atomic_file
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.lr_search import check_lr_search
 from ganno_lightning.layerwise.prior import check_prior_above
+from ganno_lightning.layerwise.rollback import check_spike_rule
 from ganno_lightning.layerwise.policy import POLICY_HEADS
 
 
@@ -142,6 +143,9 @@ class DeployConfig:
     # an initial LR search before each deployed fit (GANNOCallback's lr_search): true (its defaults) or
     # {steps, factors, held_batches}; null: none
     lr_search: Any = None
+    # roll back to the last good decision on a loss spike (GANNOCallback's recover_on_spike): true (its defaults)
+    # or {spike_factor, spike_lr_cut}; null: off
+    recover_on_spike: Any = None
 
 
 @dataclass
@@ -253,6 +257,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     if config.deploy.prior_above is not None:
         check_prior_above(config.deploy.prior_above, "deploy.prior_above")
     check_lr_search(config.deploy.lr_search, "deploy.lr_search")
+    check_spike_rule(config.deploy.recover_on_spike, "deploy.recover_on_spike")
     return config
 
 
@@ -470,6 +475,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
                               prior_above=(env_settings.prior_above if config.deploy.prior_above is None
                                            else config.deploy.prior_above),
                               lr_search=check_lr_search(config.deploy.lr_search, "deploy.lr_search"),
+                              recover_on_spike=check_spike_rule(config.deploy.recover_on_spike, "deploy.recover_on_spike"),
                               identity_prob=algo.identity_init or None, feature_names=env_settings.features,
                               policy_head=algo.policy_head, layer_offset_factor=algo.layer_offset_factor)
     # env.privileged: the critic also reads the training-only facts (an asymmetric critic); the run's

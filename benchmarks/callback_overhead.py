@@ -4,7 +4,10 @@ A >10M-parameter MLP is trained with a real Lightning ``Trainer``. Runs with and
 alternate (A B B A ...) so that both see the same machine load, and each run is timed over a window
 of whole intervals (every decision and gradient sample inside it counted). Besides the A/B ratio,
 the time spent inside the callback's own code is measured directly (a steadier figure on a busy
-machine). Target: overhead under 1% at the default interval.
+machine). Target: overhead under 1% at the default interval. The agent's rollback on loss spikes (the
+shipped agent's is on) copies weights and optimizer state at every decision and is timed with the rest
+(``--rollback`` chooses where the copy lives, or turns it off); its initial LR search is not run: it is
+a fixed number of extra training steps before the fit (see the README), not a per-step overhead.
 
     python benchmarks/callback_overhead.py                 # CPU
     python benchmarks/callback_overhead.py --device cuda   # GPU, when one is available
@@ -66,7 +69,7 @@ class WindowTimer(L.Callback):
 
 
 def instrument(seconds: list[float]) -> None:
-    """Accumulate the wall time spent inside the controller's observe/apply and step hooks."""
+    """Accumulate the wall time spent inside the controller's observe/apply/rollback and step hooks."""
 
     def timed(fn):
         def wrapper(*args, **kwargs):
@@ -77,9 +80,11 @@ def instrument(seconds: list[float]) -> None:
                 seconds[0] += time.perf_counter() - t0
         return wrapper
 
-    from ganno_lightning.layerwise import lr_control, observer
+    from ganno_lightning.layerwise import lr_control, observer, rollback
 
     LayerwiseController.observe = timed(LayerwiseController.observe)
+    LayerwiseController.recover_from_spike = timed(LayerwiseController.recover_from_spike)  # the rollback's copy
+    rollback.SpikeRollback.before_step = timed(rollback.SpikeRollback.before_step)
     LayerwiseController.apply = timed(LayerwiseController.apply)
     observer.LayerObserver.after_step = timed(observer.LayerObserver.after_step)
     observer.LayerObserver.record_loss = timed(observer.LayerObserver.record_loss)
@@ -89,7 +94,8 @@ def instrument(seconds: list[float]) -> None:
 
 def command_extras(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
     """The model, interval and agent options that differ from their defaults, for the report's command line."""
-    return "".join(f" --{name} {getattr(args, name)}" for name in ("width", "depth", "batch", "interval", "agent")
+    return "".join(f" --{name} {getattr(args, name)}" for name in ("width", "depth", "batch", "interval", "agent",
+                                                                   "rollback")
                    if getattr(args, name) != parser.get_default(name))
 
 
@@ -102,6 +108,9 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=25, help="the default agent interval")
     parser.add_argument("--agent", default="default", help="'default' (the shipped agent, whose features are "
                         "what users pay for), 'fresh' (an untrained agent of the package's default 23 features) or an agent file")
+    parser.add_argument("--rollback", default="agent", choices=["agent", "host", "device", "off"],
+                        help="the rollback on loss spikes: the agent's own (its file's rule, in host memory), "
+                        "on with the copy in host or device memory, or off")
     parser.add_argument("--intervals", type=int, default=4, help="timed intervals per run")
     parser.add_argument("--reps", type=int, default=5, help="A/B pairs")
     parser.add_argument("--out", default=str(RESULTS))
@@ -117,12 +126,15 @@ def main() -> None:
         agent = GANNOAgent.from_source(args.agent)
     inside = [0.0]
     instrument(inside)
+    rollback = ({} if args.rollback == "agent" else {"recover_on_spike": False} if args.rollback == "off"
+                else {"recover_on_spike": True, "rollback_memory": args.rollback})
 
     def run(with_callback: bool) -> float:
         L.seed_everything(0, verbose=False)
         model = WideMLP(args.width, args.depth, dim)
         timer = WindowTimer(args.interval, args.interval * args.intervals, sync)
-        callbacks = ([GANNOCallback(agent, interval=args.interval)] if with_callback else []) + [timer]
+        ganno = GANNOCallback(agent, interval=args.interval, lr_search=False, **rollback)
+        callbacks = ([ganno] if with_callback else []) + [timer]
         trainer = L.Trainer(accelerator="gpu" if args.device.startswith("cuda") else "cpu", devices=1,
                             max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, callbacks=callbacks)
@@ -130,6 +142,9 @@ def main() -> None:
         return timer.seconds
 
     n_params = sum(p.numel() for p in WideMLP(args.width, args.depth, dim).parameters())
+    probe = GANNOCallback(agent, **rollback)
+    rollback_note = (f"rollback on loss spikes: on (x{probe.spike_factor:g}, the copy in {probe.rollback_memory} "
+                     f"memory, written at every decision)" if probe.recover_on_spike else "rollback on loss spikes: off")
     run(False)  # warm-up
     without, with_, inside_fraction = [], [], []
     for rep in range(args.reps):
@@ -156,7 +171,7 @@ def main() -> None:
         f"agent `{args.agent}` ({len(agent.feature_names)} features: {', '.join(agent.feature_names)}); "
         f"interval {args.interval}; {timed_steps} timed steps per run ({args.intervals} decisions, "
         f"{args.intervals * 2} gradient samples); {args.reps} A/B pairs in ABBA order, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.",
+        f"{torch.get_num_threads()} threads; {rollback_note}; no initial LR search.",
         "",
         "| | step time (ms), median | |",
         "|---|---|---|",

@@ -42,8 +42,9 @@ class AgentConfig:
     interval: Any = None
     decision_steps: Any = None  # as GANNOCallback: early decisions ([0, 5, 12], front_loaded, none); null: the agent's own
     exploration: str = DEFAULT_EXPLORATION  # as GANNOCallback: mean (expected change), mode (likeliest action), random
-    recover_on_spike: bool = False  # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike
-    spike_factor: Optional[float] = None  # as GANNOCallback, with recover_on_spike; null: the callback's default (3)
+    # as GANNOCallback: roll back to the last good decision and cut the LRs on a spike; null: the agent's own
+    recover_on_spike: Optional[bool] = None
+    spike_factor: Optional[float] = None  # as GANNOCallback, with recover_on_spike; null: the agent's rule's, else 3
     scale_bounds: Any = None  # as GANNOCallback: [low, high] of every layer's LR scale; null: the agent's own
     min_change: Any = None  # as GANNOCallback: smaller LR changes either way are skipped; null: every change (1)
     # the user's own LR schedule under the agent (a scheduler in configure_optimizers, a key of SCHEDULES);
@@ -249,9 +250,9 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.agent.min_change is not None:
         check_min_change(cfg.agent.min_change, "agent.min_change")
     if cfg.agent.spike_factor is not None:
-        if not cfg.agent.recover_on_spike:
-            raise ValueError(f"`agent.spike_factor` ({cfg.agent.spike_factor!r}) only acts with "
-                             "`agent.recover_on_spike=true`; set both, or drop `agent.spike_factor`.")
+        if cfg.agent.recover_on_spike is False:
+            raise ValueError(f"`agent.spike_factor` ({cfg.agent.spike_factor!r}) does not act with "
+                             "`agent.recover_on_spike=false`; drop one of them.")
         check_spike_settings(cfg.agent.spike_factor, DEFAULT_SPIKE_LR_CUT, "agent.")
     if cfg.agent.prior is not None:
         check_prior(cfg.agent.prior, "agent.prior")

@@ -104,8 +104,8 @@ def plan_runs(cfg: DictConfig) -> List[Dict[str, Any]]:
     conditions = conditions_of(cfg)
     agent = {"path": cfg.agent.path, "interval": cfg.agent.interval, "exploration": cfg.agent.exploration,
              "sha256": _agent_digest(cfg.agent.path)}
-    if cfg.agent.recover_on_spike:  # only when on: runs without it keep the ids earlier evaluations stored
-        agent["recover_on_spike"] = True
+    if cfg.agent.recover_on_spike is not None:  # only when set: runs without it keep the ids earlier evaluations stored
+        agent["recover_on_spike"] = bool(cfg.agent.recover_on_spike)
     if cfg.agent.spike_factor is not None:  # likewise
         agent["spike_factor"] = float(cfg.agent.spike_factor)
     if cfg.agent.decision_steps is not None:  # likewise: set only when it overrides the agent's own

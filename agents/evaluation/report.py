@@ -396,5 +396,5 @@ def _agent_overrides(agent: Any) -> str:
     settings = {"interval": agent.interval, "decision_steps": agent.decision_steps, "schedule": agent.schedule,
                 "prior": agent.prior, "prior_above": agent.prior_above, "lr_search": agent.lr_search,
                 "scale_bounds": agent.scale_bounds, "min_change": agent.min_change,
-                "recover_on_spike": agent.recover_on_spike or None, "spike_factor": agent.spike_factor}
+                "recover_on_spike": agent.recover_on_spike, "spike_factor": agent.spike_factor}
     return "".join(f", {key} `{value}`" for key, value in settings.items() if value is not None)

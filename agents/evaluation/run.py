@@ -105,8 +105,9 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
         classifiers, else ``None``), ``curve`` (``[step, val_loss]`` per check, ``inf`` where not
         finite), ``steps_done``,
         ``seconds``, ``torch`` (the version that trained it), and for the agent its ``schedule``
-        (``LRSchedule.state_dict()``) and, after an initial LR search, ``lr_search`` (the chosen
-        ``factor``, the trials' ``steps`` and each factor's ``scores``).
+        (``LRSchedule.state_dict()``), after an initial LR search ``lr_search`` (the chosen
+        ``factor``, the trials' ``steps`` and each factor's ``scores``), and where it recovers from loss
+        spikes, its ``rollbacks``.
     """
     start = time.perf_counter()
     result: Dict[str, Any] = {
@@ -124,15 +125,9 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
             result.update(task_name=task.name, num_layers=task.info.get("num_layers"), base_lr=task.info.get("lr"))
             result["lr"] = scale_initial_lr(module, job["lr_factor"])
             result["initial_val_loss"] = _initial_val_loss(module)
-            # non-finite training or validation loss: stop; a zoo task logs no other validation metric
-            recovers = job["method"] == "agent" and job["agent"].get("recover_on_spike", False)
-            # (an agent that recovers from spikes is not stopped on one: it rolls the run back itself)
-            curve = LearningCurve("val_loss", check_finite=not recovers, strict=False)
-            callbacks = [curve]  # first: it stops a diverged run before the agent decides on it
             if job["method"] == "agent":
                 from ganno_lightning.layerwise.agent import GANNOAgent
                 from ganno_lightning.layerwise.callback import GANNOCallback
-                from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR
 
                 agent = job["agent"]
                 if agent.get("schedule"):  # the user's own scheduler, which the agent then acts around
@@ -141,15 +136,20 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                                       decision_steps=agent.get("decision_steps"), scale_bounds=agent.get("scale_bounds"),
                                       min_change=agent.get("min_change", 1.0), prior=agent.get("prior"),
                                       prior_above=agent.get("prior_above"), lr_search=agent.get("lr_search"),
-                                      exploration=agent["exploration"], seed=job["seed"], recover_on_spike=recovers,
-                                      spike_factor=agent.get("spike_factor", DEFAULT_SPIKE_FACTOR))
-                callbacks.append(ganno)
+                                      exploration=agent["exploration"], seed=job["seed"],
+                                      recover_on_spike=agent.get("recover_on_spike"),
+                                      spike_factor=agent.get("spike_factor"))
             elif peer_name(job["method"]) is not None:
                 from ganno_lightning.agents.peers import with_peer
 
                 with_peer(module, peer_name(job["method"]), job["steps"])  # brings its own callback if it needs one
             else:
                 with_schedule(module, job["method"], job["steps"])
+            # non-finite training or validation loss: stop; a zoo task logs no other validation metric
+            # (an agent that recovers from spikes is not stopped on one: it rolls the run back itself)
+            curve = LearningCurve("val_loss", check_finite=not (ganno is not None and ganno.recover_on_spike),
+                                  strict=False)
+            callbacks = [curve, *([ganno] if ganno is not None else [])]  # the curve first: it stops a diverged run
             with tempfile.TemporaryDirectory(prefix="ganno_eval_") as root, warnings.catch_warnings():
                 # Advice and deprecations from Lightning's internals, identical for every run; a fresh
                 # `catch_warnings` per run would otherwise print them again each time.
@@ -175,6 +175,8 @@ def run_one(job: Dict[str, Any]) -> Dict[str, Any]:
                 result["curve"] = _scored(curve.curve)
     if ganno is not None and ganno.schedule is not None:
         result["schedule"] = ganno.schedule.state_dict()
+    if ganno is not None and ganno.recover_on_spike:
+        result["rollbacks"] = ganno.rollbacks
     if ganno is not None and ganno.lr_search_result is not None:
         result["lr_search"] = {"factor": ganno.lr_search_result.factor, "steps": ganno.lr_search.steps,
                                "scores": {f"{f:g}": score for f, score in ganno.lr_search_result.scores.items()}}

@@ -47,6 +47,7 @@ from ganno_lightning.layerwise.policy import (
 )
 from ganno_lightning.layerwise.lr_search import InitialLRSearch, check_lr_search
 from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_prior_above
+from ganno_lightning.layerwise.rollback import SpikeRule, check_spike_rule
 
 #: Version of the checkpoint layout; files from newer versions are refused with a clear message.
 #: Feed-forward agents are written as version 1 (readable by every release), recurrent ones as 2,
@@ -55,8 +56,9 @@ from ganno_lightning.layerwise.prior import DEFAULT_PRIOR, check_prior, check_pr
 #: agents with a factorised policy head as 4 (an older release cannot build that actor), and ensembles
 #: (:meth:`GANNOAgent.ensemble`) as 5, agents routed by fit length (:meth:`GANNOAgent.routed`) as 6, and
 #: agents whose prior acts in long fits only (``prior_above``) as 7: an older release would apply it in every fit;
-#: and agents that start each fit with an initial LR search (``lr_search``) as 8: an older release would skip it.
-FORMAT_VERSION = 8
+#: and agents that start each fit with an initial LR search (``lr_search``) as 8: an older release would skip it;
+#: and agents that recover from loss spikes (``recover_on_spike``) as 9: an older release would not roll back.
+FORMAT_VERSION = 9
 
 #: The agent that ships inside the package (produced by ``ganno-train``).
 DEFAULT_AGENT_PATH = Path(__file__).with_name("default_agent.pt")
@@ -101,6 +103,10 @@ class GANNOAgent:
         lr_search: The initial LR search deployed fits start with (an
             :class:`~ganno_lightning.layerwise.lr_search.InitialLRSearch` or a mapping of its fields), or
             ``None``; it plays no part in meta-training (the env's episodes start at their sampled LRs).
+        recover_on_spike: The spike rule deployed fits recover by (a
+            :class:`~ganno_lightning.layerwise.rollback.SpikeRule`, a mapping of its fields, or ``True`` for
+            its defaults), or ``None``: :class:`~ganno_lightning.layerwise.callback.GANNOCallback` then rolls
+            back to the last good decision on a loss spike unless told otherwise.
 
     Raises:
         AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).
@@ -136,6 +142,7 @@ class GANNOAgent:
         prior_above: int = 0,
         feature_names: str | Sequence[str] | None = None,
         lr_search: InitialLRSearch | Mapping[str, Any] | None = None,
+        recover_on_spike: SpikeRule | Mapping[str, Any] | bool | None = None,
     ) -> None:
         try:
             self.action_set = ActionSet(action_multipliers)
@@ -170,6 +177,7 @@ class GANNOAgent:
             self.prior = check_prior(prior)
             self.prior_above = check_prior_above(prior_above)
             self.lr_search = check_lr_search(lr_search)
+            self.recover_on_spike = check_spike_rule(recover_on_spike)
         except ValueError as err:
             raise AgentCheckpointError(str(err)) from None
         self.training_config = dict(training_config or {})
@@ -194,6 +202,7 @@ class GANNOAgent:
         policy_head: str = "categorical",
         layer_offset_factor: float = DEFAULT_LAYER_OFFSET_FACTOR,
         lr_search: InitialLRSearch | Mapping[str, Any] | None = None,
+        recover_on_spike: SpikeRule | Mapping[str, Any] | bool | None = None,
     ) -> GANNOAgent:
         """A fresh, untrained agent (the starting point of meta-training); ``recurrent_size > 0`` adds a GRU.
 
@@ -236,7 +245,8 @@ class GANNOAgent:
             init_identity(actor, action_multipliers.index(1.0), identity_prob)
         return cls(actor, ObservationNormalizer(num_features), action_multipliers=action_multipliers,
                    interval=interval, scale_bounds=scale_bounds, decision_steps=decision_steps, prior=prior,
-                   prior_above=prior_above, feature_names=feature_names, lr_search=lr_search)
+                   prior_above=prior_above, feature_names=feature_names, lr_search=lr_search,
+                   recover_on_spike=recover_on_spike)
 
     @classmethod
     def ensemble(cls, members: Sequence[GANNOAgent], sources: Sequence[str] | None = None) -> GANNOAgent:
@@ -280,7 +290,7 @@ class GANNOAgent:
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"ensemble": recorded},
                    decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
-                   lr_search=first.lr_search,
+                   lr_search=first.lr_search, recover_on_spike=first.recover_on_spike,
                    feature_names=first.feature_names)
 
     @classmethod
@@ -344,7 +354,7 @@ class GANNOAgent:
         return cls(actor, identity, action_multipliers=first.action_multipliers, interval=first.interval,
                    scale_bounds=first.scale_bounds, training_config={"routes": recorded},
                    decision_steps=first.decision_steps, prior=first.prior, prior_above=first.prior_above,
-                   lr_search=first.lr_search,
+                   lr_search=first.lr_search, recover_on_spike=first.recover_on_spike,
                    feature_names=names)
 
     # -- acting -------------------------------------------------------------------------------
@@ -477,7 +487,7 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (8 if self.lr_search is not None else 7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
+        version = (9 if self.recover_on_spike is not None else 8 if self.lr_search is not None else 7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
                    else 5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.
@@ -486,6 +496,8 @@ class GANNOAgent:
             timing["prior_above"] = self.prior_above
         if self.lr_search is not None:
             timing["lr_search"] = self.lr_search.to_dict()
+        if self.recover_on_spike is not None:
+            timing["recover_on_spike"] = self.recover_on_spike.to_dict()
         return {
             "format_version": version,
             "feature_names": list(self.feature_names),
@@ -595,7 +607,7 @@ class GANNOAgent:
                        # absent from files of earlier releases: every `interval` steps, no prior
                        decision_steps=checkpoint.get("decision_steps", ()), prior=checkpoint.get("prior", DEFAULT_PRIOR),
                        prior_above=checkpoint.get("prior_above", 0), feature_names=feature_names,
-                       lr_search=checkpoint.get("lr_search"))
+                       lr_search=checkpoint.get("lr_search"), recover_on_spike=checkpoint.get("recover_on_spike"))
         except AgentCheckpointError as err:
             raise AgentCheckpointError(f"{source}: {err}") from None
         except ValueError as err:
@@ -625,6 +637,8 @@ class GANNOAgent:
             timing += f", prior_above={self.prior_above}"
         if self.lr_search is not None:
             timing += f", lr_search={self.lr_search}"
+        if self.recover_on_spike is not None:
+            timing += f", recover_on_spike={self.recover_on_spike}"
         actor = self.actor.config
         if isinstance(self.actor, PolicyEnsemble):  # one line per member would drown the rest
             actor = f"ensemble of {len(actor['members'])}: {[m['policy'] for m in actor['members']]}"
@@ -636,7 +650,7 @@ class GANNOAgent:
 
 #: What agents combined into one (ensembled, routed) must share: they decide at the same steps, with the same actions.
 _ACTING_SETTINGS = ("action_multipliers", "interval", "scale_bounds", "decision_steps", "prior", "prior_above",
-                    "lr_search")
+                    "lr_search", "recover_on_spike")
 
 
 def _check_act_alike(agents: Sequence[GANNOAgent], sources: Sequence[str], what: str,

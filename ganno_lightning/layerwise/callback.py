@@ -36,7 +36,7 @@ from ganno_lightning.layerwise.lr_search import (
 )
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
-from ganno_lightning.layerwise.rollback import DEFAULT_SPIKE_FACTOR, DEFAULT_SPIKE_LR_CUT, check_spike_settings
+from ganno_lightning.layerwise.rollback import ROLLBACK_MEMORY, SpikeRule, check_spike_settings
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.rng import replayable
 
@@ -109,13 +109,16 @@ class GANNOCallback(Callback):
     (:attr:`GANNOAgent.trained_horizon`) gets a warning at its start: the agent's late decisions
     there are extrapolation.
 
-    ``recover_on_spike=True`` (off by default: it keeps one more copy of the weights and optimizer
-    state) recovers instead: at every decision whose interval went well the callback copies the
-    weights, buffers and optimizer state; when an interval's mean loss is non-finite or above
-    ``spike_factor`` times the lowest so far, it puts that copy back, multiplies every layer's LR
-    by ``spike_lr_cut``, warns once per fit and logs ``ganno/rollbacks``. The steps since the copy
-    are lost, the run is not. After a finite spike the agent still decides (on top of the cut);
-    after a non-finite one it waits for a finite interval.
+    ``recover_on_spike`` (the agent's own by default; the shipped agent's is on, with ``spike_factor=5``)
+    recovers instead: at every decision whose interval went well the callback copies the weights,
+    buffers and optimizer state; when an interval's mean loss is non-finite or above ``spike_factor``
+    times the lowest so far, it puts that copy back, multiplies every layer's LR by ``spike_lr_cut``,
+    warns once per fit and logs ``ganno/rollbacks``. The steps since the copy are lost, the run is
+    not. After a finite spike the agent still decides (on top of the cut); after a non-finite one it
+    waits for a finite interval. The copy is kept in host memory (``rollback_memory="host"``), so it
+    takes no accelerator memory: on a GPU it goes to pinned buffers on a side stream, overlapping the
+    next step, which waits for it on the GPU; ``"device"`` keeps it beside the weights instead (one
+    more copy of weights and optimizer state in accelerator memory, no transfers).
 
     During fit every layer has its own param group, named after the layer, so Lightning's
     :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs one series per layer:
@@ -171,15 +174,19 @@ class GANNOCallback(Callback):
         lr_search: Short trials at factors of your LR before the fit, which then starts at the best one:
             ``True`` (the defaults), an :class:`~ganno_lightning.layerwise.lr_search.InitialLRSearch`, a
             mapping of its fields, or ``False`` (none); ``None`` uses the agent's own.
-        recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes.
+        recover_on_spike: Roll back to the last good decision and cut every LR when the loss spikes;
+            ``None`` uses the agent's own (on when its file records a spike rule).
         spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so
-            far is a spike (> 1).
-        spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every LR by, in (0, 1).
+            far is a spike (> 1); ``None``: the agent's rule's, else 3.
+        spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every LR by, in (0, 1);
+            ``None``: the agent's rule's, else 0.5.
+        rollback_memory: With ``recover_on_spike``: where the copy is kept, ``"host"`` (default) or
+            ``"device"``.
 
     Raises:
         ValueError: If ``interval``, ``exploration``, ``min_change``, ``scale_bounds``, ``grad_samples``,
-            ``decision_steps``, ``prior``, ``prior_above``, ``lr_search``, ``spike_factor`` or ``spike_lr_cut``
-            are invalid.
+            ``decision_steps``, ``prior``, ``prior_above``, ``lr_search``, ``recover_on_spike``, ``spike_factor``,
+            ``spike_lr_cut`` or ``rollback_memory`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
             several optimizers under automatic optimization).
@@ -212,9 +219,10 @@ class GANNOCallback(Callback):
         prior: str | None = None,
         prior_above: int | None = None,
         lr_search: InitialLRSearch | bool | dict | None = None,
-        recover_on_spike: bool = False,
-        spike_factor: float = DEFAULT_SPIKE_FACTOR,
-        spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
+        recover_on_spike: bool | None = None,
+        spike_factor: float | None = None,
+        spike_lr_cut: float | None = None,
+        rollback_memory: str = "host",
     ) -> None:
         if interval not in (None, SCALED_INTERVAL) and (
                 not isinstance(interval, int) or isinstance(interval, bool) or interval <= 0):
@@ -222,10 +230,13 @@ class GANNOCallback(Callback):
                              f"the run's length) or None (the agent's own), got {interval!r}.")
         if not isinstance(grad_samples, int) or grad_samples <= 0:
             raise ValueError(f"`grad_samples` must be a positive int, got {grad_samples!r}.")
-        if not isinstance(recover_on_spike, bool):
-            raise ValueError(f"`recover_on_spike` must be True or False, got {recover_on_spike!r}.")
-        self.recover_on_spike = recover_on_spike
-        self.spike_factor, self.spike_lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
+        if recover_on_spike is not None and not isinstance(recover_on_spike, bool):
+            raise ValueError(f"`recover_on_spike` must be True, False or None (the agent's own), got "
+                             f"{recover_on_spike!r}.")
+        if rollback_memory not in ROLLBACK_MEMORY:
+            raise ValueError(f"`rollback_memory` must be one of {list(ROLLBACK_MEMORY)} (where the rollback's copy "
+                             f"of weights and optimizer state is kept), got {rollback_memory!r}.")
+        self.rollback_memory = rollback_memory
         if deterministic is not None:
             exploration = "mode" if deterministic else "random"
             rank_zero_deprecation(f"`deterministic={deterministic!r}` is deprecated; it now means "
@@ -263,8 +274,15 @@ class GANNOCallback(Callback):
         self._prior_is_agents_long_fit_aid = prior is None and prior_above is None and self.prior_above > 0
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.lr_search = check_lr_search(lr_search) if lr_search is not None else self.agent.lr_search
+        rule = self.agent.recover_on_spike or SpikeRule()  # the agent's own rule, else the defaults
+        self.recover_on_spike = recover_on_spike if recover_on_spike is not None else self.agent.recover_on_spike is not None
+        self.spike_factor, self.spike_lr_cut = check_spike_settings(
+            rule.spike_factor if spike_factor is None else spike_factor,
+            rule.spike_lr_cut if spike_lr_cut is None else spike_lr_cut)
         #: What the initial LR search of the current (or last) fit found; ``None`` when none ran.
         self.lr_search_result: LRSearchResult | None = None
+        #: Rollbacks after loss spikes in the current (or last) fit, as ``ganno/rollbacks`` logs them.
+        self.rollbacks = 0
         self.groups = groups
         self.val_loss_key = val_loss_key
         self.save_dir = None if save_dir is None else Path(save_dir)
@@ -305,6 +323,7 @@ class GANNOCallback(Callback):
         total_steps = _total_steps(trainer)
         self._warn_if_far_longer_than_training(total_steps)
         self.lr_search_result = None
+        self.rollbacks = 0
         if self.lr_search is not None:  # before the controller: the agent then starts from the chosen LR
             self._search_initial_lr(trainer, pl_module)
         if self._paced_to_run:
@@ -336,6 +355,7 @@ class GANNOCallback(Callback):
             recover_on_spike=self.recover_on_spike,
             spike_factor=self.spike_factor,
             spike_lr_cut=self.spike_lr_cut,
+            rollback_memory=self.rollback_memory,
         )
         if self.controller.prior.inactive_reason is not None:
             # A prior you asked for, or one the agent acts around in every fit, is worth a warning; one the agent
@@ -468,6 +488,7 @@ class GANNOCallback(Callback):
 
     def _report_rollback(self, trainer: Trainer) -> None:
         controller = self.controller
+        self.rollbacks = controller.rollback.rollbacks
         if not self._warned_rollback:
             self._warned_rollback = True
             rank_zero_warn(
@@ -477,7 +498,7 @@ class GANNOCallback(Callback):
                 f"back and every LR is cut by x{self.spike_lr_cut:g}. (Warned once per fit; `ganno/rollbacks` "
                 "counts them.)")
         for logger in trainer.loggers:
-            logger.log_metrics({"ganno/rollbacks": controller.rollback.rollbacks}, step=trainer.global_step)
+            logger.log_metrics({"ganno/rollbacks": self.rollbacks}, step=trainer.global_step)
 
     def _skip_nonfinite_interval(self, loss: float) -> None:
         end, steps = self.controller.step, self.controller.observer.interval_length

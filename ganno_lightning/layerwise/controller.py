@@ -66,6 +66,8 @@ class LayerwiseController:
             weights and optimizer state.
         spike_factor: With ``recover_on_spike``: an interval mean above this times the lowest so far spikes.
         spike_lr_cut: With ``recover_on_spike``: what a rollback multiplies every agent's scale by.
+        rollback_memory: With ``recover_on_spike``: where the copy lives, ``"host"`` or ``"device"`` (see
+            :class:`~ganno_lightning.layerwise.rollback.SpikeRollback`).
 
     Example::
 
@@ -105,6 +107,7 @@ class LayerwiseController:
         recover_on_spike: bool = False,
         spike_factor: float = DEFAULT_SPIKE_FACTOR,
         spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
+        rollback_memory: str = "host",
     ) -> None:
         self.action_set = ActionSet(action_multipliers)
         self.interval = interval
@@ -120,14 +123,16 @@ class LayerwiseController:
                                       feature_names=feature_names)
         self.lr = LayerwiseLR(optimizer, self.partition, scale_bounds=scale_bounds, lr_schedulers=lr_schedulers,
                               install_hooks=False)
-        # One pair of hooks for both: they run on every optimizer step, so they stay lean.
-        self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
+        self.rollback = (SpikeRollback(model, optimizer, spike_factor, spike_lr_cut, rollback_memory)
+                         if recover_on_spike else None)
+        # One pair of hooks for all: they run on every optimizer step, so they stay lean.
+        self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs if self.rollback is None else self._before_step,
+                                         post=self._after_step)
         self._next_decision = self.decision_steps.first
         self.observer.start_interval(self._next_decision)
         self._update_prior()
         self.schedule = LRSchedule(self.partition.names)
         self.schedule.record(0, self.lr.effective_lrs(), self.lr.scales)
-        self.rollback = SpikeRollback(model, optimizer, spike_factor, spike_lr_cut) if recover_on_spike else None
 
     @property
     def num_agents(self) -> int:
@@ -156,6 +161,10 @@ class LayerwiseController:
     def probe_due(self) -> bool:
         """Whether a decision is due before any update, so it needs a :meth:`probe` to observe."""
         return self.decision_due and self.observer.step == 0 and self.observer.steps_in_interval == 0
+
+    def _before_step(self) -> None:
+        self.rollback.before_step()  # the step changes what a host copy in flight is still reading
+        self.lr.scale_lrs()
 
     def _after_step(self) -> None:
         self.lr.unscale_lrs()

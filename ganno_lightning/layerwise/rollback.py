@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -31,6 +32,62 @@ def check_spike_settings(spike_factor: float, spike_lr_cut: float, prefix: str =
     return float(spike_factor), float(spike_lr_cut)
 
 
+#: Where a rollback keeps its copy: ``"host"`` (CPU memory; no accelerator memory) or ``"device"`` (beside the tensors).
+ROLLBACK_MEMORY = ("host", "device")
+
+
+@dataclass(frozen=True)
+class SpikeRule:
+    """The spike rule an agent file records for its deployed fits (``GANNOCallback(recover_on_spike=...)``).
+
+    Args:
+        spike_factor: An interval mean above this times the lowest so far is a spike (> 1).
+        spike_lr_cut: What a rollback multiplies every LR by, in (0, 1).
+
+    Raises:
+        ValueError: For a factor <= 1 or a cut outside (0, 1), naming the field.
+    """
+
+    spike_factor: float = DEFAULT_SPIKE_FACTOR
+    spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT
+
+    def __post_init__(self) -> None:
+        factor, cut = check_spike_settings(self.spike_factor, self.spike_lr_cut)
+        object.__setattr__(self, "spike_factor", factor)
+        object.__setattr__(self, "spike_lr_cut", cut)
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain values (what an agent file stores; :func:`check_spike_rule` reads them back)."""
+        return asdict(self)
+
+
+def check_spike_rule(value: Any, name: str = "recover_on_spike") -> SpikeRule | None:
+    """``value`` as a :class:`SpikeRule` (``True``: the defaults; a mapping: its fields), or ``None`` for off.
+
+    Example::
+
+        >>> check_spike_rule(True).spike_factor, check_spike_rule(False), check_spike_rule({"spike_factor": 5})
+        (3.0, None, SpikeRule(spike_factor=5.0, spike_lr_cut=0.5))
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return SpikeRule()
+    if isinstance(value, SpikeRule):
+        return value
+    names = [f.name for f in fields(SpikeRule)]
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes {', '.join(names)}.")
+        try:
+            return SpikeRule(**value)
+        except ValueError as err:
+            raise ValueError(f"`{name}`: {err}") from None
+    raise ValueError(f"`{name}` must be True, False/None, a SpikeRule or a mapping of its fields "
+                     f"({', '.join(names)}), got {value!r}.")
+
+
 class SpikeRollback:
     """The weights, buffers and optimizer state of the last good decision, put back after a spike.
 
@@ -46,13 +103,19 @@ class SpikeRollback:
     is accepted as the new normal (a loss that rises for good, not a blow-up); a non-finite loss is
     never accepted.
 
-    Memory: one more copy of the model's parameters, buffers and optimizer state, on their devices.
+    Memory: one more copy of the model's parameters, buffers and optimizer state: on their devices
+    (``memory="device"``), or in host memory (``"host"``, the default), where it costs no accelerator
+    memory. Host copies of CUDA tensors go to pinned buffers allocated once, on a side stream that
+    overlaps the next step's forward and backward; :meth:`before_step` (called before every optimizer
+    step) makes the step wait for them, on the GPU, not the host. Buffers (batch-norm statistics,
+    which a forward pass changes) are copied on the current stream.
 
     Args:
         model: The network; all its parameters and buffers are saved.
         optimizer: Its optimizer; the per-parameter state (moments, step counts) is saved.
         spike_factor: A loss above this times the lowest interval mean so far is a spike (> 1).
         spike_lr_cut: What the caller multiplies every LR by after a rollback, in (0, 1).
+        memory: Where the copy lives, one of :data:`ROLLBACK_MEMORY`.
 
     Example::
 
@@ -71,10 +134,16 @@ class SpikeRollback:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 spike_factor: float = DEFAULT_SPIKE_FACTOR, spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT) -> None:
+                 spike_factor: float = DEFAULT_SPIKE_FACTOR, spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
+                 memory: str = "host") -> None:
         self.spike_factor, self.lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
-        self._tensors = [*model.parameters(), *model.buffers()]
+        if memory not in ROLLBACK_MEMORY:
+            raise ValueError(f"`rollback_memory` must be one of {list(ROLLBACK_MEMORY)}, got {memory!r}.")
+        self.memory = memory
+        self._params = list(model.parameters())
+        self._buffers = list(model.buffers())
         self._optimizer = optimizer
+        self._host = _HostCopies() if memory == "host" else None
         self.lowest_loss = math.inf
         self.rollbacks = 0  # in this run
         self._in_a_row = 0
@@ -113,16 +182,45 @@ class SpikeRollback:
         self._save()
         return False
 
+    def before_step(self) -> None:
+        """Make the coming optimizer step wait for host copies still in flight (a no-op when none are)."""
+        if self._host is not None:
+            self._host.wait()
+
     @torch.no_grad()
     def _save(self) -> None:
-        self._saved_tensors = [t.detach().clone() for t in self._tensors]
-        self._saved_state = save_optimizer_state(self._optimizer)
+        if self._host is None:
+            self._saved_tensors = [t.detach().clone() for t in (*self._params, *self._buffers)]
+            self._saved_state = save_optimizer_state(self._optimizer)
+            return
+        state_tensors: list[Tensor] = []
+        self._saved_state = {}  # the layout, with a slot where each tensor's copy is
+        for p, state in self._optimizer.state.items():
+            self._saved_state[p] = {}
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    self._saved_state[p][key] = _Slot(len(state_tensors), value.device)
+                    state_tensors.append(value)
+                else:
+                    self._saved_state[p][key] = copy.deepcopy(value)
+        self._host.save("params", self._params, side_stream=True)  # changed only by the next optimizer step
+        self._host.save("state", state_tensors, side_stream=True)
+        self._host.save("buffers", self._buffers, side_stream=False)  # a forward pass may change them
 
     @torch.no_grad()
     def _restore(self) -> None:
-        for tensor, saved in zip(self._tensors, self._saved_tensors):
-            tensor.copy_(saved)
-        restore_optimizer_state(self._optimizer, self._saved_state)
+        if self._host is None:
+            for tensor, saved in zip((*self._params, *self._buffers), self._saved_tensors):
+                tensor.copy_(saved)
+            restore_optimizer_state(self._optimizer, self._saved_state)
+            return
+        self._host.wait()
+        self._host.restore("params", self._params)
+        self._host.restore("buffers", self._buffers)
+        self._optimizer.state.clear()  # a parameter without state when saved has none again
+        for p, state in self._saved_state.items():  # new tensors: the copies stay reusable
+            self._optimizer.state[p] = {k: self._host.restored("state", v) if isinstance(v, _Slot) else
+                                        copy.deepcopy(v) for k, v in state.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
@@ -167,3 +265,66 @@ def copied(value: Any, on_host: bool = False) -> Any:
     if isinstance(value, Tensor):
         return HostCopy(value.detach().to("cpu", copy=True), value.device) if on_host else value.detach().clone()
     return copy.deepcopy(value)
+
+
+
+class _Slot(NamedTuple):
+    """Where an optimizer state tensor's host copy is: its index among the saved tensors, and its device."""
+
+    index: int
+    device: torch.device
+
+
+class _HostCopies:
+    """Host-memory copies of lists of tensors, in buffers allocated once and reused (pinned for CUDA tensors).
+
+    CUDA tensors saved with ``side_stream`` are copied on a side stream that first waits for the
+    current one, so the copy overlaps what the current stream does next; :meth:`wait` makes the
+    current stream wait for those copies before anything may change their sources (on the GPU: the
+    host never blocks). Without ``side_stream`` copies are queued on the current stream itself.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, list[Tensor]] = {}
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._in_flight: set[torch.device] = set()
+
+    def save(self, name: str, tensors: list[Tensor], side_stream: bool) -> None:
+        buffers = self._buffers.setdefault(name, [])
+        del buffers[len(tensors):]
+        started: set[torch.device] = set()
+        for index, tensor in enumerate(tensors):
+            if index == len(buffers):
+                buffers.append(_host_buffer(tensor))
+            elif buffers[index].shape != tensor.shape or buffers[index].dtype != tensor.dtype:
+                buffers[index] = _host_buffer(tensor)
+            if not (tensor.is_cuda and side_stream):
+                buffers[index].copy_(tensor.detach(), non_blocking=tensor.is_cuda)
+                continue
+            stream = self._streams.get(tensor.device) or self._streams.setdefault(
+                tensor.device, torch.cuda.Stream(tensor.device))
+            if tensor.device not in started:  # copy the values as the current stream leaves them now
+                stream.wait_stream(torch.cuda.current_stream(tensor.device))
+                started.add(tensor.device)
+            with torch.cuda.stream(stream):
+                buffers[index].copy_(tensor.detach(), non_blocking=True)
+            tensor.record_stream(stream)  # an optimizer may replace a state tensor before the copy is done
+        self._in_flight |= started
+
+    def wait(self) -> None:
+        for device in self._in_flight:
+            torch.cuda.current_stream(device).wait_stream(self._streams[device])
+        self._in_flight.clear()
+
+    def restore(self, name: str, tensors: list[Tensor]) -> None:
+        """Copy the saved values back into ``tensors`` (queued on the current stream)."""
+        for tensor, buffer in zip(tensors, self._buffers[name]):
+            tensor.copy_(buffer, non_blocking=tensor.is_cuda)
+
+    def restored(self, name: str, slot: _Slot) -> Tensor:
+        """A new tensor on ``slot.device`` holding the saved value at ``slot.index``."""
+        return self._buffers[name][slot.index].to(slot.device, copy=True, non_blocking=slot.device.type == "cuda")
+
+
+def _host_buffer(tensor: Tensor) -> Tensor:
+    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)

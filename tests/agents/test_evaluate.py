@@ -195,7 +195,8 @@ def test_steps_to_target_is_the_first_check_at_or_below_the_target():
         ({}, ["agent.interval=stretched"], r"`agent\.interval` must be an int >= 1, 'scaled' .* got 'stretched'"),
         ({}, ["agent.interval=0"], r"`agent\.interval` must be an int >= 1.* got 0"),
         ({}, ["agent.decision_steps=[5,3]"], r"`agent\.decision_steps` must be 'none', 'front_loaded' or a list"),
-        ({}, ["agent.spike_factor=5"], r"`agent\.spike_factor` \(5\.0\) only acts with `agent\.recover_on_spike=true`"),
+        ({}, ["agent.recover_on_spike=false", "agent.spike_factor=5"],
+         r"`agent\.spike_factor` \(5\.0\) does not act with `agent\.recover_on_spike=false`"),
         ({}, ["agent.recover_on_spike=true", "agent.spike_factor=1"], r"`agent\.spike_factor` must be a number > 1 .*got 1"),
     ],
 )
@@ -642,10 +643,12 @@ def test_a_recovering_agents_spike_rule_comes_from_the_config(agent_file, monkey
     monkeypatch.setattr(GANNOCallback, "__init__", recorded)
     assert ev.run_one(job)["status"] == "ok"
     assert settings["recover_on_spike"] is True and settings["spike_factor"] == 5.0
+    assert ev.run_one(job)["rollbacks"] == 0  # recorded for every run that could roll back
     plain = next(j for j in ev.plan_runs(ev.load_config(SMOKE, [f"agent.path={agent_file}", "steps=20",
                                                                    "val_every=20", "seeds=[0]"]))
                  if j["method"] == "agent")
     assert "spike_factor" not in plain["agent"]  # unset, the runs keep the ids earlier evaluations stored
+    assert "recover_on_spike" not in plain["agent"]  # ... and the callback takes the agent's own
 
 
 @pytest.mark.parametrize("setting, bad, error", [

@@ -22,6 +22,7 @@ from ganno_lightning.envs.config import make_env
 from ganno_lightning.agents.imitation import CRITIC_PRIVILEGED_COLUMNS
 from ganno_lightning.layerwise.features import FEATURE_SETS
 from ganno_lightning.layerwise.lr_search import InitialLRSearch
+from ganno_lightning.layerwise.rollback import SpikeRule
 
 SMOKE = Path(__file__).parents[2] / "configs" / "ganno_smoke.yaml"
 
@@ -106,7 +107,8 @@ def test_deploy_settings_change_the_exported_file_but_not_the_training(tmp_path)
     base = ["run.wandb=false", "run.total_frames=32", "env.prior=cosine", "env.prior_above=600"]
     plain = GANNOAgent.load(train(SMOKE, [*base, f"run.out_dir={tmp_path / 'plain'}"]))
     deployed = GANNOAgent.load(train(SMOKE, [*base, f"run.out_dir={tmp_path / 'deployed'}", "deploy.prior_above=0",
-                                             "deploy.lr_search={steps: 5, factors: [1, 3], held_batches: 1}"]))
+                                             "deploy.lr_search={steps: 5, factors: [1, 3], held_batches: 1}",
+                                             "deploy.recover_on_spike={spike_factor: 5}"]))
     for name, weights in plain.actor.state_dict().items():
         assert torch.equal(weights, deployed.actor.state_dict()[name]), name
     assert torch.equal(plain.normalizer.mean, deployed.normalizer.mean)
@@ -115,10 +117,14 @@ def test_deploy_settings_change_the_exported_file_but_not_the_training(tmp_path)
     assert "deploy" not in plain.training_config  # a run without the section records what runs before it did
     assert (plain.prior_above, plain.lr_search) == (600, None)
     assert deployed.prior_above == 0 and deployed.lr_search == InitialLRSearch(5, (1.0, 3.0), 1)
+    assert deployed.recover_on_spike == SpikeRule(spike_factor=5.0) and plain.recover_on_spike is None
     assert deployed.training_config["deploy"] == {"prior_above": 0, "lr_search": {"steps": 5, "factors": [1, 3],
-                                                                                  "held_batches": 1}}
+                                                                                  "held_batches": 1},
+                                                  "recover_on_spike": {"spike_factor": 5}}
     with pytest.raises(ValueError, match=r"`deploy.lr_search`: `factors` must be distinct and include 1.0"):
         train(SMOKE, [*base, f"run.out_dir={tmp_path / 'bad'}", "deploy.lr_search={factors: [3]}"])
+    with pytest.raises(ValueError, match=r"`deploy.recover_on_spike`: `spike_factor` must be a number > 1"):
+        train(SMOKE, [*base, f"run.out_dir={tmp_path / 'bad'}", "deploy.recover_on_spike={spike_factor: 1}"])
 
 
 def test_an_anchor_keeps_a_continued_run_near_the_agent_it_started_from(tmp_path):

@@ -10,6 +10,7 @@ from helpers import BENCHMARKS
 from ganno_lightning import FEATURE_NAMES, AgentCheckpointError, GANNOAgent
 from ganno_lightning.layerwise import agent as agent_module
 from ganno_lightning.layerwise.agent import DEFAULT_AGENT_PATH, FORMAT_VERSION
+from ganno_lightning.layerwise.rollback import SpikeRule
 from ganno_lightning.layerwise.features import FEATURE_SETS
 
 
@@ -270,7 +271,7 @@ def test_a_prior_for_long_fits_round_trips_in_a_format_7_file(tmp_path):
     agent = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior="cosine", prior_above=600)
     checkpoint = torch.load(agent.save(tmp_path / "agent.pt"), weights_only=True)
     # an older release would read the prior and apply it in every fit: it must refuse the file
-    assert checkpoint["format_version"] == 7 < FORMAT_VERSION
+    assert checkpoint["format_version"] == 7
     assert (checkpoint["prior"], checkpoint["prior_above"]) == ("cosine", 600)
     loaded = GANNOAgent.load(tmp_path / "agent.pt")
     assert (loaded.prior, loaded.prior_above) == ("cosine", 600) and "prior_above=600" in repr(loaded)
@@ -278,6 +279,21 @@ def test_a_prior_for_long_fits_round_trips_in_a_format_7_file(tmp_path):
     assert everywhere["format_version"] == 3 and "prior_above" not in everywhere  # as earlier releases wrote it
     unbounded = GANNOAgent.create(hidden_sizes=(8,), seed=0, prior_above=600).to_checkpoint()  # no prior to bound
     assert unbounded["format_version"] == 1 and "prior_above" not in unbounded
+
+
+def test_a_spike_rule_round_trips_in_a_format_9_file_and_combined_agents_must_share_it(tmp_path):
+    agent = GANNOAgent.create(hidden_sizes=(8,), seed=0, recover_on_spike={"spike_factor": 5.0})
+    checkpoint = torch.load(agent.save(tmp_path / "agent.pt"), weights_only=True)
+    # an older release would deploy it without the rollback it was chosen with: it must refuse the file
+    assert checkpoint["format_version"] == 9 == FORMAT_VERSION
+    assert checkpoint["recover_on_spike"] == {"spike_factor": 5.0, "spike_lr_cut": 0.5}
+    loaded = GANNOAgent.load(tmp_path / "agent.pt")
+    assert loaded.recover_on_spike == SpikeRule(spike_factor=5.0) and "spike_factor=5.0" in repr(loaded)
+    assert "recover_on_spike" not in GANNOAgent.create(hidden_sizes=(8,), seed=0).to_checkpoint()
+    with pytest.raises(ValueError, match=r"member 1 has recover_on_spike=None"):
+        GANNOAgent.ensemble([agent, GANNOAgent.create(hidden_sizes=(8,), seed=1)])
+    with pytest.raises(AgentCheckpointError, match=r"`spike_factor` must be a number > 1"):
+        GANNOAgent.create(hidden_sizes=(8,), seed=0, recover_on_spike={"spike_factor": 1.0})
 
 
 def test_a_wide_action_set_alone_keeps_the_old_format(tmp_path):

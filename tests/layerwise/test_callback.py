@@ -765,5 +765,21 @@ def test_recover_on_spike_rolls_a_blown_up_run_back_and_cuts_its_lrs_until_it_tr
 def test_recover_on_spike_settings_are_checked():
     with pytest.raises(ValueError, match=r"`spike_lr_cut` must be in \(0, 1\)"):
         GANNOCallback(identity_agent(4), recover_on_spike=True, spike_lr_cut=0.0)
-    with pytest.raises(ValueError, match=r"`recover_on_spike` must be True or False, got 'yes'"):
+    with pytest.raises(ValueError, match=r"`recover_on_spike` must be True, False or None \(the agent's own\), got 'yes'"):
         GANNOCallback(identity_agent(4), recover_on_spike="yes")
+    with pytest.raises(ValueError, match=r"`rollback_memory` must be one of \['host', 'device'\] .*got 'gpu'"):
+        GANNOCallback(identity_agent(4), recover_on_spike=True, rollback_memory="gpu")
+
+
+def test_an_agents_own_spike_rule_is_the_default_and_each_argument_overrides_its_part():
+    agent = identity_agent(4, recover_on_spike={"spike_factor": 5.0})
+    own = GANNOCallback(agent)
+    assert (own.recover_on_spike, own.spike_factor, own.spike_lr_cut) == (True, 5.0, 0.5)
+    assert not GANNOCallback(agent, recover_on_spike=False).recover_on_spike
+    assert GANNOCallback(agent, spike_factor=4.0).spike_factor == 4.0
+    plain = GANNOCallback(identity_agent(4))  # no rule recorded: off, with the defaults when turned on
+    assert (plain.recover_on_spike, plain.spike_factor, plain.spike_lr_cut) == (False, 3.0, 0.5)
+    model = TinyRegressor(lr=5.0)  # explodes within the first interval, as above
+    with pytest.warns(UserWarning, match=r"spiked to"):
+        trainer(max_epochs=2, callbacks=[own]).fit(model)
+    assert own.schedule.lrs_of("net.0")[:3] == [5.0, 2.5, 1.25] and math.isfinite(model.losses[-1])

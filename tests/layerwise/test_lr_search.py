@@ -245,7 +245,7 @@ def test_an_agent_file_records_its_search_and_the_callback_uses_it(tmp_path):
     agent = identity_agent(4, lr_search=search)
     agent.save(tmp_path / "searching.pt")
     file = torch.load(tmp_path / "searching.pt", weights_only=True)
-    assert file["format_version"] == FORMAT_VERSION == 8 and file["lr_search"] == search.to_dict()
+    assert file["format_version"] == 8 and file["lr_search"] == search.to_dict()
     loaded = GANNOAgent.load(tmp_path / "searching.pt")
     assert loaded.lr_search == search and "lr_search=InitialLRSearch(steps=10" in repr(loaded)
     assert GANNOCallback(loaded).lr_search == search

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from ganno_lightning.layerwise.rollback import MAX_ROLLBACKS_IN_A_ROW, SpikeRollback
+from ganno_lightning.layerwise.rollback import MAX_ROLLBACKS_IN_A_ROW, SpikeRollback, SpikeRule, check_spike_rule
+
+MEMORY = pytest.mark.parametrize("memory", ["host", "device"])
 
 
 def adam_run():
@@ -26,9 +28,10 @@ def snapshot(model, optimizer):
             {i: {k: v.clone() for k, v in optimizer.state[p].items()} for i, p in enumerate(model.parameters())})
 
 
-def test_a_spike_puts_back_weights_buffers_and_optimizer_state_in_place():
+@MEMORY
+def test_a_spike_puts_back_weights_buffers_and_optimizer_state_in_place(memory):
     model, optimizer, steps = adam_run()
-    rollback = SpikeRollback(model, optimizer, spike_factor=3.0)
+    rollback = SpikeRollback(model, optimizer, spike_factor=3.0, memory=memory)
     steps(3)
     assert not rollback.check(1.0)  # a good interval: the rollback point
     saved_tensors, saved_state = snapshot(model, optimizer)
@@ -40,12 +43,16 @@ def test_a_spike_puts_back_weights_buffers_and_optimizer_state_in_place():
     assert all(torch.equal(state[i][k], saved_state[i][k]) for i in state for k in state[i])  # moments and step
     assert all(a is b for a, b in zip(model.parameters(), params))  # the optimizer's params, still the model's
     assert rollback.rollbacks == 1 and not rollback.check(2.9)
+    steps(2)
+    assert rollback.check(math.nan)  # the state restored by a rollback is a rollback point like any other
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer)[0], saved_tensors))
 
 
-def test_a_spike_in_the_first_interval_goes_back_to_before_any_update():
+@MEMORY
+def test_a_spike_in_the_first_interval_goes_back_to_before_any_update(memory):
     model, optimizer, steps = adam_run()
     initial, _ = snapshot(model, optimizer)
-    rollback = SpikeRollback(model, optimizer)
+    rollback = SpikeRollback(model, optimizer, memory=memory)
     steps(4)
     assert rollback.check(float("inf"))
     assert all(torch.equal(a, b) for a, b in zip(snapshot(model, optimizer)[0], initial))
@@ -65,8 +72,59 @@ def test_a_finite_level_that_keeps_spiking_becomes_the_new_normal_but_nan_never_
 @pytest.mark.parametrize("kwargs, match", [
     (dict(spike_factor=1.0), r"`spike_factor` must be a number > 1 .* got 1.0"),
     (dict(spike_lr_cut=1.5), r"`spike_lr_cut` must be in \(0, 1\) .* got 1.5"),
+    (dict(memory="gpu"), r"`rollback_memory` must be one of \['host', 'device'\], got 'gpu'"),
 ])
 def test_bad_settings_name_the_argument(kwargs, match):
     model, optimizer, _ = adam_run()
     with pytest.raises(ValueError, match=match):
         SpikeRollback(model, optimizer, **kwargs)
+
+
+def test_host_copies_reuse_their_buffers_from_one_decision_to_the_next():
+    model, optimizer, steps = adam_run()
+    rollback = SpikeRollback(model, optimizer)
+    steps(1)
+    rollback.check(1.0)  # the first save with optimizer state
+    pointers = [b.data_ptr() for name in ("params", "state") for b in rollback._host._buffers[name]]
+    steps(2)
+    rollback.check(1.0)
+    assert [b.data_ptr() for name in ("params", "state") for b in rollback._host._buffers[name]] == pointers
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_host_copies_take_no_device_memory_and_come_back_exactly():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.BatchNorm1d(1024), torch.nn.Linear(1024, 1)).cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def steps(n):
+        for _ in range(n):
+            loss = model(torch.randn(64, 256, device="cuda")).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            rollback.before_step()
+            optimizer.step()
+
+    rollback = SpikeRollback(model, optimizer)
+    steps(2)
+    before = torch.cuda.memory_allocated()
+    rollback.check(1.0)
+    assert torch.cuda.memory_allocated() == before  # the copy is in pinned host memory
+    saved_tensors, saved_state = snapshot(model, optimizer)
+    steps(3)
+    assert rollback.check(math.nan)
+    tensors, state = snapshot(model, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, saved_tensors))
+    assert all(torch.equal(state[i][k], saved_state[i][k]) for i in state for k in state[i])
+
+
+def test_a_spike_rule_reads_true_a_mapping_or_a_rule_and_names_what_is_wrong():
+    assert check_spike_rule(True) == SpikeRule() and check_spike_rule(None) is None and check_spike_rule(False) is None
+    assert check_spike_rule({"spike_factor": 5}) == SpikeRule(spike_factor=5.0)
+    assert check_spike_rule(SpikeRule(spike_factor=5.0).to_dict()) == SpikeRule(spike_factor=5.0)
+    with pytest.raises(ValueError, match=r"`deploy.recover_on_spike` has unknown keys \['factor'\]"):
+        check_spike_rule({"factor": 5}, "deploy.recover_on_spike")
+    with pytest.raises(ValueError, match=r"`deploy.recover_on_spike`: `spike_factor` must be a number > 1"):
+        check_spike_rule({"spike_factor": 0.5}, "deploy.recover_on_spike")
+    with pytest.raises(ValueError, match=r"`recover_on_spike` must be True, False/None, a SpikeRule or a mapping"):
+        check_spike_rule("yes")
