@@ -51,7 +51,12 @@ class WideMLP(L.LightningModule):
 
 
 class WindowTimer(L.Callback):
-    """Wall time of optimizer steps (start, start + length]: whole intervals, decisions included."""
+    """Wall time of optimizer steps (start, start + length]: whole intervals, decisions included.
+
+    ``WindowTimer.open`` is True inside the window, so the callback's own code is timed over the same steps.
+    """
+
+    open = False
 
     def __init__(self, start: int, length: int, sync):
         self.start, self.end, self.sync = start, start + length, sync
@@ -61,15 +66,18 @@ class WindowTimer(L.Callback):
         if trainer.global_step == self.start:
             self.sync()
             self._t0 = time.perf_counter()
+            WindowTimer.open = True
 
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.end:
             self.sync()
             self.seconds = time.perf_counter() - self._t0
+            WindowTimer.open = False
 
 
 def instrument(seconds: list[float]) -> None:
-    """Accumulate the wall time spent inside the controller's observe/apply/rollback and step hooks."""
+    """Accumulate the wall time spent inside the controller's observe/apply/rollback and step hooks, within the
+    timed window (the fit's start, its early decisions and the first rollback copy fall before it)."""
 
     def timed(fn):
         def wrapper(*args, **kwargs):
@@ -77,7 +85,8 @@ def instrument(seconds: list[float]) -> None:
             try:
                 return fn(*args, **kwargs)
             finally:
-                seconds[0] += time.perf_counter() - t0
+                if WindowTimer.open:
+                    seconds[0] += time.perf_counter() - t0
         return wrapper
 
     from ganno_lightning.layerwise import lr_control, observer, rollback

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU checks of ganno-lightning in one short run: about 7 minutes on one H200 (16 cores), at most
-# about 11 (every step stopped at its timeout).
+# GPU checks of ganno-lightning in one short run: about 8 minutes on one H200 (16 cores), at most
+# about 12.5 (every step stopped at its timeout).
 #
 #   1. environment: nvidia-smi -L, python/torch/CUDA/lightning/torchrl/tensordict versions, whether
 #      torchrl's C++ extension loads (it is built against another torch; ganno does not use it), and
@@ -11,6 +11,8 @@
 #   3. GANNOCallback's overhead on the GPU (benchmarks/callback_overhead.py, 10.5M-parameter MLP,
 #      Adam; target: under 1%), at batch 64 and 1024 -> $OUT/callback_overhead_cuda.md,
 #                                                       $OUT/callback_overhead_cuda_b1024.md
+#      (the shipped agent's rollback on: its copy goes to pinned host memory on a side stream), and at
+#      batch 64 with the rollback off, for its cost   -> $OUT/callback_overhead_cuda_no_rollback.md
 #      Then where its per-step cost comes from (benchmarks/gpu_overhead_breakdown.py: plain, split
 #      per layer with foreach or fused Adam, the whole callback)  -> $OUT/gpu_overhead_breakdown.md
 #   4. meta-training speed with the inner training on CPU vs on the GPU (`env.device`): one env per
@@ -133,6 +135,8 @@ if [[ -n $DEVICE ]]; then
     --out "$OUT/callback_overhead_cuda.md" || failed "3. callback overhead, batch 64" $?
   timeout -k 10 60 "$PY" benchmarks/callback_overhead.py --device "$DEVICE" "${CO_B1024_ARGS[@]}" \
     --out "$OUT/callback_overhead_cuda_b1024.md" || failed "3. callback overhead, batch 1024" $?
+  timeout -k 10 90 "$PY" benchmarks/callback_overhead.py --device "$DEVICE" "${CO_ARGS[@]}" --rollback off \
+    --out "$OUT/callback_overhead_cuda_no_rollback.md" || failed "3. callback overhead, no rollback" $?
   if [[ $DEVICE == cuda ]]; then BD_ARGS=(--budget 60); else BD_ARGS=(--quick); fi
   timeout -k 10 150 "${PYP[@]}" benchmarks/gpu_overhead_breakdown.py --device "$DEVICE" "${BD_ARGS[@]}" \
     --out "$OUT/gpu_overhead_breakdown.md" || failed "3. overhead breakdown" $?

@@ -267,7 +267,6 @@ def copied(value: Any, on_host: bool = False) -> Any:
     return copy.deepcopy(value)
 
 
-
 class _Slot(NamedTuple):
     """Where an optimizer state tensor's host copy is: its index among the saved tensors, and its device."""
 
@@ -301,8 +300,9 @@ class _HostCopies:
             if not (tensor.is_cuda and side_stream):
                 buffers[index].copy_(tensor.detach(), non_blocking=tensor.is_cuda)
                 continue
-            stream = self._streams.get(tensor.device) or self._streams.setdefault(
-                tensor.device, torch.cuda.Stream(tensor.device))
+            if tensor.device not in self._streams:
+                self._streams[tensor.device] = torch.cuda.Stream(tensor.device)
+            stream = self._streams[tensor.device]
             if tensor.device not in started:  # copy the values as the current stream leaves them now
                 stream.wait_stream(torch.cuda.current_stream(tensor.device))
                 started.add(tensor.device)
