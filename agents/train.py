@@ -144,7 +144,7 @@ class DeployConfig:
     # {steps, factors, held_batches}; null: none
     lr_search: Any = None
     # roll back to the last good decision on a loss spike (GANNOCallback's recover_on_spike): true (its defaults)
-    # or {spike_factor, spike_lr_cut}; null: off
+    # or {spike_factor, spike_lr_cut}; null: off in deployed fits (env.recover_on_spike is meta-training's own rule)
     recover_on_spike: Any = None
 
 
@@ -322,7 +322,8 @@ def start_from_agent(agent: GANNOAgent, normalizer_stats: RunningNormalizer, sou
                         for v in (getattr(initial, setting), getattr(agent, setting)))
         if theirs != ours:
             raise ValueError(f"`run.init_agent`: {source!r} has {setting}={theirs!r}, this config {ours!r}; "
-                             f"start from an agent trained with the same env settings, or set `run.init_agent: null`.")
+                             f"start from an agent trained with the same env settings (and `deploy.prior_above`), or set "
+                             f"`run.init_agent: null`.")
     columns = torch.tensor([agent.feature_names.index(name) for name in initial.feature_names])
     weights = _widened_actor_state(initial.actor.state_dict(), agent.actor.state_dict(), columns)
     try:

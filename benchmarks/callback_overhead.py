@@ -89,11 +89,10 @@ def instrument(seconds: list[float]) -> None:
                     seconds[0] += time.perf_counter() - t0
         return wrapper
 
-    from ganno_lightning.layerwise import lr_control, observer, rollback
+    from ganno_lightning.layerwise import lr_control, observer
 
     LayerwiseController.observe = timed(LayerwiseController.observe)
     LayerwiseController.recover_from_spike = timed(LayerwiseController.recover_from_spike)  # the rollback's copy
-    rollback.SpikeRollback.before_step = timed(rollback.SpikeRollback.before_step)
     LayerwiseController.apply = timed(LayerwiseController.apply)
     observer.LayerObserver.after_step = timed(observer.LayerObserver.after_step)
     observer.LayerObserver.record_loss = timed(observer.LayerObserver.record_loss)

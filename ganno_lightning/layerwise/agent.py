@@ -105,8 +105,8 @@ class GANNOAgent:
             ``None``; it plays no part in meta-training (the env's episodes start at their sampled LRs).
         recover_on_spike: The spike rule deployed fits recover by (a
             :class:`~ganno_lightning.layerwise.rollback.SpikeRule`, a mapping of its fields, or ``True`` for
-            its defaults), or ``None``: :class:`~ganno_lightning.layerwise.callback.GANNOCallback` then rolls
-            back to the last good decision on a loss spike unless told otherwise.
+            its defaults): :class:`~ganno_lightning.layerwise.callback.GANNOCallback` then rolls back to the
+            last good decision on a loss spike unless told otherwise; ``None``: no rollback.
 
     Raises:
         AgentCheckpointError: If the parts disagree (e.g. action count vs. actor outputs).
@@ -662,8 +662,8 @@ def _check_act_alike(agents: Sequence[GANNOAgent], sources: Sequence[str], what:
             if getattr(agent, setting) != getattr(first, setting):
                 raise ValueError(
                     f"{what} must act alike, but {source} has {setting}={getattr(agent, setting)!r} and "
-                    f"{sources[0]} has {getattr(first, setting)!r}. Combine agents trained with the same env and "
-                    "action settings.")
+                    f"{sources[0]} has {getattr(first, setting)!r}. Combine agents trained and exported with the "
+                    "same env, action and `deploy` settings.")
 
 
 _FIX_USER_FILE = ("Pass an agent file written by `GANNOAgent.save` (the `agent.pt` that `ganno-train` exports), "

@@ -115,10 +115,11 @@ class GANNOCallback(Callback):
     times the lowest so far, it puts that copy back, multiplies every layer's LR by ``spike_lr_cut``,
     warns once per fit and logs ``ganno/rollbacks``. The steps since the copy are lost, the run is
     not. After a finite spike the agent still decides (on top of the cut); after a non-finite one it
-    waits for a finite interval. The copy is kept in host memory (``rollback_memory="host"``), so it
-    takes no accelerator memory: on a GPU it goes to pinned buffers on a side stream, overlapping the
-    next step, which waits for it on the GPU; ``"device"`` keeps it beside the weights instead (one
-    more copy of weights and optimizer state in accelerator memory, no transfers).
+    waits for a finite interval. The copy is kept in host memory (``rollback_memory="host"``), so its
+    tensors take no accelerator memory: on a GPU it goes to pinned buffers, queued on the current
+    stream (the host never waits; the GPU spends the transfer's time once per decision);
+    ``"device"`` keeps it beside the weights instead (one more copy of weights and optimizer state in
+    accelerator memory, no transfers).
 
     During fit every layer has its own param group, named after the layer, so Lightning's
     :class:`~lightning.pytorch.callbacks.LearningRateMonitor` logs one series per layer:
@@ -276,12 +277,16 @@ class GANNOCallback(Callback):
         self.lr_search = check_lr_search(lr_search) if lr_search is not None else self.agent.lr_search
         rule = self.agent.recover_on_spike or SpikeRule()  # the agent's own rule, else the defaults
         self.recover_on_spike = recover_on_spike if recover_on_spike is not None else self.agent.recover_on_spike is not None
+        if not self.recover_on_spike and (spike_factor is not None or spike_lr_cut is not None):
+            rank_zero_warn("GANNOCallback: `spike_factor` and `spike_lr_cut` act only with the rollback on spikes, "
+                           "which is off here (`recover_on_spike=False`, or an agent whose file records no spike "
+                           "rule); pass `recover_on_spike=True` to turn it on.")
         self.spike_factor, self.spike_lr_cut = check_spike_settings(
             rule.spike_factor if spike_factor is None else spike_factor,
             rule.spike_lr_cut if spike_lr_cut is None else spike_lr_cut)
         #: What the initial LR search of the current (or last) fit found; ``None`` when none ran.
         self.lr_search_result: LRSearchResult | None = None
-        #: Rollbacks after loss spikes in the current (or last) fit, as ``ganno/rollbacks`` logs them.
+        #: Rollbacks after loss spikes in the current (or last) fit, a resumed one's included (``ganno/rollbacks``).
         self.rollbacks = 0
         self.groups = groups
         self.val_loss_key = val_loss_key
@@ -384,6 +389,8 @@ class GANNOCallback(Callback):
                                f"agent keeps {expected}: it was written by another agent; starting from a fresh one.")
                 self._policy_state = None
             self._loaded_state = None
+        if self.controller.rollback is not None:  # a resumed fit counts on from its checkpoint
+            self.rollbacks = self.controller.rollback.rollbacks
         # Decisions follow the trainer's optimizer steps, which include the steps a GradScaler
         # skips; the offset is where this controller's count started (a resumed fit without
         # GANNO state starts it at 0).

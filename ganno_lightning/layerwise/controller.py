@@ -125,9 +125,8 @@ class LayerwiseController:
                               install_hooks=False)
         self.rollback = (SpikeRollback(model, optimizer, spike_factor, spike_lr_cut, rollback_memory)
                          if recover_on_spike else None)
-        # One pair of hooks for all: they run on every optimizer step, so they stay lean.
-        self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs if self.rollback is None else self._before_step,
-                                         post=self._after_step)
+        # One pair of hooks for both: they run on every optimizer step, so they stay lean.
+        self._hooks = OutermostStepHooks(optimizer, pre=self.lr.scale_lrs, post=self._after_step)
         self._next_decision = self.decision_steps.first
         self.observer.start_interval(self._next_decision)
         self._update_prior()
@@ -161,10 +160,6 @@ class LayerwiseController:
     def probe_due(self) -> bool:
         """Whether a decision is due before any update, so it needs a :meth:`probe` to observe."""
         return self.decision_due and self.observer.step == 0 and self.observer.steps_in_interval == 0
-
-    def _before_step(self) -> None:
-        self.rollback.before_step()  # the step changes what a host copy in flight is still reading
-        self.lr.scale_lrs()
 
     def _after_step(self) -> None:
         self.lr.unscale_lrs()

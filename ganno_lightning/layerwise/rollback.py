@@ -38,7 +38,7 @@ ROLLBACK_MEMORY = ("host", "device")
 
 @dataclass(frozen=True)
 class SpikeRule:
-    """The spike rule an agent file records for its deployed fits (``GANNOCallback(recover_on_spike=...)``).
+    """The spike rule an agent file records for its deployed fits (:class:`GANNOCallback` applies it by default).
 
     Args:
         spike_factor: An interval mean above this times the lowest so far is a spike (> 1).
@@ -104,11 +104,12 @@ class SpikeRollback:
     never accepted.
 
     Memory: one more copy of the model's parameters, buffers and optimizer state: on their devices
-    (``memory="device"``), or in host memory (``"host"``, the default), where it costs no accelerator
-    memory. Host copies of CUDA tensors go to pinned buffers allocated once, on a side stream that
-    overlaps the next step's forward and backward; :meth:`before_step` (called before every optimizer
-    step) makes the step wait for them, on the GPU, not the host. Buffers (batch-norm statistics,
-    which a forward pass changes) are copied on the current stream.
+    (``memory="device"``), or in host memory (``"host"``, the default), where the tensors cost no
+    accelerator memory. Host copies of CUDA tensors go to pinned buffers allocated once (with the
+    tensors' strides), queued on the current stream: the host never waits for them, and whatever
+    changes the tensors next is queued after them. On the GPU they take the transfer's time (about
+    12 bytes per parameter for Adam at PCIe speed, once per decision). Optimizer state that is not a
+    tensor (LBFGS's lists of tensors) is deep-copied where it is, in both modes.
 
     Args:
         model: The network; all its parameters and buffers are saved.
@@ -138,7 +139,8 @@ class SpikeRollback:
                  memory: str = "host") -> None:
         self.spike_factor, self.lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
         if memory not in ROLLBACK_MEMORY:
-            raise ValueError(f"`rollback_memory` must be one of {list(ROLLBACK_MEMORY)}, got {memory!r}.")
+            raise ValueError(f"`memory` must be one of {list(ROLLBACK_MEMORY)} (where the copy of weights and "
+                             f"optimizer state is kept), got {memory!r}.")
         self.memory = memory
         self._params = list(model.parameters())
         self._buffers = list(model.buffers())
@@ -182,11 +184,6 @@ class SpikeRollback:
         self._save()
         return False
 
-    def before_step(self) -> None:
-        """Make the coming optimizer step wait for host copies still in flight (a no-op when none are)."""
-        if self._host is not None:
-            self._host.wait()
-
     @torch.no_grad()
     def _save(self) -> None:
         if self._host is None:
@@ -203,9 +200,9 @@ class SpikeRollback:
                     state_tensors.append(value)
                 else:
                     self._saved_state[p][key] = copy.deepcopy(value)
-        self._host.save("params", self._params, side_stream=True)  # changed only by the next optimizer step
-        self._host.save("state", state_tensors, side_stream=True)
-        self._host.save("buffers", self._buffers, side_stream=False)  # a forward pass may change them
+        self._host.save("params", self._params)
+        self._host.save("state", state_tensors)
+        self._host.save("buffers", self._buffers)
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -214,13 +211,17 @@ class SpikeRollback:
                 tensor.copy_(saved)
             restore_optimizer_state(self._optimizer, self._saved_state)
             return
-        self._host.wait()
         self._host.restore("params", self._params)
         self._host.restore("buffers", self._buffers)
-        self._optimizer.state.clear()  # a parameter without state when saved has none again
-        for p, state in self._saved_state.items():  # new tensors: the copies stay reusable
-            self._optimizer.state[p] = {k: self._host.restored("state", v) if isinstance(v, _Slot) else
-                                        copy.deepcopy(v) for k, v in state.items()}
+        for group in self._optimizer.param_groups:  # as restore_optimizer_state does with its copy
+            for p in group["params"]:
+                if p not in self._saved_state:  # no state yet when saved (before the first step)
+                    self._optimizer.state.pop(p, None)
+                    continue
+                current = self._optimizer.state.get(p, {})
+                self._optimizer.state[p] = {
+                    k: self._host.restored("state", v, current.get(k)) if isinstance(v, _Slot) else copy.deepcopy(v)
+                    for k, v in self._saved_state[p].items()}
 
     def state_dict(self) -> dict[str, Any]:
         """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
@@ -277,54 +278,49 @@ class _Slot(NamedTuple):
 class _HostCopies:
     """Host-memory copies of lists of tensors, in buffers allocated once and reused (pinned for CUDA tensors).
 
-    CUDA tensors saved with ``side_stream`` are copied on a side stream that first waits for the
-    current one, so the copy overlaps what the current stream does next; :meth:`wait` makes the
-    current stream wait for those copies before anything may change their sources (on the GPU: the
-    host never blocks). Without ``side_stream`` copies are queued on the current stream itself.
+    Copies of CUDA tensors are queued on the current stream (``non_blocking``): the host goes on at
+    once, and anything queued after them on that stream (the next step, a restore, the next save)
+    sees them done. Buffers keep their tensors' strides, so a restored tensor has its original layout.
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, list[Tensor]] = {}
-        self._streams: dict[torch.device, torch.cuda.Stream] = {}
-        self._in_flight: set[torch.device] = set()
 
-    def save(self, name: str, tensors: list[Tensor], side_stream: bool) -> None:
+    def save(self, name: str, tensors: list[Tensor]) -> None:
         buffers = self._buffers.setdefault(name, [])
         del buffers[len(tensors):]
-        started: set[torch.device] = set()
         for index, tensor in enumerate(tensors):
             if index == len(buffers):
                 buffers.append(_host_buffer(tensor))
-            elif buffers[index].shape != tensor.shape or buffers[index].dtype != tensor.dtype:
+            elif not _fits(buffers[index], tensor):
                 buffers[index] = _host_buffer(tensor)
-            if not (tensor.is_cuda and side_stream):
-                buffers[index].copy_(tensor.detach(), non_blocking=tensor.is_cuda)
-                continue
-            if tensor.device not in self._streams:
-                self._streams[tensor.device] = torch.cuda.Stream(tensor.device)
-            stream = self._streams[tensor.device]
-            if tensor.device not in started:  # copy the values as the current stream leaves them now
-                stream.wait_stream(torch.cuda.current_stream(tensor.device))
-                started.add(tensor.device)
-            with torch.cuda.stream(stream):
-                buffers[index].copy_(tensor.detach(), non_blocking=True)
-            tensor.record_stream(stream)  # an optimizer may replace a state tensor before the copy is done
-        self._in_flight |= started
-
-    def wait(self) -> None:
-        for device in self._in_flight:
-            torch.cuda.current_stream(device).wait_stream(self._streams[device])
-        self._in_flight.clear()
+            buffers[index].copy_(tensor.detach(), non_blocking=tensor.is_cuda)
 
     def restore(self, name: str, tensors: list[Tensor]) -> None:
-        """Copy the saved values back into ``tensors`` (queued on the current stream)."""
+        """Copy the saved values back into ``tensors``."""
         for tensor, buffer in zip(tensors, self._buffers[name]):
             tensor.copy_(buffer, non_blocking=tensor.is_cuda)
 
-    def restored(self, name: str, slot: _Slot) -> Tensor:
-        """A new tensor on ``slot.device`` holding the saved value at ``slot.index``."""
-        return self._buffers[name][slot.index].to(slot.device, copy=True, non_blocking=slot.device.type == "cuda")
+    def restored(self, name: str, slot: _Slot, current: Any = None) -> Tensor:
+        """The saved value at ``slot``: copied into ``current`` where it is a tensor of the same shape, dtype,
+        strides and device (an optimizer may hold on to its state tensors), else into a new tensor."""
+        buffer = self._buffers[name][slot.index]
+        if not (isinstance(current, Tensor) and current.device == slot.device and current.dtype == buffer.dtype
+                and current.shape == buffer.shape and current.stride() == buffer.stride()):
+            current = torch.empty_strided(buffer.shape, buffer.stride(), dtype=buffer.dtype, device=slot.device)
+        return current.copy_(buffer, non_blocking=slot.device.type == "cuda")
+
+
+def _fits(buffer: Tensor, tensor: Tensor) -> bool:
+    return (buffer.shape == tensor.shape and buffer.dtype == tensor.dtype and buffer.stride() == tensor.stride()
+            and buffer.is_pinned() == tensor.is_cuda)
 
 
 def _host_buffer(tensor: Tensor) -> Tensor:
-    return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+    try:
+        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+    except RuntimeError as err:  # pinned memory is a limited resource: say what to do instead
+        raise RuntimeError(
+            f"Could not allocate {tensor.numel() * tensor.element_size()} bytes of pinned host memory for the rollback "
+            f"copy ({err}). Pass `rollback_memory='device'` to keep the copy in accelerator memory, or "
+            "`recover_on_spike=False` to turn the rollback off.") from err

@@ -782,4 +782,7 @@ def test_an_agents_own_spike_rule_is_the_default_and_each_argument_overrides_its
     model = TinyRegressor(lr=5.0)  # explodes within the first interval, as above
     with pytest.warns(UserWarning, match=r"spiked to"):
         trainer(max_epochs=2, callbacks=[own]).fit(model)
-    assert own.schedule.lrs_of("net.0")[:3] == [5.0, 2.5, 1.25] and math.isfinite(model.losses[-1])
+    assert own.schedule.lrs_of("net.0")[:4] == [5.0, 2.5, 1.25, 0.625] and math.isfinite(model.losses[-1])
+    assert own.rollbacks == 3  # one per cut
+    with pytest.warns(UserWarning, match=r"`spike_factor` and `spike_lr_cut` act only with the rollback"):
+        GANNOCallback(identity_agent(4), spike_factor=5.0)

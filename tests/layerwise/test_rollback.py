@@ -40,6 +40,7 @@ def test_a_spike_puts_back_weights_buffers_and_optimizer_state_in_place(memory):
     assert rollback.check(3.5)  # above 3 x the lowest interval mean, 1.0
     tensors, state = snapshot(model, optimizer)
     assert all(torch.equal(a, b) for a, b in zip(tensors, saved_tensors))  # BatchNorm statistics too
+    assert {i: set(s) for i, s in state.items()} == {i: set(s) for i, s in saved_state.items()}
     assert all(torch.equal(state[i][k], saved_state[i][k]) for i in state for k in state[i])  # moments and step
     assert all(a is b for a, b in zip(model.parameters(), params))  # the optimizer's params, still the model's
     assert rollback.rollbacks == 1 and not rollback.check(2.9)
@@ -72,7 +73,7 @@ def test_a_finite_level_that_keeps_spiking_becomes_the_new_normal_but_nan_never_
 @pytest.mark.parametrize("kwargs, match", [
     (dict(spike_factor=1.0), r"`spike_factor` must be a number > 1 .* got 1.0"),
     (dict(spike_lr_cut=1.5), r"`spike_lr_cut` must be in \(0, 1\) .* got 1.5"),
-    (dict(memory="gpu"), r"`rollback_memory` must be one of \['host', 'device'\], got 'gpu'"),
+    (dict(memory="gpu"), r"`memory` must be one of \['host', 'device'\] .*got 'gpu'"),
 ])
 def test_bad_settings_name_the_argument(kwargs, match):
     model, optimizer, _ = adam_run()
@@ -102,7 +103,6 @@ def test_on_a_gpu_host_copies_take_no_device_memory_and_come_back_exactly():
             loss = model(torch.randn(64, 256, device="cuda")).pow(2).mean()
             optimizer.zero_grad()
             loss.backward()
-            rollback.before_step()
             optimizer.step()
 
     rollback = SpikeRollback(model, optimizer)
@@ -115,7 +115,32 @@ def test_on_a_gpu_host_copies_take_no_device_memory_and_come_back_exactly():
     assert rollback.check(math.nan)
     tensors, state = snapshot(model, optimizer)
     assert all(torch.equal(a, b) for a, b in zip(tensors, saved_tensors))
+    assert {i: set(s) for i, s in state.items()} == {i: set(s) for i, s in saved_state.items()}
     assert all(torch.equal(state[i][k], saved_state[i][k]) for i in state for k in state[i])
+    steps(1)  # and the optimizer (fused or foreach) steps on from the restored state
+
+
+@MEMORY
+def test_a_rollback_keeps_the_memory_layout_and_identity_of_optimizer_state(memory):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def step():
+        loss = model(torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    rollback = SpikeRollback(model, optimizer, memory=memory)
+    rollback.check(1.0)
+    saved = optimizer.state[model.weight]["exp_avg"].clone()
+    step()
+    assert rollback.check(math.nan)
+    restored = optimizer.state[model.weight]["exp_avg"]
+    assert torch.equal(restored, saved) and restored.stride() == model.weight.stride()  # still channels_last
+    step()
 
 
 def test_a_spike_rule_reads_true_a_mapping_or_a_rule_and_names_what_is_wrong():
