@@ -59,6 +59,44 @@ class WandbConfig:
     name: Optional[str] = None  # the run's name; null: W&B picks one (PBT: the summary run, default "population")
 
 
+SettingsT = TypeVar("SettingsT")
+
+
+def optional_settings(value: Any, cls: type[SettingsT], name: str, article: str = "a") -> SettingsT | None:
+    """``value`` as a ``cls`` (a dataclass of settings that can be off): ``True`` its defaults, a mapping its
+    fields, an instance itself, ``None``/``False`` off (``None``); anything else a ``ValueError`` naming ``name``.
+
+    Example::
+
+        >>> @dataclass(frozen=True)
+        ... class Search:
+        ...     steps: int = 50
+        >>> optional_settings(True, Search, "lr_search"), optional_settings({"steps": 5}, Search, "lr_search")
+        (Search(steps=50), Search(steps=5))
+        >>> optional_settings({"step": 5}, Search, "lr_search")
+        Traceback (most recent call last):
+        ...
+        ValueError: `lr_search` has unknown keys ['step']; it takes steps.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    names = [f.name for f in dataclasses.fields(cls)]
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes {', '.join(names)}.")
+        try:
+            return cls(**value)
+        except ValueError as err:
+            raise ValueError(f"`{name}`: {err}") from None
+    raise ValueError(f"`{name}` must be True, False/None, {article} {cls.__name__} or a mapping of its fields "
+                     f"({', '.join(names)}), got {value!r}.")
+
+
 def check_wandb(section: Any, key: str = "wandb") -> None:
     """Check a loaded :class:`WandbConfig` section: what its types cannot say.
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ganno_lightning.config import optional_settings
 from ganno_lightning.layerwise.rollback import copied, restore_optimizer_state, save_optimizer_state
 from ganno_lightning.rng import replayable
 
@@ -202,24 +203,10 @@ def check_lr_search(value: Any, name: str = "lr_search") -> InitialLRSearch | No
         >>> check_lr_search(True).factors, check_lr_search(False), check_lr_search({"steps": 20}).steps
         ((0.1, 0.3, 1.0, 3.0, 10.0), None, 20)
     """
-    if value is None or value is False:
-        return None
-    if value is True:
-        return InitialLRSearch()
-    if isinstance(value, InitialLRSearch):
-        return value
-    names = [f.name for f in fields(InitialLRSearch)]
-    if isinstance(value, Mapping):
-        unknown = set(value) - set(names)
-        if unknown:
-            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes {', '.join(names)}.")
-        try:
-            return InitialLRSearch(**{k: tuple(v) if k == "factors" and isinstance(v, Iterable) and not isinstance(v, str)
-                                      else v for k, v in value.items()})
-        except ValueError as err:
-            raise ValueError(f"`{name}`: {err}") from None
-    raise ValueError(f"`{name}` must be True, False/None, an InitialLRSearch or a mapping of its fields "
-                     f"({', '.join(names)}), got {value!r}.")
+    if isinstance(value, Mapping):  # factors from YAML come as a list
+        value = {k: tuple(v) if k == "factors" and isinstance(v, Iterable) and not isinstance(v, str) else v
+                 for k, v in value.items()}
+    return optional_settings(value, InitialLRSearch, name, article="an")
 
 
 def collect_batches(batches: Iterable[Any], held: int, train: int) -> tuple[list[Any], list[Any]]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from ganno_lightning.config import optional_settings
 
 #: Defaults of the spike rule: an interval mean above 3x the lowest so far; each rollback halves the LRs.
 DEFAULT_SPIKE_FACTOR = 3.0
@@ -69,23 +71,7 @@ def check_spike_rule(value: Any, name: str = "recover_on_spike") -> SpikeRule | 
         >>> check_spike_rule(True).spike_factor, check_spike_rule(False), check_spike_rule({"spike_factor": 5})
         (3.0, None, SpikeRule(spike_factor=5.0, spike_lr_cut=0.5))
     """
-    if value is None or value is False:
-        return None
-    if value is True:
-        return SpikeRule()
-    if isinstance(value, SpikeRule):
-        return value
-    names = [f.name for f in fields(SpikeRule)]
-    if isinstance(value, Mapping):
-        unknown = set(value) - set(names)
-        if unknown:
-            raise ValueError(f"`{name}` has unknown keys {sorted(unknown)}; it takes {', '.join(names)}.")
-        try:
-            return SpikeRule(**value)
-        except ValueError as err:
-            raise ValueError(f"`{name}`: {err}") from None
-    raise ValueError(f"`{name}` must be True, False/None, a SpikeRule or a mapping of its fields "
-                     f"({', '.join(names)}), got {value!r}.")
+    return optional_settings(value, SpikeRule, name)
 
 
 class SpikeRollback:
