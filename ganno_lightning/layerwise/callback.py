@@ -190,7 +190,7 @@ class GANNOCallback(Callback):
             ``spike_lr_cut`` or ``rollback_memory`` are invalid.
         AgentCheckpointError: If the agent file is missing, corrupt or incompatible.
         MisconfigurationException: At fit start, for manual optimization (Lightning itself refuses
-            several optimizers under automatic optimization).
+            several optimizers under automatic optimization) or torch's LBFGS (one param group only).
 
     Example::
 
@@ -317,6 +317,10 @@ class GANNOCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Built (and announced) here, with Lightning's other start-up lines: a line logged once the
         # sanity check's progress bar has drawn follows the bar on its line in a captured log.
+        if isinstance(trainer.optimizers[0], torch.optim.LBFGS):
+            raise MisconfigurationException(
+                "GANNOCallback gives every layer its own param group, and torch's LBFGS takes exactly one: "
+                "use another optimizer (SGD, Adam, ...) with GANNOCallback, or remove GANNOCallback.")
         in_optimizer = [p for group in trainer.optimizers[0].param_groups for p in group["params"]]
         self._partition = LayerPartition.from_module(pl_module, self.groups, params=in_optimizer)
         rank_zero_info(f"GANNOCallback controls {len(self._partition)} layers: {self._partition}")
@@ -407,10 +411,14 @@ class GANNOCallback(Callback):
             return
         search = self.lr_search
         held, train, scored_on = _search_batches(trainer, search)
-        result = search.run(
-            pl_module, trainer.optimizers[0],
-            lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch), 0),
-            train, held, reduce_fn=_mean_over_ranks(trainer))
+        try:
+            result = search.run(
+                pl_module, trainer.optimizers[0],
+                lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch), 0),
+                train, held, reduce_fn=_mean_over_ranks(trainer))
+        except Exception as err:  # the search is an aid: it undoes its trials and never stops your fit
+            result = LRSearchResult(1.0, reason=f"a trial raised {type(err).__name__}: {err} (pass `lr_search=False` "
+                                                "to skip the search)")
         self.lr_search_result = result
         if result.reason is not None:
             rank_zero_warn(f"GANNOCallback: no initial LR search: {result.reason}; the fit starts at your LR.")

@@ -178,13 +178,17 @@ class InitialLRSearch:
                train_batches: Sequence[Any], held_batches: Sequence[Any],
                reduce_fn: Callable[[Tensor], Tensor] | None, device: torch.device) -> float:
         for step in range(self.steps):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss = loss_of(train_batches[step % len(train_batches)])
-                if loss is None:
-                    continue
-                loss.backward()
-            optimizer.step()  # no host sync per step: a diverged trial shows in its held loss
+            batch = train_batches[step % len(train_batches)]
+
+            def closure(batch: Any = batch) -> Tensor | None:  # a closure, so LBFGS trains in the trials too
+                optimizer.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss = loss_of(batch)
+                    if loss is not None:  # a skipped batch leaves no gradients, so nothing moves
+                        loss.backward()
+                return loss
+
+            optimizer.step(closure)  # no host sync per step: a diverged trial shows in its held loss
         model.eval()
         losses = [loss.detach().float() for loss in map(loss_of, held_batches) if loss is not None]
         # a value on every rank, so every rank joins the reduction (inf: nothing to score here)

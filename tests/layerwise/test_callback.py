@@ -94,6 +94,15 @@ def test_manual_optimization_is_rejected_before_training():
         trainer(callbacks=[GANNOCallback(depth_agent())]).fit(Manual())
 
 
+def test_lbfgs_is_rejected_before_training():
+    class WithLBFGS(TinyRegressor):
+        def configure_optimizers(self):
+            return torch.optim.LBFGS(self.parameters(), lr=0.5)
+
+    with pytest.raises(MisconfigurationException, match="torch's LBFGS takes exactly one: use another optimizer"):
+        trainer(callbacks=[GANNOCallback(depth_agent())]).fit(WithLBFGS())
+
+
 def test_frozen_model_is_a_clear_error():
     model = TinyRegressor()
     for p in model.parameters():

@@ -126,6 +126,14 @@ def test_a_far_too_low_lr_is_raised_and_a_diverging_trial_is_never_chosen():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
+def test_an_optimizer_that_needs_a_closure_trains_in_the_trials():
+    model, _, batches, loss_of = _problem(1e-3)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    result = InitialLRSearch(steps=5, factors=(1.0, 3.0), held_batches=2).run(
+        model, optimizer, loss_of, batches[2:], batches[:2])
+    assert result.reason is None and all(math.isfinite(v) for v in result.scores.values())
+
+
 def test_no_batches_to_train_on_keeps_the_users_lr():
     model, optimizer, batches, loss_of = _problem(1e-3)
     result = InitialLRSearch().run(model, optimizer, loss_of, [], batches[:1])
@@ -212,6 +220,21 @@ def test_a_scheduler_of_yours_keeps_its_lrs_and_says_so(caplog):
         _fit(TinyRegressor(scheduler="lambda"), callback)
     assert callback.lr_search_result is None
     assert "no initial LR search: your optimizer has an LR scheduler" in caplog.text
+
+
+def test_a_trial_that_raises_leaves_the_fit_at_your_lr_with_a_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such batch")
+
+    monkeypatch.setattr(InitialLRSearch, "_trial", broken)
+    model = TinyRegressor(lr=0.01)
+    initial = [p.detach().clone() for p in model.parameters()]
+    callback = GANNOCallback(identity_agent(4), lr_search=True)
+    with pytest.warns(UserWarning, match=r"no initial LR search: a trial raised RuntimeError: no such batch .*"
+                                         r"`lr_search=False`.*the fit starts at your LR"):
+        trainer(max_steps=1, callbacks=[callback]).fit(model)
+    assert callback.lr_search_result.factor == 1.0 and callback.schedule.rows()[0][2] == pytest.approx(0.01)
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), initial))  # the fit itself trained
 
 
 def test_the_chosen_factor_is_logged_and_a_resumed_fit_does_not_search_again(tmp_path, caplog):
