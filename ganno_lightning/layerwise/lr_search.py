@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from ganno_lightning.config import optional_settings
-from ganno_lightning.layerwise.rollback import copied, restore_optimizer_state, save_optimizer_state
+from ganno_lightning.layerwise.rollback import TrainingStateCopy, copied
 from ganno_lightning.rng import replayable
 
 __all__ = ["DEFAULT_FACTORS", "InitialLRSearch", "LRSearchResult", "check_lr_search", "collect_batches"]
@@ -242,23 +242,19 @@ class _Snapshot:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
-        self.tensors = [*model.parameters(), *model.buffers()]
-        self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
+        self.weights_and_state = TrainingStateCopy(model, optimizer, memory="host")
         self.grads = [p.grad for p in model.parameters()]  # references: the trials set fresh ones
         self.modes = [(module, module.training) for module in model.modules()]
-        self.state = save_optimizer_state(optimizer, on_host=True)
         self.groups = [{k: copied(v, on_host=True) for k, v in group.items() if k != "params"}
                        for group in optimizer.param_groups]
 
     @torch.no_grad()
     def restore(self) -> None:
-        for tensor, saved in zip(self.tensors, self.saved):
-            tensor.copy_(saved)
+        self.weights_and_state.restore()
         for parameter, grad in zip(self.model.parameters(), self.grads):
             parameter.grad = grad
         for module, training in self.modes:
             module.training = training
-        restore_optimizer_state(self.optimizer, self.state)
         for group, saved in zip(self.optimizer.param_groups, self.groups):
             for key in [k for k in group if k != "params" and k not in saved]:  # added by a trial's steps
                 del group[key]

@@ -89,13 +89,10 @@ class SpikeRollback:
     is accepted as the new normal (a loss that rises for good, not a blow-up); a non-finite loss is
     never accepted.
 
-    Memory: one more copy of the model's parameters, buffers and optimizer state: on their devices
-    (``memory="device"``), or in host memory (``"host"``, the default), where the tensors cost no
-    accelerator memory. Host copies of CUDA tensors go to pinned buffers allocated once (with the
-    tensors' strides), queued on the current stream: the host never waits for them, and whatever
-    changes the tensors next is queued after them. On the GPU they take the transfer's time (about
-    12 bytes per parameter for Adam at PCIe speed, once per decision). Optimizer state that is not a
-    tensor (LBFGS's lists of tensors) is deep-copied where it is, in both modes.
+    Memory: one more copy of the model's parameters, buffers and optimizer state (a
+    :class:`TrainingStateCopy`): on their devices (``memory="device"``), or in host memory (``"host"``,
+    the default), where the tensors cost no accelerator memory; on a GPU the host copy takes the
+    transfer's time (about 12 bytes per parameter for Adam at PCIe speed, once per decision).
 
     Args:
         model: The network; all its parameters and buffers are saved.
@@ -128,15 +125,12 @@ class SpikeRollback:
             raise ValueError(f"`memory` must be one of {list(ROLLBACK_MEMORY)} (where the copy of weights and "
                              f"optimizer state is kept), got {memory!r}.")
         self.memory = memory
-        self._params = list(model.parameters())
-        self._buffers = list(model.buffers())
-        self._optimizer = optimizer
-        self._host = _HostCopies() if memory == "host" else None
+        # the state before any update: a first interval that blows up comes back here
+        self._copy = TrainingStateCopy(model, optimizer, memory)
         self.lowest_loss = math.inf
         self.rollbacks = 0  # in this run
         self._in_a_row = 0
         self._first_loss: Tensor | float | None = None
-        self._save()  # the state before any update: a first interval that blows up comes back here
 
     def record_first_loss(self, loss: Tensor | float) -> None:
         """The loss of the run's first step (kept as given: a device tensor is read at the next :meth:`check`)."""
@@ -159,7 +153,7 @@ class SpikeRollback:
             if math.isfinite(first):
                 self.lowest_loss = min(self.lowest_loss, first)
         if self.is_spike(loss) and (not math.isfinite(loss) or self._in_a_row < MAX_ROLLBACKS_IN_A_ROW):
-            self._restore()
+            self._copy.restore()
             self._in_a_row += 1
             self.rollbacks += 1
             return True
@@ -167,11 +161,50 @@ class SpikeRollback:
             self.lowest_loss = loss  # the accepted new level
         self.lowest_loss = min(self.lowest_loss, loss)
         self._in_a_row = 0
-        self._save()
+        self._copy.save()
         return False
 
+    def state_dict(self) -> dict[str, Any]:
+        """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
+        return {"lowest_loss": self.lowest_loss, "rollbacks": self.rollbacks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lowest_loss = float(state.get("lowest_loss", math.inf))
+        self.rollbacks = int(state.get("rollbacks", 0))
+        self._copy.save()  # the restored run's state is the rollback point
+
+
+class TrainingStateCopy:
+    """A copy of a model's parameters and buffers and its optimizer's per-parameter state, put back in place.
+
+    Parameters and buffers are copied back into themselves (they keep their identity, so optimizers,
+    DDP buckets and hooks stay valid); a parameter that had no optimizer state when saved has none
+    again. With ``memory="device"`` the copy is a clone beside each tensor; with ``"host"`` it is in
+    host buffers allocated at the first :meth:`save` and reused (pinned for CUDA tensors, with each
+    tensor's strides), copied on the current stream (:class:`_HostCopies`), and a restore writes
+    into the optimizer's own state tensors where their shape and layout still match. Optimizer state
+    that is not a tensor is deep-copied where it is.
+
+    Example::
+
+        >>> model = torch.nn.Linear(2, 1)
+        >>> copy_ = TrainingStateCopy(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> saved = model.weight.detach().clone()
+        >>> with torch.no_grad():
+        ...     _ = model.weight.add_(1.0)
+        >>> copy_.restore(); torch.equal(model.weight, saved)
+        True
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, memory: str = "host") -> None:
+        self._params = list(model.parameters())
+        self._buffers = list(model.buffers())
+        self._optimizer = optimizer
+        self._host = _HostCopies() if memory == "host" else None
+        self.save()
+
     @torch.no_grad()
-    def _save(self) -> None:
+    def save(self) -> None:
         if self._host is None:
             self._saved_tensors = [t.detach().clone() for t in (*self._params, *self._buffers)]
             self._saved_state = save_optimizer_state(self._optimizer)
@@ -191,7 +224,7 @@ class SpikeRollback:
         self._host.save("buffers", self._buffers)
 
     @torch.no_grad()
-    def _restore(self) -> None:
+    def restore(self) -> None:
         if self._host is None:
             for tensor, saved in zip((*self._params, *self._buffers), self._saved_tensors):
                 tensor.copy_(saved)
@@ -209,20 +242,11 @@ class SpikeRollback:
                     k: self._host.restored("state", v, current.get(k)) if isinstance(v, _Slot) else copy.deepcopy(v)
                     for k, v in self._saved_state[p].items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
-        return {"lowest_loss": self.lowest_loss, "rollbacks": self.rollbacks}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lowest_loss = float(state.get("lowest_loss", math.inf))
-        self.rollbacks = int(state.get("rollbacks", 0))
-        self._save()  # the restored run's state is the rollback point
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer, on_host: bool = False) -> dict[Tensor, dict[str, Any]]:
-    """A copy of ``optimizer``'s per-parameter state (moments, step counts), on their devices, or in host memory
-    with ``on_host`` (for a copy kept while something else needs the accelerator's memory)."""
-    return {p: {k: copied(v, on_host) for k, v in state.items()} for p, state in optimizer.state.items()}
+def save_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[Tensor, dict[str, Any]]:
+    """A copy of ``optimizer``'s per-parameter state (moments, step counts), on their devices."""
+    return {p: {k: copied(v) for k, v in state.items()} for p, state in optimizer.state.items()}
 
 
 @torch.no_grad()

@@ -86,10 +86,10 @@ def test_host_copies_reuse_their_buffers_from_one_decision_to_the_next():
     rollback = SpikeRollback(model, optimizer)
     steps(1)
     rollback.check(1.0)  # the first save with optimizer state
-    pointers = [b.data_ptr() for name in ("params", "state") for b in rollback._host._buffers[name]]
+    pointers = [b.data_ptr() for name in ("params", "state") for b in rollback._copy._host._buffers[name]]
     steps(2)
     rollback.check(1.0)
-    assert [b.data_ptr() for name in ("params", "state") for b in rollback._host._buffers[name]] == pointers
+    assert [b.data_ptr() for name in ("params", "state") for b in rollback._copy._host._buffers[name]] == pointers
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
