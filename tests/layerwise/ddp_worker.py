@@ -11,11 +11,14 @@ from ganno_lightning import GANNOAgent, GANNOCallback
 
 if __name__ == "__main__":
     out = sys.argv[1]
-    nan_on_rank_one = sys.argv[2:] == ["nan-on-rank-1"]  # rank 1 alone reports NaN losses on steps 2-5
+    # rank 1 alone reports NaN losses on steps 2-5 (and with "recover", both ranks roll back on them)
+    nan_on_rank_one = sys.argv[2] in ("nan-on-rank-1", "recover") if sys.argv[2:] else False
     # #18's options: a decision at step 0 from a probe (its backward runs through DDP) and a cosine prior
     options = dict(decision_steps=[0, 1], prior="cosine") if sys.argv[2:] == ["act-early"] else {}
     if sys.argv[2:] == ["lr-search"]:  # trials on every rank's own batches, scores averaged over ranks
         options = dict(lr_search={"steps": 3, "factors": [1, 3, 10], "held_batches": 1})
+    if sys.argv[2:] == ["recover"]:
+        options = dict(recover_on_spike=True)
     rank = int(os.environ.get("LOCAL_RANK", 0))
     # with act-early, also the LR probe: its trial update and forwards run on every rank, its losses are averaged
     features = "lr_probe" if "decision_steps" in options else None
@@ -29,6 +32,7 @@ if __name__ == "__main__":
         json.dump({"actions": callback.schedule.actions, "lrs": callback.schedule.lrs,
                    "observations": [o.tolist() for o in agent.observations],
                    "params": [p.detach().sum().item() for p in trainer.lightning_module.parameters()],
+                   "rollbacks": callback.rollbacks,
                    "lr_search": None if callback.lr_search_result is None else
                    {"factor": callback.lr_search_result.factor,
                     "scores": {f"{k:g}": v for k, v in callback.lr_search_result.scores.items()}}}, f)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,6 +38,14 @@ def test_a_nan_loss_on_one_rank_skips_the_same_decisions_on_every_rank(tmp_path)
     seen = run_workers(tmp_path, "nan-on-rank-1")
     assert len(seen[0]["actions"]) == 7  # the decisions after steps 2-3 and 4-5 are skipped: the mean loss is NaN
     assert seen[0]["actions"] == seen[1]["actions"] and seen[0]["lrs"] == seen[1]["lrs"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_a_nan_loss_on_one_rank_rolls_every_rank_back_alike(tmp_path):
+    seen = run_workers(tmp_path, "recover")
+    assert seen[0]["rollbacks"] == seen[1]["rollbacks"] == 2  # the intervals of steps 2-3 and 4-5, on both ranks
+    assert seen[0]["params"] == seen[1]["params"] and all(math.isfinite(p) for p in seen[0]["params"])
+    assert seen[0]["lrs"] == seen[1]["lrs"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
