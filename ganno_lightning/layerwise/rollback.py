@@ -166,11 +166,12 @@ class SpikeRollback:
 
     def state_dict(self) -> dict[str, Any]:
         """The spike rule's memory (not the saved tensors: a resumed run's first decision saves anew)."""
-        return {"lowest_loss": self.lowest_loss, "rollbacks": self.rollbacks}
+        return {"lowest_loss": self.lowest_loss, "rollbacks": self.rollbacks, "in_a_row": self._in_a_row}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lowest_loss = float(state.get("lowest_loss", math.inf))
         self.rollbacks = int(state.get("rollbacks", 0))
+        self._in_a_row = int(state.get("in_a_row", 0))  # a resumed series of rollbacks still ends at the cap
         self._copy.save()  # the restored run's state is the rollback point
 
 

@@ -70,6 +70,17 @@ def test_a_finite_level_that_keeps_spiking_becomes_the_new_normal_but_nan_never_
     assert all(rollback.check(math.nan) for _ in range(MAX_ROLLBACKS_IN_A_ROW + 2))
 
 
+def test_a_resumed_rule_remembers_its_lowest_loss_count_and_series():
+    model, optimizer, _ = adam_run()
+    rollback = SpikeRollback(model, optimizer, spike_factor=2.0)
+    rollback.check(1.0)
+    assert all(rollback.check(5.0) for _ in range(MAX_ROLLBACKS_IN_A_ROW - 1))
+    resumed = SpikeRollback(model, optimizer, spike_factor=2.0)
+    resumed.load_state_dict(rollback.state_dict())
+    assert (resumed.lowest_loss, resumed.rollbacks) == (1.0, MAX_ROLLBACKS_IN_A_ROW - 1)
+    assert [resumed.check(5.0), resumed.check(5.0)] == [True, False]  # the series ends at the cap, as it would have
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(spike_factor=1.0), r"`spike_factor` must be a number > 1 .* got 1.0"),
     (dict(spike_lr_cut=1.5), r"`spike_lr_cut` must be in \(0, 1\) .* got 1.5"),
