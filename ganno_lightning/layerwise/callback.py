@@ -36,7 +36,7 @@ from ganno_lightning.layerwise.lr_search import (
 )
 from ganno_lightning.layerwise.partition import GroupSpec, LayerPartition
 from ganno_lightning.layerwise.prior import check_prior, check_prior_above
-from ganno_lightning.layerwise.rollback import ROLLBACK_MEMORY, SpikeRule, check_spike_settings
+from ganno_lightning.layerwise.rollback import SpikeRule, check_rollback_memory, check_spike_settings
 from ganno_lightning.layerwise.schedule import LRSchedule
 from ganno_lightning.rng import replayable
 
@@ -234,10 +234,7 @@ class GANNOCallback(Callback):
         if recover_on_spike is not None and not isinstance(recover_on_spike, bool):
             raise ValueError(f"`recover_on_spike` must be True, False or None (the agent's own), got "
                              f"{recover_on_spike!r}.")
-        if rollback_memory not in ROLLBACK_MEMORY:
-            raise ValueError(f"`rollback_memory` must be one of {list(ROLLBACK_MEMORY)} (where the rollback's copy "
-                             f"of weights and optimizer state is kept), got {rollback_memory!r}.")
-        self.rollback_memory = rollback_memory
+        self.rollback_memory = check_rollback_memory(rollback_memory)
         if deterministic is not None:
             exploration = "mode" if deterministic else "random"
             rank_zero_deprecation(f"`deterministic={deterministic!r}` is deprecated; it now means "

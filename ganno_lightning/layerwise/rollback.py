@@ -38,6 +38,14 @@ def check_spike_settings(spike_factor: float, spike_lr_cut: float, prefix: str =
 ROLLBACK_MEMORY = ("host", "device")
 
 
+def check_rollback_memory(memory: Any, name: str = "rollback_memory") -> str:
+    """``memory`` if it is one of :data:`ROLLBACK_MEMORY`, else a ``ValueError`` naming ``name``."""
+    if memory not in ROLLBACK_MEMORY:
+        raise ValueError(f"`{name}` must be one of {list(ROLLBACK_MEMORY)} (where the copy of weights and optimizer "
+                         f"state is kept), got {memory!r}.")
+    return memory
+
+
 @dataclass(frozen=True)
 class SpikeRule:
     """The spike rule an agent file records for its deployed fits (:class:`GANNOCallback` applies it by default).
@@ -121,10 +129,7 @@ class SpikeRollback:
                  spike_factor: float = DEFAULT_SPIKE_FACTOR, spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
                  memory: str = "host") -> None:
         self.spike_factor, self.lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
-        if memory not in ROLLBACK_MEMORY:
-            raise ValueError(f"`memory` must be one of {list(ROLLBACK_MEMORY)} (where the copy of weights and "
-                             f"optimizer state is kept), got {memory!r}.")
-        self.memory = memory
+        self.memory = check_rollback_memory(memory, "memory")
         # the state before any update: a first interval that blows up comes back here
         self._copy = TrainingStateCopy(model, optimizer, memory)
         self.lowest_loss = math.inf
@@ -201,7 +206,7 @@ class TrainingStateCopy:
         self._params = list(model.parameters())
         self._buffers = list(model.buffers())
         self._optimizer = optimizer
-        self._host = _HostCopies() if memory == "host" else None
+        self._host = _HostCopies() if check_rollback_memory(memory, "memory") == "host" else None
         self.save()
 
     @torch.no_grad()
@@ -242,7 +247,6 @@ class TrainingStateCopy:
                 self._optimizer.state[p] = {
                     k: self._host.restored("state", v, current.get(k)) if isinstance(v, _Slot) else copy.deepcopy(v)
                     for k, v in self._saved_state[p].items()}
-
 
 
 def save_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[Tensor, dict[str, Any]]:
@@ -332,6 +336,7 @@ def _host_buffer(tensor: Tensor) -> Tensor:
         return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, pin_memory=tensor.is_cuda)
     except RuntimeError as err:  # pinned memory is a limited resource: say what to do instead
         raise RuntimeError(
-            f"Could not allocate {tensor.numel() * tensor.element_size()} bytes of pinned host memory for the rollback "
-            f"copy ({err}). Pass `rollback_memory='device'` to keep the copy in accelerator memory, or "
-            "`recover_on_spike=False` to turn the rollback off.") from err
+            f"Could not allocate {tensor.numel() * tensor.element_size()} bytes of pinned host memory for a copy of "
+            f"weights and optimizer state ({err}). For GANNOCallback's rollback pass `rollback_memory='device'` (the "
+            "copy in accelerator memory) or `recover_on_spike=False`; for its initial LR search, `lr_search=False`."
+            ) from err
