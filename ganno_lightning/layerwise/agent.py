@@ -487,7 +487,8 @@ class GANNOAgent:
 
     def to_checkpoint(self) -> dict[str, Any]:
         # The oldest format that holds this agent, so older releases read every file they can use.
-        version = (9 if self.recover_on_spike is not None else 8 if self.lr_search is not None else 7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
+        version = (9 if self.recover_on_spike is not None else 8 if self.lr_search is not None
+                   else 7 if self._prior_is_bounded else 6 if isinstance(self.actor, RunLengthRouter)
                    else 5 if isinstance(self.actor, PolicyEnsemble) else 4 if "factorised" in self.actor.config
                    else 3 if self._uses_timing_options else 2 if self.recurrent else 1)
         # Written only when set: a file without them is byte for byte what earlier releases wrote.

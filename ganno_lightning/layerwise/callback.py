@@ -273,7 +273,8 @@ class GANNOCallback(Callback):
         self.scale_bounds = check_scale_bounds(scale_bounds) if scale_bounds is not None else self.agent.scale_bounds
         self.lr_search = check_lr_search(lr_search) if lr_search is not None else self.agent.lr_search
         rule = self.agent.recover_on_spike or SpikeRule()  # the agent's own rule, else the defaults
-        self.recover_on_spike = recover_on_spike if recover_on_spike is not None else self.agent.recover_on_spike is not None
+        self.recover_on_spike = (recover_on_spike if recover_on_spike is not None
+                                 else self.agent.recover_on_spike is not None)
         if not self.recover_on_spike and (spike_factor is not None or spike_lr_cut is not None):
             rank_zero_warn("GANNOCallback: `spike_factor` and `spike_lr_cut` act only with the rollback on spikes, "
                            "which is off here (`recover_on_spike=False`, or an agent whose file records no spike "
