@@ -16,6 +16,10 @@ Before compressing, the metric is made *higher is better* and put on a common sc
   as "infinitely bad", and cannot dominate the GP's standardised targets.
 - Non-finite values (a diverged run's NaN or inf, whatever their sign) are replaced by the worst
   finite value after clipping.
+- Optionally (``log=True``), a positive metric is replaced by its logarithm first: a loss's good values
+  crowd near zero (0.06-0.09 on the digits task, against 0.3-2.3 for poor configurations), where equal
+  ratios should weigh alike. A metric with a finite value of zero or below cannot be logged; it is then
+  normalised as it is, with a warning.
 
 Deviations from the paper and its code (github.com/ntienvu/BOIL, ``curve_compression.py``):
 
@@ -43,6 +47,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +56,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["NormalisedCurves", "epoch_weights", "logistic_weights", "normalise_values"]
+
+_logger = logging.getLogger(__name__)
 
 #: Tukey's "far out" fence: how many interquartile ranges below the lower quartile a value may lie.
 FENCE = 3.0
@@ -81,12 +88,14 @@ def logistic_weights(positions: Tensor, m0: float | Tensor, g0: float | Tensor) 
     return torch.sigmoid(torch.as_tensor(g0, dtype=torch.float64) * (u - torch.as_tensor(m0, dtype=torch.float64)))
 
 
-def normalise_values(values: Tensor, mode: str) -> Tensor:
+def normalise_values(values: Tensor, mode: str, log: bool = False) -> Tensor:
     """Orient a flat tensor of metric values (higher is better) and normalise it robustly.
 
     Args:
         values: every observed metric value, as logged; may hold NaN or inf.
         mode: ``"min"`` when lower is better (losses), ``"max"`` when higher is (accuracies).
+        log: take the logarithm of the values first, when every finite one is positive (else warn and
+            use the values as they are).
 
     Returns:
         ``(v - median) / IQR`` of the oriented values (std, then 1, when the IQR is zero), the bad
@@ -103,6 +112,8 @@ def normalise_values(values: Tensor, mode: str) -> Tensor:
     """
     _check_mode(mode)
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if log:
+        v = _logged(v)
     v = -v if mode == "min" else v.clone()
     finite = torch.isfinite(v)
     if not finite.any():
@@ -120,6 +131,16 @@ def normalise_values(values: Tensor, mode: str) -> Tensor:
     floor = (q25 - FENCE * spread - median) / scale
     z = torch.where(finite, z.clamp_min(floor), z)
     return torch.where(finite, z, z[finite].min())
+
+
+def _logged(values: Tensor) -> Tensor:
+    """``log(values)`` (non-finite values stay non-finite), or ``values`` with a warning when a finite one is <= 0."""
+    finite = torch.isfinite(values)
+    if bool((values[finite] <= 0).any()):
+        _logger.warning("BOIL: the metric has values <= 0 (lowest %s) and cannot be logged: compressing it as it is. "
+                    "Use log_metric=False for a metric that can reach 0 or below.", float(values[finite].min()))
+        return values
+    return torch.where(finite, values.clamp_min(1e-300).log(), torch.full_like(values, math.nan))
 
 
 @dataclass(frozen=True)
@@ -140,13 +161,15 @@ class NormalisedCurves:
     lengths: Tensor
 
     @classmethod
-    def from_points(cls, curves: Sequence[Sequence[tuple[int, float]]], t_max: int, mode: str) -> NormalisedCurves:
+    def from_points(cls, curves: Sequence[Sequence[tuple[int, float]]], t_max: int, mode: str,
+                    log: bool = False) -> NormalisedCurves:
         """Normalise ``(epoch, metric)`` curves over all their points (see :func:`normalise_values`).
 
         Args:
             curves: one non-empty list of ``(epoch, metric)`` points per trial.
             t_max: the tuner's longest training in epochs; positions are ``epoch / t_max``.
             mode: ``"min"`` or ``"max"``: the direction in which the metric improves.
+            log: compress the logarithm of a positive metric (see :func:`normalise_values`).
 
         Raises:
             ValueError: if a curve is empty, ``t_max`` is not positive or ``mode`` is unknown.
@@ -158,7 +181,8 @@ class NormalisedCurves:
         if any(n == 0 for n in lengths):
             raise ValueError(f"every curve needs at least one point, got lengths {lengths}.")
         width = max(lengths, default=1)
-        flat = normalise_values(torch.tensor([float(v) for curve in curves for _, v in curve], dtype=torch.float64), mode)
+        flat = normalise_values(torch.tensor([float(v) for curve in curves for _, v in curve], dtype=torch.float64), mode,
+                                log)
         values = torch.zeros(len(curves), width, dtype=torch.float64)
         positions = torch.ones(len(curves), width, dtype=torch.float64)
         start = 0

@@ -137,6 +137,8 @@ class BOILCore:
         virtual_observations: add curve prefixes as extra GP observations (off: an ablation).
         learn_compression: learn ``(m0, g0)`` by marginal likelihood; off keeps ``m0`` and ``g0``
             fixed (an ablation).
+        log_metric: compress the logarithm of a positive metric (a loss), not the metric itself
+            (:mod:`~ganno_lightning.boil.compression`).
         m0: the compression midpoint (position ``epoch / t_max`` of half weight); the start when learned.
         g0: the compression growth; the start when learned.
         fixed_t: always train for ``t_max`` (an ablation: BO on final scores, no length trade-off).
@@ -191,6 +193,7 @@ class BOILCore:
         initial_random: int = 3,
         virtual_observations: bool = True,
         learn_compression: bool = True,
+        log_metric: bool = False,
         m0: float = 0.5,
         g0: float = 12.0,
         fixed_t: bool = False,
@@ -223,6 +226,7 @@ class BOILCore:
         if not _is_int(initial_random) or initial_random < 1:
             raise ValueError(f"`initial_random` must be a positive int (random trials before the GP), got {initial_random!r}.")
         for name, flag in (("virtual_observations", virtual_observations), ("learn_compression", learn_compression),
+                           ("log_metric", log_metric),
                            ("fixed_t", fixed_t), ("cost_cooling", cost_cooling), ("t_trend", t_trend),
                            ("t_persistence", t_persistence)):
             if not isinstance(flag, bool):
@@ -269,6 +273,7 @@ class BOILCore:
         self._full_fit_trials = 0  # trials with data at the last full (optimised) fit
         self.initial_random = initial_random
         self.learn_compression, self.fixed_t, self.cost_cooling = learn_compression, fixed_t, cost_cooling
+        self.log_metric = log_metric
         self.m0, self.g0 = float(m0), float(g0)
         self.virtual = (VirtualSettings(per_trial=max_virtual_per_trial, total=max_virtual_total,
                                         variance_threshold=float(virtual_variance_threshold))
@@ -355,7 +360,7 @@ class BOILCore:
     def _gp_inputs(self, data: Sequence[Observation]) -> tuple[Tensor, NormalisedCurves]:
         """The GP's configurations (unit cube) and normalised curves of trials with points."""
         x = torch.tensor([o.x for o in data], dtype=torch.float64).clamp(0.0, 1.0)
-        return x, NormalisedCurves.from_points([o.curve for o in data], self.t_max, self.mode)
+        return x, NormalisedCurves.from_points([o.curve for o in data], self.t_max, self.mode, self.log_metric)
 
     def _full_fit(self, x: Tensor, curves: NormalisedCurves, m0: float, g0: float,
                   previous: CurveGPFit | None = None) -> CurveGPFit:

@@ -35,6 +35,7 @@ class CoreConfig:
     initial_random: Optional[int] = None  # random trials (of t_max epochs) before the first model fit; null: 3
     virtual_observations: bool = True  # curve prefixes as extra observations where the model is unsure
     learn_compression: bool = True  # learn how a curve becomes one score (m0, g0) by marginal likelihood
+    log_metric: bool = False  # compress the logarithm of a positive metric (a loss), not the metric itself
     fixed_t: bool = False  # train every trial for the longest length (plain BO over curves: an ablation)
     cost_cooling: bool = False  # weigh cost less as the budget runs out
     t_trend: bool = True  # the model's prior mean rises with training length (off: a constant mean)

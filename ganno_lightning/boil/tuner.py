@@ -244,7 +244,7 @@ class BOILTuner:
         callback_kwargs: ``check_finite``, ``divergence_threshold``, ``divergence_factor`` of each
             trial's :class:`~ganno_lightning.boil.callback.BOILCallback`.
         **core_options: :class:`~ganno_lightning.boil.core.BOILCore`'s options: ``initial_random``,
-            ``virtual_observations``, ``learn_compression``, ``m0``, ``g0``, ``fixed_t``,
+            ``virtual_observations``, ``learn_compression``, ``log_metric``, ``m0``, ``g0``, ``fixed_t``,
             ``cost_cooling``, ``cost_unit`` (default: ``"epochs"`` with ``budget_epochs``, ``"seconds"``
             with ``budget_seconds``: the acquisition prices what the budget counts), ``t_floor``,
             ``max_overhead_share``, ``refit_every``, ``t_trend``, ``t_persistence``, ``gain``, ``recommend_kappa``,

@@ -105,3 +105,24 @@ def test_bad_arguments_name_themselves():
         NormalisedCurves.from_points([[(1, 0.5)]], t_max=0, mode="min")
     with pytest.raises(ValueError, match="at least one point"):
         NormalisedCurves.from_points([[(1, 0.5)], []], t_max=3, mode="min")
+
+
+def test_a_logged_metric_is_invariant_to_scaling_and_spreads_the_good_end():
+    losses = torch.tensor([0.06, 0.09, 0.3, 0.5, 2.3], dtype=torch.float64)
+    logged = normalise_values(losses, "min", log=True)
+    assert torch.allclose(normalise_values(1000.0 * losses, "min", log=True), logged)  # a scale is a shift of the log
+    assert torch.allclose(logged, normalise_values(losses.log(), "min"))
+    plain = normalise_values(losses, "min")
+    # the two best losses (a ratio of 1.5) lie further apart, relative to the whole spread, once logged
+    gap = lambda z: float((z[0] - z[1]) / (z.max() - z.min()))  # noqa: E731
+    assert gap(logged) > 2 * gap(plain)
+    curves = [[(1, 0.9), (2, 0.1)], [(1, 0.8), (2, math.nan)]]
+    scores = NormalisedCurves.from_points(curves, t_max=2, mode="min", log=True).scores(0.5, 12.0)
+    assert torch.isfinite(scores).all() and scores[0] > scores[1]  # a diverged point still reads as the worst
+
+
+def test_a_metric_at_or_below_zero_is_not_logged_and_says_so(caplog):
+    values = torch.tensor([0.0, 0.2, 0.5, 1.0], dtype=torch.float64)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(normalise_values(values, "min", log=True), normalise_values(values, "min"))
+    assert "cannot be logged" in caplog.text and "log_metric=False" in caplog.text

@@ -149,6 +149,23 @@ def test_ablations_no_virtual_observations_and_fixed_compression():
         [1 / (1 + math.exp(-5.0 * (e / T_MAX - 0.3))) for e in range(1, T_MAX + 1)])
 
 
+def test_log_metric_models_the_logarithm_of_the_losses():
+    generator = torch.Generator().manual_seed(0)
+    history = []
+    for x in ([0.1, 0.9], [0.5, 0.4], [0.8, 0.2], [0.3, 0.3]):
+        trial = train(x, 6, generator)
+        trial.curve = [(e, 0.05 + abs(v)) for e, v in trial.curve]  # positive losses
+        history.append(trial)
+    logged = [Observation(x=o.x, max_epochs=o.max_epochs, curve=[(e, math.log(v)) for e, v in o.curve],
+                          seconds=o.seconds) for o in history]
+    with_log = BOILCore(dims=2, t_max=T_MAX, seed=0, log_metric=True).suggest(history)
+    on_logs = BOILCore(dims=2, t_max=T_MAX, seed=0).suggest(logged)
+    plain = BOILCore(dims=2, t_max=T_MAX, seed=0).suggest(history)
+    assert with_log.x == pytest.approx(on_logs.x, abs=1e-6) and with_log.max_epochs == on_logs.max_epochs
+    assert with_log.info["incumbent"] == pytest.approx(on_logs.info["incumbent"], rel=1e-6)
+    assert with_log.info["incumbent"] != pytest.approx(plain.info["incumbent"], rel=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_posterior_mean_ranks_the_optimum_above_a_corner(mode):
     core = BOILCore(dims=2, t_max=T_MAX, seed=0, mode=mode)
@@ -181,7 +198,7 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
 @pytest.mark.parametrize(("kwargs", "name"), [
     ({"dims": 0}, "`dims`"), ({"t_max": 0}, "`t_max`"), ({"t_max": 5, "t_min": 6}, "`t_min`"), ({"mode": "best"}, "`mode`"),
     ({"seed": 1.5}, "`seed`"), ({"initial_random": 0}, "`initial_random`"), ({"m0": 2.0}, "`m0`"), ({"g0": 0.0}, "`g0`"),
-    ({"fixed_t": "yes"}, "`fixed_t`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
+    ({"fixed_t": "yes"}, "`fixed_t`"), ({"log_metric": "yes"}, "`log_metric`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
     ({"virtual_variance_threshold": -0.1}, "`virtual_variance_threshold`"), ({"num_restarts": 0}, "`num_restarts`"),
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
