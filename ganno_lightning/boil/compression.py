@@ -47,8 +47,8 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,8 +56,6 @@ import torch
 from torch import Tensor
 
 __all__ = ["NormalisedCurves", "epoch_weights", "logistic_weights", "normalise_values"]
-
-_logger = logging.getLogger(__name__)
 
 #: Tukey's "far out" fence: how many interquartile ranges below the lower quartile a value may lie.
 FENCE = 3.0
@@ -137,8 +135,10 @@ def _logged(values: Tensor) -> Tensor:
     """``log(values)`` (non-finite values stay non-finite), or ``values`` with a warning when a finite one is <= 0."""
     finite = torch.isfinite(values)
     if bool((values[finite] <= 0).any()):
-        _logger.warning("BOIL: the metric has values <= 0 (lowest %s) and cannot be logged: compressing it as it is. "
-                    "Use log_metric=False for a metric that can reach 0 or below.", float(values[finite].min()))
+        # a warning, not a log line: Python shows it once, where a study would log it at every fit
+        warnings.warn(f"BOIL: the metric has values <= 0 (lowest {float(values[finite].min())}) and cannot be logged: "
+                      "compressing it as it is. Use log_metric=False for a metric that can reach 0 or below.",
+                      RuntimeWarning, stacklevel=2)
         return values
     return torch.where(finite, values.clamp_min(1e-300).log(), torch.full_like(values, math.nan))
 
