@@ -181,8 +181,8 @@ class NormalisedCurves:
         if any(n == 0 for n in lengths):
             raise ValueError(f"every curve needs at least one point, got lengths {lengths}.")
         width = max(lengths, default=1)
-        flat = normalise_values(torch.tensor([float(v) for curve in curves for _, v in curve], dtype=torch.float64), mode,
-                                log)
+        metric = torch.tensor([float(v) for curve in curves for _, v in curve], dtype=torch.float64)
+        flat = normalise_values(metric, mode, log)
         values = torch.zeros(len(curves), width, dtype=torch.float64)
         positions = torch.ones(len(curves), width, dtype=torch.float64)
         start = 0

@@ -60,7 +60,8 @@ Deviations from the paper and its code (github.com/ntienvu/BOIL, ``boil.py``), e
   (:class:`~ganno_lightning.boil.model.PersistentLengthKernel`; the paper: the Matern/RBF factor alone).
 - ``log_metric`` (default False: the metric itself, as the issue asks): compress ``log`` of a positive
   metric. On the dev seeds 10-29 it won 45 of 60 paired studies against ASHA with TPE at half the budget
-  under the mean of 5 retrainings, the default 44 (``benchmarks/results/boil_log_metric_and_stopping_dev.md``; issue #19).
+  under the mean of 5 retrainings, the default 44
+  (``benchmarks/results/boil_log_metric_and_stopping_dev.md``; issue #19).
 - ``t_trend``: the GP's prior mean rises with ``t`` (:class:`~ganno_lightning.boil.model.LengthTrendMean`);
   see :mod:`~ganno_lightning.boil.model`.
 - :meth:`BOILCore.recommend`: the configuration to use is the tried one whose score the GP predicts
