@@ -140,7 +140,7 @@ def _logged(values: Tensor) -> Tensor:
                       "compressing it as it is. Use log_metric=False for a metric that can reach 0 or below.",
                       RuntimeWarning, stacklevel=2)
         return values
-    return torch.where(finite, values.clamp_min(1e-300).log(), torch.full_like(values, math.nan))
+    return values.log()  # every finite value is positive; NaN and +-inf stay non-finite
 
 
 @dataclass(frozen=True)
