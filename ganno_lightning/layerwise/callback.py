@@ -83,8 +83,8 @@ class GANNOCallback(Callback):
       meta-trained on short runs around a constant LR keeps that there, and anneals on long fits);
       where the agent's own long-fit prior cannot apply, a log line says so instead of a warning.
 
-    ``lr_search`` (the agent's own by default; the shipped agent's is on) sets the LR level the fit starts from (see
-    :mod:`~ganno_lightning.layerwise.lr_search`): before the first step, from the initial weights, a few
+    ``lr_search`` (the agent's own by default; the shipped agent's is on) sets the LR level the fit starts
+    from (see :mod:`~ganno_lightning.layerwise.lr_search`): before the first step, from the initial weights, a few
     optimizer steps at each of several factors of your LR (by default 0.1x to 10x), each
     scored by your ``training_step``'s loss on the first batches of your validation loader (without one, or with
     several training loaders, on the first training batches, which the trials then do not train on; the log line
@@ -95,8 +95,8 @@ class GANNOCallback(Callback):
     happen that often too, and metrics objects it updates count those batches; ``self.log`` calls are dropped; no
     gradient clipping, accumulation or GradScaler is applied in the trials, so fp16 mixed precision may underflow
     there), and a copy of the weights and optimizer state in host memory while it runs. A trial that raises is
-    undone and the fit starts at your LR, with a warning naming the error. It runs in this callback's ``on_train_start``, so before your
-    module's own ``on_train_start`` and ``on_train_epoch_start``. It is
+    undone and the fit starts at your LR, with a warning naming the error. It runs in this callback's
+    ``on_train_start``, so before your module's own ``on_train_start`` and ``on_train_epoch_start``. It is
     skipped with an LR scheduler of your own and when resuming from a checkpoint; the chosen factor is logged as
     ``ganno/lr_search_factor`` and kept in :attr:`lr_search_result`.
 

@@ -129,9 +129,9 @@ class SpikeRollback:
                  spike_factor: float = DEFAULT_SPIKE_FACTOR, spike_lr_cut: float = DEFAULT_SPIKE_LR_CUT,
                  memory: str = "host") -> None:
         self.spike_factor, self.lr_cut = check_spike_settings(spike_factor, spike_lr_cut)
-        self.memory = check_rollback_memory(memory, "memory")
-        # the state before any update: a first interval that blows up comes back here
+        # the state before any update: a first interval that blows up comes back here (the copy checks `memory`)
         self._copy = TrainingStateCopy(model, optimizer, memory)
+        self.memory = memory
         self.lowest_loss = math.inf
         self.rollbacks = 0  # in this run
         self._in_a_row = 0

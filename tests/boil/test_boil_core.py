@@ -198,7 +198,8 @@ def test_trials_without_points_are_ignored_and_diverged_ones_read_as_bad():
 @pytest.mark.parametrize(("kwargs", "name"), [
     ({"dims": 0}, "`dims`"), ({"t_max": 0}, "`t_max`"), ({"t_max": 5, "t_min": 6}, "`t_min`"), ({"mode": "best"}, "`mode`"),
     ({"seed": 1.5}, "`seed`"), ({"initial_random": 0}, "`initial_random`"), ({"m0": 2.0}, "`m0`"), ({"g0": 0.0}, "`g0`"),
-    ({"fixed_t": "yes"}, "`fixed_t`"), ({"log_metric": "yes"}, "`log_metric`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
+    ({"fixed_t": "yes"}, "`fixed_t`"),
+    ({"log_metric": "yes"}, "`log_metric`"), ({"max_virtual_total": -1}, "`max_virtual_total`"),
     ({"virtual_variance_threshold": -0.1}, "`virtual_variance_threshold`"), ({"num_restarts": 0}, "`num_restarts`"),
     ({"raw_samples": 2, "num_restarts": 4}, "`raw_samples`"), ({"fit_maxiter": 0}, "`fit_maxiter`"),
     ({"cost_unit": "dollars"}, "`cost_unit`"), ({"t_floor": 1.5}, "`t_floor`"), ({"refit_every": 0}, "`refit_every`"),
