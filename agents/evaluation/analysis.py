@@ -53,15 +53,47 @@ def method_names(schedules, peers=()) -> List[str]:
             *[peer_method(p) for p in peers]]
 
 
+#: The cosine at the LR a sweep on the task's *other* seeds picks (:func:`swept_factor`): what a user who
+#: ran the LR grid on a few seeds would then train with. Unlike ``cosine@tuned``, chosen without the loss it
+#: is scored on, so its shares on the targets say what a real LR sweep reaches.
+SWEPT_COSINE = "cosine@swept"
+
+
+def swept_factor(losses: Dict[float, List[float]], held: int) -> float:
+    """The grid factor an LR sweep on every seed but the ``held``-th picks.
+
+    Fewest non-finite losses on those seeds first, then the lowest mean log loss over their finite
+    ones; ties go to the first factor.
+
+    Args:
+        losses: per grid factor, the final validation loss of each seed (same seed order for every factor).
+        held: the index of the seed left out (the one the pick is scored on).
+
+    Example::
+
+        >>> swept_factor({1.0: [2.0, 1.0, 1.0], 3.0: [0.5, 2.0, 2.0]}, held=0)  # the others favour 1.0
+        1.0
+        >>> swept_factor({1.0: [2.0, 1.0, float("inf")], 3.0: [0.5, 2.0, 2.0]}, held=0)  # 1.0 diverged once
+        3.0
+    """
+    def score(factor: float) -> tuple:
+        others = [v for i, v in enumerate(losses[factor]) if i != held]
+        finite = [math.log(v) for v in others if math.isfinite(v) and v > 0]
+        return len(others) - len(finite), statistics.fmean(finite) if finite else math.inf
+
+    return min(losses, key=score)
+
+
 def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
             grids: Optional[Dict[str, List[float]]] = None) -> Dict[str, Any]:
     """Per condition, task and seed: every method's final val loss, accuracy and steps to target.
 
     ``<schedule>@tuned`` is, per task and seed, the grid factor with the lowest final val loss
-    (the first one on ties); ``constant@init_x<n>`` is the constant LR at ``n`` (one of
-    ``noise_factors``) times the condition's LR; ``peer:<name>`` is the peer's run from the
-    condition's LR, or its one run when it is LR-free; the target is ``target.factor`` times the
-    reference's final val loss.
+    (the first one on ties); ``cosine@swept`` (:data:`SWEPT_COSINE`; with the cosine schedule and two or
+    more seeds) the cosine at the grid factor the task's other seeds favour; ``constant@init_x<n>`` is the
+    constant LR at ``n`` (one of ``noise_factors``) times the condition's LR; ``peer:<name>`` is the peer's
+    run from the condition's LR, or its one run when it is LR-free; the target is ``target.factor`` times
+    the reference's final val loss.
     """
     grid = [float(f) for f in cfg.lr_grid]
     out: Dict[str, Any] = {}
@@ -69,6 +101,12 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
         per_task: Dict[str, Any] = {}
         for spec in task_specs(cfg, condition.deeper):
             per_seed = {}
+            swept: Dict[int, Dict[str, Any]] = {}
+            if "cosine" in cfg.schedules and len(cfg.seeds) > 1:
+                by_factor = {f: [runs[run_id(spec["id"], seed, "cosine", f)] for seed in cfg.seeds]
+                             for f in (grids or {}).get(grid_key(spec["id"], "cosine"), grid)}
+                losses = {f: [r["final_val_loss"] for r in rs] for f, rs in by_factor.items()}
+                swept = {seed: by_factor[swept_factor(losses, i)][i] for i, seed in enumerate(cfg.seeds)}
             for seed in cfg.seeds:
                 def get(method: str, factor: float) -> Dict[str, Any]:
                     return runs[run_id(spec["id"], seed, method, factor)]
@@ -79,6 +117,8 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
                 for s in cfg.schedules:
                     candidates = [get(s, f) for f in (grids or {}).get(grid_key(spec["id"], s), grid)]
                     chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
+                if swept:
+                    chosen[SWEPT_COSINE] = swept[seed]
                 for n in cfg.get("noise_factors", []):
                     chosen[noise_method(n)] = get("constant", condition.factor * n)
                 for p in cfg.peers:
@@ -297,7 +337,27 @@ def paired(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for condition, tasks in comparisons.items():
         methods = [m for m in method_names(cfg.schedules, cfg.peers) if m != "agent"]
+        methods += [SWEPT_COSINE] if has_method(tasks, SWEPT_COSINE) else []
         out[condition] = {method: _paired(cfg, tasks, method) for method in methods}
+    return out
+
+
+def has_method(tasks: Dict[str, Any], method: str) -> bool:
+    """Whether a condition's comparisons (``{task_id: task}``) score ``method`` on every task and seed."""
+    return all(method in seed["methods"] for task in tasks.values() for seed in task["seeds"].values())
+
+
+def yardsticks(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """The agent's targets scored for the tuned cosines in its place, by method name.
+
+    ``cosine@tuned`` picks its LR by the loss it is scored on (no method can beat it at its own grid
+    point); ``cosine@swept`` by the task's other seeds, as a real LR sweep would: its shares are what
+    tuning the LR reaches on these runs.
+    """
+    out = {}
+    for method in ("cosine@tuned", SWEPT_COSINE):
+        if all(has_method(tasks, method) for tasks in comparisons.values()):
+            out[method] = run_targets(cfg, comparisons, method)
     return out
 
 

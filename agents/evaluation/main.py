@@ -19,6 +19,7 @@ from ganno_lightning.agents.evaluation.analysis import (
     paired_by_family,
     run_targets,
     summarise,
+    yardsticks,
 )
 from ganno_lightning.agents.evaluation.config import (
     RUNS_FILE,
@@ -123,6 +124,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         "targets": targets,
         "run_targets": run_targets(cfg, comparisons),
         "noise_floor": noise_floor(cfg, comparisons),
+        "yardsticks": yardsticks(cfg, comparisons),
         "summary": summary,
         "paired": pairs,
         "paired_by_family": families,

@@ -10,15 +10,21 @@ from omegaconf import DictConfig
 from ganno_lightning.agents.evaluation.analysis import (
     FAR_FROM_BEST,
     LEARNED_SHARE,
+    SWEPT_COSINE,
     agent_wins,
     method_names,
     noise_floor,
     run_targets,
     task_value,
     unlearned_tasks,
+    yardsticks,
 )
 from ganno_lightning.agents.evaluation.plan import Condition, conditions_of, noise_method, peer_name
 from ganno_lightning.agents.peers import PEERS
+
+
+#: Column titles of the yardsticks scored on the agent's targets (``analysis.yardsticks``).
+YARDSTICK_TITLES = {"cosine@tuned": "tuned cosine", SWEPT_COSINE: "swept cosine"}
 
 
 def _fmt(value: Optional[float], digits: int = 4) -> str:
@@ -183,14 +189,16 @@ def write_report(cfg: DictConfig, path: Path, comparisons, summary, targets, run
         "Per run (task x seed; a start is too high or too low when it is at least "
         f"{FAR_FROM_BEST:g}x from the task's calibrated best LR). The column `tuned cosine` scores the tuned "
         "cosine (its LR picked per task and seed by the very loss it is scored on) in the agent's "
-        "place: a yardstick for the goals, which it too can miss."
+        "place: a yardstick for the goals, which it too can miss. The column `swept cosine` scores the cosine at "
+        "the grid LR the task's other seeds favour (fewest divergences, then the lowest mean log loss): what a "
+        "user's LR sweep on a few seeds delivers, chosen without the loss it is scored on."
         + (" The columns `constant@init_x<n>` score the constant LR at n times the run's LR (`noise_factors`): "
            "a change too small to matter, so what it beats or harms is chance, the floor under the agent's "
            "shares; `harm beyond noise` counts the agent's runs more than 2% worse than all of those constant LRs."
            if cfg.noise_factors else ""),
         "",
         run_targets_table(run_targets(cfg, comparisons), {
-            "tuned cosine": run_targets(cfg, comparisons, "cosine@tuned"),
+            **{YARDSTICK_TITLES[method]: rows for method, rows in yardsticks(cfg, comparisons).items()},
             **noise_floor(cfg, comparisons),
         }),
         "",

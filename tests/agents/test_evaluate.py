@@ -309,6 +309,11 @@ def test_smoke_metrics_follow_their_definitions(smoke):
                 # tuned = the grid LR with the lowest final val loss for this task and seed
                 grid = [runs[ev.run_id(task_id, int(seed), "cosine", f)]["final_val_loss"] for f in (1.0, 3.0)]
                 assert methods["cosine@tuned"]["final_val_loss"] == min(grid)
+                # swept = the grid LR the other seed (the smoke config has two) trained lowest
+                other = 1 - int(seed)
+                elsewhere = {f: runs[ev.run_id(task_id, other, "cosine", f)]["final_val_loss"] for f in (1.0, 3.0)}
+                assert methods["cosine@swept"]["run"] == ev.run_id(task_id, int(seed), "cosine",
+                                                                   min(elsewhere, key=elsewhere.get))
                 # the target is the constant-LR run's own final loss, so it reaches it by its last check
                 constant = runs[methods["constant@init"]["run"]]
                 assert entry["target"] == constant["final_val_loss"]
@@ -335,7 +340,7 @@ def test_smoke_pairs_the_agent_with_every_method_per_task_and_seed(smoke):
         assert row["ratio"] == pytest.approx(math.exp(sum(map(math.log, ratios)) / len(ratios)))
         assert row["interval"][0] <= row["ratio"] <= row["interval"][1]
         assert row["wins"] + row["ties"] + row["losses"] == row["pairs"] == 2
-    assert list(results["paired"]["init_lr_x1"]) == METHODS[1:]
+    assert list(results["paired"]["init_lr_x1"]) == [*METHODS[1:], "cosine@swept"]
     assert "| agent vs | loss ratio agent/method (95% CI) |" in (out / "report.md").read_text()
     # one family: its own comparison is the pooled one, against what a user runs and the targets' yardstick
     (family,) = results["paired_by_family"]["init_lr_x1"].items()
@@ -623,8 +628,30 @@ def test_noise_factors_add_constant_lr_runs_around_each_condition_and_a_report_c
     entry = results["comparisons"]["init_lr_x10"]["mlp_digits#0"]["seeds"]["0"]["methods"]["constant@init_x0.97"]
     assert entry["lr_factor"] == pytest.approx(9.7) and runs[entry["run"]]["method"] == "constant"
     assert set(results["noise_floor"]) == {"constant@init_x0.97"}
+    assert set(results["yardsticks"]) == {"cosine@tuned"}  # one seed: no other seed to sweep the LR on
     report = (tmp_path / "report.md").read_text()
     assert "| tuned cosine | constant@init_x0.97 |" in report and "(harm beyond noise)" in report
+
+
+def test_the_swept_cosine_is_scored_on_the_targets_beside_the_tuned_one(smoke):
+    out, _, _ = smoke
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["yardsticks"]) == ["cosine@tuned", "cosine@swept"]
+    swept = {(r["condition"], r["target"]): r["count"] for r in results["yardsticks"]["cosine@swept"]}
+    below = sum(s["methods"]["cosine@swept"]["final_val_loss"] < s["methods"]["constant@init"]["final_val_loss"]
+                for s in results["comparisons"]["init_lr_x1"]["mlp_digits#0"]["seeds"].values())
+    assert swept["init_lr_x1", "agent < constant LR"] == below
+    assert "| tuned cosine | swept cosine |" in (out / "report.md").read_text()
+
+
+def test_the_lr_sweep_is_chosen_on_the_other_seeds_and_shuns_divergence():
+    from ganno_lightning.agents.evaluation.analysis import swept_factor
+
+    losses = {0.3: [1.0, 4.0, 4.0, 4.0], 1.0: [9.0, 1.0, 1.0, 1.0], 3.0: [0.1, math.inf, 0.1, 0.1]}
+    # On its own loss seeds 0, 2 and 3 would pick 3.0. Swept on the others, 3.0 diverged on seed 1, so only
+    # seed 1 (left out) gets it; the rest get 1.0, whose mean log loss beats 0.3's even with seed 0's 9.0.
+    assert [swept_factor(losses, held) for held in range(4)] == [1.0, 3.0, 1.0, 1.0]
+    assert swept_factor({1.0: [math.inf, math.inf], 3.0: [math.inf, math.inf]}, 0) == 1.0  # all diverged: first
 
 
 def test_a_recovering_agents_spike_rule_comes_from_the_config(agent_file, monkeypatch):
