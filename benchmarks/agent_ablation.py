@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from report import write_report
 
-from ganno_lightning.agents.evaluation.analysis import run_targets
+from ganno_lightning.agents.evaluation.analysis import SWEPT_COSINE, run_targets
 from ganno_lightning.agents.evaluation.plan import noise_method
 
 CONDITION = "init_lr_x1"
@@ -94,7 +94,8 @@ def main(argv=None) -> None:
     parser.add_argument("--suite", default="dev", help="the suite the evaluations ran, named in the text")
     parser.add_argument("--note", default="", help="a paragraph under the title (how the agents were trained)")
     parser.add_argument("--yardsticks", metavar="FOLDER", help="a full results.json's folder: also score the "
-                        "baselines tuned per task and seed, and cosine from the user's LR, on the agent's targets; "
+                        "baselines tuned per task and seed, the cosine swept on the other seeds, and cosine from the "
+                        "user's LR, on the agent's targets; "
                         "where it was evaluated with noise_factors, also the nudged constant LRs (the noise floor), "
                         "and every agent's harm beyond that noise")
     args = parser.parse_args(argv)
@@ -113,7 +114,8 @@ def main(argv=None) -> None:
         evaluated = {method for task in floor["comparisons"][CONDITION].values()
                      for seed in task["seeds"].values() for method in seed["methods"]}
         yardsticks = {f"({method}, yardstick)": row_values(floor, method)  # those its evaluation ran
-                      for method in ("cosine@tuned", "warmup_cosine@tuned", "constant@tuned", "cosine@init")
+                      for method in ("cosine@tuned", SWEPT_COSINE, "warmup_cosine@tuned", "constant@tuned",
+                                     "cosine@init")
                       if method in evaluated}
         yardsticks.update({f"({method}, noise floor)": row_values(floor, method)
                            for method in map(noise_method, floor["config"].get("noise_factors") or [])})

@@ -790,5 +790,6 @@ def test_the_ablation_table_scores_only_the_yardsticks_an_evaluation_ran(smoke, 
         ablation.main(["--out", str(tmp_path / "table.md"), "--yardsticks", str(two), f"agent_s0={two}"])
     table = (tmp_path / "table.md").read_text()
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| (")]
-    assert rows == ["| (cosine@tuned, yardstick)", "| (constant@tuned, yardstick)", "| (cosine@init, yardstick)"]
+    assert rows == ["| (cosine@tuned, yardstick)", "| (cosine@swept, yardstick)", "| (constant@tuned, yardstick)",
+                    "| (cosine@init, yardstick)"]
     assert "| agent_s0 |" in table
