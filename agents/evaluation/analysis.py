@@ -350,9 +350,9 @@ def has_method(tasks: Dict[str, Any], method: str) -> bool:
 def yardsticks(cfg: DictConfig, comparisons: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
     """The agent's targets scored for the tuned cosines in its place, by method name.
 
-    ``cosine@tuned`` picks its LR by the loss it is scored on (no method can beat it at its own grid
-    point); ``cosine@swept`` by the task's other seeds, as a real LR sweep would: its shares are what
-    tuning the LR reaches on these runs.
+    ``cosine@tuned`` picks its LR by the loss it is scored on (an oracle: no other LR of its grid ends
+    lower on that seed); ``cosine@swept`` by the task's other seeds, as a real LR sweep would: its
+    shares are what tuning the LR reaches on these runs.
     """
     out = {}
     for method in ("cosine@tuned", SWEPT_COSINE):
