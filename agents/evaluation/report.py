@@ -285,7 +285,7 @@ def plot_loss_curves(cfg: DictConfig, condition: Condition, tasks: Dict[str, Any
     nudged = {noise_method(n) for n in cfg.noise_factors}
     for ax, (task_id, task) in zip(axes.flat, tasks.items()):
         for method, entry in task["seeds"][seed]["methods"].items():
-            if method in nudged:
+            if method in nudged or method == SWEPT_COSINE:  # the swept cosine is one of the grid's cosine runs
                 continue
             curve = runs[entry["run"]]["curve"]
             points = [(s, v) for s, v in curve if math.isfinite(v)]
