@@ -101,10 +101,14 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
         per_task: Dict[str, Any] = {}
         for spec in task_specs(cfg, condition.deeper):
             per_seed = {}
+
+            def grid_of(schedule: str) -> List[float]:
+                return (grids or {}).get(grid_key(spec["id"], schedule), grid)
+
             swept: Dict[int, Dict[str, Any]] = {}
             if "cosine" in cfg.schedules and len(cfg.seeds) > 1:
                 by_factor = {f: [runs[run_id(spec["id"], seed, "cosine", f)] for seed in cfg.seeds]
-                             for f in (grids or {}).get(grid_key(spec["id"], "cosine"), grid)}
+                             for f in grid_of("cosine")}
                 losses = {f: [r["final_val_loss"] for r in rs] for f, rs in by_factor.items()}
                 swept = {seed: by_factor[swept_factor(losses, i)][i] for i, seed in enumerate(cfg.seeds)}
             for seed in cfg.seeds:
@@ -115,7 +119,7 @@ def compare(cfg: DictConfig, runs: Dict[str, Dict[str, Any]],
                 for s in cfg.schedules:
                     chosen[f"{s}@init"] = get(s, condition.factor)
                 for s in cfg.schedules:
-                    candidates = [get(s, f) for f in (grids or {}).get(grid_key(spec["id"], s), grid)]
+                    candidates = [get(s, f) for f in grid_of(s)]
                     chosen[f"{s}@tuned"] = min(candidates, key=lambda r: r["final_val_loss"])
                 if swept:
                     chosen[SWEPT_COSINE] = swept[seed]
