@@ -10,10 +10,11 @@ Example::
 
     from ganno_lightning.boil import BOILTuner
 
-    tuner = BOILTuner("ganno_lightning.examples.digits:digits_task",
-                      space={"lr": {"low": 1e-3, "high": 0.3, "log": True}, "batch_size": {"choices": [32, 64, 128]}},
-                      epochs=(1, 20), budget_epochs=100, study_dir="runs/boil")
-    result = tuner.run()
+    if __name__ == "__main__":  # trials train in spawned processes that import this script
+        tuner = BOILTuner("ganno_lightning.examples.digits:digits_task",
+                          space={"lr": {"low": 1e-3, "high": 0.3, "log": True}, "batch_size": {"choices": [32, 64, 128]}},
+                          epochs=(1, 20), budget_epochs=100, study_dir="runs/boil")
+        result = tuner.run()
 """
 
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ".observations": ["Observation", "Suggestion", "TRIAL_STATES"],
     ".core": ["BOILCore"],
     ".store": ["BOILStore", "CurvePoint", "TrialRecord"],
-    ".tuner": ["BOILResult", "BOILTrial", "BOILTuner"],
+    ".tuner": ["BOILResult", "BOILTrial", "BOILTuner", "TrialFailuresError"],
     ".callback": ["BOILCallback"],
     ".report": ["write_report"],
     ".ray_tune": ["BOILSearcher"],
@@ -37,4 +38,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from ganno_lightning.boil.ray_tune import BOILSearcher
     from ganno_lightning.boil.report import write_report
     from ganno_lightning.boil.store import BOILStore, CurvePoint, TrialRecord
-    from ganno_lightning.boil.tuner import BOILResult, BOILTrial, BOILTuner
+    from ganno_lightning.boil.tuner import BOILResult, BOILTrial, BOILTuner, TrialFailuresError

@@ -72,6 +72,7 @@ class BOILConfig:
     threads_per_worker: int = 1  # torch threads per trial
     seed: int = 0  # seeds the core and every trial's initial weights
     check_task: bool = True  # one-batch fit first: is `monitor` logged?
+    max_failures_in_a_row: int = 3  # stop when this many trials in a row fail before training an epoch
     divergence_factor: Optional[float] = None  # also stop a trial whose training loss exceeds this x its first
     trainer: dict[str, Any] = field(default_factory=dict)  # other lightning.Trainer arguments (not its length)
     core: CoreConfig = field(default_factory=CoreConfig)  # BOIL's own options
@@ -114,6 +115,7 @@ def make_tuner(config: DictConfig, progress: bool = True) -> Any:
         threads_per_worker=config.threads_per_worker,
         check_task=False,  # main() runs it as part of the checks
         progress=progress,
+        max_failures_in_a_row=config.max_failures_in_a_row,
         callback_kwargs=callback,
         **core,
     )
@@ -132,7 +134,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             tuner.dry_run()
     except (ValueError, OSError) as err:
         cli.error(str(err))
-    result = tuner.run()
+    from ganno_lightning.boil.tuner import TrialFailuresError
+
+    try:
+        result = tuner.run()
+    except TrialFailuresError as err:
+        cli.error(str(err))
     summary = result.to_dict()
     if config.report:
         from ganno_lightning.boil.report import write_report

@@ -31,7 +31,7 @@ from ganno_lightning.tuning.space import (
     values_to_unit,
 )
 
-__all__ = ["BOILResult", "BOILTrial", "BOILTuner", "build_task", "make_core", "run_trial"]
+__all__ = ["BOILResult", "BOILTrial", "BOILTuner", "TrialFailuresError", "build_task", "make_core", "run_trial"]
 
 #: Trainer arguments BOIL sets per trial (the length it chose): never the user's.
 _LENGTH_ARGUMENTS = ("max_epochs", "max_steps", "max_time", "min_epochs", "min_steps")
@@ -185,6 +185,10 @@ def _trial_trainer(max_epochs: int, callbacks: Sequence[Any], trainer_kwargs: Ma
     return Trainer(max_epochs=max_epochs, callbacks=[*user_callbacks, *callbacks], **kwargs)
 
 
+class TrialFailuresError(RuntimeError):
+    """``BOILTuner.run()`` stopped because its trials kept failing before training an epoch."""
+
+
 def run_trial(job: dict[str, Any]) -> dict[str, Any]:
     """Train one committed trial (a :class:`~ganno_lightning.trials.pool.JobPool` job; module level to pickle).
 
@@ -241,6 +245,9 @@ class BOILTuner:
         check_task: before the first trial, build the task and fit one batch to check that
             ``monitor`` is logged.
         progress: print a line per finished trial on stderr.
+        max_failures_in_a_row: ``run()`` stops, with an error naming the last failure, after this
+            many trials in a row failed or died without training an epoch (they spend no budget,
+            so a broken task would otherwise be retried forever).
         callback_kwargs: ``check_finite``, ``divergence_threshold``, ``divergence_factor`` of each
             trial's :class:`~ganno_lightning.boil.callback.BOILCallback`.
         **core_options: :class:`~ganno_lightning.boil.core.BOILCore`'s options: ``initial_random``,
@@ -262,13 +269,14 @@ class BOILTuner:
 
         from ganno_lightning.boil import BOILTuner
 
-        tuner = BOILTuner(
-            "ganno_lightning.examples.digits:digits_task",
-            space={"lr": {"low": 1e-3, "high": 0.3, "log": True}, "batch_size": {"choices": [32, 64, 128]}},
-            monitor="val_loss", epochs=(1, 20), budget_epochs=100, study_dir="runs/boil", workers=2,
-        )
-        result = tuner.run()
-        result.best_values, result.best_value, result.best_curve
+        if __name__ == "__main__":  # the workers are spawned processes that import this script
+            tuner = BOILTuner(
+                "ganno_lightning.examples.digits:digits_task",
+                space={"lr": {"low": 1e-3, "high": 0.3, "log": True}, "batch_size": {"choices": [32, 64, 128]}},
+                monitor="val_loss", epochs=(1, 20), budget_epochs=100, study_dir="runs/boil", workers=2,
+            )
+            result = tuner.run()
+            print(result.best_values, result.best_value, result.best_curve)
     """
 
     def __init__(
@@ -288,6 +296,7 @@ class BOILTuner:
         threads_per_worker: int = 1,
         check_task: bool = True,
         progress: bool = False,
+        max_failures_in_a_row: int = 3,
         callback_kwargs: Optional[Mapping[str, Any]] = None,
         **core_options: Any,
     ) -> None:
@@ -309,8 +318,9 @@ class BOILTuner:
         for name, value in (("workers", workers), ("seed", seed)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
-        if isinstance(threads_per_worker, bool) or not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(f"`threads_per_worker` must be a positive int, got {threads_per_worker!r}.")
+        for name, value in (("threads_per_worker", threads_per_worker), ("max_failures_in_a_row", max_failures_in_a_row)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         self.trainer_kwargs = dict(trainer_kwargs or {})
         for key in _LENGTH_ARGUMENTS:
             if key in self.trainer_kwargs:
@@ -330,6 +340,8 @@ class BOILTuner:
         self.monitor, self.mode, self.seed = monitor, mode, seed
         self.workers, self.threads_per_worker = workers, threads_per_worker
         self.check_task, self.progress = bool(check_task), bool(progress)
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self._failures_in_a_row: list[TrialRecord] = []  # in this run(): the trials that failed since one trained
         self.core_options = dict(core_options)
         self.core = self._make_core()
         self.store = BOILStore(study_dir)  # PermissionError naming `study_dir`
@@ -499,7 +511,8 @@ class BOILTuner:
         """Build the task at the middle of the space and fit one batch: ``monitor`` must be logged.
 
         Raises:
-            ValueError: ``monitor`` is never logged (naming what is), or the task cannot be built.
+            ValueError: ``monitor`` is never logged (naming what is), the task cannot be built, the
+                Trainer refuses ``trainer_kwargs``, or the one-batch fit raises.
         """
         from ganno_lightning.trials.trainer import quiet_run
 
@@ -508,10 +521,23 @@ class BOILTuner:
         kwargs = dict(self.trainer_kwargs)
         kwargs.update(limit_train_batches=1, limit_val_batches=1, val_check_interval=1.0, check_val_every_n_epoch=1,
                       logger=False)
+        name = _task_name(self.task)
         with quiet_run(threads=self.threads_per_worker):
-            module, data = build_task(self.task, values, self.task_kwargs, self.seed)  # type: ignore[arg-type]
-            trainer = _trial_trainer(1, [], kwargs)
-            trainer.fit(module, datamodule=data)
+            try:
+                module, data = build_task(self.task, values, self.task_kwargs, self.seed)  # type: ignore[arg-type]
+            except Exception as err:
+                raise ValueError(f"`task` {name!r} could not be built with {values} (the middle of `space`) and"
+                                 f" `task_kwargs`={self.task_kwargs}: {type(err).__name__}: {err}") from err
+            try:
+                trainer = _trial_trainer(1, [], kwargs)
+            except Exception as err:
+                raise ValueError(f"`trainer_kwargs`={self.trainer_kwargs} are not valid Trainer arguments:"
+                                 f" {type(err).__name__}: {err}") from err
+            try:
+                trainer.fit(module, datamodule=data)
+            except Exception as err:
+                raise ValueError(f"A one-batch fit of `task` {name!r} raised {type(err).__name__}: {err}. Fix the"
+                                 " task (or `trainer_kwargs`) before tuning it.") from err
         if self.monitor not in trainer.callback_metrics:
             logged = ", ".join(f"`{k}`" for k in sorted(trainer.callback_metrics)) or "(nothing)"
             raise ValueError(
@@ -534,8 +560,31 @@ class BOILTuner:
         }
 
     def _next_job(self) -> Optional[dict[str, Any]]:
+        if len(self._failures_in_a_row) >= self.max_failures_in_a_row:
+            return None  # the running trials finish; run() then says why it stopped
         trial = self.ask()
         return None if trial is None else self._job(trial)
+
+    def _on_result(self, result: dict[str, Any], *_: Any) -> None:
+        record = self.store.trial(int(result["trial"]))
+        if record.status == "failed" or (record.status == "interrupted" and record.epochs_done == 0):
+            self._failures_in_a_row.append(record)
+        else:
+            self._failures_in_a_row.clear()
+        self._say(record)
+
+    def _stopped_by_failures(self) -> "TrialFailuresError":
+        last = self._failures_in_a_row[-1]
+        hint = ""
+        if "bootstrapping phase" in (last.reason or ""):
+            hint = (" The workers are spawned processes that import your script: put the code that runs the study"
+                    " under `if __name__ == \"__main__\":`.")
+        return TrialFailuresError(
+            f"BOIL stopped: the last {len(self._failures_in_a_row)} trials failed without training an epoch"
+            f" (`max_failures_in_a_row`={self.max_failures_in_a_row}); trial {last.id} ended {last.status}:"
+            f" {last.reason}.{hint} Fix the task, then run again with the same `study_dir` to resume (the failed"
+            " trials stay in the study and cost no budget)."
+        )
 
     def _failure(self, job: dict[str, Any], why: Any) -> dict[str, Any]:
         """A trial whose worker died (or that raised outside the fit): its prefix stays as data."""
@@ -545,10 +594,9 @@ class BOILTuner:
             self.store.finish_trial(trial, status, f"{why.status}: {why.reason}")
         return {"id": job["id"], "key": job["key"], "trial": trial, "status": status}
 
-    def _say(self, result: dict[str, Any], *_: Any) -> None:
+    def _say(self, record: TrialRecord) -> None:
         if not self.progress:
             return
-        record = self.store.trial(int(result["trial"]))
         curve = record.epoch_curve()
         last = f"{curve[-1][1]:.4g}" if curve else "none"
         values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.values.items())
@@ -563,6 +611,7 @@ class BOILTuner:
 
         Raises:
             ValueError: no ``task`` or no budget, or (a new study) ``monitor`` is never logged.
+            TrialFailuresError: ``max_failures_in_a_row`` trials in a row failed without training an epoch.
         """
         from ganno_lightning.trials.pool import JobPool
 
@@ -574,11 +623,14 @@ class BOILTuner:
         if self.check_task and not self.store.trials():
             self.dry_run()
         queued = [self._job(t) for t in self.store.trials(["queued"])]  # suggested by an earlier driver
+        self._failures_in_a_row.clear()
         with JobPool(run_trial, processes=self.workers, retries=0) as pool:
-            pool.run(queued, failure=self._failure, more=self._next_job, on_result=self._say)
+            pool.run(queued, failure=self._failure, more=self._next_job, on_result=self._on_result)
         while self.store.trials(["running"]):  # trials of an earlier driver whose workers still train
             time.sleep(_POLL_S)
             self.store.recover()
+        if len(self._failures_in_a_row) >= self.max_failures_in_a_row:
+            raise self._stopped_by_failures()
         return self.result()
 
     def result(self) -> BOILResult:

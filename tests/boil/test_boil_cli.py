@@ -40,6 +40,7 @@ def test_both_configs_load():
     (["space.lr.low=0.5", "space.lr.high=0.5"], "`space`: Hyperparameter `lr`: The range [0.5, 0.5] is empty"),
     (["trainer.max_epochs=3"], "`trainer_kwargs` sets `max_epochs`=3"),
     (["space.depth.low=1", "space.depth.high=3"], "`space` names `depth`, which `task`"),
+    (["trainer.no_such_argument=1"], "`trainer_kwargs`={'no_such_argument': 1} are not valid Trainer arguments"),
 ])
 def test_a_bad_config_is_one_line_and_status_2(tmp_path, capsys, overrides, message):
     with pytest.raises(SystemExit) as exit_:
@@ -47,6 +48,16 @@ def test_a_bad_config_is_one_line_and_status_2(tmp_path, capsys, overrides, mess
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ganno-boil: error: ") and message in err and "\n" not in err
+
+
+def test_trials_failing_in_a_row_end_the_command_with_the_error_and_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(SMOKE), f"study_dir={tmp_path / 'study'}", "trainer.no_such_argument=1", "check_task=false",
+              "workers=0", "max_failures_in_a_row=2"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" failed after")[0] for line in lines[:2]] == ["boil: trial 1", "boil: trial 2"]
+    assert lines[-1].startswith("ganno-boil: error: BOIL stopped: the last 2 trials failed without training an epoch")
 
 
 def test_smoke_config_runs_in_worker_processes_and_writes_its_report(tmp_path, capsys):

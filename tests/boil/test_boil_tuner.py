@@ -133,3 +133,24 @@ def test_the_acquisition_prices_trials_in_the_unit_the_budget_counts(tmp_path):
     assert tuner(tmp_path / "a").core.cost_unit == "epochs"
     assert tuner(tmp_path / "b", budget_epochs=None, budget_seconds=30.0).core.cost_unit == "seconds"
     assert tuner(tmp_path / "c", cost_unit="seconds").core.cost_unit == "seconds"  # the user's choice wins
+
+
+def test_a_task_that_cannot_be_built_is_named_by_the_one_batch_check(tmp_path):
+    with pytest.raises(ValueError, match=r"`task` 'boil_tasks:tiny_task' could not be built with \{.*\} \(the middle of"
+                                         r" `space`\) and `task_kwargs`=\{'hidden': -1\}: RuntimeError"):
+        tuner(tmp_path, task_kwargs={"hidden": -1}).run()
+    with pytest.raises(ValueError, match=r"`trainer_kwargs`=\{'no_such_argument': 1\} are not valid Trainer arguments:"
+                                         r" TypeError"):
+        tuner(tmp_path / "other", trainer_kwargs={"no_such_argument": 1}).run()
+
+
+def test_trials_that_fail_in_a_row_stop_the_study_with_the_last_error(tmp_path):
+    """A failed trial spends no budget: without the limit, a broken task would be retried forever."""
+    study = tuner(tmp_path, task_kwargs={"hidden": -1}, check_task=False, max_failures_in_a_row=2)
+    with pytest.raises(RuntimeError, match=r"BOIL stopped: the last 2 trials failed without training an epoch"
+                                           r" \(`max_failures_in_a_row`=2\); trial 2 ended failed: RuntimeError: .*"
+                                           r" run again with the same `study_dir` to resume"):
+        study.run()
+    assert [t.status for t in study.history()] == ["failed", "failed"]
+    with pytest.raises(ValueError, match=r"`max_failures_in_a_row` must be a positive int, got 0"):
+        tuner(tmp_path / "other", max_failures_in_a_row=0)
