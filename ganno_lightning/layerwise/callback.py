@@ -112,7 +112,7 @@ class GANNOCallback(Callback):
     ``recover_on_spike`` (the agent's own by default; the shipped agent's is on, with ``spike_factor=5``)
     recovers instead: at every decision whose interval went well the callback copies the weights,
     buffers and optimizer state; when an interval's mean loss is non-finite or above ``spike_factor``
-    times the lowest so far, it puts that copy back, multiplies every layer's LR by ``spike_lr_cut``,
+    times the lowest so far (only non-finite once that lowest loss is 0 or below), it puts that copy back, multiplies every layer's LR by ``spike_lr_cut``,
     warns once per fit and logs ``ganno/rollbacks``. The steps since the copy are lost, the run is
     not. After a finite spike the agent still decides (on top of the cut); after a non-finite one it
     waits for a finite interval. The copy is kept in host memory (``rollback_memory="host"``), so its

@@ -105,7 +105,8 @@ class SpikeRollback:
     Args:
         model: The network; all its parameters and buffers are saved.
         optimizer: Its optimizer; the per-parameter state (moments, step counts) is saved.
-        spike_factor: A loss above this times the lowest interval mean so far is a spike (> 1).
+        spike_factor: A loss above this times the lowest interval mean so far is a spike (> 1); while
+            that lowest loss is not positive, only a non-finite loss is.
         spike_lr_cut: What the caller multiplies every LR by after a rollback, in (0, 1).
         memory: Where the copy lives, one of :data:`ROLLBACK_MEMORY`.
 
@@ -143,8 +144,15 @@ class SpikeRollback:
             self._first_loss = loss.detach().clone() if isinstance(loss, Tensor) else float(loss)
 
     def is_spike(self, loss: float) -> bool:
-        """Whether an interval mean of ``loss`` is non-finite or above ``spike_factor`` x the lowest so far."""
-        return not math.isfinite(loss) or loss > self.spike_factor * self.lowest_loss
+        """Whether an interval mean of ``loss`` is non-finite or above ``spike_factor`` x the lowest so far.
+
+        A multiple of the lowest loss is a spike's threshold only while that loss is positive: a loss
+        that can be negative (a Gaussian NLL, an ELBO, a contrastive loss) has no scale to multiply, so
+        there only a non-finite loss rolls back.
+        """
+        if not math.isfinite(loss):
+            return True
+        return self.lowest_loss > 0 and loss > self.spike_factor * self.lowest_loss
 
     def check(self, loss: float, reduce_fn: Callable[[Tensor], Tensor] | None = None) -> bool:
         """After an interval with mean training loss ``loss``: roll back (True) or move the rollback point here.

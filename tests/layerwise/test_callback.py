@@ -771,6 +771,22 @@ def test_recover_on_spike_rolls_a_blown_up_run_back_and_cuts_its_lrs_until_it_tr
     assert all(b in (a, a * 0.5, floor) for a, b in zip(lrs, lrs[1:]))  # the identity agent never moves them
 
 
+class OffsetRegressor(TinyRegressor):
+    """The MSE minus 5: the same gradients, a loss below zero (as a Gaussian NLL or an ELBO can be)."""
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) - 5.0
+
+
+def test_a_negative_loss_that_keeps_falling_is_never_rolled_back():
+    callback = GANNOCallback(identity_agent(4), recover_on_spike=True)
+    model = OffsetRegressor(optimizer="adam", lr=0.01)
+    trainer(max_epochs=3, callbacks=[callback]).fit(model)
+    assert max(model.losses) < 5.0 and model.losses[-1] < model.losses[0]  # every loss seen was below zero, falling
+    assert callback.rollbacks == 0
+    assert set(callback.schedule.lrs_of("net.0")) == {0.01}  # no LR was cut
+
+
 def test_recover_on_spike_settings_are_checked():
     with pytest.raises(ValueError, match=r"`spike_lr_cut` must be in \(0, 1\)"):
         GANNOCallback(identity_agent(4), recover_on_spike=True, spike_lr_cut=0.0)

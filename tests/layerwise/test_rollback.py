@@ -70,6 +70,16 @@ def test_a_finite_level_that_keeps_spiking_becomes_the_new_normal_but_nan_never_
     assert all(rollback.check(math.nan) for _ in range(MAX_ROLLBACKS_IN_A_ROW + 2))
 
 
+def test_a_loss_below_zero_has_no_scale_to_spike_against_only_non_finite_losses_roll_back():
+    model, optimizer, _ = adam_run()
+    rollback = SpikeRollback(model, optimizer, spike_factor=2.0)
+    assert not rollback.check(-1.0) and not rollback.check(-3.0)  # falling: never a spike
+    assert not rollback.check(4.0) and rollback.lowest_loss == -3.0  # rising, but no multiple of -3 bounds it
+    assert rollback.check(math.inf) and rollback.rollbacks == 1
+    rollback = SpikeRollback(model, optimizer, spike_factor=2.0)
+    assert not rollback.check(0.0) and not rollback.check(5.0)  # nor a multiple of 0
+
+
 def test_a_resumed_rule_remembers_its_lowest_loss_count_and_series():
     model, optimizer, _ = adam_run()
     rollback = SpikeRollback(model, optimizer, spike_factor=2.0)
