@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities import (
     rank_zero_warn,
 )
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader
 
 from ganno_lightning.layerwise.actions import (
     DEFAULT_EXPLORATION,
@@ -408,11 +410,12 @@ class GANNOCallback(Callback):
             rank_zero_info("GANNOCallback: no initial LR search: your optimizer has an LR scheduler, whose LRs stand.")
             return
         search = self.lr_search
-        held, train, scored_on = _search_batches(trainer, search)
+        held, train, scored_on, batch_idx = _search_batches(trainer, search)
         try:
             result = search.run(
                 pl_module, trainer.optimizers[0],
-                lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch), 0),
+                lambda batch: _probe_step(trainer, pl_module, trainer.strategy.batch_to_device(batch),
+                                          batch_idx.get(id(batch), 0)),
                 train, held, reduce_fn=_mean_over_ranks(trainer))
         except Exception as err:  # the search is an aid: it undoes its trials and never stops your fit
             result = LRSearchResult(1.0, reason=f"a trial raised {type(err).__name__}: {err} (pass `lr_search=False` "
@@ -576,6 +579,18 @@ class GANNOCallback(Callback):
             checkpoint["lr_schedulers"] = [self.controller.lr.merged_scheduler_state(s)
                                            for s in checkpoint["lr_schedulers"]]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # strategy="ddp_spawn" pickles the callback into each process, where a torch.Generator (and its state
+        # tensor, through shared memory) cannot go: its state travels as bytes
+        state = self.__dict__.copy()
+        state["_generator"] = self._generator.get_state().numpy().tobytes()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(torch.frombuffer(bytearray(state["_generator"]), dtype=torch.uint8))
+        self.__dict__.update(state, _generator=generator)
+
     def state_dict(self) -> dict[str, Any]:
         if self.controller is not None:
             controller_state = self.controller.state_dict()
@@ -638,8 +653,10 @@ def _mean_over_ranks(trainer: Trainer) -> Any:
     return (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if trainer.world_size > 1 else None
 
 
-def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any], list[Any], str]:
-    """``(held, train, scored_on)``: the batches an initial LR search scores its trials on and trains them on.
+def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any], list[Any], str, dict[int, int]]:
+    """``(held, train, scored_on, batch_idx)``: the batches an initial LR search scores its trials on and trains
+    them on, and each one's index in its pass over its loader (what a training step gets as ``batch_idx``; by
+    ``id`` of the batch).
 
     Validation batches when there is one training loader (a `training_step` that takes one loader's batches
     takes a validation batch; a combined batch of several loaders is not one), else the first training
@@ -650,11 +667,13 @@ def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any
     loaders = [*train_loaders, *([held_source] if held_source is not None else [])]
     generators = _loader_generators(loaders)
     saved = [g.get_state() for g in generators]
-    batches = _training_batches(trainer)
+    batch_idx: dict[int, int] = {}
+    batches = _training_batches(trainer, batch_idx)
     try:
         with replayable("cpu"):  # the loaders draw on the host
             if held_source is not None:
-                held = [batch for batch, _ in zip(held_source, range(search.held_batches))]
+                held = [batch for batch, _ in zip(_unshared(held_source), range(search.held_batches))]
+                batch_idx.update((id(batch), index) for index, batch in enumerate(held))
                 _, train = collect_batches(batches, 0, search.steps)
             else:
                 held, train = collect_batches(batches, search.held_batches, search.steps)
@@ -662,10 +681,23 @@ def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any
         batches.close()
         for generator, state in zip(generators, saved):
             generator.set_state(state)
-        for loader in loaders:  # persistent workers would go on from where the search left them
-            if getattr(loader, "_iterator", None) is not None:
-                loader._iterator = None
-    return held, train, "validation batches" if held_source is not None else "held-out training batches"
+    return held, train, "validation batches" if held_source is not None else "held-out training batches", batch_idx
+
+
+def _unshared(loaders: Any) -> Any:
+    """``loaders`` (a loader, or a list, tuple or dict of them) with each DataLoader that keeps persistent workers
+    replaced by a copy that does not: iterating the loader itself would reset the very worker iterator the fit is
+    reading (Lightning opens it before ``on_train_start``), and the fit's first epoch would lose batches."""
+    if isinstance(loaders, dict):
+        return {key: _unshared(value) for key, value in loaders.items()}
+    if isinstance(loaders, (list, tuple)):
+        return type(loaders)(_unshared(value) for value in loaders)
+    if isinstance(loaders, DataLoader) and loaders.persistent_workers and loaders.num_workers > 0:
+        copied = copy.copy(loaders)  # same dataset, sampler and collate_fn; the sampler's generator is restored after
+        object.__setattr__(copied, "persistent_workers", False)  # DataLoader refuses this once initialised
+        object.__setattr__(copied, "_iterator", None)
+        return copied
+    return loaders
 
 
 def _first_loader(loaders: Any) -> Any:
@@ -677,13 +709,19 @@ def _first_loader(loaders: Any) -> Any:
     return loaders
 
 
-def _training_batches(trainer: Trainer) -> Any:
+def _training_batches(trainer: Trainer, batch_idx: dict[int, int]) -> Any:
     """The training data's batches from the start, epoch after epoch, combined as the fit combines them (its own
-    iterator is not touched)."""
+    iterator is not touched), each epoch cut where the fit's is (``limit_train_batches``); each batch's index in
+    its epoch goes into ``batch_idx``."""
+    per_epoch = trainer.num_training_batches
     while True:
         empty = True
-        for batch, _, _ in iter(CombinedLoader(trainer.train_dataloader, mode="max_size_cycle")):
+        for index, (batch, _, _) in enumerate(iter(CombinedLoader(_unshared(trainer.train_dataloader),
+                                                                  mode="max_size_cycle"))):
+            if index >= per_epoch:
+                break
             empty = False
+            batch_idx[id(batch)] = index
             yield batch
         if empty:
             return

@@ -62,7 +62,7 @@ class LRSearchResult:
     Attributes:
         factor: The chosen factor of the user's LR (1.0 when no trial could run).
         scores: Each factor's held-out loss (``inf`` for a trial that diverged).
-        reason: Why no trial ran (``None`` when they did).
+        reason: Why no trial ran or none could be scored (``None`` when the choice stands on scores).
     """
 
     factor: float
@@ -167,6 +167,9 @@ class InitialLRSearch:
                                                  device)
         finally:
             snapshot.restore()
+        if not any(math.isfinite(score) for score in scores.values()):
+            return LRSearchResult(1.0, scores, reason="no trial could be scored: every trial's held-out loss was "
+                                                      "non-finite, or the training step skipped every batch")
         factor = self.choose(scores)
         _scale_lrs(optimizer, factor)
         for group in optimizer.param_groups:

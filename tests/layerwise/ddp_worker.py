@@ -9,8 +9,22 @@ from helpers import NaNLossWindow, RecordingAgent, TinyRegressor
 
 from ganno_lightning import GANNOAgent, GANNOCallback
 
+def fit_with_ddp_spawn(out: str) -> None:
+    """The shipped agent's callback, pickled into two spawned processes (its generator's state travels as bytes)."""
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=4, logger=False,
+                        callbacks=[GANNOCallback()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(TinyRegressor(batch_size=4))
+    for rank in (0, 1):  # the spawned processes' own state stays in them: the fit's end state is what shows here
+        with open(f"{out}/seen{rank}.json", "w") as f:
+            json.dump({"status": trainer.state.status.value}, f)
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
+    if sys.argv[2:] == ["spawn"]:
+        fit_with_ddp_spawn(out)
+        sys.exit(0)
     # rank 1 alone reports NaN losses on steps 2-5 (and with "recover", both ranks roll back on them)
     nan_on_rank_one = sys.argv[2] in ("nan-on-rank-1", "recover") if sys.argv[2:] else False
     # #18's options: a decision at step 0 from a probe (its backward runs through DDP) and a cosine prior

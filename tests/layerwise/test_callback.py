@@ -2,6 +2,7 @@ import csv
 import glob
 import logging
 import math
+import pickle
 import sys
 import warnings
 
@@ -785,6 +786,13 @@ def test_a_negative_loss_that_keeps_falling_is_never_rolled_back():
     assert max(model.losses) < 5.0 and model.losses[-1] < model.losses[0]  # every loss seen was below zero, falling
     assert callback.rollbacks == 0
     assert set(callback.schedule.lrs_of("net.0")) == {0.01}  # no LR was cut
+
+
+def test_a_pickled_callback_keeps_its_random_stream():
+    callback = GANNOCallback(identity_agent(4), seed=3)
+    callback._generator.manual_seed(11)
+    clone = pickle.loads(pickle.dumps(callback))
+    assert torch.equal(torch.rand(4, generator=clone._generator), torch.rand(4, generator=callback._generator))
 
 
 def test_recover_on_spike_settings_are_checked():

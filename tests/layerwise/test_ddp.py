@@ -65,3 +65,9 @@ def test_an_initial_lr_search_chooses_alike_on_every_rank(tmp_path):
     assert seen[0]["lr_search"]["scores"].keys() == {"1", "3", "10"}
     assert seen[0]["lr_search"] == seen[1]["lr_search"]  # each rank's own batches, the scores averaged
     assert seen[0]["lrs"] == seen[1]["lrs"] and seen[0]["params"] == seen[1]["params"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_the_callback_travels_into_ddp_spawn_processes(tmp_path):
+    seen = run_workers(tmp_path, "spawn")
+    assert seen[0]["status"] == "finished"  # it crashed in the spawned processes before

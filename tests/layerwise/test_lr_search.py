@@ -8,7 +8,8 @@ import numpy as np
 
 import pytest
 import torch
-from helpers import NoisyRegressor, TinyRegressor, ValidatedRegressor, identity_agent, regression_data, trainer
+from helpers import (NaNLossWindow, NoisyRegressor, TinyRegressor, ValidatedRegressor, identity_agent, regression_data,
+                     trainer)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -212,6 +213,48 @@ def test_with_several_training_loaders_the_search_scores_on_their_combined_batch
         _fit(_TwoLoaderRegressor(), GANNOCallback(identity_agent(4), lr_search={"steps": 2, "held_batches": 1}))
     assert set(seen["held"][0]) == {"a", "b"}  # a combined training batch, not a validation batch
     assert "loss on 1 held-out training batches after 2 steps" in caplog.text
+
+
+class _PersistentWorkersRegressor(TinyRegressor):
+    def train_dataloader(self):
+        return DataLoader(regression_data(), batch_size=self.batch_size, shuffle=True, num_workers=1,
+                          persistent_workers=True)
+
+
+def test_persistent_workers_give_the_fit_every_batch_of_its_first_epoch():
+    # Lightning opens the loader's (persistent) iterator before the search: reading that one would eat batches
+    model = _PersistentWorkersRegressor()
+    fit = trainer(max_epochs=2, callbacks=[GANNOCallback(identity_agent(4), lr_search={"steps": 5, "held_batches": 2})])
+    fit.fit(model)
+    assert fit.global_step == 2 * len(model.train_dataloader()) == 16
+
+
+class _SkipsEveryThirdBatch(TinyRegressor):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.indices: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.indices.append(batch_idx)
+        return None if batch_idx % 3 == 0 else super().training_step(batch, batch_idx)
+
+
+def test_the_search_hands_each_batch_its_index_in_the_pass_and_stops_at_the_fits_batch_limit():
+    model = _SkipsEveryThirdBatch(lr=1e-3)
+    callback = GANNOCallback(identity_agent(4), lr_search={"steps": 6, "factors": [1.0, 10.0], "held_batches": 2})
+    trainer(max_epochs=1, limit_train_batches=4, callbacks=[callback]).fit(model)
+    result = callback.lr_search_result
+    assert result.reason is None and all(math.isfinite(v) for v in result.scores.values())
+    trial = model.indices[:8]  # a trial: 6 steps on from batch 2 (0-1 held) over the 4 the fit sees, then the score
+    assert trial == [2, 3, 0, 1, 2, 3, 0, 1]
+
+
+def test_a_search_that_could_score_nothing_says_so_and_keeps_your_lr():
+    callback = GANNOCallback(identity_agent(4), lr_search={"steps": 2, "factors": [1.0, 10.0], "held_batches": 1})
+    with pytest.warns(UserWarning, match=r"no initial LR search: no trial could be scored: every trial's held-out"
+                                         r" loss was non-finite"):
+        trainer(max_steps=1, callbacks=[callback]).fit(NaNLossWindow(0, 1, lr=0.01))  # NaN until the first update
+    assert callback.lr_search_result.factor == 1.0 and callback.schedule.rows()[0][2] == pytest.approx(0.01)
 
 
 def test_a_scheduler_of_yours_keeps_its_lrs_and_says_so(caplog):
