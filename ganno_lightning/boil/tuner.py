@@ -24,6 +24,7 @@ from typing import Any, Optional, Union
 
 from ganno_lightning.boil.store import PENDING_STATES, BOILStore, TrialRecord
 from ganno_lightning.imports import import_callable
+from ganno_lightning.trials.trainer import LENGTH_ARGUMENTS
 from ganno_lightning.tuning.space import (
     Hyperparameter,
     parse_space,
@@ -33,8 +34,6 @@ from ganno_lightning.tuning.space import (
 
 __all__ = ["BOILResult", "BOILTrial", "BOILTuner", "TrialFailuresError", "build_task", "make_core", "run_trial"]
 
-#: Trainer arguments BOIL sets per trial (the length it chose): never the user's.
-_LENGTH_ARGUMENTS = ("max_epochs", "max_steps", "max_time", "min_epochs", "min_steps")
 #: Seconds between looks at the store while trials of an earlier driver still run.
 _POLL_S = 1.0
 
@@ -322,7 +321,7 @@ class BOILTuner:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         self.trainer_kwargs = dict(trainer_kwargs or {})
-        for key in _LENGTH_ARGUMENTS:
+        for key in LENGTH_ARGUMENTS:
             if key in self.trainer_kwargs:
                 raise ValueError(
                     f"`trainer_kwargs` sets `{key}`={self.trainer_kwargs[key]!r}, but BOIL chooses each trial's"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import time
 import zlib
@@ -22,7 +23,7 @@ from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.tuning.setters import HyperparameterSetter, resolve_setters
 from ganno_lightning.tuning.space import Hyperparameter, parse_space
 
-__all__ = ["PBTCallback", "population_settings"]
+__all__ = ["PBTCallback", "population_settings", "read_checkpoint"]
 
 
 def population_settings(strategy: PBTStrategy, monitor: str) -> dict[str, Any]:
@@ -35,6 +36,33 @@ def population_settings(strategy: PBTStrategy, monitor: str) -> dict[str, Any]:
 
 
 _SYNC_POLL_S = 0.2  # how often a synchronous member looks for slower peers
+# what torch.load raises on a cut, emptied or overwritten file (a missing one stays FileNotFoundError)
+_DAMAGED = (EOFError, OSError, RuntimeError, pickle.UnpicklingError)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The PBT checkpoint at ``path`` (on the CPU), or ``None`` with a warning naming it if it cannot be read.
+
+    Members load each other's and their own checkpoints only through here, so one damaged file
+    costs an exploit or a few steps of one member, never the population.
+
+    Args:
+        path: a checkpoint written by a member of this population.
+
+    Returns:
+        The checkpoint's dict, or ``None`` if the file is cut short, empty or otherwise unreadable.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist (a donor may have replaced it; callers retry).
+    """
+    try:
+        # files written by this population's own members (Lightning checkpoints with loop state)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except _DAMAGED as err:
+        rank_zero_warn(f"PBT checkpoint {str(path)!r} is damaged and cannot be read ({type(err).__name__}: {err}).")
+        return None
 
 
 class PBTCallback(Callback):
@@ -299,8 +327,14 @@ class PBTCallback(Callback):
             self._log(trainer, {"score": score, "exploited": 0.0, "donor": -1.0})
             return
 
-        old = dict(self.hyperparameters)
         checkpoint = self._load_donor(decision["donor"], decision["checkpoint"])
+        if not trainer.strategy.reduce_boolean_decision(checkpoint is not None, all=True):
+            rank_zero_warn(f"PBT member {self.member} at step {trainer.global_step} skips copying member"
+                           f" {decision['donor']}: its checkpoint cannot be read; it trains on as it is.")
+            self._log(trainer, {"score": score, "exploited": 0.0, "donor": -1.0})
+            return
+        assert checkpoint is not None
+        old = dict(self.hyperparameters)
         self._load_training_state(trainer, pl_module, checkpoint)
         self.hyperparameters = self.strategy.validate_values(decision["hyperparameters"])
         self._apply(trainer, pl_module, self.hyperparameters)  # after the load, or the donor's LR would win
@@ -360,13 +394,13 @@ class PBTCallback(Callback):
             return trainer.max_epochs is not None and trainer.max_epochs > 0 and progress >= trainer.max_epochs
         return trainer.max_steps is not None and trainer.max_steps > 0 and progress >= trainer.max_steps
 
-    def _load_donor(self, donor: int, path: str, attempts: int = 5) -> dict[str, Any]:
+    def _load_donor(self, donor: int, path: str, attempts: int = 5) -> dict[str, Any] | None:
         # The donor may replace its checkpoint between our query and our read; it keeps the last
         # `keep_checkpoints`, so re-reading the store's pointer finds a whole, current file.
+        # A damaged one (None) is not retried: the exploit is skipped.
         for attempt in range(attempts):
             try:
-                # files written by this population's own members (Lightning checkpoints with loop state)
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return read_checkpoint(path)
             except FileNotFoundError:
                 if attempt == attempts - 1:
                     raise

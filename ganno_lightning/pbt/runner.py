@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
+import inspect
 import io
 import json
 import math
@@ -43,10 +45,12 @@ from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writabl
 from ganno_lightning.imports import import_object
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
+from ganno_lightning.trials.trainer import LENGTH_ARGUMENTS
 from ganno_lightning.tuning.space import HyperparameterSpec, parse_space
 
 __all__ = [
-    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "load_config", "run_population", "write_outputs",
+    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "check_trainer_kwargs", "load_config",
+    "prepare_population", "run_population", "write_outputs",
 ]
 
 
@@ -122,12 +126,82 @@ def validate_config(config: DictConfig) -> PBTStrategy:
 
     ReadyCriterion(config.ready_interval, config.ready_unit)
     check_wandb(config.wandb)
+    check_trainer_kwargs(config)
     return strategy
+
+
+#: Trainer arguments the runner sets for every member itself.
+_RUNNER_TRAINER_ARGUMENTS = ("callbacks", "logger", "enable_checkpointing")
+
+
+def check_trainer_kwargs(config: DictConfig) -> None:
+    """``config.trainer`` must hold only ``lightning.pytorch.Trainer`` arguments the runner leaves to the user.
+
+    Raises:
+        ValueError: naming the first key that sets the training length (that is ``max_epochs``), one
+            the runner sets itself, or one that ``Trainer`` does not take.
+    """
+    kwargs = OmegaConf.to_container(config.trainer)
+    for key, value in kwargs.items():  # type: ignore[union-attr]
+        if key in LENGTH_ARGUMENTS:
+            raise ValueError(
+                f"`trainer.{key}` is {value!r}, but every member trains for the config's own `max_epochs`"
+                f" ({config.max_epochs}). Remove `trainer.{key}` and set `max_epochs` instead."
+            )
+        if key in _RUNNER_TRAINER_ARGUMENTS:
+            raise ValueError(
+                f"`trainer.{key}` is {value!r}, but the runner sets `{key}` itself (the PBT callback, a CSV/W&B logger"
+                f" per member and PBT's own checkpoints). Remove `trainer.{key}`."
+            )
+    if not kwargs:
+        return
+    import lightning.pytorch as pl
+
+    accepted = list(inspect.signature(pl.Trainer).parameters)
+    for key, value in kwargs.items():  # type: ignore[union-attr]
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean `trainer.{close[0]}`?)" if close else ""
+            raise ValueError(
+                f"`trainer.{key}` is {value!r}, but `lightning.pytorch.Trainer` has no argument `{key}`{hint}."
+                " Remove it or rename it to one of Trainer's arguments."
+            )
 
 
 def _load_task(config: DictConfig, seed: int) -> tuple[Any, Any]:
     factory = import_object(config.task, argument="task")
-    return factory(seed=seed, **OmegaConf.to_container(config.task_kwargs))  # type: ignore[arg-type]
+    kwargs = OmegaConf.to_container(config.task_kwargs)
+    _check_task_kwargs(config.task, factory, kwargs)  # type: ignore[arg-type]
+    return factory(seed=seed, **kwargs)  # type: ignore[arg-type]
+
+
+def _check_task_kwargs(task: str, factory: Any, kwargs: dict[str, Any]) -> None:
+    """The factory must accept ``seed`` and every key of ``task_kwargs``: a ValueError naming the key, not a TypeError."""
+    if "seed" in kwargs:
+        raise ValueError(
+            f"`task_kwargs.seed` is {kwargs['seed']!r}, but the runner passes each member `seed` + member index."
+            " Remove `task_kwargs.seed` and set `seed` instead."
+        )
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to check (a builtin): the call itself will tell
+        return
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for key, value in kwargs.items():
+            if key not in parameters:
+                close = difflib.get_close_matches(key, list(parameters), n=1)
+                hint = f" (did you mean `task_kwargs.{close[0]}`?)" if close else ""
+                raise ValueError(
+                    f"`task_kwargs.{key}` is {value!r}, but `task` {task!r} takes no argument `{key}`{hint}; it takes"
+                    f" {', '.join(parameters)}. Remove or rename `task_kwargs.{key}`."
+                )
+    try:
+        inspect.signature(factory).bind(seed=0, **kwargs)
+    except TypeError as err:
+        raise ValueError(
+            f"`task` {task!r} cannot be called with `seed` and `task_kwargs` {kwargs!r}: {err}."
+            " Set its missing arguments in `task_kwargs`."
+        ) from None
 
 
 def initial_values(config: DictConfig, strategy: PBTStrategy, member: int) -> dict[str, float]:
@@ -207,6 +281,8 @@ def run_member(config: DictConfig, member: int) -> None:
     ckpt_path = record.checkpoint if record is not None and record.checkpoint else None
     if ckpt_path is not None and not Path(ckpt_path).exists():
         raise FileNotFoundError(f"Member {member}'s last committed checkpoint {ckpt_path!r} is missing.")
+    if ckpt_path is not None:
+        ckpt_path = _readable_checkpoint(store, member, ckpt_path)
     store.set_status(member, "running")
 
     model, data = _load_task(config, seed=config.seed + member)
@@ -240,8 +316,47 @@ def run_member(config: DictConfig, member: int) -> None:
             logger.experiment.finish()
 
 
+def _readable_checkpoint(store: PopulationStore, member: int, committed: str) -> str:
+    """``committed`` if it can be read, else the newest older checkpoint of ``member`` that can (with a warning).
+
+    Raises:
+        RuntimeError: if none of them can be read.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    from ganno_lightning.pbt.callback import read_checkpoint
+
+    on_disk = store.checkpoints(member)  # oldest first
+    names = [p.name for p in on_disk]
+    position = names.index(Path(committed).name) if Path(committed).name in names else 0
+    older = [str(p) for p in reversed(on_disk[:position])]  # newer files were never committed: not these
+    for candidate in [committed, *older]:
+        if read_checkpoint(candidate) is not None:  # warns naming each damaged file
+            if candidate != committed:
+                rank_zero_warn(f"PBT member {member} resumes from its previous checkpoint {candidate!r}, because its"
+                               f" latest one {committed!r} is damaged; it repeats the steps in between.")
+            return candidate
+    raise RuntimeError(
+        f"Member {member} has no readable checkpoint: {committed!r} and the {len(older)} older one(s) in"
+        f" {str(store.checkpoint_dir(member))!r} are damaged. Use a new `population_dir` to start again."
+    )
+
+
 def _pid_file(config: DictConfig, member: int) -> Path:
     return Path(config.population_dir) / "members" / f"member_{member:03d}.pid"
+
+
+def _failure_file(config: DictConfig, member: int) -> Path:
+    # a member's last error, one line, for the coordinator's final message
+    return Path(config.population_dir) / "members" / f"member_{member:03d}.error"
+
+
+def _record_failure(config: DictConfig, member: int, err: BaseException) -> None:
+    try:
+        line = " ".join(f"{type(err).__name__}: {err}".split())[:1000]
+        atomic_write_bytes(_failure_file(config, member), line.encode())
+    except OSError:  # the member's own error, in its log, matters more
+        pass
 
 
 def _start_member(config_path: Path, config: DictConfig, member: int) -> subprocess.Popen:
@@ -252,6 +367,7 @@ def _start_member(config_path: Path, config: DictConfig, member: int) -> subproc
         env[var] = str(config.threads_per_member)
     log_path = Path(config.population_dir) / "logs" / f"member_{member:03d}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _failure_file(config, member).unlink(missing_ok=True)  # an error of an earlier attempt
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ganno_lightning.pbt.runner", "--member", str(member), str(config_path)],
@@ -343,12 +459,31 @@ def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     Raises:
         ValueError / PermissionError: on a bad configuration, task or directory, before any member starts;
             also for a ``max_epochs`` smaller than the population was started with.
-        RuntimeError: if members still failed after ``max_restarts`` (rerun the same command to resume).
+        RuntimeError: if members still failed after ``max_restarts`` (rerun the same command to resume);
+            the message says whether the others finished, and when every member failed before its
+            first report with the same error, that error and that a rerun alone will not help.
 
     Example::
 
         from ganno_lightning.pbt.runner import load_config, run_population
         summary = run_population(load_config("configs/pbt_smoke.yaml", ["population_dir=/tmp/pbt"]))
+    """
+    strategy = prepare_population(config, progress)
+    return _train_population(config, strategy, progress)
+
+
+def prepare_population(config: DictConfig, progress: bool = True) -> PBTStrategy:
+    """Every check of :func:`run_population` before a member starts; then register the members.
+
+    Sets ``config.population_dir`` to its absolute path, runs :func:`preflight` on a new population,
+    registers every member (or flags finished ones to train on, for a larger ``max_epochs``) and
+    writes ``config.yaml``.
+
+    Returns:
+        The population's strategy.
+
+    Raises:
+        ValueError / PermissionError: on a bad configuration, task or directory (as :func:`run_population`).
     """
     from ganno_lightning.pbt.callback import population_settings
 
@@ -372,12 +507,20 @@ def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
             if record.status == "done":
                 store.set_status(member, "running")  # trains on from its final checkpoint
     atomic_write_bytes(config_path, OmegaConf.to_yaml(config).encode())
+    return strategy
 
+
+def _train_population(config: DictConfig, strategy: PBTStrategy, progress: bool) -> dict[str, Any]:
+    """Start the unfinished members of a prepared population, wait, restart, then write the outputs."""
+    directory = Path(config.population_dir)
+    config_path = directory / "config.yaml"
+    store = PopulationStore(directory)
     restarts = {m: 0 for m in range(config.population_size)}
     pending = [m for m, r in store.members().items() if r.status != "done" and m < config.population_size]
     console = _ConsoleProgress(store, config.monitor) if progress else None
     if console is not None and pending:
         _say(f"training members {pending} to max_epochs={config.max_epochs}; logs in {directory / 'logs'}")
+    reports_before = len(store.history())
     procs = {m: _start_member(config_path, config, m) for m in pending}
     failed: list[int] = []
     try:
@@ -407,11 +550,29 @@ def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     if console is not None:
         console.print_new()  # the reports of the last poll interval
     if failed:
-        raise RuntimeError(
-            f"Member(s) {sorted(failed)} failed (see {directory / 'logs'}); the others finished. Run the same"
-            " command again to resume them from their last checkpoints."
-        )
+        reported = {r["member"] for r in store.history(reports_before)}
+        raise RuntimeError(_failure_message(config, sorted(failed), reported))
     return write_outputs(store, config, strategy)
+
+
+def _failure_message(config: DictConfig, failed: list[int], reported: set[int]) -> str:
+    """What the coordinator says when members failed: whether the others finished, and whether a rerun can help."""
+    logs = Path(config.population_dir) / "logs"
+    errors = set()
+    for member in failed:
+        path = _failure_file(config, member)
+        errors.add(path.read_text() if path.is_file() else None)
+    if len(failed) == config.population_size and not reported & set(failed) and len(errors) == 1 and None not in errors:
+        # every member failed before its first report with one error: the same on every rerun
+        return (
+            f"Every member failed before its first report with the same error: {errors.pop()} (see {logs})."
+            " Rerunning alone will not help: fix its cause, then run the same command again to resume."
+        )
+    others = "none finished" if len(failed) == config.population_size else "the others finished"
+    return (
+        f"Member(s) {failed} failed (see {logs}); {others}. Run the same command again to resume them from"
+        " their last checkpoints."
+    )
 
 
 def write_outputs(store: PopulationStore, config: DictConfig, strategy: PBTStrategy) -> dict[str, Any]:
@@ -483,13 +644,18 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     config = cli.load(load_config, args)
     if args.member is not None:
-        run_member(config, args.member)
+        try:
+            run_member(config, args.member)
+        except Exception as err:
+            _record_failure(config, args.member, err)
+            raise
         return 0
     try:
-        check_max_epochs(config)  # a config that does not fit the stored population: one line, no traceback
-    except ValueError as err:
+        # a bad config, task or directory, or one that does not fit the stored population: one line, no traceback
+        strategy = prepare_population(config)
+    except (ValueError, OSError) as err:
         cli.error(str(err))
-    summary = run_population(config)
+    summary = _train_population(config, strategy, progress=True)
     print(json.dumps(summary, indent=1))  # the CLI's result, on stdout
     return 0 if math.isfinite(summary["best_score"]) else 1
 

@@ -284,23 +284,30 @@ class PopulationStore(SQLiteStore):
         """Where ``member`` reports at ``step``, or (``exploit``) stores its state after exploiting there."""
         return self.checkpoint_dir(member) / f"step_{step:09d}{'_exploit' if exploit else ''}.ckpt"
 
+    def checkpoints(self, member: int) -> list[Path]:
+        """``member``'s checkpoint files on disk, oldest first (at one step the report precedes its exploit)."""
+        directory = self.checkpoint_dir(member)
+        if not directory.is_dir():
+            return []
+        files = sorted(
+            (int(m.group(1)), bool(m.group(2)), entry)
+            for entry in directory.iterdir()
+            if (m := _STEP_FILE.match(entry.name))
+        )
+        return [entry for *_, entry in files]
+
     def prune_checkpoints(self, member: int, keep: int = 2) -> list[Path]:
         """Delete ``member``'s checkpoints except the newest ``keep`` and the one its row points to.
 
         Call it after :meth:`report` committed, from the member itself (the only writer of its folder).
         """
-        directory = self.checkpoint_dir(member)
-        if not directory.is_dir():
+        files = self.checkpoints(member)
+        if not files:
             return []
         current = self.members().get(member)
         protected = {Path(current.checkpoint).name} if current and current.checkpoint else set()
-        files = sorted(  # oldest first; at one step the report precedes the exploit it led to
-            (int(m.group(1)), bool(m.group(2)), entry)
-            for entry in directory.iterdir()
-            if (m := _STEP_FILE.match(entry.name))
-        )
         removed = []
-        for *_, entry in files[: max(0, len(files) - keep)]:
+        for entry in files[: max(0, len(files) - keep)]:
             if entry.name not in protected:
                 entry.unlink(missing_ok=True)
                 removed.append(entry)

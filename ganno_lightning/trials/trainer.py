@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 
+#: The Trainer arguments that set how long a fit trains: tuners that choose a trial's length (BOIL, PBT's
+#: population length) refuse them among the user's Trainer arguments.
+LENGTH_ARGUMENTS = ("max_epochs", "max_steps", "max_time", "min_epochs", "min_steps")
+
 
 def short_run_trainer(
     max_steps: int,

@@ -1,6 +1,7 @@
 """PBTCallback in real Trainers: exploit makes the mutated LR the one in effect, resume, checks, logging."""
 
 import csv
+import re
 import os
 from pathlib import Path
 
@@ -297,3 +298,22 @@ def test_synchronous_member_waits_for_slower_peers_then_ranks_without_them(tmp_p
 def test_sync_timeout_must_be_a_non_negative_number(tmp_path):
     with pytest.raises(ValueError, match="`sync_timeout` must be a number of seconds >= 0, got -1"):
         pbt(tmp_path, 0, 0.5, synchronous=True, sync_timeout=-1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_a_damaged_donor_checkpoint_skips_the_exploit_with_a_warning(tmp_path, damage):
+    # member 1 is the better one, so member 0 would copy it, but member 1's checkpoint was cut short
+    make_trainer([pbt(tmp_path, 1, 0.01)], max_epochs=1).fit(ScoredRegression(lr=0.01, score=0.1, seed=1))
+    donor_checkpoint = Path(PopulationStore(tmp_path / "pop").members()[1].checkpoint)
+    with open(donor_checkpoint, "r+b") as handle:
+        handle.truncate(donor_checkpoint.stat().st_size // 2 if damage == "truncate" else 0)
+
+    model = ScoredRegression(lr=0.5, score=1.0, seed=0)
+    callback = pbt(tmp_path, 0, 0.5)
+    with pytest.warns(UserWarning, match=re.escape(f"PBT checkpoint {str(donor_checkpoint)!r} is damaged")):
+        make_trainer([callback], max_epochs=2).fit(model)
+
+    assert callback.exploits == 0 and callback.hyperparameters == {"lr": 0.5}
+    assert all(lr == pytest.approx(0.5, rel=1e-3) for _, lr in model.effective_lrs)  # trained on as it was
+    store = PopulationStore(tmp_path / "pop")
+    assert store.lineage() == [] and store.members()[0].status == "done" and store.members()[0].step == 8

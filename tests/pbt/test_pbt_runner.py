@@ -238,3 +238,98 @@ def test_rerun_with_a_larger_max_epochs_trains_on_a_smaller_one_is_refused_and_p
         run_population(load_config(SMOKE, [f"population_dir={pop}", "max_epochs=2"]))
     assert (pop / "config.yaml").read_bytes() == stored_config
     assert [r.step for r in store.members().values()] == [12, 12]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("task=nonexistent.mod:factory", "`task` 'nonexistent.mod:factory': cannot import module 'nonexistent.mod'"),
+        ("monitor=val_los", "`monitor` is 'val_los', but the task never logs it"),
+        ("task_kwargs.hiden=3", "`task_kwargs.hiden` is 3, but `task` 'ganno_lightning.examples.digits:digits_task'"
+                                " takes no argument `hiden` (did you mean `task_kwargs.hidden`?)"),
+        ("trainer.foo=1", "`trainer.foo` is 1, but `lightning.pytorch.Trainer` has no argument `foo`"),
+        ("trainer.max_epochs=2", "`trainer.max_epochs` is 2, but every member trains for the config's own"
+                                 " `max_epochs` (4). Remove `trainer.max_epochs` and set `max_epochs` instead."),
+        ("trainer.logger=false", "`trainer.logger` is False, but the runner sets `logger` itself"),
+    ],
+)
+def test_cli_bad_task_trainer_or_monitor_is_one_line_and_status_2_before_any_member_starts(
+    tmp_path, capsys, override, message
+):
+    from ganno_lightning.pbt.runner import main
+
+    pop = tmp_path / "pop"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), f"population_dir={pop}", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("ganno-pbt")]
+    assert line.startswith(f"ganno-pbt: error: {message}") and "Traceback" not in err
+    assert not (pop / "logs").exists() and not (pop / "checkpoints").exists()  # no member started
+
+
+def test_cli_unwritable_population_dir_is_one_line_and_status_2(tmp_path, capsys):
+    from ganno_lightning.pbt.runner import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), f"population_dir={blocker / 'pop'}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("ganno-pbt: error: `population_dir` must be a writable directory")
+
+
+def test_members_failing_alike_before_training_say_the_error_and_that_rerunning_will_not_help(tmp_path):
+    # without the pre-flight check a bad `task_kwargs` reaches the members, which all fail the same way
+    config = load_config(SMOKE, [f"population_dir={tmp_path / 'pop'}", "preflight=false", "task_kwargs.hiden=3"])
+    with pytest.raises(RuntimeError) as error:
+        run_population(config, progress=False)
+    assert str(error.value).startswith(
+        "Every member failed before its first report with the same error: ValueError: `task_kwargs.hiden` is 3,"
+    )
+    assert "Rerunning alone will not help" in str(error.value) and "the others finished" not in str(error.value)
+
+
+def test_failure_message_says_whether_the_others_finished(tmp_path):
+    from ganno_lightning.pbt.runner import _failure_file, _failure_message
+
+    config = load_config(SMOKE, [f"population_dir={tmp_path}"])
+    _failure_file(config, 0).parent.mkdir(parents=True)
+    _failure_file(config, 0).write_text("RuntimeError: out of memory")
+    _failure_file(config, 1).write_text("ValueError: nan")
+    assert "; none finished. Run the same command again" in _failure_message(config, [0, 1], reported=set())
+    assert "Member(s) [0] failed" in _failure_message(config, [0], reported=set())
+    assert "; the others finished." in _failure_message(config, [0], reported=set())
+    _failure_file(config, 1).write_text("RuntimeError: out of memory")
+    assert "same error: RuntimeError: out of memory" in _failure_message(config, [0, 1], reported=set())
+    # members that trained before failing alike may well get on after a rerun (a killed one says nothing)
+    assert "none finished" in _failure_message(config, [0, 1], reported={1})
+    _failure_file(config, 1).unlink()
+    assert "none finished" in _failure_message(config, [0, 1], reported=set())
+
+
+def test_a_damaged_latest_checkpoint_resumes_the_member_from_its_previous_one(tmp_path, monkeypatch):
+    from ganno_lightning.pbt.runner import run_member
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # killable_task, in this process
+    pop, records = tmp_path / "pop", tmp_path / "records"
+    records.mkdir()
+    config_path = tmp_path / "killable.yaml"
+    config_path.write_text(KILLABLE_CONFIG.format(pop=pop, records=records).replace("kill_after_exploit: true", ""))
+    run_member(load_config(config_path), 0)  # alone: no peer to exploit, 4 steps per epoch
+    store = PopulationStore(pop)
+    latest = Path(store.members()[0].checkpoint)
+    assert latest.name == "step_000000012.ckpt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # cut short
+    store.set_status(0, "running")
+
+    with pytest.warns(UserWarning, match="PBT member 0 resumes from its previous checkpoint .*step_000000008.ckpt"):
+        run_member(load_config(config_path, ["max_epochs=4"]), 0)
+    assert [h["step"] for h in store.history() if h["member"] == 0] == [4, 8, 12, 12, 16]
+    assert store.members()[0].status == "done"
+
+    for path in store.checkpoints(0):  # nothing readable left: a clear error, not torch's
+        path.write_bytes(b"")
+    store.set_status(0, "running")
+    with pytest.raises(RuntimeError, match="Member 0 has no readable checkpoint"):
+        run_member(load_config(config_path, ["max_epochs=5"]), 0)
