@@ -50,7 +50,7 @@ from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import check_task_pool, env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.files import atomic_file
+from ganno_lightning.files import atomic_file, check_writable_dir
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.lr_search import check_lr_search
 from ganno_lightning.layerwise.prior import check_prior_above
@@ -450,6 +450,28 @@ class EpisodeTracker:
         return finished
 
 
+def check_output_dirs(config: MetaTrainingConfig) -> Path:
+    """Create ``run.out_dir`` (and the folder of ``run.export``) and prove both writable, before any training.
+
+    Returns:
+        ``run.out_dir`` as an absolute path.
+
+    Raises:
+        PermissionError: naming the key and the path, if a folder cannot be created or written.
+    """
+    out_dir = check_writable_dir(config.run.out_dir, "run.out_dir")
+    if config.run.export:  # written once training ends: a bad folder must not cost the whole run
+        check_writable_dir(Path(config.run.export).expanduser().parent, "run.export")
+    return out_dir
+
+
+def _checked_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConfig:
+    """:func:`parse_config`, then :func:`check_output_dirs`: what the command line checks before training."""
+    config = parse_config(source, overrides)
+    check_output_dirs(config)
+    return config
+
+
 def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     """Run meta-training; returns the path of the exported agent file.
 
@@ -461,8 +483,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
     env_settings = env_config(_env_sections(config))
     family = family_from_config(_env_sections(config))
     plain_config = resolved_config(config)
-    out_dir = Path(run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_output_dirs(config)
     torch.manual_seed(run.seed)
     torch.set_num_threads(run.threads)
 
@@ -685,7 +706,7 @@ def _progress(run: RunConfig, frames: int) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     """``ganno-train CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
     cli = ConfigCommandLine("ganno-train", __doc__, MetaTrainingConfig, see="configs/ganno_default.yaml")
-    config = cli.load(parse_config, cli.parse_args(argv))
+    config = cli.load(_checked_config, cli.parse_args(argv))  # a bad config or out_dir: one line, status 2
     path = train(config)
     print(f"agent written to {path}")
     return 0

@@ -47,7 +47,7 @@ from ganno_lightning.agents.evaluation.report import (
 )
 from ganno_lightning.agents.evaluation.run import missing_lr_cells
 from ganno_lightning.config import ConfigCommandLine
-from ganno_lightning.files import atomic_write_text
+from ganno_lightning.files import atomic_write_text, check_writable_dir
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.decisions import resolve_decision_steps
 from ganno_lightning.layerwise.features import check_lr_probe_decisions
@@ -67,17 +67,7 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
         print(results["targets"])
     """
     start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    agent_file = agent_path(cfg.agent.path)
-    if cfg.agent.path != "default" and not agent_file.is_file():
-        raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'.")
-    agent = GANNOAgent.from_source(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
-    if cfg.agent.decision_steps is not None:  # as must an agent whose LR probe features these steps never measure
-        steps = resolve_decision_steps(plain_value(cfg.agent.decision_steps), agent.interval, "agent.decision_steps")
-        check_lr_probe_decisions(agent.feature_names, steps, "agent.decision_steps")
-    check_only_tasks(cfg)
-    check_lr_cells(cfg)
+    out_dir = check_before_runs(cfg)
     jobs = [job for job in plan_runs(cfg) if selected(cfg, job)]
     log_path = out_dir / RUNS_FILE
     done = read_log(log_path) if cfg.resume else {}
@@ -139,6 +129,32 @@ def evaluate(cfg: DictConfig) -> Dict[str, Any]:
     return {**results, "report": report}
 
 
+def check_before_runs(cfg: DictConfig) -> Path:
+    """Everything that would fail every run, checked before the first: ``out_dir``, the agent and the tasks.
+
+    Returns:
+        ``out_dir``, created if needed, as an absolute path.
+
+    Raises:
+        PermissionError: ``out_dir`` cannot be created or written (naming it and the path).
+        FileNotFoundError: ``agent.path`` names no file.
+        ValueError: the agent cannot act at ``agent.decision_steps``, ``only_tasks`` matches no task, or
+            an ``around_best`` cell has no calibrated LR (see :func:`check_lr_cells`).
+    """
+    out_dir = check_writable_dir(cfg.out_dir, "out_dir")
+    agent_file = agent_path(cfg.agent.path)
+    if cfg.agent.path != "default" and not agent_file.is_file():
+        raise FileNotFoundError(f"`agent.path`: agent file not found: '{agent_file}'. Pass the path of a file written "
+                                "by ganno-train (or GANNOAgent.save), or agent.path=default for the shipped agent.")
+    agent = GANNOAgent.from_source(cfg.agent.path)  # an unreadable or incompatible agent fails here, not in every run
+    if cfg.agent.decision_steps is not None:  # as must an agent whose LR probe features these steps never measure
+        steps = resolve_decision_steps(plain_value(cfg.agent.decision_steps), agent.interval, "agent.decision_steps")
+        check_lr_probe_decisions(agent.feature_names, steps, "agent.decision_steps")
+    check_only_tasks(cfg)
+    check_lr_cells(cfg)
+    return out_dir
+
+
 def check_lr_cells(cfg: DictConfig) -> None:
     """Fail before any run when an ``around_best`` task's cell has no calibrated best LR.
 
@@ -197,9 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             EvaluateConfig, see="configs/evaluate.yaml")
     cfg = cli.load(load_config, cli.parse_args(argv))
     try:
-        check_only_tasks(cfg)
-        check_lr_cells(cfg)
-    except ValueError as err:
+        check_before_runs(cfg)
+    except (ValueError, OSError) as err:
         cli.error(str(err))
     results = evaluate(cfg)
     if results.get("partial"):

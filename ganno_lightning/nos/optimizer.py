@@ -258,6 +258,19 @@ class _Bucket:
         raise AssertionError(f"binary function {fn!r} has no implementation")
 
 
+def _real(value: object) -> Optional[float]:
+    """``value`` as a float if it is a real number (an int, a float or a one-element tensor), else None.
+
+    A string or a bool is not a number here: ``float("0.1")`` would accept a value a config loader
+    left unparsed, and ``True`` would pass as 1.0.
+    """
+    if isinstance(value, Tensor):
+        return float(value) if value.numel() == 1 and not value.is_complex() else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
 #: Operands computed fresh for each step, so the only reader may overwrite them.
 _OWNABLE = frozenset({"g2", "g3", "m_hat", "v_hat", "y_hat", "sign_g", "sign_m", "noise", "adam", "rmsprop"})
 
@@ -314,7 +327,7 @@ class RuleOptimizer(Optimizer):
         defaults = dict(
             rule=parsed.text,
             lr=lr,
-            betas=tuple(betas),
+            betas=tuple(betas) if isinstance(betas, (tuple, list)) else betas,  # a scalar: an error naming `betas`
             beta3=beta3,
             eps=eps,
             decay_steps=decay_steps,
@@ -334,16 +347,19 @@ class RuleOptimizer(Optimizer):
             self._validate_group(self.param_groups[-1])
 
     def _validate_group(self, group: dict) -> None:
-        lr = group["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float, Tensor)) or not float(lr) > 0:
-            raise ValueError(f"`lr` must be a positive float, got {lr!r}.")
+        lr = _real(group["lr"])
+        if lr is None or not lr > 0:
+            raise ValueError(f"`lr` must be a positive float, got {group['lr']!r}.")
         betas = group["betas"]
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise ValueError(f"`betas` must be two floats in [0, 1), got {betas!r}.")
-        if not 0.0 <= float(group["beta3"]) < 1.0:
-            raise ValueError(f"`beta3` must be a float in [0, 1), got {group['beta3']!r}.")
-        if not float(group["eps"]) >= 0.0:
-            raise ValueError(f"`eps` must be a non-negative float, got {group['eps']!r}.")
+        values = [_real(b) for b in betas] if isinstance(betas, (tuple, list)) else []
+        if len(values) != 2 or not all(b is not None and 0.0 <= b < 1.0 for b in values):
+            raise ValueError(f"`betas` must be two floats in [0, 1), got {betas!r}, e.g. betas=(0.9, 0.999).")
+        beta3 = _real(group["beta3"])
+        if beta3 is None or not 0.0 <= beta3 < 1.0:
+            raise ValueError(f"`beta3` must be a float in [0, 1), got {group['beta3']!r}, e.g. beta3=0.999.")
+        eps = _real(group["eps"])
+        if eps is None or not eps >= 0.0:
+            raise ValueError(f"`eps` must be a non-negative float, got {group['eps']!r}, e.g. eps=1e-8.")
         rule = self._rule(group)
         steps = group["decay_steps"]
         if rule.uses_decay and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
@@ -352,8 +368,12 @@ class RuleOptimizer(Optimizer):
                 f"`decay_steps` must be a positive int when the rule uses the decay operand(s) {used}, "
                 f"got {steps!r}. Pass the number of optimizer steps of the run, e.g. decay_steps=1000."
             )
-        if not float(group["decay_periods"]) > 0:
-            raise ValueError(f"`decay_periods` must be a positive float, got {group['decay_periods']!r}.")
+        periods = _real(group["decay_periods"])
+        if periods is None or not periods > 0:
+            raise ValueError(
+                f"`decay_periods` must be a positive float, got {group['decay_periods']!r}. Pass the number of "
+                "periods of the cyclic decay operands cd, rd and lcd, e.g. decay_periods=0.5."
+            )
 
     def _rule(self, group: dict) -> Rule:
         text = group["rule"]

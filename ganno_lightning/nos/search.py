@@ -28,10 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ganno_lightning import config as shared
 from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
-from ganno_lightning.files import atomic_file, atomic_write_text
+from ganno_lightning.files import atomic_file, atomic_write_text, check_writable_dir
 from ganno_lightning.imports import import_callable
 from ganno_lightning.nos.controller import ControllerPPO, RuleController, SearchSpace
-from ganno_lightning.nos.worker import evaluate_candidate
+from ganno_lightning.nos.worker import check_task, evaluate_candidate
 from ganno_lightning.trials.pool import JobFailure, JobPool
 
 __all__ = [
@@ -107,6 +107,9 @@ class SearchConfig:
     seed: int = 0
     out_dir: str = "runs/nos_search"
     resume: bool = True  # continue from out_dir/search_state.pt when it exists
+    # before the first round: check task.*_kwargs against the factories and fit one batch, in which
+    # train.monitor must be logged (a mistake there would fail every candidate)
+    check_task: bool = True
 
 
 def load_config(config: Union[str, os.PathLike, dict, DictConfig, SearchConfig, None] = None, overrides=()) -> DictConfig:
@@ -160,6 +163,7 @@ class RuleSearch:
     Raises:
         ValueError: an invalid config (unknown key, bad value, empty search space, unimportable task),
             or a saved state whose search space differs from the config.
+        PermissionError: ``out_dir`` cannot be created or written.
 
     Example::
 
@@ -188,7 +192,7 @@ class RuleSearch:
             entropy_coeff=c.entropy_coeff,
             baseline_decay=c.baseline_decay,
         )
-        self.out_dir = Path(self.cfg.out_dir)
+        self.out_dir = check_writable_dir(self.cfg.out_dir, "out_dir")
         self.state_path = self.out_dir / "search_state.pt"
         self.results_path = self.out_dir / "results.json"
         self.history: list[dict] = []
@@ -197,6 +201,7 @@ class RuleSearch:
         self.wandb_id: Optional[str] = None
         self._pool: Optional[JobPool] = None
         self._run = None
+        self._task_checked = False
         if self.cfg.resume and (self.state_path.exists() or self.state_path.with_name(self.state_path.name + ".prev").exists()):
             self._load_state()
 
@@ -312,8 +317,40 @@ class RuleSearch:
             config=OmegaConf.to_container(self.cfg, resolve=True),
         )
 
+    def dry_run(self) -> None:
+        """Check the task once, in this process, before any candidate: see :func:`~ganno_lightning.nos.worker.check_task`.
+
+        Raises:
+            ValueError: naming the config key at fault (``task.module_kwargs.<name>``, ``train.monitor``...).
+        """
+        check_task(OmegaConf.to_container(self.cfg.task, resolve=True), OmegaConf.to_container(self.cfg.train, resolve=True),
+                   seed=self.cfg.seed)
+        self._task_checked = True
+
+    def _stop_if_all_failed(self, round_idx: int, rules: list, results: list) -> None:
+        """Raise when every candidate of the round failed with one error: a broken task, not bad rules.
+
+        Training the controller on ``train.diverged_reward`` for all of them would teach it nothing.
+        Diverged candidates and dead workers do not count: those are results, or the pool's to retry.
+        """
+        reasons = {r["reason"] for r in results if r["status"] == "failed"}
+        if len(results) < len(set(rules)) or len(reasons) != 1 or any(r["status"] != "failed" for r in results):
+            return
+        raise RuntimeError(
+            f"RuleSearch stopped in round {round_idx}: all {len(rules)} candidates failed with the same error, so the "
+            f"controller would learn only from `train.diverged_reward`. The error: {reasons.pop().rstrip('.')}. Fix the task, then "
+            "run again with the same `out_dir` to resume."
+        )
+
     def run(self) -> list:
-        """Run the remaining rounds; returns the history of all candidates."""
+        """Run the remaining rounds; returns the history of all candidates.
+
+        Raises:
+            ValueError: (a new search with ``check_task``) the task fails its one-batch check.
+            RuntimeError: every candidate of a round failed with the same error.
+        """
+        if self.cfg.check_task and not self.history and not self._task_checked:
+            self.dry_run()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._init_wandb()
         cache: dict[str, dict] = {h["rule"]: h for h in self.history if h["status"] in ("ok", "diverged")}
@@ -327,7 +364,9 @@ class RuleSearch:
                 for i, rule in enumerate(rules):
                     first.setdefault(rule, i)
                 fresh = [(i, r) for r, i in first.items() if r not in cache]
-                for result in self._evaluate(self._jobs(round_idx, fresh)):
+                results = self._evaluate(self._jobs(round_idx, fresh))
+                self._stop_if_all_failed(round_idx, rules, results)
+                for result in results:
                     if result["status"] in ("ok", "diverged"):
                         cache[result["rule"]] = result
                     self.history.append(result)
@@ -384,10 +423,18 @@ class RuleSearch:
             self._run.summary["best_reward"] = best["reward"]
 
 
+def _checked_search(config, overrides=()) -> RuleSearch:
+    """A :class:`RuleSearch` (config loaded, validated, saved state read) whose task passed its check."""
+    search = RuleSearch(config, overrides)
+    if search.cfg.check_task and not search.history:
+        search.dry_run()
+    return search
+
+
 def main(argv: Optional[list] = None) -> int:
     """``ganno-nos-search CONFIG.yaml [key=value ...]``; a bad config exits with one line and status 2."""
     cli = ConfigCommandLine("ganno-nos-search", __doc__, SearchConfig, see="configs/nos_search.yaml")
-    search = cli.load(RuleSearch, cli.parse_args(argv))  # loads, validates and reads a saved state
+    search = cli.load(_checked_search, cli.parse_args(argv))  # a bad config, out_dir or task: one line, status 2
     history = search.run()
     best = search.best()
     print(f"evaluated {len(history)} candidates; results in {search.results_path}")

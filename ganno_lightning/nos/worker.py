@@ -7,16 +7,111 @@ as a result with a ``status``, so one candidate can never stop the search.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import tempfile
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from ganno_lightning.imports import import_callable
 
-__all__ = ["evaluate_candidate"]
+__all__ = ["build_task", "check_task", "evaluate_candidate"]
+
+#: The rule of the one-batch check (plain SGD): the task is on trial there, not a rule.
+CHECK_RULE = "g"
+
+
+def build_task(task: dict[str, Any]) -> tuple[Any, Any]:
+    """``(module, datamodule or None)`` built from the ``task`` section (import strings and kwargs)."""
+    module = import_callable(task["module"], argument="task.module")(**dict(task.get("module_kwargs") or {}))
+    datamodule = None
+    if task.get("datamodule"):
+        datamodule = import_callable(task["datamodule"], argument="task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
+    return module, datamodule
+
+
+def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], target: str, key: str) -> None:
+    """Check ``kwargs`` against ``factory``'s signature; a factory taking ``**kwargs`` accepts anything.
+
+    Raises:
+        ValueError: a keyword the factory does not take, or a required argument that ``kwargs`` lacks,
+            naming ``key`` (the config key of the kwargs) and ``target`` (its import string).
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C extension without a signature: the fit checks it
+        return
+    named = {name: p for name, p in parameters.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for name in kwargs:
+            if name not in named:
+                close = difflib.get_close_matches(str(name), list(named), n=1)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                raise ValueError(
+                    f"`{key}.{name}`={kwargs[name]!r}{hint}: {target} does not take `{name}`; it takes "
+                    f"{', '.join(named) or 'no keyword arguments'}. Remove or rename `{key}.{name}`."
+                )
+    for name, p in named.items():
+        if p.default is inspect.Parameter.empty and name not in kwargs:
+            raise ValueError(f"{target} requires the argument `{name}`: set `{key}.{name}`.")
+
+
+def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> None:
+    """Check, in this process, what would otherwise fail every candidate: the task's arguments, then a
+    one-batch fit under :class:`~ganno_lightning.nos.callback.RuleSearchCallback` (rule ``g``) in which
+    ``train.monitor`` must be logged.
+
+    Args:
+        task: the ``task`` section, as a plain dict.
+        train: the ``train`` section, as a plain dict.
+        seed: seeds torch before the task is built.
+
+    Raises:
+        ValueError: naming the config key at fault: a keyword the factory does not take, a task that
+            cannot be built or fit (its error quoted), or ``train.monitor`` never logged (naming what is).
+    """
+    module_kwargs = dict(task.get("module_kwargs") or {})
+    _check_kwargs(import_callable(task["module"], argument="task.module"), module_kwargs,
+                  f"`task.module` {task['module']!r}", "task.module_kwargs")
+    if task.get("datamodule"):
+        _check_kwargs(import_callable(task["datamodule"], argument="task.datamodule"),
+                      dict(task.get("datamodule_kwargs") or {}), f"`task.datamodule` {task['datamodule']!r}",
+                      "task.datamodule_kwargs")
+    import torch
+
+    from ganno_lightning.trials.trainer import quiet_run
+
+    with quiet_run(threads=max(1, int(train.get("torch_threads", 1)))):
+        try:
+            torch.manual_seed(int(seed))
+            module, datamodule = build_task(task)
+            from ganno_lightning.nos.callback import RuleSearchCallback
+            from ganno_lightning.trials.trainer import short_run_trainer
+
+            cb = RuleSearchCallback(CHECK_RULE, lr=train["lr"], monitor=train["monitor"], mode=train["mode"],
+                                    divergence_factor=train["divergence_factor"])
+            cb.strict = False  # a missing monitor is reported below, naming its config key
+            with tempfile.TemporaryDirectory(prefix="nos_check_") as root:
+                trainer = short_run_trainer(1, 1, root, [cb], accelerator=train.get("accelerator", "cpu"),
+                                            limit_val_batches=1)
+                trainer.fit(module, datamodule=datamodule)
+        except Exception as err:
+            first = (str(err).splitlines() or [""])[0][:300]
+            raise ValueError(
+                f"The task failed a one-batch check before the search ({type(err).__name__}: {first}); every "
+                "candidate would fail the same way. Fix `task` (or `train`), or set check_task=false to skip the check."
+            ) from err
+    if train["monitor"] not in trainer.callback_metrics:
+        logged = ", ".join(f"`{k}`" for k in sorted(trainer.callback_metrics)) or "(nothing)"
+        raise ValueError(
+            f"`train.monitor` is {train['monitor']!r}, but the task never logs it in a one-batch fit; it logs "
+            f"{logged}. Set `train.monitor` to one of those, or log it with self.log({train['monitor']!r}, value) "
+            "in validation_step."
+        )
 
 
 def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +148,7 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         seed = int(job.get("seed", 0))
         random.seed(seed)
         torch.manual_seed(seed)
-        module = import_callable(task["module"], argument="task.module")(**dict(task.get("module_kwargs") or {}))
-        datamodule = None
-        if task.get("datamodule"):
-            datamodule = import_callable(task["datamodule"], argument="task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
+        module, datamodule = build_task(task)
         # Lightning is imported after the task is built: its import dominates a fresh worker's
         # start-up, and the task usually imports it anyway
         from ganno_lightning.nos.callback import RuleSearchCallback

@@ -424,6 +424,27 @@ def test_a_suite_entry_can_set_its_own_run_length_and_default_entries_keep_their
         ev.load_config({"suite": [{"family": "mlp_digits", "steps": 610}]})
 
 
+@pytest.mark.parametrize("setting, match", [
+    ("out_dir", r"`out_dir` must be a writable directory, got '.*a_file.*out'"),
+    ("agent.path", r"`agent.path`: agent file not found: '.*missing\.pt'\. Pass the path of a file"),
+])
+def test_an_unwritable_out_dir_or_a_missing_agent_is_one_line_and_status_2_before_any_run(tmp_path, capsys, setting,
+                                                                                         match):
+    from ganno_lightning.agents.evaluation.main import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "out" if setting == "out_dir" else tmp_path / "eval"
+    agent = tmp_path / "missing.pt" if setting == "agent.path" else "default"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), f"out_dir={out}", f"agent.path={agent}", "wandb.enabled=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ganno-evaluate: error: "), err
+    assert re.search(match, err), err
+    assert not (tmp_path / "eval" / "runs.jsonl").exists()
+
+
 def test_a_suite_whose_cells_are_not_calibrated_fails_before_any_run_and_names_the_command(tmp_path, capsys):
     from ganno_lightning.agents.evaluation.main import main
 

@@ -12,6 +12,7 @@ from ganno_lightning import GANNOAgent, GANNOCallback
 from ganno_lightning.agents.networks import LOG_PROB, RunningNormalizer, make_modules
 from ganno_lightning.agents.train import (
     RAY_WEIGHT_SYNC_TIMEOUT,
+    main,
     parse_config,
     resolved_config,
     start_from_agent,
@@ -68,6 +69,23 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     path = train(SMOKE, [*overrides, "run.total_frames=64", "run.resume=true"])
     assert [int(r["iteration"]) for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
     assert GANNOAgent.load(path).training_config["trained_frames"] == 64
+
+
+@pytest.mark.parametrize("key", ["run.out_dir", "run.export"])
+def test_an_unwritable_output_folder_is_one_line_and_status_2_before_training(tmp_path, capsys, key):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    bad = blocker / "out" if key == "run.out_dir" else blocker / "agent.pt"
+    good = [f"run.out_dir={tmp_path / 'run'}"] if key == "run.export" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), *good, f"{key}={bad}", "run.wandb=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.match(rf"ganno-train: error: `{re.escape(key)}` must be a writable directory, got '.*a_file", err), err
+    assert not list(tmp_path.rglob("checkpoint.pt"))  # nothing trained
+    with pytest.raises(PermissionError, match=rf"`{re.escape(key)}` must be a writable directory"):
+        train(SMOKE, [*good, f"{key}={bad}", "run.wandb=false"])  # the Python entry point checks it too
 
 
 def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_path):

@@ -166,6 +166,14 @@ def test_nan_rule_raises_and_leaves_weights_unchanged():
         (dict(eps=-1.0), r"`eps` must be a non-negative float, got -1.0"),
         (dict(rule="powersign_ld"), r"`decay_steps` must be a positive int when the rule uses the decay operand\(s\) ld, got None"),
         (dict(rule=42), r"`rule` must be a rule name, rule text or Rule, got int: 42"),
+        # a value of the wrong type names its argument too, not float()'s "could not convert"
+        (dict(decay_periods="x"), r"`decay_periods` must be a positive float, got 'x'\. .*e\.g\. decay_periods=0\.5"),
+        (dict(decay_periods=0.0), r"`decay_periods` must be a positive float, got 0\.0"),
+        (dict(beta3="x"), r"`beta3` must be a float in \[0, 1\), got 'x'"),
+        (dict(eps="1e-8"), r"`eps` must be a non-negative float, got '1e-8'"),
+        (dict(betas=0.9), r"`betas` must be two floats in \[0, 1\), got 0\.9"),
+        (dict(betas=("a", 0.999)), r"`betas` must be two floats in \[0, 1\), got \('a', 0\.999\)"),
+        (dict(lr="0.1"), r"`lr` must be a positive float, got '0\.1'"),
     ],
 )
 def test_constructor_errors(kwargs, match):

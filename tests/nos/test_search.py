@@ -1,6 +1,7 @@
 """The search loop end to end: real worker processes, real Lightning runs, W&B offline."""
 
 import json
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -121,6 +122,7 @@ def test_killed_worker_is_retried_and_a_persistent_crash_is_recorded(tmp_path, m
         "wandb.enabled=false",
         "task.module=crashpkg:crash_once",
         "train.diverged_reward=-3.0",
+        "check_task=false",  # the one-batch check builds the task in this process, which it would kill
     ]
     with pytest.warns(UserWarning, match="worker process died"):
         history = RuleSearch(SMOKE, [*common, f"task.module_kwargs.marker={marker}"]).run()
@@ -167,3 +169,48 @@ def test_cli_runs_a_search(tmp_path, capsys):
     assert main([str(SMOKE), *_small(tmp_path, "rounds=1")]) == 0
     assert "best rule:" in capsys.readouterr().out
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def _unwritable(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    return blocker / "out"  # a folder cannot be made inside a file, on any OS
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.monitor=val_ac", r"`train.monitor` is 'val_ac', but the task never logs it .*it logs .*`val_acc`"),
+        ("task.module_kwargs.hiden=3", r"`task.module_kwargs.hiden`=3 \(did you mean `hidden`\?\): .*DigitsClassifier"
+                                       r"' does not take `hiden`"),
+        ("task.datamodule_kwargs.batchsize=8", r"`task.datamodule_kwargs.batchsize`=8 \(did you mean `batch_size`\?\)"),
+        ("task.module_kwargs.hidden=abc", r"The task failed a one-batch check before the search \(TypeError"),
+        ("out_dir=UNWRITABLE", r"`out_dir` must be a writable directory"),
+    ],
+)
+def test_cli_refuses_a_task_or_out_dir_that_would_fail_every_candidate_before_the_search(tmp_path, capsys, override,
+                                                                                          match):
+    override = override.replace("UNWRITABLE", str(_unwritable(tmp_path)))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), *_small(tmp_path, "rounds=1"), override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ganno-nos-search: error: ")
+    assert re.search(match, err), err
+    assert not (tmp_path / "run" / "results.json").exists()  # no candidate was trained
+
+
+def test_run_checks_the_task_before_the_first_round(tmp_path):
+    search = RuleSearch(SMOKE, _small(tmp_path, "rounds=1", "train.monitor=val_ac"))
+    with pytest.raises(ValueError, match=r"`train.monitor` is 'val_ac'"):
+        search.run()
+    assert search.history == [] and search.round_stats == []
+
+
+def test_a_round_whose_candidates_all_fail_with_one_error_stops_the_search(tmp_path):
+    search = RuleSearch(SMOKE, _small(tmp_path, "rounds=2", "check_task=false", "train.monitor=val_ac"))
+    with pytest.raises(RuntimeError, match=r"stopped in round 0: all 3 candidates failed with the same error.*"
+                                           r"`monitor` 'val_ac' was not logged"):
+        search.run()
+    assert search.round_stats == [] and search.next_round == 0  # the controller never trained on those rewards
+    assert not (tmp_path / "run" / "search_state.pt").exists()
