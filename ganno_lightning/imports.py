@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -82,3 +84,59 @@ def import_callable(target: str | Callable[..., Any], *, argument: str = "path")
         raise TypeError(f"`{argument}` must be a class or function that builds the object, or an import string "
                         f"'package.module:attr' naming one, got {target!r}.")
     return target
+
+
+def keyword_parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
+    """``factory``'s parameters that a keyword can set, or ``None`` when it takes ``**kwargs`` or has no
+    signature to read (anything goes: the call itself will tell).
+
+    Example::
+
+        >>> list(keyword_parameters(lambda lr, *, depth=2: None)), keyword_parameters(lambda **kw: None)
+        (['lr', 'depth'], None)
+    """
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return {name: p for name, p in parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], key: str, target: str,
+                   provided: Iterable[str] = ()) -> None:
+    """Check a config section of keyword arguments against the factory it is for, before calling it.
+
+    Args:
+        factory: The callable the keywords go to.
+        kwargs: The config section's keywords and values.
+        key: The section's config key, quoted in messages (e.g. ``"task_kwargs"``).
+        target: The factory as messages name it (e.g. ``"`task` 'pkg.mod:factory'"``).
+        provided: Keywords the caller passes itself (e.g. ``seed``): they count as set.
+
+    Raises:
+        ValueError: for a keyword the factory does not take (with the closest one it does), or an
+            argument it requires that is neither in ``kwargs`` nor ``provided``.
+
+    Example::
+
+        >>> check_keywords(lambda hidden=8: None, {"hiden": 3}, "task_kwargs", "`task` 'm:f'")
+        Traceback (most recent call last):
+        ...
+        ValueError: `task_kwargs.hiden` is 3, but `task` 'm:f' takes no argument `hiden` (did you mean `task_kwargs.hidden`?); it takes hidden. Remove or rename `task_kwargs.hiden`.
+    """
+    parameters = keyword_parameters(factory)
+    if parameters is None:
+        return
+    for name, value in kwargs.items():
+        if name not in parameters:
+            close = difflib.get_close_matches(str(name), list(parameters), n=1)
+            hint = f" (did you mean `{key}.{close[0]}`?)" if close else ""
+            raise ValueError(f"`{key}.{name}` is {value!r}, but {target} takes no argument `{name}`{hint}; it takes"
+                             f" {', '.join(parameters) or 'no keyword arguments'}. Remove or rename `{key}.{name}`.")
+    given = set(kwargs) | set(provided)
+    for name, parameter in parameters.items():
+        if parameter.default is inspect.Parameter.empty and name not in given:
+            raise ValueError(f"{target} requires the argument `{name}`: set `{key}.{name}`.")

@@ -12,7 +12,6 @@ and the budget counts what was spent before.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ganno_lightning.boil.store import PENDING_STATES, BOILStore, TrialRecord
-from ganno_lightning.imports import import_callable
+from ganno_lightning.imports import import_callable, keyword_parameters
 from ganno_lightning.trials.trainer import LENGTH_ARGUMENTS
 from ganno_lightning.tuning.space import (
     Hyperparameter,
@@ -106,18 +105,6 @@ def _task_name(task: Any) -> Optional[str]:
     return f"{getattr(task, '__module__', '?')}:{getattr(task, '__qualname__', repr(task))}"
 
 
-def _parameters(factory: Callable[..., Any]) -> Optional[dict[str, inspect.Parameter]]:
-    """The factory's keyword parameters, or ``None`` when it takes ``**kwargs`` (anything goes)."""
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return None
-    return {name: p for name, p in parameters.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-
-
 def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: Mapping[str, Any],
               budget_epochs: Optional[int] = None) -> Any:
     """:class:`~ganno_lightning.boil.core.BOILCore` with the caller's ``options`` (the tuner's, the Ray searcher's).
@@ -131,7 +118,7 @@ def make_core(dims: int, t_min: int, t_max: int, mode: str, seed: int, options: 
     """
     from ganno_lightning.boil.core import BOILCore
 
-    allowed = _parameters(BOILCore)
+    allowed = keyword_parameters(BOILCore)
     if allowed is not None:
         fixed = {"dims", "t_max", "t_min", "mode", "seed"}
         for name in options:
@@ -156,7 +143,7 @@ def build_task(task: Union[str, Callable[..., Any]], values: Mapping[str, Any],
 
     factory = import_callable(task, argument="task")
     kwargs = {**dict(task_kwargs or {}), **dict(values)}
-    parameters = _parameters(factory)
+    parameters = keyword_parameters(factory)
     if "seed" not in kwargs and parameters is not None and "seed" in parameters:
         kwargs["seed"] = seed
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -386,7 +373,7 @@ class BOILTuner:
         overlap = sorted(set(self.task_kwargs) & set(self.space))
         if overlap:
             raise ValueError(f"`task_kwargs` fixes {overlap}, which `space` tunes. Remove them from one of the two.")
-        parameters = _parameters(factory)
+        parameters = keyword_parameters(factory)
         if parameters is None:
             return
         for name in [*self.space, *self.task_kwargs]:

@@ -7,16 +7,14 @@ as a result with a ``status``, so one candidate can never stop the search.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
 import math
 import tempfile
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any
 
-from ganno_lightning.imports import import_callable
+from ganno_lightning.imports import check_keywords, import_callable
 
 __all__ = ["build_task", "check_task", "evaluate_candidate"]
 
@@ -31,33 +29,6 @@ def build_task(task: dict[str, Any]) -> tuple[Any, Any]:
     if task.get("datamodule"):
         datamodule = import_callable(task["datamodule"], argument="task.datamodule")(**dict(task.get("datamodule_kwargs") or {}))
     return module, datamodule
-
-
-def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], target: str, key: str) -> None:
-    """Check ``kwargs`` against ``factory``'s signature; a factory taking ``**kwargs`` accepts anything.
-
-    Raises:
-        ValueError: a keyword the factory does not take, or a required argument that ``kwargs`` lacks,
-            naming ``key`` (the config key of the kwargs) and ``target`` (its import string).
-    """
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # a builtin or C extension without a signature: the fit checks it
-        return
-    named = {name: p for name, p in parameters.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        for name in kwargs:
-            if name not in named:
-                close = difflib.get_close_matches(str(name), list(named), n=1)
-                hint = f" (did you mean `{close[0]}`?)" if close else ""
-                raise ValueError(
-                    f"`{key}.{name}`={kwargs[name]!r}{hint}: {target} does not take `{name}`; it takes "
-                    f"{', '.join(named) or 'no keyword arguments'}. Remove or rename `{key}.{name}`."
-                )
-    for name, p in named.items():
-        if p.default is inspect.Parameter.empty and name not in kwargs:
-            raise ValueError(f"{target} requires the argument `{name}`: set `{key}.{name}`.")
 
 
 def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> None:
@@ -75,12 +46,12 @@ def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> No
             cannot be built or fit (its error quoted), or ``train.monitor`` never logged (naming what is).
     """
     module_kwargs = dict(task.get("module_kwargs") or {})
-    _check_kwargs(import_callable(task["module"], argument="task.module"), module_kwargs,
-                  f"`task.module` {task['module']!r}", "task.module_kwargs")
+    check_keywords(import_callable(task["module"], argument="task.module"), module_kwargs, "task.module_kwargs",
+                   f"`task.module` {task['module']!r}")
     if task.get("datamodule"):
-        _check_kwargs(import_callable(task["datamodule"], argument="task.datamodule"),
-                      dict(task.get("datamodule_kwargs") or {}), f"`task.datamodule` {task['datamodule']!r}",
-                      "task.datamodule_kwargs")
+        check_keywords(import_callable(task["datamodule"], argument="task.datamodule"),
+                       dict(task.get("datamodule_kwargs") or {}), "task.datamodule_kwargs",
+                       f"`task.datamodule` {task['datamodule']!r}")
     import torch
 
     from ganno_lightning.trials.trainer import quiet_run

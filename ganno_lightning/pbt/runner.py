@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from ganno_lightning import config as shared
 from ganno_lightning.config import ConfigCommandLine, WandbConfig, check_wandb
 from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
-from ganno_lightning.imports import import_object
+from ganno_lightning.imports import check_keywords, import_object, keyword_parameters
 from ganno_lightning.pbt.core import Explorer, PBTStrategy, make_exploiter
 from ganno_lightning.pbt.store import PopulationStore
 from ganno_lightning.trials.trainer import LENGTH_ARGUMENTS
@@ -176,32 +176,17 @@ def _load_task(config: DictConfig, seed: int) -> tuple[Any, Any]:
 
 
 def _check_task_kwargs(task: str, factory: Any, kwargs: dict[str, Any]) -> None:
-    """The factory must accept ``seed`` and every key of ``task_kwargs``: a ValueError naming the key, not a TypeError."""
+    """The factory must take ``seed`` and every key of ``task_kwargs``: a ValueError naming the key, not a TypeError."""
     if "seed" in kwargs:
         raise ValueError(
             f"`task_kwargs.seed` is {kwargs['seed']!r}, but the runner passes each member `seed` + member index."
             " Remove `task_kwargs.seed` and set `seed` instead."
         )
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # no signature to check (a builtin): the call itself will tell
-        return
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        for key, value in kwargs.items():
-            if key not in parameters:
-                close = difflib.get_close_matches(key, list(parameters), n=1)
-                hint = f" (did you mean `task_kwargs.{close[0]}`?)" if close else ""
-                raise ValueError(
-                    f"`task_kwargs.{key}` is {value!r}, but `task` {task!r} takes no argument `{key}`{hint}; it takes"
-                    f" {', '.join(parameters)}. Remove or rename `task_kwargs.{key}`."
-                )
-    try:
-        inspect.signature(factory).bind(seed=0, **kwargs)
-    except TypeError as err:
-        raise ValueError(
-            f"`task` {task!r} cannot be called with `seed` and `task_kwargs` {kwargs!r}: {err}."
-            " Set its missing arguments in `task_kwargs`."
-        ) from None
+    parameters = keyword_parameters(factory)
+    if parameters is not None and "seed" not in parameters:
+        raise ValueError(f"`task` {task!r} must take a `seed` argument (each member's seed), but it takes"
+                         f" {', '.join(parameters) or 'no keyword arguments'}.")
+    check_keywords(factory, kwargs, "task_kwargs", f"`task` {task!r}", provided=["seed"])
 
 
 def initial_values(config: DictConfig, strategy: PBTStrategy, member: int) -> dict[str, float]:

@@ -181,9 +181,10 @@ def _unwritable(tmp_path):
     "override, match",
     [
         ("train.monitor=val_ac", r"`train.monitor` is 'val_ac', but the task never logs it .*it logs .*`val_acc`"),
-        ("task.module_kwargs.hiden=3", r"`task.module_kwargs.hiden`=3 \(did you mean `hidden`\?\): .*DigitsClassifier"
-                                       r"' does not take `hiden`"),
-        ("task.datamodule_kwargs.batchsize=8", r"`task.datamodule_kwargs.batchsize`=8 \(did you mean `batch_size`\?\)"),
+        ("task.module_kwargs.hiden=3", r"`task.module_kwargs.hiden` is 3, but `task.module` .*DigitsClassifier' takes"
+                                       r" no argument `hiden` \(did you mean `task.module_kwargs.hidden`\?\)"),
+        ("task.datamodule_kwargs.batchsize=8", r"`task.datamodule_kwargs.batchsize` is 8, but .* \(did you mean"
+                                               r" `task.datamodule_kwargs.batch_size`\?\)"),
         ("task.module_kwargs.hidden=abc", r"The task failed a one-batch check before the search \(TypeError"),
         ("out_dir=UNWRITABLE", r"`out_dir` must be a writable directory"),
     ],
