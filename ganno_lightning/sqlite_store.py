@@ -56,6 +56,7 @@ class SQLiteStore:
 
     Raises:
         PermissionError: if ``directory`` is not writable (naming ``argument``).
+        ValueError: if the database file is damaged (not a database, cut short, pages overwritten).
     """
 
     FILE_NAME = "store.db"
@@ -70,17 +71,32 @@ class SQLiteStore:
         self.argument = argument
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
-        self._connect()  # creates the schema, and fails early on a broken database file
+        self._connect(check=True)  # creates the schema, and fails early on a damaged database file
 
     # -- connection -----------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, check: bool = False) -> sqlite3.Connection:
         if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.db_path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_META + self.SCHEMA)
+            try:
+                conn = sqlite3.connect(self.db_path, timeout=self.timeout, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout = %d" % int(self.timeout * 1000))
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.executescript(_META + self.SCHEMA)
+                # once per store, where it is opened first: a page damaged inside the file shows here, not mid-run
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0] if check else "ok"
+            except sqlite3.DatabaseError as err:
+                raise self._damaged(str(err)) from err
+            if verdict != "ok":
+                conn.close()
+                raise self._damaged(f"integrity check: {verdict}")
             self._conn, self._pid = conn, os.getpid()
         return self._conn
+
+    def _damaged(self, why: str) -> ValueError:
+        why = " ".join(why.split())  # SQLite's integrity report spans lines: one line, for a command's error
+        return ValueError(
+            f"The {self.KIND} database {str(self.db_path)!r} is damaged and cannot be read ({why}). Restore it from a"
+            f" copy, or give a new `{self.argument}` to start again."
+        )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -96,3 +96,21 @@ def test_a_driver_killed_mid_study_loses_no_reported_point_and_resumes(tmp_path,
     assert [c["suggestion"].info["source"] for c in suggest_calls] == ["random", "random"]  # 3 = the initial design
     assert time.time() - started < 60
 
+
+
+@pytest.mark.parametrize("damage", ["cut", "header", "middle"])
+def test_a_damaged_study_file_is_named_with_the_fix_not_a_sqlite_traceback(tmp_path, damage):
+    store = BOILStore(tmp_path)
+    for trial in range(30):  # a few pages, so that the middle of the file is table data
+        store.add_trial([0.5], {"lr": 0.1}, 3, {"source": "random", "note": "x" * 200})
+    store.close()
+    path, size = tmp_path / BOILStore.FILE_NAME, (tmp_path / BOILStore.FILE_NAME).stat().st_size
+    with open(path, "r+b") as f:
+        if damage == "cut":
+            f.truncate(size // 2)
+        else:
+            f.seek(0 if damage == "header" else size // 2)
+            f.write(b"GARBAGE" * 8 if damage == "header" else bytes(4096))
+    with pytest.raises(ValueError, match=r"The study database '.*study.db' is damaged and cannot be read \(.*\)\."
+                                         r" Restore it from a copy, or give a new `study_dir` to start again"):
+        BOILStore(tmp_path)
