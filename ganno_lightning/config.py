@@ -320,10 +320,12 @@ def _as_yaml(value: Any) -> str:
 
 def _apply_override(config: DictConfig, item: str, kind: type, see: str | None) -> DictConfig:
     """``config`` with one override applied: in place where its parent exists, else merged."""
-    key = item.partition("=")[0].strip()
+    key, _, value = (part.strip() for part in item.partition("="))
     _check_indices(config, item, key)
     try:
-        if "[" in key or "." not in key or _exists(config, key.rsplit(".", 1)[0]):
+        # a section's worth (`space.dropout={low: 0, high: 0.5}`) merges, so it is typed as its container's entries
+        section = value.startswith("{") and "[" not in key
+        if not section and ("[" in key or "." not in key or _exists(config, key.rsplit(".", 1)[0])):
             # In place, so `sizes[0]=32` sets one entry instead of failing to merge a dict into a list.
             config.merge_with_dotlist([item])
         else:  # a new entry of a dict (`hyperparameters.wd.low=0`), which in place cannot create

@@ -76,6 +76,10 @@ def test_an_override_sets_a_whole_section_a_list_entry_or_a_new_dict_entry():
                                         "space.lr.high=1"])
     assert (config.agent.path, config.agent.interval) == ("default", 5)
     assert config.suite[0].family == "b" and (config.space.lr.low, config.space.lr.high) == (0.1, 1.0)
+    config = load_config(Schema, {"space": {"lr": {"low": 0.1, "high": 1}}}, ["space.wd={low: 0, high: 0.1}",
+                                                                               "space.lr={high: 2}"])
+    assert (config.space.wd.low, config.space.wd.high) == (0.0, 0.1)  # a new entry, typed as the others
+    assert (config.space.lr.low, config.space.lr.high) == (0.1, 2.0)  # an existing one merges
 
 
 def test_a_shorthand_sets_its_sections_key_in_the_file_and_the_overrides():
