@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,9 @@ class GANNOCallback(Callback):
         if trainer.lr_scheduler_configs:
             rank_zero_info("GANNOCallback: no initial LR search: your optimizer has an LR scheduler, whose LRs stand.")
             return
+        if trainer.fast_dev_run:
+            rank_zero_info("GANNOCallback: no initial LR search under `fast_dev_run` (a check of the code, not a fit).")
+            return
         search = self.lr_search
         held, train, scored_on, batch_idx = _search_batches(trainer, search)
         try:
@@ -509,8 +513,7 @@ class GANNOCallback(Callback):
             self._warned_rollback = True
             rank_zero_warn(
                 f"GANNOCallback: the training loss spiked to {controller.last_interval_loss:.4g} (mean of the "
-                f"optimizer steps up to global step {trainer.global_step}; the lowest so far is "
-                f"{controller.rollback.lowest_loss:.4g}): the weights and optimizer state of the last decision are "
+                f"optimizer steps up to global step {trainer.global_step}; {_lowest_so_far(controller.rollback)}): the weights and optimizer state of the last decision are "
                 f"back and every LR is cut by x{self.spike_lr_cut:g}. (Warned once per fit; `ganno/rollbacks` "
                 "counts them.)")
         for logger in trainer.loggers:
@@ -651,6 +654,11 @@ def _mean_over_ranks(trainer: Trainer) -> Any:
     """A function averaging a tensor over the trainer's processes (``None`` in a one-process fit): every rank then
     takes the same decision from it."""
     return (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if trainer.world_size > 1 else None
+
+
+def _lowest_so_far(rollback: Any) -> str:
+    lowest = rollback.lowest_loss
+    return f"the lowest so far is {lowest:.4g}" if math.isfinite(lowest) else "no finite loss yet"
 
 
 def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any], list[Any], str, dict[int, int]]:

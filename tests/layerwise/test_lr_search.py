@@ -257,6 +257,13 @@ def test_a_search_that_could_score_nothing_says_so_and_keeps_your_lr():
     assert callback.lr_search_result.factor == 1.0 and callback.schedule.rows()[0][2] == pytest.approx(0.01)
 
 
+def test_fast_dev_run_checks_the_code_without_a_search(caplog):
+    callback = GANNOCallback(identity_agent(4), lr_search=True)
+    with caplog.at_level("INFO"):
+        trainer(fast_dev_run=True, callbacks=[callback]).fit(TinyRegressor())
+    assert callback.lr_search_result is None and "no initial LR search under `fast_dev_run`" in caplog.text
+
+
 def test_a_scheduler_of_yours_keeps_its_lrs_and_says_so(caplog):
     callback = GANNOCallback(identity_agent(4), lr_search=True)
     with caplog.at_level("INFO"):
