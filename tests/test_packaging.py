@@ -136,7 +136,8 @@ ONE_HOME = {
     "mp_context": [],
     "import_module(": ["ganno_lightning/imports.py", "ganno_lightning/_lazy.py",
                        "agents/evaluation/main.py"],  # main: its package's docstring for --help
-    "reduce_boolean_decision": ["ganno_lightning/trials/curve.py"],
+    "reduce_boolean_decision": ["ganno_lightning/trials/curve.py",
+                                "ganno_lightning/pbt/callback.py"],  # pbt: every rank skips a damaged donor alike
 }
 
 
