@@ -106,7 +106,8 @@ class InnerRun:
                  val_batches: int = 0) -> None:
         self.task = task
         self.device = device
-        self.module = task.module.to(device).train()
+        # each submodule's own train/eval mode stands, as a Trainer's fit leaves it (a frozen, eval-mode backbone stays so)
+        self.module = task.module.to(device)
         try:
             optim_conf = self.module.configure_optimizers()
             optimizers, schedulers, monitor = _configure_optimizers(optim_conf)
@@ -130,6 +131,7 @@ class InnerRun:
             raise TaskError(f"Task {task.name}: `train_dataloader` is empty; it must yield at least one batch.")
         self._loader = loader
         self.epoch = 0
+        self.skipped_in_a_row = 0  # steps whose `training_step` returned None, since the last that gave a loss
         self._batches = self._epoch_iterator()
         self._peeked: tuple[int, Any, bool] | None = None  # a batch `probe` looked at, still to be trained on
         self._rng = rng
@@ -175,11 +177,14 @@ class InnerRun:
             yield batch_idx, current, True
 
     def train(self, steps: int, record_loss: Callable[[torch.Tensor], None]) -> None:
-        """Run ``steps`` training steps (a step whose ``training_step`` returns None is skipped, as in
-        Lightning), handing each step's detached loss to ``record_loss``.
+        """Run ``steps`` training steps, handing each step's detached loss to ``record_loss``.
+
+        A step whose ``training_step`` returns None updates nothing but counts, as in Lightning (its
+        optimizer step runs without gradients), so decisions, epochs and schedulers keep a Trainer's count.
 
         Raises:
-            TaskError: If ``train_dataloader`` yields no batch in an epoch.
+            TaskError: If ``train_dataloader`` yields no batch in an epoch, or ``training_step`` returns
+                None for every batch of one.
         """
         module, optimizer, device = self.module, self.optimizer, self.device
         # Collectors step envs under no_grad; the inner training needs autograd regardless.
@@ -191,19 +196,28 @@ class InnerRun:
                 if not on_cpu:
                     batch = move_data_to_device(batch, device)
                 loss = _loss_of(module.training_step(batch, batch_idx))
-                if loss is None:  # Lightning skips the step, so do we
-                    continue
                 optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                record_loss(loss.detach())
+                if loss is None:  # Lightning's skipped step: no gradients, so no update, but a step all the same
+                    optimizer.step()
+                    self.skipped_in_a_row += 1
+                else:
+                    loss.backward()
+                    optimizer.step()
+                    record_loss(loss.detach())
+                    self.skipped_in_a_row = 0
                 if last_of_epoch:
+                    if self.skipped_in_a_row > batch_idx:
+                        raise self.nothing_trains(f"every batch of epoch {self.epoch}")
                     self.epoch += 1
                 if self.scheduler_configs:  # Lightning steps epoch schedulers after the epoch's last step
                     self._step_schedulers("step", batch_idx + 1)
                     if last_of_epoch:
                         self._step_schedulers("epoch", self.epoch)
             self._rng = get_rng(device)
+
+    def nothing_trains(self, where: str) -> TaskError:
+        return TaskError(f"Task {self.task.name}: `training_step` returned None for {where}, so nothing trains; "
+                         "return the loss (None skips one batch).")
 
     def _next_batch(self) -> tuple[int, Any, bool]:
         if self._peeked is not None:
@@ -261,13 +275,15 @@ class InnerRun:
                 batches = itertools.islice(self.val_loader, self.val_batches)
                 self._val_data = [move_data_to_device(batch, self.device) for batch in batches]
         module, losses = self.module, []
+        modes = [(submodule, submodule.training) for submodule in module.modules()]
         module.eval()  # no dropout, and BatchNorm statistics stay those of training data
         with torch.no_grad(), _no_trainer_warnings():
             for batch_idx, batch in enumerate(self._val_data):
                 loss = _loss_of(module.training_step(batch, batch_idx))
                 if loss is not None:
                     losses.append(loss.detach().float().reshape(()))
-        module.train()
+        for submodule, training in modes:  # back to each one's own mode, as Lightning does after validation
+            submodule.training = training
         losses = torch.stack(losses).tolist() if losses else []  # one host sync
         if not losses or not all(math.isfinite(x) for x in losses):
             return None

@@ -396,6 +396,8 @@ class LayerwiseLREnv(EnvBase):
             first_loss = self.controller.last_interval_loss
             if math.isfinite(first_loss):
                 break
+            if self.run.skipped_in_a_row >= self.controller.step > 0:  # the task's own code, not its LR: no resample
+                raise self.run.nothing_trains(f"every batch of the first interval ({self.controller.step} steps)")
         else:
             raise TaskError(f"{self.config.max_reset_attempts} sampled tasks in a row diverged in their first "
                             f"interval (last: {self.task.name}); lower the family's `lr` range or `init_lr_scale`.")
@@ -427,6 +429,10 @@ class LayerwiseLREnv(EnvBase):
             failed = True
         observation = self.controller.observe()
         loss = self.controller.last_interval_loss
+        if math.isfinite(loss) and loss <= 0:  # no divergence either: a log-ratio reward has nothing to compare
+            raise TaskError(f"Task {self.task.name}: the training loss must stay positive (the reward is a log-ratio "
+                            f"of losses), got {loss!r} at step {self.controller.step}; shift the loss, e.g. add a "
+                            "constant that keeps it above 0.")
         rolled_back = not failed and self.controller.recover_from_spike()  # always False unless recover_on_spike
         diverged = failed or (not self.config.recover_on_spike and self.episode_reward.diverged(loss))
         if diverged or rolled_back:

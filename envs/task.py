@@ -128,6 +128,7 @@ class SingleTask(TaskFamily):
                 raise ValueError(f"`factory` {self.factory!r} returned a datamodule and `datamodule` is set too; "
                                  "pass only one of them.")
             datamodule = import_callable(self.datamodule, argument="datamodule")(**self.datamodule_kwargs)
+        module.configure_model()  # as Trainer.fit does first: layers a module builds there exist from here on
         return module, datamodule
 
     def sample(self, generator: torch.Generator, split: Split = "train") -> TrainingTask:
@@ -138,9 +139,7 @@ class SingleTask(TaskFamily):
         if self._max_layers is None:
             from ganno_lightning.layerwise.partition import LayerPartition
 
-            made = import_callable(self.factory, argument="factory")(**self.kwargs)
-            module = made[0] if isinstance(made, tuple) else made
-            self._max_layers = len(LayerPartition.from_module(module))
+            self._max_layers = len(LayerPartition.from_module(self._build()[0]))
         return self._max_layers
 
     def __repr__(self) -> str:

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from envtasks import (
     DepthFamily,
     DiesLater,
@@ -14,7 +15,7 @@ from envtasks import (
     RaisesInTrainingStep,
     RaisesLater,
 )
-from helpers import TinyRegressor
+from helpers import TinyRegressor, ValidatedRegressor
 from torchrl.collectors import Collector
 from torchrl.envs import ParallelEnv
 from torchrl.envs.utils import check_env_specs
@@ -502,3 +503,75 @@ def test_a_run_that_diverges_gets_the_penalty_and_no_final_score():
 def test_bad_reward_weights_are_named(setting, match):
     with pytest.raises(ValueError, match=match):
         env_config(load_config({"env": setting}))
+
+
+class SkipsLastBatch(TinyRegressor):
+    """8 batches an epoch, the last skipped (None), an LR halved every epoch."""
+
+    def __init__(self):
+        super().__init__(optimizer="adam", lr=0.01, scheduler="epoch")
+
+    def training_step(self, batch, batch_idx):
+        return None if batch_idx == 7 else super().training_step(batch, batch_idx)
+
+
+def test_a_skipped_batch_counts_as_a_step_as_in_lightning():
+    env = tiny_env(SkipsLastBatch)
+    steps = fixed_actions(env, 20)
+    assert len(steps) == 7 and env.controller.step == 32  # decisions every 4 steps (the first at reset) to 32
+    assert env.run.epoch == 4 and env.run.schedulers[0].last_epoch == 4  # epochs and epoch schedulers go on
+
+
+def test_a_training_step_that_skips_every_batch_is_named():
+    class SkipsAll(TinyRegressor):
+        def training_step(self, batch, batch_idx):
+            return None
+
+    with pytest.raises(TaskError, match=r"`training_step` returned None for every batch of the first interval \(4 steps\)"):
+        tiny_env(SkipsAll).reset()
+
+
+def test_a_loss_that_turns_negative_mid_episode_is_a_clear_error():
+    class TurnsNegative(TinyRegressor):
+        def training_step(self, batch, batch_idx):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().training_step(batch, batch_idx) - (10.0 if self.calls > 8 else 0.0)
+
+    with pytest.raises(TaskError, match=r"the training loss must stay positive .* got -9\.\d+ at step 12"):
+        fixed_actions(tiny_env(TurnsNegative), 8)
+
+
+class FrozenNormalisedInput(ValidatedRegressor):
+    """A BatchNorm its owner put in eval mode (frozen statistics), as a fine-tuned backbone's."""
+
+    def __init__(self):
+        super().__init__(optimizer="adam", lr=0.01)
+        self.norm = nn.BatchNorm1d(8).eval()
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step((self.norm(batch[0]), batch[1]), batch_idx)
+
+
+def test_a_submodule_in_eval_mode_stays_so_as_under_a_trainer():
+    env = tiny_env(FrozenNormalisedInput, val_every=1, val_prob=1.0)
+    fixed_actions(env, 3)
+    assert env.run.validation_loss() is not None  # validated: every submodule went to eval and back
+    norm = env.run.module.norm
+    assert not norm.training and torch.equal(norm.running_mean, torch.zeros(8))
+    assert env.run.module.training and env.run.module.net.training
+
+
+class BuildsInConfigureModel(TinyRegressor):
+    def __init__(self):
+        super().__init__(optimizer="adam", lr=0.01)
+        self.net = None
+
+    def configure_model(self):
+        if self.net is None:
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def test_layers_built_in_configure_model_are_agents():
+    env = tiny_env(BuildsInConfigureModel)
+    env.reset()
+    assert env.controller.num_agents == 2 and env.max_agents == 2
