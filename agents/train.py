@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import datetime
 import functools
 import math
@@ -48,7 +49,7 @@ from ganno_lightning.agents.networks import (
 )
 from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
-from ganno_lightning.envs.config import check_task_pool, env_config, family_from_config
+from ganno_lightning.envs.config import check_runnable, check_task_pool, env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
 from ganno_lightning.files import atomic_file, check_writable_dir
 from ganno_lightning.layerwise.agent import GANNOAgent
@@ -187,7 +188,7 @@ def parse_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConf
     loaded = load_config(MetaTrainingConfig, source, overrides, see="configs/ganno_default.yaml")
     config: MetaTrainingConfig = OmegaConf.to_object(loaded)
     env = env_config(_env_sections(config))  # the env and family sections, checked before any process starts
-    family_from_config(_env_sections(config))
+    check_runnable(env, family_from_config(_env_sections(config)))  # env.max_agents, env.device
     check_task_pool(_env_sections(config))
     algo, run = config.algo, config.run
     if algo.algorithm not in ("mappo", "ippo"):
@@ -450,6 +451,101 @@ class EpisodeTracker:
         return finished
 
 
+#: Config keys a resumed run may change: where and how the run reports, how long it goes on, where the agent is
+#: copied, and how collection and the inner runs execute (same batches, other processes or device). Everything else
+#: decides what is trained (the env, the family, the networks and PPO, the seed, the batch and its split over
+#: `run.workers`, the agent the run started from and is anchored to) and must match the checkpoint. `deploy` only
+#: changes what the exported agent file records, not the training (see DeployConfig).
+RESUMABLE_CHANGES = ("run.out_dir", "run.resume", "run.progress", "run.wandb", "run.wandb_project", "run.wandb_mode",
+                     "run.total_frames", "run.checkpoint_every", "run.export", "run.backend", "run.threads", "env.device",
+                     "deploy")
+
+
+def resume_state(config: MetaTrainingConfig) -> dict[str, Any] | None:
+    """The checkpoint ``run.resume=true`` continues from: ``<run.out_dir>/checkpoint.pt``, or None when there is
+    none (the run starts fresh) or ``run.resume`` is false.
+
+    Raises:
+        ValueError: If the checkpoint was written under a config that differs in a key that changes what is trained
+            (any key but :data:`RESUMABLE_CHANGES`), naming the first such key and both values.
+    """
+    path = Path(config.run.out_dir).expanduser().resolve() / "checkpoint.pt"
+    if not (config.run.resume and path.is_file()):
+        return None
+    state = torch.load(path, weights_only=False)
+    stored = state.get("config")
+    if stored is not None:  # every checkpoint of this script records it; without it the load below decides
+        difference = _first_difference(_comparable(stored), _comparable(resolved_config(config)))
+        if difference is not None:
+            key, theirs, ours = difference
+            raise ValueError(f"`run.resume=true`: {path} was trained with `{key}`={theirs!r}, this config has "
+                             f"{ours!r}, and a resumed run must train what the checkpoint trained. Set `{key}` back "
+                             f"to {theirs!r} to continue it, or give a new `run.out_dir` to start a fresh run.")
+    return state
+
+
+def _comparable(plain: dict[str, Any]) -> dict[str, Any]:
+    """A stored or current resolved config as flat ``section.key`` entries that decide what is trained.
+
+    The env section with every default filled in (a default written out or left out trains the same); the
+    family as written; missing algo/run keys (a checkpoint of an older version) as their defaults.
+    """
+    plain = copy.deepcopy(plain)
+    try:
+        plain["env"] = dataclasses.asdict(env_config({"env": plain.get("env") or {}}))
+    except ValueError:  # a key this version does not know: compare as written
+        pass
+    defaults = OmegaConf.to_container(OmegaConf.structured(MetaTrainingConfig))
+    for section in ("algo", "run"):
+        plain[section] = {**defaults[section], **(plain.get(section) or {})}
+    flat: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                add(f"{prefix}.{name}", item)
+        else:
+            flat[prefix] = value
+
+    for section, value in plain.items():
+        add(section, value)
+    return {key: value for key, value in flat.items()
+            if not any(key == free or key.startswith(f"{free}.") for free in RESUMABLE_CHANGES)}
+
+
+def _first_difference(stored: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """``(key, stored value, current value)`` of the first key whose values differ (None: key absent), else None."""
+    for key in [*current, *(k for k in stored if k not in current)]:
+        theirs, ours = stored.get(key), current.get(key)
+        if theirs != ours:
+            return key, theirs, ours
+    return None
+
+
+def truncate_metrics(csv_path: Path, iteration: int) -> None:
+    """Cut ``metrics.csv`` back to its header and the rows of iterations up to ``iteration`` (atomically).
+
+    A run logs every iteration but checkpoints every ``run.checkpoint_every``: the rows a stopped run wrote after
+    its last checkpoint were discarded with it and are logged anew by the resumed run.
+    """
+    if not csv_path.is_file():
+        return
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    column = rows[0].index("iteration") if "iteration" in rows[0] else 0
+
+    def kept(row: list[str]) -> bool:  # a row cut short by the kill has too few fields or a partial number
+        try:
+            return len(row) == len(rows[0]) and int(row[column]) <= iteration
+        except ValueError:
+            return False
+
+    with atomic_file(csv_path) as tmp, open(tmp, "w", newline="") as handle:
+        csv.writer(handle).writerows([rows[0], *filter(kept, rows[1:])])
+
+
 def check_output_dirs(config: MetaTrainingConfig) -> Path:
     """Create ``run.out_dir`` (and the folder of ``run.export``) and prove both writable, before any training.
 
@@ -466,9 +562,11 @@ def check_output_dirs(config: MetaTrainingConfig) -> Path:
 
 
 def _checked_config(source: Any, overrides: Sequence[str] = ()) -> MetaTrainingConfig:
-    """:func:`parse_config`, then :func:`check_output_dirs`: what the command line checks before training."""
+    """:func:`parse_config`, :func:`check_output_dirs` and :func:`resume_state`: what the command line checks
+    before training."""
     config = parse_config(source, overrides)
     check_output_dirs(config)
+    resume_state(config)
     return config
 
 
@@ -517,8 +615,10 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
 
     iteration, frames, history = 0, 0, []
     checkpoint_path = out_dir / "checkpoint.pt"
-    if run.resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False)
+    state = resume_state(config)
+    if run.resume and state is None:
+        print(f"`run.resume=true`, but {out_dir} holds no checkpoint.pt: starting a fresh run.", file=sys.stderr)
+    if state is not None:
         try:
             loss_module.load_state_dict(state["loss_module"])
             optimizer.load_state_dict(state["optimizer"])
@@ -534,6 +634,7 @@ def train(source: Any, overrides: Sequence[str] = ()) -> Path:
         normalizer_stats.apply()
         iteration, frames, history = state["iteration"], state["frames"], state["history"]
         torch.set_rng_state(state["rng"])
+        truncate_metrics(out_dir / "metrics.csv", iteration)  # rows after the checkpoint: logged again below
         print(f"Resumed from {checkpoint_path} at iteration {iteration} ({frames} env steps).", file=sys.stderr)
     elif run.init_agent is not None:
         start_from_agent(agent, normalizer_stats, run.init_agent)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ganno_lightning import config as shared
@@ -94,7 +95,43 @@ def make_env(config: DictConfig | dict, seed: int = 0, split: str | None = None)
         settings.split = split
         settings.validate()
     check_task_pool(config, settings)
-    return LayerwiseLREnv(family_from_config(config), settings, seed=seed)
+    family = family_from_config(config)
+    check_runnable(settings, family)
+    return LayerwiseLREnv(family, settings, seed=seed)
+
+
+def check_runnable(settings: EnvConfig, family: TaskFamily, prefix: str = "env") -> None:
+    """Raise before any episode runs where ``settings`` cannot run ``family``'s tasks on this machine.
+
+    The env itself finds these only at a reset (a task with more layers than ``max_agents``) or
+    inside the inner training (a device torch cannot use), as a traceback deep in a worker.
+
+    Raises:
+        ValueError: If ``max_agents`` is below the most layers a task of ``family`` (``split``) has,
+            or ``device`` is not a device string or names a CUDA/MPS device this torch cannot use.
+    """
+    if settings.max_agents is not None:
+        # an upper bound some task reaches; built on the meta device, so cheap for the registered families
+        most = family.max_layers(settings.split)
+        if settings.max_agents < most:
+            raise ValueError(f"`{prefix}.max_agents` is {settings.max_agents}, but tasks of family "
+                             f"{family.name!r} ({prefix}.split={settings.split!r}) have up to {most} layers, one agent "
+                             f"each; set `{prefix}.max_agents` to at least {most}, or null for the family's bound.")
+    try:
+        device = torch.device(settings.device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"`{prefix}.device` must be a torch device such as 'cpu' or 'cuda:0', got "
+                         f"{settings.device!r} ({err}).") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            found = "no CUDA device" if count == 0 else f"{count} CUDA device(s)"
+            build = "" if torch.backends.cuda.is_built() else " (this torch is built without CUDA)"
+            raise ValueError(f"`{prefix}.device` is {settings.device!r}, but torch sees {found}{build}; set "
+                             f"`{prefix}.device: cpu`, or run where that GPU is available.")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"`{prefix}.device` is {settings.device!r}, but MPS is not available to this torch; set "
+                         f"`{prefix}.device: cpu`.")
 
 
 def check_task_pool(config: DictConfig | dict, settings: EnvConfig | None = None) -> None:

@@ -91,9 +91,92 @@ def test_an_unwritable_output_folder_is_one_line_and_status_2_before_training(tm
 def test_resuming_a_checkpoint_of_another_network_says_how_to_start_fresh(tmp_path):
     overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.total_frames=16"]
     train(SMOKE, overrides)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["config"]  # no stored config to compare (another version's file): loading the weights decides
+    torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"`run.resume=true`: .*checkpoint.pt was written by a different network.*"
                                          r"another `run.out_dir`"):
         train(SMOKE, [*overrides, "run.total_frames=32", "run.resume=true", "algo.hidden_sizes=[8]"])
+
+
+def test_resume_cuts_the_metrics_back_to_the_rows_the_checkpoint_holds(tmp_path):
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.progress=false"]
+    train(SMOKE, [*overrides, "run.total_frames=16"])
+    first_checkpoint = (tmp_path / "checkpoint.pt").read_bytes()  # iteration 1
+    train(SMOKE, [*overrides, "run.total_frames=48", "run.resume=true"])
+    first_row = read_metrics(tmp_path)[0]
+    # as if killed during iteration 4 with its last checkpoint at iteration 1: rows 2 and 3 and half a row after it
+    (tmp_path / "checkpoint.pt").write_bytes(first_checkpoint)
+    with open(tmp_path / "metrics.csv", "a") as handle:
+        handle.write("4,64,0.1")
+    train(SMOKE, [*overrides, "run.total_frames=48", "run.resume=true"])
+    rows = read_metrics(tmp_path)
+    assert [(int(r["iteration"]), int(r["frames"])) for r in rows] == [(1, 16), (2, 32), (3, 48)]
+    assert rows[0] == first_row
+    assert not list(tmp_path.glob("metrics.csv.tmp-*"))
+
+
+@pytest.mark.parametrize("override, key, stored, current", [
+    ("run.seed=7", "run.seed", "0", "7"),
+    ("family.name=teacher_student", "family.name", "'mlp_digits'", "'teacher_student'"),
+    ("env.horizon=100", "env.horizon", "50", "100"),
+    ("algo.lr=0.001", "algo.lr", "0.0003", "0.001"),
+    ("run.frames_per_batch=32", "run.frames_per_batch", "16", "32"),
+])
+def test_resuming_under_a_config_that_trains_something_else_names_the_key(tmp_path, capsys, override, key, stored,
+                                                                         current):
+    overrides = [f"run.out_dir={tmp_path}", "run.wandb=false", "run.progress=false"]
+    train(SMOKE, [*overrides, "run.total_frames=16"])
+    message = (rf"`run.resume=true`: .*checkpoint.pt was trained with `{re.escape(key)}`={re.escape(stored)}, this "
+               rf"config has {re.escape(current)}.*Set `{re.escape(key)}` back to {re.escape(stored)}.*new `run.out_dir`")
+    resumed = [*overrides, "run.total_frames=64", "run.resume=true", override]
+    with pytest.raises(ValueError, match=message):
+        train(SMOKE, resumed)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), *resumed])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match(f"ganno-train: error: {message}", err), err
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path)] == [1]  # nothing trained
+
+
+def test_resuming_changes_only_bookkeeping_and_starts_fresh_without_a_checkpoint(tmp_path, capsys):
+    overrides = ["run.wandb=false", "run.progress=false"]
+    train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'run'}", "run.total_frames=16"])
+    capsys.readouterr()
+    # the run's length and reporting, the deployed settings, and an env default written out train the same
+    train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'run'}", "run.total_frames=32", "run.resume=true",
+                  "run.checkpoint_every=5", "run.threads=2", "deploy.prior_above=0", "env.grad_samples=2"])
+    assert "Resumed from" in capsys.readouterr().err
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path / "run")] == [1, 2]
+    train(SMOKE, [*overrides, f"run.out_dir={tmp_path / 'typo'}", "run.total_frames=16", "run.resume=true"])
+    notices = [line for line in capsys.readouterr().err.splitlines() if "starting a fresh run" in line]
+    assert notices == [f"`run.resume=true`, but {tmp_path / 'typo'} holds no checkpoint.pt: starting a fresh run."]
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path / "typo")] == [1]
+
+
+def _unusable_device() -> str:
+    if not torch.cuda.is_available():
+        return "cuda"
+    return f"cuda:{torch.cuda.device_count()}"  # one past the last GPU
+
+
+@pytest.mark.parametrize("override, match", [
+    ("env.max_agents=1", r"`env.max_agents` is 1, but tasks of family 'mlp_digits' \(env.split='train'\) have up to 3 "
+                         r"layers.*set `env.max_agents` to at least 3, or null"),
+    (f"env.device={_unusable_device()}", rf"`env.device` is '{_unusable_device()}', but torch sees .*CUDA "
+                                         r"device.*set `env.device: cpu`"),
+    ("env.device=gpu", r"`env.device` must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'"),
+])
+def test_an_env_this_machine_cannot_run_is_one_line_and_status_2_before_training(tmp_path, capsys, override, match):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(SMOKE), f"run.out_dir={tmp_path}", "run.wandb=false", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.match(f"ganno-train: error: {match}", err), err
+    assert not (tmp_path / "metrics.csv").exists()
+    with pytest.raises(ValueError, match=match):
+        train(SMOKE, [f"run.out_dir={tmp_path}", "run.wandb=false", override])
 
 
 def test_a_run_started_from_an_agent_file_keeps_its_actor_while_the_critic_warms_up(tmp_path):
