@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ganno_lightning.boil.observations import SUGGEST_SECONDS, Observation, suggest_seconds
-from ganno_lightning.boil.store import BOILStore
+from ganno_lightning.boil.store import PENDING_STATES, BOILStore
 from ganno_lightning.files import atomic_write_bytes
 from ganno_lightning.tuning.space import (
     Hyperparameter,
@@ -63,7 +63,7 @@ class BOILSearcher(Searcher):
 
     Args:
         space: the search space (:mod:`ganno_lightning.tuning.space` entries).
-        metric: the metric the trainable reports once per epoch; default: Tune's ``TuneConfig(metric=...)``.
+        metric: the metric the trainable reports once per epoch; pass it here (Tune hands ``TuneConfig(metric=...)`` to a searcher only with a non-empty ``param_space``).
         mode: ``"min"`` or ``"max"``; default: Tune's.
         epochs: ``(t_min, t_max)``, the shortest and longest training in epochs.
         budget_epochs: after this many epochs (summed over trials, running ones counted in full) the
@@ -174,8 +174,7 @@ class BOILSearcher(Searcher):
         record["seconds"] = seconds
         store = self._open_store()
         if store is not None:
-            if record["status"] == "queued":
-                store.start_trial(record["store_id"])
+            self._open_in_store(store, record)
             store.report(record["store_id"], int(result.get("global_step", epoch)), epoch, value, seconds)
             store.end_epoch(record["store_id"], epoch, seconds)
         record["status"] = "running"
@@ -195,12 +194,10 @@ class BOILSearcher(Searcher):
             status = "interrupted"  # stopped early (a scheduler, or Tune ending): its prefix is data
         else:
             status = "done"
-        was = record["status"]
         record["status"] = status
         store = self._open_store()
         if store is not None:
-            if was == "queued":
-                store.start_trial(record["store_id"])
+            self._open_in_store(store, record)
             store.finish_trial(record["store_id"], status, "" if status != "failed" else "the Ray trial errored",
                                record["seconds"])
 
@@ -218,6 +215,23 @@ class BOILSearcher(Searcher):
         self.trials = dict(state.get("trials", {}))
         self._metric = state.get("metric", self._metric)
         self._mode = state.get("mode", self._mode)
+        store = self._open_store() if self._metric and self._mode else None
+        if store is not None:  # the store may be newer than Tune's snapshot: what the snapshot lost is interrupted
+            kept = {r["store_id"] for r in self.trials.values() if r["status"] in ("queued", "running")}
+            for trial in store.trials(list(PENDING_STATES)):
+                if trial.id not in kept:
+                    store.finish_trial(trial.id, "interrupted", "its Ray trial is not in the restored Tune state")
+
+    def _open_in_store(self, store: BOILStore, record: dict[str, Any]) -> None:
+        """Make ``record``'s store trial the one its results go to: started if queued; a new one (same values) if
+        the store already closed it (a restored Tune state is older than the store, and Ray trains it again)."""
+        status = store.trial(record["store_id"]).status
+        if status not in PENDING_STATES:
+            record["store_id"] = store.add_trial(record["x"], record["values"], record["max_epochs"],
+                                                 {"source": "ray_restore", "rerun_of": record["store_id"]})
+            status = "queued"
+        if status == "queued":
+            store.start_trial(record["store_id"])
 
     def save(self, checkpoint_path: str) -> None:
         atomic_write_bytes(checkpoint_path, pickle.dumps(self.get_state()))
@@ -234,7 +248,9 @@ class BOILSearcher(Searcher):
     def _ensure_core(self) -> Any:
         if self._core is None:
             if not self._metric or not self._mode:
-                raise ValueError("BOILSearcher needs `metric` and `mode`: pass them to it or to tune.TuneConfig.")
+                raise ValueError("BOILSearcher needs `metric` and `mode`: pass them to it, BOILSearcher(space, metric=...,"
+                                 " mode=...). (Tune hands TuneConfig's to a searcher only with a non-empty"
+                                 " `param_space`, and this searcher owns the space.)")
             from ganno_lightning.boil.tuner import make_core
 
             self._core = make_core(len(self.space), self.t_min, self.t_max, self._mode, self.seed, self.core_options,

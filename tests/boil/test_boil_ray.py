@@ -1,6 +1,7 @@
 """BOILSearcher on a local Ray instance, and its save/restore (skipped without Ray)."""
 
 import math
+import pickle
 import sys
 
 import pytest
@@ -76,3 +77,23 @@ def test_save_and_restore_keep_the_observations(tmp_path, suggest_calls):
 def test_core_options_are_checked_when_the_searcher_is_built(options, match):
     with pytest.raises(ValueError, match=match):
         BOILSearcher(SPACE, epochs=(1, 3), **options)  # not at Tune's first suggest, inside Ray
+
+
+def test_a_restored_tune_state_older_than_the_study_neither_crashes_nor_leaves_ghosts(tmp_path):
+    searcher = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2), study_dir=tmp_path / "study")
+    searcher.suggest("a")
+    searcher.on_trial_result("a", {"val_loss": 0.5, "training_iteration": 1, "time_total_s": 1.0})
+    snapshot = pickle.loads(pickle.dumps(searcher.get_state()))  # Tune's periodic snapshot: `a` running
+    searcher.on_trial_complete("a", {"val_loss": 0.4, "training_iteration": 2, "time_total_s": 2.0})
+    searcher.suggest("b")  # after the snapshot, then the driver is killed
+    searcher.on_trial_result("b", {"val_loss": 0.7, "training_iteration": 1, "time_total_s": 1.0})
+    restored = BOILSearcher(SPACE, metric="val_loss", mode="min", epochs=(2, 2), study_dir=tmp_path / "study")
+    restored.set_state(snapshot)
+    study = BOILStore(tmp_path / "study")
+    assert [t.status for t in study.trials()] == ["done", "interrupted"]  # `b`, lost with the kill, is no ghost
+    # Tune trains the restored `a` again: its results go to a new trial of the same values, not into the closed one
+    restored.on_trial_result("a", {"val_loss": 0.45, "training_iteration": 1, "time_total_s": 1.0})
+    restored.on_trial_complete("a", {"val_loss": 0.35, "training_iteration": 2, "time_total_s": 2.0})
+    trials = study.trials()
+    assert [t.status for t in trials] == ["done", "interrupted", "done"] and trials[2].values == trials[0].values
+    assert [v for _, v in trials[2].epoch_curve()] == [0.45, 0.35]
