@@ -38,7 +38,7 @@ from ganno_lightning.pbt.core import LineageEvent, ReadyCriterion, ranked_member
 from ganno_lightning.tuning.setters import resolve_setters
 from ganno_lightning.tuning.space import Hyperparameter, parse_space
 
-__all__ = ["RayTunePBTReporter", "make_scheduler", "tune_population"]
+__all__ = ["RayTunePBTReporter", "check_population", "make_scheduler", "tune_population"]
 
 
 def _require_ray() -> Any:
@@ -235,12 +235,30 @@ def tune_population(
         summary = tune_population(load_config("configs/pbt_smoke.yaml", ["population_dir=/tmp/pbt_ray"]),
                                   ray_init={"num_cpus": 2})
     """
-    from ganno_lightning.pbt.runner import validate_config
+    strategy, directory = check_population(config)
+    return _tune(config, strategy, directory, address, ray_init, synch)
 
-    ray, tune = _require_ray()
+
+def check_population(config: DictConfig) -> tuple[Any, Path]:
+    """What :func:`tune_population` checks before Ray starts: the config, ``population_dir`` and (``preflight``)
+    a two-batch fit of the task; returns the strategy and the directory (``config.population_dir`` made absolute).
+
+    Raises:
+        ValueError / PermissionError: a bad config, task or directory, naming it.
+    """
+    from ganno_lightning.pbt.runner import preflight, validate_config
+
     strategy = validate_config(config)
     directory = check_writable_dir(config.population_dir, "population_dir")
     config.population_dir = str(directory)
+    if config.preflight:
+        preflight(config)
+    return strategy, directory
+
+
+def _tune(config: DictConfig, strategy: Any, directory: Path, address: str | None,
+          ray_init: Mapping[str, Any] | None, synch: bool) -> dict[str, Any]:
+    ray, tune = _require_ray()
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **dict(ray_init or {}))
     trainable = tune.with_resources(
@@ -349,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     config = cli.load(load_config, args)
     ray_init = {"num_cpus": args.num_cpus} if args.num_cpus and args.address is None else {}
-    print(json.dumps(tune_population(config, args.address, ray_init), indent=1))
+    try:  # a bad config, task or directory: one line, before Ray starts
+        strategy, directory = check_population(config)
+    except (ValueError, OSError) as err:
+        cli.error(str(err))
+    print(json.dumps(_tune(config, strategy, directory, args.address, ray_init, False), indent=1))
     return 0
 
 

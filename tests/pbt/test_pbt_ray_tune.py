@@ -49,3 +49,17 @@ def test_ray_population_applies_mutated_lr_after_restoring_the_donor(tmp_path, l
         assert (frame["pbt/lr_in_effect"] - frame["pbt/lr"]).abs().max() < 1e-9
     changed = [f for f in progress if f["pbt/lr"].nunique() > 1]
     assert changed, "no trial changed its LR: the exploit did not happen"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("task=nope:nothing", "`task` 'nope:nothing': cannot import module 'nope'"),
+    ("monitor=val_los", "val_los"),
+])
+def test_the_ray_command_refuses_a_bad_task_in_one_line_before_ray_starts(tmp_path, capsys, override, message):
+    from ganno_lightning.pbt.ray_tune import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(SMOKE), f"population_dir={tmp_path / 'pop'}", override])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ganno-pbt-ray: error: ") and message in err and "\n" not in err and "Traceback" not in err
