@@ -280,11 +280,23 @@ def _tune(config: DictConfig, strategy: Any, directory: Path, address: str | Non
             failure_config=tune.FailureConfig(max_failures=config.max_restarts),
         ),
     )
+    # a rerun is a new experiment in the same folder: an earlier one's exploit log would pass for this one's lineage
+    (directory / "ray_tune" / "pbt_global.txt").unlink(missing_ok=True)
     results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} Ray trial(s) failed; first error: {errors[0]!r}")
     return _write_ray_outputs(results, config, strategy, directory)
+
+
+def _reports(result: Any) -> Any:
+    """Every report of a trial, as a DataFrame: its ``progress.csv``, which Ray appends to; the result's own
+    ``metrics_dataframe`` comes from ``result.json``, which Ray rewrites when PBT restores the trial from a donor,
+    so a member that exploited would lose its reports from before."""
+    import pandas as pd
+
+    progress = Path(result.path) / "progress.csv"
+    return pd.read_csv(progress) if progress.is_file() else result.metrics_dataframe
 
 
 def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, directory: Path) -> dict[str, Any]:
@@ -298,7 +310,7 @@ def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, director
         shutil.copyfile(Path(ckpt_dir) / "member.ckpt", tmp)
     schedule = []
     for i, result in enumerate(results):
-        frame = result.metrics_dataframe
+        frame = _reports(result)
         for _, row in frame.iterrows():
             schedule.append({
                 "member": i, "step": int(row["step"]), "event": "report", "score": float(row[config.monitor]),
