@@ -115,7 +115,8 @@ class GANNOCallback(Callback):
     ``recover_on_spike`` (the agent's own by default; the shipped agent's is on, with ``spike_factor=5``)
     recovers instead: at every decision whose interval went well the callback copies the weights,
     buffers and optimizer state; when an interval's mean loss is non-finite or above ``spike_factor``
-    times the lowest so far (only non-finite once that lowest loss is 0 or below), it puts that copy back, multiplies every layer's LR by ``spike_lr_cut``,
+    times the lowest so far (only non-finite once that lowest loss is 0 or below), it puts that copy
+    back, multiplies every layer's LR by ``spike_lr_cut``,
     warns once per fit and logs ``ganno/rollbacks``. The steps since the copy are lost, the run is
     not. After a finite spike the agent still decides (on top of the cut); after a non-finite one it
     waits for a finite interval. The copy is kept in host memory (``rollback_memory="host"``), so its
@@ -513,7 +514,8 @@ class GANNOCallback(Callback):
             self._warned_rollback = True
             rank_zero_warn(
                 f"GANNOCallback: the training loss spiked to {controller.last_interval_loss:.4g} (mean of the "
-                f"optimizer steps up to global step {trainer.global_step}; {_lowest_so_far(controller.rollback)}): the weights and optimizer state of the last decision are "
+                f"optimizer steps up to global step {trainer.global_step}; {_lowest_so_far(controller.rollback)}): "
+                "the weights and optimizer state of the last decision are "
                 f"back and every LR is cut by x{self.spike_lr_cut:g}. (Warned once per fit; `ganno/rollbacks` "
                 "counts them.)")
         for logger in trainer.loggers:
