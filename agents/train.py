@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import functools
 import math
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from ganno_lightning.config import WANDB_MODES, ConfigCommandLine, load_config
 from ganno_lightning.envs import keys
 from ganno_lightning.envs.config import check_runnable, check_task_pool, env_config, family_from_config
 from ganno_lightning.envs.layerwise_env import LayerwiseLREnv
-from ganno_lightning.files import atomic_file, check_writable_dir
+from ganno_lightning.files import atomic_file, atomic_write_text, check_writable_dir
 from ganno_lightning.layerwise.agent import GANNOAgent
 from ganno_lightning.layerwise.lr_search import check_lr_search
 from ganno_lightning.layerwise.prior import check_prior_above
@@ -774,8 +775,14 @@ class _Logger:
         if run.wandb and run.wandb_mode != "disabled":
             import wandb
 
+            # one W&B run per training run: a resumed one continues it under the id its start stored
+            id_path = out_dir / "wandb_run_id.txt"
+            run_id = id_path.read_text().strip() if resume and id_path.is_file() else ""
+            if not run_id:
+                run_id = secrets.token_hex(4)  # W&B's own id form: 8 lowercase characters
+                atomic_write_text(id_path, run_id)
             self.wandb = wandb.init(project=run.wandb_project, mode=run.wandb_mode, dir=str(out_dir), config=config,
-                                    resume="allow" if resume else None)
+                                    id=run_id, resume="allow")
 
     def log(self, metrics: dict[str, Any], action_fraction: torch.Tensor) -> None:
         row = {**metrics, "charts/action_fractions": " ".join(f"{x:.3f}" for x in action_fraction.tolist())}

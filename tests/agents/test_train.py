@@ -71,6 +71,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert GANNOAgent.load(path).training_config["trained_frames"] == 64
 
 
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    overrides = [f"run.out_dir={tmp_path}", "run.progress=false"]
+    train(SMOKE, [*overrides, "run.total_frames=16"])
+    train(SMOKE, [*overrides, "run.total_frames=32", "run.resume=true"])
+    runs = glob.glob(f"{tmp_path}/wandb/offline-run-*")
+    ids = {re.search(r"offline-run-\d+_\d+-([0-9a-z]+)", path).group(1) for path in runs}
+    assert len(runs) == 2 and len(ids) == 1  # two sessions of one run id
+
+
 @pytest.mark.parametrize("key", ["run.out_dir", "run.export"])
 def test_an_unwritable_output_folder_is_one_line_and_status_2_before_training(tmp_path, capsys, key):
     blocker = tmp_path / "a_file"
