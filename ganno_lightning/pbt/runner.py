@@ -606,9 +606,10 @@ def write_outputs(store: PopulationStore, config: DictConfig, strategy: PBTStrat
 def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: list[Any], plot: Path) -> None:
     import wandb
 
-    group = Path(config.population_dir).name
-    run = wandb.init(
+    group = Path(config.population_dir).resolve().name
+    run = wandb.init(  # one summary run per population, its members' id scheme: a rerun updates it
         project=config.wandb.project, group=group, name=config.wandb.name or "population", job_type="pbt-summary",
+        id=f"{group}-population-{config.seed}", resume="allow",
         dir=str(config.population_dir), mode=config.wandb.mode, config=OmegaConf.to_container(config),
     )
     columns = ["member", "step", "donor", "donor_step", "score", "donor_score", "old", "new"]
