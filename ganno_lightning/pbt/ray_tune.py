@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ganno_lightning.config import ConfigCommandLine
-from ganno_lightning.files import atomic_file, atomic_write_bytes, check_writable_dir
+from ganno_lightning.files import atomic_file, atomic_write_bytes
 from ganno_lightning.pbt.core import LineageEvent, ReadyCriterion, ranked_members
 from ganno_lightning.tuning.setters import resolve_setters
 from ganno_lightning.tuning.space import Hyperparameter, parse_space
@@ -246,11 +246,9 @@ def check_population(config: DictConfig) -> tuple[Any, Path]:
     Raises:
         ValueError / PermissionError: a bad config, task or directory, naming it.
     """
-    from ganno_lightning.pbt.runner import preflight, validate_config
+    from ganno_lightning.pbt.runner import checked_config_and_dir, preflight
 
-    strategy = validate_config(config)
-    directory = check_writable_dir(config.population_dir, "population_dir")
-    config.population_dir = str(directory)
+    strategy, directory = checked_config_and_dir(config)
     if config.preflight:
         preflight(config)
     return strategy, directory

@@ -49,8 +49,8 @@ from ganno_lightning.trials.trainer import LENGTH_ARGUMENTS
 from ganno_lightning.tuning.space import HyperparameterSpec, parse_space
 
 __all__ = [
-    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "check_trainer_kwargs", "load_config",
-    "prepare_population", "run_population", "write_outputs",
+    "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "check_trainer_kwargs", "checked_config_and_dir",
+    "load_config", "prepare_population", "run_population", "write_outputs",
 ]
 
 
@@ -457,6 +457,18 @@ def run_population(config: DictConfig, progress: bool = True) -> dict[str, Any]:
     return _train_population(config, strategy, progress)
 
 
+def checked_config_and_dir(config: DictConfig) -> tuple[PBTStrategy, Path]:
+    """:func:`validate_config`, then ``population_dir`` proved writable and made absolute in ``config``.
+
+    Raises:
+        ValueError / PermissionError: a bad config or directory, naming it.
+    """
+    strategy = validate_config(config)
+    directory = check_writable_dir(config.population_dir, "population_dir")
+    config.population_dir = str(directory)
+    return strategy, directory
+
+
 def prepare_population(config: DictConfig, progress: bool = True) -> PBTStrategy:
     """Every check of :func:`run_population` before a member starts; then register the members.
 
@@ -472,9 +484,7 @@ def prepare_population(config: DictConfig, progress: bool = True) -> PBTStrategy
     """
     from ganno_lightning.pbt.callback import population_settings
 
-    strategy = validate_config(config)
-    directory = check_writable_dir(config.population_dir, "population_dir")
-    config.population_dir = str(directory)
+    strategy, directory = checked_config_and_dir(config)
     config_path = directory / "config.yaml"
     trained_epochs = check_max_epochs(config)
     store = PopulationStore(directory)
