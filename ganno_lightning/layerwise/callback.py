@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 from pathlib import Path
@@ -670,7 +671,8 @@ def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any
 
     Validation batches when there is one training loader (a `training_step` that takes one loader's batches
     takes a validation batch; a combined batch of several loaders is not one), else the first training
-    batches, held out. The pass over the data leaves the fit's shuffling, random draws and workers as they were.
+    batches, held out, with the trials training on the rest of that first pass (cycled). The pass over the data
+    leaves the fit's shuffling, random draws and workers as they were.
     """
     train_loaders = CombinedLoader(trainer.train_dataloader).flattened
     held_source = _first_loader(trainer.val_dataloaders) if len(train_loaders) == 1 else None
@@ -678,7 +680,9 @@ def _search_batches(trainer: Trainer, search: InitialLRSearch) -> tuple[list[Any
     generators = _loader_generators(loaders)
     saved = [g.get_state() for g in generators]
     batch_idx: dict[int, int] = {}
-    batches = _training_batches(trainer, batch_idx)
+    # held-out training batches come from the first pass, so the trials train on that pass only: a later pass
+    # would train them on the held-out data too
+    batches = _training_batches(trainer, batch_idx, passes=None if held_source is not None else 1)
     try:
         with replayable("cpu"):  # the loaders draw on the host
             if held_source is not None:
@@ -719,12 +723,12 @@ def _first_loader(loaders: Any) -> Any:
     return loaders
 
 
-def _training_batches(trainer: Trainer, batch_idx: dict[int, int]) -> Any:
-    """The training data's batches from the start, epoch after epoch, combined as the fit combines them (its own
-    iterator is not touched), each epoch cut where the fit's is (``limit_train_batches``); each batch's index in
-    its epoch goes into ``batch_idx``."""
+def _training_batches(trainer: Trainer, batch_idx: dict[int, int], passes: int | None = None) -> Any:
+    """The training data's batches from the start, epoch after epoch (``passes`` of them; ``None``: no end),
+    combined as the fit combines them (its own iterator is not touched), each epoch cut where the fit's is
+    (``limit_train_batches``); each batch's index in its epoch goes into ``batch_idx``."""
     per_epoch = trainer.num_training_batches
-    while True:
+    for _pass in itertools.count() if passes is None else range(passes):
         empty = True
         for index, (batch, _, _) in enumerate(iter(CombinedLoader(_unshared(trainer.train_dataloader),
                                                                   mode="max_size_cycle"))):

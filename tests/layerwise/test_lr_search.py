@@ -245,8 +245,8 @@ def test_the_search_hands_each_batch_its_index_in_the_pass_and_stops_at_the_fits
     trainer(max_epochs=1, limit_train_batches=4, callbacks=[callback]).fit(model)
     result = callback.lr_search_result
     assert result.reason is None and all(math.isfinite(v) for v in result.scores.values())
-    trial = model.indices[:8]  # a trial: 6 steps on from batch 2 (0-1 held) over the 4 the fit sees, then the score
-    assert trial == [2, 3, 0, 1, 2, 3, 0, 1]
+    trial = model.indices[:8]  # a trial: 6 steps cycling batches 2-3 of the 4 the fit sees (0-1 held, never
+    assert trial == [2, 3, 2, 3, 2, 3, 0, 1]  # trained on), then the score on 0-1
 
 
 def test_a_search_that_could_score_nothing_says_so_and_keeps_your_lr():
