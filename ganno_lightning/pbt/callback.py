@@ -172,6 +172,7 @@ class PBTCallback(Callback):
         self.synchronous = synchronous
         self.sync_timeout = float(sync_timeout)
         self._stragglers: dict[int, int] = {}  # peer -> its step when a wait for it timed out
+        self._damaged: set[str] = set()  # donor checkpoints that could not be read: such a donor is passed over
         self.monitor = monitor
         self.ready = ReadyCriterion(ready_interval, ready_unit)
         self.strategy = PBTStrategy(
@@ -329,8 +330,10 @@ class PBTCallback(Callback):
 
         checkpoint = self._load_donor(decision["donor"], decision["checkpoint"])
         if not trainer.strategy.reduce_boolean_decision(checkpoint is not None, all=True):
+            self._damaged.add(decision["checkpoint"])
             rank_zero_warn(f"PBT member {self.member} at step {trainer.global_step} skips copying member"
-                           f" {decision['donor']}: its checkpoint cannot be read; it trains on as it is.")
+                           f" {decision['donor']}: its checkpoint cannot be read; it trains on as it is, and ranks"
+                           " without that member until it writes another checkpoint.")
             self._log(trainer, {"score": score, "exploited": 0.0, "donor": -1.0})
             return
         assert checkpoint is not None
@@ -386,7 +389,8 @@ class PBTCallback(Callback):
                 at_step = report["checkpoint"] and Path(report["checkpoint"]).is_file()
                 # a donor whose checkpoint of that step was pruned is copied from its latest one
                 latest[m] = {**report, "step": step} if at_step else {**latest[m], "score": report["score"]}
-        return {m: r for m, r in latest.items() if r["score"] is not None and r["checkpoint"]}
+        return {m: r for m, r in latest.items()
+                if r["score"] is not None and r["checkpoint"] and r["checkpoint"] not in self._damaged}
 
     def _is_last(self, trainer: pl.Trainer, progress: int) -> bool:
         """No exploit at the final ready point: the reported final state must be the trained one."""

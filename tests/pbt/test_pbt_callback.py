@@ -317,3 +317,18 @@ def test_a_damaged_donor_checkpoint_skips_the_exploit_with_a_warning(tmp_path, d
     assert all(lr == pytest.approx(0.5, rel=1e-3) for _, lr in model.effective_lrs)  # trained on as it was
     store = PopulationStore(tmp_path / "pop")
     assert store.lineage() == [] and store.members()[0].status == "done" and store.members()[0].step == 8
+
+
+def test_a_damaged_donor_is_passed_over_until_it_writes_another_checkpoint(tmp_path):
+    # member 1 is the best but its checkpoint is cut short; member 2 is second best and whole
+    make_trainer([pbt(tmp_path, 1, 0.01)], max_epochs=1).fit(ScoredRegression(lr=0.01, score=0.1, seed=1))
+    make_trainer([pbt(tmp_path, 2, 0.02)], max_epochs=1).fit(ScoredRegression(lr=0.02, score=0.2, seed=2))
+    damaged = Path(PopulationStore(tmp_path / "pop").members()[1].checkpoint)
+    with open(damaged, "r+b") as handle:
+        handle.truncate(damaged.stat().st_size // 2)
+
+    callback = pbt(tmp_path, 0, 0.5, quantile=0.34)
+    with pytest.warns(UserWarning) as caught:
+        make_trainer([callback], max_epochs=3).fit(ScoredRegression(lr=0.5, score=1.0, seed=0))
+    assert sum("is damaged" in str(w.message) for w in caught) == 1  # read once, not at every ready point
+    assert [event.donor for event in PopulationStore(tmp_path / "pop").lineage()] == [2]
