@@ -138,6 +138,7 @@ ONE_HOME = {
                        "agents/evaluation/main.py"],  # main: its package's docstring for --help
     "reduce_boolean_decision": ["ganno_lightning/trials/curve.py",
                                 "ganno_lightning/pbt/callback.py"],  # pbt: every rank skips a damaged donor alike
+    "never logs it": ["ganno_lightning/trials/preflight.py"],  # the pre-flight fit of BOIL, PBT and NOS
 }
 
 

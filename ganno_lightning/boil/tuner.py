@@ -496,40 +496,26 @@ class BOILTuner:
     def dry_run(self) -> None:
         """Build the task at the middle of the space and fit one batch: ``monitor`` must be logged.
 
+        See :func:`~ganno_lightning.trials.preflight.preflight_fit`.
+
         Raises:
             ValueError: ``monitor`` is never logged (naming what is), the task cannot be built, the
                 Trainer refuses ``trainer_kwargs``, or the one-batch fit raises.
         """
-        from ganno_lightning.trials.trainer import quiet_run
+        from ganno_lightning.trials.preflight import preflight_fit
 
         self._require_task()
         values = unit_to_values(self.space, [0.5] * len(self.space))
-        kwargs = dict(self.trainer_kwargs)
-        kwargs.update(limit_train_batches=1, limit_val_batches=1, val_check_interval=1.0, check_val_every_n_epoch=1,
-                      logger=False)
-        name = _task_name(self.task)
-        with quiet_run(threads=self.threads_per_worker):
-            try:
-                module, data = build_task(self.task, values, self.task_kwargs, self.seed)  # type: ignore[arg-type]
-            except Exception as err:
-                raise ValueError(f"`task` {name!r} could not be built with {values} (the middle of `space`) and"
-                                 f" `task_kwargs`={self.task_kwargs}: {type(err).__name__}: {err}") from err
-            try:
-                trainer = _trial_trainer(1, [], kwargs)
-            except Exception as err:
-                raise ValueError(f"`trainer_kwargs`={self.trainer_kwargs} are not valid Trainer arguments:"
-                                 f" {type(err).__name__}: {err}") from err
-            try:
-                trainer.fit(module, datamodule=data)
-            except Exception as err:
-                raise ValueError(f"A one-batch fit of `task` {name!r} raised {type(err).__name__}: {err}. Fix the"
-                                 " task (or `trainer_kwargs`) before tuning it.") from err
-        if self.monitor not in trainer.callback_metrics:
-            logged = ", ".join(f"`{k}`" for k in sorted(trainer.callback_metrics)) or "(nothing)"
-            raise ValueError(
-                f"`monitor` is {self.monitor!r}, but the task never logs it in a one-batch fit; it logs {logged}."
-                f" Log it with self.log({self.monitor!r}, value) in validation_step, or set `monitor` to one of those."
-            )
+        preflight_fit(
+            lambda: build_task(self.task, values, self.task_kwargs, self.seed),  # type: ignore[arg-type]
+            self.monitor,
+            task=f"`task` {_task_name(self.task)!r} with {values} (the middle of `space`) and"
+                 f" `task_kwargs`={self.task_kwargs}",
+            skip="check_task",
+            trainer_kwargs=self.trainer_kwargs,
+            trainer_key="trainer_kwargs",
+            threads=self.threads_per_worker,
+        )
 
     def _require_task(self) -> None:
         if self.task is None:

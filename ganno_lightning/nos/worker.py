@@ -34,7 +34,7 @@ def build_task(task: dict[str, Any]) -> tuple[Any, Any]:
 def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> None:
     """Check, in this process, what would otherwise fail every candidate: the task's arguments, then a
     one-batch fit under :class:`~ganno_lightning.nos.callback.RuleSearchCallback` (rule ``g``) in which
-    ``train.monitor`` must be logged.
+    ``train.monitor`` must be logged (:func:`~ganno_lightning.trials.preflight.preflight_fit`).
 
     Args:
         task: the ``task`` section, as a plain dict.
@@ -54,35 +54,26 @@ def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> No
                        f"`task.datamodule` {task['datamodule']!r}")
     import torch
 
-    from ganno_lightning.trials.trainer import quiet_run
+    from ganno_lightning.nos.callback import RuleSearchCallback
+    from ganno_lightning.trials.preflight import preflight_fit
 
-    with quiet_run(threads=max(1, int(train.get("torch_threads", 1)))):
-        try:
-            torch.manual_seed(int(seed))
-            module, datamodule = build_task(task)
-            from ganno_lightning.nos.callback import RuleSearchCallback
-            from ganno_lightning.trials.trainer import short_run_trainer
+    def build() -> tuple[Any, Any]:
+        torch.manual_seed(int(seed))
+        return build_task(task)
 
-            cb = RuleSearchCallback(CHECK_RULE, lr=train["lr"], monitor=train["monitor"], mode=train["mode"],
-                                    divergence_factor=train["divergence_factor"])
-            cb.strict = False  # a missing monitor is reported below, naming its config key
-            with tempfile.TemporaryDirectory(prefix="nos_check_") as root:
-                trainer = short_run_trainer(1, 1, root, [cb], accelerator=train.get("accelerator", "cpu"),
-                                            limit_val_batches=1)
-                trainer.fit(module, datamodule=datamodule)
-        except Exception as err:
-            first = (str(err).splitlines() or [""])[0][:300]
-            raise ValueError(
-                f"The task failed a one-batch check before the search ({type(err).__name__}: {first}); every "
-                "candidate would fail the same way. Fix `task` (or `train`), or set check_task=false to skip the check."
-            ) from err
-    if train["monitor"] not in trainer.callback_metrics:
-        logged = ", ".join(f"`{k}`" for k in sorted(trainer.callback_metrics)) or "(nothing)"
-        raise ValueError(
-            f"`train.monitor` is {train['monitor']!r}, but the task never logs it in a one-batch fit; it logs "
-            f"{logged}. Set `train.monitor` to one of those, or log it with self.log({train['monitor']!r}, value) "
-            "in validation_step."
-        )
+    cb = RuleSearchCallback(CHECK_RULE, lr=train["lr"], monitor=train["monitor"], mode=train["mode"],
+                            divergence_factor=train["divergence_factor"])
+    cb.strict = False  # a missing monitor is reported by preflight_fit, naming its config key
+    preflight_fit(
+        build,
+        train["monitor"],
+        task=f"`task.module` {task['module']!r}",
+        skip="check_task",
+        monitor_key="train.monitor",
+        trainer_kwargs={"accelerator": train.get("accelerator", "cpu"), "devices": 1},
+        callbacks=[cb],
+        threads=max(1, int(train.get("torch_threads", 1))),
+    )
 
 
 def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:

@@ -136,8 +136,8 @@ def test_the_acquisition_prices_trials_in_the_unit_the_budget_counts(tmp_path):
 
 
 def test_a_task_that_cannot_be_built_is_named_by_the_one_batch_check(tmp_path):
-    with pytest.raises(ValueError, match=r"`task` 'boil_tasks:tiny_task' could not be built with \{.*\} \(the middle of"
-                                         r" `space`\) and `task_kwargs`=\{'hidden': -1\}: RuntimeError"):
+    with pytest.raises(ValueError, match=r"`task` 'boil_tasks:tiny_task' with \{.*\} \(the middle of `space`\) and"
+                                         r" `task_kwargs`=\{'hidden': -1\} could not be built: RuntimeError"):
         tuner(tmp_path, task_kwargs={"hidden": -1}).run()
     with pytest.raises(ValueError, match=r"`trainer_kwargs`=\{'no_such_argument': 1\} are not valid Trainer arguments:"
                                          r" TypeError"):

@@ -185,7 +185,8 @@ def _unwritable(tmp_path):
                                        r" no argument `hiden` \(did you mean `task.module_kwargs.hidden`\?\)"),
         ("task.datamodule_kwargs.batchsize=8", r"`task.datamodule_kwargs.batchsize` is 8, but .* \(did you mean"
                                                r" `task.datamodule_kwargs.batch_size`\?\)"),
-        ("task.module_kwargs.hidden=abc", r"The task failed a one-batch check before the search \(TypeError"),
+        ("task.module_kwargs.hidden=abc", r"`task.module` .*DigitsClassifier' could not be built: TypeError: .*"
+                                          r" set `check_task` to false to skip this check"),
         ("out_dir=UNWRITABLE", r"`out_dir` must be a writable directory"),
     ],
 )
