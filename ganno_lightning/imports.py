@@ -106,7 +106,7 @@ def keyword_parameters(factory: Callable[..., Any]) -> dict[str, inspect.Paramet
 
 
 def check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], key: str, target: str,
-                   provided: Iterable[str] = ()) -> None:
+                   provided: Iterable[str] = (), list_taken: bool = True) -> None:
     """Check a config section of keyword arguments against the factory it is for, before calling it.
 
     Args:
@@ -115,6 +115,8 @@ def check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], key: 
         key: The section's config key, quoted in messages (e.g. ``"task_kwargs"``).
         target: The factory as messages name it (e.g. ``"`task` 'pkg.mod:factory'"``).
         provided: Keywords the caller passes itself (e.g. ``seed``): they count as set.
+        list_taken: Whether a refusal lists every keyword the factory takes (off for one that takes
+            dozens, such as ``lightning.pytorch.Trainer``: the closest match is named either way).
 
     Raises:
         ValueError: for a keyword the factory does not take (with the closest one it does), or an
@@ -134,8 +136,9 @@ def check_keywords(factory: Callable[..., Any], kwargs: Mapping[str, Any], key: 
         if name not in parameters:
             close = difflib.get_close_matches(str(name), list(parameters), n=1)
             hint = f" (did you mean `{key}.{close[0]}`?)" if close else ""
-            raise ValueError(f"`{key}.{name}` is {value!r}, but {target} takes no argument `{name}`{hint}; it takes"
-                             f" {', '.join(parameters) or 'no keyword arguments'}. Remove or rename `{key}.{name}`.")
+            taken = f"; it takes {', '.join(parameters) or 'no keyword arguments'}" if list_taken else ""
+            raise ValueError(f"`{key}.{name}` is {value!r}, but {target} takes no argument `{name}`{hint}{taken}."
+                             f" Remove or rename `{key}.{name}`.")
     given = set(kwargs) | set(provided)
     for name, parameter in parameters.items():
         if parameter.default is inspect.Parameter.empty and name not in given:

@@ -13,7 +13,13 @@ Ray is optional and imported lazily: ``pip install "ray[tune]"``. One config ser
 
 On a cluster, ``population_dir`` must be on storage every node can reach (Ray's ``storage_path``).
 The outputs are the one-machine runner's: ``best.ckpt``, ``schedules.csv``, ``schedules.png``,
-``lineage.json`` and ``summary.json``.
+``lineage.json``, ``summary.json`` and ``config.yaml``; with ``wandb.enabled`` the same W&B runs too (one
+per member, ids from the member's number, and a population summary run). The members start from the
+values ``ganno-pbt`` draws for the same ``seed``, and member ``i`` (Ray's trial ``i``) is seeded ``seed + i``.
+
+Running the same command again resumes: Ray's experiment in ``population_dir/ray_tune`` is restored,
+unfinished and failed members continue from their last checkpoints, and a finished population is not
+retrained (its outputs are written again). ``max_epochs`` cannot change on a rerun.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import math
 import shutil
 import sys
 import tempfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,9 +144,17 @@ class RayTunePBTReporter(Callback):
 
 
 def make_scheduler(config: DictConfig, synch: bool = False) -> Any:
-    """Ray Tune's PopulationBasedTraining from a runner config: same quantile, factors, resampling, bounds."""
+    """Ray Tune's PopulationBasedTraining from a runner config: same quantile, factors, resampling, bounds.
+
+    It is :class:`~ganno_lightning.pbt.ray_scheduler.RestorablePopulationBasedTraining`: Ray's own would leave a
+    resumed synchronous population waiting forever.
+
+    Unlike ``ganno-pbt``'s, its donors and explored values are not reproducible from ``seed``: Ray's scheduler
+    draws them from Python's global ``random`` and takes no seed or generator (seeding that global stream
+    would reseed the whole driver process, and asynchronous PBT's decisions follow report timing anyway).
+    """
     _, tune = _require_ray()
-    from ray.tune.schedulers import PopulationBasedTraining
+    from ganno_lightning.pbt.ray_scheduler import RestorablePopulationBasedTraining
 
     if config.exploit != "truncation":
         raise ValueError(f"On Ray, `exploit` must be 'truncation' (Ray's PBT), got {config.exploit!r}.")
@@ -153,7 +166,7 @@ def make_scheduler(config: DictConfig, synch: bool = False) -> Any:
             new_config[name] = dim.clip(new_config[name])
         return new_config
 
-    return PopulationBasedTraining(
+    return RestorablePopulationBasedTraining(  # Ray's, whose synchronous clock survives a rerun's restore
         time_attr="training_iteration",
         perturbation_interval=1,  # one iteration = one ready point of the reporter
         hyperparam_mutations={name: _domain(tune, dim) for name, dim in space.items()},
@@ -175,19 +188,37 @@ def _domain(tune: Any, dim: Hyperparameter) -> Any:
     return tune.loguniform(dim.low, dim.high) if dim.log else tune.uniform(dim.low, dim.high)
 
 
+def _member_of_trial(trial_id: str) -> int:
+    """The member a Ray trial is: its creation index, which Ray's trial ids end in (``"a1b2c_00003"``) and a
+    restore keeps, so that a rerun continues the same member's W&B run."""
+    index = trial_id.rpartition("_")[2]
+    if not index.isdigit():
+        raise ValueError(
+            f"Ray trial id {trial_id!r} does not end in the trial's index (like 'a1b2c_00003'), which"
+            " ganno-pbt-ray numbers members by. Use Ray 2.x (`pip install \"ray[tune]>=2.9\"`)."
+        )
+    return int(index)
+
+
 def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> None:
-    """Ray function trainable: build the task, restore from Ray's checkpoint if any, train, report."""
+    """Ray function trainable: build the task, restore from Ray's checkpoint if any, train, report.
+
+    Member ``i`` (:func:`_member_of_trial`) is seeded ``seed + i`` and logs to W&B as on ``ganno-pbt``. Ray stops
+    a trial for an exploit by raising ``SystemExit`` in ``tune.report`` and, with ``reuse_actors``, runs the next
+    trial (maybe another member) in this process: the W&B run is finished on every exit, or the next member's
+    ``WandbLogger`` would log into it.
+    """
     import torch
     from lightning.pytorch.loggers import CSVLogger
 
-    from ganno_lightning.pbt.runner import _load_task
+    from ganno_lightning.pbt.runner import _load_task, member_wandb_logger
 
     _, tune = _require_ray()
     config = OmegaConf.create(population)
     torch.set_num_threads(config.threads_per_member)
     context = tune.get_context()
-    seed = config.seed + zlib.crc32(context.get_trial_id().encode()) % 10_000
-    model, data = _load_task(config, seed=seed)
+    member = _member_of_trial(context.get_trial_id())
+    model, data = _load_task(config, seed=config.seed + member)
     space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
     reporter = RayTunePBTReporter(
         {name: trial_config[name] for name in space}, space, config.monitor, config.ready_interval,
@@ -196,19 +227,27 @@ def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> N
     trainer_kwargs = dict(OmegaConf.to_container(config.trainer))  # type: ignore[arg-type]
     trainer_kwargs.setdefault("enable_progress_bar", False)
     trainer_kwargs.setdefault("enable_model_summary", False)
+    loggers: list[Any] = [CSVLogger(context.get_trial_dir(), name="lightning")]
+    wandb_logger = member_wandb_logger(config, member)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
     trainer = pl.Trainer(
         max_epochs=config.max_epochs,
         callbacks=[reporter],
-        logger=CSVLogger(context.get_trial_dir(), name="lightning"),
+        logger=loggers,
         enable_checkpointing=False,
         **trainer_kwargs,
     )
     checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        trainer.fit(model, data)
-        return
-    with checkpoint.as_directory() as directory:
-        trainer.fit(model, data, ckpt_path=str(Path(directory) / "member.ckpt"))
+    try:
+        if checkpoint is None:
+            trainer.fit(model, data)
+        else:
+            with checkpoint.as_directory() as directory:
+                trainer.fit(model, data, ckpt_path=str(Path(directory) / "member.ckpt"))
+    finally:
+        if wandb_logger is not None:
+            wandb_logger.experiment.finish()
 
 
 def tune_population(
@@ -226,8 +265,15 @@ def tune_population(
         synch: synchronous PBT (every trial waits at each ready point), also set by the config's
             ``synchronous``; Ray's default is asynchronous.
 
+    Running it again on the same ``population_dir`` resumes (see the module's docstring), with one line on
+    stderr saying so.
+
     Returns:
         The summary also written to ``summary.json``.
+
+    Raises:
+        ValueError / PermissionError: a bad config, task or directory, before Ray starts (:func:`check_population`).
+        RuntimeError: if trials failed, or the run was interrupted (Ctrl+C): rerun the same command to resume.
 
     Example::
 
@@ -243,15 +289,58 @@ def check_population(config: DictConfig) -> tuple[Any, Path]:
     """What :func:`tune_population` checks before Ray starts: the config, ``population_dir`` and (``preflight``)
     a two-batch fit of the task; returns the strategy and the directory (``config.population_dir`` made absolute).
 
+    A rerun that resumes a Ray experiment skips the preflight (as ``ganno-pbt`` does on a resume) and must keep
+    the ``max_epochs`` the population was started with.
+
     Raises:
-        ValueError / PermissionError: a bad config, task or directory, naming it.
+        ValueError / PermissionError: a bad config, task or directory, naming it; a changed ``max_epochs``.
     """
-    from ganno_lightning.pbt.runner import checked_config_and_dir, preflight
+    from ganno_lightning.pbt.runner import check_max_epochs, checked_config_and_dir, preflight
 
     strategy, directory = checked_config_and_dir(config)
-    if config.preflight:
+    if _restorable(directory):
+        started = check_max_epochs(config)  # refuses a smaller one
+        if started is not None and config.max_epochs != started:
+            raise ValueError(
+                f"`max_epochs` is {config.max_epochs}, but the Ray population in {str(directory)!r} was started with"
+                f" max_epochs={started}; a rerun resumes its trials but cannot train finished ones on. Rerun with"
+                f" max_epochs={started} to resume it, or use a new `population_dir`."
+            )
+    elif config.preflight:
         preflight(config)
     return strategy, directory
+
+
+#: Ray's experiment folder inside ``population_dir`` (``RunConfig.name``).
+_EXPERIMENT = "ray_tune"
+
+
+def _restorable(directory: Path) -> bool:
+    _, tune = _require_ray()
+    return bool(tune.Tuner.can_restore(directory / _EXPERIMENT))
+
+
+def _say(line: str) -> None:
+    # the console: stderr, so that stdout carries only the JSON summary (as ganno-pbt)
+    print(f"ganno-pbt-ray: {line}", file=sys.stderr, flush=True)
+
+
+def _initial_search(config: DictConfig, strategy: Any) -> Any:
+    """Ray's search algorithm for the first values: member ``i`` (trial ``i``) starts from the values
+    :func:`~ganno_lightning.pbt.runner.initial_values` draws for ``ganno-pbt``'s member ``i``, so that they are
+    reproducible from ``seed`` and both runners start the same population."""
+    _require_ray()
+    from ray.tune.search import BasicVariantGenerator
+
+    from ganno_lightning.pbt.runner import initial_values
+
+    points = [initial_values(config, strategy, member) for member in range(config.population_size)]
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=config.seed)
+
+
+def _unfinished(results: Any) -> int:
+    # Ray marks a trial's last result `done` when its function returned: an interrupted one never did
+    return sum(not (r.metrics or {}).get("done", False) for r in results)
 
 
 def _tune(config: DictConfig, strategy: Any, directory: Path, address: str | None,
@@ -263,27 +352,52 @@ def _tune(config: DictConfig, strategy: Any, directory: Path, address: str | Non
         tune.with_parameters(_train_member, population=OmegaConf.to_container(config)),
         {"cpu": config.threads_per_member},
     )
-    space = strategy.space
-    tuner = tune.Tuner(
-        trainable,
-        param_space={name: _domain(tune, dim) for name, dim in space.items()},
-        tune_config=tune.TuneConfig(
-            scheduler=make_scheduler(config, synch or config.synchronous),
-            num_samples=config.population_size, metric=config.monitor,
-            mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
-        ),
-        run_config=tune.RunConfig(
-            name="ray_tune", storage_path=str(directory), verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # donors must outlive slow cloners
-            failure_config=tune.FailureConfig(max_failures=config.max_restarts),
-        ),
-    )
-    # a rerun is a new experiment in the same folder: an earlier one's exploit log would pass for this one's lineage
-    (directory / "ray_tune" / "pbt_global.txt").unlink(missing_ok=True)
-    results = tuner.fit()
+    param_space = {name: _domain(tune, dim) for name, dim in strategy.space.items()}
+    experiment = directory / _EXPERIMENT
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, param_space=param_space,
+                                   resume_unfinished=True, resume_errored=True)
+        results = tuner.get_results()  # the saved state, before anything runs
+        unfinished = _unfinished(results)
+        if unfinished:
+            _say(f"resuming the population in {str(experiment)!r}: {unfinished} of {len(results)} member(s)"
+                 " continue from their last checkpoints")
+            results = tuner.fit()
+        else:
+            _say(f"the population in {str(experiment)!r} is finished; writing its outputs again"
+                 " (a new `population_dir` starts a new one)")
+    else:
+        # a new experiment; an earlier one killed before Ray saved its state left an exploit log that is not ours
+        (experiment / "pbt_global.txt").unlink(missing_ok=True)
+        atomic_write_bytes(directory / "config.yaml", OmegaConf.to_yaml(config).encode())  # a rerun checks it
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=_initial_search(config, strategy),
+                scheduler=make_scheduler(config, synch or config.synchronous),
+                num_samples=config.population_size, metric=config.monitor,
+                mode=config.mode, reuse_actors=True,  # an exploit reuses the worker: no re-import
+            ),
+            run_config=tune.RunConfig(
+                name=_EXPERIMENT, storage_path=str(directory), verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # donors must outlive slow cloners
+                failure_config=tune.FailureConfig(max_failures=config.max_restarts),
+            ),
+        )
+        results = tuner.fit()
     errors = [r.error for r in results if r.error is not None]
     if errors:
-        raise RuntimeError(f"{len(errors)} Ray trial(s) failed; first error: {errors[0]!r}")
+        raise RuntimeError(
+            f"{len(errors)} Ray trial(s) failed; first error: {errors[0]!r}. Fix its cause, then run the same"
+            " command again to resume them from their last checkpoints."
+        )
+    unfinished = _unfinished(results)
+    if unfinished:  # Ray's fit returns on Ctrl+C, after saving its state
+        raise RuntimeError(
+            f"The Ray run stopped with {unfinished} of {len(results)} member(s) unfinished (interrupted); its"
+            f" state is saved in {str(experiment)!r}. Run the same command again to resume it."
+        )
     return _write_ray_outputs(results, config, strategy, directory)
 
 
@@ -299,8 +413,11 @@ def _reports(result: Any) -> Any:
 
 def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, directory: Path) -> dict[str, Any]:
     from ganno_lightning.pbt.plot import plot_schedules
+    from ganno_lightning.pbt.runner import _log_summary_to_wandb
 
     names = sorted(strategy.space)
+    # Ray lists trials in creation order (a restore keeps it): member i. Not by the metrics' `trial_id`: a member
+    # that copied a donor at its last ready point ends with the donor's report (and score), id included.
     final = {i: float(r.metrics[config.monitor]) for i, r in enumerate(results)}
     best = ranked_members(final, strategy.mode)[0]
     best_result = results[best]
@@ -322,8 +439,8 @@ def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, director
     ]
     atomic_write_bytes(directory / "schedules.csv", ("\n".join(buffer) + "\n").encode())
     atomic_write_bytes(directory / "lineage.json", json.dumps([e.to_dict() for e in lineage], indent=1).encode())
-    plot_schedules(schedule, lineage, directory / "schedules.png", {n: d.log for n, d in strategy.space.items()},
-                   config.monitor)
+    plot = plot_schedules(schedule, lineage, directory / "schedules.png",
+                          {n: d.log for n, d in strategy.space.items()}, config.monitor)
     summary = {
         "best_member": best,
         "best_score": final[best],
@@ -336,6 +453,8 @@ def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, director
         "backend": "ray_tune",
     }
     atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    if config.wandb.enabled and config.wandb.mode != "disabled":
+        _log_summary_to_wandb(config, summary, lineage, plot)  # ganno-pbt's summary run
     return summary
 
 

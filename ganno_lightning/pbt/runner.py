@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
-import inspect
 import io
 import json
 import math
@@ -50,7 +48,7 @@ from ganno_lightning.tuning.space import HyperparameterSpec, parse_space
 
 __all__ = [
     "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "check_trainer_kwargs", "checked_config_and_dir",
-    "load_config", "prepare_population", "run_population", "write_outputs",
+    "load_config", "member_wandb_logger", "prepare_population", "run_population", "write_outputs",
 ]
 
 
@@ -153,26 +151,24 @@ def check_trainer_kwargs(config: DictConfig) -> None:
                 f"`trainer.{key}` is {value!r}, but the runner sets `{key}` itself (the PBT callback, a CSV/W&B logger"
                 f" per member and PBT's own checkpoints). Remove `trainer.{key}`."
             )
-    if not kwargs:
-        return
-    import lightning.pytorch as pl
+    if kwargs:
+        import lightning.pytorch as pl
 
-    accepted = list(inspect.signature(pl.Trainer).parameters)
-    for key, value in kwargs.items():  # type: ignore[union-attr]
-        if key not in accepted:
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f" (did you mean `trainer.{close[0]}`?)" if close else ""
-            raise ValueError(
-                f"`trainer.{key}` is {value!r}, but `lightning.pytorch.Trainer` has no argument `{key}`{hint}."
-                " Remove it or rename it to one of Trainer's arguments."
-            )
+        check_keywords(pl.Trainer, kwargs, "trainer", "`lightning.pytorch.Trainer`",  # type: ignore[arg-type]
+                       list_taken=False)
 
 
 def _load_task(config: DictConfig, seed: int) -> tuple[Any, Any]:
+    factory, kwargs = _task_factory(config)
+    return factory(seed=seed, **kwargs)
+
+
+def _task_factory(config: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """The task factory and ``task_kwargs``, checked against each other (see :func:`_check_task_kwargs`)."""
     factory = import_object(config.task, argument="task")
     kwargs = OmegaConf.to_container(config.task_kwargs)
     _check_task_kwargs(config.task, factory, kwargs)  # type: ignore[arg-type]
-    return factory(seed=seed, **kwargs)  # type: ignore[arg-type]
+    return factory, kwargs  # type: ignore[return-value]
 
 
 def _check_task_kwargs(task: str, factory: Any, kwargs: dict[str, Any]) -> None:
@@ -220,36 +216,58 @@ def _make_callback(config: DictConfig, member: int) -> Any:
 def preflight(config: DictConfig) -> None:
     """Fit two batches in this process: the monitored metric must be logged and every setter must apply.
 
+    See :func:`~ganno_lightning.trials.preflight.preflight_fit`; a callback applies every
+    hyperparameter's setter (at its ``low`` end) to the real optimizer and module at fit start.
+
     Raises:
-        ValueError: if ``monitor`` is never logged (naming what is) or a setter cannot act.
+        ValueError: if ``monitor`` is never logged (naming what is), a setter cannot act, the task
+            cannot be built, the Trainer refuses ``trainer``, or the fit raises.
     """
     import lightning.pytorch as pl
 
+    from ganno_lightning.trials.preflight import preflight_fit
     from ganno_lightning.tuning.setters import resolve_setters
 
     space = parse_space(OmegaConf.to_container(config.hyperparameters))  # type: ignore[arg-type]
     setters = resolve_setters(list(space), dict(config.setters))
 
-    class _Check(pl.Callback):
+    class _ApplySetters(pl.Callback):
         def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             for name, setter in setters.items():
                 setter.validate(trainer, pl_module, name)
                 setter.apply(trainer, pl_module, space[name].clip(space[name].low))
 
-    model, data = _load_task(config, seed=config.seed)
-    trainer_kwargs = {**OmegaConf.to_container(config.trainer), "max_epochs": 1}  # type: ignore[dict-item]
-    trainer_kwargs.update(
-        limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0, logger=False, callbacks=[_Check()],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    factory, kwargs = _task_factory(config)  # a bad `task` or `task_kwargs` names its key, unwrapped
+    preflight_fit(
+        lambda: factory(seed=config.seed, **kwargs),
+        config.monitor,
+        task=f"`task` {config.task!r}",
+        skip="preflight",
+        trainer_kwargs=OmegaConf.to_container(config.trainer),  # type: ignore[arg-type]
+        trainer_key="trainer",
+        callbacks=[_ApplySetters()],
+        batches=2,
+        threads=config.threads_per_member,
     )
-    trainer = pl.Trainer(**trainer_kwargs)
-    trainer.fit(model, data)
-    if config.monitor not in trainer.callback_metrics:
-        logged = ", ".join(f"`{k}`" for k in trainer.callback_metrics) or "(nothing)"
-        raise ValueError(
-            f"`monitor` is {config.monitor!r}, but the task never logs it; it logs {logged}."
-            " Log it with `self.log(...)` in the LightningModule or set `monitor` to one of those."
-        )
+
+
+def member_wandb_logger(config: DictConfig, member: int) -> Any:
+    """Member ``member``'s ``WandbLogger``, or ``None`` when ``wandb`` is off; used by both runners.
+
+    One W&B run per member: group the population folder's name, name ``member_NNN``, id
+    ``{group}-member_NNN-{seed}`` and ``resume="allow"``, so a resumed, restarted or exploiting member
+    continues its own run (in offline mode each start is a directory of its own with that id).
+    """
+    if not config.wandb.enabled or config.wandb.mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    group, name = Path(config.population_dir).resolve().name, f"member_{member:03d}"
+    return WandbLogger(
+        project=config.wandb.project, group=group, name=name, id=f"{group}-{name}-{config.seed}",
+        save_dir=str(config.population_dir), offline=config.wandb.mode == "offline", resume="allow",
+        config=OmegaConf.to_container(config),
+    )
 
 
 def run_member(config: DictConfig, member: int) -> None:
@@ -273,17 +291,9 @@ def run_member(config: DictConfig, member: int) -> None:
     model, data = _load_task(config, seed=config.seed + member)
     name = f"member_{member:03d}"
     loggers: list[Any] = [CSVLogger(Path(config.population_dir) / "logs", name=name)]
-    if config.wandb.enabled and config.wandb.mode != "disabled":
-        from lightning.pytorch.loggers import WandbLogger
-
-        group = Path(config.population_dir).resolve().name
-        loggers.append(
-            WandbLogger(
-                project=config.wandb.project, group=group, name=name, id=f"{group}-{name}-{config.seed}",
-                save_dir=str(config.population_dir), offline=config.wandb.mode == "offline", resume="allow",
-                config=OmegaConf.to_container(config),
-            )
-        )
+    wandb_logger = member_wandb_logger(config, member)
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
     trainer_kwargs = dict(OmegaConf.to_container(config.trainer))  # type: ignore[arg-type]
     trainer_kwargs.setdefault("enable_progress_bar", False)
     trainer_kwargs.setdefault("enable_model_summary", False)

@@ -1,6 +1,11 @@
 """The population on a local Ray instance with Ray Tune's PBT scheduler (skipped without Ray)."""
 
 import json
+import os
+import re
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +13,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray Tune is optional: pip install 'ray[tune]'")
 
 from ganno_lightning.pbt.ray_tune import make_scheduler, tune_population  # noqa: E402
-from ganno_lightning.pbt.runner import load_config  # noqa: E402
+from ganno_lightning.pbt.runner import initial_values, load_config, validate_config  # noqa: E402
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "pbt_smoke.yaml"
 
@@ -63,3 +68,97 @@ def test_the_ray_command_refuses_a_bad_task_in_one_line_before_ray_starts(tmp_pa
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ganno-pbt-ray: error: ") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def _wandb_run_ids(directory: Path) -> list[str]:
+    # offline runs are folders offline-run-<date>_<time>-<run id>, one per start of a run
+    return sorted(re.sub(r"^offline-run-\d+_\d+-", "", p.name) for p in (directory / "wandb").glob("offline-run-*"))
+
+
+def test_ray_population_logs_to_wandb_with_ganno_pbts_runs_and_starts_from_its_draws(tmp_path, local_ray):
+    pop = tmp_path / "pop"
+    config = load_config(SMOKE, [f"population_dir={pop}", "max_epochs=2", "task_kwargs.train_subset=64",
+                                 "wandb.enabled=true", "wandb.mode=offline"])
+    summary = tune_population(config, synch=True)
+    assert summary["exploits"] >= 1  # a member restored from a donor in the same worker: still its own run
+    # one W&B run per member (each start of it, exploits too, continues the same id) and the summary run
+    ids = _wandb_run_ids(pop)
+    assert set(ids) == {"pop-member_000-0", "pop-member_001-0", "pop-population-0"}, ids
+    assert ids.count("pop-population-0") == 1
+    for run in (pop / "wandb").glob("offline-run-*"):
+        assert any(p.suffix == ".wandb" for p in run.iterdir())
+    # through _tune's own search algorithm: member i starts from ganno-pbt's draw for member i and this seed
+    import pandas as pd
+
+    strategy = validate_config(config)
+    for progress in (pop / "ray_tune").glob("*/progress.csv"):
+        first = pd.read_csv(progress).iloc[0]
+        member = int(str(first["trial_id"]).rpartition("_")[2])
+        assert first["pbt/lr"] == pytest.approx(initial_values(config, strategy, member)["lr"], rel=1e-12)
+
+
+def test_initial_draws_are_reproducible_from_the_seed():
+    from ganno_lightning.pbt.ray_tune import _initial_search
+
+    def draws(seed):
+        config = load_config(SMOKE, [f"seed={seed}", "population_size=3"])
+        return _initial_search(config, validate_config(config))._points_to_evaluate
+
+    assert draws(0) == draws(0) and draws(0) != draws(1)
+    assert len(draws(0)) == 3 and len({d["lr"] for d in draws(0)}) == 3
+
+
+def _rows(pop: Path) -> dict[str, list[tuple[int, float]]]:
+    import pandas as pd
+
+    return {
+        p.parent.name: [(int(r["epoch"]), float(r["pbt/lr"])) for _, r in pd.read_csv(p).iterrows()]
+        for p in (pop / "ray_tune").glob("*/progress.csv") if len(p.read_text().splitlines()) > 1
+    }
+
+
+def test_a_rerun_resumes_an_interrupted_ray_population_and_does_not_retrain_a_finished_one(
+    tmp_path, local_ray, capsys
+):
+    pop = tmp_path / "pop"
+    epochs = 6  # long enough that Ctrl+C at the first report stops it halfway
+    # synchronous: Ray's own scheduler would wait forever after the restore; and a donor cannot run ahead and
+    # delete (Ray's num_to_keep) the checkpoint a restored member still has to copy
+    overrides = [f"population_dir={pop}", f"max_epochs={epochs}", "task_kwargs.train_subset=64", "synchronous=true"]
+
+    def interrupt_after_the_first_report():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _rows(pop):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C: Ray Tune saves its state and returns from fit
+
+    interrupter = threading.Thread(target=interrupt_after_the_first_report, daemon=True)
+    interrupter.start()
+    with pytest.raises(RuntimeError, match=r"unfinished \(interrupted\).*Run the same command again to resume"):
+        tune_population(load_config(SMOKE, overrides))
+    interrupter.join()
+    before = _rows(pop)
+    assert not (pop / "summary.json").exists()  # no summary of a population that did not finish
+    capsys.readouterr()
+
+    summary = tune_population(load_config(SMOKE, overrides))  # the same command again
+    assert "ganno-pbt-ray: resuming the population" in capsys.readouterr().err
+    after = _rows(pop)
+    assert len(after) == 2 and set(before) <= set(after)  # the same two trials, not a new experiment
+    assert any(len(after[trial]) > len(rows) for trial, rows in before.items())  # one resumed after reporting
+    for trial, rows in before.items():
+        assert after[trial][: len(rows)] == rows  # earlier reports kept
+        resumed = after[trial][len(rows):]
+        assert not resumed or resumed[0][0] > 1  # continued from a checkpoint, not from epoch 1
+    assert all(rows[-1][0] == epochs for rows in after.values())
+    assert sorted(summary["final_scores"]) == ["0", "1"]
+
+    finished = (pop / "summary.json").read_text()
+    assert tune_population(load_config(SMOKE, overrides)) == summary  # a finished population: nothing retrains
+    assert "is finished; writing its outputs again" in capsys.readouterr().err
+    assert _rows(pop) == after and (pop / "summary.json").read_text() == finished
+
+    longer = [*overrides[:1], f"max_epochs={epochs + 1}", *overrides[2:]]
+    refused = rf"`max_epochs` is {epochs + 1}, but the Ray population .* max_epochs={epochs}"
+    with pytest.raises(ValueError, match=refused):  # before Ray starts: it cannot train finished members on
+        tune_population(load_config(SMOKE, longer))

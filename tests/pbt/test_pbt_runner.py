@@ -250,7 +250,7 @@ def test_rerun_with_a_larger_max_epochs_trains_on_a_smaller_one_is_refused_and_p
         ("monitor=val_los", "`monitor` is 'val_los', but the task never logs it"),
         ("task_kwargs.hiden=3", "`task_kwargs.hiden` is 3, but `task` 'ganno_lightning.examples.digits:digits_task'"
                                 " takes no argument `hiden` (did you mean `task_kwargs.hidden`?)"),
-        ("trainer.foo=1", "`trainer.foo` is 1, but `lightning.pytorch.Trainer` has no argument `foo`"),
+        ("trainer.foo=1", "`trainer.foo` is 1, but `lightning.pytorch.Trainer` takes no argument `foo`"),
         ("trainer.max_epochs=2", "`trainer.max_epochs` is 2, but every member trains for the config's own"
                                  " `max_epochs` (4). Remove `trainer.max_epochs` and set `max_epochs` instead."),
         ("trainer.logger=false", "`trainer.logger` is False, but the runner sets `logger` itself"),
