@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -200,6 +201,38 @@ def _member_of_trial(trial_id: str) -> int:
     return int(index)
 
 
+def _restore_file(checkpoint: Any, trial_dir: str | os.PathLike) -> str | None:
+    """The ``member.ckpt`` a trial restores from: Ray's ``checkpoint``'s, or, if that is gone or damaged, the
+    trial's own newest readable one in ``trial_dir`` (its ``checkpoint_NNNNNN`` folders), or ``None`` to train
+    from scratch; a warning names the missing file and what is used instead.
+
+    Ray restores an exploiting member from its donor's checkpoint, which an asynchronous donor may already have
+    deleted (``CheckpointConfig(num_to_keep=...)``), and a resumed run restores from it again on every rerun
+    (ray-project/ray#9036): as on ``ganno-pbt``, the member falls back and repeats the steps in between, so that
+    the population can finish. ``population_dir`` is a filesystem path, so Ray's checkpoints are local paths.
+    """
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    from ganno_lightning.pbt.callback import read_checkpoint
+
+    def readable(path: Path) -> bool:
+        try:
+            return read_checkpoint(path) is not None  # warns naming a damaged file
+        except FileNotFoundError:
+            return False
+
+    wanted = Path(checkpoint.path) / "member.ckpt"
+    if readable(wanted):
+        return str(wanted)
+    own = sorted(Path(trial_dir).glob("checkpoint_*/member.ckpt"), reverse=True)  # zero-padded: newest first
+    fallback = next((str(p) for p in own if p != wanted and readable(p)), None)
+    instead = (f"restarts from its own newest checkpoint {fallback!r} and repeats the steps in between" if fallback
+               else "starts again from scratch: it has no readable checkpoint of its own")
+    rank_zero_warn(f"The Ray trial's checkpoint {str(wanted)!r} is missing or damaged (a donor may have deleted"
+                   f" it); the member {instead}.")
+    return fallback
+
+
 def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> None:
     """Ray function trainable: build the task, restore from Ray's checkpoint if any, train, report.
 
@@ -239,12 +272,11 @@ def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> N
         **trainer_kwargs,
     )
     checkpoint = tune.get_checkpoint()
+    # the trial's folder in `population_dir/ray_tune`, where Ray persists its checkpoints (a DeveloperAPI:
+    # `get_trial_dir()` is the worker's scratch directory, not the storage)
+    ckpt_path = None if checkpoint is None else _restore_file(checkpoint, context.get_storage().trial_fs_path)
     try:
-        if checkpoint is None:
-            trainer.fit(model, data)
-        else:
-            with checkpoint.as_directory() as directory:
-                trainer.fit(model, data, ckpt_path=str(Path(directory) / "member.ckpt"))
+        trainer.fit(model, data, ckpt_path=ckpt_path)
     finally:
         if wandb_logger is not None:
             wandb_logger.experiment.finish()

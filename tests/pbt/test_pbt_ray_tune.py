@@ -162,3 +162,35 @@ def test_a_rerun_resumes_an_interrupted_ray_population_and_does_not_retrain_a_fi
     refused = rf"`max_epochs` is {epochs + 1}, but the Ray population .* max_epochs={epochs}"
     with pytest.raises(ValueError, match=refused):  # before Ray starts: it cannot train finished members on
         tune_population(load_config(SMOKE, longer))
+
+
+@pytest.mark.filterwarnings("ignore:PBT checkpoint .* is damaged")
+def test_a_member_whose_donor_checkpoint_is_gone_restores_its_own_newest_readable_one(tmp_path):
+    # ray-project/ray#9036: an asynchronous donor deleted the checkpoint Ray restores this member from
+    import warnings
+
+    import torch
+    from ray.tune import Checkpoint
+
+    from ganno_lightning.pbt.ray_tune import _restore_file
+
+    donor = Checkpoint(str(tmp_path / "donor" / "checkpoint_000007"))  # deleted by the donor
+    trial = tmp_path / "trial"
+    for name, content in (("checkpoint_000001", {"epoch": 1}), ("checkpoint_000002", {"epoch": 2}),
+                          ("checkpoint_000003", None)):  # the newest is damaged
+        (trial / name).mkdir(parents=True)
+        path = trial / name / "member.ckpt"
+        if content is None:
+            path.write_bytes(b"cut sh")
+        else:
+            torch.save(content, path)
+    with pytest.warns(UserWarning, match=r"donor/checkpoint_000007/member.ckpt.*missing or damaged.*"
+                                         r"own newest checkpoint .*checkpoint_000002/member.ckpt"):
+        assert _restore_file(donor, trial) == str(trial / "checkpoint_000002" / "member.ckpt")
+    with pytest.warns(UserWarning, match="starts again from scratch"):
+        assert _restore_file(donor, tmp_path / "empty_trial") is None
+    # a checkpoint that is there is used as it is, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _restore_file(Checkpoint(str(trial / "checkpoint_000001")), trial) == str(
+            trial / "checkpoint_000001" / "member.ckpt")
