@@ -260,7 +260,8 @@ def _train_member(trial_config: dict[str, Any], population: dict[str, Any]) -> N
     trainer_kwargs = dict(OmegaConf.to_container(config.trainer))  # type: ignore[arg-type]
     trainer_kwargs.setdefault("enable_progress_bar", False)
     trainer_kwargs.setdefault("enable_model_summary", False)
-    loggers: list[Any] = [CSVLogger(context.get_trial_dir(), name="lightning")]
+    # ganno-pbt's layout; not `context.get_trial_dir()`, a worker's scratch folder that Ray does not keep
+    loggers: list[Any] = [CSVLogger(Path(config.population_dir) / "logs", name=f"member_{member:03d}")]
     wandb_logger = member_wandb_logger(config, member)
     if wandb_logger is not None:
         loggers.append(wandb_logger)

@@ -87,6 +87,9 @@ def test_ray_population_logs_to_wandb_with_ganno_pbts_runs_and_starts_from_its_d
     assert ids.count("pop-population-0") == 1
     for run in (pop / "wandb").glob("offline-run-*"):
         assert any(p.suffix == ".wandb" for p in run.iterdir())
+    # and each member's Lightning CSV log where ganno-pbt writes it (one version per start of the member)
+    for member in ("member_000", "member_001"):
+        assert list((pop / "logs" / member).glob("version_*/metrics.csv")), member
     # through _tune's own search algorithm: member i starts from ganno-pbt's draw for member i and this seed
     import pandas as pd
 
