@@ -70,7 +70,7 @@ def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> No
         task=f"`task.module` {task['module']!r}",
         skip="check_task",
         monitor_key="train.monitor",
-        trainer_kwargs={"accelerator": train.get("accelerator", "cpu"), "devices": 1},
+        trainer_kwargs={"accelerator": train.get("accelerator", "cpu")},
         callbacks=[cb],
         threads=max(1, int(train.get("torch_threads", 1))),
     )

@@ -19,7 +19,7 @@ values ``ganno-pbt`` draws for the same ``seed``, and member ``i`` (Ray's trial 
 
 Running the same command again resumes: Ray's experiment in ``population_dir/ray_tune`` is restored,
 unfinished and failed members continue from their last checkpoints, and a finished population is not
-retrained (its outputs are written again). ``max_epochs`` cannot change on a rerun.
+retrained (its outputs are written again). A rerun must keep :data:`RESUMED_SETTINGS`.
 """
 
 from __future__ import annotations
@@ -323,22 +323,17 @@ def check_population(config: DictConfig) -> tuple[Any, Path]:
     a two-batch fit of the task; returns the strategy and the directory (``config.population_dir`` made absolute).
 
     A rerun that resumes a Ray experiment skips the preflight (as ``ganno-pbt`` does on a resume) and must keep
-    the ``max_epochs`` the population was started with.
+    the settings Ray restores the population with (:data:`RESUMED_SETTINGS`).
 
     Raises:
-        ValueError / PermissionError: a bad config, task or directory, naming it; a changed ``max_epochs``.
+        ValueError / PermissionError: a bad config, task or directory, naming it; a rerun that changes one of
+            :data:`RESUMED_SETTINGS`, or finds a Ray experiment that this version did not start.
     """
-    from ganno_lightning.pbt.runner import check_max_epochs, checked_config_and_dir, preflight
+    from ganno_lightning.pbt.runner import checked_config_and_dir, preflight
 
     strategy, directory = checked_config_and_dir(config)
     if _restorable(directory):
-        started = check_max_epochs(config)  # refuses a smaller one
-        if started is not None and config.max_epochs != started:
-            raise ValueError(
-                f"`max_epochs` is {config.max_epochs}, but the Ray population in {str(directory)!r} was started with"
-                f" max_epochs={started}; a rerun resumes its trials but cannot train finished ones on. Rerun with"
-                f" max_epochs={started} to resume it, or use a new `population_dir`."
-            )
+        _check_resumed_settings(config, directory)
     elif config.preflight:
         preflight(config)
     return strategy, directory
@@ -347,10 +342,38 @@ def check_population(config: DictConfig) -> tuple[Any, Path]:
 #: Ray's experiment folder inside ``population_dir`` (``RunConfig.name``).
 _EXPERIMENT = "ray_tune"
 
+#: What a rerun must keep: Ray restores the trials, the search space and the scheduler it saved (a longer
+#: ``max_epochs`` cannot train finished trials on), and the seed numbers the members' W&B runs.
+RESUMED_SETTINGS = ("population_size", "max_epochs", "seed", "hyperparameters", "monitor", "mode", "ready_interval",
+                    "ready_unit", "exploit", "quantile", "perturb_factors", "resample_probability", "synchronous")
+
 
 def _restorable(directory: Path) -> bool:
+    """Whether ``directory`` holds a Ray experiment to resume: one whose state Ray saved (``Tuner.can_restore``
+    alone also says yes for a first run that died before ``fit`` saved anything, which cannot be restored)."""
     _, tune = _require_ray()
-    return bool(tune.Tuner.can_restore(directory / _EXPERIMENT))
+    experiment = directory / _EXPERIMENT
+    return bool(tune.Tuner.can_restore(experiment)) and any(experiment.glob("experiment_state-*.json"))
+
+
+def _check_resumed_settings(config: DictConfig, directory: Path) -> None:
+    started_path = directory / "config.yaml"
+    if not started_path.is_file():  # written before every new experiment since ganno-pbt-ray resumes
+        raise ValueError(
+            f"`population_dir` {str(directory)!r} holds a Ray experiment without the config.yaml this version writes"
+            " (an older ganno-pbt-ray started it), so it cannot be resumed safely. Use a new `population_dir`, or"
+            f" delete {str(directory / _EXPERIMENT)!r} to start a new population there."
+        )
+    started = OmegaConf.load(started_path)
+    for key in RESUMED_SETTINGS:
+        old = OmegaConf.to_container(started, resolve=True).get(key)  # type: ignore[union-attr]
+        new = OmegaConf.to_container(config, resolve=True).get(key)  # type: ignore[union-attr]
+        if old is not None and old != new:
+            raise ValueError(
+                f"`{key}` is {new!r}, but the Ray population in {str(directory)!r} was started with {key}={old!r};"
+                " a rerun resumes the trials, search space and scheduler Ray saved. Rerun with that value to resume"
+                " it, or use a new `population_dir`."
+            )
 
 
 def _say(line: str) -> None:
@@ -387,7 +410,7 @@ def _tune(config: DictConfig, strategy: Any, directory: Path, address: str | Non
     )
     param_space = {name: _domain(tune, dim) for name, dim in strategy.space.items()}
     experiment = directory / _EXPERIMENT
-    if tune.Tuner.can_restore(experiment):
+    if _restorable(directory):
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
         results = tuner.get_results()  # the saved state, before anything runs

@@ -42,8 +42,9 @@ def preflight_fit(
     and check that ``monitor`` is logged.
 
     The Trainer takes ``trainer_kwargs`` (their ``callbacks`` before the caller's), except that it
-    trains one epoch of ``batches`` batches, validates ``batches`` batches at its end, has no logger
-    and no sanity check, and writes under a temporary directory that is removed afterwards.
+    trains one epoch of ``batches`` batches on one device in this process, validates ``batches`` batches
+    at its end, has no sanity check, logs (only if they set a logger) to a CSV file, and writes under a
+    temporary directory that is removed afterwards.
 
     Args:
         build: Returns ``(LightningModule, data)``, ``data`` a LightningDataModule, a training
@@ -79,6 +80,7 @@ def preflight_fit(
         # self.log('val_los', value) in validation_step, or set `monitor` to one of those.
     """
     from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
 
     fit_name = f"{_COUNTS.get(batches, batches)}-batch fit"
     retry = (f" Every trial would fail the same way: fix the task{f' (or `{trainer_key}`)' if trainer_key else ''},"
@@ -94,8 +96,13 @@ def preflight_fit(
         except Exception as err:
             raise ValueError(f"{task} could not be built: {_quote(err)}.{retry}") from err
         kwargs = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False, **user}
+        theirs = kwargs.get("callbacks") or []
         kwargs.update(
-            callbacks=[*(kwargs.get("callbacks") or []), *callbacks], default_root_dir=root, logger=False,
+            callbacks=[*(theirs if isinstance(theirs, (list, tuple)) else [theirs]), *callbacks],
+            # a logger of theirs stays a logger (LearningRateMonitor needs one), written under `root`
+            default_root_dir=root, logger=CSVLogger(root) if kwargs.get("logger") else False,
+            # one process on one device: a distributed strategy would start the caller's script again
+            devices=1, num_nodes=1, strategy="auto",
             max_epochs=1, max_steps=-1, limit_train_batches=batches, limit_val_batches=batches,
             val_check_interval=1.0, check_val_every_n_epoch=1, num_sanity_val_steps=0,
         )

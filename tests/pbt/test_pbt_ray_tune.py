@@ -114,10 +114,15 @@ def test_initial_draws_are_reproducible_from_the_seed():
 def _rows(pop: Path) -> dict[str, list[tuple[int, float]]]:
     import pandas as pd
 
-    return {
-        p.parent.name: [(int(r["epoch"]), float(r["pbt/lr"])) for _, r in pd.read_csv(p).iterrows()]
-        for p in (pop / "ray_tune").glob("*/progress.csv") if len(p.read_text().splitlines()) > 1
-    }
+    rows = {}
+    for path in (pop / "ray_tune").glob("*/progress.csv"):
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):  # Ray is writing it: not a row yet
+            continue
+        if len(table):
+            rows[path.parent.name] = [(int(r["epoch"]), float(r["pbt/lr"])) for _, r in table.iterrows()]
+    return rows
 
 
 def test_a_rerun_resumes_an_interrupted_ray_population_and_does_not_retrain_a_finished_one(
@@ -129,17 +134,24 @@ def test_a_rerun_resumes_an_interrupted_ray_population_and_does_not_retrain_a_fi
     # delete (Ray's num_to_keep) the checkpoint a restored member still has to copy
     overrides = [f"population_dir={pop}", f"max_epochs={epochs}", "task_kwargs.train_subset=64", "synchronous=true"]
 
+    running = threading.Event()
+    running.set()
+
     def interrupt_after_the_first_report():
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _rows(pop):
+        while running.is_set() and time.monotonic() < deadline and not _rows(pop):
             time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C: Ray Tune saves its state and returns from fit
+        if running.is_set():  # never after the run has returned: the signal would hit the next test
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C: Ray Tune saves its state and returns from fit
 
     interrupter = threading.Thread(target=interrupt_after_the_first_report, daemon=True)
     interrupter.start()
-    with pytest.raises(RuntimeError, match=r"unfinished \(interrupted\).*Run the same command again to resume"):
-        tune_population(load_config(SMOKE, overrides))
-    interrupter.join()
+    try:
+        with pytest.raises(RuntimeError, match=r"unfinished \(interrupted\).*Run the same command again to resume"):
+            tune_population(load_config(SMOKE, overrides))
+    finally:
+        running.clear()
+        interrupter.join()
     before = _rows(pop)
     assert not (pop / "summary.json").exists()  # no summary of a population that did not finish
     capsys.readouterr()
@@ -165,6 +177,21 @@ def test_a_rerun_resumes_an_interrupted_ray_population_and_does_not_retrain_a_fi
     refused = rf"`max_epochs` is {epochs + 1}, but the Ray population .* max_epochs={epochs}"
     with pytest.raises(ValueError, match=refused):  # before Ray starts: it cannot train finished members on
         tune_population(load_config(SMOKE, longer))
+    with pytest.raises(ValueError, match=r"`seed` is 5, but the Ray population .* was started with seed=0"):
+        tune_population(load_config(SMOKE, [*overrides, "seed=5"]))  # Ray would keep its draws and scheduler
+    (pop / "config.yaml").unlink()  # as an older ganno-pbt-ray left it
+    with pytest.raises(ValueError, match=r"without the config.yaml this version writes .* Use a new"):
+        tune_population(load_config(SMOKE, overrides))
+
+
+def test_a_first_run_that_died_before_ray_saved_its_state_is_no_experiment_to_resume(tmp_path):
+    from ray import tune
+
+    from ganno_lightning.pbt.ray_tune import _restorable
+
+    tune.Tuner(lambda config: None, run_config=tune.RunConfig(name="ray_tune", storage_path=str(tmp_path)))
+    assert tune.Tuner.can_restore(tmp_path / "ray_tune")  # Ray's own test says yes: the Tuner is pickled
+    assert not _restorable(tmp_path)  # but nothing ran, so there is nothing to restore: a rerun starts anew
 
 
 @pytest.mark.filterwarnings("ignore:PBT checkpoint .* is damaged")

@@ -115,3 +115,20 @@ def test_trainer_arguments_the_trainer_refuses_name_their_key():
     # without a key of their own, a Trainer that cannot be made is the fit's error
     with pytest.raises(ValueError, match=r"^A one-batch fit of `task` 'tests:tiny' raised TypeError: "):
         check(Tiny(), trainer_kwargs={"no_such_argument": 1}, trainer_key=None)
+
+
+def test_their_trainer_arguments_as_lightning_takes_them_in_one_process():
+    # one callback (not a list), a logger that LearningRateMonitor needs, and a distributed strategy: the check
+    # still fits in this process, on one device
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    seen = []
+
+    class Where(pl.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen.append((trainer.num_devices, trainer.world_size, trainer.logger is not None))
+
+    logged = check(Tiny(), callbacks=[Where()], trainer_kwargs={
+        "accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn", "logger": True,
+        "callbacks": LearningRateMonitor(logging_interval="step")})
+    assert seen == [(1, 1, True)] and "val_loss" in logged
