@@ -364,10 +364,13 @@ def _check_resumed_settings(config: DictConfig, directory: Path) -> None:
             " (an older ganno-pbt-ray started it), so it cannot be resumed safely. Use a new `population_dir`, or"
             f" delete {str(directory / _EXPERIMENT)!r} to start a new population there."
         )
-    started = OmegaConf.load(started_path)
+    from ganno_lightning.config import load_config
+    from ganno_lightning.pbt.runner import PopulationConfig
+
+    started = OmegaConf.to_container(load_config(PopulationConfig, started_path), resolve=True)
+    current = OmegaConf.to_container(config, resolve=True)
     for key in RESUMED_SETTINGS:
-        old = OmegaConf.to_container(started, resolve=True).get(key)  # type: ignore[union-attr]
-        new = OmegaConf.to_container(config, resolve=True).get(key)  # type: ignore[union-attr]
+        old, new = started.get(key), current.get(key)  # type: ignore[union-attr]
         if old is not None and old != new:
             raise ValueError(
                 f"`{key}` is {new!r}, but the Ray population in {str(directory)!r} was started with {key}={old!r};"

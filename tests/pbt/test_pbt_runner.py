@@ -132,7 +132,9 @@ def test_member_killed_mid_run_then_population_resumes_and_writes_outputs(tmp_pa
     assert len(runs) == 1 and any(p.suffix == ".wandb" for p in runs[0].iterdir())
     write_outputs(store, config, validate_config(config))  # a rerun's outputs update the population's one run
     runs = [p.name for p in (pop / "wandb").glob("offline-run-*")]
-    assert len(runs) == 2 and len({re.sub(r"^offline-run-\d+_\d+-|-\d+$", "", name) for name in runs}) == 1
+    # offline, each start of the run is a folder offline-run-<time>-<id>, "-1" added when two start in one second
+    ids = {re.sub(r"^offline-run-\d+_\d+-", "", name) for name in runs}
+    assert len(runs) == 2 and all(re.fullmatch(r"pop-population-0(-\d+)?", i) for i in ids), runs
 
 
 def test_synchronous_population_ranks_every_member_at_the_same_steps(tmp_path):
