@@ -472,7 +472,7 @@ def _reports(result: Any) -> Any:
 
 def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, directory: Path) -> dict[str, Any]:
     from ganno_lightning.pbt.plot import plot_schedules
-    from ganno_lightning.pbt.runner import _log_summary_to_wandb
+    from ganno_lightning.pbt.runner import log_summary_to_wandb
 
     names = sorted(strategy.space)
     # Ray lists trials in creation order (a restore keeps it): member i. Not by the metrics' `trial_id`: a member
@@ -512,8 +512,7 @@ def _write_ray_outputs(results: Any, config: DictConfig, strategy: Any, director
         "backend": "ray_tune",
     }
     atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
-    if config.wandb.enabled and config.wandb.mode != "disabled":
-        _log_summary_to_wandb(config, summary, lineage, plot)  # ganno-pbt's summary run
+    log_summary_to_wandb(config, summary, lineage, plot)  # ganno-pbt's summary run
     return summary
 
 

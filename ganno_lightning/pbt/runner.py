@@ -48,7 +48,8 @@ from ganno_lightning.tuning.space import HyperparameterSpec, parse_space
 
 __all__ = [
     "HyperparameterSpec", "PopulationConfig", "check_max_epochs", "check_trainer_kwargs", "checked_config_and_dir",
-    "load_config", "member_wandb_logger", "prepare_population", "run_population", "write_outputs",
+    "load_config", "log_summary_to_wandb", "member_wandb_logger", "prepare_population", "run_population",
+    "write_outputs",
 ]
 
 
@@ -258,7 +259,7 @@ def member_wandb_logger(config: DictConfig, member: int) -> Any:
     ``{group}-member_NNN-{seed}`` and ``resume="allow"``, so a resumed, restarted or exploiting member
     continues its own run (in offline mode each start is a directory of its own with that id).
     """
-    if not config.wandb.enabled or config.wandb.mode == "disabled":
+    if not _wandb_on(config):
         return None
     from lightning.pytorch.loggers import WandbLogger
 
@@ -618,12 +619,19 @@ def write_outputs(store: PopulationStore, config: DictConfig, strategy: PBTStrat
         "exploits": len(lineage),
     }
     atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
-    if config.wandb.enabled and config.wandb.mode != "disabled":
-        _log_summary_to_wandb(config, summary, lineage, plot)
+    log_summary_to_wandb(config, summary, lineage, plot)
     return summary
 
 
-def _log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: list[Any], plot: Path) -> None:
+def _wandb_on(config: DictConfig) -> bool:
+    return bool(config.wandb.enabled) and config.wandb.mode != "disabled"
+
+
+def log_summary_to_wandb(config: DictConfig, summary: dict[str, Any], lineage: list[Any], plot: Path) -> None:
+    """The population's W&B summary run (schedules plot, lineage table, summary), when ``wandb`` is on; used by
+    both runners. One run per population, its members' id scheme: a rerun updates it."""
+    if not _wandb_on(config):
+        return
     import wandb
 
     group = Path(config.population_dir).resolve().name
