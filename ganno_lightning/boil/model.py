@@ -84,13 +84,12 @@ from botorch.models.transforms.outcome import Standardize
 from botorch.models.utils.gpytorch_modules import (
     get_gaussian_likelihood_with_lognormal_prior,
 )
-from botorch.optim.closures import ForwardBackwardClosure
 from botorch.optim.utils import get_parameters
 from gpytorch.constraints import Interval
 from gpytorch.kernels import MaternKernel, ScaleKernel
 from gpytorch.means import ConstantMean, Mean
 from gpytorch.mlls import ExactMarginalLogLikelihood
-from gpytorch.priors import GammaPrior
+from gpytorch.priors import GammaPrior, LogNormalPrior
 from linear_operator.utils.cholesky import psd_safe_cholesky
 from linear_operator.utils.errors import NotPSDError
 from torch import Tensor
@@ -99,7 +98,7 @@ from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
 __all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "LengthTrendMean",
-           "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation",
+           "MarginalLikelihoodClosure", "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation",
            "negative_mll", "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
@@ -276,6 +275,13 @@ def _matern52_of(distance: Tensor) -> Tensor:
     return (1.0 + _SQRT5 * distance + 5.0 / 3.0 * distance * distance) * torch.exp(-_SQRT5 * distance)
 
 
+def _matern52_and_slope(distance: Tensor) -> tuple[Tensor, Tensor]:
+    """Matern 5/2 of a scaled distance ``r``, and ``-dMatern/dr / r = 5/3 (1 + sqrt(5) r) exp(-sqrt(5) r)``."""
+    decay = torch.exp(-_SQRT5 * distance)
+    linear = 1.0 + _SQRT5 * distance
+    return (linear + 5.0 / 3.0 * distance * distance) * decay, 5.0 / 3.0 * linear * decay
+
+
 def _matern52(a: Tensor, b: Tensor, lengthscale: Tensor) -> Tensor:
     """GPyTorch's Matern 5/2 between rows of ``a`` and ``b`` (distances clamped as GPyTorch clamps them)."""
     return _matern52_of(((a / lengthscale)[:, None, :] - (b / lengthscale)[None, :, :]).pow(2).sum(-1)
@@ -320,6 +326,120 @@ def negative_mll(model: SingleTaskGP) -> Tensor:
     for _, module, prior, closure, _ in model.named_priors():
         value = value + prior.log_prob(closure(module)).sum()
     return -value / n
+
+
+#: Which hyperparameter of :class:`MarginalLikelihoodClosure` each of :func:`build_gp`'s priors is on.
+_PRIOR_TARGETS = {
+    "likelihood.noise_covar.noise_prior": "noise",
+    "covar_module.outputscale_prior": "outputscale",
+    "covar_module.base_kernel.kernels.0.lengthscale_prior": "lengthscale_x",
+    "covar_module.base_kernel.kernels.1.lengthscale_prior": "lengthscale_t",
+}
+
+
+def _log_prior_and_slope(prior: Any, value: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``log p(value)`` and its derivative for a Gamma or LogNormal prior on the value itself; None for others."""
+    if getattr(prior, "_transform", None) is not None:  # a prior on a transformed value (GPyTorch's `transform`)
+        return None
+    log_value = value.log()
+    if isinstance(prior, GammaPrior):
+        a, b = prior.concentration, prior.rate
+        return a * b.log() - torch.lgamma(a) + (a - 1.0) * log_value - b * value, (a - 1.0) / value - b
+    if isinstance(prior, LogNormalPrior):
+        z = (log_value - prior.loc) / prior.scale
+        log_p = -log_value - prior.scale.log() - 0.5 * math.log(2 * math.pi) - 0.5 * z * z
+        return log_p, -(1.0 + z / prior.scale) / value
+    return None
+
+
+class MarginalLikelihoodClosure:
+    """:func:`negative_mll` and its gradients for L-BFGS, the kernel's part in closed form.
+
+    The same value and gradients as ``negative_mll(model).backward()`` (tested), about three times
+    faster: the inputs' squared differences per dimension are computed once per fit, and the gradient
+    with respect to the kernel's hyperparameters is ``tr(W dK/dtheta)`` with ``W = (K^-1 - a a') / 2``
+    (``a = K^-1 (y - mean)``; Rasmussen & Williams, eq. 5.9), not a backward pass through the Cholesky
+    factor. The constraint transforms, priors and mean are differentiated by autograd on a graph of a few
+    scalars: ``sum(dL/dtheta * theta)`` has the raw parameters' gradients. The Gamma and LogNormal priors
+    of :func:`build_gp` are in closed form too (GPyTorch's ``log_prob`` was a third of a call).
+
+    Args:
+        model: a GP from :func:`build_gp`, in train mode; its training data must not change.
+        parameters: the parameters to return gradients for, in order (BoTorch's ``get_parameters``).
+
+    Returns (when called):
+        ``(value, gradients)``, the form ``fit_gpytorch_mll``'s ``closure`` takes.
+    """
+
+    def __init__(self, model: SingleTaskGP, parameters: dict[str, Tensor]) -> None:
+        self.model = model
+        self.parameters = list(parameters.values())
+        x = model.train_inputs[0].detach()
+        self.n = x.shape[0]
+        dims = x.shape[-1] - 1
+        differences = (x[:, None, :] - x[None, :, :]).pow(2)  # (n, n, d + 1), the inputs are fixed during a fit
+        self.squared_x, self.squared_t = differences[..., :dims], differences[..., dims]
+        self.x, self.y = x, model.train_targets.detach()
+        # Priors on a hyperparameter below in closed form; any other (a user's subclass) through autograd.
+        self.closed_form: list[tuple[str, Any]] = []
+        self.generic: list[tuple[Any, Any, Any]] = []
+        for name, module, prior, closure, _ in model.named_priors():
+            if name in _PRIOR_TARGETS and _log_prior_and_slope(prior, torch.ones((), dtype=x.dtype)) is not None:
+                self.closed_form.append((_PRIOR_TARGETS[name], prior))
+            else:
+                self.generic.append((prior, closure, module))
+        self.constant = 0.5 * self.n * math.log(2 * math.pi)
+
+    def __call__(self, **_: Any) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        scale = self.model.covar_module
+        x_kernel, t_kernel = scale.base_kernel.kernels
+        with torch.enable_grad():
+            lengthscale_x = x_kernel.lengthscale.reshape(-1)
+            lengthscale_t = t_kernel.lengthscale.reshape(())
+            outputscale = scale.outputscale
+            noise = self.model.likelihood.noise.reshape(-1)[0]
+            share = _persistence(t_kernel)
+            mean = self.model.mean_module(self.x)
+        with torch.no_grad():
+            lx, lt, share_value = lengthscale_x.detach(), lengthscale_t.detach(), float(share)
+            matern_x, slope_x = _matern52_and_slope((self.squared_x @ lx.pow(-2)).clamp_min(1e-30).sqrt())
+            matern_t, slope_t = _matern52_and_slope((self.squared_t / lt.pow(2)).clamp_min(1e-30).sqrt())
+            factor_t = share_value + (1.0 - share_value) * matern_t
+            covariance = outputscale.detach() * matern_x * factor_t
+            covariance.diagonal().add_(noise.detach())
+            chol = psd_safe_cholesky(covariance)
+            residual = (self.y - mean.detach())[:, None]
+            alpha = torch.cholesky_solve(residual, chol)
+            value = 0.5 * (residual * alpha).sum() + chol.diagonal().log().sum() + self.constant
+            # d(-mll)/dK, then the chain rule through each kernel factor (dMatern/dl = slope * d^2 / l^3).
+            w = 0.5 * (torch.cholesky_inverse(chol) - alpha @ alpha.T)
+            wk = w * outputscale.detach()
+            gradients = {
+                "noise": w.diagonal().sum(),
+                "outputscale": (w * matern_x * factor_t).sum(),
+                "lengthscale_x": torch.einsum("ij,ijk->k", wk * factor_t * slope_x, self.squared_x) / lx.pow(3),
+                "lengthscale_t": (wk * matern_x * (1.0 - share_value) * slope_t * self.squared_t).sum() / lt.pow(3),
+                "share": (wk * matern_x * (1.0 - matern_t)).sum(),
+                "mean": -alpha.squeeze(-1),
+            }
+            values = {"noise": noise, "outputscale": outputscale, "lengthscale_x": lengthscale_x,
+                      "lengthscale_t": lengthscale_t}
+            for key, prior in self.closed_form:
+                log_prior, slope = _log_prior_and_slope(prior, values[key].detach())
+                value = value - log_prior.sum()
+                gradients[key] = gradients[key] - slope
+        with torch.enable_grad():
+            surrogate = sum((gradients[key] * hyperparameter).sum() for key, hyperparameter in values.items())
+            surrogate = surrogate + (gradients["mean"] * mean).sum()
+            if isinstance(share, Tensor):
+                surrogate = surrogate + gradients["share"] * share
+            for prior, closure, module in self.generic:
+                log_prior = prior.log_prob(closure(module)).sum()
+                surrogate, value = surrogate - log_prior, value - log_prior.detach()
+            surrogate = surrogate / self.n
+            needed = [p for p in self.parameters if p.requires_grad]
+            found = dict(zip(map(id, needed), torch.autograd.grad(surrogate, needed, allow_unused=True)))
+        return value / self.n, tuple(found.get(id(p)) for p in self.parameters)
 
 
 class FastPosterior:
@@ -385,7 +505,7 @@ def _fit(train_x: Tensor, train_y: Tensor, state: dict[str, Tensor] | None, maxi
          t_trend: bool = True, t_persistence: bool = False) -> tuple[SingleTaskGP, float]:
     model = build_gp(train_x, train_y, state, t_trend, t_persistence)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
-    closure = ForwardBackwardClosure(lambda: negative_mll(model), get_parameters(mll, requires_grad=True))
+    closure = MarginalLikelihoodClosure(model, get_parameters(mll, requires_grad=True))
     try:
         # Two attempts: the warm start, then one restart from the priors if it hits a numerical error.
         fit_gpytorch_mll(mll, closure=closure, optimizer_kwargs={"options": {"maxiter": maxiter}}, max_attempts=2)

@@ -144,7 +144,7 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend, t_persist
     # The fit's closure and the virtual selection skip GPyTorch's lazy tensors: same values, same gradients.
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
-    from ganno_lightning.boil.model import build_gp, kernel_matrix, negative_mll
+    from ganno_lightning.boil.model import MarginalLikelihoodClosure, build_gp, kernel_matrix, negative_mll
 
     g = torch.Generator().manual_seed(0)
     inputs = torch.rand(30, 3, generator=g, dtype=torch.float64)
@@ -173,6 +173,12 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend, t_persist
     assert math.isclose(float(ours), float(reference), rel_tol=1e-10)
     for name, p in gp.named_parameters():
         assert torch.allclose(p.grad, expected[name], atol=1e-10), name
+    # The fit's closure: the kernel's gradients and the priors in closed form, the same numbers.
+    parameters = dict(gp.named_parameters())
+    value, gradients = MarginalLikelihoodClosure(gp, parameters)()
+    assert math.isclose(float(value), float(reference), rel_tol=1e-10)
+    for (name, _), gradient in zip(parameters.items(), gradients):
+        assert torch.allclose(gradient, expected[name], atol=1e-10), name
 
 
 def test_the_persistent_share_bounds_the_length_correlation_from_below():
