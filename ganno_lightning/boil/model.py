@@ -97,9 +97,9 @@ from torch import Tensor
 from ganno_lightning.boil.compression import NormalisedCurves
 from ganno_lightning.boil.virtual import select_virtual_points
 
-__all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "LengthTrendMean",
-           "MarginalLikelihoodClosure", "PersistentLengthKernel", "VirtualSettings", "build_gp", "fit_curve_gp", "kernel_matrix", "length_correlation",
-           "negative_mll", "refit_with_previous"]
+__all__ = ["FIT_MAXITER", "G0_GRID", "M0_GRID", "CurveGPFit", "FastPosterior", "FitError", "KernelValues",
+           "LengthTrendMean", "MarginalLikelihoodClosure", "PersistentLengthKernel", "VirtualSettings", "build_gp",
+           "fit_curve_gp", "kernel_matrix", "length_correlation", "negative_mll", "refit_with_previous"]
 
 #: The midpoints tried for the compression: the authors' box (``[-2, 3]`` on their scale, 1/3 to 3/4 on ours).
 M0_GRID = (1 / 3, 0.5, 0.75)
@@ -288,17 +288,38 @@ def _matern52(a: Tensor, b: Tensor, lengthscale: Tensor) -> Tensor:
                         .clamp_min(1e-30).sqrt())
 
 
+@dataclass(frozen=True)
+class KernelValues:
+    """:func:`build_gp`'s kernel hyperparameters, read once: ``k(a, b)`` for many calls.
+
+    Every read of a GPyTorch hyperparameter runs its constraint's transform; the virtual selection and
+    the acquisition evaluate the kernel dozens of times per suggestion with the same values.
+    """
+
+    lengthscale_x: Tensor
+    lengthscale_t: Tensor
+    share: Tensor | float
+    outputscale: Tensor
+
+    @classmethod
+    def of(cls, model: SingleTaskGP) -> KernelValues:
+        x_kernel, t_kernel = model.covar_module.base_kernel.kernels
+        return cls(x_kernel.lengthscale.reshape(-1), t_kernel.lengthscale.reshape(-1), _persistence(t_kernel),
+                   model.covar_module.outputscale)
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
+        """``k(a, b)`` between rows ``(n, d + 1)`` and ``(m, d + 1)``."""
+        dims = a.shape[-1] - 1
+        t_factor = self.share + (1.0 - self.share) * _matern52(a[:, dims:], b[:, dims:], self.lengthscale_t)
+        return self.outputscale * _matern52(a[:, :dims], b[:, :dims], self.lengthscale_x) * t_factor
+
+
 def kernel_matrix(model: SingleTaskGP, a: Tensor, b: Tensor) -> Tensor:
     """``k(a, b)`` of :func:`build_gp`'s product kernel between rows ``(n, d + 1)`` and ``(m, d + 1)``.
 
     Equal to ``model.covar_module(a, b).to_dense()`` (tested).
     """
-    x_kernel, t_kernel = model.covar_module.base_kernel.kernels
-    dims = a.shape[-1] - 1
-    share = _persistence(t_kernel)
-    t_factor = share + (1.0 - share) * _matern52(a[:, dims:], b[:, dims:], t_kernel.lengthscale.reshape(-1))
-    x_factor = _matern52(a[:, :dims], b[:, :dims], x_kernel.lengthscale.reshape(-1))
-    return model.covar_module.outputscale * x_factor * t_factor
+    return KernelValues.of(model)(a, b)
 
 
 def _train_factor(model: SingleTaskGP) -> Tensor:
@@ -457,6 +478,7 @@ class FastPosterior:
         self.model = model
         self.train_x = model.train_inputs[0].detach()
         with torch.no_grad():
+            self.kernel = KernelValues.of(model)
             self.factor = _train_factor(model)
             residual = (model.train_targets - model.mean_module(self.train_x))[:, None]
             self.alpha = torch.cholesky_solve(residual, self.factor)
@@ -465,14 +487,14 @@ class FastPosterior:
 
     def _latent(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """The standardised posterior mean at ``points`` ``(b, d + 1)`` and ``L^-1 k(train, points)`` ``(n, b)``."""
-        cross = kernel_matrix(self.model, points, self.train_x)
+        cross = self.kernel(points, self.train_x)
         mean = self.model.mean_module(points) + (cross @ self.alpha).squeeze(-1)
         return mean, torch.linalg.solve_triangular(self.factor, cross.T, upper=False)
 
     def __call__(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and standard deviation (latent, no observation noise) at ``points`` ``(b, d + 1)``."""
         mean, whitened = self._latent(points)
-        variance = (self.model.covar_module.outputscale - whitened.pow(2).sum(0)).clamp_min(1e-12)
+        variance = (self.kernel.outputscale - whitened.pow(2).sum(0)).clamp_min(1e-12)
         return mean * self.scale + self.shift, variance.sqrt() * self.scale
 
     def lookahead(self, observed: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -487,7 +509,7 @@ class FastPosterior:
         b = len(observed)
         mean, whitened = self._latent(torch.cat([observed, target]))  # one kernel and one solve for both
         at_observed, at_target = whitened[:, :b], whitened[:, b:]
-        prior_variance = self.model.covar_module.outputscale
+        prior_variance = self.kernel.outputscale
         covariance = prior_variance * length_correlation(self.model, observed) - (at_observed * at_target).sum(0)
         variance = (prior_variance - at_observed.pow(2).sum(0)).clamp_min(1e-12)
         noise = self.model.likelihood.noise.reshape(-1)[0]
@@ -548,7 +570,7 @@ def _inputs(x: Tensor, curves: NormalisedCurves, fit: SingleTaskGP | None, virtu
     scale = fit.covar_module
     candidates = [curves.positions[i, : int(n) - 1] for i, n in enumerate(curves.lengths)]
     chosen = select_virtual_points(
-        lambda a, b: kernel_matrix(fit, a, b), noise=float(fit.likelihood.noise),
+        KernelValues.of(fit), noise=float(fit.likelihood.noise),
         prior_variance=float(scale.outputscale),
         real_inputs=real, trial_x=x, candidates=candidates, per_trial=virtual.per_trial, total=virtual.total,
         variance_threshold=virtual.variance_threshold, min_pivot=virtual.min_pivot,

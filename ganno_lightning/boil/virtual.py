@@ -92,9 +92,9 @@ def select_virtual_points(
     # Share the budget: with many trials, each gets its fair part rather than the first ones all of it.
     cap = min(per_trial, math.ceil(total / max(1, len(active))))
     inputs = real_inputs.to(torch.float64)
-    # K(inputs, inputs), grown by blocks as points are added: one kernel call per trial, not three.
-    k_inputs = kernel(inputs, inputs)
-    factor = None
+    factor, info = torch.linalg.cholesky_ex(kernel(inputs, inputs) + noise * torch.eye(len(inputs), dtype=inputs.dtype))
+    if info != 0:  # the real data alone is ill-conditioned: add nothing
+        return chosen
     for trial in active:
         if len(chosen) >= total:
             break
@@ -102,14 +102,10 @@ def select_virtual_points(
         points = points.to(inputs)
         n = inputs.shape[0]
         k_to_points = kernel(torch.cat([inputs, points]), points)  # [K(inputs, points); K(points, points)]
-        # Joint posterior covariance of this trial's candidates given every input so far (the
-        # factor is recomputed only when the inputs grew).
-        if factor is None:
-            factor, info = torch.linalg.cholesky_ex(k_inputs + noise * torch.eye(n, dtype=inputs.dtype))
-            if info != 0:  # the real data alone is ill-conditioned: add nothing more
-                break
+        # Joint posterior covariance of this trial's candidates given every input so far.
         cross = torch.linalg.solve_triangular(factor, k_to_points[:n], upper=False)
-        cov = k_to_points[n:] - cross.T @ cross
+        posterior = k_to_points[n:] - cross.T @ cross
+        cov = posterior
         taken: list[int] = []
         while len(taken) < cap and len(chosen) < total:
             variance = cov.diagonal().clone()
@@ -124,9 +120,15 @@ def select_virtual_points(
             column = cov[:, best].clone()
             cov = cov - torch.outer(column, column) / (v + noise)
         if taken:
-            new_cross = k_to_points[:n, taken]
-            k_inputs = torch.cat([torch.cat([k_inputs, new_cross], dim=1),
-                                  torch.cat([new_cross.T, k_to_points[n:][taken][:, taken]], dim=1)])
-            inputs = torch.cat([inputs, points[taken]], dim=0)
-            factor = None
+            # The factor of K(inputs + taken) + noise I grows by a block: the taken points' rows of L^-1 K, and
+            # the factor of their posterior covariance plus noise (the pivots the loop above tested).
+            index = torch.tensor(taken)
+            corner, info = torch.linalg.cholesky_ex(posterior[index][:, index]
+                                                    + noise * torch.eye(len(taken), dtype=inputs.dtype))
+            if info != 0:  # cannot happen with the pivot check; stop rather than factor a bad matrix
+                del chosen[len(chosen) - len(taken):]
+                break
+            factor = torch.cat([torch.cat([factor, factor.new_zeros(n, len(taken))], dim=1),
+                                torch.cat([cross[:, index].T, corner], dim=1)])
+            inputs = torch.cat([inputs, points[index]], dim=0)
     return chosen
