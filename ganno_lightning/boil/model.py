@@ -382,13 +382,14 @@ def _log_prior_and_slope(prior: Any, value: Tensor) -> tuple[Tensor, Tensor] | N
 class MarginalLikelihoodClosure:
     """:func:`negative_mll` and its gradients for L-BFGS, the kernel's part in closed form.
 
-    The same value and gradients as ``negative_mll(model).backward()`` (tested), about three times
-    faster: the inputs' squared differences per dimension are computed once per fit, and the gradient
-    with respect to the kernel's hyperparameters is ``tr(W dK/dtheta)`` with ``W = (K^-1 - a a') / 2``
-    (``a = K^-1 (y - mean)``; Rasmussen & Williams, eq. 5.9), not a backward pass through the Cholesky
-    factor. The constraint transforms, priors and mean are differentiated by autograd on a graph of a few
-    scalars: ``sum(dL/dtheta * theta)`` has the raw parameters' gradients. The Gamma and LogNormal priors
-    of :func:`build_gp` are in closed form too (GPyTorch's ``log_prob`` was a third of a call).
+    The same value and gradients as ``negative_mll(model).backward()`` (tested), in about half the time
+    (1.1 against 2.0 ms per call on 77 points): the inputs' squared differences per dimension are computed
+    once per fit, and the gradient with respect to the kernel's hyperparameters is ``tr(W dK/dtheta)`` with
+    ``W = (K^-1 - a a') / 2`` (``a = K^-1 (y - mean)``; Rasmussen & Williams, eq. 5.9), not a backward
+    pass through the Cholesky factor. The constraint transforms and the mean are differentiated by
+    autograd on a graph of a few scalars: ``sum(dL/dtheta * theta)`` has the raw parameters' gradients.
+    The Gamma and LogNormal priors of :func:`build_gp` are in closed form too (GPyTorch's ``log_prob``
+    was a third of a call); any other prior goes through autograd.
 
     Args:
         model: a GP from :func:`build_gp`, in train mode; its training data must not change.

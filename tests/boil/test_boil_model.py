@@ -181,6 +181,26 @@ def test_the_plain_torch_kernel_and_likelihood_match_gpytorch(t_trend, t_persist
         assert torch.allclose(gradient, expected[name], atol=1e-10), name
 
 
+def test_the_fit_closure_takes_a_prior_it_has_no_closed_form_for_through_autograd():
+    from gpytorch.priors import NormalPrior
+
+    from ganno_lightning.boil.model import MarginalLikelihoodClosure, build_gp, negative_mll
+
+    g = torch.Generator().manual_seed(1)
+    gp = build_gp(torch.rand(20, 3, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64))
+    t_kernel = gp.covar_module.base_kernel.kernels[1]
+    t_kernel.register_prior("lengthscale_prior", NormalPrior(0.5, 0.3), lambda m: m.lengthscale,
+                            lambda m, v: m._set_lengthscale(v))
+    gp.train()
+    reference = negative_mll(gp)
+    reference.backward()
+    parameters = dict(gp.named_parameters())
+    value, gradients = MarginalLikelihoodClosure(gp, parameters)()
+    assert math.isclose(float(value), float(reference), rel_tol=1e-10)
+    for (name, p), gradient in zip(parameters.items(), gradients):
+        assert torch.allclose(gradient, p.grad, atol=1e-10), name
+
+
 def test_the_persistent_share_bounds_the_length_correlation_from_below():
     from ganno_lightning.boil.model import build_gp, length_correlation
 
