@@ -94,6 +94,48 @@ def test_virtual_selection_skips_near_duplicates_and_low_variance():
     assert len({c for _, c in everything}) == len(everything)  # no candidate twice
 
 
+def _greedy_by_definition(k, noise, prior_variance, real, trial_x, candidates, per_trial, total, threshold, min_pivot):
+    """The virtual selection as the module defines it, one full solve per candidate: the reference for its speed-ups."""
+    inputs, chosen = real.clone(), []
+    cap = min(per_trial, math.ceil(total / max(1, sum(c.numel() > 0 for c in candidates))))
+    for trial, positions in enumerate(candidates):
+        taken = []
+        while positions.numel() and len(taken) < cap and len(chosen) < total:
+            points = torch.cat([trial_x[trial].expand(len(positions), -1), positions[:, None]], dim=-1)
+            gram = k(inputs, inputs) + noise * torch.eye(len(inputs), dtype=inputs.dtype)
+            cross = k(inputs, points)
+            variance = k(points, points).diagonal() - (cross * torch.linalg.solve(gram, cross)).sum(0)
+            variance[taken] = -math.inf
+            best = int(variance.argmax())
+            if variance[best] < threshold or variance[best] + noise < min_pivot * (prior_variance + noise):
+                break
+            taken.append(best)
+            chosen.append((trial, best))
+            inputs = torch.cat([inputs, points[best : best + 1]])
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_virtual_selection_equals_its_definition(seed):
+    # Blocks of the Cholesky factor and Schur updates are how it is computed; what it chooses is the greedy rule.
+    g = torch.Generator().manual_seed(seed)
+    trial_x = torch.rand(8, 2, generator=g, dtype=torch.float64)
+    lengths = torch.randint(1, 12, (8,), generator=g)
+    real = torch.cat([trial_x, (lengths / 12.0).to(torch.float64)[:, None]], dim=-1)
+    candidates = [torch.arange(1, int(n), dtype=torch.float64) / 12.0 for n in lengths]
+    kernel = RBFKernel(ard_num_dims=3).double()
+    kernel.lengthscale = torch.tensor([[0.3, 0.5, 0.4]], dtype=torch.float64)
+
+    def k(a, b):
+        return kernel(a, b).to_dense().detach()
+
+    for total, threshold in ((100, 0.01), (9, 0.0)):
+        args = (k, 1e-3, 1.0, real, trial_x, candidates)
+        fast = select_virtual_points(*args, per_trial=4, total=total, variance_threshold=threshold, min_pivot=1e-4)
+        assert fast == _greedy_by_definition(*args, 4, total, threshold, 1e-4)
+        assert fast  # the setups do add points
+
+
 def test_refit_with_previous_keeps_the_hyperparameters_on_new_data():
     x, curves = synthetic_trials(n=6)
     first = fit_curve_gp(x, curves, m0=0.5, g0=12.0)
