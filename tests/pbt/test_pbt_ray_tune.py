@@ -71,8 +71,10 @@ def test_the_ray_command_refuses_a_bad_task_in_one_line_before_ray_starts(tmp_pa
 
 
 def _wandb_run_ids(directory: Path) -> list[str]:
-    # offline runs are folders offline-run-<date>_<time>-<run id>, one per start of a run
-    return sorted(re.sub(r"^offline-run-\d+_\d+-", "", p.name) for p in (directory / "wandb").glob("offline-run-*"))
+    # offline runs are folders offline-run-<date>_<time>-<run id>, one per start of a run; W&B adds "-1" when a run
+    # starts twice in one second (a member restored from a donor at once), after the id's own seed "-0"
+    ids = (re.sub(r"^offline-run-\d+_\d+-", "", p.name) for p in (directory / "wandb").glob("offline-run-*"))
+    return sorted(re.sub(r"^(pop-\w+-\d+)-\d+$", r"\1", i) for i in ids)
 
 
 def test_ray_population_logs_to_wandb_with_ganno_pbts_runs_and_starts_from_its_draws(tmp_path, local_ray):
