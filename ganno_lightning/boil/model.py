@@ -364,19 +364,20 @@ _PRIOR_TARGETS = {
 }
 
 
-def _log_prior_and_slope(prior: Any, value: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``log p(value)`` and its derivative for a Gamma or LogNormal prior on the value itself; None for others."""
-    if getattr(prior, "_transform", None) is not None:  # a prior on a transformed value (GPyTorch's `transform`)
-        return None
+def _has_closed_form(prior: Any) -> bool:
+    """A Gamma or LogNormal prior on the hyperparameter itself (GPyTorch's ``transform`` unset)."""
+    return isinstance(prior, (GammaPrior, LogNormalPrior)) and getattr(prior, "_transform", None) is None
+
+
+def _log_prior_and_slope(prior: GammaPrior | LogNormalPrior, value: Tensor) -> tuple[Tensor, Tensor]:
+    """``log p(value)`` and its derivative, for a prior :func:`_has_closed_form` accepts."""
     log_value = value.log()
     if isinstance(prior, GammaPrior):
         a, b = prior.concentration, prior.rate
         return a * b.log() - torch.lgamma(a) + (a - 1.0) * log_value - b * value, (a - 1.0) / value - b
-    if isinstance(prior, LogNormalPrior):
-        z = (log_value - prior.loc) / prior.scale
-        log_p = -log_value - prior.scale.log() - 0.5 * math.log(2 * math.pi) - 0.5 * z * z
-        return log_p, -(1.0 + z / prior.scale) / value
-    return None
+    z = (log_value - prior.loc) / prior.scale
+    log_p = -log_value - prior.scale.log() - 0.5 * math.log(2 * math.pi) - 0.5 * z * z
+    return log_p, -(1.0 + z / prior.scale) / value
 
 
 class MarginalLikelihoodClosure:
@@ -412,7 +413,7 @@ class MarginalLikelihoodClosure:
         self.closed_form: list[tuple[str, Any]] = []
         self.generic: list[tuple[Any, Any, Any]] = []
         for name, module, prior, closure, _ in model.named_priors():
-            if name in _PRIOR_TARGETS and _log_prior_and_slope(prior, torch.ones((), dtype=x.dtype)) is not None:
+            if name in _PRIOR_TARGETS and _has_closed_form(prior):
                 self.closed_form.append((_PRIOR_TARGETS[name], prior))
             else:
                 self.generic.append((prior, closure, module))
