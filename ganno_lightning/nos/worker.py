@@ -73,6 +73,7 @@ def check_task(task: dict[str, Any], train: dict[str, Any], seed: int = 0) -> No
         trainer_kwargs={"accelerator": train.get("accelerator", "cpu")},
         callbacks=[cb],
         threads=max(1, int(train.get("torch_threads", 1))),
+        runs="candidate",
     )
 
 

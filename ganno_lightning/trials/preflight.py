@@ -37,6 +37,7 @@ def preflight_fit(
     callbacks: Sequence[Any] = (),
     batches: int = 1,
     threads: int = 1,
+    runs: str = "trial",
 ) -> dict[str, float]:
     """Build the task, fit it for ``batches`` training and validation batches with a throwaway Trainer,
     and check that ``monitor`` is logged.
@@ -59,6 +60,7 @@ def preflight_fit(
         callbacks: The caller's own checks, e.g. one that applies every hyperparameter's setter.
         batches: Training and validation batches of the fit.
         threads: Torch threads during the check (restored after).
+        runs: What the tuner trains, for the messages ("Every trial would fail the same way").
 
     Returns:
         What the fit logged, ``trainer.callback_metrics`` as plain floats.
@@ -83,7 +85,7 @@ def preflight_fit(
     from lightning.pytorch.loggers import CSVLogger
 
     fit_name = f"{_COUNTS.get(batches, batches)}-batch fit"
-    retry = (f" Every trial would fail the same way: fix the task{f' (or `{trainer_key}`)' if trainer_key else ''},"
+    retry = (f" Every {runs} would fail the same way: fix the task{f' (or `{trainer_key}`)' if trainer_key else ''},"
              f" or set `{skip}` to false to skip this check.")
     user = dict(trainer_kwargs or {})
 

@@ -186,7 +186,8 @@ def _unwritable(tmp_path):
         ("task.datamodule_kwargs.batchsize=8", r"`task.datamodule_kwargs.batchsize` is 8, but .* \(did you mean"
                                                r" `task.datamodule_kwargs.batch_size`\?\)"),
         ("task.module_kwargs.hidden=abc", r"`task.module` .*DigitsClassifier' could not be built: TypeError: .*"
-                                          r" set `check_task` to false to skip this check"),
+                                          r" Every candidate would fail the same way: .* set `check_task` to false"
+                                          r" to skip this check"),
         ("out_dir=UNWRITABLE", r"`out_dir` must be a writable directory"),
     ],
 )
